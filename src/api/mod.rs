@@ -1,0 +1,172 @@
+//! Reflex's API: the four custom resources of group `reflex.dev/v1alpha1`, their shared
+//! building blocks, conditions, and the validated forms that later stages consume.
+//!
+//! Contract: types here are plain data (serde + schemars); they never touch the cluster.
+//! Raw specs are turned into validated types once, in [`validate`]; everything downstream
+//! takes the validated type and never re-checks the raw spec.
+
+pub mod approval;
+pub mod conditions;
+pub mod crds;
+pub mod duration;
+pub mod playbook;
+pub mod policy;
+pub mod remediation;
+pub mod validate;
+
+use std::{borrow::Cow, fmt};
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+pub use approval::{ApprovalDecision, RemediationApproval, RemediationApprovalSpec};
+pub use duration::DurationString;
+pub use playbook::{Playbook, PlaybookSpec};
+pub use policy::{RemediationPolicy, RemediationPolicySpec};
+pub use remediation::{Phase, Remediation, RemediationSpec, RemediationStatus, Step};
+
+/// API group of every Reflex resource.
+pub const GROUP: &str = "reflex.dev";
+/// API version of every Reflex resource.
+pub const VERSION: &str = "v1alpha1";
+/// Finalizer Reflex puts on Remediations so in-flight work is stopped before deletion.
+pub const FINALIZER: &str = "reflex.dev/cleanup";
+/// Field manager for spec changes Reflex makes to workloads.
+pub const MANAGER: &str = "reflex";
+/// Field manager for Reflex's own status writes.
+pub const STATUS_MANAGER: &str = "reflex-status";
+
+/// A reference to an object in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalObjectRef {
+    /// Name of the object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A key within a Secret in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Kinds of object Reflex may change. Anything else is refused by the API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum TargetKind {
+    /// `apps/v1` Deployment.
+    Deployment,
+    /// `apps/v1` StatefulSet.
+    StatefulSet,
+    /// `apps/v1` DaemonSet.
+    DaemonSet,
+    /// `v1` ConfigMap (configuration parameters).
+    ConfigMap,
+    /// `autoscaling/v2` HorizontalPodAutoscaler.
+    HorizontalPodAutoscaler,
+}
+
+impl TargetKind {
+    /// The `apiVersion` objects of this kind are served at.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Self::Deployment | Self::StatefulSet | Self::DaemonSet => "apps/v1",
+            Self::ConfigMap => "v1",
+            Self::HorizontalPodAutoscaler => "autoscaling/v2",
+        }
+    }
+
+    /// The kind's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+            Self::ConfigMap => "ConfigMap",
+            Self::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+        }
+    }
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a change lands; production needs earned trust or a human.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Pre-production: `auto` trust deploys without a human.
+    Staging,
+    /// Production: `auto` deploys only with earned trust, otherwise waits for approval.
+    Production,
+}
+
+/// The fixed, small set of failure categories. They label metrics and Events and pick the
+/// retry strategy; free error text never goes into a label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCategory {
+    /// User input is wrong: wait for the user to change it.
+    InvalidSpec,
+    /// Network, timeouts, conflicts, 5xx: retry with bounded backoff and jitter.
+    Transient,
+    /// RBAC refused: surface it in status and stop.
+    Forbidden,
+    /// Something referenced does not exist.
+    NotFound,
+    /// An iteration, token, wall-clock or cost budget ran out.
+    BudgetExhausted,
+}
+
+impl ErrorCategory {
+    /// The label value used in metrics and Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "invalid_spec",
+            Self::Transient => "transient",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::BudgetExhausted => "budget_exhausted",
+        }
+    }
+
+    /// Whether repeating the same step can succeed without anything else changing.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Transient)
+    }
+}
+
+impl fmt::Display for ErrorCategory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An arbitrary JSON value stored as is (patches, previous field values).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct AnyJson(pub serde_json::Value);
+
+impl JsonSchema for AnyJson {
+    fn schema_name() -> Cow<'static, str> {
+        "AnyJson".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // A structural schema may leave `type` out only where unknown fields are preserved.
+        json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+    }
+}

@@ -1,0 +1,197 @@
+//! `Playbook`: the explicit, reviewable decision logic for one kind of fix — what to read,
+//! the patch to produce within declared bounds, and how to verify and roll back.
+//!
+//! Contract: plain data; [`crate::api::validate`] turns it into a validated playbook.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::{TargetKind, policy::VerifySpec};
+
+/// A playbook: reads, a bounded patch, verification and rollback defaults.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "reflex.dev",
+    version = "v1alpha1",
+    kind = "Playbook",
+    namespaced,
+    status = "PlaybookStatus",
+    shortname = "pb",
+    category = "reflex",
+    doc = "A reviewable remediation recipe: what to read through MCP tools, the bounded patch to produce, and how to verify and roll back.",
+    printcolumn(name = "Kinds", type_ = "string", json_path = ".spec.targetKinds"),
+    printcolumn(name = "Patch", type_ = "string", json_path = ".spec.patch.mode"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaybookSpec {
+    /// What the playbook fixes, for humans and for the agent's prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub description: Option<String>,
+    /// Kinds of target this playbook can fix.
+    #[schemars(length(min = 1, max = 5))]
+    pub target_kinds: Vec<TargetKind>,
+    /// MCP tool calls made before proposing; results are available to templates by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub reads: Vec<ReadStep>,
+    /// The patch to produce.
+    pub patch: PatchSpec,
+    /// Default verification, used when the policy has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+    /// What happens when verification fails.
+    #[serde(default)]
+    pub rollback: RollbackSpec,
+    /// Instructions for the LLM agent when a policy runs this playbook in an LLM mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub agent_instructions: Option<String>,
+}
+
+/// One MCP tool call.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadStep {
+    /// Name the result is known by in templates (`reads.NAME`).
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// MCP server name from the policy; omitted means Reflex's own tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Tool to call.
+    #[schemars(length(min = 1, max = 128))]
+    pub tool: String,
+    /// Arguments; string values may use `{{ ... }}` placeholders.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub arguments: BTreeMap<String, String>,
+}
+
+/// Who writes the patch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchMode {
+    /// Rendered from `template` with bounded parameters.
+    #[default]
+    Template,
+    /// Written by the LLM agent within `constraints`.
+    Agent,
+}
+
+/// Patch formats the API server understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchType {
+    /// Strategic merge patch (lists keyed by name in pod templates).
+    #[default]
+    Strategic,
+    /// JSON merge patch (RFC 7386).
+    Merge,
+    /// JSON patch (RFC 6902).
+    Json,
+}
+
+/// The patch a playbook produces and the bounds it must stay in.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.mode != 'template' || has(self.template)").message("patch.template is required when patch.mode is template"))]
+#[serde(rename_all = "camelCase")]
+pub struct PatchSpec {
+    /// `template` or `agent`.
+    #[serde(default)]
+    pub mode: PatchMode,
+    /// Patch format.
+    #[serde(default, rename = "type")]
+    pub patch_type: PatchType,
+    /// The patch body (YAML or JSON) with `{{ params.NAME }}` placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16384))]
+    pub template: Option<String>,
+    /// Bounded parameters the template uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub parameters: Vec<Parameter>,
+    /// Field paths the patch may touch, e.g. `spec.template.spec.containers[*].resources.limits.memory`.
+    #[schemars(length(min = 1, max = 64))]
+    pub allowed_paths: Vec<String>,
+}
+
+/// Kinds of parameter value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParameterType {
+    /// A whole number.
+    Integer,
+    /// A decimal number.
+    Number,
+    /// A Kubernetes quantity such as `512Mi` or `250m`.
+    Quantity,
+    /// A string from an allowed list.
+    String,
+}
+
+/// A bounded parameter: an expression over the reads, clamped to `[min, max]` and to at
+/// most `maxFactor` times its current value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.type != 'string' || (has(self.allowed) && size(self.allowed) > 0)").message("a string parameter needs a non-empty allowed list"))]
+#[serde(rename_all = "camelCase")]
+pub struct Parameter {
+    /// Name used as `{{ params.NAME }}`.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Value type.
+    #[serde(rename = "type")]
+    pub type_: ParameterType,
+    /// Expression that computes the value from reads and the current state.
+    #[schemars(length(min = 1, max = 1024))]
+    pub value: String,
+    /// Lower bound (same type as the value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<String>,
+    /// Upper bound, the ceiling (same type as the value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+    /// Largest allowed ratio of new value to current value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub max_factor: Option<f64>,
+    /// Allowed values for a string parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub allowed: Option<Vec<String>>,
+}
+
+/// Rollback behaviour.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackSpec {
+    /// Restore the recorded previous values when verification fails.
+    #[serde(default = "default_true")]
+    pub on_verification_failure: bool,
+}
+
+impl Default for RollbackSpec {
+    fn default() -> Self {
+        Self { on_verification_failure: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What the operator observed about a playbook.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaybookStatus {
+    /// Generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` says whether the playbook is valid, and why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

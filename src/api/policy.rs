@@ -1,0 +1,521 @@
+//! `RemediationPolicy`: which alerts Reflex acts on, what it may change, how it proves a
+//! fix, and how much it may do on its own.
+//!
+//! Contract: plain data. CEL rules catch what the API server can (enums, bounds, `for` not
+//! longer than `timeout`, one CI backend); [`crate::api::validate`] checks the rest
+//! (matcher syntax, templates, durations) once and yields a validated policy.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DurationString, Environment, SecretKeyRef, TargetKind};
+
+/// A policy: alerts it matches, the target it fixes, and the rules the fix must follow.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "reflex.dev",
+    version = "v1alpha1",
+    kind = "RemediationPolicy",
+    namespaced,
+    status = "RemediationPolicyStatus",
+    shortname = "rpol",
+    category = "reflex",
+    doc = "Which alerts Reflex remediates in this namespace, with which playbook, and under which trust, CI, verification and limits.",
+    printcolumn(name = "Playbook", type_ = "string", json_path = ".spec.playbook"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.agent.mode"),
+    printcolumn(name = "Trust", type_ = "string", json_path = ".spec.trust.level"),
+    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.limits.suspend"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.agent.mode == 'llm' || has(self.playbook)").message("playbook is required unless agent.mode is llm"))]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationPolicySpec {
+    /// Which alerts this policy acts on.
+    #[serde(rename = "match")]
+    pub match_: AlertMatch,
+    /// How to find the object to fix from the alert's labels.
+    pub target: TargetSelector,
+    /// Name of a Playbook in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub playbook: Option<String>,
+    /// Whether a deterministic playbook, an LLM agent, or both produce the fix.
+    #[serde(default)]
+    pub agent: AgentSpec,
+    /// Staging or production; when unset, read from the namespace label
+    /// `reflex.dev/environment` (production if absent, the safe default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
+    /// How much Reflex may do without a human.
+    #[serde(default)]
+    pub trust: TrustSpec,
+    /// How a proposed patch is tested before it is deployed.
+    #[serde(default)]
+    pub ci: CiSpec,
+    /// How a deployed fix is proven; defaults to the playbook's verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+    /// Rate limits, cooldowns, retries and the suspend switch.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Where to tell humans what happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifySpec>,
+}
+
+/// Alert selection: names plus Alertmanager-syntax label matchers, all of which must hold.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertMatch {
+    /// Alert names (the `alertname` label); any one of them matches.
+    #[schemars(length(min = 1, max = 32))]
+    pub alertnames: Vec<String>,
+    /// Label matchers in Alertmanager syntax, e.g. `severity=~"critical|page"`,
+    /// `namespace="shop"`, `team!="infra"`. Regexes are anchored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub matchers: Vec<String>,
+}
+
+/// The object to fix, found from the alert's labels. It is always in the policy's own
+/// namespace, whatever the alert says.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSelector {
+    /// Kind of the target.
+    pub kind: TargetKind,
+    /// Name template: literal text and `{{ labels.NAME }}` placeholders,
+    /// e.g. `{{ labels.deployment }}`.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// How the fix is produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentMode {
+    /// Only the deterministic playbook.
+    #[default]
+    Playbook,
+    /// Only the LLM agent.
+    Llm,
+    /// The LLM agent first; the playbook when the agent escalates, fails or runs out of budget.
+    LlmThenPlaybook,
+}
+
+/// The LLM agent's model, tools and budgets.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.mode == 'playbook' || has(self.model)").message("agent.model is required when agent.mode is llm or llm-then-playbook"))]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// `playbook`, `llm` or `llm-then-playbook`.
+    #[serde(default)]
+    pub mode: AgentMode,
+    /// OpenAI-compatible chat-completions endpoint and model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+    /// External MCP servers the agent may call, besides Reflex's own tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub mcp_servers: Vec<McpServerSpec>,
+    /// Most LLM turns in one run.
+    #[serde(default = "default_max_iterations")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_iterations: u32,
+    /// Most tokens (prompt + completion) in one run.
+    #[serde(default = "default_max_tokens")]
+    #[schemars(range(min = 1000, max = 10_000_000))]
+    pub max_tokens: u32,
+    /// Most money one run may spend, in US dollars (decimal string, e.g. "0.50").
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "maxCostUSD")]
+    #[schemars(regex(pattern = r"^[0-9]{1,6}(\.[0-9]{1,6})?$"))]
+    pub max_cost_usd: Option<String>,
+    /// Wall-clock budget for one agent run.
+    #[serde(default = "default_agent_timeout")]
+    pub timeout: DurationString,
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        Self {
+            mode: AgentMode::default(),
+            model: None,
+            mcp_servers: Vec::new(),
+            max_iterations: default_max_iterations(),
+            max_tokens: default_max_tokens(),
+            max_cost_usd: None,
+            timeout: default_agent_timeout(),
+        }
+    }
+}
+
+fn default_max_iterations() -> u32 {
+    10
+}
+fn default_max_tokens() -> u32 {
+    100_000
+}
+fn default_agent_timeout() -> DurationString {
+    DurationString::new("5m")
+}
+
+/// An OpenAI-compatible model endpoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// Base URL of the chat-completions API, e.g. `https://api.openai.com/v1`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub endpoint: String,
+    /// Model name as the endpoint knows it.
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+    /// Secret key holding the API key; omit for endpoints without auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// An external MCP server and the tools the agent may call on it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServerSpec {
+    /// Short name used in audit records and playbooks.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Streamable-HTTP endpoint URL.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// Allowed tools; tools not listed are never called.
+    #[schemars(length(min = 1, max = 64))]
+    pub tools: Vec<ToolPin>,
+    /// Secret key holding a bearer token for the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret_ref: Option<SecretKeyRef>,
+    /// Per-call timeout.
+    #[serde(default = "default_tool_timeout")]
+    pub timeout: DurationString,
+}
+
+fn default_tool_timeout() -> DurationString {
+    DurationString::new("30s")
+}
+
+/// An allowed tool, optionally pinned to the hash of its schema.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolPin {
+    /// Tool name as the server lists it.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// `sha256:<hex>` of the tool's input and output schemas; drift refuses the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))]
+    pub schema_hash: Option<String>,
+}
+
+/// How much Reflex may do on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustLevel {
+    /// Diagnose only; never propose a change.
+    Observe,
+    /// Propose and test; deploy only with a human's approval.
+    #[default]
+    Propose,
+    /// Deploy on its own where the environment and earned trust allow.
+    Auto,
+}
+
+/// Trust: level, approval requirement and the earned-trust threshold for production.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustSpec {
+    /// `observe`, `propose` or `auto`.
+    #[serde(default)]
+    pub level: TrustLevel,
+    /// Always wait for a RemediationApproval before deploying.
+    #[serde(default)]
+    pub require_approval: bool,
+    /// At `auto`, production changes need this many recent verified successes.
+    #[serde(default)]
+    pub earned_trust: EarnedTrust,
+}
+
+impl Default for TrustSpec {
+    fn default() -> Self {
+        Self { level: TrustLevel::default(), require_approval: false, earned_trust: EarnedTrust::default() }
+    }
+}
+
+/// The record a policy must have before it deploys to production without a human.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EarnedTrust {
+    /// Verified successes needed, with no failed verification or rollback in between.
+    #[serde(default = "default_successes")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub successes_required: u32,
+    /// How far back successes count.
+    #[serde(default = "default_trust_window")]
+    pub window: DurationString,
+}
+
+impl Default for EarnedTrust {
+    fn default() -> Self {
+        Self { successes_required: default_successes(), window: default_trust_window() }
+    }
+}
+
+fn default_successes() -> u32 {
+    3
+}
+fn default_trust_window() -> DurationString {
+    DurationString::new("720h")
+}
+
+/// How a proposed patch is tested: the server-side dry-run always, plus at most one of a
+/// test Job or a GitOps pull request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!(has(self.job) && has(self.gitops))").message("choose at most one of ci.job and ci.gitops"))]
+#[serde(rename_all = "camelCase")]
+pub struct CiSpec {
+    /// Server-side dry-run of the patch. Always on; it cannot be disabled.
+    #[serde(default = "default_true")]
+    #[x_kube(validation = Rule::new("self == true").message("ci.dryRun cannot be disabled: every patch is dry-run on the API server"))]
+    pub dry_run: bool,
+    /// A Kubernetes Job that tests the patched manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<CiJobSpec>,
+    /// Push the patch to a branch, open a pull request and wait for its checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitops: Option<GitopsSpec>,
+}
+
+impl Default for CiSpec {
+    fn default() -> Self {
+        Self { dry_run: true, job: None, gitops: None }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A test Job: the patched manifest is mounted at `/reflex/manifest.yaml`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CiJobSpec {
+    /// Container image that runs the test.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Command to run; exit code 0 passes.
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Vec<String>,
+    /// Most time the Job may take.
+    #[serde(default = "default_ci_timeout")]
+    pub timeout: DurationString,
+}
+
+fn default_ci_timeout() -> DurationString {
+    DurationString::new("10m")
+}
+
+/// A GitOps flow: branch, pull request, required checks.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitopsSpec {
+    /// Repository URL.
+    #[schemars(length(min = 1, max = 2048))]
+    pub repository: String,
+    /// Base branch the pull request targets.
+    #[serde(default = "default_branch")]
+    #[schemars(length(min = 1, max = 255))]
+    pub base_branch: String,
+    /// Path of the target's manifest within the repository.
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+    /// Secret key holding the credentials used to push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretKeyRef>,
+    /// Most time to wait for checks to pass.
+    #[serde(default = "default_ci_timeout")]
+    pub checks_timeout: DurationString,
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+/// Comparison applied to each verification sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Comparison {
+    /// Value below the threshold.
+    #[serde(rename = "<")]
+    Less,
+    /// Value at or below the threshold.
+    #[serde(rename = "<=")]
+    LessOrEqual,
+    /// Value above the threshold.
+    #[serde(rename = ">")]
+    Greater,
+    /// Value at or above the threshold.
+    #[serde(rename = ">=")]
+    GreaterOrEqual,
+    /// Value equal to the threshold.
+    #[serde(rename = "==")]
+    Equal,
+    /// Value different from the threshold.
+    #[serde(rename = "!=")]
+    NotEqual,
+}
+
+/// Proof that a fix worked: a PromQL expression whose value must satisfy a condition for
+/// a whole window, within a timeout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("duration(self.for) <= duration(self.timeout)").message("verify.for must not be longer than verify.timeout"))]
+#[x_kube(validation = Rule::new("duration(self.interval) <= duration(self.timeout)").message("verify.interval must not be longer than verify.timeout"))]
+#[x_kube(validation = Rule::new("duration(self.interval) >= duration('1s')").message("verify.interval must be at least 1s"))]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// PromQL expression; each result series is checked against the condition.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+    /// Comparison operator.
+    pub operator: Comparison,
+    /// Threshold the value is compared with.
+    pub threshold: f64,
+    /// How long the condition must hold without a break.
+    #[serde(rename = "for")]
+    pub for_: DurationString,
+    /// Most time verification may take before it counts as failed.
+    pub timeout: DurationString,
+    /// Time between samples.
+    #[serde(default = "default_interval")]
+    pub interval: DurationString,
+}
+
+fn default_interval() -> DurationString {
+    DurationString::new("15s")
+}
+
+/// Rate limits, retries, deadlines and the suspend switch.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Minimum time between remediations of the same target.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: DurationString,
+    /// Most remediations this policy starts per window.
+    #[serde(default)]
+    pub max_remediations: RateLimit,
+    /// Most remediations of this policy in flight at once.
+    #[serde(default = "default_max_concurrent")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent: u32,
+    /// Consecutive failed attempts of one step before the remediation escalates.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub max_attempts: u32,
+    /// Wall-clock budget from start until deploy (approval waits included).
+    #[serde(default = "default_max_duration")]
+    pub max_duration: DurationString,
+    /// Stop starting new remediations for this policy.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            cooldown: default_cooldown(),
+            max_remediations: RateLimit::default(),
+            max_concurrent: default_max_concurrent(),
+            max_attempts: default_max_attempts(),
+            max_duration: default_max_duration(),
+            suspend: false,
+        }
+    }
+}
+
+fn default_cooldown() -> DurationString {
+    DurationString::new("30m")
+}
+fn default_max_concurrent() -> u32 {
+    1
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_max_duration() -> DurationString {
+    DurationString::new("1h")
+}
+
+/// At most `count` events per `window`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Allowed count per window.
+    #[schemars(range(min = 1, max = 10_000))]
+    pub count: u32,
+    /// Window length.
+    pub window: DurationString,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { count: 5, window: DurationString::new("1h") }
+    }
+}
+
+/// Where notifications go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifySpec {
+    /// Secret key holding a Slack-compatible incoming-webhook URL.
+    pub webhook_secret_ref: SecretKeyRef,
+}
+
+/// What the operator observed about a policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationPolicyStatus {
+    /// Generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` says whether the policy is valid, and why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Remediations of this policy currently in flight.
+    #[serde(default)]
+    pub active_remediations: u32,
+    /// Name of the most recent Remediation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_remediation: Option<String>,
+    /// The earned-trust record for production.
+    #[serde(default)]
+    pub trust: TrustRecord,
+    /// Alerts suppressed, by reason (cooldown, rate_limit, suspended, kill_switch, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub suppressed: BTreeMap<String, u64>,
+}
+
+/// Verified successes since the last failure.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustRecord {
+    /// Completion times of verified successes since the last reset (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub verified_successes: Vec<Time>,
+    /// When trust was last reset by a failed verification or rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset: Option<Time>,
+    /// Why trust was last reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset_reason: Option<String>,
+}

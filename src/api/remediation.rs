@@ -1,0 +1,635 @@
+//! `Remediation`: one run of the loop for one incident — the alert that started it, the
+//! target, and the full record of what Reflex read, proposed, tested, deployed and verified.
+//!
+//! Contract: plain data. `spec` is written once by intake (only `cancel` may change, and
+//! only to true); `status` is written only by the controller, under field manager
+//! `reflex-status`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{AnyJson, ApprovalDecision, ErrorCategory, LocalObjectRef, TargetKind, playbook::PatchType};
+
+/// Most step records kept in status; older ones are dropped first.
+pub const MAX_STEPS: usize = 32;
+/// Most verification samples kept in status.
+pub const MAX_SAMPLES: usize = 60;
+
+/// One incident being remediated.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "reflex.dev",
+    version = "v1alpha1",
+    kind = "Remediation",
+    namespaced,
+    status = "RemediationStatus",
+    shortname = "rem",
+    shortname = "rems",
+    category = "reflex",
+    doc = "One run of the Reflex loop for one incident: alert, target, and the record of diagnosis, proposal, CI, approval, deploy and verification.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Kind", type_ = "string", json_path = ".spec.target.kind", priority = 1),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.name"),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyRef.name"),
+    printcolumn(name = "Alert", type_ = "string", json_path = ".spec.alert.name", priority = 1),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.message", priority = 1)
+)]
+#[x_kube(validation = Rule::new("self.policyRef == oldSelf.policyRef && self.alert == oldSelf.alert && self.target == oldSelf.target").message("policyRef, alert and target are immutable; only cancel may change"))]
+#[x_kube(validation = Rule::new("!oldSelf.cancel || self.cancel").message("cancel cannot be undone once set"))]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationSpec {
+    /// The RemediationPolicy (same namespace) that governs this run.
+    pub policy_ref: LocalObjectRef,
+    /// The alert that started it.
+    pub alert: AlertRef,
+    /// The object to fix (same namespace).
+    pub target: TargetRef,
+    /// Set to true to stop the run; nothing further is deployed.
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// The alert as Alertmanager delivered it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertRef {
+    /// The `alertname` label.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Alertmanager's fingerprint of the label set.
+    #[schemars(length(min = 1, max = 64))]
+    pub fingerprint: String,
+    /// All labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// All annotations (data, never instructions).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// When the alert started firing.
+    pub starts_at: Time,
+    /// Link to the alert's source expression.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "generatorURL")]
+    pub generator_url: Option<String>,
+}
+
+/// The object to fix.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// API version, e.g. `apps/v1`.
+    #[schemars(length(min = 1, max = 63))]
+    pub api_version: String,
+    /// Kind.
+    pub kind: TargetKind,
+    /// Name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Where a Remediation is in the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    /// Created; not started.
+    #[default]
+    Pending,
+    /// Reading production and producing a proposal.
+    Diagnosing,
+    /// A proposal exists; testing has not started.
+    Proposed,
+    /// The proposal is checked and tested; then the gate decides.
+    Testing,
+    /// Waiting for a RemediationApproval.
+    AwaitingApproval,
+    /// Snapshotting the previous state and applying the change.
+    Deploying,
+    /// Watching the verification query.
+    Verifying,
+    /// Restoring the recorded previous state.
+    RollingBack,
+    /// Verified: the fix held. Terminal.
+    Succeeded,
+    /// A stage failed for good before anything was deployed. Terminal.
+    Failed,
+    /// The change did not hold and was reverted. Terminal.
+    RolledBack,
+    /// The alert resolved, or a person cancelled or rejected. Terminal.
+    Cancelled,
+    /// Humans must act: budget exhausted, repeated failure, or policy says so. Terminal.
+    Escalated,
+}
+
+impl Phase {
+    /// Every phase, in loop order.
+    pub const ALL: [Phase; 13] = [
+        Phase::Pending,
+        Phase::Diagnosing,
+        Phase::Proposed,
+        Phase::Testing,
+        Phase::AwaitingApproval,
+        Phase::Deploying,
+        Phase::Verifying,
+        Phase::RollingBack,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::RolledBack,
+        Phase::Cancelled,
+        Phase::Escalated,
+    ];
+
+    /// Terminal phases are final.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::RolledBack | Self::Cancelled | Self::Escalated)
+    }
+
+    /// Whether a change may have reached the target in this phase.
+    pub fn after_deploy(self) -> bool {
+        matches!(self, Self::Deploying | Self::Verifying | Self::RollingBack)
+    }
+
+    /// The phases this phase may move to. Everything else is an illegal transition.
+    pub fn successors(self) -> &'static [Phase] {
+        use Phase::*;
+        match self {
+            Pending => &[Diagnosing, Cancelled, Escalated],
+            Diagnosing => &[Proposed, Failed, Cancelled, Escalated],
+            Proposed => &[Testing, Failed, Cancelled, Escalated],
+            Testing => &[AwaitingApproval, Deploying, Failed, Cancelled, Escalated],
+            AwaitingApproval => &[Deploying, Failed, Cancelled, Escalated],
+            Deploying => &[Verifying, RollingBack, Failed, Cancelled, Escalated],
+            Verifying => &[Succeeded, RollingBack, Cancelled, Escalated],
+            RollingBack => &[RolledBack, Escalated],
+            Succeeded | Failed | RolledBack | Cancelled | Escalated => &[],
+        }
+    }
+
+    /// The phase's name as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Diagnosing => "Diagnosing",
+            Self::Proposed => "Proposed",
+            Self::Testing => "Testing",
+            Self::AwaitingApproval => "AwaitingApproval",
+            Self::Deploying => "Deploying",
+            Self::Verifying => "Verifying",
+            Self::RollingBack => "RollingBack",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::RolledBack => "RolledBack",
+            Self::Cancelled => "Cancelled",
+            Self::Escalated => "Escalated",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One effect of the loop; each is run through its stage's trait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum Step {
+    /// Read production (MCP tools) and summarise what is wrong.
+    Diagnose,
+    /// Produce a patch (playbook and/or LLM).
+    Propose,
+    /// Patch-safety check, server-side dry-run, optional Job or GitOps checks.
+    Test,
+    /// Decide whether the change may deploy now, needs a human, or must not happen.
+    Gate,
+    /// Record the target's current values of every field the patch touches.
+    Snapshot,
+    /// Apply the tested patch.
+    Deploy,
+    /// Take one verification sample and judge.
+    Verify,
+    /// Restore the snapshot.
+    Rollback,
+}
+
+impl Step {
+    /// Every step, in loop order.
+    pub const ALL: [Step; 8] = [
+        Step::Diagnose,
+        Step::Propose,
+        Step::Test,
+        Step::Gate,
+        Step::Snapshot,
+        Step::Deploy,
+        Step::Verify,
+        Step::Rollback,
+    ];
+
+    /// Lower-case name for logs, metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Diagnose => "diagnose",
+            Self::Propose => "propose",
+            Self::Test => "test",
+            Self::Gate => "gate",
+            Self::Snapshot => "snapshot",
+            Self::Deploy => "deploy",
+            Self::Verify => "verify",
+            Self::Rollback => "rollback",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Progress of one recorded effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StepState {
+    /// Recorded before the effect ran; no outcome yet.
+    Started,
+    /// The effect completed.
+    Succeeded,
+    /// The effect failed; `category` says how.
+    Failed,
+    /// The effect was stopped before it completed (cancellation).
+    Cancelled,
+}
+
+/// One effect, keyed by step and attempt: recorded before it runs, completed after.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRecord {
+    /// Which effect.
+    pub step: Step,
+    /// Attempt number, from 1, per step.
+    pub attempt: u32,
+    /// Progress.
+    pub state: StepState,
+    /// Failure category when failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<ErrorCategory>,
+    /// Outcome detail for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the effect was recorded as started.
+    pub started_at: Time,
+    /// When the outcome was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}
+
+/// State of the alert as last delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    /// Still firing.
+    #[default]
+    Firing,
+    /// Alertmanager reported it resolved.
+    Resolved,
+}
+
+/// How often and when the alert was seen.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertObservation {
+    /// Firing or resolved.
+    pub state: AlertState,
+    /// Deliveries of this alert seen by intake.
+    pub times_seen: u64,
+    /// First delivery.
+    pub first_seen: Time,
+    /// Latest delivery.
+    pub last_seen: Time,
+    /// When the alert resolved, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Time>,
+}
+
+/// One finding of the diagnosis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// Where it came from (tool name, query).
+    pub source: String,
+    /// What was found.
+    pub detail: String,
+}
+
+/// What diagnosis found.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnosis {
+    /// One-paragraph summary.
+    pub summary: String,
+    /// Individual findings (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub findings: Vec<Finding>,
+}
+
+/// Who produced a proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProposalSource {
+    /// A deterministic playbook.
+    Playbook,
+    /// The LLM agent.
+    Llm,
+}
+
+/// Token usage of LLM calls.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUsage {
+    /// Prompt tokens.
+    pub prompt: u64,
+    /// Completion tokens.
+    pub completion: u64,
+}
+
+/// The proposed change.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Proposal {
+    /// Patch format.
+    pub patch_type: PatchType,
+    /// The patch body.
+    pub patch: AnyJson,
+    /// `sha256:<hex>` of the canonical patch; CI results and deploys refer to it.
+    pub digest: String,
+    /// Why this change.
+    pub rationale: String,
+    /// What should happen once it is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_effect: Option<String>,
+    /// Playbook or LLM.
+    pub produced_by: ProposalSource,
+    /// Playbook name, when one was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<String>,
+    /// Model name, when the LLM was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Tokens spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenUsage>,
+    /// Money spent in US dollars (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "costUSD")]
+    pub cost_usd: Option<String>,
+}
+
+/// CI backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CiBackend {
+    /// Safety check and server-side dry-run only.
+    DryRun,
+    /// A test Job.
+    Job,
+    /// A pull request and its checks.
+    Gitops,
+}
+
+/// Pass or fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CiVerdict {
+    /// Every check passed.
+    Passed,
+    /// A check rejected the proposal.
+    Failed,
+}
+
+/// Result of testing one proposal.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CiResult {
+    /// Digest of the proposal that was tested.
+    pub proposal_digest: String,
+    /// Backend that ran last.
+    pub backend: CiBackend,
+    /// Passed or failed.
+    pub verdict: CiVerdict,
+    /// Every reason the proposal was refused, or a summary of what passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub messages: Vec<String>,
+    /// Job name or pull-request URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// What the gate decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GateDecision {
+    /// Deploy now.
+    Approved,
+    /// Wait for a RemediationApproval.
+    ApprovalRequired,
+    /// Only humans may act (trust `observe`, or RBAC refuses the deployer identity).
+    Denied,
+}
+
+/// Result of the gate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GateResult {
+    /// The decision.
+    pub decision: GateDecision,
+    /// Why.
+    pub reason: String,
+    /// ServiceAccount the deploy impersonates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+/// A person's decision as applied to this Remediation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// The RemediationApproval's name.
+    pub name: String,
+    /// Approve or reject.
+    pub decision: ApprovalDecision,
+    /// Who decided.
+    pub approver: String,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the decision was applied.
+    pub decided_at: Time,
+}
+
+/// The deploy: previous values (recorded before applying) and what was applied.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployRecord {
+    /// The target's values of every field the patch touches, before the change.
+    pub previous: AnyJson,
+    /// The target's resourceVersion when the snapshot was taken.
+    pub previous_resource_version: String,
+    /// Digest of the proposal applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_digest: Option<String>,
+    /// Revision produced by the apply (resourceVersion or rollout revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<String>,
+    /// Identity the apply ran as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// When the change was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<Time>,
+}
+
+/// Verification verdicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum VerificationVerdict {
+    /// Not decided yet; more samples are needed.
+    Pending,
+    /// The condition held for the whole window.
+    Passed,
+    /// The condition broke, or the timeout passed, or there was no data.
+    Failed,
+}
+
+/// One verification sample.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Sample {
+    /// When it was taken.
+    pub at: Time,
+    /// The value (worst series), absent when the query returned no data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Whether the condition held.
+    pub ok: bool,
+}
+
+/// Verification progress and verdict.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// Pending, passed or failed.
+    pub verdict: VerificationVerdict,
+    /// Recent samples (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 60))]
+    pub samples: Vec<Sample>,
+    /// Why the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When verification began.
+    pub started_at: Time,
+    /// When the next sample is due (while pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_sample_at: Option<Time>,
+}
+
+/// The rollback performed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRecord {
+    /// Why the change was reverted.
+    pub reason: String,
+    /// Revision after restoring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_revision: Option<String>,
+    /// When the previous state was restored.
+    pub restored_at: Time,
+}
+
+/// Everything the controller recorded about the run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationStatus {
+    /// Where the run is.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// One-line summary for `kubectl get -o wide`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The alert as intake has seen it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<AlertObservation>,
+    /// Diagnosis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Diagnosis>,
+    /// The proposed change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<Proposal>,
+    /// CI result for the proposal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<CiResult>,
+    /// Gate decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateResult>,
+    /// A person's decision, when one was needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRecord>,
+    /// Previous state and applied change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployRecord>,
+    /// Verification samples and verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+    /// The rollback, when one happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackRecord>,
+    /// Trace id under which every step of this run is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Recent effects, oldest first (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub steps: Vec<StepRecord>,
+    /// When the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the run reached a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}
+
+impl RemediationStatus {
+    /// The latest record of `step`, if any.
+    pub fn last_step(&self, step: Step) -> Option<&StepRecord> {
+        self.steps.iter().rev().find(|r| r.step == step)
+    }
+
+    /// Failed attempts of `step` since its last success.
+    pub fn consecutive_failures(&self, step: Step) -> u32 {
+        let mut n = 0;
+        for record in self.steps.iter().rev().filter(|r| r.step == step) {
+            match record.state {
+                StepState::Failed => n += 1,
+                StepState::Succeeded => break,
+                StepState::Started | StepState::Cancelled => {}
+            }
+        }
+        n
+    }
+
+    /// Appends a record, dropping the oldest beyond [`MAX_STEPS`].
+    pub fn push_step(&mut self, record: StepRecord) {
+        self.steps.push(record);
+        if self.steps.len() > MAX_STEPS {
+            let excess = self.steps.len() - MAX_STEPS;
+            self.steps.drain(..excess);
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The validation edge: a raw `RemediationPolicy` or `Playbook` spec becomes a validated
+//! type exactly once. Every problem is reported with the field path and what to do, all of
+//! them at once, so a user fixes a manifest in one round.
+//!
+//! Contract: pure; never panics on any input. Later stages take [`ValidPolicy`] /
+//! [`ValidPlaybook`] and never read the raw spec again.
+
+use std::{collections::HashSet, fmt, time::Duration};
+
+use super::{
+    DurationString, Environment, TargetKind,
+    playbook::{ParameterType, PatchMode, PatchType, PlaybookSpec},
+    policy::{
+        AgentMode, CiJobSpec, Comparison, GitopsSpec, McpServerSpec, ModelSpec, NotifySpec, RemediationPolicySpec,
+        TrustLevel, VerifySpec,
+    },
+};
+use crate::intake::{matcher::Matcher, template::NameTemplate};
+use crate::patch::quantity::parse_quantity;
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.verify.for`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Every problem found in one object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.field, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl ValidationErrors {
+    /// Whether any error concerns `field` exactly.
+    pub fn has(&self, field: &str) -> bool {
+        self.0.iter().any(|e| e.field == field)
+    }
+}
+
+#[derive(Default)]
+struct Collector(Vec<FieldError>);
+
+impl Collector {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+
+    fn duration(&mut self, field: &str, value: &DurationString) -> Duration {
+        value.parse().unwrap_or_else(|e| {
+            self.push(field, e.to_string());
+            Duration::ZERO
+        })
+    }
+
+    fn url(&mut self, field: &str, value: &str) {
+        if !(value.starts_with("http://") || value.starts_with("https://")) || value.len() <= "https://".len() {
+            self.push(field, format!("{value:?} is not an http:// or https:// URL"));
+        }
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, ValidationErrors> {
+        if self.0.is_empty() { Ok(value) } else { Err(ValidationErrors(self.0)) }
+    }
+}
+
+/// A verification rule with durations read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidVerify {
+    /// PromQL expression.
+    pub query: String,
+    /// Comparison operator.
+    pub operator: Comparison,
+    /// Threshold.
+    pub threshold: f64,
+    /// Window the condition must hold for.
+    pub for_: Duration,
+    /// Deadline for a verdict.
+    pub timeout: Duration,
+    /// Time between samples.
+    pub interval: Duration,
+}
+
+impl ValidVerify {
+    /// Whether one value satisfies the condition.
+    pub fn holds(&self, value: f64) -> bool {
+        match self.operator {
+            Comparison::Less => value < self.threshold,
+            Comparison::LessOrEqual => value <= self.threshold,
+            Comparison::Greater => value > self.threshold,
+            Comparison::GreaterOrEqual => value >= self.threshold,
+            Comparison::Equal => (value - self.threshold).abs() < f64::EPSILON,
+            Comparison::NotEqual => (value - self.threshold).abs() >= f64::EPSILON,
+        }
+    }
+}
+
+fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
+    if v.query.trim().is_empty() {
+        c.push(format!("{base}.query"), "must be a PromQL expression");
+    }
+    if !v.threshold.is_finite() {
+        c.push(format!("{base}.threshold"), "must be a finite number");
+    }
+    let for_ = c.duration(&format!("{base}.for"), &v.for_);
+    let timeout = c.duration(&format!("{base}.timeout"), &v.timeout);
+    let interval = c.duration(&format!("{base}.interval"), &v.interval);
+    if for_ > timeout {
+        c.push(format!("{base}.for"), format!("{} is longer than timeout {}: the condition could never hold in time", v.for_, v.timeout));
+    }
+    if interval > timeout {
+        c.push(format!("{base}.interval"), format!("{} is longer than timeout {}", v.interval, v.timeout));
+    }
+    if interval < Duration::from_secs(1) {
+        c.push(format!("{base}.interval"), "must be at least 1s");
+    }
+    ValidVerify { query: v.query.clone(), operator: v.operator, threshold: v.threshold, for_, timeout, interval }
+}
+
+/// Agent settings with budgets read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidAgent {
+    /// Mode.
+    pub mode: AgentMode,
+    /// Model; present in the LLM modes.
+    pub model: Option<ModelSpec>,
+    /// External MCP servers with per-call timeouts.
+    pub mcp_servers: Vec<(McpServerSpec, Duration)>,
+    /// Most LLM turns.
+    pub max_iterations: u32,
+    /// Most tokens.
+    pub max_tokens: u32,
+    /// Most money in US dollars.
+    pub max_cost_usd: Option<f64>,
+    /// Wall-clock budget.
+    pub timeout: Duration,
+}
+
+/// Rate limits and retry settings with durations read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidLimits {
+    /// Minimum time between remediations of the same target.
+    pub cooldown: Duration,
+    /// Remediations allowed per window.
+    pub max_remediations: u32,
+    /// The window.
+    pub window: Duration,
+    /// Most in flight at once.
+    pub max_concurrent: u32,
+    /// Consecutive failures of one step before escalation.
+    pub max_attempts: u32,
+    /// Wall-clock budget from start until deploy.
+    pub max_duration: Duration,
+    /// No new remediations.
+    pub suspend: bool,
+}
+
+/// Trust settings with the window read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidTrust {
+    /// Level.
+    pub level: TrustLevel,
+    /// Always wait for approval.
+    pub require_approval: bool,
+    /// Successes needed for production at `auto`.
+    pub successes_required: u32,
+    /// How far back successes count.
+    pub window: Duration,
+}
+
+/// CI settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValidCi {
+    /// Safety check and server-side dry-run only.
+    DryRunOnly,
+    /// Plus a test Job.
+    Job(CiJobSpec, Duration),
+    /// Plus a pull request and its checks.
+    Gitops(GitopsSpec, Duration),
+}
+
+/// A policy that passed validation.
+#[derive(Clone, Debug)]
+pub struct ValidPolicy {
+    /// Alert names, any of which matches.
+    pub alertnames: Vec<String>,
+    /// Label matchers, all of which must hold.
+    pub matchers: Vec<Matcher>,
+    /// Target kind.
+    pub target_kind: TargetKind,
+    /// Target name template.
+    pub target_name: NameTemplate,
+    /// Playbook name.
+    pub playbook: Option<String>,
+    /// Agent settings.
+    pub agent: ValidAgent,
+    /// Explicit environment, if set.
+    pub environment: Option<Environment>,
+    /// Trust.
+    pub trust: ValidTrust,
+    /// CI.
+    pub ci: ValidCi,
+    /// Verification override.
+    pub verify: Option<ValidVerify>,
+    /// Limits.
+    pub limits: ValidLimits,
+    /// Notification target.
+    pub notify: Option<NotifySpec>,
+}
+
+impl ValidPolicy {
+    /// Validates a policy spec.
+    ///
+    /// # Errors
+    /// [`ValidationErrors`] listing every bad field.
+    pub fn from_spec(spec: &RemediationPolicySpec) -> Result<Self, ValidationErrors> {
+        let mut c = Collector::default();
+
+        if spec.match_.alertnames.is_empty() {
+            c.push("spec.match.alertnames", "list at least one alert name");
+        }
+        for (i, name) in spec.match_.alertnames.iter().enumerate() {
+            if name.trim().is_empty() {
+                c.push(format!("spec.match.alertnames[{i}]"), "must not be empty");
+            }
+        }
+        let matchers = spec
+            .match_
+            .matchers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                Matcher::parse(m).map_err(|e| c.push(format!("spec.match.matchers[{i}]"), format!("{m:?}: {e}"))).ok()
+            })
+            .collect();
+
+        let target_name = NameTemplate::parse(&spec.target.name)
+            .map_err(|e| c.push("spec.target.name", e.to_string()))
+            .ok();
+
+        if spec.agent.mode != AgentMode::Llm && spec.playbook.as_deref().is_none_or(str::is_empty) {
+            c.push("spec.playbook", "name a Playbook (required unless agent.mode is llm)");
+        }
+        let agent = agent(&mut c, spec);
+
+        let trust = ValidTrust {
+            level: spec.trust.level,
+            require_approval: spec.trust.require_approval,
+            successes_required: spec.trust.earned_trust.successes_required,
+            window: c.duration("spec.trust.earnedTrust.window", &spec.trust.earned_trust.window),
+        };
+        if trust.successes_required == 0 {
+            c.push("spec.trust.earnedTrust.successesRequired", "must be at least 1");
+        }
+
+        if !spec.ci.dry_run {
+            c.push("spec.ci.dryRun", "cannot be disabled: every patch is dry-run on the API server");
+        }
+        let ci = match (&spec.ci.job, &spec.ci.gitops) {
+            (Some(_), Some(_)) => {
+                c.push("spec.ci", "choose at most one of job and gitops");
+                ValidCi::DryRunOnly
+            }
+            (Some(job), None) => {
+                if job.command.is_empty() {
+                    c.push("spec.ci.job.command", "give the command that runs the test");
+                }
+                if job.image.trim().is_empty() {
+                    c.push("spec.ci.job.image", "must name a container image");
+                }
+                ValidCi::Job(job.clone(), c.duration("spec.ci.job.timeout", &job.timeout))
+            }
+            (None, Some(g)) => {
+                if !(g.repository.contains("://") || g.repository.contains('@') || g.repository.starts_with('/')) {
+                    c.push("spec.ci.gitops.repository", format!("{:?} is not a repository URL or path", g.repository));
+                }
+                ValidCi::Gitops(g.clone(), c.duration("spec.ci.gitops.checksTimeout", &g.checks_timeout))
+            }
+            (None, None) => ValidCi::DryRunOnly,
+        };
+
+        let verify = spec.verify.as_ref().map(|v| verify(&mut c, "spec.verify", v));
+
+        let l = &spec.limits;
+        let limits = ValidLimits {
+            cooldown: c.duration("spec.limits.cooldown", &l.cooldown),
+            max_remediations: l.max_remediations.count,
+            window: c.duration("spec.limits.maxRemediations.window", &l.max_remediations.window),
+            max_concurrent: l.max_concurrent,
+            max_attempts: l.max_attempts,
+            max_duration: c.duration("spec.limits.maxDuration", &l.max_duration),
+            suspend: l.suspend,
+        };
+        if l.max_remediations.count == 0 {
+            c.push("spec.limits.maxRemediations.count", "must be at least 1 (use suspend to stop all remediations)");
+        }
+        if l.max_concurrent == 0 {
+            c.push("spec.limits.maxConcurrent", "must be at least 1 (use suspend to stop all remediations)");
+        }
+        if !(1..=10).contains(&l.max_attempts) {
+            c.push("spec.limits.maxAttempts", "must be between 1 and 10");
+        }
+        if limits.max_duration.is_zero() {
+            c.push("spec.limits.maxDuration", "must be longer than 0s");
+        }
+
+        if let Some(n) = &spec.notify {
+            if n.webhook_secret_ref.name.is_empty() || n.webhook_secret_ref.key.is_empty() {
+                c.push("spec.notify.webhookSecretRef", "needs both name and key");
+            }
+        }
+
+        let Some(target_name) = target_name else {
+            return Err(ValidationErrors(c.0));
+        };
+        c.finish(Self {
+            alertnames: spec.match_.alertnames.clone(),
+            matchers,
+            target_kind: spec.target.kind,
+            target_name,
+            playbook: spec.playbook.clone(),
+            agent,
+            environment: spec.environment,
+            trust,
+            ci,
+            verify,
+            limits,
+            notify: spec.notify.clone(),
+        })
+    }
+}
+
+fn agent(c: &mut Collector, spec: &RemediationPolicySpec) -> ValidAgent {
+    let a = &spec.agent;
+    if a.mode != AgentMode::Playbook && a.model.is_none() {
+        c.push("spec.agent.model", "required when agent.mode is llm or llm-then-playbook");
+    }
+    if let Some(m) = &a.model {
+        c.url("spec.agent.model.endpoint", &m.endpoint);
+        if m.model.trim().is_empty() {
+            c.push("spec.agent.model.model", "must name the model");
+        }
+    }
+    let mut names = HashSet::new();
+    let mut servers = Vec::new();
+    for (i, s) in a.mcp_servers.iter().enumerate() {
+        let base = format!("spec.agent.mcpServers[{i}]");
+        if !names.insert(s.name.as_str()) {
+            c.push(format!("{base}.name"), format!("{:?} is listed twice", s.name));
+        }
+        c.url(&format!("{base}.url"), &s.url);
+        let mut tools = HashSet::new();
+        for (j, t) in s.tools.iter().enumerate() {
+            if !tools.insert(t.name.as_str()) {
+                c.push(format!("{base}.tools[{j}].name"), format!("{:?} is listed twice", t.name));
+            }
+            if let Some(h) = &t.schema_hash {
+                let ok = h.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.chars().all(|ch| ch.is_ascii_hexdigit() && !ch.is_ascii_uppercase()));
+                if !ok {
+                    c.push(format!("{base}.tools[{j}].schemaHash"), "must be sha256: followed by 64 lowercase hex digits");
+                }
+            }
+        }
+        if s.tools.is_empty() {
+            c.push(format!("{base}.tools"), "allow at least one tool");
+        }
+        let timeout = c.duration(&format!("{base}.timeout"), &s.timeout);
+        servers.push((s.clone(), timeout));
+    }
+    let max_cost_usd = a.max_cost_usd.as_ref().and_then(|s| match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Some(v),
+        _ => {
+            c.push("spec.agent.maxCostUSD", format!("{s:?} is not a positive decimal amount such as \"0.50\""));
+            None
+        }
+    });
+    if a.max_iterations == 0 {
+        c.push("spec.agent.maxIterations", "must be at least 1");
+    }
+    ValidAgent {
+        mode: a.mode,
+        model: a.model.clone(),
+        mcp_servers: servers,
+        max_iterations: a.max_iterations,
+        max_tokens: a.max_tokens,
+        max_cost_usd,
+        timeout: c.duration("spec.agent.timeout", &a.timeout),
+    }
+}
+
+/// A parameter bound in its value type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Bound {
+    /// A number (integer, number or quantity in base units).
+    Number(f64),
+}
+
+/// A playbook parameter with bounds read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidParameter {
+    /// Name.
+    pub name: String,
+    /// Type.
+    pub type_: ParameterType,
+    /// Value expression.
+    pub value: String,
+    /// Lower bound in base units.
+    pub min: Option<f64>,
+    /// Upper bound (ceiling) in base units.
+    pub max: Option<f64>,
+    /// Largest ratio of new to current value.
+    pub max_factor: Option<f64>,
+    /// Allowed strings.
+    pub allowed: Vec<String>,
+}
+
+/// A playbook that passed validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidPlaybook {
+    /// Kinds it can fix.
+    pub target_kinds: Vec<TargetKind>,
+    /// Read steps (names unique).
+    pub reads: Vec<super::playbook::ReadStep>,
+    /// Template or agent.
+    pub patch_mode: PatchMode,
+    /// Patch format.
+    pub patch_type: PatchType,
+    /// The template, in template mode.
+    pub template: Option<String>,
+    /// Parameters.
+    pub parameters: Vec<ValidParameter>,
+    /// Field paths the patch may touch.
+    pub allowed_paths: Vec<String>,
+    /// Default verification.
+    pub verify: Option<ValidVerify>,
+    /// Restore on failed verification.
+    pub rollback_on_failure: bool,
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn is_field_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('.').all(|seg| {
+            let (name, index) = match seg.split_once('[') {
+                Some((n, rest)) => (n, Some(rest)),
+                None => (seg, None),
+            };
+            let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let index_ok = index.is_none_or(|i| {
+                i.strip_suffix(']').is_some_and(|inner| inner == "*" || (!inner.is_empty() && inner.chars().all(|c| c.is_ascii_digit())))
+            });
+            name_ok && index_ok
+        })
+}
+
+/// Placeholders `{{ params.NAME }}` found in a template.
+fn template_params(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else { break };
+        if let Some(name) = after[..close].trim().strip_prefix("params.") {
+            out.push(name.trim().to_owned());
+        }
+        rest = &after[close + 2..];
+    }
+    out
+}
+
+fn bound(c: &mut Collector, field: &str, type_: ParameterType, raw: Option<&String>) -> Option<f64> {
+    let raw = raw?;
+    let parsed = match type_ {
+        ParameterType::Integer => raw.parse::<i64>().ok().map(|v| v as f64),
+        ParameterType::Number => raw.parse::<f64>().ok().filter(|v| v.is_finite()),
+        ParameterType::Quantity => parse_quantity(raw).ok(),
+        ParameterType::String => {
+            c.push(field, "a string parameter takes an allowed list, not min/max");
+            return None;
+        }
+    };
+    if parsed.is_none() {
+        let kind = match type_ {
+            ParameterType::Integer => "an integer",
+            ParameterType::Number => "a number",
+            _ => "a quantity such as 512Mi",
+        };
+        c.push(field, format!("{raw:?} is not {kind}"));
+    }
+    parsed
+}
+
+impl ValidPlaybook {
+    /// Validates a playbook spec.
+    ///
+    /// # Errors
+    /// [`ValidationErrors`] listing every bad field.
+    pub fn from_spec(spec: &PlaybookSpec) -> Result<Self, ValidationErrors> {
+        let mut c = Collector::default();
+        if spec.target_kinds.is_empty() {
+            c.push("spec.targetKinds", "list at least one kind");
+        }
+        let mut kinds = HashSet::new();
+        for (i, k) in spec.target_kinds.iter().enumerate() {
+            if !kinds.insert(*k) {
+                c.push(format!("spec.targetKinds[{i}]"), format!("{k} is listed twice"));
+            }
+        }
+        let mut read_names = HashSet::new();
+        for (i, r) in spec.reads.iter().enumerate() {
+            if !is_identifier(&r.name) {
+                c.push(format!("spec.reads[{i}].name"), format!("{:?} must start with a letter and hold letters, digits, '_' or '-'", r.name));
+            } else if !read_names.insert(r.name.as_str()) {
+                c.push(format!("spec.reads[{i}].name"), format!("{:?} is used twice", r.name));
+            }
+            if r.tool.trim().is_empty() {
+                c.push(format!("spec.reads[{i}].tool"), "must name a tool");
+            }
+        }
+
+        let p = &spec.patch;
+        let mut params = Vec::new();
+        let mut param_names = HashSet::new();
+        for (i, param) in p.parameters.iter().enumerate() {
+            let base = format!("spec.patch.parameters[{i}]");
+            if !is_identifier(&param.name) {
+                c.push(format!("{base}.name"), format!("{:?} must start with a letter and hold letters, digits, '_' or '-'", param.name));
+            } else if !param_names.insert(param.name.clone()) {
+                c.push(format!("{base}.name"), format!("{:?} is used twice", param.name));
+            }
+            let min = bound(&mut c, &format!("{base}.min"), param.type_, param.min.as_ref());
+            let max = bound(&mut c, &format!("{base}.max"), param.type_, param.max.as_ref());
+            if let (Some(lo), Some(hi)) = (min, max) {
+                if lo > hi {
+                    c.push(format!("{base}.min"), format!("{:?} is above max {:?}", param.min.as_deref().unwrap_or(""), param.max.as_deref().unwrap_or("")));
+                }
+            }
+            if let Some(f) = param.max_factor {
+                if !(f.is_finite() && f >= 1.0) {
+                    c.push(format!("{base}.maxFactor"), "must be a number of at least 1");
+                }
+            }
+            let allowed = param.allowed.clone().unwrap_or_default();
+            if param.type_ == ParameterType::String && allowed.is_empty() {
+                c.push(format!("{base}.allowed"), "a string parameter needs a non-empty allowed list");
+            }
+            if param.type_ != ParameterType::String && max.is_none() && param.max_factor.is_none() {
+                c.push(format!("{base}.max"), "a numeric parameter needs a ceiling: set max or maxFactor");
+            }
+            params.push(ValidParameter {
+                name: param.name.clone(),
+                type_: param.type_,
+                value: param.value.clone(),
+                min,
+                max,
+                max_factor: param.max_factor,
+                allowed,
+            });
+        }
+        match (p.mode, &p.template) {
+            (PatchMode::Template, None) => c.push("spec.patch.template", "required when patch.mode is template"),
+            (PatchMode::Template, Some(t)) => {
+                for name in template_params(t) {
+                    if !param_names.contains(&name) {
+                        c.push("spec.patch.template", format!("uses {{{{ params.{name} }}}} but no parameter {name:?} is declared"));
+                    }
+                }
+            }
+            (PatchMode::Agent, _) => {}
+        }
+        if p.allowed_paths.is_empty() {
+            c.push("spec.patch.allowedPaths", "list the field paths the patch may touch");
+        }
+        for (i, path) in p.allowed_paths.iter().enumerate() {
+            if !is_field_path(path) {
+                c.push(format!("spec.patch.allowedPaths[{i}]"), format!("{path:?} is not a field path like spec.template.spec.containers[*].resources.limits.memory"));
+            }
+        }
+        let verify = spec.verify.as_ref().map(|v| verify(&mut c, "spec.verify", v));
+        c.finish(Self {
+            target_kinds: spec.target_kinds.clone(),
+            reads: spec.reads.clone(),
+            patch_mode: p.mode,
+            patch_type: p.patch_type,
+            template: p.template.clone(),
+            parameters: params,
+            allowed_paths: p.allowed_paths.clone(),
+            verify,
+            rollback_on_failure: spec.rollback.on_verification_failure,
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! Alert intake: turns Alertmanager webhook deliveries into Remediations.
+//!
+//! Contract: the pure core here matches alerts to policies ([`matcher`]) and resolves
+//! targets ([`template`]). The webhook server (bearer auth, size limits, dedup,
+//! backpressure) is the effectful shell; it creates or updates Remediations and nothing
+//! else, and rejects a bad delivery without creating anything.
+
+pub mod matcher;
+pub mod template;

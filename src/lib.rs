@@ -1,0 +1,26 @@
+//! Reflex: a Kubernetes operator that closes the loop from a Prometheus alert to a verified
+//! fix — intake, diagnose, propose, test, gate, deploy, verify, roll back.
+//!
+//! One module per loop stage, each with a pure core and a thin effectful shell; see
+//! `ARCHITECTURE.md` §5 for the layout.
+
+pub mod a2a;
+pub mod agent;
+pub mod api;
+pub mod ci;
+pub mod controller;
+pub mod deploy;
+pub mod gate;
+pub mod intake;
+pub mod mcp;
+pub mod patch;
+pub mod sandbox;
+pub mod telemetry;
+pub mod verify;
+
+/// Installs ring as rustls's process-wide crypto provider. Call once at start-up and in
+/// test set-up: without it, building a TLS client panics even for `http://` URLs.
+pub fn install_crypto_provider() {
+    // An Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", reflex::api::crds::render_all().unwrap_or_default());
+}
