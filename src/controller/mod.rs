@@ -1,1 +1,7 @@
-//! placeholder
+//! The controller: drives each Remediation through the loop.
+//!
+//! Contract: [`machine`] decides (pure); [`reconcile`] observes, performs the one effect
+//! the decision names through a [`stages`] trait, and records it in status. Only the
+//! leader runs it.
+
+pub mod machine;

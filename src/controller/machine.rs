@@ -1,0 +1,444 @@
+//! The Remediation state machine: `decide(&remediation, &observations) -> Decision`.
+//!
+//! Contract: pure and total. Every transition rule of the loop lives here; the reconciler
+//! gathers observations, calls [`decide`], performs the one effect it names and records
+//! it. Effect outcomes are read back from status (keyed by step and attempt), so a restart
+//! resumes exactly where the last recorded outcome left off: a completed effect is never
+//! run again, and an effect recorded as started but not finished is resumed under the
+//! same key (stages are idempotent per key). Terminal phases are final.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::conditions::reason;
+use crate::api::remediation::{
+    AlertState, CiVerdict, GateDecision, Phase, Remediation, RemediationStatus, Step, StepState,
+    VerificationVerdict,
+};
+use crate::api::{ApprovalDecision, ErrorCategory};
+use crate::patch::TestedPatch;
+
+/// Policy settings the machine needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Consecutive failures of one step before giving up on it.
+    pub max_attempts: u32,
+    /// Wall-clock budget from start until deploy.
+    pub max_duration: Duration,
+    /// First retry delay; doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_cap: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            max_duration: Duration::from_secs(3600),
+            retry_base: Duration::from_secs(2),
+            retry_cap: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The governing policy as the reconciler found it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicyView {
+    /// Found and valid.
+    Valid(Settings),
+    /// No policy by that name in the namespace.
+    NotFound,
+    /// Found but invalid; the message says why.
+    Invalid(String),
+}
+
+/// Which stage implementations this build has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StageSet(u16);
+
+impl StageSet {
+    /// No stage available.
+    pub const NONE: Self = Self(0);
+    /// Every stage available.
+    pub const ALL: Self = Self(u16::MAX);
+
+    fn bit(step: Step) -> u16 {
+        1 << (step as u16)
+    }
+
+    /// Adds a stage.
+    #[must_use]
+    pub fn with(self, step: Step) -> Self {
+        Self(self.0 | Self::bit(step))
+    }
+
+    /// Removes a stage.
+    #[must_use]
+    pub fn without(self, step: Step) -> Self {
+        Self(self.0 & !Self::bit(step))
+    }
+
+    /// Whether a stage is available.
+    pub fn has(self, step: Step) -> bool {
+        self.0 & Self::bit(step) != 0
+    }
+}
+
+/// What the reconciler observed outside the Remediation itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observations {
+    /// The clock.
+    pub now: Timestamp,
+    /// The governing policy.
+    pub policy: PolicyView,
+    /// Stages this build can run.
+    pub stages: StageSet,
+    /// The effect of this Remediation currently running in this process, if any.
+    pub running: Option<(Step, u32)>,
+}
+
+/// The one thing to do next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Nothing to do; look again after `after` (or on the next change).
+    Wait {
+        /// When to look again.
+        after: Option<Duration>,
+    },
+    /// Move to another phase; `to` is always one of the current phase's successors.
+    Transition {
+        /// New phase.
+        to: Phase,
+        /// A [`reason`] constant.
+        reason: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Run (or resume) one effect, keyed by step and attempt.
+    Run {
+        /// Which effect.
+        step: Step,
+        /// Attempt number (a resumed effect keeps its attempt).
+        attempt: u32,
+    },
+    /// The loop cannot move without outside help.
+    Stall {
+        /// A [`reason`] constant.
+        reason: &'static str,
+        /// What is missing and what a human can do.
+        message: String,
+    },
+}
+
+fn to(to: Phase, reason: &'static str, message: impl Into<String>) -> Decision {
+    Decision::Transition { to, reason, message: message.into() }
+}
+
+/// Decides the next action for a Remediation.
+pub fn decide(rem: &Remediation, obs: &Observations) -> Decision {
+    let default_status = RemediationStatus::default();
+    let status = rem.status.as_ref().unwrap_or(&default_status);
+    let phase = status.phase;
+    if phase.is_terminal() {
+        return Decision::Wait { after: None };
+    }
+
+    // A rollback in progress always finishes: stopping halfway would leave the target in
+    // neither the old nor the new state.
+    if phase != Phase::RollingBack {
+        if rem.spec.cancel {
+            let note = if phase.after_deploy() {
+                "; the applied change was left in place (status.deploy holds the previous values)"
+            } else {
+                "; nothing was deployed"
+            };
+            return to(Phase::Cancelled, reason::CANCEL_REQUESTED, format!("cancelled by request{note}"));
+        }
+        let resolved = status.alert.as_ref().is_some_and(|a| a.state == AlertState::Resolved);
+        if resolved && !phase.after_deploy() {
+            return to(Phase::Cancelled, reason::ALERT_RESOLVED, "the alert resolved before anything was deployed");
+        }
+    }
+
+    let settings = match &obs.policy {
+        PolicyView::Valid(s) => s.clone(),
+        PolicyView::NotFound if phase == Phase::RollingBack => Settings::default(),
+        PolicyView::NotFound if phase.after_deploy() => {
+            return to(
+                Phase::Escalated,
+                reason::POLICY_NOT_FOUND,
+                format!("policy {:?} was deleted after the change was applied; verify or revert by hand", rem.spec.policy_ref.name),
+            );
+        }
+        PolicyView::NotFound => {
+            return to(
+                Phase::Cancelled,
+                reason::POLICY_NOT_FOUND,
+                format!("policy {:?} no longer exists; nothing was deployed", rem.spec.policy_ref.name),
+            );
+        }
+        PolicyView::Invalid(_) if phase == Phase::RollingBack => Settings::default(),
+        PolicyView::Invalid(why) => {
+            return Decision::Stall {
+                reason: reason::POLICY_INVALID,
+                message: format!("policy {:?} is invalid: {why}", rem.spec.policy_ref.name),
+            };
+        }
+    };
+
+    if !phase.after_deploy() && phase != Phase::Pending {
+        if let Some(started) = status.started_at.as_ref() {
+            let elapsed = obs.now.duration_since(started.0).unsigned_abs();
+            if elapsed > settings.max_duration {
+                return to(
+                    Phase::Escalated,
+                    reason::DEADLINE_EXCEEDED,
+                    format!("no deploy within limits.maxDuration ({}s) of the start", settings.max_duration.as_secs()),
+                );
+            }
+        }
+    }
+
+    let m = Machine { rem, status, obs, settings: &settings };
+    match phase {
+        Phase::Pending => to(Phase::Diagnosing, reason::STARTED, "remediation started"),
+        Phase::Diagnosing => m.diagnosing(),
+        Phase::Proposed => to(Phase::Testing, reason::TESTING, "testing the proposal"),
+        Phase::Testing => m.testing(),
+        Phase::AwaitingApproval => m.awaiting_approval(),
+        Phase::Deploying => m.deploying(),
+        Phase::Verifying => m.verifying(),
+        Phase::RollingBack => m.rolling_back(),
+        Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Cancelled | Phase::Escalated => {
+            Decision::Wait { after: None }
+        }
+    }
+}
+
+struct Machine<'a> {
+    rem: &'a Remediation,
+    status: &'a RemediationStatus,
+    obs: &'a Observations,
+    settings: &'a Settings,
+}
+
+/// Where a step goes when it fails for good.
+#[derive(Clone, Copy)]
+struct GiveUp {
+    /// Phase for a failure that retrying cannot fix (invalid spec, forbidden, not found).
+    permanent: Phase,
+    /// Phase once transient failures used up the attempts.
+    exhausted: Phase,
+    /// Reason for `exhausted`.
+    exhausted_reason: &'static str,
+}
+
+const BEFORE_DEPLOY: GiveUp =
+    GiveUp { permanent: Phase::Failed, exhausted: Phase::Escalated, exhausted_reason: reason::REPEATED_FAILURE };
+
+impl Machine<'_> {
+    fn diagnosing(&self) -> Decision {
+        if self.status.proposal.is_some() {
+            return to(Phase::Proposed, reason::PROPOSED, "a proposal is ready");
+        }
+        if self.status.diagnosis.is_none() {
+            self.step(Step::Diagnose, BEFORE_DEPLOY)
+        } else {
+            self.step(Step::Propose, BEFORE_DEPLOY)
+        }
+    }
+
+    fn testing(&self) -> Decision {
+        let Some(proposal) = &self.status.proposal else {
+            return to(Phase::Escalated, reason::INVALID_SPEC, "status.proposal is missing in phase Testing");
+        };
+        let ci = self.status.ci.as_ref().filter(|ci| ci.proposal_digest == proposal.digest);
+        let Some(ci) = ci else {
+            return self.step(Step::Test, BEFORE_DEPLOY);
+        };
+        if ci.verdict == CiVerdict::Failed {
+            let why = if ci.messages.is_empty() { "the proposal was rejected".to_owned() } else { ci.messages.join("; ") };
+            return to(Phase::Failed, reason::TESTS_FAILED, why);
+        }
+        match &self.status.gate {
+            None => self.step(Step::Gate, BEFORE_DEPLOY),
+            Some(g) => match g.decision {
+                GateDecision::Approved => to(Phase::Deploying, reason::APPROVED, g.reason.clone()),
+                GateDecision::ApprovalRequired => to(Phase::AwaitingApproval, reason::APPROVAL_REQUIRED, g.reason.clone()),
+                GateDecision::Denied => to(Phase::Escalated, reason::HUMANS_ONLY, g.reason.clone()),
+            },
+        }
+    }
+
+    fn awaiting_approval(&self) -> Decision {
+        match &self.status.approval {
+            Some(a) if a.decision == ApprovalDecision::Approve => {
+                to(Phase::Deploying, reason::APPROVED, format!("approved by {} ({})", a.approver, a.name))
+            }
+            Some(a) => to(
+                Phase::Cancelled,
+                reason::APPROVAL_REJECTED,
+                format!("rejected by {}{}", a.approver, a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()),
+            ),
+            None => Decision::Wait { after: self.until_deadline() },
+        }
+    }
+
+    fn deploying(&self) -> Decision {
+        let tested = match (&self.status.proposal, &self.status.ci) {
+            (Some(p), Some(ci)) => TestedPatch::new(p, ci),
+            _ => None,
+        };
+        let Some(tested) = tested else {
+            // Only a proposal that passed CI for its exact digest may deploy.
+            return to(Phase::Escalated, reason::INVALID_SPEC, "no tested patch matches the proposal; refusing to deploy");
+        };
+        match &self.status.deploy {
+            None => self.step(
+                Step::Snapshot,
+                GiveUp { permanent: Phase::Failed, exhausted: Phase::Escalated, exhausted_reason: reason::REPEATED_FAILURE },
+            ),
+            Some(d) if d.applied_digest.as_deref() == Some(tested.proposal().digest.as_str()) => {
+                to(Phase::Verifying, reason::DEPLOYED, format!("applied {}", tested.proposal().digest))
+            }
+            Some(_) => self.step(
+                Step::Deploy,
+                GiveUp { permanent: Phase::RollingBack, exhausted: Phase::RollingBack, exhausted_reason: reason::DEPLOY_FAILED },
+            ),
+        }
+    }
+
+    fn verifying(&self) -> Decision {
+        let give_up = GiveUp {
+            permanent: Phase::RollingBack,
+            exhausted: Phase::RollingBack,
+            exhausted_reason: reason::VERIFICATION_FAILED,
+        };
+        match &self.status.verification {
+            Some(v) if v.verdict == VerificationVerdict::Passed => {
+                to(Phase::Succeeded, reason::VERIFIED, v.message.clone().unwrap_or_else(|| "verification held".to_owned()))
+            }
+            Some(v) if v.verdict == VerificationVerdict::Failed => to(
+                Phase::RollingBack,
+                reason::VERIFICATION_FAILED,
+                v.message.clone().unwrap_or_else(|| "verification did not hold".to_owned()),
+            ),
+            Some(v) => match v.next_sample_at.as_ref().map(|t| t.0) {
+                Some(due) if due > self.obs.now && self.obs.running.is_none() => {
+                    Decision::Wait { after: Some(self.obs.now.duration_until(due).unsigned_abs()) }
+                }
+                _ => self.step(Step::Verify, give_up),
+            },
+            None => self.step(Step::Verify, give_up),
+        }
+    }
+
+    fn rolling_back(&self) -> Decision {
+        if self.status.rollback.is_some() {
+            return to(Phase::RolledBack, reason::ROLLED_BACK, "the previous state was restored");
+        }
+        if self.status.deploy.is_none() {
+            return to(Phase::Escalated, reason::ROLLBACK_FAILED, "no snapshot of the previous state is recorded");
+        }
+        self.step(
+            Step::Rollback,
+            GiveUp { permanent: Phase::Escalated, exhausted: Phase::Escalated, exhausted_reason: reason::ROLLBACK_FAILED },
+        )
+    }
+
+    /// Time left before the pre-deploy deadline.
+    fn until_deadline(&self) -> Option<Duration> {
+        let started = self.status.started_at.as_ref()?;
+        let elapsed = self.obs.now.duration_since(started.0).unsigned_abs();
+        Some(self.settings.max_duration.saturating_sub(elapsed) + Duration::from_secs(1))
+    }
+
+    /// Runs, resumes, retries or gives up on one step from its recorded history.
+    fn step(&self, step: Step, give_up: GiveUp) -> Decision {
+        let run = |attempt: u32| {
+            if self.obs.stages.has(step) {
+                Decision::Run { step, attempt }
+            } else {
+                Decision::Stall {
+                    reason: reason::STAGE_UNAVAILABLE,
+                    message: format!(
+                        "the {step} stage is not available in this build of Reflex; the remediation waits in phase {} until an operator with that stage runs",
+                        self.status.phase
+                    ),
+                }
+            }
+        };
+        let Some(last) = self.status.last_step(step) else {
+            return run(1);
+        };
+        match last.state {
+            StepState::Started if self.obs.running == Some((step, last.attempt)) => Decision::Wait { after: None },
+            // Recorded as started but not running here: the process stopped mid-effect.
+            // Resume under the same key; stages are idempotent per key.
+            StepState::Started => run(last.attempt),
+            StepState::Cancelled => run(last.attempt.saturating_add(1)),
+            // Verification is the one step that runs again after success: each sample is
+            // its own effect.
+            StepState::Succeeded if step == Step::Verify => run(last.attempt.saturating_add(1)),
+            StepState::Succeeded => to(
+                give_up.exhausted,
+                give_up.exhausted_reason,
+                format!("the {step} step succeeded but its result is missing from status"),
+            ),
+            StepState::Failed => {
+                let category = last.category.unwrap_or(ErrorCategory::Transient);
+                let why = last.message.clone().unwrap_or_else(|| category.as_str().to_owned());
+                if category == ErrorCategory::BudgetExhausted {
+                    let dest = if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };
+                    return to(dest, reason::BUDGET_EXHAUSTED, format!("{step}: {why}"));
+                }
+                if !category.is_retryable() {
+                    let r = match category {
+                        ErrorCategory::Forbidden => reason::FORBIDDEN,
+                        ErrorCategory::NotFound => reason::NOT_FOUND,
+                        _ => reason::INVALID_SPEC,
+                    };
+                    let r = if give_up.permanent == give_up.exhausted { give_up.exhausted_reason } else { r };
+                    return to(give_up.permanent, r, format!("{step} failed ({category}): {why}"));
+                }
+                let failures = self.status.consecutive_failures(step);
+                if failures >= self.settings.max_attempts {
+                    return to(
+                        give_up.exhausted,
+                        give_up.exhausted_reason,
+                        format!("{step} failed {failures} times in a row; last error: {why}"),
+                    );
+                }
+                let delay = backoff(self.settings, self.rem.metadata.uid.as_deref().unwrap_or(""), step, last.attempt);
+                let failed_at = last.finished_at.as_ref().map_or(last.started_at.0, |t| t.0);
+                let elapsed = self.obs.now.duration_since(failed_at).unsigned_abs();
+                if elapsed < delay {
+                    Decision::Wait { after: Some(delay - elapsed) }
+                } else {
+                    run(last.attempt.saturating_add(1))
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with deterministic jitter (±20%, derived from the effect key so
+/// replicas and restarts agree, and many remediations do not retry in lockstep).
+pub fn backoff(settings: &Settings, uid: &str, step: Step, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(16);
+    let base = settings.retry_base.saturating_mul(1 << exp).min(settings.retry_cap);
+    // FNV-1a over the key: stable across processes, unlike std's RandomState.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in uid.bytes().chain([step as u8]).chain(attempt.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let permille = 800 + (h % 401); // 0.8 ..= 1.2
+    base.saturating_mul(u32::try_from(permille).unwrap_or(1000)) / 1000
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

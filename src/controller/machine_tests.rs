@@ -1,0 +1,440 @@
+//! Table-driven tests of `decide`: every phase against every kind of observation.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ObjectMeta;
+
+use super::*;
+use crate::api::conditions::reason as r;
+use crate::api::remediation::*;
+use crate::api::{AnyJson, ApprovalDecision, ErrorCategory, LocalObjectRef, TargetKind, playbook::PatchType};
+use crate::patch::digest;
+
+const T0: i64 = 1_700_000_000;
+
+fn at(secs: i64) -> Time {
+    Time(Timestamp::from_second(T0 + secs).unwrap())
+}
+
+fn proposal() -> Proposal {
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "512Mi"}}}]}}}});
+    Proposal {
+        patch_type: PatchType::Strategic,
+        digest: digest(&patch),
+        patch: AnyJson(patch),
+        rationale: "working set above limit".into(),
+        expected_effect: None,
+        produced_by: ProposalSource::Playbook,
+        playbook: Some("raise-memory-limit".into()),
+        model: None,
+        tokens: None,
+        cost_usd: None,
+    }
+}
+
+fn ci(verdict: CiVerdict, digest: &str) -> CiResult {
+    CiResult { proposal_digest: digest.into(), backend: CiBackend::DryRun, verdict, messages: vec!["dry-run: field is immutable".into()], reference: None }
+}
+
+fn snapshot() -> DeployRecord {
+    DeployRecord {
+        previous: AnyJson(serde_json::json!({"memory": "256Mi"})),
+        previous_resource_version: "41".into(),
+        applied_digest: None,
+        applied_revision: None,
+        identity: None,
+        applied_at: None,
+    }
+}
+
+/// A Remediation in `phase` with everything that phase presupposes already recorded.
+fn mk_remediation(phase: Phase) -> Remediation {
+    let mut rem = Remediation::new(
+        "checkout-oom-1",
+        RemediationSpec {
+            policy_ref: LocalObjectRef { name: "checkout-oom".into() },
+            alert: AlertRef {
+                name: "KubeContainerOOMKilled".into(),
+                fingerprint: "a1b2c3d4e5f60718".into(),
+                labels: Default::default(),
+                annotations: Default::default(),
+                starts_at: at(-60),
+                generator_url: None,
+            },
+            target: TargetRef { api_version: "apps/v1".into(), kind: TargetKind::Deployment, name: "checkout".into() },
+            cancel: false,
+        },
+    );
+    rem.metadata = ObjectMeta { name: Some("checkout-oom-1".into()), namespace: Some("shop".into()), uid: Some("uid-1".into()), ..Default::default() };
+    let mut s = RemediationStatus { phase, started_at: Some(at(0)), ..Default::default() };
+    let p = proposal();
+    let d = p.digest.clone();
+    use Phase::*;
+    if matches!(phase, Proposed | Testing | AwaitingApproval | Deploying | Verifying | RollingBack | Succeeded | RolledBack) {
+        s.diagnosis = Some(Diagnosis { summary: "OOM".into(), findings: vec![] });
+        s.proposal = Some(p);
+    }
+    if matches!(phase, AwaitingApproval | Deploying | Verifying | RollingBack | Succeeded | RolledBack) {
+        s.ci = Some(ci(CiVerdict::Passed, &d));
+        s.gate = Some(GateResult { decision: GateDecision::ApprovalRequired, reason: "production".into(), identity: None });
+    }
+    if matches!(phase, Verifying | RollingBack | Succeeded | RolledBack) {
+        s.deploy = Some(DeployRecord { applied_digest: Some(d), ..snapshot() });
+    }
+    rem.status = Some(s);
+    rem
+}
+
+fn obs() -> Observations {
+    Observations { now: at(10).0, policy: PolicyView::Valid(Settings::default()), stages: StageSet::ALL, running: None }
+}
+
+fn status(rem: &mut Remediation) -> &mut RemediationStatus {
+    rem.status.as_mut().unwrap()
+}
+
+fn record(step: Step, attempt: u32, state: StepState, category: Option<ErrorCategory>, finished: i64) -> StepRecord {
+    StepRecord {
+        step,
+        attempt,
+        state,
+        category,
+        message: category.map(|c| format!("{c} error")),
+        started_at: at(finished - 1),
+        finished_at: (state != StepState::Started).then(|| at(finished)),
+    }
+}
+
+/// The step a phase runs first when nothing has been recorded yet.
+fn first_step(phase: Phase) -> Option<Step> {
+    match phase {
+        Phase::Diagnosing => Some(Step::Diagnose),
+        Phase::Testing => Some(Step::Test),
+        Phase::Deploying => Some(Step::Snapshot),
+        Phase::Verifying => Some(Step::Verify),
+        Phase::RollingBack => Some(Step::Rollback),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Expect {
+    Wait,
+    WaitFor,
+    To(Phase, &'static str),
+    Run(Step, u32),
+    Stall(&'static str),
+}
+
+fn check(d: &Decision, e: &Expect) -> bool {
+    match (d, e) {
+        (Decision::Wait { after: None }, Expect::Wait) => true,
+        (Decision::Wait { after: Some(_) }, Expect::WaitFor) => true,
+        (Decision::Transition { to, reason, .. }, Expect::To(p, want)) => to == p && reason == want,
+        (Decision::Run { step, attempt }, Expect::Run(s, a)) => step == s && attempt == a,
+        (Decision::Stall { reason, .. }, Expect::Stall(want)) => reason == want,
+        _ => false,
+    }
+}
+
+type Setup = fn(Phase, &mut Remediation, &mut Observations);
+type Want = fn(Phase) -> Expect;
+
+/// What the loop does from `phase` with nothing special observed.
+fn baseline(p: Phase) -> Expect {
+    use Phase::*;
+    match p {
+        Pending => Expect::To(Diagnosing, r::STARTED),
+        Proposed => Expect::To(Testing, r::TESTING),
+        AwaitingApproval => Expect::WaitFor,
+        Succeeded | Failed | RolledBack | Cancelled | Escalated => Expect::Wait,
+        _ => Expect::Run(first_step(p).unwrap(), 1),
+    }
+}
+
+fn pre_deploy(p: Phase) -> bool {
+    !p.is_terminal() && !p.after_deploy()
+}
+
+/// One row per kind of observation; each maps every phase to the expected decision.
+fn table() -> Vec<(&'static str, Setup, Want)> {
+    vec![
+        ("nothing special", |_, _, _| {}, baseline),
+        ("a person set spec.cancel", |_, rem, _| rem.spec.cancel = true, |p| match p {
+            _ if p.is_terminal() => Expect::Wait,
+            Phase::RollingBack => Expect::Run(Step::Rollback, 1),
+            _ => Expect::To(Phase::Cancelled, r::CANCEL_REQUESTED),
+        }),
+        ("the alert resolved", |_, rem, _| {
+            status(rem).alert = Some(AlertObservation { state: AlertState::Resolved, times_seen: 2, first_seen: at(0), last_seen: at(5), resolved_at: Some(at(5)) });
+        }, |p| if pre_deploy(p) { Expect::To(Phase::Cancelled, r::ALERT_RESOLVED) } else { baseline(p) }),
+        ("the policy was deleted", |_, _, o| o.policy = PolicyView::NotFound, |p| match p {
+            _ if p.is_terminal() => Expect::Wait,
+            Phase::RollingBack => Expect::Run(Step::Rollback, 1),
+            Phase::Deploying | Phase::Verifying => Expect::To(Phase::Escalated, r::POLICY_NOT_FOUND),
+            _ => Expect::To(Phase::Cancelled, r::POLICY_NOT_FOUND),
+        }),
+        ("the policy is invalid", |_, _, o| o.policy = PolicyView::Invalid("bad matcher".into()), |p| match p {
+            _ if p.is_terminal() => Expect::Wait,
+            Phase::RollingBack => Expect::Run(Step::Rollback, 1),
+            _ => Expect::Stall(r::POLICY_INVALID),
+        }),
+        ("the pre-deploy deadline passed", |_, _, o| o.now = at(7200).0, |p| match p {
+            Phase::Diagnosing | Phase::Proposed | Phase::Testing | Phase::AwaitingApproval => Expect::To(Phase::Escalated, r::DEADLINE_EXCEEDED),
+            _ => baseline(p),
+        }),
+        ("no stage is available in this build", |_, _, o| o.stages = StageSet::NONE, |p| match baseline(p) {
+            Expect::Run(..) => Expect::Stall(r::STAGE_UNAVAILABLE),
+            other => other,
+        }),
+        ("the step is running in this process", |p, rem, o| {
+            if let Some(step) = first_step(p) {
+                status(rem).push_step(record(step, 1, StepState::Started, None, 9));
+                o.running = Some((step, 1));
+            }
+        }, |p| match baseline(p) {
+            Expect::Run(..) => Expect::Wait,
+            other => other,
+        }),
+        ("the step was started before a restart", |p, rem, _| {
+            if let Some(step) = first_step(p) {
+                status(rem).push_step(record(step, 2, StepState::Started, None, 9));
+            }
+        }, |p| match baseline(p) {
+            Expect::Run(step, _) => Expect::Run(step, 2),
+            other => other,
+        }),
+        ("the step just failed transiently", |p, rem, _| {
+            if let Some(step) = first_step(p) {
+                status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::Transient), 10));
+            }
+        }, |p| match baseline(p) {
+            Expect::Run(..) => Expect::WaitFor,
+            other => other,
+        }),
+        ("the step failed transiently a while ago", |p, rem, o| {
+            if let Some(step) = first_step(p) {
+                status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::Transient), 10));
+                o.now = at(20).0;
+            }
+        }, |p| match baseline(p) {
+            Expect::Run(step, _) => Expect::Run(step, 2),
+            other => other,
+        }),
+        ("the step failed max_attempts times", |p, rem, o| {
+            if let Some(step) = first_step(p) {
+                for attempt in 1..=3 {
+                    status(rem).push_step(record(step, attempt, StepState::Failed, Some(ErrorCategory::Transient), 10));
+                }
+                o.now = at(1000).0;
+            }
+        }, |p| match p {
+            Phase::Diagnosing | Phase::Testing | Phase::Deploying => Expect::To(Phase::Escalated, r::REPEATED_FAILURE),
+            Phase::Verifying => Expect::To(Phase::RollingBack, r::VERIFICATION_FAILED),
+            Phase::RollingBack => Expect::To(Phase::Escalated, r::ROLLBACK_FAILED),
+            _ => baseline(p),
+        }),
+        ("the step was forbidden", |p, rem, _| {
+            if let Some(step) = first_step(p) {
+                status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::Forbidden), 10));
+            }
+        }, |p| match p {
+            Phase::Diagnosing | Phase::Testing | Phase::Deploying => Expect::To(Phase::Failed, r::FORBIDDEN),
+            Phase::Verifying => Expect::To(Phase::RollingBack, r::VERIFICATION_FAILED),
+            Phase::RollingBack => Expect::To(Phase::Escalated, r::ROLLBACK_FAILED),
+            _ => baseline(p),
+        }),
+        ("the step ran out of budget", |p, rem, _| {
+            if let Some(step) = first_step(p) {
+                status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::BudgetExhausted), 10));
+            }
+        }, |p| match p {
+            Phase::Diagnosing | Phase::Testing | Phase::Deploying | Phase::RollingBack => Expect::To(Phase::Escalated, r::BUDGET_EXHAUSTED),
+            Phase::Verifying => Expect::To(Phase::RollingBack, r::BUDGET_EXHAUSTED),
+            _ => baseline(p),
+        }),
+        ("the step was cancelled by a shutdown", |p, rem, _| {
+            if let Some(step) = first_step(p) {
+                status(rem).push_step(record(step, 1, StepState::Cancelled, None, 10));
+            }
+        }, |p| match baseline(p) {
+            Expect::Run(step, _) => Expect::Run(step, 2),
+            other => other,
+        }),
+    ]
+}
+
+#[test]
+fn every_phase_against_every_observation() {
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for (name, setup, want) in table() {
+        for phase in Phase::ALL {
+            let mut rem = mk_remediation(phase);
+            let mut o = obs();
+            setup(phase, &mut rem, &mut o);
+            let d = decide(&rem, &o);
+            let e = want(phase);
+            cases += 1;
+            if !check(&d, &e) {
+                failures.push(format!("{phase} / {name}: expected {e:?}, got {d:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {cases} cases wrong:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(cases, table().len() * Phase::ALL.len());
+}
+
+#[test]
+fn every_decision_is_a_legal_transition_and_terminal_phases_are_final() {
+    for (name, setup, _) in table() {
+        for phase in Phase::ALL {
+            let mut rem = mk_remediation(phase);
+            let mut o = obs();
+            setup(phase, &mut rem, &mut o);
+            match decide(&rem, &o) {
+                Decision::Transition { to, message, .. } => {
+                    assert!(phase.successors().contains(&to), "{phase} -> {to} is illegal ({name})");
+                    assert!(!message.is_empty(), "a transition must say why ({phase}, {name})");
+                }
+                Decision::Run { .. } | Decision::Stall { .. } => assert!(!phase.is_terminal(), "{phase} must be final ({name})"),
+                Decision::Wait { .. } => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn every_phase_is_reachable_from_pending() {
+    let mut seen = vec![Phase::Pending];
+    let mut frontier = vec![Phase::Pending];
+    while let Some(p) = frontier.pop() {
+        for next in p.successors() {
+            if !seen.contains(next) {
+                seen.push(*next);
+                frontier.push(*next);
+            }
+        }
+    }
+    for p in Phase::ALL {
+        assert!(seen.contains(&p), "{p} is unreachable");
+        assert_eq!(p.is_terminal(), p.successors().is_empty(), "{p}: terminal iff no successors");
+    }
+}
+
+fn run(phase: Phase, edit: impl FnOnce(&mut RemediationStatus)) -> Decision {
+    let mut rem = mk_remediation(phase);
+    edit(status(&mut rem));
+    decide(&rem, &obs())
+}
+
+#[test]
+fn diagnosing_proposes_after_diagnosis_and_moves_on_with_a_proposal() {
+    let d = run(Phase::Diagnosing, |s| {
+        s.diagnosis = Some(Diagnosis { summary: "x".into(), findings: vec![] });
+        s.push_step(record(Step::Diagnose, 1, StepState::Succeeded, None, 5));
+    });
+    assert_eq!(d, Decision::Run { step: Step::Propose, attempt: 1 });
+    let d = run(Phase::Diagnosing, |s| s.proposal = Some(proposal()));
+    assert!(check(&d, &Expect::To(Phase::Proposed, r::PROPOSED)));
+}
+
+#[test]
+fn testing_follows_ci_then_gate() {
+    let digest = proposal().digest;
+    let d = run(Phase::Testing, |s| s.ci = Some(ci(CiVerdict::Failed, &digest)));
+    assert!(check(&d, &Expect::To(Phase::Failed, r::TESTS_FAILED)));
+    let Decision::Transition { message, .. } = d else { unreachable!() };
+    assert!(message.contains("field is immutable"), "the API server's message reaches the user: {message}");
+
+    let d = run(Phase::Testing, |s| s.ci = Some(ci(CiVerdict::Passed, "sha256:stale")));
+    assert_eq!(d, Decision::Run { step: Step::Test, attempt: 1 }, "a CI result for another patch does not count");
+
+    let d = run(Phase::Testing, |s| s.ci = Some(ci(CiVerdict::Passed, &digest)));
+    assert_eq!(d, Decision::Run { step: Step::Gate, attempt: 1 });
+
+    for (decision, expect) in [
+        (GateDecision::Approved, Expect::To(Phase::Deploying, r::APPROVED)),
+        (GateDecision::ApprovalRequired, Expect::To(Phase::AwaitingApproval, r::APPROVAL_REQUIRED)),
+        (GateDecision::Denied, Expect::To(Phase::Escalated, r::HUMANS_ONLY)),
+    ] {
+        let d = run(Phase::Testing, |s| {
+            s.ci = Some(ci(CiVerdict::Passed, &digest));
+            s.gate = Some(GateResult { decision, reason: "trust".into(), identity: None });
+        });
+        assert!(check(&d, &expect), "{decision:?}: {d:?}");
+    }
+}
+
+#[test]
+fn approval_decides_between_deploy_and_cancel() {
+    let rec = |decision| ApprovalRecord { name: "a1".into(), decision, approver: "alice".into(), reason: Some("looks right".into()), decided_at: at(5) };
+    let d = run(Phase::AwaitingApproval, |s| s.approval = Some(rec(ApprovalDecision::Approve)));
+    assert!(check(&d, &Expect::To(Phase::Deploying, r::APPROVED)));
+    let d = run(Phase::AwaitingApproval, |s| s.approval = Some(rec(ApprovalDecision::Reject)));
+    assert!(check(&d, &Expect::To(Phase::Cancelled, r::APPROVAL_REJECTED)));
+}
+
+#[test]
+fn deploy_needs_a_snapshot_first_and_a_tested_patch_always() {
+    let d = run(Phase::Deploying, |s| s.deploy = Some(snapshot()));
+    assert_eq!(d, Decision::Run { step: Step::Deploy, attempt: 1 });
+    let digest = proposal().digest;
+    let d = run(Phase::Deploying, |s| s.deploy = Some(DeployRecord { applied_digest: Some(digest.clone()), ..snapshot() }));
+    assert!(check(&d, &Expect::To(Phase::Verifying, r::DEPLOYED)));
+    let d = run(Phase::Deploying, |s| {
+        s.deploy = Some(snapshot());
+        s.push_step(record(Step::Deploy, 1, StepState::Failed, Some(ErrorCategory::InvalidSpec), 9));
+    });
+    assert!(check(&d, &Expect::To(Phase::RollingBack, r::DEPLOY_FAILED)), "a failed apply after a snapshot reverts: {d:?}");
+    let d = run(Phase::Deploying, |s| s.ci = Some(ci(CiVerdict::Failed, &digest)));
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::INVALID_SPEC)), "an untested patch never deploys: {d:?}");
+    let d = run(Phase::Deploying, |s| {
+        if let Some(p) = s.proposal.as_mut() {
+            p.patch = AnyJson(serde_json::json!({"spec": {"replicas": 100}}));
+        }
+    });
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::INVALID_SPEC)), "a patch edited after CI never deploys: {d:?}");
+}
+
+#[test]
+fn verification_verdicts_close_or_revert() {
+    let v = |verdict, next: Option<i64>| Verification { verdict, samples: vec![], message: None, started_at: at(0), next_sample_at: next.map(at) };
+    let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Passed, None)));
+    assert!(check(&d, &Expect::To(Phase::Succeeded, r::VERIFIED)));
+    let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Failed, None)));
+    assert!(check(&d, &Expect::To(Phase::RollingBack, r::VERIFICATION_FAILED)));
+    let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Pending, Some(25))));
+    assert_eq!(d, Decision::Wait { after: Some(Duration::from_secs(15)) });
+    let d = run(Phase::Verifying, |s| {
+        s.verification = Some(v(VerificationVerdict::Pending, Some(5)));
+        s.push_step(record(Step::Verify, 4, StepState::Succeeded, None, 4));
+    });
+    assert_eq!(d, Decision::Run { step: Step::Verify, attempt: 5 }, "each sample is its own effect");
+}
+
+#[test]
+fn a_completed_effect_is_never_repeated() {
+    // Diagnose succeeded but its result vanished (status edited by hand): escalate, never re-run.
+    let d = run(Phase::Diagnosing, |s| s.push_step(record(Step::Diagnose, 1, StepState::Succeeded, None, 5)));
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::REPEATED_FAILURE)), "{d:?}");
+    let d = run(Phase::RollingBack, |s| s.rollback = Some(RollbackRecord { reason: "x".into(), restored_revision: None, restored_at: at(5) }));
+    assert!(check(&d, &Expect::To(Phase::RolledBack, r::ROLLED_BACK)));
+    let d = run(Phase::RollingBack, |s| s.deploy = None);
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::ROLLBACK_FAILED)));
+}
+
+#[test]
+fn backoff_grows_is_capped_and_jittered_deterministically() {
+    let s = Settings::default();
+    let a1 = backoff(&s, "u", Step::Test, 1);
+    let a3 = backoff(&s, "u", Step::Test, 3);
+    assert!((Duration::from_millis(1600)..=Duration::from_millis(2400)).contains(&a1), "{a1:?}");
+    assert!((Duration::from_millis(6400)..=Duration::from_millis(9600)).contains(&a3), "{a3:?}");
+    assert!(backoff(&s, "u", Step::Test, 40) <= Duration::from_secs(360));
+    assert_eq!(backoff(&s, "u", Step::Test, 2), backoff(&s, "u", Step::Test, 2));
+    let spread: std::collections::HashSet<_> = (0..20).map(|i| backoff(&s, &format!("uid-{i}"), Step::Test, 2)).collect();
+    assert!(spread.len() > 5, "jitter must spread retries of different remediations");
+}
