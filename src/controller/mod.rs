@@ -5,3 +5,6 @@
 //! leader runs it.
 
 pub mod machine;
+pub mod reconcile;
+pub mod runs;
+pub mod stages;
