@@ -32,7 +32,11 @@ enum Command {
     },
     /// Print Reflex's CustomResourceDefinitions as multi-document YAML
     /// (`reflex crd | kubectl apply -f -`).
-    Crd,
+    Crd {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print version and build information.
     Version,
 }
@@ -41,8 +45,17 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
+        Command::Crd { dir: None } => {
             print!("{}", reflex::api::crds::render_all().context("rendering CRDs")?);
+        }
+        Command::Crd { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for crd in reflex::api::crds::all() {
+                let path = dir.join(reflex::api::crds::file_name(&crd));
+                let body = reflex::api::crds::render_file(&crd).context("rendering CRD")?;
+                std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
         }
         Command::Version => {
             println!("reflex {}", env!("CARGO_PKG_VERSION"));

@@ -377,7 +377,7 @@ pub enum Comparison {
 /// Proof that a fix worked: a PromQL expression whose value must satisfy a condition for
 /// a whole window, within a timeout.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("duration(self.for) <= duration(self.timeout)").message("verify.for must not be longer than verify.timeout"))]
+#[x_kube(validation = Rule::new("duration(self.__for__) <= duration(self.timeout)").message("verify.for must not be longer than verify.timeout"))]
 #[x_kube(validation = Rule::new("duration(self.interval) <= duration(self.timeout)").message("verify.interval must not be longer than verify.timeout"))]
 #[x_kube(validation = Rule::new("duration(self.interval) >= duration('1s')").message("verify.interval must be at least 1s"))]
 #[serde(rename_all = "camelCase")]

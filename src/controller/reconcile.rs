@@ -562,3 +562,7 @@ pub async fn run(client: Client, stages: Stages, shutdown: impl Future<Output = 
     feeds.abort();
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;
