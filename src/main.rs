@@ -83,7 +83,8 @@ async fn client(kubeconfig: Option<PathBuf>, context: Option<String>) -> anyhow:
     let options = kube::config::KubeConfigOptions { context, ..Default::default() };
     let config = match kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(&path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let file = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(file, &options).await?
         }
         None if options.context.is_some() => kube::Config::from_kubeconfig(&options).await?,

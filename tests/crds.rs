@@ -1,6 +1,8 @@
 //! The committed CRDs match the Rust types, deserialize strictly, and their CEL rules
 //! catch the mistakes they are there to catch (evaluated client-side by kube's CEL engine).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
+
 use std::{fs, path::Path};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -36,14 +38,28 @@ fn every_crd_file_deserializes_strictly() {
         let path = entry.unwrap().path();
         let text = fs::read_to_string(&path).unwrap();
         let raw = yaml_to_json(&text);
-        let crd: CustomResourceDefinition = serde_json::from_value(raw.clone()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let crd: CustomResourceDefinition =
+            serde_json::from_value(raw.clone()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // Strict: the typed value must carry every field of the file, nothing dropped.
-        assert_eq!(serde_json::to_value(&crd).unwrap(), raw, "{} has fields unknown to apiextensions/v1", path.display());
+        assert_eq!(
+            serde_json::to_value(&crd).unwrap(),
+            raw,
+            "{} has fields unknown to apiextensions/v1",
+            path.display()
+        );
         assert_eq!(crd.spec.group, "reflex.dev");
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{} needs the status subresource", path.display());
-        assert!(!crd.spec.names.short_names.clone().unwrap_or_default().is_empty(), "{} needs a short name", path.display());
+        assert!(
+            version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+            "{} needs the status subresource",
+            path.display()
+        );
+        assert!(
+            !crd.spec.names.short_names.clone().unwrap_or_default().is_empty(),
+            "{} needs a short name",
+            path.display()
+        );
         assert!(version.additional_printer_columns.as_ref().is_some_and(|c| c.iter().any(|c| c.name == "Age")));
     }
 }
@@ -51,8 +67,19 @@ fn every_crd_file_deserializes_strictly() {
 #[test]
 fn remediation_prints_phase_target_policy_and_age() {
     let rem = crds::all().into_iter().find(|c| c.spec.names.kind == "Remediation").unwrap();
-    let columns: Vec<_> = rem.spec.versions[0].additional_printer_columns.clone().unwrap().into_iter().map(|c| (c.name, c.json_path)).collect();
-    for (name, path) in [("Phase", ".status.phase"), ("Target", ".spec.target.name"), ("Policy", ".spec.policyRef.name"), ("Age", ".metadata.creationTimestamp")] {
+    let columns: Vec<_> = rem.spec.versions[0]
+        .additional_printer_columns
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.json_path))
+        .collect();
+    for (name, path) in [
+        ("Phase", ".status.phase"),
+        ("Target", ".spec.target.name"),
+        ("Policy", ".spec.policyRef.name"),
+        ("Age", ".metadata.creationTimestamp"),
+    ] {
         assert!(columns.contains(&(name.to_owned(), path.to_owned())), "missing column {name}: {columns:?}");
     }
 }
@@ -64,7 +91,10 @@ fn reflex_crd_prints_the_committed_files() {
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&printed).unwrap();
-    let mut from_files: Vec<Value> = fs::read_dir(crd_dir()).unwrap().map(|e| yaml_to_json(&fs::read_to_string(e.unwrap().path()).unwrap())).collect();
+    let mut from_files: Vec<Value> = fs::read_dir(crd_dir())
+        .unwrap()
+        .map(|e| yaml_to_json(&fs::read_to_string(e.unwrap().path()).unwrap()))
+        .collect();
     let mut from_cli = docs;
     let key = |v: &Value| v["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     from_files.sort_by_key(key);
@@ -121,7 +151,10 @@ fn cel_catches_policy_mistakes_with_their_messages() {
         (json!({"verify": {"for": "10m", "timeout": "5m"}}), "verify.for must not be longer than verify.timeout"),
         (json!({"verify": {"interval": "10m"}}), "verify.interval must not be longer than verify.timeout"),
         (json!({"ci": {"dryRun": false}}), "ci.dryRun cannot be disabled"),
-        (json!({"ci": {"job": {"image": "test", "command": ["true"]}, "gitops": {"repository": "https://git/x", "path": "a.yaml"}}}), "choose at most one of ci.job and ci.gitops"),
+        (
+            json!({"ci": {"job": {"image": "test", "command": ["true"]}, "gitops": {"repository": "https://git/x", "path": "a.yaml"}}}),
+            "choose at most one of ci.job and ci.gitops",
+        ),
         (json!({"agent": {"mode": "llm"}}), "agent.model is required"),
         (json!({"playbook": null}), "playbook is required unless agent.mode is llm"),
     ];
@@ -133,16 +166,23 @@ fn cel_catches_policy_mistakes_with_their_messages() {
 
 #[test]
 fn cel_keeps_approvals_immutable_and_cancel_one_way() {
-    let approval = |decision: &str| json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval", "metadata": {"name": "a"},
-        "spec": {"remediationRef": {"name": "r"}, "decision": decision, "approver": "alice"}});
+    let approval = |decision: &str| {
+        json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval", "metadata": {"name": "a"},
+        "spec": {"remediationRef": {"name": "r"}, "decision": decision, "approver": "alice"}})
+    };
     assert!(cel_errors("RemediationApproval", &approval("approve"), None).is_empty());
     let errors = cel_errors("RemediationApproval", &approval("reject"), Some(&approval("approve")));
     assert!(errors.iter().any(|e| e.contains("an approval is immutable")), "{errors:?}");
 
-    let rem = |cancel: bool, target: &str| json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation", "metadata": {"name": "r"},
+    let rem = |cancel: bool, target: &str| {
+        json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation", "metadata": {"name": "r"},
         "spec": {"policyRef": {"name": "p"}, "cancel": cancel, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
-                 "alert": {"name": "A", "fingerprint": "f", "startsAt": "2026-11-21T00:00:00Z"}}});
-    assert!(cel_errors("Remediation", &rem(true, "checkout"), Some(&rem(false, "checkout"))).is_empty(), "cancelling is allowed");
+                 "alert": {"name": "A", "fingerprint": "f", "startsAt": "2026-11-21T00:00:00Z"}}})
+    };
+    assert!(
+        cel_errors("Remediation", &rem(true, "checkout"), Some(&rem(false, "checkout"))).is_empty(),
+        "cancelling is allowed"
+    );
     let errors = cel_errors("Remediation", &rem(false, "checkout"), Some(&rem(true, "checkout")));
     assert!(errors.iter().any(|e| e.contains("cancel cannot be undone")), "{errors:?}");
     let errors = cel_errors("Remediation", &rem(false, "payments"), Some(&rem(false, "checkout")));

@@ -1,6 +1,8 @@
 //! The validation edge: a manifest becomes a validated type once, and every bad field is
 //! named with what to do about it — never a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
+
 use reflex::api::validate::{ValidPlaybook, ValidPolicy};
 use reflex::api::{Playbook, RemediationPolicy};
 
@@ -37,7 +39,10 @@ fn a_bad_policy_names_every_bad_field() {
     }
     let text = errors.to_string();
     assert!(text.contains("invalid regex"), "{text}");
-    assert!(text.contains("10 minutes") && text.contains("write it like 30s"), "the message says how to fix it: {text}");
+    assert!(
+        text.contains("10 minutes") && text.contains("write it like 30s"),
+        "the message says how to fix it: {text}"
+    );
 }
 
 #[test]
@@ -67,7 +72,13 @@ fn a_bad_playbook_names_every_bad_field() {
 
 #[test]
 fn malformed_manifests_are_errors_not_panics() {
-    for text in ["", "spec: [", "apiVersion: reflex.dev/v1alpha1\nkind: RemediationPolicy\nspec: {match: 3}", "\u{0}\u{1}", "spec:\n  target: {kind: Pod, name: x}"] {
+    for text in [
+        "",
+        "spec: [",
+        "apiVersion: reflex.dev/v1alpha1\nkind: RemediationPolicy\nspec: {match: 3}",
+        "\u{0}\u{1}",
+        "spec:\n  target: {kind: Pod, name: x}",
+    ] {
         let parsed: Result<RemediationPolicy, _> = serde_saphyr::from_str(text);
         assert!(parsed.is_err(), "{text:?} must be rejected");
     }

@@ -123,12 +123,7 @@ fn status_str(status: bool) -> &'static str {
 
 /// Merges `desired` into `conditions`, keeping `lastTransitionTime` unless the status
 /// flips. Returns true when anything other than timestamps changed.
-pub fn merge(
-    conditions: &mut Vec<Condition>,
-    desired: &Desired,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> bool {
+pub fn merge(conditions: &mut Vec<Condition>, desired: &Desired, generation: Option<i64>, now: Timestamp) -> bool {
     let status = status_str(desired.status);
     match conditions.iter_mut().find(|c| c.type_ == desired.type_.as_str()) {
         Some(existing) => {

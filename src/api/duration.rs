@@ -110,12 +110,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
             return Err(syntax());
         };
         rest = &rest[len..];
-        let millis = number
-            .checked_mul(unit_ms)
-            .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
-        total = total
-            .checked_add(Duration::from_millis(millis))
-            .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
+        let millis = number.checked_mul(unit_ms).ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
+        total =
+            total.checked_add(Duration::from_millis(millis)).ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
     }
     if total > MAX_DURATION {
         return Err(DurationError::TooLong(text.to_owned()));

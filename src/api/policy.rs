@@ -232,7 +232,7 @@ pub enum TrustLevel {
 }
 
 /// Trust: level, approval requirement and the earned-trust threshold for production.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Default, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TrustSpec {
     /// `observe`, `propose` or `auto`.
@@ -244,12 +244,6 @@ pub struct TrustSpec {
     /// At `auto`, production changes need this many recent verified successes.
     #[serde(default)]
     pub earned_trust: EarnedTrust,
-}
-
-impl Default for TrustSpec {
-    fn default() -> Self {
-        Self { level: TrustLevel::default(), require_approval: false, earned_trust: EarnedTrust::default() }
-    }
 }
 
 /// The record a policy must have before it deploys to production without a human.

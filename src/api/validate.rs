@@ -118,7 +118,10 @@ fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
     let timeout = c.duration(&format!("{base}.timeout"), &v.timeout);
     let interval = c.duration(&format!("{base}.interval"), &v.interval);
     if for_ > timeout {
-        c.push(format!("{base}.for"), format!("{} is longer than timeout {}: the condition could never hold in time", v.for_, v.timeout));
+        c.push(
+            format!("{base}.for"),
+            format!("{} is longer than timeout {}: the condition could never hold in time", v.for_, v.timeout),
+        );
     }
     if interval > timeout {
         c.push(format!("{base}.interval"), format!("{} is longer than timeout {}", v.interval, v.timeout));
@@ -246,9 +249,8 @@ impl ValidPolicy {
             })
             .collect();
 
-        let target_name = NameTemplate::parse(&spec.target.name)
-            .map_err(|e| c.push("spec.target.name", e.to_string()))
-            .ok();
+        let target_name =
+            NameTemplate::parse(&spec.target.name).map_err(|e| c.push("spec.target.name", e.to_string())).ok();
 
         if spec.agent.mode != AgentMode::Llm && spec.playbook.as_deref().is_none_or(str::is_empty) {
             c.push("spec.playbook", "name a Playbook (required unless agent.mode is llm)");
@@ -316,10 +318,10 @@ impl ValidPolicy {
             c.push("spec.limits.maxDuration", "must be longer than 0s");
         }
 
-        if let Some(n) = &spec.notify {
-            if n.webhook_secret_ref.name.is_empty() || n.webhook_secret_ref.key.is_empty() {
-                c.push("spec.notify.webhookSecretRef", "needs both name and key");
-            }
+        if let Some(n) = &spec.notify
+            && (n.webhook_secret_ref.name.is_empty() || n.webhook_secret_ref.key.is_empty())
+        {
+            c.push("spec.notify.webhookSecretRef", "needs both name and key");
         }
 
         let Some(target_name) = target_name else {
@@ -367,9 +369,14 @@ fn agent(c: &mut Collector, spec: &RemediationPolicySpec) -> ValidAgent {
                 c.push(format!("{base}.tools[{j}].name"), format!("{:?} is listed twice", t.name));
             }
             if let Some(h) = &t.schema_hash {
-                let ok = h.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.chars().all(|ch| ch.is_ascii_hexdigit() && !ch.is_ascii_uppercase()));
+                let ok = h.strip_prefix("sha256:").is_some_and(|hex| {
+                    hex.len() == 64 && hex.chars().all(|ch| ch.is_ascii_hexdigit() && !ch.is_ascii_uppercase())
+                });
                 if !ok {
-                    c.push(format!("{base}.tools[{j}].schemaHash"), "must be sha256: followed by 64 lowercase hex digits");
+                    c.push(
+                        format!("{base}.tools[{j}].schemaHash"),
+                        "must be sha256: followed by 64 lowercase hex digits",
+                    );
                 }
             }
         }
@@ -464,7 +471,9 @@ fn is_field_path(path: &str) -> bool {
             };
             let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             let index_ok = index.is_none_or(|i| {
-                i.strip_suffix(']').is_some_and(|inner| inner == "*" || (!inner.is_empty() && inner.chars().all(|c| c.is_ascii_digit())))
+                i.strip_suffix(']').is_some_and(|inner| {
+                    inner == "*" || (!inner.is_empty() && inner.chars().all(|c| c.is_ascii_digit()))
+                })
             });
             name_ok && index_ok
         })
@@ -526,7 +535,10 @@ impl ValidPlaybook {
         let mut read_names = HashSet::new();
         for (i, r) in spec.reads.iter().enumerate() {
             if !is_identifier(&r.name) {
-                c.push(format!("spec.reads[{i}].name"), format!("{:?} must start with a letter and hold letters, digits, '_' or '-'", r.name));
+                c.push(
+                    format!("spec.reads[{i}].name"),
+                    format!("{:?} must start with a letter and hold letters, digits, '_' or '-'", r.name),
+                );
             } else if !read_names.insert(r.name.as_str()) {
                 c.push(format!("spec.reads[{i}].name"), format!("{:?} is used twice", r.name));
             }
@@ -541,21 +553,31 @@ impl ValidPlaybook {
         for (i, param) in p.parameters.iter().enumerate() {
             let base = format!("spec.patch.parameters[{i}]");
             if !is_identifier(&param.name) {
-                c.push(format!("{base}.name"), format!("{:?} must start with a letter and hold letters, digits, '_' or '-'", param.name));
+                c.push(
+                    format!("{base}.name"),
+                    format!("{:?} must start with a letter and hold letters, digits, '_' or '-'", param.name),
+                );
             } else if !param_names.insert(param.name.clone()) {
                 c.push(format!("{base}.name"), format!("{:?} is used twice", param.name));
             }
             let min = bound(&mut c, &format!("{base}.min"), param.type_, param.min.as_ref());
             let max = bound(&mut c, &format!("{base}.max"), param.type_, param.max.as_ref());
-            if let (Some(lo), Some(hi)) = (min, max) {
-                if lo > hi {
-                    c.push(format!("{base}.min"), format!("{:?} is above max {:?}", param.min.as_deref().unwrap_or(""), param.max.as_deref().unwrap_or("")));
-                }
+            if let (Some(lo), Some(hi)) = (min, max)
+                && lo > hi
+            {
+                c.push(
+                    format!("{base}.min"),
+                    format!(
+                        "{:?} is above max {:?}",
+                        param.min.as_deref().unwrap_or(""),
+                        param.max.as_deref().unwrap_or("")
+                    ),
+                );
             }
-            if let Some(f) = param.max_factor {
-                if !(f.is_finite() && f >= 1.0) {
-                    c.push(format!("{base}.maxFactor"), "must be a number of at least 1");
-                }
+            if let Some(f) = param.max_factor
+                && !(f.is_finite() && f >= 1.0)
+            {
+                c.push(format!("{base}.maxFactor"), "must be a number of at least 1");
             }
             let allowed = param.allowed.clone().unwrap_or_default();
             if param.type_ == ParameterType::String && allowed.is_empty() {
@@ -579,7 +601,10 @@ impl ValidPlaybook {
             (PatchMode::Template, Some(t)) => {
                 for name in template_params(t) {
                     if !param_names.contains(&name) {
-                        c.push("spec.patch.template", format!("uses {{{{ params.{name} }}}} but no parameter {name:?} is declared"));
+                        c.push(
+                            "spec.patch.template",
+                            format!("uses {{{{ params.{name} }}}} but no parameter {name:?} is declared"),
+                        );
                     }
                 }
             }
@@ -590,7 +615,12 @@ impl ValidPlaybook {
         }
         for (i, path) in p.allowed_paths.iter().enumerate() {
             if !is_field_path(path) {
-                c.push(format!("spec.patch.allowedPaths[{i}]"), format!("{path:?} is not a field path like spec.template.spec.containers[*].resources.limits.memory"));
+                c.push(
+                    format!("spec.patch.allowedPaths[{i}]"),
+                    format!(
+                        "{path:?} is not a field path like spec.template.spec.containers[*].resources.limits.memory"
+                    ),
+                );
             }
         }
         let verify = spec.verify.as_ref().map(|v| verify(&mut c, "spec.verify", v));

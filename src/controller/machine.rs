@@ -13,8 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::conditions::reason;
 use crate::api::remediation::{
-    AlertState, CiVerdict, GateDecision, Phase, Remediation, RemediationStatus, Step, StepState,
-    VerificationVerdict,
+    AlertState, CiVerdict, GateDecision, Phase, Remediation, RemediationStatus, Step, StepState, VerificationVerdict,
 };
 use crate::api::{ApprovalDecision, ErrorCategory};
 use crate::patch::TestedPatch;
@@ -169,7 +168,10 @@ pub fn decide(rem: &Remediation, obs: &Observations) -> Decision {
             return to(
                 Phase::Escalated,
                 reason::POLICY_NOT_FOUND,
-                format!("policy {:?} was deleted after the change was applied; verify or revert by hand", rem.spec.policy_ref.name),
+                format!(
+                    "policy {:?} was deleted after the change was applied; verify or revert by hand",
+                    rem.spec.policy_ref.name
+                ),
             );
         }
         PolicyView::NotFound => {
@@ -188,17 +190,16 @@ pub fn decide(rem: &Remediation, obs: &Observations) -> Decision {
         }
     };
 
-    if !phase.after_deploy() && phase != Phase::Pending {
-        if let Some(started) = status.started_at.as_ref() {
-            let elapsed = obs.now.duration_since(started.0).unsigned_abs();
-            if elapsed > settings.max_duration {
-                return to(
-                    Phase::Escalated,
-                    reason::DEADLINE_EXCEEDED,
-                    format!("no deploy within limits.maxDuration ({}s) of the start", settings.max_duration.as_secs()),
-                );
-            }
-        }
+    if !phase.after_deploy()
+        && phase != Phase::Pending
+        && let Some(started) = status.started_at.as_ref()
+        && obs.now.duration_since(started.0).unsigned_abs() > settings.max_duration
+    {
+        return to(
+            Phase::Escalated,
+            reason::DEADLINE_EXCEEDED,
+            format!("no deploy within limits.maxDuration ({}s) of the start", settings.max_duration.as_secs()),
+        );
     }
 
     let m = Machine { rem, status, obs, settings: &settings };
@@ -259,14 +260,17 @@ impl Machine<'_> {
             return self.step(Step::Test, BEFORE_DEPLOY);
         };
         if ci.verdict == CiVerdict::Failed {
-            let why = if ci.messages.is_empty() { "the proposal was rejected".to_owned() } else { ci.messages.join("; ") };
+            let why =
+                if ci.messages.is_empty() { "the proposal was rejected".to_owned() } else { ci.messages.join("; ") };
             return to(Phase::Failed, reason::TESTS_FAILED, why);
         }
         match &self.status.gate {
             None => self.step(Step::Gate, BEFORE_DEPLOY),
             Some(g) => match g.decision {
                 GateDecision::Approved => to(Phase::Deploying, reason::APPROVED, g.reason.clone()),
-                GateDecision::ApprovalRequired => to(Phase::AwaitingApproval, reason::APPROVAL_REQUIRED, g.reason.clone()),
+                GateDecision::ApprovalRequired => {
+                    to(Phase::AwaitingApproval, reason::APPROVAL_REQUIRED, g.reason.clone())
+                }
                 GateDecision::Denied => to(Phase::Escalated, reason::HUMANS_ONLY, g.reason.clone()),
             },
         }
@@ -280,7 +284,11 @@ impl Machine<'_> {
             Some(a) => to(
                 Phase::Cancelled,
                 reason::APPROVAL_REJECTED,
-                format!("rejected by {}{}", a.approver, a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()),
+                format!(
+                    "rejected by {}{}",
+                    a.approver,
+                    a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                ),
             ),
             None => Decision::Wait { after: self.until_deadline() },
         }
@@ -293,19 +301,31 @@ impl Machine<'_> {
         };
         let Some(tested) = tested else {
             // Only a proposal that passed CI for its exact digest may deploy.
-            return to(Phase::Escalated, reason::INVALID_SPEC, "no tested patch matches the proposal; refusing to deploy");
+            return to(
+                Phase::Escalated,
+                reason::INVALID_SPEC,
+                "no tested patch matches the proposal; refusing to deploy",
+            );
         };
         match &self.status.deploy {
             None => self.step(
                 Step::Snapshot,
-                GiveUp { permanent: Phase::Failed, exhausted: Phase::Escalated, exhausted_reason: reason::REPEATED_FAILURE },
+                GiveUp {
+                    permanent: Phase::Failed,
+                    exhausted: Phase::Escalated,
+                    exhausted_reason: reason::REPEATED_FAILURE,
+                },
             ),
             Some(d) if d.applied_digest.as_deref() == Some(tested.proposal().digest.as_str()) => {
                 to(Phase::Verifying, reason::DEPLOYED, format!("applied {}", tested.proposal().digest))
             }
             Some(_) => self.step(
                 Step::Deploy,
-                GiveUp { permanent: Phase::RollingBack, exhausted: Phase::RollingBack, exhausted_reason: reason::DEPLOY_FAILED },
+                GiveUp {
+                    permanent: Phase::RollingBack,
+                    exhausted: Phase::RollingBack,
+                    exhausted_reason: reason::DEPLOY_FAILED,
+                },
             ),
         }
     }
@@ -317,9 +337,11 @@ impl Machine<'_> {
             exhausted_reason: reason::VERIFICATION_FAILED,
         };
         match &self.status.verification {
-            Some(v) if v.verdict == VerificationVerdict::Passed => {
-                to(Phase::Succeeded, reason::VERIFIED, v.message.clone().unwrap_or_else(|| "verification held".to_owned()))
-            }
+            Some(v) if v.verdict == VerificationVerdict::Passed => to(
+                Phase::Succeeded,
+                reason::VERIFIED,
+                v.message.clone().unwrap_or_else(|| "verification held".to_owned()),
+            ),
             Some(v) if v.verdict == VerificationVerdict::Failed => to(
                 Phase::RollingBack,
                 reason::VERIFICATION_FAILED,
@@ -344,7 +366,11 @@ impl Machine<'_> {
         }
         self.step(
             Step::Rollback,
-            GiveUp { permanent: Phase::Escalated, exhausted: Phase::Escalated, exhausted_reason: reason::ROLLBACK_FAILED },
+            GiveUp {
+                permanent: Phase::Escalated,
+                exhausted: Phase::Escalated,
+                exhausted_reason: reason::ROLLBACK_FAILED,
+            },
         )
     }
 
@@ -391,7 +417,8 @@ impl Machine<'_> {
                 let category = last.category.unwrap_or(ErrorCategory::Transient);
                 let why = last.message.clone().unwrap_or_else(|| category.as_str().to_owned());
                 if category == ErrorCategory::BudgetExhausted {
-                    let dest = if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };
+                    let dest =
+                        if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };
                     return to(dest, reason::BUDGET_EXHAUSTED, format!("{step}: {why}"));
                 }
                 if !category.is_retryable() {

@@ -35,7 +35,13 @@ fn proposal() -> Proposal {
 }
 
 fn ci(verdict: CiVerdict, digest: &str) -> CiResult {
-    CiResult { proposal_digest: digest.into(), backend: CiBackend::DryRun, verdict, messages: vec!["dry-run: field is immutable".into()], reference: None }
+    CiResult {
+        proposal_digest: digest.into(),
+        backend: CiBackend::DryRun,
+        verdict,
+        messages: vec!["dry-run: field is immutable".into()],
+        reference: None,
+    }
 }
 
 fn snapshot() -> DeployRecord {
@@ -67,18 +73,27 @@ fn mk_remediation(phase: Phase) -> Remediation {
             cancel: false,
         },
     );
-    rem.metadata = ObjectMeta { name: Some("checkout-oom-1".into()), namespace: Some("shop".into()), uid: Some("uid-1".into()), ..Default::default() };
+    rem.metadata = ObjectMeta {
+        name: Some("checkout-oom-1".into()),
+        namespace: Some("shop".into()),
+        uid: Some("uid-1".into()),
+        ..Default::default()
+    };
     let mut s = RemediationStatus { phase, started_at: Some(at(0)), ..Default::default() };
     let p = proposal();
     let d = p.digest.clone();
     use Phase::*;
-    if matches!(phase, Proposed | Testing | AwaitingApproval | Deploying | Verifying | RollingBack | Succeeded | RolledBack) {
+    if matches!(
+        phase,
+        Proposed | Testing | AwaitingApproval | Deploying | Verifying | RollingBack | Succeeded | RolledBack
+    ) {
         s.diagnosis = Some(Diagnosis { summary: "OOM".into(), findings: vec![] });
         s.proposal = Some(p);
     }
     if matches!(phase, AwaitingApproval | Deploying | Verifying | RollingBack | Succeeded | RolledBack) {
         s.ci = Some(ci(CiVerdict::Passed, &d));
-        s.gate = Some(GateResult { decision: GateDecision::ApprovalRequired, reason: "production".into(), identity: None });
+        s.gate =
+            Some(GateResult { decision: GateDecision::ApprovalRequired, reason: "production".into(), identity: None });
     }
     if matches!(phase, Verifying | RollingBack | Succeeded | RolledBack) {
         s.deploy = Some(DeployRecord { applied_digest: Some(d), ..snapshot() });
@@ -162,107 +177,181 @@ fn pre_deploy(p: Phase) -> bool {
 fn table() -> Vec<(&'static str, Setup, Want)> {
     vec![
         ("nothing special", |_, _, _| {}, baseline),
-        ("a person set spec.cancel", |_, rem, _| rem.spec.cancel = true, |p| match p {
-            _ if p.is_terminal() => Expect::Wait,
-            Phase::RollingBack => Expect::Run(Step::Rollback, 1),
-            _ => Expect::To(Phase::Cancelled, r::CANCEL_REQUESTED),
-        }),
-        ("the alert resolved", |_, rem, _| {
-            status(rem).alert = Some(AlertObservation { state: AlertState::Resolved, times_seen: 2, first_seen: at(0), last_seen: at(5), resolved_at: Some(at(5)) });
-        }, |p| if pre_deploy(p) { Expect::To(Phase::Cancelled, r::ALERT_RESOLVED) } else { baseline(p) }),
-        ("the policy was deleted", |_, _, o| o.policy = PolicyView::NotFound, |p| match p {
-            _ if p.is_terminal() => Expect::Wait,
-            Phase::RollingBack => Expect::Run(Step::Rollback, 1),
-            Phase::Deploying | Phase::Verifying => Expect::To(Phase::Escalated, r::POLICY_NOT_FOUND),
-            _ => Expect::To(Phase::Cancelled, r::POLICY_NOT_FOUND),
-        }),
-        ("the policy is invalid", |_, _, o| o.policy = PolicyView::Invalid("bad matcher".into()), |p| match p {
-            _ if p.is_terminal() => Expect::Wait,
-            Phase::RollingBack => Expect::Run(Step::Rollback, 1),
-            _ => Expect::Stall(r::POLICY_INVALID),
-        }),
-        ("the pre-deploy deadline passed", |_, _, o| o.now = at(7200).0, |p| match p {
-            Phase::Diagnosing | Phase::Proposed | Phase::Testing | Phase::AwaitingApproval => Expect::To(Phase::Escalated, r::DEADLINE_EXCEEDED),
-            _ => baseline(p),
-        }),
-        ("no stage is available in this build", |_, _, o| o.stages = StageSet::NONE, |p| match baseline(p) {
-            Expect::Run(..) => Expect::Stall(r::STAGE_UNAVAILABLE),
-            other => other,
-        }),
-        ("the step is running in this process", |p, rem, o| {
-            if let Some(step) = first_step(p) {
-                status(rem).push_step(record(step, 1, StepState::Started, None, 9));
-                o.running = Some((step, 1));
-            }
-        }, |p| match baseline(p) {
-            Expect::Run(..) => Expect::Wait,
-            other => other,
-        }),
-        ("the step was started before a restart", |p, rem, _| {
-            if let Some(step) = first_step(p) {
-                status(rem).push_step(record(step, 2, StepState::Started, None, 9));
-            }
-        }, |p| match baseline(p) {
-            Expect::Run(step, _) => Expect::Run(step, 2),
-            other => other,
-        }),
-        ("the step just failed transiently", |p, rem, _| {
-            if let Some(step) = first_step(p) {
-                status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::Transient), 10));
-            }
-        }, |p| match baseline(p) {
-            Expect::Run(..) => Expect::WaitFor,
-            other => other,
-        }),
-        ("the step failed transiently a while ago", |p, rem, o| {
-            if let Some(step) = first_step(p) {
-                status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::Transient), 10));
-                o.now = at(20).0;
-            }
-        }, |p| match baseline(p) {
-            Expect::Run(step, _) => Expect::Run(step, 2),
-            other => other,
-        }),
-        ("the step failed max_attempts times", |p, rem, o| {
-            if let Some(step) = first_step(p) {
-                for attempt in 1..=3 {
-                    status(rem).push_step(record(step, attempt, StepState::Failed, Some(ErrorCategory::Transient), 10));
+        (
+            "a person set spec.cancel",
+            |_, rem, _| rem.spec.cancel = true,
+            |p| match p {
+                _ if p.is_terminal() => Expect::Wait,
+                Phase::RollingBack => Expect::Run(Step::Rollback, 1),
+                _ => Expect::To(Phase::Cancelled, r::CANCEL_REQUESTED),
+            },
+        ),
+        (
+            "the alert resolved",
+            |_, rem, _| {
+                status(rem).alert = Some(AlertObservation {
+                    state: AlertState::Resolved,
+                    times_seen: 2,
+                    first_seen: at(0),
+                    last_seen: at(5),
+                    resolved_at: Some(at(5)),
+                });
+            },
+            |p| if pre_deploy(p) { Expect::To(Phase::Cancelled, r::ALERT_RESOLVED) } else { baseline(p) },
+        ),
+        (
+            "the policy was deleted",
+            |_, _, o| o.policy = PolicyView::NotFound,
+            |p| match p {
+                _ if p.is_terminal() => Expect::Wait,
+                Phase::RollingBack => Expect::Run(Step::Rollback, 1),
+                Phase::Deploying | Phase::Verifying => Expect::To(Phase::Escalated, r::POLICY_NOT_FOUND),
+                _ => Expect::To(Phase::Cancelled, r::POLICY_NOT_FOUND),
+            },
+        ),
+        (
+            "the policy is invalid",
+            |_, _, o| o.policy = PolicyView::Invalid("bad matcher".into()),
+            |p| match p {
+                _ if p.is_terminal() => Expect::Wait,
+                Phase::RollingBack => Expect::Run(Step::Rollback, 1),
+                _ => Expect::Stall(r::POLICY_INVALID),
+            },
+        ),
+        (
+            "the pre-deploy deadline passed",
+            |_, _, o| o.now = at(7200).0,
+            |p| match p {
+                Phase::Diagnosing | Phase::Proposed | Phase::Testing | Phase::AwaitingApproval => {
+                    Expect::To(Phase::Escalated, r::DEADLINE_EXCEEDED)
                 }
-                o.now = at(1000).0;
-            }
-        }, |p| match p {
-            Phase::Diagnosing | Phase::Testing | Phase::Deploying => Expect::To(Phase::Escalated, r::REPEATED_FAILURE),
-            Phase::Verifying => Expect::To(Phase::RollingBack, r::VERIFICATION_FAILED),
-            Phase::RollingBack => Expect::To(Phase::Escalated, r::ROLLBACK_FAILED),
-            _ => baseline(p),
-        }),
-        ("the step was forbidden", |p, rem, _| {
-            if let Some(step) = first_step(p) {
-                status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::Forbidden), 10));
-            }
-        }, |p| match p {
-            Phase::Diagnosing | Phase::Testing | Phase::Deploying => Expect::To(Phase::Failed, r::FORBIDDEN),
-            Phase::Verifying => Expect::To(Phase::RollingBack, r::VERIFICATION_FAILED),
-            Phase::RollingBack => Expect::To(Phase::Escalated, r::ROLLBACK_FAILED),
-            _ => baseline(p),
-        }),
-        ("the step ran out of budget", |p, rem, _| {
-            if let Some(step) = first_step(p) {
-                status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::BudgetExhausted), 10));
-            }
-        }, |p| match p {
-            Phase::Diagnosing | Phase::Testing | Phase::Deploying | Phase::RollingBack => Expect::To(Phase::Escalated, r::BUDGET_EXHAUSTED),
-            Phase::Verifying => Expect::To(Phase::RollingBack, r::BUDGET_EXHAUSTED),
-            _ => baseline(p),
-        }),
-        ("the step was cancelled by a shutdown", |p, rem, _| {
-            if let Some(step) = first_step(p) {
-                status(rem).push_step(record(step, 1, StepState::Cancelled, None, 10));
-            }
-        }, |p| match baseline(p) {
-            Expect::Run(step, _) => Expect::Run(step, 2),
-            other => other,
-        }),
+                _ => baseline(p),
+            },
+        ),
+        (
+            "no stage is available in this build",
+            |_, _, o| o.stages = StageSet::NONE,
+            |p| match baseline(p) {
+                Expect::Run(..) => Expect::Stall(r::STAGE_UNAVAILABLE),
+                other => other,
+            },
+        ),
+        (
+            "the step is running in this process",
+            |p, rem, o| {
+                if let Some(step) = first_step(p) {
+                    status(rem).push_step(record(step, 1, StepState::Started, None, 9));
+                    o.running = Some((step, 1));
+                }
+            },
+            |p| match baseline(p) {
+                Expect::Run(..) => Expect::Wait,
+                other => other,
+            },
+        ),
+        (
+            "the step was started before a restart",
+            |p, rem, _| {
+                if let Some(step) = first_step(p) {
+                    status(rem).push_step(record(step, 2, StepState::Started, None, 9));
+                }
+            },
+            |p| match baseline(p) {
+                Expect::Run(step, _) => Expect::Run(step, 2),
+                other => other,
+            },
+        ),
+        (
+            "the step just failed transiently",
+            |p, rem, _| {
+                if let Some(step) = first_step(p) {
+                    status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::Transient), 10));
+                }
+            },
+            |p| match baseline(p) {
+                Expect::Run(..) => Expect::WaitFor,
+                other => other,
+            },
+        ),
+        (
+            "the step failed transiently a while ago",
+            |p, rem, o| {
+                if let Some(step) = first_step(p) {
+                    status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::Transient), 10));
+                    o.now = at(20).0;
+                }
+            },
+            |p| match baseline(p) {
+                Expect::Run(step, _) => Expect::Run(step, 2),
+                other => other,
+            },
+        ),
+        (
+            "the step failed max_attempts times",
+            |p, rem, o| {
+                if let Some(step) = first_step(p) {
+                    for attempt in 1..=3 {
+                        status(rem).push_step(record(
+                            step,
+                            attempt,
+                            StepState::Failed,
+                            Some(ErrorCategory::Transient),
+                            10,
+                        ));
+                    }
+                    o.now = at(1000).0;
+                }
+            },
+            |p| match p {
+                Phase::Diagnosing | Phase::Testing | Phase::Deploying => {
+                    Expect::To(Phase::Escalated, r::REPEATED_FAILURE)
+                }
+                Phase::Verifying => Expect::To(Phase::RollingBack, r::VERIFICATION_FAILED),
+                Phase::RollingBack => Expect::To(Phase::Escalated, r::ROLLBACK_FAILED),
+                _ => baseline(p),
+            },
+        ),
+        (
+            "the step was forbidden",
+            |p, rem, _| {
+                if let Some(step) = first_step(p) {
+                    status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::Forbidden), 10));
+                }
+            },
+            |p| match p {
+                Phase::Diagnosing | Phase::Testing | Phase::Deploying => Expect::To(Phase::Failed, r::FORBIDDEN),
+                Phase::Verifying => Expect::To(Phase::RollingBack, r::VERIFICATION_FAILED),
+                Phase::RollingBack => Expect::To(Phase::Escalated, r::ROLLBACK_FAILED),
+                _ => baseline(p),
+            },
+        ),
+        (
+            "the step ran out of budget",
+            |p, rem, _| {
+                if let Some(step) = first_step(p) {
+                    status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::BudgetExhausted), 10));
+                }
+            },
+            |p| match p {
+                Phase::Diagnosing | Phase::Testing | Phase::Deploying | Phase::RollingBack => {
+                    Expect::To(Phase::Escalated, r::BUDGET_EXHAUSTED)
+                }
+                Phase::Verifying => Expect::To(Phase::RollingBack, r::BUDGET_EXHAUSTED),
+                _ => baseline(p),
+            },
+        ),
+        (
+            "the step was cancelled by a shutdown",
+            |p, rem, _| {
+                if let Some(step) = first_step(p) {
+                    status(rem).push_step(record(step, 1, StepState::Cancelled, None, 10));
+                }
+            },
+            |p| match baseline(p) {
+                Expect::Run(step, _) => Expect::Run(step, 2),
+                other => other,
+            },
+        ),
     ]
 }
 
@@ -299,7 +388,9 @@ fn every_decision_is_a_legal_transition_and_terminal_phases_are_final() {
                     assert!(phase.successors().contains(&to), "{phase} -> {to} is illegal ({name})");
                     assert!(!message.is_empty(), "a transition must say why ({phase}, {name})");
                 }
-                Decision::Run { .. } | Decision::Stall { .. } => assert!(!phase.is_terminal(), "{phase} must be final ({name})"),
+                Decision::Run { .. } | Decision::Stall { .. } => {
+                    assert!(!phase.is_terminal(), "{phase} must be final ({name})")
+                }
                 Decision::Wait { .. } => {}
             }
         }
@@ -370,7 +461,13 @@ fn testing_follows_ci_then_gate() {
 
 #[test]
 fn approval_decides_between_deploy_and_cancel() {
-    let rec = |decision| ApprovalRecord { name: "a1".into(), decision, approver: "alice".into(), reason: Some("looks right".into()), decided_at: at(5) };
+    let rec = |decision| ApprovalRecord {
+        name: "a1".into(),
+        decision,
+        approver: "alice".into(),
+        reason: Some("looks right".into()),
+        decided_at: at(5),
+    };
     let d = run(Phase::AwaitingApproval, |s| s.approval = Some(rec(ApprovalDecision::Approve)));
     assert!(check(&d, &Expect::To(Phase::Deploying, r::APPROVED)));
     let d = run(Phase::AwaitingApproval, |s| s.approval = Some(rec(ApprovalDecision::Reject)));
@@ -382,13 +479,17 @@ fn deploy_needs_a_snapshot_first_and_a_tested_patch_always() {
     let d = run(Phase::Deploying, |s| s.deploy = Some(snapshot()));
     assert_eq!(d, Decision::Run { step: Step::Deploy, attempt: 1 });
     let digest = proposal().digest;
-    let d = run(Phase::Deploying, |s| s.deploy = Some(DeployRecord { applied_digest: Some(digest.clone()), ..snapshot() }));
+    let d =
+        run(Phase::Deploying, |s| s.deploy = Some(DeployRecord { applied_digest: Some(digest.clone()), ..snapshot() }));
     assert!(check(&d, &Expect::To(Phase::Verifying, r::DEPLOYED)));
     let d = run(Phase::Deploying, |s| {
         s.deploy = Some(snapshot());
         s.push_step(record(Step::Deploy, 1, StepState::Failed, Some(ErrorCategory::InvalidSpec), 9));
     });
-    assert!(check(&d, &Expect::To(Phase::RollingBack, r::DEPLOY_FAILED)), "a failed apply after a snapshot reverts: {d:?}");
+    assert!(
+        check(&d, &Expect::To(Phase::RollingBack, r::DEPLOY_FAILED)),
+        "a failed apply after a snapshot reverts: {d:?}"
+    );
     let d = run(Phase::Deploying, |s| s.ci = Some(ci(CiVerdict::Failed, &digest)));
     assert!(check(&d, &Expect::To(Phase::Escalated, r::INVALID_SPEC)), "an untested patch never deploys: {d:?}");
     let d = run(Phase::Deploying, |s| {
@@ -401,7 +502,13 @@ fn deploy_needs_a_snapshot_first_and_a_tested_patch_always() {
 
 #[test]
 fn verification_verdicts_close_or_revert() {
-    let v = |verdict, next: Option<i64>| Verification { verdict, samples: vec![], message: None, started_at: at(0), next_sample_at: next.map(at) };
+    let v = |verdict, next: Option<i64>| Verification {
+        verdict,
+        samples: vec![],
+        message: None,
+        started_at: at(0),
+        next_sample_at: next.map(at),
+    };
     let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Passed, None)));
     assert!(check(&d, &Expect::To(Phase::Succeeded, r::VERIFIED)));
     let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Failed, None)));
@@ -420,7 +527,9 @@ fn a_completed_effect_is_never_repeated() {
     // Diagnose succeeded but its result vanished (status edited by hand): escalate, never re-run.
     let d = run(Phase::Diagnosing, |s| s.push_step(record(Step::Diagnose, 1, StepState::Succeeded, None, 5)));
     assert!(check(&d, &Expect::To(Phase::Escalated, r::REPEATED_FAILURE)), "{d:?}");
-    let d = run(Phase::RollingBack, |s| s.rollback = Some(RollbackRecord { reason: "x".into(), restored_revision: None, restored_at: at(5) }));
+    let d = run(Phase::RollingBack, |s| {
+        s.rollback = Some(RollbackRecord { reason: "x".into(), restored_revision: None, restored_at: at(5) })
+    });
     assert!(check(&d, &Expect::To(Phase::RolledBack, r::ROLLED_BACK)));
     let d = run(Phase::RollingBack, |s| s.deploy = None);
     assert!(check(&d, &Expect::To(Phase::Escalated, r::ROLLBACK_FAILED)));
@@ -435,6 +544,7 @@ fn backoff_grows_is_capped_and_jittered_deterministically() {
     assert!((Duration::from_millis(6400)..=Duration::from_millis(9600)).contains(&a3), "{a3:?}");
     assert!(backoff(&s, "u", Step::Test, 40) <= Duration::from_secs(360));
     assert_eq!(backoff(&s, "u", Step::Test, 2), backoff(&s, "u", Step::Test, 2));
-    let spread: std::collections::HashSet<_> = (0..20).map(|i| backoff(&s, &format!("uid-{i}"), Step::Test, 2)).collect();
+    let spread: std::collections::HashSet<_> =
+        (0..20).map(|i| backoff(&s, &format!("uid-{i}"), Step::Test, 2)).collect();
     assert!(spread.len() > 5, "jitter must spread retries of different remediations");
 }

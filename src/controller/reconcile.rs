@@ -31,9 +31,11 @@ use super::machine::{Decision, Observations, PolicyView, Settings, decide};
 use super::runs::Runs;
 use super::stages::{EffectKey, StageError, StageInput, StageOutput, Stages};
 use crate::api::conditions::{self, ConditionType, Desired, reason};
-use crate::api::remediation::{ApprovalRecord, Phase, RemediationStatus, Step, StepRecord, StepState, MAX_SAMPLES};
+use crate::api::remediation::{ApprovalRecord, MAX_SAMPLES, Phase, RemediationStatus, Step, StepRecord, StepState};
 use crate::api::validate::ValidPolicy;
-use crate::api::{ApprovalDecision, ErrorCategory, FINALIZER, Remediation, RemediationApproval, RemediationPolicy, STATUS_MANAGER};
+use crate::api::{
+    ApprovalDecision, ErrorCategory, FINALIZER, Remediation, RemediationApproval, RemediationPolicy, STATUS_MANAGER,
+};
 
 /// A source of time that tests can fix.
 pub trait Clock: Send + Sync {
@@ -161,7 +163,12 @@ pub struct Plan {
 /// Most transitions chained in one reconcile (the longest legal chain is shorter).
 const MAX_CHAIN: usize = 16;
 
-fn record_outcome(status: &mut RemediationStatus, key: &EffectKey, outcome: Result<StageOutput, StageError>, now: Timestamp) {
+fn record_outcome(
+    status: &mut RemediationStatus,
+    key: &EffectKey,
+    outcome: Result<StageOutput, StageError>,
+    now: Timestamp,
+) {
     let Some(record) = status
         .steps
         .iter_mut()
@@ -247,9 +254,8 @@ pub fn plan(
                 transitions.push(TransitionRecord { from, to, reason, message });
             }
             Decision::Run { step, attempt } => {
-                let resuming = status
-                    .last_step(step)
-                    .is_some_and(|r| r.attempt == attempt && r.state == StepState::Started);
+                let resuming =
+                    status.last_step(step).is_some_and(|r| r.attempt == attempt && r.state == StepState::Started);
                 if !resuming {
                     status.push_step(StepRecord {
                         step,
@@ -320,7 +326,11 @@ pub fn plan(
 }
 
 fn settings(policy: &ValidPolicy) -> Settings {
-    Settings { max_attempts: policy.limits.max_attempts, max_duration: policy.limits.max_duration, ..Settings::default() }
+    Settings {
+        max_attempts: policy.limits.max_attempts,
+        max_duration: policy.limits.max_duration,
+        ..Settings::default()
+    }
 }
 
 fn observe_policy(ctx: &Context, namespace: &str, name: &str) -> (PolicyView, Option<Arc<ValidPolicy>>) {
@@ -342,7 +352,9 @@ fn observe_approval(ctx: &Context, rem: &Remediation, now: Timestamp) -> Option<
         .approvals
         .state()
         .into_iter()
-        .filter(|a| a.namespace().as_deref() == Some(namespace.as_str()) && a.spec.remediation_ref.name == rem.name_any())
+        .filter(|a| {
+            a.namespace().as_deref() == Some(namespace.as_str()) && a.spec.remediation_ref.name == rem.name_any()
+        })
         .filter(|a| match (created, a.metadata.creation_timestamp.as_ref()) {
             (Some(rem_created), Some(a_created)) => a_created.0 >= rem_created,
             _ => true,
@@ -358,7 +370,11 @@ fn observe_approval(ctx: &Context, rem: &Remediation, now: Timestamp) -> Option<
     })
 }
 
-async fn write_status(api: &Api<Remediation>, rem: &Remediation, status: &RemediationStatus) -> Result<(), kube::Error> {
+async fn write_status(
+    api: &Api<Remediation>,
+    rem: &Remediation,
+    status: &RemediationStatus,
+) -> Result<(), kube::Error> {
     // resourceVersion makes the apply conditional: a reconcile working from a stale cache
     // gets 409 and retries instead of overwriting newer status.
     let body = serde_json::json!({
@@ -373,7 +389,8 @@ async fn write_status(api: &Api<Remediation>, rem: &Remediation, status: &Remedi
 
 async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     let name = rem.name_any();
-    let namespace = rem.namespace().ok_or_else(|| Error::MissingMetadata { name: name.clone(), missing: "namespace" })?;
+    let namespace =
+        rem.namespace().ok_or_else(|| Error::MissingMetadata { name: name.clone(), missing: "namespace" })?;
     let uid = rem.uid().ok_or_else(|| Error::MissingMetadata { name: name.clone(), missing: "uid" })?;
     let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &namespace);
 
@@ -410,7 +427,11 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     for t in &plan.transitions {
         info!(remediation = %name, from = %t.from, to = %t.to, reason = t.reason, "{}", t.message);
         let event = Event {
-            type_: if matches!(t.to, Phase::Failed | Phase::Escalated | Phase::RolledBack | Phase::RollingBack) { EventType::Warning } else { EventType::Normal },
+            type_: if matches!(t.to, Phase::Failed | Phase::Escalated | Phase::RolledBack | Phase::RollingBack) {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: t.reason.to_owned(),
             note: Some(truncate(&format!("{} -> {}: {}", t.from, t.to, t.message), 1000)),
             action: "Transition".to_owned(),
@@ -455,10 +476,10 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 async fn cleanup(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
-    if let Some(uid) = rem.uid() {
-        if ctx.runs.cancel(&uid) {
-            info!(remediation = %rem.name_any(), "deleted: cancelled the in-flight effect");
-        }
+    if let Some(uid) = rem.uid()
+        && ctx.runs.cancel(&uid)
+    {
+        info!(remediation = %rem.name_any(), "deleted: cancelled the in-flight effect");
     }
     Ok(Action::await_change())
 }
@@ -468,7 +489,8 @@ async fn cleanup(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> 
 /// # Errors
 /// Finalizer and status-write failures; stage failures are recorded in status instead.
 pub async fn reconcile(rem: Arc<Remediation>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = rem.namespace().ok_or_else(|| Error::MissingMetadata { name: rem.name_any(), missing: "namespace" })?;
+    let namespace =
+        rem.namespace().ok_or_else(|| Error::MissingMetadata { name: rem.name_any(), missing: "namespace" })?;
     let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, rem, |event| async {
         match event {
@@ -499,20 +521,30 @@ pub fn error_policy(rem: Arc<Remediation>, error: &Error, _ctx: Arc<Context>) ->
 ///
 /// # Errors
 /// [`Error::CrdMissing`] when the CRDs are not installed.
-pub async fn run(client: Client, stages: Stages, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> Result<(), Error> {
+pub async fn run(
+    client: Client,
+    stages: Stages,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
     let remediations: Api<Remediation> = Api::all(client.clone());
     remediations.list(&ListParams::default().limit(1)).await.map_err(|source| Error::CrdMissing { source })?;
 
     let (policies, policy_writer) = reflector::store();
-    let policy_feed = reflector::reflector(policy_writer, watcher(Api::<RemediationPolicy>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+    let policy_feed = reflector::reflector(
+        policy_writer,
+        watcher(Api::<RemediationPolicy>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
     let (approvals, approval_writer) = reflector::store();
-    let approval_feed = reflector::reflector(approval_writer, watcher(Api::<RemediationApproval>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+    let approval_feed = reflector::reflector(
+        approval_writer,
+        watcher(Api::<RemediationApproval>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
     let feeds = tokio::spawn(async move { futures::join!(policy_feed, approval_feed) });
     let (Ok(()), Ok(())) = futures::join!(policies.wait_until_ready(), approvals.wait_until_ready()) else {
         feeds.abort();

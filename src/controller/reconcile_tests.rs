@@ -18,7 +18,14 @@ fn mk_remediation() -> Remediation {
         "r1",
         RemediationSpec {
             policy_ref: LocalObjectRef { name: "p".into() },
-            alert: AlertRef { name: "A".into(), fingerprint: "f".into(), labels: Default::default(), annotations: Default::default(), starts_at: Time(now(0)), generator_url: None },
+            alert: AlertRef {
+                name: "A".into(),
+                fingerprint: "f".into(),
+                labels: Default::default(),
+                annotations: Default::default(),
+                starts_at: Time(now(0)),
+                generator_url: None,
+            },
             target: TargetRef { api_version: "apps/v1".into(), kind: TargetKind::Deployment, name: "checkout".into() },
             cancel: false,
         },

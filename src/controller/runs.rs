@@ -63,7 +63,13 @@ impl Runs {
     }
 
     /// Starts `effect` for `key`, replacing nothing: returns false if one is already running.
-    pub fn spawn(&self, key: EffectKey, obj: ObjectRef<Remediation>, cancel: CancellationToken, effect: StageFuture<StageOutput>) -> bool {
+    pub fn spawn(
+        &self,
+        key: EffectKey,
+        obj: ObjectRef<Remediation>,
+        cancel: CancellationToken,
+        effect: StageFuture<StageOutput>,
+    ) -> bool {
         {
             let mut map = self.lock();
             if map.get(&key.uid).is_some_and(|r| r.result.is_none()) {

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::machine::StageSet;
 use crate::agent::{Diagnose, Propose};
 use crate::api::ErrorCategory;
-use crate::api::remediation::{CiResult, DeployRecord, Diagnosis, GateResult, Proposal, Remediation, RollbackRecord, Step, Verification};
+use crate::api::remediation::{
+    CiResult, DeployRecord, Diagnosis, GateResult, Proposal, Remediation, RollbackRecord, Step, Verification,
+};
 use crate::api::validate::ValidPolicy;
 use crate::ci::Test;
 use crate::deploy::{Deploy, Rollback};

@@ -92,10 +92,16 @@ impl Matcher {
         let regex = match op {
             MatchOp::Regex | MatchOp::NotRegex => {
                 if value.len() > MAX_REGEX_LEN {
-                    return Err(MatcherError::BadRegex { value, reason: format!("longer than {MAX_REGEX_LEN} characters") });
+                    return Err(MatcherError::BadRegex {
+                        value,
+                        reason: format!("longer than {MAX_REGEX_LEN} characters"),
+                    });
                 }
                 let anchored = format!("^(?:{value})$");
-                Some(Regex::new(&anchored).map_err(|e| MatcherError::BadRegex { value: value.clone(), reason: e.to_string() })?)
+                Some(
+                    Regex::new(&anchored)
+                        .map_err(|e| MatcherError::BadRegex { value: value.clone(), reason: e.to_string() })?,
+                )
             }
             MatchOp::Equal | MatchOp::NotEqual => None,
         };

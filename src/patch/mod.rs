@@ -67,7 +67,13 @@ mod tests {
     }
 
     fn ci(digest: &str, verdict: CiVerdict) -> CiResult {
-        CiResult { proposal_digest: digest.into(), backend: CiBackend::DryRun, verdict, messages: vec![], reference: None }
+        CiResult {
+            proposal_digest: digest.into(),
+            backend: CiBackend::DryRun,
+            verdict,
+            messages: vec![],
+            reference: None,
+        }
     }
 
     #[test]

@@ -1,0 +1,40 @@
+# Reflex — common tasks. `make test` is the one command CI and newcomers run.
+CARGO ?= cargo
+
+.PHONY: all build test lint fmt crds crds-check prereqs run clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+## Install missing prerequisites, then run every test tier available.
+test: prereqs
+	$(CARGO) test --all-targets --no-fail-fast
+
+## Formatting, clippy with warnings denied, and the CRD drift check.
+lint: prereqs
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(MAKE) crds-check
+
+fmt:
+	$(CARGO) fmt --all
+
+## Regenerate crds/ from the Rust types.
+crds:
+	$(CARGO) run --quiet -- crd --dir crds
+
+## Fail if crds/ differs from what the Rust types generate.
+crds-check:
+	$(CARGO) test --quiet --test crds committed_crds_match_the_rust_types
+
+prereqs:
+	@scripts/prereqs.sh
+
+## Run the operator against the current kubeconfig context.
+run:
+	$(CARGO) run -- run
+
+clean:
+	$(CARGO) clean
