@@ -517,6 +517,20 @@ pub fn error_policy(rem: Arc<Remediation>, error: &Error, _ctx: Arc<Context>) ->
     }
 }
 
+/// A store kept current by a watch, and the future that feeds it (run it to keep the
+/// store current; it reconnects with backoff on watch errors).
+fn mirror<K>(api: Api<K>) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let feed = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+    (store, feed)
+}
+
 /// Runs the Remediation controller until `shutdown` completes.
 ///
 /// # Errors
@@ -529,22 +543,8 @@ pub async fn run(
     let remediations: Api<Remediation> = Api::all(client.clone());
     remediations.list(&ListParams::default().limit(1)).await.map_err(|source| Error::CrdMissing { source })?;
 
-    let (policies, policy_writer) = reflector::store();
-    let policy_feed = reflector::reflector(
-        policy_writer,
-        watcher(Api::<RemediationPolicy>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
-    let (approvals, approval_writer) = reflector::store();
-    let approval_feed = reflector::reflector(
-        approval_writer,
-        watcher(Api::<RemediationApproval>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
+    let (policies, policy_feed) = mirror(Api::<RemediationPolicy>::all(client.clone()));
+    let (approvals, approval_feed) = mirror(Api::<RemediationApproval>::all(client.clone()));
     let feeds = tokio::spawn(async move { futures::join!(policy_feed, approval_feed) });
     let (Ok(()), Ok(())) = futures::join!(policies.wait_until_ready(), approvals.wait_until_ready()) else {
         feeds.abort();
