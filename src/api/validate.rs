@@ -407,13 +407,6 @@ fn agent(c: &mut Collector, spec: &RemediationPolicySpec) -> ValidAgent {
     }
 }
 
-/// A parameter bound in its value type.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Bound {
-    /// A number (integer, number or quantity in base units).
-    Number(f64),
-}
-
 /// A playbook parameter with bounds read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidParameter {

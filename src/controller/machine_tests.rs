@@ -9,8 +9,8 @@ use kube::api::ObjectMeta;
 use super::*;
 use crate::api::conditions::reason as r;
 use crate::api::remediation::*;
-use crate::api::{AnyJson, ApprovalDecision, ErrorCategory, LocalObjectRef, TargetKind, playbook::PatchType};
-use crate::patch::digest;
+use crate::api::{AnyJson, ApprovalDecision, ErrorCategory, LocalObjectRef, TargetKind};
+use crate::patch::fixtures;
 
 const T0: i64 = 1_700_000_000;
 
@@ -19,19 +19,9 @@ fn at(secs: i64) -> Time {
 }
 
 fn proposal() -> Proposal {
-    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "512Mi"}}}]}}}});
-    Proposal {
-        patch_type: PatchType::Strategic,
-        digest: digest(&patch),
-        patch: AnyJson(patch),
-        rationale: "working set above limit".into(),
-        expected_effect: None,
-        produced_by: ProposalSource::Playbook,
-        playbook: Some("raise-memory-limit".into()),
-        model: None,
-        tokens: None,
-        cost_usd: None,
-    }
+    fixtures::proposal(
+        serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "512Mi"}}}]}}}}),
+    )
 }
 
 fn ci(verdict: CiVerdict, digest: &str) -> CiResult {

@@ -42,16 +42,18 @@ impl TestedPatch {
     }
 }
 
+/// Fixtures shared by tests across modules.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::digest;
     use crate::api::{
         AnyJson,
         playbook::PatchType,
-        remediation::{CiBackend, ProposalSource},
+        remediation::{Proposal, ProposalSource},
     };
 
-    fn proposal(patch: serde_json::Value) -> Proposal {
+    /// A playbook proposal for `patch`, with its digest filled in.
+    pub(crate) fn proposal(patch: serde_json::Value) -> Proposal {
         Proposal {
             patch_type: PatchType::Strategic,
             digest: digest(&patch),
@@ -65,6 +67,13 @@ mod tests {
             cost_usd: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::proposal;
+    use super::*;
+    use crate::api::{AnyJson, remediation::CiBackend};
 
     fn ci(digest: &str, verdict: CiVerdict) -> CiResult {
         CiResult {
