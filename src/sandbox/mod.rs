@@ -3,3 +3,11 @@
 //!
 //! Contract: nothing here yet; when it lands, `kube::Client` and `kubectl` talk to it
 //! unchanged.
+
+pub mod merge;
+pub mod resources;
+pub mod schema;
+pub mod selectors;
+pub mod ssa;
+pub mod status;
+pub mod store;
