@@ -37,6 +37,19 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Start the sandbox (an in-memory stand-in for a Kubernetes API server) with Reflex's
+    /// CRDs installed, write its kubeconfig, and serve until interrupted.
+    Sandbox {
+        /// Loopback port to listen on (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Where to write the kubeconfig.
+        #[arg(long, default_value = "reflex-sandbox.kubeconfig")]
+        kubeconfig: PathBuf,
+        /// RBAC table (YAML: users, serviceAccounts, grants). Default: one administrator.
+        #[arg(long)]
+        rbac: Option<PathBuf>,
+    },
     /// Print version and build information.
     Version,
 }
@@ -60,6 +73,26 @@ async fn main() -> anyhow::Result<()> {
         Command::Version => {
             println!("reflex {}", env!("CARGO_PKG_VERSION"));
             println!("api: {}/{}", reflex::api::GROUP, reflex::api::VERSION);
+        }
+        Command::Sandbox { port, kubeconfig, rbac } => {
+            telemetry::init(cli.log_format);
+            let mut config = reflex::sandbox::Config { port, ..Default::default() };
+            if let Some(path) = rbac {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                config.rbac = reflex::sandbox::rbac::Table::from_yaml(&text).map_err(anyhow::Error::msg)?;
+            }
+            let token = config.rbac.users.iter().find(|u| u.groups.iter().any(|g| g == "system:masters")).map(|u| u.token.clone());
+            let sandbox = reflex::sandbox::Sandbox::start(config).await?;
+            sandbox.install_crds()?;
+            let token = token.unwrap_or_else(|| reflex::sandbox::ADMIN_TOKEN.to_owned());
+            sandbox.write_kubeconfig(&kubeconfig, &token)?;
+            println!("Reflex sandbox (an in-memory stand-in for a Kubernetes API server) at {}", sandbox.url());
+            println!("CRDs installed: remediations, remediationpolicies, playbooks, remediationapprovals (reflex.dev)");
+            println!("kubeconfig: {}", kubeconfig.display());
+            println!("try: kubectl --kubeconfig {} get remediations -A", kubeconfig.display());
+            println!("Ctrl-C to stop.");
+            let _ = tokio::signal::ctrl_c().await;
+            sandbox.shutdown();
         }
         Command::Run { kubeconfig, context } => {
             telemetry::init(cli.log_format);

@@ -321,6 +321,59 @@ impl Registry {
     }
 }
 
+impl Registry {
+    fn group_versions(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for t in &self.types {
+            let gv = (t.group.clone(), t.version.clone());
+            if !out.contains(&gv) {
+                out.push(gv);
+            }
+        }
+        out
+    }
+
+    /// `/openapi/v3`: where each group-version's document lives.
+    pub fn openapi_root(&self) -> Value {
+        let mut paths = serde_json::Map::new();
+        for (g, v) in self.group_versions() {
+            let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+            let hash = format!("{:x}", self.types.iter().filter(|t| t.group == g && t.version == v).count());
+            paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}));
+        }
+        json!({"paths": paths})
+    }
+
+    /// `/openapi/v3/apis/{group}/{version}`: the operations of each type, enough for clients
+    /// to learn which query parameters the server supports (kubectl checks `fieldValidation`
+    /// on PATCH before relying on server-side validation). Object schemas are not published.
+    pub fn openapi_group_version(&self, group: &str, version: &str) -> Option<Value> {
+        if !self.has_group_version(group, version) {
+            return None;
+        }
+        let mut paths = serde_json::Map::new();
+        let params: Vec<Value> = ["dryRun", "fieldManager", "fieldValidation", "force"]
+            .iter()
+            .map(|p| json!({"name": p, "in": "query", "schema": {"type": "string"}, "uniqueItems": true}))
+            .collect();
+        for t in self.types.iter().filter(|t| t.group == group && t.version == version && !t.is_review()) {
+            let root = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+            let scope = if t.namespaced { "/namespaces/{namespace}" } else { "" };
+            let gvk = json!({"group": group, "version": version, "kind": t.kind});
+            paths.insert(
+                format!("{root}{scope}/{}/{{name}}", t.plural),
+                json!({
+                    "get": {"x-kubernetes-action": "get", "x-kubernetes-group-version-kind": gvk},
+                    "put": {"x-kubernetes-action": "put", "x-kubernetes-group-version-kind": gvk, "parameters": params},
+                    "patch": {"x-kubernetes-action": "patch", "x-kubernetes-group-version-kind": gvk, "parameters": params},
+                    "delete": {"x-kubernetes-action": "delete", "x-kubernetes-group-version-kind": gvk},
+                }),
+            );
+        }
+        Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (Reflex sandbox)", "version": "v1.34.0"}, "paths": paths, "components": {"schemas": {}}}))
+    }
+}
+
 fn invalid(name: &str, field: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(
         "CustomResourceDefinition.apiextensions.k8s.io",

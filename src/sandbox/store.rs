@@ -157,8 +157,9 @@ impl Tx<'_> {
         Some(obj)
     }
 
-    pub fn has_writes(&self) -> bool {
-        !self.staged.is_empty()
+    /// Has this transaction removed anything (so owners may have gone)?
+    pub fn has_removals(&self) -> bool {
+        self.staged.iter().any(|(_, _, v)| v.is_none())
     }
 }
 

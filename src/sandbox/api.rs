@@ -1,0 +1,805 @@
+//! The API server's object semantics over the store: create, read, list, update, patch
+//! (JSON, merge, strategic, apply), delete with finalizers, garbage collection and namespace
+//! termination.
+//!
+//! Contract: every write goes through [`persist`], which applies the rules a real API server
+//! applies — system metadata (uid, creationTimestamp, resourceVersion, generation bumped on
+//! spec changes only), the status subresource split, finalizer rules, name validation, CRD
+//! schema admission, managedFields — and then either stores the object or, when it is being
+//! deleted and has no finalizers left, removes it. Each request is one store transaction, so a
+//! failure stores nothing, and `dryRun=All` runs the same path without committing.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use super::merge::{Lists, strategic_merge};
+use super::resources::{Behaviour, ResourceType};
+use super::schema::{FieldValidation, admit};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::ssa::{self, Part, Writer};
+use super::status::{ApiError, Cause, Subject, success};
+use super::store::{Store, Tx, name_of, ns_of};
+use crate::intake::template::is_dns_subdomain;
+
+pub const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+/// RFC 3339 time, seconds precision, as Kubernetes writes `metav1.Time`.
+pub fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Who writes, where, and how.
+#[derive(Clone, Debug)]
+pub struct WriteCtx {
+    pub rt: Arc<ResourceType>,
+    pub namespace: String,
+    pub manager: String,
+    pub dry_run: bool,
+    pub validation: FieldValidation,
+}
+
+impl WriteCtx {
+    fn subject(&self, name: &str) -> Subject {
+        Subject::new(&self.rt.group, &self.rt.plural, name)
+    }
+}
+
+/// A write's result and the warnings to send back.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchKind {
+    Json,
+    Merge,
+    Strategic,
+    Apply { force: bool },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    /// Exact snapshot version (`resourceVersionMatch=Exact`).
+    pub exact: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub orphan: bool,
+}
+
+fn lists(rt: &ResourceType) -> Lists<'_> {
+    match &rt.schema {
+        Some(s) => Lists::Schema(s),
+        None => Lists::Builtin,
+    }
+}
+
+fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    obj.get("metadata")?.get(key)?.as_str()
+}
+
+fn meta_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
+    let m = obj.as_object_mut()?.entry("metadata").or_insert_with(|| json!({}));
+    if !m.is_object() {
+        *m = json!({});
+    }
+    m.as_object_mut()
+}
+
+fn set_meta(obj: &mut Value, key: &str, v: Value) {
+    if let Some(m) = meta_mut(obj) {
+        m.insert(key.into(), v);
+    }
+}
+
+fn del_meta(obj: &mut Value, key: &str) {
+    if let Some(m) = meta_mut(obj) {
+        m.remove(key);
+    }
+}
+
+fn finalizers(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn has_generation(rt: &ResourceType, obj: &Value) -> bool {
+    rt.is_custom() || obj.get("spec").is_some()
+}
+
+/// The object minus metadata and status: what `generation` tracks.
+fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    v
+}
+
+fn invalid(rt: &ResourceType, name: &str, causes: Vec<Cause>) -> ApiError {
+    let kg = if rt.group.is_empty() { rt.kind.clone() } else { format!("{}.{}", rt.kind, rt.group) };
+    ApiError::invalid(&kg, name, causes)
+}
+
+fn field_cause(field: &str, message: impl Into<String>) -> Cause {
+    Cause { reason: "FieldValueInvalid".into(), message: message.into(), field: field.into() }
+}
+
+/// Set apiVersion/kind as this served type presents them, converting Events between the
+/// core and events.k8s.io shapes.
+pub fn to_api(rt: &ResourceType, mut obj: Value) -> Value {
+    if rt.behaviour == Behaviour::EventsV1 {
+        obj = events::core_to_v1(obj);
+    }
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("apiVersion".into(), json!(rt.api_version()));
+        m.insert("kind".into(), json!(rt.kind));
+    }
+    obj
+}
+
+/// The stored shape of an incoming object.
+pub fn to_storage(rt: &ResourceType, obj: Value) -> Value {
+    if rt.behaviour == Behaviour::EventsV1 { events::v1_to_core(obj) } else { obj }
+}
+
+mod events {
+    use serde_json::{Map, Value};
+
+    const PAIRS: &[(&str, &str)] = &[
+        ("regarding", "involvedObject"),
+        ("note", "message"),
+        ("reportingController", "reportingComponent"),
+        ("deprecatedSource", "source"),
+        ("deprecatedFirstTimestamp", "firstTimestamp"),
+        ("deprecatedLastTimestamp", "lastTimestamp"),
+        ("deprecatedCount", "count"),
+    ];
+
+    fn rename(obj: Value, from_v1: bool) -> Value {
+        let Value::Object(m) = obj else { return obj };
+        let mut out = Map::new();
+        for (k, v) in m {
+            let renamed = PAIRS.iter().find_map(|(v1, core)| match from_v1 {
+                true if k == *v1 => Some(*core),
+                false if k == *core => Some(*v1),
+                _ => None,
+            });
+            out.insert(renamed.map(str::to_owned).unwrap_or(k), v);
+        }
+        Value::Object(out)
+    }
+
+    pub fn v1_to_core(obj: Value) -> Value {
+        let mut core = rename(obj, true);
+        core["apiVersion"] = Value::String("v1".into());
+        core
+    }
+
+    pub fn core_to_v1(obj: Value) -> Value {
+        rename(obj, false)
+    }
+}
+
+/// Check the namespace a namespaced write targets exists and is not terminating.
+fn check_namespace(tx: &Tx<'_>, w: &WriteCtx, creating: bool) -> Result<(), ApiError> {
+    if !w.rt.namespaced {
+        return Ok(());
+    }
+    let Some(ns) = tx.get("namespaces", "", &w.namespace) else {
+        return Err(ApiError::not_found(Subject::new("", "namespaces", &w.namespace)));
+    };
+    if creating && meta_str(&ns, "deletionTimestamp").is_some() {
+        return Err(ApiError::forbidden(format!(
+            "{} is forbidden: unable to create new content in namespace {} because it is being terminated",
+            w.rt.plural, w.namespace
+        )));
+    }
+    Ok(())
+}
+
+/// Apply the rules every write obeys, then store or remove `new`.
+fn persist(tx: &mut Tx<'_>, w: &WriteCtx, old: Option<&Value>, mut new: Value, part: Part, apply: bool) -> Result<Outcome, ApiError> {
+    let rt = &w.rt;
+    let name = name_of(&new).to_owned();
+    let mut warnings = Vec::new();
+    match old {
+        Some(old) => {
+            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+                match old.get("metadata").and_then(|m| m.get(k)) {
+                    Some(v) => set_meta(&mut new, k, v.clone()),
+                    None => del_meta(&mut new, k),
+                };
+            }
+            if part == Part::Status {
+                let status = new.get("status").cloned();
+                let mut kept = old.clone();
+                match status {
+                    Some(s) => kept["status"] = s,
+                    None => {
+                        kept.as_object_mut().map(|m| m.remove("status"));
+                    }
+                }
+                if let Some(mf) = new.pointer("/metadata/managedFields").cloned() {
+                    set_meta(&mut kept, "managedFields", mf);
+                }
+                new = kept;
+            } else if rt.status {
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        new.as_object_mut().map(|m| m.remove("status"));
+                    }
+                }
+            }
+            if has_generation(rt, &new) {
+                let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+                let bumped = if spec_part(old) != spec_part(&new) { generation + 1 } else { generation };
+                set_meta(&mut new, "generation", json!(bumped));
+            }
+            if meta_str(old, "deletionTimestamp").is_some() {
+                let before = finalizers(old);
+                if let Some(f) = finalizers(&new).into_iter().find(|f| !before.contains(f)) {
+                    return Err(invalid(rt, &name, vec![Cause {
+                        reason: "FieldValueForbidden".into(),
+                        message: format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{f:?}}}"),
+                        field: "metadata.finalizers".into(),
+                    }]));
+                }
+            }
+        }
+        None => {
+            set_meta(&mut new, "uid", json!(uuid::Uuid::new_v4().to_string()));
+            set_meta(&mut new, "creationTimestamp", json!(now()));
+            for k in ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"] {
+                del_meta(&mut new, k);
+            }
+            if rt.namespaced {
+                set_meta(&mut new, "namespace", json!(w.namespace));
+            } else {
+                del_meta(&mut new, "namespace");
+            }
+            if rt.status && rt.behaviour != Behaviour::Crd && rt.behaviour != Behaviour::Namespace {
+                new.as_object_mut().map(|o| o.remove("status"));
+            }
+            if has_generation(rt, &new) {
+                set_meta(&mut new, "generation", json!(1));
+            }
+        }
+    }
+    del_meta(&mut new, "selfLink");
+    if !is_dns_subdomain(&name) {
+        return Err(invalid(rt, &name, vec![field_cause(
+            "metadata.name",
+            format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+        )]));
+    }
+    if let Some(schema) = &rt.schema {
+        let admitted = admit(schema, &new, old);
+        if !admitted.invalid.is_empty() {
+            return Err(invalid(rt, &name, admitted.invalid));
+        }
+        if !admitted.unknown.is_empty() {
+            match w.validation {
+                FieldValidation::Strict => {
+                    let list = admitted.unknown.iter().map(|u| format!("unknown field {u:?}")).collect::<Vec<_>>().join(", ");
+                    return Err(ApiError::bad_request(format!(
+                        "{} in version {:?} cannot be handled as a {}: strict decoding error: {list}",
+                        rt.kind, rt.version, rt.kind
+                    )));
+                }
+                FieldValidation::Warn => warnings.extend(admitted.unknown.iter().map(|u| format!("unknown field {u:?}"))),
+                FieldValidation::Ignore => {}
+            }
+        }
+        new = admitted.object;
+    }
+    defaults(rt, &mut new, old.is_none());
+    if rt.behaviour == Behaviour::Crd {
+        tx.registry.register_crd(&new)?;
+    }
+    if !apply {
+        let api_version = rt.api_version();
+        let time = now();
+        let writer = Writer { manager: &w.manager, api_version: &api_version, time: &time, part };
+        ssa::record_update(old, &mut new, &writer, lists(rt));
+    }
+    let object = if meta_str(&new, "deletionTimestamp").is_some() && finalizers(&new).is_empty() {
+        let ns = ns_of(&new).to_owned();
+        if rt.behaviour == Behaviour::Crd {
+            tx.registry.unregister_crd(&new);
+        }
+        tx.remove(&rt.storage, &ns, &name).unwrap_or(new)
+    } else {
+        tx.put(&rt.storage, new)
+    };
+    Ok(Outcome { object, warnings })
+}
+
+/// Server-set defaults and status for the kinds that have them.
+fn defaults(rt: &ResourceType, obj: &mut Value, creating: bool) {
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.entry("replicas").or_insert(json!(1));
+                spec.entry("revisionHistoryLimit").or_insert(json!(10));
+                if rt.kind == "Deployment" {
+                    spec.entry("progressDeadlineSeconds").or_insert(json!(600));
+                    spec.entry("strategy")
+                        .or_insert(json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+                }
+            }
+        }
+        ("", "Namespace") => {
+            if obj.pointer("/metadata/deletionTimestamp").is_none() {
+                obj["status"] = json!({"phase": "Active"});
+            }
+            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+        }
+        ("", "Pod") if creating => {
+            obj["status"] = json!({"phase": "Pending"});
+        }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            if creating {
+                let mut f = obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+                if !f.contains(&json!(CRD_CLEANUP)) {
+                    f.push(json!(CRD_CLEANUP));
+                }
+                set_meta(obj, "finalizers", Value::Array(f));
+            }
+            let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
+            let t = now();
+            let cond = |ty: &str, reason: &str, msg: &str| {
+                json!({"type": ty, "status": "True", "reason": reason, "message": msg, "lastTransitionTime": t})
+            };
+            let stored: Vec<Value> = obj
+                .pointer("/spec/versions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|v| v.get("storage") == Some(&json!(true)))
+                .filter_map(|v| v.get("name").cloned())
+                .collect();
+            obj["status"] = json!({
+                "acceptedNames": names,
+                "storedVersions": stored,
+                "conditions": [
+                    cond("NamesAccepted", "NoConflicts", "no conflicts found"),
+                    cond("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+                ],
+            });
+        }
+        _ => {}
+    }
+}
+
+/// Strip a `fieldManager` to what the API server accepts.
+pub fn validate_manager(m: &str) -> Result<(), ApiError> {
+    if m.len() > 128 {
+        return Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", vec![field_cause("fieldManager", "Too long: may not be more than 128 bytes")]));
+    }
+    Ok(())
+}
+
+pub struct Api {
+    pub store: Arc<Store>,
+}
+
+impl Api {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let ns = if rt.namespaced { ns } else { "" };
+        self.store
+            .get(&rt.storage, ns, name)
+            .filter(|o| rt.behaviour != Behaviour::EventsV1 || o.get("apiVersion").is_some())
+            .map(|o| to_api(rt, o))
+            .ok_or_else(|| ApiError::not_found(Subject::new(&rt.group, &rt.plural, name)))
+    }
+
+    /// A list object, paginated.
+    pub fn list(&self, rt: &ResourceType, ns: Option<&str>, opts: &ListOptions) -> Result<Value, ApiError> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Token {
+            rv: u64,
+            start: String,
+        }
+        let token = match &opts.continue_token {
+            Some(t) if !t.is_empty() => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(t)
+                    .map_err(|_| ApiError::bad_request("continue key is not valid: illegal base64 data"))?;
+                Some(serde_json::from_slice::<Token>(&bytes).map_err(|_| ApiError::bad_request("continue key is not valid: malformed token"))?)
+            }
+            _ => None,
+        };
+        let at = token.as_ref().map(|t| t.rv).or(opts.exact);
+        let (objects, list_rv) = self.store.list(&rt.storage, ns, at).map_err(|e| {
+            if token.is_some() {
+                ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+            } else {
+                e
+            }
+        })?;
+        let key = |o: &Value| format!("{}/{}", ns_of(o), name_of(o));
+        let mut matching = objects.into_iter().filter(|o| {
+            opts.labels.matches(o.pointer("/metadata/labels").unwrap_or(&Value::Null)) && opts.fields.matches(o)
+        });
+        let mut items = Vec::new();
+        let mut remaining = 0usize;
+        let mut last = String::new();
+        let start = token.as_ref().map(|t| t.start.clone());
+        for o in matching.by_ref() {
+            if start.as_ref().is_some_and(|s| key(&o) <= *s) {
+                continue;
+            }
+            if opts.limit.is_some_and(|l| l > 0 && items.len() >= l) {
+                remaining = 1;
+                break;
+            }
+            last = key(&o);
+            items.push(to_api(rt, o));
+        }
+        remaining += matching.count();
+        let mut meta = json!({"resourceVersion": list_rv.to_string()});
+        if remaining > 0 {
+            let t = serde_json::to_vec(&Token { rv: list_rv, start: last }).unwrap_or_default();
+            meta["continue"] = json!(base64::engine::general_purpose::STANDARD.encode(t));
+            meta["remainingItemCount"] = json!(remaining);
+        }
+        Ok(json!({"apiVersion": rt.api_version(), "kind": format!("{}List", rt.kind), "metadata": meta, "items": items}))
+    }
+
+    pub fn create(&self, w: &WriteCtx, obj: Value) -> Result<Outcome, ApiError> {
+        let mut obj = to_storage(&w.rt, obj);
+        if meta_str(&obj, "name").is_none_or(str::is_empty) {
+            match meta_str(&obj, "generateName").filter(|g| !g.is_empty()) {
+                Some(g) => {
+                    let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit()).take(5).collect();
+                    let name = format!("{g}{suffix}");
+                    set_meta(&mut obj, "name", json!(name));
+                }
+                None => {
+                    return Err(invalid(&w.rt, "", vec![Cause {
+                        reason: "FieldValueRequired".into(),
+                        message: "Required value: name or generateName is required".into(),
+                        field: "metadata.name".into(),
+                    }]));
+                }
+            }
+        }
+        if w.rt.namespaced
+            && let Some(body_ns) = meta_str(&obj, "namespace")
+            && !body_ns.is_empty()
+            && body_ns != w.namespace
+        {
+            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+        }
+        let name = name_of(&obj).to_owned();
+        self.store.write(w.dry_run, |tx| {
+            check_namespace(tx, w, true)?;
+            if tx.get(&w.rt.storage, if w.rt.namespaced { &w.namespace } else { "" }, &name).is_some() {
+                return Err(ApiError::already_exists(w.subject(&name)));
+            }
+            let out = persist(tx, w, None, obj, Part::Main, false)?;
+            Ok(Outcome { object: to_api(&w.rt, out.object), warnings: out.warnings })
+        })
+    }
+
+    /// PUT on the object or its status.
+    pub fn update(&self, w: &WriteCtx, name: &str, obj: Value, part: Part) -> Result<Outcome, ApiError> {
+        let obj = to_storage(&w.rt, obj);
+        if meta_str(&obj, "name").is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                meta_str(&obj, "name").unwrap_or_default()
+            )));
+        }
+        let ns = if w.rt.namespaced { w.namespace.clone() } else { String::new() };
+        self.store.write(w.dry_run, |tx| {
+            check_namespace(tx, w, false)?;
+            let Some(old) = tx.get(&w.rt.storage, &ns, name) else { return Err(ApiError::not_found(w.subject(name))) };
+            if let Some(rv) = meta_str(&obj, "resourceVersion").filter(|r| !r.is_empty())
+                && Some(rv) != meta_str(&old, "resourceVersion")
+            {
+                return Err(ApiError::modified(w.subject(name)));
+            }
+            let out = persist(tx, w, Some(&old), obj, part, false)?;
+            settle(tx)?;
+            Ok(Outcome { object: to_api(&w.rt, out.object), warnings: out.warnings })
+        })
+    }
+
+    /// PATCH on the object or its status. Apply patches create the object when missing.
+    pub fn patch(&self, w: &WriteCtx, name: &str, kind: PatchKind, body: &Value, part: Part) -> Result<(Outcome, bool), ApiError> {
+        if kind == PatchKind::Strategic && w.rt.is_custom() {
+            return Err(ApiError::unsupported_media_type(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            ));
+        }
+        if matches!(kind, PatchKind::Apply { .. }) && w.manager.is_empty() {
+            return Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", vec![Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value: is required for apply patch".into(),
+                field: "fieldManager".into(),
+            }]));
+        }
+        let ns = if w.rt.namespaced { w.namespace.clone() } else { String::new() };
+        self.store.write(w.dry_run, |tx| {
+            check_namespace(tx, w, false)?;
+            let old = tx.get(&w.rt.storage, &ns, name);
+            let old_api = old.clone().map(|o| to_api(&w.rt, o));
+            let (new, applied) = match (kind, &old_api) {
+                (PatchKind::Apply { force }, _) => {
+                    let applied = to_storage(&w.rt, body.clone());
+                    if meta_str(&applied, "name").is_some_and(|n| n != name) {
+                        return Err(ApiError::bad_request(format!(
+                            "the name of the object ({}) does not match the name on the URL ({name})",
+                            meta_str(&applied, "name").unwrap_or_default()
+                        )));
+                    }
+                    if applied.get("apiVersion").and_then(Value::as_str) != Some(&w.rt.api_version()) && w.rt.behaviour != Behaviour::EventsV1
+                        || applied.get("kind").and_then(Value::as_str) != Some(&w.rt.kind)
+                    {
+                        return Err(ApiError::bad_request(format!(
+                            "apply patch must name apiVersion {:?} and kind {:?}",
+                            w.rt.api_version(),
+                            w.rt.kind
+                        )));
+                    }
+                    let api_version = w.rt.api_version();
+                    let time = now();
+                    let writer = Writer { manager: &w.manager, api_version: &api_version, time: &time, part };
+                    let mut applied = applied;
+                    set_meta(&mut applied, "name", json!(name));
+                    let merged = ssa::apply(old.as_ref(), &applied, &writer, force, lists(&w.rt)).map_err(|conflicts| {
+                        ApiError::apply_conflicts(
+                            w.subject(name),
+                            conflicts
+                                .into_iter()
+                                .map(|c| Cause {
+                                    reason: "FieldManagerConflict".into(),
+                                    message: format!("conflict with {:?} using {}: {}", c.manager, c.api_version, c.field),
+                                    field: c.field,
+                                })
+                                .collect(),
+                        )
+                    })?;
+                    (merged, true)
+                }
+                (_, None) => return Err(ApiError::not_found(w.subject(name))),
+                (PatchKind::Json, Some(cur)) => {
+                    let ops: json_patch::Patch = serde_json::from_value(body.clone())
+                        .map_err(|e| ApiError::bad_request(format!("the server rejected our request due to an error in our request: invalid JSON patch: {e}")))?;
+                    let mut doc = cur.clone();
+                    json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::invalid(&w.rt.kind, name, vec![field_cause("", e.to_string())]))?;
+                    (to_storage(&w.rt, doc), false)
+                }
+                (PatchKind::Merge, Some(cur)) => {
+                    if !body.is_object() {
+                        return Err(ApiError::bad_request("the body of a merge patch must be a JSON object"));
+                    }
+                    let mut doc = cur.clone();
+                    json_patch::merge(&mut doc, body);
+                    (to_storage(&w.rt, doc), false)
+                }
+                (PatchKind::Strategic, Some(cur)) => {
+                    let doc = strategic_merge(cur, body).map_err(ApiError::bad_request)?;
+                    (to_storage(&w.rt, doc), false)
+                }
+            };
+            // A patch may carry a resourceVersion precondition.
+            if let (Some(old), Some(rv)) = (&old, meta_str(body, "resourceVersion"))
+                && !matches!(kind, PatchKind::Apply { .. })
+                && Some(rv) != meta_str(old, "resourceVersion")
+            {
+                return Err(ApiError::modified(w.subject(name)));
+            }
+            let created = old.is_none();
+            if created {
+                check_namespace(tx, w, true)?;
+            }
+            let out = persist(tx, w, old.as_ref(), new, part, applied)?;
+            settle(tx)?;
+            Ok((Outcome { object: to_api(&w.rt, out.object), warnings: out.warnings }, created))
+        })
+    }
+
+    /// DELETE one object: the object (custom kinds, or still finalizing) or a Success Status.
+    pub fn delete(&self, w: &WriteCtx, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+        let ns = if w.rt.namespaced { w.namespace.clone() } else { String::new() };
+        self.store.write(w.dry_run, |tx| {
+            let Some(old) = tx.get(&w.rt.storage, &ns, name) else { return Err(ApiError::not_found(w.subject(name))) };
+            if let Some(uid) = &opts.uid
+                && Some(uid.as_str()) != meta_str(&old, "uid")
+            {
+                return Err(ApiError::conflict(
+                    w.subject(name),
+                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&old, "uid").unwrap_or_default()),
+                ));
+            }
+            if let Some(rv) = &opts.resource_version
+                && Some(rv.as_str()) != meta_str(&old, "resourceVersion")
+            {
+                return Err(ApiError::conflict(
+                    w.subject(name),
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        meta_str(&old, "resourceVersion").unwrap_or_default()
+                    ),
+                ));
+            }
+            let (obj, gone) = delete_in(tx, &w.rt, &old, opts.orphan)?;
+            settle(tx)?;
+            if gone && !w.rt.is_custom() {
+                Ok(success(&w.subject(name), meta_str(&old, "uid").unwrap_or_default()))
+            } else {
+                Ok(to_api(&w.rt, obj))
+            }
+        })
+    }
+
+    /// DELETE on a collection: every matching object, as one list of what was deleted.
+    pub fn delete_collection(&self, w: &WriteCtx, opts: &ListOptions) -> Result<Value, ApiError> {
+        let ns = w.rt.namespaced.then_some(w.namespace.as_str());
+        let rt = w.rt.clone();
+        self.store.write(w.dry_run, |tx| {
+            let mut items = Vec::new();
+            for o in tx.list(&rt.storage, ns) {
+                if opts.labels.matches(o.pointer("/metadata/labels").unwrap_or(&Value::Null)) && opts.fields.matches(&o) {
+                    let (obj, _) = delete_in(tx, &rt, &o, false)?;
+                    items.push(to_api(&rt, obj));
+                }
+            }
+            settle(tx)?;
+            Ok(json!({"apiVersion": rt.api_version(), "kind": format!("{}List", rt.kind), "metadata": {}, "items": items}))
+        })
+    }
+}
+
+/// Mark for deletion (finalizers pending) or remove. Returns (object, removed?).
+fn delete_in(tx: &mut Tx<'_>, rt: &ResourceType, old: &Value, orphan: bool) -> Result<(Value, bool), ApiError> {
+    let ns = ns_of(old).to_owned();
+    let name = name_of(old).to_owned();
+    if orphan && let Some(uid) = meta_str(old, "uid") {
+        release_dependents(tx, uid);
+    }
+    if meta_str(old, "deletionTimestamp").is_some() {
+        return Ok((old.clone(), false));
+    }
+    let pending = !finalizers(old).is_empty() || rt.behaviour == Behaviour::Namespace;
+    if !pending {
+        if rt.behaviour == Behaviour::Crd {
+            tx.registry.unregister_crd(old);
+        }
+        let gone = tx.remove(&rt.storage, &ns, &name).unwrap_or_else(|| old.clone());
+        return Ok((gone, true));
+    }
+    let mut marked = old.clone();
+    set_meta(&mut marked, "deletionTimestamp", json!(now()));
+    set_meta(&mut marked, "deletionGracePeriodSeconds", json!(0));
+    if rt.behaviour == Behaviour::Namespace {
+        marked["status"] = json!({"phase": "Terminating"});
+    }
+    Ok((tx.put(&rt.storage, marked), false))
+}
+
+/// Remove ownerReferences to `uid` (orphan propagation).
+fn release_dependents(tx: &mut Tx<'_>, uid: &str) {
+    for storage in tx.storages() {
+        for o in tx.list(&storage, None) {
+            let refs = o.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+            if refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)) {
+                let mut o = o;
+                let kept: Vec<Value> = refs.into_iter().filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid)).collect();
+                set_meta(&mut o, "ownerReferences", Value::Array(kept));
+                tx.put(&storage, o);
+            }
+        }
+    }
+}
+
+/// The controllers that finish deletions: namespace and CRD cleanup, and the garbage collector
+/// (background propagation: dependents whose owners are all gone are deleted).
+fn settle(tx: &mut Tx<'_>) -> Result<(), ApiError> {
+    for _round in 0..16 {
+        let mut changed = false;
+        let registry = tx.registry.clone();
+        // Namespaces being deleted: delete their content, then the namespace.
+        for ns in tx.list("namespaces", None).into_iter().filter(|n| meta_str(n, "deletionTimestamp").is_some()) {
+            let ns_name = name_of(&ns).to_owned();
+            let mut left = 0;
+            for storage in tx.storages().into_iter().filter(|s| s != "namespaces") {
+                let Some(rt) = registry.by_storage(&storage) else { continue };
+                for o in tx.list(&storage, Some(&ns_name)) {
+                    left += 1;
+                    if meta_str(&o, "deletionTimestamp").is_none() {
+                        delete_in(tx, &rt, &o, false)?;
+                        changed = true;
+                    }
+                }
+            }
+            if left == 0 || tx.storages().iter().all(|s| s == "namespaces" || tx.list(s, Some(&ns_name)).is_empty()) {
+                tx.remove("namespaces", "", &ns_name);
+                changed = true;
+            }
+        }
+        // CRDs being deleted: delete their objects, then release the cleanup finalizer.
+        for crd in tx.list("customresourcedefinitions.apiextensions.k8s.io", None) {
+            if meta_str(&crd, "deletionTimestamp").is_none() || !finalizers(&crd).iter().any(|f| f == CRD_CLEANUP) {
+                continue;
+            }
+            let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
+            let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+            let storage = format!("{plural}.{group}");
+            let objs = tx.list(&storage, None);
+            if let Some(rt) = registry.by_storage(&storage) {
+                for o in objs.iter().filter(|o| meta_str(o, "deletionTimestamp").is_none()) {
+                    delete_in(tx, &rt, o, false)?;
+                    changed = true;
+                }
+            }
+            if tx.list(&storage, None).is_empty() {
+                let mut c = crd.clone();
+                let rest: Vec<Value> = finalizers(&crd).into_iter().filter(|f| f != CRD_CLEANUP).map(Value::String).collect();
+                set_meta(&mut c, "finalizers", Value::Array(rest.clone()));
+                if rest.is_empty() {
+                    tx.registry.unregister_crd(&c);
+                    tx.remove("customresourcedefinitions.apiextensions.k8s.io", "", name_of(&c));
+                } else {
+                    tx.put("customresourcedefinitions.apiextensions.k8s.io", c);
+                }
+                changed = true;
+            }
+        }
+        // Garbage collection.
+        if tx.has_removals() {
+            let storages = tx.storages();
+            let mut uids = std::collections::BTreeSet::new();
+            for s in &storages {
+                for o in tx.list(s, None) {
+                    if let Some(u) = meta_str(&o, "uid") {
+                        uids.insert(u.to_owned());
+                    }
+                }
+            }
+            for s in &storages {
+                let Some(rt) = registry.by_storage(s) else { continue };
+                for o in tx.list(s, None) {
+                    let refs = o.pointer("/metadata/ownerReferences").and_then(Value::as_array);
+                    let orphaned = refs.is_some_and(|r| {
+                        !r.is_empty() && r.iter().all(|r| r.get("uid").and_then(Value::as_str).is_none_or(|u| !uids.contains(u)))
+                    });
+                    if orphaned && meta_str(&o, "deletionTimestamp").is_none() {
+                        delete_in(tx, &rt, &o, false)?;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! Authentication and authorization from a declared RBAC table.
+//!
+//! Contract: the table (YAML, see [`Table`]) declares users and service accounts with their
+//! bearer tokens, and grants: subjects (User, Group, ServiceAccount) bound to RBAC
+//! `PolicyRule`s, cluster-wide or in listed namespaces. [`Table::authenticate`] maps a token to
+//! a user (none → `system:anonymous`, unknown → 401); [`Table::impersonate`] applies
+//! `Impersonate-User`/`Impersonate-Group` only when the caller holds the `impersonate` verb;
+//! [`Table::authorize`] answers like the RBAC authorizer, with the same forbidden wording. The
+//! `system:masters` group is a superuser, and discovery plus self-reviews are open to everyone,
+//! as in a default cluster. Pure: no I/O.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub token: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Subject {
+    pub kind: SubjectKind,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum SubjectKind {
+    User,
+    Group,
+    ServiceAccount,
+}
+
+/// An RBAC `PolicyRule`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rule {
+    #[serde(default)]
+    pub api_groups: Vec<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+    #[serde(default)]
+    pub resource_names: Vec<String>,
+    #[serde(default, rename = "nonResourceURLs")]
+    pub non_resource_urls: Vec<String>,
+}
+
+/// Subjects bound to rules; `namespaces` empty means cluster-wide (a ClusterRoleBinding),
+/// otherwise like a RoleBinding in each listed namespace.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub subjects: Vec<Subject>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Table {
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub service_accounts: Vec<ServiceAccount>,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// An authenticated identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    pub username: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+impl UserInfo {
+    pub fn anonymous() -> Self {
+        Self { username: "system:anonymous".into(), uid: String::new(), groups: vec!["system:unauthenticated".into()] }
+    }
+
+    fn service_account(ns: &str, name: &str) -> Self {
+        Self {
+            username: format!("system:serviceaccount:{ns}:{name}"),
+            uid: format!("sa-{ns}-{name}"),
+            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
+        }
+    }
+
+    fn sa_parts(&self) -> Option<(&str, &str)> {
+        self.username.strip_prefix("system:serviceaccount:")?.split_once(':')
+    }
+}
+
+/// What a request wants to do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attributes {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    /// Set for non-resource requests (`/api`, `/version`, ...).
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: String,
+}
+
+/// Why impersonation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denied(pub String);
+
+fn matches(list: &[String], want: &str) -> bool {
+    list.iter().any(|x| x == "*" || x == want)
+}
+
+fn path_matches(list: &[String], path: &str) -> bool {
+    list.iter().any(|x| x == "*" || x == path || x.strip_suffix('*').is_some_and(|p| path.starts_with(p)))
+}
+
+impl Rule {
+    fn allows(&self, a: &Attributes) -> bool {
+        if !matches(&self.verbs, &a.verb) {
+            return false;
+        }
+        if let Some(path) = &a.path {
+            return path_matches(&self.non_resource_urls, path);
+        }
+        let full = if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
+        let resource_ok = self.resources.iter().any(|r| {
+            r == "*"
+                || *r == full
+                || (!a.subresource.is_empty() && (*r == format!("*/{}", a.subresource) || *r == format!("{}/*", a.resource)))
+        });
+        matches(&self.api_groups, &a.group)
+            && resource_ok
+            && (self.resource_names.is_empty() || self.resource_names.iter().any(|n| *n == a.name))
+    }
+}
+
+/// Paths everyone may read (system:discovery, system:public-info-viewer).
+const OPEN_PATHS: &[&str] = &["/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/healthz", "/livez", "/readyz", "/openapi/*"];
+
+impl Table {
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        let table: Table = serde_saphyr::from_str(text).map_err(|e| format!("RBAC table: {e}"))?;
+        let mut tokens = BTreeSet::new();
+        let all_tokens = table.users.iter().map(|u| &u.token).chain(table.service_accounts.iter().map(|s| &s.token));
+        for t in all_tokens {
+            if t.is_empty() {
+                return Err("RBAC table: a token may not be empty".into());
+            }
+            if !tokens.insert(t) {
+                return Err(format!("RBAC table: token {t:?} is declared twice; each identity needs its own"));
+            }
+        }
+        for g in &table.grants {
+            for s in &g.subjects {
+                if s.kind == SubjectKind::ServiceAccount && s.namespace.is_none() {
+                    return Err(format!("RBAC table: ServiceAccount subject {:?} needs a namespace", s.name));
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// The identity behind a bearer token. `None` (no token) is anonymous; an unknown token
+    /// is `Err` (401).
+    pub fn authenticate(&self, token: Option<&str>) -> Result<UserInfo, ()> {
+        let Some(token) = token else { return Ok(UserInfo::anonymous()) };
+        if let Some(u) = self.users.iter().find(|u| u.token == token) {
+            let mut groups = u.groups.clone();
+            groups.push("system:authenticated".into());
+            return Ok(UserInfo { username: u.name.clone(), uid: format!("user-{}", u.name), groups });
+        }
+        if let Some(sa) = self.service_accounts.iter().find(|s| s.token == token) {
+            return Ok(UserInfo::service_account(&sa.namespace, &sa.name));
+        }
+        Err(())
+    }
+
+    fn subject_matches(s: &Subject, u: &UserInfo) -> bool {
+        match s.kind {
+            SubjectKind::User => s.name == u.username,
+            SubjectKind::Group => u.groups.contains(&s.name),
+            SubjectKind::ServiceAccount => u.sa_parts() == Some((s.namespace.as_deref().unwrap_or_default(), s.name.as_str())),
+        }
+    }
+
+    /// May `user` do `a`?
+    pub fn authorize(&self, user: &UserInfo, a: &Attributes) -> Decision {
+        if user.groups.iter().any(|g| g == "system:masters") {
+            return Decision { allowed: true, reason: "superuser (system:masters)".into() };
+        }
+        if let Some(path) = &a.path
+            && a.verb == "get"
+            && path_matches(&OPEN_PATHS.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(), path)
+        {
+            return Decision { allowed: true, reason: "discovery is public".into() };
+        }
+        let self_review = a.verb == "create"
+            && ((a.group == "authorization.k8s.io" && matches!(a.resource.as_str(), "selfsubjectaccessreviews" | "selfsubjectrulesreviews"))
+                || (a.group == "authentication.k8s.io" && a.resource == "selfsubjectreviews"));
+        if self_review && user.groups.iter().any(|g| g == "system:authenticated") {
+            return Decision { allowed: true, reason: "self reviews are open to authenticated users".into() };
+        }
+        for (i, g) in self.grants.iter().enumerate() {
+            if !g.subjects.iter().any(|s| Self::subject_matches(s, user)) {
+                continue;
+            }
+            let scoped_ok = g.namespaces.is_empty() || (a.path.is_none() && g.namespaces.iter().any(|n| *n == a.namespace));
+            if scoped_ok && g.rules.iter().any(|r| r.allows(a)) {
+                return Decision { allowed: true, reason: format!("allowed by grant #{i} of the RBAC table") };
+            }
+        }
+        Decision { allowed: false, reason: String::new() }
+    }
+
+    /// Apply impersonation headers on behalf of `caller`.
+    pub fn impersonate(&self, caller: &UserInfo, user: Option<&str>, groups: &[String]) -> Result<UserInfo, Denied> {
+        let Some(target) = user else {
+            if groups.is_empty() {
+                return Ok(caller.clone());
+            }
+            return Err(Denied("requested impersonation of groups without impersonating a user".into()));
+        };
+        let check = |resource: &str, namespace: &str, name: &str| -> Result<(), Denied> {
+            let a = Attributes {
+                verb: "impersonate".into(),
+                resource: resource.into(),
+                namespace: namespace.into(),
+                name: name.into(),
+                ..Attributes::default()
+            };
+            if self.authorize(caller, &a).allowed {
+                Ok(())
+            } else {
+                Err(Denied(forbidden_message(&caller.username, &a)))
+            }
+        };
+        let mut out = if let Some((ns, name)) = target.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+            check("serviceaccounts", ns, name)?;
+            UserInfo::service_account(ns, name)
+        } else {
+            check("users", "", target)?;
+            UserInfo { username: target.to_owned(), uid: String::new(), groups: vec![] }
+        };
+        for g in groups {
+            check("groups", "", g)?;
+            if !out.groups.contains(g) {
+                out.groups.push(g.clone());
+            }
+        }
+        if !out.groups.iter().any(|g| g == "system:authenticated") && target != "system:anonymous" {
+            out.groups.push("system:authenticated".into());
+        }
+        Ok(out)
+    }
+}
+
+/// `configmaps "x" is forbidden: User "alice" cannot get resource "configmaps" in API group "" in the namespace "shop"`
+pub fn forbidden_message(username: &str, a: &Attributes) -> String {
+    if let Some(path) = &a.path {
+        return format!("forbidden: User {username:?} cannot {} path {path:?}", a.verb);
+    }
+    let res = if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
+    let what = match (a.group.is_empty(), a.name.is_empty()) {
+        (true, true) => a.resource.clone(),
+        (true, false) => format!("{} {:?}", a.resource, a.name),
+        (false, true) => format!("{}.{}", a.resource, a.group),
+        (false, false) => format!("{}.{} {:?}", a.resource, a.group, a.name),
+    };
+    let scope = if a.namespace.is_empty() { "at the cluster scope".to_owned() } else { format!("in the namespace {:?}", a.namespace) };
+    format!("{what} is forbidden: User {username:?} cannot {} resource {res:?} in API group {:?} {scope}", a.verb, a.group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = r#"
+users:
+  - {name: admin, token: t-admin, groups: ["system:masters"]}
+  - {name: alice, token: t-alice, groups: [oncall]}
+  - {name: bob, token: t-bob}
+serviceAccounts:
+  - {namespace: reflex-system, name: reflex, token: t-reflex}
+grants:
+  - subjects: [{kind: Group, name: oncall}]
+    namespaces: [shop]
+    rules:
+      - {apiGroups: ["apps"], resources: ["deployments", "deployments/status"], verbs: ["get", "list", "watch"]}
+  - subjects: [{kind: ServiceAccount, namespace: reflex-system, name: reflex}]
+    rules:
+      - {apiGroups: [""], resources: ["users", "groups"], verbs: ["impersonate"]}
+      - {apiGroups: ["reflex.dev"], resources: ["*"], verbs: ["*"]}
+"#;
+
+    fn attrs(verb: &str, group: &str, resource: &str, ns: &str) -> Attributes {
+        Attributes { verb: verb.into(), group: group.into(), resource: resource.into(), namespace: ns.into(), ..Attributes::default() }
+    }
+
+    #[test]
+    fn tokens_map_to_identities() {
+        let t = Table::from_yaml(TABLE).unwrap();
+        let sa = t.authenticate(Some("t-reflex")).unwrap();
+        assert_eq!(sa.username, "system:serviceaccount:reflex-system:reflex");
+        assert!(sa.groups.contains(&"system:serviceaccounts:reflex-system".to_owned()));
+        assert!(t.authenticate(Some("nope")).is_err());
+        assert_eq!(t.authenticate(None).unwrap().username, "system:anonymous");
+    }
+
+    #[test]
+    fn grants_are_scoped() {
+        let t = Table::from_yaml(TABLE).unwrap();
+        let alice = t.authenticate(Some("t-alice")).unwrap();
+        assert!(t.authorize(&alice, &attrs("list", "apps", "deployments", "shop")).allowed);
+        assert!(!t.authorize(&alice, &attrs("list", "apps", "deployments", "other")).allowed);
+        assert!(!t.authorize(&alice, &attrs("patch", "apps", "deployments", "shop")).allowed);
+        let mut status = attrs("get", "apps", "deployments", "shop");
+        status.subresource = "status".into();
+        assert!(t.authorize(&alice, &status).allowed);
+        let admin = t.authenticate(Some("t-admin")).unwrap();
+        assert!(t.authorize(&admin, &attrs("delete", "", "secrets", "x")).allowed);
+        let anon = UserInfo::anonymous();
+        let disc = Attributes { verb: "get".into(), path: Some("/apis/apps/v1".into()), ..Attributes::default() };
+        assert!(t.authorize(&anon, &disc).allowed);
+        assert!(!t.authorize(&anon, &attrs("list", "", "pods", "default")).allowed);
+    }
+
+    #[test]
+    fn impersonation_needs_the_verb() {
+        let t = Table::from_yaml(TABLE).unwrap();
+        let reflex = t.authenticate(Some("t-reflex")).unwrap();
+        let as_alice = t.impersonate(&reflex, Some("alice"), &["oncall".into()]).unwrap();
+        assert_eq!(as_alice.username, "alice");
+        assert!(t.authorize(&as_alice, &attrs("get", "apps", "deployments", "shop")).allowed);
+        let bob = t.authenticate(Some("t-bob")).unwrap();
+        let err = t.impersonate(&bob, Some("alice"), &[]).unwrap_err();
+        assert_eq!(err.0, "users \"alice\" is forbidden: User \"bob\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope");
+    }
+
+    #[test]
+    fn forbidden_wording_matches_the_rbac_authorizer() {
+        let mut a = attrs("get", "", "configmaps", "shop");
+        a.name = "x".into();
+        assert_eq!(
+            forbidden_message("alice", &a),
+            "configmaps \"x\" is forbidden: User \"alice\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"shop\""
+        );
+    }
+
+    #[test]
+    fn bad_tables_are_rejected() {
+        assert!(Table::from_yaml("users: [{name: a, token: x}, {name: b, token: x}]").unwrap_err().contains("twice"));
+        assert!(Table::from_yaml("userz: []").is_err());
+        assert!(Table::from_yaml("grants: [{subjects: [{kind: ServiceAccount, name: x}], rules: []}]").is_err());
+    }
+}

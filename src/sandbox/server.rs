@@ -1,0 +1,627 @@
+//! The HTTP face of the sandbox: request parsing, authentication, authorization,
+//! impersonation, content negotiation, and dispatch to [`super::api`], over axum.
+//!
+//! Contract: URLs, verbs, query parameters, headers, status codes and bodies follow
+//! kube-apiserver: `/api/v1/...` and `/apis/{group}/{version}/...`, `?watch=true` streams
+//! newline-delimited watch events, `Accept: ...;as=Table` gets server-side printing, every error
+//! is a `Status`. The handler never panics on input: malformed bodies are 400, unknown paths 404,
+//! wrong content types 415, bodies over 3 MiB 413.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::api::{Api, DeleteOptions, ListOptions, Outcome, PatchKind, WriteCtx, to_api};
+use super::rbac::{Attributes, Table, UserInfo, forbidden_message};
+use super::resources::{Behaviour, ResourceType};
+use super::schema::FieldValidation;
+use super::selectors::{FieldSelector, LabelSelector};
+use super::ssa::Part;
+use super::status::ApiError;
+use super::store::{ChangeKind, ns_of};
+use super::table::table;
+
+/// Largest request body kube-apiserver accepts.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Shared server state.
+pub struct State {
+    pub api: Api,
+    pub rbac: Table,
+    pub addr: String,
+    pub bookmark_interval: Duration,
+}
+
+type Query = HashMap<String, String>;
+
+/// A parsed resource request, like kube-apiserver's RequestInfo.
+#[derive(Debug)]
+struct Target {
+    rt: Arc<ResourceType>,
+    namespace: String,
+    name: String,
+    subresource: String,
+}
+
+fn respond(code: u16, body: &Value) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error(e: &ApiError) -> Response {
+    let mut resp = respond(e.code, &e.to_status());
+    if e.code == 401 {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// Entry point for every request.
+pub async fn handle(state: axum::extract::State<Arc<State>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let state = state.0;
+    let result = serve(&state, &method, &uri, &headers, body).await;
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => error(&e),
+    };
+    tracing::debug!(%method, path = uri.path(), status = resp.status().as_u16(), "sandbox request");
+    resp
+}
+
+async fn serve(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let query: Query = axum::extract::Query::<Query>::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
+    let caller = state.rbac.authenticate(bearer(headers)).map_err(|()| ApiError::unauthorized())?;
+    let user = impersonated(state, &caller, headers)?;
+    let path = uri.path().trim_end_matches('/');
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // Non-resource endpoints.
+    let non_resource = match segs.as_slice() {
+        ["version"] | ["api"] | ["apis"] | ["healthz"] | ["livez"] | ["readyz"] | ["api", "v1"] | ["apis", _] | ["apis", _, _] => true,
+        ["openapi", ..] => true,
+        _ => false,
+    };
+    if non_resource {
+        let attrs = Attributes { verb: method.as_str().to_ascii_lowercase(), path: Some(path.to_owned()), ..Attributes::default() };
+        if !state.rbac.authorize(&user, &attrs).allowed {
+            return Err(ApiError::forbidden(forbidden_message(&user.username, &attrs)));
+        }
+        if method != Method::GET {
+            return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method})")));
+        }
+        let registry = state.api.store.registry();
+        let doc = match segs.as_slice() {
+            ["version"] => Some(version()),
+            ["api"] => Some(registry.core_versions(&state.addr)),
+            ["apis"] => Some(registry.group_list()),
+            ["api", "v1"] => registry.resource_list("", "v1"),
+            ["apis", g] => registry.group(g),
+            ["apis", g, v] => registry.resource_list(g, v),
+            ["openapi", "v3"] => Some(registry.openapi_root()),
+            ["openapi", "v3", "api", v] => registry.openapi_group_version("", v),
+            ["openapi", "v3", "apis", g, v] => registry.openapi_group_version(g, v),
+            ["healthz"] | ["livez"] | ["readyz"] => return Ok((StatusCode::OK, "ok").into_response()),
+            _ => None,
+        };
+        return doc.map(|d| respond(200, &d)).ok_or_else(ApiError::not_found_path);
+    }
+    let target = parse_target(state, &segs)?;
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (method.as_str(), target.name.is_empty()) {
+        ("GET", false) => "get",
+        ("GET", true) if watch => "watch",
+        ("GET", true) => "list",
+        ("POST", true) => "create",
+        ("PUT", false) => "update",
+        ("PATCH", false) => "patch",
+        ("DELETE", false) => "delete",
+        ("DELETE", true) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method})"))),
+    };
+    if target.rt.is_review() && verb != "create" {
+        return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource".to_owned()));
+    }
+    let attrs = Attributes {
+        verb: verb.into(),
+        group: target.rt.group.clone(),
+        resource: target.rt.plural.clone(),
+        subresource: target.subresource.clone(),
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+        path: None,
+    };
+    if !state.rbac.authorize(&user, &attrs).allowed {
+        return Err(ApiError::forbidden(forbidden_message(&user.username, &attrs)));
+    }
+    let table_wanted = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.split(',').any(|t| t.contains("as=Table") && t.contains("g=meta.k8s.io")));
+    check_accept(headers)?;
+    let part = if target.subresource == "status" { Part::Status } else { Part::Main };
+    let rt = target.rt.clone();
+    match verb {
+        "get" => {
+            let obj = state.api.get(&rt, &target.namespace, &target.name)?;
+            if table_wanted {
+                let meta = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)});
+                return Ok(respond(200, &table(&rt, &[obj], meta, include(&query))));
+            }
+            Ok(respond(200, &obj))
+        }
+        "list" => {
+            let opts = list_options(&rt, &query)?;
+            let ns = rt.namespaced.then_some(target.namespace.as_str()).filter(|n| !n.is_empty());
+            let list = state.api.list(&rt, ns, &opts)?;
+            if table_wanted {
+                let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                return Ok(respond(200, &table(&rt, &items, list["metadata"].clone(), include(&query))));
+            }
+            Ok(respond(200, &list))
+        }
+        "watch" => watch_stream(state.clone(), target, &query, table_wanted),
+        _ => {
+            let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::too_large())?;
+            write(state, &user, target, verb, part, &query, headers, &bytes).await
+        }
+    }
+}
+
+fn include(q: &Query) -> &str {
+    q.get("includeObject").map_or("Metadata", String::as_str)
+}
+
+fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else { return Ok(()) };
+    let ok = accept.split(',').any(|t| {
+        let mt = t.split(';').next().unwrap_or_default().trim();
+        matches!(mt, "application/json" | "application/yaml" | "*/*" | "application/*" | "application/json-seq" | "")
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_acceptable(format!("only the following media types are accepted: application/json, application/yaml (asked for {accept})")))
+    }
+}
+
+fn impersonated(state: &State, caller: &UserInfo, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
+    let user = headers.get("impersonate-user").and_then(|v| v.to_str().ok());
+    let groups: Vec<String> =
+        headers.get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+    state.rbac.impersonate(caller, user, &groups).map_err(|d| ApiError::forbidden(d.0))
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "34",
+        "gitVersion": "v1.34.0-reflex-sandbox",
+        "gitCommit": "sandbox",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "n/a (Reflex sandbox: an in-memory stand-in for kube-apiserver)",
+        "compiler": "rustc",
+        "platform": "linux/amd64",
+    })
+}
+
+fn parse_target(state: &State, segs: &[&str]) -> Result<Target, ApiError> {
+    let (group, version, rest) = match segs {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::not_found_path()),
+    };
+    let registry = state.api.store.registry();
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, r, tail @ ..] if !(group.is_empty() && *r == "status" && tail.is_empty()) => (*ns, std::iter::once(*r).chain(tail.iter().copied()).collect::<Vec<_>>()),
+        other => ("", other.to_vec()),
+    };
+    let (plural, name, sub) = match rest.as_slice() {
+        [p] => (*p, "", ""),
+        [p, n] => (*p, *n, ""),
+        [p, n, s] => (*p, *n, *s),
+        _ => return Err(ApiError::not_found_path()),
+    };
+    let rt = registry.find(group, version, plural).ok_or_else(ApiError::not_found_path)?;
+    if !sub.is_empty() && !(sub == "status" && rt.status) {
+        return Err(ApiError::not_found_path());
+    }
+    if !rt.namespaced && !namespace.is_empty() {
+        return Err(ApiError::not_found_path());
+    }
+    Ok(Target { rt, namespace: namespace.to_owned(), name: name.to_owned(), subresource: sub.to_owned() })
+}
+
+fn list_options(rt: &ResourceType, q: &Query) -> Result<ListOptions, ApiError> {
+    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(ApiError::bad_request)?;
+    let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str)).map_err(ApiError::bad_request)?;
+    if let Some(bad) = fields.paths().find(|p| !rt.supports_field(p)) {
+        return Err(ApiError::bad_request(format!("field label not supported: {bad}")));
+    }
+    let limit = match q.get("limit") {
+        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit: {l:?} is not a number")))?),
+        None => None,
+    };
+    let exact = match (q.get("resourceVersion"), q.get("resourceVersionMatch").map(String::as_str)) {
+        (Some(rv), Some("Exact")) => Some(parse_rv(rv)?),
+        (None, Some(m)) if !m.is_empty() => {
+            return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
+        }
+        _ => None,
+    };
+    Ok(ListOptions { labels, fields, limit, continue_token: q.get("continue").cloned(), exact })
+}
+
+fn parse_rv(rv: &str) -> Result<u64, ApiError> {
+    rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}: must be a number")))
+}
+
+fn parse_body(bytes: &Bytes, content_type: &str) -> Result<Value, ApiError> {
+    let value: Value = if content_type.contains("yaml") {
+        let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
+        serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+    } else {
+        serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the server rejected our request due to an error in our request: couldn't get version/kind; json parse error: {e}")))?
+    };
+    Ok(value)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    state: &Arc<State>,
+    user: &UserInfo,
+    target: Target,
+    verb: &str,
+    part: Part,
+    q: &Query,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<Response, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let dry_run = match q.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""))),
+    };
+    let validation = FieldValidation::parse(q.get("fieldValidation").map(String::as_str)).map_err(ApiError::bad_request)?;
+    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| {
+        if verb == "patch" && media == "application/apply-patch+yaml" {
+            String::new()
+        } else {
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|u| u.to_str().ok())
+                .and_then(|u| u.split('/').next())
+                .unwrap_or("unknown")
+                .to_owned()
+        }
+    });
+    super::api::validate_manager(&manager)?;
+    let w = WriteCtx { rt: target.rt.clone(), namespace: target.namespace.clone(), manager, dry_run, validation };
+    let ok = |code: u16, out: Outcome| with_warnings(respond(code, &out.object), &out.warnings);
+    match verb {
+        "create" | "update" => {
+            if !matches!(media.as_str(), "application/json" | "application/yaml" | "") {
+                return Err(ApiError::unsupported_media_type(format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {media})"
+                )));
+            }
+            let body = parse_body(bytes, &media)?;
+            if !body.is_object() {
+                return Err(ApiError::bad_request("the request body must be a JSON object"));
+            }
+            if verb == "create" {
+                if target.rt.is_review() {
+                    return review(state, user, &target, body);
+                }
+                check_kind(&target.rt, &body)?;
+                Ok(ok(201, state.api.create(&w, body)?))
+            } else {
+                check_kind(&target.rt, &body)?;
+                Ok(ok(200, state.api.update(&w, &target.name, body, part)?))
+            }
+        }
+        "patch" => {
+            let kind = match media.as_str() {
+                "application/json-patch+json" => PatchKind::Json,
+                "application/merge-patch+json" => PatchKind::Merge,
+                "application/strategic-merge-patch+json" => PatchKind::Strategic,
+                "application/apply-patch+yaml" | "application/apply-patch+cbor" if media.ends_with("yaml") => {
+                    PatchKind::Apply { force: q.get("force").is_some_and(|f| f == "true") }
+                }
+                _ => {
+                    return Err(ApiError::unsupported_media_type(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json",
+                    ));
+                }
+            };
+            if q.contains_key("force") && !matches!(kind, PatchKind::Apply { .. }) {
+                return Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", vec![super::status::Cause {
+                    reason: "FieldValueForbidden".into(),
+                    message: "Forbidden: may not be specified for non-apply patch".into(),
+                    field: "force".into(),
+                }]));
+            }
+            let body = parse_body(bytes, if matches!(kind, PatchKind::Apply { .. }) { "yaml" } else { "json" })?;
+            let (out, created) = state.api.patch(&w, &target.name, kind, &body, part)?;
+            Ok(ok(if created { 201 } else { 200 }, out))
+        }
+        "delete" | "deletecollection" => {
+            let body = if bytes.is_empty() { json!({}) } else { parse_body(bytes, "json")? };
+            let policy = q.get("propagationPolicy").cloned().or_else(|| body.get("propagationPolicy").and_then(Value::as_str).map(str::to_owned));
+            let orphan = policy.as_deref() == Some("Orphan") || body.get("orphanDependents") == Some(&json!(true));
+            if let Some(p) = &policy
+                && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+            {
+                return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\"")));
+            }
+            let dry = dry_run || body.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
+            let w = WriteCtx { dry_run: dry, ..w };
+            if verb == "deletecollection" {
+                let opts = list_options(&target.rt, q)?;
+                return Ok(respond(200, &state.api.delete_collection(&w, &opts)?));
+            }
+            let opts = DeleteOptions {
+                uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
+                resource_version: body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned),
+                orphan,
+            };
+            Ok(respond(200, &state.api.delete(&w, &target.name, &opts)?))
+        }
+        _ => Err(ApiError::method_not_allowed("unsupported verb")),
+    }
+}
+
+fn check_kind(rt: &ResourceType, body: &Value) -> Result<(), ApiError> {
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = body.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    if (!kind.is_empty() && kind != rt.kind) || (!api_version.is_empty() && api_version != rt.api_version()) {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({}) or kind {kind:?} is not {:?}",
+            rt.api_version(),
+            rt.kind
+        )));
+    }
+    Ok(())
+}
+
+/// SubjectAccessReview, LocalSubjectAccessReview, SelfSubjectAccessReview, TokenReview,
+/// SelfSubjectReview: answered from the RBAC table, never stored.
+fn review(state: &State, user: &UserInfo, target: &Target, mut body: Value) -> Result<Response, ApiError> {
+    let rt = &target.rt;
+    let s = |p: &str| body.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let attributes = |body: &Value| -> Attributes {
+        let s = |p: &str| body.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+        match body.pointer("/spec/nonResourceAttributes") {
+            Some(_) => Attributes { verb: s("/spec/nonResourceAttributes/verb"), path: Some(s("/spec/nonResourceAttributes/path")), ..Attributes::default() },
+            None => Attributes {
+                verb: s("/spec/resourceAttributes/verb"),
+                group: s("/spec/resourceAttributes/group"),
+                resource: s("/spec/resourceAttributes/resource"),
+                subresource: s("/spec/resourceAttributes/subresource"),
+                namespace: s("/spec/resourceAttributes/namespace"),
+                name: s("/spec/resourceAttributes/name"),
+                path: None,
+            },
+        }
+    };
+    let status = match rt.behaviour {
+        Behaviour::TokenReview => {
+            let token = s("/spec/token");
+            match state.rbac.authenticate(Some(&token)) {
+                Ok(u) if !token.is_empty() => json!({"authenticated": true, "user": {"username": u.username, "uid": u.uid, "groups": u.groups}, "audiences": body.pointer("/spec/audiences").cloned().unwrap_or(json!([]))}),
+                _ => json!({"authenticated": false, "error": "invalid bearer token"}),
+            }
+        }
+        Behaviour::SelfSubjectReview => json!({"userInfo": {"username": user.username, "uid": user.uid, "groups": user.groups}}),
+        Behaviour::SelfSubjectAccessReview => decision(state, user, &attributes(&body)),
+        Behaviour::SubjectAccessReview | Behaviour::LocalSubjectAccessReview => {
+            let subject = UserInfo {
+                username: s("/spec/user"),
+                uid: s("/spec/uid"),
+                groups: body.pointer("/spec/groups").and_then(Value::as_array).into_iter().flatten().filter_map(|g| g.as_str().map(str::to_owned)).collect(),
+            };
+            if subject.username.is_empty() && subject.groups.is_empty() {
+                return Err(ApiError::invalid(&format!("{}.{}", rt.kind, rt.group), "", vec![super::status::Cause {
+                    reason: "FieldValueRequired".into(),
+                    message: "Required value: at least one of user or group must be specified".into(),
+                    field: "spec.user".into(),
+                }]));
+            }
+            let mut a = attributes(&body);
+            if rt.behaviour == Behaviour::LocalSubjectAccessReview {
+                if !a.namespace.is_empty() && a.namespace != target.namespace {
+                    return Err(ApiError::bad_request("spec.resourceAttributes.namespace must match metadata.namespace"));
+                }
+                a.namespace = target.namespace.clone();
+            }
+            decision(state, &subject, &a)
+        }
+        _ => return Err(ApiError::method_not_allowed("not a review type")),
+    };
+    body["status"] = status;
+    body["apiVersion"] = json!(rt.api_version());
+    body["kind"] = json!(rt.kind);
+    Ok(respond(201, &body))
+}
+
+fn decision(state: &State, user: &UserInfo, a: &Attributes) -> Value {
+    let d = state.rbac.authorize(user, a);
+    if d.allowed { json!({"allowed": true, "reason": d.reason}) } else { json!({"allowed": false}) }
+}
+
+/// `?watch=true`: stream newline-delimited watch events until the timeout or the client leaves.
+fn watch_stream(state: Arc<State>, target: Target, q: &Query, as_table: bool) -> Result<Response, ApiError> {
+    let rt = target.rt.clone();
+    let mut opts = list_options(&rt, q)?;
+    opts.limit = None;
+    let namespace = rt.namespaced.then(|| target.namespace.clone()).filter(|n| !n.is_empty());
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true" || b == "1");
+    let initial = q.get("sendInitialEvents").is_some_and(|b| b == "true");
+    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
+    let rv = q.get("resourceVersion").filter(|r| !r.is_empty()).cloned();
+    if initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
+        return Err(ApiError::invalid("ListOptions.meta.k8s.io", "", vec![super::status::Cause {
+            reason: "FieldValueForbidden".into(),
+            message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+            field: "resourceVersionMatch".into(),
+        }]));
+    }
+    let from = match rv.as_deref() {
+        Some("0") | None => None,
+        Some(r) if initial => {
+            parse_rv(r)?;
+            None
+        }
+        Some(r) => Some(parse_rv(r)?),
+    };
+    let store = state.api.store.clone();
+    let matches = {
+        let opts = opts.clone();
+        let namespace = namespace.clone();
+        let storage = rt.storage.clone();
+        move |storage_key: &str, obj: &Value| {
+            storage_key == storage
+                && namespace.as_deref().is_none_or(|n| ns_of(obj) == n)
+                && opts.labels.matches(obj.pointer("/metadata/labels").unwrap_or(&Value::Null))
+                && opts.fields.matches(obj)
+        }
+    };
+    let render = {
+        let rt = rt.clone();
+        move |kind: &str, obj: Value| -> String {
+            let obj = to_api(&rt, obj);
+            let obj = if as_table {
+                let meta = json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)});
+                table(&rt, &[obj], meta, "Metadata")
+            } else {
+                obj
+            };
+            format!("{}\n", json!({"type": kind, "object": obj}))
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+    let (backlog, mut live, start_rv) = match store.watch(from) {
+        Ok(w) => w,
+        Err(e) => {
+            // kube-apiserver answers 200 and an ERROR event carrying the 410 Status.
+            let line = format!("{}\n", json!({"type": "ERROR", "object": e.to_status()}));
+            let body = Body::from_stream(futures::stream::iter([Ok::<_, std::io::Error>(line)]));
+            return Ok(streaming(body));
+        }
+    };
+    let mut initial_lines = Vec::new();
+    if from.is_none() {
+        let (objs, _) = store.list(&rt.storage, namespace.as_deref(), Some(start_rv))?;
+        for o in objs.into_iter().filter(|o| matches(&rt.storage, o)) {
+            initial_lines.push(render("ADDED", o));
+        }
+        if initial && bookmarks {
+            let bm = json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(),
+                "metadata": {"resourceVersion": start_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}});
+            initial_lines.push(format!("{bm}\n"));
+        }
+    }
+    let interval = state.bookmark_interval;
+    let kind = rt.kind.clone();
+    let api_version = rt.api_version();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+        let mut last_sent = start_rv;
+        for line in initial_lines {
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        let emit = |c: &super::store::Change| -> Option<String> {
+            let now = matches(&c.storage, &c.object);
+            let before = c.prev.as_ref().is_some_and(|p| matches(&c.storage, p));
+            let kind = match (c.kind, before, now) {
+                (ChangeKind::Deleted, true, _) => "DELETED",
+                (ChangeKind::Deleted, false, _) => return None,
+                (_, false, true) => "ADDED",
+                (_, true, true) => "MODIFIED",
+                (_, true, false) => "DELETED",
+                (_, false, false) => return None,
+            };
+            let kind = if c.kind == ChangeKind::Added && now { "ADDED" } else { kind };
+            Some(render(kind, c.object.clone()))
+        };
+        for c in backlog {
+            last_sent = c.rv;
+            if let Some(line) = emit(&c)
+                && tx.send(Ok(line)).await.is_err()
+            {
+                return;
+            }
+        }
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        let mut bookmarked = last_sent;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                () = tx.closed() => return,
+                _ = ticker.tick(), if bookmarks => {
+                    let current = store.resource_version();
+                    if current > bookmarked {
+                        bookmarked = current;
+                        let bm = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": current.to_string()}}});
+                        if tx.send(Ok(format!("{bm}\n"))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                msg = live.recv() => match msg {
+                    Ok(c) if c.rv > last_sent => {
+                        last_sent = c.rv;
+                        bookmarked = bookmarked.max(c.rv);
+                        if let Some(line) = emit(&c)
+                            && tx.send(Ok(line)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        let e = ApiError::expired(format!("too old resource version: {last_sent} (watcher fell behind)"));
+                        let _ = tx.send(Ok(format!("{}\n", json!({"type": "ERROR", "object": e.to_status()})))).await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok(streaming(Body::from_stream(stream)))
+}
+
+fn streaming(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
