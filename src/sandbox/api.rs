@@ -592,7 +592,18 @@ impl Api {
                     let ops: json_patch::Patch = serde_json::from_value(body.clone())
                         .map_err(|e| ApiError::bad_request(format!("the server rejected our request due to an error in our request: invalid JSON patch: {e}")))?;
                     let mut doc = cur.clone();
-                    json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::invalid(&w.rt.kind, name, vec![field_cause("", e.to_string())]))?;
+                    for op in ops.0 {
+                        // As in kube-apiserver (evanphx/json-patch), `test` of a missing path
+                        // against null passes; clients (kube-runtime's finalizer helper) rely on it.
+                        if let json_patch::PatchOperation::Test(t) = &op
+                            && t.value.is_null()
+                            && doc.pointer(t.path.as_str()).is_none()
+                        {
+                            continue;
+                        }
+                        json_patch::patch(&mut doc, &[op])
+                            .map_err(|e| ApiError::invalid(&w.rt.kind, name, vec![field_cause("", e.to_string())]))?;
+                    }
                     (to_storage(&w.rt, doc), false)
                 }
                 (PatchKind::Merge, Some(cur)) => {
@@ -608,9 +619,8 @@ impl Api {
                     (to_storage(&w.rt, doc), false)
                 }
             };
-            // A patch may carry a resourceVersion precondition.
-            if let (Some(old), Some(rv)) = (&old, meta_str(body, "resourceVersion"))
-                && !matches!(kind, PatchKind::Apply { .. })
+            // A patch (apply included) may carry a resourceVersion precondition.
+            if let (Some(old), Some(rv)) = (&old, meta_str(body, "resourceVersion").filter(|r| !r.is_empty()))
                 && Some(rv) != meta_str(old, "resourceVersion")
             {
                 return Err(ApiError::modified(w.subject(name)));

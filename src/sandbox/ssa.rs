@@ -419,8 +419,21 @@ pub fn apply(live: Option<&Value>, applied: &Value, w: &Writer<'_>, force: bool,
         .filter(|p| !entries.iter().any(|e| !(e.manager == w.manager && e.apply) && e.part == w.part && e.fields.iter().any(|q| q.starts_with(p))))
         .collect();
     dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let owned_elsewhere = |p: &[Pe]| {
+        wanted.iter().any(|q| q.starts_with(p))
+            || entries.iter().any(|e| e.part == w.part && !(e.manager == w.manager && e.apply) && e.fields.iter().any(|q| q.starts_with(p)))
+    };
     for p in dropped {
         remove_at(&mut obj, p);
+        // Parents left empty and owned by no one go too, as in structured-merge-diff.
+        for depth in (1..p.len()).rev() {
+            let parent = &p[..depth];
+            let empty = value_at(&obj, parent).is_some_and(|v| v.as_object().is_some_and(Map::is_empty));
+            if !empty || owned_elsewhere(parent) {
+                break;
+            }
+            remove_at(&mut obj, parent);
+        }
     }
     let mut merged = structural_merge(&obj, applied, lists);
     entry_mut(&mut entries, w, true).fields = wanted;
@@ -487,6 +500,9 @@ mod tests {
         let out = apply(Some(&live), &second, &writer("me"), false, L).unwrap();
         assert_eq!(out["data"], json!({"x": "1"}));
         assert_eq!(out["metadata"]["labels"], json!({"a": "1"}));
+        let third = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let out = apply(Some(&out), &third, &writer("me"), false, L).unwrap();
+        assert!(out.get("data").is_none(), "emptied parents are pruned: {out}");
     }
 
     #[test]

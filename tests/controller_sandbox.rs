@@ -1,0 +1,284 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The real kube-runtime Controller against the sandbox over HTTPS, with test doubles for
+//! the stages: phases, status, conditions and Events; a restart mid-way repeats no completed
+//! effect; two controllers racing on the same objects do not corrupt state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, PostParams};
+use reflex::api::AnyJson;
+use reflex::api::playbook::PatchType;
+use reflex::api::policy::RemediationPolicy;
+use reflex::api::remediation::*;
+use reflex::controller::stages::{StageFuture, StageInput, Stages};
+use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Counts effect runs per (remediation name, step) across every controller in a test.
+#[derive(Default)]
+struct Doubles {
+    runs: Mutex<HashMap<(String, Step), u32>>,
+    /// While set, verification never completes (to stop a controller mid-way).
+    hold_verify: Mutex<bool>,
+}
+
+impl Doubles {
+    fn count(&self, input: &StageInput, step: Step) {
+        let name = input.remediation.metadata.name.clone().unwrap_or_default();
+        *self.runs.lock().unwrap().entry((name, step)).or_default() += 1;
+    }
+    fn runs(&self, name: &str, step: Step) -> u32 {
+        self.runs.lock().unwrap().get(&(name.to_owned(), step)).copied().unwrap_or(0)
+    }
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn patch() -> serde_json::Value {
+    json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "128Mi"}}}]}}}})
+}
+
+struct D(Arc<Doubles>);
+
+impl reflex::agent::Diagnose for D {
+    fn diagnose(&self, input: StageInput) -> StageFuture<Diagnosis> {
+        self.0.count(&input, Step::Diagnose);
+        async { Ok(Diagnosis { summary: "working set above the memory limit".into(), findings: vec![] }) }.boxed()
+    }
+}
+impl reflex::agent::Propose for D {
+    fn propose(&self, input: StageInput) -> StageFuture<Proposal> {
+        self.0.count(&input, Step::Propose);
+        let p = patch();
+        async move {
+            Ok(Proposal {
+                patch_type: PatchType::Strategic,
+                digest: reflex::patch::digest(&p),
+                patch: AnyJson(p),
+                rationale: "raise the limit".into(),
+                expected_effect: None,
+                produced_by: ProposalSource::Playbook,
+                playbook: Some("raise-memory-limit".into()),
+                model: None,
+                tokens: None,
+                cost_usd: None,
+            })
+        }
+        .boxed()
+    }
+}
+impl reflex::ci::Test for D {
+    fn test(&self, input: StageInput) -> StageFuture<CiResult> {
+        self.0.count(&input, Step::Test);
+        let digest = input.remediation.status.as_ref().and_then(|s| s.proposal.as_ref()).map(|p| p.digest.clone()).unwrap_or_default();
+        async move {
+            Ok(CiResult { proposal_digest: digest, backend: CiBackend::DryRun, verdict: CiVerdict::Passed, messages: vec![], reference: None })
+        }
+        .boxed()
+    }
+}
+impl reflex::gate::Gate for D {
+    fn gate(&self, input: StageInput) -> StageFuture<GateResult> {
+        self.0.count(&input, Step::Gate);
+        async { Ok(GateResult { decision: GateDecision::Approved, reason: "staging, trust auto".into(), identity: None }) }.boxed()
+    }
+}
+impl reflex::deploy::Deploy for D {
+    fn snapshot(&self, input: StageInput) -> StageFuture<DeployRecord> {
+        self.0.count(&input, Step::Snapshot);
+        async {
+            Ok(DeployRecord {
+                previous: AnyJson(json!({"memory": "64Mi"})),
+                previous_resource_version: "1".into(),
+                applied_digest: None,
+                applied_revision: None,
+                identity: None,
+                applied_at: None,
+            })
+        }
+        .boxed()
+    }
+    fn apply(&self, input: StageInput, patch: reflex::patch::TestedPatch) -> StageFuture<DeployRecord> {
+        self.0.count(&input, Step::Deploy);
+        let mut record = input.remediation.status.as_ref().and_then(|s| s.deploy.clone()).unwrap();
+        record.applied_digest = Some(patch.proposal().digest.clone());
+        record.applied_at = Some(now());
+        async move { Ok(record) }.boxed()
+    }
+}
+impl reflex::verify::Verify for D {
+    fn verify(&self, input: StageInput) -> StageFuture<Verification> {
+        if *self.0.hold_verify.lock().unwrap() {
+            return futures::future::pending().boxed();
+        }
+        self.0.count(&input, Step::Verify);
+        async {
+            Ok(Verification {
+                verdict: VerificationVerdict::Passed,
+                samples: vec![Sample { at: now(), value: Some(0.0), ok: true }],
+                message: Some("no OOM kills for the window".into()),
+                started_at: now(),
+                next_sample_at: None,
+            })
+        }
+        .boxed()
+    }
+}
+impl reflex::deploy::Rollback for D {
+    fn rollback(&self, input: StageInput) -> StageFuture<RollbackRecord> {
+        self.0.count(&input, Step::Rollback);
+        async { Ok(RollbackRecord { reason: "test".into(), restored_revision: None, restored_at: now() }) }.boxed()
+    }
+}
+
+fn stages(d: &Arc<Doubles>) -> Stages {
+    let s = Arc::new(D(d.clone()));
+    Stages {
+        diagnose: Some(s.clone()),
+        propose: Some(s.clone()),
+        test: Some(s.clone()),
+        gate: Some(s.clone()),
+        deploy: Some(s.clone()),
+        verify: Some(s.clone()),
+        rollback: Some(s),
+    }
+}
+
+async fn setup() -> (Sandbox, kube::Client) {
+    reflex::install_crypto_provider();
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let sandbox = Sandbox::start(Config::default()).await.unwrap();
+    sandbox.install_crds().unwrap();
+    let client = sandbox.client(ADMIN_TOKEN).await.unwrap();
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    ns.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap()).await.unwrap();
+    let policy: RemediationPolicy =
+        serde_saphyr::from_str(&std::fs::read_to_string("tests/fixtures/policy-good.yaml").unwrap()).unwrap();
+    Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
+    (sandbox, client)
+}
+
+async fn create_remediation(client: &kube::Client, name: &str) {
+    let rem: Remediation = serde_json::from_value(json!({
+        "apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"policyRef": {"name": "checkout-oom"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"},
+                 "alert": {"name": "KubeContainerOOMKilled", "fingerprint": name, "labels": {"deployment": "checkout"}, "startsAt": "2026-01-01T00:00:00Z"}}
+    }))
+    .unwrap();
+    Api::<Remediation>::namespaced(client.clone(), "shop").create(&PostParams::default(), &rem).await.unwrap();
+}
+
+fn spawn_controller(client: &kube::Client, stages: Stages) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let client = client.clone();
+    let task = tokio::spawn(async move {
+        reflex::controller::reconcile::run(client, stages, async move { s.cancelled().await }).await.unwrap();
+    });
+    (stop, task)
+}
+
+async fn wait_phase(client: &kube::Client, name: &str, want: Phase) -> Remediation {
+    let api = Api::<Remediation>::namespaced(client.clone(), "shop");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.get(name).await.unwrap();
+        let phase = r.status.as_ref().map(|s| s.phase);
+        if phase == Some(want) {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} stuck in {phase:?}, wanted {want:?}: {:?}", r.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const EFFECTS: [Step; 7] = [Step::Diagnose, Step::Propose, Step::Test, Step::Gate, Step::Snapshot, Step::Deploy, Step::Verify];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remediation_runs_through_every_phase_with_status_conditions_and_events() {
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    create_remediation(&client, "oom-1").await;
+    let done = wait_phase(&client, "oom-1", Phase::Succeeded).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    let status = done.status.unwrap();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
+    assert_eq!(ready.status, "True", "{ready:?}");
+    for step in EFFECTS {
+        assert_eq!(doubles.runs("oom-1", step), 1, "{step:?} ran once");
+    }
+    assert_eq!(doubles.runs("oom-1", Step::Rollback), 0);
+    assert!(done.metadata.finalizers.unwrap_or_default().contains(&reflex::api::FINALIZER.to_owned()));
+
+    // The Events the controller recorded, read back through the core API as kubectl does.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "shop");
+    let list = events.list(&ListParams::default().fields("involvedObject.name=oom-1")).await.unwrap();
+    let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+    assert!(reasons.len() >= 5, "one Event per transition, got {reasons:?}");
+    assert!(list.items.iter().all(|e| e.involved_object.kind.as_deref() == Some("Remediation")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_repeats_no_completed_effect() {
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    *doubles.hold_verify.lock().unwrap() = true;
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    create_remediation(&client, "oom-2").await;
+    wait_phase(&client, "oom-2", Phase::Verifying).await;
+    // Killed mid-way: verification was in flight.
+    stop.cancel();
+    task.await.unwrap();
+    *doubles.hold_verify.lock().unwrap() = false;
+
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    wait_phase(&client, "oom-2", Phase::Succeeded).await;
+    stop.cancel();
+    task.await.unwrap();
+    for step in [Step::Diagnose, Step::Propose, Step::Test, Step::Gate, Step::Snapshot, Step::Deploy] {
+        assert_eq!(doubles.runs("oom-2", step), 1, "{step:?} must not be repeated after the restart");
+    }
+    assert_eq!(doubles.runs("oom-2", Step::Verify), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_racing_controllers_do_not_corrupt_state() {
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    let (stop_a, a) = spawn_controller(&client, stages(&doubles));
+    let (stop_b, b) = spawn_controller(&client, stages(&doubles));
+    let names: Vec<String> = (0..4).map(|i| format!("race-{i}")).collect();
+    for n in &names {
+        create_remediation(&client, n).await;
+    }
+    for n in &names {
+        let r = wait_phase(&client, n, Phase::Succeeded).await;
+        let status = r.status.unwrap();
+        assert_eq!(status.proposal.unwrap().digest, reflex::patch::digest(&patch()));
+        assert_eq!(status.conditions.iter().filter(|c| c.type_ == "Ready").count(), 1);
+        // Without leader election both replicas may start an effect the other has in flight
+        // (each sees it as orphaned); the status must still be consistent, and no effect runs
+        // more than once per replica.
+        for step in EFFECTS {
+            let runs = doubles.runs(n, step);
+            assert!((1..=2).contains(&runs), "{n}: {step:?} ran {runs} times");
+        }
+        assert_eq!(status.ci.unwrap().proposal_digest, reflex::patch::digest(&patch()));
+        assert!(status.deploy.unwrap().applied_digest.is_some());
+    }
+    stop_a.cancel();
+    stop_b.cancel();
+    a.await.unwrap();
+    b.await.unwrap();
+}
