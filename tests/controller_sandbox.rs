@@ -268,11 +268,14 @@ async fn two_racing_controllers_do_not_corrupt_state() {
         assert_eq!(status.proposal.unwrap().digest, reflex::patch::digest(&patch()));
         assert_eq!(status.conditions.iter().filter(|c| c.type_ == "Ready").count(), 1);
         // Without leader election both replicas may start an effect the other has in flight
-        // (each sees it as orphaned); the status must still be consistent, and no effect runs
-        // more than once per replica.
+        // (each sees it as orphaned), so effects can repeat; what must hold is that the status
+        // stays coherent: one record per (step, attempt), every step finished, one chain of
+        // digests from proposal through CI to deploy.
         for step in EFFECTS {
-            let runs = doubles.runs(n, step);
-            assert!((1..=2).contains(&runs), "{n}: {step:?} ran {runs} times");
+            assert!(doubles.runs(n, step) >= 1, "{n}: {step:?} never ran");
+            let records: Vec<_> = status.steps.iter().filter(|r| r.step == step).collect();
+            assert_eq!(records.len(), 1, "{n}: one record for {step:?}: {records:?}");
+            assert_eq!(records[0].state, StepState::Succeeded, "{n}: {step:?}");
         }
         assert_eq!(status.ci.unwrap().proposal_digest, reflex::patch::digest(&patch()));
         assert!(status.deploy.unwrap().applied_digest.is_some());

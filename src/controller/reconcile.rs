@@ -25,7 +25,7 @@ use kube::{
     },
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::machine::{Decision, Observations, PolicyView, Settings, decide};
 use super::runs::Runs;
@@ -397,31 +397,47 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     // Observe.
     let now = ctx.clock.now();
     let (policy_view, policy) = observe_policy(ctx, &namespace, &rem.spec.policy_ref.name);
-    let finished = ctx.runs.finished(&uid);
+    let (running, finished) = ctx.runs.state(&uid);
     let finished_key = finished.as_ref().map(|(k, _)| k.clone());
     let obs = Observations {
         now,
         policy: policy_view,
         stages: ctx.stages.available(),
-        running: ctx.runs.running(&uid).map(|k| (k.step, k.attempt)),
+        running: running.map(|k| (k.step, k.attempt)),
     };
 
     // Decide.
     let plan = plan(&rem, finished, observe_approval(ctx, &rem, now), &obs);
 
     // Act and record.
-    if plan.cancel_running && ctx.runs.cancel(&uid) {
-        info!(remediation = %name, "cancelled the in-flight effect");
-    }
     if rem.status.as_ref() != Some(&plan.status) {
         write_status(&api, &rem, &plan.status).await.map_err(|source| Error::WriteStatus {
             namespace: namespace.clone(),
             name: name.clone(),
             source,
         })?;
+    } else if plan.run.is_some() {
+        // Resuming an effect recorded as started but running nowhere here (after a restart)
+        // writes nothing, so no resourceVersion guard protects it. Make sure the cache is not
+        // just behind our own last write (which may already hold this effect's result)
+        // before starting it again: a consistent read must show the same version.
+        let fresh = api.get(&name).await.map_err(|source| Error::WriteStatus {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?;
+        if fresh.resource_version() != rem.resource_version() {
+            debug!(remediation = %name, "cache is behind the API server; not resuming the effect yet");
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
     }
     if let Some(key) = finished_key {
         ctx.runs.clear_finished(&key);
+    }
+    // Only once the terminal status is stored: cancelling earlier would also drop a finished
+    // result that a failed write has not recorded yet, and the effect would run again.
+    if plan.cancel_running && ctx.runs.cancel(&uid) {
+        info!(remediation = %name, "cancelled the in-flight effect");
     }
     let reference = rem.object_ref(&());
     for t in &plan.transitions {

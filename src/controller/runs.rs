@@ -54,6 +54,19 @@ impl Runs {
         self.lock().get(uid).and_then(|r| r.result.clone().map(|res| (r.key.clone(), res)))
     }
 
+    /// Running and finished effect of `uid`, read together: an effect that finishes between
+    /// two separate reads would otherwise look like neither, i.e. orphaned, and be resumed.
+    pub fn state(&self, uid: &str) -> (Option<EffectKey>, Option<(EffectKey, Result<StageOutput, StageError>)>) {
+        let map = self.lock();
+        match map.get(uid) {
+            Some(r) => match &r.result {
+                None => (Some(r.key.clone()), None),
+                Some(res) => (None, Some((r.key.clone(), res.clone()))),
+            },
+            None => (None, None),
+        }
+    }
+
     /// Forgets the finished effect `key` once its outcome is recorded in status.
     pub fn clear_finished(&self, key: &EffectKey) {
         let mut map = self.lock();
