@@ -598,11 +598,12 @@ fn watch_stream(state: Arc<State>, target: Target, q: &Query, as_table: bool) ->
                 msg = live.recv() => match msg {
                     Ok(c) if c.rv > last_sent => {
                         last_sent = c.rv;
-                        bookmarked = bookmarked.max(c.rv);
-                        if let Some(line) = emit(&c)
-                            && tx.send(Ok(line)).await.is_err()
-                        {
-                            return;
+                        if let Some(line) = emit(&c) {
+                            // The client now knows this version; a bookmark must be newer.
+                            bookmarked = bookmarked.max(c.rv);
+                            if tx.send(Ok(line)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Ok(_) => {}

@@ -1,0 +1,422 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The sandbox as kube::Client sees it over HTTPS: watch semantics (ordering, 410 after
+//! compaction, bookmarks), optimistic concurrency, status subresource and generation,
+//! finalizers, server-side apply conflicts, strategic merge, dry-run, pagination, RBAC with
+//! impersonation and the review APIs, runtime CRDs with schema validation, the workload model,
+//! and Status bodies for bad input.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::core::{DynamicObject, GroupVersionKind};
+use reflex::sandbox::{Config, Sandbox, rbac::Table};
+use serde_json::{Value, json};
+
+const RBAC: &str = r#"
+users:
+  - {name: admin, token: t-admin, groups: ["system:masters"]}
+  - {name: operator, token: t-operator}
+  - {name: alice, token: t-alice, groups: [oncall]}
+  - {name: bob, token: t-bob}
+grants:
+  - subjects: [{kind: User, name: operator}]
+    rules:
+      - {apiGroups: [""], resources: ["users"], verbs: ["impersonate"], resourceNames: ["alice", "bob"]}
+      - {apiGroups: [""], resources: ["groups"], verbs: ["impersonate"], resourceNames: ["oncall"]}
+  - subjects: [{kind: User, name: alice}]
+    namespaces: [shop]
+    rules:
+      - {apiGroups: [""], resources: ["configmaps"], verbs: ["get", "list", "watch"]}
+"#;
+
+async fn sandbox() -> (Sandbox, kube::Client) {
+    reflex::install_crypto_provider();
+    let config = Config {
+        rbac: Table::from_yaml(RBAC).unwrap(),
+        bookmark_interval: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let sb = Sandbox::start(config).await.unwrap();
+    let client = sb.client("t-admin").await.unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap())
+        .await
+        .unwrap();
+    (sb, client)
+}
+
+fn cm(name: &str, v: &str) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": "shop"}}, "data": {"v": v}})).unwrap()
+}
+
+fn rv(o: &impl kube::Resource) -> u64 {
+    o.meta().resource_version.as_deref().unwrap().parse().unwrap()
+}
+
+fn api_err(e: kube::Error) -> kube::core::Status {
+    match e {
+        kube::Error::Api(s) => *s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_delivers_ordered_events_and_410_after_compaction() {
+    let (sb, client) = sandbox().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "shop");
+    let first = cms.create(&PostParams::default(), &cm("a", "1")).await.unwrap();
+    let from = rv(&first).to_string();
+    let mut stream = cms.watch(&WatchParams::default().timeout(10), &from).await.unwrap().boxed();
+    cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"v": "2"}}))).await.unwrap();
+    cms.create(&PostParams::default(), &cm("b", "1")).await.unwrap();
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match stream.try_next().await.unwrap().unwrap() {
+            WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name.clone().unwrap(), rv(&o))),
+            WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name.clone().unwrap(), rv(&o))),
+            WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name.clone().unwrap(), rv(&o))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let kinds: Vec<(&str, &str)> = seen.iter().map(|(k, n, _)| (*k, n.as_str())).collect();
+    assert_eq!(kinds, [("MODIFIED", "a"), ("ADDED", "b"), ("DELETED", "a")]);
+    assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "resourceVersions increase: {seen:?}");
+    assert!(seen[0].2 > rv(&first));
+
+    // Compaction: watching from the old version, or continuing an old list, is now 410 Gone.
+    cms.create(&PostParams::default(), &cm("c", "1")).await.unwrap();
+    let page = cms.list(&ListParams::default().limit(1)).await.unwrap();
+    let token = page.metadata.continue_.clone().expect("a second page");
+    sb.compact();
+    let err = api_err(cms.list(&ListParams::default().limit(1).continue_token(&token)).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (410, "Expired"));
+    let mut stale = cms.watch(&WatchParams::default().timeout(5), &from).await.unwrap().boxed();
+    match stale.try_next().await.unwrap().unwrap() {
+        WatchEvent::Error(e) => {
+            assert_eq!(e.code, 410);
+            assert_eq!(e.reason, "Expired");
+            assert!(e.message.starts_with("too old resource version"), "{}", e.message);
+        }
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bookmarks_and_initial_events() {
+    let (_sb, client) = sandbox().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "shop");
+    cms.create(&PostParams::default(), &cm("a", "1")).await.unwrap();
+    let mut stream = cms.watch(&WatchParams::streaming_lists().timeout(10), "0").await.unwrap().boxed();
+    let first = stream.try_next().await.unwrap().unwrap();
+    assert!(matches!(first, WatchEvent::Added(ref o) if o.metadata.name.as_deref() == Some("a")), "{first:?}");
+    match stream.try_next().await.unwrap().unwrap() {
+        WatchEvent::Bookmark(b) => {
+            assert_eq!(b.metadata.annotations.get("k8s.io/initial-events-end").map(String::as_str), Some("true"));
+        }
+        other => panic!("expected the initial-events-end bookmark, got {other:?}"),
+    }
+    let b = cms.create(&PostParams::default(), &cm("b", "1")).await.unwrap();
+    // Progress elsewhere (another namespace) reaches this watch only as a bookmark.
+    let elsewhere = Api::<ConfigMap>::namespaced(cms.clone().into_client(), "default").create(&PostParams::default(), &cm("x", "1")).await.unwrap();
+    let mut saw_b = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.unwrap().unwrap().unwrap() {
+            WatchEvent::Added(o) => {
+                assert_eq!(o.metadata.name.as_deref(), Some("b"), "only this namespace's objects arrive");
+                saw_b = true;
+            }
+            WatchEvent::Bookmark(bm) if saw_b => {
+                let at: u64 = bm.metadata.resource_version.parse().unwrap();
+                assert!(at > rv(&b) && at >= rv(&elsewhere), "bookmark at {at}");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn optimistic_concurrency_status_and_generation() {
+    let (_sb, client) = sandbox().await;
+    let deploys: Api<Deployment> = Api::namespaced(client, "shop");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"replicas": 1,
+        "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": "web:1"}]}}},
+        "status": {"replicas": 99}})).unwrap();
+    let created = deploys.create(&PostParams::default(), &d).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(created.status.is_none(), "status is ignored on create");
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+
+    // A stale resourceVersion is a 409 Conflict.
+    let mut stale = created.clone();
+    deploys.patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}}))).await.unwrap();
+    stale.spec.replicas = Some(2);
+    let err = api_err(deploys.replace("web", &PostParams::default(), &stale).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert!(err.message.contains("the object has been modified"));
+
+    // Metadata changes do not bump generation; spec changes do; status writes go through /status only.
+    let labelled = deploys.get("web").await.unwrap();
+    assert_eq!(labelled.metadata.generation, Some(1));
+    let scaled = deploys.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}, "status": {"replicas": 42}}))).await.unwrap();
+    assert_eq!(scaled.metadata.generation, Some(2));
+    assert_ne!(scaled.status.as_ref().and_then(|s| s.replicas), Some(42), "status on the main resource is ignored");
+    let st = deploys.patch_status("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}, "status": {"observedGeneration": 5}}))).await.unwrap();
+    assert_eq!(st.status.unwrap().observed_generation, Some(5));
+    assert_eq!(st.spec.replicas, Some(3), "spec on /status is ignored");
+    assert_eq!(st.metadata.generation, Some(2));
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_removed() {
+    let (_sb, client) = sandbox().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "shop");
+    let mut c = cm("held", "1");
+    c.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &c).await.unwrap();
+    let deleted = cms.delete("held", &DeleteParams::default()).await.unwrap();
+    let pending = deleted.left().expect("the object comes back while finalizers remain");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    // No new finalizers while deleting.
+    let err = api_err(cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold", "x/y"]}}))).await.unwrap_err());
+    assert_eq!(err.code, 422);
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    assert_eq!(api_err(cms.get("held").await.unwrap_err()).code, 404);
+}
+
+#[tokio::test]
+async fn server_side_apply_conflicts_and_strategic_merge() {
+    let (_sb, client) = sandbox().await;
+    let deploys: Api<Deployment> = Api::namespaced(client, "shop");
+    let manifest = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": "64Mi"}}}, {"name": "proxy", "image": "envoy:1"}]}}}});
+    let created = deploys.patch("web", &PatchParams::apply("gitops"), &Patch::Apply(manifest)).await.unwrap();
+    let managers: Vec<String> = created.metadata.managed_fields.unwrap().iter().filter_map(|m| m.manager.clone()).collect();
+    assert_eq!(managers, ["gitops"]);
+
+    let fix = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "128Mi"}}}]}}}});
+    let err = api_err(deploys.patch("web", &PatchParams::apply("reflex"), &Patch::Apply(fix.clone())).await.unwrap_err());
+    assert_eq!(err.code, 409);
+    assert!(err.message.contains("conflict with \"gitops\""), "{}", err.message);
+    assert!(err.message.contains(".spec.template.spec.containers[name=\"app\"].resources.limits.memory"), "{}", err.message);
+    let forced = deploys.patch("web", &PatchParams::apply("reflex").force(), &Patch::Apply(fix)).await.unwrap();
+    let containers = forced.spec.template.spec.unwrap().containers;
+    assert_eq!(containers.len(), 2, "the other container is untouched");
+    assert_eq!(containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "128Mi");
+
+    // Strategic merge: containers merge by name.
+    let smp = json!({"spec": {"template": {"spec": {"containers": [{"name": "proxy", "image": "envoy:2"}]}}}});
+    let patched = deploys.patch("web", &PatchParams::default(), &Patch::Strategic(smp)).await.unwrap();
+    let cs = patched.spec.template.spec.unwrap().containers;
+    assert_eq!((cs.len(), cs[1].image.as_deref(), cs[0].image.as_deref()), (2, Some("envoy:2"), Some("web:1")));
+}
+
+#[tokio::test]
+async fn dry_run_validates_without_storing() {
+    let (_sb, client) = sandbox().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "shop");
+    let out = cms.create(&PostParams { dry_run: true, ..Default::default() }, &cm("ghost", "1")).await.unwrap();
+    assert_eq!(out.metadata.name.as_deref(), Some("ghost"));
+    assert_eq!(api_err(cms.get("ghost").await.unwrap_err()).code, 404);
+    cms.create(&PostParams::default(), &cm("real", "1")).await.unwrap();
+    let dry = cms.patch("real", &PatchParams::default().dry_run(), &Patch::Merge(json!({"data": {"v": "2"}}))).await.unwrap();
+    assert_eq!(dry.data.unwrap()["v"], "2");
+    assert_eq!(cms.get("real").await.unwrap().data.unwrap()["v"], "1");
+    cms.delete("real", &DeleteParams { dry_run: true, ..Default::default() }).await.unwrap();
+    assert!(cms.get("real").await.is_ok());
+    let bad = api_err(cms.create(&PostParams { dry_run: true, ..Default::default() }, &cm("Not_A_Name", "1")).await.unwrap_err());
+    assert_eq!(bad.code, 422, "dry-run still validates");
+}
+
+#[tokio::test]
+async fn lists_paginate_and_select() {
+    let (_sb, client) = sandbox().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "shop");
+    for i in 0..5 {
+        cms.create(&PostParams::default(), &cm(&format!("c{i}"), "1")).await.unwrap();
+    }
+    let first = cms.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert_eq!(first.metadata.remaining_item_count, Some(3));
+    // A write between pages does not change what the continued list shows (same snapshot).
+    cms.create(&PostParams::default(), &cm("c9", "1")).await.unwrap();
+    let rest = cms.list(&ListParams::default().limit(10).continue_token(first.metadata.continue_.as_deref().unwrap())).await.unwrap();
+    let names: Vec<String> = first.items.iter().chain(rest.items.iter()).map(|c| c.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
+    let sel = cms.list(&ListParams::default().fields("metadata.name=c3").labels("app=shop")).await.unwrap();
+    assert_eq!(sel.items.len(), 1);
+    let err = api_err(cms.list(&ListParams::default().fields("data.v=1")).await.unwrap_err());
+    assert_eq!(err.code, 400);
+    assert!(err.message.contains("field label not supported"));
+}
+
+#[tokio::test]
+async fn impersonation_is_allowed_for_one_identity_and_forbidden_for_another() {
+    let (sb, admin) = sandbox().await;
+    Api::<ConfigMap>::namespaced(admin, "shop").create(&PostParams::default(), &cm("app-config", "1")).await.unwrap();
+    let as_user = |user: &'static str| {
+        let sb = &sb;
+        async move {
+            let kc = kube::config::Kubeconfig::from_yaml(&sb.kubeconfig("t-operator")).unwrap();
+            let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+            config.auth_info.impersonate = Some(user.to_owned());
+            config.auth_info.impersonate_groups = Some(vec!["oncall".to_owned()]);
+            kube::Client::try_from(config).unwrap()
+        }
+    };
+    // The operator may impersonate alice and bob; alice (in group oncall) may read configmaps in shop.
+    let alice = as_user("alice").await;
+    let got = Api::<ConfigMap>::namespaced(alice.clone(), "shop").get("app-config").await.unwrap();
+    assert_eq!(got.data.unwrap()["v"], "1");
+    let denied = api_err(Api::<ConfigMap>::namespaced(alice, "default").list(&Default::default()).await.unwrap_err());
+    assert_eq!(denied.code, 403);
+    // Impersonating bob: the operator may, but bob has no grant (the group header is not his).
+    let bob_kc = {
+        let kc = kube::config::Kubeconfig::from_yaml(&sb.kubeconfig("t-operator")).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        config.auth_info.impersonate = Some("bob".to_owned());
+        kube::Client::try_from(config).unwrap()
+    };
+    let err = api_err(Api::<ConfigMap>::namespaced(bob_kc, "shop").get("app-config").await.unwrap_err());
+    assert_eq!(err.code, 403);
+    assert_eq!(err.reason, "Forbidden");
+    assert_eq!(
+        err.message,
+        "configmaps \"app-config\" is forbidden: User \"bob\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"shop\""
+    );
+    // Alice herself may not impersonate anyone.
+    let kc = kube::config::Kubeconfig::from_yaml(&sb.kubeconfig("t-alice")).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    config.auth_info.impersonate = Some("admin".to_owned());
+    let err = api_err(Api::<ConfigMap>::namespaced(kube::Client::try_from(config).unwrap(), "shop").get("app-config").await.unwrap_err());
+    assert_eq!(err.code, 403);
+    assert!(err.message.contains("cannot impersonate resource \"users\""), "{}", err.message);
+    // A bad token is 401.
+    let err = api_err(Api::<ConfigMap>::namespaced(sb.client("nope").await.unwrap(), "shop").get("app-config").await.unwrap_err());
+    assert_eq!(err.code, 401);
+}
+
+#[tokio::test]
+async fn review_apis_answer_from_the_rbac_table() {
+    let (sb, admin) = sandbox().await;
+    let post = |client: kube::Client, path: &'static str, body: Value| async move {
+        let req = http::Request::post(path).header("content-type", "application/json").body(serde_json::to_vec(&body).unwrap()).unwrap();
+        client.request::<Value>(req).await.unwrap()
+    };
+    let sar = |user: &str, ns: &str| json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": ["oncall"], "resourceAttributes": {"verb": "list", "resource": "configmaps", "namespace": ns}}});
+    let allowed = post(admin.clone(), "/apis/authorization.k8s.io/v1/subjectaccessreviews", sar("alice", "shop")).await;
+    assert_eq!(allowed["status"]["allowed"], true);
+    let denied = post(admin.clone(), "/apis/authorization.k8s.io/v1/subjectaccessreviews", sar("alice", "default")).await;
+    assert_eq!(denied["status"]["allowed"], false);
+    let tr = post(admin.clone(), "/apis/authentication.k8s.io/v1/tokenreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": "t-alice"}})).await;
+    assert_eq!(tr["status"]["authenticated"], true);
+    assert_eq!(tr["status"]["user"]["username"], "alice");
+    let bad = post(admin.clone(), "/apis/authentication.k8s.io/v1/tokenreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": "forged"}})).await;
+    assert_eq!(bad["status"]["authenticated"], false);
+    // SelfSubjectAccessReview through the typed API, as alice.
+    let alice = sb.client("t-alice").await.unwrap();
+    let ssar: SelfSubjectAccessReview = serde_json::from_value(json!({"spec": {"resourceAttributes": {"verb": "get", "resource": "configmaps", "namespace": "shop"}}})).unwrap();
+    let answer = Api::<SelfSubjectAccessReview>::all(alice).create(&PostParams::default(), &ssar).await.unwrap();
+    assert!(answer.status.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn crds_register_at_run_time_and_their_schema_is_enforced() {
+    let (_sb, client) = sandbox().await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    let crd = serde_json::from_value(json!({"metadata": {"name": "widgets.example.com"}, "spec": {"group": "example.com", "scope": "Namespaced",
+        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+        "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+          "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "required": ["size"],
+            "properties": {"size": {"type": "integer", "maximum": 10}}}, "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}})).unwrap();
+    let created = crds.create(&PostParams::default(), &crd).await.unwrap();
+    let conds = created.status.unwrap().conditions.unwrap();
+    assert!(conds.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+    let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
+    let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "shop", &ar);
+    let ok: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}})).unwrap();
+    widgets.create(&PostParams::default(), &ok).await.unwrap();
+    let bad: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}, "spec": {"size": 11}})).unwrap();
+    let err = api_err(widgets.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    assert!(err.message.contains("spec.size"), "{}", err.message);
+    // Deleting the CRD removes its objects and its kind.
+    crds.delete("widgets.example.com", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_err(widgets.list(&Default::default()).await.unwrap_err()).code, 404);
+}
+
+#[tokio::test]
+async fn a_template_change_rolls_out_a_new_replicaset_and_status_converges() {
+    let (_sb, client) = sandbox().await;
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "shop");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout"}, "spec": {"replicas": 2,
+        "selector": {"matchLabels": {"app": "checkout"}}, "template": {"metadata": {"labels": {"app": "checkout"}},
+        "spec": {"containers": [{"name": "app", "image": "checkout:1", "resources": {"limits": {"memory": "64Mi"}}}]}}}})).unwrap();
+    deploys.create(&PostParams::default(), &d).await.unwrap();
+    let converged = |generation: i64| {
+        let deploys = deploys.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let d = deploys.get("checkout").await.unwrap();
+                let s = d.status.clone().unwrap_or_default();
+                if s.observed_generation == Some(generation) && s.updated_replicas == Some(2) && s.available_replicas == Some(2) && s.replicas == Some(2) {
+                    return d;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "not converged: {s:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let v1 = converged(1).await;
+    assert_eq!(v1.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"], "1");
+    let smp = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "128Mi"}}}]}}}});
+    deploys.patch("checkout", &PatchParams::default(), &Patch::Strategic(smp)).await.unwrap();
+    let v2 = converged(2).await;
+    assert_eq!(v2.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"], "2");
+    let sets = rss.list(&ListParams::default().labels("app=checkout")).await.unwrap();
+    let mut replicas: Vec<(String, i32)> = sets.items.iter().map(|r| (r.metadata.annotations.clone().unwrap()["deployment.kubernetes.io/revision"].clone(), r.spec.replicas.unwrap())).collect();
+    replicas.sort();
+    assert_eq!(replicas, [("1".to_owned(), 0), ("2".to_owned(), 2)]);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "shop");
+    let running = pods.list(&ListParams::default().labels("app=checkout")).await.unwrap();
+    assert_eq!(running.items.len(), 2, "old pods are gone");
+    assert!(running.items.iter().all(|p| p.spec.as_ref().unwrap().containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0 == "128Mi"));
+}
+
+#[tokio::test]
+async fn bad_input_gets_kubernetes_status_bodies() {
+    let (_sb, client) = sandbox().await;
+    let raw = |method: &str, path: &str, ctype: &str, body: Vec<u8>| {
+        http::Request::builder().method(method).uri(path).header("content-type", ctype).body(body).unwrap()
+    };
+    let status = |r: Result<String, kube::Error>| api_err(r.unwrap_err());
+    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/json", b"{not json".to_vec())).await);
+    assert_eq!((s.code, s.reason.as_str()), (400, "BadRequest"));
+    let s = status(client.request_text(raw("GET", "/apis/example.com/v1/namespaces/shop/gadgets", "application/json", vec![])).await);
+    assert_eq!((s.code, s.reason.as_str()), (404, "NotFound"));
+    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/vnd.kubernetes.protobuf", b"x".to_vec())).await);
+    assert_eq!((s.code, s.reason.as_str()), (415, "UnsupportedMediaType"));
+    let s = status(client.request_text(raw("PATCH", "/api/v1/namespaces/shop/configmaps/x", "text/plain", b"{}".to_vec())).await);
+    assert_eq!(s.code, 415);
+    let huge = serde_json::to_vec(&json!({"metadata": {"name": "big"}, "data": {"v": "x".repeat(4 * 1024 * 1024)}})).unwrap();
+    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/json", huge)).await);
+    assert_eq!((s.code, s.reason.as_str()), (413, "RequestEntityTooLarge"));
+    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/nowhere/configmaps", "application/json", serde_json::to_vec(&json!({"metadata": {"name": "a"}})).unwrap())).await);
+    assert_eq!((s.code, s.message.as_str()), (404, "namespaces \"nowhere\" not found"));
+    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/json", serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a"}})).unwrap())).await);
+    assert_eq!(s.code, 400);
+}
