@@ -92,6 +92,7 @@ async fn watch_delivers_ordered_events_and_410_after_compaction() {
     cms.create(&PostParams::default(), &cm("c", "1")).await.unwrap();
     let page = cms.list(&ListParams::default().limit(1)).await.unwrap();
     let token = page.metadata.continue_.clone().expect("a second page");
+    cms.create(&PostParams::default(), &cm("d", "1")).await.unwrap();
     sb.compact();
     let err = api_err(cms.list(&ListParams::default().limit(1).continue_token(&token)).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (410, "Expired"));
