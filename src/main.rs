@@ -81,7 +81,12 @@ async fn main() -> anyhow::Result<()> {
                 let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
                 config.rbac = reflex::sandbox::rbac::Table::from_yaml(&text).map_err(anyhow::Error::msg)?;
             }
-            let token = config.rbac.users.iter().find(|u| u.groups.iter().any(|g| g == "system:masters")).map(|u| u.token.clone());
+            let token = config
+                .rbac
+                .users
+                .iter()
+                .find(|u| u.groups.iter().any(|g| g == "system:masters"))
+                .map(|u| u.token.clone());
             let sandbox = reflex::sandbox::Sandbox::start(config).await?;
             sandbox.install_crds()?;
             let token = token.unwrap_or_else(|| reflex::sandbox::ADMIN_TOKEN.to_owned());

@@ -77,9 +77,21 @@ impl reflex::agent::Propose for D {
 impl reflex::ci::Test for D {
     fn test(&self, input: StageInput) -> StageFuture<CiResult> {
         self.0.count(&input, Step::Test);
-        let digest = input.remediation.status.as_ref().and_then(|s| s.proposal.as_ref()).map(|p| p.digest.clone()).unwrap_or_default();
+        let digest = input
+            .remediation
+            .status
+            .as_ref()
+            .and_then(|s| s.proposal.as_ref())
+            .map(|p| p.digest.clone())
+            .unwrap_or_default();
         async move {
-            Ok(CiResult { proposal_digest: digest, backend: CiBackend::DryRun, verdict: CiVerdict::Passed, messages: vec![], reference: None })
+            Ok(CiResult {
+                proposal_digest: digest,
+                backend: CiBackend::DryRun,
+                verdict: CiVerdict::Passed,
+                messages: vec![],
+                reference: None,
+            })
         }
         .boxed()
     }
@@ -87,7 +99,10 @@ impl reflex::ci::Test for D {
 impl reflex::gate::Gate for D {
     fn gate(&self, input: StageInput) -> StageFuture<GateResult> {
         self.0.count(&input, Step::Gate);
-        async { Ok(GateResult { decision: GateDecision::Approved, reason: "staging, trust auto".into(), identity: None }) }.boxed()
+        async {
+            Ok(GateResult { decision: GateDecision::Approved, reason: "staging, trust auto".into(), identity: None })
+        }
+        .boxed()
     }
 }
 impl reflex::deploy::Deploy for D {
@@ -153,12 +168,17 @@ fn stages(d: &Arc<Doubles>) -> Stages {
 
 async fn setup() -> (Sandbox, kube::Client) {
     reflex::install_crypto_provider();
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let sandbox = Sandbox::start(Config::default()).await.unwrap();
     sandbox.install_crds().unwrap();
     let client = sandbox.client(ADMIN_TOKEN).await.unwrap();
     let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    ns.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap()).await.unwrap();
+    ns.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap())
+        .await
+        .unwrap();
     let policy: RemediationPolicy =
         serde_saphyr::from_str(&std::fs::read_to_string("tests/fixtures/policy-good.yaml").unwrap()).unwrap();
     Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
@@ -200,7 +220,8 @@ async fn wait_phase(client: &kube::Client, name: &str, want: Phase) -> Remediati
     }
 }
 
-const EFFECTS: [Step; 7] = [Step::Diagnose, Step::Propose, Step::Test, Step::Gate, Step::Snapshot, Step::Deploy, Step::Verify];
+const EFFECTS: [Step; 7] =
+    [Step::Diagnose, Step::Propose, Step::Test, Step::Gate, Step::Snapshot, Step::Deploy, Step::Verify];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remediation_runs_through_every_phase_with_status_conditions_and_events() {

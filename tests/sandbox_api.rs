@@ -123,7 +123,10 @@ async fn bookmarks_and_initial_events() {
     }
     let b = cms.create(&PostParams::default(), &cm("b", "1")).await.unwrap();
     // Progress elsewhere (another namespace) reaches this watch only as a bookmark.
-    let elsewhere = Api::<ConfigMap>::namespaced(cms.clone().into_client(), "default").create(&PostParams::default(), &cm("x", "1")).await.unwrap();
+    let elsewhere = Api::<ConfigMap>::namespaced(cms.clone().into_client(), "default")
+        .create(&PostParams::default(), &cm("x", "1"))
+        .await
+        .unwrap();
     let mut saw_b = false;
     loop {
         match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.unwrap().unwrap().unwrap() {
@@ -148,7 +151,8 @@ async fn optimistic_concurrency_status_and_generation() {
     let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"replicas": 1,
         "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
         "spec": {"containers": [{"name": "app", "image": "web:1"}]}}},
-        "status": {"replicas": 99}})).unwrap();
+        "status": {"replicas": 99}}))
+    .unwrap();
     let created = deploys.create(&PostParams::default(), &d).await.unwrap();
     assert_eq!(created.metadata.generation, Some(1));
     assert!(created.status.is_none(), "status is ignored on create");
@@ -156,7 +160,10 @@ async fn optimistic_concurrency_status_and_generation() {
 
     // A stale resourceVersion is a 409 Conflict.
     let mut stale = created.clone();
-    deploys.patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}}))).await.unwrap();
+    deploys
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})))
+        .await
+        .unwrap();
     stale.spec.replicas = Some(2);
     let err = api_err(deploys.replace("web", &PostParams::default(), &stale).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
@@ -165,10 +172,24 @@ async fn optimistic_concurrency_status_and_generation() {
     // Metadata changes do not bump generation; spec changes do; status writes go through /status only.
     let labelled = deploys.get("web").await.unwrap();
     assert_eq!(labelled.metadata.generation, Some(1));
-    let scaled = deploys.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}, "status": {"replicas": 42}}))).await.unwrap();
+    let scaled = deploys
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}, "status": {"replicas": 42}})),
+        )
+        .await
+        .unwrap();
     assert_eq!(scaled.metadata.generation, Some(2));
     assert_ne!(scaled.status.as_ref().and_then(|s| s.replicas), Some(42), "status on the main resource is ignored");
-    let st = deploys.patch_status("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}, "status": {"observedGeneration": 5}}))).await.unwrap();
+    let st = deploys
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 7}, "status": {"observedGeneration": 5}})),
+        )
+        .await
+        .unwrap();
     assert_eq!(st.status.unwrap().observed_generation, Some(5));
     assert_eq!(st.spec.replicas, Some(3), "spec on /status is ignored");
     assert_eq!(st.metadata.generation, Some(2));
@@ -185,7 +206,15 @@ async fn finalizers_hold_deletion_until_removed() {
     let pending = deleted.left().expect("the object comes back while finalizers remain");
     assert!(pending.metadata.deletion_timestamp.is_some());
     // No new finalizers while deleting.
-    let err = api_err(cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold", "x/y"]}}))).await.unwrap_err());
+    let err = api_err(
+        cms.patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold", "x/y"]}})),
+        )
+        .await
+        .unwrap_err(),
+    );
     assert_eq!(err.code, 422);
     cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
     assert_eq!(api_err(cms.get("held").await.unwrap_err()).code, 404);
@@ -199,15 +228,21 @@ async fn server_side_apply_conflicts_and_strategic_merge() {
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
         "spec": {"containers": [{"name": "app", "image": "web:1", "resources": {"limits": {"memory": "64Mi"}}}, {"name": "proxy", "image": "envoy:1"}]}}}});
     let created = deploys.patch("web", &PatchParams::apply("gitops"), &Patch::Apply(manifest)).await.unwrap();
-    let managers: Vec<String> = created.metadata.managed_fields.unwrap().iter().filter_map(|m| m.manager.clone()).collect();
+    let managers: Vec<String> =
+        created.metadata.managed_fields.unwrap().iter().filter_map(|m| m.manager.clone()).collect();
     assert_eq!(managers, ["gitops"]);
 
     let fix = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
         "spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "128Mi"}}}]}}}});
-    let err = api_err(deploys.patch("web", &PatchParams::apply("reflex"), &Patch::Apply(fix.clone())).await.unwrap_err());
+    let err =
+        api_err(deploys.patch("web", &PatchParams::apply("reflex"), &Patch::Apply(fix.clone())).await.unwrap_err());
     assert_eq!(err.code, 409);
     assert!(err.message.contains("conflict with \"gitops\""), "{}", err.message);
-    assert!(err.message.contains(".spec.template.spec.containers[name=\"app\"].resources.limits.memory"), "{}", err.message);
+    assert!(
+        err.message.contains(".spec.template.spec.containers[name=\"app\"].resources.limits.memory"),
+        "{}",
+        err.message
+    );
     let forced = deploys.patch("web", &PatchParams::apply("reflex").force(), &Patch::Apply(fix)).await.unwrap();
     let containers = forced.spec.template.spec.unwrap().containers;
     assert_eq!(containers.len(), 2, "the other container is untouched");
@@ -228,12 +263,15 @@ async fn dry_run_validates_without_storing() {
     assert_eq!(out.metadata.name.as_deref(), Some("ghost"));
     assert_eq!(api_err(cms.get("ghost").await.unwrap_err()).code, 404);
     cms.create(&PostParams::default(), &cm("real", "1")).await.unwrap();
-    let dry = cms.patch("real", &PatchParams::default().dry_run(), &Patch::Merge(json!({"data": {"v": "2"}}))).await.unwrap();
+    let dry =
+        cms.patch("real", &PatchParams::default().dry_run(), &Patch::Merge(json!({"data": {"v": "2"}}))).await.unwrap();
     assert_eq!(dry.data.unwrap()["v"], "2");
     assert_eq!(cms.get("real").await.unwrap().data.unwrap()["v"], "1");
     cms.delete("real", &DeleteParams { dry_run: true, ..Default::default() }).await.unwrap();
     assert!(cms.get("real").await.is_ok());
-    let bad = api_err(cms.create(&PostParams { dry_run: true, ..Default::default() }, &cm("Not_A_Name", "1")).await.unwrap_err());
+    let bad = api_err(
+        cms.create(&PostParams { dry_run: true, ..Default::default() }, &cm("Not_A_Name", "1")).await.unwrap_err(),
+    );
     assert_eq!(bad.code, 422, "dry-run still validates");
 }
 
@@ -249,8 +287,12 @@ async fn lists_paginate_and_select() {
     assert_eq!(first.metadata.remaining_item_count, Some(3));
     // A write between pages does not change what the continued list shows (same snapshot).
     cms.create(&PostParams::default(), &cm("c9", "1")).await.unwrap();
-    let rest = cms.list(&ListParams::default().limit(10).continue_token(first.metadata.continue_.as_deref().unwrap())).await.unwrap();
-    let names: Vec<String> = first.items.iter().chain(rest.items.iter()).map(|c| c.metadata.name.clone().unwrap()).collect();
+    let rest = cms
+        .list(&ListParams::default().limit(10).continue_token(first.metadata.continue_.as_deref().unwrap()))
+        .await
+        .unwrap();
+    let names: Vec<String> =
+        first.items.iter().chain(rest.items.iter()).map(|c| c.metadata.name.clone().unwrap()).collect();
     assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
     let sel = cms.list(&ListParams::default().fields("metadata.name=c3").labels("app=shop")).await.unwrap();
     assert_eq!(sel.items.len(), 1);
@@ -297,11 +339,18 @@ async fn impersonation_is_allowed_for_one_identity_and_forbidden_for_another() {
     let kc = kube::config::Kubeconfig::from_yaml(&sb.kubeconfig("t-alice")).unwrap();
     let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
     config.auth_info.impersonate = Some("admin".to_owned());
-    let err = api_err(Api::<ConfigMap>::namespaced(kube::Client::try_from(config).unwrap(), "shop").get("app-config").await.unwrap_err());
+    let err = api_err(
+        Api::<ConfigMap>::namespaced(kube::Client::try_from(config).unwrap(), "shop")
+            .get("app-config")
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code, 403);
     assert!(err.message.contains("cannot impersonate resource \"users\""), "{}", err.message);
     // A bad token is 401.
-    let err = api_err(Api::<ConfigMap>::namespaced(sb.client("nope").await.unwrap(), "shop").get("app-config").await.unwrap_err());
+    let err = api_err(
+        Api::<ConfigMap>::namespaced(sb.client("nope").await.unwrap(), "shop").get("app-config").await.unwrap_err(),
+    );
     assert_eq!(err.code, 401);
 }
 
@@ -309,25 +358,42 @@ async fn impersonation_is_allowed_for_one_identity_and_forbidden_for_another() {
 async fn review_apis_answer_from_the_rbac_table() {
     let (sb, admin) = sandbox().await;
     let post = |client: kube::Client, path: &'static str, body: Value| async move {
-        let req = http::Request::post(path).header("content-type", "application/json").body(serde_json::to_vec(&body).unwrap()).unwrap();
+        let req = http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap();
         client.request::<Value>(req).await.unwrap()
     };
-    let sar = |user: &str, ns: &str| json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-        "spec": {"user": user, "groups": ["oncall"], "resourceAttributes": {"verb": "list", "resource": "configmaps", "namespace": ns}}});
+    let sar = |user: &str, ns: &str| {
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": ["oncall"], "resourceAttributes": {"verb": "list", "resource": "configmaps", "namespace": ns}}})
+    };
     let allowed = post(admin.clone(), "/apis/authorization.k8s.io/v1/subjectaccessreviews", sar("alice", "shop")).await;
     assert_eq!(allowed["status"]["allowed"], true);
-    let denied = post(admin.clone(), "/apis/authorization.k8s.io/v1/subjectaccessreviews", sar("alice", "default")).await;
+    let denied =
+        post(admin.clone(), "/apis/authorization.k8s.io/v1/subjectaccessreviews", sar("alice", "default")).await;
     assert_eq!(denied["status"]["allowed"], false);
-    let tr = post(admin.clone(), "/apis/authentication.k8s.io/v1/tokenreviews",
-        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": "t-alice"}})).await;
+    let tr = post(
+        admin.clone(),
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": "t-alice"}}),
+    )
+    .await;
     assert_eq!(tr["status"]["authenticated"], true);
     assert_eq!(tr["status"]["user"]["username"], "alice");
-    let bad = post(admin.clone(), "/apis/authentication.k8s.io/v1/tokenreviews",
-        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": "forged"}})).await;
+    let bad = post(
+        admin.clone(),
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": "forged"}}),
+    )
+    .await;
     assert_eq!(bad["status"]["authenticated"], false);
     // SelfSubjectAccessReview through the typed API, as alice.
     let alice = sb.client("t-alice").await.unwrap();
-    let ssar: SelfSubjectAccessReview = serde_json::from_value(json!({"spec": {"resourceAttributes": {"verb": "get", "resource": "configmaps", "namespace": "shop"}}})).unwrap();
+    let ssar: SelfSubjectAccessReview = serde_json::from_value(
+        json!({"spec": {"resourceAttributes": {"verb": "get", "resource": "configmaps", "namespace": "shop"}}}),
+    )
+    .unwrap();
     let answer = Api::<SelfSubjectAccessReview>::all(alice).create(&PostParams::default(), &ssar).await.unwrap();
     assert!(answer.status.unwrap().allowed);
 }
@@ -335,7 +401,8 @@ async fn review_apis_answer_from_the_rbac_table() {
 #[tokio::test]
 async fn crds_register_at_run_time_and_their_schema_is_enforced() {
     let (_sb, client) = sandbox().await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
     let crd = serde_json::from_value(json!({"metadata": {"name": "widgets.example.com"}, "spec": {"group": "example.com", "scope": "Namespaced",
         "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
         "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
@@ -347,9 +414,15 @@ async fn crds_register_at_run_time_and_their_schema_is_enforced() {
     let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
     let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
     let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "shop", &ar);
-    let ok: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}})).unwrap();
+    let ok: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}),
+    )
+    .unwrap();
     widgets.create(&PostParams::default(), &ok).await.unwrap();
-    let bad: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}, "spec": {"size": 11}})).unwrap();
+    let bad: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}, "spec": {"size": 11}}),
+    )
+    .unwrap();
     let err = api_err(widgets.create(&PostParams::default(), &bad).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
     assert!(err.message.contains("spec.size"), "{}", err.message);
@@ -374,7 +447,11 @@ async fn a_template_change_rolls_out_a_new_replicaset_and_status_converges() {
             loop {
                 let d = deploys.get("checkout").await.unwrap();
                 let s = d.status.clone().unwrap_or_default();
-                if s.observed_generation == Some(generation) && s.updated_replicas == Some(2) && s.available_replicas == Some(2) && s.replicas == Some(2) {
+                if s.observed_generation == Some(generation)
+                    && s.updated_replicas == Some(2)
+                    && s.available_replicas == Some(2)
+                    && s.replicas == Some(2)
+                {
                     return d;
                 }
                 assert!(tokio::time::Instant::now() < deadline, "not converged: {s:?}");
@@ -389,13 +466,25 @@ async fn a_template_change_rolls_out_a_new_replicaset_and_status_converges() {
     let v2 = converged(2).await;
     assert_eq!(v2.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"], "2");
     let sets = rss.list(&ListParams::default().labels("app=checkout")).await.unwrap();
-    let mut replicas: Vec<(String, i32)> = sets.items.iter().map(|r| (r.metadata.annotations.clone().unwrap()["deployment.kubernetes.io/revision"].clone(), r.spec.replicas.unwrap())).collect();
+    let mut replicas: Vec<(String, i32)> = sets
+        .items
+        .iter()
+        .map(|r| {
+            (
+                r.metadata.annotations.clone().unwrap()["deployment.kubernetes.io/revision"].clone(),
+                r.spec.replicas.unwrap(),
+            )
+        })
+        .collect();
     replicas.sort();
     assert_eq!(replicas, [("1".to_owned(), 0), ("2".to_owned(), 2)]);
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "shop");
     let running = pods.list(&ListParams::default().labels("app=checkout")).await.unwrap();
     assert_eq!(running.items.len(), 2, "old pods are gone");
-    assert!(running.items.iter().all(|p| p.spec.as_ref().unwrap().containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0 == "128Mi"));
+    assert!(running.items.iter().all(|p| {
+        p.spec.as_ref().unwrap().containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0
+            == "128Mi"
+    }));
 }
 
 #[tokio::test]
@@ -405,19 +494,58 @@ async fn bad_input_gets_kubernetes_status_bodies() {
         http::Request::builder().method(method).uri(path).header("content-type", ctype).body(body).unwrap()
     };
     let status = |r: Result<String, kube::Error>| api_err(r.unwrap_err());
-    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/json", b"{not json".to_vec())).await);
+    let s = status(
+        client
+            .request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/json", b"{not json".to_vec()))
+            .await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (400, "BadRequest"));
-    let s = status(client.request_text(raw("GET", "/apis/example.com/v1/namespaces/shop/gadgets", "application/json", vec![])).await);
+    let s = status(
+        client
+            .request_text(raw("GET", "/apis/example.com/v1/namespaces/shop/gadgets", "application/json", vec![]))
+            .await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (404, "NotFound"));
-    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/vnd.kubernetes.protobuf", b"x".to_vec())).await);
+    let s = status(
+        client
+            .request_text(raw(
+                "POST",
+                "/api/v1/namespaces/shop/configmaps",
+                "application/vnd.kubernetes.protobuf",
+                b"x".to_vec(),
+            ))
+            .await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (415, "UnsupportedMediaType"));
-    let s = status(client.request_text(raw("PATCH", "/api/v1/namespaces/shop/configmaps/x", "text/plain", b"{}".to_vec())).await);
+    let s = status(
+        client.request_text(raw("PATCH", "/api/v1/namespaces/shop/configmaps/x", "text/plain", b"{}".to_vec())).await,
+    );
     assert_eq!(s.code, 415);
-    let huge = serde_json::to_vec(&json!({"metadata": {"name": "big"}, "data": {"v": "x".repeat(4 * 1024 * 1024)}})).unwrap();
-    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/json", huge)).await);
+    let huge =
+        serde_json::to_vec(&json!({"metadata": {"name": "big"}, "data": {"v": "x".repeat(4 * 1024 * 1024)}})).unwrap();
+    let s =
+        status(client.request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/json", huge)).await);
     assert_eq!((s.code, s.reason.as_str()), (413, "RequestEntityTooLarge"));
-    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/nowhere/configmaps", "application/json", serde_json::to_vec(&json!({"metadata": {"name": "a"}})).unwrap())).await);
+    let s = status(
+        client
+            .request_text(raw(
+                "POST",
+                "/api/v1/namespaces/nowhere/configmaps",
+                "application/json",
+                serde_json::to_vec(&json!({"metadata": {"name": "a"}})).unwrap(),
+            ))
+            .await,
+    );
     assert_eq!((s.code, s.message.as_str()), (404, "namespaces \"nowhere\" not found"));
-    let s = status(client.request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/json", serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a"}})).unwrap())).await);
+    let s = status(
+        client
+            .request_text(raw(
+                "POST",
+                "/api/v1/namespaces/shop/configmaps",
+                "application/json",
+                serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a"}})).unwrap(),
+            ))
+            .await,
+    );
     assert_eq!(s.code, 400);
 }

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::stages::{EffectKey, StageError, StageFuture, StageOutput};
 use crate::api::{ErrorCategory, Remediation};
 
+/// A finished effect and its outcome.
+pub type Finished = (EffectKey, Result<StageOutput, StageError>);
+
 struct Run {
     key: EffectKey,
     cancel: CancellationToken,
@@ -56,7 +59,7 @@ impl Runs {
 
     /// Running and finished effect of `uid`, read together: an effect that finishes between
     /// two separate reads would otherwise look like neither, i.e. orphaned, and be resumed.
-    pub fn state(&self, uid: &str) -> (Option<EffectKey>, Option<(EffectKey, Result<StageOutput, StageError>)>) {
+    pub fn state(&self, uid: &str) -> (Option<EffectKey>, Option<Finished>) {
         let map = self.lock();
         match map.get(uid) {
             Some(r) => match &r.result {

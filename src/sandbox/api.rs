@@ -217,13 +217,28 @@ fn check_namespace(tx: &Tx<'_>, w: &WriteCtx, creating: bool) -> Result<(), ApiE
 }
 
 /// Apply the rules every write obeys, then store or remove `new`.
-fn persist(tx: &mut Tx<'_>, w: &WriteCtx, old: Option<&Value>, mut new: Value, part: Part, apply: bool) -> Result<Outcome, ApiError> {
+fn persist(
+    tx: &mut Tx<'_>,
+    w: &WriteCtx,
+    old: Option<&Value>,
+    mut new: Value,
+    part: Part,
+    apply: bool,
+) -> Result<Outcome, ApiError> {
     let rt = &w.rt;
     let name = name_of(&new).to_owned();
     let mut warnings = Vec::new();
     match old {
         Some(old) => {
-            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+                "name",
+            ] {
                 match old.get("metadata").and_then(|m| m.get(k)) {
                     Some(v) => set_meta(&mut new, k, v.clone()),
                     None => del_meta(&mut new, k),
@@ -258,11 +273,17 @@ fn persist(tx: &mut Tx<'_>, w: &WriteCtx, old: Option<&Value>, mut new: Value, p
             if meta_str(old, "deletionTimestamp").is_some() {
                 let before = finalizers(old);
                 if let Some(f) = finalizers(&new).into_iter().find(|f| !before.contains(f)) {
-                    return Err(invalid(rt, &name, vec![Cause {
-                        reason: "FieldValueForbidden".into(),
-                        message: format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{f:?}}}"),
-                        field: "metadata.finalizers".into(),
-                    }]));
+                    return Err(invalid(
+                        rt,
+                        &name,
+                        vec![Cause {
+                            reason: "FieldValueForbidden".into(),
+                            message: format!(
+                                "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{f:?}}}"
+                            ),
+                            field: "metadata.finalizers".into(),
+                        }],
+                    ));
                 }
             }
         }
@@ -287,10 +308,16 @@ fn persist(tx: &mut Tx<'_>, w: &WriteCtx, old: Option<&Value>, mut new: Value, p
     }
     del_meta(&mut new, "selfLink");
     if !is_dns_subdomain(&name) {
-        return Err(invalid(rt, &name, vec![field_cause(
-            "metadata.name",
-            format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
-        )]));
+        return Err(invalid(
+            rt,
+            &name,
+            vec![field_cause(
+                "metadata.name",
+                format!(
+                    "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                ),
+            )],
+        ));
     }
     if let Some(schema) = &rt.schema {
         let admitted = admit(schema, &new, old);
@@ -300,13 +327,16 @@ fn persist(tx: &mut Tx<'_>, w: &WriteCtx, old: Option<&Value>, mut new: Value, p
         if !admitted.unknown.is_empty() {
             match w.validation {
                 FieldValidation::Strict => {
-                    let list = admitted.unknown.iter().map(|u| format!("unknown field {u:?}")).collect::<Vec<_>>().join(", ");
+                    let list =
+                        admitted.unknown.iter().map(|u| format!("unknown field {u:?}")).collect::<Vec<_>>().join(", ");
                     return Err(ApiError::bad_request(format!(
                         "{} in version {:?} cannot be handled as a {}: strict decoding error: {list}",
                         rt.kind, rt.version, rt.kind
                     )));
                 }
-                FieldValidation::Warn => warnings.extend(admitted.unknown.iter().map(|u| format!("unknown field {u:?}"))),
+                FieldValidation::Warn => {
+                    warnings.extend(admitted.unknown.iter().map(|u| format!("unknown field {u:?}")))
+                }
                 FieldValidation::Ignore => {}
             }
         }
@@ -343,8 +373,9 @@ fn defaults(rt: &ResourceType, obj: &mut Value, creating: bool) {
                 spec.entry("revisionHistoryLimit").or_insert(json!(10));
                 if rt.kind == "Deployment" {
                     spec.entry("progressDeadlineSeconds").or_insert(json!(600));
-                    spec.entry("strategy")
-                        .or_insert(json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+                    spec.entry("strategy").or_insert(
+                        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+                    );
                 }
             }
         }
@@ -367,9 +398,7 @@ fn defaults(rt: &ResourceType, obj: &mut Value, creating: bool) {
             }
             let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
             let t = now();
-            let cond = |ty: &str, reason: &str, msg: &str| {
-                json!({"type": ty, "status": "True", "reason": reason, "message": msg, "lastTransitionTime": t})
-            };
+            let cond = |ty: &str, reason: &str, msg: &str| json!({"type": ty, "status": "True", "reason": reason, "message": msg, "lastTransitionTime": t});
             let stored: Vec<Value> = obj
                 .pointer("/spec/versions")
                 .and_then(Value::as_array)
@@ -394,7 +423,11 @@ fn defaults(rt: &ResourceType, obj: &mut Value, creating: bool) {
 /// Strip a `fieldManager` to what the API server accepts.
 pub fn validate_manager(m: &str) -> Result<(), ApiError> {
     if m.len() > 128 {
-        return Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", vec![field_cause("fieldManager", "Too long: may not be more than 128 bytes")]));
+        return Err(ApiError::invalid(
+            "PatchOptions.meta.k8s.io",
+            "",
+            vec![field_cause("fieldManager", "Too long: may not be more than 128 bytes")],
+        ));
     }
     Ok(())
 }
@@ -429,7 +462,10 @@ impl Api {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(t)
                     .map_err(|_| ApiError::bad_request("continue key is not valid: illegal base64 data"))?;
-                Some(serde_json::from_slice::<Token>(&bytes).map_err(|_| ApiError::bad_request("continue key is not valid: malformed token"))?)
+                Some(
+                    serde_json::from_slice::<Token>(&bytes)
+                        .map_err(|_| ApiError::bad_request("continue key is not valid: malformed token"))?,
+                )
             }
             _ => None,
         };
@@ -467,7 +503,9 @@ impl Api {
             meta["continue"] = json!(base64::engine::general_purpose::STANDARD.encode(t));
             meta["remainingItemCount"] = json!(remaining);
         }
-        Ok(json!({"apiVersion": rt.api_version(), "kind": format!("{}List", rt.kind), "metadata": meta, "items": items}))
+        Ok(
+            json!({"apiVersion": rt.api_version(), "kind": format!("{}List", rt.kind), "metadata": meta, "items": items}),
+        )
     }
 
     pub fn create(&self, w: &WriteCtx, obj: Value) -> Result<Outcome, ApiError> {
@@ -475,16 +513,26 @@ impl Api {
         if meta_str(&obj, "name").is_none_or(str::is_empty) {
             match meta_str(&obj, "generateName").filter(|g| !g.is_empty()) {
                 Some(g) => {
-                    let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit()).take(5).collect();
+                    let suffix: String = uuid::Uuid::new_v4()
+                        .simple()
+                        .to_string()
+                        .chars()
+                        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                        .take(5)
+                        .collect();
                     let name = format!("{g}{suffix}");
                     set_meta(&mut obj, "name", json!(name));
                 }
                 None => {
-                    return Err(invalid(&w.rt, "", vec![Cause {
-                        reason: "FieldValueRequired".into(),
-                        message: "Required value: name or generateName is required".into(),
-                        field: "metadata.name".into(),
-                    }]));
+                    return Err(invalid(
+                        &w.rt,
+                        "",
+                        vec![Cause {
+                            reason: "FieldValueRequired".into(),
+                            message: "Required value: name or generateName is required".into(),
+                            field: "metadata.name".into(),
+                        }],
+                    ));
                 }
             }
         }
@@ -493,7 +541,9 @@ impl Api {
             && !body_ns.is_empty()
             && body_ns != w.namespace
         {
-            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         let name = name_of(&obj).to_owned();
         self.store.write(w.dry_run, |tx| {
@@ -531,18 +581,29 @@ impl Api {
     }
 
     /// PATCH on the object or its status. Apply patches create the object when missing.
-    pub fn patch(&self, w: &WriteCtx, name: &str, kind: PatchKind, body: &Value, part: Part) -> Result<(Outcome, bool), ApiError> {
+    pub fn patch(
+        &self,
+        w: &WriteCtx,
+        name: &str,
+        kind: PatchKind,
+        body: &Value,
+        part: Part,
+    ) -> Result<(Outcome, bool), ApiError> {
         if kind == PatchKind::Strategic && w.rt.is_custom() {
             return Err(ApiError::unsupported_media_type(
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
             ));
         }
         if matches!(kind, PatchKind::Apply { .. }) && w.manager.is_empty() {
-            return Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", vec![Cause {
-                reason: "FieldValueRequired".into(),
-                message: "Required value: is required for apply patch".into(),
-                field: "fieldManager".into(),
-            }]));
+            return Err(ApiError::invalid(
+                "PatchOptions.meta.k8s.io",
+                "",
+                vec![Cause {
+                    reason: "FieldValueRequired".into(),
+                    message: "Required value: is required for apply patch".into(),
+                    field: "fieldManager".into(),
+                }],
+            ));
         }
         let ns = if w.rt.namespaced { w.namespace.clone() } else { String::new() };
         self.store.write(w.dry_run, |tx| {
@@ -558,7 +619,8 @@ impl Api {
                             meta_str(&applied, "name").unwrap_or_default()
                         )));
                     }
-                    if applied.get("apiVersion").and_then(Value::as_str) != Some(&w.rt.api_version()) && w.rt.behaviour != Behaviour::EventsV1
+                    if applied.get("apiVersion").and_then(Value::as_str) != Some(&w.rt.api_version())
+                        && w.rt.behaviour != Behaviour::EventsV1
                         || applied.get("kind").and_then(Value::as_str) != Some(&w.rt.kind)
                     {
                         return Err(ApiError::bad_request(format!(
@@ -572,25 +634,32 @@ impl Api {
                     let writer = Writer { manager: &w.manager, api_version: &api_version, time: &time, part };
                     let mut applied = applied;
                     set_meta(&mut applied, "name", json!(name));
-                    let merged = ssa::apply(old.as_ref(), &applied, &writer, force, lists(&w.rt)).map_err(|conflicts| {
-                        ApiError::apply_conflicts(
-                            w.subject(name),
-                            conflicts
-                                .into_iter()
-                                .map(|c| Cause {
-                                    reason: "FieldManagerConflict".into(),
-                                    message: format!("conflict with {:?} using {}: {}", c.manager, c.api_version, c.field),
-                                    field: c.field,
-                                })
-                                .collect(),
-                        )
-                    })?;
+                    let merged =
+                        ssa::apply(old.as_ref(), &applied, &writer, force, lists(&w.rt)).map_err(|conflicts| {
+                            ApiError::apply_conflicts(
+                                w.subject(name),
+                                conflicts
+                                    .into_iter()
+                                    .map(|c| Cause {
+                                        reason: "FieldManagerConflict".into(),
+                                        message: format!(
+                                            "conflict with {:?} using {}: {}",
+                                            c.manager, c.api_version, c.field
+                                        ),
+                                        field: c.field,
+                                    })
+                                    .collect(),
+                            )
+                        })?;
                     (merged, true)
                 }
                 (_, None) => return Err(ApiError::not_found(w.subject(name))),
                 (PatchKind::Json, Some(cur)) => {
-                    let ops: json_patch::Patch = serde_json::from_value(body.clone())
-                        .map_err(|e| ApiError::bad_request(format!("the server rejected our request due to an error in our request: invalid JSON patch: {e}")))?;
+                    let ops: json_patch::Patch = serde_json::from_value(body.clone()).map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "the server rejected our request due to an error in our request: invalid JSON patch: {e}"
+                        ))
+                    })?;
                     let mut doc = cur.clone();
                     for op in ops.0 {
                         // As in kube-apiserver (evanphx/json-patch), `test` of a missing path
@@ -721,7 +790,8 @@ fn release_dependents(tx: &mut Tx<'_>, uid: &str) {
             let refs = o.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
             if refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)) {
                 let mut o = o;
-                let kept: Vec<Value> = refs.into_iter().filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid)).collect();
+                let kept: Vec<Value> =
+                    refs.into_iter().filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid)).collect();
                 set_meta(&mut o, "ownerReferences", Value::Array(kept));
                 tx.put(&storage, o);
             }
@@ -771,7 +841,8 @@ fn settle(tx: &mut Tx<'_>) -> Result<(), ApiError> {
             }
             if tx.list(&storage, None).is_empty() {
                 let mut c = crd.clone();
-                let rest: Vec<Value> = finalizers(&crd).into_iter().filter(|f| f != CRD_CLEANUP).map(Value::String).collect();
+                let rest: Vec<Value> =
+                    finalizers(&crd).into_iter().filter(|f| f != CRD_CLEANUP).map(Value::String).collect();
                 set_meta(&mut c, "finalizers", Value::Array(rest.clone()));
                 if rest.is_empty() {
                     tx.registry.unregister_crd(&c);
@@ -798,7 +869,8 @@ fn settle(tx: &mut Tx<'_>) -> Result<(), ApiError> {
                 for o in tx.list(s, None) {
                     let refs = o.pointer("/metadata/ownerReferences").and_then(Value::as_array);
                     let orphaned = refs.is_some_and(|r| {
-                        !r.is_empty() && r.iter().all(|r| r.get("uid").and_then(Value::as_str).is_none_or(|u| !uids.contains(u)))
+                        !r.is_empty()
+                            && r.iter().all(|r| r.get("uid").and_then(Value::as_str).is_none_or(|u| !uids.contains(u)))
                     });
                     if orphaned && meta_str(&o, "deletionTimestamp").is_none() {
                         delete_in(tx, &rt, &o, false)?;

@@ -34,7 +34,12 @@ fn builtin_list_type(path: &[&str]) -> ListType {
     match last {
         "finalizers" if path.len() <= 2 => ListType::Set,
         "ownerReferences" => map(&["uid"]),
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
         | "resourceClaims" => map(&["name"]),
         "hostAliases" => map(&["ip"]),
         "volumeMounts" => map(&["mountPath"]),
@@ -177,7 +182,9 @@ fn merge_value(original: Option<&Value>, patch: &Value, path: &mut Vec<String>) 
                     continue;
                 }
                 if k == "$retainKeys" {
-                    retain = Some(v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect());
+                    retain = Some(
+                        v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+                    );
                     continue;
                 }
                 if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
@@ -296,7 +303,10 @@ mod tests {
         assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
         let null_deletes = strategic_merge(&deploy(), &json!({"metadata": {"finalizers": null}})).unwrap();
         assert!(null_deletes["metadata"].get("finalizers").is_none());
-        assert!(strategic_merge(&deploy(), &json!({"spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}})).is_err());
+        assert!(
+            strategic_merge(&deploy(), &json!({"spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}}))
+                .is_err()
+        );
     }
 
     #[test]
@@ -311,7 +321,11 @@ mod tests {
         assert_eq!(list_type(l, &["spec", "tags"]), ListType::Set);
         assert_eq!(list_type(l, &["spec", "args"]), ListType::Atomic);
         assert_eq!(list_type(l, &["metadata", "finalizers"]), ListType::Set);
-        let merged = structural_merge(&json!({"spec": {"items": [{"id": 1, "v": 1}, {"id": 2}]}}), &json!({"spec": {"items": [{"id": 1, "v": 9}]}}), l);
+        let merged = structural_merge(
+            &json!({"spec": {"items": [{"id": 1, "v": 1}, {"id": 2}]}}),
+            &json!({"spec": {"items": [{"id": 1, "v": 9}]}}),
+            l,
+        );
         assert_eq!(merged["spec"]["items"], json!([{"id": 1, "v": 9}, {"id": 2}]));
     }
 }

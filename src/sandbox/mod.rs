@@ -96,7 +96,13 @@ impl Sandbox {
         let store = Arc::new(store::Store::new(config.log_capacity));
         let api = Arc::new(Api::new(store.clone()));
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            create(&api, "", "namespaces", "", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
+            create(
+                &api,
+                "",
+                "namespaces",
+                "",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            )?;
         }
         let state = Arc::new(server::State {
             api: Api::new(store),
@@ -111,7 +117,8 @@ impl Sandbox {
         let stop = CancellationToken::new();
         let shutdown = stop.clone();
         tokio::spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+            let served =
+                axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "sandbox server stopped");
             }
@@ -172,7 +179,13 @@ impl Sandbox {
 
 fn create(api: &Api, group: &str, plural: &str, ns: &str, obj: Value) -> anyhow::Result<()> {
     let rt = api.store.registry().find(group, "v1", plural).with_context(|| format!("{plural} is not served"))?;
-    let w = WriteCtx { rt, namespace: ns.into(), manager: "reflex-sandbox".into(), dry_run: false, validation: FieldValidation::Strict };
+    let w = WriteCtx {
+        rt,
+        namespace: ns.into(),
+        manager: "reflex-sandbox".into(),
+        dry_run: false,
+        validation: FieldValidation::Strict,
+    };
     match api.create(&w, obj) {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),

@@ -100,7 +100,11 @@ impl UserInfo {
         Self {
             username: format!("system:serviceaccount:{ns}:{name}"),
             uid: format!("sa-{ns}-{name}"),
-            groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ],
         }
     }
 
@@ -128,6 +132,10 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// A token the table does not know (401).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownToken;
+
 /// Why impersonation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denied(pub String);
@@ -148,20 +156,23 @@ impl Rule {
         if let Some(path) = &a.path {
             return path_matches(&self.non_resource_urls, path);
         }
-        let full = if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
+        let full =
+            if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
         let resource_ok = self.resources.iter().any(|r| {
             r == "*"
                 || *r == full
-                || (!a.subresource.is_empty() && (*r == format!("*/{}", a.subresource) || *r == format!("{}/*", a.resource)))
+                || (!a.subresource.is_empty()
+                    && (*r == format!("*/{}", a.subresource) || *r == format!("{}/*", a.resource)))
         });
         matches(&self.api_groups, &a.group)
             && resource_ok
-            && (self.resource_names.is_empty() || self.resource_names.iter().any(|n| *n == a.name))
+            && (self.resource_names.is_empty() || self.resource_names.contains(&a.name))
     }
 }
 
 /// Paths everyone may read (system:discovery, system:public-info-viewer).
-const OPEN_PATHS: &[&str] = &["/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/healthz", "/livez", "/readyz", "/openapi/*"];
+const OPEN_PATHS: &[&str] =
+    &["/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/healthz", "/livez", "/readyz", "/openapi/*"];
 
 impl Table {
     pub fn from_yaml(text: &str) -> Result<Self, String> {
@@ -188,7 +199,7 @@ impl Table {
 
     /// The identity behind a bearer token. `None` (no token) is anonymous; an unknown token
     /// is `Err` (401).
-    pub fn authenticate(&self, token: Option<&str>) -> Result<UserInfo, ()> {
+    pub fn authenticate(&self, token: Option<&str>) -> Result<UserInfo, UnknownToken> {
         let Some(token) = token else { return Ok(UserInfo::anonymous()) };
         if let Some(u) = self.users.iter().find(|u| u.token == token) {
             let mut groups = u.groups.clone();
@@ -198,14 +209,16 @@ impl Table {
         if let Some(sa) = self.service_accounts.iter().find(|s| s.token == token) {
             return Ok(UserInfo::service_account(&sa.namespace, &sa.name));
         }
-        Err(())
+        Err(UnknownToken)
     }
 
     fn subject_matches(s: &Subject, u: &UserInfo) -> bool {
         match s.kind {
             SubjectKind::User => s.name == u.username,
             SubjectKind::Group => u.groups.contains(&s.name),
-            SubjectKind::ServiceAccount => u.sa_parts() == Some((s.namespace.as_deref().unwrap_or_default(), s.name.as_str())),
+            SubjectKind::ServiceAccount => {
+                u.sa_parts() == Some((s.namespace.as_deref().unwrap_or_default(), s.name.as_str()))
+            }
         }
     }
 
@@ -221,7 +234,8 @@ impl Table {
             return Decision { allowed: true, reason: "discovery is public".into() };
         }
         let self_review = a.verb == "create"
-            && ((a.group == "authorization.k8s.io" && matches!(a.resource.as_str(), "selfsubjectaccessreviews" | "selfsubjectrulesreviews"))
+            && ((a.group == "authorization.k8s.io"
+                && matches!(a.resource.as_str(), "selfsubjectaccessreviews" | "selfsubjectrulesreviews"))
                 || (a.group == "authentication.k8s.io" && a.resource == "selfsubjectreviews"));
         if self_review && user.groups.iter().any(|g| g == "system:authenticated") {
             return Decision { allowed: true, reason: "self reviews are open to authenticated users".into() };
@@ -230,7 +244,7 @@ impl Table {
             if !g.subjects.iter().any(|s| Self::subject_matches(s, user)) {
                 continue;
             }
-            let scoped_ok = g.namespaces.is_empty() || (a.path.is_none() && g.namespaces.iter().any(|n| *n == a.namespace));
+            let scoped_ok = g.namespaces.is_empty() || (a.path.is_none() && g.namespaces.contains(&a.namespace));
             if scoped_ok && g.rules.iter().any(|r| r.allows(a)) {
                 return Decision { allowed: true, reason: format!("allowed by grant #{i} of the RBAC table") };
             }
@@ -260,13 +274,14 @@ impl Table {
                 Err(Denied(forbidden_message(&caller.username, &a)))
             }
         };
-        let mut out = if let Some((ns, name)) = target.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
-            check("serviceaccounts", ns, name)?;
-            UserInfo::service_account(ns, name)
-        } else {
-            check("users", "", target)?;
-            UserInfo { username: target.to_owned(), uid: String::new(), groups: vec![] }
-        };
+        let mut out =
+            if let Some((ns, name)) = target.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+                check("serviceaccounts", ns, name)?;
+                UserInfo::service_account(ns, name)
+            } else {
+                check("users", "", target)?;
+                UserInfo { username: target.to_owned(), uid: String::new(), groups: vec![] }
+            };
         for g in groups {
             check("groups", "", g)?;
             if !out.groups.contains(g) {
@@ -292,8 +307,15 @@ pub fn forbidden_message(username: &str, a: &Attributes) -> String {
         (false, true) => format!("{}.{}", a.resource, a.group),
         (false, false) => format!("{}.{} {:?}", a.resource, a.group, a.name),
     };
-    let scope = if a.namespace.is_empty() { "at the cluster scope".to_owned() } else { format!("in the namespace {:?}", a.namespace) };
-    format!("{what} is forbidden: User {username:?} cannot {} resource {res:?} in API group {:?} {scope}", a.verb, a.group)
+    let scope = if a.namespace.is_empty() {
+        "at the cluster scope".to_owned()
+    } else {
+        format!("in the namespace {:?}", a.namespace)
+    };
+    format!(
+        "{what} is forbidden: User {username:?} cannot {} resource {res:?} in API group {:?} {scope}",
+        a.verb, a.group
+    )
 }
 
 #[cfg(test)]
@@ -319,7 +341,13 @@ grants:
 "#;
 
     fn attrs(verb: &str, group: &str, resource: &str, ns: &str) -> Attributes {
-        Attributes { verb: verb.into(), group: group.into(), resource: resource.into(), namespace: ns.into(), ..Attributes::default() }
+        Attributes {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            namespace: ns.into(),
+            ..Attributes::default()
+        }
     }
 
     #[test]
@@ -359,7 +387,10 @@ grants:
         assert!(t.authorize(&as_alice, &attrs("get", "apps", "deployments", "shop")).allowed);
         let bob = t.authenticate(Some("t-bob")).unwrap();
         let err = t.impersonate(&bob, Some("alice"), &[]).unwrap_err();
-        assert_eq!(err.0, "users \"alice\" is forbidden: User \"bob\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope");
+        assert_eq!(
+            err.0,
+            "users \"alice\" is forbidden: User \"bob\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+        );
     }
 
     #[test]

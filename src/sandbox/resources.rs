@@ -79,7 +79,9 @@ impl ResourceType {
 
     /// Does `fieldSelector` support this path on this type?
     pub fn supports_field(&self, path: &str) -> bool {
-        path == "metadata.name" || (self.namespaced && path == "metadata.namespace") || self.field_paths.iter().any(|p| p == path)
+        path == "metadata.name"
+            || (self.namespaced && path == "metadata.namespace")
+            || self.field_paths.iter().any(|p| p == path)
     }
 }
 
@@ -124,9 +126,21 @@ const EVENT_FIELDS: &[&str] = &[
 fn builtins() -> Vec<Builtin> {
     use Behaviour::*;
     vec![
-        Builtin { behaviour: Namespace, fields: &["status.phase"], ..b("", "v1", "Namespace", "namespaces", false, true, &["ns"]) },
         Builtin {
-            fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP", "status.nominatedNodeName"],
+            behaviour: Namespace,
+            fields: &["status.phase"],
+            ..b("", "v1", "Namespace", "namespaces", false, true, &["ns"])
+        },
+        Builtin {
+            fields: &[
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "status.phase",
+                "status.podIP",
+                "status.nominatedNodeName",
+            ],
             ..b("", "v1", "Pod", "pods", true, true, &["po"])
         },
         b("", "v1", "ConfigMap", "configmaps", true, false, &["cm"]),
@@ -143,23 +157,81 @@ fn builtins() -> Vec<Builtin> {
         b("coordination.k8s.io", "v1", "Lease", "leases", true, false, &[]),
         Builtin {
             behaviour: EventsV1,
-            fields: &["regarding.kind", "regarding.namespace", "regarding.name", "regarding.uid", "reason", "reportingController", "type"],
+            fields: &[
+                "regarding.kind",
+                "regarding.namespace",
+                "regarding.name",
+                "regarding.uid",
+                "reason",
+                "reportingController",
+                "type",
+            ],
             ..b("events.k8s.io", "v1", "Event", "events", true, false, &["ev"])
         },
-        Builtin { behaviour: SubjectAccessReview, ..b("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", false, false, &[]) },
-        Builtin { behaviour: LocalSubjectAccessReview, ..b("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", true, false, &[]) },
-        Builtin { behaviour: SelfSubjectAccessReview, ..b("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", false, false, &[]) },
-        Builtin { behaviour: TokenReview, ..b("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", false, false, &[]) },
-        Builtin { behaviour: SelfSubjectReview, ..b("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", false, false, &[]) },
-        b("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", false, true, &[]),
-        b("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", false, false, &[]),
-        Builtin { behaviour: Crd, ..b("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, true, &["crd", "crds"]) },
+        Builtin {
+            behaviour: SubjectAccessReview,
+            ..b("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", false, false, &[])
+        },
+        Builtin {
+            behaviour: LocalSubjectAccessReview,
+            ..b("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", true, false, &[])
+        },
+        Builtin {
+            behaviour: SelfSubjectAccessReview,
+            ..b("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", false, false, &[])
+        },
+        Builtin {
+            behaviour: TokenReview,
+            ..b("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", false, false, &[])
+        },
+        Builtin {
+            behaviour: SelfSubjectReview,
+            ..b("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", false, false, &[])
+        },
+        b(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy",
+            "validatingadmissionpolicies",
+            false,
+            true,
+            &[],
+        ),
+        b(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+            false,
+            false,
+            &[],
+        ),
+        Builtin {
+            behaviour: Crd,
+            ..b(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+                "customresourcedefinitions",
+                false,
+                true,
+                &["crd", "crds"],
+            )
+        },
     ]
 }
 
 /// Types `kubectl get all` covers.
-const IN_ALL: &[&str] =
-    &["pods", "services", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs", "horizontalpodautoscalers"];
+const IN_ALL: &[&str] = &[
+    "pods",
+    "services",
+    "deployments",
+    "replicasets",
+    "statefulsets",
+    "daemonsets",
+    "jobs",
+    "horizontalpodautoscalers",
+];
 
 fn singular(kind: &str) -> String {
     kind.to_ascii_lowercase()
@@ -167,7 +239,11 @@ fn singular(kind: &str) -> String {
 
 /// Storage key shared by all versions of a resource (and by both Event APIs).
 fn storage_key(group: &str, plural: &str) -> String {
-    if group.is_empty() || group == "events.k8s.io" && plural == "events" { plural.to_owned() } else { format!("{plural}.{group}") }
+    if group.is_empty() || group == "events.k8s.io" && plural == "events" {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{group}")
+    }
 }
 
 /// Every type the server serves, built-ins first, then CRD-registered kinds.
@@ -370,7 +446,9 @@ impl Registry {
                 }),
             );
         }
-        Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (Reflex sandbox)", "version": "v1.34.0"}, "paths": paths, "components": {"schemas": {}}}))
+        Some(
+            json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (Reflex sandbox)", "version": "v1.34.0"}, "paths": paths, "components": {"schemas": {}}}),
+        )
     }
 }
 
@@ -390,21 +468,40 @@ pub fn crd_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, ApiError> {
     let plural = s("/spec/names/plural");
     let kind = s("/spec/names/kind");
     if group.is_empty() || !group.contains('.') {
-        return Err(invalid(name, "spec.group", format!("Invalid value: {group:?}: should be a domain with at least one dot")));
+        return Err(invalid(
+            name,
+            "spec.group",
+            format!("Invalid value: {group:?}: should be a domain with at least one dot"),
+        ));
     }
     if plural.is_empty() || kind.is_empty() {
         return Err(invalid(name, "spec.names", "Required value: plural and kind are required"));
     }
     if name != format!("{plural}.{group}") {
-        return Err(invalid(name, "metadata.name", format!("Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group")));
+        return Err(invalid(
+            name,
+            "metadata.name",
+            format!("Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"),
+        ));
     }
     let namespaced = match s("/spec/scope").as_str() {
         "Namespaced" => true,
         "Cluster" => false,
-        other => return Err(invalid(name, "spec.scope", format!("Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""))),
+        other => {
+            return Err(invalid(
+                name,
+                "spec.scope",
+                format!("Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""),
+            ));
+        }
     };
     let list = |p: &str| -> Vec<String> {
-        crd.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        crd.pointer(p)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
     };
     let singular_name = match s("/spec/names/singular") {
         x if x.is_empty() => kind.to_ascii_lowercase(),
@@ -412,10 +509,18 @@ pub fn crd_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, ApiError> {
     };
     let versions = crd.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default();
     if versions.is_empty() {
-        return Err(invalid(name, "spec.versions", "Invalid value: must have exactly one version marked as storage version"));
+        return Err(invalid(
+            name,
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version",
+        ));
     }
     if versions.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).count() != 1 {
-        return Err(invalid(name, "spec.versions", "Invalid value: must have exactly one version marked as storage version"));
+        return Err(invalid(
+            name,
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version",
+        ));
     }
     let mut out = Vec::new();
     for (i, v) in versions.iter().enumerate() {
@@ -426,7 +531,11 @@ pub fn crd_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, ApiError> {
             return Err(invalid(name, &format!("spec.versions[{i}].name"), "Required value"));
         };
         let Some(schema) = v.pointer("/schema/openAPIV3Schema").cloned() else {
-            return Err(invalid(name, &format!("spec.versions[{i}].schema.openAPIV3Schema"), "Required value: schemas are required"));
+            return Err(invalid(
+                name,
+                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                "Required value: schemas are required",
+            ));
         };
         out.push(Arc::new(ResourceType {
             group: group.clone(),
@@ -471,7 +580,8 @@ mod tests {
     fn discovery_lists_status_subresources() {
         let r = Registry::default();
         let apps = r.resource_list("apps", "v1").unwrap();
-        let names: Vec<&str> = apps["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            apps["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"deployments") && names.contains(&"deployments/status"));
         assert!(r.resource_list("apps", "v2").is_none());
         let groups = r.group_list();

@@ -69,7 +69,13 @@ fn walk(schema: &Value, value: &mut Value, path: &str, out: &mut Admitted) {
     let s = |k: &str| schema.get(k);
     if value.is_null() {
         if s("nullable").and_then(Value::as_bool) != Some(true) && !path.is_empty() {
-            out.invalid.push(cause(path, format!("Invalid value: \"null\": {path} in body must be of type {}: \"null\"", s("type").and_then(Value::as_str).unwrap_or("object"))));
+            out.invalid.push(cause(
+                path,
+                format!(
+                    "Invalid value: \"null\": {path} in body must be of type {}: \"null\"",
+                    s("type").and_then(Value::as_str).unwrap_or("object")
+                ),
+            ));
         }
         return;
     }
@@ -77,8 +83,11 @@ fn walk(schema: &Value, value: &mut Value, path: &str, out: &mut Admitted) {
     if let Some(want) = s("type").and_then(Value::as_str) {
         let got = type_name(value);
         let ok = got == want || (want == "number" && got == "integer");
-        if !ok && !(int_or_string && matches!(got, "integer" | "string")) {
-            out.invalid.push(cause(path, format!("Invalid value: \"{got}\": {path} in body must be of type {want}: \"{got}\"")));
+        if !(ok || int_or_string && matches!(got, "integer" | "string")) {
+            out.invalid.push(cause(
+                path,
+                format!("Invalid value: \"{got}\": {path} in body must be of type {want}: \"{got}\""),
+            ));
             return;
         }
     }
@@ -99,7 +108,10 @@ fn walk(schema: &Value, value: &mut Value, path: &str, out: &mut Admitted) {
             if let Some(min) = s("minLength").and_then(Value::as_u64)
                 && len < min
             {
-                out.invalid.push(cause(path, format!("Invalid value: {text:?}: {path} in body should be at least {min} chars long")));
+                out.invalid.push(cause(
+                    path,
+                    format!("Invalid value: {text:?}: {path} in body should be at least {min} chars long"),
+                ));
             }
             if let Some(p) = s("pattern").and_then(Value::as_str)
                 && regex::Regex::new(p).is_ok_and(|re| !re.is_match(text))
@@ -112,12 +124,18 @@ fn walk(schema: &Value, value: &mut Value, path: &str, out: &mut Admitted) {
             if let Some(min) = s("minimum").and_then(Value::as_f64)
                 && x < min
             {
-                out.invalid.push(cause(path, format!("Invalid value: {n}: {path} in body should be greater than or equal to {min}")));
+                out.invalid.push(cause(
+                    path,
+                    format!("Invalid value: {n}: {path} in body should be greater than or equal to {min}"),
+                ));
             }
             if let Some(max) = s("maximum").and_then(Value::as_f64)
                 && x > max
             {
-                out.invalid.push(cause(path, format!("Invalid value: {n}: {path} in body should be less than or equal to {max}")));
+                out.invalid.push(cause(
+                    path,
+                    format!("Invalid value: {n}: {path} in body should be less than or equal to {max}"),
+                ));
             }
         }
         Value::Array(items) => {
@@ -129,7 +147,10 @@ fn walk(schema: &Value, value: &mut Value, path: &str, out: &mut Admitted) {
             if let Some(min) = s("minItems").and_then(Value::as_u64)
                 && (items.len() as u64) < min
             {
-                out.invalid.push(cause(path, format!("Invalid value: {}: {path} in body should have at least {min} items", items.len())));
+                out.invalid.push(cause(
+                    path,
+                    format!("Invalid value: {}: {path} in body should have at least {min} items", items.len()),
+                ));
             }
             if let Some(item_schema) = s("items") {
                 for (i, item) in items.iter_mut().enumerate() {
@@ -167,7 +188,11 @@ fn walk_object(schema: &Value, map: &mut Map<String, Value>, path: &str, out: &m
     }
     for req in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
         if !map.contains_key(req) {
-            out.invalid.push(Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: join(path, req) });
+            out.invalid.push(Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value".into(),
+                field: join(path, req),
+            });
         }
     }
 }

@@ -79,7 +79,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Entry point for every request.
-pub async fn handle(state: axum::extract::State<Arc<State>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+pub async fn handle(
+    state: axum::extract::State<Arc<State>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let state = state.0;
     let result = serve(&state, &method, &uri, &headers, body).await;
     let resp = match result {
@@ -90,25 +96,40 @@ pub async fn handle(state: axum::extract::State<Arc<State>>, method: Method, uri
     resp
 }
 
-async fn serve(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn serve(
+    state: &Arc<State>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let query: Query = axum::extract::Query::<Query>::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
-    let caller = state.rbac.authenticate(bearer(headers)).map_err(|()| ApiError::unauthorized())?;
+    let caller = state.rbac.authenticate(bearer(headers)).map_err(|_| ApiError::unauthorized())?;
     let user = impersonated(state, &caller, headers)?;
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     // Non-resource endpoints.
-    let non_resource = match segs.as_slice() {
-        ["version"] | ["api"] | ["apis"] | ["healthz"] | ["livez"] | ["readyz"] | ["api", "v1"] | ["apis", _] | ["apis", _, _] => true,
-        ["openapi", ..] => true,
-        _ => false,
-    };
+    let non_resource = matches!(
+        segs.as_slice(),
+        ["version" | "api" | "apis" | "healthz" | "livez" | "readyz"]
+            | ["api", "v1"]
+            | ["apis", _]
+            | ["apis", _, _]
+            | ["openapi", ..]
+    );
     if non_resource {
-        let attrs = Attributes { verb: method.as_str().to_ascii_lowercase(), path: Some(path.to_owned()), ..Attributes::default() };
+        let attrs = Attributes {
+            verb: method.as_str().to_ascii_lowercase(),
+            path: Some(path.to_owned()),
+            ..Attributes::default()
+        };
         if !state.rbac.authorize(&user, &attrs).allowed {
             return Err(ApiError::forbidden(forbidden_message(&user.username, &attrs)));
         }
         if method != Method::GET {
-            return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method})")));
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method})"
+            )));
         }
         let registry = state.api.store.registry();
         let doc = match segs.as_slice() {
@@ -137,10 +158,16 @@ async fn serve(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderM
         ("PATCH", false) => "patch",
         ("DELETE", false) => "delete",
         ("DELETE", true) => "deletecollection",
-        _ => return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method})"))),
+        _ => {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method})"
+            )));
+        }
     };
     if target.rt.is_review() && verb != "create" {
-        return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource".to_owned()));
+        return Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource".to_owned(),
+        ));
     }
     let attrs = Attributes {
         verb: verb.into(),
@@ -201,7 +228,9 @@ fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::not_acceptable(format!("only the following media types are accepted: application/json, application/yaml (asked for {accept})")))
+        Err(ApiError::not_acceptable(format!(
+            "only the following media types are accepted: application/json, application/yaml (asked for {accept})"
+        )))
     }
 }
 
@@ -234,7 +263,9 @@ fn parse_target(state: &State, segs: &[&str]) -> Result<Target, ApiError> {
     };
     let registry = state.api.store.registry();
     let (namespace, rest) = match rest {
-        ["namespaces", ns, r, tail @ ..] if !(group.is_empty() && *r == "status" && tail.is_empty()) => (*ns, std::iter::once(*r).chain(tail.iter().copied()).collect::<Vec<_>>()),
+        ["namespaces", ns, r, tail @ ..] if !(group.is_empty() && *r == "status" && tail.is_empty()) => {
+            (*ns, std::iter::once(*r).chain(tail.iter().copied()).collect::<Vec<_>>())
+        }
         other => ("", other.to_vec()),
     };
     let (plural, name, sub) = match rest.as_slice() {
@@ -244,7 +275,7 @@ fn parse_target(state: &State, segs: &[&str]) -> Result<Target, ApiError> {
         _ => return Err(ApiError::not_found_path()),
     };
     let rt = registry.find(group, version, plural).ok_or_else(ApiError::not_found_path)?;
-    if !sub.is_empty() && !(sub == "status" && rt.status) {
+    if !(sub.is_empty() || sub == "status" && rt.status) {
         return Err(ApiError::not_found_path());
     }
     if !rt.namespaced && !namespace.is_empty() {
@@ -254,19 +285,25 @@ fn parse_target(state: &State, segs: &[&str]) -> Result<Target, ApiError> {
 }
 
 fn list_options(rt: &ResourceType, q: &Query) -> Result<ListOptions, ApiError> {
-    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(ApiError::bad_request)?;
-    let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str)).map_err(ApiError::bad_request)?;
+    let labels =
+        LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(ApiError::bad_request)?;
+    let fields =
+        FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str)).map_err(ApiError::bad_request)?;
     if let Some(bad) = fields.paths().find(|p| !rt.supports_field(p)) {
         return Err(ApiError::bad_request(format!("field label not supported: {bad}")));
     }
     let limit = match q.get("limit") {
-        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit: {l:?} is not a number")))?),
+        Some(l) => {
+            Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit: {l:?} is not a number")))?)
+        }
         None => None,
     };
     let exact = match (q.get("resourceVersion"), q.get("resourceVersionMatch").map(String::as_str)) {
         (Some(rv), Some("Exact")) => Some(parse_rv(rv)?),
         (None, Some(m)) if !m.is_empty() => {
-            return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
         }
         _ => None,
     };
@@ -274,7 +311,8 @@ fn list_options(rt: &ResourceType, q: &Query) -> Result<ListOptions, ApiError> {
 }
 
 fn parse_rv(rv: &str) -> Result<u64, ApiError> {
-    rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}: must be a number")))
+    rv.parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}: must be a number")))
 }
 
 fn parse_body(bytes: &Bytes, content_type: &str) -> Result<Value, ApiError> {
@@ -304,9 +342,14 @@ async fn write(
     let dry_run = match q.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+            )));
+        }
     };
-    let validation = FieldValidation::parse(q.get("fieldValidation").map(String::as_str)).map_err(ApiError::bad_request)?;
+    let validation =
+        FieldValidation::parse(q.get("fieldValidation").map(String::as_str)).map_err(ApiError::bad_request)?;
     let manager = q.get("fieldManager").cloned().unwrap_or_else(|| {
         if verb == "patch" && media == "application/apply-patch+yaml" {
             String::new()
@@ -359,11 +402,15 @@ async fn write(
                 }
             };
             if q.contains_key("force") && !matches!(kind, PatchKind::Apply { .. }) {
-                return Err(ApiError::invalid("PatchOptions.meta.k8s.io", "", vec![super::status::Cause {
-                    reason: "FieldValueForbidden".into(),
-                    message: "Forbidden: may not be specified for non-apply patch".into(),
-                    field: "force".into(),
-                }]));
+                return Err(ApiError::invalid(
+                    "PatchOptions.meta.k8s.io",
+                    "",
+                    vec![super::status::Cause {
+                        reason: "FieldValueForbidden".into(),
+                        message: "Forbidden: may not be specified for non-apply patch".into(),
+                        field: "force".into(),
+                    }],
+                ));
             }
             let body = parse_body(bytes, if matches!(kind, PatchKind::Apply { .. }) { "yaml" } else { "json" })?;
             let (out, created) = state.api.patch(&w, &target.name, kind, &body, part)?;
@@ -371,14 +418,20 @@ async fn write(
         }
         "delete" | "deletecollection" => {
             let body = if bytes.is_empty() { json!({}) } else { parse_body(bytes, "json")? };
-            let policy = q.get("propagationPolicy").cloned().or_else(|| body.get("propagationPolicy").and_then(Value::as_str).map(str::to_owned));
+            let policy = q
+                .get("propagationPolicy")
+                .cloned()
+                .or_else(|| body.get("propagationPolicy").and_then(Value::as_str).map(str::to_owned));
             let orphan = policy.as_deref() == Some("Orphan") || body.get("orphanDependents") == Some(&json!(true));
             if let Some(p) = &policy
                 && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
             {
-                return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\"")));
+                return Err(ApiError::bad_request(format!(
+                    "propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+                )));
             }
-            let dry = dry_run || body.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
+            let dry =
+                dry_run || body.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
             let w = WriteCtx { dry_run: dry, ..w };
             if verb == "deletecollection" {
                 let opts = list_options(&target.rt, q)?;
@@ -386,7 +439,10 @@ async fn write(
             }
             let opts = DeleteOptions {
                 uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
-                resource_version: body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned),
+                resource_version: body
+                    .pointer("/preconditions/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 orphan,
             };
             Ok(respond(200, &state.api.delete(&w, &target.name, &opts)?))
@@ -416,7 +472,11 @@ fn review(state: &State, user: &UserInfo, target: &Target, mut body: Value) -> R
     let attributes = |body: &Value| -> Attributes {
         let s = |p: &str| body.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
         match body.pointer("/spec/nonResourceAttributes") {
-            Some(_) => Attributes { verb: s("/spec/nonResourceAttributes/verb"), path: Some(s("/spec/nonResourceAttributes/path")), ..Attributes::default() },
+            Some(_) => Attributes {
+                verb: s("/spec/nonResourceAttributes/verb"),
+                path: Some(s("/spec/nonResourceAttributes/path")),
+                ..Attributes::default()
+            },
             None => Attributes {
                 verb: s("/spec/resourceAttributes/verb"),
                 group: s("/spec/resourceAttributes/group"),
@@ -432,29 +492,45 @@ fn review(state: &State, user: &UserInfo, target: &Target, mut body: Value) -> R
         Behaviour::TokenReview => {
             let token = s("/spec/token");
             match state.rbac.authenticate(Some(&token)) {
-                Ok(u) if !token.is_empty() => json!({"authenticated": true, "user": {"username": u.username, "uid": u.uid, "groups": u.groups}, "audiences": body.pointer("/spec/audiences").cloned().unwrap_or(json!([]))}),
+                Ok(u) if !token.is_empty() => {
+                    json!({"authenticated": true, "user": {"username": u.username, "uid": u.uid, "groups": u.groups}, "audiences": body.pointer("/spec/audiences").cloned().unwrap_or(json!([]))})
+                }
                 _ => json!({"authenticated": false, "error": "invalid bearer token"}),
             }
         }
-        Behaviour::SelfSubjectReview => json!({"userInfo": {"username": user.username, "uid": user.uid, "groups": user.groups}}),
+        Behaviour::SelfSubjectReview => {
+            json!({"userInfo": {"username": user.username, "uid": user.uid, "groups": user.groups}})
+        }
         Behaviour::SelfSubjectAccessReview => decision(state, user, &attributes(&body)),
         Behaviour::SubjectAccessReview | Behaviour::LocalSubjectAccessReview => {
             let subject = UserInfo {
                 username: s("/spec/user"),
                 uid: s("/spec/uid"),
-                groups: body.pointer("/spec/groups").and_then(Value::as_array).into_iter().flatten().filter_map(|g| g.as_str().map(str::to_owned)).collect(),
+                groups: body
+                    .pointer("/spec/groups")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|g| g.as_str().map(str::to_owned))
+                    .collect(),
             };
             if subject.username.is_empty() && subject.groups.is_empty() {
-                return Err(ApiError::invalid(&format!("{}.{}", rt.kind, rt.group), "", vec![super::status::Cause {
-                    reason: "FieldValueRequired".into(),
-                    message: "Required value: at least one of user or group must be specified".into(),
-                    field: "spec.user".into(),
-                }]));
+                return Err(ApiError::invalid(
+                    &format!("{}.{}", rt.kind, rt.group),
+                    "",
+                    vec![super::status::Cause {
+                        reason: "FieldValueRequired".into(),
+                        message: "Required value: at least one of user or group must be specified".into(),
+                        field: "spec.user".into(),
+                    }],
+                ));
             }
             let mut a = attributes(&body);
             if rt.behaviour == Behaviour::LocalSubjectAccessReview {
                 if !a.namespace.is_empty() && a.namespace != target.namespace {
-                    return Err(ApiError::bad_request("spec.resourceAttributes.namespace must match metadata.namespace"));
+                    return Err(ApiError::bad_request(
+                        "spec.resourceAttributes.namespace must match metadata.namespace",
+                    ));
                 }
                 a.namespace = target.namespace.clone();
             }
@@ -484,11 +560,15 @@ fn watch_stream(state: Arc<State>, target: Target, q: &Query, as_table: bool) ->
     let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
     let rv = q.get("resourceVersion").filter(|r| !r.is_empty()).cloned();
     if initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
-        return Err(ApiError::invalid("ListOptions.meta.k8s.io", "", vec![super::status::Cause {
-            reason: "FieldValueForbidden".into(),
-            message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
-            field: "resourceVersionMatch".into(),
-        }]));
+        return Err(ApiError::invalid(
+            "ListOptions.meta.k8s.io",
+            "",
+            vec![super::status::Cause {
+                reason: "FieldValueForbidden".into(),
+                message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+                field: "resourceVersionMatch".into(),
+            }],
+        ));
     }
     let from = match rv.as_deref() {
         Some("0") | None => None,

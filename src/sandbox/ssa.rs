@@ -218,10 +218,8 @@ fn parse_token(tok: &str) -> Option<Pe> {
 pub fn from_fields_v1(v: &Value) -> FieldSet {
     fn go(node: &Value, path: &mut Path, out: &mut FieldSet) {
         let Some(m) = node.as_object() else { return };
-        if m.is_empty() || m.contains_key(".") {
-            if !path.is_empty() {
-                out.insert(path.clone());
-            }
+        if (m.is_empty() || m.contains_key(".")) && !path.is_empty() {
+            out.insert(path.clone());
         }
         for (tok, child) in m {
             if let Some(pe) = parse_token(tok) {
@@ -257,7 +255,11 @@ pub fn read_entries(obj: &Value) -> Vec<Entry> {
             apply: e.get("operation").and_then(Value::as_str) == Some("Apply"),
             api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned(),
             time: e.get("time").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            part: if e.get("subresource").and_then(Value::as_str) == Some("status") { Part::Status } else { Part::Main },
+            part: if e.get("subresource").and_then(Value::as_str) == Some("status") {
+                Part::Status
+            } else {
+                Part::Main
+            },
             fields: e.get("fieldsV1").map(from_fields_v1).unwrap_or_default(),
         })
         .collect()
@@ -336,7 +338,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Writer<'_>, lists
     let gone: FieldSet = before.difference(&after).cloned().collect();
     for e in entries.iter_mut().filter(|e| e.part == w.part) {
         e.fields.retain(|p| !gone.contains(p));
-        if !(e.manager == w.manager && !e.apply) {
+        if e.manager != w.manager || e.apply {
             e.fields.retain(|p| !changed.contains(p) || matches!(p.last(), Some(Pe::Key(_))));
         }
     }
@@ -366,12 +368,7 @@ pub fn display_path(path: &[Pe]) -> String {
             }
             Pe::Key(k) => {
                 let v: Value = serde_json::from_str(k).unwrap_or(Value::Null);
-                let parts: Vec<String> = v
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
+                let parts: Vec<String> = v.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
                 s.push_str(&format!("[{}]", parts.join(",")));
             }
             Pe::Val(v) => s.push_str(&format!("[{v}]")),
@@ -382,7 +379,13 @@ pub fn display_path(path: &[Pe]) -> String {
 
 /// Server-side apply `applied` over `live` (None creates). Returns the new object with its
 /// managedFields, or the conflicts when `force` is false.
-pub fn apply(live: Option<&Value>, applied: &Value, w: &Writer<'_>, force: bool, lists: Lists<'_>) -> Result<Value, Vec<Conflict>> {
+pub fn apply(
+    live: Option<&Value>,
+    applied: &Value,
+    w: &Writer<'_>,
+    force: bool,
+    lists: Lists<'_>,
+) -> Result<Value, Vec<Conflict>> {
     let base = live.cloned().unwrap_or_else(|| json!({}));
     let mut entries = read_entries(&base);
     let wanted = fields_of(applied, w.part, lists);
@@ -397,7 +400,11 @@ pub fn apply(live: Option<&Value>, applied: &Value, w: &Writer<'_>, force: bool,
                 continue;
             }
             if value_at(&base, p) != value_at(applied, p) {
-                conflicts.push(Conflict { manager: e.manager.clone(), api_version: e.api_version.clone(), field: display_path(p) });
+                conflicts.push(Conflict {
+                    manager: e.manager.clone(),
+                    api_version: e.api_version.clone(),
+                    field: display_path(p),
+                });
                 contested.entry(i).or_default().push(p.clone());
             }
         }
@@ -410,18 +417,27 @@ pub fn apply(live: Option<&Value>, applied: &Value, w: &Writer<'_>, force: bool,
             entries[i].fields.remove(&p);
         }
     }
-    let previous =
-        entries.iter().find(|e| e.manager == w.manager && e.apply && e.part == w.part).map(|e| e.fields.clone()).unwrap_or_default();
+    let previous = entries
+        .iter()
+        .find(|e| e.manager == w.manager && e.apply && e.part == w.part)
+        .map(|e| e.fields.clone())
+        .unwrap_or_default();
     let mut obj = base;
     // Fields this manager applied before and no longer wants go, unless someone else owns them.
     let mut dropped: Vec<&Path> = previous
         .difference(&wanted)
-        .filter(|p| !entries.iter().any(|e| !(e.manager == w.manager && e.apply) && e.part == w.part && e.fields.iter().any(|q| q.starts_with(p))))
+        .filter(|p| {
+            !entries.iter().any(|e| {
+                !(e.manager == w.manager && e.apply) && e.part == w.part && e.fields.iter().any(|q| q.starts_with(p))
+            })
+        })
         .collect();
     dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
     let owned_elsewhere = |p: &[Pe]| {
         wanted.iter().any(|q| q.starts_with(p))
-            || entries.iter().any(|e| e.part == w.part && !(e.manager == w.manager && e.apply) && e.fields.iter().any(|q| q.starts_with(p)))
+            || entries.iter().any(|e| {
+                e.part == w.part && !(e.manager == w.manager && e.apply) && e.fields.iter().any(|q| q.starts_with(p))
+            })
     };
     for p in dropped {
         remove_at(&mut obj, p);
@@ -485,7 +501,8 @@ mod tests {
         let reflex = owners.iter().find(|e| e.manager == "reflex").unwrap();
         assert!(reflex.apply);
         let creator = owners.iter().find(|e| e.manager == "kubectl-create").unwrap();
-        let mem_path = fields_of(&intent, Part::Main, L).into_iter().find(|p| display_path(p).ends_with("memory")).unwrap();
+        let mem_path =
+            fields_of(&intent, Part::Main, L).into_iter().find(|p| display_path(p).ends_with("memory")).unwrap();
         assert!(!creator.fields.contains(&mem_path), "force moved ownership");
         // Same value: shared ownership, no conflict.
         let same = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 1}});

@@ -44,7 +44,7 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub subject: Option<Subject>,
+    pub subject: Option<Box<Subject>>,
     pub causes: Vec<Cause>,
     pub retry_after_seconds: Option<u32>,
 }
@@ -63,7 +63,7 @@ impl ApiError {
     }
 
     fn about(mut self, subject: Subject) -> Self {
-        self.subject = Some(subject);
+        self.subject = Some(Box::new(subject));
         self
     }
 
@@ -112,7 +112,8 @@ impl ApiError {
             format!("{kind_group} {name:?} is invalid: [{}]", list.join(", "))
         };
         let mut e = Self::new(422, "Invalid", message);
-        e.subject = Some(Subject { group: String::new(), resource: kind_group.to_owned(), name: name.to_owned() });
+        e.subject =
+            Some(Box::new(Subject { group: String::new(), resource: kind_group.to_owned(), name: name.to_owned() }));
         e.causes = causes;
         e
     }
@@ -175,8 +176,11 @@ impl ApiError {
             details.insert("kind".into(), json!(s.resource));
         }
         if !self.causes.is_empty() {
-            let causes: Vec<Value> =
-                self.causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect();
+            let causes: Vec<Value> = self
+                .causes
+                .iter()
+                .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                .collect();
             details.insert("causes".into(), Value::Array(causes));
         }
         if let Some(secs) = self.retry_after_seconds {

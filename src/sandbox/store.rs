@@ -74,6 +74,10 @@ struct Inner {
     compacted: u64,
 }
 
+/// A started watch: logged changes after the requested version, the live feed, and the
+/// version the live feed starts after.
+pub type Watch = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64);
+
 /// The in-memory store.
 pub struct Store {
     inner: Mutex<Inner>,
@@ -291,7 +295,7 @@ impl Store {
     /// Start watching a storage: changes after `from` (all of them still logged), then live
     /// ones. With `from = None` the caller lists first; the returned version is where the
     /// live stream starts.
-    pub fn watch(&self, from: Option<u64>) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64), ApiError> {
+    pub fn watch(&self, from: Option<u64>) -> Result<Watch, ApiError> {
         let inner = self.lock();
         let rx = self.changes.subscribe();
         let backlog = match from {

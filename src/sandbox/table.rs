@@ -68,7 +68,9 @@ type Columns = (Vec<Value>, Box<dyn Fn(&Value) -> Vec<Value>>);
 
 fn columns(rt: &ResourceType, now: jiff::Timestamp) -> Columns {
     let name = |o: &Value| json!(o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default());
-    let created = move |o: &Value| json!(age(o.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default(), now));
+    let created = move |o: &Value| {
+        json!(age(o.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default(), now))
+    };
     if rt.is_custom() {
         let mut defs = vec![col("Name", "string", 0)];
         let specs = rt.printer_columns.clone();
@@ -103,10 +105,21 @@ fn columns(rt: &ResourceType, now: jiff::Timestamp) -> Columns {
     }
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("apps", "Deployment") => (
-            vec![col("Name", "string", 0), col("Ready", "string", 0), col("Up-to-date", "string", 0), col("Available", "string", 0), col("Age", "string", 0), col("Containers", "string", 1), col("Images", "string", 1)],
+            vec![
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Up-to-date", "string", 0),
+                col("Available", "string", 0),
+                col("Age", "string", 0),
+                col("Containers", "string", 1),
+                col("Images", "string", 1),
+            ],
             Box::new(move |o| {
-                let containers = o.pointer("/spec/template/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
-                let field = |k: &str| containers.iter().filter_map(|c| c.get(k).and_then(Value::as_str)).collect::<Vec<_>>().join(",");
+                let containers =
+                    o.pointer("/spec/template/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+                let field = |k: &str| {
+                    containers.iter().filter_map(|c| c.get(k).and_then(Value::as_str)).collect::<Vec<_>>().join(",")
+                };
                 vec![
                     name(o),
                     json!(format!("{}/{}", int(o, "/status/readyReplicas"), int(o, "/spec/replicas"))),
@@ -119,19 +132,45 @@ fn columns(rt: &ResourceType, now: jiff::Timestamp) -> Columns {
             }),
         ),
         ("apps", "ReplicaSet") => (
-            vec![col("Name", "string", 0), col("Desired", "integer", 0), col("Current", "integer", 0), col("Ready", "integer", 0), col("Age", "string", 0)],
-            Box::new(move |o| vec![name(o), json!(int(o, "/spec/replicas")), json!(int(o, "/status/replicas")), json!(int(o, "/status/readyReplicas")), created(o)]),
+            vec![
+                col("Name", "string", 0),
+                col("Desired", "integer", 0),
+                col("Current", "integer", 0),
+                col("Ready", "integer", 0),
+                col("Age", "string", 0),
+            ],
+            Box::new(move |o| {
+                vec![
+                    name(o),
+                    json!(int(o, "/spec/replicas")),
+                    json!(int(o, "/status/replicas")),
+                    json!(int(o, "/status/readyReplicas")),
+                    created(o),
+                ]
+            }),
         ),
         ("", "Pod") => (
-            vec![col("Name", "string", 0), col("Ready", "string", 0), col("Status", "string", 0), col("Restarts", "string", 0), col("Age", "string", 0)],
+            vec![
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Status", "string", 0),
+                col("Restarts", "string", 0),
+                col("Age", "string", 0),
+            ],
             Box::new(move |o| {
-                let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+                let statuses =
+                    o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
                 let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
                 let ready = statuses.iter().filter(|s| s.get("ready") == Some(&json!(true))).count();
-                let restarts: i64 = statuses.iter().map(|s| s.get("restartCount").and_then(Value::as_i64).unwrap_or(0)).sum();
+                let restarts: i64 =
+                    statuses.iter().map(|s| s.get("restartCount").and_then(Value::as_i64).unwrap_or(0)).sum();
                 let waiting = statuses.iter().find_map(|s| s.pointer("/state/waiting/reason").and_then(Value::as_str));
                 let phase = o.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
-                let status = if o.pointer("/metadata/deletionTimestamp").is_some() { "Terminating" } else { waiting.unwrap_or(phase) };
+                let status = if o.pointer("/metadata/deletionTimestamp").is_some() {
+                    "Terminating"
+                } else {
+                    waiting.unwrap_or(phase)
+                };
                 vec![name(o), json!(format!("{ready}/{total}")), json!(status), json!(restarts.to_string()), created(o)]
             }),
         ),
@@ -140,7 +179,13 @@ fn columns(rt: &ResourceType, now: jiff::Timestamp) -> Columns {
             Box::new(move |o| vec![name(o), text(o.pointer("/status/phase")), created(o)]),
         ),
         ("", "Event") => (
-            vec![col("Last Seen", "string", 0), col("Type", "string", 0), col("Reason", "string", 0), col("Object", "string", 0), col("Message", "string", 0)],
+            vec![
+                col("Last Seen", "string", 0),
+                col("Type", "string", 0),
+                col("Reason", "string", 0),
+                col("Object", "string", 0),
+                col("Message", "string", 0),
+            ],
             Box::new(move |o| {
                 let seen = ["/lastTimestamp", "/eventTime", "/metadata/creationTimestamp"]
                     .iter()
@@ -151,7 +196,13 @@ fn columns(rt: &ResourceType, now: jiff::Timestamp) -> Columns {
                     o.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase(),
                     o.pointer("/involvedObject/name").and_then(Value::as_str).unwrap_or_default()
                 );
-                vec![json!(age(seen, now)), text(o.get("type")), text(o.get("reason")), json!(obj), text(o.get("message"))]
+                vec![
+                    json!(age(seen, now)),
+                    text(o.get("type")),
+                    text(o.get("reason")),
+                    json!(obj),
+                    text(o.get("message")),
+                ]
             }),
         ),
         _ => (vec![col("Name", "string", 0), col("Age", "string", 0)], Box::new(move |o| vec![name(o), created(o)])),
@@ -163,19 +214,16 @@ fn row_object(o: &Value, include: &str) -> Value {
     match include {
         "None" => Value::Null,
         "Object" => o.clone(),
-        _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}),
+        _ => {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+        }
     }
 }
 
 /// A Table for `objects`; `list_meta` is the list's metadata (resourceVersion, continue).
 pub fn table(rt: &ResourceType, objects: &[Value], list_meta: Value, include: &str) -> Value {
     let (defs, row) = columns(rt, jiff::Timestamp::now());
-    let rows: Vec<Value> = objects
-        .iter()
-        .map(|o| {
-            json!({"cells": row(o), "object": row_object(o, include)})
-        })
-        .collect();
+    let rows: Vec<Value> = objects.iter().map(|o| json!({"cells": row(o), "object": row_object(o, include)})).collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": defs, "rows": rows})
 }
 

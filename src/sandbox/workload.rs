@@ -30,7 +30,13 @@ const HASH: &str = "pod-template-hash";
 
 fn ctx(api: &Api, plural: &str, group: &str, ns: &str) -> Option<WriteCtx> {
     let rt = api.store.registry().find(group, "v1", plural)?;
-    Some(WriteCtx { rt, namespace: ns.to_owned(), manager: MANAGER.into(), dry_run: false, validation: FieldValidation::Ignore })
+    Some(WriteCtx {
+        rt,
+        namespace: ns.to_owned(),
+        manager: MANAGER.into(),
+        dry_run: false,
+        validation: FieldValidation::Ignore,
+    })
 }
 
 fn list(api: &Api, group: &str, plural: &str, ns: &str) -> Vec<Value> {
@@ -79,9 +85,9 @@ fn int(o: &Value, p: &str) -> i64 {
 }
 
 fn is_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True"))))
+    pod.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|c| {
+        c.iter().any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True")))
+    })
 }
 
 /// Write `new` as a status update if its status differs from `old`'s.
@@ -110,7 +116,8 @@ pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result
         let all_rs = list(api, "apps", "replicasets", ns);
         let mine = owned_by(&all_rs, uid(&d));
         let max_rev = mine.iter().map(|r| revision(r)).max().unwrap_or(0);
-        let current = mine.iter().find(|r| r.pointer(&format!("/metadata/labels/{HASH}")).and_then(Value::as_str) == Some(&hash));
+        let current =
+            mine.iter().find(|r| r.pointer(&format!("/metadata/labels/{HASH}")).and_then(Value::as_str) == Some(&hash));
         let new_rev = match current {
             Some(rs) if revision(rs) == max_rev => max_rev,
             _ => max_rev + 1,
@@ -138,21 +145,26 @@ pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result
                 let mut rs = (*rs).clone();
                 rs["spec"]["replicas"] = json!(replicas);
                 rs["metadata"]["annotations"][REVISION] = json!(new_rev.to_string());
-                api.update(&rw, &name_of(&rs).to_owned(), rs, Part::Main)?;
+                let name = name_of(&rs).to_owned();
+                api.update(&rw, &name, rs, Part::Main)?;
             }
             Some(_) => {}
         }
-        for old in mine.iter().filter(|r| r.pointer(&format!("/metadata/labels/{HASH}")).and_then(Value::as_str) != Some(&hash)) {
+        for old in mine
+            .iter()
+            .filter(|r| r.pointer(&format!("/metadata/labels/{HASH}")).and_then(Value::as_str) != Some(&hash))
+        {
             if int(old, "/spec/replicas") != 0 {
                 let mut o = (*old).clone();
                 o["spec"]["replicas"] = json!(0);
-                api.update(&rw, &name_of(&o).to_owned(), o, Part::Main)?;
+                let name = name_of(&o).to_owned();
+                api.update(&rw, &name, o, Part::Main)?;
             }
         }
         if revision(&d) != new_rev {
             let mut nd = d.clone();
             nd["metadata"]["annotations"][REVISION] = json!(new_rev.to_string());
-            api.update(&dw, &name_of(&d).to_owned(), nd, Part::Main)?;
+            api.update(&dw, name_of(&d), nd, Part::Main)?;
         }
     }
     // ReplicaSets own Pods.
@@ -163,7 +175,9 @@ pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result
         }
         let want = int(&rs, "/spec/replicas").max(0) as usize;
         let mut pods = owned_by(&all_pods, uid(&rs));
-        pods.sort_by_key(|p| p.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_owned());
+        pods.sort_by_key(|p| {
+            p.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_owned()
+        });
         for i in pods.len()..want {
             let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
             let suffix = template_hash(&json!([uid(&rs), i, now(), uuid::Uuid::new_v4().to_string()]));
@@ -188,7 +202,11 @@ pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result
         if is_ready(&pod) || pod.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
         }
-        let created = pod.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or(now_ts);
+        let created = pod
+            .pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .unwrap_or(now_ts);
         let waited = Duration::from_secs((now_ts.as_second() - created.as_second()).max(0) as u64);
         if waited < ready_after {
             let left = ready_after - waited;
@@ -231,18 +249,31 @@ pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result
         let complete = updated == want && available >= want && sum("/status/replicas") == want;
         let old = d.get("status").cloned().unwrap_or(json!({}));
         let keep_time = |ty: &str, status: &str, reason: &str| {
-            let prev = old.get("conditions").and_then(Value::as_array).and_then(|c| c.iter().find(|c| c.get("type") == Some(&json!(ty))).cloned());
-            let same = prev.as_ref().is_some_and(|p| p.get("status") == Some(&json!(status)) && p.get("reason") == Some(&json!(reason)));
-            let t = if same { prev.and_then(|p| p.get("lastTransitionTime").cloned()).unwrap_or(json!(now())) } else { json!(now()) };
+            let prev = old
+                .get("conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| c.iter().find(|c| c.get("type") == Some(&json!(ty))).cloned());
+            let same = prev
+                .as_ref()
+                .is_some_and(|p| p.get("status") == Some(&json!(status)) && p.get("reason") == Some(&json!(reason)));
+            let t = if same {
+                prev.and_then(|p| p.get("lastTransitionTime").cloned()).unwrap_or(json!(now()))
+            } else {
+                json!(now())
+            };
             json!({"type": ty, "status": status, "reason": reason, "lastTransitionTime": t, "lastUpdateTime": t,
-                "message": match reason {
-                    "NewReplicaSetAvailable" => format!("ReplicaSet \"{}-{hash}\" has successfully progressed.", name_of(&d)),
-                    "ReplicaSetUpdated" => format!("ReplicaSet \"{}-{hash}\" is progressing.", name_of(&d)),
-                    "MinimumReplicasAvailable" => "Deployment has minimum availability.".to_owned(),
-                    _ => "Deployment does not have minimum availability.".to_owned(),
-                }})
+            "message": match reason {
+                "NewReplicaSetAvailable" => format!("ReplicaSet \"{}-{hash}\" has successfully progressed.", name_of(&d)),
+                "ReplicaSetUpdated" => format!("ReplicaSet \"{}-{hash}\" is progressing.", name_of(&d)),
+                "MinimumReplicasAvailable" => "Deployment has minimum availability.".to_owned(),
+                _ => "Deployment does not have minimum availability.".to_owned(),
+            }})
         };
-        let (avail_status, avail_reason) = if available >= want { ("True", "MinimumReplicasAvailable") } else { ("False", "MinimumReplicasUnavailable") };
+        let (avail_status, avail_reason) = if available >= want {
+            ("True", "MinimumReplicasAvailable")
+        } else {
+            ("False", "MinimumReplicasUnavailable")
+        };
         let progress_reason = if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" };
         let status = json!({
             "observedGeneration": int(&d, "/metadata/generation"),

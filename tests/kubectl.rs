@@ -1,0 +1,155 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! kubectl against the sandbox: registering Reflex's CRDs with `kubectl apply -f crds/`, then
+//! get/describe/apply/patch/delete on remediations and deployments, as a user would.
+//! `make test` installs kubectl when the machine lacks one; set KUBECTL to use another.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+
+struct Kubectl {
+    bin: String,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        use std::io::Write;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {} ({e}); `make test` installs kubectl, or set KUBECTL", self.bin));
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Run and require success; returns the output.
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out) = self.run(args, None);
+        assert!(ok, "kubectl {args:?} failed:\n{out}");
+        out
+    }
+
+    fn apply(&self, manifest: &str) -> String {
+        let (ok, out) = self.run(&["apply", "-f", "-"], Some(manifest));
+        assert!(ok, "kubectl apply failed:\n{out}\n{manifest}");
+        out
+    }
+}
+
+const REMEDIATION: &str = r#"
+apiVersion: reflex.dev/v1alpha1
+kind: Remediation
+metadata:
+  name: checkout-oom
+  labels: {team: shop, tier: web}
+spec:
+  policyRef: {name: checkout-oom}
+  target: {apiVersion: apps/v1, kind: Deployment, name: checkout}
+  alert: {name: KubeContainerOOMKilled, fingerprint: f00d, labels: {deployment: checkout}, startsAt: "2026-01-01T00:00:00Z"}
+"#;
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: checkout
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: checkout}}
+  template:
+    metadata: {labels: {app: checkout}}
+    spec:
+      containers:
+      - name: app
+        image: shop/checkout:1.0
+        resources: {limits: {memory: 64Mi}}
+      - name: proxy
+        image: envoy:1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_manages_reflex_crds_remediations_and_deployments() {
+    reflex::install_crypto_provider();
+    let sandbox = Sandbox::start(Config::default()).await.unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "reflex-kubectl-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_nanosecond()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    sandbox.write_kubeconfig(&kubeconfig, ADMIN_TOKEN).unwrap();
+    let k = Kubectl { bin: std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()), kubeconfig };
+    let crds_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+
+    // kubectl blocks on I/O; keep it off the runtime's worker threads.
+    tokio::task::spawn_blocking(move || {
+        let out = k.ok(&["apply", "-f", crds_dir]);
+        assert_eq!(out.matches("created").count(), 4, "{out}");
+        let crds = k.ok(&["get", "crds", "-o", "name"]);
+        assert!(crds.contains("customresourcedefinition.apiextensions.k8s.io/remediations.reflex.dev"), "{crds}");
+        let resources = k.ok(&["api-resources", "--api-group=reflex.dev"]);
+        assert!(resources.contains("remediations") && resources.contains("rem,rems"), "{resources}");
+
+        // Remediations: apply, get (printer columns), describe, patch, 3-way apply, delete.
+        assert!(k.apply(REMEDIATION).contains("remediation.reflex.dev/checkout-oom created"));
+        let table = k.ok(&["get", "remediations"]);
+        assert!(table.contains("PHASE") && table.contains("TARGET") && table.contains("checkout-oom"), "{table}");
+        let wide = k.ok(&["get", "rem", "-o", "wide"]);
+        assert!(wide.contains("KubeContainerOOMKilled") && wide.contains("Deployment"), "{wide}");
+        let described = k.ok(&["describe", "remediation", "checkout-oom"]);
+        assert!(described.contains("Policy Ref") && described.contains("f00d"), "{described}");
+        assert!(k.ok(&["patch", "rem", "checkout-oom", "--type=merge", "-p", r#"{"spec":{"cancel":true}}"#]).contains("patched"));
+        let cancel = k.ok(&["get", "rem", "checkout-oom", "-o", "jsonpath={.spec.cancel}"]);
+        assert_eq!(cancel.trim(), "true");
+        // The CRD's CEL rule: cancel is one-way.
+        let (ok, out) = k.run(&["patch", "rem", "checkout-oom", "--type=merge", "-p", r#"{"spec":{"cancel":false}}"#], None);
+        assert!(!ok && out.contains("cancel cannot be undone"), "{out}");
+        // Strategic merge is refused for custom resources, as on a real cluster.
+        let (ok, out) = k.run(&["patch", "rem", "checkout-oom", "-p", r#"{"metadata":{"labels":{"x":"y"}}}"#], None);
+        assert!(!ok && out.contains("strategic-merge-patch"), "{out}");
+        // Re-applying without a label removes it (three-way merge through last-applied).
+        let relabelled = REMEDIATION.replace("labels: {team: shop, tier: web}", "labels: {team: shop}");
+        assert!(k.apply(&relabelled).contains("configured"));
+        let labels = k.ok(&["get", "rem", "checkout-oom", "-o", "jsonpath={.metadata.labels}"]);
+        assert!(labels.contains("team") && !labels.contains("tier"), "{labels}");
+        assert!(k.ok(&["delete", "rem", "checkout-oom"]).contains("deleted"));
+        let (ok, out) = k.run(&["get", "rem", "checkout-oom"], None);
+        assert!(!ok && out.contains("NotFound"), "{out}");
+
+        // Deployments: apply, rollout, strategic patch, describe, delete.
+        assert!(k.apply(DEPLOYMENT).contains("deployment.apps/checkout created"));
+        k.ok(&["rollout", "status", "deployment/checkout", "--timeout=20s"]);
+        let got = k.ok(&["get", "deploy", "checkout"]);
+        assert!(got.contains("2/2"), "{got}");
+        let patch = r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","resources":{"limits":{"memory":"128Mi"}}}]}}}}"#;
+        assert!(k.ok(&["patch", "deployment", "checkout", "-p", patch]).contains("patched"));
+        k.ok(&["rollout", "status", "deployment/checkout", "--timeout=20s"]);
+        let images = k.ok(&["get", "deploy", "checkout", "-o", "jsonpath={.spec.template.spec.containers[*].name}"]);
+        assert_eq!(images.trim(), "app proxy", "strategic merge kept the other container");
+        let described = k.ok(&["describe", "deployment", "checkout"]);
+        assert!(described.contains("memory:") && described.contains("128Mi") && described.contains("NewReplicaSetAvailable"), "{described}");
+        let history = k.ok(&["rollout", "history", "deployment/checkout"]);
+        assert!(history.contains('1') && history.contains('2'), "{history}");
+        // `kubectl auth can-i` posts a protobuf body, which the sandbox answers with 415 (it
+        // speaks JSON and YAML only); the review API itself is covered in tests/sandbox_api.rs.
+        let (ok, out) = k.run(&["auth", "can-i", "delete", "deployments"], None);
+        assert!(!ok && out.contains("UnsupportedMediaType"), "{out}");
+        assert!(k.ok(&["delete", "deployment", "checkout"]).contains("deleted"));
+        let left = k.ok(&["get", "rs,pods", "-l", "app=checkout", "-o", "name"]);
+        assert!(left.trim().is_empty(), "owned ReplicaSets and Pods are garbage-collected: {left}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .unwrap();
+}
