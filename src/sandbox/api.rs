@@ -445,7 +445,6 @@ impl Api {
         let ns = if rt.namespaced { ns } else { "" };
         self.store
             .get(&rt.storage, ns, name)
-            .filter(|o| rt.behaviour != Behaviour::EventsV1 || o.get("apiVersion").is_some())
             .map(|o| to_api(rt, o))
             .ok_or_else(|| ApiError::not_found(Subject::new(&rt.group, &rt.plural, name)))
     }
@@ -884,4 +883,96 @@ fn settle(tx: &mut Tx<'_>) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::resources::Registry;
+
+    fn ctx(api: &Api, group: &str, plural: &str, ns: &str) -> WriteCtx {
+        let rt = api.store.registry().find(group, "v1", plural).unwrap();
+        WriteCtx {
+            rt,
+            namespace: ns.into(),
+            manager: "test".into(),
+            dry_run: false,
+            validation: FieldValidation::Strict,
+        }
+    }
+
+    fn api_with_namespace(ns: &str) -> Api {
+        let api = Api::new(Arc::new(Store::new(1000)));
+        let w = ctx(&api, "", "namespaces", "");
+        api.create(&w, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).unwrap();
+        api
+    }
+
+    #[test]
+    fn namespace_deletion_waits_for_finalizers_then_removes_everything() {
+        let api = api_with_namespace("shop");
+        let cms = ctx(&api, "", "configmaps", "shop");
+        api.create(&cms, json!({"metadata": {"name": "plain"}})).unwrap();
+        api.create(&cms, json!({"metadata": {"name": "held", "finalizers": ["x/y"]}})).unwrap();
+        let nss = ctx(&api, "", "namespaces", "");
+        let terminating = api.delete(&nss, "shop", &DeleteOptions::default()).unwrap();
+        assert_eq!(terminating["status"]["phase"], "Terminating");
+        assert_eq!(api.get(&cms.rt, "shop", "plain").unwrap_err().code, 404);
+        let held = api.get(&cms.rt, "shop", "held").unwrap();
+        assert!(held.pointer("/metadata/deletionTimestamp").is_some());
+        let err = api.create(&cms, json!({"metadata": {"name": "late"}})).unwrap_err();
+        assert_eq!(err.code, 403);
+        assert!(err.message.contains("because it is being terminated"));
+        api.patch(&cms, "held", PatchKind::Merge, &json!({"metadata": {"finalizers": null}}), Part::Main).unwrap();
+        assert_eq!(api.get(&cms.rt, "shop", "held").unwrap_err().code, 404);
+        assert_eq!(api.get(&nss.rt, "", "shop").unwrap_err().code, 404, "the emptied namespace goes");
+    }
+
+    #[test]
+    fn garbage_collection_follows_owners_unless_orphaned() {
+        let api = api_with_namespace("shop");
+        let cms = ctx(&api, "", "configmaps", "shop");
+        let owner = api.create(&cms, json!({"metadata": {"name": "owner"}})).unwrap().object;
+        let uid = owner["metadata"]["uid"].clone();
+        let dependent = |name: &str| json!({"metadata": {"name": name, "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}});
+        api.create(&cms, dependent("child")).unwrap();
+        api.delete(&cms, "owner", &DeleteOptions::default()).unwrap();
+        assert_eq!(api.get(&cms.rt, "shop", "child").unwrap_err().code, 404);
+
+        let owner = api.create(&cms, json!({"metadata": {"name": "owner"}})).unwrap().object;
+        let uid = owner["metadata"]["uid"].clone();
+        api.create(&cms, json!({"metadata": {"name": "kept", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}})).unwrap();
+        api.delete(&cms, "owner", &DeleteOptions { orphan: true, ..Default::default() }).unwrap();
+        let kept = api.get(&cms.rt, "shop", "kept").unwrap();
+        assert_eq!(kept["metadata"]["ownerReferences"], json!([]));
+    }
+
+    #[test]
+    fn events_written_as_events_k8s_io_read_back_as_core_events() {
+        let api = api_with_namespace("shop");
+        let registry: Registry = api.store.registry();
+        let v1 = registry.find("events.k8s.io", "v1", "events").unwrap();
+        let w = WriteCtx {
+            rt: v1.clone(),
+            namespace: "shop".into(),
+            manager: "t".into(),
+            dry_run: false,
+            validation: FieldValidation::Ignore,
+        };
+        api.create(
+            &w,
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e1"},
+            "regarding": {"kind": "Remediation", "name": "r1"}, "note": "Pending -> Diagnosing", "reason": "Diagnosing",
+            "reportingController": "reflex", "type": "Normal"}),
+        )
+        .unwrap();
+        let core = registry.find("", "v1", "events").unwrap();
+        let e = api.get(&core, "shop", "e1").unwrap();
+        assert_eq!((e["apiVersion"].as_str(), e["involvedObject"]["name"].as_str()), (Some("v1"), Some("r1")));
+        assert_eq!(e["message"], "Pending -> Diagnosing");
+        assert_eq!(e["reportingComponent"], "reflex");
+        let back = api.get(&v1, "shop", "e1").unwrap();
+        assert_eq!(back["note"], "Pending -> Diagnosing");
+        assert_eq!(back["apiVersion"], "events.k8s.io/v1");
+    }
 }
