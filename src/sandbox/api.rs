@@ -807,18 +807,18 @@ fn settle(tx: &mut Tx<'_>) -> Result<(), ApiError> {
         // Namespaces being deleted: delete their content, then the namespace.
         for ns in tx.list("namespaces", None).into_iter().filter(|n| meta_str(n, "deletionTimestamp").is_some()) {
             let ns_name = name_of(&ns).to_owned();
-            let mut left = 0;
-            for storage in tx.storages().into_iter().filter(|s| s != "namespaces") {
-                let Some(rt) = registry.by_storage(&storage) else { continue };
-                for o in tx.list(&storage, Some(&ns_name)) {
-                    left += 1;
+            let contents: Vec<String> = tx.storages().into_iter().filter(|s| s != "namespaces").collect();
+            for storage in &contents {
+                let Some(rt) = registry.by_storage(storage) else { continue };
+                for o in tx.list(storage, Some(&ns_name)) {
                     if meta_str(&o, "deletionTimestamp").is_none() {
                         delete_in(tx, &rt, &o, false)?;
                         changed = true;
                     }
                 }
             }
-            if left == 0 || tx.storages().iter().all(|s| s == "namespaces" || tx.list(s, Some(&ns_name)).is_empty()) {
+            // Gone once nothing is left in it (objects with finalizers keep it terminating).
+            if contents.iter().all(|s| tx.list(s, Some(&ns_name)).is_empty()) {
                 tx.remove("namespaces", "", &ns_name);
                 changed = true;
             }

@@ -239,7 +239,7 @@ fn singular(kind: &str) -> String {
 
 /// Storage key shared by all versions of a resource (and by both Event APIs).
 fn storage_key(group: &str, plural: &str) -> String {
-    if group.is_empty() || group == "events.k8s.io" && plural == "events" {
+    if group.is_empty() || (group == "events.k8s.io" && plural == "events") {
         plural.to_owned()
     } else {
         format!("{plural}.{group}")

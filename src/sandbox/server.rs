@@ -392,7 +392,7 @@ async fn write(
                 "application/json-patch+json" => PatchKind::Json,
                 "application/merge-patch+json" => PatchKind::Merge,
                 "application/strategic-merge-patch+json" => PatchKind::Strategic,
-                "application/apply-patch+yaml" | "application/apply-patch+cbor" if media.ends_with("yaml") => {
+                "application/apply-patch+yaml" => {
                     PatchKind::Apply { force: q.get("force").is_some_and(|f| f == "true") }
                 }
                 _ => {
@@ -647,7 +647,6 @@ fn watch_stream(state: Arc<State>, target: Target, q: &Query, as_table: bool) ->
                 (_, true, false) => "DELETED",
                 (_, false, false) => return None,
             };
-            let kind = if c.kind == ChangeKind::Added && now { "ADDED" } else { kind };
             Some(render(kind, c.object.clone()))
         };
         for c in backlog {
