@@ -18,3 +18,6 @@ pub trait Propose: Send + Sync {
     /// Produces a proposal for the remediation in `input`.
     fn propose(&self, input: StageInput) -> StageFuture<Proposal>;
 }
+
+pub mod expr;
+pub mod playbook;

@@ -4,6 +4,7 @@
 //! Contract: pure. [`TestedPatch`] can only be built from a proposal together with a
 //! passing CI result for the same digest, so nothing untested can reach deploy.
 
+pub mod merge;
 pub mod quantity;
 
 use sha2::{Digest, Sha256};

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::merge::{Lists, strategic_merge};
 use super::resources::{Behaviour, ResourceType};
 use super::schema::{FieldValidation, admit};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -22,6 +21,7 @@ use super::ssa::{self, Part, Writer};
 use super::status::{ApiError, Cause, Subject, success};
 use super::store::{Store, Tx, name_of, ns_of};
 use crate::intake::template::is_dns_subdomain;
+use crate::patch::merge::{Lists, strategic_merge};
 
 pub const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
 

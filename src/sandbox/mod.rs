@@ -5,12 +5,11 @@
 //! server-side apply), watch, the status subresource, dry-run, RBAC and the workload model on
 //! a loopback port, and writes a kubeconfig that `kube::Client` and `kubectl` use unchanged.
 //! Layout: [`status`] (errors), [`resources`] (types, discovery), [`store`] (versions, log),
-//! [`api`] (object semantics), [`merge`]/[`ssa`] (patching, field ownership), [`schema`] (CRD
+//! [`api`] (object semantics), [`ssa`] (field ownership; list semantics and strategic merge live in `crate::patch::merge`), [`schema`] (CRD
 //! admission), [`selectors`], [`rbac`], [`table`] (server-side printing), [`workload`]
 //! (Deployment → ReplicaSet → Pod), [`server`] (HTTP).
 
 pub mod api;
-pub mod merge;
 pub mod rbac;
 pub mod resources;
 pub mod schema;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::merge::{ListType, Lists, list_type, same_key, structural_merge};
+use crate::patch::merge::{ListType, Lists, list_type, same_key, structural_merge};
 
 /// One step in a field path.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -12,3 +12,6 @@ pub trait Verify: Send + Sync {
     /// Samples and judges for the remediation in `input`.
     fn verify(&self, input: StageInput) -> StageFuture<Verification>;
 }
+
+pub mod judge;
+pub mod metrics;

@@ -1,0 +1,414 @@
+//! The playbook executor's pure core: render a playbook's bounded patch from what was read.
+//!
+//! Contract: placeholders (`{{ target.name }}`, `{{ labels.X }}`, `{{ params.X }}`) are
+//! substituted *after* the template is parsed as YAML, so no value can change the patch's
+//! structure. Each parameter's expression is evaluated ([`super::expr`]) and bounded: clamped
+//! to `[min, max]` and to `maxFactor` times the value it replaces in the target (read with
+//! the same merge keys the patch uses); every clamp is reported. Every leaf the patch sets
+//! must be under one of the playbook's `allowedPaths` (list items as `[*]`; merge keys such as
+//! `name` identify items and are not changes).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::expr::{ExprError, eval};
+use crate::api::playbook::ParameterType;
+use crate::api::validate::{ValidParameter, ValidPlaybook};
+use crate::patch::merge::{ListType, Lists, list_type, same_key};
+
+/// What the patch is rendered against.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// `target.kind`, `target.name`, `target.namespace`.
+    pub target: BTreeMap<String, String>,
+    /// The alert's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Each read step's result, by name.
+    pub reads: BTreeMap<String, Value>,
+    /// The target object as read (for maxFactor and the snapshot).
+    pub object: Value,
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RenderError {
+    #[error("playbook has no template (mode agent needs the agent stage)")]
+    NoTemplate,
+    #[error("template is not valid YAML: {0}")]
+    Yaml(String),
+    #[error("{0}")]
+    Expr(#[from] ExprError),
+    #[error("template uses {0:?}, which is not defined")]
+    Unknown(String),
+    #[error("parameter {name}: {message}")]
+    Parameter { name: String, message: String },
+    #[error("the patch sets {0}, which the playbook's allowedPaths do not allow")]
+    NotAllowed(String),
+}
+
+/// A rendered patch, the parameter values used, and notes on every bound applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    pub patch: Value,
+    pub params: BTreeMap<String, String>,
+    pub notes: Vec<String>,
+}
+
+const MARK: &str = "__reflex_placeholder_";
+
+/// Replace `{{ x.y }}` with markers so values are substituted after parsing.
+fn mark(template: &str) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}") else { break };
+        out.push_str(&rest[..start]);
+        let name = rest[start + 2..start + end].trim().to_owned();
+        out.push_str(&format!("{MARK}{}__", names.len()));
+        names.push(name);
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    (out, names)
+}
+
+/// Substitute `{{ name }}` in plain text (read arguments, parameter expressions).
+pub fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, RenderError> {
+    let (marked, names) = mark(text);
+    let mut out = marked;
+    for (i, name) in names.iter().enumerate() {
+        let value = lookup(name).ok_or_else(|| RenderError::Unknown(name.clone()))?;
+        out = out.replace(&format!("{MARK}{i}__"), &value);
+    }
+    Ok(out)
+}
+
+fn fill(v: &mut Value, names: &[String], values: &dyn Fn(&str) -> Option<String>) -> Result<(), RenderError> {
+    match v {
+        Value::String(s) if s.contains(MARK) => {
+            let whole = names.iter().enumerate().find(|(i, _)| *s == format!("{MARK}{i}__"));
+            let mut out = s.clone();
+            for (i, name) in names.iter().enumerate() {
+                let token = format!("{MARK}{i}__");
+                if out.contains(&token) {
+                    let value = values(name).ok_or_else(|| RenderError::Unknown(name.clone()))?;
+                    out = out.replace(&token, &value);
+                }
+            }
+            *v = match whole {
+                // A whole-value integer parameter stays a number.
+                Some(_) if out.parse::<i64>().is_ok() && !out.starts_with('0') => {
+                    json!(out.parse::<i64>().unwrap_or_default())
+                }
+                _ => Value::String(out),
+            };
+            Ok(())
+        }
+        Value::Array(items) => items.iter_mut().try_for_each(|i| fill(i, names, values)),
+        Value::Object(m) => m.values_mut().try_for_each(|i| fill(i, names, values)),
+        _ => Ok(()),
+    }
+}
+
+/// `192Mi`, `1Gi`, `500m`, `2`: the shortest exact-enough Kubernetes quantity, rounding up.
+pub fn format_quantity(value: f64) -> String {
+    const UNITS: [(&str, f64); 4] = [("Ti", 1099511627776.0), ("Gi", 1073741824.0), ("Mi", 1048576.0), ("Ki", 1024.0)];
+    if value >= 1024.0 {
+        for (suffix, size) in UNITS {
+            if value >= size && (value / size).fract() == 0.0 {
+                return format!("{}{suffix}", (value / size) as u64);
+            }
+        }
+        return format!("{}Mi", (value / 1048576.0).ceil() as u64);
+    }
+    if value.fract() == 0.0 { format!("{}", value as u64) } else { format!("{}m", (value * 1000.0).ceil() as u64) }
+}
+
+fn format_param(p: &ValidParameter, value: f64) -> String {
+    match p.type_ {
+        ParameterType::Quantity => format_quantity(value),
+        ParameterType::Integer => format!("{}", value.round() as i64),
+        ParameterType::Number | ParameterType::String => format!("{value}"),
+    }
+}
+
+/// Every leaf the patch sets, with list items as `[*]` and their merge keys left out, and
+/// the concrete path (field names) used to find the current value.
+fn leaves(
+    v: &Value,
+    path: &mut Vec<String>,
+    display: String,
+    out: &mut Vec<(String, Vec<(String, Option<Value>)>)>,
+    trail: &mut Vec<(String, Option<Value>)>,
+) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                path.push(k.clone());
+                trail.push((k.clone(), None));
+                let shown = if display.is_empty() { k.clone() } else { format!("{display}.{k}") };
+                leaves(child, path, shown, out, trail);
+                trail.pop();
+                path.pop();
+            }
+        }
+        Value::Array(items) => {
+            let segs: Vec<&str> = path.iter().map(String::as_str).collect();
+            match list_type(Lists::Builtin, &segs) {
+                ListType::Map(keys) => {
+                    for item in items {
+                        let probe: Map<String, Value> =
+                            keys.iter().filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone()))).collect();
+                        if let Some(last) = trail.last_mut() {
+                            last.1 = Some(Value::Object(probe));
+                        }
+                        if let Value::Object(m) = item {
+                            for (k, child) in m.iter().filter(|(k, _)| !keys.contains(k)) {
+                                path.push(k.clone());
+                                trail.push((k.clone(), None));
+                                leaves(child, path, format!("{display}[*].{k}"), out, trail);
+                                trail.pop();
+                                path.pop();
+                            }
+                        }
+                        if let Some(last) = trail.last_mut() {
+                            last.1 = None;
+                        }
+                    }
+                }
+                _ => out.push((display, trail.clone())),
+            }
+        }
+        _ => out.push((display, trail.clone())),
+    }
+}
+
+/// The target's current value at a trail of (field, list-item key) steps.
+fn current_at<'a>(object: &'a Value, trail: &[(String, Option<Value>)]) -> Option<&'a Value> {
+    let mut node = object;
+    for (field, key) in trail {
+        node = node.get(field)?;
+        if let Some(probe) = key {
+            let keys: Vec<String> = probe.as_object()?.keys().cloned().collect();
+            node = node.as_array()?.iter().find(|i| same_key(i, &keys, probe))?;
+        }
+    }
+    Some(node)
+}
+
+fn allowed(path: &str, patterns: &[String]) -> bool {
+    patterns.iter().any(|p| p == path || path.starts_with(&format!("{p}.")))
+}
+
+/// The leaves of a patch, paired with the target's current values: what a change replaces.
+pub fn touched(patch: &Value, object: &Value) -> Vec<(String, Option<Value>)> {
+    let mut out = Vec::new();
+    leaves(patch, &mut Vec::new(), String::new(), &mut out, &mut Vec::new());
+    out.into_iter().map(|(shown, trail)| (shown, current_at(object, &trail).cloned())).collect()
+}
+
+/// Render `pb`'s patch in `scope`.
+pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError> {
+    let template = pb.template.as_deref().ok_or(RenderError::NoTemplate)?;
+    let plain = |name: &str| -> Option<String> {
+        let (ns, key) = name.split_once('.')?;
+        match ns {
+            "target" => scope.target.get(key).cloned(),
+            "labels" => scope.labels.get(key).cloned(),
+            _ => None,
+        }
+    };
+    let eval_scope = json!({"reads": scope.reads, "target": scope.object, "labels": scope.labels});
+    let mut raw: BTreeMap<String, f64> = BTreeMap::new();
+    for p in &pb.parameters {
+        let expr = substitute(&p.value, &|n| plain(n))?;
+        if p.type_ == ParameterType::String {
+            continue;
+        }
+        raw.insert(p.name.clone(), eval(&expr, &eval_scope)?);
+    }
+    let (marked, names) = mark(template);
+    let mut patch: Value = serde_saphyr::from_str(&marked).map_err(|e| RenderError::Yaml(e.to_string()))?;
+    let mut notes = Vec::new();
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
+    // Bound each parameter: [min, max], then maxFactor against what it replaces.
+    let mut probe = patch.clone();
+    let probe_values = |n: &str| -> Option<String> {
+        match n.strip_prefix("params.") {
+            Some(p) => Some(format!("{MARK}param_{p}__")),
+            None => plain(n),
+        }
+    };
+    fill(&mut probe, &names, &probe_values)?;
+    let places = touched(&probe, &scope.object);
+    for p in &pb.parameters {
+        if p.type_ == ParameterType::String {
+            let v = substitute(&p.value, &|n| plain(n))?;
+            if !p.allowed.contains(&v) {
+                return Err(RenderError::Parameter {
+                    name: p.name.clone(),
+                    message: format!("{v:?} is not one of {:?}", p.allowed),
+                });
+            }
+            params.insert(p.name.clone(), v);
+            continue;
+        }
+        let mut v = raw.get(&p.name).copied().unwrap_or_default();
+        if let Some(min) = p.min.filter(|m| v < *m) {
+            notes.push(format!("{}: {} raised to the minimum {}", p.name, format_param(p, v), format_param(p, min)));
+            v = min;
+        }
+        if let Some(max) = p.max.filter(|m| v > *m) {
+            notes.push(format!("{}: {} capped at the ceiling {}", p.name, format_param(p, v), format_param(p, max)));
+            v = max;
+        }
+        if let Some(factor) = p.max_factor {
+            let token = format!("{MARK}param_{}__", p.name);
+            let currents: Vec<f64> = places
+                .iter()
+                .zip(touched_values(&probe, &token))
+                .filter_map(|((_, cur), is_here)| if is_here { cur.as_ref().and_then(number) } else { None })
+                .collect();
+            if let Some(base) = currents.into_iter().reduce(f64::min)
+                && base > 0.0
+                && v > base * factor
+            {
+                notes.push(format!(
+                    "{}: {} capped at {factor}x the current {}",
+                    p.name,
+                    format_param(p, v),
+                    format_param(p, base)
+                ));
+                v = base * factor;
+            }
+        }
+        params.insert(p.name.clone(), format_param(p, v));
+    }
+    let values = |n: &str| -> Option<String> {
+        match n.strip_prefix("params.") {
+            Some(p) => params.get(p).cloned(),
+            None => plain(n),
+        }
+    };
+    fill(&mut patch, &names, &values)?;
+    for (path, _) in touched(&patch, &scope.object) {
+        if !allowed(&path, &pb.allowed_paths) {
+            return Err(RenderError::NotAllowed(path));
+        }
+    }
+    Ok(Rendered { patch, params, notes })
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => crate::patch::quantity::parse_quantity(s).ok(),
+        _ => None,
+    }
+}
+
+/// For each leaf of `probe` (in [`touched`] order), whether it holds `token`.
+fn touched_values(probe: &Value, token: &str) -> Vec<bool> {
+    let mut out = Vec::new();
+    leaves(probe, &mut Vec::new(), String::new(), &mut out, &mut Vec::new());
+    let mut flags = Vec::new();
+    for (_, trail) in out {
+        let v = current_at(probe, &trail);
+        flags.push(v.and_then(Value::as_str).is_some_and(|s| s == token));
+    }
+    flags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::playbook::{PatchMode, PatchType};
+
+    const MI: f64 = 1048576.0;
+
+    fn playbook(value: &str, max_factor: Option<f64>) -> ValidPlaybook {
+        ValidPlaybook {
+            target_kinds: vec![],
+            reads: vec![],
+            patch_mode: PatchMode::Template,
+            patch_type: PatchType::Strategic,
+            template: Some(
+                "spec:\n  template:\n    spec:\n      containers:\n        - name: \"{{ labels.container }}\"\n          resources:\n            limits: {memory: \"{{ params.memory }}\"}\n            requests: {memory: \"{{ params.memory }}\"}\n".into(),
+            ),
+            parameters: vec![ValidParameter {
+                name: "memory".into(),
+                type_: ParameterType::Quantity,
+                value: value.into(),
+                min: Some(64.0 * MI),
+                max: Some(1024.0 * MI),
+                max_factor,
+                allowed: vec![],
+            }],
+            allowed_paths: vec![
+                "spec.template.spec.containers[*].resources.limits.memory".into(),
+                "spec.template.spec.containers[*].resources.requests.memory".into(),
+            ],
+            verify: None,
+            rollback_on_failure: true,
+        }
+    }
+
+    fn scope(container: &str) -> Scope {
+        let object = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "resources": {"limits": {"memory": "128Mi"}, "requests": {"memory": "128Mi"}}}]}}}});
+        Scope {
+            target: BTreeMap::from([("name".into(), "checkout".into()), ("kind".into(), "Deployment".into())]),
+            labels: BTreeMap::from([("container".into(), container.into())]),
+            reads: BTreeMap::from([("usage".into(), json!({"value": 200.0 * MI})), ("target".into(), object.clone())]),
+            object,
+        }
+    }
+
+    #[test]
+    fn renders_a_bounded_patch() {
+        let r = render(&playbook("max(reads.usage.value * 1.25, reads.target.spec.template.spec.containers[name={{ labels.container }}].resources.limits.memory * 1.5)", Some(3.0)), &scope("app")).unwrap();
+        assert_eq!(r.params["memory"], "250Mi");
+        assert_eq!(r.patch["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"], "250Mi");
+        assert_eq!(r.patch["spec"]["template"]["spec"]["containers"][0]["name"], "app");
+        assert!(r.notes.is_empty());
+    }
+
+    #[test]
+    fn factor_and_ceiling_bound_the_value() {
+        let r = render(&playbook("reads.usage.value * 4", Some(2.0)), &scope("app")).unwrap();
+        assert_eq!(r.params["memory"], "256Mi", "{:?}", r.notes);
+        assert!(r.notes.iter().any(|n| n.contains("capped at 2x the current 128Mi")));
+        let r = render(&playbook("'4Gi'", None), &scope("app")).unwrap();
+        assert_eq!(r.params["memory"], "1Gi");
+        assert!(r.notes[0].contains("ceiling"));
+    }
+
+    #[test]
+    fn values_cannot_change_the_patch_structure() {
+        // A label value full of YAML stays one string.
+        let r = render(&playbook("'128Mi'", None), &scope("app\"}]\nspec: {hostNetwork: true}")).unwrap();
+        let name = r.patch["spec"]["template"]["spec"]["containers"][0]["name"].as_str().unwrap();
+        assert!(name.contains("hostNetwork"));
+        assert!(r.patch["spec"].get("hostNetwork").is_none());
+    }
+
+    #[test]
+    fn paths_outside_allowed_paths_are_refused() {
+        let mut pb = playbook("'128Mi'", None);
+        pb.allowed_paths = vec!["spec.template.spec.containers[*].resources.limits.memory".into()];
+        assert_eq!(
+            render(&pb, &scope("app")).unwrap_err(),
+            RenderError::NotAllowed("spec.template.spec.containers[*].resources.requests.memory".into())
+        );
+    }
+
+    #[test]
+    fn quantities_format_exactly_or_round_up() {
+        assert_eq!(format_quantity(192.0 * MI), "192Mi");
+        assert_eq!(format_quantity(1024.0 * MI), "1Gi");
+        assert_eq!(format_quantity(140.8 * MI), "141Mi");
+        assert_eq!(format_quantity(0.5), "500m");
+        assert_eq!(format_quantity(2.0), "2");
+    }
+}
