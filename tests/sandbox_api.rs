@@ -549,3 +549,60 @@ async fn bad_input_gets_kubernetes_status_bodies() {
     );
     assert_eq!(s.code, 400);
 }
+
+#[tokio::test]
+async fn an_idle_connection_does_not_block_others_and_odd_input_does_not_break_the_server() {
+    let (sb, client) = sandbox().await;
+    // A client that connects and never starts TLS.
+    let addr = sb.url().trim_start_matches("https://").to_owned();
+    let _idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    tokio::time::timeout(Duration::from_secs(5), cms.create(&PostParams::default(), &cm("a", "1")))
+        .await
+        .expect("served despite the idle client")
+        .unwrap();
+    // A JSON patch replacing the root with a number: a 422, not a dropped connection.
+    let req = http::Request::patch("/api/v1/namespaces/shop/configmaps/a")
+        .header("content-type", "application/json-patch+json")
+        .body(br#"[{"op":"replace","path":"","value":1}]"#.to_vec())
+        .unwrap();
+    assert_eq!(api_err(client.request_text(req).await.unwrap_err()).code, 422);
+    // A Deployment whose labels are not a map is refused before the workload model sees it.
+    let req = http::Request::post("/apis/apps/v1/namespaces/shop/deployments").header("content-type", "application/json")
+        .body(serde_json::to_vec(&json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": []}, "template": {"metadata": {"labels": "x"}}}})).unwrap()).unwrap();
+    assert_eq!(api_err(client.request_text(req).await.unwrap_err()).code, 422);
+    // DELETE on a status subresource is not a delete of the object.
+    let req = http::Request::delete("/apis/apps/v1/namespaces/shop/deployments/d/status").body(vec![]).unwrap();
+    assert_eq!(api_err(client.request_text(req).await.unwrap_err()).code, 405);
+    assert!(cms.get("a").await.is_ok());
+}
+
+#[tokio::test]
+async fn cluster_wide_pages_keep_namespace_order() {
+    let (_sb, client) = sandbox().await;
+    for ns in ["team", "team-a"] {
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+            .await
+            .unwrap();
+    }
+    for (ns, name) in [("team", "x"), ("team", "y"), ("team-a", "z")] {
+        Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm(name, "1")).await.unwrap();
+    }
+    let all: Api<ConfigMap> = Api::all(client);
+    let mut names = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(1);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = all.list(&lp).await.unwrap();
+        names.extend(page.items.iter().map(|c| c.metadata.name.clone().unwrap()));
+        token = page.metadata.continue_.clone();
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(names, ["x", "y", "z"]);
+}

@@ -54,6 +54,9 @@ pub struct Rendered {
     pub notes: Vec<String>,
 }
 
+/// The (field, list-item key) steps that lead to a leaf.
+type Trail = Vec<(String, Option<Value>)>;
+
 const MARK: &str = "__reflex_placeholder_";
 
 /// Replace `{{ x.y }}` with markers so values are substituted after parsing.
@@ -139,7 +142,7 @@ fn leaves(
     v: &Value,
     path: &mut Vec<String>,
     display: String,
-    out: &mut Vec<(String, Vec<(String, Option<Value>)>)>,
+    out: &mut Vec<(String, Trail)>,
     trail: &mut Vec<(String, Option<Value>)>,
 ) {
     match v {

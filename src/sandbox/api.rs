@@ -190,7 +190,9 @@ mod events {
 
     pub fn v1_to_core(obj: Value) -> Value {
         let mut core = rename(obj, true);
-        core["apiVersion"] = Value::String("v1".into());
+        if let Some(m) = core.as_object_mut() {
+            m.insert("apiVersion".into(), Value::String("v1".into()));
+        }
         core
     }
 
@@ -226,8 +228,27 @@ fn persist(
     apply: bool,
 ) -> Result<Outcome, ApiError> {
     let rt = &w.rt;
+    if !new.is_object() {
+        return Err(ApiError::bad_request(format!("the object must be a JSON object, not {new}")));
+    }
     let name = name_of(&new).to_owned();
     let mut warnings = Vec::new();
+    for field in ["labels", "annotations"] {
+        let bad = new
+            .get("metadata")
+            .and_then(|m| m.get(field))
+            .is_some_and(|v| !v.is_null() && !v.as_object().is_some_and(|m| m.values().all(Value::is_string)));
+        if bad {
+            return Err(invalid(
+                rt,
+                &name,
+                vec![field_cause(
+                    &format!("metadata.{field}"),
+                    "Invalid value: must be a map of string keys to string values",
+                )],
+            ));
+        }
+    }
     match old {
         Some(old) => {
             for k in [
@@ -267,7 +288,7 @@ fn persist(
             }
             if has_generation(rt, &new) {
                 let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-                let bumped = if spec_part(old) != spec_part(&new) { generation + 1 } else { generation };
+                let bumped = if spec_part(old) != spec_part(&new) { generation.saturating_add(1) } else { generation };
                 set_meta(&mut new, "generation", json!(bumped));
             }
             if meta_str(old, "deletionTimestamp").is_some() {
@@ -303,6 +324,8 @@ fn persist(
             }
             if has_generation(rt, &new) {
                 set_meta(&mut new, "generation", json!(1));
+            } else {
+                del_meta(&mut new, "generation");
             }
         }
     }
@@ -318,6 +341,9 @@ fn persist(
                 ),
             )],
         ));
+    }
+    if let Some(cause) = builtin_shape(rt, &new) {
+        return Err(invalid(rt, &name, vec![cause]));
     }
     if let Some(schema) = &rt.schema {
         let admitted = admit(schema, &new, old);
@@ -352,7 +378,11 @@ fn persist(
         let writer = Writer { manager: &w.manager, api_version: &api_version, time: &time, part };
         ssa::record_update(old, &mut new, &writer, lists(rt));
     }
-    let object = if meta_str(&new, "deletionTimestamp").is_some() && finalizers(&new).is_empty() {
+    // Namespaces finish deleting in settle(), once empty, like the namespace controller does.
+    let object = if meta_str(&new, "deletionTimestamp").is_some()
+        && finalizers(&new).is_empty()
+        && rt.behaviour != Behaviour::Namespace
+    {
         let ns = ns_of(&new).to_owned();
         if rt.behaviour == Behaviour::Crd {
             tx.registry.unregister_crd(&new);
@@ -362,6 +392,38 @@ fn persist(
         tx.put(&rt.storage, new)
     };
     Ok(Outcome { object, warnings })
+}
+
+/// The few shape checks the built-in workload kinds need before the workload model reads them
+/// (kube-apiserver rejects these while decoding).
+fn builtin_shape(rt: &ResourceType, obj: &Value) -> Option<Cause> {
+    if rt.group != "apps" {
+        return None;
+    }
+    let map_of_strings = |p: &str| {
+        obj.pointer(p).is_none_or(|v| v.is_null() || v.as_object().is_some_and(|m| m.values().all(Value::is_string)))
+    };
+    let int = |p: &str| {
+        obj.pointer(p).is_none_or(|v| v.is_null() || v.as_i64().is_some_and(|n| (0..=i64::from(i32::MAX)).contains(&n)))
+    };
+    for (path, field) in [
+        ("/spec/selector/matchLabels", "spec.selector.matchLabels"),
+        ("/spec/template/metadata/labels", "spec.template.metadata.labels"),
+    ] {
+        if !map_of_strings(path) {
+            return Some(field_cause(field, "Invalid value: must be a map of string keys to string values"));
+        }
+    }
+    if !int("/spec/replicas") {
+        return Some(field_cause("spec.replicas", "Invalid value: must be an integer between 0 and 2147483647"));
+    }
+    if obj.get("spec").is_some_and(|t| !t.is_object()) {
+        return Some(field_cause("spec", "Invalid value: must be an object"));
+    }
+    if obj.pointer("/spec/template").is_some_and(|t| !t.is_object()) {
+        return Some(field_cause("spec.template", "Invalid value: must be an object"));
+    }
+    None
 }
 
 /// Server-set defaults and status for the kinds that have them.
@@ -454,7 +516,8 @@ impl Api {
         #[derive(serde::Serialize, serde::Deserialize)]
         struct Token {
             rv: u64,
-            start: String,
+            /// The last (namespace, name) returned, compared as a tuple like the store sorts.
+            start: (String, String),
         }
         let token = match &opts.continue_token {
             Some(t) if !t.is_empty() => {
@@ -476,13 +539,13 @@ impl Api {
                 e
             }
         })?;
-        let key = |o: &Value| format!("{}/{}", ns_of(o), name_of(o));
-        let mut matching = objects.into_iter().filter(|o| {
+        let key = |o: &Value| (ns_of(o).to_owned(), name_of(o).to_owned());
+        let mut matching = objects.into_iter().map(|o| to_api(rt, o)).filter(|o| {
             opts.labels.matches(o.pointer("/metadata/labels").unwrap_or(&Value::Null)) && opts.fields.matches(o)
         });
         let mut items = Vec::new();
         let mut remaining = 0usize;
-        let mut last = String::new();
+        let mut last = (String::new(), String::new());
         let start = token.as_ref().map(|t| t.start.clone());
         for o in matching.by_ref() {
             if start.as_ref().is_some_and(|s| key(&o) <= *s) {
@@ -493,7 +556,7 @@ impl Api {
                 break;
             }
             last = key(&o);
-            items.push(to_api(rt, o));
+            items.push(o);
         }
         remaining += matching.count();
         let mut meta = json!({"resourceVersion": list_rv.to_string()});
@@ -568,6 +631,16 @@ impl Api {
         self.store.write(w.dry_run, |tx| {
             check_namespace(tx, w, false)?;
             let Some(old) = tx.get(&w.rt.storage, &ns, name) else { return Err(ApiError::not_found(w.subject(name))) };
+            if w.rt.is_custom() && meta_str(&obj, "resourceVersion").is_none_or(str::is_empty) {
+                return Err(invalid(
+                    &w.rt,
+                    name,
+                    vec![field_cause(
+                        "metadata.resourceVersion",
+                        "Invalid value: 0x0: must be specified for an update",
+                    )],
+                ));
+            }
             if let Some(rv) = meta_str(&obj, "resourceVersion").filter(|r| !r.is_empty())
                 && Some(rv) != meta_str(&old, "resourceVersion")
             {
@@ -608,6 +681,9 @@ impl Api {
         self.store.write(w.dry_run, |tx| {
             check_namespace(tx, w, false)?;
             let old = tx.get(&w.rt.storage, &ns, name);
+            if old.is_none() && part == Part::Status {
+                return Err(ApiError::not_found(w.subject(name)));
+            }
             let old_api = old.clone().map(|o| to_api(&w.rt, o));
             let (new, applied) = match (kind, &old_api) {
                 (PatchKind::Apply { force }, _) => {
@@ -693,6 +769,13 @@ impl Api {
             {
                 return Err(ApiError::modified(w.subject(name)));
             }
+            if !new.is_object() {
+                return Err(ApiError::invalid(
+                    &w.rt.kind,
+                    name,
+                    vec![field_cause("", "the patched object is not a JSON object")],
+                ));
+            }
             let created = old.is_none();
             if created {
                 check_namespace(tx, w, true)?;
@@ -744,7 +827,8 @@ impl Api {
         self.store.write(w.dry_run, |tx| {
             let mut items = Vec::new();
             for o in tx.list(&rt.storage, ns) {
-                if opts.labels.matches(o.pointer("/metadata/labels").unwrap_or(&Value::Null)) && opts.fields.matches(&o) {
+                let shown = to_api(&rt, o.clone());
+                if opts.labels.matches(shown.pointer("/metadata/labels").unwrap_or(&Value::Null)) && opts.fields.matches(&shown) {
                     let (obj, _) = delete_in(tx, &rt, &o, false)?;
                     items.push(to_api(&rt, obj));
                 }
@@ -776,6 +860,10 @@ fn delete_in(tx: &mut Tx<'_>, rt: &ResourceType, old: &Value, orphan: bool) -> R
     let mut marked = old.clone();
     set_meta(&mut marked, "deletionTimestamp", json!(now()));
     set_meta(&mut marked, "deletionGracePeriodSeconds", json!(0));
+    // As kube-apiserver does, so generation-filtered controllers see the deletion.
+    if let Some(g) = old.pointer("/metadata/generation").and_then(Value::as_i64) {
+        set_meta(&mut marked, "generation", json!(g.saturating_add(1)));
+    }
     if rt.behaviour == Behaviour::Namespace {
         marked["status"] = json!({"phase": "Terminating"});
     }
@@ -818,7 +906,7 @@ fn settle(tx: &mut Tx<'_>) -> Result<(), ApiError> {
                 }
             }
             // Gone once nothing is left in it (objects with finalizers keep it terminating).
-            if contents.iter().all(|s| tx.list(s, Some(&ns_name)).is_empty()) {
+            if finalizers(&ns).is_empty() && contents.iter().all(|s| tx.list(s, Some(&ns_name)).is_empty()) {
                 tx.remove("namespaces", "", &ns_name);
                 changed = true;
             }

@@ -112,8 +112,8 @@ impl Sandbox {
         let app = axum::Router::new().fallback(server::handle).with_state(state);
         let tls = tls::self_signed()?;
         let ca_pem = tls.ca_pem.clone();
-        let listener = tls::TlsListener { tcp: listener, acceptor: tls.acceptor };
         let stop = CancellationToken::new();
+        let listener = tls::TlsListener::new(listener, tls.acceptor, stop.clone())?;
         let shutdown = stop.clone();
         tokio::spawn(async move {
             let served =

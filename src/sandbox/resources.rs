@@ -302,6 +302,10 @@ impl Registry {
     pub fn register_crd(&mut self, crd: &Value) -> Result<Vec<Arc<ResourceType>>, ApiError> {
         let types = crd_types(crd)?;
         let storage = types.first().map(|t| t.storage.clone()).unwrap_or_default();
+        if self.types.iter().any(|t| t.storage == storage && !t.is_custom()) {
+            let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            return Err(invalid(name, "spec.group", "Invalid value: the group and plural name a built-in resource"));
+        }
         self.types.retain(|t| t.storage != storage);
         self.types.extend(types.iter().cloned());
         Ok(types)

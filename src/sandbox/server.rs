@@ -164,6 +164,12 @@ async fn serve(
             )));
         }
     };
+    if !target.subresource.is_empty() && !matches!(verb, "get" | "update" | "patch") {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} on {})",
+            target.subresource
+        )));
+    }
     if target.rt.is_review() && verb != "create" {
         return Err(ApiError::method_not_allowed(
             "the server does not allow this method on the requested resource".to_owned(),
@@ -174,7 +180,12 @@ async fn serve(
         group: target.rt.group.clone(),
         resource: target.rt.plural.clone(),
         subresource: target.subresource.clone(),
-        namespace: target.namespace.clone(),
+        // A Namespace is authorized in its own namespace, as kube-apiserver does.
+        namespace: if target.rt.behaviour == Behaviour::Namespace {
+            target.name.clone()
+        } else {
+            target.namespace.clone()
+        },
         name: target.name.clone(),
         path: None,
     };
@@ -198,7 +209,7 @@ async fn serve(
             Ok(respond(200, &obj))
         }
         "list" => {
-            let opts = list_options(&rt, &query)?;
+            let opts = list_options(&rt, &query, false)?;
             let ns = rt.namespaced.then_some(target.namespace.as_str()).filter(|n| !n.is_empty());
             let list = state.api.list(&rt, ns, &opts)?;
             if table_wanted {
@@ -284,7 +295,7 @@ fn parse_target(state: &State, segs: &[&str]) -> Result<Target, ApiError> {
     Ok(Target { rt, namespace: namespace.to_owned(), name: name.to_owned(), subresource: sub.to_owned() })
 }
 
-fn list_options(rt: &ResourceType, q: &Query) -> Result<ListOptions, ApiError> {
+fn list_options(rt: &ResourceType, q: &Query, watch: bool) -> Result<ListOptions, ApiError> {
     let labels =
         LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(ApiError::bad_request)?;
     let fields =
@@ -300,7 +311,7 @@ fn list_options(rt: &ResourceType, q: &Query) -> Result<ListOptions, ApiError> {
     };
     let exact = match (q.get("resourceVersion"), q.get("resourceVersionMatch").map(String::as_str)) {
         (Some(rv), Some("Exact")) => Some(parse_rv(rv)?),
-        (None, Some(m)) if !m.is_empty() => {
+        (None, Some(m)) if !m.is_empty() && !watch => {
             return Err(ApiError::bad_request(
                 "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
             ));
@@ -434,7 +445,7 @@ async fn write(
                 dry_run || body.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
             let w = WriteCtx { dry_run: dry, ..w };
             if verb == "deletecollection" {
-                let opts = list_options(&target.rt, q)?;
+                let opts = list_options(&target.rt, q, false)?;
                 return Ok(respond(200, &state.api.delete_collection(&w, &opts)?));
             }
             let opts = DeleteOptions {
@@ -552,12 +563,13 @@ fn decision(state: &State, user: &UserInfo, a: &Attributes) -> Value {
 /// `?watch=true`: stream newline-delimited watch events until the timeout or the client leaves.
 fn watch_stream(state: Arc<State>, target: Target, q: &Query, as_table: bool) -> Result<Response, ApiError> {
     let rt = target.rt.clone();
-    let mut opts = list_options(&rt, q)?;
+    let mut opts = list_options(&rt, q, true)?;
     opts.limit = None;
     let namespace = rt.namespaced.then(|| target.namespace.clone()).filter(|n| !n.is_empty());
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true" || b == "1");
     let initial = q.get("sendInitialEvents").is_some_and(|b| b == "true");
-    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
+    // Capped at a day, so no deadline arithmetic can overflow.
+    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800).min(86_400);
     let rv = q.get("resourceVersion").filter(|r| !r.is_empty()).cloned();
     if initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
         return Err(ApiError::invalid(
@@ -583,11 +595,15 @@ fn watch_stream(state: Arc<State>, target: Target, q: &Query, as_table: bool) ->
         let opts = opts.clone();
         let namespace = namespace.clone();
         let storage = rt.storage.clone();
+        let rt = rt.clone();
         move |storage_key: &str, obj: &Value| {
-            storage_key == storage
-                && namespace.as_deref().is_none_or(|n| ns_of(obj) == n)
-                && opts.labels.matches(obj.pointer("/metadata/labels").unwrap_or(&Value::Null))
-                && opts.fields.matches(obj)
+            if storage_key != storage || namespace.as_deref().is_some_and(|n| ns_of(obj) != n) {
+                return false;
+            }
+            // Selectors see the object as this API version presents it.
+            let shown = to_api(&rt, obj.clone());
+            opts.labels.matches(shown.pointer("/metadata/labels").unwrap_or(&Value::Null))
+                && opts.fields.matches(&shown)
         }
     };
     let render = {
@@ -662,24 +678,14 @@ fn watch_stream(state: Arc<State>, target: Target, q: &Query, as_table: bool) ->
         let mut bookmarked = last_sent;
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return,
-                () = tx.closed() => return,
-                _ = ticker.tick(), if bookmarks => {
-                    let current = store.resource_version();
-                    if current > bookmarked {
-                        bookmarked = current;
-                        let bm = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": current.to_string()}}});
-                        if tx.send(Ok(format!("{bm}\n"))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+                // Changes first: a bookmark must never claim a version whose events are
+                // still queued for this watcher.
+                biased;
                 msg = live.recv() => match msg {
                     Ok(c) if c.rv > last_sent => {
                         last_sent = c.rv;
                         if let Some(line) = emit(&c) {
-                            // The client now knows this version; a bookmark must be newer.
-                            bookmarked = bookmarked.max(c.rv);
+                            bookmarked = c.rv;
                             if tx.send(Ok(line)).await.is_err() {
                                 return;
                             }
@@ -693,6 +699,18 @@ fn watch_stream(state: Arc<State>, target: Target, q: &Query, as_table: bool) ->
                     }
                     Err(RecvError::Closed) => return,
                 },
+                () = tx.closed() => return,
+                () = tokio::time::sleep_until(deadline) => return,
+                _ = ticker.tick(), if bookmarks => {
+                    // Every change up to last_sent has been seen by this watcher.
+                    if last_sent > bookmarked {
+                        bookmarked = last_sent;
+                        let bm = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": last_sent.to_string()}}});
+                        if tx.send(Ok(format!("{bm}\n"))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             }
         }
     });

@@ -46,10 +46,54 @@ pub fn self_signed() -> anyhow::Result<Tls> {
     Ok(Tls { ca_pem: ca_cert.pem(), acceptor: TlsAcceptor::from(Arc::new(config)) })
 }
 
-/// A TCP listener that completes the TLS handshake before handing connections to axum.
+/// A listener that hands axum connections whose TLS handshake has completed. Each handshake
+/// runs in its own task with a deadline, so a client that connects and never speaks cannot
+/// hold up anyone else.
 pub struct TlsListener {
-    pub tcp: TcpListener,
-    pub acceptor: TlsAcceptor,
+    addr: std::net::SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, std::net::SocketAddr)>,
+}
+
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl TlsListener {
+    /// Start accepting on `tcp`; stops when `stop` is cancelled.
+    pub fn new(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<Self> {
+        let addr = tcp.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = tcp.accept() => a,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "sandbox accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "sandbox TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "sandbox TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, ready })
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -57,23 +101,14 @@ impl axum::serve::Listener for TlsListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.tcp.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::debug!(error = %e, "sandbox accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            match self.acceptor.accept(stream).await {
-                Ok(tls) => return (tls, addr),
-                Err(e) => tracing::debug!(%addr, error = %e, "sandbox TLS handshake failed"),
-            }
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The acceptor stopped (shutdown): wait for axum's graceful shutdown to end us.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.addr)
     }
 }

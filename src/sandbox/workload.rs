@@ -73,6 +73,11 @@ pub fn template_hash(template: &Value) -> String {
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The object at `v`, or an empty one when absent or not an object.
+fn object(v: Option<&Value>) -> serde_json::Map<String, Value> {
+    v.and_then(Value::as_object).cloned().unwrap_or_default()
+}
+
 fn revision(o: &Value) -> u64 {
     o.pointer(&format!("/metadata/annotations/{}", REVISION.replace('/', "~1")))
         .and_then(Value::as_str)
@@ -122,12 +127,16 @@ pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result
             Some(rs) if revision(rs) == max_rev => max_rev,
             _ => max_rev + 1,
         };
-        let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
-        labels[HASH] = json!(hash);
-        let mut rs_template = template.clone();
-        rs_template["metadata"]["labels"] = labels.clone();
-        let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
-        selector["matchLabels"][HASH] = json!(hash);
+        let mut labels = object(template.pointer("/metadata/labels"));
+        labels.insert(HASH.into(), json!(hash));
+        let mut rs_template = object(Some(&template));
+        let mut rs_meta = object(rs_template.get("metadata"));
+        rs_meta.insert("labels".into(), Value::Object(labels.clone()));
+        rs_template.insert("metadata".into(), Value::Object(rs_meta));
+        let mut selector = object(d.pointer("/spec/selector"));
+        let mut match_labels = object(selector.get("matchLabels"));
+        match_labels.insert(HASH.into(), json!(hash));
+        selector.insert("matchLabels".into(), Value::Object(match_labels));
         let mut annotations = json!({});
         annotations[REVISION] = json!(new_rev.to_string());
         match current {
@@ -178,7 +187,9 @@ pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result
         pods.sort_by_key(|p| {
             p.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_owned()
         });
-        for i in pods.len()..want {
+        // Like the ReplicaSet controller's slow-start batches: at most 500 creations a pass;
+        // the creations themselves trigger the next pass.
+        for i in pods.len()..want.min(pods.len() + 500) {
             let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
             let suffix = template_hash(&json!([uid(&rs), i, now(), uuid::Uuid::new_v4().to_string()]));
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
