@@ -19,5 +19,7 @@ pub trait Propose: Send + Sync {
     fn propose(&self, input: StageInput) -> StageFuture<Proposal>;
 }
 
+pub mod executor;
 pub mod expr;
 pub mod playbook;
+pub mod tools;

@@ -12,3 +12,4 @@ pub trait Test: Send + Sync {
     /// Tests the proposal recorded in `input.remediation`'s status.
     fn test(&self, input: StageInput) -> StageFuture<CiResult>;
 }
+pub mod dryrun;

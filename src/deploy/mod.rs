@@ -21,3 +21,4 @@ pub trait Rollback: Send + Sync {
     /// Restores `status.deploy.previous` on the target.
     fn rollback(&self, input: StageInput) -> StageFuture<RollbackRecord>;
 }
+pub mod apply;

@@ -11,3 +11,4 @@ pub trait Gate: Send + Sync {
     /// Decides for the remediation in `input`.
     fn gate(&self, input: StageInput) -> StageFuture<GateResult>;
 }
+pub mod trust;

@@ -15,3 +15,4 @@ pub trait Verify: Send + Sync {
 
 pub mod judge;
 pub mod metrics;
+pub mod sampler;

@@ -1,0 +1,207 @@
+//! The playbook executor: the diagnose and propose stages for policies in playbook mode.
+//!
+//! Contract: loads the policy's `Playbook` from the remediation's namespace, runs its read
+//! steps through [`Tools`] (arguments rendered from the target and the alert's labels), and
+//! renders its bounded patch ([`super::playbook::render`]). Diagnose reports what was read;
+//! propose reads again (fresh numbers) and returns the patch with its digest and the bounds
+//! that applied. Nothing here writes to the cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use kube::api::Api;
+use serde_json::Value;
+
+use super::playbook::{Rendered, Scope, render, substitute};
+use super::tools::{KubeTools, Tools, category};
+use super::{Diagnose, Propose};
+use crate::api::AnyJson;
+use crate::api::ErrorCategory;
+use crate::api::playbook::{PatchMode, Playbook};
+use crate::api::remediation::{Diagnosis, Finding, Proposal, ProposalSource};
+use crate::api::validate::ValidPlaybook;
+use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::verify::metrics::MetricsSource;
+
+/// Runs playbooks; one per operator.
+#[derive(Clone)]
+pub struct PlaybookExecutor {
+    client: kube::Client,
+    metrics: Arc<dyn MetricsSource>,
+}
+
+fn invalid(message: impl Into<String>) -> StageError {
+    StageError::new(ErrorCategory::InvalidSpec, message)
+}
+
+/// Load and validate a playbook.
+pub async fn load_playbook(client: &kube::Client, namespace: &str, name: &str) -> Result<ValidPlaybook, StageError> {
+    let api: Api<Playbook> = Api::namespaced(client.clone(), namespace);
+    let pb =
+        api.get(name).await.map_err(|e| StageError::new(category(&e), format!("playbook {namespace}/{name}: {e}")))?;
+    ValidPlaybook::from_spec(&pb.spec).map_err(|e| invalid(format!("playbook {namespace}/{name} is invalid: {e}")))
+}
+
+/// What a run knows before reading.
+struct Run {
+    playbook_name: String,
+    playbook: ValidPlaybook,
+    scope: Scope,
+}
+
+impl PlaybookExecutor {
+    pub fn new(client: kube::Client, metrics: Arc<dyn MetricsSource>) -> Self {
+        Self { client, metrics }
+    }
+
+    async fn prepare(&self, input: &StageInput) -> Result<(Run, KubeTools), StageError> {
+        let rem = &input.remediation;
+        let namespace = rem.metadata.namespace.clone().ok_or_else(|| invalid("the remediation has no namespace"))?;
+        let policy = input.policy.as_ref().ok_or_else(|| invalid("the policy is missing"))?;
+        let playbook_name = policy
+            .playbook
+            .clone()
+            .ok_or_else(|| invalid("the policy names no playbook (llm mode needs the agent stage)"))?;
+        let playbook = load_playbook(&self.client, &namespace, &playbook_name).await?;
+        if playbook.patch_mode != PatchMode::Template {
+            return Err(invalid(format!(
+                "playbook {playbook_name} delegates its patch to the agent, which this build does not run"
+            )));
+        }
+        let target = &rem.spec.target;
+        if !playbook.target_kinds.contains(&target.kind) {
+            return Err(invalid(format!("playbook {playbook_name} does not fix {} targets", target.kind.as_str())));
+        }
+        let scope = Scope {
+            target: BTreeMap::from([
+                ("kind".to_owned(), target.kind.as_str().to_owned()),
+                ("name".to_owned(), target.name.clone()),
+                ("namespace".to_owned(), namespace.clone()),
+                ("apiVersion".to_owned(), target.api_version.clone()),
+            ]),
+            labels: rem.spec.alert.labels.clone(),
+            ..Scope::default()
+        };
+        let tools = KubeTools { client: self.client.clone(), namespace, metrics: self.metrics.clone() };
+        Ok((Run { playbook_name, playbook, scope }, tools))
+    }
+
+    /// Run every read step; the target object itself is always read too.
+    async fn read(&self, run: &mut Run, tools: &dyn Tools) -> Result<(), StageError> {
+        for step in &run.playbook.reads {
+            let lookup = |name: &str| -> Option<String> {
+                let (ns, key) = name.split_once('.')?;
+                match ns {
+                    "target" => run.scope.target.get(key).cloned(),
+                    "labels" => run.scope.labels.get(key).cloned(),
+                    _ => None,
+                }
+            };
+            let mut args = BTreeMap::new();
+            for (k, v) in &step.arguments {
+                let rendered = substitute(v, &lookup).map_err(|e| invalid(format!("read {}: {e}", step.name)))?;
+                args.insert(k.clone(), rendered);
+            }
+            let result = tools
+                .call(&step.tool, &args)
+                .await
+                .map_err(|e| StageError::new(e.category, format!("read {}: {e}", step.name)))?;
+            run.scope.reads.insert(step.name.clone(), result);
+        }
+        let target_args = BTreeMap::from([
+            ("kind".to_owned(), run.scope.target.get("kind").cloned().unwrap_or_default()),
+            ("name".to_owned(), run.scope.target.get("name").cloned().unwrap_or_default()),
+        ]);
+        run.scope.object = tools
+            .call("get_resource", &target_args)
+            .await
+            .map_err(|e| StageError::new(e.category, format!("reading the target: {e}")))?;
+        Ok(())
+    }
+}
+
+/// One line per read, for status and the timeline.
+fn describe_read(name: &str, v: &Value) -> String {
+    if let Some(kind) = v.get("kind").and_then(Value::as_str) {
+        let n = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let generation = v.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or_default();
+        return format!("{name}: {kind}/{n} (generation {generation})");
+    }
+    match v.get("value") {
+        Some(Value::Number(n)) => {
+            let x = n.as_f64().unwrap_or_default();
+            let shown = if x >= 1024.0 { super::playbook::format_quantity(x) } else { format!("{x}") };
+            format!("{name}: {shown}")
+        }
+        Some(Value::Null) => format!("{name}: no data"),
+        _ => {
+            let mut s = v.to_string();
+            s.truncate(200);
+            format!("{name}: {s}")
+        }
+    }
+}
+
+impl Diagnose for PlaybookExecutor {
+    fn diagnose(&self, input: StageInput) -> StageFuture<Diagnosis> {
+        let this = self.clone();
+        async move {
+            let (mut run, tools) = this.prepare(&input).await?;
+            this.read(&mut run, &tools).await?;
+            let findings: Vec<Finding> = run
+                .scope
+                .reads
+                .iter()
+                .map(|(name, v)| Finding {
+                    source: format!("playbook {} read {name}", run.playbook_name),
+                    detail: describe_read(name, v),
+                })
+                .collect();
+            let alert = &input.remediation.spec.alert;
+            let summary = format!(
+                "{} on {}/{}: {}",
+                alert.name,
+                run.scope.target.get("kind").map_or("", String::as_str),
+                run.scope.target.get("name").map_or("", String::as_str),
+                findings.iter().map(|f| f.detail.clone()).collect::<Vec<_>>().join("; ")
+            );
+            Ok(Diagnosis { summary, findings })
+        }
+        .boxed()
+    }
+}
+
+impl Propose for PlaybookExecutor {
+    fn propose(&self, input: StageInput) -> StageFuture<Proposal> {
+        let this = self.clone();
+        async move {
+            let (mut run, tools) = this.prepare(&input).await?;
+            this.read(&mut run, &tools).await?;
+            let Rendered { patch, params, notes } = render(&run.playbook, &run.scope)
+                .map_err(|e| invalid(format!("playbook {}: {e}", run.playbook_name)))?;
+            let mut rationale = format!(
+                "playbook {} with {}",
+                run.playbook_name,
+                params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+            );
+            for n in &notes {
+                rationale.push_str("; ");
+                rationale.push_str(n);
+            }
+            Ok(Proposal {
+                patch_type: run.playbook.patch_type,
+                digest: crate::patch::digest(&patch),
+                patch: AnyJson(patch),
+                rationale,
+                expected_effect: None,
+                produced_by: ProposalSource::Playbook,
+                playbook: Some(run.playbook_name),
+                model: None,
+                tokens: None,
+                cost_usd: None,
+            })
+        }
+        .boxed()
+    }
+}

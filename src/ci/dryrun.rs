@@ -1,0 +1,85 @@
+//! CI by server-side dry-run: the API server runs the patch through defaulting, validation
+//! and admission without storing it.
+//!
+//! Contract: the proposal is sent as the patch type it declares with `dryRun=All` and field
+//! manager `reflex`. Accepted → `Passed`; rejected by the API server (4xx) → `Failed` with the
+//! server's own message, which fails the Remediation; unreachable → a transient stage error
+//! (retried). The result carries the proposal's digest so only this exact patch can deploy.
+
+use futures::FutureExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+
+use super::Test;
+use crate::agent::tools::api_resource;
+use crate::api::ErrorCategory;
+use crate::api::playbook::PatchType;
+use crate::api::remediation::{CiBackend, CiResult, CiVerdict, Proposal};
+use crate::api::validate::ValidCi;
+use crate::controller::stages::{StageError, StageFuture, StageInput};
+
+/// The dry-run backend.
+#[derive(Clone)]
+pub struct DryRun {
+    pub client: kube::Client,
+}
+
+/// The kube patch for a proposal.
+pub fn as_patch(p: &Proposal) -> Result<Patch<serde_json::Value>, StageError> {
+    Ok(match p.patch_type {
+        PatchType::Strategic => Patch::Strategic(p.patch.0.clone()),
+        PatchType::Merge => Patch::Merge(p.patch.0.clone()),
+        PatchType::Json => {
+            let ops: json_patch::Patch = serde_json::from_value(p.patch.0.clone()).map_err(|e| {
+                StageError::new(ErrorCategory::InvalidSpec, format!("the proposal is not a JSON patch: {e}"))
+            })?;
+            return Ok(Patch::Json(ops));
+        }
+    })
+}
+
+impl Test for DryRun {
+    fn test(&self, input: StageInput) -> StageFuture<CiResult> {
+        let client = self.client.clone();
+        async move {
+            let rem = &input.remediation;
+            if let Some(policy) = &input.policy
+                && !matches!(policy.ci, ValidCi::DryRunOnly)
+            {
+                return Err(StageError::new(
+                    ErrorCategory::InvalidSpec,
+                    "the policy asks for a CI Job or GitOps check, which this build does not run yet; use ci: {dryRun: true} alone",
+                ));
+            }
+            let proposal = rem
+                .status
+                .as_ref()
+                .and_then(|s| s.proposal.clone())
+                .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "there is no proposal to test"))?;
+            let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+            let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &api_resource(rem.spec.target.kind));
+            let patch = as_patch(&proposal)?;
+            let params = PatchParams { dry_run: true, field_manager: Some(crate::api::MANAGER.to_owned()), ..PatchParams::default() };
+            let result = |verdict, messages| CiResult {
+                proposal_digest: proposal.digest.clone(),
+                backend: CiBackend::DryRun,
+                verdict,
+                messages,
+                reference: None,
+            };
+            match api.patch(&rem.spec.target.name, &params, &patch).await {
+                Ok(obj) => Ok(result(
+                    CiVerdict::Passed,
+                    vec![format!(
+                        "server-side dry-run accepted the patch (would be generation {})",
+                        obj.metadata.generation.unwrap_or_default()
+                    )],
+                )),
+                Err(kube::Error::Api(status)) if (400..500).contains(&status.code) && status.code != 429 => {
+                    Ok(result(CiVerdict::Failed, vec![format!("server-side dry-run rejected the patch: {}", status.message)]))
+                }
+                Err(e) => Err(StageError::new(ErrorCategory::Transient, format!("server-side dry-run: {e}"))),
+            }
+        }
+        .boxed()
+    }
+}

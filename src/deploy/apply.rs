@@ -1,0 +1,252 @@
+//! Server-side apply of a tested patch, the snapshot before it, and the rollback after it.
+//!
+//! Contract: the snapshot ([`previous_of`], pure) mirrors the patch's shape with the target's
+//! current values — `null` where a field was absent — keyed list items by their merge keys,
+//! so the rollback restores exactly what the patch changed and nothing else. Strategic-merge
+//! patches without directives are applied as server-side apply configurations under field
+//! manager `reflex` (forced: Reflex takes ownership of exactly the fields it changes); other
+//! patch types are sent as that patch type. Rollback applies the snapshot the same way;
+//! fields that were absent are left out of the configuration, so server-side apply removes
+//! them unless another manager still owns them.
+
+use futures::FutureExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde_json::{Map, Value, json};
+
+use super::{Deploy, Rollback};
+use crate::agent::tools::{api_resource, category};
+use crate::api::playbook::PatchType;
+use crate::api::remediation::{DeployRecord, Remediation, RollbackRecord};
+use crate::api::{AnyJson, ErrorCategory, MANAGER};
+use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::patch::TestedPatch;
+use crate::patch::merge::{ListType, Lists, list_type, same_key};
+
+/// The target's current values at every field `patch` sets, in the patch's shape.
+pub fn previous_of(patch: &Value, object: &Value) -> Value {
+    fn walk(patch: &Value, object: Option<&Value>, path: &mut Vec<String>) -> Value {
+        match patch {
+            Value::Object(p) => {
+                let mut out = Map::new();
+                for (k, v) in p {
+                    path.push(k.clone());
+                    out.insert(k.clone(), walk(v, object.and_then(|o| o.get(k)), path));
+                    path.pop();
+                }
+                Value::Object(out)
+            }
+            Value::Array(items) => {
+                let segs: Vec<&str> = path.iter().map(String::as_str).collect();
+                match list_type(Lists::Builtin, &segs) {
+                    ListType::Map(keys) => Value::Array(
+                        items
+                            .iter()
+                            .map(|item| {
+                                let current = object
+                                    .and_then(Value::as_array)
+                                    .and_then(|a| a.iter().find(|x| same_key(x, &keys, item)));
+                                let mut prev = walk(item, current, path);
+                                // Merge keys identify the item; keep them as they are.
+                                if let (Some(m), Some(src)) = (prev.as_object_mut(), item.as_object()) {
+                                    for k in &keys {
+                                        if let Some(v) = src.get(k) {
+                                            m.insert(k.clone(), v.clone());
+                                        }
+                                    }
+                                }
+                                prev
+                            })
+                            .collect(),
+                    ),
+                    _ => object.cloned().unwrap_or(Value::Null),
+                }
+            }
+            _ => object.cloned().unwrap_or(Value::Null),
+        }
+    }
+    walk(patch, Some(object), &mut Vec::new())
+}
+
+/// The apply configuration that restores `previous`: absent fields (null) are left out.
+pub fn restore_config(previous: &Value) -> Value {
+    match previous {
+        // Absent before: leave out; a map left empty by that is left out too.
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), restore_config(v)))
+                .filter(|(_, v)| !v.as_object().is_some_and(Map::is_empty))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(restore_config).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Does a strategic patch use directives or deletions that an apply configuration cannot say?
+fn has_directives(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, v)| k.starts_with('$') || v.is_null() || has_directives(v)),
+        Value::Array(items) => items.iter().any(has_directives),
+        _ => false,
+    }
+}
+
+fn target_api(client: &kube::Client, rem: &Remediation) -> Api<DynamicObject> {
+    let ns = rem.metadata.namespace.clone().unwrap_or_default();
+    Api::namespaced_with(client.clone(), &ns, &api_resource(rem.spec.target.kind))
+}
+
+fn apply_config(rem: &Remediation, body: &Value) -> Value {
+    let mut config = body.clone();
+    if let Some(m) = config.as_object_mut() {
+        m.insert("apiVersion".into(), json!(rem.spec.target.api_version));
+        m.insert("kind".into(), json!(rem.spec.target.kind.as_str()));
+        m.insert("metadata".into(), json!({"name": rem.spec.target.name, "namespace": rem.metadata.namespace}));
+    }
+    config
+}
+
+fn api_err(what: &str, e: &kube::Error) -> StageError {
+    StageError::new(category(e), format!("{what}: {e}"))
+}
+
+/// Deploys and rolls back through the Kubernetes API.
+#[derive(Clone)]
+pub struct ServerSideApply {
+    pub client: kube::Client,
+}
+
+impl Deploy for ServerSideApply {
+    fn snapshot(&self, input: StageInput) -> StageFuture<DeployRecord> {
+        let client = self.client.clone();
+        async move {
+            let rem = &input.remediation;
+            let proposal =
+                rem.status.as_ref().and_then(|s| s.proposal.clone()).ok_or_else(|| {
+                    StageError::new(ErrorCategory::InvalidSpec, "there is no proposal to snapshot for")
+                })?;
+            let obj = target_api(&client, rem)
+                .get(&rem.spec.target.name)
+                .await
+                .map_err(|e| api_err("reading the target", &e))?;
+            let current =
+                serde_json::to_value(&obj).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))?;
+            let previous = match proposal.patch_type {
+                PatchType::Json => json!({"object": current.get("spec").cloned().unwrap_or(Value::Null)}),
+                _ => previous_of(&proposal.patch.0, &current),
+            };
+            Ok(DeployRecord {
+                previous: AnyJson(previous),
+                previous_resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
+                applied_digest: None,
+                applied_revision: None,
+                identity: None,
+                applied_at: None,
+            })
+        }
+        .boxed()
+    }
+
+    fn apply(&self, input: StageInput, patch: TestedPatch) -> StageFuture<DeployRecord> {
+        let client = self.client.clone();
+        async move {
+            let rem = &input.remediation;
+            let mut record = rem.status.as_ref().and_then(|s| s.deploy.clone()).ok_or_else(|| {
+                StageError::new(ErrorCategory::InvalidSpec, "no snapshot is recorded; refusing to deploy")
+            })?;
+            let proposal = patch.proposal();
+            let api = target_api(&client, rem);
+            let name = &rem.spec.target.name;
+            let result = if proposal.patch_type == PatchType::Strategic && !has_directives(&proposal.patch.0) {
+                let config = apply_config(rem, &proposal.patch.0);
+                api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(config)).await
+            } else {
+                let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
+                api.patch(name, &params, &crate::ci::dryrun::as_patch(proposal)?).await
+            };
+            let obj = result.map_err(|e| api_err("applying the patch", &e))?;
+            record.applied_digest = Some(proposal.digest.clone());
+            record.applied_revision = obj.metadata.generation.map(|g| format!("generation {g}"));
+            record.applied_at = Some(Time(jiff::Timestamp::now()));
+            Ok(record)
+        }
+        .boxed()
+    }
+}
+
+impl Rollback for ServerSideApply {
+    fn rollback(&self, input: StageInput) -> StageFuture<RollbackRecord> {
+        let client = self.client.clone();
+        async move {
+            let rem = &input.remediation;
+            let status = rem.status.as_ref().ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "no status"))?;
+            let record = status
+                .deploy
+                .as_ref()
+                .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "no snapshot to restore"))?;
+            let proposal = status
+                .proposal
+                .as_ref()
+                .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "no proposal recorded"))?;
+            let api = target_api(&client, rem);
+            let name = &rem.spec.target.name;
+            if proposal.patch_type == PatchType::Json {
+                return Err(StageError::new(
+                    ErrorCategory::InvalidSpec,
+                    "JSON-patch changes are restored by hand; the snapshot is in status.deploy.previous",
+                ));
+            }
+            let config = apply_config(rem, &restore_config(&record.previous.0));
+            let obj = api
+                .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(config))
+                .await
+                .map_err(|e| api_err("restoring the snapshot", &e))?;
+            let reason = status
+                .verification
+                .as_ref()
+                .and_then(|v| v.message.clone())
+                .unwrap_or_else(|| "the change did not hold".to_owned());
+            Ok(RollbackRecord {
+                reason,
+                restored_revision: obj.metadata.generation.map(|g| format!("generation {g}")),
+                restored_at: Time(jiff::Timestamp::now()),
+            })
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_mirrors_the_patch_with_current_values() {
+        let object = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [
+            {"name": "sidecar", "image": "s:1"},
+            {"name": "app", "image": "a:1", "resources": {"limits": {"memory": "128Mi"}}}]}}}});
+        let patch = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "resources": {"limits": {"memory": "256Mi"}, "requests": {"memory": "256Mi"}}}]}}}});
+        let prev = previous_of(&patch, &object);
+        assert_eq!(
+            prev,
+            json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "resources": {"limits": {"memory": "128Mi"}, "requests": {"memory": null}}}]}}}})
+        );
+        let config = restore_config(&prev);
+        assert_eq!(
+            config,
+            json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "resources": {"limits": {"memory": "128Mi"}}}]}}}})
+        );
+    }
+
+    #[test]
+    fn directives_and_deletions_need_a_plain_patch() {
+        assert!(has_directives(&json!({"spec": {"x": null}})));
+        assert!(has_directives(&json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}]}})));
+        assert!(!has_directives(&json!({"spec": {"replicas": 3}})));
+    }
+}

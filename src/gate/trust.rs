@@ -1,0 +1,108 @@
+//! The trust gate: may this tested change deploy now, does it need a human, or must it not
+//! happen at all?
+//!
+//! Contract: pure [`decide`] over the environment and the policy's trust settings — `observe`
+//! never deploys; `propose` always waits for approval; `auto` deploys to staging, and to
+//! production only through approval until earned trust lands (a later issue). The shell
+//! reads the environment from the policy, else from the namespace label
+//! `reflex.dev/environment`, and treats an unlabelled namespace as production: the safe
+//! default.
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+
+use super::Gate;
+use crate::agent::tools::category;
+use crate::api::policy::TrustLevel;
+use crate::api::remediation::{GateDecision, GateResult};
+use crate::api::validate::ValidTrust;
+use crate::api::{Environment, ErrorCategory};
+use crate::controller::stages::{StageError, StageFuture, StageInput};
+
+/// The namespace label that says which environment a namespace is.
+pub const ENVIRONMENT_LABEL: &str = "reflex.dev/environment";
+
+/// Decide for one change.
+pub fn decide(env: Environment, trust: &ValidTrust) -> GateResult {
+    let env_name = match env {
+        Environment::Staging => "staging",
+        Environment::Production => "production",
+    };
+    let (decision, reason) = match (trust.level, env) {
+        (TrustLevel::Observe, _) => (GateDecision::Denied, "trust level observe: Reflex only reports".to_owned()),
+        (TrustLevel::Propose, _) => {
+            (GateDecision::ApprovalRequired, "trust level propose: a human approves every change".to_owned())
+        }
+        (TrustLevel::Auto, _) if trust.require_approval => {
+            (GateDecision::ApprovalRequired, format!("{env_name}, trust auto, but the policy requires approval"))
+        }
+        (TrustLevel::Auto, Environment::Staging) => (GateDecision::Approved, "staging, trust auto".to_owned()),
+        (TrustLevel::Auto, Environment::Production) => (
+            GateDecision::ApprovalRequired,
+            "production, trust auto: waits for approval until trust is earned".to_owned(),
+        ),
+    };
+    GateResult { decision, reason, identity: None }
+}
+
+/// Reads the environment, then [`decide`]s.
+#[derive(Clone)]
+pub struct TrustGate {
+    pub client: kube::Client,
+}
+
+impl Gate for TrustGate {
+    fn gate(&self, input: StageInput) -> StageFuture<GateResult> {
+        let client = self.client.clone();
+        async move {
+            let policy = input
+                .policy
+                .clone()
+                .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "the policy is missing"))?;
+            let env = match policy.environment {
+                Some(env) => env,
+                None => {
+                    let ns = input.remediation.metadata.namespace.clone().unwrap_or_default();
+                    let namespace = Api::<Namespace>::all(client)
+                        .get(&ns)
+                        .await
+                        .map_err(|e| StageError::new(category(&e), format!("reading namespace {ns}: {e}")))?;
+                    match namespace.metadata.labels.as_ref().and_then(|l| l.get(ENVIRONMENT_LABEL)).map(String::as_str)
+                    {
+                        Some("staging") => Environment::Staging,
+                        _ => Environment::Production,
+                    }
+                }
+            };
+            Ok(decide(env, &policy.trust))
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn trust(level: TrustLevel, require_approval: bool) -> ValidTrust {
+        ValidTrust { level, require_approval, successes_required: 3, window: Duration::from_secs(3600) }
+    }
+
+    #[test]
+    fn only_auto_in_staging_deploys_unattended() {
+        use GateDecision::*;
+        let cases = [
+            (TrustLevel::Auto, false, Environment::Staging, Approved),
+            (TrustLevel::Auto, false, Environment::Production, ApprovalRequired),
+            (TrustLevel::Auto, true, Environment::Staging, ApprovalRequired),
+            (TrustLevel::Propose, false, Environment::Staging, ApprovalRequired),
+            (TrustLevel::Observe, false, Environment::Staging, Denied),
+            (TrustLevel::Observe, true, Environment::Production, Denied),
+        ];
+        for (level, approval, env, want) in cases {
+            assert_eq!(decide(env, &trust(level, approval)).decision, want, "{level:?} {approval} {env:?}");
+        }
+    }
+}
