@@ -7,3 +7,4 @@
 
 pub mod matcher;
 pub mod template;
+pub mod webhook;
