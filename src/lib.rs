@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod ci;
 pub mod controller;
+pub mod demo;
 pub mod deploy;
 pub mod gate;
 pub mod intake;

@@ -29,6 +29,28 @@ enum Command {
         /// Kubeconfig context to use (default: the current context).
         #[arg(long)]
         context: Option<String>,
+        /// Prometheus base URL the verify and read steps query.
+        #[arg(long, env = "REFLEX_PROMETHEUS_URL", default_value = "http://prometheus-operated.monitoring:9090")]
+        prometheus_url: String,
+        /// Address the Alertmanager webhook (`POST /alerts`) listens on.
+        #[arg(long, env = "REFLEX_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Run the whole loop — alert to verified fix — on the built-in sandbox, and print the
+    /// timeline. Exits 0 when the scenario ends as it expects.
+    Demo {
+        /// Built-in scenario: `oom` (the fix holds) or `bad-fix` (it does not; rolled back).
+        #[arg(long, default_value = "oom")]
+        scenario: String,
+        /// Run a scenario file instead of a built-in one.
+        #[arg(long, conflicts_with = "scenario")]
+        scenario_file: Option<PathBuf>,
+        /// Leave the sandbox running afterwards, to inspect it with kubectl.
+        #[arg(long)]
+        keep: bool,
+        /// Where `--keep` writes the sandbox's kubeconfig.
+        #[arg(long, default_value = "reflex-demo.kubeconfig")]
+        kubeconfig: PathBuf,
     },
     /// Print Reflex's CustomResourceDefinitions as multi-document YAML
     /// (`reflex crd | kubectl apply -f -`).
@@ -99,19 +121,63 @@ async fn main() -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
             sandbox.shutdown();
         }
-        Command::Run { kubeconfig, context } => {
+        Command::Run { kubeconfig, context, prometheus_url, listen } => {
             telemetry::init(cli.log_format);
             reflex::install_crypto_provider();
             let client = client(kubeconfig, context).await?;
-            // No stage implementations ship yet: each Remediation stops with a Stalled
-            // condition that names the missing stage rather than pretending to act.
-            let stages = controller::stages::Stages::default();
+            let metrics = std::sync::Arc::new(
+                reflex::verify::metrics::Prometheus::new(&prometheus_url, std::time::Duration::from_secs(10))
+                    .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
+            );
+            let stages = controller::stages::Stages::standard(client.clone(), metrics);
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+            tracing::info!(%listen, "alert intake listening (POST /alerts)");
+            let stop = tokio_util::sync::CancellationToken::new();
+            let intake = {
+                let (router, stop) = (reflex::intake::webhook::router(client.clone()), stop.clone());
+                tokio::spawn(async move {
+                    axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
+                })
+            };
             tracing::info!("reflex operator starting");
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
+            let shutdown = {
+                let stop = stop.clone();
+                async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    tracing::info!("shutting down");
+                    stop.cancel();
+                }
             };
             controller::reconcile::run(client, stages, shutdown).await?;
+            stop.cancel();
+            let _ = intake.await;
+        }
+        Command::Demo { scenario, scenario_file, keep, kubeconfig } => {
+            let scenario = match scenario_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    reflex::demo::scenario::Scenario::parse(&text)
+                }
+                None => reflex::demo::scenario::Scenario::built_in(&scenario),
+            }
+            .map_err(anyhow::Error::msg)?;
+            let mut stdout = std::io::stdout();
+            let outcome = reflex::demo::run(scenario, keep, &mut stdout).await?;
+            if let Some(sandbox) = &outcome.sandbox {
+                sandbox.write_kubeconfig(&kubeconfig, reflex::sandbox::ADMIN_TOKEN)?;
+                let k = format!("kubectl --kubeconfig {}", kubeconfig.display());
+                let rem = outcome.remediation.metadata.name.clone().unwrap_or_default();
+                println!("The sandbox is still running. Inspect it with:");
+                println!("  {k} get remediations -n shop");
+                println!("  {k} describe remediation {rem} -n shop");
+                println!("  {k} get deploy,rs,pods -n shop");
+                println!("Ctrl-C to stop.");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            if !outcome.as_expected() {
+                anyhow::bail!("the scenario expected {:?}, got {:?}", outcome.expected, outcome.phase());
+            }
         }
     }
     Ok(())

@@ -116,6 +116,23 @@ pub struct Stages {
 }
 
 impl Stages {
+    /// The stages this build ships: the playbook executor (diagnose, propose), CI by
+    /// server-side dry-run, the trust gate, server-side apply deploy and rollback, and the
+    /// verification sampler reading `metrics`.
+    pub fn standard(client: kube::Client, metrics: Arc<dyn crate::verify::metrics::MetricsSource>) -> Self {
+        let executor = Arc::new(crate::agent::executor::PlaybookExecutor::new(client.clone(), metrics.clone()));
+        let deploy = Arc::new(crate::deploy::apply::ServerSideApply { client: client.clone() });
+        Self {
+            diagnose: Some(executor.clone()),
+            propose: Some(executor),
+            test: Some(Arc::new(crate::ci::dryrun::DryRun { client: client.clone() })),
+            gate: Some(Arc::new(crate::gate::trust::TrustGate { client: client.clone() })),
+            deploy: Some(deploy.clone()),
+            verify: Some(Arc::new(crate::verify::sampler::Sampler { client, metrics })),
+            rollback: Some(deploy),
+        }
+    }
+
     /// Which steps can run.
     pub fn available(&self) -> StageSet {
         let mut set = StageSet::NONE;

@@ -22,10 +22,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::template::is_dns_subdomain;
+use crate::api::LocalObjectRef;
 use crate::api::policy::RemediationPolicy;
 use crate::api::remediation::{AlertRef, Remediation, RemediationSpec, TargetRef};
 use crate::api::validate::ValidPolicy;
-use crate::api::{LocalObjectRef, TargetKind};
 
 /// Largest accepted delivery.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -99,7 +99,10 @@ pub fn validate(p: &Payload) -> Result<(), String> {
         if !a.labels.contains_key("alertname") {
             return Err(format!("alerts[{i}].labels: alertname is missing"));
         }
-        if a.fingerprint.is_empty() || !a.fingerprint.chars().all(|c| c.is_ascii_alphanumeric()) || a.fingerprint.len() > 64 {
+        if a.fingerprint.is_empty()
+            || !a.fingerprint.chars().all(|c| c.is_ascii_alphanumeric())
+            || a.fingerprint.len() > 64
+        {
             return Err(format!("alerts[{i}].fingerprint: {:?} is not an Alertmanager fingerprint", a.fingerprint));
         }
         if a.starts_at.parse::<jiff::Timestamp>().is_err() {
@@ -136,7 +139,10 @@ pub fn plan(p: &Payload, policies: &[PolicyRef]) -> Planned {
             let target = match pol.target_name.render(&a.labels) {
                 Ok(t) => t,
                 Err(e) => {
-                    out.problems.push(format!("policy {}/{}: alert {alertname} ({}): {e}", pr.namespace, pr.name, a.fingerprint));
+                    out.problems.push(format!(
+                        "policy {}/{}: alert {alertname} ({}): {e}",
+                        pr.namespace, pr.name, a.fingerprint
+                    ));
                     continue;
                 }
             };
@@ -159,7 +165,11 @@ pub fn plan(p: &Payload, policies: &[PolicyRef]) -> Planned {
                         starts_at: Time(starts_at),
                         generator_url: a.generator_url.clone(),
                     },
-                    target: TargetRef { api_version: pol.target_kind.api_version().to_owned(), kind: pol.target_kind, name: target },
+                    target: TargetRef {
+                        api_version: pol.target_kind.api_version().to_owned(),
+                        kind: pol.target_kind,
+                        name: target,
+                    },
                     cancel: false,
                 },
             });
@@ -202,21 +212,31 @@ async fn policies(client: &kube::Client) -> Result<Vec<PolicyRef>, kube::Error> 
 async fn receive(State(intake): State<Arc<Intake>>, body: axum::body::Bytes) -> Response {
     let payload: Payload = match serde_json::from_slice(&body) {
         Ok(p) => p,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": format!("not an Alertmanager webhook payload: {e}")})),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("not an Alertmanager webhook payload: {e}")}),
+            );
+        }
     };
     if let Err(e) = validate(&payload) {
         return reply(StatusCode::BAD_REQUEST, json!({"error": e}));
     }
     let policies = match policies(&intake.client).await {
         Ok(p) => p,
-        Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": format!("cannot read policies: {e}")})),
+        Err(e) => {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": format!("cannot read policies: {e}")}));
+        }
     };
     let planned = plan(&payload, &policies);
     let (mut created, mut existing, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for intent in planned.intents {
         let api: Api<Remediation> = Api::namespaced(intake.client.clone(), &intent.namespace);
         let rem = Remediation::new(&intent.name, intent.spec);
-        match api.create(&PostParams { field_manager: Some(crate::api::MANAGER.into()), ..Default::default() }, &rem).await {
+        match api
+            .create(&PostParams { field_manager: Some(crate::api::MANAGER.into()), ..Default::default() }, &rem)
+            .await
+        {
             Ok(_) => {
                 tracing::info!(remediation = %format!("{}/{}", intent.namespace, intent.name), "created from alert");
                 created.push(format!("{}/{}", intent.namespace, intent.name));
@@ -244,6 +264,7 @@ pub fn router(client: kube::Client) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::TargetKind;
     use crate::api::policy::RemediationPolicySpec;
 
     fn policy(ns: &str) -> PolicyRef {
@@ -266,7 +287,10 @@ mod tests {
 
     #[test]
     fn a_matching_alert_in_scope_becomes_a_remediation() {
-        let p = payload(json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "severity": "critical"}), "firing");
+        let p = payload(
+            json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "severity": "critical"}),
+            "firing",
+        );
         let planned = plan(&p, &[policy("shop"), policy("other")]);
         assert_eq!(planned.intents.len(), 1, "only the policy in the alert's namespace acts");
         let i = &planned.intents[0];
@@ -278,11 +302,20 @@ mod tests {
     #[test]
     fn non_matching_resolved_and_unrenderable_alerts() {
         let pols = [policy("shop")];
-        let low = payload(json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "severity": "info"}), "firing");
+        let low = payload(
+            json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "severity": "info"}),
+            "firing",
+        );
         assert_eq!(plan(&low, &pols).unmatched, 1);
-        let resolved = payload(json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "severity": "critical"}), "resolved");
+        let resolved = payload(
+            json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "severity": "critical"}),
+            "resolved",
+        );
         assert_eq!(plan(&resolved, &pols).resolved, 1);
-        let nolabel = payload(json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "severity": "critical"}), "firing");
+        let nolabel = payload(
+            json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "severity": "critical"}),
+            "firing",
+        );
         let planned = plan(&nolabel, &pols);
         assert!(planned.intents.is_empty() && planned.problems[0].contains("deployment"), "{:?}", planned.problems);
     }

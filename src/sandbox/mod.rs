@@ -47,7 +47,7 @@ users:
 "#;
 
 /// How to run a sandbox.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// Loopback port; 0 picks a free one.
     pub port: u16,
@@ -58,6 +58,8 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// How long a new Pod takes to become Ready.
     pub pod_ready_after: Duration,
+    /// Scenario behaviour of Pods (the demo's OOM kills); default: all become ready.
+    pub pod_model: Option<Arc<dyn workload::PodModel>>,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             log_capacity: 10_000,
             bookmark_interval: Duration::from_secs(1),
             pod_ready_after: Duration::ZERO,
+            pod_model: None,
         }
     }
 }
@@ -122,7 +125,8 @@ impl Sandbox {
                 tracing::error!(error = %e, "sandbox server stopped");
             }
         });
-        tokio::spawn(workload::run(api.clone(), config.pod_ready_after, stop.clone()));
+        let kubelet = workload::Kubelet { ready_after: config.pod_ready_after, model: config.pod_model };
+        tokio::spawn(workload::run(api.clone(), kubelet, stop.clone()));
         tracing::info!(%addr, "sandbox Kubernetes API listening (in-memory stand-in for kube-apiserver)");
         Ok(Self { addr, ca_pem, api, stop })
     }

@@ -25,6 +25,23 @@ use super::status::ApiError;
 use super::store::{name_of, ns_of};
 
 const MANAGER: &str = "kube-controller-manager";
+
+/// What a scenario says about how Pods behave (the demo's OOM kills), in place of the
+/// default "every container starts and becomes ready".
+pub trait PodModel: Send + Sync {
+    /// The status the kubelet would report for `pod` at `now`, and how long until it next
+    /// changes; `None` to use the default behaviour. Must be stable between changes.
+    fn status(&self, pod: &Value, now: jiff::Timestamp) -> Option<(Value, Option<Duration>)>;
+}
+
+/// How the modelled kubelet behaves.
+#[derive(Clone, Default)]
+pub struct Kubelet {
+    /// How long a new Pod takes to become Ready.
+    pub ready_after: Duration,
+    /// Scenario behaviour, if any.
+    pub model: Option<Arc<dyn PodModel>>,
+}
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH: &str = "pod-template-hash";
 
@@ -107,7 +124,8 @@ fn put_status(api: &Api, w: &WriteCtx, old: &Value, status: Value) -> Result<(),
 
 /// One pass over a namespace. Returns the earliest time a pod will become ready, if any is
 /// waiting, so the caller can come back then.
-pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result<Option<Duration>, ApiError> {
+pub fn reconcile_namespace(api: &Api, ns: &str, kubelet: &Kubelet) -> Result<Option<Duration>, ApiError> {
+    let ready_after = kubelet.ready_after;
     let Some(dw) = ctx(api, "deployments", "apps", ns) else { return Ok(None) };
     let Some(rw) = ctx(api, "replicasets", "apps", ns) else { return Ok(None) };
     let Some(pw) = ctx(api, "pods", "", ns) else { return Ok(None) };
@@ -210,7 +228,17 @@ pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result
     let mut wake: Option<Duration> = None;
     let now_ts = jiff::Timestamp::now();
     for pod in list(api, "", "pods", ns) {
-        if is_ready(&pod) || pod.pointer("/metadata/deletionTimestamp").is_some() {
+        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            continue;
+        }
+        if let Some((status, next)) = kubelet.model.as_ref().and_then(|m| m.status(&pod, now_ts)) {
+            if let Some(next) = next {
+                wake = Some(wake.map_or(next, |w| w.min(next)));
+            }
+            put_status(api, &pw, &pod, status)?;
+            continue;
+        }
+        if is_ready(&pod) {
             continue;
         }
         let created = pod
@@ -303,7 +331,7 @@ pub fn reconcile_namespace(api: &Api, ns: &str, ready_after: Duration) -> Result
 const WATCHED: &[&str] = &["deployments.apps", "replicasets.apps", "pods"];
 
 /// Run the model until `stop`: react to changes of Deployments, ReplicaSets and Pods.
-pub async fn run(api: Arc<Api>, ready_after: Duration, stop: CancellationToken) {
+pub async fn run(api: Arc<Api>, kubelet: Kubelet, stop: CancellationToken) {
     let mut changes = api.store.subscribe();
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     let mut timer: Option<tokio::time::Instant> = None;
@@ -333,7 +361,7 @@ pub async fn run(api: Arc<Api>, ready_after: Duration, stop: CancellationToken) 
             }
         }
         for ns in std::mem::take(&mut dirty) {
-            match reconcile_namespace(&api, &ns, ready_after) {
+            match reconcile_namespace(&api, &ns, &kubelet) {
                 Ok(Some(wait)) => {
                     let at = tokio::time::Instant::now() + wait;
                     timer = Some(timer.map_or(at, |t| t.min(at)));

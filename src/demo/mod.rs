@@ -1,0 +1,261 @@
+//! `reflex demo`: the whole loop — alert to verified fix — on the sandbox.
+//!
+//! Contract: [`run`] starts the sandbox (with the scenario's Pod model), installs the CRDs,
+//! applies the scenario's resources, starts the operator (the same controller, stages and
+//! intake `reflex run` uses, with the scenario's model standing in for Prometheus), posts
+//! the scenario's alert to the intake over HTTP as Alertmanager would, and prints a timeline
+//! as the Remediation moves until it reaches a terminal phase. The outcome says whether it
+//! ended in the phase the scenario expects.
+
+pub mod model;
+pub mod scenario;
+pub mod timeline;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use self::model::OomModel;
+use self::scenario::Scenario;
+use crate::api::remediation::{Phase, Remediation, RemediationStatus};
+use crate::controller::stages::Stages;
+use crate::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+
+/// What the demo ended with.
+pub struct Outcome {
+    pub scenario: String,
+    pub expected: Phase,
+    pub remediation: Remediation,
+    /// The target's container memory limit before the alert and at the end.
+    pub memory_before: String,
+    pub memory_after: String,
+    /// Reasons of the Events recorded on the Remediation, oldest first.
+    pub events: Vec<String>,
+    pub elapsed: Duration,
+    /// Still running when `keep` was asked for.
+    pub sandbox: Option<Sandbox>,
+}
+
+impl Outcome {
+    pub fn phase(&self) -> Option<Phase> {
+        self.remediation.status.as_ref().map(|s| s.phase)
+    }
+
+    pub fn as_expected(&self) -> bool {
+        self.phase() == Some(self.expected)
+    }
+}
+
+/// Alertmanager's fingerprint is a hash of the label set; any stable hash serves here.
+pub fn fingerprint(labels: &std::collections::BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in labels {
+        h.update(k.as_bytes());
+        h.update([0xff]);
+        h.update(v.as_bytes());
+        h.update([0xff]);
+    }
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn memory_limit(d: &Deployment, container: &str) -> String {
+    d.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == container))
+        .and_then(|c| c.resources.as_ref())
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map_or_else(|| "(unset)".to_owned(), |q| q.0.clone())
+}
+
+/// Apply one manifest as `kubectl apply --server-side` would.
+async fn apply(client: &kube::Client, doc: &Value) -> anyhow::Result<String> {
+    let api_version = doc.get("apiVersion").and_then(Value::as_str).context("a resource without apiVersion")?;
+    let kind = doc.get("kind").and_then(Value::as_str).context("a resource without kind")?;
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str).context("a resource without a name")?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let (ar, caps) = kube::discovery::pinned_kind(client, &GroupVersionKind::gvk(group, version, kind)).await?;
+    let api: Api<DynamicObject> = match doc.pointer("/metadata/namespace").and_then(Value::as_str) {
+        Some(ns) if caps.scope == kube::discovery::Scope::Namespaced => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    };
+    api.patch(name, &PatchParams::apply("kubectl").force(), &Patch::Apply(doc)).await?;
+    Ok(format!("{}/{name}", kind.to_ascii_lowercase()))
+}
+
+/// Run `scenario`; progress goes to `out`.
+pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -> anyhow::Result<Outcome> {
+    crate::install_crypto_provider();
+    let docs = scenario.documents().map_err(|e| anyhow!(e))?;
+    let model = Arc::new(OomModel::new(&scenario.model).map_err(|e| anyhow!("scenario model: {e}"))?);
+    let config = Config { pod_model: Some(model.clone()), ..Config::default() };
+    let sandbox = Sandbox::start(config).await?;
+    model.attach(sandbox.api().clone());
+    sandbox.install_crds()?;
+    let client = sandbox.client(ADMIN_TOKEN).await?;
+    writeln!(out, "Reflex demo — scenario {}", scenario.name)?;
+    writeln!(out, "  {}", scenario.description)?;
+    writeln!(
+        out,
+        "  stand-ins: the Kubernetes API is Reflex's in-memory sandbox ({}); Pod OOM kills and the Prometheus queries come from the scenario's model, computed from the sandbox's state",
+        sandbox.url()
+    )?;
+    let mut applied = Vec::new();
+    for doc in &docs {
+        applied.push(apply(&client, doc).await?);
+    }
+    let workload = scenario.model.workloads.first().context("the scenario models no workload")?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &workload.namespace);
+    let before = deployments.get(&workload.deployment).await?;
+    let memory_before = memory_limit(&before, &workload.container);
+    let before_json = serde_json::to_value(&before)?;
+
+    // The operator: the same controller, stages and intake as `reflex run`.
+    let stop = CancellationToken::new();
+    let stages = Stages::standard(client.clone(), model.clone());
+    let controller = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            crate::controller::reconcile::run(client, stages, async move { stop.cancelled().await }).await
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let intake_url = format!("http://{}/alerts", listener.local_addr()?);
+    let intake = {
+        let (router, stop) = (crate::intake::webhook::router(client.clone()), stop.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
+        })
+    };
+    let t0 = Instant::now();
+    writeln!(
+        out,
+        "[{:>5.1}s] setup       applied {}; {} memory limit {memory_before}, working set {}",
+        0.0,
+        applied.join(", "),
+        workload.deployment,
+        workload.working_set
+    )?;
+
+    // Wait until the workload is visibly failing, as it would be when the alert fires.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &workload.namespace);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let restarts: i32 = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+            .map(|c| c.restart_count)
+            .sum();
+        if restarts > 0 {
+            writeln!(
+                out,
+                "[{:>5.1}s] failing     {} restarts so far, last state OOMKilled",
+                t0.elapsed().as_secs_f64(),
+                restarts
+            )?;
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the scenario's workload never failed; check its model");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Fire the alert as Alertmanager does.
+    let fp = fingerprint(&scenario.alert.labels);
+    let body = json!({
+        "version": "4", "groupKey": "{}:{alertname=\"KubeContainerOOMKilled\"}", "truncatedAlerts": 0, "status": "firing",
+        "receiver": "reflex", "groupLabels": {}, "commonLabels": scenario.alert.labels, "commonAnnotations": scenario.alert.annotations,
+        "externalURL": "http://alertmanager.invalid",
+        "alerts": [{"status": "firing", "labels": scenario.alert.labels, "annotations": scenario.alert.annotations,
+            "startsAt": jiff::Timestamp::now().to_string(), "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": fp}]
+    });
+    let response: Value =
+        reqwest::Client::new().post(&intake_url).json(&body).send().await?.error_for_status()?.json().await?;
+    let created = response["created"].as_array().and_then(|a| a.first()).and_then(Value::as_str).map(str::to_owned);
+    let Some(created) = created else {
+        stop.cancel();
+        anyhow::bail!("the intake created no Remediation: {response}");
+    };
+    let (ns, name) = created.split_once('/').context("intake answered with a malformed name")?;
+    writeln!(
+        out,
+        "[{:>5.1}s] alert       {} firing → POST {intake_url} → Remediation {created}",
+        t0.elapsed().as_secs_f64(),
+        scenario.alert.labels.get("alertname").map_or("", String::as_str)
+    )?;
+
+    // Follow the Remediation until it ends.
+    let rems: Api<Remediation> = Api::namespaced(client.clone(), ns);
+    let mut shown = RemediationStatus::default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let rem = loop {
+        let rem = rems.get(name).await?;
+        let status = rem.status.clone().unwrap_or_default();
+        for line in timeline::changes(&shown, &status, &before_json, t0.elapsed()) {
+            writeln!(out, "{line}")?;
+        }
+        shown = status;
+        if shown.phase.is_terminal() {
+            break rem;
+        }
+        if Instant::now() > deadline {
+            stop.cancel();
+            anyhow::bail!("the Remediation did not finish within 2 minutes (phase {:?})", shown.phase);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elapsed = t0.elapsed();
+    let after = deployments.get(&workload.deployment).await?;
+    let memory_after = memory_limit(&after, &workload.container);
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut evs = events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await?.items;
+    evs.sort_by(|a, b| {
+        a.metadata
+            .resource_version
+            .as_deref()
+            .map(|r| r.parse::<u64>().unwrap_or(0))
+            .cmp(&b.metadata.resource_version.as_deref().map(|r| r.parse::<u64>().unwrap_or(0)))
+    });
+    let event_reasons: Vec<String> = evs.iter().filter_map(|e| e.reason.clone()).collect();
+    stop.cancel();
+    let _ = controller.await;
+    let _ = intake.await;
+    let phase = shown.phase;
+    let expected = scenario.expect.phase;
+    writeln!(
+        out,
+        "result: {phase:?} ({}) in {:.1}s; {} memory limit {memory_before} → {memory_after}; {} Events on the Remediation",
+        if phase == expected {
+            "as the scenario expects".to_owned()
+        } else {
+            format!("the scenario expects {expected:?}")
+        },
+        elapsed.as_secs_f64(),
+        workload.deployment,
+        event_reasons.len()
+    )?;
+    let sandbox = if keep { Some(sandbox) } else { None };
+    Ok(Outcome {
+        scenario: scenario.name,
+        expected,
+        remediation: rem,
+        memory_before,
+        memory_after,
+        events: event_reasons,
+        elapsed,
+        sandbox,
+    })
+}

@@ -1,0 +1,223 @@
+//! The demo's stand-in for the kubelet's OOM killer and for Prometheus, driven by the
+//! sandbox's state — never by a script of what should happen.
+//!
+//! Contract: a Pod of a modelled workload whose container memory limit is below the working
+//! set is OOM-killed every `restartEvery` (restart count, `OOMKilled` last state,
+//! `CrashLoopBackOff`, not ready); once a rollout gives it a limit at or above the working set,
+//! its Pods are healthy. The metrics side answers exactly the queries the scenario binds —
+//! the working set, and OOM kills within a window counted from the Pods' recorded lives —
+//! and rejects any other query by saying what it models.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::scenario::{Model, SeriesValue};
+use crate::patch::quantity::parse_quantity;
+use crate::sandbox::api::{Api, ListOptions};
+use crate::sandbox::workload::PodModel;
+use crate::verify::metrics::{MetricsError, MetricsSource};
+
+#[derive(Clone, Debug)]
+struct Workload {
+    namespace: String,
+    deployment: String,
+    container: String,
+    working_set: f64,
+    every: Duration,
+}
+
+/// What the model remembers of a Pod's life.
+#[derive(Clone, Copy, Debug)]
+struct Life {
+    created: Timestamp,
+    oom: bool,
+    last_seen: Timestamp,
+}
+
+pub struct OomModel {
+    workloads: Vec<Workload>,
+    model: Model,
+    /// The sandbox, attached once it runs (the model is handed to it before it starts).
+    api: std::sync::OnceLock<Arc<Api>>,
+    lives: Mutex<HashMap<String, (String, Life)>>,
+}
+
+fn normalize(q: &str) -> String {
+    q.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl OomModel {
+    /// Attach the sandbox whose Pods the metrics side reads.
+    pub fn attach(&self, api: Arc<Api>) {
+        let _ = self.api.set(api);
+    }
+
+    pub fn new(model: &Model) -> Result<Self, String> {
+        let workloads = model
+            .workloads
+            .iter()
+            .map(|w| {
+                Ok(Workload {
+                    namespace: w.namespace.clone(),
+                    deployment: w.deployment.clone(),
+                    container: w.container.clone(),
+                    working_set: parse_quantity(&w.working_set).map_err(|e| e.to_string())?,
+                    every: w.restart_every.parse().map_err(|e| e.to_string())?.max(Duration::from_millis(100)),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self { workloads, model: model.clone(), api: std::sync::OnceLock::new(), lives: Mutex::default() })
+    }
+
+    fn workload_of(&self, pod: &Value) -> Option<&Workload> {
+        let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str)?;
+        let name = pod.pointer("/metadata/name").and_then(Value::as_str)?;
+        self.workloads.iter().find(|w| w.namespace == ns && name.starts_with(&format!("{}-", w.deployment)))
+    }
+
+    /// Is this Pod's container limited below the working set?
+    fn ooms(w: &Workload, pod: &Value) -> bool {
+        let limit = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(&w.container)))
+            .and_then(|c| c.pointer("/resources/limits/memory"))
+            .and_then(Value::as_str)
+            .and_then(|q| parse_quantity(q).ok());
+        limit.is_some_and(|l| l < w.working_set)
+    }
+
+    fn remember(&self, w: &Workload, pod: &Value, now: Timestamp) -> Option<Life> {
+        let uid = pod.pointer("/metadata/uid").and_then(Value::as_str)?.to_owned();
+        let created = pod.pointer("/metadata/creationTimestamp").and_then(Value::as_str)?.parse::<Timestamp>().ok()?;
+        let life = Life { created, oom: Self::ooms(w, pod), last_seen: now };
+        let mut lives = self.lives.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        lives.insert(uid, (w.deployment.clone(), life));
+        Some(life)
+    }
+
+    fn kills_in(life: &Life, every: Duration, from: Timestamp, to: Timestamp) -> u64 {
+        if !life.oom {
+            return 0;
+        }
+        let end = to.min(life.last_seen);
+        let count = |t: Timestamp| -> u64 {
+            let since = t.duration_since(life.created).as_secs_f64().max(0.0);
+            (since / every.as_secs_f64()).floor() as u64
+        };
+        if end <= from { 0 } else { count(end).saturating_sub(count(from.max(life.created))) }
+    }
+}
+
+impl PodModel for OomModel {
+    fn status(&self, pod: &Value, now: Timestamp) -> Option<(Value, Option<Duration>)> {
+        let w = self.workload_of(pod)?;
+        let life = self.remember(w, pod, now)?;
+        if !life.oom {
+            return None;
+        }
+        let age = now.duration_since(life.created).as_secs_f64().max(0.0);
+        let every = w.every.as_secs_f64();
+        let restarts = (age / every).floor() as u64;
+        let next = Duration::from_secs_f64(every - (age % every)).max(Duration::from_millis(10));
+        let started = pod.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null);
+        let statuses: Vec<Value> = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let name = c.get("name").cloned().unwrap_or(Value::Null);
+                if name.as_str() == Some(&w.container) {
+                    let mut s = json!({"name": name, "image": c.get("image"), "ready": false, "started": false, "restartCount": restarts,
+                        "state": if restarts == 0 { json!({"running": {"startedAt": started}}) } else {
+                            json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container {} (OOMKilled)", w.container)}}) }});
+                    if restarts > 0 {
+                        s["lastState"] = json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}});
+                    }
+                    s
+                } else {
+                    json!({"name": name, "image": c.get("image"), "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": started}}})
+                }
+            })
+            .collect();
+        let cond = |ty: &str, ok: bool| json!({"type": ty, "status": if ok { "True" } else { "False" }, "lastTransitionTime": started});
+        let status = json!({"phase": "Running", "startTime": started, "podIP": "10.0.0.1",
+            "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", false), cond("Ready", false)],
+            "containerStatuses": statuses});
+        Some((status, Some(next)))
+    }
+}
+
+impl MetricsSource for OomModel {
+    fn instant(&self, query: &str) -> BoxFuture<'_, Result<Option<f64>, MetricsError>> {
+        let wanted = normalize(query);
+        let query = query.to_owned();
+        Box::pin(async move {
+            let Some(series) = self.model.series.iter().find(|s| normalize(&s.query) == wanted) else {
+                let known: Vec<&str> = self.model.series.iter().map(|s| s.query.as_str()).collect();
+                return Err(MetricsError::Rejected(format!(
+                    "the demo's metrics model (a stand-in for Prometheus) has no series for {query:?}; it models: {}",
+                    known.join(" | ")
+                )));
+            };
+            let Some(w) = self.workloads.iter().find(|w| w.deployment == series.deployment) else {
+                return Err(MetricsError::Rejected(format!("no modelled workload {}", series.deployment)));
+            };
+            match series.value {
+                SeriesValue::WorkingSet => Ok(Some(w.working_set)),
+                SeriesValue::OomKills => {
+                    let now = Timestamp::now();
+                    let api =
+                        self.api.get().ok_or_else(|| MetricsError::Unavailable("the sandbox is not running".into()))?;
+                    if let Some(rt) = api.store.registry().find("", "v1", "pods") {
+                        let pods = api
+                            .list(&rt, Some(&w.namespace), &ListOptions::default())
+                            .map_err(|e| MetricsError::Unavailable(e.to_string()))?;
+                        for pod in pods.get("items").and_then(Value::as_array).into_iter().flatten() {
+                            if self.workload_of(pod).is_some_and(|pw| pw.deployment == w.deployment) {
+                                self.remember(w, pod, now);
+                            }
+                        }
+                    }
+                    let window = series.window.as_ref().and_then(|d| d.parse().ok()).unwrap_or(Duration::from_secs(60));
+                    let from = now.checked_sub(window).unwrap_or(now);
+                    let lives = self.lives.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let kills: u64 = lives
+                        .values()
+                        .filter(|(d, _)| *d == w.deployment)
+                        .map(|(_, l)| Self::kills_in(l, w.every, from, now))
+                        .sum();
+                    Ok(Some(kills as f64))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(2_000_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn kills_are_counted_within_the_window_and_the_pods_life() {
+        let every = Duration::from_secs(1);
+        let life = Life { created: at(0), oom: true, last_seen: at(100) };
+        assert_eq!(OomModel::kills_in(&life, every, at(0), at(10)), 10);
+        assert_eq!(OomModel::kills_in(&life, every, at(50), at(60)), 10);
+        let gone = Life { last_seen: at(20), ..life };
+        assert_eq!(OomModel::kills_in(&gone, every, at(15), at(25)), 5, "no kills after the pod is gone");
+        assert_eq!(OomModel::kills_in(&gone, every, at(21), at(31)), 0);
+        let healthy = Life { oom: false, ..life };
+        assert_eq!(OomModel::kills_in(&healthy, every, at(0), at(10)), 0);
+    }
+}

@@ -1,0 +1,176 @@
+//! Demo scenarios: data, not code paths. A scenario names the playbooks it uses, the
+//! resources to apply, the model standing in for the kubelet and Prometheus, the alert to
+//! fire, and the phase it expects. The built-in ones are compiled in from `scenarios/` and
+//! `playbooks/`; `--scenario-file` reads another one from disk.
+//!
+//! Contract: [`Scenario::parse`] rejects unknown fields and missing parts with a message that
+//! names them; [`Scenario::documents`] returns every manifest to apply, playbooks first.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::remediation::Phase;
+use crate::patch::quantity::parse_quantity;
+
+/// The scenarios that ship with Reflex.
+pub const BUILT_IN: &[(&str, &str)] =
+    &[("oom", include_str!("../../scenarios/oom.yaml")), ("bad-fix", include_str!("../../scenarios/bad-fix.yaml"))];
+
+/// The playbooks that ship with Reflex.
+pub const PLAYBOOKS: &[(&str, &str)] = &[
+    ("raise-memory-limit", include_str!("../../playbooks/raise-memory-limit.yaml")),
+    ("raise-memory-limit-timid", include_str!("../../playbooks/raise-memory-limit-timid.yaml")),
+];
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub phase: Phase,
+}
+
+/// A modelled workload: its container's working set and how often it is OOM-killed while
+/// its memory limit is below that.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Workload {
+    pub namespace: String,
+    pub deployment: String,
+    pub container: String,
+    pub working_set: String,
+    pub restart_every: crate::api::duration::DurationString,
+}
+
+/// A query the metrics model answers, and what from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Series {
+    pub query: String,
+    pub deployment: String,
+    pub value: SeriesValue,
+    #[serde(default)]
+    pub window: Option<crate::api::duration::DurationString>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SeriesValue {
+    /// The workload's working set in bytes.
+    WorkingSet,
+    /// OOM kills of the workload's container within `window`.
+    OomKills,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub workloads: Vec<Workload>,
+    pub series: Vec<Series>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSpec {
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub playbooks: Vec<String>,
+    pub expect: Expect,
+    pub resources: String,
+    pub model: Model,
+    pub alert: AlertSpec,
+}
+
+impl Scenario {
+    /// A built-in scenario by name.
+    pub fn built_in(name: &str) -> Result<Self, String> {
+        let (_, text) = BUILT_IN.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            format!(
+                "no scenario {name:?}; built in: {}",
+                BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        Self::parse(text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let s: Scenario = serde_saphyr::from_str(text).map_err(|e| format!("scenario: {e}"))?;
+        for w in &s.model.workloads {
+            parse_quantity(&w.working_set).map_err(|e| format!("scenario model {}: workingSet: {e}", w.deployment))?;
+        }
+        for q in &s.model.series {
+            if !s.model.workloads.iter().any(|w| w.deployment == q.deployment) {
+                return Err(format!(
+                    "scenario model: series {:?} names deployment {:?}, which is not modelled",
+                    q.query, q.deployment
+                ));
+            }
+        }
+        if !s.alert.labels.contains_key("alertname") {
+            return Err("scenario alert: labels need an alertname".into());
+        }
+        Ok(s)
+    }
+
+    /// Every manifest to apply: the playbooks (into the namespace of the first resource that
+    /// has one), then the scenario's resources.
+    pub fn documents(&self) -> Result<Vec<Value>, String> {
+        let resources: Vec<Value> =
+            serde_saphyr::from_multiple(&self.resources).map_err(|e| format!("scenario resources: {e}"))?;
+        let resources: Vec<Value> = resources.into_iter().filter(|d| !d.is_null()).collect();
+        let namespace = resources
+            .iter()
+            .find_map(|d| d.pointer("/metadata/namespace").and_then(Value::as_str))
+            .ok_or("scenario resources: nothing names a namespace")?
+            .to_owned();
+        let mut docs = Vec::new();
+        for name in &self.playbooks {
+            let (_, text) = PLAYBOOKS
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| format!("no playbook {name:?} in playbooks/"))?;
+            let mut pb: Value = serde_saphyr::from_str(text).map_err(|e| format!("playbooks/{name}.yaml: {e}"))?;
+            pb["metadata"]["namespace"] = Value::String(namespace.clone());
+            docs.push(pb);
+        }
+        // Namespaces first, so the playbooks have somewhere to go.
+        let (namespaces, rest): (Vec<Value>, Vec<Value>) =
+            resources.into_iter().partition(|d| d.get("kind") == Some(&Value::String("Namespace".into())));
+        Ok(namespaces.into_iter().chain(docs).chain(rest).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_scenarios_parse_and_expand() {
+        for (name, _) in BUILT_IN {
+            let s = Scenario::built_in(name).unwrap();
+            let docs = s.documents().unwrap();
+            let kinds: Vec<&str> = docs.iter().filter_map(|d| d.get("kind").and_then(Value::as_str)).collect();
+            assert_eq!(kinds, ["Namespace", "Playbook", "Deployment", "RemediationPolicy"], "{name}");
+            assert_eq!(docs[1].pointer("/metadata/namespace").and_then(Value::as_str), Some("shop"));
+        }
+        assert_eq!(Scenario::built_in("oom").unwrap().expect.phase, Phase::Succeeded);
+        assert_eq!(Scenario::built_in("bad-fix").unwrap().expect.phase, Phase::RolledBack);
+        assert!(Scenario::built_in("nope").unwrap_err().contains("built in: oom, bad-fix"));
+    }
+
+    #[test]
+    fn bad_scenarios_are_named() {
+        let text = BUILT_IN[0].1.replace("workingSet: 200Mi", "workingSet: lots");
+        assert!(Scenario::parse(&text).unwrap_err().contains("workingSet"));
+        let text = BUILT_IN[0].1.replace("name: oom", "name: oom\nextra: 1");
+        assert!(Scenario::parse(&text).unwrap_err().contains("extra"));
+    }
+}

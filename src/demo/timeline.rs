@@ -1,0 +1,136 @@
+//! The demo's timeline: what changed in a Remediation's status, as readable lines.
+//!
+//! Contract: pure. [`changes`] compares two statuses and returns one line per new fact —
+//! phase, what was read, the patch as a diff against the target as it was, the dry-run
+//! result, the gate decision, the deploy, each verification sample, the verdict, a
+//! rollback — each stamped with the time since the alert was posted.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::agent::playbook::touched;
+use crate::api::remediation::{RemediationStatus, VerificationVerdict};
+
+fn stamp(at: Duration) -> String {
+    format!("[{:>5.1}s]", at.as_secs_f64())
+}
+
+fn show(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "(unset)".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The patch as `path: before → after` lines against the target object as it was.
+pub fn diff(patch: &Value, before: &Value) -> Vec<String> {
+    let after = touched(patch, patch);
+    touched(patch, before)
+        .into_iter()
+        .zip(after)
+        .map(|((path, old), (_, new))| format!("{path}: {} → {}", show(old.as_ref()), show(new.as_ref())))
+        .collect()
+}
+
+/// Lines for everything `cur` says that `prev` did not.
+pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value, at: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    let t = stamp(at);
+    if cur.diagnosis.is_some()
+        && prev.diagnosis.is_none()
+        && let Some(d) = &cur.diagnosis
+    {
+        for f in &d.findings {
+            out.push(format!("{t}   read      {}", f.detail));
+        }
+    }
+    if prev.proposal.is_none()
+        && let Some(p) = &cur.proposal
+    {
+        out.push(format!(
+            "{t}   proposed  {} ({:?} merge patch, {})",
+            p.rationale,
+            p.patch_type,
+            &p.digest[..p.digest.len().min(19)]
+        ));
+        for line in diff(&p.patch.0, before) {
+            out.push(format!("{t}             {line}"));
+        }
+    }
+    if prev.ci.is_none()
+        && let Some(c) = &cur.ci
+    {
+        out.push(format!("{t}   tested    {:?}: {}", c.verdict, c.messages.join("; ")));
+    }
+    if prev.gate.is_none()
+        && let Some(g) = &cur.gate
+    {
+        out.push(format!("{t}   gate      {:?}: {}", g.decision, g.reason));
+    }
+    let applied = |s: &RemediationStatus| s.deploy.as_ref().and_then(|d| d.applied_at.clone());
+    if applied(prev).is_none()
+        && applied(cur).is_some()
+        && let Some(d) = &cur.deploy
+    {
+        out.push(format!(
+            "{t}   deployed  server-side apply as field manager reflex ({}); previous values recorded at resourceVersion {}",
+            d.applied_revision.clone().unwrap_or_default(),
+            d.previous_resource_version
+        ));
+    }
+    let samples = |s: &RemediationStatus| s.verification.as_ref().map_or(0, |v| v.samples.len());
+    if let Some(v) = &cur.verification {
+        let new = samples(cur).saturating_sub(samples(prev)).min(v.samples.len());
+        for s in &v.samples[v.samples.len() - new..] {
+            let value = s.value.map_or("no data".to_owned(), |x| format!("{x}"));
+            out.push(format!("{t}   sample    {value} {}", if s.ok { "✓" } else { "✗" }));
+        }
+        let verdict = |s: &RemediationStatus| s.verification.as_ref().map(|v| v.verdict);
+        if verdict(prev) != Some(v.verdict) && v.verdict != VerificationVerdict::Pending {
+            out.push(format!("{t}   verdict   {:?}: {}", v.verdict, v.message.clone().unwrap_or_default()));
+        }
+    }
+    if prev.rollback.is_none()
+        && let Some(r) = &cur.rollback
+    {
+        out.push(format!("{t}   restored  {} ({})", r.reason, r.restored_revision.clone().unwrap_or_default()));
+    }
+    if prev.phase != cur.phase {
+        let why = cur.message.clone().unwrap_or_default();
+        out.push(format!("{t} {:<11} {why}", format!("{:?}", cur.phase)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_patch_reads_as_a_diff() {
+        let before = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "128Mi"}}}]}}}});
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}, "requests": {"memory": "250Mi"}}}]}}}});
+        assert_eq!(
+            diff(&patch, &before),
+            [
+                "spec.template.spec.containers[*].resources.limits.memory: 128Mi → 250Mi",
+                "spec.template.spec.containers[*].resources.requests.memory: (unset) → 250Mi"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_new_facts_are_printed() {
+        use crate::api::remediation::Phase;
+        let a = RemediationStatus { phase: Phase::Pending, ..Default::default() };
+        let b =
+            RemediationStatus { phase: Phase::Diagnosing, message: Some("diagnosing".into()), ..Default::default() };
+        let lines = changes(&a, &b, &json!({}), Duration::from_millis(1500));
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("[  1.5s] Diagnosing"), "{lines:?}");
+        assert!(changes(&b, &b, &json!({}), Duration::ZERO).is_empty());
+    }
+}
