@@ -38,6 +38,9 @@ pub struct Outcome {
     /// The target's container memory limit before the alert and at the end.
     pub memory_before: String,
     pub memory_after: String,
+    /// The target's pod template before the alert and at the end.
+    pub template_before: Value,
+    pub template_after: Value,
     /// Reasons of the Events recorded on the Remediation, oldest first.
     pub events: Vec<String>,
     pub elapsed: Duration,
@@ -197,14 +200,26 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
         scenario.alert.labels.get("alertname").map_or("", String::as_str)
     )?;
 
-    // Follow the Remediation until it ends.
+    // Follow the Remediation until it ends: its Events (one per phase transition) and its status.
     let rems: Api<Remediation> = Api::namespaced(client.clone(), ns);
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let by_rv = |e: &Event| e.metadata.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
     let mut shown = RemediationStatus::default();
+    let mut clock = timeline::StepClock::default();
+    let mut seen_events = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let rem = loop {
         let rem = rems.get(name).await?;
         let status = rem.status.clone().unwrap_or_default();
-        for line in timeline::changes(&shown, &status, &before_json, t0.elapsed()) {
+        let at = t0.elapsed();
+        let mut evs = events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await?.items;
+        evs.sort_by_key(by_rv);
+        for e in evs {
+            if seen_events.insert(e.metadata.name.clone().unwrap_or_default()) {
+                writeln!(out, "{}", timeline::transition(e.message.as_deref().unwrap_or_default(), at))?;
+            }
+        }
+        for line in clock.observe(&status, at).into_iter().chain(timeline::changes(&shown, &status, &before_json, at)) {
             writeln!(out, "{line}")?;
         }
         shown = status;
@@ -215,11 +230,13 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
             stop.cancel();
             anyhow::bail!("the Remediation did not finish within 2 minutes (phase {:?})", shown.phase);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let elapsed = t0.elapsed();
     let after = deployments.get(&workload.deployment).await?;
     let memory_after = memory_limit(&after, &workload.container);
+    let template_after = serde_json::to_value(&after.spec.template)?;
+    let template_before = serde_json::to_value(&before.spec.template)?;
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     let mut evs = events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await?.items;
     evs.sort_by(|a, b| {
@@ -254,6 +271,8 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
         remediation: rem,
         memory_before,
         memory_after,
+        template_before,
+        template_after,
         events: event_reasons,
         elapsed,
         sandbox,

@@ -97,11 +97,50 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
     {
         out.push(format!("{t}   restored  {} ({})", r.reason, r.restored_revision.clone().unwrap_or_default()));
     }
-    if prev.phase != cur.phase {
-        let why = cur.message.clone().unwrap_or_default();
-        out.push(format!("{t} {:<11} {why}", format!("{:?}", cur.phase)));
-    }
     out
+}
+
+/// A phase transition, from the Event the controller records for it (`"A -> B: why"`).
+pub fn transition(note: &str, at: Duration) -> String {
+    match note.split_once(": ") {
+        Some((phases, why)) => {
+            let to = phases.rsplit(" -> ").next().unwrap_or(phases);
+            format!("{} {to:<11} {why}", stamp(at))
+        }
+        None => format!("{} {note}", stamp(at)),
+    }
+}
+
+/// Measures each step from when it is first seen started to when it is first seen finished.
+#[derive(Default)]
+pub struct StepClock {
+    started: std::collections::HashMap<(crate::api::remediation::Step, u32), Duration>,
+    done: std::collections::HashSet<(crate::api::remediation::Step, u32)>,
+}
+
+impl StepClock {
+    /// Lines for steps that finished since the last call.
+    pub fn observe(&mut self, cur: &RemediationStatus, at: Duration) -> Vec<String> {
+        use crate::api::remediation::StepState;
+        let mut out = Vec::new();
+        // Verification samples have their own lines.
+        for r in cur.steps.iter().filter(|r| r.step != crate::api::remediation::Step::Verify) {
+            let key = (r.step, r.attempt);
+            let started = *self.started.entry(key).or_insert(at);
+            if r.state != StepState::Started && self.done.insert(key) {
+                let took = at.saturating_sub(started);
+                out.push(format!(
+                    "{}   {:<9} #{} {:?} in {:.2}s",
+                    stamp(at),
+                    format!("{:?}", r.step).to_lowercase(),
+                    r.attempt,
+                    r.state,
+                    took.as_secs_f64()
+                ));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,75 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Both demo scenarios end to end: the sandbox, the operator (controller, stages, intake over
+//! HTTP) and the scenario's model, exactly as `reflex demo` runs them.
+
+use reflex::api::remediation::{Phase, Step, StepState};
+use reflex::demo::scenario::Scenario;
+
+fn succeeded(rem: &reflex::api::remediation::Remediation, step: Step) -> bool {
+    rem.status.as_ref().unwrap().steps.iter().any(|r| r.step == step && r.state == StepState::Succeeded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oom_scenario_raises_the_limit_and_verifies_the_fix() {
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(Scenario::built_in("oom").unwrap(), false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    assert!(outcome.as_expected());
+    assert_eq!((outcome.memory_before.as_str(), outcome.memory_after.as_str()), ("128Mi", "250Mi"), "{text}");
+    let requests = &outcome.template_after["spec"]["containers"][0]["resources"]["requests"];
+    assert_eq!(
+        (requests["memory"].as_str(), requests["cpu"].as_str()),
+        (Some("250Mi"), Some("100m")),
+        "request raised, cpu untouched"
+    );
+    let rem = &outcome.remediation;
+    for step in [Step::Diagnose, Step::Propose, Step::Test, Step::Gate, Step::Snapshot, Step::Deploy, Step::Verify] {
+        assert!(succeeded(rem, step), "{step:?} succeeded: {text}");
+    }
+    assert!(!rem.status.as_ref().unwrap().steps.iter().any(|r| r.step == Step::Rollback));
+    let status = rem.status.as_ref().unwrap();
+    assert_eq!(
+        status.deploy.as_ref().unwrap().applied_digest.as_deref(),
+        Some(status.proposal.as_ref().unwrap().digest.as_str())
+    );
+    assert!(status.verification.as_ref().unwrap().samples.iter().any(|s| s.ok));
+    // One Event per transition: Pending → Diagnosing → Proposed → Testing → Deploying → Verifying → Succeeded.
+    assert_eq!(outcome.events.len(), 6, "{:?}", outcome.events);
+    assert_eq!(outcome.events.last().map(String::as_str), Some("Verified"), "{:?}", outcome.events);
+    for expected in [
+        "read      usage: 200Mi",
+        "limits.memory: 128Mi → 250Mi",
+        "tested    Passed",
+        "gate      Approved: staging, trust auto",
+        "deployed",
+        "verdict   Passed",
+        "result: Succeeded (as the scenario expects)",
+    ] {
+        assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
+    }
+    assert!(outcome.elapsed.as_secs() < 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_fix_scenario_rolls_the_deployment_back_as_it_was() {
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(Scenario::built_in("bad-fix").unwrap(), false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::RolledBack), "{text}");
+    assert!(outcome.as_expected());
+    assert!(text.contains("limits.memory: 128Mi → 141Mi"), "{text}");
+    assert_eq!(
+        (outcome.memory_before.as_str(), outcome.memory_after.as_str()),
+        ("128Mi", "128Mi"),
+        "back as it was: {text}"
+    );
+    assert_eq!(outcome.template_after, outcome.template_before, "the whole pod template is restored exactly");
+    let rem = &outcome.remediation;
+    assert!(succeeded(rem, Step::Deploy) && succeeded(rem, Step::Rollback), "{text}");
+    let status = rem.status.as_ref().unwrap();
+    assert_eq!(status.verification.as_ref().unwrap().verdict, reflex::api::remediation::VerificationVerdict::Failed);
+    assert!(status.rollback.is_some());
+    assert_eq!(outcome.events.last().map(String::as_str), Some("RolledBack"), "{:?}", outcome.events);
+    assert!(outcome.events.iter().any(|r| r == "VerificationFailed"), "{:?}", outcome.events);
+}
