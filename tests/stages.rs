@@ -1,0 +1,61 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Stage shells against the sandbox: what the demo does not show.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, PostParams};
+use reflex::api::remediation::{CiVerdict, Remediation, Step};
+use reflex::ci::Test;
+use reflex::controller::stages::{EffectKey, StageInput};
+use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+use serde_json::json;
+
+async fn setup() -> (Sandbox, kube::Client) {
+    reflex::install_crypto_provider();
+    let sb = Sandbox::start(Config::default()).await.unwrap();
+    sb.install_crds().unwrap();
+    let client = sb.client(ADMIN_TOKEN).await.unwrap();
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout", "namespace": "default"}, "spec": {"replicas": 1,
+        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1"}]}}}}))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), "default").create(&PostParams::default(), &d).await.unwrap();
+    (sb, client)
+}
+
+fn remediation_with_patch(patch: serde_json::Value) -> Remediation {
+    let digest = reflex::patch::digest(&patch);
+    serde_json::from_value(json!({
+        "apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+        "metadata": {"name": "r", "namespace": "default", "uid": "u-1"},
+        "spec": {"policyRef": {"name": "p"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"},
+                 "alert": {"name": "A", "fingerprint": "f", "startsAt": "2026-01-01T00:00:00Z"}},
+        "status": {"phase": "Testing", "proposal": {"patchType": "strategic", "patch": patch, "digest": digest, "rationale": "t", "producedBy": "playbook"}}
+    }))
+    .unwrap()
+}
+
+fn input(rem: Remediation) -> StageInput {
+    StageInput {
+        remediation: Arc::new(rem),
+        policy: None,
+        key: EffectKey { uid: "u-1".into(), step: Step::Test, attempt: 1 },
+        cancel: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_dry_run_fails_with_the_api_servers_message_and_changes_nothing() {
+    let (_sb, client) = setup().await;
+    let dry = reflex::ci::dryrun::DryRun { client: client.clone() };
+    let bad = dry.test(input(remediation_with_patch(json!({"spec": {"replicas": "many"}})))).await.unwrap();
+    assert_eq!(bad.verdict, CiVerdict::Failed);
+    assert!(bad.messages[0].contains("spec.replicas"), "{:?}", bad.messages);
+    let good_patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]}}}});
+    let good = dry.test(input(remediation_with_patch(good_patch.clone()))).await.unwrap();
+    assert_eq!(good.verdict, CiVerdict::Passed, "{:?}", good.messages);
+    assert_eq!(good.proposal_digest, reflex::patch::digest(&good_patch));
+    let d = Api::<Deployment>::namespaced(client, "default").get("checkout").await.unwrap();
+    assert_eq!(d.metadata.generation, Some(1), "a dry run stores nothing");
+    assert!(d.spec.template.spec.unwrap().containers[0].resources.is_none());
+}
