@@ -163,13 +163,48 @@ mod tests {
 
     #[test]
     fn only_new_facts_are_printed() {
-        use crate::api::remediation::Phase;
-        let a = RemediationStatus { phase: Phase::Pending, ..Default::default() };
-        let b =
-            RemediationStatus { phase: Phase::Diagnosing, message: Some("diagnosing".into()), ..Default::default() };
+        use crate::api::remediation::{CiBackend, CiResult, CiVerdict};
+        let a = RemediationStatus::default();
+        let ci = CiResult {
+            proposal_digest: "d".into(),
+            backend: CiBackend::DryRun,
+            verdict: CiVerdict::Passed,
+            messages: vec!["ok".into()],
+            reference: None,
+        };
+        let b = RemediationStatus { ci: Some(ci), ..Default::default() };
         let lines = changes(&a, &b, &json!({}), Duration::from_millis(1500));
-        assert_eq!(lines.len(), 1);
-        assert!(lines[0].starts_with("[  1.5s] Diagnosing"), "{lines:?}");
+        assert_eq!(lines, ["[  1.5s]   tested    Passed: ok"]);
         assert!(changes(&b, &b, &json!({}), Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn transitions_read_from_event_notes() {
+        assert_eq!(
+            transition("Pending -> Diagnosing: reading production", Duration::from_secs(2)),
+            "[  2.0s] Diagnosing  reading production"
+        );
+        assert_eq!(transition("no separator", Duration::ZERO), "[  0.0s] no separator");
+    }
+
+    #[test]
+    fn step_durations_run_from_first_seen_start_to_first_seen_finish() {
+        use crate::api::remediation::{Step, StepRecord, StepState};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let rec = |state| StepRecord {
+            step: Step::Diagnose,
+            attempt: 1,
+            state,
+            category: None,
+            message: None,
+            started_at: Time(jiff::Timestamp::UNIX_EPOCH),
+            finished_at: None,
+        };
+        let mut clock = StepClock::default();
+        let started = RemediationStatus { steps: vec![rec(StepState::Started)], ..Default::default() };
+        assert!(clock.observe(&started, Duration::from_millis(100)).is_empty());
+        let done = RemediationStatus { steps: vec![rec(StepState::Succeeded)], ..Default::default() };
+        assert_eq!(clock.observe(&done, Duration::from_millis(350)), ["[  0.3s]   diagnose  #1 Succeeded in 0.25s"]);
+        assert!(clock.observe(&done, Duration::from_millis(400)).is_empty(), "reported once");
     }
 }
