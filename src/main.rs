@@ -35,6 +35,15 @@ enum Command {
         /// Address the Alertmanager webhook (`POST /alerts`) listens on.
         #[arg(long, env = "REFLEX_LISTEN", default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
+        /// Namespace of the leader-election Lease (the operator's own namespace).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "reflex-system")]
+        lease_namespace: String,
+        /// This replica's identity in the election (the Pod name in a cluster).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Run the controller without leader election (one replica only).
+        #[arg(long)]
+        no_leader_election: bool,
     },
     /// Run the whole loop — alert to verified fix — on the built-in sandbox, and print the
     /// timeline. Exits 0 when the scenario ends as it expects.
@@ -118,10 +127,10 @@ async fn main() -> anyhow::Result<()> {
             println!("kubeconfig: {}", kubeconfig.display());
             println!("try: kubectl --kubeconfig {} get remediations -A", kubeconfig.display());
             println!("Ctrl-C to stop.");
-            let _ = tokio::signal::ctrl_c().await;
+            shutdown_signal().await;
             sandbox.shutdown();
         }
-        Command::Run { kubeconfig, context, prometheus_url, listen } => {
+        Command::Run { kubeconfig, context, prometheus_url, listen, lease_namespace, identity, no_leader_election } => {
             telemetry::init(cli.log_format);
             reflex::install_crypto_provider();
             let client = client(kubeconfig, context).await?;
@@ -144,12 +153,24 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = {
                 let stop = stop.clone();
                 async move {
-                    let _ = tokio::signal::ctrl_c().await;
+                    shutdown_signal().await;
                     tracing::info!("shutting down");
                     stop.cancel();
                 }
             };
-            controller::reconcile::run(client, stages, shutdown).await?;
+            if no_leader_election {
+                controller::reconcile::run(client, stages, shutdown).await?;
+            } else {
+                let identity = identity.unwrap_or_else(|| format!("reflex-{}", std::process::id()));
+                let election = controller::leader::Election {
+                    namespace: lease_namespace,
+                    lease: "reflex-operator".into(),
+                    identity,
+                    duration: 15,
+                    grace: 5,
+                };
+                controller::leader::run_elected(client, stages, election, shutdown).await?;
+            }
             stop.cancel();
             let _ = intake.await;
         }
@@ -173,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("  {k} describe remediation {rem} -n shop");
                 println!("  {k} get deploy,rs,pods -n shop");
                 println!("Ctrl-C to stop.");
-                let _ = tokio::signal::ctrl_c().await;
+                shutdown_signal().await;
             }
             if !outcome.as_expected() {
                 anyhow::bail!("the scenario expected {:?}, got {:?}", outcome.expected, outcome.phase());
@@ -181,6 +202,28 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (what Kubernetes sends a Pod it stops).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn client(kubeconfig: Option<PathBuf>, context: Option<String>) -> anyhow::Result<kube::Client> {

@@ -306,3 +306,73 @@ async fn two_racing_controllers_do_not_corrupt_state() {
     a.await.unwrap();
     b.await.unwrap();
 }
+
+fn spawn_elected(
+    client: &kube::Client,
+    stages: Stages,
+    identity: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let client = client.clone();
+    let election = reflex::controller::leader::Election {
+        namespace: "shop".into(),
+        lease: "reflex-operator".into(),
+        identity: identity.into(),
+        duration: 3,
+        grace: 1,
+    };
+    let task = tokio::spawn(async move {
+        reflex::controller::leader::run_elected(client, stages, election, async move { s.cancelled().await })
+            .await
+            .unwrap();
+    });
+    (stop, task)
+}
+
+async fn holder(client: &kube::Client) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "shop");
+    leases
+        .get_opt("reflex-operator")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leader_election_two_replicas_run_every_effect_once_and_fail_over() {
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    let mut replicas = HashMap::new();
+    for id in ["replica-a", "replica-b"] {
+        replicas.insert(id.to_owned(), spawn_elected(&client, stages(&doubles), id));
+    }
+    let names: Vec<String> = (0..4).map(|i| format!("elected-{i}")).collect();
+    for n in &names {
+        create_remediation(&client, n).await;
+    }
+    for n in &names {
+        wait_phase(&client, n, Phase::Succeeded).await;
+        for step in EFFECTS {
+            assert_eq!(doubles.runs(n, step), 1, "{n}: {step:?} ran exactly once under leader election");
+        }
+    }
+    // Stop the leader: it releases the lease and the standby takes over.
+    let leader = holder(&client).await.expect("a replica holds the lease");
+    let (stop, task) = replicas.remove(&leader).unwrap();
+    stop.cancel();
+    task.await.unwrap();
+    create_remediation(&client, "after-failover").await;
+    wait_phase(&client, "after-failover", Phase::Succeeded).await;
+    let next = holder(&client).await.expect("the standby holds the lease");
+    assert_ne!(next, leader);
+    for step in EFFECTS {
+        assert_eq!(doubles.runs("after-failover", step), 1);
+    }
+    for (_, (stop, task)) in replicas {
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
