@@ -41,6 +41,18 @@ enum Command {
         /// This replica's identity in the election (the Pod name in a cluster).
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// File holding the bearer token Alertmanager presents to the webhook.
+        #[arg(long, env = "REFLEX_WEBHOOK_TOKEN_FILE")]
+        webhook_token_file: Option<PathBuf>,
+        /// Secret (`namespace/name`, key `token`) holding that token instead.
+        #[arg(long, env = "REFLEX_WEBHOOK_TOKEN_SECRET", conflicts_with = "webhook_token_file")]
+        webhook_token_secret: Option<String>,
+        /// Accept webhook deliveries without a token (only behind something that authenticates).
+        #[arg(long)]
+        insecure_webhook: bool,
+        /// ConfigMap (`namespace/name`) whose `killSwitch: "true"` stops all new Remediations.
+        #[arg(long, env = "REFLEX_KILL_SWITCH_CONFIGMAP")]
+        kill_switch_configmap: Option<String>,
         /// Run the controller without leader election (one replica only).
         #[arg(long)]
         no_leader_election: bool,
@@ -130,7 +142,19 @@ async fn main() -> anyhow::Result<()> {
             shutdown_signal().await;
             sandbox.shutdown();
         }
-        Command::Run { kubeconfig, context, prometheus_url, listen, lease_namespace, identity, no_leader_election } => {
+        Command::Run {
+            kubeconfig,
+            context,
+            prometheus_url,
+            listen,
+            lease_namespace,
+            identity,
+            no_leader_election,
+            webhook_token_file,
+            webhook_token_secret,
+            insecure_webhook,
+            kill_switch_configmap,
+        } => {
             telemetry::init(cli.log_format);
             reflex::install_crypto_provider();
             let client = client(kubeconfig, context).await?;
@@ -139,12 +163,38 @@ async fn main() -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
             );
             let stages = controller::stages::Stages::standard(client.clone(), metrics);
+            let token = match (webhook_token_file, webhook_token_secret) {
+                (Some(path), _) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                (None, Some(secret)) => Some(secret_token(&client, &secret).await?),
+                (None, None) if insecure_webhook => None,
+                (None, None) => anyhow::bail!(
+                    "the webhook needs a bearer token: --webhook-token-file or --webhook-token-secret (or --insecure-webhook)"
+                ),
+            };
+            if token.as_deref().is_some_and(str::is_empty) {
+                anyhow::bail!("the webhook token is empty");
+            }
+            let kill_switch = match kill_switch_configmap {
+                Some(s) => {
+                    let (ns, name) = s.split_once('/').context("--kill-switch-configmap is namespace/name")?;
+                    (ns.to_owned(), name.to_owned())
+                }
+                None => (lease_namespace.clone(), "reflex-settings".to_owned()),
+            };
+            let kill_switch = Some(kill_switch);
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
             tracing::info!(%listen, "alert intake listening (POST /alerts)");
             let stop = tokio_util::sync::CancellationToken::new();
             let intake = {
-                let (router, stop) = (reflex::intake::webhook::router(client.clone()), stop.clone());
+                let settings = reflex::intake::webhook::Settings { token, kill_switch };
+                let intake = std::sync::Arc::new(reflex::intake::webhook::Intake::new(client.clone(), settings));
+                let (router, stop) = (reflex::intake::webhook::router(intake), stop.clone());
                 tokio::spawn(async move {
                     axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
                 })
@@ -202,6 +252,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The webhook token from a Secret (`namespace/name`, key `token`).
+async fn secret_token(client: &kube::Client, at: &str) -> anyhow::Result<String> {
+    let (ns, name) = at.split_once('/').context("--webhook-token-secret is namespace/name")?;
+    let secret = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .with_context(|| format!("reading Secret {at}"))?;
+    let bytes =
+        secret.data.and_then(|d| d.get("token").cloned()).with_context(|| format!("Secret {at} has no key token"))?;
+    Ok(String::from_utf8(bytes.0).context("the token is not UTF-8")?.trim().to_owned())
 }
 
 /// Ctrl-C, or SIGTERM (what Kubernetes sends a Pod it stops).

@@ -133,10 +133,14 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
             crate::controller::reconcile::run(client, stages, async move { stop.cancelled().await }).await
         })
     };
+    // The webhook wants a bearer token, as in production; the demo's Alertmanager has it.
+    let token = uuid::Uuid::new_v4().simple().to_string();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let intake_url = format!("http://{}/alerts", listener.local_addr()?);
     let intake = {
-        let (router, stop) = (crate::intake::webhook::router(client.clone()), stop.clone());
+        let settings = crate::intake::webhook::Settings { token: Some(token.clone()), kill_switch: None };
+        let intake = Arc::new(crate::intake::webhook::Intake::new(client.clone(), settings));
+        let (router, stop) = (crate::intake::webhook::router(intake), stop.clone());
         tokio::spawn(async move {
             axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
         })
@@ -185,8 +189,15 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
         "alerts": [{"status": "firing", "labels": scenario.alert.labels, "annotations": scenario.alert.annotations,
             "startsAt": jiff::Timestamp::now().to_string(), "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": fp}]
     });
-    let response: Value =
-        reqwest::Client::new().post(&intake_url).json(&body).send().await?.error_for_status()?.json().await?;
+    let response: Value = reqwest::Client::new()
+        .post(&intake_url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     let created = response["created"].as_array().and_then(|a| a.first()).and_then(Value::as_str).map(str::to_owned);
     let Some(created) = created else {
         stop.cancel();

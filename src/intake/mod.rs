@@ -6,5 +6,7 @@
 //! else, and rejects a bad delivery without creating anything.
 
 pub mod matcher;
+pub mod payload;
+pub mod plan;
 pub mod template;
 pub mod webhook;

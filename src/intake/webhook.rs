@@ -1,334 +1,434 @@
-//! The Alertmanager webhook (`POST /alerts`, payload version 4): matched alerts become
-//! Remediations.
+//! The Alertmanager webhook's shell: `POST /alerts` (payload version 4), `GET /metrics`.
 //!
-//! Contract: the pure core ([`plan`]) decides, for every firing alert, which policies match
-//! (alert name, Alertmanager matchers, and scope — a policy only acts on targets in its own
-//! namespace, so the alert's `namespace` label must name it) and which Remediation that
-//! means: the target from the policy's name template, the name from the policy and the alert
-//! fingerprint, so a repeated delivery maps to the same object. The shell parses and
-//! validates the body (400 naming the problem, nothing created), lists policies, and creates
-//! the Remediations; one that already exists is a duplicate delivery, not an error.
+//! Contract: a delivery must carry the configured bearer token (compared in constant time;
+//! 401 without it) and fit the body limit (413); it is parsed strictly (400 naming the
+//! field). Nothing is created for a rejected request. The pure [`super::plan`] decides; this
+//! shell lists policies and Remediations, creates Remediations (labelled with policy and
+//! target), records on each how often its alert was seen and when last, or that it resolved
+//! (`status.alert`, field manager `reflex-intake`, under resourceVersion preconditions so
+//! concurrent deliveries never lose a count), and records every suppression as an Event on
+//! the policy. A create that collides with a concurrent one becomes an observation. Counters
+//! and request latency are on `/metrics` (prometheus-client).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, PostParams};
-use serde::Deserialize;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 
-use super::template::is_dns_subdomain;
-use crate::api::LocalObjectRef;
+use super::payload::parse;
+use super::plan::{Action, Existing, POLICY_LABEL, PolicyRef, TARGET_LABEL, existing_from, plan};
 use crate::api::policy::RemediationPolicy;
-use crate::api::remediation::{AlertRef, Remediation, RemediationSpec, TargetRef};
+use crate::api::remediation::{AlertObservation, AlertState, Remediation};
 use crate::api::validate::ValidPolicy;
 
 /// Largest accepted delivery.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
-/// An Alertmanager webhook delivery.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Payload {
-    pub version: String,
-    #[serde(default)]
-    pub group_key: String,
-    #[serde(default)]
-    pub truncated_alerts: u64,
-    pub status: String,
-    #[serde(default)]
-    pub receiver: String,
-    pub alerts: Vec<Alert>,
+/// Field manager of intake's status writes.
+pub const INTAKE_MANAGER: &str = "reflex-intake";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
 }
 
-/// One alert of a delivery.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Alert {
-    pub status: String,
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
-    pub starts_at: String,
-    #[serde(default, rename = "generatorURL")]
-    pub generator_url: Option<String>,
-    pub fingerprint: String,
+/// Intake's metrics.
+pub struct Metrics {
+    registry: Registry,
+    received: Counter,
+    matched: Counter,
+    deduplicated: Counter,
+    resolved: Counter,
+    created: Counter,
+    suppressed: Family<Reason, Counter>,
+    rejected: Family<Reason, Counter>,
+    truncated: Counter,
+    latency: Histogram,
 }
 
-/// A policy as intake sees it.
-#[derive(Clone, Debug)]
-pub struct PolicyRef {
-    pub namespace: String,
-    pub name: String,
-    pub policy: ValidPolicy,
-}
-
-/// What to do for one (alert, policy) match.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Intent {
-    pub namespace: String,
-    pub name: String,
-    pub spec: RemediationSpec,
-}
-
-/// The outcome of planning a delivery.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Planned {
-    pub intents: Vec<Intent>,
-    /// Firing alerts no policy matched.
-    pub unmatched: usize,
-    /// Alerts skipped as resolved (resolution handling is a later stage).
-    pub resolved: usize,
-    /// Why a matching policy could not act (missing label, bad name).
-    pub problems: Vec<String>,
-}
-
-/// Validate a delivery's shape; the message names the offending field.
-pub fn validate(p: &Payload) -> Result<(), String> {
-    if p.version != "4" {
-        return Err(format!("version: {:?} is not supported; Alertmanager sends version \"4\"", p.version));
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("reflex_intake");
+        let m = Self {
+            registry: Registry::default(),
+            received: Counter::default(),
+            matched: Counter::default(),
+            deduplicated: Counter::default(),
+            resolved: Counter::default(),
+            created: Counter::default(),
+            suppressed: Family::default(),
+            rejected: Family::default(),
+            truncated: Counter::default(),
+            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        };
+        registry.register("alerts_received", "Alerts received in webhook deliveries", m.received.clone());
+        registry.register("alerts_matched", "Alert and policy matches", m.matched.clone());
+        registry.register(
+            "alerts_deduplicated",
+            "Matches that found their Remediation already active",
+            m.deduplicated.clone(),
+        );
+        registry.register("alerts_resolved", "Resolutions recorded on an active Remediation", m.resolved.clone());
+        registry.register("remediations_created", "Remediations created", m.created.clone());
+        registry.register(
+            "alerts_suppressed",
+            "Matches that did not become a Remediation, by reason",
+            m.suppressed.clone(),
+        );
+        registry.register("requests_rejected", "Deliveries rejected, by reason", m.rejected.clone());
+        registry.register(
+            "alerts_truncated",
+            "Alerts Alertmanager left out of deliveries (truncatedAlerts)",
+            m.truncated.clone(),
+        );
+        registry.register("request_duration_seconds", "Time to handle a delivery", m.latency.clone());
+        Self { registry, ..m }
     }
-    for (i, a) in p.alerts.iter().enumerate() {
-        if !matches!(a.status.as_str(), "firing" | "resolved") {
-            return Err(format!("alerts[{i}].status: {:?} must be \"firing\" or \"resolved\"", a.status));
-        }
-        if !a.labels.contains_key("alertname") {
-            return Err(format!("alerts[{i}].labels: alertname is missing"));
-        }
-        if a.fingerprint.is_empty()
-            || !a.fingerprint.chars().all(|c| c.is_ascii_alphanumeric())
-            || a.fingerprint.len() > 64
-        {
-            return Err(format!("alerts[{i}].fingerprint: {:?} is not an Alertmanager fingerprint", a.fingerprint));
-        }
-        if a.starts_at.parse::<jiff::Timestamp>().is_err() {
-            return Err(format!("alerts[{i}].startsAt: {:?} is not an RFC 3339 time", a.starts_at));
-        }
-    }
-    Ok(())
 }
 
-/// The Remediation name for a policy and an alert fingerprint.
-pub fn remediation_name(policy: &str, fingerprint: &str) -> String {
-    let mut name = format!("{policy}-{}", fingerprint.to_ascii_lowercase());
-    name.truncate(253);
-    name
+impl Metrics {
+    fn reject(&self, reason: &str) {
+        self.rejected.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
 }
 
-/// Decide what a (validated) delivery means.
-pub fn plan(p: &Payload, policies: &[PolicyRef]) -> Planned {
-    let mut out = Planned::default();
-    for a in &p.alerts {
-        if a.status == "resolved" {
-            out.resolved += 1;
-            continue;
-        }
-        let alertname = a.labels.get("alertname").cloned().unwrap_or_default();
-        let mut matched = false;
-        for pr in policies {
-            let pol = &pr.policy;
-            let in_scope = a.labels.get("namespace") == Some(&pr.namespace);
-            if !in_scope || !pol.alertnames.contains(&alertname) || !pol.matchers.iter().all(|m| m.matches(&a.labels)) {
-                continue;
-            }
-            matched = true;
-            let target = match pol.target_name.render(&a.labels) {
-                Ok(t) => t,
-                Err(e) => {
-                    out.problems.push(format!(
-                        "policy {}/{}: alert {alertname} ({}): {e}",
-                        pr.namespace, pr.name, a.fingerprint
-                    ));
-                    continue;
-                }
-            };
-            let name = remediation_name(&pr.name, &a.fingerprint);
-            if !is_dns_subdomain(&name) {
-                out.problems.push(format!("policy {}/{}: {name:?} is not a valid object name", pr.namespace, pr.name));
-                continue;
-            }
-            let Ok(starts_at) = a.starts_at.parse::<jiff::Timestamp>() else { continue };
-            out.intents.push(Intent {
-                namespace: pr.namespace.clone(),
-                name,
-                spec: RemediationSpec {
-                    policy_ref: LocalObjectRef { name: pr.name.clone() },
-                    alert: AlertRef {
-                        name: alertname.clone(),
-                        fingerprint: a.fingerprint.clone(),
-                        labels: a.labels.clone(),
-                        annotations: a.annotations.clone(),
-                        starts_at: Time(starts_at),
-                        generator_url: a.generator_url.clone(),
-                    },
-                    target: TargetRef {
-                        api_version: pol.target_kind.api_version().to_owned(),
-                        kind: pol.target_kind,
-                        name: target,
-                    },
-                    cancel: false,
-                },
-            });
-        }
-        if !matched {
-            out.unmatched += 1;
-        }
-    }
-    out
+/// How intake is configured.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The bearer token deliveries must carry; `None` accepts unauthenticated deliveries
+    /// (the demo, on loopback).
+    pub token: Option<String>,
+    /// The ConfigMap (namespace, name) whose `killSwitch: "true"` stops all new Remediations.
+    pub kill_switch: Option<(String, String)>,
 }
 
 /// The webhook's shared state.
 pub struct Intake {
     pub client: kube::Client,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    recorder: Recorder,
+}
+
+impl Intake {
+    pub fn new(client: kube::Client, settings: Settings) -> Self {
+        let reporter = Reporter { controller: "reflex-intake".into(), instance: std::env::var("POD_NAME").ok() };
+        Self { recorder: Recorder::new(client.clone(), reporter), client, settings, metrics: Metrics::default() }
+    }
 }
 
 fn reply(code: StatusCode, body: Value) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-async fn policies(client: &kube::Client) -> Result<Vec<PolicyRef>, kube::Error> {
-    let list = Api::<RemediationPolicy>::all(client.clone()).list(&Default::default()).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter_map(|p| {
-            let namespace = p.metadata.namespace.clone()?;
-            let name = p.metadata.name.clone()?;
-            match ValidPolicy::from_spec(&p.spec) {
-                Ok(policy) => Some(PolicyRef { namespace, name, policy }),
-                Err(e) => {
-                    tracing::warn!(policy = %format!("{namespace}/{name}"), error = %e, "skipping an invalid policy");
-                    None
-                }
-            }
-        })
-        .collect())
+fn authorized(expected: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(expected) = expected else { return true };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
-async fn receive(State(intake): State<Arc<Intake>>, body: axum::body::Bytes) -> Response {
-    let payload: Payload = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("not an Alertmanager webhook payload: {e}")}),
-            );
+async fn kill_switch(client: &kube::Client, at: &Option<(String, String)>) -> Result<bool, kube::Error> {
+    let Some((ns, name)) = at else { return Ok(false) };
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await?;
+    Ok(cm.and_then(|c| c.data).and_then(|d| d.get("killSwitch").cloned()).is_some_and(|v| v.trim() == "true"))
+}
+
+async fn policies(
+    client: &kube::Client,
+) -> Result<(Vec<PolicyRef>, BTreeMap<(String, String), ObjectReference>), kube::Error> {
+    let list = Api::<RemediationPolicy>::all(client.clone()).list(&ListParams::default()).await?;
+    let mut refs = BTreeMap::new();
+    let mut out = Vec::new();
+    for p in list.items {
+        let (Some(namespace), Some(name)) = (p.metadata.namespace.clone(), p.metadata.name.clone()) else { continue };
+        refs.insert(
+            (namespace.clone(), name.clone()),
+            ObjectReference {
+                api_version: Some("reflex.dev/v1alpha1".into()),
+                kind: Some("RemediationPolicy".into()),
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                uid: p.metadata.uid.clone(),
+                ..ObjectReference::default()
+            },
+        );
+        match ValidPolicy::from_spec(&p.spec) {
+            Ok(policy) => out.push(PolicyRef { namespace, name, policy }),
+            Err(e) => tracing::warn!(policy = %format!("{namespace}/{name}"), error = %e, "skipping an invalid policy"),
         }
-    };
-    if let Err(e) = validate(&payload) {
-        return reply(StatusCode::BAD_REQUEST, json!({"error": e}));
     }
-    let policies = match policies(&intake.client).await {
+    Ok((out, refs))
+}
+
+/// Write `status.alert` with `update`, retrying on concurrent writes.
+async fn observe(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    update: impl Fn(Option<&AlertObservation>) -> AlertObservation,
+) -> Result<(), kube::Error> {
+    let api: Api<Remediation> = Api::namespaced(client.clone(), ns);
+    let mut attempt = 0;
+    loop {
+        let current = api.get(name).await?;
+        let next = update(current.status.as_ref().and_then(|s| s.alert.as_ref()));
+        let body = json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+            "metadata": {"name": name, "resourceVersion": current.metadata.resource_version}, "status": {"alert": next}});
+        match api.patch_status(name, &PatchParams::apply(INTAKE_MANAGER).force(), &Patch::Apply(body)).await {
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => attempt += 1,
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
+fn seen_again(prev: Option<&AlertObservation>, at: jiff::Timestamp) -> AlertObservation {
+    match prev {
+        Some(p) => AlertObservation {
+            state: AlertState::Firing,
+            times_seen: p.times_seen.saturating_add(1),
+            first_seen: p.first_seen.clone(),
+            last_seen: Time(at),
+            resolved_at: None,
+        },
+        None => AlertObservation {
+            state: AlertState::Firing,
+            times_seen: 1,
+            first_seen: Time(at),
+            last_seen: Time(at),
+            resolved_at: None,
+        },
+    }
+}
+
+async fn receive(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let started = Instant::now();
+    let resp = handle(&intake, &headers, &body).await;
+    intake.metrics.latency.observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn handle(intake: &Intake, headers: &HeaderMap, body: &[u8]) -> Response {
+    let m = &intake.metrics;
+    if !authorized(intake.settings.token.as_deref(), headers) {
+        m.reject("unauthorized");
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "a valid bearer token is required (Authorization: Bearer <token>)"}),
+        );
+    }
+    let payload = match parse(body) {
         Ok(p) => p,
         Err(e) => {
-            return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": format!("cannot read policies: {e}")}));
+            m.reject("invalid");
+            return reply(StatusCode::BAD_REQUEST, json!({"error": e}));
         }
     };
-    let planned = plan(&payload, &policies);
-    let (mut created, mut existing, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-    for intent in planned.intents {
-        let api: Api<Remediation> = Api::namespaced(intake.client.clone(), &intent.namespace);
-        let rem = Remediation::new(&intent.name, intent.spec);
-        match api
-            .create(&PostParams { field_manager: Some(crate::api::MANAGER.into()), ..Default::default() }, &rem)
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(remediation = %format!("{}/{}", intent.namespace, intent.name), "created from alert");
-                created.push(format!("{}/{}", intent.namespace, intent.name));
+    m.received.inc_by(payload.alerts.len() as u64);
+    if payload.truncated_alerts > 0 {
+        m.truncated.inc_by(payload.truncated_alerts);
+        tracing::warn!(truncated = payload.truncated_alerts, group = %payload.group_key, "Alertmanager truncated this delivery; raise max_alerts on the receiver");
+    }
+    let unavailable = |what: &str, e: kube::Error| {
+        m.reject("unavailable");
+        reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": format!("{what}: {e}")}))
+    };
+    let killed = match kill_switch(&intake.client, &intake.settings.kill_switch).await {
+        Ok(k) => k,
+        Err(e) => return unavailable("cannot read the kill switch", e),
+    };
+    let (policies, refs) = match policies(&intake.client).await {
+        Ok(p) => p,
+        Err(e) => return unavailable("cannot read policies", e),
+    };
+    let rems =
+        match Api::<Remediation>::all(intake.client.clone()).list(&ListParams::default().labels(POLICY_LABEL)).await {
+            Ok(l) => l.items,
+            Err(e) => return unavailable("cannot read remediations", e),
+        };
+    let existing: Vec<Existing> = existing_from(&rems);
+    let planned = plan(&payload, &policies, &existing, killed, jiff::Timestamp::now());
+    let (mut created, mut observed, mut resolved, mut suppressed, mut failed) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for action in planned.actions {
+        match action {
+            Action::Create { namespace, name, policy, target, spec, seen } => {
+                m.matched.inc();
+                let mut rem = Remediation::new(&name, *spec);
+                rem.metadata.namespace = Some(namespace.clone());
+                rem.metadata.labels =
+                    Some(BTreeMap::from([(POLICY_LABEL.to_owned(), policy), (TARGET_LABEL.to_owned(), target)]));
+                let api: Api<Remediation> = Api::namespaced(intake.client.clone(), &namespace);
+                let pp = PostParams { field_manager: Some(INTAKE_MANAGER.into()), ..Default::default() };
+                let outcome = match api.create(&pp, &rem).await {
+                    Ok(_) => {
+                        m.created.inc();
+                        created.push(format!("{namespace}/{name}"));
+                        Ok(())
+                    }
+                    // Another delivery (or replica) created it first: this is a repeat.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        m.deduplicated.inc();
+                        observed.push(format!("{namespace}/{name}"));
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                let recorded = match outcome {
+                    Ok(()) => observe(&intake.client, &namespace, &name, |p| seen_again(p, seen)).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = recorded {
+                    failed.push(format!("{namespace}/{name}: {e}"));
+                }
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => existing.push(format!("{}/{}", intent.namespace, intent.name)),
-            Err(e) => failed.push(format!("{}/{}: {e}", intent.namespace, intent.name)),
+            Action::Observe { namespace, name, seen } => {
+                m.matched.inc();
+                m.deduplicated.inc();
+                match observe(&intake.client, &namespace, &name, |p| seen_again(p, seen)).await {
+                    Ok(()) => observed.push(format!("{namespace}/{name}")),
+                    Err(e) => failed.push(format!("{namespace}/{name}: {e}")),
+                }
+            }
+            Action::Resolve { namespace, name, at } => {
+                m.resolved.inc();
+                let update = |p: Option<&AlertObservation>| {
+                    let mut o = seen_again(p, at);
+                    o.times_seen = p.map_or(1, |p| p.times_seen);
+                    o.state = AlertState::Resolved;
+                    o.resolved_at = Some(Time(at));
+                    o
+                };
+                match observe(&intake.client, &namespace, &name, update).await {
+                    Ok(()) => resolved.push(format!("{namespace}/{name}")),
+                    Err(e) => failed.push(format!("{namespace}/{name}: {e}")),
+                }
+            }
+            Action::Suppress { namespace, policy, target, reason, detail } => {
+                m.matched.inc();
+                m.suppressed.get_or_create(&Reason { reason: reason.as_str().into() }).inc();
+                suppressed.push(json!({"policy": format!("{namespace}/{policy}"), "target": target, "reason": reason.as_str(), "detail": detail}));
+                if let Some(reference) = refs.get(&(namespace.clone(), policy.clone())) {
+                    let event = Event {
+                        type_: EventType::Normal,
+                        reason: "Suppressed".into(),
+                        note: Some(format!("alert for {target} not remediated ({}): {detail}", reason.as_str())),
+                        action: "Intake".into(),
+                        secondary: None,
+                    };
+                    if let Err(e) = intake.recorder.publish(&event, reference).await {
+                        tracing::warn!(error = %e, "could not record a suppression Event");
+                    }
+                }
+            }
         }
     }
     for p in &planned.problems {
         tracing::warn!(problem = %p, "alert matched a policy but cannot be acted on");
     }
-    let body = json!({"created": created, "existing": existing, "unmatched": planned.unmatched, "resolved": planned.resolved, "problems": planned.problems, "failed": failed});
-    // A failed create is worth a retry from Alertmanager; everything else is done.
+    let body = json!({"created": created, "observed": observed, "resolved": resolved, "suppressed": suppressed,
+        "unmatched": planned.unmatched, "problems": planned.problems, "failed": failed});
+    // A failed write is worth a retry from Alertmanager; everything else is done.
     reply(if failed.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
 }
 
-/// The intake routes: `POST /alerts`.
-pub fn router(client: kube::Client) -> axum::Router {
+async fn metrics(State(intake): State<Arc<Intake>>) -> Response {
+    let mut resp = intake.metrics.encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+async fn too_large(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": format!("the body is larger than {MAX_BODY} bytes")}),
+        );
+    }
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": format!("the body is larger than {MAX_BODY} bytes")}),
+        );
+    }
+    resp
+}
+
+/// The intake routes: `POST /alerts`, `GET /metrics`, `GET /healthz`.
+pub fn router(intake: Arc<Intake>) -> axum::Router {
     axum::Router::new()
         .route("/alerts", post(receive))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Arc::new(Intake { client }))
+        .layer(axum::middleware::from_fn(too_large))
+        .with_state(intake)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::TargetKind;
-    use crate::api::policy::RemediationPolicySpec;
 
-    fn policy(ns: &str) -> PolicyRef {
-        let spec: RemediationPolicySpec = serde_json::from_value(json!({
-            "match": {"alertnames": ["KubeContainerOOMKilled"], "matchers": ["severity=~\"warning|critical\""]},
-            "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
-            "playbook": "raise-memory-limit",
-            "trust": {"level": "auto"},
-            "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}
-        }))
-        .unwrap();
-        PolicyRef { namespace: ns.into(), name: "checkout-oom".into(), policy: ValidPolicy::from_spec(&spec).unwrap() }
-    }
-
-    fn payload(labels: Value, status: &str) -> Payload {
-        serde_json::from_value(json!({"version": "4", "status": status, "alerts": [{"status": status, "labels": labels,
-            "startsAt": "2026-01-01T00:00:00Z", "fingerprint": "a1b2c3d4e5f60718"}]}))
-        .unwrap()
+    #[test]
+    fn tokens_compare_exactly() {
+        let mut h = HeaderMap::new();
+        assert!(!authorized(Some("s3cret"), &h));
+        h.insert(header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
+        assert!(!authorized(Some("s3cret"), &h));
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(authorized(Some("s3cret"), &h));
+        assert!(authorized(None, &HeaderMap::new()));
     }
 
     #[test]
-    fn a_matching_alert_in_scope_becomes_a_remediation() {
-        let p = payload(
-            json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "severity": "critical"}),
-            "firing",
-        );
-        let planned = plan(&p, &[policy("shop"), policy("other")]);
-        assert_eq!(planned.intents.len(), 1, "only the policy in the alert's namespace acts");
-        let i = &planned.intents[0];
-        assert_eq!((i.namespace.as_str(), i.name.as_str()), ("shop", "checkout-oom-a1b2c3d4e5f60718"));
-        assert_eq!(i.spec.target.name, "checkout");
-        assert_eq!(i.spec.target.kind, TargetKind::Deployment);
+    fn observations_count_and_keep_first_seen() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+        let first = seen_again(None, t0);
+        let second = seen_again(Some(&first), t1);
+        assert_eq!((second.times_seen, second.first_seen.0, second.last_seen.0), (2, t0, t1));
     }
 
     #[test]
-    fn non_matching_resolved_and_unrenderable_alerts() {
-        let pols = [policy("shop")];
-        let low = payload(
-            json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "severity": "info"}),
-            "firing",
-        );
-        assert_eq!(plan(&low, &pols).unmatched, 1);
-        let resolved = payload(
-            json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "severity": "critical"}),
-            "resolved",
-        );
-        assert_eq!(plan(&resolved, &pols).resolved, 1);
-        let nolabel = payload(
-            json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "severity": "critical"}),
-            "firing",
-        );
-        let planned = plan(&nolabel, &pols);
-        assert!(planned.intents.is_empty() && planned.problems[0].contains("deployment"), "{:?}", planned.problems);
-    }
-
-    #[test]
-    fn bad_deliveries_are_named() {
-        let mut p = payload(json!({"alertname": "A"}), "firing");
-        p.version = "3".into();
-        assert!(validate(&p).unwrap_err().starts_with("version"));
-        let mut p = payload(json!({"alertname": "A"}), "firing");
-        p.alerts[0].starts_at = "yesterday".into();
-        assert!(validate(&p).unwrap_err().starts_with("alerts[0].startsAt"));
-        let p = payload(json!({"severity": "x"}), "firing");
-        assert_eq!(validate(&p).unwrap_err(), "alerts[0].labels: alertname is missing");
+    fn metrics_expose_counters_by_reason() {
+        let m = Metrics::default();
+        m.reject("unauthorized");
+        m.suppressed.get_or_create(&Reason { reason: "cooldown".into() }).inc();
+        let text = m.encode();
+        assert!(text.contains("reflex_intake_requests_rejected_total{reason=\"unauthorized\"} 1"), "{text}");
+        assert!(text.contains("reflex_intake_alerts_suppressed_total{reason=\"cooldown\"} 1"), "{text}");
     }
 }

@@ -1,0 +1,421 @@
+//! The pure core of intake: what a delivery means, given the policies and the Remediations
+//! that already exist.
+//!
+//! Contract: for each alert, every matching policy (alert name, Alertmanager matchers, and
+//! scope — the alert's `namespace` label must be the policy's namespace) resolves a target.
+//! Then, per (policy, target): an *active* (non-terminal) Remediation is observed again (a
+//! repeat, a second Alertmanager replica, another alert of the same incident) — never a
+//! second one; a resolved alert marks it resolved; otherwise a new one is created, unless
+//! the kill switch, `suspend`, the cooldown after the last one finished, the policy's rate
+//! limit (`maxRemediations` per `window`) or its concurrency limit says no — each a named
+//! suppression reason. Names are deterministic (`<policy>-<target>-<n>`), so concurrent
+//! deliveries computing the same action collide on create instead of duplicating.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sha2::{Digest, Sha256};
+
+use super::payload::{Alert, Payload};
+use super::template::is_dns_subdomain;
+use crate::api::LocalObjectRef;
+use crate::api::remediation::{AlertRef, Phase, RemediationSpec, TargetRef};
+use crate::api::validate::ValidPolicy;
+
+/// A policy as intake sees it.
+#[derive(Clone, Debug)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+    pub policy: ValidPolicy,
+}
+
+/// A Remediation as intake sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Existing {
+    pub namespace: String,
+    pub name: String,
+    pub policy: String,
+    pub target: String,
+    pub seq: u32,
+    /// None until the controller first writes status.
+    pub phase: Option<Phase>,
+    pub created: Timestamp,
+    pub finished: Option<Timestamp>,
+}
+
+impl Existing {
+    fn active(&self) -> bool {
+        self.phase.is_none_or(|p| !p.is_terminal())
+    }
+}
+
+/// Why an alert did not become a Remediation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Suppression {
+    KillSwitch,
+    Suspended,
+    Cooldown,
+    RateLimited,
+    Concurrency,
+}
+
+impl Suppression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KillSwitch => "kill_switch",
+            Self::Suspended => "suspended",
+            Self::Cooldown => "cooldown",
+            Self::RateLimited => "rate_limited",
+            Self::Concurrency => "concurrency",
+        }
+    }
+}
+
+/// One thing to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Create {
+        namespace: String,
+        name: String,
+        policy: String,
+        target: String,
+        spec: Box<RemediationSpec>,
+        seen: Timestamp,
+    },
+    /// Seen again while active.
+    Observe {
+        namespace: String,
+        name: String,
+        seen: Timestamp,
+    },
+    /// Alertmanager says it resolved.
+    Resolve {
+        namespace: String,
+        name: String,
+        at: Timestamp,
+    },
+    Suppress {
+        namespace: String,
+        policy: String,
+        target: String,
+        reason: Suppression,
+        detail: String,
+    },
+}
+
+/// The outcome of planning a delivery.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Planned {
+    pub actions: Vec<Action>,
+    /// Alerts no policy matched.
+    pub unmatched: usize,
+    /// Why a matching policy could not act (missing label, bad name).
+    pub problems: Vec<String>,
+}
+
+/// Labels intake puts on the Remediations it creates.
+pub const POLICY_LABEL: &str = "reflex.dev/policy";
+pub const TARGET_LABEL: &str = "reflex.dev/target";
+
+/// `<policy>-<target>-<n>`, shortened with a hash when too long for an object name.
+pub fn remediation_name(policy: &str, target: &str, seq: u32) -> String {
+    let name = format!("{policy}-{target}-{seq}");
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash: String =
+        Sha256::digest(format!("{policy}/{target}").as_bytes()).iter().take(5).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hash}-{seq}", &policy[..policy.len().min(200)])
+}
+
+fn spec(pr: &PolicyRef, a: &Alert, target: &str, starts_at: Timestamp) -> RemediationSpec {
+    RemediationSpec {
+        policy_ref: LocalObjectRef { name: pr.name.clone() },
+        alert: AlertRef {
+            name: a.labels.get("alertname").cloned().unwrap_or_default(),
+            fingerprint: a.fingerprint.clone(),
+            labels: a.labels.clone(),
+            annotations: a.annotations.clone(),
+            starts_at: Time(starts_at),
+            generator_url: a.generator_url.clone(),
+        },
+        target: TargetRef {
+            api_version: pr.policy.target_kind.api_version().to_owned(),
+            kind: pr.policy.target_kind,
+            name: target.to_owned(),
+        },
+        cancel: false,
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// Decide what a validated delivery means at `now`.
+pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_switch: bool, now: Timestamp) -> Planned {
+    let mut out = Planned::default();
+    let mut known: Vec<Existing> = existing.to_vec();
+    for a in &p.alerts {
+        let alertname = a.labels.get("alertname").cloned().unwrap_or_default();
+        let mut matched = false;
+        for pr in policies {
+            let pol = &pr.policy;
+            let in_scope = a.labels.get("namespace") == Some(&pr.namespace);
+            if !in_scope || !pol.alertnames.contains(&alertname) || !pol.matchers.iter().all(|m| m.matches(&a.labels)) {
+                continue;
+            }
+            matched = true;
+            let target = match pol.target_name.render(&a.labels) {
+                Ok(t) => t,
+                Err(e) => {
+                    out.problems.push(format!(
+                        "policy {}/{}: alert {alertname} ({}): {e}",
+                        pr.namespace, pr.name, a.fingerprint
+                    ));
+                    continue;
+                }
+            };
+            let same = |e: &&Existing| e.namespace == pr.namespace && e.policy == pr.name && e.target == target;
+            let active = known.iter().filter(same).find(|e| e.active()).cloned();
+            if a.status == "resolved" {
+                if let Some(e) = active {
+                    out.actions.push(Action::Resolve {
+                        namespace: e.namespace,
+                        name: e.name,
+                        at: a.ends_at().unwrap_or(now),
+                    });
+                }
+                continue;
+            }
+            if let Some(e) = active {
+                out.actions.push(Action::Observe { namespace: e.namespace, name: e.name, seen: now });
+                continue;
+            }
+            let suppress = |reason, detail: String| Action::Suppress {
+                namespace: pr.namespace.clone(),
+                policy: pr.name.clone(),
+                target: target.clone(),
+                reason,
+                detail,
+            };
+            let of_policy: Vec<&Existing> =
+                known.iter().filter(|e| e.namespace == pr.namespace && e.policy == pr.name).collect();
+            let last_finished = known.iter().filter(same).filter_map(|e| e.finished).max();
+            let recent =
+                of_policy.iter().filter(|e| now.duration_since(e.created).unsigned_abs() < pol.limits.window).count();
+            let running = of_policy.iter().filter(|e| e.active()).count();
+            let action = if kill_switch {
+                suppress(Suppression::KillSwitch, "the global kill switch is on".into())
+            } else if pol.limits.suspend {
+                suppress(Suppression::Suspended, format!("policy {} is suspended", pr.name))
+            } else if let Some(done) =
+                last_finished.filter(|t| now.duration_since(*t).unsigned_abs() < pol.limits.cooldown)
+            {
+                let left = pol.limits.cooldown.saturating_sub(now.duration_since(done).unsigned_abs());
+                suppress(
+                    Suppression::Cooldown,
+                    format!(
+                        "{target} was remediated {} ago; cooldown {} ({} left)",
+                        secs(now.duration_since(done).unsigned_abs()),
+                        secs(pol.limits.cooldown),
+                        secs(left)
+                    ),
+                )
+            } else if recent >= pol.limits.max_remediations as usize {
+                suppress(
+                    Suppression::RateLimited,
+                    format!(
+                        "{recent} remediations within {} (limit {})",
+                        secs(pol.limits.window),
+                        pol.limits.max_remediations
+                    ),
+                )
+            } else if running >= pol.limits.max_concurrent as usize {
+                suppress(
+                    Suppression::Concurrency,
+                    format!("{running} remediations in progress (limit {})", pol.limits.max_concurrent),
+                )
+            } else {
+                let seq = known.iter().filter(same).map(|e| e.seq).max().unwrap_or(0) + 1;
+                let name = remediation_name(&pr.name, &target, seq);
+                if !is_dns_subdomain(&name) {
+                    out.problems
+                        .push(format!("policy {}/{}: {name:?} is not a valid object name", pr.namespace, pr.name));
+                    continue;
+                }
+                let starts_at = a.starts_at.parse::<Timestamp>().unwrap_or(now);
+                known.push(Existing {
+                    namespace: pr.namespace.clone(),
+                    name: name.clone(),
+                    policy: pr.name.clone(),
+                    target: target.clone(),
+                    seq,
+                    phase: None,
+                    created: now,
+                    finished: None,
+                });
+                Action::Create {
+                    namespace: pr.namespace.clone(),
+                    name,
+                    policy: pr.name.clone(),
+                    target: target.clone(),
+                    spec: Box::new(spec(pr, a, &target, starts_at)),
+                    seen: now,
+                }
+            };
+            out.actions.push(action);
+        }
+        if !matched {
+            out.unmatched += 1;
+        }
+    }
+    out
+}
+
+/// Index existing Remediations by their intake labels.
+pub fn existing_from(rems: &[crate::api::remediation::Remediation]) -> Vec<Existing> {
+    rems.iter()
+        .filter_map(|r| {
+            let labels = r.metadata.labels.as_ref()?;
+            let name = r.metadata.name.clone()?;
+            let seq = name.rsplit('-').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            Some(Existing {
+                namespace: r.metadata.namespace.clone()?,
+                name,
+                policy: labels.get(POLICY_LABEL)?.clone(),
+                target: labels.get(TARGET_LABEL)?.clone(),
+                seq,
+                phase: r.status.as_ref().map(|s| s.phase),
+                created: r.metadata.creation_timestamp.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+                finished: r.status.as_ref().and_then(|s| s.finished_at.as_ref()).map(|t| t.0),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::policy::RemediationPolicySpec;
+    use serde_json::json;
+
+    fn policy(ns: &str, limits: serde_json::Value) -> PolicyRef {
+        let spec: RemediationPolicySpec = serde_json::from_value(json!({
+            "match": {"alertnames": ["KubeContainerOOMKilled"], "matchers": ["severity=~\"warning|critical\""]},
+            "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
+            "playbook": "raise-memory-limit",
+            "trust": {"level": "auto"},
+            "limits": limits,
+            "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}
+        }))
+        .unwrap();
+        PolicyRef { namespace: ns.into(), name: "checkout-oom".into(), policy: ValidPolicy::from_spec(&spec).unwrap() }
+    }
+
+    fn alert(status: &str, pod: &str) -> serde_json::Value {
+        json!({"status": status, "labels": {"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "pod": pod, "severity": "critical"},
+            "startsAt": "2026-01-01T00:00:00Z", "fingerprint": format!("f{pod}")})
+    }
+
+    fn payload(alerts: Vec<serde_json::Value>) -> Payload {
+        serde_json::from_value(json!({"version": "4", "status": "firing", "alerts": alerts})).unwrap()
+    }
+
+    fn now() -> Timestamp {
+        "2026-01-01T01:00:00Z".parse().unwrap()
+    }
+
+    fn existing(seq: u32, phase: Option<Phase>, finished_ago: Option<i64>) -> Existing {
+        Existing {
+            namespace: "shop".into(),
+            name: remediation_name("checkout-oom", "checkout", seq),
+            policy: "checkout-oom".into(),
+            target: "checkout".into(),
+            seq,
+            phase,
+            created: now().checked_sub(jiff::SignedDuration::from_secs(3000)).unwrap(),
+            finished: finished_ago.map(|s| now().checked_sub(jiff::SignedDuration::from_secs(s)).unwrap()),
+        }
+    }
+
+    fn kinds(p: &Planned) -> Vec<String> {
+        p.actions
+            .iter()
+            .map(|a| match a {
+                Action::Create { name, .. } => format!("create {name}"),
+                Action::Observe { name, .. } => format!("observe {name}"),
+                Action::Resolve { name, .. } => format!("resolve {name}"),
+                Action::Suppress { reason, .. } => format!("suppress {}", reason.as_str()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_active_remediation_per_policy_and_target() {
+        let pols = [policy("shop", json!({})), policy("other", json!({}))];
+        // Two pods of the same deployment in one delivery: one Remediation, seen twice.
+        let p = plan(&payload(vec![alert("firing", "a"), alert("firing", "b")]), &pols, &[], false, now());
+        assert_eq!(kinds(&p), ["create checkout-oom-checkout-1", "observe checkout-oom-checkout-1"]);
+        // A repeat while it is active is an observation, not a second one.
+        let active = [existing(1, Some(Phase::Verifying), None)];
+        assert_eq!(
+            kinds(&plan(&payload(vec![alert("firing", "a")]), &pols, &active, false, now())),
+            ["observe checkout-oom-checkout-1"]
+        );
+        // Resolution reaches the active one.
+        assert_eq!(
+            kinds(&plan(&payload(vec![alert("resolved", "a")]), &pols, &active, false, now())),
+            ["resolve checkout-oom-checkout-1"]
+        );
+        // After it finished and the cooldown passed: the next one in sequence.
+        let done = [existing(1, Some(Phase::Succeeded), Some(7200))];
+        assert_eq!(
+            kinds(&plan(&payload(vec![alert("firing", "a")]), &pols, &done, false, now())),
+            ["create checkout-oom-checkout-2"]
+        );
+    }
+
+    #[test]
+    fn suppressions_are_named() {
+        let p = |limits, ex: &[Existing], kill| {
+            kinds(&plan(&payload(vec![alert("firing", "a")]), &[policy("shop", limits)], ex, kill, now()))
+        };
+        assert_eq!(p(json!({}), &[], true), ["suppress kill_switch"]);
+        assert_eq!(p(json!({"suspend": true}), &[], false), ["suppress suspended"]);
+        assert_eq!(
+            p(json!({"cooldown": "10m"}), &[existing(1, Some(Phase::Succeeded), Some(60))], false),
+            ["suppress cooldown"]
+        );
+        let many: Vec<Existing> = (1..=3).map(|i| existing(i, Some(Phase::Failed), Some(7200))).collect();
+        assert_eq!(
+            p(json!({"maxRemediations": {"count": 3, "window": "24h"}}), &many, false),
+            ["suppress rate_limited"]
+        );
+        let mut elsewhere = existing(1, Some(Phase::Verifying), None);
+        elsewhere.target = "cart".into();
+        assert_eq!(p(json!({"maxConcurrent": 1}), &[elsewhere], false), ["suppress concurrency"]);
+    }
+
+    #[test]
+    fn scope_and_matching() {
+        let pols = [policy("other", json!({}))];
+        let p = plan(&payload(vec![alert("firing", "a")]), &pols, &[], false, now());
+        assert_eq!((p.actions.len(), p.unmatched), (0, 1), "a policy never acts outside its namespace");
+        let mut low = alert("firing", "a");
+        low["labels"]["severity"] = json!("info");
+        assert_eq!(plan(&payload(vec![low]), &[policy("shop", json!({}))], &[], false, now()).unmatched, 1);
+        let mut unnamed = alert("firing", "a");
+        unnamed["labels"].as_object_mut().unwrap().remove("deployment");
+        let p = plan(&payload(vec![unnamed]), &[policy("shop", json!({}))], &[], false, now());
+        assert!(p.actions.is_empty() && p.problems[0].contains("deployment"), "{:?}", p.problems);
+    }
+
+    #[test]
+    fn long_names_stay_valid() {
+        let name = remediation_name(&"p".repeat(250), &"t".repeat(250), 7);
+        assert!(name.len() <= 253 && name.ends_with("-7") && is_dns_subdomain(&name), "{name}");
+    }
+}
