@@ -58,7 +58,7 @@ async fn the_bad_fix_scenario_rolls_the_deployment_back_as_it_was() {
     let text = String::from_utf8(out).unwrap();
     assert_eq!(outcome.phase(), Some(Phase::RolledBack), "{text}");
     assert!(outcome.as_expected());
-    assert!(text.contains("limits.memory: 128Mi → 141Mi"), "{text}");
+    assert!(text.contains("limits.memory: 128Mi → 140Mi"), "{text}");
     assert_eq!(
         (outcome.memory_before.as_str(), outcome.memory_after.as_str()),
         ("128Mi", "128Mi"),

@@ -136,8 +136,7 @@ fn describe_read(name: &str, v: &Value) -> String {
         }
         Some(Value::Null) => format!("{name}: no data"),
         _ => {
-            let mut s = v.to_string();
-            s.truncate(200);
+            let s: String = v.to_string().chars().take(200).collect();
             format!("{name}: {s}")
         }
     }

@@ -4,7 +4,9 @@
 //! `factor := number | quantity in quotes | path | max(e, e, ..) | min(e, e, ..) | ( e )`,
 //! `path := ident ('.' ident | '[' n ']' | '[' key '=' value ']')*`, resolved against a JSON
 //! scope (`reads`, `target`, `labels`). Quantities (`"128Mi"`, `"500m"`) and numeric strings
-//! read as numbers in base units. Errors name the expression and the failing part.
+//! read as numbers in base units. Names may contain `-`, so subtraction needs spaces
+//! (`a - 1`). Nesting is capped and non-finite results are errors. Errors name the
+//! expression and the failing part.
 
 use serde_json::Value;
 
@@ -21,7 +23,11 @@ struct Parser<'a> {
     src: &'a str,
     pos: usize,
     scope: &'a Value,
+    depth: usize,
 }
+
+/// Deepest nesting of parentheses and function calls accepted.
+const MAX_DEPTH: usize = 32;
 
 fn number_of(v: &Value) -> Option<f64> {
     match v {
@@ -97,6 +103,16 @@ impl<'a> Parser<'a> {
     }
 
     fn factor(&mut self) -> Result<f64, ExprError> {
+        self.depth += 1;
+        let v = self.factor_inner();
+        self.depth -= 1;
+        v
+    }
+
+    fn factor_inner(&mut self) -> Result<f64, ExprError> {
+        if self.depth > MAX_DEPTH {
+            return self.err(format!("nested more than {MAX_DEPTH} deep"));
+        }
         self.skip_ws();
         let rest = self.rest();
         if rest.starts_with('(') {
@@ -131,6 +147,9 @@ impl<'a> Parser<'a> {
             }
             if !self.eat(')') {
                 return self.err(format!("missing ')' after {name}("));
+            }
+            if values.iter().any(|v| !v.is_finite()) {
+                return self.err(format!("an argument of {name}() is not a finite number"));
             }
             let pick = if name == "max" { f64::max } else { f64::min };
             return Ok(values.into_iter().fold(if name == "max" { f64::MIN } else { f64::MAX }, pick));
@@ -185,7 +204,10 @@ impl<'a> Parser<'a> {
 
 /// Evaluate `src` against `scope`.
 pub fn eval(src: &str, scope: &Value) -> Result<f64, ExprError> {
-    let mut p = Parser { src, pos: 0, scope };
+    if src.len() > 4096 {
+        return Err(ExprError { expr: src.chars().take(64).collect(), message: "longer than 4096 bytes".into() });
+    }
+    let mut p = Parser { src, pos: 0, scope, depth: 0 };
     let v = p.expr()?;
     p.skip_ws();
     if p.pos != src.len() {
@@ -243,5 +265,8 @@ mod tests {
         assert_eq!(e("secrets.x"), "unknown name \"secrets\"");
         assert!(e("labels.container").contains("not a number"));
         assert!(e("2 2").starts_with("unexpected"));
+        assert!(e(&format!("{}1{}", "(".repeat(100), ")".repeat(100))).contains("nested"));
+        let big = format!("1{}", "0".repeat(300));
+        assert!(e(&format!("max({big} * {big} - {big} * {big}, 1)")).contains("not a finite number"));
     }
 }

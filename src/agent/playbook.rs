@@ -40,6 +40,10 @@ pub enum RenderError {
     Expr(#[from] ExprError),
     #[error("template uses {0:?}, which is not defined")]
     Unknown(String),
+    #[error(
+        "{{{{ {name} }}}} is {value:?}: only letters, digits and _ . : / - can go into an expression or a tool argument"
+    )]
+    Unsafe { name: String, value: String },
     #[error("parameter {name}: {message}")]
     Parameter { name: String, message: String },
     #[error("the patch sets {0}, which the playbook's allowedPaths do not allow")]
@@ -76,12 +80,22 @@ fn mark(template: &str) -> (String, Vec<String>) {
     (out, names)
 }
 
-/// Substitute `{{ name }}` in plain text (read arguments, parameter expressions).
+/// Can `v` be pasted into an expression or a query without changing its meaning?
+fn inert(v: &str) -> bool {
+    v.len() <= 253 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'))
+}
+
+/// Substitute `{{ name }}` in plain text (read arguments, parameter expressions). Values are
+/// pasted as text, so only inert ones are accepted: an alert label cannot inject PromQL or
+/// expression syntax.
 pub fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, RenderError> {
     let (marked, names) = mark(text);
     let mut out = marked;
     for (i, name) in names.iter().enumerate() {
         let value = lookup(name).ok_or_else(|| RenderError::Unknown(name.clone()))?;
+        if !inert(&value) {
+            return Err(RenderError::Unsafe { name: name.clone(), value });
+        }
         out = out.replace(&format!("{MARK}{i}__"), &value);
     }
     Ok(out)
@@ -126,6 +140,34 @@ pub fn format_quantity(value: f64) -> String {
         return format!("{}Mi", (value / 1048576.0).ceil() as u64);
     }
     if value.fract() == 0.0 { format!("{}", value as u64) } else { format!("{}m", (value * 1000.0).ceil() as u64) }
+}
+
+/// Like [`format_quantity`], rounding down.
+pub fn format_quantity_floor(value: f64) -> String {
+    if value >= 1024.0 {
+        for (suffix, size) in [("Gi", 1073741824.0), ("Mi", 1048576.0)] {
+            if value >= size && (value / size).fract() == 0.0 {
+                return format!("{}{suffix}", (value / size) as u64);
+            }
+        }
+        return format!("{}Mi", (value / 1048576.0).floor() as u64);
+    }
+    if value.fract() == 0.0 { format!("{}", value as u64) } else { format!("{}m", (value * 1000.0).floor() as u64) }
+}
+
+fn format_param_floor(p: &ValidParameter, value: f64) -> String {
+    match p.type_ {
+        ParameterType::Quantity => format_quantity_floor(value),
+        ParameterType::Integer => format!("{}", value.floor() as i64),
+        ParameterType::Number | ParameterType::String => format!("{value}"),
+    }
+}
+
+fn parse_param(p: &ValidParameter, text: &str) -> Option<f64> {
+    match p.type_ {
+        ParameterType::Quantity => crate::patch::quantity::parse_quantity(text).ok(),
+        _ => text.parse().ok(),
+    }
 }
 
 fn format_param(p: &ValidParameter, value: f64) -> String {
@@ -266,17 +308,25 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
             notes.push(format!("{}: {} capped at the ceiling {}", p.name, format_param(p, v), format_param(p, max)));
             v = max;
         }
+        let mut upper = f64::INFINITY;
+        if let Some(max) = p.max {
+            upper = upper.min(max);
+        }
         if let Some(factor) = p.max_factor {
             let token = format!("{MARK}param_{}__", p.name);
             let currents: Vec<f64> = places
                 .iter()
                 .zip(touched_values(&probe, &token))
-                .filter_map(|((_, cur), is_here)| if is_here { cur.as_ref().and_then(number) } else { None })
+                .filter(|(_, here)| *here)
+                .map(|((_, cur), _)| cur.as_ref().and_then(number).unwrap_or(0.0))
                 .collect();
-            if let Some(base) = currents.into_iter().reduce(f64::min)
-                && base > 0.0
-                && v > base * factor
-            {
+            // Fail closed: a factor bound needs a current value to be relative to.
+            let base =
+                currents.into_iter().reduce(f64::min).filter(|b| *b > 0.0).ok_or_else(|| RenderError::Parameter {
+                    name: p.name.clone(),
+                    message: format!("maxFactor {factor} needs the value it replaces, but the target has none there"),
+                })?;
+            if v > base * factor {
                 notes.push(format!(
                     "{}: {} capped at {factor}x the current {}",
                     p.name,
@@ -285,8 +335,27 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
                 ));
                 v = base * factor;
             }
+            upper = upper.min(base * factor);
         }
-        params.insert(p.name.clone(), format_param(p, v));
+        if let Some(min) = p.min
+            && v < min
+        {
+            return Err(RenderError::Parameter {
+                name: p.name.clone(),
+                message: format!(
+                    "the bounds leave nothing: {} is below the minimum {}",
+                    format_param(p, v),
+                    format_param(p, min)
+                ),
+            });
+        }
+        if v < 0.0 {
+            return Err(RenderError::Parameter { name: p.name.clone(), message: format!("{v} is negative") });
+        }
+        // The written value must itself respect the caps: round down when rounding up would not.
+        let text = format_param(p, v);
+        let text = if parse_param(p, &text).is_some_and(|w| w > upper) { format_param_floor(p, v) } else { text };
+        params.insert(p.name.clone(), text);
     }
     let values = |n: &str| -> Option<String> {
         match n.strip_prefix("params.") {
@@ -404,6 +473,38 @@ mod tests {
             render(&pb, &scope("app")).unwrap_err(),
             RenderError::NotAllowed("spec.template.spec.containers[*].resources.requests.memory".into())
         );
+    }
+
+    #[test]
+    fn label_values_cannot_inject_into_expressions_or_queries() {
+        let pb = playbook(
+            "reads.target.spec.template.spec.containers[name={{ labels.container }}].resources.limits.memory",
+            None,
+        );
+        let err = render(&pb, &scope("app]*(\"")).unwrap_err();
+        assert!(matches!(err, RenderError::Unsafe { .. }), "{err}");
+        let q = substitute("up{container=\"{{ labels.c }}\"}", &|_| Some("x\"} or vector(1) or {a=\"".into()));
+        assert!(matches!(q, Err(RenderError::Unsafe { .. })));
+        assert_eq!(
+            substitute("up{pod=~\"{{ t }}-.*\"}", &|_| Some("checkout".into())).unwrap(),
+            "up{pod=~\"checkout-.*\"}"
+        );
+    }
+
+    #[test]
+    fn factor_bounds_fail_closed_and_rounding_respects_caps() {
+        // 128Mi x 1.1 = 140.8Mi: written as 140Mi, not the 141Mi that would exceed the cap.
+        let r = render(
+            &playbook("reads.target.spec.template.spec.containers[name=app].resources.limits.memory * 1.1", Some(1.1)),
+            &scope("app"),
+        )
+        .unwrap();
+        assert_eq!(r.params["memory"], "140Mi");
+        // No current value to be relative to: refuse rather than go unbounded.
+        let mut s = scope("app");
+        s.object = json!({"spec": {"template": {"spec": {"containers": [{"name": "app"}]}}}});
+        let err = render(&playbook("'256Mi'", Some(2.0)), &s).unwrap_err();
+        assert!(err.to_string().contains("needs the value it replaces"), "{err}");
     }
 
     #[test]

@@ -129,6 +129,20 @@ fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
     if interval < Duration::from_secs(1) {
         c.push(format!("{base}.interval"), "must be at least 1s");
     }
+    // Status keeps the last MAX_SAMPLES samples; the window must fit in them.
+    let most = interval.saturating_mul(crate::api::remediation::MAX_SAMPLES as u32 - 1);
+    if interval >= Duration::from_secs(1) && for_ > most {
+        c.push(
+            format!("{base}.for"),
+            format!(
+                "{} needs more than {} samples at interval {}: raise the interval to at least {}s",
+                v.for_,
+                crate::api::remediation::MAX_SAMPLES,
+                v.interval,
+                for_.as_secs().div_ceil(crate::api::remediation::MAX_SAMPLES as u64 - 1)
+            ),
+        );
+    }
     ValidVerify { query: v.query.clone(), operator: v.operator, threshold: v.threshold, for_, timeout, interval }
 }
 

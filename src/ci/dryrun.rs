@@ -1,13 +1,13 @@
 //! CI by server-side dry-run: the API server runs the patch through defaulting, validation
 //! and admission without storing it.
 //!
-//! Contract: the proposal is sent as the patch type it declares with `dryRun=All` and field
-//! manager `reflex`. Accepted → `Passed`; rejected by the API server (4xx) → `Failed` with the
+//! Contract: the exact request deploy will send (`deploy::apply::deploy_request`) goes to
+//! the API server with `dryRun=All`. Accepted → `Passed`; rejected by the API server (4xx) → `Failed` with the
 //! server's own message, which fails the Remediation; unreachable → a transient stage error
 //! (retried). The result carries the proposal's digest so only this exact patch can deploy.
 
 use futures::FutureExt;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch};
 
 use super::Test;
 use crate::agent::tools::api_resource;
@@ -57,8 +57,8 @@ impl Test for DryRun {
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "there is no proposal to test"))?;
             let namespace = rem.metadata.namespace.clone().unwrap_or_default();
             let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &api_resource(rem.spec.target.kind));
-            let patch = as_patch(&proposal)?;
-            let params = PatchParams { dry_run: true, field_manager: Some(crate::api::MANAGER.to_owned()), ..PatchParams::default() };
+            // Exactly the request deploy will send, with dryRun=All.
+            let (params, patch) = crate::deploy::apply::deploy_request(rem, &proposal, true)?;
             let result = |verdict, messages| CiResult {
                 proposal_digest: proposal.digest.clone(),
                 backend: CiBackend::DryRun,
@@ -74,6 +74,10 @@ impl Test for DryRun {
                         obj.metadata.generation.unwrap_or_default()
                     )],
                 )),
+                // Not allowed to, or nothing to patch: not a verdict on the patch.
+                Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) => {
+                    Err(StageError::new(crate::agent::tools::category(&e), format!("server-side dry-run: {e}")))
+                }
                 Err(kube::Error::Api(status)) if (400..500).contains(&status.code) && status.code != 429 => {
                     Ok(result(CiVerdict::Failed, vec![format!("server-side dry-run rejected the patch: {}", status.message)]))
                 }

@@ -43,6 +43,10 @@ pub enum ElectionError {
 /// Wait until `leader` says true, or `stop`; false when stopping.
 async fn until_leader(leader: &mut watch::Receiver<bool>, stop: &CancellationToken) -> Result<bool, ElectionError> {
     loop {
+        // A closed channel means the lease manager died: its last value is stale.
+        if leader.has_changed().is_err() {
+            return Err(ElectionError::Stopped);
+        }
         if *leader.borrow_and_update() {
             return Ok(true);
         }
@@ -85,7 +89,7 @@ pub async fn run_elected(
             let stop = stop.clone();
             async move {
                 loop {
-                    if !*watching.borrow_and_update() {
+                    if watching.has_changed().is_err() || !*watching.borrow_and_update() {
                         return;
                     }
                     tokio::select! {

@@ -53,7 +53,7 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
             "{t}   proposed  {} ({:?} merge patch, {})",
             p.rationale,
             p.patch_type,
-            &p.digest[..p.digest.len().min(19)]
+            p.digest.chars().take(19).collect::<String>()
         ));
         for line in diff(&p.patch.0, before) {
             out.push(format!("{t}             {line}"));
@@ -75,15 +75,21 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
         && let Some(d) = &cur.deploy
     {
         out.push(format!(
-            "{t}   deployed  server-side apply as field manager reflex ({}); previous values recorded at resourceVersion {}",
+            "{t}   deployed  as field manager reflex ({}); previous values recorded at resourceVersion {}",
             d.applied_revision.clone().unwrap_or_default(),
             d.previous_resource_version
         ));
     }
-    let samples = |s: &RemediationStatus| s.verification.as_ref().map_or(0, |v| v.samples.len());
+    // New samples: by count while the list grows; once status caps it, by time.
+    let before = prev.verification.as_ref().map_or(0, |v| v.samples.len());
+    let last_shown = prev.verification.as_ref().and_then(|v| v.samples.last()).map(|s| s.at.0);
     if let Some(v) = &cur.verification {
-        let new = samples(cur).saturating_sub(samples(prev)).min(v.samples.len());
-        for s in &v.samples[v.samples.len() - new..] {
+        let fresh: Vec<_> = if v.samples.len() > before {
+            v.samples[before..].iter().collect()
+        } else {
+            v.samples.iter().filter(|s| last_shown.is_none_or(|t| s.at.0 > t)).collect()
+        };
+        for s in fresh {
             let value = s.value.map_or("no data".to_owned(), |x| format!("{x}"));
             out.push(format!("{t}   sample    {value} {}", if s.ok { "✓" } else { "✗" }));
         }

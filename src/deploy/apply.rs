@@ -103,9 +103,30 @@ fn apply_config(rem: &Remediation, body: &Value) -> Value {
     if let Some(m) = config.as_object_mut() {
         m.insert("apiVersion".into(), json!(rem.spec.target.api_version));
         m.insert("kind".into(), json!(rem.spec.target.kind.as_str()));
-        m.insert("metadata".into(), json!({"name": rem.spec.target.name, "namespace": rem.metadata.namespace}));
+        // Keep what the patch says about metadata (labels, annotations); pin the identity.
+        let mut meta = m.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+        meta.insert("name".into(), json!(rem.spec.target.name));
+        meta.insert("namespace".into(), json!(rem.metadata.namespace));
+        m.insert("metadata".into(), Value::Object(meta));
     }
     config
+}
+
+/// The one request that deploys `proposal` — CI dry-runs exactly this (`dry_run`), so what
+/// deploys is what was tested: a forced server-side apply for plain strategic patches,
+/// otherwise the patch as its own type.
+pub fn deploy_request(
+    rem: &Remediation,
+    proposal: &crate::api::remediation::Proposal,
+    dry_run: bool,
+) -> Result<(PatchParams, Patch<Value>), StageError> {
+    if proposal.patch_type == PatchType::Strategic && !has_directives(&proposal.patch.0) {
+        let mut params = PatchParams::apply(MANAGER).force();
+        params.dry_run = dry_run;
+        return Ok((params, Patch::Apply(apply_config(rem, &proposal.patch.0))));
+    }
+    let params = PatchParams { field_manager: Some(MANAGER.to_owned()), dry_run, ..PatchParams::default() };
+    Ok((params, crate::ci::dryrun::as_patch(proposal)?))
 }
 
 fn api_err(what: &str, e: &kube::Error) -> StageError {
@@ -159,14 +180,8 @@ impl Deploy for ServerSideApply {
             let proposal = patch.proposal();
             let api = target_api(&client, rem);
             let name = &rem.spec.target.name;
-            let result = if proposal.patch_type == PatchType::Strategic && !has_directives(&proposal.patch.0) {
-                let config = apply_config(rem, &proposal.patch.0);
-                api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(config)).await
-            } else {
-                let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
-                api.patch(name, &params, &crate::ci::dryrun::as_patch(proposal)?).await
-            };
-            let obj = result.map_err(|e| api_err("applying the patch", &e))?;
+            let (params, request) = deploy_request(rem, proposal, false)?;
+            let obj = api.patch(name, &params, &request).await.map_err(|e| api_err("applying the patch", &e))?;
             record.applied_digest = Some(proposal.digest.clone());
             record.applied_revision = obj.metadata.generation.map(|g| format!("generation {g}"));
             record.applied_at = Some(Time(jiff::Timestamp::now()));

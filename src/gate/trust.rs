@@ -4,9 +4,8 @@
 //! Contract: pure [`decide`] over the environment and the policy's trust settings — `observe`
 //! never deploys; `propose` always waits for approval; `auto` deploys to staging, and to
 //! production only through approval until earned trust lands (a later issue). The shell
-//! reads the environment from the policy, else from the namespace label
-//! `reflex.dev/environment`, and treats an unlabelled namespace as production: the safe
-//! default.
+//! reads the namespace label `reflex.dev/environment` (unlabelled = production, the safe
+//! default); the policy's `environment` can only make that stricter.
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -22,6 +21,15 @@ use crate::controller::stages::{StageError, StageFuture, StageInput};
 
 /// The namespace label that says which environment a namespace is.
 pub const ENVIRONMENT_LABEL: &str = "reflex.dev/environment";
+
+/// A policy may make its namespace's environment stricter, never laxer: a policy saying
+/// `staging` cannot turn a production namespace into a staging one.
+pub fn stricter(policy: Option<Environment>, namespace: Environment) -> Environment {
+    match (policy, namespace) {
+        (Some(Environment::Production), _) | (_, Environment::Production) => Environment::Production,
+        _ => Environment::Staging,
+    }
+}
 
 /// Decide for one change.
 pub fn decide(env: Environment, trust: &ValidTrust) -> GateResult {
@@ -60,22 +68,17 @@ impl Gate for TrustGate {
                 .policy
                 .clone()
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "the policy is missing"))?;
-            let env = match policy.environment {
-                Some(env) => env,
-                None => {
-                    let ns = input.remediation.metadata.namespace.clone().unwrap_or_default();
-                    let namespace = Api::<Namespace>::all(client)
-                        .get(&ns)
-                        .await
-                        .map_err(|e| StageError::new(category(&e), format!("reading namespace {ns}: {e}")))?;
-                    match namespace.metadata.labels.as_ref().and_then(|l| l.get(ENVIRONMENT_LABEL)).map(String::as_str)
-                    {
-                        Some("staging") => Environment::Staging,
-                        _ => Environment::Production,
-                    }
-                }
-            };
-            Ok(decide(env, &policy.trust))
+            let ns = input.remediation.metadata.namespace.clone().unwrap_or_default();
+            let namespace = Api::<Namespace>::all(client)
+                .get(&ns)
+                .await
+                .map_err(|e| StageError::new(category(&e), format!("reading namespace {ns}: {e}")))?;
+            let labelled =
+                match namespace.metadata.labels.as_ref().and_then(|l| l.get(ENVIRONMENT_LABEL)).map(String::as_str) {
+                    Some("staging") => Environment::Staging,
+                    _ => Environment::Production,
+                };
+            Ok(decide(stricter(policy.environment, labelled), &policy.trust))
         }
         .boxed()
     }
@@ -88,6 +91,15 @@ mod tests {
 
     fn trust(level: TrustLevel, require_approval: bool) -> ValidTrust {
         ValidTrust { level, require_approval, successes_required: 3, window: Duration::from_secs(3600) }
+    }
+
+    #[test]
+    fn a_policy_cannot_relax_its_namespace() {
+        use Environment::*;
+        assert_eq!(stricter(Some(Staging), Production), Production);
+        assert_eq!(stricter(Some(Production), Staging), Production);
+        assert_eq!(stricter(None, Staging), Staging);
+        assert_eq!(stricter(Some(Staging), Staging), Staging);
     }
 
     #[test]

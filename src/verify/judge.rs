@@ -45,8 +45,10 @@ pub fn judge(rule: &ValidVerify, prev: Option<&Verification>, value: Option<f64>
     let excess = samples.len().saturating_sub(MAX_SAMPLES);
     samples.drain(..excess);
     let streak_start = samples.iter().rev().take_while(|s| s.ok).last().map(|s| s.at.0);
-    let held_for = streak_start.map(|t| now.duration_since(t).unsigned_abs());
-    let elapsed = now.duration_since(started).unsigned_abs();
+    // Clock skew between replicas must not count as time held: negative spans are zero.
+    let span = |from: Timestamp| Duration::try_from(now.duration_since(from)).unwrap_or(Duration::ZERO);
+    let held_for = streak_start.map(span);
+    let elapsed = span(started);
     let (verdict, message, next) = match held_for {
         Some(held) if held >= rule.for_ => (
             VerificationVerdict::Passed,
