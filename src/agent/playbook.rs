@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::expr::{ExprError, eval};
-use crate::api::playbook::ParameterType;
+use crate::api::playbook::{ParameterType, PatchType};
 use crate::api::validate::{ValidParameter, ValidPlaybook};
 use crate::patch::merge::{ListType, Lists, list_type, same_key};
 
@@ -186,6 +186,7 @@ fn leaves(
     display: String,
     out: &mut Vec<(String, Trail)>,
     trail: &mut Vec<(String, Option<Value>)>,
+    keyed: bool,
 ) {
     match v {
         Value::Object(m) if !m.is_empty() => {
@@ -193,11 +194,13 @@ fn leaves(
                 path.push(k.clone());
                 trail.push((k.clone(), None));
                 let shown = if display.is_empty() { k.clone() } else { format!("{display}.{k}") };
-                leaves(child, path, shown, out, trail);
+                leaves(child, path, shown, out, trail, keyed);
                 trail.pop();
                 path.pop();
             }
         }
+        // A JSON merge patch replaces lists whole: the list is the leaf.
+        Value::Array(_) if !keyed => out.push((display, trail.clone())),
         Value::Array(items) => {
             let segs: Vec<&str> = path.iter().map(String::as_str).collect();
             match list_type(Lists::Builtin, &segs) {
@@ -212,7 +215,7 @@ fn leaves(
                             for (k, child) in m.iter().filter(|(k, _)| !keys.contains(k)) {
                                 path.push(k.clone());
                                 trail.push((k.clone(), None));
-                                leaves(child, path, format!("{display}[*].{k}"), out, trail);
+                                leaves(child, path, format!("{display}[*].{k}"), out, trail, keyed);
                                 trail.pop();
                                 path.pop();
                             }
@@ -246,11 +249,51 @@ fn allowed(path: &str, patterns: &[String]) -> bool {
     patterns.iter().any(|p| p == path || path.starts_with(&format!("{p}.")))
 }
 
-/// The leaves of a patch, paired with the target's current values: what a change replaces.
+/// The leaves of a strategic patch, paired with the target's current values: what a change
+/// replaces.
 pub fn touched(patch: &Value, object: &Value) -> Vec<(String, Option<Value>)> {
+    touched_as(patch, object, true)
+}
+
+/// [`touched`] for a patch whose lists merge by key (`keyed`, strategic) or are replaced
+/// whole (merge patches).
+pub fn touched_as(patch: &Value, object: &Value, keyed: bool) -> Vec<(String, Option<Value>)> {
     let mut out = Vec::new();
-    leaves(patch, &mut Vec::new(), String::new(), &mut out, &mut Vec::new());
+    leaves(patch, &mut Vec::new(), String::new(), &mut out, &mut Vec::new(), keyed);
     out.into_iter().map(|(shown, trail)| (shown, current_at(object, &trail).cloned())).collect()
+}
+
+/// List items a strategic patch would add (no item with that key exists), as `path[*]`:
+/// adding an item is a change in its own right and needs its own allowance.
+pub fn new_items(patch: &Value, object: &Value) -> Vec<String> {
+    fn walk(patch: &Value, object: Option<&Value>, path: &mut Vec<String>, display: &str, out: &mut Vec<String>) {
+        match patch {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    path.push(k.clone());
+                    let shown = if display.is_empty() { k.clone() } else { format!("{display}.{k}") };
+                    walk(child, object.and_then(|o| o.get(k)), path, &shown, out);
+                    path.pop();
+                }
+            }
+            Value::Array(items) => {
+                let segs: Vec<&str> = path.iter().map(String::as_str).collect();
+                if let ListType::Map(keys) = list_type(Lists::Builtin, &segs) {
+                    for item in items {
+                        match object.and_then(Value::as_array).and_then(|a| a.iter().find(|x| same_key(x, &keys, item)))
+                        {
+                            Some(current) => walk(item, Some(current), path, &format!("{display}[*]"), out),
+                            None => out.push(format!("{display}[*]")),
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(patch, Some(object), &mut Vec::new(), "", &mut out);
+    out
 }
 
 /// Render `pb`'s patch in `scope`.
@@ -364,7 +407,12 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
         }
     };
     fill(&mut patch, &names, &values)?;
-    for (path, _) in touched(&patch, &scope.object) {
+    let keyed = pb.patch_type != PatchType::Merge;
+    let mut changed: Vec<String> = touched_as(&patch, &scope.object, keyed).into_iter().map(|(p, _)| p).collect();
+    if keyed {
+        changed.extend(new_items(&patch, &scope.object));
+    }
+    for path in changed {
         if !allowed(&path, &pb.allowed_paths) {
             return Err(RenderError::NotAllowed(path));
         }
@@ -383,7 +431,7 @@ fn number(v: &Value) -> Option<f64> {
 /// For each leaf of `probe` (in [`touched`] order), whether it holds `token`.
 fn touched_values(probe: &Value, token: &str) -> Vec<bool> {
     let mut out = Vec::new();
-    leaves(probe, &mut Vec::new(), String::new(), &mut out, &mut Vec::new());
+    leaves(probe, &mut Vec::new(), String::new(), &mut out, &mut Vec::new(), true);
     let mut flags = Vec::new();
     for (_, trail) in out {
         let v = current_at(probe, &trail);
@@ -395,7 +443,7 @@ fn touched_values(probe: &Value, token: &str) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::playbook::{PatchMode, PatchType};
+    use crate::api::playbook::PatchMode;
 
     const MI: f64 = 1048576.0;
 
@@ -458,8 +506,13 @@ mod tests {
 
     #[test]
     fn values_cannot_change_the_patch_structure() {
-        // A label value full of YAML stays one string.
-        let r = render(&playbook("'128Mi'", None), &scope("app\"}]\nspec: {hostNetwork: true}")).unwrap();
+        // A label value full of YAML stays one string (here it names a container that does
+        // not exist, so adding it must be allowed for the patch to render at all).
+        let evil = "app\"}]\nspec: {hostNetwork: true}";
+        assert!(matches!(render(&playbook("'128Mi'", None), &scope(evil)), Err(RenderError::NotAllowed(_))));
+        let mut pb = playbook("'128Mi'", None);
+        pb.allowed_paths.push("spec.template.spec.containers[*]".into());
+        let r = render(&pb, &scope(evil)).unwrap();
         let name = r.patch["spec"]["template"]["spec"]["containers"][0]["name"].as_str().unwrap();
         assert!(name.contains("hostNetwork"));
         assert!(r.patch["spec"].get("hostNetwork").is_none());
@@ -505,6 +558,18 @@ mod tests {
         s.object = json!({"spec": {"template": {"spec": {"containers": [{"name": "app"}]}}}});
         let err = render(&playbook("'256Mi'", Some(2.0)), &s).unwrap_err();
         assert!(err.to_string().contains("needs the value it replaces"), "{err}");
+    }
+
+    #[test]
+    fn adding_list_items_and_merge_patches_need_their_own_allowance() {
+        // A label picking a container that does not exist would add one.
+        let err = render(&playbook("'128Mi'", None), &scope("other")).unwrap_err();
+        assert_eq!(err, RenderError::NotAllowed("spec.template.spec.containers[*]".into()));
+        // A merge patch replaces lists whole: the list itself must be allowed.
+        let mut pb = playbook("'128Mi'", None);
+        pb.patch_type = PatchType::Merge;
+        let err = render(&pb, &scope("app")).unwrap_err();
+        assert_eq!(err, RenderError::NotAllowed("spec.template.spec.containers".into()));
     }
 
     #[test]

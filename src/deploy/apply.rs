@@ -15,6 +15,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
 use super::{Deploy, Rollback};
+use crate::agent::playbook::touched_as;
 use crate::agent::tools::{api_resource, category};
 use crate::api::playbook::PatchType;
 use crate::api::remediation::{DeployRecord, Remediation, RollbackRecord};
@@ -22,21 +23,27 @@ use crate::api::{AnyJson, ErrorCategory, MANAGER};
 use crate::controller::stages::{StageError, StageFuture, StageInput};
 use crate::patch::TestedPatch;
 use crate::patch::merge::{ListType, Lists, list_type, same_key};
+use crate::patch::quantity::parse_quantity;
 
-/// The target's current values at every field `patch` sets, in the patch's shape.
-pub fn previous_of(patch: &Value, object: &Value) -> Value {
-    fn walk(patch: &Value, object: Option<&Value>, path: &mut Vec<String>) -> Value {
+/// Marks a list item the patch added (it did not exist before).
+const ABSENT: &str = "$absent";
+
+/// The target's current values at every field `patch` sets, in the patch's shape: `null`
+/// where a field was absent, list items the patch adds marked absent, and — for merge
+/// patches, which replace lists whole — whole lists.
+pub fn previous_of(patch: &Value, object: &Value, patch_type: PatchType) -> Value {
+    fn walk(patch: &Value, object: Option<&Value>, path: &mut Vec<String>, keyed: bool) -> Value {
         match patch {
             Value::Object(p) => {
                 let mut out = Map::new();
                 for (k, v) in p {
                     path.push(k.clone());
-                    out.insert(k.clone(), walk(v, object.and_then(|o| o.get(k)), path));
+                    out.insert(k.clone(), walk(v, object.and_then(|o| o.get(k)), path, keyed));
                     path.pop();
                 }
                 Value::Object(out)
             }
-            Value::Array(items) => {
+            Value::Array(items) if keyed => {
                 let segs: Vec<&str> = path.iter().map(String::as_str).collect();
                 match list_type(Lists::Builtin, &segs) {
                     ListType::Map(keys) => Value::Array(
@@ -46,7 +53,10 @@ pub fn previous_of(patch: &Value, object: &Value) -> Value {
                                 let current = object
                                     .and_then(Value::as_array)
                                     .and_then(|a| a.iter().find(|x| same_key(x, &keys, item)));
-                                let mut prev = walk(item, current, path);
+                                let mut prev = match current {
+                                    Some(c) => walk(item, Some(c), path, keyed),
+                                    None => json!({ABSENT: true}),
+                                };
                                 // Merge keys identify the item; keep them as they are.
                                 if let (Some(m), Some(src)) = (prev.as_object_mut(), item.as_object()) {
                                     for k in &keys {
@@ -65,10 +75,15 @@ pub fn previous_of(patch: &Value, object: &Value) -> Value {
             _ => object.cloned().unwrap_or(Value::Null),
         }
     }
-    walk(patch, Some(object), &mut Vec::new())
+    walk(patch, Some(object), &mut Vec::new(), patch_type != PatchType::Merge)
 }
 
-/// The apply configuration that restores `previous`: absent fields (null) are left out.
+fn is_absent(v: &Value) -> bool {
+    v.get(ABSENT).is_some()
+}
+
+/// The apply configuration that restores `previous`: absent fields and added items are left
+/// out (server-side apply then removes what only Reflex owned).
 pub fn restore_config(previous: &Value) -> Value {
     match previous {
         // Absent before: leave out; a map left empty by that is left out too.
@@ -79,9 +94,58 @@ pub fn restore_config(previous: &Value) -> Value {
                 .filter(|(_, v)| !v.as_object().is_some_and(Map::is_empty))
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.iter().map(restore_config).collect()),
+        Value::Array(items) => Value::Array(items.iter().filter(|i| !is_absent(i)).map(restore_config).collect()),
         other => other.clone(),
     }
+}
+
+/// The strategic-merge patch that restores `previous`: nulls delete, added items are deleted.
+fn restore_strategic(previous: &Value) -> Value {
+    match previous {
+        Value::Object(m) if is_absent(previous) => {
+            let mut item: Map<String, Value> =
+                m.iter().filter(|(k, _)| k.as_str() != ABSENT).map(|(k, v)| (k.clone(), v.clone())).collect();
+            item.insert("$patch".into(), json!("delete"));
+            Value::Object(item)
+        }
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), restore_strategic(v))).collect()),
+        Value::Array(items) => Value::Array(items.iter().map(restore_strategic).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Are these the same value (quantities compared by amount: the API server may rewrite
+/// `1024Mi` as `1Gi`)?
+fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
+    match (a, b) {
+        (Some(Value::String(x)), Some(Value::String(y))) => {
+            x == y || matches!((parse_quantity(x), parse_quantity(y)), (Ok(p), Ok(q)) if (p - q).abs() < 1e-9)
+        }
+        (a, b) => a == b,
+    }
+}
+
+fn show(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "unset".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    }
+}
+
+/// Fields whose current value is no longer what Reflex applied: someone changed them since.
+pub fn drifted(applied: &Value, current: &Value, patch_type: PatchType) -> Vec<String> {
+    let keyed = patch_type != PatchType::Merge;
+    let wanted = touched_as(applied, applied, keyed);
+    let now = touched_as(applied, current, keyed);
+    wanted
+        .into_iter()
+        .zip(now)
+        .filter(|((_, want), (_, have))| !same_value(want.as_ref(), have.as_ref()))
+        .map(|((path, want), (_, have))| {
+            format!("{path} is {} (Reflex applied {})", show(have.as_ref()), show(want.as_ref()))
+        })
+        .collect()
 }
 
 /// Does a strategic patch use directives or deletions that an apply configuration cannot say?
@@ -156,7 +220,7 @@ impl Deploy for ServerSideApply {
                 serde_json::to_value(&obj).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))?;
             let previous = match proposal.patch_type {
                 PatchType::Json => json!({"object": current.get("spec").cloned().unwrap_or(Value::Null)}),
-                _ => previous_of(&proposal.patch.0, &current),
+                t => previous_of(&proposal.patch.0, &current, t),
             };
             Ok(DeployRecord {
                 previous: AnyJson(previous),
@@ -213,11 +277,37 @@ impl Rollback for ServerSideApply {
                     "JSON-patch changes are restored by hand; the snapshot is in status.deploy.previous",
                 ));
             }
-            let config = apply_config(rem, &restore_config(&record.previous.0));
-            let obj = api
-                .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(config))
-                .await
-                .map_err(|e| api_err("restoring the snapshot", &e))?;
+            // Only undo Reflex's own change: if someone changed those fields since, stop and
+            // leave it to a human rather than overwrite them.
+            if record.applied_at.is_some() {
+                let current = api.get(name).await.map_err(|e| api_err("reading the target", &e))?;
+                let current =
+                    serde_json::to_value(&current).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))?;
+                let changed = drifted(&proposal.patch.0, &current, proposal.patch_type);
+                if !changed.is_empty() {
+                    return Err(StageError::new(
+                        ErrorCategory::InvalidSpec,
+                        format!(
+                            "the target changed since Reflex applied its patch, so it is not rolled back automatically: {}",
+                            changed.join("; ")
+                        ),
+                    ));
+                }
+            }
+            let obj = if proposal.patch_type == PatchType::Strategic && !has_directives(&proposal.patch.0) {
+                let config = apply_config(rem, &restore_config(&record.previous.0));
+                api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(config)).await
+            } else {
+                // The deploy was a plain patch: undo it the same way (nulls delete).
+                let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
+                let undo = match proposal.patch_type {
+                    PatchType::Merge => Patch::Merge(record.previous.0.clone()),
+                    _ => Patch::Strategic(restore_strategic(&record.previous.0)),
+                };
+                api.patch(name, &params, &undo).await
+            }
+            .map_err(|e| api_err("restoring the snapshot", &e))?;
+
             let reason = status
                 .verification
                 .as_ref()
@@ -244,7 +334,7 @@ mod tests {
             {"name": "app", "image": "a:1", "resources": {"limits": {"memory": "128Mi"}}}]}}}});
         let patch = json!({"spec": {"template": {"spec": {"containers": [
             {"name": "app", "resources": {"limits": {"memory": "256Mi"}, "requests": {"memory": "256Mi"}}}]}}}});
-        let prev = previous_of(&patch, &object);
+        let prev = previous_of(&patch, &object, PatchType::Strategic);
         assert_eq!(
             prev,
             json!({"spec": {"template": {"spec": {"containers": [
@@ -256,6 +346,30 @@ mod tests {
             json!({"spec": {"template": {"spec": {"containers": [
             {"name": "app", "resources": {"limits": {"memory": "128Mi"}}}]}}}})
         );
+    }
+
+    #[test]
+    fn added_items_are_removed_on_rollback_and_merge_lists_are_whole() {
+        let object = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}}});
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "debug", "image": "busybox"}]}}}});
+        let prev = previous_of(&patch, &object, PatchType::Strategic);
+        assert_eq!(restore_config(&prev), json!({"spec": {"template": {"spec": {"containers": []}}}}));
+        assert_eq!(
+            restore_strategic(&prev),
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "debug", "$patch": "delete"}]}}}})
+        );
+        let merged = previous_of(&patch, &object, PatchType::Merge);
+        assert_eq!(merged, json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}}}));
+    }
+
+    #[test]
+    fn drift_since_the_deploy_is_detected_and_quantities_compare_by_amount() {
+        let applied = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "1024Mi"}}}]}}}});
+        let same = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "1Gi"}}}]}}}});
+        assert!(drifted(&applied, &same, PatchType::Strategic).is_empty());
+        let edited = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "2Gi"}}}]}}}});
+        let d = drifted(&applied, &edited, PatchType::Strategic);
+        assert_eq!(d, ["spec.template.spec.containers[*].resources.limits.memory is 2Gi (Reflex applied 1024Mi)"]);
     }
 
     #[test]
