@@ -59,6 +59,8 @@ pub enum Suppression {
     Cooldown,
     RateLimited,
     Concurrency,
+    /// Another policy's Remediation is already working on this target.
+    TargetBusy,
 }
 
 impl Suppression {
@@ -69,6 +71,7 @@ impl Suppression {
             Self::Cooldown => "cooldown",
             Self::RateLimited => "rate_limited",
             Self::Concurrency => "concurrency",
+            Self::TargetBusy => "target_busy",
         }
     }
 }
@@ -207,6 +210,10 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
             let recent =
                 of_policy.iter().filter(|e| now.duration_since(e.created).unsigned_abs() < pol.limits.window).count();
             let running = of_policy.iter().filter(|e| e.active()).count();
+            let busy = known
+                .iter()
+                .find(|e| e.namespace == pr.namespace && e.target == target && e.policy != pr.name && e.active())
+                .map(|e| e.name.clone());
             let action = if kill_switch {
                 suppress(Suppression::KillSwitch, "the global kill switch is on".into())
             } else if pol.limits.suspend {
@@ -238,6 +245,8 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
                     Suppression::Concurrency,
                     format!("{running} remediations in progress (limit {})", pol.limits.max_concurrent),
                 )
+            } else if let Some(other) = busy {
+                suppress(Suppression::TargetBusy, format!("{other} (another policy) is already remediating {target}"))
             } else {
                 let seq = known.iter().filter(same).map(|e| e.seq).max().unwrap_or(0) + 1;
                 let name = remediation_name(&pr.name, &target, seq);
@@ -397,6 +406,9 @@ mod tests {
         let mut elsewhere = existing(1, Some(Phase::Verifying), None);
         elsewhere.target = "cart".into();
         assert_eq!(p(json!({"maxConcurrent": 1}), &[elsewhere], false), ["suppress concurrency"]);
+        let mut other_policy = existing(1, Some(Phase::Deploying), None);
+        other_policy.policy = "checkout-latency".into();
+        assert_eq!(p(json!({}), &[other_policy], false), ["suppress target_busy"]);
     }
 
     #[test]
