@@ -369,20 +369,27 @@ async fn metrics(State(intake): State<Arc<Intake>>) -> Response {
 }
 
 async fn too_large(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use futures::StreamExt;
+    let too_big =
+        || reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": format!("the body is larger than {MAX_BODY} bytes")}));
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY) {
-        return reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({"error": format!("the body is larger than {MAX_BODY} bytes")}),
-        );
+        // Read (and drop) what the client is sending, up to a bound, so it gets to see the
+        // 413 instead of a reset connection.
+        let mut stream = req.into_body().into_data_stream();
+        let mut drained = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            drained += chunk.len();
+            if drained > 8 * MAX_BODY {
+                break;
+            }
+        }
+        return too_big();
     }
     let resp = next.run(req).await;
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({"error": format!("the body is larger than {MAX_BODY} bytes")}),
-        );
+        return too_big();
     }
     resp
 }

@@ -1,0 +1,126 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The webhook over HTTP against the sandbox: auth, limits, strict parsing, one Remediation
+//! per incident under repeats and concurrent deliveries, resolution, suppression Events and
+//! metrics.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use kube::api::{Api, ListParams, PostParams};
+use reflex::api::policy::RemediationPolicy;
+use reflex::api::remediation::{AlertState, Remediation};
+use reflex::intake::webhook::{Intake, Settings, router};
+use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "am-webhook-token";
+
+async fn setup(limits: Value) -> (Sandbox, kube::Client, String) {
+    reflex::install_crypto_provider();
+    let sb = Sandbox::start(Config::default()).await.unwrap();
+    sb.install_crds().unwrap();
+    let client = sb.client(ADMIN_TOKEN).await.unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap())
+        .await
+        .unwrap();
+    let policy: RemediationPolicy = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
+        "metadata": {"name": "checkout-oom", "namespace": "shop"},
+        "spec": {"match": {"alertnames": ["KubeContainerOOMKilled"]}, "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
+                 "playbook": "raise-memory-limit", "trust": {"level": "auto"}, "limits": limits,
+                 "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}}))
+    .unwrap();
+    Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
+    let intake = Arc::new(Intake::new(client.clone(), Settings { token: Some(TOKEN.into()), kill_switch: None }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(intake)).await });
+    (sb, client, url)
+}
+
+fn delivery(status: &str, pods: &[&str]) -> Value {
+    let alerts: Vec<Value> = pods
+        .iter()
+        .map(|p| json!({"status": status, "labels": {"alertname": "KubeContainerOOMKilled", "namespace": "shop", "deployment": "checkout", "pod": p},
+            "annotations": {}, "startsAt": "2026-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z", "fingerprint": format!("f{p}")}))
+        .collect();
+    json!({"version": "4", "groupKey": "g", "truncatedAlerts": 0, "status": status, "receiver": "reflex", "alerts": alerts})
+}
+
+async fn post(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(format!("{url}/alerts")).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn remediations(client: &kube::Client) -> Vec<Remediation> {
+    Api::<Remediation>::namespaced(client.clone(), "shop").list(&ListParams::default()).await.unwrap().items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_requests_create_nothing() {
+    let (_sb, client, url) = setup(json!({})).await;
+    assert_eq!(post(&url, None, &delivery("firing", &["a"])).await.0, 401);
+    assert_eq!(post(&url, Some("wrong"), &delivery("firing", &["a"])).await.0, 401);
+    let mut v3 = delivery("firing", &["a"]);
+    v3["version"] = json!("3");
+    let (code, body) = post(&url, Some(TOKEN), &v3).await;
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().starts_with("version"), "{body}");
+    let mut bad_time = delivery("firing", &["a"]);
+    bad_time["alerts"][0]["startsAt"] = json!("soon");
+    let (code, body) = post(&url, Some(TOKEN), &bad_time).await;
+    assert_eq!((code, body["error"].as_str().unwrap().starts_with("alerts[0].startsAt")), (400, true), "{body}");
+    let huge = json!({"version": "4", "status": "firing", "alerts": [], "pad": "x".repeat(5 * 1024 * 1024)});
+    assert_eq!(post(&url, Some(TOKEN), &huge).await.0, 413);
+    assert!(remediations(&client).await.is_empty(), "nothing was created");
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reflex_intake_requests_rejected_total{reason=\"unauthorized\"} 2"), "{metrics}");
+    assert!(metrics.contains("reflex_intake_requests_rejected_total{reason=\"invalid\"} 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_remediation_per_incident_despite_repeats_and_concurrent_deliveries() {
+    let (_sb, client, url) = setup(json!({})).await;
+    // Two pods of the same deployment, then the same delivery from two Alertmanager replicas at once.
+    let (code, body) = post(&url, Some(TOKEN), &delivery("firing", &["a", "b"])).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["created"], json!(["shop/checkout-oom-checkout-1"]));
+    let d = delivery("firing", &["a"]);
+    let (r1, r2) = tokio::join!(post(&url, Some(TOKEN), &d), post(&url, Some(TOKEN), &d));
+    assert_eq!((r1.0, r2.0), (200, 200), "{r1:?} {r2:?}");
+    let rems = remediations(&client).await;
+    assert_eq!(rems.len(), 1, "exactly one Remediation");
+    let seen = rems[0].status.as_ref().unwrap().alert.as_ref().unwrap();
+    assert_eq!(seen.times_seen, 4, "every delivery counted, none lost to concurrency");
+    assert_eq!(seen.state, AlertState::Firing);
+    // Resolution reaches it.
+    let (code, body) = post(&url, Some(TOKEN), &delivery("resolved", &["a"])).await;
+    assert_eq!((code, body["resolved"].clone()), (200, json!(["shop/checkout-oom-checkout-1"])));
+    let rem = &remediations(&client).await[0];
+    let alert = rem.status.as_ref().unwrap().alert.as_ref().unwrap();
+    assert_eq!(alert.state, AlertState::Resolved);
+    assert!(alert.resolved_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppressions_are_recorded_on_the_policy_and_counted() {
+    let (_sb, client, url) = setup(json!({"suspend": true})).await;
+    let (code, body) = post(&url, Some(TOKEN), &delivery("firing", &["a"])).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["suppressed"][0]["reason"], "suspended", "{body}");
+    assert!(remediations(&client).await.is_empty());
+    let events = Api::<Event>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default().fields("involvedObject.name=checkout-oom,involvedObject.kind=RemediationPolicy"))
+        .await
+        .unwrap();
+    assert_eq!(events.items.len(), 1);
+    assert_eq!(events.items[0].reason.as_deref(), Some("Suppressed"));
+    assert!(events.items[0].message.as_deref().unwrap().contains("suspended"));
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reflex_intake_alerts_suppressed_total{reason=\"suspended\"} 1"), "{metrics}");
+}
