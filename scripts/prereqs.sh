@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs that a fresh machine may lack, and nothing else.
-# Idempotent: each step checks first. Later stages add their servers here
-# (prometheus, prometheus-alertmanager, a project-local Python virtualenv, helm).
+# Idempotent: each step checks first. Later stages add theirs here (a project-local Python
+# virtualenv, helm).
 set -euo pipefail
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -42,4 +42,17 @@ PY
   rm -rf "${tools}/download"
 fi
 PATH="${tools}/bin:${PATH}"
-echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1))"
+
+# Prometheus and Alertmanager, for the real-server intake test: Debian's packages (the
+# package does not start them; tests run their own on loopback).
+if ! need prometheus || ! need prometheus-alertmanager; then
+  echo "prereqs: installing prometheus and prometheus-alertmanager (apt-get)"
+  sudo_cmd=""
+  if [ "$(id -u)" != 0 ] && need sudo; then sudo_cmd="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get install -y -q prometheus prometheus-alertmanager >/dev/null 2>&1 || {
+    $sudo_cmd apt-get update -q >/dev/null
+    $sudo_cmd apt-get install -y -q prometheus prometheus-alertmanager >/dev/null
+  }
+fi
+echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3), $(prometheus-alertmanager --version 2>&1 | head -1 | cut -d' ' -f1-3))"

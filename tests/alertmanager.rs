@@ -1,0 +1,206 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The intake path with the real servers: Prometheus (Debian's package) scrapes a gauge this
+//! test controls and evaluates an alerting rule; Alertmanager (Debian's package) routes the
+//! alert to Reflex's webhook with bearer auth and `send_resolved: true`; Reflex runs against
+//! the sandbox. Flip the gauge: one Remediation appears, and stays one through repeats; flip
+//! it back: the resolution reaches it. `make test` installs both servers when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, PostParams};
+use reflex::api::policy::RemediationPolicy;
+use reflex::api::remediation::{AlertState, Remediation};
+use reflex::intake::webhook::{Intake, Settings, router};
+use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+use serde_json::json;
+
+/// A server process, stopped when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(bin: &str, args: &[String], log: &Path) -> Server {
+    let out = std::fs::File::create(log).unwrap();
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {bin} ({e}); `make test` installs it (apt-get install prometheus prometheus-alertmanager)"
+            )
+        });
+    Server(child)
+}
+
+async fn until<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "reflex-am-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_nanosecond()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_and_alertmanager_drive_exactly_one_remediation_and_its_resolution() {
+    reflex::install_crypto_provider();
+    let dir = temp_dir();
+
+    // Reflex: the sandbox, a policy, and the webhook with a bearer token.
+    let sb = Sandbox::start(Config::default()).await.unwrap();
+    sb.install_crds().unwrap();
+    let client = sb.client(ADMIN_TOKEN).await.unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap())
+        .await
+        .unwrap();
+    let policy: RemediationPolicy = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
+        "metadata": {"name": "checkout-oom", "namespace": "shop"},
+        "spec": {"match": {"alertnames": ["KubeContainerOOMKilled"], "matchers": ["severity=\"warning\""]},
+                 "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
+                 "playbook": "raise-memory-limit", "trust": {"level": "auto"},
+                 "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}}))
+    .unwrap();
+    Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
+    let token = "alertmanager-to-reflex";
+    std::fs::write(dir.join("token"), token).unwrap();
+    let intake = Arc::new(Intake::new(client.clone(), Settings { token: Some(token.into()), kill_switch: None }));
+    let intake_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let intake_addr = intake_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(intake_listener, router(intake)).await });
+
+    // The exporter whose gauge the test controls.
+    let gauge = Arc::new(AtomicU64::new(0));
+    let exporter = {
+        let gauge = gauge.clone();
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let v = gauge.load(Ordering::SeqCst);
+                async move {
+                    format!("# TYPE demo_oom_events gauge\ndemo_oom_events{{namespace=\"shop\",deployment=\"checkout\",container=\"app\"}} {v}\n")
+                }
+            }),
+        )
+    };
+    let exporter_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let exporter_addr = exporter_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(exporter_listener, exporter).await });
+
+    // Alertmanager, routing to Reflex with bearer auth and resolutions.
+    let am_port = free_port();
+    std::fs::write(
+        dir.join("alertmanager.yml"),
+        format!(
+            "route:\n  receiver: reflex\n  group_by: [alertname, namespace, deployment]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 2s\nreceivers:\n  - name: reflex\n    webhook_configs:\n      - url: http://{intake_addr}/alerts\n        send_resolved: true\n        http_config:\n          authorization:\n            type: Bearer\n            credentials_file: {}\n",
+            dir.join("token").display()
+        ),
+    )
+    .unwrap();
+    let _am = start(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", dir.join("alertmanager.yml").display()),
+            format!("--storage.path={}", dir.join("am-data").display()),
+            format!("--web.listen-address=127.0.0.1:{am_port}"),
+            "--cluster.listen-address=".into(),
+        ],
+        &dir.join("alertmanager.log"),
+    );
+
+    // Prometheus, scraping the gauge and alerting on it.
+    let prom_port = free_port();
+    std::fs::write(
+        dir.join("rules.yml"),
+        "groups:\n  - name: reflex-test\n    interval: 1s\n    rules:\n      - alert: KubeContainerOOMKilled\n        expr: demo_oom_events > 0\n        labels: {severity: warning}\n        annotations: {summary: \"OOM kills in {{ $labels.deployment }}\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\nscrape_configs:\n  - job_name: exporter\n    honor_labels: true\n    static_configs:\n      - targets: [\"{exporter_addr}\"]\n",
+            dir.join("rules.yml").display()
+        ),
+    )
+    .unwrap();
+    let _prom = start(
+        "prometheus",
+        &[
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
+            format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ],
+        &dir.join("prometheus.log"),
+    );
+    let http = reqwest::Client::new();
+    until("Prometheus to be ready", Duration::from_secs(30), async || {
+        http.get(format!("http://127.0.0.1:{prom_port}/-/ready")).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+
+    // Fire.
+    let rems: Api<Remediation> = Api::namespaced(client.clone(), "shop");
+    gauge.store(3, Ordering::SeqCst);
+    let fired = Instant::now();
+    let rem = until("a Remediation from the firing alert", Duration::from_secs(60), async || {
+        rems.list(&ListParams::default()).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    let latency = fired.elapsed();
+    assert_eq!(rem.metadata.name.as_deref(), Some("checkout-oom-checkout-1"));
+    assert_eq!(rem.spec.target.name, "checkout");
+    assert_eq!(rem.spec.alert.labels.get("severity").map(String::as_str), Some("warning"));
+    // Repeats (repeat_interval 2s) are counted on the same Remediation, never a second one.
+    until("a repeated delivery", Duration::from_secs(30), async || {
+        let r = rems.get("checkout-oom-checkout-1").await.ok()?;
+        r.status?.alert.filter(|a| a.times_seen >= 2).map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        rems.list(&ListParams::default()).await.unwrap().items.len(),
+        1,
+        "exactly one Remediation despite repeats"
+    );
+
+    // Resolve.
+    gauge.store(0, Ordering::SeqCst);
+    until("the resolution to reach the Remediation", Duration::from_secs(60), async || {
+        let r = rems.get("checkout-oom-checkout-1").await.ok()?;
+        r.status?.alert.filter(|a| a.state == AlertState::Resolved && a.resolved_at.is_some()).map(|_| ())
+    })
+    .await;
+    assert_eq!(rems.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    eprintln!(
+        "alert fired → Remediation created in {:.1}s (Prometheus scrape/eval 1s, Alertmanager group_wait 1s)",
+        latency.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
