@@ -90,6 +90,13 @@ async fn prometheus_and_alertmanager_drive_exactly_one_remediation_and_its_resol
                  "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}}))
     .unwrap();
     Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout"}, "spec": {"replicas": 1,
+        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1"}]}}}}))
+    .unwrap();
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
     let token = "alertmanager-to-reflex";
     std::fs::write(dir.join("token"), token).unwrap();
     let intake = Arc::new(Intake::new(client.clone(), Settings { token: Some(token.into()), kill_switch: None }));

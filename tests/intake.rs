@@ -16,6 +16,10 @@ use serde_json::{Value, json};
 const TOKEN: &str = "am-webhook-token";
 
 async fn setup(limits: Value) -> (Sandbox, kube::Client, String) {
+    setup_with(limits, reflex::intake::webhook::MAX_IN_FLIGHT).await
+}
+
+async fn setup_with(limits: Value, in_flight: usize) -> (Sandbox, kube::Client, String) {
     reflex::install_crypto_provider();
     let sb = Sandbox::start(Config::default()).await.unwrap();
     sb.install_crds().unwrap();
@@ -31,7 +35,18 @@ async fn setup(limits: Value) -> (Sandbox, kube::Client, String) {
                  "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}}))
     .unwrap();
     Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
-    let intake = Arc::new(Intake::new(client.clone(), Settings { token: Some(TOKEN.into()), kill_switch: None }));
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout"}, "spec": {"replicas": 1,
+        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1"}]}}}}))
+    .unwrap();
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+    let intake = Arc::new(Intake::with_capacity(
+        client.clone(),
+        Settings { token: Some(TOKEN.into()), kill_switch: None },
+        in_flight,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(intake)).await });
@@ -123,4 +138,37 @@ async fn suppressions_are_recorded_on_the_policy_and_counted() {
     assert!(events.items[0].message.as_deref().unwrap().contains("suspended"));
     let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("reflex_intake_alerts_suppressed_total{reason=\"suspended\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_for_a_missing_target_is_recorded_not_retried() {
+    let (_sb, client, url) = setup(json!({})).await;
+    let mut d = delivery("firing", &["a"]);
+    d["alerts"][0]["labels"]["deployment"] = json!("ghost");
+    let (code, body) = post(&url, Some(TOKEN), &d).await;
+    assert_eq!(code, 200, "not a retryable failure: {body}");
+    assert_eq!(body["suppressed"][0]["reason"], "target_not_found", "{body}");
+    assert!(remediations(&client).await.is_empty());
+    let events = Api::<Event>::namespaced(client.clone(), "shop")
+        .list(&ListParams::default().fields("involvedObject.name=checkout-oom"))
+        .await
+        .unwrap();
+    assert_eq!(events.items[0].reason.as_deref(), Some("TargetNotFound"));
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reflex_intake_alerts_suppressed_total{reason=\"target_not_found\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_full_it_answers_503_with_retry_after() {
+    let (_sb, client, url) = setup_with(json!({}), 0).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/alerts"))
+        .bearer_auth(TOKEN)
+        .json(&delivery("firing", &["a"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+    assert!(remediations(&client).await.is_empty());
 }

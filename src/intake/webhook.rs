@@ -132,12 +132,28 @@ pub struct Intake {
     pub settings: Settings,
     pub metrics: Metrics,
     recorder: Recorder,
+    /// Deliveries in progress are bounded; past it Alertmanager is told to retry.
+    slots: tokio::sync::Semaphore,
 }
+
+/// Deliveries handled at once; more wait for Alertmanager's retry.
+pub const MAX_IN_FLIGHT: usize = 16;
 
 impl Intake {
     pub fn new(client: kube::Client, settings: Settings) -> Self {
+        Self::with_capacity(client, settings, MAX_IN_FLIGHT)
+    }
+
+    /// With room for `in_flight` deliveries at once.
+    pub fn with_capacity(client: kube::Client, settings: Settings, in_flight: usize) -> Self {
         let reporter = Reporter { controller: "reflex-intake".into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, settings, metrics: Metrics::default() }
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics: Metrics::default(),
+            slots: tokio::sync::Semaphore::new(in_flight),
+        }
     }
 }
 
@@ -230,6 +246,14 @@ fn seen_again(prev: Option<&AlertObservation>, at: jiff::Timestamp) -> AlertObse
 
 async fn receive(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let started = Instant::now();
+    // Bounded: when full, 503 with Retry-After so Alertmanager retries — never a silent drop.
+    let Ok(_slot) = intake.slots.try_acquire() else {
+        intake.metrics.reject("overloaded");
+        let mut resp =
+            reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "busy: too many deliveries in progress; retry"}));
+        resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return resp;
+    };
     let resp = handle(&intake, &headers, &body).await;
     intake.metrics.latency.observe(started.elapsed().as_secs_f64());
     resp
@@ -281,6 +305,35 @@ async fn handle(intake: &Intake, headers: &HeaderMap, body: &[u8]) -> Response {
         match action {
             Action::Create { namespace, name, policy, target, spec, seen } => {
                 m.matched.inc();
+                // An alert naming a target that does not exist is recorded, not retried forever.
+                let kind = spec.target.kind;
+                let targets: Api<kube::api::DynamicObject> =
+                    Api::namespaced_with(intake.client.clone(), &namespace, &crate::agent::tools::api_resource(kind));
+                match targets.get_opt(&target).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        m.suppressed.get_or_create(&Reason { reason: "target_not_found".into() }).inc();
+                        let detail = format!("{} {namespace}/{target} does not exist", kind.as_str());
+                        suppressed.push(json!({"policy": format!("{namespace}/{policy}"), "target": target, "reason": "target_not_found", "detail": detail}));
+                        if let Some(reference) = refs.get(&(namespace.clone(), policy.clone())) {
+                            let event = Event {
+                                type_: EventType::Warning,
+                                reason: "TargetNotFound".into(),
+                                note: Some(format!("alert not remediated: {detail}")),
+                                action: "Intake".into(),
+                                secondary: None,
+                            };
+                            if let Err(e) = intake.recorder.publish(&event, reference).await {
+                                tracing::warn!(error = %e, "could not record a TargetNotFound Event");
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        failed.push(format!("{namespace}/{name}: reading the target: {e}"));
+                        continue;
+                    }
+                }
                 let mut rem = Remediation::new(&name, *spec);
                 rem.metadata.namespace = Some(namespace.clone());
                 rem.metadata.labels =
