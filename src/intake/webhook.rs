@@ -225,18 +225,18 @@ async fn observe(
     }
 }
 
-fn seen_again(prev: Option<&AlertObservation>, at: jiff::Timestamp) -> AlertObservation {
+fn seen_again(prev: Option<&AlertObservation>, at: jiff::Timestamp, times: u64) -> AlertObservation {
     match prev {
         Some(p) => AlertObservation {
             state: AlertState::Firing,
-            times_seen: p.times_seen.saturating_add(1),
+            times_seen: p.times_seen.saturating_add(times),
             first_seen: p.first_seen.clone(),
             last_seen: Time(at),
             resolved_at: None,
         },
         None => AlertObservation {
             state: AlertState::Firing,
-            times_seen: 1,
+            times_seen: times.max(1),
             first_seen: Time(at),
             last_seen: Time(at),
             resolved_at: None,
@@ -301,6 +301,14 @@ async fn handle(intake: &Intake, headers: &HeaderMap, body: &[u8]) -> Response {
     let planned = plan(&payload, &policies, &existing, killed, jiff::Timestamp::now());
     let (mut created, mut observed, mut resolved, mut suppressed, mut failed) =
         (vec![], vec![], vec![], vec![], vec![]);
+    // A grouped delivery may mention one incident many times: one write per Remediation.
+    let mut sightings: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for a in &planned.actions {
+        if let Action::Observe { namespace, name, .. } = a {
+            *sightings.entry((namespace.clone(), name.clone())).or_default() += 1;
+        }
+    }
+    let mut recorded = std::collections::BTreeSet::new();
     for action in planned.actions {
         match action {
             Action::Create { namespace, name, policy, target, spec, seen } => {
@@ -355,7 +363,12 @@ async fn handle(intake: &Intake, headers: &HeaderMap, body: &[u8]) -> Response {
                     Err(e) => Err(e),
                 };
                 let recorded = match outcome {
-                    Ok(()) => observe(&intake.client, &namespace, &name, |p| seen_again(p, seen)).await,
+                    Ok(()) => {
+                        let key = (namespace.clone(), name.clone());
+                        let times = 1 + sightings.remove(&key).unwrap_or(0);
+                        recorded.insert(key);
+                        observe(&intake.client, &namespace, &name, |p| seen_again(p, seen, times)).await
+                    }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = recorded {
@@ -365,7 +378,12 @@ async fn handle(intake: &Intake, headers: &HeaderMap, body: &[u8]) -> Response {
             Action::Observe { namespace, name, seen } => {
                 m.matched.inc();
                 m.deduplicated.inc();
-                match observe(&intake.client, &namespace, &name, |p| seen_again(p, seen)).await {
+                let key = (namespace.clone(), name.clone());
+                if !recorded.insert(key.clone()) {
+                    continue;
+                }
+                let times = sightings.remove(&key).unwrap_or(1);
+                match observe(&intake.client, &namespace, &name, |p| seen_again(p, seen, times)).await {
                     Ok(()) => observed.push(format!("{namespace}/{name}")),
                     Err(e) => failed.push(format!("{namespace}/{name}: {e}")),
                 }
@@ -373,7 +391,7 @@ async fn handle(intake: &Intake, headers: &HeaderMap, body: &[u8]) -> Response {
             Action::Resolve { namespace, name, at } => {
                 m.resolved.inc();
                 let update = |p: Option<&AlertObservation>| {
-                    let mut o = seen_again(p, at);
+                    let mut o = seen_again(p, at, 0);
                     o.times_seen = p.map_or(1, |p| p.times_seen);
                     o.state = AlertState::Resolved;
                     o.resolved_at = Some(Time(at));
@@ -477,9 +495,9 @@ mod tests {
     fn observations_count_and_keep_first_seen() {
         let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
-        let first = seen_again(None, t0);
-        let second = seen_again(Some(&first), t1);
-        assert_eq!((second.times_seen, second.first_seen.0, second.last_seen.0), (2, t0, t1));
+        let first = seen_again(None, t0, 1);
+        let second = seen_again(Some(&first), t1, 3);
+        assert_eq!((second.times_seen, second.first_seen.0, second.last_seen.0), (4, t0, t1));
     }
 
     #[test]
