@@ -44,7 +44,13 @@ async fn run(url: &str, body: &[u8]) -> (Duration, Vec<Duration>) {
     let started = Instant::now();
     for _ in 0..DELIVERIES {
         let t = Instant::now();
-        let resp = http.post(url).bearer_auth(TOKEN).header("content-type", "application/json").body(body.to_vec()).send().await;
+        let resp = http
+            .post(url)
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await;
         match resp {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => panic!("{url}: {}", r.status()),
@@ -90,7 +96,10 @@ async fn main() {
         let d: Deployment = serde_json::from_value(json!({"metadata": {"name": format!("svc-{i}")}, "spec": {"replicas": 1,
             "selector": {"matchLabels": {"app": "s"}}, "template": {"metadata": {"labels": {"app": "s"}}, "spec": {"containers": [{"name": "app", "image": "s:1"}]}}}}))
         .expect("deployment");
-        Api::<Deployment>::namespaced(client.clone(), "shop").create(&PostParams::default(), &d).await.expect("deployment");
+        Api::<Deployment>::namespaced(client.clone(), "shop")
+            .create(&PostParams::default(), &d)
+            .await
+            .expect("deployment");
     }
     let policy: RemediationPolicy = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
         "metadata": {"name": "oom", "namespace": "shop"},
@@ -98,7 +107,10 @@ async fn main() {
                  "playbook": "raise-memory-limit", "trust": {"level": "auto"}, "limits": {"maxConcurrent": 100},
                  "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}}))
     .expect("policy");
-    Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.expect("policy");
+    Api::<RemediationPolicy>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("policy");
 
     let intake = Arc::new(Intake::new(client.clone(), Settings { token: Some(TOKEN.into()), kill_switch: None }));
     let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -346,7 +346,7 @@ fn persist(
         return Err(invalid(rt, &name, vec![cause]));
     }
     if let Some(schema) = &rt.schema {
-        let admitted = admit(schema, &new, old);
+        let admitted = admit(schema, rt.rules.as_deref(), &new, old);
         if !admitted.invalid.is_empty() {
             return Err(invalid(rt, &name, admitted.invalid));
         }

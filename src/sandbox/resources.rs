@@ -45,6 +45,8 @@ pub struct ResourceType {
     pub field_paths: Vec<String>,
     /// CRD only: the version's `openAPIV3Schema`.
     pub schema: Option<Value>,
+    /// CRD only: its CEL rules, compiled once at registration.
+    pub rules: Option<Arc<kube::core::cel::CompiledSchema>>,
     /// CRD only: `additionalPrinterColumns`.
     pub printer_columns: Vec<Value>,
 }
@@ -271,6 +273,7 @@ impl Default for Registry {
                     storage: storage_key(b.group, b.plural),
                     field_paths: b.fields.iter().map(|s| (*s).to_owned()).collect(),
                     schema: None,
+                    rules: None,
                     printer_columns: Vec::new(),
                 })
             })
@@ -560,6 +563,7 @@ pub fn crd_types(crd: &Value) -> Result<Vec<Arc<ResourceType>>, ApiError> {
                 .flatten()
                 .filter_map(|f| f.get("jsonPath").and_then(Value::as_str).map(|p| p.trim_start_matches('.').to_owned()))
                 .collect(),
+            rules: Some(Arc::new(kube::core::cel::compile_schema(&schema))),
             schema: Some(schema),
             printer_columns: v.get("additionalPrinterColumns").and_then(Value::as_array).cloned().unwrap_or_default(),
         }));

@@ -197,13 +197,26 @@ fn walk_object(schema: &Value, map: &mut Map<String, Value>, path: &str, out: &m
     }
 }
 
+/// One CEL environment for every admission (building it registers every function).
+static CEL: std::sync::LazyLock<kube::core::cel::Validator> = std::sync::LazyLock::new(kube::core::cel::Validator::new);
+
 /// Admit `object` under `schema` (the version's `openAPIV3Schema`); `old` for updates.
-pub fn admit(schema: &Value, object: &Value, old: Option<&Value>) -> Admitted {
+/// `rules` are the schema's CEL rules compiled once ([`kube::core::cel::compile_schema`]).
+pub fn admit(
+    schema: &Value,
+    rules: Option<&kube::core::cel::CompiledSchema>,
+    object: &Value,
+    old: Option<&Value>,
+) -> Admitted {
     let mut out = Admitted { object: kube::core::cel::apply_defaults(schema, object), ..Admitted::default() };
     let mut obj = std::mem::take(&mut out.object);
     walk(schema, &mut obj, "", &mut out);
+    let checked = match rules {
+        Some(compiled) => CEL.validate_compiled(compiled, &obj, old),
+        None => CEL.validate(schema, &obj, old),
+    };
     if out.invalid.is_empty()
-        && let Err(errors) = kube::core::cel::Validator::new().validate(schema, &obj, old)
+        && let Err(errors) = checked
     {
         for e in errors.into_vec() {
             let field = if e.field_path.is_empty() { "<root>".to_owned() } else { e.field_path.clone() };
@@ -235,7 +248,7 @@ mod tests {
     fn defaults_prunes_and_checks() {
         let obj = json!({"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "w"},
             "spec": {"size": 3, "extra": 1, "free": {"any": [1]}}});
-        let a = admit(&schema(), &obj, None);
+        let a = admit(&schema(), None, &obj, None);
         assert!(a.invalid.is_empty(), "{:?}", a.invalid);
         assert_eq!(a.unknown, ["spec.extra"]);
         assert_eq!(a.object["spec"]["mode"], "a");
@@ -246,9 +259,9 @@ mod tests {
     #[test]
     fn every_violation_is_reported_with_its_path() {
         let obj = json!({"spec": {"size": 11, "mode": "c", "free": "nope"}});
-        let fields: Vec<String> = admit(&schema(), &obj, None).invalid.into_iter().map(|c| c.field).collect();
+        let fields: Vec<String> = admit(&schema(), None, &obj, None).invalid.into_iter().map(|c| c.field).collect();
         assert_eq!(fields, ["spec.free", "spec.mode", "spec.size"]);
-        let missing = admit(&schema(), &json!({"spec": {}}), None);
+        let missing = admit(&schema(), None, &json!({"spec": {}}), None);
         assert_eq!(missing.invalid[0].field, "spec.size");
         assert_eq!(missing.invalid[0].reason, "FieldValueRequired");
     }
@@ -257,7 +270,7 @@ mod tests {
     fn transition_rules_see_the_old_object() {
         let old = json!({"spec": {"size": 1, "name": "x"}});
         let new = json!({"spec": {"size": 1, "name": "y"}});
-        let a = admit(&schema(), &new, Some(&old));
+        let a = admit(&schema(), None, &new, Some(&old));
         assert_eq!(a.invalid.len(), 1);
         assert!(a.invalid[0].message.contains("name is immutable"), "{:?}", a.invalid);
     }
