@@ -5,18 +5,17 @@
 //! the sandbox. Flip the gauge: one Remediation appears, and stays one through repeats; flip
 //! it back: the resolution reaches it. `make test` installs both servers when missing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, PostParams};
-use reflex::api::policy::RemediationPolicy;
+use kube::api::{Api, ListParams};
 use reflex::api::remediation::{AlertState, Remediation};
 use reflex::intake::webhook::{Intake, Settings, router};
-use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
 use serde_json::json;
 
 /// A server process, stopped when dropped.
@@ -71,32 +70,13 @@ fn temp_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_and_alertmanager_drive_exactly_one_remediation_and_its_resolution() {
-    reflex::install_crypto_provider();
     let dir = temp_dir();
 
     // Reflex: the sandbox, a policy, and the webhook with a bearer token.
-    let sb = Sandbox::start(Config::default()).await.unwrap();
-    sb.install_crds().unwrap();
-    let client = sb.client(ADMIN_TOKEN).await.unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap())
-        .await
-        .unwrap();
-    let policy: RemediationPolicy = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
-        "metadata": {"name": "checkout-oom", "namespace": "shop"},
-        "spec": {"match": {"alertnames": ["KubeContainerOOMKilled"], "matchers": ["severity=\"warning\""]},
+    let (_sb, client) = common::shop_with_policy(json!({"match": {"alertnames": ["KubeContainerOOMKilled"], "matchers": ["severity=\"warning\""]},
                  "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
                  "playbook": "raise-memory-limit", "trust": {"level": "auto"},
-                 "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}}))
-    .unwrap();
-    Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
-    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout"}, "spec": {"replicas": 1,
-        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1"}]}}}}))
-    .unwrap();
-    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "shop")
-        .create(&PostParams::default(), &d)
-        .await
-        .unwrap();
+                 "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}})).await;
     let token = "alertmanager-to-reflex";
     std::fs::write(dir.join("token"), token).unwrap();
     let intake = Arc::new(Intake::new(client.clone(), Settings { token: Some(token.into()), kill_switch: None }));

@@ -3,14 +3,15 @@
 //! per incident under repeats and concurrent deliveries, resolution, suppression Events and
 //! metrics.
 
+mod common;
+
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Event, Namespace};
-use kube::api::{Api, ListParams, PostParams};
-use reflex::api::policy::RemediationPolicy;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
 use reflex::api::remediation::{AlertState, Remediation};
 use reflex::intake::webhook::{Intake, Settings, router};
-use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+use reflex::sandbox::Sandbox;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "am-webhook-token";
@@ -20,28 +21,9 @@ async fn setup(limits: Value) -> (Sandbox, kube::Client, String) {
 }
 
 async fn setup_with(limits: Value, in_flight: usize) -> (Sandbox, kube::Client, String) {
-    reflex::install_crypto_provider();
-    let sb = Sandbox::start(Config::default()).await.unwrap();
-    sb.install_crds().unwrap();
-    let client = sb.client(ADMIN_TOKEN).await.unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap())
-        .await
-        .unwrap();
-    let policy: RemediationPolicy = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
-        "metadata": {"name": "checkout-oom", "namespace": "shop"},
-        "spec": {"match": {"alertnames": ["KubeContainerOOMKilled"]}, "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
+    let (sb, client) = common::shop_with_policy(json!({"match": {"alertnames": ["KubeContainerOOMKilled"]}, "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
                  "playbook": "raise-memory-limit", "trust": {"level": "auto"}, "limits": limits,
-                 "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}}))
-    .unwrap();
-    Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
-    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout"}, "spec": {"replicas": 1,
-        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1"}]}}}}))
-    .unwrap();
-    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "shop")
-        .create(&PostParams::default(), &d)
-        .await
-        .unwrap();
+                 "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}})).await;
     let intake = Arc::new(Intake::with_capacity(
         client.clone(),
         Settings { token: Some(TOKEN.into()), kill_switch: None },

@@ -87,20 +87,20 @@ impl PlaybookExecutor {
         Ok((Run { playbook_name, playbook, scope }, tools))
     }
 
+    /// Prepare a run and do its reads.
+    async fn read_all(&self, input: &StageInput) -> Result<Run, StageError> {
+        let (mut run, tools) = self.prepare(input).await?;
+        self.read(&mut run, &tools).await?;
+        Ok(run)
+    }
+
     /// Run every read step; the target object itself is always read too.
     async fn read(&self, run: &mut Run, tools: &dyn Tools) -> Result<(), StageError> {
         for step in &run.playbook.reads {
-            let lookup = |name: &str| -> Option<String> {
-                let (ns, key) = name.split_once('.')?;
-                match ns {
-                    "target" => run.scope.target.get(key).cloned(),
-                    "labels" => run.scope.labels.get(key).cloned(),
-                    _ => None,
-                }
-            };
             let mut args = BTreeMap::new();
             for (k, v) in &step.arguments {
-                let rendered = substitute(v, &lookup).map_err(|e| invalid(format!("read {}: {e}", step.name)))?;
+                let rendered =
+                    substitute(v, &|n| run.scope.lookup(n)).map_err(|e| invalid(format!("read {}: {e}", step.name)))?;
                 args.insert(k.clone(), rendered);
             }
             let result = tools
@@ -146,8 +146,7 @@ impl Diagnose for PlaybookExecutor {
     fn diagnose(&self, input: StageInput) -> StageFuture<Diagnosis> {
         let this = self.clone();
         async move {
-            let (mut run, tools) = this.prepare(&input).await?;
-            this.read(&mut run, &tools).await?;
+            let run = this.read_all(&input).await?;
             let findings: Vec<Finding> = run
                 .scope
                 .reads
@@ -175,8 +174,7 @@ impl Propose for PlaybookExecutor {
     fn propose(&self, input: StageInput) -> StageFuture<Proposal> {
         let this = self.clone();
         async move {
-            let (mut run, tools) = this.prepare(&input).await?;
-            this.read(&mut run, &tools).await?;
+            let run = this.read_all(&input).await?;
             let Rendered { patch, params, notes } = render(&run.playbook, &run.scope)
                 .map_err(|e| invalid(format!("playbook {}: {e}", run.playbook_name)))?;
             let mut rationale = format!(

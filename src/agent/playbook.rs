@@ -50,6 +50,18 @@ pub enum RenderError {
     NotAllowed(String),
 }
 
+impl Scope {
+    /// `target.<key>` or `labels.<key>`: the values templates and read arguments may name.
+    pub fn lookup(&self, name: &str) -> Option<String> {
+        let (ns, key) = name.split_once('.')?;
+        match ns {
+            "target" => self.target.get(key).cloned(),
+            "labels" => self.labels.get(key).cloned(),
+            _ => None,
+        }
+    }
+}
+
 /// A rendered patch, the parameter values used, and notes on every bound applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rendered {
@@ -130,6 +142,16 @@ fn fill(v: &mut Value, names: &[String], values: &dyn Fn(&str) -> Option<String>
 
 /// `192Mi`, `1Gi`, `500m`, `2`: the shortest exact-enough Kubernetes quantity, rounding up.
 pub fn format_quantity(value: f64) -> String {
+    quantity_text(value, f64::ceil)
+}
+
+/// Like [`format_quantity`], rounding down.
+pub fn format_quantity_floor(value: f64) -> String {
+    quantity_text(value, f64::floor)
+}
+
+/// An exact binary suffix when there is one, else Mi (or milli below 1) rounded by `round`.
+fn quantity_text(value: f64, round: fn(f64) -> f64) -> String {
     const UNITS: [(&str, f64); 4] = [("Ti", 1099511627776.0), ("Gi", 1073741824.0), ("Mi", 1048576.0), ("Ki", 1024.0)];
     if value >= 1024.0 {
         for (suffix, size) in UNITS {
@@ -137,22 +159,9 @@ pub fn format_quantity(value: f64) -> String {
                 return format!("{}{suffix}", (value / size) as u64);
             }
         }
-        return format!("{}Mi", (value / 1048576.0).ceil() as u64);
+        return format!("{}Mi", round(value / 1048576.0) as u64);
     }
-    if value.fract() == 0.0 { format!("{}", value as u64) } else { format!("{}m", (value * 1000.0).ceil() as u64) }
-}
-
-/// Like [`format_quantity`], rounding down.
-pub fn format_quantity_floor(value: f64) -> String {
-    if value >= 1024.0 {
-        for (suffix, size) in [("Gi", 1073741824.0), ("Mi", 1048576.0)] {
-            if value >= size && (value / size).fract() == 0.0 {
-                return format!("{}{suffix}", (value / size) as u64);
-            }
-        }
-        return format!("{}Mi", (value / 1048576.0).floor() as u64);
-    }
-    if value.fract() == 0.0 { format!("{}", value as u64) } else { format!("{}m", (value * 1000.0).floor() as u64) }
+    if value.fract() == 0.0 { format!("{}", value as u64) } else { format!("{}m", round(value * 1000.0) as u64) }
 }
 
 fn format_param_floor(p: &ValidParameter, value: f64) -> String {
@@ -299,14 +308,7 @@ pub fn new_items(patch: &Value, object: &Value) -> Vec<String> {
 /// Render `pb`'s patch in `scope`.
 pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError> {
     let template = pb.template.as_deref().ok_or(RenderError::NoTemplate)?;
-    let plain = |name: &str| -> Option<String> {
-        let (ns, key) = name.split_once('.')?;
-        match ns {
-            "target" => scope.target.get(key).cloned(),
-            "labels" => scope.labels.get(key).cloned(),
-            _ => None,
-        }
-    };
+    let plain = |name: &str| scope.lookup(name);
     let eval_scope = json!({"reads": scope.reads, "target": scope.object, "labels": scope.labels});
     let mut raw: BTreeMap<String, f64> = BTreeMap::new();
     for p in &pb.parameters {
@@ -329,7 +331,6 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
         }
     };
     fill(&mut probe, &names, &probe_values)?;
-    let places = touched(&probe, &scope.object);
     for p in &pb.parameters {
         if p.type_ == ParameterType::String {
             let v = substitute(&p.value, &|n| plain(n))?;
@@ -357,12 +358,8 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
         }
         if let Some(factor) = p.max_factor {
             let token = format!("{MARK}param_{}__", p.name);
-            let currents: Vec<f64> = places
-                .iter()
-                .zip(touched_values(&probe, &token))
-                .filter(|(_, here)| *here)
-                .map(|((_, cur), _)| cur.as_ref().and_then(number).unwrap_or(0.0))
-                .collect();
+            let currents: Vec<f64> =
+                replaced(&probe, &scope.object, &token).iter().map(|cur| cur.and_then(number).unwrap_or(0.0)).collect();
             // Fail closed: a factor bound needs a current value to be relative to.
             let base =
                 currents.into_iter().reduce(f64::min).filter(|b| *b > 0.0).ok_or_else(|| RenderError::Parameter {
@@ -428,16 +425,14 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
-/// For each leaf of `probe` (in [`touched`] order), whether it holds `token`.
-fn touched_values(probe: &Value, token: &str) -> Vec<bool> {
+/// The target's values at every leaf of `probe` that holds `token`: what a parameter replaces.
+fn replaced<'a>(probe: &Value, object: &'a Value, token: &str) -> Vec<Option<&'a Value>> {
     let mut out = Vec::new();
     leaves(probe, &mut Vec::new(), String::new(), &mut out, &mut Vec::new(), true);
-    let mut flags = Vec::new();
-    for (_, trail) in out {
-        let v = current_at(probe, &trail);
-        flags.push(v.and_then(Value::as_str).is_some_and(|s| s == token));
-    }
-    flags
+    out.iter()
+        .filter(|(_, trail)| current_at(probe, trail).and_then(Value::as_str) == Some(token))
+        .map(|(_, trail)| current_at(object, trail))
+        .collect()
 }
 
 #[cfg(test)]

@@ -78,6 +78,19 @@ struct Inner {
 /// version the live feed starts after.
 pub type Watch = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64);
 
+impl Inner {
+    /// Committed objects of a storage, in one namespace or all, keyed (namespace, name).
+    fn objects_in(&self, storage: &str, ns: Option<&str>) -> BTreeMap<Key, Value> {
+        self.objects
+            .get(storage)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| ns.is_none_or(|n| k.0 == n))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
 /// The in-memory store.
 pub struct Store {
     inner: Mutex<Inner>,
@@ -104,15 +117,7 @@ impl Tx<'_> {
 
     /// Objects of a storage (in one namespace, or all), in (namespace, name) order.
     pub fn list(&self, storage: &str, ns: Option<&str>) -> Vec<Value> {
-        let mut merged: BTreeMap<Key, Value> = self
-            .inner
-            .objects
-            .get(storage)
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| ns.is_none_or(|n| k.0 == n))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut merged = self.inner.objects_in(storage, ns);
         for ((s, k), v) in &self.overlay {
             if s != storage || ns.is_some_and(|n| k.0 != n) {
                 continue;
@@ -263,14 +268,7 @@ impl Store {
     /// reconstructed from the log), with the list's resourceVersion.
     pub fn list(&self, storage: &str, ns: Option<&str>, at: Option<u64>) -> Result<(Vec<Value>, u64), ApiError> {
         let inner = self.lock();
-        let mut objs: BTreeMap<Key, Value> = inner
-            .objects
-            .get(storage)
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| ns.is_none_or(|n| k.0 == n))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut objs = inner.objects_in(storage, ns);
         let Some(at) = at.filter(|at| *at < inner.rv) else { return Ok((objs.into_values().collect(), inner.rv)) };
         if at < inner.compacted {
             return Err(Self::too_old(at, inner.compacted));

@@ -1,0 +1,33 @@
+//! Set-up shared by the intake tests: a sandbox with Reflex's CRDs, namespace `shop`, the
+//! Deployment `checkout` and the policy `checkout-oom`.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use reflex::api::policy::RemediationPolicy;
+use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+use serde_json::{Value, json};
+
+/// The sandbox and an admin client, with `shop/checkout` and the policy `shop/checkout-oom`
+/// whose spec is `policy_spec`.
+pub async fn shop_with_policy(policy_spec: Value) -> (Sandbox, kube::Client) {
+    reflex::install_crypto_provider();
+    let sb = Sandbox::start(Config::default()).await.unwrap();
+    sb.install_crds().unwrap();
+    let client = sb.client(ADMIN_TOKEN).await.unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap())
+        .await
+        .unwrap();
+    let policy: RemediationPolicy =
+        serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
+        "metadata": {"name": "checkout-oom", "namespace": "shop"}, "spec": policy_spec}))
+        .unwrap();
+    Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout"}, "spec": {"replicas": 1,
+        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1"}]}}}}))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), "shop").create(&PostParams::default(), &d).await.unwrap();
+    (sb, client)
+}
