@@ -6,7 +6,6 @@
 //! pays for listing policies and Remediations and writing each incident's sightings.
 //! Bounded: a fixed number of deliveries per server. Prints alerts/s and p50/p99 latency.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -112,7 +111,8 @@ async fn main() {
         .await
         .expect("policy");
 
-    let intake = Arc::new(Intake::new(client.clone(), Settings { token: Some(TOKEN.into()), kill_switch: None }));
+    let intake = Intake::start(client.clone(), Settings { token: Some(TOKEN.into()), kill_switch: None });
+    intake.ready().await;
     let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let reflex_url = format!("http://{}/alerts", l1.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(l1, router(intake)).await });

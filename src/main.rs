@@ -193,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
             let stop = tokio_util::sync::CancellationToken::new();
             let intake = {
                 let settings = reflex::intake::webhook::Settings { token, kill_switch };
-                let intake = std::sync::Arc::new(reflex::intake::webhook::Intake::new(client.clone(), settings));
+                let intake = reflex::intake::webhook::Intake::start(client.clone(), settings);
                 let (router, stop) = (reflex::intake::webhook::router(intake), stop.clone());
                 tokio::spawn(async move {
                     axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await

@@ -79,7 +79,7 @@ async fn prometheus_and_alertmanager_drive_exactly_one_remediation_and_its_resol
                  "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}})).await;
     let token = "alertmanager-to-reflex";
     std::fs::write(dir.join("token"), token).unwrap();
-    let intake = Arc::new(Intake::new(client.clone(), Settings { token: Some(token.into()), kill_switch: None }));
+    let intake = Intake::start(client.clone(), Settings { token: Some(token.into()), kill_switch: None });
     let intake_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let intake_addr = intake_listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(intake_listener, router(intake)).await });

@@ -5,30 +5,36 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams};
-use reflex::api::remediation::{AlertState, Remediation};
-use reflex::intake::webhook::{Intake, Settings, router};
+use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use reflex::api::remediation::{AlertObservation, AlertState, Remediation};
+use reflex::intake::webhook::{Intake, Limits, Settings, router};
 use reflex::sandbox::Sandbox;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "am-webhook-token";
 
 async fn setup(limits: Value) -> (Sandbox, kube::Client, String) {
-    setup_with(limits, reflex::intake::webhook::MAX_IN_FLIGHT).await
+    setup_with(limits, Limits::default(), None).await
 }
 
-async fn setup_with(limits: Value, in_flight: usize) -> (Sandbox, kube::Client, String) {
+async fn setup_with(
+    limits: Value,
+    capacity: Limits,
+    kill_switch: Option<(String, String)>,
+) -> (Sandbox, kube::Client, String) {
     let (sb, client) = common::shop_with_policy(json!({"match": {"alertnames": ["KubeContainerOOMKilled"]}, "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
                  "playbook": "raise-memory-limit", "trust": {"level": "auto"}, "limits": limits,
                  "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}})).await;
-    let intake = Arc::new(Intake::with_capacity(
-        client.clone(),
-        Settings { token: Some(TOKEN.into()), kill_switch: None },
-        in_flight,
-    ));
+    if let Some((ns, name)) = &kill_switch {
+        // On from the start: intake is ready only once its watch has listed it.
+        let cm = serde_json::from_value(json!({"metadata": {"name": name}, "data": {"killSwitch": "true"}})).unwrap();
+        Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let intake = Intake::start_with(client.clone(), Settings { token: Some(TOKEN.into()), kill_switch }, capacity);
+    tokio::time::timeout(Duration::from_secs(10), intake.ready()).await.expect("intake's watches list");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(intake)).await });
@@ -52,6 +58,38 @@ async fn post(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
     let resp = req.send().await.unwrap();
     let code = resp.status().as_u16();
     (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The only Remediation's `status.alert`, once `ok` holds (within 10 s).
+async fn eventually(client: &kube::Client, ok: impl Fn(&AlertObservation) -> bool) -> AlertObservation {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rems = remediations(client).await;
+        let alert = rems.first().and_then(|r| r.status.as_ref()?.alert.clone());
+        match alert {
+            Some(a) if ok(&a) => return a,
+            other => assert!(tokio::time::Instant::now() < deadline, "status.alert never got there: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The policy's Events, once there are some (they are published behind the response).
+async fn policy_events(client: &kube::Client) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let selector = "involvedObject.name=checkout-oom,involvedObject.kind=RemediationPolicy";
+    loop {
+        let events = Api::<Event>::namespaced(client.clone(), "shop")
+            .list(&ListParams::default().fields(selector))
+            .await
+            .unwrap()
+            .items;
+        if !events.is_empty() {
+            return events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no Event on the policy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn remediations(client: &kube::Client) -> Vec<Remediation> {
@@ -90,11 +128,11 @@ async fn one_remediation_per_incident_despite_repeats_and_concurrent_deliveries(
     let d = delivery("firing", &["a"]);
     let (r1, r2) = tokio::join!(post(&url, Some(TOKEN), &d), post(&url, Some(TOKEN), &d));
     assert_eq!((r1.0, r2.0), (200, 200), "{r1:?} {r2:?}");
-    let rems = remediations(&client).await;
-    assert_eq!(rems.len(), 1, "exactly one Remediation");
-    let seen = rems[0].status.as_ref().unwrap().alert.as_ref().unwrap();
+    // Sightings of an active Remediation are written behind: wait for the count.
+    let seen = eventually(&client, |a| a.times_seen >= 4).await;
     assert_eq!(seen.times_seen, 4, "every delivery counted, none lost to concurrency");
     assert_eq!(seen.state, AlertState::Firing);
+    assert_eq!(remediations(&client).await.len(), 1, "exactly one Remediation");
     // Resolution reaches it.
     let (code, body) = post(&url, Some(TOKEN), &delivery("resolved", &["a"])).await;
     assert_eq!((code, body["resolved"].clone()), (200, json!(["shop/checkout-oom-checkout-1"])));
@@ -111,13 +149,10 @@ async fn suppressions_are_recorded_on_the_policy_and_counted() {
     assert_eq!(code, 200);
     assert_eq!(body["suppressed"][0]["reason"], "suspended", "{body}");
     assert!(remediations(&client).await.is_empty());
-    let events = Api::<Event>::namespaced(client.clone(), "shop")
-        .list(&ListParams::default().fields("involvedObject.name=checkout-oom,involvedObject.kind=RemediationPolicy"))
-        .await
-        .unwrap();
-    assert_eq!(events.items.len(), 1);
-    assert_eq!(events.items[0].reason.as_deref(), Some("Suppressed"));
-    assert!(events.items[0].message.as_deref().unwrap().contains("suspended"));
+    let events = policy_events(&client).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].reason.as_deref(), Some("Suppressed"));
+    assert!(events[0].message.as_deref().unwrap().contains("suspended"));
     let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("reflex_intake_alerts_suppressed_total{reason=\"suspended\"} 1"), "{metrics}");
 }
@@ -131,18 +166,15 @@ async fn an_alert_for_a_missing_target_is_recorded_not_retried() {
     assert_eq!(code, 200, "not a retryable failure: {body}");
     assert_eq!(body["suppressed"][0]["reason"], "target_not_found", "{body}");
     assert!(remediations(&client).await.is_empty());
-    let events = Api::<Event>::namespaced(client.clone(), "shop")
-        .list(&ListParams::default().fields("involvedObject.name=checkout-oom"))
-        .await
-        .unwrap();
-    assert_eq!(events.items[0].reason.as_deref(), Some("TargetNotFound"));
+    let events = policy_events(&client).await;
+    assert_eq!(events[0].reason.as_deref(), Some("TargetNotFound"));
     let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("reflex_intake_alerts_suppressed_total{reason=\"target_not_found\"} 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_full_it_answers_503_with_retry_after() {
-    let (_sb, client, url) = setup_with(json!({}), 0).await;
+    let (_sb, client, url) = setup_with(json!({}), Limits { in_flight: 0, ..Limits::default() }, None).await;
     let resp = reqwest::Client::new()
         .post(format!("{url}/alerts"))
         .bearer_auth(TOKEN)
@@ -153,4 +185,52 @@ async fn when_full_it_answers_503_with_retry_after() {
     assert_eq!(resp.status().as_u16(), 503);
     assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
     assert!(remediations(&client).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_would_overfill_the_queue_is_refused_whole() {
+    let (_sb, client, url) = setup_with(json!({}), Limits { queue: 0, ..Limits::default() }, None).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/alerts"))
+        .bearer_auth(TOKEN)
+        .json(&delivery("firing", &["a"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("capacity 0"), "{body}");
+    assert!(remediations(&client).await.is_empty());
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reflex_intake_requests_rejected_total{reason=\"queue_full\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_configmap_stops_new_remediations_while_it_is_on() {
+    let at = ("shop".to_owned(), "reflex-settings".to_owned());
+    let (_sb, client, url) = setup_with(json!({}), Limits::default(), Some(at)).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    for _ in 0..3 {
+        let (code, body) = post(&url, Some(TOKEN), &delivery("firing", &["a"])).await;
+        assert_eq!((code, &body["suppressed"][0]["reason"]), (200, &json!("kill_switch")), "{body}");
+    }
+    assert!(remediations(&client).await.is_empty());
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reflex_intake_alerts_suppressed_total{reason=\"kill_switch\"} 3"), "{metrics}");
+    // Turned off, it reaches intake through the watch.
+    let off = Patch::Merge(json!({"data": {"killSwitch": "false"}}));
+    cms.patch("reflex-settings", &PatchParams::default(), &off).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = post(&url, Some(TOKEN), &delivery("firing", &["a"])).await;
+        assert_eq!(code, 200, "{body}");
+        if body["created"] == json!(["shop/checkout-oom-checkout-1"]) {
+            break;
+        }
+        assert_eq!(body["suppressed"][0]["reason"], "kill_switch", "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "turning the kill switch off never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(remediations(&client).await.len(), 1);
 }

@@ -139,7 +139,10 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
     let intake_url = format!("http://{}/alerts", listener.local_addr()?);
     let intake = {
         let settings = crate::intake::webhook::Settings { token: Some(token.clone()), kill_switch: None };
-        let intake = Arc::new(crate::intake::webhook::Intake::new(client.clone(), settings));
+        let intake = crate::intake::webhook::Intake::start(client.clone(), settings);
+        tokio::time::timeout(Duration::from_secs(10), intake.ready())
+            .await
+            .map_err(|_| anyhow::anyhow!("intake's watches did not list within 10s"))?;
         let (router, stop) = (crate::intake::webhook::router(intake), stop.clone());
         tokio::spawn(async move {
             axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await

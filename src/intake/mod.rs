@@ -5,8 +5,10 @@
 //! backpressure) is the effectful shell; it creates or updates Remediations and nothing
 //! else, and rejects a bad delivery without creating anything.
 
+pub mod known;
 pub mod matcher;
 pub mod payload;
 pub mod plan;
+pub mod queue;
 pub mod template;
 pub mod webhook;

@@ -46,6 +46,20 @@ pub struct Existing {
 }
 
 impl Existing {
+    /// One being created at `now`.
+    pub fn creating(namespace: &str, name: &str, policy: &str, target: &str, now: Timestamp) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            policy: policy.to_owned(),
+            target: target.to_owned(),
+            seq: seq_of(name),
+            phase: None,
+            created: now,
+            finished: None,
+        }
+    }
+
     fn active(&self) -> bool {
         self.phase.is_none_or(|p| !p.is_terminal())
     }
@@ -157,10 +171,15 @@ fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
+fn all<'a>(existing: &'a [Existing], added: &'a [Existing]) -> impl Iterator<Item = &'a Existing> {
+    existing.iter().chain(added)
+}
+
 /// Decide what a validated delivery means at `now`.
 pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_switch: bool, now: Timestamp) -> Planned {
     let mut out = Planned::default();
-    let mut known: Vec<Existing> = existing.to_vec();
+    // What this delivery decides to create, on top of what exists.
+    let mut added: Vec<Existing> = Vec::new();
     for a in &p.alerts {
         let alertname = a.labels.get("alertname").cloned().unwrap_or_default();
         let mut matched = false;
@@ -182,7 +201,7 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
                 }
             };
             let same = |e: &&Existing| e.namespace == pr.namespace && e.policy == pr.name && e.target == target;
-            let active = known.iter().filter(same).find(|e| e.active()).cloned();
+            let active = all(existing, &added).filter(same).find(|e| e.active()).cloned();
             if a.status == "resolved" {
                 if let Some(e) = active {
                     out.actions.push(Action::Resolve {
@@ -205,13 +224,12 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
                 detail,
             };
             let of_policy: Vec<&Existing> =
-                known.iter().filter(|e| e.namespace == pr.namespace && e.policy == pr.name).collect();
-            let last_finished = known.iter().filter(same).filter_map(|e| e.finished).max();
+                all(existing, &added).filter(|e| e.namespace == pr.namespace && e.policy == pr.name).collect();
+            let last_finished = all(existing, &added).filter(same).filter_map(|e| e.finished).max();
             let recent =
                 of_policy.iter().filter(|e| now.duration_since(e.created).unsigned_abs() < pol.limits.window).count();
             let running = of_policy.iter().filter(|e| e.active()).count();
-            let busy = known
-                .iter()
+            let busy = all(existing, &added)
                 .find(|e| e.namespace == pr.namespace && e.target == target && e.policy != pr.name && e.active())
                 .map(|e| e.name.clone());
             let action = if kill_switch {
@@ -248,7 +266,7 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
             } else if let Some(other) = busy {
                 suppress(Suppression::TargetBusy, format!("{other} (another policy) is already remediating {target}"))
             } else {
-                let seq = known.iter().filter(same).map(|e| e.seq).max().unwrap_or(0) + 1;
+                let seq = all(existing, &added).filter(same).map(|e| e.seq).max().unwrap_or(0) + 1;
                 let name = remediation_name(&pr.name, &target, seq);
                 if !is_dns_subdomain(&name) {
                     out.problems
@@ -256,16 +274,7 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
                     continue;
                 }
                 let starts_at = a.starts_at.parse::<Timestamp>().unwrap_or(now);
-                known.push(Existing {
-                    namespace: pr.namespace.clone(),
-                    name: name.clone(),
-                    policy: pr.name.clone(),
-                    target: target.clone(),
-                    seq,
-                    phase: None,
-                    created: now,
-                    finished: None,
-                });
+                added.push(Existing::creating(&pr.namespace, &name, &pr.name, &target, now));
                 Action::Create {
                     namespace: pr.namespace.clone(),
                     name,
@@ -284,13 +293,17 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
     out
 }
 
+fn seq_of(name: &str) -> u32 {
+    name.rsplit('-').next().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
 /// Index existing Remediations by their intake labels.
 pub fn existing_from(rems: &[crate::api::remediation::Remediation]) -> Vec<Existing> {
     rems.iter()
         .filter_map(|r| {
             let labels = r.metadata.labels.as_ref()?;
             let name = r.metadata.name.clone()?;
-            let seq = name.rsplit('-').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let seq = seq_of(&name);
             Some(Existing {
                 namespace: r.metadata.namespace.clone()?,
                 name,

@@ -1,40 +1,47 @@
-//! The Alertmanager webhook's shell: `POST /alerts` (payload version 4), `GET /metrics`.
+//! The Alertmanager webhook's shell: `POST /alerts` (payload version 4), `GET /metrics`,
+//! `GET /healthz`, `GET /readyz`.
 //!
 //! Contract: a delivery must carry the configured bearer token (compared in constant time;
 //! 401 without it) and fit the body limit (413); it is parsed strictly (400 naming the
-//! field). Nothing is created for a rejected request. The pure [`super::plan`] decides; this
-//! shell lists policies and Remediations, creates Remediations (labelled with policy and
-//! target), records on each how often its alert was seen and when last, or that it resolved
-//! (`status.alert`, field manager `reflex-intake`, under resourceVersion preconditions so
-//! concurrent deliveries never lose a count), and records every suppression as an Event on
-//! the policy. A create that collides with a concurrent one becomes an observation. Counters
-//! and request latency are on `/metrics` (prometheus-client).
+//! field). Nothing is created for a rejected request. A delivery is planned by the pure
+//! [`super::plan`] from memory ([`super::known`]: watched policies, Remediations and kill
+//! switch; 503 until they have listed) and its writes go to the bounded, coalescing
+//! [`super::queue`] whole or not at all (503 + Retry-After when full — never a silent drop).
+//! Creates and resolutions are confirmed before the delivery is answered 200 (a failure is a
+//! 503, so Alertmanager retries); sightings of an active Remediation are written behind,
+//! coalesced, one status write per Remediation however many alerts named it. Workers create
+//! Remediations (labelled with policy and target; a create that collides with a concurrent
+//! one becomes an observation) and write `status.alert` (field manager `reflex-intake`,
+//! under resourceVersion preconditions so concurrent writers never lose a count). Every
+//! suppression is an Event on the policy, once per delivery, policy, target and reason.
+//! Counters, queue depth and request latency are on `/metrics` (prometheus-client).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot};
 
+use super::known;
 use super::payload::parse;
-use super::plan::{Action, Existing, POLICY_LABEL, PolicyRef, TARGET_LABEL, existing_from, plan};
-use crate::api::policy::RemediationPolicy;
-use crate::api::remediation::{AlertObservation, AlertState, Remediation};
-use crate::api::validate::ValidPolicy;
+use super::plan::{Action, Existing, POLICY_LABEL, TARGET_LABEL, plan};
+use super::queue::{Creation, Done, Key, Op, Queue, Work};
+use crate::api::remediation::{AlertObservation, Remediation};
 
 /// Largest accepted delivery.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -58,6 +65,9 @@ pub struct Metrics {
     suppressed: Family<Reason, Counter>,
     rejected: Family<Reason, Counter>,
     truncated: Counter,
+    queued: Gauge,
+    writes_failed: Counter,
+    events_dropped: Counter,
     latency: Histogram,
 }
 
@@ -74,6 +84,9 @@ impl Default for Metrics {
             suppressed: Family::default(),
             rejected: Family::default(),
             truncated: Counter::default(),
+            queued: Gauge::default(),
+            writes_failed: Counter::default(),
+            events_dropped: Counter::default(),
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         };
         registry.register("alerts_received", "Alerts received in webhook deliveries", m.received.clone());
@@ -95,6 +108,17 @@ impl Default for Metrics {
             "alerts_truncated",
             "Alerts Alertmanager left out of deliveries (truncatedAlerts)",
             m.truncated.clone(),
+        );
+        registry.register("queue_depth", "Remediations with writes waiting", m.queued.clone());
+        registry.register(
+            "writes_failed",
+            "Remediation writes given up after retries (Alertmanager's next delivery tries again)",
+            m.writes_failed.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Intake Events not recorded because the backlog was full",
+            m.events_dropped.clone(),
         );
         registry.register("request_duration_seconds", "Time to handle a delivery", m.latency.clone());
         Self { registry, ..m }
@@ -126,39 +150,129 @@ pub struct Settings {
     pub kill_switch: Option<(String, String)>,
 }
 
-/// The webhook's shared state.
-pub struct Intake {
-    pub client: kube::Client,
-    pub settings: Settings,
-    pub metrics: Metrics,
-    recorder: Recorder,
-    /// Deliveries in progress are bounded; past it Alertmanager is told to retry.
-    slots: tokio::sync::Semaphore,
+/// How much intake takes on at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Deliveries handled at once; more are answered 503 + Retry-After.
+    pub in_flight: usize,
+    /// Remediations with unwritten work; a delivery that would exceed it is answered 503.
+    pub queue: usize,
+    /// Concurrent writers draining the queue.
+    pub workers: usize,
 }
 
 /// Deliveries handled at once; more wait for Alertmanager's retry.
 pub const MAX_IN_FLIGHT: usize = 16;
 
+impl Default for Limits {
+    fn default() -> Self {
+        Self { in_flight: MAX_IN_FLIGHT, queue: 10_000, workers: 8 }
+    }
+}
+
+/// How long a delivery waits for the writes it must confirm (creates, resolutions) before
+/// it asks Alertmanager to retry.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
+
+/// Failed writes of one Remediation's work before it is dropped (and counted).
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Events waiting to be published; past it they are counted and dropped (Events are
+/// best-effort; the metrics always count).
+const EVENT_BACKLOG: usize = 1024;
+
+struct Shared {
+    client: kube::Client,
+    settings: Settings,
+    metrics: Metrics,
+    known: known::Shared,
+    queue: Queue,
+    events: mpsc::Sender<(ObjectReference, Event)>,
+    /// Deliveries in progress are bounded; past it Alertmanager is told to retry.
+    slots: tokio::sync::Semaphore,
+    /// True once the watches have listed.
+    synced: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The webhook: its caches, its queue and its workers. Dropping it stops them.
+pub struct Intake {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 impl Intake {
-    pub fn new(client: kube::Client, settings: Settings) -> Self {
-        Self::with_capacity(client, settings, MAX_IN_FLIGHT)
+    /// Start watching policies, Remediations and the kill switch, and the queue's workers.
+    pub fn start(client: kube::Client, settings: Settings) -> Arc<Self> {
+        Self::start_with(client, settings, Limits::default())
     }
 
-    /// With room for `in_flight` deliveries at once.
-    pub fn with_capacity(client: kube::Client, settings: Settings, in_flight: usize) -> Self {
+    pub fn start_with(client: kube::Client, settings: Settings, limits: Limits) -> Arc<Self> {
+        let known: known::Shared = Arc::default();
+        let (mut tasks, synced) = known::watch(&client, &known, settings.kill_switch.as_ref());
+        let (events, mut rx) = mpsc::channel::<(ObjectReference, Event)>(EVENT_BACKLOG);
         let reporter = Reporter { controller: "reflex-intake".into(), instance: std::env::var("POD_NAME").ok() };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
+        let recorder = Recorder::new(client.clone(), reporter);
+        tasks.push(tokio::spawn(async move {
+            while let Some((reference, event)) = rx.recv().await {
+                if let Err(e) = recorder.publish(&event, &reference).await {
+                    tracing::warn!(error = %e, reason = %event.reason, "could not record an intake Event");
+                }
+            }
+        }));
+        let shared = Arc::new(Shared {
             client,
             settings,
             metrics: Metrics::default(),
-            slots: tokio::sync::Semaphore::new(in_flight),
+            known,
+            queue: Queue::new(limits.queue),
+            events,
+            slots: tokio::sync::Semaphore::new(limits.in_flight),
+            synced,
+        });
+        for _ in 0..limits.workers.max(1) {
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let (key, work) = shared.queue.take().await;
+                    let retry = write(&shared, &key, work).await;
+                    if let Some(w) = &retry {
+                        tokio::time::sleep(Duration::from_millis(200 << w.attempts.min(5))).await;
+                    }
+                    shared.queue.done(&key, retry);
+                    shared.metrics.queued.set(shared.queue.len() as i64);
+                }
+            }));
         }
+        Arc::new(Self { shared, tasks })
+    }
+
+    /// Wait until intake's watches have listed (it answers 503 until then).
+    pub async fn ready(&self) {
+        let mut synced = self.shared.synced.clone();
+        let _ = synced.wait_for(|s| *s).await;
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 }
 
 fn reply(code: StatusCode, body: Value) -> Response {
     (code, axum::Json(body)).into_response()
+}
+
+fn retry_later(message: String) -> Response {
+    let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": message }));
+    resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    resp
 }
 
 fn authorized(expected: Option<&str>, headers: &HeaderMap) -> bool {
@@ -169,39 +283,6 @@ fn authorized(expected: Option<&str>, headers: &HeaderMap) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
-}
-
-async fn kill_switch(client: &kube::Client, at: &Option<(String, String)>) -> Result<bool, kube::Error> {
-    let Some((ns, name)) = at else { return Ok(false) };
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await?;
-    Ok(cm.and_then(|c| c.data).and_then(|d| d.get("killSwitch").cloned()).is_some_and(|v| v.trim() == "true"))
-}
-
-async fn policies(
-    client: &kube::Client,
-) -> Result<(Vec<PolicyRef>, BTreeMap<(String, String), ObjectReference>), kube::Error> {
-    let list = Api::<RemediationPolicy>::all(client.clone()).list(&ListParams::default()).await?;
-    let mut refs = BTreeMap::new();
-    let mut out = Vec::new();
-    for p in list.items {
-        let (Some(namespace), Some(name)) = (p.metadata.namespace.clone(), p.metadata.name.clone()) else { continue };
-        refs.insert(
-            (namespace.clone(), name.clone()),
-            ObjectReference {
-                api_version: Some("reflex.dev/v1alpha1".into()),
-                kind: Some("RemediationPolicy".into()),
-                name: Some(name.clone()),
-                namespace: Some(namespace.clone()),
-                uid: p.metadata.uid.clone(),
-                ..ObjectReference::default()
-            },
-        );
-        match ValidPolicy::from_spec(&p.spec) {
-            Ok(policy) => out.push(PolicyRef { namespace, name, policy }),
-            Err(e) => tracing::warn!(policy = %format!("{namespace}/{name}"), error = %e, "skipping an invalid policy"),
-        }
-    }
-    Ok((out, refs))
 }
 
 /// Write `status.alert` with `update`, retrying on concurrent writes.
@@ -225,43 +306,121 @@ async fn observe(
     }
 }
 
-fn seen_again(prev: Option<&AlertObservation>, at: jiff::Timestamp, times: u64) -> AlertObservation {
-    match prev {
-        Some(p) => AlertObservation {
-            state: AlertState::Firing,
-            times_seen: p.times_seen.saturating_add(times),
-            first_seen: p.first_seen.clone(),
-            last_seen: Time(at),
-            resolved_at: None,
-        },
-        None => AlertObservation {
-            state: AlertState::Firing,
-            times_seen: times.max(1),
-            first_seen: Time(at),
-            last_seen: Time(at),
-            resolved_at: None,
-        },
+enum Created {
+    New,
+    Existed,
+    NoTarget(String),
+}
+
+async fn create(client: &kube::Client, ns: &str, name: &str, c: &Creation) -> Result<Created, kube::Error> {
+    // An alert naming a target that does not exist is recorded, not retried forever.
+    let kind = c.spec.target.kind;
+    let targets: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &crate::agent::tools::api_resource(kind));
+    if targets.get_opt(&c.target).await?.is_none() {
+        return Ok(Created::NoTarget(format!("{} {ns}/{} does not exist", kind.as_str(), c.target)));
     }
+    let mut rem = Remediation::new(name, (*c.spec).clone());
+    rem.metadata.namespace = Some(ns.to_owned());
+    rem.metadata.labels = Some(BTreeMap::from([
+        (POLICY_LABEL.to_owned(), c.policy.clone()),
+        (TARGET_LABEL.to_owned(), c.target.clone()),
+    ]));
+    let pp = PostParams { field_manager: Some(INTAKE_MANAGER.into()), ..Default::default() };
+    match Api::<Remediation>::namespaced(client.clone(), ns).create(&pp, &rem).await {
+        Ok(_) => Ok(Created::New),
+        // Another delivery (or replica) created it first: this is a repeat.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Created::Existed),
+        Err(e) => Err(e),
+    }
+}
+
+fn publish(s: &Shared, reference: Option<ObjectReference>, event: Event) {
+    let Some(reference) = reference else { return };
+    if s.events.try_send((reference, event)).is_err() {
+        s.metrics.events_dropped.inc();
+    }
+}
+
+/// A worker writes one Remediation's queued work; `Some` is work to try again.
+async fn write(s: &Shared, key: &Key, mut work: Work) -> Option<Work> {
+    let (ns, name) = key;
+    let m = &s.metrics;
+    if let Some(c) = work.create.take() {
+        match create(&s.client, ns, name, &c).await {
+            Ok(Created::New) => {
+                m.created.inc();
+                work.finish(&Done::Created);
+            }
+            Ok(Created::Existed) => {
+                m.deduplicated.inc();
+                work.finish(&Done::AlreadyExisted);
+            }
+            Ok(Created::NoTarget(detail)) => {
+                m.suppressed.get_or_create(&Reason { reason: "target_not_found".into() }).inc();
+                let reference = known::lock(&s.known).reference(ns, &c.policy);
+                known::lock(&s.known).abandon(key);
+                let note = format!("alert not remediated: {detail}");
+                publish(s, reference, event(EventType::Warning, "TargetNotFound", note));
+                work.finish(&Done::TargetNotFound(detail));
+                return None;
+            }
+            Err(e) => {
+                work.create = Some(c);
+                return failed(s, key, work, &e);
+            }
+        }
+    }
+    if work.writes_status() {
+        match observe(&s.client, ns, name, |p| work.observation(p)).await {
+            Ok(()) => work.finish(&Done::Recorded),
+            Err(kube::Error::Api(st)) if st.code == 404 => {
+                tracing::info!(remediation = %format!("{ns}/{name}"), "deleted before its sightings were written");
+                work.finish(&Done::Failed(format!("{ns}/{name} was deleted")));
+            }
+            Err(e) => return failed(s, key, work, &e),
+        }
+    }
+    None
+}
+
+fn failed(s: &Shared, key: &Key, mut work: Work, e: &kube::Error) -> Option<Work> {
+    // Deliveries waiting on it answer 503, so Alertmanager retries too.
+    work.finish(&Done::Failed(e.to_string()));
+    work.attempts += 1;
+    let remediation = format!("{}/{}", key.0, key.1);
+    if work.attempts < MAX_ATTEMPTS {
+        tracing::warn!(%remediation, attempt = work.attempts, error = %e, "intake write failed; retrying");
+        return Some(work);
+    }
+    s.metrics.writes_failed.inc();
+    tracing::error!(%remediation, error = %e, sightings = work.times, "intake gave up writing; Alertmanager's next delivery will try again");
+    if work.create.is_some() {
+        known::lock(&s.known).abandon(key);
+    }
+    None
+}
+
+fn event(type_: EventType, reason: &str, note: String) -> Event {
+    Event { type_, reason: reason.into(), note: Some(note), action: "Intake".into(), secondary: None }
 }
 
 async fn receive(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let started = Instant::now();
+    let s = &intake.shared;
     // Bounded: when full, 503 with Retry-After so Alertmanager retries — never a silent drop.
-    let Ok(_slot) = intake.slots.try_acquire() else {
-        intake.metrics.reject("overloaded");
-        let mut resp =
-            reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "busy: too many deliveries in progress; retry"}));
-        resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        return resp;
+    let Ok(_slot) = s.slots.try_acquire() else {
+        s.metrics.reject("overloaded");
+        return retry_later("busy: too many deliveries in progress; retry".into());
     };
-    let resp = handle(&intake, &headers, &body).await;
-    intake.metrics.latency.observe(started.elapsed().as_secs_f64());
+    let resp = handle(s, &headers, &body).await;
+    s.metrics.latency.observe(started.elapsed().as_secs_f64());
     resp
 }
 
-async fn handle(intake: &Intake, headers: &HeaderMap, body: &[u8]) -> Response {
-    let m = &intake.metrics;
-    if !authorized(intake.settings.token.as_deref(), headers) {
+async fn handle(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
+    let m = &s.metrics;
+    if !authorized(s.settings.token.as_deref(), headers) {
         m.reject("unauthorized");
         return reply(
             StatusCode::UNAUTHORIZED,
@@ -275,168 +434,133 @@ async fn handle(intake: &Intake, headers: &HeaderMap, body: &[u8]) -> Response {
             return reply(StatusCode::BAD_REQUEST, json!({"error": e}));
         }
     };
+    if !*s.synced.borrow() {
+        m.reject("starting");
+        return retry_later("starting: intake has not yet listed policies and Remediations".into());
+    }
     m.received.inc_by(payload.alerts.len() as u64);
     if payload.truncated_alerts > 0 {
         m.truncated.inc_by(payload.truncated_alerts);
         tracing::warn!(truncated = payload.truncated_alerts, group = %payload.group_key, "Alertmanager truncated this delivery; raise max_alerts on the receiver");
     }
-    let unavailable = |what: &str, e: kube::Error| {
-        m.reject("unavailable");
-        reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": format!("{what}: {e}")}))
-    };
-    let killed = match kill_switch(&intake.client, &intake.settings.kill_switch).await {
-        Ok(k) => k,
-        Err(e) => return unavailable("cannot read the kill switch", e),
-    };
-    let (policies, refs) = match policies(&intake.client).await {
-        Ok(p) => p,
-        Err(e) => return unavailable("cannot read policies", e),
-    };
-    let rems =
-        match Api::<Remediation>::all(intake.client.clone()).list(&ListParams::default().labels(POLICY_LABEL)).await {
-            Ok(l) => l.items,
-            Err(e) => return unavailable("cannot read remediations", e),
-        };
-    let existing: Vec<Existing> = existing_from(&rems);
-    let planned = plan(&payload, &policies, &existing, killed, jiff::Timestamp::now());
-    let (mut created, mut observed, mut resolved, mut suppressed, mut failed) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    // A grouped delivery may mention one incident many times: one write per Remediation.
-    let mut sightings: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for a in &planned.actions {
-        if let Action::Observe { namespace, name, .. } = a {
-            *sightings.entry((namespace.clone(), name.clone())).or_default() += 1;
-        }
-    }
-    let mut recorded = std::collections::BTreeSet::new();
-    for action in planned.actions {
-        match action {
-            Action::Create { namespace, name, policy, target, spec, seen } => {
-                m.matched.inc();
-                // An alert naming a target that does not exist is recorded, not retried forever.
-                let kind = spec.target.kind;
-                let targets: Api<kube::api::DynamicObject> =
-                    Api::namespaced_with(intake.client.clone(), &namespace, &crate::agent::tools::api_resource(kind));
-                match targets.get_opt(&target).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        m.suppressed.get_or_create(&Reason { reason: "target_not_found".into() }).inc();
-                        let detail = format!("{} {namespace}/{target} does not exist", kind.as_str());
-                        suppressed.push(json!({"policy": format!("{namespace}/{policy}"), "target": target, "reason": "target_not_found", "detail": detail}));
-                        if let Some(reference) = refs.get(&(namespace.clone(), policy.clone())) {
-                            let event = Event {
-                                type_: EventType::Warning,
-                                reason: "TargetNotFound".into(),
-                                note: Some(format!("alert not remediated: {detail}")),
-                                action: "Intake".into(),
-                                secondary: None,
-                            };
-                            if let Err(e) = intake.recorder.publish(&event, reference).await {
-                                tracing::warn!(error = %e, "could not record a TargetNotFound Event");
-                            }
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        failed.push(format!("{namespace}/{name}: reading the target: {e}"));
-                        continue;
-                    }
+    let now = jiff::Timestamp::now();
+    let mut observed = BTreeSet::new();
+    let mut suppressed = BTreeMap::new();
+    let mut confirm = Vec::new();
+    let planned = {
+        let mut known = known::lock(&s.known);
+        let (policies, existing) = (known.policies(), known.existing());
+        let planned = plan(&payload, &policies, &existing, known.kill_switch, now);
+        let mut batch = Vec::with_capacity(planned.actions.len());
+        let mut creating = Vec::new();
+        for action in &planned.actions {
+            match action {
+                Action::Create { namespace, name, policy, target, spec, seen } => {
+                    m.matched.inc();
+                    let key = (namespace.clone(), name.clone());
+                    let (tx, rx) = oneshot::channel();
+                    let creation =
+                        Box::new(Creation { policy: policy.clone(), target: target.clone(), spec: spec.clone() });
+                    batch.push((key.clone(), Op::Create { creation, at: *seen }, Some(tx)));
+                    confirm.push((key, json!({"policy": format!("{namespace}/{policy}"), "target": target}), rx));
+                    creating.push(Existing::creating(namespace, name, policy, target, now));
                 }
-                let mut rem = Remediation::new(&name, *spec);
-                rem.metadata.namespace = Some(namespace.clone());
-                rem.metadata.labels =
-                    Some(BTreeMap::from([(POLICY_LABEL.to_owned(), policy), (TARGET_LABEL.to_owned(), target)]));
-                let api: Api<Remediation> = Api::namespaced(intake.client.clone(), &namespace);
-                let pp = PostParams { field_manager: Some(INTAKE_MANAGER.into()), ..Default::default() };
-                let outcome = match api.create(&pp, &rem).await {
-                    Ok(_) => {
-                        m.created.inc();
-                        created.push(format!("{namespace}/{name}"));
-                        Ok(())
-                    }
-                    // Another delivery (or replica) created it first: this is a repeat.
-                    Err(kube::Error::Api(s)) if s.code == 409 => {
-                        m.deduplicated.inc();
-                        observed.push(format!("{namespace}/{name}"));
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                };
-                let recorded = match outcome {
-                    Ok(()) => {
-                        let key = (namespace.clone(), name.clone());
-                        let times = 1 + sightings.remove(&key).unwrap_or(0);
-                        recorded.insert(key);
-                        observe(&intake.client, &namespace, &name, |p| seen_again(p, seen, times)).await
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = recorded {
-                    failed.push(format!("{namespace}/{name}: {e}"));
+                Action::Observe { namespace, name, seen } => {
+                    m.matched.inc();
+                    m.deduplicated.inc();
+                    let key = (namespace.clone(), name.clone());
+                    batch.push((key.clone(), Op::Seen { at: *seen }, None));
+                    observed.insert(key);
                 }
-            }
-            Action::Observe { namespace, name, seen } => {
-                m.matched.inc();
-                m.deduplicated.inc();
-                let key = (namespace.clone(), name.clone());
-                if !recorded.insert(key.clone()) {
-                    continue;
+                Action::Resolve { namespace, name, at } => {
+                    m.resolved.inc();
+                    let key = (namespace.clone(), name.clone());
+                    let (tx, rx) = oneshot::channel();
+                    batch.push((key.clone(), Op::Resolved { at: *at }, Some(tx)));
+                    confirm.push((key, Value::Null, rx));
                 }
-                let times = sightings.remove(&key).unwrap_or(1);
-                match observe(&intake.client, &namespace, &name, |p| seen_again(p, seen, times)).await {
-                    Ok(()) => observed.push(format!("{namespace}/{name}")),
-                    Err(e) => failed.push(format!("{namespace}/{name}: {e}")),
-                }
-            }
-            Action::Resolve { namespace, name, at } => {
-                m.resolved.inc();
-                let update = |p: Option<&AlertObservation>| {
-                    let mut o = seen_again(p, at, 0);
-                    o.times_seen = p.map_or(1, |p| p.times_seen);
-                    o.state = AlertState::Resolved;
-                    o.resolved_at = Some(Time(at));
-                    o
-                };
-                match observe(&intake.client, &namespace, &name, update).await {
-                    Ok(()) => resolved.push(format!("{namespace}/{name}")),
-                    Err(e) => failed.push(format!("{namespace}/{name}: {e}")),
-                }
-            }
-            Action::Suppress { namespace, policy, target, reason, detail } => {
-                m.matched.inc();
-                m.suppressed.get_or_create(&Reason { reason: reason.as_str().into() }).inc();
-                suppressed.push(json!({"policy": format!("{namespace}/{policy}"), "target": target, "reason": reason.as_str(), "detail": detail}));
-                if let Some(reference) = refs.get(&(namespace.clone(), policy.clone())) {
-                    let event = Event {
-                        type_: EventType::Normal,
-                        reason: "Suppressed".into(),
-                        note: Some(format!("alert for {target} not remediated ({}): {detail}", reason.as_str())),
-                        action: "Intake".into(),
-                        secondary: None,
-                    };
-                    if let Err(e) = intake.recorder.publish(&event, reference).await {
-                        tracing::warn!(error = %e, "could not record a suppression Event");
-                    }
+                Action::Suppress { namespace, policy, target, reason, detail } => {
+                    m.matched.inc();
+                    m.suppressed.get_or_create(&Reason { reason: reason.as_str().into() }).inc();
+                    suppressed
+                        .entry((namespace.clone(), policy.clone(), target.clone(), reason.as_str()))
+                        .or_insert_with(|| (detail.clone(), known.reference(namespace, policy)));
                 }
             }
         }
+        if let Err(full) = s.queue.offer(batch) {
+            m.reject("queue_full");
+            return retry_later(format!(
+                "busy: {} Remediations have writes waiting (capacity {}); retry",
+                full.pending, full.capacity
+            ));
+        }
+        for e in creating {
+            known.creating(e);
+        }
+        planned
+    };
+    m.queued.set(s.queue.len() as i64);
+    let mut suppressed_out = Vec::new();
+    for ((namespace, policy, target, reason), (detail, reference)) in suppressed {
+        let note = format!("alert for {target} not remediated ({reason}): {detail}");
+        publish(s, reference, event(EventType::Normal, "Suppressed", note));
+        suppressed_out.push(
+            json!({"policy": format!("{namespace}/{policy}"), "target": target, "reason": reason, "detail": detail}),
+        );
     }
     for p in &planned.problems {
         tracing::warn!(problem = %p, "alert matched a policy but cannot be acted on");
     }
-    let body = json!({"created": created, "observed": observed, "resolved": resolved, "suppressed": suppressed,
+    // Creates and resolutions are confirmed before Alertmanager hears 200; sightings of an
+    // active Remediation are written behind.
+    let (mut created, mut resolved, mut failed) = (vec![], vec![], vec![]);
+    let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
+    for (key, context, rx) in confirm {
+        let name = format!("{}/{}", key.0, key.1);
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Done::Created)) => created.push(name),
+            Ok(Ok(Done::AlreadyExisted)) => {
+                observed.insert(key);
+            }
+            Ok(Ok(Done::Recorded)) => resolved.push(name),
+            Ok(Ok(Done::TargetNotFound(detail))) => {
+                suppressed_out.push(json!({"policy": context["policy"], "target": context["target"],
+                    "reason": "target_not_found", "detail": detail}));
+            }
+            Ok(Ok(Done::Failed(e))) => failed.push(format!("{name}: {e}")),
+            Ok(Err(_)) => failed.push(format!("{name}: intake stopped before writing it")),
+            Err(_) => failed.push(format!("{name}: not written within {}s; still queued", CONFIRM_WITHIN.as_secs())),
+        }
+    }
+    let observed: Vec<String> = observed.into_iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
+    let body = json!({"created": created, "observed": observed, "resolved": resolved, "suppressed": suppressed_out,
         "unmatched": planned.unmatched, "problems": planned.problems, "failed": failed});
     // A failed write is worth a retry from Alertmanager; everything else is done.
-    reply(if failed.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+    if failed.is_empty() { reply(StatusCode::OK, body) } else { retry_later_with(body) }
+}
+
+fn retry_later_with(body: Value) -> Response {
+    let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE, body);
+    resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    resp
 }
 
 async fn metrics(State(intake): State<Arc<Intake>>) -> Response {
-    let mut resp = intake.metrics.encode().into_response();
+    let mut resp = intake.shared.metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     resp
+}
+
+async fn readyz(State(intake): State<Arc<Intake>>) -> Response {
+    if *intake.shared.synced.borrow() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "intake has not yet listed policies and Remediations").into_response()
+    }
 }
 
 async fn too_large(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
@@ -471,6 +595,7 @@ pub fn router(intake: Arc<Intake>) -> axum::Router {
         .route("/alerts", post(receive))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(too_large))
         .with_state(intake)
@@ -489,15 +614,6 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
         assert!(authorized(Some("s3cret"), &h));
         assert!(authorized(None, &HeaderMap::new()));
-    }
-
-    #[test]
-    fn observations_count_and_keep_first_seen() {
-        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let t1: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
-        let first = seen_again(None, t0, 1);
-        let second = seen_again(Some(&first), t1, 3);
-        assert_eq!((second.times_seen, second.first_seen.0, second.last_seen.0), (4, t0, t1));
     }
 
     #[test]
