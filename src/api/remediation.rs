@@ -309,7 +309,7 @@ pub struct AlertObservation {
     pub first_seen: Time,
     /// Latest delivery.
     pub last_seen: Time,
-    /// When the alert resolved, if it did.
+    /// When the alert last resolved, if it did (kept when it fires again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<Time>,
 }

@@ -47,9 +47,26 @@ impl Alert {
     }
 }
 
+/// Prometheus's `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn is_label_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Parse and validate a delivery.
 pub fn parse(body: &[u8]) -> Result<Payload, String> {
-    let p: Payload = serde_json::from_slice(body).map_err(|e| format!("not an Alertmanager webhook payload: {e}"))?;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let p: Payload = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() || at == "." {
+            format!("not an Alertmanager webhook payload: {inner}")
+        } else {
+            format!("{at}: {inner}")
+        }
+    })?;
+    de.end().map_err(|e| format!("not an Alertmanager webhook payload: {e}"))?;
     if p.version != "4" {
         return Err(format!("version: {:?} is not supported; Alertmanager sends version \"4\"", p.version));
     }
@@ -63,9 +80,7 @@ pub fn parse(body: &[u8]) -> Result<Payload, String> {
         if !a.labels.contains_key("alertname") {
             return Err(format!("alerts[{i}].labels: alertname is missing"));
         }
-        if let Some(bad) =
-            a.labels.keys().find(|k| k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        {
+        if let Some(bad) = a.labels.keys().find(|k| !is_label_name(k)) {
             return Err(format!("alerts[{i}].labels: {bad:?} is not a valid label name"));
         }
         if a.fingerprint.is_empty()
@@ -89,6 +104,7 @@ pub fn parse(body: &[u8]) -> Result<Payload, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn body(alert: serde_json::Value) -> Vec<u8> {
@@ -125,5 +141,108 @@ mod tests {
         assert!(parse(&v3).unwrap_err().starts_with("version"));
         assert!(parse(b"{").unwrap_err().starts_with("not an Alertmanager webhook payload"));
         assert!(parse(br#"{"version": "4", "status": "firing"}"#).unwrap_err().contains("alerts"));
+        assert!(with("labels", json!({"alertname": "A", "0x": "y"})).contains("not a valid label name"));
+        assert_eq!(with("labels", json!({"alertname": 5})).split(':').next(), Some("alerts[0].labels.alertname"));
+        assert!(parse(&[body(good()), b"{}".to_vec()].concat()).unwrap_err().contains("trailing characters"));
+    }
+
+    /// Any JSON value: what a mutated payload may hold in place of a field.
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+            Just(json!("2026-01-01T00:00:00Z")),
+            Just(json!("firing")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-zA-Z_-]{1,8}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The fields a mutation replaces, as the error path names them.
+    const FIELDS: &[&str] = &[
+        "version",
+        "status",
+        "groupKey",
+        "truncatedAlerts",
+        "alerts",
+        "alerts[0]",
+        "alerts[0].status",
+        "alerts[0].labels",
+        "alerts[0].labels.alertname",
+        "alerts[0].annotations",
+        "alerts[0].startsAt",
+        "alerts[0].endsAt",
+        "alerts[0].generatorURL",
+        "alerts[0].fingerprint",
+    ];
+
+    fn replace(v: &mut serde_json::Value, path: &str, with: serde_json::Value) {
+        let mut at = v;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let (name, index) = match part.split_once('[') {
+                Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (*part, None),
+            };
+            let last = i + 1 == parts.len();
+            if last && index.is_none() {
+                at[name] = with;
+                return;
+            }
+            at = &mut at[name];
+            if let Some(ix) = index {
+                if last {
+                    at[ix] = with;
+                    return;
+                }
+                at = &mut at[ix];
+            }
+        }
+    }
+
+    fn delivery() -> serde_json::Value {
+        json!({"version": "4", "groupKey": "g", "truncatedAlerts": 0, "status": "firing", "receiver": "r",
+            "alerts": [good()]})
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// No input panics the parser; every refusal says what is wrong.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Err(e) = parse(&bytes) {
+                prop_assert!(e.contains(": ") && e.len() > 10, "{e}");
+            }
+        }
+
+        /// A real delivery cut short anywhere is refused, never half-read.
+        #[test]
+        fn truncated_deliveries_are_refused(cut in 0usize..400) {
+            let full = serde_json::to_vec(&delivery()).unwrap();
+            let cut = cut.min(full.len() - 1);
+            prop_assert!(parse(&full[..cut]).is_err());
+        }
+
+        /// A field replaced by any value is accepted or refused with a message whose path
+        /// is the field's, or a part of it, or inside it.
+        #[test]
+        fn a_bad_field_is_named(field in proptest::sample::select(FIELDS), value in any_json()) {
+            let mut v = delivery();
+            replace(&mut v, field, value);
+            if let Err(e) = parse(&serde_json::to_vec(&v).unwrap()) {
+                let at = e.split(':').next().unwrap_or_default();
+                let related = field.starts_with(at) || at.starts_with(field);
+                prop_assert!(related, "mutated {field}, error names {at:?}: {e}");
+            }
+        }
     }
 }

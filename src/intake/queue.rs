@@ -14,10 +14,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
 use crate::api::remediation::{AlertObservation, AlertState, RemediationSpec};
 
@@ -67,6 +69,8 @@ pub struct Work {
     pub last_seen: Option<Timestamp>,
     /// Set when the latest thing heard was a resolution.
     pub resolved: Option<Timestamp>,
+    /// The latest resolution heard, even if the alert fired again since.
+    pub last_resolution: Option<Timestamp>,
     /// Failed write attempts so far.
     pub attempts: u32,
     pub waiters: Vec<oneshot::Sender<Done>>,
@@ -80,7 +84,10 @@ impl Work {
                 self.seen(at);
             }
             Op::Seen { at } => self.seen(at),
-            Op::Resolved { at } => self.resolved = Some(at),
+            Op::Resolved { at } => {
+                self.resolved = Some(at);
+                self.last_resolution = Some(self.last_resolution.map_or(at, |r| r.max(at)));
+            }
         }
     }
 
@@ -106,6 +113,7 @@ impl Work {
         if later.resolved.is_some() {
             self.resolved = later.resolved;
         }
+        self.last_resolution = self.last_resolution.max(later.last_resolution);
         self.waiters.extend(later.waiters);
         self
     }
@@ -128,12 +136,15 @@ impl Work {
         if self.times > 0 {
             next.times_seen = next.times_seen.saturating_add(self.times);
             next.last_seen = Time(next.last_seen.0.max(self.last_seen.unwrap_or(anchor)));
+            // Firing again; `resolvedAt` keeps the last resolution, so verification can
+            // tell a fix that resolved the alert only for a while.
             next.state = AlertState::Firing;
-            next.resolved_at = None;
         }
-        if let Some(at) = self.resolved {
+        if let Some(at) = self.last_resolution {
+            next.resolved_at = Some(Time(next.resolved_at.map_or(at, |r| r.0.max(at))));
+        }
+        if self.resolved.is_some() {
             next.state = AlertState::Resolved;
-            next.resolved_at = Some(Time(at));
         }
         next.times_seen = next.times_seen.max(1);
         next
@@ -157,9 +168,54 @@ pub struct Full {
 #[derive(Default)]
 struct Inner {
     pending: HashMap<Key, Work>,
-    /// Keys ready for a worker, oldest first; never a busy one.
+    /// Keys ready for a worker, oldest first; each is pending, not busy, and `due`.
     ready: VecDeque<Key>,
+    /// Sightings-only keys and when they become ready (FIFO: the delay is constant). An
+    /// entry is stale when its key was made ready earlier or taken meanwhile.
+    later: VecDeque<(Instant, Key)>,
+    /// Pending keys already in `ready`.
+    due: HashSet<Key>,
+    /// Keys with a live entry in `later`.
+    deferred: HashSet<Key>,
     busy: HashSet<Key>,
+}
+
+impl Inner {
+    fn schedule(&mut self, key: &Key, urgent: bool, now: Instant, delay: Duration) -> bool {
+        if self.busy.contains(key) || self.due.contains(key) {
+            return false;
+        }
+        if urgent || delay.is_zero() {
+            self.deferred.remove(key);
+            self.due.insert(key.clone());
+            self.ready.push_back(key.clone());
+            true
+        } else {
+            if self.deferred.insert(key.clone()) {
+                self.later.push_back((now + delay, key.clone()));
+            }
+            false
+        }
+    }
+
+    /// Move what has come due to `ready`; when the next one is due otherwise.
+    fn promote(&mut self, now: Instant) -> Option<Instant> {
+        while let Some((at, _)) = self.later.front() {
+            if *at > now {
+                return Some(*at);
+            }
+            let Some((_, key)) = self.later.pop_front() else { break };
+            // Stale when the key was made ready or taken since.
+            if self.deferred.remove(&key)
+                && self.pending.contains_key(&key)
+                && !self.busy.contains(&key)
+                && self.due.insert(key.clone())
+            {
+                self.ready.push_back(key);
+            }
+        }
+        None
+    }
 }
 
 /// The queue. See the module docs.
@@ -167,11 +223,15 @@ pub struct Queue {
     inner: Mutex<Inner>,
     notify: Notify,
     capacity: usize,
+    /// How long sightings of an active Remediation wait to be coalesced before they are
+    /// written: at most one status write per Remediation per `delay` however hard its
+    /// alert storms. Creates and resolutions are written at once.
+    delay: Duration,
 }
 
 impl Queue {
-    pub fn new(capacity: usize) -> Self {
-        Self { inner: Mutex::new(Inner::default()), notify: Notify::new(), capacity }
+    pub fn new(capacity: usize, delay: Duration) -> Self {
+        Self { inner: Mutex::new(Inner::default()), notify: Notify::new(), capacity, delay }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -194,21 +254,25 @@ impl Queue {
         if inner.pending.len() + fresh.len() > self.capacity {
             return Err(Full { pending: inner.pending.len(), capacity: self.capacity });
         }
-        let mut woke = 0;
+        let now = Instant::now();
+        let mut touched: HashMap<Key, bool> = HashMap::new();
         for (key, op, waiter) in batch {
-            let inner = &mut *inner;
-            let work = inner.pending.entry(key.clone()).or_insert_with(|| {
-                if !inner.busy.contains(&key) {
-                    inner.ready.push_back(key.clone());
-                    woke += 1;
-                }
-                Work::default()
-            });
+            let urgent = !matches!(op, Op::Seen { .. }) || waiter.is_some();
+            let work = inner.pending.entry(key.clone()).or_default();
             work.apply(op);
             work.waiters.extend(waiter);
+            *touched.entry(key).or_default() |= urgent;
         }
+        let mut woke = 0;
+        for (key, urgent) in touched {
+            // A deferred key keeps its place in `later` unless this batch makes it urgent.
+            if inner.schedule(&key, urgent, now, self.delay) {
+                woke += 1;
+            }
+        }
+        let later = !inner.later.is_empty();
         drop(inner);
-        for _ in 0..woke {
+        for _ in 0..woke.max(usize::from(later)) {
             self.notify.notify_one();
         }
         Ok(())
@@ -220,31 +284,45 @@ impl Queue {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            let next = {
                 let mut inner = self.lock();
+                let next = inner.promote(Instant::now());
                 if let Some(key) = inner.ready.pop_front() {
+                    inner.due.remove(&key);
                     let work = inner.pending.remove(&key).unwrap_or_default();
                     inner.busy.insert(key.clone());
                     return (key, work);
                 }
+                next
+            };
+            match next {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, notified).await;
+                }
+                None => notified.await,
             }
-            notified.await;
         }
     }
 
     /// The worker is done with `key`; `retry` (work that failed) goes back in front of
-    /// whatever arrived meanwhile. Retried work may exceed the capacity: it was admitted.
+    /// whatever arrived meanwhile, and is ready at once. Retried work may exceed the
+    /// capacity: it was admitted.
     pub fn done(&self, key: &Key, retry: Option<Work>) {
         let mut inner = self.lock();
         inner.busy.remove(key);
         let later = inner.pending.remove(key);
         let work = match (retry, later) {
-            (Some(r), Some(l)) => Some(r.then(l)),
-            (r, l) => r.or(l),
+            (Some(r), Some(l)) => Some((r.then(l), true)),
+            (Some(r), None) => Some((r, true)),
+            (None, Some(l)) => {
+                let urgent = l.create.is_some() || l.resolved.is_some() || !l.waiters.is_empty();
+                Some((l, urgent))
+            }
+            (None, None) => None,
         };
-        if let Some(work) = work {
+        if let Some((work, urgent)) = work {
             inner.pending.insert(key.clone(), work);
-            inner.ready.push_back(key.clone());
+            inner.schedule(key, urgent, Instant::now(), self.delay);
             drop(inner);
             self.notify.notify_one();
         }
@@ -265,7 +343,7 @@ mod tests {
 
     #[test]
     fn sightings_coalesce_and_a_later_resolution_wins() {
-        let q = Queue::new(10);
+        let q = Queue::new(10, Duration::ZERO);
         let ops = (0..1000).map(|i| (key("a"), Op::Seen { at: t(if i % 2 == 0 { "01:00" } else { "02:00" }) }, None));
         q.offer(ops.collect()).unwrap();
         q.offer(vec![(key("a"), Op::Resolved { at: t("03:00") }, None)]).unwrap();
@@ -291,7 +369,7 @@ mod tests {
         };
         let obs = w.observation(Some(&prev));
         assert_eq!((obs.state, obs.times_seen, obs.first_seen.0), (AlertState::Firing, 8, t("00:00")));
-        assert_eq!((obs.last_seen.0, obs.resolved_at), (t("02:00"), None));
+        assert_eq!((obs.last_seen.0, obs.resolved_at.map(|r| r.0)), (t("02:00"), Some(t("01:00"))));
     }
 
     #[test]
@@ -311,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_batch_over_capacity_is_refused_whole() {
-        let q = Queue::new(2);
+        let q = Queue::new(2, Duration::ZERO);
         q.offer(vec![(key("a"), Op::Seen { at: t("00:00") }, None)]).unwrap();
         let batch = vec![(key("a"), Op::Seen { at: t("00:00") }, None), (key("b"), Op::Seen { at: t("00:00") }, None)];
         q.offer(batch).unwrap();
@@ -322,7 +400,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_is_written_by_one_worker_at_a_time_and_retries_go_first() {
-        let q = Queue::new(10);
+        let q = Queue::new(10, Duration::ZERO);
         q.offer(vec![(key("a"), Op::Resolved { at: t("01:00") }, None)]).unwrap();
         let (k, failed) = q.take().await;
         // Arrives while "a" is being written: not handed out until the worker is done.
@@ -337,9 +415,44 @@ mod tests {
         assert_eq!((merged.times, merged.resolved), (1, None));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn sightings_wait_to_be_coalesced_but_creates_and_resolutions_do_not() {
+        let q = Queue::new(10, Duration::from_secs(1));
+        q.offer(vec![(key("a"), Op::Seen { at: t("00:00") }, None)]).unwrap();
+        q.offer(vec![(key("b"), Op::Resolved { at: t("00:00") }, None)]).unwrap();
+        let started = tokio::time::Instant::now();
+        let (first, _) = q.take().await;
+        assert_eq!((first, started.elapsed()), (key("b"), Duration::ZERO), "the resolution goes first, at once");
+        q.offer(vec![(key("a"), Op::Seen { at: t("00:01") }, None)]).unwrap();
+        let (second, work) = q.take().await;
+        assert_eq!(second, key("a"));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_millis(1010),
+            "sightings wait out the window: {waited:?}"
+        );
+        assert_eq!(work.times, 2, "and are written together");
+        // A sighting-only key made urgent by a later create goes at once.
+        q.offer(vec![(key("c"), Op::Seen { at: t("00:02") }, None)]).unwrap();
+        let creation = Box::new(Creation { policy: "p".into(), target: "t".into(), spec: Box::new(spec()) });
+        q.offer(vec![(key("c"), Op::Create { creation, at: t("00:02") }, None)]).unwrap();
+        let before = tokio::time::Instant::now();
+        let (third, work) = q.take().await;
+        assert_eq!((third, before.elapsed(), work.times), (key("c"), Duration::ZERO, 2));
+    }
+
+    fn spec() -> RemediationSpec {
+        serde_json::from_value(
+            serde_json::json!({"policyRef": {"name": "p"}, "alert": {"name": "A", "fingerprint": "f",
+            "labels": {}, "annotations": {}, "startsAt": "2026-01-01T00:00:00Z"},
+            "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "t"}}),
+        )
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn waiters_hear_the_outcome() {
-        let q = Queue::new(10);
+        let q = Queue::new(10, Duration::ZERO);
         let (tx, rx) = oneshot::channel();
         q.offer(vec![(key("a"), Op::Seen { at: t("00:00") }, Some(tx))]).unwrap();
         let (_, mut work) = q.take().await;

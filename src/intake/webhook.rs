@@ -159,6 +159,9 @@ pub struct Limits {
     pub queue: usize,
     /// Concurrent writers draining the queue.
     pub workers: usize,
+    /// How long sightings of an active Remediation are coalesced before they are written
+    /// (creates and resolutions are written at once).
+    pub coalesce: Duration,
 }
 
 /// Deliveries handled at once; more wait for Alertmanager's retry.
@@ -166,7 +169,7 @@ pub const MAX_IN_FLIGHT: usize = 16;
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { in_flight: MAX_IN_FLIGHT, queue: 10_000, workers: 8 }
+        Self { in_flight: MAX_IN_FLIGHT, queue: 10_000, workers: 8, coalesce: Duration::from_secs(1) }
     }
 }
 
@@ -232,7 +235,7 @@ impl Intake {
             settings,
             metrics: Metrics::default(),
             known,
-            queue: Queue::new(limits.queue),
+            queue: Queue::new(limits.queue, limits.coalesce),
             events,
             slots: tokio::sync::Semaphore::new(limits.in_flight),
             synced,

@@ -3,7 +3,10 @@
 //! Contract: a fix *holds* when every sample in a contiguous run of good samples spanning at
 //! least `for` is good; it *fails* when `timeout` has passed since the first sample without
 //! that. A sample with no data is not good (an absent series proves nothing). Samples are
-//! capped at [`MAX_SAMPLES`], oldest dropped.
+//! capped at [`MAX_SAMPLES`], oldest dropped. The alert is the other input ([`AlertSince`]):
+//! an alert that resolved after the change and then fired again fails the fix at once,
+//! whatever the query says; a resolution never shortens the window (Alertmanager's
+//! resolution lags and can be premature), it is reported with the verdict.
 
 use std::time::Duration;
 
@@ -11,7 +14,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::policy::Comparison;
-use crate::api::remediation::{MAX_SAMPLES, Sample, Verification, VerificationVerdict};
+use crate::api::remediation::{AlertObservation, AlertState, MAX_SAMPLES, Sample, Verification, VerificationVerdict};
 use crate::api::validate::ValidVerify;
 
 fn symbol(c: Comparison) -> &'static str {
@@ -36,8 +39,47 @@ fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
-/// Fold `value` sampled at `now` into `prev`.
-pub fn judge(rule: &ValidVerify, prev: Option<&Verification>, value: Option<f64>, now: Timestamp) -> Verification {
+/// What Alertmanager has said about the alert since the change was applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertSince {
+    /// Nothing new: still firing as before, or no word.
+    Unchanged,
+    /// It resolved after the change.
+    Resolved { at: Timestamp },
+    /// It resolved after the change and then fired again.
+    FiredAgain { resolved: Timestamp, at: Timestamp },
+}
+
+impl AlertSince {
+    /// Read `status.alert` against the time the change was applied.
+    pub fn of(alert: Option<&AlertObservation>, applied: Option<Timestamp>) -> Self {
+        let (Some(a), Some(applied)) = (alert, applied) else { return Self::Unchanged };
+        let Some(resolved) = a.resolved_at.as_ref().map(|t| t.0).filter(|r| *r >= applied) else {
+            return Self::Unchanged;
+        };
+        match a.state {
+            AlertState::Resolved => Self::Resolved { at: resolved },
+            AlertState::Firing if a.last_seen.0 > resolved => Self::FiredAgain { resolved, at: a.last_seen.0 },
+            AlertState::Firing => Self::Unchanged,
+        }
+    }
+
+    fn note(self) -> String {
+        match self {
+            Self::Resolved { at } => format!("; the alert resolved at {at}"),
+            _ => "; the alert has not resolved yet".into(),
+        }
+    }
+}
+
+/// Fold `value` sampled at `now`, and what the alert says, into `prev`.
+pub fn judge(
+    rule: &ValidVerify,
+    prev: Option<&Verification>,
+    value: Option<f64>,
+    alert: AlertSince,
+    now: Timestamp,
+) -> Verification {
     let started = prev.map_or(now, |p| p.started_at.0);
     let mut samples = prev.map(|p| p.samples.clone()).unwrap_or_default();
     let ok = value.is_some_and(|v| rule.holds(v));
@@ -49,10 +91,18 @@ pub fn judge(rule: &ValidVerify, prev: Option<&Verification>, value: Option<f64>
     let span = |from: Timestamp| Duration::try_from(now.duration_since(from)).unwrap_or(Duration::ZERO);
     let held_for = streak_start.map(span);
     let elapsed = span(started);
-    let (verdict, message, next) = match held_for {
-        Some(held) if held >= rule.for_ => (
+    let (verdict, message, next) = match (held_for, alert) {
+        (_, AlertSince::FiredAgain { resolved, at }) => (
+            VerificationVerdict::Failed,
+            format!(
+                "the alert resolved at {resolved} after the change, then fired again at {at}: {}",
+                describe(rule, value)
+            ),
+            None,
+        ),
+        (Some(held), _) if held >= rule.for_ => (
             VerificationVerdict::Passed,
-            format!("held for {} ({} samples): {}", secs(held), samples.len(), describe(rule, value)),
+            format!("held for {} ({} samples): {}{}", secs(held), samples.len(), describe(rule, value), alert.note()),
             None,
         ),
         _ if elapsed >= rule.timeout => (
@@ -91,14 +141,14 @@ mod tests {
     #[test]
     fn passes_once_good_samples_span_the_window() {
         let r = rule(3, 30);
-        let mut v = judge(&r, None, Some(2.0), at(0));
+        let mut v = judge(&r, None, Some(2.0), AlertSince::Unchanged, at(0));
         assert_eq!(v.verdict, VerificationVerdict::Pending);
         assert_eq!(v.next_sample_at, Some(Time(at(1))));
         for s in 1..=3 {
-            v = judge(&r, Some(&v), Some(0.0), at(s));
+            v = judge(&r, Some(&v), Some(0.0), AlertSince::Unchanged, at(s));
             assert_eq!(v.verdict, VerificationVerdict::Pending, "at {s}");
         }
-        v = judge(&r, Some(&v), Some(0.0), at(4));
+        v = judge(&r, Some(&v), Some(0.0), AlertSince::Unchanged, at(4));
         assert_eq!(v.verdict, VerificationVerdict::Passed, "{:?}", v.message);
         assert_eq!(v.samples.len(), 5);
     }
@@ -106,19 +156,59 @@ mod tests {
     #[test]
     fn a_bad_sample_restarts_the_window_and_timeout_fails() {
         let r = rule(2, 5);
-        let mut v = judge(&r, None, Some(0.0), at(0));
-        v = judge(&r, Some(&v), Some(3.0), at(1));
-        v = judge(&r, Some(&v), Some(0.0), at(2));
-        v = judge(&r, Some(&v), None, at(3));
+        let mut v = judge(&r, None, Some(0.0), AlertSince::Unchanged, at(0));
+        v = judge(&r, Some(&v), Some(3.0), AlertSince::Unchanged, at(1));
+        v = judge(&r, Some(&v), Some(0.0), AlertSince::Unchanged, at(2));
+        v = judge(&r, Some(&v), None, AlertSince::Unchanged, at(3));
         assert_eq!(v.verdict, VerificationVerdict::Pending);
-        v = judge(&r, Some(&v), Some(0.0), at(5));
+        v = judge(&r, Some(&v), Some(0.0), AlertSince::Unchanged, at(5));
         assert_eq!(v.verdict, VerificationVerdict::Failed);
         assert!(v.message.unwrap().starts_with("did not hold for 2s within 5s"));
     }
 
     #[test]
     fn zero_window_passes_on_the_first_good_sample() {
-        let v = judge(&rule(0, 5), None, Some(0.0), at(0));
+        let v = judge(&rule(0, 5), None, Some(0.0), AlertSince::Unchanged, at(0));
         assert_eq!(v.verdict, VerificationVerdict::Passed);
+    }
+
+    fn seen(state: AlertState, last: i64, resolved: Option<i64>) -> AlertObservation {
+        AlertObservation {
+            state,
+            times_seen: 3,
+            first_seen: Time(at(-100)),
+            last_seen: Time(at(last)),
+            resolved_at: resolved.map(|r| Time(at(r))),
+        }
+    }
+
+    #[test]
+    fn the_alert_is_read_against_the_change() {
+        let applied = Some(at(0));
+        let of = |a: AlertObservation| AlertSince::of(Some(&a), applied);
+        assert_eq!(of(seen(AlertState::Firing, 5, None)), AlertSince::Unchanged);
+        assert_eq!(of(seen(AlertState::Resolved, -10, Some(-5))), AlertSince::Unchanged, "resolved before the change");
+        assert_eq!(of(seen(AlertState::Resolved, -10, Some(7))), AlertSince::Resolved { at: at(7) });
+        assert_eq!(of(seen(AlertState::Firing, 9, Some(7))), AlertSince::FiredAgain { resolved: at(7), at: at(9) });
+        assert_eq!(of(seen(AlertState::Firing, 9, Some(-3))), AlertSince::Unchanged, "flapped before the change");
+        assert_eq!(AlertSince::of(None, applied), AlertSince::Unchanged);
+    }
+
+    #[test]
+    fn firing_again_after_resolving_fails_at_once_and_a_resolution_never_shortens_the_window() {
+        let r = rule(3, 30);
+        let resolved = AlertSince::Resolved { at: at(1) };
+        let mut v = judge(&r, None, Some(0.0), resolved, at(0));
+        v = judge(&r, Some(&v), Some(0.0), resolved, at(1));
+        assert_eq!(v.verdict, VerificationVerdict::Pending, "resolved, but the query has held for 1s of 3s");
+        let again = AlertSince::FiredAgain { resolved: at(1), at: at(2) };
+        let failed = judge(&r, Some(&v), Some(0.0), again, at(2));
+        assert_eq!(failed.verdict, VerificationVerdict::Failed);
+        assert!(failed.message.unwrap().contains("then fired again"));
+        for s in 2..=3 {
+            v = judge(&r, Some(&v), Some(0.0), resolved, at(s));
+        }
+        assert_eq!(v.verdict, VerificationVerdict::Passed);
+        assert!(v.message.unwrap().ends_with(&format!("the alert resolved at {}", at(1))));
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! Contract: the rule is the policy's `verify`, else the playbook's. A query the source
 //! rejects is an invalid spec (no retry); an unreachable source is transient (retried with
-//! backoff); everything else is [`super::judge::judge`].
+//! backoff); everything else — the sample and what the alert did since the change was
+//! applied (`status.alert` against `status.deploy.appliedAt`) — is [`super::judge::judge`].
 
 use std::sync::Arc;
 
 use futures::FutureExt;
 
 use super::Verify;
-use super::judge::judge;
+use super::judge::{AlertSince, judge};
 use super::metrics::{MetricsError, MetricsSource};
 use crate::api::ErrorCategory;
 use crate::api::remediation::Verification;
@@ -47,9 +48,65 @@ impl Verify for Sampler {
                 Err(MetricsError::Rejected(m)) => return Err(StageError::new(ErrorCategory::InvalidSpec, m)),
                 Err(MetricsError::Unavailable(m)) => return Err(StageError::new(ErrorCategory::Transient, m)),
             };
-            let prev = input.remediation.status.as_ref().and_then(|s| s.verification.as_ref());
-            Ok(judge(&rule, prev, value, jiff::Timestamp::now()))
+            let status = input.remediation.status.as_ref();
+            let prev = status.and_then(|s| s.verification.as_ref());
+            let applied = status.and_then(|s| s.deploy.as_ref()?.applied_at.as_ref()).map(|t| t.0);
+            let alert = AlertSince::of(status.and_then(|s| s.alert.as_ref()), applied);
+            Ok(judge(&rule, prev, value, alert, jiff::Timestamp::now()))
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::policy::RemediationPolicySpec;
+    use crate::api::remediation::{Remediation, Step, VerificationVerdict};
+    use crate::api::validate::ValidPolicy;
+    use crate::controller::stages::EffectKey;
+    use futures::future::BoxFuture;
+    use serde_json::json;
+
+    struct Healthy;
+    impl MetricsSource for Healthy {
+        fn instant(&self, _: &str) -> BoxFuture<'_, Result<Option<f64>, MetricsError>> {
+            async { Ok(Some(0.0)) }.boxed()
+        }
+    }
+
+    fn input(alert: serde_json::Value) -> StageInput {
+        let rem: Remediation = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+            "metadata": {"name": "r", "namespace": "shop", "uid": "u"},
+            "spec": {"policyRef": {"name": "p"}, "alert": {"name": "A", "fingerprint": "f", "labels": {}, "annotations": {},
+                "startsAt": "2026-01-01T00:00:00Z"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "t"}},
+            "status": {"phase": "Verifying", "alert": alert,
+                "deploy": {"previous": {}, "previousResourceVersion": "1", "appliedAt": "2026-01-01T00:10:00Z"}}}))
+        .unwrap();
+        let spec: RemediationPolicySpec = serde_json::from_value(json!({"match": {"alertnames": ["A"]},
+            "target": {"kind": "Deployment", "name": "t"}, "playbook": "p", "trust": {"level": "auto"},
+            "verify": {"query": "errors", "operator": "<", "threshold": 1, "for": "60s", "timeout": "600s", "interval": "5s"}}))
+        .unwrap();
+        StageInput {
+            remediation: Arc::new(rem),
+            policy: Some(Arc::new(ValidPolicy::from_spec(&spec).unwrap())),
+            key: EffectKey { uid: "u".into(), step: Step::Verify, attempt: 1 },
+            cancel: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_alert_that_fires_again_after_the_change_resolved_it_fails_verification() {
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let sampler = Sampler { client, metrics: Arc::new(Healthy) };
+        let refired = json!({"state": "firing", "timesSeen": 5, "firstSeen": "2026-01-01T00:00:00Z",
+            "lastSeen": "2026-01-01T00:12:00Z", "resolvedAt": "2026-01-01T00:11:00Z"});
+        let v = sampler.verify(input(refired)).await.unwrap();
+        assert_eq!(v.verdict, VerificationVerdict::Failed, "{:?}", v.message);
+        // The same history before the change is no evidence against it.
+        let before = json!({"state": "firing", "timesSeen": 5, "firstSeen": "2026-01-01T00:00:00Z",
+            "lastSeen": "2026-01-01T00:09:00Z", "resolvedAt": "2026-01-01T00:08:00Z"});
+        let v = sampler.verify(input(before)).await.unwrap();
+        assert_eq!(v.verdict, VerificationVerdict::Pending, "{:?}", v.message);
     }
 }
