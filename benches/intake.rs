@@ -104,7 +104,7 @@ async fn main() {
     let policy: RemediationPolicy = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
         "metadata": {"name": "oom", "namespace": "shop"},
         "spec": {"match": {"alertnames": ["KubeContainerOOMKilled"]}, "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
-                 "playbook": "raise-memory-limit", "trust": {"level": "auto"}, "limits": {"maxConcurrent": 100, "maxRemediations": 100},
+                 "playbook": "raise-memory-limit", "trust": {"level": "auto"}, "limits": {"maxConcurrent": 100, "maxRemediations": {"count": 100, "window": "1h"}},
                  "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}}))
     .expect("policy");
     Api::<RemediationPolicy>::namespaced(client.clone(), "shop")

@@ -133,13 +133,27 @@ async fn one_remediation_per_incident_despite_repeats_and_concurrent_deliveries(
     assert_eq!(seen.times_seen, 4, "every delivery counted, none lost to concurrency");
     assert_eq!(seen.state, AlertState::Firing);
     assert_eq!(remediations(&client).await.len(), 1, "exactly one Remediation");
-    // Resolution reaches it.
+    // Resolution reaches it, and it is resolved once both pods' alerts are.
     let (code, body) = post(&url, Some(TOKEN), &delivery("resolved", &["a"])).await;
     assert_eq!((code, body["resolved"].clone()), (200, json!(["shop/checkout-oom-checkout-1"])));
-    let rem = &remediations(&client).await[0];
-    let alert = rem.status.as_ref().unwrap().alert.as_ref().unwrap();
+    let alert = status_alert(&client).await;
+    assert_eq!(alert.state, AlertState::Firing, "pod b's alert is still firing: {alert:?}");
+    assert_eq!(alert.alerts.len(), 2);
+    let (code, _) = post(&url, Some(TOKEN), &delivery("resolved", &["b"])).await;
+    assert_eq!(code, 200);
+    let alert = status_alert(&client).await;
     assert_eq!(alert.state, AlertState::Resolved);
-    assert!(alert.resolved_at.is_some());
+    assert!(alert.resolved_at.is_some() && alert.refired_at.is_none(), "{alert:?}");
+    // A late firing delivery of the same occurrence (a slow replica) does not undo it.
+    let (code, _) = post(&url, Some(TOKEN), &delivery("firing", &["a"])).await;
+    assert_eq!(code, 200);
+    let alert = eventually(&client, |a| a.times_seen >= 5).await;
+    assert_eq!((alert.state, alert.refired_at), (AlertState::Resolved, None));
+}
+
+async fn status_alert(client: &kube::Client) -> AlertObservation {
+    let rem = &remediations(client).await[0];
+    rem.status.as_ref().unwrap().alert.clone().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,4 +247,41 @@ async fn the_kill_switch_configmap_stops_new_remediations_while_it_is_on() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(remediations(&client).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_fails_is_never_answered_200_on_retry() {
+    // Intake may read everything and write status, but not create Remediations.
+    let rbac = r#"
+users:
+  - {name: sandbox-admin, token: reflex-sandbox-admin, groups: ["system:masters"]}
+  - {name: intake, token: t-intake}
+grants:
+  - subjects: [{kind: User, name: intake}]
+    rules:
+      - {apiGroups: ["reflex.dev"], resources: ["remediationpolicies", "remediations"], verbs: ["get", "list", "watch"]}
+      - {apiGroups: ["reflex.dev"], resources: ["remediations/status"], verbs: ["patch"]}
+      - {apiGroups: ["apps"], resources: ["deployments"], verbs: ["get"]}
+      - {apiGroups: ["", "events.k8s.io"], resources: ["events"], verbs: ["create", "patch"]}
+"#;
+    let config =
+        reflex::sandbox::Config { rbac: reflex::sandbox::rbac::Table::from_yaml(rbac).unwrap(), ..Default::default() };
+    let (sb, admin) = common::shop_with_policy_in(config, json!({"match": {"alertnames": ["KubeContainerOOMKilled"]},
+        "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"}, "playbook": "raise-memory-limit",
+        "trust": {"level": "auto"}, "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}})).await;
+    let client = sb.client("t-intake").await.unwrap();
+    let intake = Intake::start(client, Settings { token: Some(TOKEN.into()), kill_switch: None });
+    tokio::time::timeout(Duration::from_secs(10), intake.ready()).await.expect("intake's watches list");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(intake)).await });
+    // Alertmanager's first try and its retries: each is told to retry, none is "observed".
+    for attempt in 0..3 {
+        let (code, body) = post(&url, Some(TOKEN), &delivery("firing", &["a"])).await;
+        assert_eq!(code, 503, "attempt {attempt}: {body}");
+        let failed = body["failed"][0].as_str().unwrap();
+        assert!(failed.starts_with("shop/checkout-oom-checkout-1") && failed.contains("forbidden"), "{body}");
+        assert_eq!(body["observed"], json!([]), "{body}");
+    }
+    assert!(remediations(&admin).await.is_empty());
 }

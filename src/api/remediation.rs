@@ -298,10 +298,13 @@ pub enum AlertState {
 }
 
 /// How often and when the alert was seen.
+///
+/// Several alerts (one per pod, say) can feed one Remediation: each is tracked by its
+/// fingerprint, and the Remediation's alert is resolved only when all of them are.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertObservation {
-    /// Firing or resolved.
+    /// Resolved when every alert feeding this Remediation has resolved.
     pub state: AlertState,
     /// Deliveries of this alert seen by intake.
     pub times_seen: u64,
@@ -310,6 +313,30 @@ pub struct AlertObservation {
     /// Latest delivery.
     pub last_seen: Time,
     /// When the alert last resolved, if it did (kept when it fires again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Time>,
+    /// When an alert started again after having resolved: a new occurrence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refired_at: Option<Time>,
+    /// The alerts feeding this Remediation, by fingerprint (bounded; resolved ones are
+    /// forgotten first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub alerts: Vec<AlertInstance>,
+}
+
+/// Most alert instances [`AlertObservation::alerts`] keeps.
+pub const MAX_ALERT_INSTANCES: usize = 256;
+
+/// One alert (one fingerprint) and its current occurrence.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertInstance {
+    /// Alertmanager's fingerprint of the alert's labels.
+    pub fingerprint: String,
+    /// When this occurrence started (a later one is a new occurrence).
+    pub starts_at: Time,
+    /// When this occurrence resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<Time>,
 }

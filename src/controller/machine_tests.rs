@@ -185,6 +185,8 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
                     first_seen: at(0),
                     last_seen: at(5),
                     resolved_at: Some(at(5)),
+                    refired_at: None,
+                    alerts: vec![],
                 });
             },
             |p| if pre_deploy(p) { Expect::To(Phase::Cancelled, r::ALERT_RESOLVED) } else { baseline(p) },

@@ -37,7 +37,8 @@ pub struct KnownPolicy {
 pub struct Known {
     policies: BTreeMap<Key, KnownPolicy>,
     remediations: BTreeMap<Key, Existing>,
-    pending: BTreeMap<Key, Existing>,
+    /// Creates on their way: (entry, whether the API server has confirmed it).
+    pending: BTreeMap<Key, (Existing, bool)>,
     pub kill_switch: bool,
     /// Rebuilt lazily after a change.
     valid: Option<Arc<Vec<PolicyRef>>>,
@@ -45,6 +46,7 @@ pub struct Known {
     /// Objects listed since the watch (re)started, replacing the old set at `InitDone`.
     listing_policies: Option<BTreeMap<Key, KnownPolicy>>,
     listing_remediations: Option<BTreeMap<Key, Existing>>,
+    listing_kill_switch: Option<bool>,
 }
 
 fn key_of(meta: &kube::api::ObjectMeta) -> Option<Key> {
@@ -98,7 +100,7 @@ impl Known {
                 Arc::new(
                     watched
                         .values()
-                        .chain(pending.iter().filter(|(k, _)| !watched.contains_key(*k)).map(|(_, e)| e))
+                        .chain(pending.iter().filter(|(k, _)| !watched.contains_key(*k)).map(|(_, (e, _))| e))
                         .cloned()
                         .collect(),
                 )
@@ -108,11 +110,26 @@ impl Known {
 
     /// This replica is creating `e`.
     pub fn creating(&mut self, e: Existing) {
-        self.pending.insert((e.namespace.clone(), e.name.clone()), e);
+        self.pending.insert((e.namespace.clone(), e.name.clone()), (e, false));
         self.existing = None;
     }
 
-    /// The create of `key` was abandoned (target missing, retries exhausted).
+    /// The API server has `key` (created, or it existed): it stays known until the watch
+    /// shows it, or a relist does not.
+    pub fn confirm(&mut self, key: &Key) {
+        if let Some((_, confirmed)) = self.pending.get_mut(key) {
+            *confirmed = true;
+        }
+    }
+
+    /// Whether `key` is a create this replica has queued but the API server has not
+    /// confirmed: a delivery observing it must wait for the create's outcome.
+    pub fn unconfirmed(&self, key: &Key) -> bool {
+        !self.remediations.contains_key(key) && self.pending.get(key).is_some_and(|(_, confirmed)| !confirmed)
+    }
+
+    /// The create of `key` failed or was abandoned (target missing, name taken, an API
+    /// error): the next delivery plans it afresh.
     pub fn abandon(&mut self, key: &Key) {
         if self.pending.remove(key).is_some() {
             self.existing = None;
@@ -156,7 +173,8 @@ impl Known {
             }
             Event::InitDone => {
                 if let Some(listing) = self.listing_remediations.take() {
-                    self.pending.retain(|k, _| !listing.contains_key(k));
+                    // Confirmed but not listed: deleted while the watch was away.
+                    self.pending.retain(|k, (_, confirmed)| !*confirmed && !listing.contains_key(k));
                     self.remediations = listing;
                 }
             }
@@ -179,10 +197,11 @@ impl Known {
     pub fn kill_switch_event(&mut self, event: Event<ConfigMap>) {
         let on = |c: &ConfigMap| c.data.as_ref().and_then(|d| d.get("killSwitch")).is_some_and(|v| v.trim() == "true");
         match event {
-            // Off until the listing shows it on: the watch selects exactly one ConfigMap.
-            Event::Init => {}
-            Event::InitApply(c) | Event::Apply(c) => self.kill_switch = on(&c),
-            Event::InitDone => {}
+            // Off unless the listing shows it on (deleted while the watch was away: off).
+            Event::Init => self.listing_kill_switch = Some(false),
+            Event::InitApply(c) => self.listing_kill_switch = Some(on(&c)),
+            Event::InitDone => self.kill_switch = self.listing_kill_switch.take().unwrap_or(false),
+            Event::Apply(c) => self.kill_switch = on(&c),
             Event::Delete(_) => self.kill_switch = false,
         }
     }
@@ -306,9 +325,14 @@ mod tests {
         let mut k = Known::default();
         k.remediation_event(Event::Apply(rem("oom-checkout-1", Some("Succeeded"))));
         k.creating(pending("oom-checkout-2"));
+        // Created and confirmed, then deleted while the watch was away.
+        k.creating(pending("oom-checkout-9"));
+        k.confirm(&("shop".into(), "oom-checkout-9".into()));
+        assert!(!k.unconfirmed(&("shop".into(), "oom-checkout-9".into())));
+        assert!(k.unconfirmed(&("shop".into(), "oom-checkout-2".into())));
         k.remediation_event(Event::Init);
         k.remediation_event(Event::InitApply(rem("oom-checkout-3", None)));
-        assert_eq!(k.existing().len(), 2, "the old set holds until the listing is complete");
+        assert_eq!(k.existing().len(), 3, "the old set holds until the listing is complete");
         k.remediation_event(Event::InitDone);
         let names: Vec<String> = k.existing().iter().map(|e| e.name.clone()).collect();
         assert_eq!(names, ["oom-checkout-3", "oom-checkout-2"], "deleted while away: gone; in flight: kept");
@@ -320,12 +344,20 @@ mod tests {
         let cm = |v: &str| -> ConfigMap {
             serde_json::from_value(json!({"metadata": {"name": "s"}, "data": {"killSwitch": v}})).unwrap()
         };
+        k.kill_switch_event(Event::Init);
         k.kill_switch_event(Event::InitApply(cm(" true ")));
+        k.kill_switch_event(Event::InitDone);
         assert!(k.kill_switch);
         k.kill_switch_event(Event::Apply(cm("false")));
         assert!(!k.kill_switch);
         k.kill_switch_event(Event::Apply(cm("true")));
         k.kill_switch_event(Event::Delete(cm("true")));
+        assert!(!k.kill_switch);
+        // Turned on, then deleted while the watch was away: the relist turns it off.
+        k.kill_switch_event(Event::Apply(cm("true")));
+        k.kill_switch_event(Event::Init);
+        assert!(k.kill_switch, "holds until the listing is complete");
+        k.kill_switch_event(Event::InitDone);
         assert!(!k.kill_switch);
     }
 

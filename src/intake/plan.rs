@@ -90,6 +90,13 @@ impl Suppression {
     }
 }
 
+/// One alert (by fingerprint) and when its current occurrence started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Occurrence {
+    pub fingerprint: String,
+    pub starts_at: Timestamp,
+}
+
 /// One thing to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -100,18 +107,22 @@ pub enum Action {
         target: String,
         spec: Box<RemediationSpec>,
         seen: Timestamp,
+        alert: Occurrence,
     },
     /// Seen again while active.
     Observe {
         namespace: String,
         name: String,
         seen: Timestamp,
+        alert: Occurrence,
     },
-    /// Alertmanager says it resolved.
+    /// Alertmanager says this alert resolved (the Remediation's alert resolves when all
+    /// of its alerts have).
     Resolve {
         namespace: String,
         name: String,
         at: Timestamp,
+        alert: Occurrence,
     },
     Suppress {
         namespace: String,
@@ -201,6 +212,8 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
                 }
             };
             let same = |e: &&Existing| e.namespace == pr.namespace && e.policy == pr.name && e.target == target;
+            let starts_at = a.starts_at.parse::<Timestamp>().unwrap_or(now);
+            let occurrence = Occurrence { fingerprint: a.fingerprint.clone(), starts_at };
             let active = all(existing, &added).filter(same).find(|e| e.active()).cloned();
             if a.status == "resolved" {
                 if let Some(e) = active {
@@ -208,12 +221,18 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
                         namespace: e.namespace,
                         name: e.name,
                         at: a.ends_at().unwrap_or(now),
+                        alert: occurrence,
                     });
                 }
                 continue;
             }
             if let Some(e) = active {
-                out.actions.push(Action::Observe { namespace: e.namespace, name: e.name, seen: now });
+                out.actions.push(Action::Observe {
+                    namespace: e.namespace,
+                    name: e.name,
+                    seen: now,
+                    alert: occurrence,
+                });
                 continue;
             }
             let suppress = |reason, detail: String| Action::Suppress {
@@ -273,7 +292,6 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
                         .push(format!("policy {}/{}: {name:?} is not a valid object name", pr.namespace, pr.name));
                     continue;
                 }
-                let starts_at = a.starts_at.parse::<Timestamp>().unwrap_or(now);
                 added.push(Existing::creating(&pr.namespace, &name, &pr.name, &target, now));
                 Action::Create {
                     namespace: pr.namespace.clone(),
@@ -282,6 +300,7 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
                     target: target.clone(),
                     spec: Box::new(spec(pr, a, &target, starts_at)),
                     seen: now,
+                    alert: occurrence,
                 }
             };
             out.actions.push(action);

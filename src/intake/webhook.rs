@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::known;
 use super::payload::parse;
 use super::plan::{Action, Existing, POLICY_LABEL, TARGET_LABEL, plan};
-use super::queue::{Creation, Done, Key, Op, Queue, Work};
+use super::queue::{Creation, Done, Key, Op, Queue, Want, Work};
 use crate::api::remediation::{AlertObservation, Remediation};
 
 /// Largest accepted delivery.
@@ -246,9 +246,10 @@ impl Intake {
                 loop {
                     let (key, work) = shared.queue.take().await;
                     let retry = write(&shared, &key, work).await;
-                    if let Some(w) = &retry {
-                        tokio::time::sleep(Duration::from_millis(200 << w.attempts.min(5))).await;
-                    }
+                    let retry = retry.map(|w| {
+                        let at = tokio::time::Instant::now() + backoff(w.attempts);
+                        (w, at)
+                    });
                     shared.queue.done(&key, retry);
                     shared.metrics.queued.set(shared.queue.len() as i64);
                 }
@@ -313,6 +314,8 @@ enum Created {
     New,
     Existed,
     NoTarget(String),
+    /// The name belongs to a Remediation of another policy or target.
+    Clash(String),
 }
 
 async fn create(client: &kube::Client, ns: &str, name: &str, c: &Creation) -> Result<Created, kube::Error> {
@@ -323,17 +326,29 @@ async fn create(client: &kube::Client, ns: &str, name: &str, c: &Creation) -> Re
     if targets.get_opt(&c.target).await?.is_none() {
         return Ok(Created::NoTarget(format!("{} {ns}/{} does not exist", kind.as_str(), c.target)));
     }
+    let labels =
+        BTreeMap::from([(POLICY_LABEL.to_owned(), c.policy.clone()), (TARGET_LABEL.to_owned(), c.target.clone())]);
     let mut rem = Remediation::new(name, (*c.spec).clone());
     rem.metadata.namespace = Some(ns.to_owned());
-    rem.metadata.labels = Some(BTreeMap::from([
-        (POLICY_LABEL.to_owned(), c.policy.clone()),
-        (TARGET_LABEL.to_owned(), c.target.clone()),
-    ]));
+    rem.metadata.labels = Some(labels.clone());
+    let api = Api::<Remediation>::namespaced(client.clone(), ns);
     let pp = PostParams { field_manager: Some(INTAKE_MANAGER.into()), ..Default::default() };
-    match Api::<Remediation>::namespaced(client.clone(), ns).create(&pp, &rem).await {
+    match api.create(&pp, &rem).await {
         Ok(_) => Ok(Created::New),
-        // Another delivery (or replica) created it first: this is a repeat.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Created::Existed),
+        // Another delivery (or replica) created it first — if it is this incident's.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let theirs = api.get_opt(name).await?.map(|r| r.metadata.labels.unwrap_or_default()).unwrap_or_default();
+            let same = labels.iter().all(|(k, v)| theirs.get(k) == Some(v));
+            Ok(if same {
+                Created::Existed
+            } else {
+                Created::Clash(format!(
+                    "{ns}/{name} already exists for policy {:?}, target {:?}; rename the policy",
+                    theirs.get(POLICY_LABEL).map_or("", String::as_str),
+                    theirs.get(TARGET_LABEL).map_or("", String::as_str),
+                ))
+            })
+        }
         Err(e) => Err(e),
     }
 }
@@ -350,25 +365,40 @@ async fn write(s: &Shared, key: &Key, mut work: Work) -> Option<Work> {
     let (ns, name) = key;
     let m = &s.metrics;
     if let Some(c) = work.create.take() {
+        let refused = |reason: &str, detail: String| {
+            m.suppressed.get_or_create(&Reason { reason: reason.into() }).inc();
+            let reference = {
+                let mut known = known::lock(&s.known);
+                known.abandon(key);
+                known.reference(ns, &c.policy)
+            };
+            let event_reason = if reason == "target_not_found" { "TargetNotFound" } else { "NameClash" };
+            publish(s, reference, event(EventType::Warning, event_reason, format!("alert not remediated: {detail}")));
+        };
         match create(&s.client, ns, name, &c).await {
             Ok(Created::New) => {
                 m.created.inc();
-                work.finish(&Done::Created);
+                known::lock(&s.known).confirm(key);
+                work.finish(Some(Want::Create), &Done::Created);
             }
             Ok(Created::Existed) => {
                 m.deduplicated.inc();
-                work.finish(&Done::AlreadyExisted);
+                known::lock(&s.known).confirm(key);
+                work.finish(Some(Want::Create), &Done::AlreadyExisted);
             }
             Ok(Created::NoTarget(detail)) => {
-                m.suppressed.get_or_create(&Reason { reason: "target_not_found".into() }).inc();
-                let reference = known::lock(&s.known).reference(ns, &c.policy);
-                known::lock(&s.known).abandon(key);
-                let note = format!("alert not remediated: {detail}");
-                publish(s, reference, event(EventType::Warning, "TargetNotFound", note));
-                work.finish(&Done::TargetNotFound(detail));
+                refused("target_not_found", detail.clone());
+                work.finish(None, &Done::TargetNotFound(detail));
+                return None;
+            }
+            Ok(Created::Clash(detail)) => {
+                refused("name_clash", detail.clone());
+                work.finish(None, &Done::Clash(detail));
                 return None;
             }
             Err(e) => {
+                // Forget it, so Alertmanager's retry plans the create afresh and waits for it.
+                known::lock(&s.known).abandon(key);
                 work.create = Some(c);
                 return failed(s, key, work, &e);
             }
@@ -376,20 +406,22 @@ async fn write(s: &Shared, key: &Key, mut work: Work) -> Option<Work> {
     }
     if work.writes_status() {
         match observe(&s.client, ns, name, |p| work.observation(p)).await {
-            Ok(()) => work.finish(&Done::Recorded),
+            Ok(()) => {}
             Err(kube::Error::Api(st)) if st.code == 404 => {
                 tracing::info!(remediation = %format!("{ns}/{name}"), "deleted before its sightings were written");
-                work.finish(&Done::Failed(format!("{ns}/{name} was deleted")));
+                work.finish(None, &Done::Failed(format!("{ns}/{name} was deleted")));
+                return None;
             }
             Err(e) => return failed(s, key, work, &e),
         }
     }
+    work.finish(None, &Done::Recorded);
     None
 }
 
 fn failed(s: &Shared, key: &Key, mut work: Work, e: &kube::Error) -> Option<Work> {
     // Deliveries waiting on it answer 503, so Alertmanager retries too.
-    work.finish(&Done::Failed(e.to_string()));
+    work.finish(None, &Done::Failed(e.to_string()));
     work.attempts += 1;
     let remediation = format!("{}/{}", key.0, key.1);
     if work.attempts < MAX_ATTEMPTS {
@@ -398,10 +430,12 @@ fn failed(s: &Shared, key: &Key, mut work: Work, e: &kube::Error) -> Option<Work
     }
     s.metrics.writes_failed.inc();
     tracing::error!(%remediation, error = %e, sightings = work.times, "intake gave up writing; Alertmanager's next delivery will try again");
-    if work.create.is_some() {
-        known::lock(&s.known).abandon(key);
-    }
     None
+}
+
+/// Backoff before failed work is tried again: 200 ms doubling, at most 6.4 s.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_millis(200u64 << attempts.saturating_sub(1).min(5))
 }
 
 fn event(type_: EventType, reason: &str, note: String) -> Event {
@@ -441,15 +475,11 @@ async fn handle(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         m.reject("starting");
         return retry_later("starting: intake has not yet listed policies and Remediations".into());
     }
-    m.received.inc_by(payload.alerts.len() as u64);
-    if payload.truncated_alerts > 0 {
-        m.truncated.inc_by(payload.truncated_alerts);
-        tracing::warn!(truncated = payload.truncated_alerts, group = %payload.group_key, "Alertmanager truncated this delivery; raise max_alerts on the receiver");
-    }
     let now = jiff::Timestamp::now();
     let mut observed = BTreeSet::new();
     let mut suppressed = BTreeMap::new();
     let mut confirm = Vec::new();
+    let (mut matched, mut deduplicated) = (0u64, 0u64);
     let planned = {
         let mut known = known::lock(&s.known);
         let (policies, existing) = (known.policies(), known.existing());
@@ -458,36 +488,45 @@ async fn handle(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         let mut creating = Vec::new();
         for action in &planned.actions {
             match action {
-                Action::Create { namespace, name, policy, target, spec, seen } => {
-                    m.matched.inc();
+                Action::Create { namespace, name, policy, target, spec, seen, alert } => {
+                    matched += 1;
                     let key = (namespace.clone(), name.clone());
                     let (tx, rx) = oneshot::channel();
                     let creation =
                         Box::new(Creation { policy: policy.clone(), target: target.clone(), spec: spec.clone() });
-                    batch.push((key.clone(), Op::Create { creation, at: *seen }, Some(tx)));
-                    confirm.push((key, json!({"policy": format!("{namespace}/{policy}"), "target": target}), rx));
+                    let op = Op::Create { creation, at: *seen, alert: alert.clone() };
+                    batch.push((key.clone(), op, Some((Want::Create, tx))));
+                    let context = json!({"policy": format!("{namespace}/{policy}"), "target": target});
+                    confirm.push((key, Asked::Create, context, rx));
                     creating.push(Existing::creating(namespace, name, policy, target, now));
                 }
-                Action::Observe { namespace, name, seen } => {
-                    m.matched.inc();
-                    m.deduplicated.inc();
+                Action::Observe { namespace, name, seen, alert } => {
+                    matched += 1;
+                    deduplicated += 1;
                     let key = (namespace.clone(), name.clone());
-                    batch.push((key.clone(), Op::Seen { at: *seen }, None));
-                    observed.insert(key);
+                    let op = Op::Seen { at: *seen, alert: alert.clone() };
+                    // A create still on its way: wait for its outcome (it may fail).
+                    if known.unconfirmed(&key) {
+                        let (tx, rx) = oneshot::channel();
+                        batch.push((key.clone(), op, Some((Want::Create, tx))));
+                        confirm.push((key, Asked::Observe, Value::Null, rx));
+                    } else {
+                        batch.push((key.clone(), op, None));
+                        observed.insert(key);
+                    }
                 }
-                Action::Resolve { namespace, name, at } => {
-                    m.resolved.inc();
+                Action::Resolve { namespace, name, at, alert } => {
                     let key = (namespace.clone(), name.clone());
                     let (tx, rx) = oneshot::channel();
-                    batch.push((key.clone(), Op::Resolved { at: *at }, Some(tx)));
-                    confirm.push((key, Value::Null, rx));
+                    batch.push((key.clone(), Op::Resolved { at: *at, alert: alert.clone() }, Some((Want::Status, tx))));
+                    confirm.push((key, Asked::Resolve, Value::Null, rx));
                 }
                 Action::Suppress { namespace, policy, target, reason, detail } => {
-                    m.matched.inc();
-                    m.suppressed.get_or_create(&Reason { reason: reason.as_str().into() }).inc();
-                    suppressed
-                        .entry((namespace.clone(), policy.clone(), target.clone(), reason.as_str()))
-                        .or_insert_with(|| (detail.clone(), known.reference(namespace, policy)));
+                    matched += 1;
+                    let entry = suppressed.entry((namespace.clone(), policy.clone(), target.clone(), reason.as_str()));
+                    let (_, _, count) =
+                        entry.or_insert_with(|| (detail.clone(), known.reference(namespace, policy), 0u64));
+                    *count += 1;
                 }
             }
         }
@@ -503,34 +542,48 @@ async fn handle(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         }
         planned
     };
+    // Counted once the delivery is accepted, so a refused one counts nothing twice.
+    m.received.inc_by(payload.alerts.len() as u64);
+    if payload.truncated_alerts > 0 {
+        m.truncated.inc_by(payload.truncated_alerts);
+        tracing::warn!(truncated = payload.truncated_alerts, group = %payload.group_key, "Alertmanager truncated this delivery; raise max_alerts on the receiver");
+    }
+    m.matched.inc_by(matched);
+    m.deduplicated.inc_by(deduplicated);
     m.queued.set(s.queue.len() as i64);
     let mut suppressed_out = Vec::new();
-    for ((namespace, policy, target, reason), (detail, reference)) in suppressed {
+    for ((namespace, policy, target, reason), (detail, reference, count)) in suppressed {
+        m.suppressed.get_or_create(&Reason { reason: reason.into() }).inc_by(count);
         let note = format!("alert for {target} not remediated ({reason}): {detail}");
         publish(s, reference, event(EventType::Normal, "Suppressed", note));
         suppressed_out.push(
             json!({"policy": format!("{namespace}/{policy}"), "target": target, "reason": reason, "detail": detail}),
         );
     }
-    for p in &planned.problems {
+    let mut problems = planned.problems;
+    for p in &problems {
         tracing::warn!(problem = %p, "alert matched a policy but cannot be acted on");
     }
     // Creates and resolutions are confirmed before Alertmanager hears 200; sightings of an
     // active Remediation are written behind.
     let (mut created, mut resolved, mut failed) = (vec![], vec![], vec![]);
     let deadline = tokio::time::Instant::now() + CONFIRM_WITHIN;
-    for (key, context, rx) in confirm {
+    for (key, asked, context, rx) in confirm {
         let name = format!("{}/{}", key.0, key.1);
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Done::Created)) => created.push(name),
-            Ok(Ok(Done::AlreadyExisted)) => {
+            Ok(Ok(Done::Created)) if asked == Asked::Create => created.push(name),
+            Ok(Ok(Done::Recorded)) if asked == Asked::Resolve => {
+                m.resolved.inc();
+                resolved.push(name);
+            }
+            Ok(Ok(Done::Created | Done::AlreadyExisted | Done::Recorded)) => {
                 observed.insert(key);
             }
-            Ok(Ok(Done::Recorded)) => resolved.push(name),
             Ok(Ok(Done::TargetNotFound(detail))) => {
                 suppressed_out.push(json!({"policy": context["policy"], "target": context["target"],
                     "reason": "target_not_found", "detail": detail}));
             }
+            Ok(Ok(Done::Clash(detail))) => problems.push(detail),
             Ok(Ok(Done::Failed(e))) => failed.push(format!("{name}: {e}")),
             Ok(Err(_)) => failed.push(format!("{name}: intake stopped before writing it")),
             Err(_) => failed.push(format!("{name}: not written within {}s; still queued", CONFIRM_WITHIN.as_secs())),
@@ -538,9 +591,17 @@ async fn handle(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
     }
     let observed: Vec<String> = observed.into_iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
     let body = json!({"created": created, "observed": observed, "resolved": resolved, "suppressed": suppressed_out,
-        "unmatched": planned.unmatched, "problems": planned.problems, "failed": failed});
+        "unmatched": planned.unmatched, "problems": problems, "failed": failed});
     // A failed write is worth a retry from Alertmanager; everything else is done.
     if failed.is_empty() { reply(StatusCode::OK, body) } else { retry_later_with(body) }
+}
+
+/// What a delivery asked of a Remediation it waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Create,
+    Observe,
+    Resolve,
 }
 
 fn retry_later_with(body: Value) -> Response {

@@ -46,21 +46,20 @@ pub enum AlertSince {
     Unchanged,
     /// It resolved after the change.
     Resolved { at: Timestamp },
-    /// It resolved after the change and then fired again.
-    FiredAgain { resolved: Timestamp, at: Timestamp },
+    /// An alert started again, after having resolved, after the change.
+    FiredAgain { at: Timestamp },
 }
 
 impl AlertSince {
     /// Read `status.alert` against the time the change was applied.
     pub fn of(alert: Option<&AlertObservation>, applied: Option<Timestamp>) -> Self {
         let (Some(a), Some(applied)) = (alert, applied) else { return Self::Unchanged };
-        let Some(resolved) = a.resolved_at.as_ref().map(|t| t.0).filter(|r| *r >= applied) else {
-            return Self::Unchanged;
-        };
-        match a.state {
-            AlertState::Resolved => Self::Resolved { at: resolved },
-            AlertState::Firing if a.last_seen.0 > resolved => Self::FiredAgain { resolved, at: a.last_seen.0 },
-            AlertState::Firing => Self::Unchanged,
+        if let Some(at) = a.refired_at.as_ref().map(|t| t.0).filter(|t| *t >= applied) {
+            return Self::FiredAgain { at };
+        }
+        match (a.state, a.resolved_at.as_ref().map(|t| t.0)) {
+            (AlertState::Resolved, Some(at)) if at >= applied => Self::Resolved { at },
+            _ => Self::Unchanged,
         }
     }
 
@@ -92,12 +91,9 @@ pub fn judge(
     let held_for = streak_start.map(span);
     let elapsed = span(started);
     let (verdict, message, next) = match (held_for, alert) {
-        (_, AlertSince::FiredAgain { resolved, at }) => (
+        (_, AlertSince::FiredAgain { at }) => (
             VerificationVerdict::Failed,
-            format!(
-                "the alert resolved at {resolved} after the change, then fired again at {at}: {}",
-                describe(rule, value)
-            ),
+            format!("the alert resolved and then fired again at {at}, after the change: {}", describe(rule, value)),
             None,
         ),
         (Some(held), _) if held >= rule.for_ => (
@@ -172,13 +168,15 @@ mod tests {
         assert_eq!(v.verdict, VerificationVerdict::Passed);
     }
 
-    fn seen(state: AlertState, last: i64, resolved: Option<i64>) -> AlertObservation {
+    fn seen(state: AlertState, resolved: Option<i64>, refired: Option<i64>) -> AlertObservation {
         AlertObservation {
             state,
             times_seen: 3,
             first_seen: Time(at(-100)),
-            last_seen: Time(at(last)),
+            last_seen: Time(at(10)),
             resolved_at: resolved.map(|r| Time(at(r))),
+            refired_at: refired.map(|r| Time(at(r))),
+            alerts: vec![],
         }
     }
 
@@ -186,11 +184,20 @@ mod tests {
     fn the_alert_is_read_against_the_change() {
         let applied = Some(at(0));
         let of = |a: AlertObservation| AlertSince::of(Some(&a), applied);
-        assert_eq!(of(seen(AlertState::Firing, 5, None)), AlertSince::Unchanged);
-        assert_eq!(of(seen(AlertState::Resolved, -10, Some(-5))), AlertSince::Unchanged, "resolved before the change");
-        assert_eq!(of(seen(AlertState::Resolved, -10, Some(7))), AlertSince::Resolved { at: at(7) });
-        assert_eq!(of(seen(AlertState::Firing, 9, Some(7))), AlertSince::FiredAgain { resolved: at(7), at: at(9) });
-        assert_eq!(of(seen(AlertState::Firing, 9, Some(-3))), AlertSince::Unchanged, "flapped before the change");
+        assert_eq!(of(seen(AlertState::Firing, None, None)), AlertSince::Unchanged);
+        assert_eq!(of(seen(AlertState::Resolved, Some(-5), None)), AlertSince::Unchanged, "resolved before the change");
+        assert_eq!(of(seen(AlertState::Resolved, Some(7), None)), AlertSince::Resolved { at: at(7) });
+        assert_eq!(of(seen(AlertState::Firing, Some(7), Some(9))), AlertSince::FiredAgain { at: at(9) });
+        assert_eq!(
+            of(seen(AlertState::Resolved, Some(12), Some(9))),
+            AlertSince::FiredAgain { at: at(9) },
+            "and resolved again"
+        );
+        assert_eq!(
+            of(seen(AlertState::Firing, Some(-5), Some(-3))),
+            AlertSince::Unchanged,
+            "flapped before the change"
+        );
         assert_eq!(AlertSince::of(None, applied), AlertSince::Unchanged);
     }
 
@@ -201,10 +208,9 @@ mod tests {
         let mut v = judge(&r, None, Some(0.0), resolved, at(0));
         v = judge(&r, Some(&v), Some(0.0), resolved, at(1));
         assert_eq!(v.verdict, VerificationVerdict::Pending, "resolved, but the query has held for 1s of 3s");
-        let again = AlertSince::FiredAgain { resolved: at(1), at: at(2) };
-        let failed = judge(&r, Some(&v), Some(0.0), again, at(2));
+        let failed = judge(&r, Some(&v), Some(0.0), AlertSince::FiredAgain { at: at(2) }, at(2));
         assert_eq!(failed.verdict, VerificationVerdict::Failed);
-        assert!(failed.message.unwrap().contains("then fired again"));
+        assert!(failed.message.unwrap().contains("fired again"));
         for s in 2..=3 {
             v = judge(&r, Some(&v), Some(0.0), resolved, at(s));
         }

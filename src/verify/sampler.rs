@@ -100,12 +100,12 @@ mod tests {
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
         let sampler = Sampler { client, metrics: Arc::new(Healthy) };
         let refired = json!({"state": "firing", "timesSeen": 5, "firstSeen": "2026-01-01T00:00:00Z",
-            "lastSeen": "2026-01-01T00:12:00Z", "resolvedAt": "2026-01-01T00:11:00Z"});
+            "lastSeen": "2026-01-01T00:12:00Z", "resolvedAt": "2026-01-01T00:11:00Z", "refiredAt": "2026-01-01T00:11:30Z"});
         let v = sampler.verify(input(refired)).await.unwrap();
         assert_eq!(v.verdict, VerificationVerdict::Failed, "{:?}", v.message);
         // The same history before the change is no evidence against it.
         let before = json!({"state": "firing", "timesSeen": 5, "firstSeen": "2026-01-01T00:00:00Z",
-            "lastSeen": "2026-01-01T00:09:00Z", "resolvedAt": "2026-01-01T00:08:00Z"});
+            "lastSeen": "2026-01-01T00:09:00Z", "resolvedAt": "2026-01-01T00:08:00Z", "refiredAt": "2026-01-01T00:08:30Z"});
         let v = sampler.verify(input(before)).await.unwrap();
         assert_eq!(v.verdict, VerificationVerdict::Pending, "{:?}", v.message);
     }

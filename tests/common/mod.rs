@@ -12,8 +12,14 @@ use serde_json::{Value, json};
 /// The sandbox and an admin client, with `shop/checkout` and the policy `shop/checkout-oom`
 /// whose spec is `policy_spec`.
 pub async fn shop_with_policy(policy_spec: Value) -> (Sandbox, kube::Client) {
+    shop_with_policy_in(Config::default(), policy_spec).await
+}
+
+/// [`shop_with_policy`] on a sandbox started with `config` (its RBAC table must keep the
+/// `reflex-sandbox-admin` token).
+pub async fn shop_with_policy_in(config: Config, policy_spec: Value) -> (Sandbox, kube::Client) {
     reflex::install_crypto_provider();
-    let sb = Sandbox::start(Config::default()).await.unwrap();
+    let sb = Sandbox::start(config).await.unwrap();
     sb.install_crds().unwrap();
     let client = sb.client(ADMIN_TOKEN).await.unwrap();
     Api::<Namespace>::all(client.clone())
