@@ -251,8 +251,19 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
     let memory_after = memory_limit(&after, &workload.container);
     let template_after = serde_json::to_value(&after.spec.template)?;
     let template_before = serde_json::to_value(&before.spec.template)?;
+    // The controller publishes a transition's Event after writing the status: wait (briefly)
+    // for the one into the final phase.
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let mut evs = events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await?.items;
+    let into_final = format!("-> {}:", shown.phase);
+    let settle = Instant::now() + Duration::from_secs(5);
+    let mut evs = loop {
+        let evs = events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await?.items;
+        if Instant::now() > settle || evs.iter().any(|e| e.message.as_deref().is_some_and(|m| m.contains(&into_final)))
+        {
+            break evs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     evs.sort_by(|a, b| {
         a.metadata
             .resource_version
