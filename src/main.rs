@@ -53,6 +53,10 @@ enum Command {
         /// ConfigMap (`namespace/name`) whose `killSwitch: "true"` stops all new Remediations.
         #[arg(long, env = "REFLEX_KILL_SWITCH_CONFIGMAP")]
         kill_switch_configmap: Option<String>,
+        /// Host names MCP clients may reach `/mcp` by, besides loopback (the Service's DNS
+        /// names, e.g. reflex.reflex-system.svc); repeat or comma-separate.
+        #[arg(long, env = "REFLEX_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
+        mcp_allowed_hosts: Vec<String>,
         /// Run the controller without leader election (one replica only).
         #[arg(long)]
         no_leader_election: bool,
@@ -93,8 +97,19 @@ enum Command {
         #[arg(long)]
         rbac: Option<PathBuf>,
     },
+    /// MCP: `reflex mcp manifest` prints every tool's name, version and schema hash.
+    Mcp {
+        #[command(subcommand)]
+        command: McpCommand,
+    },
     /// Print version and build information.
     Version,
+}
+
+#[derive(Subcommand)]
+enum McpCommand {
+    /// Print the tool manifest (commit it as mcp-manifest.json).
+    Manifest,
 }
 
 #[tokio::main]
@@ -112,6 +127,9 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
                 println!("wrote {}", path.display());
             }
+        }
+        Command::Mcp { command: McpCommand::Manifest } => {
+            print!("{}", reflex::mcp::manifest::render(&reflex::mcp::manifest::compute()));
         }
         Command::Version => {
             println!("reflex {}", env!("CARGO_PKG_VERSION"));
@@ -154,10 +172,11 @@ async fn main() -> anyhow::Result<()> {
             webhook_token_secret,
             insecure_webhook,
             kill_switch_configmap,
+            mcp_allowed_hosts,
         } => {
             telemetry::init(cli.log_format);
             reflex::install_crypto_provider();
-            let client = client(kubeconfig, context).await?;
+            let (client, config) = client(kubeconfig, context).await?;
             let metrics = std::sync::Arc::new(
                 reflex::verify::metrics::Prometheus::new(&prometheus_url, std::time::Duration::from_secs(10))
                     .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
@@ -189,12 +208,26 @@ async fn main() -> anyhow::Result<()> {
             let kill_switch = Some(kill_switch);
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-            tracing::info!(%listen, "alert intake listening (POST /alerts)");
+            tracing::info!(%listen, "alert intake (POST /alerts) and MCP (/mcp) listening");
             let stop = tokio_util::sync::CancellationToken::new();
             let intake = {
                 let settings = reflex::intake::webhook::Settings { token, kill_switch };
                 let intake = reflex::intake::webhook::Intake::start(client.clone(), settings);
-                let (router, stop) = (reflex::intake::webhook::router(intake), stop.clone());
+                let backends = reflex::mcp::server::Backends {
+                    prometheus: Some(
+                        reflex::mcp::server::prometheus_client(&prometheus_url)
+                            .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
+                    ),
+                };
+                let identities = std::sync::Arc::new(reflex::mcp::identity::Identities::new(client.clone(), config));
+                let mcp = reflex::mcp::router(
+                    reflex::mcp::server::ReflexMcp::new(backends),
+                    identities,
+                    mcp_allowed_hosts.clone(),
+                    stop.clone(),
+                );
+                let router = reflex::intake::webhook::router(intake).merge(mcp);
+                let stop = stop.clone();
                 tokio::spawn(async move {
                     axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
                 })
@@ -288,7 +321,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn client(kubeconfig: Option<PathBuf>, context: Option<String>) -> anyhow::Result<kube::Client> {
+async fn client(kubeconfig: Option<PathBuf>, context: Option<String>) -> anyhow::Result<(kube::Client, kube::Config)> {
     let options = kube::config::KubeConfigOptions { context, ..Default::default() };
     let config = match kubeconfig {
         Some(path) => {
@@ -299,5 +332,5 @@ async fn client(kubeconfig: Option<PathBuf>, context: Option<String>) -> anyhow:
         None if options.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
         None => kube::Config::infer().await.context("no kubeconfig found and not running in a cluster")?,
     };
-    Ok(kube::Client::try_from(config)?)
+    Ok((kube::Client::try_from(config.clone())?, config))
 }

@@ -496,11 +496,13 @@ pub fn validate_manager(m: &str) -> Result<(), ApiError> {
 
 pub struct Api {
     pub store: Arc<Store>,
+    /// What containers "printed" (`pods/log`).
+    pub logs: super::logs::PodLogs,
 }
 
 impl Api {
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self { store, logs: super::logs::PodLogs::default() }
     }
 
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {

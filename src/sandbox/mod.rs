@@ -10,6 +10,7 @@
 //! (Deployment → ReplicaSet → Pod), [`server`] (HTTP).
 
 pub mod api;
+pub mod logs;
 pub mod rbac;
 pub mod resources;
 pub mod schema;
@@ -158,11 +159,15 @@ impl Sandbox {
         std::fs::write(path, self.kubeconfig(token)).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// A `kube::Config` for this sandbox, built from its kubeconfig.
+    pub async fn config(&self, token: &str) -> anyhow::Result<kube::Config> {
+        let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig(token))?;
+        Ok(kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?)
+    }
+
     /// A `kube::Client` for this sandbox, built from its kubeconfig.
     pub async fn client(&self, token: &str) -> anyhow::Result<kube::Client> {
-        let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig(token))?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
-        Ok(kube::Client::try_from(config)?)
+        Ok(kube::Client::try_from(self.config(token).await?)?)
     }
 
     /// Register Reflex's CRDs, as `kubectl apply -f crds/` would.

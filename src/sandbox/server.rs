@@ -56,6 +56,46 @@ fn respond(code: u16, body: &Value) -> Response {
     resp
 }
 
+/// `GET .../pods/NAME/log`: text, as the kubelet answers.
+fn pod_log(state: &State, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let pod = state.api.get(&target.rt, &target.namespace, &target.name)?;
+    let containers: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).collect())
+        .unwrap_or_default();
+    let container = match query.get("container") {
+        Some(c) if containers.contains(&c.as_str()) => c.clone(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!("container {c} is not valid for pod {}", target.name)));
+        }
+        None if containers.len() == 1 => containers[0].to_owned(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {}, choose one of: [{}]",
+                target.name,
+                containers.join(" ")
+            )));
+        }
+    };
+    let int = |k: &str| -> Result<Option<i64>, ApiError> {
+        query
+            .get(k)
+            .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("{k}: {v:?} is not an integer"))))
+            .transpose()
+    };
+    let q = super::logs::LogQuery {
+        since_seconds: int("sinceSeconds")?,
+        tail_lines: int("tailLines")?,
+        limit_bytes: int("limitBytes")?,
+        timestamps: matches!(query.get("timestamps").map(String::as_str), Some("true" | "1")),
+    };
+    let text = state.api.logs.read(&target.namespace, &target.name, &container, &q, jiff::Timestamp::now());
+    let mut resp = (StatusCode::OK, text).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(resp)
+}
+
 fn error(e: &ApiError) -> Response {
     let mut resp = respond(e.code, &e.to_status());
     if e.code == 401 {
@@ -197,6 +237,12 @@ async fn serve(
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.split(',').any(|t| t.contains("as=Table") && t.contains("g=meta.k8s.io")));
     check_accept(headers)?;
+    if target.subresource == "log" {
+        if verb != "get" {
+            return Err(ApiError::method_not_allowed(format!("{method} on pods/log is not allowed")));
+        }
+        return pod_log(state, &target, &query);
+    }
     let part = if target.subresource == "status" { Part::Status } else { Part::Main };
     let rt = target.rt.clone();
     match verb {
@@ -286,7 +332,8 @@ fn parse_target(state: &State, segs: &[&str]) -> Result<Target, ApiError> {
         _ => return Err(ApiError::not_found_path()),
     };
     let rt = registry.find(group, version, plural).ok_or_else(ApiError::not_found_path)?;
-    if !(sub.is_empty() || sub == "status" && rt.status) {
+    let pod_log = sub == "log" && group.is_empty() && rt.plural == "pods";
+    if !(sub.is_empty() || sub == "status" && rt.status || pod_log) {
         return Err(ApiError::not_found_path());
     }
     if !rt.namespaced && !namespace.is_empty() {

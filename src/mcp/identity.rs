@@ -1,0 +1,157 @@
+//! Who is calling: MCP callers present a Kubernetes bearer token; the server validates it
+//! with a TokenReview and reads *as the caller*.
+//!
+//! Contract: [`Identities::authenticate`] turns a token into a [`Caller`] — the reviewed user
+//! and groups and a client that impersonates exactly them — or an error for a 401. Reviews
+//! are cached by a hash of the token (never the token) for [`REVIEW_TTL`], impersonated
+//! clients per identity for [`CLIENT_TTL`], so a burst of calls costs one TokenReview. The
+//! operator's own identity is used for nothing but the review: a caller sees exactly what
+//! RBAC lets it see, and the server is never a confused deputy. [`require_caller`] is the
+//! axum middleware that answers 401 before any MCP handling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
+use sha2::{Digest, Sha256};
+
+/// How long a token's review is trusted.
+pub const REVIEW_TTL: Duration = Duration::from_secs(60);
+/// How long an impersonated client is kept after its last use.
+pub const CLIENT_TTL: Duration = Duration::from_secs(600);
+
+/// An authenticated caller.
+#[derive(Clone)]
+pub struct Caller {
+    pub user: String,
+    pub groups: Vec<String>,
+    /// Reads as the caller (impersonation).
+    pub client: kube::Client,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller").field("user", &self.user).field("groups", &self.groups).finish_non_exhaustive()
+    }
+}
+
+impl Caller {
+    /// A stable key for per-identity caches.
+    pub fn key(&self) -> String {
+        format!("{}|{}", self.user, self.groups.join(","))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("a Kubernetes bearer token is required (Authorization: Bearer <token>)")]
+    Missing,
+    #[error("the token was not accepted: {0}")]
+    Rejected(String),
+    #[error("the token could not be reviewed: {0}")]
+    Unavailable(String),
+}
+
+/// Token reviews and impersonated clients, cached.
+pub struct Identities {
+    operator: kube::Client,
+    config: kube::Config,
+    reviews: moka::future::Cache<String, (String, Vec<String>)>,
+    clients: moka::future::Cache<String, kube::Client>,
+}
+
+impl Identities {
+    /// `operator` reviews tokens; `config` (the operator's) is cloned into impersonating
+    /// clients, so the operator needs the `impersonate` verb on users and groups.
+    pub fn new(operator: kube::Client, config: kube::Config) -> Self {
+        Self {
+            operator,
+            config,
+            reviews: moka::future::Cache::builder().max_capacity(10_000).time_to_live(REVIEW_TTL).build(),
+            clients: moka::future::Cache::builder().max_capacity(1_000).time_to_idle(CLIENT_TTL).build(),
+        }
+    }
+
+    async fn review(&self, token: &str) -> Result<(String, Vec<String>), AuthError> {
+        let review = TokenReview {
+            spec: TokenReviewSpec { token: token.to_owned(), ..TokenReviewSpec::default() },
+            ..TokenReview::default()
+        };
+        let reviewed = Api::<TokenReview>::all(self.operator.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(AuthError::Rejected(status.error.unwrap_or_else(|| "not authenticated".into())));
+        }
+        let user = status.user.unwrap_or_default();
+        match user.username {
+            Some(name) if !name.is_empty() => Ok((name, user.groups.unwrap_or_default())),
+            _ => Err(AuthError::Rejected("the review named no user".into())),
+        }
+    }
+
+    /// The caller behind `token`.
+    pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let digest: String = Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let (user, groups) = match self.reviews.get(&digest).await {
+            Some(hit) => hit,
+            None => {
+                let reviewed = self.review(token).await?;
+                self.reviews.insert(digest, reviewed.clone()).await;
+                reviewed
+            }
+        };
+        let key = format!("{user}|{}", groups.join(","));
+        let client = match self.clients.get(&key).await {
+            Some(c) => c,
+            None => {
+                let mut config = self.config.clone();
+                config.auth_info.impersonate = Some(user.clone());
+                config.auth_info.impersonate_groups = (!groups.is_empty()).then(|| groups.clone());
+                let client = kube::Client::try_from(config).map_err(|e| AuthError::Unavailable(e.to_string()))?;
+                self.clients.insert(key, client.clone()).await;
+                client
+            }
+        };
+        Ok(Caller { user, groups, client })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn unauthorized(e: &AuthError) -> Response {
+    let mut resp = (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"error": e.to_string()}))).into_response();
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"reflex\""));
+    resp
+}
+
+/// axum middleware: authenticate the bearer token and put the [`Caller`] in the request's
+/// extensions (rmcp hands them to tools), or answer 401 (503 when the review is unavailable).
+pub async fn require_caller(
+    axum::extract::State(ids): axum::extract::State<Arc<Identities>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token = bearer(req.headers()).unwrap_or("").to_owned();
+    match ids.authenticate(&token).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e @ AuthError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "MCP caller could not be authenticated");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": e.to_string()}))).into_response()
+        }
+        Err(e) => unauthorized(&e),
+    }
+}
