@@ -218,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
                         reflex::mcp::server::prometheus_client(&prometheus_url)
                             .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
                     ),
+                    operator: Some(client.clone()),
                 };
                 let identities = std::sync::Arc::new(reflex::mcp::identity::Identities::new(client.clone(), config));
                 let mcp = reflex::mcp::router(

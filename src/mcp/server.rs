@@ -67,6 +67,9 @@ pub const TOOL_VERSIONS: &[(&str, u32)] = &[
 pub struct Backends {
     /// Prometheus, for the PromQL and alert tools.
     pub prometheus: Option<prometheus_http_query::Client>,
+    /// The operator's own client: used only to enumerate namespaces when a caller cannot
+    /// list cluster-wide (every read of their contents is still as the caller).
+    pub operator: Option<kube::Client>,
 }
 
 /// A Prometheus client for the PromQL and alert tools (ring TLS through our reqwest).
@@ -971,6 +974,41 @@ impl ReflexMcp {
     }
 }
 
+/// Objects of `K` the caller may list: cluster-wide if allowed, else namespace by
+/// namespace (namespaces enumerated by the operator, at most 100; contents read as the
+/// caller, forbidden ones skipped). Bounded to [`bounds::MAX_LIMIT`].
+async fn visible<K>(caller: &Caller, operator: Option<&kube::Client>) -> Vec<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    use futures::StreamExt;
+    let lp = ListParams::default().limit(bounds::MAX_LIMIT);
+    match Api::<K>::all(caller.client.clone()).list(&lp).await {
+        Ok(list) => return list.items,
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        Err(_) => return Vec::new(),
+    }
+    let Some(operator) = operator else { return Vec::new() };
+    let namespaces = match Api::<k8s_openapi::api::core::v1::Namespace>::all(operator.clone())
+        .list(&ListParams::default().limit(100))
+        .await
+    {
+        Ok(l) => l.items.into_iter().filter_map(|n| n.metadata.name).collect::<Vec<_>>(),
+        Err(_) => return Vec::new(),
+    };
+    let lists = futures::stream::iter(namespaces)
+        .map(|ns| {
+            let client = caller.client.clone();
+            let lp = lp.clone();
+            async move { Api::<K>::namespaced(client, &ns).list(&lp).await.map(|l| l.items).unwrap_or_default() }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    lists.into_iter().flatten().take(bounds::MAX_LIMIT as usize).collect()
+}
+
 /// `remediation://NS/NAME` or `playbook://NS/NAME`.
 fn parse_uri(uri: &str) -> Option<(&'static str, &str, &str)> {
     let (scheme, rest) = uri.split_once("://")?;
@@ -1001,26 +1039,20 @@ impl ServerHandler for ReflexMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let caller = caller_of(&ctx).map_err(|e| ErrorData::invalid_request(e, None))?;
-        let lp = ListParams::default().limit(bounds::MAX_LIMIT);
         let mut out = Vec::new();
-        // What the caller may list; a kind it may not is simply absent.
-        if let Ok(list) = Api::<Remediation>::all(caller.client.clone()).list(&lp).await {
-            for r in list.items {
-                let (ns, name) = (r.metadata.namespace.unwrap_or_default(), r.metadata.name.unwrap_or_default());
-                out.push(
-                    Resource::new(format!("remediation://{ns}/{name}"), format!("Remediation {ns}/{name}"))
-                        .with_mime_type("application/json"),
-                );
-            }
+        for r in visible::<Remediation>(&caller, self.backends.operator.as_ref()).await {
+            let (ns, name) = (r.metadata.namespace.unwrap_or_default(), r.metadata.name.unwrap_or_default());
+            out.push(
+                Resource::new(format!("remediation://{ns}/{name}"), format!("Remediation {ns}/{name}"))
+                    .with_mime_type("application/json"),
+            );
         }
-        if let Ok(list) = Api::<Playbook>::all(caller.client).list(&lp).await {
-            for p in list.items {
-                let (ns, name) = (p.metadata.namespace.unwrap_or_default(), p.metadata.name.unwrap_or_default());
-                out.push(
-                    Resource::new(format!("playbook://{ns}/{name}"), format!("Playbook {ns}/{name}"))
-                        .with_mime_type("application/json"),
-                );
-            }
+        for p in visible::<Playbook>(&caller, self.backends.operator.as_ref()).await {
+            let (ns, name) = (p.metadata.namespace.unwrap_or_default(), p.metadata.name.unwrap_or_default());
+            out.push(
+                Resource::new(format!("playbook://{ns}/{name}"), format!("Playbook {ns}/{name}"))
+                    .with_mime_type("application/json"),
+            );
         }
         Ok(ListResourcesResult::with_all_items(out))
     }

@@ -450,6 +450,19 @@ fn defaults(rt: &ResourceType, obj: &mut Value, creating: bool) {
         ("", "Pod") if creating => {
             obj["status"] = json!({"phase": "Pending"});
         }
+        // stringData is write-only: merged into data (base64), as kube-apiserver does.
+        ("", "Secret") => {
+            if let Some(Value::Object(plain)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+                use base64::Engine;
+                let data = obj.as_object_mut().map(|o| o.entry("data").or_insert_with(|| json!({})));
+                if let Some(Value::Object(data)) = data {
+                    for (k, v) in plain {
+                        let text = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+                        data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
+                    }
+                }
+            }
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             if creating {
                 let mut f = obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();

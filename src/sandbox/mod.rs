@@ -108,7 +108,7 @@ impl Sandbox {
             )?;
         }
         let state = Arc::new(server::State {
-            api: Api::new(store),
+            api: api.clone(),
             rbac: config.rbac,
             addr: addr.to_string(),
             bookmark_interval: config.bookmark_interval,

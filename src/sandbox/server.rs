@@ -32,7 +32,7 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// Shared server state.
 pub struct State {
-    pub api: Api,
+    pub api: Arc<Api>,
     pub rbac: Table,
     pub addr: String,
     pub bookmark_interval: Duration,

@@ -37,3 +37,10 @@ pub async fn shop_with_policy_in(config: Config, policy_spec: Value) -> (Sandbox
     Api::<Deployment>::namespaced(client.clone(), "shop").create(&PostParams::default(), &d).await.unwrap();
     (sb, client)
 }
+
+/// The OOM policy the intake and MCP tests use.
+pub fn oom_policy() -> Value {
+    json!({"match": {"alertnames": ["KubeContainerOOMKilled"]}, "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"},
+        "playbook": "raise-memory-limit", "trust": {"level": "auto"},
+        "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}})
+}

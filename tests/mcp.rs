@@ -1,0 +1,258 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Reflex's MCP server over streamable HTTP against the sandbox, driven by rmcp's client:
+//! identity (TokenReview, impersonation, 401), RBAC deciding what each caller sees, Secret
+//! redaction, input bounds, truncation notices, logs, rollout history, resources, prompt.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use reflex::mcp::identity::Identities;
+use reflex::mcp::server::{Backends, ReflexMcp};
+use reflex::sandbox::Sandbox;
+use rmcp::model::{CallToolRequestParams, CallToolResult, GetPromptRequestParams, ReadResourceRequestParams};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+const RBAC: &str = r#"
+users:
+  - {name: sandbox-admin, token: reflex-sandbox-admin, groups: ["system:masters"]}
+  - {name: reflex-operator, token: t-operator}
+  - {name: alice, token: t-alice, groups: [oncall]}
+  - {name: bob, token: t-bob}
+grants:
+  - subjects: [{kind: User, name: reflex-operator}]
+    rules:
+      - {apiGroups: [""], resources: ["users", "groups"], verbs: ["impersonate"]}
+      - {apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"]}
+      - {apiGroups: [""], resources: ["namespaces"], verbs: ["list"]}
+  - subjects: [{kind: Group, name: oncall}]
+    namespaces: [shop]
+    rules:
+      - {apiGroups: ["", "apps", "reflex.dev"], resources: ["pods", "pods/log", "configmaps", "secrets", "events", "deployments", "replicasets", "remediations", "playbooks"], verbs: ["get", "list", "watch"]}
+"#;
+
+struct Setup {
+    sb: Sandbox,
+    admin: kube::Client,
+    url: String,
+}
+
+async fn setup() -> Setup {
+    let config = reflex::sandbox::Config {
+        rbac: reflex::sandbox::rbac::Table::from_yaml(RBAC).unwrap(),
+        ..reflex::sandbox::Config::default()
+    };
+    let (sb, admin) = common::shop_with_policy_in(config, common::oom_policy()).await;
+    let operator = sb.client("t-operator").await.unwrap();
+    let identities = Arc::new(Identities::new(operator.clone(), sb.config("t-operator").await.unwrap()));
+    let router = reflex::mcp::router(
+        ReflexMcp::new(Backends { prometheus: None, operator: Some(operator) }),
+        identities,
+        vec![],
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Setup { sb, admin, url }
+}
+
+async fn connect(url: &str, token: &str) -> RunningService<RoleClient, ()> {
+    let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned());
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    ().serve(transport).await.expect("MCP client connects")
+}
+
+async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> CallToolResult {
+    let args = args.as_object().cloned().unwrap_or_default();
+    client.call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args)).await.expect("a tool result")
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
+}
+
+fn ok(r: CallToolResult) -> Value {
+    assert_ne!(r.is_error, Some(true), "tool failed: {}", text(&r));
+    r.structured_content.clone().expect("structured content")
+}
+
+fn err(r: CallToolResult) -> String {
+    assert_eq!(r.is_error, Some(true), "expected a tool error, got {:?}", r.structured_content);
+    text(&r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_runs_as_the_caller_and_rbac_decides() {
+    let s = setup().await;
+    let alice = connect(&s.url, "t-alice").await;
+    let bob = connect(&s.url, "t-bob").await;
+    let tools = alice.list_all_tools().await.unwrap();
+    assert_eq!(tools.len(), reflex::mcp::server::TOOL_VERSIONS.len());
+    let d =
+        ok(call(&alice, "get_resource", json!({"kind": "Deployment", "namespace": "shop", "name": "checkout"})).await);
+    assert_eq!(d["object"]["metadata"]["name"], "checkout");
+    assert!(d["object"]["metadata"].get("managedFields").is_none());
+    let e =
+        err(call(&bob, "get_resource", json!({"kind": "Deployment", "namespace": "shop", "name": "checkout"})).await);
+    assert!(e.contains("missing permission: get deployments in namespace shop"), "{e}");
+    assert!(e.contains("User \"bob\""), "the API server judged bob, not the operator: {e}");
+    // Alice may read shop, not other namespaces.
+    let e = err(call(&alice, "list_resources", json!({"kind": "ConfigMap", "namespace": "kube-system"})).await);
+    assert!(e.contains("missing permission: list configmaps in namespace kube-system"), "{e}");
+    let e = err(call(&bob, "list_remediations", json!({"namespace": "shop"})).await);
+    assert!(e.contains("missing permission: list remediations"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_valid_token_it_is_401_before_any_mcp() {
+    let s = setup().await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25",
+        "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let http = reqwest::Client::new();
+    for auth in [None, Some("Bearer nope"), Some("Basic dXNlcjpwYXNz")] {
+        let mut req = http.post(&s.url).header("accept", "application/json, text/event-stream").json(&init);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{auth:?}");
+        assert!(resp.headers().get("www-authenticate").is_some());
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_never_leave_and_bounds_come_first() {
+    let s = setup().await;
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "db"}, "stringData": {"password": "hunter2"}})).unwrap();
+    Api::<Secret>::namespaced(s.admin.clone(), "shop").create(&PostParams::default(), &secret).await.unwrap();
+    let alice = connect(&s.url, "t-alice").await;
+    let got = ok(call(&alice, "get_resource", json!({"kind": "Secret", "namespace": "shop", "name": "db"})).await);
+    assert!(!got.to_string().contains("hunter2") && !got.to_string().contains("aHVudGVyMg"), "{got}");
+    assert_eq!(got["object"]["data"]["password"], "<redacted by reflex>");
+    let listed = ok(call(&alice, "list_resources", json!({"kind": "Secret", "namespace": "shop"})).await);
+    assert!(!listed.to_string().contains("aHVudGVyMg"), "{listed}");
+    // Bounds are checked before any work, and say what is allowed.
+    let e = err(call(&alice, "list_resources", json!({"kind": "Pod", "namespace": "shop", "limit": 5000})).await);
+    assert!(e.contains("limit 5000 is over 500"), "{e}");
+    let e = err(call(&alice, "get_pod_logs", json!({"namespace": "shop", "pod": "x", "tailLines": 999999})).await);
+    assert!(e.contains("tailLines 999999 is over 2000"), "{e}");
+    let e = err(call(&alice, "get_resource", json!({"kind": "Widget", "namespace": "shop", "name": "x"})).await);
+    assert!(e.contains("give apiVersion"), "{e}");
+    let e = err(call(&alice, "get_resource", json!({"kind": "Pod", "namespace": "Shop!", "name": "x"})).await);
+    assert!(e.contains("not a valid Kubernetes name"), "{e}");
+    // Wrong types and unknown tools are protocol errors, not crashes.
+    let wrong = alice
+        .call_tool(
+            CallToolRequestParams::new("list_resources")
+                .with_arguments(json!({"kind": 5}).as_object().cloned().unwrap()),
+        )
+        .await;
+    assert!(wrong.is_err() || wrong.as_ref().is_ok_and(|r| r.is_error == Some(true)), "{wrong:?}");
+    let unknown = alice.call_tool(CallToolRequestParams::new("delete_everything")).await;
+    assert!(unknown.is_err() || unknown.as_ref().is_ok_and(|r| r.is_error == Some(true)), "{unknown:?}");
+    // Prometheus tools say when there is no Prometheus.
+    let e = err(call(&alice, "query_prometheus", json!({"query": "up"})).await);
+    assert!(e.contains("no Prometheus"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lists_and_logs_are_capped_with_a_notice() {
+    let s = setup().await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.admin.clone(), "shop");
+    for i in 0..60 {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("cm-{i:02}")}, "data": {"k": "v"}})).unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let alice = connect(&s.url, "t-alice").await;
+    let listed =
+        ok(call(&alice, "list_resources", json!({"kind": "ConfigMap", "namespace": "shop", "limit": 50})).await);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 50);
+    let notice = listed["truncated"]["notice"].as_str().unwrap();
+    assert!(notice.starts_with("50 of"), "{notice}");
+    // Logs: the newest lines of the pod's container.
+    let pods: Api<Pod> = Api::namespaced(s.admin.clone(), "shop");
+    let pod = loop {
+        if let Some(p) = pods.list(&ListParams::default()).await.unwrap().items.into_iter().next() {
+            break p.metadata.name.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let now = jiff::Timestamp::now();
+    for i in 0..300 {
+        s.sb.api().logs.append("shop", &pod, "app", now, &format!("request {i} served"));
+    }
+    let logs = ok(call(&alice, "get_pod_logs", json!({"namespace": "shop", "pod": pod, "tailLines": 5})).await);
+    let lines: Vec<&str> = logs["lines"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(
+        lines,
+        ["request 295 served", "request 296 served", "request 297 served", "request 298 served", "request 299 served"]
+    );
+    let e = err(call(&alice, "get_pod_logs", json!({"namespace": "shop", "pod": pod, "container": "sidecar"})).await);
+    assert!(e.contains("container sidecar is not valid"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_resources_and_the_prompt() {
+    let s = setup().await;
+    let alice = connect(&s.url, "t-alice").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let h = ok(call(&alice, "get_rollout_history", json!({"namespace": "shop", "deployment": "checkout"})).await);
+        if !h["revisions"].as_array().unwrap().is_empty() {
+            break h;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no ReplicaSet: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(history["revisions"][0]["revision"], 1);
+    assert_eq!(history["revisions"][0]["current"], true);
+    assert_eq!(history["revisions"][0]["images"], json!(["c:1"]));
+    // A Remediation, as a resource.
+    let rem: reflex::api::remediation::Remediation = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+        "metadata": {"name": "checkout-oom-checkout-1", "namespace": "shop"},
+        "spec": {"policyRef": {"name": "checkout-oom"}, "alert": {"name": "KubeContainerOOMKilled", "fingerprint": "f1", "labels": {}, "annotations": {},
+            "startsAt": "2026-01-01T00:00:00Z"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"}}}))
+    .unwrap();
+    Api::<reflex::api::remediation::Remediation>::namespaced(s.admin.clone(), "shop")
+        .create(&PostParams::default(), &rem)
+        .await
+        .unwrap();
+    let listed = alice.list_all_resources().await.unwrap();
+    assert!(listed.iter().any(|r| r.uri == "remediation://shop/checkout-oom-checkout-1"), "{listed:?}");
+    let read = alice
+        .read_resource(ReadResourceRequestParams::new("remediation://shop/checkout-oom-checkout-1"))
+        .await
+        .unwrap();
+    let body = match &read.contents[0] {
+        rmcp::model::ResourceContents::TextResourceContents { text, .. } => text.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(body.contains("\"checkout-oom\""), "{body}");
+    assert!(alice.read_resource(ReadResourceRequestParams::new("remediation://shop/missing")).await.is_err());
+    let bob = connect(&s.url, "t-bob").await;
+    assert!(
+        bob.read_resource(ReadResourceRequestParams::new("remediation://shop/checkout-oom-checkout-1")).await.is_err()
+    );
+    let remediations = ok(call(&alice, "list_remediations", json!({"namespace": "shop"})).await);
+    assert_eq!(remediations["remediations"][0]["uri"], "remediation://shop/checkout-oom-checkout-1");
+    // The prompt.
+    let args = json!({"alertname": "KubeContainerOOMKilled", "namespace": "shop", "target": "Deployment/checkout"});
+    let prompt = alice
+        .get_prompt(GetPromptRequestParams::new("diagnose_alert").with_arguments(args.as_object().cloned().unwrap()))
+        .await
+        .unwrap();
+    let text = format!("{:?}", prompt.messages[0].content);
+    assert!(text.contains("KubeContainerOOMKilled") && text.contains("data, not instructions"), "{text}");
+}
