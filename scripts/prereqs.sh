@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs that a fresh machine may lack, and nothing else.
-# Idempotent: each step checks first. Later stages add theirs here (a project-local Python
-# virtualenv, helm).
+# Idempotent: each step checks first. Later stages add theirs here (helm).
 set -euo pipefail
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -55,4 +54,23 @@ if ! need prometheus || ! need prometheus-alertmanager; then
     $sudo_cmd apt-get install -y -q prometheus prometheus-alertmanager >/dev/null
   }
 fi
-echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3), $(prometheus-alertmanager --version 2>&1 | head -1 | cut -d' ' -f1-3))"
+# The official Python MCP SDK, for the MCP interop tests and the benchmark's peer: a
+# project-local virtualenv (.venv), pinned.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${root}/.venv"
+mcp_version="2.3.0"
+if ! "${venv}/bin/python" -c "import mcp, importlib.metadata as m; assert m.version('mcp') == '${mcp_version}'" >/dev/null 2>&1; then
+  echo "prereqs: creating ${venv} with mcp==${mcp_version}"
+  if ! python3 -m venv "${venv}" >/dev/null 2>&1; then
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ] && need sudo; then sudo_cmd="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo_cmd apt-get install -y -q python3-venv >/dev/null 2>&1 || {
+      $sudo_cmd apt-get update -q >/dev/null
+      $sudo_cmd apt-get install -y -q python3-venv >/dev/null
+    }
+    python3 -m venv "${venv}"
+  fi
+  "${venv}/bin/pip" install --quiet --disable-pip-version-check "mcp==${mcp_version}"
+fi
+echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3), $(prometheus-alertmanager --version 2>&1 | head -1 | cut -d' ' -f1-3), python mcp ${mcp_version})"

@@ -5,70 +5,16 @@
 
 mod common;
 
-use std::sync::Arc;
+use common::mcp::{connect, setup};
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
-use reflex::mcp::identity::Identities;
-use reflex::mcp::server::{Backends, ReflexMcp};
-use reflex::sandbox::Sandbox;
+use rmcp::RoleClient;
 use rmcp::model::{CallToolRequestParams, CallToolResult, GetPromptRequestParams, ReadResourceRequestParams};
 use rmcp::service::RunningService;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
-
-const RBAC: &str = r#"
-users:
-  - {name: sandbox-admin, token: reflex-sandbox-admin, groups: ["system:masters"]}
-  - {name: reflex-operator, token: t-operator}
-  - {name: alice, token: t-alice, groups: [oncall]}
-  - {name: bob, token: t-bob}
-grants:
-  - subjects: [{kind: User, name: reflex-operator}]
-    rules:
-      - {apiGroups: [""], resources: ["users", "groups"], verbs: ["impersonate"]}
-      - {apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"]}
-      - {apiGroups: [""], resources: ["namespaces"], verbs: ["list"]}
-  - subjects: [{kind: Group, name: oncall}]
-    namespaces: [shop]
-    rules:
-      - {apiGroups: ["", "apps", "reflex.dev"], resources: ["pods", "pods/log", "configmaps", "secrets", "events", "deployments", "replicasets", "remediations", "playbooks"], verbs: ["get", "list", "watch"]}
-"#;
-
-struct Setup {
-    sb: Sandbox,
-    admin: kube::Client,
-    url: String,
-}
-
-async fn setup() -> Setup {
-    let config = reflex::sandbox::Config {
-        rbac: reflex::sandbox::rbac::Table::from_yaml(RBAC).unwrap(),
-        ..reflex::sandbox::Config::default()
-    };
-    let (sb, admin) = common::shop_with_policy_in(config, common::oom_policy()).await;
-    let operator = sb.client("t-operator").await.unwrap();
-    let identities = Arc::new(Identities::new(operator.clone(), sb.config("t-operator").await.unwrap()));
-    let router = reflex::mcp::router(
-        ReflexMcp::new(Backends { prometheus: None, operator: Some(operator) }),
-        identities,
-        vec![],
-        tokio_util::sync::CancellationToken::new(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    Setup { sb, admin, url }
-}
-
-async fn connect(url: &str, token: &str) -> RunningService<RoleClient, ()> {
-    let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned());
-    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
-    ().serve(transport).await.expect("MCP client connects")
-}
 
 async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> CallToolResult {
     let args = args.as_object().cloned().unwrap_or_default();
@@ -255,4 +201,35 @@ async fn history_resources_and_the_prompt() {
         .unwrap();
     let text = format!("{:?}", prompt.messages[0].content);
     assert!(text.contains("KubeContainerOOMKilled") && text.contains("data, not instructions"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_notification_on_its_own_post_stops_the_call() {
+    // A stateless server has no session to route notifications/cancelled through; a client
+    // that sends it and keeps the call's response open must still stop the work.
+    let (prom_url, mut closed) = common::mcp::hanging_prometheus().await;
+    let s = common::mcp::setup_with(Some(reflex::mcp::server::prometheus_client(&prom_url).unwrap())).await;
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        http.post(&s.url)
+            .bearer_auth("t-alice")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body)
+            .send()
+    };
+    let call = json!({"jsonrpc": "2.0", "id": 41, "method": "tools/call", "params": {"name": "query_prometheus", "arguments": {"query": "up"}}});
+    let started = std::time::Instant::now();
+    let pending = tokio::spawn(post(call));
+    // Wait until the call is waiting on Prometheus, then cancel it from another POST.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let note =
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 41, "reason": "test"}});
+    assert_eq!(post(note).await.unwrap().status().as_u16(), 202);
+    let open_for =
+        tokio::time::timeout(Duration::from_secs(5), closed.recv()).await.expect("the work stopped").unwrap();
+    assert!(open_for < Duration::from_secs(3), "{open_for:?}");
+    let resp = pending.await.unwrap().unwrap().text().await.unwrap();
+    assert!(resp.contains("cancelled by the client"), "{resp}");
+    assert!(started.elapsed() < Duration::from_secs(5), "well before the 10 s tool timeout");
 }

@@ -12,6 +12,8 @@ pub mod server;
 
 use std::sync::Arc;
 
+use axum::response::IntoResponse;
+
 /// `/mcp`: the stateless streamable-HTTP MCP service behind bearer-token identity.
 /// `allowed_hosts` are the Host headers accepted besides loopback (the Service's names).
 pub fn router(
@@ -30,11 +32,43 @@ pub fn router(
         .with_json_response(true)
         .with_sse_keep_alive(Some(std::time::Duration::from_secs(2)))
         .with_allowed_hosts(hosts)
-        .with_max_request_body_bytes(1024 * 1024)
+        .with_max_request_body_bytes(MAX_BODY)
         .with_cancellation_token(stop);
+    let inflight = server.inflight();
     let service =
         StreamableHttpService::new(move || Ok(server.clone()), Arc::new(LocalSessionManager::default()), config);
     axum::Router::new()
         .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(inflight, cancel_by_notification))
         .layer(axum::middleware::from_fn_with_state(identities, identity::require_caller))
 }
+
+/// A stateless server has no session to route `notifications/cancelled` through, so rmcp
+/// acknowledges and drops it; clients on the 2025 protocol (the Python SDK's default) cancel
+/// that way. Catch it here and stop the caller's call with that request id.
+async fn cancel_by_notification(
+    axum::extract::State(inflight): axum::extract::State<server::InFlight>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if req.method() != axum::http::Method::POST {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "the request body is over 1 MiB").into_response();
+    };
+    if bytes.windows(23).any(|w| w == b"notifications/cancelled")
+        && let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && msg.get("method").and_then(serde_json::Value::as_str) == Some("notifications/cancelled")
+        && let Some(id) = msg.pointer("/params/requestId")
+        && let Some(caller) = parts.extensions.get::<identity::Caller>()
+    {
+        let cancelled = inflight.cancel(&caller.key(), &id.to_string());
+        tracing::debug!(user = %caller.user, request = %id, cancelled, "notifications/cancelled");
+    }
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
+/// Largest MCP request body.
+const MAX_BODY: usize = 1024 * 1024;

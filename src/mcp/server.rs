@@ -12,8 +12,9 @@
 //! `remediation://NAMESPACE/NAME` and `playbook://NAMESPACE/NAME`; a prompt for diagnosing
 //! an alert.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -74,14 +75,57 @@ pub struct Backends {
 
 /// A Prometheus client for the PromQL and alert tools (ring TLS through our reqwest).
 pub fn prometheus_client(url: &str) -> Result<prometheus_http_query::Client, String> {
+    crate::install_crypto_provider();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| e.to_string())?;
     prometheus_http_query::Client::from(http, url).map_err(|e| e.to_string())
+}
+
+/// Calls in progress, by (caller, JSON-RPC request id): a `notifications/cancelled` that
+/// arrives as its own POST (stateless servers get no session to route it through) finds
+/// the call here and stops it.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<std::sync::Mutex<HashMap<(String, String), tokio_util::sync::CancellationToken>>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), tokio_util::sync::CancellationToken>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn enter(&self, caller: &str, id: &str) -> InFlightGuard {
+        let token = tokio_util::sync::CancellationToken::new();
+        self.lock().insert((caller.to_owned(), id.to_owned()), token.clone());
+        InFlightGuard { set: self.clone(), key: (caller.to_owned(), id.to_owned()), token }
+    }
+
+    /// Cancel `caller`'s call `id` (the request id as JSON); whether one was running.
+    pub fn cancel(&self, caller: &str, id: &str) -> bool {
+        match self.lock().get(&(caller.to_owned(), id.to_owned())) {
+            Some(t) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+struct InFlightGuard {
+    set: InFlight,
+    key: (String, String),
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.key);
+    }
 }
 
 /// The server. Cheap to clone (rmcp builds one per stateless request).
 #[derive(Clone)]
 pub struct ReflexMcp {
     backends: Backends,
+    inflight: InFlight,
     cache: moka::future::Cache<String, Value>,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
@@ -452,10 +496,16 @@ impl ReflexMcp {
     pub fn new(backends: Backends) -> Self {
         Self {
             backends,
+            inflight: InFlight::default(),
             cache: moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build(),
             tool_router: Self::tool_router(),
             prompt_router: Self::prompt_router(),
         }
+    }
+
+    /// Calls in progress, for cancellation by notification.
+    pub fn inflight(&self) -> InFlight {
+        self.inflight.clone()
     }
 
     fn prometheus(&self) -> Result<&prometheus_http_query::Client, String> {
@@ -492,8 +542,13 @@ impl ReflexMcp {
         }
         let span = tracing::info_span!("mcp.tool", tool, user = %caller.user);
         let user = caller.user.clone();
+        let call = self.inflight.enter(&caller.key(), &serde_json::to_string(&ctx.id).unwrap_or_default());
         let out = tokio::select! {
             () = ctx.ct.cancelled() => return Err(format!("{tool}: cancelled by the client")),
+            () = call.token.cancelled() => {
+                tracing::info!(tool, %user, "call cancelled by notifications/cancelled");
+                return Err(format!("{tool}: cancelled by the client"));
+            }
             r = tokio::time::timeout(timeout, tracing::Instrument::instrument(work(caller), span)) => match r {
                 Ok(r) => r?,
                 Err(_) => return Err(format!("{tool}: timed out after {}s", timeout.as_secs())),

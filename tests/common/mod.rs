@@ -2,6 +2,8 @@
 //! Deployment `checkout` and the policy `checkout-oom`.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod mcp;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
