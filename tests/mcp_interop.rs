@@ -82,3 +82,94 @@ async fn python_sdk_client_2025_protocol_against_reflex() {
 async fn python_sdk_client_2026_protocol_against_reflex() {
     run_python_client("2026-07-28").await;
 }
+
+/// The FastMCP peer, killed when dropped.
+struct PythonServer {
+    _child: tokio::process::Child,
+    url: String,
+}
+
+async fn python_server(drift: bool) -> PythonServer {
+    use tokio::io::AsyncBufReadExt;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_server.py");
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(script).arg("--port").arg("0").stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    if drift {
+        cmd.arg("--drift");
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the peer starts")
+        .unwrap()
+        .unwrap();
+    let port = ready.strip_prefix("READY ").expect("READY <port>").trim().to_owned();
+    PythonServer { _child: child, url: format!("http://127.0.0.1:{port}/mcp") }
+}
+
+fn spec(url: &str, pins: Vec<reflex::mcp::client::Pin>, timeout: Duration) -> reflex::mcp::client::ServerSpec {
+    reflex::mcp::client::ServerSpec { name: "python-peer".into(), url: url.into(), token: None, pins, timeout }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflex_client_against_a_fastmcp_server() {
+    use reflex::mcp::client::{CallContext, ClientError, McpClient, MemoryAudit, Pin};
+    let peer = python_server(false).await;
+    let audit = std::sync::Arc::new(MemoryAudit::default());
+    // Learn the hashes (what an operator would review and pin).
+    let probe = McpClient::connect(spec(&peer.url, vec![], Duration::from_secs(10)), audit.clone()).await.unwrap();
+    let offered = probe.offered().clone();
+    assert_eq!(offered.keys().collect::<Vec<_>>(), ["get_pod", "slow"]);
+    let pins: Vec<Pin> = offered.iter().map(|(t, h)| Pin { tool: t.clone(), hash: h.clone() }).collect();
+    let client =
+        McpClient::connect(spec(&peer.url, pins.clone(), Duration::from_secs(1)), audit.clone()).await.unwrap();
+    let ctx = CallContext { trace_id: Some("trace-1".into()), ..CallContext::default() };
+    let args = |v: Value| v.as_object().cloned().unwrap();
+    let pod = client.call("get_pod", args(json!({"namespace": "shop", "name": "web-1"})), &ctx).await.unwrap();
+    assert_eq!(pod, json!({"name": "web-1", "namespace": "shop", "phase": "Running"}));
+    let e = client.call("get_pod", args(json!({"namespace": "shop", "name": "missing"})), &ctx).await.unwrap_err();
+    assert!(matches!(&e, ClientError::Tool { message, .. } if message.contains("not found")), "{e}");
+    let e = client.call("get_pod", args(json!({"namespace": "shop"})), &ctx).await.unwrap_err();
+    assert!(matches!(e, ClientError::Tool { .. } | ClientError::Transport { .. }), "bad arguments are an error: {e}");
+    // A server that hangs mid-call: the per-call timeout, not retried (slow is not read-only).
+    let started = std::time::Instant::now();
+    let e = client.call("slow", args(json!({"seconds": 30})), &ctx).await.unwrap_err();
+    assert!(matches!(e, ClientError::Timeout { secs: 1, .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Cancelled by the Remediation: at once.
+    let cancel = CallContext::default();
+    let trigger = cancel.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        trigger.cancel();
+    });
+    let started = std::time::Instant::now();
+    let e = client.call("slow", args(json!({"seconds": 30})), &cancel).await.unwrap_err();
+    assert!(matches!(e, ClientError::Cancelled { .. }), "{e}");
+    assert!(started.elapsed() < Duration::from_millis(900));
+    // Audit: one record per call, with the result's digest when there is one.
+    let records = audit.0.lock().unwrap().clone();
+    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["ok", "tool_error", outcomes[2], "timeout", "cancelled"], "{records:?}");
+    assert!(records[0].result_digest.as_deref().unwrap().starts_with("sha256:"));
+    assert_eq!((records[0].trace_id.as_deref(), records[3].attempts), (Some("trace-1"), 1));
+    // A tool that is offered but not pinned cannot be called.
+    let narrow =
+        McpClient::connect(spec(&peer.url, pins[..1].to_vec(), Duration::from_secs(5)), audit.clone()).await.unwrap();
+    let e = narrow.call("slow", args(json!({"seconds": 0})), &ctx).await.unwrap_err();
+    assert!(matches!(e, ClientError::NotAllowed { .. }), "{e}");
+
+    // The same server, upgraded: get_pod's schema changed. The client refuses and says how.
+    let upgraded = python_server(true).await;
+    let refused = McpClient::connect(spec(&upgraded.url, pins.clone(), Duration::from_secs(10)), audit).await;
+    match refused {
+        Err(ClientError::Drift { tool, pinned, actual, .. }) => {
+            assert_eq!(tool, "get_pod");
+            assert_eq!(pinned, offered["get_pod"]);
+            assert_ne!(actual, pinned);
+        }
+        Err(other) => panic!("expected drift, got {other}"),
+        Ok(_) => panic!("expected drift, connected"),
+    }
+}

@@ -6,6 +6,7 @@
 //! pure edge (input bounds, output caps, redaction); [`manifest`] pins tool schemas.
 
 pub mod bounds;
+pub mod client;
 pub mod identity;
 pub mod manifest;
 pub mod server;
