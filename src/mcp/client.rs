@@ -363,7 +363,7 @@ mod tests {
         let good = Pin { tool: "get_pod".into(), hash: hash_of(&t) };
         assert_eq!(check_pins("peer", std::slice::from_ref(&t), std::slice::from_ref(&good)), Ok(()));
         let changed = tool("get_pod", json!({"type": "object", "properties": {"name": {"type": "integer"}}}), true);
-        match check_pins("peer", &[changed.clone()], &[good.clone()]) {
+        match check_pins("peer", std::slice::from_ref(&changed), std::slice::from_ref(&good)) {
             Err(ClientError::Drift { tool, pinned, actual, .. }) => {
                 assert_eq!(
                     (tool.as_str(), pinned.as_str(), actual),
