@@ -181,7 +181,25 @@ async fn main() -> anyhow::Result<()> {
                 reflex::verify::metrics::Prometheus::new(&prometheus_url, std::time::Duration::from_secs(10))
                     .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
             );
-            let stages = controller::stages::Stages::standard(client.clone(), metrics);
+            // The playbook executor reads through Reflex's own MCP server, as the operator.
+            let tools = match own_token(&config) {
+                Some(own) => {
+                    let host =
+                        if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
+                    let url = format!("http://{host}:{}/mcp", listen.port());
+                    let audit = std::sync::Arc::new(reflex::mcp::client::LogAudit);
+                    reflex::agent::tools::ToolSource::Mcp(std::sync::Arc::new(reflex::agent::tools::Loopback::new(
+                        url, own, audit,
+                    )))
+                }
+                None => {
+                    tracing::warn!(
+                        "the kubeconfig has no static token for the operator's identity (exec or client certificates); the playbook executor reads directly instead of through MCP"
+                    );
+                    reflex::agent::tools::ToolSource::Direct
+                }
+            };
+            let stages = controller::stages::Stages::standard_with(client.clone(), metrics, tools);
             let token = match (webhook_token_file, webhook_token_secret) {
                 (Some(path), _) => Some(
                     std::fs::read_to_string(&path)
@@ -219,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
                             .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
                     ),
                     operator: Some(client.clone()),
+                    metrics: None,
                 };
                 let identities = std::sync::Arc::new(reflex::mcp::identity::Identities::new(client.clone(), config));
                 let mcp = reflex::mcp::router(
@@ -320,6 +339,21 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The operator's own bearer token, for calling its own MCP server: the in-cluster
+/// ServiceAccount token, else a static token in the kubeconfig.
+fn own_token(config: &kube::Config) -> Option<String> {
+    use secrecy::ExposeSecret;
+    let file = config
+        .auth_info
+        .token_file
+        .clone()
+        .or_else(|| Some("/var/run/secrets/kubernetes.io/serviceaccount/token".to_owned()));
+    file.and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .or_else(|| config.auth_info.token.as_ref().map(|t| t.expose_secret().to_owned()))
 }
 
 async fn client(kubeconfig: Option<PathBuf>, context: Option<String>) -> anyhow::Result<(kube::Client, kube::Config)> {

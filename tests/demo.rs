@@ -34,6 +34,11 @@ async fn the_oom_scenario_raises_the_limit_and_verifies_the_fix() {
         Some(status.proposal.as_ref().unwrap().digest.as_str())
     );
     assert!(status.verification.as_ref().unwrap().samples.iter().any(|s| s.ok));
+    // Diagnose and propose each read through Reflex's MCP server: the playbook's two reads
+    // and the target itself.
+    let calls = &outcome.tool_calls;
+    assert_eq!(calls.iter().filter(|c| *c == "get_resource ok").count(), 4, "{calls:?}");
+    assert_eq!(calls.iter().filter(|c| *c == "query_prometheus ok").count(), 2, "{calls:?}");
     // One Event per transition: Pending → Diagnosing → Proposed → Testing → Deploying → Verifying → Succeeded.
     assert_eq!(outcome.events.len(), 6, "{:?}", outcome.events);
     assert_eq!(outcome.events.last().map(String::as_str), Some("Verified"), "{:?}", outcome.events);

@@ -121,7 +121,7 @@ async fn reflex_client_against_a_fastmcp_server() {
     let probe = McpClient::connect(spec(&peer.url, vec![], Duration::from_secs(10)), audit.clone()).await.unwrap();
     let offered = probe.offered().clone();
     assert_eq!(offered.keys().collect::<Vec<_>>(), ["get_pod", "slow"]);
-    let pins: Vec<Pin> = offered.iter().map(|(t, h)| Pin { tool: t.clone(), hash: h.clone() }).collect();
+    let pins: Vec<Pin> = offered.iter().map(|(t, h)| Pin { tool: t.clone(), hash: Some(h.clone()) }).collect();
     let client =
         McpClient::connect(spec(&peer.url, pins.clone(), Duration::from_secs(1)), audit.clone()).await.unwrap();
     let ctx = CallContext { trace_id: Some("trace-1".into()), ..CallContext::default() };

@@ -14,7 +14,7 @@ use kube::api::Api;
 use serde_json::Value;
 
 use super::playbook::{Rendered, Scope, render, substitute};
-use super::tools::{KubeTools, Tools, category};
+use super::tools::{KubeTools, McpTools, ToolSource, Tools, category};
 use super::{Diagnose, Propose};
 use crate::api::AnyJson;
 use crate::api::ErrorCategory;
@@ -29,6 +29,7 @@ use crate::verify::metrics::MetricsSource;
 pub struct PlaybookExecutor {
     client: kube::Client,
     metrics: Arc<dyn MetricsSource>,
+    tools: ToolSource,
 }
 
 fn invalid(message: impl Into<String>) -> StageError {
@@ -52,10 +53,16 @@ struct Run {
 
 impl PlaybookExecutor {
     pub fn new(client: kube::Client, metrics: Arc<dyn MetricsSource>) -> Self {
-        Self { client, metrics }
+        Self { client, metrics, tools: ToolSource::Direct }
     }
 
-    async fn prepare(&self, input: &StageInput) -> Result<(Run, KubeTools), StageError> {
+    /// Read through `tools` (Reflex's MCP server) instead of directly.
+    pub fn with_tools(mut self, tools: ToolSource) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    async fn prepare(&self, input: &StageInput) -> Result<(Run, Box<dyn Tools>), StageError> {
         let rem = &input.remediation;
         let namespace = rem.metadata.namespace.clone().ok_or_else(|| invalid("the remediation has no namespace"))?;
         let policy = input.policy.as_ref().ok_or_else(|| invalid("the policy is missing"))?;
@@ -83,14 +90,26 @@ impl PlaybookExecutor {
             labels: rem.spec.alert.labels.clone(),
             ..Scope::default()
         };
-        let tools = KubeTools { client: self.client.clone(), namespace, metrics: self.metrics.clone() };
+        let tools: Box<dyn Tools> = match &self.tools {
+            ToolSource::Direct => {
+                Box::new(KubeTools { client: self.client.clone(), namespace, metrics: self.metrics.clone() })
+            }
+            ToolSource::Mcp(loopback) => Box::new(McpTools {
+                loopback: loopback.clone(),
+                namespace,
+                ctx: crate::mcp::client::CallContext {
+                    cancel: input.cancel.clone(),
+                    trace_id: rem.status.as_ref().and_then(|s| s.trace_id.clone()),
+                },
+            }),
+        };
         Ok((Run { playbook_name, playbook, scope }, tools))
     }
 
     /// Prepare a run and do its reads.
     async fn read_all(&self, input: &StageInput) -> Result<Run, StageError> {
         let (mut run, tools) = self.prepare(input).await?;
-        self.read(&mut run, &tools).await?;
+        self.read(&mut run, tools.as_ref()).await?;
         Ok(run)
     }
 

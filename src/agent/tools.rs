@@ -3,8 +3,11 @@
 //! Contract: a [`Tools`] call takes a tool name and string arguments and returns JSON. The
 //! built-in implementation, [`KubeTools`], is scoped to one namespace (a remediation never
 //! reads outside its own) and offers `get_resource` (the workload kinds Reflex targets —
-//! never Secrets) and `query` (an instant PromQL value). Issue 6 puts the same tools behind
-//! MCP; the executor does not change.
+//! never Secrets) and `query` (an instant PromQL value). [`McpTools`] offers the same two
+//! through Reflex's own MCP server over loopback (`get_resource`, `query_prometheus`), via
+//! the MCP client — timed, cancellable and audited like every other tool call in the loop;
+//! the executor does not change. A failed or partial read is an error: no remediation
+//! proceeds on it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,6 +101,152 @@ impl Tools for KubeTools {
                     Err(Self::err(other, ErrorCategory::InvalidSpec, "no such tool (available: get_resource, query)"))
                 }
             }
+        })
+    }
+}
+
+/// Where the executor's tools come from.
+#[derive(Clone)]
+pub enum ToolSource {
+    /// Straight to the Kubernetes API and the metrics source (no MCP server running).
+    Direct,
+    /// Through Reflex's own MCP server, connected lazily and shared.
+    Mcp(Arc<Loopback>),
+}
+
+/// A lazily connected MCP client to Reflex's own server.
+pub struct Loopback {
+    spec: crate::mcp::client::ServerSpec,
+    audit: Arc<dyn crate::mcp::client::Audit>,
+    client: tokio::sync::Mutex<Option<Arc<crate::mcp::client::McpClient>>>,
+}
+
+/// The tools the executor uses, pinned at this build's schemas.
+pub const EXECUTOR_TOOLS: &[&str] = &["get_resource", "query_prometheus"];
+
+impl Loopback {
+    /// Reflex's MCP server at `url`, called with `token` (the operator's own).
+    pub fn new(url: String, token: String, audit: Arc<dyn crate::mcp::client::Audit>) -> Self {
+        let manifest = crate::mcp::manifest::compute();
+        let pins = EXECUTOR_TOOLS
+            .iter()
+            .map(|t| crate::mcp::client::Pin {
+                tool: (*t).to_owned(),
+                hash: manifest.iter().find(|e| e.name == *t).map(|e| e.hash.clone()),
+            })
+            .collect();
+        let spec = crate::mcp::client::ServerSpec {
+            name: "reflex".into(),
+            url,
+            token: Some(token),
+            pins,
+            timeout: std::time::Duration::from_secs(15),
+        };
+        Self { spec, audit, client: tokio::sync::Mutex::new(None) }
+    }
+
+    async fn client(&self) -> Result<Arc<crate::mcp::client::McpClient>, ToolError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = crate::mcp::client::McpClient::connect(self.spec.clone(), self.audit.clone()).await.map_err(|e| {
+            let category = if matches!(e, crate::mcp::client::ClientError::Drift { .. }) {
+                ErrorCategory::InvalidSpec
+            } else {
+                ErrorCategory::Transient
+            };
+            ToolError { tool: "mcp".into(), category, message: e.to_string() }
+        })?;
+        let c = Arc::new(c);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forget the connection (after a transport failure), so the next call reconnects.
+    async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+}
+
+/// The executor's tools over MCP, scoped to one namespace and one run.
+pub struct McpTools {
+    pub loopback: Arc<Loopback>,
+    pub namespace: String,
+    pub ctx: crate::mcp::client::CallContext,
+}
+
+impl McpTools {
+    async fn call_mcp(&self, tool: &str, args: serde_json::Map<String, Value>) -> Result<Value, ToolError> {
+        use crate::mcp::client::ClientError;
+        let client = self.loopback.client().await?;
+        client.call(tool, args, &self.ctx).await.map_err(|e| {
+            let category = match &e {
+                ClientError::Tool { message, .. } if message.contains("not found") => ErrorCategory::NotFound,
+                ClientError::Tool { message, .. } if message.contains("forbidden") => ErrorCategory::Forbidden,
+                ClientError::Tool { .. } | ClientError::NotAllowed { .. } | ClientError::Drift { .. } => {
+                    ErrorCategory::InvalidSpec
+                }
+                _ => ErrorCategory::Transient,
+            };
+            ToolError { tool: tool.to_owned(), category, message: e.to_string() }
+        })
+    }
+}
+
+impl Tools for McpTools {
+    fn call<'a>(
+        &'a self,
+        tool: &'a str,
+        args: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<Value, ToolError>> {
+        Box::pin(async move {
+            let need = |k: &str| {
+                args.get(k).cloned().ok_or_else(|| ToolError {
+                    tool: tool.to_owned(),
+                    category: ErrorCategory::InvalidSpec,
+                    message: format!("needs {k}"),
+                })
+            };
+            let r = match tool {
+                "get_resource" => {
+                    let mut a = serde_json::Map::new();
+                    a.insert("kind".into(), json!(need("kind")?));
+                    a.insert("name".into(), json!(need("name")?));
+                    a.insert("namespace".into(), json!(self.namespace));
+                    let out = self.call_mcp("get_resource", a).await;
+                    out.map(|v| v.get("object").cloned().unwrap_or(Value::Null))
+                }
+                "query" => {
+                    let q = need("query")?;
+                    let mut a = serde_json::Map::new();
+                    a.insert("query".into(), json!(q));
+                    let out = self.call_mcp("query_prometheus", a).await?;
+                    if out.get("truncated").is_some_and(|t| !t.is_null()) {
+                        return Err(ToolError {
+                            tool: tool.into(),
+                            category: ErrorCategory::InvalidSpec,
+                            message: format!("{q} returned more series than a read may use; aggregate it"),
+                        });
+                    }
+                    let values: Vec<f64> = out
+                        .get("series")
+                        .and_then(Value::as_array)
+                        .map(|s| s.iter().filter_map(|x| x.get("value").and_then(Value::as_f64)).collect())
+                        .unwrap_or_default();
+                    let value = (!values.is_empty()).then(|| values.iter().sum::<f64>());
+                    Ok(json!({"query": q, "value": value}))
+                }
+                other => Err(ToolError {
+                    tool: other.to_owned(),
+                    category: ErrorCategory::InvalidSpec,
+                    message: "no such tool (available: get_resource, query)".into(),
+                }),
+            };
+            if matches!(&r, Err(e) if e.category == ErrorCategory::Transient) {
+                self.loopback.reset().await;
+            }
+            r
         })
     }
 }

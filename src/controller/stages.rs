@@ -120,7 +120,17 @@ impl Stages {
     /// server-side dry-run, the trust gate, server-side apply deploy and rollback, and the
     /// verification sampler reading `metrics`.
     pub fn standard(client: kube::Client, metrics: Arc<dyn crate::verify::metrics::MetricsSource>) -> Self {
-        let executor = Arc::new(crate::agent::executor::PlaybookExecutor::new(client.clone(), metrics.clone()));
+        Self::standard_with(client, metrics, crate::agent::tools::ToolSource::Direct)
+    }
+
+    /// [`Stages::standard`], the playbook executor reading through `tools`.
+    pub fn standard_with(
+        client: kube::Client,
+        metrics: Arc<dyn crate::verify::metrics::MetricsSource>,
+        tools: crate::agent::tools::ToolSource,
+    ) -> Self {
+        let executor =
+            Arc::new(crate::agent::executor::PlaybookExecutor::new(client.clone(), metrics.clone()).with_tools(tools));
         let deploy = Arc::new(crate::deploy::apply::ServerSideApply { client: client.clone() });
         Self {
             diagnose: Some(executor.clone()),

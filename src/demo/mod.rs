@@ -43,6 +43,8 @@ pub struct Outcome {
     pub template_after: Value,
     /// Reasons of the Events recorded on the Remediation, oldest first.
     pub events: Vec<String>,
+    /// MCP tool calls the playbook executor made (each audited), by tool.
+    pub tool_calls: Vec<String>,
     pub elapsed: Duration,
     /// Still running when `keep` was asked for.
     pub sandbox: Option<Sandbox>,
@@ -124,9 +126,29 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
     let memory_before = memory_limit(&before, &workload.container);
     let before_json = serde_json::to_value(&before)?;
 
-    // The operator: the same controller, stages and intake as `reflex run`.
+    // The operator: the same controller, stages, intake and MCP server as `reflex run`; the
+    // playbook executor reads through MCP, as the operator's identity.
     let stop = CancellationToken::new();
-    let stages = Stages::standard(client.clone(), model.clone());
+    let mcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mcp_url = format!("http://{}/mcp", mcp_listener.local_addr()?);
+    let audit = Arc::new(crate::mcp::client::MemoryAudit::default());
+    let mcp_server = {
+        let backends = crate::mcp::server::Backends {
+            prometheus: None,
+            operator: Some(client.clone()),
+            metrics: Some(model.clone()),
+        };
+        let identities =
+            Arc::new(crate::mcp::identity::Identities::new(client.clone(), sandbox.config(ADMIN_TOKEN).await?));
+        let router = crate::mcp::router(crate::mcp::server::ReflexMcp::new(backends), identities, vec![], stop.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(mcp_listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
+        })
+    };
+    let loopback = crate::agent::tools::Loopback::new(mcp_url, ADMIN_TOKEN.to_owned(), audit.clone());
+    let tools = crate::agent::tools::ToolSource::Mcp(Arc::new(loopback));
+    let stages = Stages::standard_with(client.clone(), model.clone(), tools);
     let controller = {
         let (client, stop) = (client.clone(), stop.clone());
         tokio::spawn(async move {
@@ -275,11 +297,14 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
     stop.cancel();
     let _ = controller.await;
     let _ = intake.await;
+    let _ = mcp_server.await;
+    let tool_calls: Vec<String> =
+        audit.0.lock().map(|r| r.iter().map(|c| format!("{} {}", c.tool, c.outcome)).collect()).unwrap_or_default();
     let phase = shown.phase;
     let expected = scenario.expect.phase;
     writeln!(
         out,
-        "result: {phase:?} ({}) in {:.1}s; {} memory limit {memory_before} → {memory_after}; {} Events on the Remediation",
+        "result: {phase:?} ({}) in {:.1}s; {} memory limit {memory_before} → {memory_after}; {} Events on the Remediation; {} MCP tool calls (audited)",
         if phase == expected {
             "as the scenario expects".to_owned()
         } else {
@@ -287,7 +312,8 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
         },
         elapsed.as_secs_f64(),
         workload.deployment,
-        event_reasons.len()
+        event_reasons.len(),
+        tool_calls.len()
     )?;
     let sandbox = if keep { Some(sandbox) } else { None };
     Ok(Outcome {
@@ -299,6 +325,7 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
         template_before,
         template_after,
         events: event_reasons,
+        tool_calls,
         elapsed,
         sandbox,
     })

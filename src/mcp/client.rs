@@ -29,11 +29,12 @@ use tokio_util::sync::CancellationToken;
 use super::manifest::schema_hash;
 use super::server::canonical;
 
-/// A tool the caller may use, with the schema hash it was reviewed at.
+/// A tool the caller may use, with the schema hash it was reviewed at (`None`: allowed
+/// without a pin — the policy chose not to pin it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pin {
     pub tool: String,
-    pub hash: String,
+    pub hash: Option<String>,
 }
 
 /// Where a server is and how to talk to it.
@@ -84,12 +85,13 @@ pub fn check_pins(server: &str, listed: &[Tool], pins: &[Pin]) -> Result<(), Cli
         let Some(tool) = listed.iter().find(|t| t.name == pin.tool) else {
             return Err(ClientError::Missing { server: server.into(), tool: pin.tool.clone() });
         };
+        let Some(pinned) = &pin.hash else { continue };
         let actual = hash_of(tool);
-        if actual != pin.hash {
+        if actual != *pinned {
             return Err(ClientError::Drift {
                 server: server.into(),
                 tool: pin.tool.clone(),
-                pinned: pin.hash.clone(),
+                pinned: pinned.clone(),
                 actual,
             });
         }
@@ -156,6 +158,22 @@ pub fn backoff(attempt: u32, seed: u64) -> Duration {
 /// Retries a call may have: only read-only tools are retried.
 pub fn retries_for(tool: &Tool) -> u32 {
     if tool.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true) { 2 } else { 0 }
+}
+
+/// The client spec of an external server a policy names; `token` is read from its Secret
+/// by the caller.
+pub fn spec_from_policy(
+    server: &crate::api::policy::McpServerSpec,
+    timeout: Duration,
+    token: Option<String>,
+) -> ServerSpec {
+    ServerSpec {
+        name: server.name.clone(),
+        url: server.url.clone(),
+        token,
+        pins: server.tools.iter().map(|t| Pin { tool: t.name.clone(), hash: t.schema_hash.clone() }).collect(),
+        timeout,
+    }
 }
 
 /// What was called and what came back, for the audit log.
@@ -360,20 +378,19 @@ mod tests {
     #[test]
     fn drift_names_the_tool_and_both_hashes() {
         let t = tool("get_pod", json!({"type": "object", "properties": {"name": {"type": "string"}}}), true);
-        let good = Pin { tool: "get_pod".into(), hash: hash_of(&t) };
+        let good = Pin { tool: "get_pod".into(), hash: Some(hash_of(&t)) };
         assert_eq!(check_pins("peer", std::slice::from_ref(&t), std::slice::from_ref(&good)), Ok(()));
         let changed = tool("get_pod", json!({"type": "object", "properties": {"name": {"type": "integer"}}}), true);
         match check_pins("peer", std::slice::from_ref(&changed), std::slice::from_ref(&good)) {
             Err(ClientError::Drift { tool, pinned, actual, .. }) => {
-                assert_eq!(
-                    (tool.as_str(), pinned.as_str(), actual),
-                    ("get_pod", good.hash.as_str(), hash_of(&changed))
-                );
+                assert_eq!((tool.as_str(), Some(pinned), actual), ("get_pod", good.hash.clone(), hash_of(&changed)));
             }
             other => panic!("{other:?}"),
         }
         let missing = check_pins("peer", &[], &[good]).unwrap_err();
         assert!(missing.to_string().contains("pinned tool get_pod is not offered"));
+        let unpinned = Pin { tool: "get_pod".into(), hash: None };
+        assert_eq!(check_pins("peer", &[changed], &[unpinned]), Ok(()), "allowed without a pin");
     }
 
     #[test]

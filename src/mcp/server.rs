@@ -71,6 +71,9 @@ pub struct Backends {
     /// The operator's own client: used only to enumerate namespaces when a caller cannot
     /// list cluster-wide (every read of their contents is still as the caller).
     pub operator: Option<kube::Client>,
+    /// Instant values for `query_prometheus` when there is no Prometheus (the demo's
+    /// model); one unlabelled series.
+    pub metrics: Option<Arc<dyn crate::verify::metrics::MetricsSource>>,
 }
 
 /// A Prometheus client for the PromQL and alert tools (ring TLS through our reqwest).
@@ -815,6 +818,17 @@ impl ReflexMcp {
     ) -> Result<Json<InstantOutput>, String> {
         bounds::query(&p.query)?;
         let at = p.time.as_deref().map(|t| time_of(t, "time")).transpose()?;
+        if self.backends.prometheus.is_none()
+            && let Some(metrics) = self.backends.metrics.clone()
+        {
+            return self
+                .run(&ctx, "query_prometheus", args(&p), TOOL_TIMEOUT, |_caller| async move {
+                    let v = metrics.instant(&p.query).await.map_err(|e| format!("metrics: {e:?}"))?;
+                    let series = v.map(|value| SeriesValue { labels: BTreeMap::new(), value }).into_iter().collect();
+                    Ok(InstantOutput { series, truncated: None })
+                })
+                .await;
+        }
         let prom = self.prometheus()?.clone();
         self.run(&ctx, "query_prometheus", args(&p), TOOL_TIMEOUT, |_caller| async move {
             let mut q = prom.query(&p.query).timeout(TOOL_TIMEOUT.as_millis() as i64);
