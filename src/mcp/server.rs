@@ -129,7 +129,8 @@ impl Drop for InFlightGuard {
 pub struct ReflexMcp {
     backends: Backends,
     inflight: InFlight,
-    cache: moka::future::Cache<String, Value>,
+    /// `None`: caching off.
+    cache: Option<moka::future::Cache<String, Value>>,
     tool_router: ToolRouter<Self>,
     prompt_router: PromptRouter<Self>,
 }
@@ -500,10 +501,17 @@ impl ReflexMcp {
         Self {
             backends,
             inflight: InFlight::default(),
-            cache: moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build(),
+            cache: Some(moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build()),
             tool_router: Self::tool_router(),
             prompt_router: Self::prompt_router(),
         }
+    }
+
+    /// Cache results for `ttl` instead of [`CACHE_TTL`] (zero: no caching).
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache =
+            (!ttl.is_zero()).then(|| moka::future::Cache::builder().max_capacity(10_000).time_to_live(ttl).build());
+        self
     }
 
     /// Calls in progress, for cancellation by notification.
@@ -531,7 +539,8 @@ impl ReflexMcp {
     {
         let caller = caller_of(ctx)?;
         let key = format!("{}\u{1f}{tool}\u{1f}{}", caller.key(), canonical(&args));
-        if let Some(hit) = self.cache.get(&key).await
+        if let Some(cache) = &self.cache
+            && let Some(hit) = cache.get(&key).await
             && let Ok(out) = serde_json::from_value(hit)
         {
             return Ok(Json(out));
@@ -570,7 +579,9 @@ impl ReflexMcp {
             let _ = ctx.peer.notify_progress(note).await;
         }
         tracing::debug!(tool, %user, bytes = size, "mcp tool served");
-        self.cache.insert(key, value).await;
+        if let Some(cache) = &self.cache {
+            cache.insert(key, value).await;
+        }
         Ok(Json(out))
     }
 }

@@ -146,6 +146,11 @@ impl Sandbox {
         self.api.store.compact();
     }
 
+    /// The CA certificate (PEM) the sandbox's serving certificate chains to.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     /// A kubeconfig (YAML) for this sandbox authenticating with `token`.
     pub fn kubeconfig(&self, token: &str) -> String {
         format!(

@@ -1,15 +1,17 @@
 """An MCP server written with the official Python SDK's FastMCP (now `MCPServer`), for
 Reflex's MCP client interop tests and the MCP benchmark's peer.
 
-Usage: python mcp_server.py [--port N] [--drift]
+Usage: python mcp_server.py [--port N] [--drift] [--kube-url U --kube-token T --kube-ca F]
 Serves stateless streamable HTTP with JSON responses on 127.0.0.1:N/mcp (0 = any free port)
 and prints "READY <port>" once listening. --drift changes get_pod's input schema, as an
-upgraded server would.
+upgraded server would. With --kube-*, it also serves get_resource — the same context tool
+as Reflex's, reading the same Kubernetes API — for the MCP benchmark.
 """
 import argparse
 import socket
 
 import anyio
+import httpx2
 import uvicorn
 from pydantic import BaseModel
 
@@ -24,7 +26,15 @@ class Pod(BaseModel):
     phase: str
 
 
-def build(drift: bool) -> MCPServer:
+class ObjectOutput(BaseModel):
+    object: dict
+
+
+PATHS = {"Deployment": "apis/apps/v1", "ConfigMap": "api/v1", "Pod": "api/v1", "Service": "api/v1"}
+PLURALS = {"Deployment": "deployments", "ConfigMap": "configmaps", "Pod": "pods", "Service": "services"}
+
+
+def build(drift: bool, kube=None) -> MCPServer:
     server = MCPServer("python-peer", version="1.0.0", log_level="WARNING")
     read_only = ToolAnnotations(readOnlyHint=True)
 
@@ -41,6 +51,22 @@ def build(drift: bool) -> MCPServer:
                 raise ToolError(f"pod {namespace}/{name} not found")
             return Pod(name=name, namespace=namespace, phase="Running")
 
+    if kube:
+        http = httpx2.AsyncClient(verify=kube["ca"], headers={"Authorization": f"Bearer {kube['token']}"},
+                                  limits=httpx2.Limits(max_connections=256, max_keepalive_connections=256))
+
+        @server.tool(annotations=read_only)
+        async def get_resource(kind: str, namespace: str, name: str) -> ObjectOutput:
+            """Get one Kubernetes object (managedFields removed)."""
+            if kind not in PATHS:
+                raise ToolError(f"unknown kind {kind}")
+            r = await http.get(f"{kube['url']}/{PATHS[kind]}/namespaces/{namespace}/{PLURALS[kind]}/{name}")
+            if r.status_code != 200:
+                raise ToolError(f"{r.status_code}: {r.text}")
+            obj = r.json()
+            obj.get("metadata", {}).pop("managedFields", None)
+            return ObjectOutput(object=obj)
+
     @server.tool()
     async def slow(seconds: float = 30.0) -> str:
         """Sleep (for timeout and cancellation tests)."""
@@ -54,12 +80,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--drift", action="store_true")
+    ap.add_argument("--kube-url")
+    ap.add_argument("--kube-token")
+    ap.add_argument("--kube-ca")
     args = ap.parse_args()
+    kube = {"url": args.kube_url, "token": args.kube_token, "ca": args.kube_ca} if args.kube_url else None
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
     sock.listen(1024)
-    app = build(args.drift).streamable_http_app(
+    app = build(args.drift, kube).streamable_http_app(
         streamable_http_path="/mcp", stateless_http=True, json_response=True, host="127.0.0.1"
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
