@@ -233,3 +233,82 @@ async fn a_cancel_notification_on_its_own_post_stops_the_call() {
     assert!(resp.contains("cancelled by the client"), "{resp}");
     assert!(started.elapsed() < Duration::from_secs(5), "well before the 10 s tool timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_cached_per_identity_briefly_and_progress_is_reported_when_asked() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Patch, PatchParams};
+    let s = setup().await;
+    let alice = connect(&s.url, "t-alice").await;
+    let bob = connect(&s.url, "t-bob").await;
+    let get = json!({"kind": "Deployment", "namespace": "shop", "name": "checkout"});
+    let rv = |v: &Value| v["object"]["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+    let first = rv(&ok(call(&alice, "get_resource", get.clone()).await));
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}}));
+    Api::<Deployment>::namespaced(s.admin.clone(), "shop")
+        .patch("checkout", &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+    // Within the TTL alice gets the cached read; bob, asking the same, is not served it.
+    assert_eq!(rv(&ok(call(&alice, "get_resource", get.clone()).await)), first, "served from the cache");
+    assert!(err(call(&bob, "get_resource", get.clone()).await).contains("forbidden"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if rv(&ok(call(&alice, "get_resource", get.clone()).await)) != first {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the cache never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A caller that sends a progress token gets progress notifications (the response turns
+    // into an event stream).
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "list_resources",
+        "arguments": {"kind": "Pod", "namespace": "shop"}, "_meta": {"progressToken": "p-7"}}});
+    let body = reqwest::Client::new()
+        .post(&s.url)
+        .bearer_auth("t-alice")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&call)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("notifications/progress") && body.contains("\"p-7\""), "{body}");
+    assert!(body.contains("\"id\":7"), "and then the result: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_huge_requests_get_clear_errors() {
+    let s = setup().await;
+    let http = reqwest::Client::new();
+    let send = |body: String| {
+        http.post(&s.url)
+            .bearer_auth("t-alice")
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body)
+            .send()
+    };
+    // Not JSON at all.
+    let resp = send("{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": ".into()).await.unwrap();
+    let code = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    assert!((400..500).contains(&code) && (text.contains("deserialize") || text.contains("-32700")), "{code} {text}");
+    // Arguments far over the body limit: 413 before any parsing.
+    let huge = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_resource",
+        "arguments": {"kind": "Pod", "namespace": "shop", "name": "x".repeat(2 * 1024 * 1024)}}});
+    assert_eq!(send(huge.to_string()).await.unwrap().status().as_u16(), 413);
+    // A long but under-limit argument is refused by the tool's bounds, with the reason.
+    let long = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "get_resource",
+        "arguments": {"kind": "Pod", "namespace": "shop", "name": "x".repeat(10_000)}}});
+    let text = send(long.to_string()).await.unwrap().text().await.unwrap();
+    assert!(text.contains("\"isError\":true") && text.contains("not a valid Kubernetes name"), "{text}");
+    // Unknown method: a JSON-RPC error, not a crash.
+    let unknown = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/destroy", "params": {}});
+    let text = send(unknown.to_string()).await.unwrap().text().await.unwrap();
+    assert!(text.contains("\"error\""), "{text}");
+}

@@ -173,3 +173,44 @@ async fn reflex_client_against_a_fastmcp_server() {
         Ok(_) => panic!("expected drift, connected"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policys_external_servers_connect_with_their_secrets_and_pins() {
+    use reflex::mcp::client::{ClientError, MemoryAudit, connect_policy_servers};
+    let peer = python_server(false).await;
+    let (sb, admin) = common::shop_with_policy(common::oom_policy()).await;
+    let _sb = sb;
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(json!({"metadata": {"name": "peer-token"}, "stringData": {"token": "s3cret"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), "shop")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let audit = std::sync::Arc::new(MemoryAudit::default());
+    let server = |hash: Option<&str>, secret: &str| {
+        let mut tool = json!({"name": "get_pod"});
+        if let Some(h) = hash {
+            tool["schemaHash"] = json!(h);
+        }
+        let spec: reflex::api::policy::McpServerSpec = serde_json::from_value(json!({"name": "peer", "url": peer.url,
+            "tools": [tool], "authSecretRef": {"name": secret, "key": "token"}}))
+        .unwrap();
+        (spec, Duration::from_secs(10))
+    };
+    // Unpinned: allowed; the token comes from the Secret.
+    let clients = connect_policy_servers(&admin, "shop", &[server(None, "peer-token")], audit.clone()).await.unwrap();
+    let hash = clients[0].offered()["get_pod"].clone();
+    // Pinned at the right hash: connects; at a stale one: refused, naming both.
+    assert!(connect_policy_servers(&admin, "shop", &[server(Some(&hash), "peer-token")], audit.clone()).await.is_ok());
+    let stale = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    match connect_policy_servers(&admin, "shop", &[server(Some(stale), "peer-token")], audit.clone()).await {
+        Err(ClientError::Drift { tool, pinned, actual, .. }) => {
+            assert_eq!((tool.as_str(), pinned.as_str(), actual), ("get_pod", stale, hash))
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("connected despite drift"),
+    }
+    // A missing Secret says which.
+    let e = connect_policy_servers(&admin, "shop", &[server(None, "nope")], audit).await.err().unwrap();
+    assert!(e.to_string().contains("auth Secret shop/nope key token"), "{e}");
+}

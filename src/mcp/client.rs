@@ -176,6 +176,37 @@ pub fn spec_from_policy(
     }
 }
 
+/// Connect to every external MCP server a policy's agent names, reading each one's bearer
+/// token from its Secret in the policy's `namespace` (as the operator). The first server
+/// that cannot be reached or whose pins drifted stops it: no run proceeds on a partial
+/// tool set.
+pub async fn connect_policy_servers(
+    client: &kube::Client,
+    namespace: &str,
+    servers: &[(crate::api::policy::McpServerSpec, Duration)],
+    audit: Arc<dyn Audit>,
+) -> Result<Vec<McpClient>, ClientError> {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let mut out = Vec::with_capacity(servers.len());
+    for (server, timeout) in servers {
+        let token = match &server.auth_secret_ref {
+            None => None,
+            Some(r) => {
+                let fail = |m: String| ClientError::Connect {
+                    server: server.name.clone(),
+                    message: format!("auth Secret {namespace}/{} key {}: {m}", r.name, r.key),
+                };
+                let secret = secrets.get(&r.name).await.map_err(|e| fail(e.to_string()))?;
+                let bytes =
+                    secret.data.and_then(|d| d.get(&r.key).cloned()).ok_or_else(|| fail("no such key".into()))?;
+                Some(String::from_utf8(bytes.0).map_err(|_| fail("not UTF-8".into()))?.trim().to_owned())
+            }
+        };
+        out.push(McpClient::connect(spec_from_policy(server, *timeout, token), audit.clone()).await?);
+    }
+    Ok(out)
+}
+
 /// What was called and what came back, for the audit log.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

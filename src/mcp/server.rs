@@ -124,15 +124,20 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// The server. Cheap to clone (rmcp builds one per stateless request).
+/// The server. Cheap to clone (rmcp builds one per stateless request): everything is
+/// behind one `Arc`.
 #[derive(Clone)]
 pub struct ReflexMcp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     backends: Backends,
     inflight: InFlight,
     /// `None`: caching off.
     cache: Option<moka::future::Cache<String, Value>>,
-    tool_router: ToolRouter<Self>,
-    prompt_router: PromptRouter<Self>,
+    tool_router: ToolRouter<ReflexMcp>,
+    prompt_router: PromptRouter<ReflexMcp>,
 }
 
 // ---- inputs and outputs -------------------------------------------------------------
@@ -498,29 +503,38 @@ fn labels(m: &std::collections::HashMap<String, String>) -> BTreeMap<String, Str
 
 impl ReflexMcp {
     pub fn new(backends: Backends) -> Self {
-        Self {
-            backends,
-            inflight: InFlight::default(),
-            cache: Some(moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build()),
-            tool_router: Self::tool_router(),
-            prompt_router: Self::prompt_router(),
-        }
+        Self::build(backends, CACHE_TTL)
     }
 
     /// Cache results for `ttl` instead of [`CACHE_TTL`] (zero: no caching).
-    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
-        self.cache =
+    pub fn with_cache_ttl(self, ttl: Duration) -> Self {
+        Self::build(self.inner.backends.clone(), ttl)
+    }
+
+    fn build(backends: Backends, ttl: Duration) -> Self {
+        let cache =
             (!ttl.is_zero()).then(|| moka::future::Cache::builder().max_capacity(10_000).time_to_live(ttl).build());
-        self
+        let inner = Inner {
+            backends,
+            inflight: InFlight::default(),
+            cache,
+            tool_router: Self::tool_router(),
+            prompt_router: Self::prompt_router(),
+        };
+        Self { inner: Arc::new(inner) }
     }
 
     /// Calls in progress, for cancellation by notification.
     pub fn inflight(&self) -> InFlight {
-        self.inflight.clone()
+        self.inner.inflight.clone()
     }
 
     fn prometheus(&self) -> Result<&prometheus_http_query::Client, String> {
-        self.backends.prometheus.as_ref().ok_or_else(|| "no Prometheus is configured (--prometheus-url)".to_owned())
+        self.inner
+            .backends
+            .prometheus
+            .as_ref()
+            .ok_or_else(|| "no Prometheus is configured (--prometheus-url)".to_owned())
     }
 
     /// Run a context tool: as the caller, cached, timed out, cancellable, with progress.
@@ -539,7 +553,7 @@ impl ReflexMcp {
     {
         let caller = caller_of(ctx)?;
         let key = format!("{}\u{1f}{tool}\u{1f}{}", caller.key(), canonical(&args));
-        if let Some(cache) = &self.cache
+        if let Some(cache) = &self.inner.cache
             && let Some(hit) = cache.get(&key).await
             && let Ok(out) = serde_json::from_value(hit)
         {
@@ -554,7 +568,7 @@ impl ReflexMcp {
         }
         let span = tracing::info_span!("mcp.tool", tool, user = %caller.user);
         let user = caller.user.clone();
-        let call = self.inflight.enter(&caller.key(), &serde_json::to_string(&ctx.id).unwrap_or_default());
+        let call = self.inner.inflight.enter(&caller.key(), &serde_json::to_string(&ctx.id).unwrap_or_default());
         let out = tokio::select! {
             () = ctx.ct.cancelled() => return Err(format!("{tool}: cancelled by the client")),
             () = call.token.cancelled() => {
@@ -579,7 +593,7 @@ impl ReflexMcp {
             let _ = ctx.peer.notify_progress(note).await;
         }
         tracing::debug!(tool, %user, bytes = size, "mcp tool served");
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = &self.inner.cache {
             cache.insert(key, value).await;
         }
         Ok(Json(out))
@@ -829,8 +843,8 @@ impl ReflexMcp {
     ) -> Result<Json<InstantOutput>, String> {
         bounds::query(&p.query)?;
         let at = p.time.as_deref().map(|t| time_of(t, "time")).transpose()?;
-        if self.backends.prometheus.is_none()
-            && let Some(metrics) = self.backends.metrics.clone()
+        if self.inner.backends.prometheus.is_none()
+            && let Some(metrics) = self.inner.backends.metrics.clone()
         {
             return self
                 .run(&ctx, "query_prometheus", args(&p), TOOL_TIMEOUT, |_caller| async move {
@@ -1101,8 +1115,8 @@ fn parse_uri(uri: &str) -> Option<(&'static str, &str, &str)> {
     (bounds::name("namespace", ns).is_ok() && bounds::name("name", name).is_ok()).then_some((kind, ns, name))
 }
 
-#[tool_handler(router = self.tool_router)]
-#[prompt_handler(router = self.prompt_router)]
+#[tool_handler(router = self.inner.tool_router)]
+#[prompt_handler(router = self.inner.prompt_router)]
 impl ServerHandler for ReflexMcp {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_prompts().enable_resources().build())
@@ -1120,14 +1134,14 @@ impl ServerHandler for ReflexMcp {
     ) -> Result<ListResourcesResult, ErrorData> {
         let caller = caller_of(&ctx).map_err(|e| ErrorData::invalid_request(e, None))?;
         let mut out = Vec::new();
-        for r in visible::<Remediation>(&caller, self.backends.operator.as_ref()).await {
+        for r in visible::<Remediation>(&caller, self.inner.backends.operator.as_ref()).await {
             let (ns, name) = (r.metadata.namespace.unwrap_or_default(), r.metadata.name.unwrap_or_default());
             out.push(
                 Resource::new(format!("remediation://{ns}/{name}"), format!("Remediation {ns}/{name}"))
                     .with_mime_type("application/json"),
             );
         }
-        for p in visible::<Playbook>(&caller, self.backends.operator.as_ref()).await {
+        for p in visible::<Playbook>(&caller, self.inner.backends.operator.as_ref()).await {
             let (ns, name) = (p.metadata.namespace.unwrap_or_default(), p.metadata.name.unwrap_or_default());
             out.push(
                 Resource::new(format!("playbook://{ns}/{name}"), format!("Playbook {ns}/{name}"))

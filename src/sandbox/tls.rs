@@ -79,6 +79,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // As Go's net/http (kube-apiserver) does: no Nagle delay on small writes.
+                let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
