@@ -58,6 +58,25 @@ async fn every_read_runs_as_the_caller_and_rbac_decides() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_for_callers_rbac_allows_to_query_them() {
+    // Prometheus has no per-user authorization: the PromQL tools ask RBAC first.
+    let (prom_url, _closed) = common::mcp::hanging_prometheus().await;
+    let s = common::mcp::setup_with(Some(reflex::mcp::server::prometheus_client(&prom_url).unwrap())).await;
+    let bob = connect(&s.url, "t-bob").await;
+    for (tool, args) in [
+        ("query_prometheus", json!({"query": "up"})),
+        ("list_firing_alerts", json!({})),
+        (
+            "query_prometheus_range",
+            json!({"query": "up", "start": "2026-01-01T00:00:00Z", "end": "2026-01-01T01:00:00Z", "stepSeconds": 60}),
+        ),
+    ] {
+        let e = err(call(&bob, tool, args).await);
+        assert!(e.contains("missing permission: get prometheus.reflex.dev"), "{tool}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_valid_token_it_is_401_before_any_mcp() {
     let s = setup().await;
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25",
@@ -88,6 +107,7 @@ async fn secret_values_never_leave_and_bounds_come_first() {
     assert_eq!(got["object"]["data"]["password"], "<redacted by reflex>");
     let listed = ok(call(&alice, "list_resources", json!({"kind": "Secret", "namespace": "shop"})).await);
     assert!(!listed.to_string().contains("aHVudGVyMg"), "{listed}");
+    assert_eq!(listed["items"][0]["data"]["password"], "<redacted by reflex>");
     // Bounds are checked before any work, and say what is allowed.
     let e = err(call(&alice, "list_resources", json!({"kind": "Pod", "namespace": "shop", "limit": 5000})).await);
     assert!(e.contains("limit 5000 is over 500"), "{e}");

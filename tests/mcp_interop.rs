@@ -180,12 +180,14 @@ async fn a_policys_external_servers_connect_with_their_secrets_and_pins() {
     let peer = python_server(false).await;
     let (sb, admin) = common::shop_with_policy(common::oom_policy()).await;
     let _sb = sb;
-    let secret: k8s_openapi::api::core::v1::Secret =
-        serde_json::from_value(json!({"metadata": {"name": "peer-token"}, "stringData": {"token": "s3cret"}})).unwrap();
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), "shop")
-        .create(&PostParams::default(), &secret)
-        .await
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), "shop");
+    for (name, labels) in [("peer-token", json!({"reflex.dev/mcp-credentials": "true"})), ("db-password", json!({}))] {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": labels}, "stringData": {"token": "s3cret"}}),
+        )
         .unwrap();
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+    }
     let audit = std::sync::Arc::new(MemoryAudit::default());
     let server = |hash: Option<&str>, secret: &str| {
         let mut tool = json!({"name": "get_pod"});
@@ -210,7 +212,9 @@ async fn a_policys_external_servers_connect_with_their_secrets_and_pins() {
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("connected despite drift"),
     }
-    // A missing Secret says which.
-    let e = connect_policy_servers(&admin, "shop", &[server(None, "nope")], audit).await.err().unwrap();
+    // A missing Secret says which; a Secret not labelled for MCP is never sent anywhere.
+    let e = connect_policy_servers(&admin, "shop", &[server(None, "nope")], audit.clone()).await.err().unwrap();
     assert!(e.to_string().contains("auth Secret shop/nope key token"), "{e}");
+    let e = connect_policy_servers(&admin, "shop", &[server(None, "db-password")], audit).await.err().unwrap();
+    assert!(e.to_string().contains("not labelled reflex.dev/mcp-credentials=true"), "{e}");
 }

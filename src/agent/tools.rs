@@ -180,17 +180,40 @@ impl McpTools {
     async fn call_mcp(&self, tool: &str, args: serde_json::Map<String, Value>) -> Result<Value, ToolError> {
         use crate::mcp::client::ClientError;
         let client = self.loopback.client().await?;
-        client.call(tool, args, &self.ctx).await.map_err(|e| {
+        let result = client.call(tool, args, &self.ctx).await;
+        if matches!(&result, Err(ClientError::Connect { .. } | ClientError::Transport { .. })) {
+            // The connection itself failed: the next call reconnects. (Timeouts, tool errors
+            // and cancellations keep it, and its breaker.)
+            self.loopback.reset().await;
+        }
+        result.map_err(|e| {
             let category = match &e {
-                ClientError::Tool { message, .. } if message.contains("not found") => ErrorCategory::NotFound,
-                ClientError::Tool { message, .. } if message.contains("forbidden") => ErrorCategory::Forbidden,
-                ClientError::Tool { .. } | ClientError::NotAllowed { .. } | ClientError::Drift { .. } => {
+                ClientError::Tool { message, .. } => tool_error_category(message),
+                ClientError::NotAllowed { .. } | ClientError::Drift { .. } | ClientError::Missing { .. } => {
                     ErrorCategory::InvalidSpec
                 }
                 _ => ErrorCategory::Transient,
             };
             ToolError { tool: tool.to_owned(), category, message: e.to_string() }
         })
+    }
+}
+
+/// The category of an error Reflex's own MCP server reported (see `mcp::server::api_error`).
+fn tool_error_category(message: &str) -> ErrorCategory {
+    if message.starts_with("forbidden:") {
+        ErrorCategory::Forbidden
+    } else if message.starts_with("not found:") {
+        ErrorCategory::NotFound
+    } else if message.contains("timed out")
+        || message.contains("cancelled by the client")
+        || message.starts_with("Prometheus:")
+        || message.starts_with("metrics:")
+        || message.starts_with("cannot check access")
+    {
+        ErrorCategory::Transient
+    } else {
+        ErrorCategory::InvalidSpec
     }
 }
 
@@ -208,14 +231,28 @@ impl Tools for McpTools {
                     message: format!("needs {k}"),
                 })
             };
-            let r = match tool {
+            match tool {
                 "get_resource" => {
+                    // The kinds Reflex targets, in the Remediation's namespace — as KubeTools.
+                    let kind_name = need("kind")?;
+                    let kind: TargetKind = serde_json::from_value(json!(kind_name)).map_err(|_| ToolError {
+                        tool: tool.into(),
+                        category: ErrorCategory::InvalidSpec,
+                        message: format!("cannot read kind {kind_name:?}: it reads Deployment, StatefulSet, DaemonSet, ConfigMap and HorizontalPodAutoscaler"),
+                    })?;
                     let mut a = serde_json::Map::new();
-                    a.insert("kind".into(), json!(need("kind")?));
+                    a.insert("kind".into(), json!(kind.as_str()));
                     a.insert("name".into(), json!(need("name")?));
                     a.insert("namespace".into(), json!(self.namespace));
-                    let out = self.call_mcp("get_resource", a).await;
-                    out.map(|v| v.get("object").cloned().unwrap_or(Value::Null))
+                    let out = self.call_mcp("get_resource", a).await?;
+                    match out.get("object") {
+                        Some(o) if o.is_object() => Ok(o.clone()),
+                        _ => Err(ToolError {
+                            tool: tool.into(),
+                            category: ErrorCategory::Transient,
+                            message: "the result carried no object".into(),
+                        }),
+                    }
                 }
                 "query" => {
                     let q = need("query")?;
@@ -229,11 +266,23 @@ impl Tools for McpTools {
                             message: format!("{q} returned more series than a read may use; aggregate it"),
                         });
                     }
-                    let values: Vec<f64> = out
-                        .get("series")
-                        .and_then(Value::as_array)
-                        .map(|s| s.iter().filter_map(|x| x.get("value").and_then(Value::as_f64)).collect())
-                        .unwrap_or_default();
+                    let Some(series) = out.get("series").and_then(Value::as_array) else {
+                        return Err(ToolError {
+                            tool: tool.into(),
+                            category: ErrorCategory::Transient,
+                            message: "the result carried no series".into(),
+                        });
+                    };
+                    // NaN and ±Inf arrive as null: refuse them rather than sum what is left.
+                    let values: Option<Vec<f64>> =
+                        series.iter().map(|x| x.get("value").and_then(Value::as_f64)).collect();
+                    let Some(values) = values else {
+                        return Err(ToolError {
+                            tool: tool.into(),
+                            category: ErrorCategory::InvalidSpec,
+                            message: format!("{q} returned a value that is not a number (NaN or infinite)"),
+                        });
+                    };
                     let value = (!values.is_empty()).then(|| values.iter().sum::<f64>());
                     Ok(json!({"query": q, "value": value}))
                 }
@@ -242,11 +291,24 @@ impl Tools for McpTools {
                     category: ErrorCategory::InvalidSpec,
                     message: "no such tool (available: get_resource, query)".into(),
                 }),
-            };
-            if matches!(&r, Err(e) if e.category == ErrorCategory::Transient) {
-                self.loopback.reset().await;
             }
-            r
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_keep_their_category() {
+        assert_eq!(
+            tool_error_category("forbidden: pods is forbidden; missing permission: get pods"),
+            ErrorCategory::Forbidden
+        );
+        assert_eq!(tool_error_category("not found: deployments \"x\" not found"), ErrorCategory::NotFound);
+        assert_eq!(tool_error_category("get_resource: timed out after 10s"), ErrorCategory::Transient);
+        assert_eq!(tool_error_category("Prometheus: 404 page not found"), ErrorCategory::Transient);
+        assert_eq!(tool_error_category("limit 5000 is over 500"), ErrorCategory::InvalidSpec);
     }
 }

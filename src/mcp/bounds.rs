@@ -46,9 +46,11 @@ pub struct Truncation {
 
 const REDACTED: &str = "<redacted by reflex>";
 
-/// Replace every value of a Secret (and its last-applied copy) with a marker.
-pub fn redact(object: &mut Value) {
-    if object.get("kind").and_then(Value::as_str) != Some("Secret") {
+/// Replace every value of a Secret (and its last-applied copy) with a marker. `secret`
+/// says the object was read as a Secret (list items carry no `kind` on a real API server);
+/// an object whose own `kind` says Secret is redacted either way.
+pub fn redact(object: &mut Value, secret: bool) {
+    if !secret && object.get("kind").and_then(Value::as_str) != Some("Secret") {
         return;
     }
     for field in ["data", "stringData"] {
@@ -66,12 +68,22 @@ pub fn redact(object: &mut Value) {
 }
 
 /// Strip what no reader needs (managedFields) and redact Secrets.
-pub fn clean(mut object: Value) -> Value {
+pub fn clean(object: Value) -> Value {
+    clean_as(object, false)
+}
+
+/// [`clean`], for an object read as a Secret (`secret`) whatever its body says.
+pub fn clean_as(mut object: Value, secret: bool) -> Value {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
     }
-    redact(&mut object);
+    redact(&mut object, secret);
     object
+}
+
+/// Whether an API resource is Secrets.
+pub fn is_secret(ar: &kube::api::ApiResource) -> bool {
+    ar.group.is_empty() && ar.plural == "secrets"
 }
 
 /// `limit`, defaulted and bounded.
@@ -193,6 +205,9 @@ mod tests {
         assert!(!out.contains("managedFields"));
         let cm = clean(json!({"kind": "ConfigMap", "data": {"pool": "10"}}));
         assert_eq!(cm["data"]["pool"], "10", "only Secrets are redacted");
+        // A list item from a real API server has no kind: redacted because it was read as one.
+        let item = clean_as(json!({"metadata": {"name": "db"}, "data": {"password": "aHVudGVyMg=="}}), true);
+        assert_eq!(item["data"]["password"], REDACTED);
     }
 
     #[test]

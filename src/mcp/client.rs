@@ -81,6 +81,10 @@ impl ClientError {
 
 /// Check the listed tools against the pins: every pinned tool offered at its pinned hash.
 pub fn check_pins(server: &str, listed: &[Tool], pins: &[Pin]) -> Result<(), ClientError> {
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(dup) = listed.iter().find(|t| !names.insert(t.name.as_ref())) {
+        return Err(ClientError::Connect { server: server.into(), message: format!("lists tool {} twice", dup.name) });
+    }
     for pin in pins {
         let Some(tool) = listed.iter().find(|t| t.name == pin.tool) else {
             return Err(ClientError::Missing { server: server.into(), tool: pin.tool.clone() });
@@ -99,11 +103,13 @@ pub fn check_pins(server: &str, listed: &[Tool], pins: &[Pin]) -> Result<(), Cli
     Ok(())
 }
 
-/// A listed tool's schema hash.
+/// A listed tool's schema hash (input, output and the annotations that change how it is
+/// called, such as `readOnlyHint`, which decides retries).
 pub fn hash_of(tool: &Tool) -> String {
     let input = Value::Object((*tool.input_schema).clone());
     let output = tool.output_schema.as_ref().map(|o| Value::Object((**o).clone()));
-    schema_hash(&input, output.as_ref())
+    let annotations = tool.annotations.as_ref().and_then(|a| serde_json::to_value(a).ok());
+    schema_hash(&input, output.as_ref(), annotations.as_ref())
 }
 
 /// A circuit breaker: `threshold` consecutive failures open it for `cool_off`; then one
@@ -176,6 +182,9 @@ pub fn spec_from_policy(
     }
 }
 
+/// The label a Secret needs before the operator sends its value to an MCP server.
+pub const CREDENTIALS_LABEL: &str = "reflex.dev/mcp-credentials";
+
 /// Connect to every external MCP server a policy's agent names, reading each one's bearer
 /// token from its Secret in the policy's `namespace` (as the operator). The first server
 /// that cannot be reached or whose pins drifted stops it: no run proceeds on a partial
@@ -197,6 +206,13 @@ pub async fn connect_policy_servers(
                     message: format!("auth Secret {namespace}/{} key {}: {m}", r.name, r.key),
                 };
                 let secret = secrets.get(&r.name).await.map_err(|e| fail(e.to_string()))?;
+                // The operator reads it on the policy author's behalf: only Secrets labelled
+                // for it, so a policy cannot send any Secret to a URL of its choosing.
+                let labelled =
+                    secret.metadata.labels.as_ref().and_then(|l| l.get(CREDENTIALS_LABEL)).is_some_and(|v| v == "true");
+                if !labelled {
+                    return Err(fail(format!("the Secret is not labelled {CREDENTIALS_LABEL}=true")));
+                }
                 let bytes =
                     secret.data.and_then(|d| d.get(&r.key).cloned()).ok_or_else(|| fail("no such key".into()))?;
                 Some(String::from_utf8(bytes.0).map_err(|_| fail("not UTF-8".into()))?.trim().to_owned())
@@ -355,8 +371,11 @@ impl McpClient {
                 break Err(ClientError::CircuitOpen { server: server.clone(), retry_in_secs: wait.as_secs().max(1) });
             }
             let r = tracing::Instrument::instrument(self.once(tool, &args, ctx), span.clone()).await;
-            let healthy = !matches!(&r, Err(e) if e.transient());
-            self.breaker().record(healthy, Instant::now());
+            // A cancelled call says nothing about the server's health.
+            if !matches!(&r, Err(ClientError::Cancelled { .. })) {
+                let healthy = !matches!(&r, Err(e) if e.transient());
+                self.breaker().record(healthy, Instant::now());
+            }
             match r {
                 Err(e) if e.transient() && attempts <= retries => {
                     let seed = uuid::Uuid::new_v4().as_u128() as u64;

@@ -23,11 +23,24 @@ pub const REVIEW_TTL: Duration = Duration::from_secs(60);
 /// How long an impersonated client is kept after its last use.
 pub const CLIENT_TTL: Duration = Duration::from_secs(600);
 
+/// A collision-free key for (user, groups): names may contain any separator.
+fn identity_key(
+    user: &str,
+    groups: &[String],
+    uid: Option<&str>,
+    extra: &std::collections::BTreeMap<String, Vec<String>>,
+) -> String {
+    let doc = serde_json::json!([user, groups, uid, extra]).to_string();
+    Sha256::digest(doc.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// An authenticated caller.
 #[derive(Clone)]
 pub struct Caller {
     pub user: String,
     pub groups: Vec<String>,
+    /// A collision-free key of everything impersonated (user, groups, uid, extra).
+    key: String,
     /// Reads as the caller (impersonation).
     pub client: kube::Client,
 }
@@ -41,7 +54,7 @@ impl std::fmt::Debug for Caller {
 impl Caller {
     /// A stable key for per-identity caches.
     pub fn key(&self) -> String {
-        format!("{}|{}", self.user, self.groups.join(","))
+        self.key.clone()
     }
 }
 
@@ -55,11 +68,21 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+/// What a TokenReview said about a token: all of it is impersonated, so a scoped token
+/// (its `extra`) stays scoped.
+#[derive(Clone, Debug)]
+struct Reviewed {
+    user: String,
+    groups: Vec<String>,
+    uid: Option<String>,
+    extra: std::collections::BTreeMap<String, Vec<String>>,
+}
+
 /// Token reviews and impersonated clients, cached.
 pub struct Identities {
     operator: kube::Client,
     config: kube::Config,
-    reviews: moka::future::Cache<String, (String, Vec<String>)>,
+    reviews: moka::future::Cache<String, Reviewed>,
     clients: moka::future::Cache<String, kube::Client>,
 }
 
@@ -75,7 +98,7 @@ impl Identities {
         }
     }
 
-    async fn review(&self, token: &str) -> Result<(String, Vec<String>), AuthError> {
+    async fn review(&self, token: &str) -> Result<Reviewed, AuthError> {
         let review = TokenReview {
             spec: TokenReviewSpec { token: token.to_owned(), ..TokenReviewSpec::default() },
             ..TokenReview::default()
@@ -90,7 +113,12 @@ impl Identities {
         }
         let user = status.user.unwrap_or_default();
         match user.username {
-            Some(name) if !name.is_empty() => Ok((name, user.groups.unwrap_or_default())),
+            Some(name) if !name.is_empty() => Ok(Reviewed {
+                user: name,
+                groups: user.groups.unwrap_or_default(),
+                uid: user.uid.filter(|u| !u.is_empty()),
+                extra: user.extra.unwrap_or_default().into_iter().collect(),
+            }),
             _ => Err(AuthError::Rejected("the review named no user".into())),
         }
     }
@@ -101,7 +129,7 @@ impl Identities {
             return Err(AuthError::Missing);
         }
         let digest: String = Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-        let (user, groups) = match self.reviews.get(&digest).await {
+        let reviewed = match self.reviews.get(&digest).await {
             Some(hit) => hit,
             None => {
                 let reviewed = self.review(token).await?;
@@ -109,24 +137,30 @@ impl Identities {
                 reviewed
             }
         };
-        let key = format!("{user}|{}", groups.join(","));
+        let Reviewed { user, groups, uid, extra } = reviewed;
+        let key = identity_key(&user, &groups, uid.as_deref(), &extra);
         let client = match self.clients.get(&key).await {
             Some(c) => c,
             None => {
                 let mut config = self.config.clone();
                 config.auth_info.impersonate = Some(user.clone());
                 config.auth_info.impersonate_groups = (!groups.is_empty()).then(|| groups.clone());
+                config.auth_info.impersonate_uid = uid.clone();
+                config.auth_info.impersonate_user_extra =
+                    (!extra.is_empty()).then(|| extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
                 let client = kube::Client::try_from(config).map_err(|e| AuthError::Unavailable(e.to_string()))?;
-                self.clients.insert(key, client.clone()).await;
+                self.clients.insert(key.clone(), client.clone()).await;
                 client
             }
         };
-        Ok(Caller { user, groups, client })
+        Ok(Caller { user, groups, key, client })
     }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn unauthorized(e: &AuthError) -> Response {

@@ -2,7 +2,7 @@
 //! schemas, so a schema change can never ship silently.
 //!
 //! Contract: [`schema_hash`] is the one definition of a tool's schema hash — `sha256:` of the
-//! canonical JSON (keys sorted at every depth) of `{"input": .., "output": ..}` — used by
+//! canonical JSON (keys sorted at every depth) of `{"input", "output", "annotations"}` — used by
 //! the manifest and by the MCP client's pins alike. [`check`] compares the manifest computed
 //! from the code with the committed `mcp-manifest.json` and names every difference: a new or
 //! removed tool, a schema changed without a version bump, a bump without regenerating.
@@ -21,9 +21,9 @@ pub struct Entry {
     pub hash: String,
 }
 
-/// The hash of a tool's input and output schemas.
-pub fn schema_hash(input: &Value, output: Option<&Value>) -> String {
-    let doc = json!({"input": input, "output": output});
+/// The hash of a tool's input and output schemas and its annotations.
+pub fn schema_hash(input: &Value, output: Option<&Value>, annotations: Option<&Value>) -> String {
+    let doc = json!({"input": input, "output": output, "annotations": annotations});
     let digest = Sha256::digest(canonical(&doc).as_bytes());
     format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
@@ -33,10 +33,8 @@ pub fn compute() -> Vec<Entry> {
     let mut out: Vec<Entry> = tools()
         .into_iter()
         .map(|t| {
-            let input = Value::Object((*t.input_schema).clone());
-            let output = t.output_schema.as_ref().map(|o| Value::Object((**o).clone()));
             let version = TOOL_VERSIONS.iter().find(|(n, _)| *n == t.name).map_or(0, |(_, v)| *v);
-            Entry { name: t.name.to_string(), version, hash: schema_hash(&input, output.as_ref()) }
+            Entry { name: t.name.to_string(), version, hash: super::client::hash_of(&t) }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -112,9 +110,14 @@ mod tests {
 
     #[test]
     fn the_hash_ignores_key_order() {
-        let a = schema_hash(&json!({"type": "object", "properties": {"a": {}, "b": {}}}), None);
-        let b = schema_hash(&json!({"properties": {"b": {}, "a": {}}, "type": "object"}), None);
+        let a = schema_hash(&json!({"type": "object", "properties": {"a": {}, "b": {}}}), None, None);
+        let b = schema_hash(&json!({"properties": {"b": {}, "a": {}}, "type": "object"}), None, None);
         assert_eq!(a, b);
-        assert_ne!(a, schema_hash(&json!({"type": "object"}), None));
+        assert_ne!(a, schema_hash(&json!({"type": "object"}), None, None));
+        let read_only = json!({"readOnlyHint": true});
+        assert_ne!(
+            a,
+            schema_hash(&json!({"type": "object", "properties": {"a": {}, "b": {}}}), None, Some(&read_only))
+        );
     }
 }

@@ -45,6 +45,8 @@ use crate::api::remediation::Remediation;
 
 /// How long a context tool's result is reused for the same identity and arguments.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
+/// Most bytes the read-through cache holds.
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Default per-tool timeout.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -134,8 +136,8 @@ pub struct ReflexMcp {
 struct Inner {
     backends: Backends,
     inflight: InFlight,
-    /// `None`: caching off.
-    cache: Option<moka::future::Cache<String, Value>>,
+    /// Serialized results; `None`: caching off. Bounded in bytes.
+    cache: Option<moka::future::Cache<String, Arc<str>>>,
     tool_router: ToolRouter<ReflexMcp>,
     prompt_router: PromptRouter<ReflexMcp>,
 }
@@ -512,8 +514,13 @@ impl ReflexMcp {
     }
 
     fn build(backends: Backends, ttl: Duration) -> Self {
-        let cache =
-            (!ttl.is_zero()).then(|| moka::future::Cache::builder().max_capacity(10_000).time_to_live(ttl).build());
+        let cache = (!ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .weigher(|k: &String, v: &Arc<str>| u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX))
+                .max_capacity(CACHE_BYTES)
+                .time_to_live(ttl)
+                .build()
+        });
         let inner = Inner {
             backends,
             inflight: InFlight::default(),
@@ -527,6 +534,38 @@ impl ReflexMcp {
     /// Calls in progress, for cancellation by notification.
     pub fn inflight(&self) -> InFlight {
         self.inner.inflight.clone()
+    }
+
+    /// Prometheus has no per-user authorization; the PromQL and alert tools are for callers
+    /// RBAC allows `get` on the virtual resource `prometheus` in group `reflex.dev`.
+    async fn may_query_metrics(caller: &Caller) -> Result<(), String> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        };
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("reflex.dev".into()),
+                    resource: Some("prometheus".into()),
+                    verb: Some("get".into()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let reviewed = Api::<SelfSubjectAccessReview>::all(caller.client.clone())
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| format!("cannot check access to metrics: {e}"))?;
+        if reviewed.status.is_some_and(|s| s.allowed) {
+            Ok(())
+        } else {
+            Err(format!(
+                "forbidden: User {:?} may not query metrics; missing permission: get prometheus.reflex.dev (cluster-wide)",
+                caller.user
+            ))
+        }
     }
 
     fn prometheus(&self) -> Result<&prometheus_http_query::Client, String> {
@@ -555,7 +594,7 @@ impl ReflexMcp {
         let key = format!("{}\u{1f}{tool}\u{1f}{}", caller.key(), canonical(&args));
         if let Some(cache) = &self.inner.cache
             && let Some(hit) = cache.get(&key).await
-            && let Ok(out) = serde_json::from_value(hit)
+            && let Ok(out) = serde_json::from_str(&hit)
         {
             return Ok(Json(out));
         }
@@ -580,8 +619,8 @@ impl ReflexMcp {
                 Err(_) => return Err(format!("{tool}: timed out after {}s", timeout.as_secs())),
             },
         };
-        let value = serde_json::to_value(&out).map_err(|e| e.to_string())?;
-        let size = value.to_string().len();
+        let text = serde_json::to_string(&out).map_err(|e| e.to_string())?;
+        let size = text.len();
         if size > bounds::MAX_OUTPUT_BYTES {
             return Err(format!(
                 "{tool}: the result is {size} bytes, over the {} byte cap; narrow the request (limit, selector, window)",
@@ -594,7 +633,7 @@ impl ReflexMcp {
         }
         tracing::debug!(tool, %user, bytes = size, "mcp tool served");
         if let Some(cache) = &self.inner.cache {
-            cache.insert(key, value).await;
+            cache.insert(key, Arc::from(text)).await;
         }
         Ok(Json(out))
     }
@@ -650,7 +689,7 @@ impl ReflexMcp {
             };
             let obj = api.get(&p.name).await.map_err(|e| api_error("get", &ar.plural, p.namespace.as_deref(), &e))?;
             let v = serde_json::to_value(obj).map_err(|e| e.to_string())?;
-            Ok(ObjectOutput { object: bounds::clean(v) })
+            Ok(ObjectOutput { object: bounds::clean_as(v, bounds::is_secret(&ar)) })
         })
         .await
     }
@@ -669,6 +708,7 @@ impl ReflexMcp {
         if let Some(ns) = &p.namespace {
             bounds::name("namespace", ns)?;
         }
+        let secret = bounds::is_secret(&ar);
         self.run(&ctx, "list_resources", args(&p), TOOL_TIMEOUT, |caller| async move {
             let api: Api<DynamicObject> = match (&p.namespace, namespaced) {
                 (Some(ns), true) => Api::namespaced_with(caller.client, ns, &ar),
@@ -684,8 +724,12 @@ impl ReflexMcp {
             let list = api.list(&lp).await.map_err(|e| api_error("list", &ar.plural, p.namespace.as_deref(), &e))?;
             let more = list.metadata.remaining_item_count.map(|n| n.max(0) as u64);
             let more = more.or_else(|| list.metadata.continue_.as_ref().filter(|c| !c.is_empty()).map(|_| 1));
-            let items: Vec<Value> =
-                list.items.into_iter().filter_map(|o| serde_json::to_value(o).ok()).map(bounds::clean).collect();
+            let items: Vec<Value> = list
+                .items
+                .into_iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .map(|v| bounds::clean_as(v, secret))
+                .collect();
             let (items, cut) = bounds::cap(items, limit as usize, more, "narrow the selector or raise limit");
             let (items, truncated) = fit(items, cut, "narrow the selector");
             Ok(ListOutput { items, truncated })
@@ -847,7 +891,8 @@ impl ReflexMcp {
             && let Some(metrics) = self.inner.backends.metrics.clone()
         {
             return self
-                .run(&ctx, "query_prometheus", args(&p), TOOL_TIMEOUT, |_caller| async move {
+                .run(&ctx, "query_prometheus", args(&p), TOOL_TIMEOUT, |caller| async move {
+                    Self::may_query_metrics(&caller).await?;
                     let v = metrics.instant(&p.query).await.map_err(|e| format!("metrics: {e:?}"))?;
                     let series = v.map(|value| SeriesValue { labels: BTreeMap::new(), value }).into_iter().collect();
                     Ok(InstantOutput { series, truncated: None })
@@ -855,7 +900,8 @@ impl ReflexMcp {
                 .await;
         }
         let prom = self.prometheus()?.clone();
-        self.run(&ctx, "query_prometheus", args(&p), TOOL_TIMEOUT, |_caller| async move {
+        self.run(&ctx, "query_prometheus", args(&p), TOOL_TIMEOUT, |caller| async move {
+            Self::may_query_metrics(&caller).await?;
             let mut q = prom.query(&p.query).timeout(TOOL_TIMEOUT.as_millis() as i64);
             if let Some(at) = at {
                 q = q.at(at.as_second());
@@ -897,7 +943,8 @@ impl ReflexMcp {
         }
         bounds::range(start, end, Duration::from_secs_f64(p.step_seconds.min(1e9)))?;
         let prom = self.prometheus()?.clone();
-        self.run(&ctx, "query_prometheus_range", args(&p), Duration::from_secs(20), |_caller| async move {
+        self.run(&ctx, "query_prometheus_range", args(&p), Duration::from_secs(20), |caller| async move {
+            Self::may_query_metrics(&caller).await?;
             let res = prom
                 .query_range(&p.query, start.as_second(), end.as_second(), p.step_seconds)
                 .timeout(20_000)
@@ -934,7 +981,8 @@ impl ReflexMcp {
             bounds::name("namespace", ns)?;
         }
         let prom = self.prometheus()?.clone();
-        self.run(&ctx, "list_firing_alerts", args(&p), TOOL_TIMEOUT, |_caller| async move {
+        self.run(&ctx, "list_firing_alerts", args(&p), TOOL_TIMEOUT, |caller| async move {
+            Self::may_query_metrics(&caller).await?;
             let alerts = prom.alerts().await.map_err(|e| format!("Prometheus: {e}"))?;
             let alerts: Vec<FiringAlert> = alerts
                 .iter()

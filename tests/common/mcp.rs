@@ -29,6 +29,9 @@ grants:
       - {apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"]}
       - {apiGroups: [""], resources: ["namespaces"], verbs: ["list"]}
   - subjects: [{kind: Group, name: oncall}]
+    rules:
+      - {apiGroups: ["reflex.dev"], resources: ["prometheus"], verbs: ["get"]}
+  - subjects: [{kind: Group, name: oncall}]
     namespaces: [shop]
     rules:
       - {apiGroups: ["", "apps", "reflex.dev"], resources: ["pods", "pods/log", "configmaps", "secrets", "events", "deployments", "replicasets", "remediations", "playbooks"], verbs: ["get", "list", "watch"]}
