@@ -183,14 +183,13 @@ async fn main() -> anyhow::Result<()> {
             );
             // The playbook executor reads through Reflex's own MCP server, as the operator.
             let tools = match own_token(&config) {
-                Some(own) => {
+                Some((own, token_file)) => {
                     let host =
                         if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
                     let url = format!("http://{host}:{}/mcp", listen.port());
                     let audit = std::sync::Arc::new(reflex::mcp::client::LogAudit);
-                    reflex::agent::tools::ToolSource::Mcp(std::sync::Arc::new(reflex::agent::tools::Loopback::new(
-                        url, own, audit,
-                    )))
+                    let loopback = reflex::agent::tools::Loopback::new(url, own, audit).with_token_file(token_file);
+                    reflex::agent::tools::ToolSource::Mcp(std::sync::Arc::new(loopback))
                 }
                 None => {
                     tracing::warn!(
@@ -341,19 +340,21 @@ async fn shutdown_signal() {
     }
 }
 
-/// The operator's own bearer token, for calling its own MCP server: the in-cluster
-/// ServiceAccount token, else a static token in the kubeconfig.
-fn own_token(config: &kube::Config) -> Option<String> {
+/// The operator's own bearer token, for calling its own MCP server, and the file it comes
+/// from (re-read on reconnect, as ServiceAccount tokens rotate): the kubeconfig's token
+/// file or the in-cluster ServiceAccount token, else a static token in the kubeconfig.
+fn own_token(config: &kube::Config) -> Option<(String, Option<PathBuf>)> {
     use secrecy::ExposeSecret;
     let file = config
         .auth_info
         .token_file
         .clone()
-        .or_else(|| Some("/var/run/secrets/kubernetes.io/serviceaccount/token".to_owned()));
-    file.and_then(|f| std::fs::read_to_string(f).ok())
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .or_else(|| config.auth_info.token.as_ref().map(|t| t.expose_secret().to_owned()))
+        .unwrap_or_else(|| "/var/run/secrets/kubernetes.io/serviceaccount/token".to_owned());
+    let from_file = std::fs::read_to_string(&file).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    match from_file {
+        Some(t) => Some((t, Some(PathBuf::from(file)))),
+        None => config.auth_info.token.as_ref().map(|t| (t.expose_secret().to_owned(), None)),
+    }
 }
 
 async fn client(kubeconfig: Option<PathBuf>, context: Option<String>) -> anyhow::Result<(kube::Client, kube::Config)> {

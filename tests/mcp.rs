@@ -7,6 +7,7 @@ mod common;
 
 use common::mcp::{connect, setup};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -331,4 +332,32 @@ async fn malformed_and_huge_requests_get_clear_errors() {
     let unknown = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/destroy", "params": {}});
     let text = send(unknown.to_string()).await.unwrap().text().await.unwrap();
     assert!(text.contains("\"error\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executors_loopback_reads_as_the_token_in_its_file() {
+    use reflex::agent::tools::{Loopback, McpTools, Tools};
+    let s = setup().await;
+    let dir = std::env::temp_dir().join(format!("reflex-loopback-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    // The file wins over the token given at start (a rotated ServiceAccount token).
+    std::fs::write(&file, "t-alice\n").unwrap();
+    let audit = Arc::new(reflex::mcp::client::MemoryAudit::default());
+    let loopback = Loopback::new(s.url.clone(), "stale-token".into(), audit.clone()).with_token_file(Some(file));
+    let tools = McpTools { loopback: Arc::new(loopback), namespace: "shop".into(), ctx: Default::default() };
+    let args = std::collections::BTreeMap::from([
+        ("kind".to_owned(), "Deployment".to_owned()),
+        ("name".to_owned(), "checkout".to_owned()),
+    ]);
+    let d = tools.call("get_resource", &args).await.unwrap();
+    assert_eq!(d["metadata"]["name"], "checkout");
+    // Only the kinds Reflex targets: no Secrets through the executor, redacted or not.
+    let secret = std::collections::BTreeMap::from([
+        ("kind".to_owned(), "Secret".to_owned()),
+        ("name".to_owned(), "db".to_owned()),
+    ]);
+    assert!(tools.call("get_resource", &secret).await.is_err());
+    assert_eq!(audit.0.lock().unwrap().len(), 1, "one audited MCP call");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -117,6 +117,8 @@ pub enum ToolSource {
 /// A lazily connected MCP client to Reflex's own server.
 pub struct Loopback {
     spec: crate::mcp::client::ServerSpec,
+    /// Re-read on every (re)connect: ServiceAccount tokens are rotated.
+    token_file: Option<std::path::PathBuf>,
     audit: Arc<dyn crate::mcp::client::Audit>,
     client: tokio::sync::Mutex<Option<Arc<crate::mcp::client::McpClient>>>,
 }
@@ -142,7 +144,14 @@ impl Loopback {
             pins,
             timeout: std::time::Duration::from_secs(15),
         };
-        Self { spec, audit, client: tokio::sync::Mutex::new(None) }
+        Self { spec, token_file: None, audit, client: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Read the token from `file` on each (re)connect (the token given to `new` is the
+    /// fallback when it cannot be read).
+    pub fn with_token_file(mut self, file: Option<std::path::PathBuf>) -> Self {
+        self.token_file = file;
+        self
     }
 
     async fn client(&self) -> Result<Arc<crate::mcp::client::McpClient>, ToolError> {
@@ -150,7 +159,14 @@ impl Loopback {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = crate::mcp::client::McpClient::connect(self.spec.clone(), self.audit.clone()).await.map_err(|e| {
+        let mut spec = self.spec.clone();
+        if let Some(fresh) = self.token_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+            let fresh = fresh.trim();
+            if !fresh.is_empty() {
+                spec.token = Some(fresh.to_owned());
+            }
+        }
+        let c = crate::mcp::client::McpClient::connect(spec, self.audit.clone()).await.map_err(|e| {
             let category = if matches!(e, crate::mcp::client::ClientError::Drift { .. }) {
                 ErrorCategory::InvalidSpec
             } else {
