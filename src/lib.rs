@@ -18,6 +18,7 @@ pub mod patch;
 pub mod sandbox;
 pub mod telemetry;
 pub mod verify;
+pub mod web;
 
 /// Installs ring as rustls's process-wide crypto provider. Call once at start-up and in
 /// test set-up: without it, building a TLS client panics even for `http://` URLs.

@@ -186,9 +186,8 @@ async fn an_alert_for_a_missing_target_is_recorded_not_retried() {
     assert!(metrics.contains("reflex_intake_alerts_suppressed_total{reason=\"target_not_found\"} 1"), "{metrics}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_full_it_answers_503_with_retry_after() {
-    let (_sb, client, url) = setup_with(json!({}), Limits { in_flight: 0, ..Limits::default() }, None).await;
+/// Deliver one alert; assert Alertmanager is told to retry (503 + `Retry-After: 5`).
+async fn post_expecting_retry(url: &str) -> reqwest::Response {
     let resp = reqwest::Client::new()
         .post(format!("{url}/alerts"))
         .bearer_auth(TOKEN)
@@ -198,21 +197,20 @@ async fn when_full_it_answers_503_with_retry_after() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+    resp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_full_it_answers_503_with_retry_after() {
+    let (_sb, client, url) = setup_with(json!({}), Limits { in_flight: 0, ..Limits::default() }, None).await;
+    post_expecting_retry(&url).await;
     assert!(remediations(&client).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_that_would_overfill_the_queue_is_refused_whole() {
     let (_sb, client, url) = setup_with(json!({}), Limits { queue: 0, ..Limits::default() }, None).await;
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/alerts"))
-        .bearer_auth(TOKEN)
-        .json(&delivery("firing", &["a"]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 503);
-    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+    let resp = post_expecting_retry(&url).await;
     let body: Value = resp.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("capacity 0"), "{body}");
     assert!(remediations(&client).await.is_empty());

@@ -187,15 +187,7 @@ async fn history_resources_and_the_prompt() {
     assert_eq!(history["revisions"][0]["current"], true);
     assert_eq!(history["revisions"][0]["images"], json!(["c:1"]));
     // A Remediation, as a resource.
-    let rem: reflex::api::remediation::Remediation = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
-        "metadata": {"name": "checkout-oom-checkout-1", "namespace": "shop"},
-        "spec": {"policyRef": {"name": "checkout-oom"}, "alert": {"name": "KubeContainerOOMKilled", "fingerprint": "f1", "labels": {}, "annotations": {},
-            "startsAt": "2026-01-01T00:00:00Z"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"}}}))
-    .unwrap();
-    Api::<reflex::api::remediation::Remediation>::namespaced(s.admin.clone(), "shop")
-        .create(&PostParams::default(), &rem)
-        .await
-        .unwrap();
+    common::mcp::create_remediation(&s.admin).await;
     let listed = alice.list_all_resources().await.unwrap();
     assert!(listed.iter().any(|r| r.uri == "remediation://shop/checkout-oom-checkout-1"), "{listed:?}");
     let read = alice

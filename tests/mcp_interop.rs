@@ -24,15 +24,7 @@ async fn run_python_client(mode: &str) {
     let (prom_url, mut closed) = common::mcp::hanging_prometheus().await;
     let prom = reflex::mcp::server::prometheus_client(&prom_url).unwrap();
     let s = common::mcp::setup_with(Some(prom)).await;
-    let rem: reflex::api::remediation::Remediation = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
-        "metadata": {"name": "checkout-oom-checkout-1", "namespace": "shop"},
-        "spec": {"policyRef": {"name": "checkout-oom"}, "alert": {"name": "KubeContainerOOMKilled", "fingerprint": "f1", "labels": {}, "annotations": {},
-            "startsAt": "2026-01-01T00:00:00Z"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"}}}))
-    .unwrap();
-    Api::<reflex::api::remediation::Remediation>::namespaced(s.admin.clone(), "shop")
-        .create(&PostParams::default(), &rem)
-        .await
-        .unwrap();
+    common::mcp::create_remediation(&s.admin).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py");
     let out = tokio::time::timeout(
         Duration::from_secs(60),

@@ -43,6 +43,17 @@ pub fn api_resource(kind: TargetKind) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind.as_str()))
 }
 
+/// A kind the executor may read: the kinds Reflex targets (never Secrets).
+fn readable_kind(tool: &str, name: &str) -> Result<TargetKind, ToolError> {
+    serde_json::from_value(json!(name)).map_err(|_| ToolError {
+        tool: tool.to_owned(),
+        category: ErrorCategory::InvalidSpec,
+        message: format!(
+            "cannot read kind {name:?}: it reads Deployment, StatefulSet, DaemonSet, ConfigMap and HorizontalPodAutoscaler"
+        ),
+    })
+}
+
 /// Map an API error to a stage error category.
 pub fn category(e: &kube::Error) -> ErrorCategory {
     crate::controller::reconcile::api_category(e)
@@ -64,9 +75,7 @@ impl KubeTools {
         let tool = "get_resource";
         let kind_name = args.get("kind").ok_or_else(|| Self::err(tool, ErrorCategory::InvalidSpec, "needs a kind"))?;
         let name = args.get("name").ok_or_else(|| Self::err(tool, ErrorCategory::InvalidSpec, "needs a name"))?;
-        let kind: TargetKind = serde_json::from_value(json!(kind_name)).map_err(|_| {
-            Self::err(tool, ErrorCategory::InvalidSpec, format!("cannot read kind {kind_name:?}: it reads Deployment, StatefulSet, DaemonSet, ConfigMap and HorizontalPodAutoscaler"))
-        })?;
+        let kind = readable_kind(tool, kind_name)?;
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &api_resource(kind));
         let obj = api.get(name).await.map_err(|e| Self::err(tool, category(&e), e.to_string()))?;
         let mut v = serde_json::to_value(&obj).map_err(|e| Self::err(tool, ErrorCategory::Transient, e.to_string()))?;
@@ -250,12 +259,7 @@ impl Tools for McpTools {
             match tool {
                 "get_resource" => {
                     // The kinds Reflex targets, in the Remediation's namespace — as KubeTools.
-                    let kind_name = need("kind")?;
-                    let kind: TargetKind = serde_json::from_value(json!(kind_name)).map_err(|_| ToolError {
-                        tool: tool.into(),
-                        category: ErrorCategory::InvalidSpec,
-                        message: format!("cannot read kind {kind_name:?}: it reads Deployment, StatefulSet, DaemonSet, ConfigMap and HorizontalPodAutoscaler"),
-                    })?;
+                    let kind = readable_kind(tool, &need("kind")?)?;
                     let mut a = serde_json::Map::new();
                     a.insert("kind".into(), json!(kind.as_str()));
                     a.insert("name".into(), json!(need("name")?));

@@ -263,18 +263,15 @@ impl Intake {
         let mut synced = self.shared.synced.clone();
         let _ = synced.wait_for(|s| *s).await;
     }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
-    }
 }
 
 fn reply(code: StatusCode, body: Value) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-fn retry_later(message: String) -> Response {
-    let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": message }));
+/// 503 + `Retry-After`, so Alertmanager retries.
+fn retry_later(body: Value) -> Response {
+    let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE, body);
     resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
     resp
 }
@@ -448,7 +445,7 @@ async fn receive(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: ax
     // Bounded: when full, 503 with Retry-After so Alertmanager retries — never a silent drop.
     let Ok(_slot) = s.slots.try_acquire() else {
         s.metrics.reject("overloaded");
-        return retry_later("busy: too many deliveries in progress; retry".into());
+        return retry_later(json!({"error": "busy: too many deliveries in progress; retry"}));
     };
     let resp = handle(s, &headers, &body).await;
     s.metrics.latency.observe(started.elapsed().as_secs_f64());
@@ -473,7 +470,7 @@ async fn handle(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
     };
     if !*s.synced.borrow() {
         m.reject("starting");
-        return retry_later("starting: intake has not yet listed policies and Remediations".into());
+        return retry_later(json!({"error": "starting: intake has not yet listed policies and Remediations"}));
     }
     let now = jiff::Timestamp::now();
     let mut observed = BTreeSet::new();
@@ -532,10 +529,9 @@ async fn handle(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         }
         if let Err(full) = s.queue.offer(batch) {
             m.reject("queue_full");
-            return retry_later(format!(
-                "busy: {} Remediations have writes waiting (capacity {}); retry",
-                full.pending, full.capacity
-            ));
+            let error =
+                format!("busy: {} Remediations have writes waiting (capacity {}); retry", full.pending, full.capacity);
+            return retry_later(json!({ "error": error }));
         }
         for e in creating {
             known.creating(e);
@@ -593,7 +589,7 @@ async fn handle(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
     let body = json!({"created": created, "observed": observed, "resolved": resolved, "suppressed": suppressed_out,
         "unmatched": planned.unmatched, "problems": problems, "failed": failed});
     // A failed write is worth a retry from Alertmanager; everything else is done.
-    if failed.is_empty() { reply(StatusCode::OK, body) } else { retry_later_with(body) }
+    if failed.is_empty() { reply(StatusCode::OK, body) } else { retry_later(body) }
 }
 
 /// What a delivery asked of a Remediation it waits for.
@@ -602,12 +598,6 @@ enum Asked {
     Create,
     Observe,
     Resolve,
-}
-
-fn retry_later_with(body: Value) -> Response {
-    let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE, body);
-    resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-    resp
 }
 
 async fn metrics(State(intake): State<Arc<Intake>>) -> Response {
@@ -628,24 +618,9 @@ async fn readyz(State(intake): State<Arc<Intake>>) -> Response {
 }
 
 async fn too_large(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    use futures::StreamExt;
     let too_big =
         || reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": format!("the body is larger than {MAX_BODY} bytes")}));
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        // Read (and drop) what the client is sending, up to a bound, so it gets to see the
-        // 413 instead of a reset connection.
-        let mut stream = req.into_body().into_data_stream();
-        let mut drained = 0usize;
-        while let Some(Ok(chunk)) = stream.next().await {
-            drained += chunk.len();
-            if drained > 8 * MAX_BODY {
-                break;
-            }
-        }
-        return too_big();
-    }
+    let Ok(req) = crate::web::refuse_oversized(req, MAX_BODY).await else { return too_big() };
     let resp = next.run(req).await;
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return too_big();

@@ -316,10 +316,6 @@ impl McpClient {
         Ok(Self { breaker: Mutex::new(Breaker::new(5, Duration::from_secs(30))), spec, service, tools, offered, audit })
     }
 
-    pub fn server(&self) -> &str {
-        &self.spec.name
-    }
-
     /// Every tool the server offers and its schema hash (what a pin would say).
     pub fn offered(&self) -> &BTreeMap<String, String> {
         &self.offered

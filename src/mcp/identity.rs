@@ -76,6 +76,8 @@ struct Reviewed {
     groups: Vec<String>,
     uid: Option<String>,
     extra: std::collections::BTreeMap<String, Vec<String>>,
+    /// [`identity_key`] of the above, computed once per review.
+    key: String,
 }
 
 /// Token reviews and impersonated clients, cached.
@@ -112,15 +114,14 @@ impl Identities {
             return Err(AuthError::Rejected(status.error.unwrap_or_else(|| "not authenticated".into())));
         }
         let user = status.user.unwrap_or_default();
-        match user.username {
-            Some(name) if !name.is_empty() => Ok(Reviewed {
-                user: name,
-                groups: user.groups.unwrap_or_default(),
-                uid: user.uid.filter(|u| !u.is_empty()),
-                extra: user.extra.unwrap_or_default().into_iter().collect(),
-            }),
-            _ => Err(AuthError::Rejected("the review named no user".into())),
-        }
+        let Some(name) = user.username.filter(|n| !n.is_empty()) else {
+            return Err(AuthError::Rejected("the review named no user".into()));
+        };
+        let groups = user.groups.unwrap_or_default();
+        let uid = user.uid.filter(|u| !u.is_empty());
+        let extra = user.extra.unwrap_or_default().into_iter().collect();
+        let key = identity_key(&name, &groups, uid.as_deref(), &extra);
+        Ok(Reviewed { user: name, groups, uid, extra, key })
     }
 
     /// The caller behind `token`.
@@ -137,8 +138,7 @@ impl Identities {
                 reviewed
             }
         };
-        let Reviewed { user, groups, uid, extra } = reviewed;
-        let key = identity_key(&user, &groups, uid.as_deref(), &extra);
+        let Reviewed { user, groups, uid, extra, key } = reviewed;
         let client = match self.clients.get(&key).await {
             Some(c) => c,
             None => {

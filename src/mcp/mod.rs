@@ -55,25 +55,7 @@ async fn cancel_by_notification(
     if req.method() != axum::http::Method::POST {
         return next.run(req).await;
     }
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        // Read (and drop) what the client is sending, up to a bound, so it sees the 413
-        // instead of a reset connection.
-        use futures::StreamExt;
-        let mut stream = req.into_body().into_data_stream();
-        let mut drained = 0usize;
-        while let Some(Ok(chunk)) = stream.next().await {
-            drained += chunk.len();
-            if drained > 8 * MAX_BODY {
-                break;
-            }
-        }
-        return too_large();
-    }
+    let Ok(req) = crate::web::refuse_oversized(req, MAX_BODY).await else { return too_large() };
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return too_large();

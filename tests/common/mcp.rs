@@ -97,3 +97,16 @@ pub async fn hanging_prometheus() -> (String, tokio::sync::mpsc::UnboundedReceiv
     });
     (url, rx)
 }
+
+/// The Remediation `shop/checkout-oom-checkout-1` the MCP tests read back.
+pub async fn create_remediation(admin: &kube::Client) {
+    let rem: reflex::api::remediation::Remediation = serde_json::from_value(serde_json::json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+        "metadata": {"name": "checkout-oom-checkout-1", "namespace": "shop"},
+        "spec": {"policyRef": {"name": "checkout-oom"}, "alert": {"name": "KubeContainerOOMKilled", "fingerprint": "f1", "labels": {}, "annotations": {},
+            "startsAt": "2026-01-01T00:00:00Z"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"}}}))
+    .unwrap();
+    kube::Api::<reflex::api::remediation::Remediation>::namespaced(admin.clone(), "shop")
+        .create(&kube::api::PostParams::default(), &rem)
+        .await
+        .unwrap();
+}
