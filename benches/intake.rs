@@ -77,6 +77,10 @@ fn report(name: &str, total: Duration, mut lat: Vec<Duration>) -> f64 {
     rate
 }
 
+/// The shipped binary's allocator, so the benchmark measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     // `cargo test --all-targets` builds and runs this too; only `cargo bench` measures.

@@ -2,15 +2,20 @@
 //! `cargo bench --bench mcp`: the same context tool (`get_resource` of a Deployment, read
 //! from the same sandbox API) served by Reflex's MCP server and by an equivalent server
 //! written with the official Python SDK's FastMCP (`tests/peers/mcp_server.py`), driven by
-//! the same load generator in the same run at 1, 16 and 64 concurrent sessions. Each session
-//! initializes once and then calls the tool back to back over its own HTTP connection
-//! (stateless streamable HTTP, JSON responses, bearer token). Bounded: a fixed time per phase.
+//! the same load generator in the same run at 1, 16 and 64 concurrent sessions.
+//!
+//! The load generator is wrk (Debian's package), a separate process with one thread, so it
+//! costs both servers the same and never shares their runtime. A session is one keep-alive
+//! connection calling the tool back to back (both servers are stateless streamable HTTP with
+//! JSON responses, so a call needs no prior `initialize`; each server is first checked with a
+//! full MCP handshake and call). Every answer is checked (200 and the object's name in it);
+//! a wrong answer fails the benchmark. Bounded: a fixed time per phase.
 //! Reflex runs twice: with its 2 s read-through cache (as shipped) and with it off, so every
 //! call reaches the API server as the Python peer's do. Prints p50/p95/p99 and calls/s.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reflex::mcp::identity::Identities;
 use reflex::mcp::server::{Backends, ReflexMcp};
@@ -19,6 +24,9 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
 const PHASE: Duration = Duration::from_secs(3);
+/// For a profiler: `MCP_BENCH_PROFILE=SECS` runs only the shipped Reflex server at 64 sessions
+/// for SECS seconds.
+const PROFILE: &str = "MCP_BENCH_PROFILE";
 const SESSIONS: [usize; 3] = [1, 16, 64];
 
 async fn post(http: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
@@ -32,51 +40,67 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> reqwest::Respo
         .expect("request")
 }
 
-/// One session: initialize, then call until `until`; latencies of the calls.
-async fn session(url: String, until: Instant) -> Vec<Duration> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+/// A full MCP exchange (initialize, initialized, one call) that must return the object.
+async fn check(url: &str) {
+    let http = reqwest::Client::new();
     let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25",
         "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}});
-    assert!(post(&http, &url, &init).await.status().is_success());
+    assert!(post(&http, url, &init).await.status().is_success(), "{url}: initialize");
     let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    let _ = post(&http, &url, &note).await;
-    let mut lat = Vec::new();
-    let mut id = 1u64;
-    while Instant::now() < until {
-        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "get_resource",
-            "arguments": {"kind": "Deployment", "namespace": "shop", "name": "checkout"}}});
-        let t = Instant::now();
-        let resp = post(&http, &url, &call).await;
-        let body: Value = resp.json().await.expect("json");
-        assert_eq!(body["result"]["structuredContent"]["object"]["metadata"]["name"], "checkout", "{body}");
-        lat.push(t.elapsed());
-        id += 1;
-    }
-    lat
+    let _ = post(&http, url, &note).await;
+    let body: Value = post(&http, url, &serde_json::from_str(CALL).unwrap()).await.json().await.expect("json");
+    assert_eq!(body["result"]["structuredContent"]["object"]["metadata"]["name"], "checkout", "{url}: {body}");
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+/// The call every session repeats.
+const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_resource","arguments":{"kind":"Deployment","namespace":"shop","name":"checkout"}}}"#;
+
+/// wrk's script: the request, a check of every answer, and the figures in one line.
+fn wrk_script() -> String {
+    format!(
+        r#"wrk.method = "POST"
+wrk.body = '{CALL}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["MCP-Protocol-Version"] = "2025-11-25"
+wrk.headers["Authorization"] = "Bearer {ADMIN_TOKEN}"
+local threads = {{}}
+function setup(thread) table.insert(threads, thread) end
+function init(args) bad = 0 end
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, '"name":"checkout"', 1, true) then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local wrong = 0
+  for _, t in ipairs(threads) do wrong = wrong + t:get("bad") end
+  io.write(string.format("RESULT %d %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    wrong, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"#
+    )
 }
 
-async fn phase(name: &str, url: &str, sessions: usize) -> f64 {
-    let started = Instant::now();
-    let until = started + PHASE;
-    let tasks: Vec<_> = (0..sessions).map(|_| tokio::spawn(session(url.to_owned(), until))).collect();
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    lat.sort();
-    let rate = lat.len() as f64 / elapsed;
+/// One phase: `sessions` connections for `PHASE`; calls/s.
+fn phase(name: &str, url: &str, sessions: usize, script: &std::path::Path, secs: u64) -> f64 {
+    let out = std::process::Command::new("wrk")
+        .args(["-t1", &format!("-c{sessions}"), &format!("-d{secs}s"), "--timeout", "10s", "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| panic!("wrk: {text}"));
+    let f: Vec<u64> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    let (calls, micros, p50, p95, p99, wrong, errors) = (f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
+    assert_eq!((wrong, errors), (0, 0), "{name}: {wrong} wrong answers, {errors} socket errors");
+    let rate = calls as f64 / (micros as f64 / 1e6);
+    let ms = |us: u64| us as f64 / 1e3;
     println!(
-        "{name:<28} {sessions:>3} sessions  {rate:>8.0} calls/s   p50 {:>7.2} ms   p95 {:>7.2} ms   p99 {:>7.2} ms   ({} calls)",
-        pct(&lat, 0.5),
-        pct(&lat, 0.95),
-        pct(&lat, 0.99),
-        lat.len()
+        "{name:<30} {sessions:>3} sessions  {rate:>8.0} calls/s   p50 {:>7.2} ms   p95 {:>7.2} ms   p99 {:>7.2} ms   ({calls} calls)",
+        ms(p50),
+        ms(p95),
+        ms(p99),
     );
     rate
 }
@@ -88,6 +112,10 @@ async fn serve(server: ReflexMcp, ids: Arc<Identities>) -> String {
     tokio::spawn(async move { axum::serve(listener, router).await });
     url
 }
+
+/// The shipped binary's allocator, so the benchmark measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
@@ -138,18 +166,31 @@ async fn main() {
     let peer = format!("http://127.0.0.1:{}/mcp", ready.strip_prefix("READY ").unwrap().trim());
 
     println!(
-        "MCP benchmark: get_resource(Deployment shop/checkout) from the sandbox API, {}s per phase, loopback, same load generator",
+        "MCP benchmark: get_resource(Deployment shop/checkout) from the sandbox API (the Kubernetes stand-in), {}s per phase, loopback, load from wrk (one thread, its own process)",
         PHASE.as_secs()
     );
-    // Warm all three (connections, caches, Python imports).
     for url in [&cached, &uncached, &peer] {
-        let _ = session(url.clone(), Instant::now() + Duration::from_millis(300)).await;
+        check(url).await;
+    }
+    let script = dir.join("call.lua");
+    std::fs::write(&script, wrk_script()).unwrap();
+    // wrk blocks; the servers keep running on the runtime's workers meanwhile.
+    let run = |name: &'static str, url: String, n: usize| {
+        let script = script.clone();
+        tokio::task::spawn_blocking(move || phase(name, &url, n, &script, PHASE.as_secs()))
+    };
+    if let Some(secs) = std::env::var(PROFILE).ok().and_then(|s| s.parse().ok()) {
+        println!("profiling: pid {}, {secs}s of 64 sessions on the shipped server", std::process::id());
+        tokio::task::spawn_blocking(move || phase("reflex (2 s cache, as shipped)", &cached, 64, &script, secs))
+            .await
+            .unwrap();
+        return;
     }
     let mut table = Vec::new();
     for n in SESSIONS {
-        let r_cached = phase("reflex (2 s cache, as shipped)", &cached, n).await;
-        let r_uncached = phase("reflex (cache off)", &uncached, n).await;
-        let py = phase("python SDK FastMCP", &peer, n).await;
+        let r_cached = run("reflex (2 s cache, as shipped)", cached.clone(), n).await.unwrap();
+        let r_uncached = run("reflex (cache off)", uncached.clone(), n).await.unwrap();
+        let py = run("python SDK FastMCP", peer.clone(), n).await.unwrap();
         table.push((n, r_cached / py, r_uncached / py));
     }
     for (n, a, b) in table {

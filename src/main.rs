@@ -112,6 +112,10 @@ enum McpCommand {
     Manifest,
 }
 
+/// The operator's allocator (see Cargo.toml: its hot paths are allocation-bound).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

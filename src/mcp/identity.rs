@@ -34,13 +34,13 @@ fn identity_key(
     Sha256::digest(doc.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An authenticated caller.
+/// An authenticated caller; cheap to clone (one per request).
 #[derive(Clone)]
 pub struct Caller {
-    pub user: String,
-    pub groups: Vec<String>,
+    pub user: Arc<str>,
+    pub groups: Arc<[String]>,
     /// A collision-free key of everything impersonated (user, groups, uid, extra).
-    key: String,
+    key: Arc<str>,
     /// Reads as the caller (impersonation).
     pub client: kube::Client,
 }
@@ -53,8 +53,8 @@ impl std::fmt::Debug for Caller {
 
 impl Caller {
     /// A stable key for per-identity caches.
-    pub fn key(&self) -> String {
-        self.key.clone()
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -84,7 +84,8 @@ struct Reviewed {
 pub struct Identities {
     operator: kube::Client,
     config: kube::Config,
-    reviews: moka::future::Cache<String, Reviewed>,
+    /// By the token's SHA-256: the caller its review named.
+    reviews: moka::future::Cache<[u8; 32], Caller>,
     clients: moka::future::Cache<String, kube::Client>,
 }
 
@@ -129,15 +130,17 @@ impl Identities {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let digest: String = Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-        let reviewed = match self.reviews.get(&digest).await {
-            Some(hit) => hit,
-            None => {
-                let reviewed = self.review(token).await?;
-                self.reviews.insert(digest, reviewed.clone()).await;
-                reviewed
-            }
-        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.reviews.get(&digest).await {
+            return Ok(hit);
+        }
+        let caller = self.caller(self.review(token).await?).await?;
+        self.reviews.insert(digest, caller.clone()).await;
+        Ok(caller)
+    }
+
+    /// The caller a review named, with the impersonating client for that identity.
+    async fn caller(&self, reviewed: Reviewed) -> Result<Caller, AuthError> {
         let Reviewed { user, groups, uid, extra, key } = reviewed;
         let client = match self.clients.get(&key).await {
             Some(c) => c,
@@ -145,15 +148,14 @@ impl Identities {
                 let mut config = self.config.clone();
                 config.auth_info.impersonate = Some(user.clone());
                 config.auth_info.impersonate_groups = (!groups.is_empty()).then(|| groups.clone());
-                config.auth_info.impersonate_uid = uid.clone();
-                config.auth_info.impersonate_user_extra =
-                    (!extra.is_empty()).then(|| extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+                config.auth_info.impersonate_uid = uid;
+                config.auth_info.impersonate_user_extra = (!extra.is_empty()).then(|| extra.into_iter().collect());
                 let client = kube::Client::try_from(config).map_err(|e| AuthError::Unavailable(e.to_string()))?;
                 self.clients.insert(key.clone(), client.clone()).await;
                 client
             }
         };
-        Ok(Caller { user, groups, key, client })
+        Ok(Caller { user: user.into(), groups: groups.into(), key: key.into(), client })
     }
 }
 

@@ -66,7 +66,7 @@ async fn cancel_by_notification(
         && let Some(id) = msg.pointer("/params/requestId")
         && let Some(caller) = parts.extensions.get::<identity::Caller>()
     {
-        let cancelled = inflight.cancel(&caller.key(), &id.to_string());
+        let cancelled = inflight.cancel(caller.key(), &id.to_string());
         tracing::debug!(user = %caller.user, request = %id, cancelled, "notifications/cancelled");
     }
     next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await

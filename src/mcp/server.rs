@@ -23,11 +23,12 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, LogParams};
 use kube::core::GroupVersionKind;
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::handler::server::tool::IntoCallToolResult;
+use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
-    ProgressNotificationParam, PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
+    CallToolResponse, CallToolResult, Implementation, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, ProgressNotificationParam, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{
@@ -136,10 +137,46 @@ pub struct ReflexMcp {
 struct Inner {
     backends: Backends,
     inflight: InFlight,
-    /// Serialized results; `None`: caching off. Bounded in bytes.
-    cache: Option<moka::future::Cache<String, Arc<str>>>,
+    /// Served results; `None`: caching off. Bounded in bytes.
+    cache: Option<moka::future::Cache<String, Arc<Served>>>,
     tool_router: ToolRouter<ReflexMcp>,
     prompt_router: PromptRouter<ReflexMcp>,
+}
+
+/// A tool's result as it goes out: the structured content and its JSON text (MCP asks for
+/// both), made once per read and shared by every cache hit.
+#[derive(Debug)]
+pub struct Served {
+    structured: Value,
+    text: String,
+}
+
+impl Served {
+    fn of<T: Serialize>(out: &T) -> Result<Self, String> {
+        let structured = serde_json::to_value(out).map_err(|e| e.to_string())?;
+        let text = structured.to_string();
+        Ok(Self { structured, text })
+    }
+}
+
+/// A tool's structured output of type `T`. Named `Json` on purpose: rmcp's `#[tool]` macro
+/// derives the output schema from a return type `Json<T>` (by that name), so the schemas
+/// and the manifest are exactly those of `T`; unlike rmcp's own wrapper, the value is
+/// already serialized (a cache hit re-serializes nothing).
+pub struct Json<T>(Arc<Served>, std::marker::PhantomData<fn() -> T>);
+
+impl<T> Json<T> {
+    fn new(served: Arc<Served>) -> Self {
+        Self(served, std::marker::PhantomData)
+    }
+}
+
+impl<T: 'static> IntoCallToolResult for Json<T> {
+    fn into_call_tool_result(self) -> Result<CallToolResponse, ErrorData> {
+        let mut result = CallToolResult::success(vec![rmcp::model::ContentBlock::text(self.0.text.clone())]);
+        result.structured_content = Some(self.0.structured.clone());
+        Ok(result.into())
+    }
 }
 
 // ---- inputs and outputs -------------------------------------------------------------
@@ -490,9 +527,10 @@ pub fn canonical(v: &Value) -> String {
     sort(v).to_string()
 }
 
-/// A tool's arguments as JSON (for the cache key).
-fn args(p: &impl Serialize) -> Value {
-    serde_json::to_value(p).unwrap_or(Value::Null)
+/// A tool's arguments as JSON, for the cache key: typed inputs serialize the same way every
+/// time (fields in declaration order, and no input holds a map).
+fn args(p: &impl Serialize) -> String {
+    serde_json::to_string(p).unwrap_or_default()
 }
 
 fn time_of(t: &str, what: &str) -> Result<jiff::Timestamp, String> {
@@ -516,7 +554,8 @@ impl ReflexMcp {
     fn build(backends: Backends, ttl: Duration) -> Self {
         let cache = (!ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
-                .weigher(|k: &String, v: &Arc<str>| u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX))
+                // The structured copy weighs about what its text does.
+                .weigher(|k: &String, v: &Arc<Served>| u32::try_from(k.len() + 2 * v.text.len()).unwrap_or(u32::MAX))
                 .max_capacity(CACHE_BYTES)
                 .time_to_live(ttl)
                 .build()
@@ -581,22 +620,21 @@ impl ReflexMcp {
         &self,
         ctx: &RequestContext<RoleServer>,
         tool: &'static str,
-        args: Value,
+        args: String,
         timeout: Duration,
         work: F,
     ) -> Result<Json<T>, String>
     where
-        T: Serialize + DeserializeOwned,
+        T: Serialize,
         F: FnOnce(Caller) -> Fut,
         Fut: Future<Output = Result<T, String>>,
     {
         let caller = caller_of(ctx)?;
-        let key = format!("{}\u{1f}{tool}\u{1f}{}", caller.key(), canonical(&args));
+        let key = format!("{}\u{1f}{tool}\u{1f}{args}", caller.key());
         if let Some(cache) = &self.inner.cache
             && let Some(hit) = cache.get(&key).await
-            && let Ok(out) = serde_json::from_str(&hit)
         {
-            return Ok(Json(out));
+            return Ok(Json::new(hit));
         }
         let progress = ctx.meta.get_progress_token();
         if let Some(token) = &progress {
@@ -607,7 +645,7 @@ impl ReflexMcp {
         }
         let span = tracing::info_span!("mcp.tool", tool, user = %caller.user);
         let user = caller.user.clone();
-        let call = self.inner.inflight.enter(&caller.key(), &serde_json::to_string(&ctx.id).unwrap_or_default());
+        let call = self.inner.inflight.enter(caller.key(), &serde_json::to_string(&ctx.id).unwrap_or_default());
         let out = tokio::select! {
             () = ctx.ct.cancelled() => return Err(format!("{tool}: cancelled by the client")),
             () = call.token.cancelled() => {
@@ -619,8 +657,8 @@ impl ReflexMcp {
                 Err(_) => return Err(format!("{tool}: timed out after {}s", timeout.as_secs())),
             },
         };
-        let text = serde_json::to_string(&out).map_err(|e| e.to_string())?;
-        let size = text.len();
+        let served = Served::of(&out)?;
+        let size = served.text.len();
         if size > bounds::MAX_OUTPUT_BYTES {
             return Err(format!(
                 "{tool}: the result is {size} bytes, over the {} byte cap; narrow the request (limit, selector, window)",
@@ -632,10 +670,11 @@ impl ReflexMcp {
             let _ = ctx.peer.notify_progress(note).await;
         }
         tracing::debug!(tool, %user, bytes = size, "mcp tool served");
+        let served = Arc::new(served);
         if let Some(cache) = &self.inner.cache {
-            cache.insert(key, Arc::from(text)).await;
+            cache.insert(key, served.clone()).await;
         }
-        Ok(Json(out))
+        Ok(Json::new(served))
     }
 }
 
