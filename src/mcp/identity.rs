@@ -6,8 +6,8 @@
 //! are cached by a hash of the token (never the token) for [`REVIEW_TTL`], impersonated
 //! clients per identity for [`CLIENT_TTL`], so a burst of calls costs one TokenReview. The
 //! operator's own identity is used for nothing but the review: a caller sees exactly what
-//! RBAC lets it see, and the server is never a confused deputy. [`require_caller`] is the
-//! axum middleware that answers 401 before any MCP handling.
+//! RBAC lets it see, and the server is never a confused deputy. [`caller_of`] gives a
+//! request's caller or the 401 to answer before any MCP handling.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,23 +171,15 @@ fn unauthorized(e: &AuthError) -> Response {
     resp
 }
 
-/// axum middleware: authenticate the bearer token and put the [`Caller`] in the request's
-/// extensions (rmcp hands them to tools), or answer 401 (503 when the review is unavailable).
-pub async fn require_caller(
-    axum::extract::State(ids): axum::extract::State<Arc<Identities>>,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let token = bearer(req.headers()).unwrap_or("").to_owned();
-    match ids.authenticate(&token).await {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
+/// The caller behind a request's bearer token, or the answer to give instead: 401 with
+/// WWW-Authenticate (missing, malformed or rejected token), 503 when the review cannot run.
+pub async fn caller_of(ids: &Identities, headers: &HeaderMap) -> Result<Caller, Response> {
+    match ids.authenticate(bearer(headers).unwrap_or("")).await {
+        Ok(caller) => Ok(caller),
         Err(e @ AuthError::Unavailable(_)) => {
             tracing::warn!(error = %e, "MCP caller could not be authenticated");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": e.to_string()}))).into_response()
+            Err((StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": e.to_string()}))).into_response())
         }
-        Err(e) => unauthorized(&e),
+        Err(e) => Err(unauthorized(&e)),
     }
 }
