@@ -1,7 +1,7 @@
 # Reflex — common tasks. `make test` is the one command CI and newcomers run.
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt crds crds-check prereqs run sandbox clean
+.PHONY: all build test bench lint fmt crds crds-check prereqs run sandbox clean
 
 # Tools prereqs installs locally (kubectl when the machine has none) come first on PATH.
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
@@ -14,6 +14,11 @@ build:
 ## Install missing prerequisites, then run every test tier available.
 test: prereqs
 	$(CARGO) test --all-targets --no-fail-fast
+
+## The benchmarks (release build; installs wrk, their load generator, when missing).
+bench:
+	@scripts/prereqs.sh --bench
+	$(CARGO) bench
 
 ## Formatting, clippy with warnings denied, and the CRD drift check.
 lint: prereqs

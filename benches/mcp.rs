@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
 const PHASE: Duration = Duration::from_secs(3);
+const SETTLE: Duration = Duration::from_secs(1);
 /// For a profiler: `MCP_BENCH_PROFILE=SECS` runs only the shipped Reflex server at 64 sessions
 /// for SECS seconds.
 const PROFILE: &str = "MCP_BENCH_PROFILE";
@@ -109,6 +110,10 @@ async fn serve(server: ReflexMcp, ids: Arc<Identities>) -> String {
     let router = reflex::mcp::router(server, ids, vec![], tokio_util::sync::CancellationToken::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    // As the operator serves it (no Nagle delay).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, router).await });
     url
 }
@@ -175,9 +180,21 @@ async fn main() {
     let script = dir.join("call.lua");
     std::fs::write(&script, wrk_script()).unwrap();
     // wrk blocks; the servers keep running on the runtime's workers meanwhile.
+    // Each phase: one second of the same load unmeasured (connections, caches, the peer's
+    // warm-up), the measured run, then a pause so a server still draining its backlog (the
+    // Python peer, at 64 sessions) does not take CPU from the next phase.
     let run = |name: &'static str, url: String, n: usize| {
         let script = script.clone();
-        tokio::task::spawn_blocking(move || phase(name, &url, n, &script, PHASE.as_secs()))
+        tokio::task::spawn_blocking(move || {
+            let _ = std::process::Command::new("wrk")
+                .args(["-t1", &format!("-c{n}"), "-d1s", "--timeout", "10s", "-s"])
+                .arg(&script)
+                .arg(&url)
+                .output();
+            let rate = phase(name, &url, n, &script, PHASE.as_secs());
+            std::thread::sleep(SETTLE);
+            rate
+        })
     };
     if let Some(secs) = std::env::var(PROFILE).ok().and_then(|s| s.parse().ok()) {
         println!("profiling: pid {}, {secs}s of 64 sessions on the shipped server", std::process::id());

@@ -5,6 +5,17 @@ set -euo pipefail
 
 need() { command -v "$1" >/dev/null 2>&1; }
 
+# Debian packages, with sudo when not root; the package lists are refreshed only if needed.
+apt_install() {
+  local sudo_cmd=""
+  if [ "$(id -u)" != 0 ] && need sudo; then sudo_cmd="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get install -y -q "$@" >/dev/null 2>&1 || {
+    $sudo_cmd apt-get update -q >/dev/null
+    $sudo_cmd apt-get install -y -q "$@" >/dev/null
+  }
+}
+
 if ! need cargo; then
   echo "prereqs: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1
@@ -46,13 +57,12 @@ PATH="${tools}/bin:${PATH}"
 # package does not start them; tests run their own on loopback).
 if ! need prometheus || ! need prometheus-alertmanager; then
   echo "prereqs: installing prometheus and prometheus-alertmanager (apt-get)"
-  sudo_cmd=""
-  if [ "$(id -u)" != 0 ] && need sudo; then sudo_cmd="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo_cmd apt-get install -y -q prometheus prometheus-alertmanager >/dev/null 2>&1 || {
-    $sudo_cmd apt-get update -q >/dev/null
-    $sudo_cmd apt-get install -y -q prometheus prometheus-alertmanager >/dev/null
-  }
+  apt_install prometheus prometheus-alertmanager
+fi
+# wrk, the benchmarks' load generator (`make bench`; not needed by the tests).
+if [ "${1:-}" = "--bench" ] && ! need wrk; then
+  echo "prereqs: installing wrk (apt-get)"
+  apt_install wrk
 fi
 # The official Python MCP SDK, for the MCP interop tests and the benchmark's peer: a
 # project-local virtualenv (.venv), pinned.
@@ -62,13 +72,7 @@ mcp_version="2.3.0"
 if ! "${venv}/bin/python" -c "import mcp, importlib.metadata as m; assert m.version('mcp') == '${mcp_version}'" >/dev/null 2>&1; then
   echo "prereqs: creating ${venv} with mcp==${mcp_version}"
   if ! python3 -m venv "${venv}" >/dev/null 2>&1; then
-    sudo_cmd=""
-    if [ "$(id -u)" != 0 ] && need sudo; then sudo_cmd="sudo"; fi
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo_cmd apt-get install -y -q python3-venv >/dev/null 2>&1 || {
-      $sudo_cmd apt-get update -q >/dev/null
-      $sudo_cmd apt-get install -y -q python3-venv >/dev/null
-    }
+    apt_install python3-venv
     python3 -m venv "${venv}"
   fi
   "${venv}/bin/pip" install --quiet --disable-pip-version-check "mcp==${mcp_version}"

@@ -251,6 +251,10 @@ async fn main() -> anyhow::Result<()> {
                 );
                 let router = reflex::intake::webhook::router(intake).merge(mcp);
                 let stop = stop.clone();
+                // Request/response traffic (MCP calls, webhook deliveries): no Nagle delay.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 tokio::spawn(async move {
                     axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
                 })
