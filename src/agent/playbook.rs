@@ -254,10 +254,6 @@ fn current_at<'a>(object: &'a Value, trail: &[(String, Option<Value>)]) -> Optio
     Some(node)
 }
 
-fn allowed(path: &str, patterns: &[String]) -> bool {
-    patterns.iter().any(|p| p == path || path.starts_with(&format!("{p}.")))
-}
-
 /// The leaves of a strategic patch, paired with the target's current values: what a change
 /// replaces.
 pub fn touched(patch: &Value, object: &Value) -> Vec<(String, Option<Value>)> {
@@ -410,7 +406,7 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
         changed.extend(new_items(&patch, &scope.object));
     }
     for path in changed {
-        if !allowed(&path, &pb.allowed_paths) {
+        if !crate::patch::safety::path_allowed(&path, &pb.allowed_paths) {
             return Err(RenderError::NotAllowed(path));
         }
     }

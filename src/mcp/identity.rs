@@ -178,7 +178,8 @@ pub async fn caller_of(ids: &Identities, headers: &HeaderMap) -> Result<Caller, 
         Ok(caller) => Ok(caller),
         Err(e @ AuthError::Unavailable(_)) => {
             tracing::warn!(error = %e, "MCP caller could not be authenticated");
-            Err((StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": e.to_string()}))).into_response())
+            Err((StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": e.to_string()})))
+                .into_response())
         }
         Err(e) => Err(unauthorized(&e)),
     }

@@ -6,6 +6,7 @@
 
 pub mod merge;
 pub mod quantity;
+pub mod safety;
 
 use sha2::{Digest, Sha256};
 
