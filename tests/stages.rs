@@ -59,3 +59,38 @@ async fn a_rejected_dry_run_fails_with_the_api_servers_message_and_changes_nothi
     assert_eq!(d.metadata.generation, Some(1), "a dry run stores nothing");
     assert!(d.spec.template.spec.unwrap().containers[0].resources.is_none());
 }
+
+#[tokio::test]
+async fn the_playbook_executor_refuses_what_the_patch_safety_check_refuses() {
+    use reflex::agent::Propose;
+    use reflex::api::playbook::Playbook;
+    use reflex::api::policy::RemediationPolicy;
+    let (_sb, client) = setup().await;
+    // The playbook's author allowed the security context; the check never does.
+    let pb: Playbook = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Playbook",
+        "metadata": {"name": "unsafe", "namespace": "default"},
+        "spec": {"targetKinds": ["Deployment"], "patch": {"mode": "template", "type": "strategic",
+            "template": "spec:\n  template:\n    spec:\n      containers:\n        - name: app\n          securityContext: {privileged: true}\n",
+            "allowedPaths": ["spec.template.spec.containers[*].securityContext"]}}}))
+    .unwrap();
+    Api::<Playbook>::namespaced(client.clone(), "default").create(&PostParams::default(), &pb).await.unwrap();
+    let mut policy: RemediationPolicy =
+        serde_saphyr::from_str(&std::fs::read_to_string("tests/fixtures/policy-good.yaml").unwrap()).unwrap();
+    policy.spec.playbook = Some("unsafe".into());
+    let policy = reflex::api::validate::ValidPolicy::from_spec(&policy.spec).unwrap();
+    let mut rem = remediation_with_patch(json!({}));
+    rem.status = None;
+    let mut input = input(rem);
+    input.policy = Some(Arc::new(policy));
+    input.key.step = Step::Propose;
+    // The playbook reads nothing: no metrics are ever asked for.
+    let unused =
+        reflex::verify::metrics::Prometheus::new("http://127.0.0.1:9", std::time::Duration::from_secs(1)).unwrap();
+    let metrics: Arc<dyn reflex::verify::metrics::MetricsSource> = Arc::new(unused);
+    let executor = reflex::agent::executor::PlaybookExecutor::new(client.clone(), metrics);
+    let err = executor.propose(input).await.expect_err("refused");
+    assert!(err.message.contains("patch-safety check refused"), "{err}");
+    assert!(err.message.contains("securityContext"), "{err}");
+    let d = Api::<Deployment>::namespaced(client, "default").get("checkout").await.unwrap();
+    assert_eq!(d.metadata.generation, Some(1), "nothing was changed");
+}

@@ -22,6 +22,7 @@ use crate::api::playbook::{PatchMode, Playbook};
 use crate::api::remediation::{Diagnosis, Finding, Proposal, ProposalSource};
 use crate::api::validate::ValidPlaybook;
 use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::patch::safety::{Proposed, Rules, Target, check};
 use crate::verify::metrics::MetricsSource;
 
 /// Runs playbooks; one per operator.
@@ -196,6 +197,19 @@ impl Propose for PlaybookExecutor {
             let run = this.read_all(&input).await?;
             let Rendered { patch, params, notes } = render(&run.playbook, &run.scope)
                 .map_err(|e| invalid(format!("playbook {}: {e}", run.playbook_name)))?;
+            // Checked independently of the renderer that bounded it: the same check an LLM's
+            // proposal meets.
+            let field = |k: &str| run.scope.target.get(k).map_or("", String::as_str);
+            let target = Target { kind: field("kind"), namespace: field("namespace"), name: field("name") };
+            let proposed = Proposed { target: target.clone(), patch_type: run.playbook.patch_type, patch: &patch };
+            let verdict = check(&Rules::from_playbook(&run.playbook), &target, &run.scope.object, &proposed);
+            if !verdict.allowed() {
+                return Err(invalid(format!(
+                    "playbook {}: the patch-safety check refused the patch: {}",
+                    run.playbook_name,
+                    verdict.summary()
+                )));
+            }
             let mut rationale = format!(
                 "playbook {} with {}",
                 run.playbook_name,
