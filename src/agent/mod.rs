@@ -21,5 +21,7 @@ pub trait Propose: Send + Sync {
 
 pub mod executor;
 pub mod expr;
+pub mod llm;
+pub mod llm_agent;
 pub mod playbook;
 pub mod tools;

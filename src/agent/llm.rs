@@ -1,0 +1,205 @@
+//! The LLM client: any OpenAI-compatible chat-completions endpoint with tool calling
+//! (OpenAI, Azure, vLLM, Ollama, llama.cpp, LiteLLM), through async-openai.
+//!
+//! Contract: [`LlmClient::chat`] sends one request with a per-request timeout, retries
+//! 429 and 5xx answers (and connection failures) with exponential backoff and full jitter up
+//! to [`LlmSettings::attempts`], stops at once when its cancellation token fires (the
+//! request in flight is dropped), and returns the reply with its token usage and cost (from
+//! the operator's price table). Each call is a tracing span with model, tokens, cost and
+//! duration. 4xx answers other than 429 are not retried: the request itself is wrong.
+
+use std::time::{Duration, Instant};
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{ChatCompletionResponseMessage, CreateChatCompletionRequest};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+
+/// Dollars per million tokens, by direction; the operator's config holds one per model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl Price {
+    /// What `usage` cost.
+    pub fn cost(&self, usage: Usage) -> f64 {
+        (f64::from(usage.prompt) * self.input_per_million + f64::from(usage.completion) * self.output_per_million) / 1e6
+    }
+}
+
+/// Where and how to reach the model.
+#[derive(Clone, Debug)]
+pub struct LlmSettings {
+    /// Base URL of the OpenAI-compatible API (`https://api.openai.com/v1`, `http://vllm:8000/v1`).
+    pub endpoint: String,
+    pub model: String,
+    /// From the Secret the policy names; absent for endpoints without auth.
+    pub api_key: Option<SecretString>,
+    /// Per request.
+    pub timeout: Duration,
+    /// Tries per request, the first included.
+    pub attempts: u32,
+    /// Price of this model, when the operator's table has it.
+    pub price: Option<Price>,
+}
+
+/// Tokens one reply used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u32,
+    pub completion: u32,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        u64::from(self.prompt) + u64::from(self.completion)
+    }
+}
+
+/// One reply.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub message: ChatCompletionResponseMessage,
+    pub usage: Usage,
+    /// US dollars; 0 when the price is unknown.
+    pub cost_usd: f64,
+    pub duration: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    #[error("the LLM request was cancelled")]
+    Cancelled,
+    #[error("the model endpoint refused the request: {0}")]
+    Rejected(String),
+    #[error("the model endpoint is unavailable after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+    #[error("the model's answer is not usable: {0}")]
+    Malformed(String),
+}
+
+/// A client for one policy's model.
+#[derive(Clone)]
+pub struct LlmClient {
+    client: Client<OpenAIConfig>,
+    settings: LlmSettings,
+}
+
+impl std::fmt::Debug for LlmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmClient")
+            .field("endpoint", &self.settings.endpoint)
+            .field("model", &self.settings.model)
+            .finish()
+    }
+}
+
+/// What a failed attempt means for the next one.
+enum Attempt {
+    Retry(String),
+    Stop(LlmError),
+}
+
+impl LlmClient {
+    pub fn new(settings: LlmSettings) -> Result<Self, LlmError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| LlmError::Rejected(format!("cannot build the HTTP client: {e}")))?;
+        let mut config = OpenAIConfig::new().with_api_base(settings.endpoint.trim_end_matches('/'));
+        if let Some(key) = &settings.api_key {
+            config = config.with_api_key(key.expose_secret());
+        }
+        Ok(Self { client: Client::with_config(config).with_http_client(http), settings })
+    }
+
+    pub fn model(&self) -> &str {
+        &self.settings.model
+    }
+
+    /// One chat completion (the request's model is set from the settings).
+    pub async fn chat(
+        &self,
+        mut request: CreateChatCompletionRequest,
+        cancel: &CancellationToken,
+    ) -> Result<Reply, LlmError> {
+        request.model.clone_from(&self.settings.model);
+        let attempts = self.settings.attempts.max(1);
+        let span = tracing::info_span!("llm.chat", model = %self.settings.model, tokens = tracing::field::Empty,
+            cost_usd = tracing::field::Empty, duration_ms = tracing::field::Empty);
+        let started = Instant::now();
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            let chat = self.client.chat();
+            let call = tracing::Instrument::instrument(chat.create(request.clone()), span.clone());
+            let result = tokio::select! {
+                () = cancel.cancelled() => return Err(LlmError::Cancelled),
+                r = call => r,
+            };
+            match result.map_err(classify) {
+                Ok(response) => {
+                    let usage = response
+                        .usage
+                        .map(|u| Usage { prompt: u.prompt_tokens, completion: u.completion_tokens })
+                        .unwrap_or_default();
+                    let cost_usd = self.settings.price.map_or(0.0, |p| p.cost(usage));
+                    let duration = started.elapsed();
+                    span.record("tokens", usage.total());
+                    span.record("cost_usd", cost_usd);
+                    span.record("duration_ms", duration.as_millis() as u64);
+                    let Some(choice) = response.choices.into_iter().next() else {
+                        return Err(LlmError::Malformed("the reply has no choices".into()));
+                    };
+                    return Ok(Reply { message: choice.message, usage, cost_usd, duration });
+                }
+                Err(Attempt::Stop(e)) => return Err(e),
+                Err(Attempt::Retry(why)) => {
+                    last = why;
+                    if attempt < attempts {
+                        let wait = crate::mcp::client::backoff(attempt, uuid::Uuid::new_v4().as_u64_pair().0);
+                        tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %last, "LLM request failed; retrying");
+                        tokio::select! {
+                            () = cancel.cancelled() => return Err(LlmError::Cancelled),
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        }
+        Err(LlmError::Unavailable { attempts, last })
+    }
+}
+
+fn classify(e: OpenAIError) -> Attempt {
+    match e {
+        OpenAIError::ApiError(r) if r.status_code.as_u16() == 429 || r.status_code.is_server_error() => {
+            Attempt::Retry(r.to_string())
+        }
+        OpenAIError::ApiError(r) => Attempt::Stop(LlmError::Rejected(r.to_string())),
+        OpenAIError::Reqwest(e) if e.is_timeout() || e.is_connect() || e.is_request() => Attempt::Retry(e.to_string()),
+        OpenAIError::Reqwest(e) => Attempt::Stop(LlmError::Rejected(e.to_string())),
+        OpenAIError::JSONDeserialize(e, body) => {
+            let body: String = body.chars().take(200).collect();
+            Attempt::Stop(LlmError::Malformed(format!("{e}: {body}")))
+        }
+        other => Attempt::Stop(LlmError::Rejected(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_follows_the_price_table() {
+        let p = Price { input_per_million: 3.0, output_per_million: 15.0 };
+        let c = p.cost(Usage { prompt: 1_000_000, completion: 100_000 });
+        assert!((c - 4.5).abs() < 1e-9, "{c}");
+        assert_eq!(Usage { prompt: 7, completion: 5 }.total(), 12);
+    }
+}
