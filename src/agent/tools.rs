@@ -316,6 +316,46 @@ impl Tools for McpTools {
     }
 }
 
+/// The LLM agent's tools: every tool the policy's MCP clients may call (Reflex's own and
+/// external ones), uniform, timed and audited by the client. When two servers offer the
+/// same name, the first client's wins.
+pub struct AgentMcpTools {
+    pub clients: Vec<Arc<crate::mcp::client::McpClient>>,
+    pub ctx: crate::mcp::client::CallContext,
+}
+
+impl crate::agent::llm_agent::AgentTools for AgentMcpTools {
+    fn definitions(&self) -> Vec<crate::agent::llm_agent::ToolDef> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.clients
+            .iter()
+            .flat_map(|c| c.tools())
+            .filter(|t| seen.insert(t.name.to_string()))
+            .map(|t| crate::agent::llm_agent::ToolDef {
+                name: t.name.to_string(),
+                description: t.description.as_deref().unwrap_or_default().to_owned(),
+                schema: Value::Object((*t.input_schema).clone()),
+            })
+            .collect()
+    }
+
+    fn call<'a>(
+        &'a self,
+        name: &'a str,
+        args: Value,
+        cancel: &'a tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let Some(client) = self.clients.iter().find(|c| c.tools().any(|t| t.name == name)) else {
+                return Err(format!("no server offers {name:?}"));
+            };
+            let Value::Object(args) = args else { return Err("the arguments must be a JSON object".into()) };
+            let ctx = crate::mcp::client::CallContext { cancel: cancel.clone(), trace_id: self.ctx.trace_id.clone() };
+            client.call(name, args, &ctx).await.map(|v| v.to_string()).map_err(|e| e.to_string())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

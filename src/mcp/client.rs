@@ -321,6 +321,11 @@ impl McpClient {
         &self.offered
     }
 
+    /// The tools this client may call (the server's, narrowed to the policy's allowlist).
+    pub fn tools(&self) -> impl Iterator<Item = &Tool> {
+        self.tools.values()
+    }
+
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -431,7 +431,7 @@ fn judge(rules: &Rules, change: &Change, refusals: &mut Vec<Refusal>) {
         let mut inner = Vec::new();
         key_paths(to, &mut String::new(), &mut inner);
         for sub in inner {
-            let full = format!("{path}.{sub}");
+            let full = if sub.starts_with('[') { format!("{path}{sub}") } else { format!("{path}.{sub}") };
             let segs: Vec<&str> = full.split('.').collect();
             if let Some(why) = forbidden(&segs) {
                 refusals.push(Refusal::Forbidden { path: full, why });
