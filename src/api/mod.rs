@@ -125,6 +125,8 @@ pub enum ErrorCategory {
     NotFound,
     /// An iteration, token, wall-clock or cost budget ran out.
     BudgetExhausted,
+    /// The agent escalated, or proposed what the safety check refuses: humans must act.
+    NeedsHuman,
 }
 
 impl ErrorCategory {
@@ -136,6 +138,7 @@ impl ErrorCategory {
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::BudgetExhausted => "budget_exhausted",
+            Self::NeedsHuman => "needs_human",
         }
     }
 

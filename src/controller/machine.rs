@@ -416,6 +416,12 @@ impl Machine<'_> {
             StepState::Failed => {
                 let category = last.category.unwrap_or(ErrorCategory::Transient);
                 let why = last.message.clone().unwrap_or_else(|| category.as_str().to_owned());
+                if category == ErrorCategory::NeedsHuman {
+                    // After deploy the change is undone first, as for any failure there.
+                    let dest =
+                        if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };
+                    return to(dest, reason::AGENT_ESCALATED, format!("{step}: {why}"));
+                }
                 if category == ErrorCategory::BudgetExhausted {
                     let dest =
                         if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };

@@ -333,6 +333,21 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
             },
         ),
         (
+            "the step needs a human (the agent escalated or its patch was refused)",
+            |p, rem, _| {
+                if let Some(step) = first_step(p) {
+                    status(rem).push_step(record(step, 1, StepState::Failed, Some(ErrorCategory::NeedsHuman), 10));
+                }
+            },
+            |p| match p {
+                Phase::Diagnosing | Phase::Testing | Phase::Deploying | Phase::RollingBack => {
+                    Expect::To(Phase::Escalated, r::AGENT_ESCALATED)
+                }
+                Phase::Verifying => Expect::To(Phase::RollingBack, r::AGENT_ESCALATED),
+                _ => baseline(p),
+            },
+        ),
+        (
             "the step was cancelled by a shutdown",
             |p, rem, _| {
                 if let Some(step) = first_step(p) {

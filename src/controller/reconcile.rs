@@ -529,7 +529,9 @@ pub fn error_policy(rem: Arc<Remediation>, error: &Error, _ctx: Arc<Context>) ->
             Action::requeue(super::machine::backoff(&settings, rem.uid().as_deref().unwrap_or(""), Step::Diagnose, 1))
         }
         ErrorCategory::Forbidden | ErrorCategory::NotFound => Action::requeue(Duration::from_secs(300)),
-        ErrorCategory::InvalidSpec | ErrorCategory::BudgetExhausted => Action::await_change(),
+        ErrorCategory::InvalidSpec | ErrorCategory::BudgetExhausted | ErrorCategory::NeedsHuman => {
+            Action::await_change()
+        }
     }
 }
 
