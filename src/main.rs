@@ -18,6 +18,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the current kubeconfig context, or the in-cluster config
@@ -57,6 +59,10 @@ enum Command {
         /// names, e.g. reflex.reflex-system.svc); repeat or comma-separate.
         #[arg(long, env = "REFLEX_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
         mcp_allowed_hosts: Vec<String>,
+        /// YAML price table for the LLM agent's cost accounting and budgets: model name →
+        /// {inputPerMillion, outputPerMillion} in US dollars per million tokens.
+        #[arg(long, env = "REFLEX_LLM_PRICES")]
+        llm_prices: Option<std::path::PathBuf>,
         /// Run the controller without leader election (one replica only).
         #[arg(long)]
         no_leader_election: bool,
@@ -177,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
             insecure_webhook,
             kill_switch_configmap,
             mcp_allowed_hosts,
+            llm_prices,
         } => {
             telemetry::init(cli.log_format);
             reflex::install_crypto_provider();
@@ -202,7 +209,14 @@ async fn main() -> anyhow::Result<()> {
                     reflex::agent::tools::ToolSource::Direct
                 }
             };
-            let stages = controller::stages::Stages::standard_with(client.clone(), metrics, tools);
+            let prices: std::collections::BTreeMap<String, reflex::agent::llm::Price> = match &llm_prices {
+                Some(path) => serde_saphyr::from_str(
+                    &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+                )
+                .with_context(|| format!("{}: a map of model name to {{inputPerMillion, outputPerMillion}}", path.display()))?,
+                None => std::collections::BTreeMap::new(),
+            };
+            let stages = controller::stages::Stages::standard_priced(client.clone(), metrics, tools, prices);
             let token = match (webhook_token_file, webhook_token_secret) {
                 (Some(path), _) => Some(
                     std::fs::read_to_string(&path)

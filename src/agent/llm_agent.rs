@@ -426,32 +426,9 @@ pub async fn run(
             .into(),
         );
         let known: Vec<&str> = offered.iter().map(|d| d.name.as_str()).collect();
-        let results: Vec<(String, String, ToolStep)> = stream::iter(calls.iter().map(|call| {
-            let known = &known;
-            async move {
-                let name = call.function.name.as_str();
-                let t = Instant::now();
-                let result = if !known.contains(&name) {
-                    Err(format!("there is no tool {name:?}; the tools are: {}", known.join(", ")))
-                } else {
-                    match serde_json::from_str::<Value>(&call.function.arguments) {
-                        Ok(args @ Value::Object(_)) => tools.call(name, args, cancel).await,
-                        Ok(_) => Err("the arguments must be a JSON object".to_owned()),
-                        Err(e) => Err(format!("the arguments are not valid JSON: {e}")),
-                    }
-                };
-                let (text, outcome) = match result {
-                    Ok(text) => (data(&format!("tool.{name}"), &text), "ok".to_owned()),
-                    Err(e) => {
-                        (format!("error: {}", data(&format!("tool.{name}.error"), &e)), format!("error: {}", clip(&e)))
-                    }
-                };
-                (call.id.clone(), text, ToolStep { tool: name.to_owned(), duration: t.elapsed(), outcome })
-            }
-        }))
-        .buffered(budgets.parallel_tools.max(1))
-        .collect()
-        .await;
+        let pending: Vec<_> = calls.iter().map(|call| one_call(tools, call, &known, cancel)).collect();
+        let results: Vec<(String, String, ToolStep)> =
+            stream::iter(pending).buffered(budgets.parallel_tools.max(1)).collect().await;
         if cancel.is_cancelled() {
             out.ending = Ending::Cancelled;
             return out;
@@ -462,6 +439,31 @@ pub async fn run(
         }
     }
     out
+}
+
+/// One non-terminal tool call: its id, the message for the model, and the timeline entry.
+async fn one_call(
+    tools: &dyn AgentTools,
+    call: &ChatCompletionMessageToolCall,
+    known: &[&str],
+    cancel: &CancellationToken,
+) -> (String, String, ToolStep) {
+    let name = call.function.name.as_str();
+    let t = Instant::now();
+    let result = if !known.contains(&name) {
+        Err(format!("there is no tool {name:?}; the tools are: {}", known.join(", ")))
+    } else {
+        match serde_json::from_str::<Value>(&call.function.arguments) {
+            Ok(args @ Value::Object(_)) => tools.call(name, args, cancel).await,
+            Ok(_) => Err("the arguments must be a JSON object".to_owned()),
+            Err(e) => Err(format!("the arguments are not valid JSON: {e}")),
+        }
+    };
+    let (text, outcome) = match result {
+        Ok(text) => (data(&format!("tool.{name}"), &text), "ok".to_owned()),
+        Err(e) => (format!("error: {}", data(&format!("tool.{name}.error"), &e)), format!("error: {}", clip(&e))),
+    };
+    (call.id.clone(), text, ToolStep { tool: name.to_owned(), duration: t.elapsed(), outcome })
 }
 
 fn clip(s: &str) -> String {

@@ -24,4 +24,5 @@ pub mod expr;
 pub mod llm;
 pub mod llm_agent;
 pub mod playbook;
+pub mod stage;
 pub mod tools;

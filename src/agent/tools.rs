@@ -132,6 +132,18 @@ pub struct Loopback {
     client: tokio::sync::Mutex<Option<Arc<crate::mcp::client::McpClient>>>,
 }
 
+/// Reflex's own tools the LLM agent may call: every read-only context tool.
+pub const AGENT_TOOLS: &[&str] = &[
+    "get_resource",
+    "list_resources",
+    "get_events",
+    "get_pod_logs",
+    "get_rollout_history",
+    "query_prometheus",
+    "query_prometheus_range",
+    "list_firing_alerts",
+];
+
 /// The tools the executor uses, pinned at this build's schemas.
 pub const EXECUTOR_TOOLS: &[&str] = &["get_resource", "query_prometheus"];
 
@@ -163,11 +175,8 @@ impl Loopback {
         self
     }
 
-    async fn client(&self) -> Result<Arc<crate::mcp::client::McpClient>, ToolError> {
-        let mut slot = self.client.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
+    /// The spec with the freshest token (the file's, when it can be read).
+    fn fresh_spec(&self) -> crate::mcp::client::ServerSpec {
         let mut spec = self.spec.clone();
         if let Some(fresh) = self.token_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
             let fresh = fresh.trim();
@@ -175,6 +184,30 @@ impl Loopback {
                 spec.token = Some(fresh.to_owned());
             }
         }
+        spec
+    }
+
+    /// A new client to Reflex's own server for the LLM agent: [`AGENT_TOOLS`], pinned at this
+    /// build's schemas.
+    pub async fn agent_client(&self) -> Result<crate::mcp::client::McpClient, crate::mcp::client::ClientError> {
+        let manifest = crate::mcp::manifest::compute();
+        let mut spec = self.fresh_spec();
+        spec.pins = AGENT_TOOLS
+            .iter()
+            .map(|t| crate::mcp::client::Pin {
+                tool: (*t).to_owned(),
+                hash: manifest.iter().find(|e| e.name == *t).map(|e| e.hash.clone()),
+            })
+            .collect();
+        crate::mcp::client::McpClient::connect(spec, self.audit.clone()).await
+    }
+
+    async fn client(&self) -> Result<Arc<crate::mcp::client::McpClient>, ToolError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let spec = self.fresh_spec();
         let c = crate::mcp::client::McpClient::connect(spec, self.audit.clone()).await.map_err(|e| {
             let category = if matches!(e, crate::mcp::client::ClientError::Drift { .. }) {
                 ErrorCategory::InvalidSpec

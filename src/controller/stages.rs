@@ -129,12 +129,34 @@ impl Stages {
         metrics: Arc<dyn crate::verify::metrics::MetricsSource>,
         tools: crate::agent::tools::ToolSource,
     ) -> Self {
+        Self::standard_priced(client, metrics, tools, std::collections::BTreeMap::new())
+    }
+
+    /// [`Stages::standard_with`], with the operator's LLM price table (dollars per million
+    /// tokens by model) for the agent's cost accounting and budget.
+    pub fn standard_priced(
+        client: kube::Client,
+        metrics: Arc<dyn crate::verify::metrics::MetricsSource>,
+        tools: crate::agent::tools::ToolSource,
+        prices: std::collections::BTreeMap<String, crate::agent::llm::Price>,
+    ) -> Self {
+        let loopback = match &tools {
+            crate::agent::tools::ToolSource::Mcp(l) => Some(l.clone()),
+            crate::agent::tools::ToolSource::Direct => None,
+        };
         let executor =
             Arc::new(crate::agent::executor::PlaybookExecutor::new(client.clone(), metrics.clone()).with_tools(tools));
+        let agent = Arc::new(crate::agent::stage::AgentStage {
+            client: client.clone(),
+            playbook: executor,
+            loopback,
+            prices: Arc::new(prices),
+            audit: Arc::new(crate::mcp::client::LogAudit),
+        });
         let deploy = Arc::new(crate::deploy::apply::ServerSideApply { client: client.clone() });
         Self {
-            diagnose: Some(executor.clone()),
-            propose: Some(executor),
+            diagnose: Some(agent.clone()),
+            propose: Some(agent),
             test: Some(Arc::new(crate::ci::dryrun::DryRun { client: client.clone() })),
             gate: Some(Arc::new(crate::gate::trust::TrustGate { client: client.clone() })),
             deploy: Some(deploy.clone()),

@@ -99,6 +99,28 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// When no playbook bounds the agent (`llm` mode): the fields operators expect an
+    /// automated fix to touch for `kind`, with the default factor and no ceilings (so a new
+    /// numeric value, with nothing to compare it to, is refused).
+    pub fn default_for(kind: &str) -> Self {
+        let c = "spec.template.spec.containers[*]";
+        let paths: Vec<String> = match kind {
+            "Deployment" | "StatefulSet" => vec![
+                format!("{c}.resources"),
+                format!("{c}.env[*].value"),
+                format!("{c}.image"),
+                "spec.replicas".into(),
+            ],
+            "DaemonSet" => vec![format!("{c}.resources"), format!("{c}.env[*].value"), format!("{c}.image")],
+            "ConfigMap" => vec!["data".into()],
+            "HorizontalPodAutoscaler" => vec!["spec.minReplicas".into(), "spec.maxReplicas".into()],
+            _ => vec![],
+        };
+        Self { allowed_paths: paths, ..Self::default() }
+    }
+}
+
 /// The object a Remediation is allowed to change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Target<'a> {

@@ -1,0 +1,240 @@
+//! The agent stage: per policy, the deterministic playbook, the LLM agent, or the agent
+//! with the playbook as its fallback (`agent.mode`).
+//!
+//! Contract: [`AgentStage`] is the controller's Diagnose and Propose. In `playbook` mode it
+//! is the playbook executor. In `llm` and `llm-then-playbook` modes, Propose connects the
+//! agent's MCP clients (Reflex's own tools over loopback, and the policy's external servers,
+//! schema-pinned), reads the target, runs [`super::llm_agent::run`] within the policy's
+//! budgets and cancellation, and returns a proposal marked as the LLM's with model, tokens
+//! and cost, and a bounded summary of the run in its rationale. When the agent does not
+//! propose: `llm` mode fails the step — escalated or refused → NeedsHuman, budget →
+//! BudgetExhausted, an unreachable model → Transient; `llm-then-playbook` runs the playbook
+//! instead (unless the run was cancelled). The API key is read from the Secret the policy
+//! names, in the Remediation's namespace, for each run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use kube::api::{Api, DynamicObject};
+
+use super::executor::{PlaybookExecutor, load_playbook};
+use super::llm::{LlmClient, LlmSettings, Price};
+use super::llm_agent::{AgentRun, Brief, Budgets, Ending, run};
+use super::tools::{AgentMcpTools, Loopback, api_resource, category};
+use super::{Diagnose, Propose};
+use crate::api::playbook::Playbook;
+use crate::api::policy::AgentMode;
+use crate::api::remediation::{Diagnosis, Proposal, ProposalSource, TokenUsage};
+use crate::api::{AnyJson, ErrorCategory};
+use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::patch::safety::{Rules, Target};
+
+/// Longest summary of an agent run kept in status.
+const MAX_SUMMARY: usize = 2000;
+
+/// Diagnose and Propose by the policy's agent mode.
+#[derive(Clone)]
+pub struct AgentStage {
+    pub client: kube::Client,
+    pub playbook: Arc<PlaybookExecutor>,
+    /// Reflex's own tools for the agent; without it the LLM modes fail with a clear error.
+    pub loopback: Option<Arc<Loopback>>,
+    /// Dollars per million tokens by model name (the operator's price table).
+    pub prices: Arc<BTreeMap<String, Price>>,
+    pub audit: Arc<dyn crate::mcp::client::Audit>,
+}
+
+fn err(category: ErrorCategory, message: impl Into<String>) -> StageError {
+    StageError::new(category, message)
+}
+
+fn mode(input: &StageInput) -> AgentMode {
+    input.policy.as_ref().map_or(AgentMode::Playbook, |p| p.agent.mode)
+}
+
+/// A bounded, human-readable account of a run: turns, each tool call, tokens and cost.
+pub fn summary(model: &str, r: &AgentRun) -> String {
+    let tools: Vec<String> =
+        r.tools.iter().map(|t| format!("{} {}ms {}", t.tool, t.duration.as_millis(), t.outcome)).collect();
+    let mut s = format!(
+        "LLM agent ({model}): {} turns, {} tokens, ${:.4}; tool calls: {}",
+        r.iterations,
+        r.usage.total(),
+        r.cost_usd,
+        if tools.is_empty() { "none".to_owned() } else { tools.join(", ") }
+    );
+    if s.len() > MAX_SUMMARY {
+        let mut cut = MAX_SUMMARY - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+impl AgentStage {
+    async fn api_key(&self, namespace: &str, input: &StageInput) -> Result<Option<secrecy::SecretString>, StageError> {
+        let Some(r) = input.policy.as_ref().and_then(|p| p.agent.model.as_ref()).and_then(|m| m.api_key_secret_ref.as_ref())
+        else {
+            return Ok(None);
+        };
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = secrets
+            .get(&r.name)
+            .await
+            .map_err(|e| err(category(&e), format!("the model's API key Secret {namespace}/{}: {e}", r.name)))?;
+        let value = secret
+            .data
+            .and_then(|d| d.get(&r.key).cloned())
+            .ok_or_else(|| err(ErrorCategory::InvalidSpec, format!("Secret {namespace}/{} has no key {:?}", r.name, r.key)))?;
+        let key = String::from_utf8(value.0)
+            .map_err(|_| err(ErrorCategory::InvalidSpec, format!("Secret {namespace}/{} key {:?} is not text", r.name, r.key)))?;
+        Ok(Some(key.trim().to_owned().into()))
+    }
+
+    /// Run the agent; the proposal when it made one, else the error that ends the step.
+    async fn agent(&self, input: &StageInput) -> Result<Proposal, StageError> {
+        let rem = &input.remediation;
+        let policy = input.policy.as_ref().ok_or_else(|| err(ErrorCategory::InvalidSpec, "the policy is missing"))?;
+        let agent = &policy.agent;
+        let model = agent.model.as_ref().ok_or_else(|| {
+            err(ErrorCategory::InvalidSpec, "agent.model is required when agent.mode is llm or llm-then-playbook")
+        })?;
+        let loopback = self.loopback.as_ref().ok_or_else(|| {
+            err(ErrorCategory::InvalidSpec, "the LLM agent needs Reflex's MCP server (this operator runs without it)")
+        })?;
+        let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+        let target = &rem.spec.target;
+        let (rules, instructions) = match &policy.playbook {
+            Some(name) => {
+                let pb = load_playbook(&self.client, &namespace, name).await?;
+                let raw = Api::<Playbook>::namespaced(self.client.clone(), &namespace).get(name).await.ok();
+                let instructions = raw.and_then(|p| p.spec.agent_instructions).unwrap_or_default();
+                (Rules::from_playbook(&pb), instructions)
+            }
+            None => (Rules::default_for(target.kind.as_str()), String::new()),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &api_resource(target.kind));
+        let current = api
+            .get(&target.name)
+            .await
+            .map_err(|e| err(category(&e), format!("{} {namespace}/{}: {e}", target.kind.as_str(), target.name)))?;
+        let current = serde_json::to_value(current).map_err(|e| err(ErrorCategory::Transient, e.to_string()))?;
+        let mut clients = vec![Arc::new(
+            loopback.agent_client().await.map_err(|e| err(ErrorCategory::Transient, format!("Reflex's MCP server: {e}")))?,
+        )];
+        let external = crate::mcp::client::connect_policy_servers(&self.client, &namespace, &agent.mcp_servers, self.audit.clone())
+            .await
+            .map_err(|e| err(ErrorCategory::InvalidSpec, e.to_string()))?;
+        clients.extend(external.into_iter().map(Arc::new));
+        let trace_id = rem.status.as_ref().and_then(|s| s.trace_id.clone());
+        let tools = AgentMcpTools {
+            clients,
+            ctx: crate::mcp::client::CallContext { cancel: input.cancel.clone(), trace_id },
+        };
+        let llm = LlmClient::new(LlmSettings {
+            endpoint: model.endpoint.clone(),
+            model: model.model.clone(),
+            api_key: self.api_key(&namespace, input).await?,
+            timeout: Duration::from_secs(60),
+            attempts: 3,
+            price: self.prices.get(&model.model).copied(),
+        })
+        .map_err(|e| err(ErrorCategory::InvalidSpec, e.to_string()))?;
+        let budgets = Budgets {
+            max_iterations: agent.max_iterations,
+            max_tokens: u64::from(agent.max_tokens),
+            wall_clock: agent.timeout,
+            max_cost_usd: agent.max_cost_usd.unwrap_or(f64::INFINITY),
+            parallel_tools: 4,
+        };
+        let alert = &rem.spec.alert;
+        let instructions = if instructions.is_empty() {
+            "Find the cause of the alert and propose the smallest change that fixes it.".to_owned()
+        } else {
+            instructions
+        };
+        let brief = Brief {
+            instructions: &instructions,
+            alert: &alert.name,
+            labels: &alert.labels,
+            annotations: &alert.annotations,
+            target: Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name },
+            rules: &rules,
+        };
+        let r = run(&llm, &tools, &brief, &current, &budgets, &input.cancel).await;
+        let summary = summary(&model.model, &r);
+        for t in &r.tools {
+            tracing::info!(tool = %t.tool, duration_ms = t.duration.as_millis() as u64, outcome = %t.outcome, "agent tool call");
+        }
+        match r.ending {
+            Ending::Proposed(p) => {
+                let rationale = format!("{} [{summary}]", p.rationale);
+                Ok(Proposal {
+                    patch_type: p.patch_type,
+                    digest: crate::patch::digest(&p.patch),
+                    patch: AnyJson(p.patch),
+                    rationale: rationale.chars().take(MAX_SUMMARY * 2).collect(),
+                    expected_effect: p.expected_effect,
+                    produced_by: ProposalSource::Llm,
+                    playbook: policy.playbook.clone(),
+                    model: Some(model.model.clone()),
+                    tokens: Some(TokenUsage { prompt: u64::from(r.usage.prompt), completion: u64::from(r.usage.completion) }),
+                    cost_usd: Some(format!("{:.6}", r.cost_usd)),
+                })
+            }
+            Ending::Escalated(why) | Ending::Blocked(why) => Err(err(ErrorCategory::NeedsHuman, format!("{why} ({summary})"))),
+            Ending::Budget(why) => Err(err(ErrorCategory::BudgetExhausted, format!("{why} ({summary})"))),
+            Ending::Failed(why) => Err(err(ErrorCategory::Transient, format!("{why} ({summary})"))),
+            Ending::Cancelled => Err(err(ErrorCategory::Transient, "the agent run was cancelled")),
+        }
+    }
+}
+
+impl Diagnose for AgentStage {
+    fn diagnose(&self, input: StageInput) -> StageFuture<Diagnosis> {
+        let this = self.clone();
+        async move {
+            if mode(&input) != AgentMode::Llm {
+                return this.playbook.diagnose(input).await;
+            }
+            let rem = &input.remediation;
+            let summary = format!(
+                "{} on {} {}: the LLM agent investigates with MCP tools when it proposes",
+                rem.spec.alert.name,
+                rem.spec.target.kind.as_str(),
+                rem.spec.target.name
+            );
+            Ok(Diagnosis { summary, findings: vec![] })
+        }
+        .boxed()
+    }
+}
+
+impl Propose for AgentStage {
+    fn propose(&self, input: StageInput) -> StageFuture<Proposal> {
+        let this = self.clone();
+        async move {
+            match mode(&input) {
+                AgentMode::Playbook => this.playbook.propose(input).await,
+                AgentMode::Llm => this.agent(&input).await,
+                AgentMode::LlmThenPlaybook => match this.agent(&input).await {
+                    Ok(p) => Ok(p),
+                    Err(e) if input.cancel.is_cancelled() => Err(e),
+                    Err(e) => {
+                        tracing::info!(error = %e, "the LLM agent did not propose; running the playbook");
+                        let mut p = this.playbook.propose(input).await?;
+                        let why: String = e.message.chars().take(MAX_SUMMARY).collect();
+                        p.rationale = format!("{} (the LLM agent did not propose: {why})", p.rationale);
+                        Ok(p)
+                    }
+                },
+            }
+        }
+        .boxed()
+    }
+}
