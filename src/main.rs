@@ -213,7 +213,9 @@ async fn main() -> anyhow::Result<()> {
                 Some(path) => serde_saphyr::from_str(
                     &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
                 )
-                .with_context(|| format!("{}: a map of model name to {{inputPerMillion, outputPerMillion}}", path.display()))?,
+                .with_context(|| {
+                    format!("{}: a map of model name to {{inputPerMillion, outputPerMillion}}", path.display())
+                })?,
                 None => std::collections::BTreeMap::new(),
             };
             let stages = controller::stages::Stages::standard_priced(client.clone(), metrics, tools, prices);

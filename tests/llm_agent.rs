@@ -243,3 +243,105 @@ async fn the_wall_clock_budget_ends_a_run_whose_model_hangs() {
     let r = run(&llm(&w.standin.url), &w.tools, &brief, &w.current, &b, &CancellationToken::new()).await;
     assert!(matches!(&r.ending, Ending::Budget(m) if m.contains("wall-clock")), "{:?}", r.ending);
 }
+
+/// Usage the playbook fallback reads: 300 MiB working set.
+struct Usage;
+impl reflex::verify::metrics::MetricsSource for Usage {
+    fn instant(
+        &self,
+        _: &str,
+    ) -> futures::future::BoxFuture<'_, Result<Option<f64>, reflex::verify::metrics::MetricsError>> {
+        Box::pin(async { Ok(Some(300.0 * 1024.0 * 1024.0)) })
+    }
+}
+
+async fn stage(w: &World) -> reflex::agent::stage::AgentStage {
+    let admin = w._setup.admin.clone();
+    let pb: reflex::api::playbook::Playbook =
+        serde_saphyr::from_str(&std::fs::read_to_string("playbooks/raise-memory-limit.yaml").unwrap()).unwrap();
+    let _ = Api::<reflex::api::playbook::Playbook>::namespaced(admin.clone(), "shop")
+        .create(&PostParams::default(), &pb)
+        .await;
+    let audit: Arc<dyn reflex::mcp::client::Audit> = Arc::new(MemoryAudit::default());
+    reflex::agent::stage::AgentStage {
+        client: admin.clone(),
+        playbook: Arc::new(reflex::agent::executor::PlaybookExecutor::new(admin, Arc::new(Usage))),
+        loopback: Some(Arc::new(reflex::agent::tools::Loopback::new(
+            w._setup.url.clone(),
+            "t-alice".into(),
+            audit.clone(),
+        ))),
+        prices: Arc::new(BTreeMap::from([(
+            "scripted".to_owned(),
+            Price { input_per_million: 5.0, output_per_million: 15.0 },
+        )])),
+        audit,
+    }
+}
+
+fn stage_input(w: &World, mode: &str) -> reflex::controller::stages::StageInput {
+    let mut spec = common::oom_policy();
+    spec["agent"] =
+        json!({"mode": mode, "model": {"endpoint": w.standin.url, "model": "scripted"}, "maxIterations": 6});
+    let spec: reflex::api::policy::RemediationPolicySpec = serde_json::from_value(spec).unwrap();
+    let policy = reflex::api::validate::ValidPolicy::from_spec(&spec).unwrap();
+    let rem: reflex::api::remediation::Remediation = serde_json::from_value(json!({
+        "apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+        "metadata": {"name": "r", "namespace": "shop", "uid": "u-1"},
+        "spec": {"policyRef": {"name": "checkout-oom"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"},
+                 "alert": {"name": "KubeContainerOOMKilled", "fingerprint": "f", "startsAt": "2026-01-01T00:00:00Z",
+                           "labels": {"container": "app", "namespace": "shop"}}}}))
+    .unwrap();
+    reflex::controller::stages::StageInput {
+        remediation: Arc::new(rem),
+        policy: Some(Arc::new(policy)),
+        key: reflex::controller::stages::EffectKey {
+            uid: "u-1".into(),
+            step: reflex::api::remediation::Step::Propose,
+            attempt: 1,
+        },
+        cancel: CancellationToken::new(),
+    }
+}
+
+fn script(name: &str) -> Vec<Value> {
+    let scripts: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/llm/scripts.json").unwrap()).unwrap();
+    scripts.into_iter().find(|s| s["name"] == name).unwrap()["turns"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_stage_proposes_as_the_llm_escalates_in_llm_mode_and_falls_back_to_the_playbook() {
+    use reflex::agent::Propose;
+    use reflex::api::remediation::ProposalSource;
+    let w = world().await;
+    let stage = stage(&w).await;
+
+    w.standin.load(&script("good-raise-memory"));
+    let p = stage.propose(stage_input(&w, "llm")).await.unwrap();
+    assert_eq!(p.produced_by, ProposalSource::Llm);
+    assert_eq!(p.model.as_deref(), Some("scripted"));
+    assert_eq!(p.tokens.as_ref().map(|t| t.prompt + t.completion), Some(2 * (900 + 120)));
+    assert!(p.cost_usd.is_some());
+    assert!(
+        p.rationale.contains("LLM agent (scripted): 2 turns") && p.rationale.contains("get_resource"),
+        "{}",
+        p.rationale
+    );
+    assert_eq!(p.digest, reflex::patch::digest(&p.patch.0));
+
+    w.standin.load(&script("bad-privileged"));
+    let e = stage.propose(stage_input(&w, "llm")).await.unwrap_err();
+    assert_eq!(e.category, reflex::api::ErrorCategory::NeedsHuman, "{e}");
+    assert!(e.message.contains("security context"), "{e}");
+
+    w.standin.load(&script("bad-endless-tool-calls"));
+    let e = stage.propose(stage_input(&w, "llm")).await.unwrap_err();
+    assert_eq!(e.category, reflex::api::ErrorCategory::BudgetExhausted, "{e}");
+
+    w.standin.load(&script("bad-privileged"));
+    let p = stage.propose(stage_input(&w, "llm-then-playbook")).await.unwrap();
+    assert_eq!(p.produced_by, ProposalSource::Playbook);
+    assert!(p.rationale.contains("the LLM agent did not propose"), "{}", p.rationale);
+    assert!(p.patch.0.to_string().contains("384Mi"), "{}", p.patch.0);
+}

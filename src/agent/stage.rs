@@ -78,7 +78,8 @@ pub fn summary(model: &str, r: &AgentRun) -> String {
 
 impl AgentStage {
     async fn api_key(&self, namespace: &str, input: &StageInput) -> Result<Option<secrecy::SecretString>, StageError> {
-        let Some(r) = input.policy.as_ref().and_then(|p| p.agent.model.as_ref()).and_then(|m| m.api_key_secret_ref.as_ref())
+        let Some(r) =
+            input.policy.as_ref().and_then(|p| p.agent.model.as_ref()).and_then(|m| m.api_key_secret_ref.as_ref())
         else {
             return Ok(None);
         };
@@ -87,12 +88,12 @@ impl AgentStage {
             .get(&r.name)
             .await
             .map_err(|e| err(category(&e), format!("the model's API key Secret {namespace}/{}: {e}", r.name)))?;
-        let value = secret
-            .data
-            .and_then(|d| d.get(&r.key).cloned())
-            .ok_or_else(|| err(ErrorCategory::InvalidSpec, format!("Secret {namespace}/{} has no key {:?}", r.name, r.key)))?;
-        let key = String::from_utf8(value.0)
-            .map_err(|_| err(ErrorCategory::InvalidSpec, format!("Secret {namespace}/{} key {:?} is not text", r.name, r.key)))?;
+        let value = secret.data.and_then(|d| d.get(&r.key).cloned()).ok_or_else(|| {
+            err(ErrorCategory::InvalidSpec, format!("Secret {namespace}/{} has no key {:?}", r.name, r.key))
+        })?;
+        let key = String::from_utf8(value.0).map_err(|_| {
+            err(ErrorCategory::InvalidSpec, format!("Secret {namespace}/{} key {:?} is not text", r.name, r.key))
+        })?;
         Ok(Some(key.trim().to_owned().into()))
     }
 
@@ -125,17 +126,23 @@ impl AgentStage {
             .map_err(|e| err(category(&e), format!("{} {namespace}/{}: {e}", target.kind.as_str(), target.name)))?;
         let current = serde_json::to_value(current).map_err(|e| err(ErrorCategory::Transient, e.to_string()))?;
         let mut clients = vec![Arc::new(
-            loopback.agent_client().await.map_err(|e| err(ErrorCategory::Transient, format!("Reflex's MCP server: {e}")))?,
+            loopback
+                .agent_client()
+                .await
+                .map_err(|e| err(ErrorCategory::Transient, format!("Reflex's MCP server: {e}")))?,
         )];
-        let external = crate::mcp::client::connect_policy_servers(&self.client, &namespace, &agent.mcp_servers, self.audit.clone())
-            .await
-            .map_err(|e| err(ErrorCategory::InvalidSpec, e.to_string()))?;
+        let external = crate::mcp::client::connect_policy_servers(
+            &self.client,
+            &namespace,
+            &agent.mcp_servers,
+            self.audit.clone(),
+        )
+        .await
+        .map_err(|e| err(ErrorCategory::InvalidSpec, e.to_string()))?;
         clients.extend(external.into_iter().map(Arc::new));
         let trace_id = rem.status.as_ref().and_then(|s| s.trace_id.clone());
-        let tools = AgentMcpTools {
-            clients,
-            ctx: crate::mcp::client::CallContext { cancel: input.cancel.clone(), trace_id },
-        };
+        let tools =
+            AgentMcpTools { clients, ctx: crate::mcp::client::CallContext { cancel: input.cancel.clone(), trace_id } };
         let llm = LlmClient::new(LlmSettings {
             endpoint: model.endpoint.clone(),
             model: model.model.clone(),
@@ -183,11 +190,16 @@ impl AgentStage {
                     produced_by: ProposalSource::Llm,
                     playbook: policy.playbook.clone(),
                     model: Some(model.model.clone()),
-                    tokens: Some(TokenUsage { prompt: u64::from(r.usage.prompt), completion: u64::from(r.usage.completion) }),
+                    tokens: Some(TokenUsage {
+                        prompt: u64::from(r.usage.prompt),
+                        completion: u64::from(r.usage.completion),
+                    }),
                     cost_usd: Some(format!("{:.6}", r.cost_usd)),
                 })
             }
-            Ending::Escalated(why) | Ending::Blocked(why) => Err(err(ErrorCategory::NeedsHuman, format!("{why} ({summary})"))),
+            Ending::Escalated(why) | Ending::Blocked(why) => {
+                Err(err(ErrorCategory::NeedsHuman, format!("{why} ({summary})")))
+            }
             Ending::Budget(why) => Err(err(ErrorCategory::BudgetExhausted, format!("{why} ({summary})"))),
             Ending::Failed(why) => Err(err(ErrorCategory::Transient, format!("{why} ({summary})"))),
             Ending::Cancelled => Err(err(ErrorCategory::Transient, "the agent run was cancelled")),
