@@ -73,6 +73,7 @@ async fn world() -> World {
     let tools = AgentMcpTools {
         clients: vec![Arc::new(client)],
         ctx: CallContext { cancel: CancellationToken::new(), trace_id: Some("trace-1".into()) },
+        scope: Some("shop".into()),
     };
     let rules = Rules {
         allowed_paths: vec![
@@ -344,4 +345,26 @@ async fn the_agent_stage_proposes_as_the_llm_escalates_in_llm_mode_and_falls_bac
     assert_eq!(p.produced_by, ProposalSource::Playbook);
     assert!(p.rationale.contains("the LLM agent did not propose"), "{}", p.rationale);
     assert!(p.patch.0.to_string().contains("384Mi"), "{}", p.patch.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_own_tools_read_only_the_remediations_namespace() {
+    use reflex::agent::llm_agent::AgentTools;
+    let w = world().await;
+    let cancel = CancellationToken::new();
+    let e = w
+        .tools
+        .call("list_resources", json!({"kind": "ConfigMap", "namespace": "kube-system"}), &cancel)
+        .await
+        .unwrap_err();
+    assert!(e.contains("may only read namespace \"shop\""), "{e}");
+    // No namespace given: the Remediation's is filled in (not a cluster-wide list).
+    let out: Value =
+        serde_json::from_str(&w.tools.call("list_resources", json!({"kind": "Deployment"}), &cancel).await.unwrap())
+            .unwrap();
+    let items = out["items"].as_array().unwrap();
+    assert!(
+        !items.is_empty() && items.iter().all(|i| i["namespace"] == "shop" || i["metadata"]["namespace"] == "shop"),
+        "{out}"
+    );
 }

@@ -143,10 +143,22 @@ impl LlmClient {
             };
             match result.map_err(classify) {
                 Ok(response) => {
-                    let usage = response
-                        .usage
-                        .map(|u| Usage { prompt: u.prompt_tokens, completion: u.completion_tokens })
-                        .unwrap_or_default();
+                    // An endpoint that reports no usage is charged an estimate (4 bytes a token), so
+                    // the token and cost budgets still hold.
+                    let estimate = |bytes: usize| u32::try_from(bytes / 4).unwrap_or(u32::MAX);
+                    let usage = response.usage.as_ref().map_or_else(
+                        || Usage {
+                            prompt: estimate(serde_json::to_string(&request).map_or(0, |s| s.len())),
+                            completion: estimate(
+                                response
+                                    .choices
+                                    .first()
+                                    .and_then(|c| serde_json::to_string(&c.message).ok())
+                                    .map_or(0, |s| s.len()),
+                            ),
+                        },
+                        |u| Usage { prompt: u.prompt_tokens, completion: u.completion_tokens },
+                    );
                     let cost_usd = self.settings.price.map_or(0.0, |p| p.cost(usage));
                     let duration = started.elapsed();
                     span.record("tokens", usage.total());

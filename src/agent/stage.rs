@@ -88,6 +88,24 @@ impl AgentStage {
             .get(&r.name)
             .await
             .map_err(|e| err(category(&e), format!("the model's API key Secret {namespace}/{}: {e}", r.name)))?;
+        // As for MCP credentials: only Secrets labelled for Reflex, so a policy cannot send
+        // an arbitrary Secret to an endpoint of its choosing.
+        let labelled = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::mcp::client::CREDENTIALS_LABEL))
+            .is_some_and(|v| v == "true");
+        if !labelled {
+            return Err(err(
+                ErrorCategory::InvalidSpec,
+                format!(
+                    "Secret {namespace}/{} is not labelled {}=true; label the Secret that holds the model's API key",
+                    r.name,
+                    crate::mcp::client::CREDENTIALS_LABEL
+                ),
+            ));
+        }
         let value = secret.data.and_then(|d| d.get(&r.key).cloned()).ok_or_else(|| {
             err(ErrorCategory::InvalidSpec, format!("Secret {namespace}/{} has no key {:?}", r.name, r.key))
         })?;
@@ -141,15 +159,28 @@ impl AgentStage {
         .map_err(|e| err(ErrorCategory::InvalidSpec, e.to_string()))?;
         clients.extend(external.into_iter().map(Arc::new));
         let trace_id = rem.status.as_ref().and_then(|s| s.trace_id.clone());
-        let tools =
-            AgentMcpTools { clients, ctx: crate::mcp::client::CallContext { cancel: input.cancel.clone(), trace_id } };
+        let tools = AgentMcpTools {
+            clients,
+            ctx: crate::mcp::client::CallContext { cancel: input.cancel.clone(), trace_id },
+            scope: Some(namespace.clone()),
+        };
+        let price = self.prices.get(&model.model).copied();
+        if agent.max_cost_usd.is_some() && price.is_none() {
+            return Err(err(
+                ErrorCategory::InvalidSpec,
+                format!(
+                    "agent.maxCostUSD is set but model {:?} has no price in the operator's price table (--llm-prices), so the cost budget could not be kept",
+                    model.model
+                ),
+            ));
+        }
         let llm = LlmClient::new(LlmSettings {
             endpoint: model.endpoint.clone(),
             model: model.model.clone(),
             api_key: self.api_key(&namespace, input).await?,
             timeout: Duration::from_secs(60),
             attempts: 3,
-            price: self.prices.get(&model.model).copied(),
+            price,
         })
         .map_err(|e| err(ErrorCategory::InvalidSpec, e.to_string()))?;
         let budgets = Budgets {

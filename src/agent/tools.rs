@@ -355,6 +355,9 @@ impl Tools for McpTools {
 pub struct AgentMcpTools {
     pub clients: Vec<Arc<crate::mcp::client::McpClient>>,
     pub ctx: crate::mcp::client::CallContext,
+    /// The Remediation's namespace: calls to the first client (Reflex's own tools) read only
+    /// there (a missing `namespace` argument is filled in, another one refused).
+    pub scope: Option<String>,
 }
 
 impl crate::agent::llm_agent::AgentTools for AgentMcpTools {
@@ -379,10 +382,26 @@ impl crate::agent::llm_agent::AgentTools for AgentMcpTools {
         cancel: &'a tokio_util::sync::CancellationToken,
     ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            let Some(client) = self.clients.iter().find(|c| c.tools().any(|t| t.name == name)) else {
+            let Some(index) = self.clients.iter().position(|c| c.tools().any(|t| t.name == name)) else {
                 return Err(format!("no server offers {name:?}"));
             };
-            let Value::Object(args) = args else { return Err("the arguments must be a JSON object".into()) };
+            let client = &self.clients[index];
+            let Value::Object(mut args) = args else { return Err("the arguments must be a JSON object".into()) };
+            if let (0, Some(scope)) = (index, &self.scope) {
+                let takes_namespace = client
+                    .tools()
+                    .find(|t| t.name == name)
+                    .is_some_and(|t| t.input_schema.get("properties").and_then(|p| p.get("namespace")).is_some());
+                match args.get("namespace").and_then(Value::as_str) {
+                    Some(ns) if ns != scope => {
+                        return Err(format!("this remediation may only read namespace {scope:?}, not {ns:?}"));
+                    }
+                    None if takes_namespace => {
+                        args.insert("namespace".into(), Value::String(scope.clone()));
+                    }
+                    _ => {}
+                }
+            }
             let ctx = crate::mcp::client::CallContext { cancel: cancel.clone(), trace_id: self.ctx.trace_id.clone() };
             client.call(name, args, &ctx).await.map(|v| v.to_string()).map_err(|e| e.to_string())
         })

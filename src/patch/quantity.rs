@@ -1,6 +1,6 @@
 //! Kubernetes quantities (`512Mi`, `250m`, `1.5G`, `2`) as numbers, for bounds checks.
 //!
-//! Contract: pure; only the canonical suffixes the API server accepts.
+//! Contract: pure; only the canonical suffixes and decimal exponents the API server accepts.
 
 /// Why a quantity could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,6 +15,16 @@ pub fn parse_quantity(text: &str) -> Result<f64, QuantityError> {
     let err = || QuantityError(text.to_owned());
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
+    // Decimal exponents (`1e3`, `5E-2`) are quantities too.
+    if let Some(exp) = suffix.strip_prefix(['e', 'E']).filter(|e| {
+        let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+    }) {
+        let base: f64 = number.parse().map_err(|_| err())?;
+        let exp: i32 = exp.parse().map_err(|_| err())?;
+        let out = base * 10f64.powi(exp);
+        return if out.is_finite() { Ok(out) } else { Err(err()) };
+    }
     if number.is_empty() || number.chars().filter(|c| *c == '.').count() > 1 {
         return Err(err());
     }
@@ -53,6 +63,8 @@ mod tests {
         assert_eq!(parse_quantity("250m"), Ok(0.25));
         assert_eq!(parse_quantity("1.5G"), Ok(1.5e9));
         assert_eq!(parse_quantity("3"), Ok(3.0));
+        assert_eq!(parse_quantity("1e3"), Ok(1000.0));
+        assert_eq!(parse_quantity("5E-1"), Ok(0.5));
     }
 
     #[test]

@@ -88,8 +88,14 @@ impl Rules {
             for p in &pb.parameters {
                 let Some(max) = p.max else { continue };
                 let needle = format!("params.{}", p.name);
+                let names_it = |text: &str| {
+                    text.match_indices(&needle).any(|(i, _)| {
+                        !text[i + needle.len()..]
+                            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    })
+                };
                 for (path, text) in &placed {
-                    if text.contains(&needle) {
+                    if names_it(text) {
                         rules.ceilings.push((path.clone(), max));
                     }
                 }
@@ -106,13 +112,12 @@ impl Rules {
     pub fn default_for(kind: &str) -> Self {
         let c = "spec.template.spec.containers[*]";
         let paths: Vec<String> = match kind {
-            "Deployment" | "StatefulSet" => vec![
-                format!("{c}.resources"),
-                format!("{c}.env[*].value"),
-                format!("{c}.image"),
-                "spec.replicas".into(),
-            ],
-            "DaemonSet" => vec![format!("{c}.resources"), format!("{c}.env[*].value"), format!("{c}.image")],
+            // Not env values: free text there can change what a program runs
+            // (LD_PRELOAD, JAVA_TOOL_OPTIONS); a playbook may allow named ones.
+            "Deployment" | "StatefulSet" => {
+                vec![format!("{c}.resources"), format!("{c}.image"), "spec.replicas".into()]
+            }
+            "DaemonSet" => vec![format!("{c}.resources"), format!("{c}.image")],
             "ConfigMap" => vec!["data".into()],
             "HorizontalPodAutoscaler" => vec!["spec.minReplicas".into(), "spec.maxReplicas".into()],
             _ => vec![],
@@ -168,6 +173,8 @@ pub enum Refusal {
     Factor { path: String, from: String, to: String, factor: f64 },
     #[error("{path}: {to} is over the ceiling {ceiling}")]
     Ceiling { path: String, to: String, ceiling: f64 },
+    #[error("{path}: a bounded number becomes {to}, which the bounds cannot judge")]
+    NotNumeric { path: String, to: String },
     #[error("{path}: a new numeric value ({to}) with nothing to compare it to and no ceiling")]
     Unbounded { path: String, to: String },
 }
@@ -424,8 +431,30 @@ fn forbidden(segments: &[&str]) -> Option<&'static str> {
             "serviceAccountName" | "serviceAccount" | "automountServiceAccountToken" => {
                 return Some("a ServiceAccount change");
             }
-            "secretKeyRef" | "secretRef" | "secret" | "projected" => return Some("a Secret reference"),
-            "privileged" | "capabilities" | "allowPrivilegeEscalation" => return Some("privilege escalation"),
+            "secretKeyRef"
+            | "secretRef"
+            | "secret"
+            | "secretName"
+            | "nodePublishSecretRef"
+            | "imagePullSecrets"
+            | "projected" => return Some("a Secret reference"),
+            "privileged" | "capabilities" | "allowPrivilegeEscalation" | "shareProcessNamespace" => {
+                return Some("privilege escalation");
+            }
+            "ephemeralContainers" => return Some("an ephemeral (debug) container"),
+            "nodeSelector" | "affinity" | "tolerations" | "nodeName" | "runtimeClassName" | "priorityClassName" => {
+                return Some("changing where or how pods are scheduled");
+            }
+            "hostAliases" | "dnsConfig" | "dnsPolicy" => return Some("redirecting the pod's name resolution"),
+            "gitRepo" | "csi" | "nfs" | "iscsi" | "rbd" | "cephfs" | "flexVolume" | "image"
+                if i > 0
+                    && segments[i - 1].trim_end_matches("[*]") != "containers"
+                    && segments[i - 1].trim_end_matches("[*]") != "initContainers"
+                    && segments.iter().any(|x| x.starts_with("volumes")) =>
+            {
+                return Some("a volume from outside the cluster's storage");
+            }
+            "selector" if i == 1 && segments[0] == "spec" => return Some("changing the selector (orphaning pods)"),
             "ownerReferences" | "finalizers" if i == 1 && segments[0] == "metadata" => {
                 return Some("changing ownership or finalizers");
             }
@@ -435,7 +464,7 @@ fn forbidden(segments: &[&str]) -> Option<&'static str> {
     match segments {
         ["metadata", "namespace"] => Some("moving to another namespace"),
         ["metadata", "name"] => Some("renaming the object"),
-        _ if last == "nodeName" => Some("pinning to a node"),
+        _ if last == "binaryData" => Some("binary configuration data"),
         _ => None,
     }
 }
@@ -466,12 +495,19 @@ fn judge(rules: &Rules, change: &Change, refusals: &mut Vec<Refusal>) {
         refusals.push(Refusal::Command { path: path.to_owned() });
         return;
     }
-    if last == "image"
-        && let (Some(Value::String(from)), Some(Value::String(to))) = (&change.from, &change.to)
-        && repository(from) != repository(to)
-    {
-        refusals.push(Refusal::ImageRepository { path: path.to_owned(), from: from.clone(), to: to.clone() });
-        return;
+    if last == "image" {
+        match (&change.from, &change.to) {
+            (Some(Value::String(from)), Some(Value::String(to))) if repository(from) != repository(to) => {
+                refusals.push(Refusal::ImageRepository { path: path.to_owned(), from: from.clone(), to: to.clone() });
+                return;
+            }
+            (None, Some(to)) => {
+                refusals.push(Refusal::Forbidden { path: path.to_owned(), why: "a new image where there was none" });
+                let _ = to;
+                return;
+            }
+            _ => {}
+        }
     }
     if !path_allowed(path, &rules.allowed_paths) {
         let allowed = if rules.allowed_paths.is_empty() { "none".to_owned() } else { rules.allowed_paths.join(", ") };
@@ -480,11 +516,24 @@ fn judge(rules: &Rules, change: &Change, refusals: &mut Vec<Refusal>) {
     }
     let to = change.to.as_ref().and_then(number);
     let from = change.from.as_ref().and_then(number);
-    let Some(to_n) = to else { return };
+    let ceiling = rules.ceilings.iter().filter(|(p, _)| p == path).map(|(_, c)| *c).reduce(f64::min);
+    let Some(to_n) = to else {
+        match (&change.to, from.or(ceiling)) {
+            // A bounded number removed (an unlimited limit) or replaced by something that is
+            // not a number (which the bound could not judge).
+            (None, Some(_)) if from.is_some() => {
+                refusals.push(Refusal::NotNumeric { path: path.to_owned(), to: "nothing (removed)".into() })
+            }
+            (Some(v), Some(_)) if !v.is_object() && !v.is_array() => {
+                refusals.push(Refusal::NotNumeric { path: path.to_owned(), to: v.to_string() });
+            }
+            _ => {}
+        }
+        return;
+    };
     let shown = |v: &Option<Value>| {
         v.as_ref().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default()
     };
-    let ceiling = rules.ceilings.iter().find(|(p, _)| p == path).map(|(_, c)| *c);
     if let Some(c) = ceiling
         && to_n > c
     {
@@ -743,6 +792,47 @@ mod tests {
         let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "image": "busybox"}]}}}});
         let v = verdict(patch);
         assert!(has(&v, |r| matches!(r, Refusal::PathNotAllowed { path, .. } if path == C)), "{}", v.summary());
+    }
+
+    #[test]
+    fn bounds_cannot_be_dodged_by_notation_removal_or_text() {
+        // Exponents are quantities too, and are bounded like any other.
+        let v = verdict(container(json!({"resources": {"limits": {"memory": "1e12"}}})));
+        assert!(has(&v, |r| matches!(r, Refusal::Ceiling { .. })), "{}", v.summary());
+        // Removing a bounded number (an unlimited container) or replacing it by text.
+        let v = verdict(container(json!({"resources": {"limits": {"memory": null}}})));
+        assert!(has(&v, |r| matches!(r, Refusal::NotNumeric { .. })), "{}", v.summary());
+        let v = verdict_as(
+            PatchType::Json,
+            json!([{"op": "remove", "path": "/spec/template/spec/containers/0/resources/limits/memory"}]),
+        );
+        assert!(has(&v, |r| matches!(r, Refusal::NotNumeric { .. })), "{}", v.summary());
+        let v = verdict(container(json!({"env": [{"name": "POOL_SIZE", "value": "1_000"}]})));
+        assert!(has(&v, |r| matches!(r, Refusal::NotNumeric { .. })), "{}", v.summary());
+    }
+
+    #[test]
+    fn broad_allowances_still_refuse_new_images_scheduling_and_secret_pulls() {
+        let mut wide = rules();
+        wide.allowed_paths = vec!["spec".into()];
+        for patch in [
+            json!({"spec": {"template": {"spec": {"initContainers": [{"name": "x", "image": "evil.example/miner:1"}]}}}}),
+            json!({"spec": {"template": {"spec": {"nodeSelector": {"node-role.kubernetes.io/control-plane": ""}}}}}),
+            json!({"spec": {"template": {"spec": {"tolerations": [{"operator": "Exists"}]}}}}),
+            json!({"spec": {"template": {"spec": {"imagePullSecrets": [{"name": "registry"}]}}}}),
+            json!({"spec": {"template": {"spec": {"shareProcessNamespace": true}}}}),
+            json!({"spec": {"template": {"spec": {"hostAliases": [{"ip": "10.0.0.1", "hostnames": ["db"]}]}}}}),
+            json!({"spec": {"template": {"spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox"}]}}}}),
+            json!({"spec": {"selector": {"matchLabels": {"app": "other"}}}}),
+        ] {
+            let v = check(
+                &wide,
+                &TARGET,
+                &current(),
+                &Proposed { target: TARGET, patch_type: PatchType::Strategic, patch: &patch },
+            );
+            assert!(!v.allowed(), "{patch} passed");
+        }
     }
 
     #[test]
