@@ -70,7 +70,8 @@ enum Command {
     /// Run the whole loop — alert to verified fix — on the built-in sandbox, and print the
     /// timeline. Exits 0 when the scenario ends as it expects.
     Demo {
-        /// Built-in scenario: `oom` (the fix holds) or `bad-fix` (it does not; rolled back).
+        /// Built-in scenario: `oom` (the fix holds), `bad-fix` (it does not; rolled back) or
+        /// `llm` (an LLM agent — a scripted stand-in model — diagnoses over MCP and proposes).
         #[arg(long, default_value = "oom")]
         scenario: String,
         /// Run a scenario file instead of a built-in one.

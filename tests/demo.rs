@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Both demo scenarios end to end: the sandbox, the operator (controller, stages, intake over
+//! The demo scenarios end to end: the sandbox, the operator (controller, stages, intake over
 //! HTTP) and the scenario's model, exactly as `reflex demo` runs them.
 
 use reflex::api::remediation::{Phase, Step, StepState};
@@ -77,4 +77,37 @@ async fn the_bad_fix_scenario_rolls_the_deployment_back_as_it_was() {
     assert!(status.rollback.is_some());
     assert_eq!(outcome.events.last().map(String::as_str), Some("RolledBack"), "{:?}", outcome.events);
     assert!(outcome.events.iter().any(|r| r == "VerificationFailed"), "{:?}", outcome.events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_scenario_is_driven_by_the_agent_and_shows_its_calls_tokens_and_cost() {
+    use reflex::api::remediation::ProposalSource;
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(Scenario::built_in("llm").unwrap(), false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    assert_eq!((outcome.memory_before.as_str(), outcome.memory_after.as_str()), ("128Mi", "256Mi"), "{text}");
+    let proposal = outcome.remediation.status.as_ref().unwrap().proposal.clone().unwrap();
+    assert_eq!(proposal.produced_by, ProposalSource::Llm);
+    assert_eq!(proposal.model.as_deref(), Some("scripted-demo"));
+    assert_eq!(proposal.tokens.as_ref().map(|t| t.prompt + t.completion), Some(1800 + 140 + 2600 + 210));
+    // 4,400 prompt tokens at $3/M and 350 completion tokens at $15/M.
+    assert_eq!(proposal.cost_usd.as_deref(), Some("0.018450"));
+    // The agent's reads went through Reflex's MCP server (audited), and the timeline shows
+    // each call with its duration, then tokens and cost; the stand-in says it is one.
+    let calls = &outcome.tool_calls;
+    assert!(
+        calls.contains(&"get_resource ok".to_owned()) && calls.contains(&"query_prometheus ok".to_owned()),
+        "{calls:?}"
+    );
+    for expected in [
+        "stand-in: the LLM is a scripted OpenAI-compatible server",
+        "llm       scripted-demo: 4750 tokens, $0.018450",
+        "tool      get_resource ",
+        "tool      query_prometheus ",
+        "limits.memory: 128Mi → 256Mi",
+        "result: Succeeded (as the scenario expects)",
+    ] {
+        assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
+    }
 }

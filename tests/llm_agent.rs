@@ -85,7 +85,7 @@ async fn world() -> World {
         ceilings: vec![(format!("{C}.resources.limits.memory"), 2.0 * 1024.0 * 1024.0 * 1024.0)],
         ..Rules::default()
     };
-    World { _setup: s, tools, current, standin: llm_standin::StandIn::start().await, rules }
+    World { _setup: s, tools, current, standin: llm_standin::start().await, rules }
 }
 
 fn llm(url: &str) -> LlmClient {

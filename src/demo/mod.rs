@@ -9,6 +9,7 @@
 
 pub mod model;
 pub mod scenario;
+pub mod standin;
 pub mod timeline;
 
 use std::io::Write;
@@ -100,8 +101,18 @@ async fn apply(client: &kube::Client, doc: &Value) -> anyhow::Result<String> {
 }
 
 /// Run `scenario`; progress goes to `out`.
-pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -> anyhow::Result<Outcome> {
+pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -> anyhow::Result<Outcome> {
     crate::install_crypto_provider();
+    // The model, when the scenario is LLM-driven: the scripted stand-in, on loopback.
+    let standin = match &scenario.llm {
+        Some(llm) => {
+            let s = standin::StandIn::start().await?;
+            s.load(&llm.turns);
+            scenario.resources = scenario.resources.replace("${LLM_ENDPOINT}", &s.url);
+            Some(s)
+        }
+        None => None,
+    };
     let docs = scenario.documents().map_err(|e| anyhow!(e))?;
     let model = Arc::new(OomModel::new(&scenario.model).map_err(|e| anyhow!("scenario model: {e}"))?);
     let config = Config { pod_model: Some(model.clone()), ..Config::default() };
@@ -116,6 +127,17 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
         "  stand-ins: the Kubernetes API is Reflex's in-memory sandbox ({}); Pod OOM kills and the Prometheus queries come from the scenario's model, computed from the sandbox's state",
         sandbox.url()
     )?;
+    if let (Some(s), Some(llm)) = (&standin, &scenario.llm) {
+        writeln!(
+            out,
+            "  stand-in: the LLM is a scripted OpenAI-compatible server ({}), not a model; it replays {} turns as {:?}, charged at ${}/${} per million tokens in/out",
+            s.url,
+            llm.turns.len(),
+            llm.model,
+            llm.price.input_per_million,
+            llm.price.output_per_million
+        )?;
+    }
     let mut applied = Vec::new();
     for doc in &docs {
         applied.push(apply(&client, doc).await?);
@@ -148,7 +170,8 @@ pub async fn run(scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -
     };
     let loopback = crate::agent::tools::Loopback::new(mcp_url, ADMIN_TOKEN.to_owned(), audit.clone());
     let tools = crate::agent::tools::ToolSource::Mcp(Arc::new(loopback));
-    let stages = Stages::standard_with(client.clone(), model.clone(), tools);
+    let prices = scenario.llm.iter().map(|l| (l.model.clone(), l.price)).collect();
+    let stages = Stages::standard_priced(client.clone(), model.clone(), tools, prices);
     let controller = {
         let (client, stop) = (client.clone(), stop.clone());
         tokio::spawn(async move {

@@ -15,8 +15,11 @@ use crate::api::remediation::Phase;
 use crate::patch::quantity::parse_quantity;
 
 /// The scenarios that ship with Reflex.
-pub const BUILT_IN: &[(&str, &str)] =
-    &[("oom", include_str!("../../scenarios/oom.yaml")), ("bad-fix", include_str!("../../scenarios/bad-fix.yaml"))];
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("oom", include_str!("../../scenarios/oom.yaml")),
+    ("bad-fix", include_str!("../../scenarios/bad-fix.yaml")),
+    ("llm", include_str!("../../scenarios/llm.yaml")),
+];
 
 /// The playbooks that ship with Reflex.
 pub const PLAYBOOKS: &[(&str, &str)] = &[
@@ -87,6 +90,20 @@ pub struct Scenario {
     pub resources: String,
     pub model: Model,
     pub alert: AlertSpec,
+    /// An LLM-driven scenario: the script the stand-in model replays. `${LLM_ENDPOINT}` in
+    /// the resources becomes the stand-in's URL.
+    #[serde(default)]
+    pub llm: Option<LlmScript>,
+}
+
+/// What the stand-in model answers, turn by turn (see [`super::standin`]), and the price the
+/// run is charged at.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LlmScript {
+    pub model: String,
+    pub price: crate::agent::llm::Price,
+    pub turns: Vec<Value>,
 }
 
 impl Scenario {

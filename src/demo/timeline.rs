@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::playbook::touched;
-use crate::api::remediation::{RemediationStatus, VerificationVerdict};
+use crate::api::remediation::{ProposalSource, RemediationStatus, VerificationVerdict};
 
 fn stamp(at: Duration) -> String {
     format!("[{:>5.1}s]", at.as_secs_f64())
@@ -57,6 +57,17 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
         ));
         for line in diff(&p.patch.0, before) {
             out.push(format!("{t}             {line}"));
+        }
+        if p.produced_by == ProposalSource::Llm {
+            let tokens = p.tokens.as_ref().map_or(0, |u| u.prompt + u.completion);
+            out.push(format!(
+                "{t}   llm       {}: {tokens} tokens, ${}",
+                p.model.as_deref().unwrap_or("?"),
+                p.cost_usd.as_deref().unwrap_or("?")
+            ));
+            for call in agent_tool_calls(&p.rationale) {
+                out.push(format!("{t}   tool      {call}"));
+            }
         }
     }
     if prev.ci.is_none()
@@ -107,6 +118,17 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
 }
 
 /// A phase transition, from the Event the controller records for it (`"A -> B: why"`).
+/// The agent's tool calls (`tool 12ms ok`) from the run summary in an LLM proposal's
+/// rationale ([`crate::agent::stage::summary`]).
+pub fn agent_tool_calls(rationale: &str) -> Vec<String> {
+    let Some((_, rest)) = rationale.rsplit_once("tool calls: ") else { return vec![] };
+    let list = rest.trim_end_matches(']').trim();
+    if list == "none" {
+        return vec![];
+    }
+    list.split(", ").map(str::to_owned).collect()
+}
+
 pub fn transition(note: &str, at: Duration) -> String {
     match note.split_once(": ") {
         Some((phases, why)) => {
