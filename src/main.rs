@@ -71,7 +71,8 @@ enum Command {
     /// timeline. Exits 0 when the scenario ends as it expects.
     Demo {
         /// Built-in scenario: `oom` (the fix holds), `bad-fix` (it does not; rolled back) or
-        /// `llm` (an LLM agent — a scripted stand-in model — diagnoses over MCP and proposes).
+        /// `llm` (an LLM agent — a scripted stand-in model — diagnoses over MCP and proposes),
+        /// or `saturation` (the scale-out-on-saturation playbook).
         #[arg(long, default_value = "oom")]
         scenario: String,
         /// Run a scenario file instead of a built-in one.

@@ -111,3 +111,19 @@ async fn the_llm_scenario_is_driven_by_the_agent_and_shows_its_calls_tokens_and_
         assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saturation_scenario_scales_out_within_bounds_and_verifies() {
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(Scenario::built_in("saturation").unwrap(), false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    // 2 replicas at saturation 1.5 want 2 × 1.5 / 0.7 ≈ 4.3; the playbook's maxFactor caps it at 4.
+    let status = outcome.remediation.status.as_ref().unwrap();
+    assert_eq!(status.proposal.as_ref().unwrap().patch.0, serde_json::json!({"spec": {"replicas": 4}}));
+    for expected in
+        ["read      saturation: 1.5", "spec.replicas: 2 → 4", "capped at 2x", "sample    0.75 ✓", "verdict   Passed"]
+    {
+        assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
+    }
+}

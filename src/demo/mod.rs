@@ -203,29 +203,48 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         workload.working_set
     )?;
 
-    // Wait until the workload is visibly failing, as it would be when the alert fires.
+    // Wait until the workload is visibly failing, as it would be when the alert fires (when
+    // the model makes it fail: a memory limit below the working set).
     let pods: Api<Pod> = Api::namespaced(client.clone(), &workload.namespace);
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let restarts: i32 = pods
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
-            .map(|c| c.restart_count)
-            .sum();
-        if restarts > 0 {
-            writeln!(
-                out,
-                "[{:>5.1}s] failing     {} restarts so far, last state OOMKilled",
-                t0.elapsed().as_secs_f64(),
-                restarts
-            )?;
-            break;
+    let fails = match (
+        crate::patch::quantity::parse_quantity(&memory_before),
+        crate::patch::quantity::parse_quantity(&workload.working_set),
+    ) {
+        (Ok(limit), Ok(working_set)) => limit < working_set,
+        _ => true,
+    };
+    if !fails {
+        writeln!(
+            out,
+            "[{:>5.1}s] saturated   load {} on {} replicas",
+            t0.elapsed().as_secs_f64(),
+            workload.load.unwrap_or_default(),
+            before.spec.replicas.unwrap_or(1)
+        )?;
+    }
+    if fails {
+        loop {
+            let restarts: i32 = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+                .map(|c| c.restart_count)
+                .sum();
+            if restarts > 0 {
+                writeln!(
+                    out,
+                    "[{:>5.1}s] failing     {} restarts so far, last state OOMKilled",
+                    t0.elapsed().as_secs_f64(),
+                    restarts
+                )?;
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the scenario's workload never failed; check its model");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        anyhow::ensure!(Instant::now() < deadline, "the scenario's workload never failed; check its model");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Fire the alert as Alertmanager does.

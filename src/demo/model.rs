@@ -5,8 +5,9 @@
 //! set is OOM-killed every `restartEvery` (restart count, `OOMKilled` last state,
 //! `CrashLoopBackOff`, not ready); once a rollout gives it a limit at or above the working set,
 //! its Pods are healthy. The metrics side answers exactly the queries the scenario binds —
-//! the working set, and OOM kills within a window counted from the Pods' recorded lives —
-//! and rejects any other query by saying what it models.
+//! the working set, OOM kills within a window counted from the Pods' recorded lives, and
+//! saturation (the workload's load over its Deployment's current replicas) — and rejects any
+//! other query by saying what it models.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,7 @@ struct Workload {
     container: String,
     working_set: f64,
     every: Duration,
+    load: Option<f64>,
 }
 
 /// What the model remembers of a Pod's life.
@@ -68,6 +70,7 @@ impl OomModel {
                     container: w.container.clone(),
                     working_set: parse_quantity(&w.working_set).map_err(|e| e.to_string())?,
                     every: w.restart_every.parse().map_err(|e| e.to_string())?.max(Duration::from_millis(100)),
+                    load: w.load,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -171,6 +174,30 @@ impl MetricsSource for OomModel {
             };
             match series.value {
                 SeriesValue::WorkingSet => Ok(Some(w.working_set)),
+                SeriesValue::Saturation => {
+                    let load = w.load.ok_or_else(|| {
+                        MetricsError::Rejected(format!("the modelled workload {} has no load", w.deployment))
+                    })?;
+                    let api =
+                        self.api.get().ok_or_else(|| MetricsError::Unavailable("the sandbox is not running".into()))?;
+                    let rt = api
+                        .store
+                        .registry()
+                        .find("apps", "v1", "deployments")
+                        .ok_or_else(|| MetricsError::Unavailable("the sandbox serves no deployments".into()))?;
+                    let list = api
+                        .list(&rt, Some(&w.namespace), &ListOptions::default())
+                        .map_err(|e| MetricsError::Unavailable(e.to_string()))?;
+                    let replicas = list
+                        .get("items")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .find(|d| d.pointer("/metadata/name").and_then(Value::as_str) == Some(w.deployment.as_str()))
+                        .and_then(|d| d.pointer("/spec/replicas").and_then(Value::as_f64))
+                        .unwrap_or(1.0);
+                    Ok(Some(load / replicas.max(1.0)))
+                }
                 SeriesValue::OomKills => {
                     let now = Timestamp::now();
                     let api =

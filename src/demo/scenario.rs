@@ -19,12 +19,14 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("oom", include_str!("../../scenarios/oom.yaml")),
     ("bad-fix", include_str!("../../scenarios/bad-fix.yaml")),
     ("llm", include_str!("../../scenarios/llm.yaml")),
+    ("saturation", include_str!("../../scenarios/saturation.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
 pub const PLAYBOOKS: &[(&str, &str)] = &[
     ("raise-memory-limit", include_str!("../../playbooks/raise-memory-limit.yaml")),
     ("raise-memory-limit-timid", include_str!("../../playbooks/raise-memory-limit-timid.yaml")),
+    ("scale-out-on-saturation", include_str!("../../playbooks/scale-out-on-saturation.yaml")),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -43,6 +45,9 @@ pub struct Workload {
     pub container: String,
     pub working_set: String,
     pub restart_every: crate::api::duration::DurationString,
+    /// Demand in replicas' worth of work (for `saturation`): saturation is load / replicas.
+    #[serde(default)]
+    pub load: Option<f64>,
 }
 
 /// A query the metrics model answers, and what from.
@@ -63,6 +68,8 @@ pub enum SeriesValue {
     WorkingSet,
     /// OOM kills of the workload's container within `window`.
     OomKills,
+    /// The workload's `load` divided by its Deployment's current replicas.
+    Saturation,
 }
 
 #[derive(Clone, Debug, Deserialize)]
