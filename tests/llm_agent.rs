@@ -31,7 +31,7 @@ const C: &str = "spec.template.spec.containers[*]";
 const TARGET: Target<'static> = Target { kind: "Deployment", namespace: "shop", name: "checkout" };
 
 struct World {
-    _setup: common::mcp::Setup,
+    setup: common::mcp::Setup,
     tools: AgentMcpTools,
     current: Value,
     standin: llm_standin::StandIn,
@@ -85,7 +85,7 @@ async fn world() -> World {
         ceilings: vec![(format!("{C}.resources.limits.memory"), 2.0 * 1024.0 * 1024.0 * 1024.0)],
         ..Rules::default()
     };
-    World { _setup: s, tools, current, standin: llm_standin::start().await, rules }
+    World { setup: s, tools, current, standin: llm_standin::start().await, rules }
 }
 
 fn llm(url: &str) -> LlmClient {
@@ -257,7 +257,7 @@ impl reflex::verify::metrics::MetricsSource for Usage {
 }
 
 async fn stage(w: &World) -> reflex::agent::stage::AgentStage {
-    let admin = w._setup.admin.clone();
+    let admin = w.setup.admin.clone();
     let pb: reflex::api::playbook::Playbook =
         serde_saphyr::from_str(&std::fs::read_to_string("playbooks/raise-memory-limit.yaml").unwrap()).unwrap();
     let _ = Api::<reflex::api::playbook::Playbook>::namespaced(admin.clone(), "shop")
@@ -268,7 +268,7 @@ async fn stage(w: &World) -> reflex::agent::stage::AgentStage {
         client: admin.clone(),
         playbook: Arc::new(reflex::agent::executor::PlaybookExecutor::new(admin, Arc::new(Usage))),
         loopback: Some(Arc::new(reflex::agent::tools::Loopback::new(
-            w._setup.url.clone(),
+            w.setup.url.clone(),
             "t-alice".into(),
             audit.clone(),
         ))),

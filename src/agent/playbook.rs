@@ -462,6 +462,7 @@ mod tests {
             ],
             verify: None,
             rollback_on_failure: true,
+            agent_instructions: None,
         }
     }
 

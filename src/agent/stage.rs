@@ -24,7 +24,6 @@ use super::llm::{LlmClient, LlmSettings, Price};
 use super::llm_agent::{AgentRun, Brief, Budgets, Ending, run};
 use super::tools::{AgentMcpTools, Loopback, api_resource, category};
 use super::{Diagnose, Propose};
-use crate::api::playbook::Playbook;
 use crate::api::policy::AgentMode;
 use crate::api::remediation::{Diagnosis, Proposal, ProposalSource, TokenUsage};
 use crate::api::{AnyJson, ErrorCategory};
@@ -131,9 +130,7 @@ impl AgentStage {
         let (rules, instructions) = match &policy.playbook {
             Some(name) => {
                 let pb = load_playbook(&self.client, &namespace, name).await?;
-                let raw = Api::<Playbook>::namespaced(self.client.clone(), &namespace).get(name).await.ok();
-                let instructions = raw.and_then(|p| p.spec.agent_instructions).unwrap_or_default();
-                (Rules::from_playbook(&pb), instructions)
+                (Rules::from_playbook(&pb), pb.agent_instructions.clone().unwrap_or_default())
             }
             None => (Rules::default_for(target.kind.as_str()), String::new()),
         };

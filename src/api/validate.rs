@@ -461,6 +461,8 @@ pub struct ValidPlaybook {
     pub verify: Option<ValidVerify>,
     /// Restore on failed verification.
     pub rollback_on_failure: bool,
+    /// The LLM agent's instructions, when the playbook gives them.
+    pub agent_instructions: Option<String>,
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -641,6 +643,7 @@ impl ValidPlaybook {
             allowed_paths: p.allowed_paths.clone(),
             verify,
             rollback_on_failure: spec.rollback.on_verification_failure,
+            agent_instructions: spec.agent_instructions.clone(),
         })
     }
 }

@@ -83,8 +83,12 @@ impl Rules {
         }
         let template = pb.template.as_deref().and_then(|t| serde_saphyr::from_str::<Value>(t).ok());
         if let Some(template) = template {
-            let mut placed = Vec::new();
-            leaf_strings(&template, &mut String::new(), &mut placed);
+            let mut placed: Vec<(String, String)> = Vec::new();
+            each_path(&template, &mut String::new(), &mut |path, v| {
+                if let Value::String(text) = v {
+                    placed.push((path.to_owned(), text.clone()));
+                }
+            });
             for p in &pb.parameters {
                 let Some(max) = p.max else { continue };
                 let needle = format!("params.{}", p.name);
@@ -360,8 +364,13 @@ fn walk_item(
     walk(Some(&b), Some(&a), path, shown, out);
 }
 
-/// Leaves that are strings, with their paths (list items as `[*]`).
-fn leaf_strings(v: &Value, path: &mut String, out: &mut Vec<(String, String)>) {
+/// Every node inside a value with its path (object keys joined by `.`, list items as `[*]`).
+fn each_path(v: &Value, path: &mut String, visit: &mut dyn FnMut(&str, &Value)) {
+    let mut descend = |path: &mut String, len: usize, child: &Value| {
+        visit(path, child);
+        each_path(child, path, &mut *visit);
+        path.truncate(len);
+    };
     match v {
         Value::Object(m) => {
             for (k, child) in m {
@@ -370,45 +379,15 @@ fn leaf_strings(v: &Value, path: &mut String, out: &mut Vec<(String, String)>) {
                     path.push('.');
                 }
                 path.push_str(k);
-                leaf_strings(child, path, out);
-                path.truncate(len);
+                descend(path, len, child);
             }
         }
         Value::Array(items) => {
-            let len = path.len();
-            path.push_str("[*]");
             for item in items {
-                leaf_strings(item, path, out);
-            }
-            path.truncate(len);
-        }
-        Value::String(s) => out.push((path.clone(), s.clone())),
-        _ => {}
-    }
-}
-
-/// Every key path inside a value (list items as `[*]`), for subtrees that change whole.
-fn key_paths(v: &Value, path: &mut String, out: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, child) in m {
                 let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k);
-                out.push(path.clone());
-                key_paths(child, path, out);
-                path.truncate(len);
+                path.push_str("[*]");
+                descend(path, len, item);
             }
-        }
-        Value::Array(items) => {
-            let len = path.len();
-            path.push_str("[*]");
-            for item in items {
-                key_paths(item, path, out);
-            }
-            path.truncate(len);
         }
         _ => {}
     }
@@ -447,10 +426,7 @@ fn forbidden(segments: &[&str]) -> Option<&'static str> {
             }
             "hostAliases" | "dnsConfig" | "dnsPolicy" => return Some("redirecting the pod's name resolution"),
             "gitRepo" | "csi" | "nfs" | "iscsi" | "rbd" | "cephfs" | "flexVolume" | "image"
-                if i > 0
-                    && segments[i - 1].trim_end_matches("[*]") != "containers"
-                    && segments[i - 1].trim_end_matches("[*]") != "initContainers"
-                    && segments.iter().any(|x| x.starts_with("volumes")) =>
+                if i > 0 && segments[i - 1] == "volumes[*]" =>
             {
                 return Some("a volume from outside the cluster's storage");
             }
@@ -480,7 +456,7 @@ fn judge(rules: &Rules, change: &Change, refusals: &mut Vec<Refusal>) {
     // everything inside it too.
     if let Some(to) = &change.to {
         let mut inner = Vec::new();
-        key_paths(to, &mut String::new(), &mut inner);
+        each_path(to, &mut String::new(), &mut |path, _| inner.push(path.to_owned()));
         for sub in inner {
             let full = if sub.starts_with('[') { format!("{path}{sub}") } else { format!("{path}.{sub}") };
             let segs: Vec<&str> = full.split('.').collect();
@@ -501,9 +477,8 @@ fn judge(rules: &Rules, change: &Change, refusals: &mut Vec<Refusal>) {
                 refusals.push(Refusal::ImageRepository { path: path.to_owned(), from: from.clone(), to: to.clone() });
                 return;
             }
-            (None, Some(to)) => {
+            (None, Some(_)) => {
                 refusals.push(Refusal::Forbidden { path: path.to_owned(), why: "a new image where there was none" });
-                let _ = to;
                 return;
             }
             _ => {}
@@ -865,6 +840,7 @@ mod tests {
             allowed_paths: vec![format!("{C}.resources.limits.memory")],
             verify: None,
             rollback_on_failure: true,
+            agent_instructions: None,
         };
         let r = Rules::from_playbook(&pb);
         assert_eq!(r.max_factor, 3.0);
