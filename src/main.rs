@@ -70,9 +70,11 @@ enum Command {
     /// Run the whole loop — alert to verified fix — on the built-in sandbox, and print the
     /// timeline. Exits 0 when the scenario ends as it expects.
     Demo {
-        /// Built-in scenario: `oom` (the fix holds), `bad-fix` (it does not; rolled back) or
+        /// Built-in scenario: `oom` (the fix holds), `bad-fix` (it does not; rolled back),
         /// `llm` (an LLM agent — a scripted stand-in model — diagnoses over MCP and proposes),
-        /// or `saturation` (the scale-out-on-saturation playbook).
+        /// or one per playbook: `saturation` (scale-out-on-saturation), `leak`
+        /// (restart-on-leak), `bad-rollout` (rollback-bad-rollout), `pool`
+        /// (tune-config-parameter), `known-bug` (image-bump).
         #[arg(long, default_value = "oom")]
         scenario: String,
         /// Run a scenario file instead of a built-in one.

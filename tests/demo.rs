@@ -127,3 +127,133 @@ async fn the_saturation_scenario_scales_out_within_bounds_and_verifies() {
         assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
     }
 }
+
+fn image(template: &serde_json::Value) -> &str {
+    template["spec"]["containers"][0]["image"].as_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leak_scenario_restarts_the_workload_and_verifies_memory_fell() {
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(Scenario::built_in("leak").unwrap(), false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    // A rolling restart: a restartedAt annotation on the pod template, nothing else changed.
+    let status = outcome.remediation.status.as_ref().unwrap();
+    let patch = &status.proposal.as_ref().unwrap().patch.0;
+    let stamp = patch["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].as_str();
+    assert!(stamp.is_some_and(|s| s.parse::<jiff::Timestamp>().is_ok()), "{patch}");
+    assert_eq!(
+        outcome.template_after["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].as_str(),
+        stamp,
+        "{text}"
+    );
+    let mut unchanged = outcome.template_after.clone();
+    unchanged["metadata"].as_object_mut().unwrap().remove("annotations");
+    assert_eq!(unchanged, outcome.template_before, "only the annotation changed");
+    // Five hours at 40Mi an hour on top of 100Mi before; fresh Pods back near 100Mi after.
+    assert!(text.contains("read      workingSet: 301Mi"), "{text}");
+    let samples = &status.verification.as_ref().unwrap().samples;
+    assert!(samples.iter().all(|s| s.ok && s.value.is_some_and(|v| v < 110.0 * 1048576.0)), "{samples:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_rollout_scenario_returns_to_the_previous_revisions_image() {
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(Scenario::built_in("bad-rollout").unwrap(), false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    assert_eq!(image(&outcome.template_before), "registry.example.com/shop/checkout:1.5.0");
+    assert_eq!(image(&outcome.template_after), "registry.example.com/shop/checkout:1.4.2", "{text}");
+    // The previous image came from the rollout history, read through Reflex's MCP server.
+    assert!(
+        outcome.tool_calls.iter().filter(|c| *c == "get_rollout_history ok").count() >= 2,
+        "{:?}",
+        outcome.tool_calls
+    );
+    for expected in
+        ["read      errors: 0.12", "checkout:1.5.0 → registry.example.com/shop/checkout:1.4.2", "verdict   Passed"]
+    {
+        assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_scenario_raises_a_configmap_value_within_bounds() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(Scenario::built_in("pool").unwrap(), true, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    // 20 at saturation 1.5 wants 20 × 1.5 / 0.7 ≈ 43; maxFactor 2 caps it at 40. ConfigMap
+    // data stays text.
+    let status = outcome.remediation.status.as_ref().unwrap();
+    assert_eq!(status.proposal.as_ref().unwrap().patch.0, serde_json::json!({"data": {"DB_POOL_SIZE": "40"}}));
+    let sandbox = outcome.sandbox.as_ref().unwrap();
+    let client = sandbox.client(reflex::sandbox::ADMIN_TOKEN).await.unwrap();
+    let cm = kube::Api::<ConfigMap>::namespaced(client, "shop").get("checkout-config").await.unwrap();
+    let data = cm.data.unwrap();
+    assert_eq!(
+        (data.get("DB_POOL_SIZE").map(String::as_str), data.get("LOG_LEVEL").map(String::as_str)),
+        (Some("40"), Some("info")),
+        "the key raised, the rest untouched"
+    );
+    for expected in
+        ["data.DB_POOL_SIZE: 20 → 40", "capped at 2x the current 20", "sample    0.75 ✓", "verdict   Passed"]
+    {
+        assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_known_bug_scenario_bumps_the_image_through_ci_and_verifies() {
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(Scenario::built_in("known-bug").unwrap(), false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    assert_eq!(image(&outcome.template_after), "registry.example.com/shop/checkout:1.4.3", "{text}");
+    let status = outcome.remediation.status.as_ref().unwrap();
+    let ci = status.ci.as_ref().unwrap();
+    assert_eq!(ci.verdict, reflex::api::remediation::CiVerdict::Passed);
+    assert_eq!(ci.proposal_digest, status.proposal.as_ref().unwrap().digest, "CI tested exactly what deployed");
+    assert!(succeeded(&outcome.remediation, Step::Test) && succeeded(&outcome.remediation, Step::Verify));
+
+    // An alert naming an older release is refused before anything is tested or deployed.
+    let older = reflex::demo::scenario::BUILT_IN.iter().find(|(n, _)| *n == "known-bug").unwrap().1;
+    let mut scenario = Scenario::parse(&older.replace("fixed_version: 1.4.3", "fixed_version: 1.4.1")).unwrap();
+    scenario.expect.phase = Phase::Failed;
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(scenario, false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Failed), "{text}");
+    assert!(text.contains("1.4.1 is not a newer version than 1.4.2"), "{text}");
+    assert_eq!(outcome.template_after, outcome.template_before);
+    assert!(!outcome.remediation.status.as_ref().unwrap().steps.iter().any(|r| r.step == Step::Test));
+}
+
+#[test]
+fn every_playbook_in_the_library_is_built_in_and_valid() {
+    use reflex::api::playbook::Playbook;
+    let mut files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".yaml").to_owned())
+        .collect();
+    files.sort();
+    let mut built_in: Vec<String> = reflex::demo::scenario::PLAYBOOKS.iter().map(|(n, _)| (*n).to_owned()).collect();
+    built_in.sort();
+    assert_eq!(files, built_in);
+    for (name, text) in reflex::demo::scenario::PLAYBOOKS {
+        let pb: Playbook = serde_saphyr::from_str(text).unwrap();
+        assert_eq!(pb.metadata.name.as_deref(), Some(*name));
+        reflex::api::validate::ValidPlaybook::from_spec(&pb.spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Each has a scenario that uses it.
+        assert!(
+            reflex::demo::scenario::BUILT_IN.iter().any(|(s, _)| Scenario::built_in(s)
+                .unwrap()
+                .playbooks
+                .iter()
+                .any(|p| p == name)),
+            "no scenario exercises {name}"
+        );
+    }
+}

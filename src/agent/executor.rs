@@ -89,6 +89,9 @@ impl PlaybookExecutor {
                 ("apiVersion".to_owned(), target.api_version.clone()),
             ]),
             labels: rem.spec.alert.labels.clone(),
+            now: Some(
+                jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string(),
+            ),
             ..Scope::default()
         };
         let tools: Box<dyn Tools> = match &self.tools {
@@ -145,8 +148,13 @@ impl PlaybookExecutor {
 fn describe_read(name: &str, v: &Value) -> String {
     if let Some(kind) = v.get("kind").and_then(Value::as_str) {
         let n = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-        let generation = v.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or_default();
-        return format!("{name}: {kind}/{n} (generation {generation})");
+        return match v.pointer("/metadata/generation").and_then(Value::as_i64) {
+            Some(generation) => format!("{name}: {kind}/{n} (generation {generation})"),
+            None => format!(
+                "{name}: {kind}/{n} (resourceVersion {})",
+                v.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("?")
+            ),
+        };
     }
     match v.get("value") {
         Some(Value::Number(n)) => {
@@ -202,7 +210,8 @@ impl Propose for PlaybookExecutor {
             let field = |k: &str| run.scope.target.get(k).map_or("", String::as_str);
             let target = Target { kind: field("kind"), namespace: field("namespace"), name: field("name") };
             let proposed = Proposed { target: target.clone(), patch_type: run.playbook.patch_type, patch: &patch };
-            let verdict = check(&Rules::from_playbook(&run.playbook), &target, &run.scope.object, &proposed);
+            let rules = Rules::from_playbook_in(&run.playbook, &|n| run.scope.lookup(n));
+            let verdict = check(&rules, &target, &run.scope.object, &proposed);
             if !verdict.allowed() {
                 return Err(invalid(format!(
                     "playbook {}: the patch-safety check refused the patch: {}",
@@ -210,11 +219,15 @@ impl Propose for PlaybookExecutor {
                     verdict.summary()
                 )));
             }
-            let mut rationale = format!(
-                "playbook {} with {}",
-                run.playbook_name,
-                params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
-            );
+            let mut rationale = if params.is_empty() {
+                format!("playbook {}", run.playbook_name)
+            } else {
+                format!(
+                    "playbook {} with {}",
+                    run.playbook_name,
+                    params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+                )
+            };
             for n in &notes {
                 rationale.push_str("; ");
                 rationale.push_str(n);

@@ -158,6 +158,15 @@ impl<'a> Parser<'a> {
     }
 
     fn path(&mut self, first: String) -> Result<f64, ExprError> {
+        let (node, shown) = self.resolve(first)?;
+        match number_of(node) {
+            Some(n) => Ok(n),
+            None => self.err(format!("{shown} is {node}, not a number")),
+        }
+    }
+
+    /// The value a path names, and the path as written.
+    fn resolve(&mut self, first: String) -> Result<(&'a Value, String), ExprError> {
         let mut shown = first.clone();
         let Some(mut node) = self.scope.get(&first) else { return self.err(format!("unknown name {first:?}")) };
         loop {
@@ -177,7 +186,13 @@ impl<'a> Parser<'a> {
                 shown.push_str(&format!("[{inner}]"));
                 node = if let Some((k, v)) = inner.split_once('=') {
                     let (k, v) = (k.trim(), v.trim().trim_matches('"'));
-                    match node.as_array().and_then(|a| a.iter().find(|i| i.get(k).and_then(Value::as_str) == Some(v))) {
+                    let same = |i: &Value| match i.get(k) {
+                        Some(Value::String(s)) => s == v,
+                        Some(Value::Bool(b)) => v == if *b { "true" } else { "false" },
+                        Some(Value::Number(n)) => v.parse::<f64>().ok() == n.as_f64(),
+                        _ => false,
+                    };
+                    match node.as_array().and_then(|a| a.iter().find(|i| same(i))) {
                         Some(n) => n,
                         None => return self.err(format!("{shown} matches nothing")),
                     }
@@ -195,10 +210,7 @@ impl<'a> Parser<'a> {
                 break;
             }
         }
-        match number_of(node) {
-            Some(n) => Ok(n),
-            None => self.err(format!("{shown} is {node}, not a number")),
-        }
+        Ok((node, shown))
     }
 }
 
@@ -217,6 +229,26 @@ pub fn eval(src: &str, scope: &Value) -> Result<f64, ExprError> {
         return p.err("the result is not a finite number");
     }
     Ok(v)
+}
+
+/// The text at the path `src` in `scope` (for image parameters): the whole expression must
+/// be one path, and what it names a string.
+pub fn text(src: &str, scope: &Value) -> Result<String, ExprError> {
+    let mut p = Parser { src, pos: 0, scope, depth: 0 };
+    p.skip_ws();
+    let first = p.ident();
+    if first.is_empty() {
+        return p.err("expected a path such as reads.history.revisions[current=false].images[0]");
+    }
+    let (node, shown) = p.resolve(first)?;
+    p.skip_ws();
+    if p.pos != src.len() {
+        return p.err(format!("unexpected {:?}: an image parameter's value is a single path", p.rest()));
+    }
+    match node {
+        Value::String(s) => Ok(s.clone()),
+        other => p.err(format!("{shown} is {other}, not text")),
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +281,20 @@ mod tests {
         assert_eq!(eval("max(reads.usage.value * 1.25, '64Mi')", &s).unwrap(), 250.0 * mi);
         assert_eq!(eval("min(1, 2, 3) + (2 - 1) * 4 / 2", &s).unwrap(), 3.0);
         assert_eq!(eval("reads.target.spec.template.spec.containers[name=app].resources.limits.cpu", &s).unwrap(), 0.5);
+    }
+
+    #[test]
+    fn text_paths_select_by_flag_and_name() {
+        let s = json!({"reads": {"history": {"revisions": [
+            {"revision": 3, "current": true, "images": ["r/app:1.5.0"]},
+            {"revision": 2, "current": false, "images": ["r/app:1.4.2"]},
+            {"revision": 1, "current": false, "images": ["r/app:1.4.1"]}]}}, "labels": {"fixed": "1.4.3"}});
+        assert_eq!(text("reads.history.revisions[current=false].images[0]", &s).unwrap(), "r/app:1.4.2");
+        assert_eq!(text("reads.history.revisions[revision=1].images[0]", &s).unwrap(), "r/app:1.4.1");
+        assert_eq!(text(" labels.fixed ", &s).unwrap(), "1.4.3");
+        assert!(text("reads.history.revisions[0].revision", &s).unwrap_err().message.contains("not text"));
+        assert!(text("labels.fixed + 1", &s).unwrap_err().message.contains("single path"));
+        assert!(text("'1.2'", &s).is_err());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Scope {
     pub reads: BTreeMap<String, Value>,
     /// The target object as read (for maxFactor and the snapshot).
     pub object: Value,
+    /// `{{ now }}`: when the run began (RFC 3339), e.g. for a restart annotation.
+    pub now: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -53,6 +55,9 @@ pub enum RenderError {
 impl Scope {
     /// `target.<key>` or `labels.<key>`: the values templates and read arguments may name.
     pub fn lookup(&self, name: &str) -> Option<String> {
+        if name == "now" {
+            return self.now.clone();
+        }
         let (ns, key) = name.split_once('.')?;
         match ns {
             "target" => self.target.get(key).cloned(),
@@ -113,7 +118,16 @@ pub fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result
     Ok(out)
 }
 
-fn fill(v: &mut Value, names: &[String], values: &dyn Fn(&str) -> Option<String>) -> Result<(), RenderError> {
+/// Fields whose values the API keeps as text whatever they look like: ConfigMap data,
+/// annotations, labels, environment variables.
+const TEXT_FIELDS: [&str; 5] = ["data", "stringData", "annotations", "labels", "env"];
+
+fn fill(
+    v: &mut Value,
+    names: &[String],
+    values: &dyn Fn(&str) -> Option<String>,
+    text: bool,
+) -> Result<(), RenderError> {
     match v {
         Value::String(s) if s.contains(MARK) => {
             let whole = names.iter().enumerate().find(|(i, _)| *s == format!("{MARK}{i}__"));
@@ -126,18 +140,52 @@ fn fill(v: &mut Value, names: &[String], values: &dyn Fn(&str) -> Option<String>
                 }
             }
             *v = match whole {
-                // A whole-value integer parameter stays a number.
-                Some(_) if out.parse::<i64>().is_ok() && !out.starts_with('0') => {
+                // A whole-value integer parameter stays a number, except where the API wants
+                // text (a ConfigMap's `data: {POOL_SIZE: "40"}`).
+                Some(_) if !text && out.parse::<i64>().is_ok() && !out.starts_with('0') => {
                     json!(out.parse::<i64>().unwrap_or_default())
                 }
                 _ => Value::String(out),
             };
             Ok(())
         }
-        Value::Array(items) => items.iter_mut().try_for_each(|i| fill(i, names, values)),
-        Value::Object(m) => m.values_mut().try_for_each(|i| fill(i, names, values)),
+        Value::Array(items) => items.iter_mut().try_for_each(|i| fill(i, names, values, text)),
+        Value::Object(m) => {
+            // A placeholder in a key (`data: {"{{ labels.key }}": ...}`) names a field: only
+            // inert values (never a parameter) may go there.
+            if m.keys().any(|k| k.contains(MARK)) {
+                for (k, mut child) in std::mem::take(m) {
+                    let key = if k.contains(MARK) { fill_key(&k, names, values)? } else { k };
+                    fill(&mut child, names, values, text || TEXT_FIELDS.contains(&key.as_str()))?;
+                    m.insert(key, child);
+                }
+                return Ok(());
+            }
+            m.iter_mut().try_for_each(|(k, i)| fill(i, names, values, text || TEXT_FIELDS.contains(&k.as_str())))
+        }
         _ => Ok(()),
     }
+}
+
+fn fill_key(key: &str, names: &[String], values: &dyn Fn(&str) -> Option<String>) -> Result<String, RenderError> {
+    let mut out = key.to_owned();
+    for (i, name) in names.iter().enumerate() {
+        let token = format!("{MARK}{i}__");
+        if out.contains(&token) {
+            if name.starts_with("params.") {
+                return Err(RenderError::Parameter {
+                    name: name.trim_start_matches("params.").to_owned(),
+                    message: "a parameter cannot name a field".into(),
+                });
+            }
+            let value = values(name).ok_or_else(|| RenderError::Unknown(name.clone()))?;
+            if !inert(&value) {
+                return Err(RenderError::Unsafe { name: name.clone(), value });
+            }
+            out = out.replace(&token, &value);
+        }
+    }
+    Ok(out)
 }
 
 /// `192Mi`, `1Gi`, `500m`, `2`: the shortest exact-enough Kubernetes quantity, rounding up.
@@ -168,7 +216,7 @@ fn format_param_floor(p: &ValidParameter, value: f64) -> String {
     match p.type_ {
         ParameterType::Quantity => format_quantity_floor(value),
         ParameterType::Integer => format!("{}", value.floor() as i64),
-        ParameterType::Number | ParameterType::String => format!("{value}"),
+        ParameterType::Number | ParameterType::String | ParameterType::Image => format!("{value}"),
     }
 }
 
@@ -183,7 +231,7 @@ fn format_param(p: &ValidParameter, value: f64) -> String {
     match p.type_ {
         ParameterType::Quantity => format_quantity(value),
         ParameterType::Integer => format!("{}", value.round() as i64),
-        ParameterType::Number | ParameterType::String => format!("{value}"),
+        ParameterType::Number | ParameterType::String | ParameterType::Image => format!("{value}"),
     }
 }
 
@@ -303,16 +351,38 @@ pub fn new_items(patch: &Value, object: &Value) -> Vec<String> {
 
 /// Render `pb`'s patch in `scope`.
 pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError> {
+    render_with(pb, scope, &BTreeMap::new())
+}
+
+/// A value the LLM agent chose for a delegated parameter: a number for numeric ones, text
+/// for quantities, strings and images.
+pub type Choices = BTreeMap<String, Value>;
+
+/// Render `pb`'s patch in `scope`, with the agent's `choices` for delegated parameters in
+/// place of the playbook's expressions. A choice must already be within every bound: where
+/// the playbook's own value would be clamped with a note, a choice is refused.
+pub fn render_with(pb: &ValidPlaybook, scope: &Scope, choices: &Choices) -> Result<Rendered, RenderError> {
     let template = pb.template.as_deref().ok_or(RenderError::NoTemplate)?;
     let plain = |name: &str| scope.lookup(name);
     let eval_scope = json!({"reads": scope.reads, "target": scope.object, "labels": scope.labels});
+    for name in choices.keys() {
+        if !pb.parameters.iter().any(|p| p.delegate && &p.name == name) {
+            return Err(RenderError::Parameter {
+                name: name.clone(),
+                message: "is not a parameter the playbook delegates".into(),
+            });
+        }
+    }
     let mut raw: BTreeMap<String, f64> = BTreeMap::new();
     for p in &pb.parameters {
-        let expr = substitute(&p.value, &|n| plain(n))?;
-        if p.type_ == ParameterType::String {
+        if matches!(p.type_, ParameterType::String | ParameterType::Image) {
             continue;
         }
-        raw.insert(p.name.clone(), eval(&expr, &eval_scope)?);
+        let v = match choices.get(&p.name) {
+            Some(choice) => chosen_number(p, choice)?,
+            None => eval(&substitute(&p.value, &|n| plain(n))?, &eval_scope)?,
+        };
+        raw.insert(p.name.clone(), v);
     }
     let (marked, names) = mark(template);
     let mut patch: Value = serde_saphyr::from_str(&marked).map_err(|e| RenderError::Yaml(e.to_string()))?;
@@ -326,10 +396,37 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
             None => plain(n),
         }
     };
-    fill(&mut probe, &names, &probe_values)?;
+    fill(&mut probe, &names, &probe_values, false)?;
     for p in &pb.parameters {
+        let chosen = choices.get(&p.name);
+        if p.type_ == ParameterType::Image {
+            let token = format!("{MARK}param_{}__", p.name);
+            let currents = replaced(&probe, &scope.object, &token);
+            let wanted = match chosen {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => {
+                    return Err(RenderError::Parameter {
+                        name: p.name.clone(),
+                        message: format!("the agent chose {other}, which is not an image or tag"),
+                    });
+                }
+                None => super::expr::text(&substitute(&p.value, &|n| plain(n))?, &eval_scope)?,
+            };
+            let image = bounded_image(p, &wanted, &currents)?;
+            params.insert(p.name.clone(), image);
+            continue;
+        }
         if p.type_ == ParameterType::String {
-            let v = substitute(&p.value, &|n| plain(n))?;
+            let v = match chosen {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => {
+                    return Err(RenderError::Parameter {
+                        name: p.name.clone(),
+                        message: format!("the agent chose {other}, which is not text"),
+                    });
+                }
+                None => substitute(&p.value, &|n| plain(n))?,
+            };
             if !p.allowed.contains(&v) {
                 return Err(RenderError::Parameter {
                     name: p.name.clone(),
@@ -340,6 +437,7 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
             continue;
         }
         let mut v = raw.get(&p.name).copied().unwrap_or_default();
+        let before = notes.len();
         if let Some(min) = p.min.filter(|m| v < *m) {
             notes.push(format!("{}: {} raised to the minimum {}", p.name, format_param(p, v), format_param(p, min)));
             v = min;
@@ -388,6 +486,14 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
         if v < 0.0 {
             return Err(RenderError::Parameter { name: p.name.clone(), message: format!("{v} is negative") });
         }
+        // The agent's choice is not bent to fit: one outside the bounds is refused.
+        if chosen.is_some() && notes.len() > before {
+            let why = notes.split_off(before).join("; ");
+            return Err(RenderError::Parameter {
+                name: p.name.clone(),
+                message: format!("the agent's choice is outside the playbook's bounds ({why})"),
+            });
+        }
         // The written value must itself respect the caps: round down when rounding up would not.
         let text = format_param(p, v);
         let text = if parse_param(p, &text).is_some_and(|w| w > upper) { format_param_floor(p, v) } else { text };
@@ -399,7 +505,7 @@ pub fn render(pb: &ValidPlaybook, scope: &Scope) -> Result<Rendered, RenderError
             None => plain(n),
         }
     };
-    fill(&mut patch, &names, &values)?;
+    fill(&mut patch, &names, &values, false)?;
     let keyed = pb.patch_type != PatchType::Merge;
     let mut changed: Vec<String> = touched_as(&patch, &scope.object, keyed).into_iter().map(|(p, _)| p).collect();
     if keyed {
@@ -419,6 +525,89 @@ fn number(v: &Value) -> Option<f64> {
         Value::String(s) => crate::patch::quantity::parse_quantity(s).ok(),
         _ => None,
     }
+}
+
+/// An agent's choice for a numeric parameter, in base units.
+fn chosen_number(p: &ValidParameter, choice: &Value) -> Result<f64, RenderError> {
+    let v = match (p.type_, choice) {
+        (ParameterType::Quantity, Value::String(s)) => crate::patch::quantity::parse_quantity(s).ok(),
+        (ParameterType::Integer, Value::Number(n)) => n.as_i64().map(|i| i as f64),
+        (ParameterType::Number | ParameterType::Quantity, Value::Number(n)) => n.as_f64(),
+        _ => None,
+    };
+    v.filter(|v| v.is_finite()).ok_or_else(|| RenderError::Parameter {
+        name: p.name.clone(),
+        message: format!("the agent chose {choice}, which is not {}", type_name(p.type_)),
+    })
+}
+
+/// How a parameter type is named to people and to the model.
+pub fn type_name(t: ParameterType) -> &'static str {
+    match t {
+        ParameterType::Integer => "an integer",
+        ParameterType::Number => "a number",
+        ParameterType::Quantity => "a quantity such as 512Mi or 250m",
+        ParameterType::String => "one of the allowed strings",
+        ParameterType::Image => "an image tag or reference in the same repository",
+    }
+}
+
+/// A tag: what a registry accepts (letters, digits, `_ . -`, at most 128, not starting with
+/// `.` or `-`).
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// `1.4.3`, `v2.10`, `1.4.3-alpine` as numbers (`[1, 4, 3]`), ignoring a leading `v` and a
+/// `-suffix`; `None` for tags that are not versions (`latest`, `sha-1a2b`).
+pub fn version_of(tag: &str) -> Option<Vec<u64>> {
+    let core = tag.strip_prefix('v').unwrap_or(tag);
+    let core = core.split_once('-').map_or(core, |(c, _)| c);
+    core.split('.').map(|n| n.parse::<u64>().ok()).collect::<Option<Vec<_>>>().filter(|v| !v.is_empty())
+}
+
+/// The tag of an image reference, if it has one.
+fn tag_of(image: &str) -> Option<&str> {
+    let repo = crate::patch::safety::repository(image);
+    image[repo.len()..].strip_prefix(':').map(|t| t.split_once('@').map_or(t, |(t, _)| t))
+}
+
+/// An image parameter's value: `wanted` (a reference, or a tag for the repository of the image
+/// it replaces) in the same repository as every image it replaces, and a later version when
+/// the parameter says `newer`.
+fn bounded_image(p: &ValidParameter, wanted: &str, currents: &[Option<&Value>]) -> Result<String, RenderError> {
+    let fail = |message: String| RenderError::Parameter { name: p.name.clone(), message };
+    let currents: Vec<&str> = currents
+        .iter()
+        .map(|c| c.and_then(Value::as_str))
+        .collect::<Option<_>>()
+        .ok_or_else(|| fail("an image parameter must replace an image the target already has".into()))?;
+    let Some(first) = currents.first() else {
+        return Err(fail("the template does not place this parameter".into()));
+    };
+    let bare = !wanted.contains([':', '/', '@']);
+    let image = if bare { format!("{}:{wanted}", crate::patch::safety::repository(first)) } else { wanted.to_owned() };
+    let Some(tag) = tag_of(&image).filter(|t| valid_tag(t)) else {
+        return Err(fail(format!("{wanted:?} is not an image tag or a tagged reference")));
+    };
+    for current in &currents {
+        let (from, to) = (crate::patch::safety::repository(current), crate::patch::safety::repository(&image));
+        if from != to {
+            return Err(fail(format!("{image} is not in the repository of {current} ({from})")));
+        }
+        if p.newer {
+            let old = tag_of(current).unwrap_or("");
+            match (version_of(old), version_of(tag)) {
+                (Some(a), Some(b)) if b > a => {}
+                (Some(_), Some(_)) => return Err(fail(format!("{tag} is not a newer version than {old}"))),
+                _ => return Err(fail(format!("{old:?} and {tag:?} cannot be compared as versions"))),
+            }
+        }
+    }
+    Ok(image)
 }
 
 /// The target's values at every leaf of `probe` that holds `token`: what a parameter replaces.
@@ -455,6 +644,8 @@ mod tests {
                 max: Some(1024.0 * MI),
                 max_factor,
                 allowed: vec![],
+                newer: false,
+                delegate: false,
             }],
             allowed_paths: vec![
                 "spec.template.spec.containers[*].resources.limits.memory".into(),
@@ -474,7 +665,131 @@ mod tests {
             labels: BTreeMap::from([("container".into(), container.into())]),
             reads: BTreeMap::from([("usage".into(), json!({"value": 200.0 * MI})), ("target".into(), object.clone())]),
             object,
+            now: None,
         }
+    }
+
+    fn image_playbook(value: &str, newer: bool) -> ValidPlaybook {
+        let mut pb = playbook("1", None);
+        pb.template = Some(
+            "spec:\n  template:\n    spec:\n      containers:\n        - name: \"{{ labels.container }}\"\n          image: \"{{ params.image }}\"\n".into(),
+        );
+        pb.parameters = vec![ValidParameter {
+            name: "image".into(),
+            type_: ParameterType::Image,
+            value: value.into(),
+            min: None,
+            max: None,
+            max_factor: None,
+            allowed: vec![],
+            newer,
+            delegate: true,
+        }];
+        pb.allowed_paths = vec!["spec.template.spec.containers[*].image".into()];
+        pb
+    }
+
+    fn image_scope(fixed: &str) -> Scope {
+        let object = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": "registry:5000/shop/checkout:1.4.2"}]}}}});
+        Scope {
+            labels: BTreeMap::from([("container".into(), "app".into()), ("fixed".into(), fixed.into())]),
+            reads: BTreeMap::from([(
+                "history".into(),
+                json!({"revisions": [{"current": true, "images": ["registry:5000/shop/checkout:1.4.2"]},
+                    {"current": false, "images": ["registry:5000/shop/checkout:1.3.9"]}]}),
+            )]),
+            object,
+            ..Scope::default()
+        }
+    }
+
+    #[test]
+    fn image_parameters_stay_in_their_repository_and_can_require_a_newer_version() {
+        let image =
+            |pb: &ValidPlaybook, fixed: &str| render(pb, &image_scope(fixed)).map(|r| r.params["image"].clone());
+        let bump = image_playbook("labels.fixed", true);
+        assert_eq!(
+            image(&bump, "1.4.3").unwrap(),
+            "registry:5000/shop/checkout:1.4.3",
+            "a bare tag joins the repository"
+        );
+        assert_eq!(image(&bump, "v1.10.0").unwrap(), "registry:5000/shop/checkout:v1.10.0");
+        assert_eq!(image(&bump, "registry:5000/shop/checkout:2.0").unwrap(), "registry:5000/shop/checkout:2.0");
+        let err = |pb: &ValidPlaybook, fixed: &str| image(pb, fixed).unwrap_err().to_string();
+        assert!(err(&bump, "1.4.1").contains("1.4.1 is not a newer version than 1.4.2"));
+        assert!(err(&bump, "1.4.2").contains("not a newer version"));
+        assert!(err(&bump, "latest").contains("cannot be compared as versions"));
+        assert!(err(&bump, "evil.example.com/shop/checkout:9.9").contains("not in the repository"));
+        assert!(err(&bump, "-x").contains("not an image tag"));
+        // Rollback: the previous revision's image from the history, older and allowed.
+        let back = image_playbook("reads.history.revisions[current=false].images[0]", false);
+        assert_eq!(image(&back, "").unwrap(), "registry:5000/shop/checkout:1.3.9");
+        let mut one = image_scope("");
+        one.reads.insert("history".into(), json!({"revisions": [{"current": true, "images": ["a"]}]}));
+        assert!(render(&back, &one).unwrap_err().to_string().contains("matches nothing"));
+    }
+
+    #[test]
+    fn agent_choices_for_delegated_parameters_must_already_be_in_bounds() {
+        let mut pb = playbook("reads.usage.value", Some(2.0));
+        pb.parameters[0].delegate = true;
+        let s = scope("app");
+        let with = |pb: &ValidPlaybook, v: Value| render_with(pb, &s, &Choices::from([("memory".to_owned(), v)]));
+        assert_eq!(with(&pb, json!("192Mi")).unwrap().params["memory"], "192Mi");
+        let e = with(&pb, json!("512Mi")).unwrap_err().to_string();
+        assert!(e.contains("outside the playbook's bounds") && e.contains("2x the current 128Mi"), "{e}");
+        assert!(with(&pb, json!("32Mi")).unwrap_err().to_string().contains("minimum"));
+        assert!(with(&pb, json!(true)).unwrap_err().to_string().contains("not a quantity"));
+        let other = render_with(&pb, &s, &Choices::from([("replicas".to_owned(), json!(3))]));
+        assert!(other.unwrap_err().to_string().contains("not a parameter the playbook delegates"));
+        // Not delegated: a choice is refused even when in bounds.
+        pb.parameters[0].delegate = false;
+        assert!(with(&pb, json!("192Mi")).is_err());
+        // The playbook's own value, clamped with a note as before.
+        assert_eq!(render(&pb, &s).unwrap().params["memory"], "200Mi");
+        let bump = image_playbook("labels.fixed", true);
+        let chosen = render_with(&bump, &image_scope("1.4.3"), &Choices::from([("image".to_owned(), json!("1.5.0"))]));
+        assert_eq!(chosen.unwrap().params["image"], "registry:5000/shop/checkout:1.5.0");
+    }
+
+    #[test]
+    fn configmap_data_stays_text_and_keys_come_only_from_inert_values() {
+        let mut pb = playbook("reads.target.data.POOL * 2", None);
+        pb.parameters[0].type_ = ParameterType::Integer;
+        pb.parameters[0].min = Some(1.0);
+        pb.parameters[0].max = Some(100.0);
+        pb.patch_type = PatchType::Merge;
+        pb.template = Some("data:\n  \"{{ labels.key }}\": \"{{ params.memory }}\"\n".into());
+        pb.allowed_paths = vec!["data".into()];
+        let object = json!({"data": {"POOL": "20", "LOG": "info"}});
+        let mut s = Scope {
+            labels: BTreeMap::from([("key".into(), "POOL".into())]),
+            reads: BTreeMap::from([("target".into(), object.clone())]),
+            object,
+            ..Scope::default()
+        };
+        assert_eq!(render(&pb, &s).unwrap().patch, json!({"data": {"POOL": "40"}}));
+        s.labels.insert("key".into(), "a b".into());
+        assert!(matches!(render(&pb, &s), Err(RenderError::Unsafe { .. })));
+        pb.template = Some("data:\n  \"{{ params.memory }}\": \"1\"\n".into());
+        s.labels.insert("key".into(), "POOL".into());
+        assert!(render(&pb, &s).unwrap_err().to_string().contains("cannot name a field"));
+    }
+
+    #[test]
+    fn now_is_a_placeholder() {
+        let mut pb = playbook("1", None);
+        pb.parameters.clear();
+        pb.template = Some("spec:\n  template:\n    metadata:\n      annotations:\n        kubectl.kubernetes.io/restartedAt: \"{{ now }}\"\n".into());
+        pb.allowed_paths = vec!["spec.template.metadata.annotations.kubectl.kubernetes.io/restartedAt".into()];
+        let s = Scope { now: Some("2026-11-21T23:00:00Z".into()), ..scope("app") };
+        let r = render(&pb, &s).unwrap();
+        assert_eq!(
+            r.patch["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"],
+            "2026-11-21T23:00:00Z"
+        );
+        assert!(matches!(render(&pb, &Scope { now: None, ..s }), Err(RenderError::Unknown(_))));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Contract: a [`Tools`] call takes a tool name and string arguments and returns JSON. The
 //! built-in implementation, [`KubeTools`], is scoped to one namespace (a remediation never
 //! reads outside its own) and offers `get_resource` (the workload kinds Reflex targets —
-//! never Secrets) and `query` (an instant PromQL value). [`McpTools`] offers the same two
+//! never Secrets), `query` (an instant PromQL value) and `get_rollout_history` (a
+//! Deployment's revisions, newest first). [`McpTools`] offers the same three
 //! through Reflex's own MCP server over loopback (`get_resource`, `query_prometheus`), via
 //! the MCP client — timed, cancellable and audited like every other tool call in the loop;
 //! the executor does not change. A failed or partial read is an error: no remediation
@@ -106,8 +107,17 @@ impl Tools for KubeTools {
             match tool {
                 "get_resource" => self.get_resource(args).await,
                 "query" => self.query(args).await,
+                "get_rollout_history" => {
+                    let name = args
+                        .get("deployment")
+                        .ok_or_else(|| Self::err(tool, ErrorCategory::InvalidSpec, "needs a deployment"))?;
+                    let history = crate::mcp::server::rollout_history(self.client.clone(), &self.namespace, name)
+                        .await
+                        .map_err(|m| Self::err(tool, tool_error_category(&m), m))?;
+                    serde_json::to_value(history).map_err(|e| Self::err(tool, ErrorCategory::Transient, e.to_string()))
+                }
                 other => {
-                    Err(Self::err(other, ErrorCategory::InvalidSpec, "no such tool (available: get_resource, query)"))
+                    Err(Self::err(other, ErrorCategory::InvalidSpec, format!("no such tool (available: {TOOL_NAMES})")))
                 }
             }
         })
@@ -145,7 +155,10 @@ pub const AGENT_TOOLS: &[&str] = &[
 ];
 
 /// The tools the executor uses, pinned at this build's schemas.
-pub const EXECUTOR_TOOLS: &[&str] = &["get_resource", "query_prometheus"];
+pub const EXECUTOR_TOOLS: &[&str] = &["get_resource", "query_prometheus", "get_rollout_history"];
+
+/// The tools a playbook's reads may name.
+const TOOL_NAMES: &str = "get_resource, query, get_rollout_history";
 
 impl Loopback {
     /// Reflex's MCP server at `url`, called with `token` (the operator's own).
@@ -339,10 +352,16 @@ impl Tools for McpTools {
                     let value = (!values.is_empty()).then(|| values.iter().sum::<f64>());
                     Ok(json!({"query": q, "value": value}))
                 }
+                "get_rollout_history" => {
+                    let mut a = serde_json::Map::new();
+                    a.insert("deployment".into(), json!(need("deployment")?));
+                    a.insert("namespace".into(), json!(self.namespace));
+                    self.call_mcp("get_rollout_history", a).await
+                }
                 other => Err(ToolError {
                     tool: other.to_owned(),
                     category: ErrorCategory::InvalidSpec,
-                    message: "no such tool (available: get_resource, query)".into(),
+                    message: format!("no such tool (available: {TOOL_NAMES})"),
                 }),
             }
         })

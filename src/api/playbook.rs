@@ -132,6 +132,11 @@ pub enum ParameterType {
     Quantity,
     /// A string from an allowed list.
     String,
+    /// A container image: `value` is a path to text in the reads, the target or the labels
+    /// (`reads.history.revisions[current=false].images[0]`, `labels.fixed_version`), either a
+    /// whole reference or a bare tag put on the repository of the image it replaces. Always in
+    /// the same repository as the image it replaces.
+    Image,
 }
 
 /// A bounded parameter: an expression over the reads, clamped to `[min, max]` and to at
@@ -163,6 +168,16 @@ pub struct Parameter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub allowed: Option<Vec<String>>,
+    /// For an image parameter: the new tag must be a later version (dot-separated numbers,
+    /// compared number by number) than the tag it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer: Option<bool>,
+    /// Let the LLM agent choose this value, within the same bounds, when the policy's agent
+    /// mode is `llm` or `llm-then-playbook`: the agent sees the playbook's reads and proposes
+    /// only the delegated values; the playbook renders and bounds the patch. `value` stays
+    /// the playbook's own choice, used in `playbook` mode and as the fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<bool>,
 }
 
 /// Rollback behaviour.

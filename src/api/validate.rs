@@ -438,6 +438,10 @@ pub struct ValidParameter {
     pub max_factor: Option<f64>,
     /// Allowed strings.
     pub allowed: Vec<String>,
+    /// An image parameter's tag must be a later version.
+    pub newer: bool,
+    /// The LLM agent chooses the value in the LLM modes.
+    pub delegate: bool,
 }
 
 /// A playbook that passed validation.
@@ -478,7 +482,9 @@ fn is_field_path(path: &str) -> bool {
                 Some((n, rest)) => (n, Some(rest)),
                 None => (seg, None),
             };
-            let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            // `/` for annotation keys such as kubectl.kubernetes.io/restartedAt.
+            let name_ok =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/'));
             let index_ok = index.is_none_or(|i| {
                 i.strip_suffix(']').is_some_and(|inner| {
                     inner == "*" || (!inner.is_empty() && inner.chars().all(|c| c.is_ascii_digit()))
@@ -511,6 +517,10 @@ fn bound(c: &mut Collector, field: &str, type_: ParameterType, raw: Option<&Stri
         ParameterType::Quantity => parse_quantity(raw).ok(),
         ParameterType::String => {
             c.push(field, "a string parameter takes an allowed list, not min/max");
+            return None;
+        }
+        ParameterType::Image => {
+            c.push(field, "an image parameter is bounded to its repository (and `newer`), not min/max");
             return None;
         }
     };
@@ -592,8 +602,19 @@ impl ValidPlaybook {
             if param.type_ == ParameterType::String && allowed.is_empty() {
                 c.push(format!("{base}.allowed"), "a string parameter needs a non-empty allowed list");
             }
-            if param.type_ != ParameterType::String && max.is_none() && param.max_factor.is_none() {
+            let numeric = !matches!(param.type_, ParameterType::String | ParameterType::Image);
+            if numeric && max.is_none() && param.max_factor.is_none() {
                 c.push(format!("{base}.max"), "a numeric parameter needs a ceiling: set max or maxFactor");
+            }
+            if param.type_ == ParameterType::Image {
+                if param.max_factor.is_some() {
+                    c.push(format!("{base}.maxFactor"), "an image parameter has no factor");
+                }
+                if param.allowed.is_some() {
+                    c.push(format!("{base}.allowed"), "an image parameter takes no allowed list");
+                }
+            } else if param.newer.is_some() {
+                c.push(format!("{base}.newer"), "only an image parameter can require a newer version");
             }
             params.push(ValidParameter {
                 name: param.name.clone(),
@@ -603,6 +624,8 @@ impl ValidPlaybook {
                 max,
                 max_factor: param.max_factor,
                 allowed,
+                newer: param.newer.unwrap_or(false),
+                delegate: param.delegate.unwrap_or(false),
             });
         }
         match (p.mode, &p.template) {

@@ -69,10 +69,11 @@ impl Test for DryRun {
             match api.patch(&rem.spec.target.name, &params, &patch).await {
                 Ok(obj) => Ok(result(
                     CiVerdict::Passed,
-                    vec![format!(
-                        "server-side dry-run accepted the patch (would be generation {})",
-                        obj.metadata.generation.unwrap_or_default()
-                    )],
+                    vec![match obj.metadata.generation {
+                        Some(g) => format!("server-side dry-run accepted the patch (would be generation {g})"),
+                        // Kinds without a spec (ConfigMaps) have no generation.
+                        None => "server-side dry-run accepted the patch".to_owned(),
+                    }],
                 )),
                 // Not allowed to, or nothing to patch: not a verdict on the patch.
                 Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) => {

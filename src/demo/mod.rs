@@ -100,6 +100,26 @@ async fn apply(client: &kube::Client, doc: &Value) -> anyhow::Result<String> {
     Ok(format!("{}/{name}", kind.to_ascii_lowercase()))
 }
 
+/// Wait (10 s at most) until the Deployment's latest generation has rolled out.
+async fn rolled_out(deployments: &Api<Deployment>, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = deployments.get(name).await?;
+        let want = d.spec.replicas.unwrap_or(1);
+        let done = d.status.as_ref().is_some_and(|s| {
+            s.observed_generation == d.metadata.generation
+                && s.updated_replicas == Some(want)
+                && s.replicas == Some(want)
+                && s.available_replicas == Some(want)
+        });
+        if done {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "Deployment {name} did not roll out within 10s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Run `scenario`; progress goes to `out`.
 pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -> anyhow::Result<Outcome> {
     crate::install_crypto_provider();
@@ -144,9 +164,18 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     }
     let workload = scenario.model.workloads.first().context("the scenario models no workload")?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &workload.namespace);
+    // A later release: applied once the first revision has rolled out.
+    let rollout = scenario.rollout_documents().map_err(|e| anyhow!(e))?;
+    if !rollout.is_empty() {
+        rolled_out(&deployments, &workload.deployment).await?;
+        for doc in &rollout {
+            applied.push(format!("{} (a new revision)", apply(&client, doc).await?));
+        }
+        rolled_out(&deployments, &workload.deployment).await?;
+    }
     let before = deployments.get(&workload.deployment).await?;
     let memory_before = memory_limit(&before, &workload.container);
-    let before_json = serde_json::to_value(&before)?;
+    let mut before_json = serde_json::to_value(&before)?;
 
     // The operator: the same controller, stages, intake and MCP server as `reflex run`; the
     // playbook executor reads through MCP, as the operator's identity.
@@ -214,7 +243,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         (Ok(limit), Ok(working_set)) => limit < working_set,
         _ => true,
     };
-    if !fails {
+    if !fails && workload.load.is_some() {
         writeln!(
             out,
             "[{:>5.1}s] saturated   load {} on {} replicas",
@@ -271,6 +300,14 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         anyhow::bail!("the intake created no Remediation: {response}");
     };
     let (ns, name) = created.split_once('/').context("intake answered with a malformed name")?;
+    // The target as it is before anything changes it (the timeline shows the patch against
+    // it): the Deployment read above, or whatever else the policy targets.
+    let target = Api::<Remediation>::namespaced(client.clone(), ns).get(name).await?.spec.target;
+    if target.kind != crate::api::TargetKind::Deployment || target.name != workload.deployment {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &crate::agent::tools::api_resource(target.kind));
+        before_json = serde_json::to_value(api.get(&target.name).await?)?;
+    }
     writeln!(
         out,
         "[{:>5.1}s] alert       {} firing → POST {intake_url} → Remediation {created}",

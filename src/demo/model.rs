@@ -31,7 +31,14 @@ struct Workload {
     working_set: f64,
     every: Duration,
     load: Option<f64>,
+    /// Bytes per second each Pod's working set grows by.
+    leak: Option<f64>,
+    uptime: Duration,
+    error_rates: std::collections::BTreeMap<String, f64>,
 }
+
+/// Error ratio of a Pod running an image the scenario does not name.
+const HEALTHY_ERROR_RATE: f64 = 0.001;
 
 /// What the model remembers of a Pod's life.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +54,8 @@ pub struct OomModel {
     /// The sandbox, attached once it runs (the model is handed to it before it starts).
     api: std::sync::OnceLock<Arc<Api>>,
     lives: Mutex<HashMap<String, (String, Life)>>,
+    /// Each workload's first pod template (`pod-template-hash`) seen: its Pods are `uptime` old.
+    first_template: Mutex<HashMap<String, String>>,
 }
 
 fn normalize(q: &str) -> String {
@@ -71,10 +80,86 @@ impl OomModel {
                     working_set: parse_quantity(&w.working_set).map_err(|e| e.to_string())?,
                     every: w.restart_every.parse().map_err(|e| e.to_string())?.max(Duration::from_millis(100)),
                     load: w.load,
+                    leak: w
+                        .leak_per_hour
+                        .as_deref()
+                        .map(|q| parse_quantity(q).map(|b| b / 3600.0))
+                        .transpose()
+                        .map_err(|e| e.to_string())?,
+                    uptime: w.uptime.as_ref().map_or(Ok(Duration::ZERO), |d| d.parse()).map_err(|e| e.to_string())?,
+                    error_rates: w.error_rates.clone(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Self { workloads, model: model.clone(), api: std::sync::OnceLock::new(), lives: Mutex::default() })
+        Ok(Self {
+            workloads,
+            model: model.clone(),
+            api: std::sync::OnceLock::new(),
+            lives: Mutex::default(),
+            first_template: Mutex::default(),
+        })
+    }
+
+    fn api(&self) -> Result<&Arc<Api>, MetricsError> {
+        self.api.get().ok_or_else(|| MetricsError::Unavailable("the sandbox is not running".into()))
+    }
+
+    /// Objects of a resource in `namespace` from the sandbox.
+    fn list(&self, group: &str, resource: &str, namespace: &str) -> Result<Vec<Value>, MetricsError> {
+        let api = self.api()?;
+        let (group, version) = if group.is_empty() { ("", "v1") } else { (group, "v1") };
+        let rt = api
+            .store
+            .registry()
+            .find(group, version, resource)
+            .ok_or_else(|| MetricsError::Unavailable(format!("the sandbox serves no {resource}")))?;
+        let list = api
+            .list(&rt, Some(namespace), &ListOptions::default())
+            .map_err(|e| MetricsError::Unavailable(e.to_string()))?;
+        Ok(list.get("items").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
+    /// The workload's Pods (not being deleted).
+    fn pods(&self, w: &Workload) -> Result<Vec<Value>, MetricsError> {
+        Ok(self
+            .list("", "pods", &w.namespace)?
+            .into_iter()
+            .filter(|p| self.workload_of(p).is_some_and(|pw| pw.deployment == w.deployment))
+            .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+            .collect())
+    }
+
+    /// The workload's Deployment as the sandbox has it.
+    fn deployment(&self, w: &Workload) -> Result<Value, MetricsError> {
+        self.list("apps", "deployments", &w.namespace)?
+            .into_iter()
+            .find(|d| d.pointer("/metadata/name").and_then(Value::as_str) == Some(w.deployment.as_str()))
+            .ok_or_else(|| MetricsError::Unavailable(format!("no Deployment {}/{}", w.namespace, w.deployment)))
+    }
+
+    /// How long a Pod has been up: since it was created, plus the scenario's `uptime` for the
+    /// Pods of the first pod template seen (those running when the scenario began).
+    fn age(&self, w: &Workload, pod: &Value, now: Timestamp) -> Duration {
+        let created = pod
+            .pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        let lived =
+            created.map_or(Duration::ZERO, |c| Duration::try_from(now.duration_since(c)).unwrap_or(Duration::ZERO));
+        let hash = pod.pointer("/metadata/labels/pod-template-hash").and_then(Value::as_str).unwrap_or_default();
+        let mut first = self.first_template.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = first.entry(w.deployment.clone()).or_insert_with(|| hash.to_owned());
+        if *first == hash { lived + w.uptime } else { lived }
+    }
+
+    /// The image a Pod runs in the modelled container.
+    fn image_of<'a>(w: &Workload, spec: &'a Value) -> Option<&'a str> {
+        spec.get("containers")
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(&w.container))?
+            .get("image")
+            .and_then(Value::as_str)
     }
 
     fn workload_of(&self, pod: &Value) -> Option<&Workload> {
@@ -173,29 +258,55 @@ impl MetricsSource for OomModel {
                 return Err(MetricsError::Rejected(format!("no modelled workload {}", series.deployment)));
             };
             match series.value {
-                SeriesValue::WorkingSet => Ok(Some(w.working_set)),
+                SeriesValue::WorkingSet => {
+                    let Some(leak) = w.leak else { return Ok(Some(w.working_set)) };
+                    let now = Timestamp::now();
+                    let oldest = self.pods(w)?.iter().map(|p| self.age(w, p, now)).max().unwrap_or(Duration::ZERO);
+                    Ok(Some(w.working_set + leak * oldest.as_secs_f64()))
+                }
+                SeriesValue::MemoryGrowth => Ok(Some(w.leak.unwrap_or(0.0))),
+                SeriesValue::ErrorRate => {
+                    let rate = |image: Option<&str>| {
+                        image.and_then(|i| w.error_rates.get(i)).copied().unwrap_or(HEALTHY_ERROR_RATE)
+                    };
+                    let pods = self.pods(w)?;
+                    if pods.is_empty() {
+                        let d = self.deployment(w)?;
+                        return Ok(Some(rate(d.pointer("/spec/template/spec").and_then(|s| Self::image_of(w, s)))));
+                    }
+                    let total: f64 = pods.iter().map(|p| rate(p.get("spec").and_then(|s| Self::image_of(w, s)))).sum();
+                    Ok(Some(total / pods.len() as f64))
+                }
+                SeriesValue::ConfigSaturation => {
+                    let load = w.load.ok_or_else(|| {
+                        MetricsError::Rejected(format!("the modelled workload {} has no load", w.deployment))
+                    })?;
+                    let key = series
+                        .config
+                        .as_ref()
+                        .ok_or_else(|| MetricsError::Rejected(format!("series {:?} names no config", series.query)))?;
+                    let capacity = self
+                        .list("", "configmaps", &w.namespace)?
+                        .into_iter()
+                        .find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(key.name.as_str()))
+                        .and_then(|c| {
+                            c.pointer(&format!("/data/{}", key.key)).and_then(Value::as_str).map(str::to_owned)
+                        })
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .filter(|v| *v > 0.0)
+                        .ok_or_else(|| {
+                            MetricsError::Unavailable(format!(
+                                "ConfigMap {}/{} has no positive number at {}",
+                                w.namespace, key.name, key.key
+                            ))
+                        })?;
+                    Ok(Some(load / capacity))
+                }
                 SeriesValue::Saturation => {
                     let load = w.load.ok_or_else(|| {
                         MetricsError::Rejected(format!("the modelled workload {} has no load", w.deployment))
                     })?;
-                    let api =
-                        self.api.get().ok_or_else(|| MetricsError::Unavailable("the sandbox is not running".into()))?;
-                    let rt = api
-                        .store
-                        .registry()
-                        .find("apps", "v1", "deployments")
-                        .ok_or_else(|| MetricsError::Unavailable("the sandbox serves no deployments".into()))?;
-                    let list = api
-                        .list(&rt, Some(&w.namespace), &ListOptions::default())
-                        .map_err(|e| MetricsError::Unavailable(e.to_string()))?;
-                    let replicas = list
-                        .get("items")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .find(|d| d.pointer("/metadata/name").and_then(Value::as_str) == Some(w.deployment.as_str()))
-                        .and_then(|d| d.pointer("/spec/replicas").and_then(Value::as_f64))
-                        .unwrap_or(1.0);
+                    let replicas = self.deployment(w)?.pointer("/spec/replicas").and_then(Value::as_f64).unwrap_or(1.0);
                     Ok(Some(load / replicas.max(1.0)))
                 }
                 SeriesValue::OomKills => {

@@ -20,6 +20,10 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("bad-fix", include_str!("../../scenarios/bad-fix.yaml")),
     ("llm", include_str!("../../scenarios/llm.yaml")),
     ("saturation", include_str!("../../scenarios/saturation.yaml")),
+    ("leak", include_str!("../../scenarios/leak.yaml")),
+    ("bad-rollout", include_str!("../../scenarios/bad-rollout.yaml")),
+    ("pool", include_str!("../../scenarios/pool.yaml")),
+    ("known-bug", include_str!("../../scenarios/known-bug.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
@@ -27,6 +31,10 @@ pub const PLAYBOOKS: &[(&str, &str)] = &[
     ("raise-memory-limit", include_str!("../../playbooks/raise-memory-limit.yaml")),
     ("raise-memory-limit-timid", include_str!("../../playbooks/raise-memory-limit-timid.yaml")),
     ("scale-out-on-saturation", include_str!("../../playbooks/scale-out-on-saturation.yaml")),
+    ("restart-on-leak", include_str!("../../playbooks/restart-on-leak.yaml")),
+    ("rollback-bad-rollout", include_str!("../../playbooks/rollback-bad-rollout.yaml")),
+    ("tune-config-parameter", include_str!("../../playbooks/tune-config-parameter.yaml")),
+    ("image-bump", include_str!("../../playbooks/image-bump.yaml")),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -45,9 +53,20 @@ pub struct Workload {
     pub container: String,
     pub working_set: String,
     pub restart_every: crate::api::duration::DurationString,
-    /// Demand in replicas' worth of work (for `saturation`): saturation is load / replicas.
+    /// Demand in replicas' worth of work (for `saturation`): saturation is load / replicas;
+    /// or in units of a configured capacity (for `configSaturation`).
     #[serde(default)]
     pub load: Option<f64>,
+    /// A memory leak: each Pod's working set grows by this much per hour of its life.
+    #[serde(default)]
+    pub leak_per_hour: Option<String>,
+    /// How long the Pods running when the scenario starts (the first pod template seen) had
+    /// already been up.
+    #[serde(default)]
+    pub uptime: Option<crate::api::duration::DurationString>,
+    /// Error ratio of Pods running each image; other images serve at 0.001.
+    #[serde(default)]
+    pub error_rates: BTreeMap<String, f64>,
 }
 
 /// A query the metrics model answers, and what from.
@@ -59,13 +78,30 @@ pub struct Series {
     pub value: SeriesValue,
     #[serde(default)]
     pub window: Option<crate::api::duration::DurationString>,
+    /// For `configSaturation`: the ConfigMap key holding the capacity.
+    #[serde(default)]
+    pub config: Option<ConfigKey>,
+}
+
+/// A ConfigMap key in the workload's namespace.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigKey {
+    pub name: String,
+    pub key: String,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum SeriesValue {
-    /// The workload's working set in bytes.
+    /// The workload's working set in bytes: its largest Pod's, when it leaks.
     WorkingSet,
+    /// How fast the working set grows, in bytes per second.
+    MemoryGrowth,
+    /// The share of requests that fail, averaged over the Pods by the image each runs.
+    ErrorRate,
+    /// The workload's `load` divided by the number in the series' ConfigMap key.
+    ConfigSaturation,
     /// OOM kills of the workload's container within `window`.
     OomKills,
     /// The workload's `load` divided by its Deployment's current replicas.
@@ -95,6 +131,9 @@ pub struct Scenario {
     pub playbooks: Vec<String>,
     pub expect: Expect,
     pub resources: String,
+    /// Manifests applied once the resources have rolled out: a new revision (a release).
+    #[serde(default)]
+    pub rollout: Option<String>,
     pub model: Model,
     pub alert: AlertSpec,
     /// An LLM-driven scenario: the script the stand-in model replays. `${LLM_ENDPOINT}` in
@@ -130,7 +169,15 @@ impl Scenario {
         for w in &s.model.workloads {
             parse_quantity(&w.working_set).map_err(|e| format!("scenario model {}: workingSet: {e}", w.deployment))?;
         }
+        for w in &s.model.workloads {
+            if let Some(leak) = &w.leak_per_hour {
+                parse_quantity(leak).map_err(|e| format!("scenario model {}: leakPerHour: {e}", w.deployment))?;
+            }
+        }
         for q in &s.model.series {
+            if q.value == SeriesValue::ConfigSaturation && q.config.is_none() {
+                return Err(format!("scenario model: series {:?} is configSaturation but names no config", q.query));
+            }
             if !s.model.workloads.iter().any(|w| w.deployment == q.deployment) {
                 return Err(format!(
                     "scenario model: series {:?} names deployment {:?}, which is not modelled",
@@ -142,6 +189,13 @@ impl Scenario {
             return Err("scenario alert: labels need an alertname".into());
         }
         Ok(s)
+    }
+
+    /// The manifests of the scenario's later rollout, if it has one.
+    pub fn rollout_documents(&self) -> Result<Vec<Value>, String> {
+        let Some(text) = &self.rollout else { return Ok(Vec::new()) };
+        let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| format!("scenario rollout: {e}"))?;
+        Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
     }
 
     /// Every manifest to apply: the playbooks (into the namespace of the first resource that
@@ -182,7 +236,12 @@ mod tests {
             let s = Scenario::built_in(name).unwrap();
             let docs = s.documents().unwrap();
             let kinds: Vec<&str> = docs.iter().filter_map(|d| d.get("kind").and_then(Value::as_str)).collect();
-            assert_eq!(kinds, ["Namespace", "Playbook", "Deployment", "RemediationPolicy"], "{name}");
+            let expected: &[&str] = if *name == "pool" {
+                &["Namespace", "Playbook", "ConfigMap", "Deployment", "RemediationPolicy"]
+            } else {
+                &["Namespace", "Playbook", "Deployment", "RemediationPolicy"]
+            };
+            assert_eq!(kinds, expected, "{name}");
             assert_eq!(docs[1].pointer("/metadata/namespace").and_then(Value::as_str), Some("shop"));
         }
         assert_eq!(Scenario::built_in("oom").unwrap().expect.phase, Phase::Succeeded);

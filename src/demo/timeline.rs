@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::api::playbook::PatchType;
 use serde_json::Value;
 
 use crate::agent::playbook::touched;
@@ -49,10 +50,14 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
     if prev.proposal.is_none()
         && let Some(p) = &cur.proposal
     {
+        let format = match p.patch_type {
+            PatchType::Strategic => "strategic merge patch",
+            PatchType::Merge => "JSON merge patch",
+            PatchType::Json => "JSON patch",
+        };
         out.push(format!(
-            "{t}   proposed  {} ({:?} merge patch, {})",
+            "{t}   proposed  {} ({format}, {})",
             p.rationale,
-            p.patch_type,
             p.digest.chars().take(19).collect::<String>()
         ));
         for line in diff(&p.patch.0, before) {

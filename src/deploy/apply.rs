@@ -247,7 +247,7 @@ impl Deploy for ServerSideApply {
             let (params, request) = deploy_request(rem, proposal, false)?;
             let obj = api.patch(name, &params, &request).await.map_err(|e| api_err("applying the patch", &e))?;
             record.applied_digest = Some(proposal.digest.clone());
-            record.applied_revision = obj.metadata.generation.map(|g| format!("generation {g}"));
+            record.applied_revision = revision_of(&obj.metadata);
             record.applied_at = Some(Time(jiff::Timestamp::now()));
             Ok(record)
         }
@@ -315,12 +315,20 @@ impl Rollback for ServerSideApply {
                 .unwrap_or_else(|| "the change did not hold".to_owned());
             Ok(RollbackRecord {
                 reason,
-                restored_revision: obj.metadata.generation.map(|g| format!("generation {g}")),
+                restored_revision: revision_of(&obj.metadata),
                 restored_at: Time(jiff::Timestamp::now()),
             })
         }
         .boxed()
     }
+}
+
+/// Which version of the object a write produced: its generation, or (for kinds without a
+/// spec, such as ConfigMaps) its resourceVersion.
+fn revision_of(meta: &kube::api::ObjectMeta) -> Option<String> {
+    meta.generation
+        .map(|g| format!("generation {g}"))
+        .or_else(|| meta.resource_version.as_ref().map(|r| format!("resourceVersion {r}")))
 }
 
 #[cfg(test)]

@@ -487,6 +487,51 @@ pub fn resource_of(kind: &str, api_version: Option<&str>) -> Result<(ApiResource
 }
 
 /// A Kubernetes API error as a tool error; a 403 names the permission that was missing.
+/// A Deployment's rollout history, newest revision first (the `get_rollout_history` tool;
+/// the playbook executor's direct reads use it too).
+pub async fn rollout_history(
+    client: kube::Client,
+    namespace: &str,
+    deployment: &str,
+) -> Result<RolloutHistory, String> {
+    let d = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get(deployment)
+        .await
+        .map_err(|e| api_error("get", "deployments", Some(namespace), &e))?;
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let current = d.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).cloned();
+    let rss = Api::<ReplicaSet>::namespaced(client, namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_error("list", "replicasets", Some(namespace), &e))?;
+    let mut revisions: Vec<Revision> = rss
+        .items
+        .into_iter()
+        .filter(|rs| rs.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|r| r.uid == uid)))
+        .map(|rs| {
+            let rev =
+                rs.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).cloned();
+            let images = rs
+                .spec
+                .template
+                .as_ref()
+                .and_then(|t| t.spec.as_ref())
+                .map(|s| s.containers.iter().filter_map(|c| c.image.clone()).collect())
+                .unwrap_or_default();
+            Revision {
+                revision: rev.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0),
+                replica_set: rs.metadata.name.clone().unwrap_or_default(),
+                images,
+                replicas: rs.status.as_ref().map_or(0, |s| s.replicas),
+                created: rs.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+                current: rev.is_some() && rev == current,
+            }
+        })
+        .collect();
+    revisions.sort_by_key(|r| std::cmp::Reverse(r.revision));
+    Ok(RolloutHistory { revisions })
+}
+
 pub fn api_error(verb: &str, resource: &str, namespace: Option<&str>, e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) if s.code == 403 => {
@@ -873,47 +918,7 @@ impl ReflexMcp {
     ) -> Result<Json<RolloutHistory>, String> {
         ns_name(&p.namespace, &p.deployment)?;
         self.run(&ctx, "get_rollout_history", args(&p), TOOL_TIMEOUT, |caller| async move {
-            let d = Api::<Deployment>::namespaced(caller.client.clone(), &p.namespace)
-                .get(&p.deployment)
-                .await
-                .map_err(|e| api_error("get", "deployments", Some(&p.namespace), &e))?;
-            let uid = d.metadata.uid.clone().unwrap_or_default();
-            let current =
-                d.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).cloned();
-            let rss = Api::<ReplicaSet>::namespaced(caller.client, &p.namespace)
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| api_error("list", "replicasets", Some(&p.namespace), &e))?;
-            let mut revisions: Vec<Revision> = rss
-                .items
-                .into_iter()
-                .filter(|rs| rs.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|r| r.uid == uid)))
-                .map(|rs| {
-                    let rev = rs
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get("deployment.kubernetes.io/revision"))
-                        .cloned();
-                    let images = rs
-                        .spec
-                        .template
-                        .as_ref()
-                        .and_then(|t| t.spec.as_ref())
-                        .map(|s| s.containers.iter().filter_map(|c| c.image.clone()).collect())
-                        .unwrap_or_default();
-                    Revision {
-                        revision: rev.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0),
-                        replica_set: rs.metadata.name.clone().unwrap_or_default(),
-                        images,
-                        replicas: rs.status.as_ref().map_or(0, |s| s.replicas),
-                        created: rs.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
-                        current: rev.is_some() && rev == current,
-                    }
-                })
-                .collect();
-            revisions.sort_by_key(|r| std::cmp::Reverse(r.revision));
-            Ok(RolloutHistory { revisions })
+            rollout_history(caller.client, &p.namespace, &p.deployment).await
         })
         .await
     }

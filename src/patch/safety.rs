@@ -77,11 +77,19 @@ impl Rules {
     /// factor (`maxFactor`) at every field its template puts that parameter in; the
     /// smallest declared factor for other numeric fields.
     pub fn from_playbook(pb: &ValidPlaybook) -> Self {
+        Self::from_playbook_in(pb, &|_| None)
+    }
+
+    /// [`Rules::from_playbook`] for one run: placeholders other than parameters
+    /// (`{{ labels.key }}`, `{{ target.name }}`) resolved by `lookup` first, so a ceiling is
+    /// found at a field whose name comes from the alert. Unresolved placeholders stay as written.
+    pub fn from_playbook_in(pb: &ValidPlaybook, lookup: &dyn Fn(&str) -> Option<String>) -> Self {
         let mut rules = Self { allowed_paths: pb.allowed_paths.clone(), ..Self::default() };
         if let Some(f) = pb.parameters.iter().filter_map(|p| p.max_factor).reduce(f64::min) {
             rules.max_factor = f;
         }
-        let template = pb.template.as_deref().and_then(|t| serde_saphyr::from_str::<Value>(t).ok());
+        let template = pb.template.as_deref().map(|t| resolve_placeholders(t, lookup));
+        let template = template.and_then(|t| serde_saphyr::from_str::<Value>(&t).ok());
         if let Some(template) = template {
             let mut placed: Vec<(String, String)> = Vec::new();
             each_path(&template, &mut String::new(), &mut |path, v| {
@@ -128,6 +136,29 @@ impl Rules {
         };
         Self { allowed_paths: paths, ..Self::default() }
     }
+}
+
+/// `{{ name }}` replaced by `lookup(name)` where it has an inert value (letters, digits,
+/// `_ . : / -`); parameters and anything else left as written.
+fn resolve_placeholders(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let Some(close) = rest[open..].find("}}") else { break };
+        let name = rest[open + 2..open + close].trim();
+        out.push_str(&rest[..open]);
+        match lookup(name).filter(|v| {
+            !name.starts_with("params.")
+                && v.len() <= 253
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'))
+        }) {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&rest[open..open + close + 2]),
+        }
+        rest = &rest[open + close + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The object a Remediation is allowed to change.
@@ -836,6 +867,8 @@ mod tests {
                 max: Some(2.0 * 1024.0 * 1024.0 * 1024.0),
                 max_factor: Some(3.0),
                 allowed: vec![],
+                newer: false,
+                delegate: false,
             }],
             allowed_paths: vec![format!("{C}.resources.limits.memory")],
             verify: None,
