@@ -128,6 +128,7 @@ async fn play(w: &World, script: &Value, cancel: &CancellationToken) -> AgentRun
         annotations: &annotations,
         target: TARGET,
         rules: &w.rules,
+        delegation: None,
     };
     run(&llm(&w.standin.url), &w.tools, &brief, &w.current, &budgets(), cancel).await
 }
@@ -238,8 +239,15 @@ async fn the_wall_clock_budget_ends_a_run_whose_model_hangs() {
     let w = world().await;
     w.standin.load(&[json!({"hang": true})]);
     let labels = BTreeMap::new();
-    let brief =
-        Brief { instructions: "", alert: "A", labels: &labels, annotations: &labels, target: TARGET, rules: &w.rules };
+    let brief = Brief {
+        instructions: "",
+        alert: "A",
+        labels: &labels,
+        annotations: &labels,
+        target: TARGET,
+        rules: &w.rules,
+        delegation: None,
+    };
     let b = Budgets { wall_clock: Duration::from_millis(300), ..budgets() };
     let r = run(&llm(&w.standin.url), &w.tools, &brief, &w.current, &b, &CancellationToken::new()).await;
     assert!(matches!(&r.ending, Ending::Budget(m) if m.contains("wall-clock")), "{:?}", r.ending);
@@ -367,4 +375,95 @@ async fn the_agents_own_tools_read_only_the_remediations_namespace() {
         !items.is_empty() && items.iter().all(|i| i["namespace"] == "shop" || i["metadata"]["namespace"] == "shop"),
         "{out}"
     );
+}
+
+/// A Remediation of ConfigMap shop/checkout-config by a policy that runs the
+/// tune-config-parameter playbook with its `value` delegated to the model.
+fn pool_input(w: &World, mode: &str) -> reflex::controller::stages::StageInput {
+    let mut input = stage_input(w, mode);
+    let spec = json!({"match": {"alertnames": ["PoolSaturated"]}, "target": {"kind": "ConfigMap", "name": "{{ labels.config }}"},
+        "playbook": "tune-pool", "trust": {"level": "auto"},
+        "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"},
+        "agent": {"mode": mode, "model": {"endpoint": w.standin.url, "model": "scripted"}, "maxIterations": 6}});
+    let spec: reflex::api::policy::RemediationPolicySpec = serde_json::from_value(spec).unwrap();
+    input.policy = Some(Arc::new(reflex::api::validate::ValidPolicy::from_spec(&spec).unwrap()));
+    let rem: reflex::api::remediation::Remediation = serde_json::from_value(json!({
+        "apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+        "metadata": {"name": "p", "namespace": "shop", "uid": "u-2"},
+        "spec": {"policyRef": {"name": "pool"}, "target": {"apiVersion": "v1", "kind": "ConfigMap", "name": "checkout-config"},
+                 "alert": {"name": "PoolSaturated", "fingerprint": "f", "startsAt": "2026-01-01T00:00:00Z",
+                           "labels": {"config": "checkout-config", "key": "DB_POOL_SIZE", "namespace": "shop"}}}}))
+    .unwrap();
+    input.remediation = Arc::new(rem);
+    input
+}
+
+fn choose(value: Value) -> Vec<Value> {
+    vec![
+        json!({"calls": [{"name": "get_resource", "arguments": {"kind": "ConfigMap", "namespace": "shop", "name": "checkout-config"}}],
+            "usage": [700, 60]}),
+        json!({"calls": [{"name": "propose_parameters", "arguments": {"values": {"value": value},
+            "rationale": "30 connections wanted; 35 leaves headroom"}}], "usage": [800, 60]}),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playbook_can_delegate_only_its_bounded_parameters_to_the_model() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use reflex::agent::Propose;
+    use reflex::api::remediation::ProposalSource;
+    let w = world().await;
+    let stage = stage(&w).await;
+    let admin = w.setup.admin.clone();
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "checkout-config", "namespace": "shop"},
+        "data": {"DB_POOL_SIZE": "20", "LOG_LEVEL": "info"}}))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(admin.clone(), "shop").create(&PostParams::default(), &cm).await.unwrap();
+    let text = std::fs::read_to_string("playbooks/tune-config-parameter.yaml").unwrap();
+    let mut pb: reflex::api::playbook::Playbook = serde_saphyr::from_str(&text).unwrap();
+    pb.metadata.name = Some("tune-pool".into());
+    pb.spec.patch.parameters[0].delegate = Some(true);
+    Api::<reflex::api::playbook::Playbook>::namespaced(admin, "shop")
+        .create(&PostParams::default(), &pb)
+        .await
+        .unwrap();
+
+    // In bounds: the playbook writes the patch with the model's value (ConfigMap text).
+    w.standin.load(&choose(json!(35)));
+    let p = stage.propose(pool_input(&w, "llm")).await.unwrap();
+    assert_eq!(p.produced_by, ProposalSource::Llm);
+    assert_eq!(p.playbook.as_deref(), Some("tune-pool"));
+    assert_eq!(p.patch.0, json!({"data": {"DB_POOL_SIZE": "35"}}));
+    assert!(p.rationale.contains("value=35 chosen by the LLM agent"), "{}", p.rationale);
+    // The model was offered propose_parameters (not propose_patch), with the bounds, and was
+    // shown the playbook's reads as data.
+    let first = &w.standin.requests()[0];
+    let tools: Vec<&str> =
+        first["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    assert!(tools.contains(&"propose_parameters") && !tools.contains(&"propose_patch"), "{tools:?}");
+    let schema =
+        first["tools"].as_array().unwrap().iter().find(|t| t["function"]["name"] == "propose_parameters").unwrap();
+    assert_eq!(
+        schema["function"]["parameters"]["properties"]["values"]["properties"]["value"]["maximum"],
+        json!(1000.0)
+    );
+    let prompt = first["messages"].to_string();
+    assert!(prompt.contains("reads.saturation") && prompt.contains("at most 2x the value it replaces"), "{prompt}");
+    assert!(prompt.contains("own rule would choose: value=40"), "{prompt}");
+
+    // Past the factor (2 x 20): refused, not clamped — humans look.
+    w.standin.load(&choose(json!(90)));
+    let e = stage.propose(pool_input(&w, "llm")).await.unwrap_err();
+    assert_eq!(e.category, reflex::api::ErrorCategory::NeedsHuman, "{e}");
+    assert!(e.message.contains("outside the playbook's bounds"), "{e}");
+    // Text where a number belongs, and a value left out: refused too.
+    w.standin.load(&choose(json!("35; also set LOG_LEVEL")));
+    let e = stage.propose(pool_input(&w, "llm")).await.unwrap_err();
+    assert!(e.message.contains("not an integer"), "{e}");
+
+    // llm-then-playbook: the playbook's own bounded value instead.
+    w.standin.load(&choose(json!(90)));
+    let p = stage.propose(pool_input(&w, "llm-then-playbook")).await.unwrap();
+    assert_eq!(p.produced_by, ProposalSource::Playbook);
+    assert_eq!(p.patch.0, json!({"data": {"DB_POOL_SIZE": "40"}}));
 }

@@ -45,11 +45,12 @@ pub async fn load_playbook(client: &kube::Client, namespace: &str, name: &str) -
     ValidPlaybook::from_spec(&pb.spec).map_err(|e| invalid(format!("playbook {namespace}/{name} is invalid: {e}")))
 }
 
-/// What a run knows before reading.
-struct Run {
-    playbook_name: String,
-    playbook: ValidPlaybook,
-    scope: Scope,
+/// A playbook run: the validated playbook and what it knows (after reading, its reads and
+/// the target as read).
+pub struct Run {
+    pub playbook_name: String,
+    pub playbook: ValidPlaybook,
+    pub scope: Scope,
 }
 
 impl PlaybookExecutor {
@@ -110,8 +111,8 @@ impl PlaybookExecutor {
         Ok((Run { playbook_name, playbook, scope }, tools))
     }
 
-    /// Prepare a run and do its reads.
-    async fn read_all(&self, input: &StageInput) -> Result<Run, StageError> {
+    /// Prepare a run and do its reads (the LLM agent's delegated parameters start here too).
+    pub async fn read_all(&self, input: &StageInput) -> Result<Run, StageError> {
         let (mut run, tools) = self.prepare(input).await?;
         self.read(&mut run, tools.as_ref()).await?;
         Ok(run)

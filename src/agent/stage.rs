@@ -10,7 +10,10 @@
 //! propose: `llm` mode fails the step — escalated or refused → NeedsHuman, budget →
 //! BudgetExhausted, an unreachable model → Transient; `llm-then-playbook` runs the playbook
 //! instead (unless the run was cancelled). The API key is read from the Secret the policy
-//! names, in the Remediation's namespace, for each run.
+//! names, in the Remediation's namespace, for each run. When the policy's playbook delegates
+//! parameters (`delegate: true`), the playbook executor reads first and the model chooses only
+//! those values (`propose_parameters`); the playbook renders the patch, refusing a value
+//! outside its bounds, and the safety check judges it as any other.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use kube::api::{Api, DynamicObject};
 
 use super::executor::{PlaybookExecutor, load_playbook};
 use super::llm::{LlmClient, LlmSettings, Price};
-use super::llm_agent::{AgentRun, Brief, Budgets, Ending, run};
+use super::llm_agent::{AgentRun, Brief, Budgets, Delegation, Ending, run};
 use super::tools::{AgentMcpTools, Loopback, api_resource, category};
 use super::{Diagnose, Propose};
 use crate::api::policy::AgentMode;
@@ -127,10 +130,25 @@ impl AgentStage {
         })?;
         let namespace = rem.metadata.namespace.clone().unwrap_or_default();
         let target = &rem.spec.target;
+        let lookup = |n: &str| -> Option<String> {
+            match n.split_once('.')? {
+                ("target", "kind") => Some(target.kind.as_str().to_owned()),
+                ("target", "name") => Some(target.name.clone()),
+                ("target", "namespace") => Some(namespace.clone()),
+                ("labels", key) => rem.spec.alert.labels.get(key).cloned(),
+                _ => None,
+            }
+        };
+        // A playbook that delegates only its bounded parameters: the executor reads as in
+        // playbook mode, and the model chooses those values.
+        let mut delegated_run = None;
         let (rules, instructions) = match &policy.playbook {
             Some(name) => {
                 let pb = load_playbook(&self.client, &namespace, name).await?;
-                (Rules::from_playbook(&pb), pb.agent_instructions.clone().unwrap_or_default())
+                if pb.parameters.iter().any(|p| p.delegate) {
+                    delegated_run = Some(self.playbook.read_all(input).await?);
+                }
+                (Rules::from_playbook_in(&pb, &lookup), pb.agent_instructions.clone().unwrap_or_default())
             }
             None => (Rules::default_for(target.kind.as_str()), String::new()),
         };
@@ -200,6 +218,11 @@ impl AgentStage {
             annotations: &alert.annotations,
             target: Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name },
             rules: &rules,
+            delegation: delegated_run.as_ref().map(|r| Delegation {
+                playbook_name: &r.playbook_name,
+                playbook: &r.playbook,
+                scope: &r.scope,
+            }),
         };
         let r = run(&llm, &tools, &brief, &current, &budgets, &input.cancel).await;
         let summary = summary(&model.model, &r);
