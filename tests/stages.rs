@@ -17,7 +17,7 @@ async fn setup() -> (Sandbox, kube::Client) {
     sb.install_crds().unwrap();
     let client = sb.client(ADMIN_TOKEN).await.unwrap();
     let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout", "namespace": "default"}, "spec": {"replicas": 1,
-        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1"}]}}}}))
+        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1", "resources": {"limits": {"memory": "128Mi"}}}]}}}}))
     .unwrap();
     Api::<Deployment>::namespaced(client.clone(), "default").create(&PostParams::default(), &d).await.unwrap();
     (sb, client)
@@ -48,7 +48,8 @@ fn input(rem: Remediation) -> StageInput {
 async fn a_rejected_dry_run_fails_with_the_api_servers_message_and_changes_nothing() {
     let (_sb, client) = setup().await;
     let dry = reflex::ci::dryrun::DryRun { client: client.clone() };
-    let bad = dry.test(input(remediation_with_patch(json!({"spec": {"replicas": "many"}})))).await.unwrap();
+    // Within the safety rules (1 → 1.5 is a bounded change), but not an integer.
+    let bad = dry.test(input(remediation_with_patch(json!({"spec": {"replicas": 1.5}})))).await.unwrap();
     assert_eq!(bad.verdict, CiVerdict::Failed);
     assert!(bad.messages[0].contains("spec.replicas"), "{:?}", bad.messages);
     let good_patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]}}}});
@@ -57,7 +58,24 @@ async fn a_rejected_dry_run_fails_with_the_api_servers_message_and_changes_nothi
     assert_eq!(good.proposal_digest, reflex::patch::digest(&good_patch));
     let d = Api::<Deployment>::namespaced(client, "default").get("checkout").await.unwrap();
     assert_eq!(d.metadata.generation, Some(1), "a dry run stores nothing");
-    assert!(d.spec.template.spec.unwrap().containers[0].resources.is_none());
+    let limits = d.spec.template.spec.unwrap().containers[0].resources.clone().unwrap().limits.unwrap();
+    assert_eq!(limits["memory"].0, "128Mi");
+}
+
+#[tokio::test]
+async fn ci_runs_the_patch_safety_check_again_whoever_wrote_the_proposal() {
+    let (_sb, client) = setup().await;
+    let dry = reflex::ci::dryrun::DryRun { client: client.clone() };
+    // A proposal edited in status after it was checked: privileged, and past the factor.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
+        "securityContext": {"privileged": true}, "resources": {"limits": {"memory": "64Gi"}}}]}}}});
+    let r = dry.test(input(remediation_with_patch(patch.clone()))).await.unwrap();
+    assert_eq!(r.verdict, CiVerdict::Failed);
+    let m = &r.messages[0];
+    assert!(m.contains("patch-safety check refused") && m.contains("privilege") && m.contains("limits.memory"), "{m}");
+    assert_eq!(r.proposal_digest, reflex::patch::digest(&patch));
+    let d = Api::<Deployment>::namespaced(client, "default").get("checkout").await.unwrap();
+    assert_eq!(d.metadata.generation, Some(1), "nothing was sent, not even a dry run");
 }
 
 #[tokio::test]

@@ -130,15 +130,7 @@ impl AgentStage {
         })?;
         let namespace = rem.metadata.namespace.clone().unwrap_or_default();
         let target = &rem.spec.target;
-        let lookup = |n: &str| -> Option<String> {
-            match n.split_once('.')? {
-                ("target", "kind") => Some(target.kind.as_str().to_owned()),
-                ("target", "name") => Some(target.name.clone()),
-                ("target", "namespace") => Some(namespace.clone()),
-                ("labels", key) => rem.spec.alert.labels.get(key).cloned(),
-                _ => None,
-            }
-        };
+        let lookup = super::executor::remediation_lookup(rem);
         // A playbook that delegates only its bounded parameters: the executor reads as in
         // playbook mode, and the model chooses those values.
         let mut delegated_run = None;

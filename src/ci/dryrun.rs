@@ -1,7 +1,9 @@
 //! CI by server-side dry-run: the API server runs the patch through defaulting, validation
 //! and admission without storing it.
 //!
-//! Contract: the exact request deploy will send (`deploy::apply::deploy_request`) goes to
+//! Contract: first the patch-safety check, against the rules of the policy's playbook (or the
+//! kind's defaults) and the target as it is now — a refusal is `Failed` with every reason;
+//! then the exact request deploy will send (`deploy::apply::deploy_request`) goes to
 //! the API server with `dryRun=All`. Accepted → `Passed`; rejected by the API server (4xx) → `Failed` with the
 //! server's own message, which fails the Remediation; unreachable → a transient stage error
 //! (retried). The result carries the proposal's digest so only this exact patch can deploy.
@@ -16,6 +18,7 @@ use crate::api::playbook::PatchType;
 use crate::api::remediation::{CiBackend, CiResult, CiVerdict, Proposal};
 use crate::api::validate::ValidCi;
 use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::patch::safety::{Proposed, Target, check};
 
 /// The dry-run backend.
 #[derive(Clone)]
@@ -56,7 +59,28 @@ impl Test for DryRun {
                 .and_then(|s| s.proposal.clone())
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "there is no proposal to test"))?;
             let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+            let rules = crate::agent::executor::rules_for(&client, &input).await?;
             let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &api_resource(rem.spec.target.kind));
+            // The patch-safety check again, here where the proposal is tested: independent of
+            // whoever wrote it, and of anything that edited the status since.
+            let target = &rem.spec.target;
+            let current = api
+                .get(&target.name)
+                .await
+                .map_err(|e| StageError::new(crate::agent::tools::category(&e), format!("reading the target: {e}")))?;
+            let current = serde_json::to_value(current).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))?;
+            let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
+            let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
+            let verdict = check(&rules, &allowed, &current, &proposed);
+            if !verdict.allowed() {
+                return Ok(CiResult {
+                    proposal_digest: proposal.digest.clone(),
+                    backend: CiBackend::DryRun,
+                    verdict: CiVerdict::Failed,
+                    messages: vec![format!("the patch-safety check refused the patch: {}", verdict.summary())],
+                    reference: None,
+                });
+            }
             // Exactly the request deploy will send, with dryRun=All.
             let (params, patch) = crate::deploy::apply::deploy_request(rem, &proposal, true)?;
             let result = |verdict, messages| CiResult {
