@@ -257,3 +257,34 @@ fn every_playbook_in_the_library_is_built_in_and_valid() {
         );
     }
 }
+
+/// Bad LLM runs through the whole loop — controller, stages, status — on the llm scenario:
+/// each ends Escalated before anything is tested or deployed, with the reason in status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_llm_runs_end_escalated_before_ci_with_the_reason_in_status() {
+    let scripts: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/llm/scripts.json").unwrap()).unwrap();
+    for (name, reason) in [
+        ("bad-privileged", "security context"),
+        ("bad-injection-logs", "ServiceAccount"),
+        ("bad-secret-read", "read a Secret"),
+        ("bad-wrong-namespace", "may only act in"),
+        ("bad-refusal", "refused"),
+        ("bad-endless-tool-calls", "iteration budget"),
+    ] {
+        let script = scripts.iter().find(|s| s["name"] == name).unwrap();
+        let mut scenario = Scenario::built_in("llm").unwrap();
+        scenario.llm.as_mut().unwrap().turns = script["turns"].as_array().unwrap().clone();
+        scenario.expect.phase = Phase::Escalated;
+        let mut out = Vec::new();
+        let outcome = reflex::demo::run(scenario, false, &mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(outcome.phase(), Some(Phase::Escalated), "{name}: {text}");
+        let status = outcome.remediation.status.as_ref().unwrap();
+        let message = status.message.as_deref().unwrap_or_default();
+        assert!(message.contains(reason), "{name}: status says {message:?}");
+        assert!(status.proposal.is_none() && status.ci.is_none() && status.deploy.is_none(), "{name}: {status:?}");
+        assert!(!status.steps.iter().any(|r| matches!(r.step, Step::Test | Step::Deploy)), "{name}");
+        assert_eq!(outcome.template_after, outcome.template_before, "{name}: nothing changed");
+    }
+}
