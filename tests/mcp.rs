@@ -294,6 +294,59 @@ async fn results_are_cached_per_identity_briefly_and_progress_is_reported_when_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_call_is_answered_from_the_cache_exactly_as_rmcp_answers_it() {
+    let s = setup().await;
+    let http = reqwest::Client::new();
+    let post = |token: &'static str, body: Value, version: Option<&'static str>| {
+        let mut r =
+            http.post(&s.url).bearer_auth(token).header("accept", "application/json, text/event-stream").json(&body);
+        if let Some(v) = version {
+            r = r.header("mcp-protocol-version", v);
+        }
+        r.send()
+    };
+    let call = |id: Value, tool: &str, args: Value| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}});
+    for (tool, args) in [
+        ("get_resource", json!({"kind": "Deployment", "namespace": "shop", "name": "checkout"})),
+        ("list_resources", json!({"kind": "Pod", "namespace": "shop", "limit": 5})),
+        ("get_rollout_history", json!({"namespace": "shop", "deployment": "checkout"})),
+    ] {
+        let first = post("t-alice", call(json!(1), tool, args.clone()), Some("2025-06-18")).await.unwrap();
+        assert!(first.headers().get(reflex::mcp::CACHE_HEADER).is_none(), "{tool}: a miss goes through rmcp");
+        let first: Value = first.json().await.unwrap();
+        assert!(first["result"]["structuredContent"].is_object(), "{tool}: {first}");
+        let again = post("t-alice", call(json!("r-2"), tool, args.clone()), Some("2025-06-18")).await.unwrap();
+        assert_eq!(again.status(), 200);
+        assert_eq!(again.headers().get(reflex::mcp::CACHE_HEADER).map(|v| v.to_str().unwrap()), Some("hit"), "{tool}");
+        assert_eq!(again.headers()["content-type"], "application/json");
+        let mut again: Value = again.json().await.unwrap();
+        assert_eq!(again["id"], "r-2");
+        again["id"] = first["id"].clone();
+        assert_eq!(again, first, "{tool}: the same answer, byte for byte once parsed");
+        // Another caller never gets alice's entry: bob may not read checkout at all.
+        let bob: Value = post("t-bob", call(json!(3), tool, args.clone()), None).await.unwrap().json().await.unwrap();
+        assert_ne!(bob["result"], first["result"], "{tool}: {bob}");
+        // What rmcp must judge itself still goes to rmcp: an unknown protocol version, a
+        // missing Accept type, a progress token.
+        let bad = post("t-alice", call(json!(4), tool, args.clone()), Some("1999-01-01")).await.unwrap();
+        assert_eq!(bad.status(), 400, "{tool}");
+        let no_sse = http
+            .post(&s.url)
+            .bearer_auth("t-alice")
+            .header("accept", "application/json")
+            .json(&call(json!(5), tool, args.clone()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(no_sse.status(), 406, "{tool}");
+        let mut with_meta = call(json!(6), tool, args.clone());
+        with_meta["params"]["_meta"] = json!({"progressToken": "p"});
+        let r = post("t-alice", with_meta, Some("2025-06-18")).await.unwrap();
+        assert!(r.headers().get(reflex::mcp::CACHE_HEADER).is_none(), "{tool}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_huge_requests_get_clear_errors() {
     let s = setup().await;
     let http = reqwest::Client::new();

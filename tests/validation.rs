@@ -64,6 +64,9 @@ fn a_bad_playbook_names_every_bad_field() {
         "spec.patch.parameters[1].max",
         "spec.patch.template",
         "spec.patch.allowedPaths[0]",
+        "spec.patch.parameters[2].min",
+        "spec.patch.parameters[2].maxFactor",
+        "spec.patch.parameters[3].newer",
     ] {
         assert!(errors.has(field), "expected an error for {field}; got: {errors}");
     }

@@ -28,6 +28,7 @@ pub fn router(
     };
     let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     hosts.extend(allowed_hosts);
+    let fast = Fast { server: server.clone(), hosts: Arc::new(hosts.clone()) };
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -35,17 +36,74 @@ pub fn router(
         .with_allowed_hosts(hosts)
         .with_max_request_body_bytes(MAX_BODY)
         .with_cancellation_token(stop);
-    let edge = Edge { identities, inflight: server.inflight() };
+    let edge = Edge { identities, inflight: server.inflight(), fast };
     let service =
         StreamableHttpService::new(move || Ok(server.clone()), Arc::new(LocalSessionManager::default()), config);
     axum::Router::new().route_service("/mcp", service).layer(axum::middleware::from_fn_with_state(edge, edge_of_mcp))
 }
 
-/// What the edge of `/mcp` needs: who is calling, and the calls they have in flight.
+/// What the edge of `/mcp` needs: who is calling, the calls they have in flight, and the
+/// cache's fast path.
 #[derive(Clone)]
 struct Edge {
     identities: Arc<identity::Identities>,
     inflight: server::InFlight,
+    fast: Fast,
+}
+
+/// Repeated context-tool calls answered from the cache without rmcp's per-request
+/// machinery (decode, a service and a task per request, encode).
+#[derive(Clone)]
+struct Fast {
+    server: server::ReflexMcp,
+    /// The Host headers rmcp accepts.
+    hosts: Arc<Vec<String>>,
+}
+
+/// Whether rmcp would take this POST as it is, with nothing for it to check beyond what
+/// [`server::ReflexMcp::cached_reply`] checks: `Accept` names both JSON and SSE, the body is
+/// JSON, the Host is one rmcp accepts, no Origin, a known protocol version before the one
+/// that needs the standard headers, and no other `Mcp-*` header. Anything else: rmcp.
+fn plain_post(headers: &axum::http::HeaderMap, hosts: &[String]) -> bool {
+    use axum::http::header::{ACCEPT, CONTENT_TYPE, HOST, ORIGIN};
+    let essence = |v: &str| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let accepted: Vec<String> = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(essence).collect::<Vec<_>>())
+        .collect();
+    let accepts = |m: &str| accepted.iter().any(|a| a == m);
+    if !accepts("application/json") || !accepts("text/event-stream") {
+        return false;
+    }
+    if headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(essence).as_deref() != Some("application/json") {
+        return false;
+    }
+    if headers.contains_key(ORIGIN) {
+        return false;
+    }
+    for (name, value) in headers {
+        let n = name.as_str();
+        if n == "mcp-protocol-version" {
+            let known = value.to_str().ok().is_some_and(|v| {
+                rmcp::model::ProtocolVersion::KNOWN_VERSIONS.iter().any(|k| k.as_str() == v)
+                    && v < rmcp::model::ProtocolVersion::STANDARD_HEADERS.as_str()
+            });
+            if !known {
+                return false;
+            }
+        } else if n.starts_with("mcp-") {
+            return false;
+        }
+    }
+    let Some(host) = headers.get(HOST).and_then(|v| v.to_str().ok()) else { return false };
+    let Ok(host) = axum::http::uri::Authority::try_from(host) else { return false };
+    let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    hosts.iter().any(|allowed| match axum::http::uri::Authority::try_from(allowed.as_str()) {
+        Ok(a) => bare(a.host()) == bare(host.host()) && a.port_u16().is_none_or(|p| host.port_u16() == Some(p)),
+        Err(_) => false,
+    })
 }
 
 /// Every `/mcp` request first: authenticate the bearer token (401 before any MCP handling)
@@ -82,6 +140,12 @@ async fn edge_of_mcp(
         let cancelled = edge.inflight.cancel(caller.key(), &id.to_string());
         tracing::debug!(user = %caller.user, request = %id, cancelled, "notifications/cancelled");
     }
+    if plain_post(&parts.headers, &edge.fast.hosts)
+        && let Some(reply) = edge.fast.server.cached_reply(&caller, &bytes).await
+    {
+        return ([(axum::http::header::CONTENT_TYPE.as_str(), "application/json"), (CACHE_HEADER, "hit")], reply)
+            .into_response();
+    }
     parts.extensions.insert(caller);
     next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
@@ -89,6 +153,9 @@ async fn edge_of_mcp(
 fn too_large() -> axum::response::Response {
     (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "the request body is over 1 MiB").into_response()
 }
+
+/// Marks a response served by the cache's fast path (`hit`), for operators and tests.
+pub const CACHE_HEADER: &str = "x-reflex-cache";
 
 /// Largest MCP request body.
 const MAX_BODY: usize = 1024 * 1024;

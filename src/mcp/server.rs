@@ -149,14 +149,57 @@ struct Inner {
 pub struct Served {
     structured: Value,
     text: String,
+    /// The whole `CallToolResult` as JSON, for the cache's fast path; made on first use.
+    result: std::sync::OnceLock<String>,
 }
 
 impl Served {
     fn of<T: Serialize>(out: &T) -> Result<Self, String> {
         let structured = serde_json::to_value(out).map_err(|e| e.to_string())?;
         let text = structured.to_string();
-        Ok(Self { structured, text })
+        Ok(Self { structured, text, result: std::sync::OnceLock::new() })
     }
+
+    /// The tool result as rmcp sends it (`content` with the text, `structuredContent`).
+    fn call_tool_result(&self) -> CallToolResult {
+        let mut result = CallToolResult::success(vec![rmcp::model::ContentBlock::text(self.text.clone())]);
+        result.structured_content = Some(self.structured.clone());
+        result
+    }
+
+    /// The result's JSON for peers before protocol 2026-07-28 (the only ones the fast path
+    /// serves): as rmcp sends it to them, without the `resultType: "complete"` discriminator.
+    fn result_json(&self) -> &str {
+        self.result.get_or_init(|| {
+            let mut result = self.call_tool_result();
+            result.result_type = None;
+            serde_json::to_string(&result).unwrap_or_default()
+        })
+    }
+}
+
+/// A `tools/call` request as the cache's fast path reads it: exactly these fields, no
+/// `_meta` (progress tokens, per-request protocol versions) — anything else goes to rmcp.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastCall {
+    jsonrpc: String,
+    id: Value,
+    method: String,
+    params: FastCallParams,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastCallParams {
+    name: String,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+/// The cache key's arguments for a typed input, as the tool itself computes them.
+fn fast_args<T: DeserializeOwned + Serialize>(arguments: Value) -> Option<String> {
+    serde_json::from_value::<T>(arguments).ok().map(|p| args(&p))
 }
 
 /// A tool's structured output of type `T`. Named `Json` on purpose: rmcp's `#[tool]` macro
@@ -173,9 +216,7 @@ impl<T> Json<T> {
 
 impl<T: 'static> IntoCallToolResult for Json<T> {
     fn into_call_tool_result(self) -> Result<CallToolResponse, ErrorData> {
-        let mut result = CallToolResult::success(vec![rmcp::model::ContentBlock::text(self.0.text.clone())]);
-        result.structured_content = Some(self.0.structured.clone());
-        Ok(result.into())
+        Ok(self.0.call_tool_result().into())
     }
 }
 
@@ -618,6 +659,29 @@ impl ReflexMcp {
     /// Calls in progress, for cancellation by notification.
     pub fn inflight(&self) -> InFlight {
         self.inner.inflight.clone()
+    }
+
+    /// The cache's fast path: the JSON-RPC response to a plain `tools/call` of a context tool
+    /// whose result this caller has cached — the same key, and the same bytes once parsed,
+    /// as the tool itself would answer with on a hit — or `None` for anything else (rmcp
+    /// handles it). Only tools whose input checks depend on nothing but the input take it,
+    /// so a key in the cache means those checks passed.
+    pub async fn cached_reply(&self, caller: &Caller, body: &[u8]) -> Option<String> {
+        let cache = self.inner.cache.as_ref()?;
+        let call: FastCall = serde_json::from_slice(body).ok()?;
+        if call.jsonrpc != "2.0" || call.method != "tools/call" || !(call.id.is_string() || call.id.is_i64()) {
+            return None;
+        }
+        let arguments = call.params.arguments.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+        let (tool, input) = match call.params.name.as_str() {
+            "get_resource" => ("get_resource", fast_args::<GetResource>(arguments)?),
+            "list_resources" => ("list_resources", fast_args::<ListResourcesInput>(arguments)?),
+            "get_events" => ("get_events", fast_args::<GetEvents>(arguments)?),
+            "get_rollout_history" => ("get_rollout_history", fast_args::<GetRolloutHistory>(arguments)?),
+            _ => return None,
+        };
+        let hit = cache.get(&format!("{}\u{1f}{tool}\u{1f}{input}", caller.key())).await?;
+        Some(format!("{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{}}}", call.id, hit.result_json()))
     }
 
     /// Prometheus has no per-user authorization; the PromQL and alert tools are for callers
