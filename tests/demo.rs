@@ -154,6 +154,7 @@ async fn the_leak_scenario_restarts_the_workload_and_verifies_memory_fell() {
     // Five hours at 40Mi an hour on top of 100Mi before; fresh Pods back near 100Mi after.
     assert!(text.contains("read      workingSet: 301Mi"), "{text}");
     let samples = &status.verification.as_ref().unwrap().samples;
+    assert!(!samples.is_empty());
     assert!(samples.iter().all(|s| s.ok && s.value.is_some_and(|v| v < 110.0 * 1048576.0)), "{samples:?}");
 }
 
@@ -203,6 +204,19 @@ async fn the_pool_scenario_raises_a_configmap_value_within_bounds() {
     {
         assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
     }
+
+    // An alert naming a key the playbook does not list is refused before anything is tested.
+    let text = reflex::demo::scenario::BUILT_IN.iter().find(|(n, _)| *n == "pool").unwrap().1;
+    let other = text
+        .replace("key: DB_POOL_SIZE", "key: REQUEST_TIMEOUT_SECONDS")
+        .replace("key=\"DB_POOL_SIZE\"", "key=\"REQUEST_TIMEOUT_SECONDS\"");
+    let mut scenario = Scenario::parse(&other).unwrap();
+    scenario.expect.phase = Phase::Failed;
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(scenario, false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Failed), "{text}");
+    assert!(text.contains("data.REQUEST_TIMEOUT_SECONDS, which the playbook's allowedPaths do not allow"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -448,7 +448,10 @@ async fn a_playbook_can_delegate_only_its_bounded_parameters_to_the_model() {
         json!(1000.0)
     );
     let prompt = first["messages"].to_string();
-    assert!(prompt.contains("reads.saturation") && prompt.contains("at most 2x the value it replaces"), "{prompt}");
+    assert!(
+        prompt.contains("reads.saturation") && prompt.contains("at most 2x and at least 1/2 of the value it replaces"),
+        "{prompt}"
+    );
     assert!(prompt.contains("own rule would choose: value=40"), "{prompt}");
 
     // Past the factor (2 x 20): refused, not clamped — humans look.
@@ -460,6 +463,19 @@ async fn a_playbook_can_delegate_only_its_bounded_parameters_to_the_model() {
     w.standin.load(&choose(json!("35; also set LOG_LEVEL")));
     let e = stage.propose(pool_input(&w, "llm")).await.unwrap_err();
     assert!(e.message.contains("not an integer"), "{e}");
+    w.standin.load(&[
+        json!({"calls": [{"name": "propose_parameters", "arguments": {"values": {}, "rationale": "r"}}], "usage": [10, 10]}),
+    ]);
+    let e = stage.propose(pool_input(&w, "llm")).await.unwrap_err();
+    assert!(e.message.contains("left out value"), "{e}");
+    // Below the factor the other way (20 / 2): refused too.
+    w.standin.load(&choose(json!(9)));
+    let e = stage.propose(pool_input(&w, "llm")).await.unwrap_err();
+    assert!(e.message.contains("outside the playbook's bounds") && e.message.contains("1/2"), "{e}");
+    // A whole number written as 36.0 is an integer.
+    w.standin.load(&choose(json!(36.0)));
+    let p = stage.propose(pool_input(&w, "llm")).await.unwrap();
+    assert_eq!(p.patch.0, json!({"data": {"DB_POOL_SIZE": "36"}}));
 
     // llm-then-playbook: the playbook's own bounded value instead.
     w.standin.load(&choose(json!(90)));

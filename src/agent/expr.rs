@@ -234,6 +234,9 @@ pub fn eval(src: &str, scope: &Value) -> Result<f64, ExprError> {
 /// The text at the path `src` in `scope` (for image parameters): the whole expression must
 /// be one path, and what it names a string.
 pub fn text(src: &str, scope: &Value) -> Result<String, ExprError> {
+    if src.len() > 4096 {
+        return Err(ExprError { expr: src.chars().take(64).collect(), message: "longer than 4096 bytes".into() });
+    }
     let mut p = Parser { src, pos: 0, scope, depth: 0 };
     p.skip_ws();
     let first = p.ident();

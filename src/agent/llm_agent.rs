@@ -199,7 +199,7 @@ fn describe_parameter(p: &ValidParameter) -> String {
         bounds.push(format!("at most {}", shown(max)));
     }
     if let Some(f) = p.max_factor {
-        bounds.push(format!("at most {f}x the value it replaces"));
+        bounds.push(format!("at most {f}x and at least 1/{f} of the value it replaces"));
     }
     match p.type_ {
         ParameterType::String => bounds.push(format!("one of {:?}", p.allowed)),

@@ -50,6 +50,10 @@ pub enum RenderError {
     Parameter { name: String, message: String },
     #[error("the patch sets {0}, which the playbook's allowedPaths do not allow")]
     NotAllowed(String),
+    #[error(
+        "{{{{ {name} }}}} is {value:?}: a field name from a placeholder may hold only letters, digits, _ and - (and must not repeat another field)"
+    )]
+    Key { name: String, value: String },
 }
 
 impl Scope {
@@ -157,6 +161,9 @@ fn fill(
                 for (k, mut child) in std::mem::take(m) {
                     let key = if k.contains(MARK) { fill_key(&k, names, values)? } else { k };
                     fill(&mut child, names, values, text || TEXT_FIELDS.contains(&key.as_str()))?;
+                    if m.contains_key(&key) {
+                        return Err(RenderError::Key { name: key.clone(), value: key });
+                    }
                     m.insert(key, child);
                 }
                 return Ok(());
@@ -179,8 +186,12 @@ fn fill_key(key: &str, names: &[String], values: &dyn Fn(&str) -> Option<String>
                 });
             }
             let value = values(name).ok_or_else(|| RenderError::Unknown(name.clone()))?;
-            if !inert(&value) {
-                return Err(RenderError::Unsafe { name: name.clone(), value });
+            // No `.` or `/`: field paths are dotted, and a key must name one field.
+            if value.is_empty()
+                || value.len() > 253
+                || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(RenderError::Key { name: name.clone(), value });
             }
             out = out.replace(&token, &value);
         }
@@ -455,11 +466,22 @@ pub fn render_with(pb: &ValidPlaybook, scope: &Scope, choices: &Choices) -> Resu
             let currents: Vec<f64> =
                 replaced(&probe, &scope.object, &token).iter().map(|cur| cur.and_then(number).unwrap_or(0.0)).collect();
             // Fail closed: a factor bound needs a current value to be relative to.
+            let top = currents.iter().copied().reduce(f64::max).unwrap_or(0.0);
             let base =
                 currents.into_iter().reduce(f64::min).filter(|b| *b > 0.0).ok_or_else(|| RenderError::Parameter {
                     name: p.name.clone(),
                     message: format!("maxFactor {factor} needs the value it replaces, but the target has none there"),
                 })?;
+            // The factor bounds a change either way, as the safety check does.
+            if v < top / factor {
+                notes.push(format!(
+                    "{}: {} raised to 1/{factor} of the current {}",
+                    p.name,
+                    format_param(p, v),
+                    format_param(p, top)
+                ));
+                v = top / factor;
+            }
             if v > base * factor {
                 notes.push(format!(
                     "{}: {} capped at {factor}x the current {}",
@@ -531,7 +553,7 @@ fn number(v: &Value) -> Option<f64> {
 fn chosen_number(p: &ValidParameter, choice: &Value) -> Result<f64, RenderError> {
     let v = match (p.type_, choice) {
         (ParameterType::Quantity, Value::String(s)) => crate::patch::quantity::parse_quantity(s).ok(),
-        (ParameterType::Integer, Value::Number(n)) => n.as_i64().map(|i| i as f64),
+        (ParameterType::Integer, Value::Number(n)) => n.as_f64().filter(|f| f.fract() == 0.0),
         (ParameterType::Number | ParameterType::Quantity, Value::Number(n)) => n.as_f64(),
         _ => None,
     };
@@ -561,49 +583,84 @@ fn valid_tag(tag: &str) -> bool {
         && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// `1.4.3`, `v2.10`, `1.4.3-alpine` as numbers (`[1, 4, 3]`), ignoring a leading `v` and a
-/// `-suffix`; `None` for tags that are not versions (`latest`, `sha-1a2b`).
-pub fn version_of(tag: &str) -> Option<Vec<u64>> {
+/// A version tag split into its numbers and its variant: `1.4.3` → `([1, 4, 3], "")`,
+/// `v2.10.0-alpine` → `([2, 10], "alpine")` (a leading `v` ignored, trailing zero parts
+/// dropped so `1.4.2.0` is `1.4.2`); `None` for tags that are not versions (`latest`).
+pub fn version_of(tag: &str) -> Option<(Vec<u64>, &str)> {
     let core = tag.strip_prefix('v').unwrap_or(tag);
-    let core = core.split_once('-').map_or(core, |(c, _)| c);
-    core.split('.').map(|n| n.parse::<u64>().ok()).collect::<Option<Vec<_>>>().filter(|v| !v.is_empty())
+    let (core, variant) = core.split_once('-').unwrap_or((core, ""));
+    let mut numbers = core.split('.').map(|n| n.parse::<u64>().ok()).collect::<Option<Vec<_>>>()?;
+    while numbers.len() > 1 && numbers.last() == Some(&0) {
+        numbers.pop();
+    }
+    Some((numbers, variant))
 }
 
-/// The tag of an image reference, if it has one.
+/// The tag of an image reference, if it has one (a digest-pinned reference has none to
+/// compare).
 fn tag_of(image: &str) -> Option<&str> {
+    if image.contains('@') {
+        return None;
+    }
     let repo = crate::patch::safety::repository(image);
-    image[repo.len()..].strip_prefix(':').map(|t| t.split_once('@').map_or(t, |(t, _)| t))
+    image[repo.len()..].strip_prefix(':')
 }
 
-/// An image parameter's value: `wanted` (a reference, or a tag for the repository of the image
-/// it replaces) in the same repository as every image it replaces, and a later version when
-/// the parameter says `newer`.
+/// A repository path a registry accepts: lowercase letters, digits and `. _ - /`, with an
+/// optional `host:port` first.
+fn valid_repository(repo: &str) -> bool {
+    !repo.is_empty()
+        && repo.len() <= 255
+        && repo
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/' | ':'))
+}
+
+/// An image parameter's value: `wanted` (a tagged reference, or a tag for the repository of
+/// the image it replaces — never a digest, which would pin any build whatever its tag says)
+/// in the same repository as every image it replaces, not what already runs, and a later
+/// version of the same variant when the parameter says `newer`.
 fn bounded_image(p: &ValidParameter, wanted: &str, currents: &[Option<&Value>]) -> Result<String, RenderError> {
     let fail = |message: String| RenderError::Parameter { name: p.name.clone(), message };
-    let currents: Vec<&str> = currents
-        .iter()
-        .map(|c| c.and_then(Value::as_str))
-        .collect::<Option<_>>()
-        .ok_or_else(|| fail("an image parameter must replace an image the target already has".into()))?;
+    let currents: Vec<&str> =
+        currents.iter().map(|c| c.and_then(Value::as_str)).collect::<Option<_>>().ok_or_else(|| {
+            fail(
+                "the target has no image where the template puts this parameter (is the container named right?)".into(),
+            )
+        })?;
     let Some(first) = currents.first() else {
         return Err(fail("the template does not place this parameter".into()));
     };
-    let bare = !wanted.contains([':', '/', '@']);
+    if wanted.contains('@') {
+        return Err(fail(format!("{wanted:?} pins a digest; give a tag")));
+    }
+    let bare = !wanted.contains([':', '/']);
     let image = if bare { format!("{}:{wanted}", crate::patch::safety::repository(first)) } else { wanted.to_owned() };
-    let Some(tag) = tag_of(&image).filter(|t| valid_tag(t)) else {
+    let repository = crate::patch::safety::repository(&image);
+    let Some(tag) = tag_of(&image).filter(|t| valid_tag(t) && valid_repository(repository)) else {
         return Err(fail(format!("{wanted:?} is not an image tag or a tagged reference")));
     };
     for current in &currents {
-        let (from, to) = (crate::patch::safety::repository(current), crate::patch::safety::repository(&image));
-        if from != to {
+        let from = crate::patch::safety::repository(current);
+        if from != repository {
             return Err(fail(format!("{image} is not in the repository of {current} ({from})")));
         }
+        if *current == image {
+            return Err(fail(format!("{image} is what already runs")));
+        }
         if p.newer {
-            let old = tag_of(current).unwrap_or("");
+            let Some(old) = tag_of(current) else {
+                return Err(fail(format!(
+                    "the current image {current} has no tag (or is pinned by digest) to compare"
+                )));
+            };
             match (version_of(old), version_of(tag)) {
-                (Some(a), Some(b)) if b > a => {}
+                (Some((_, va)), Some((_, vb))) if va != vb => {
+                    return Err(fail(format!("{tag} is another variant than {old} ({vb:?} instead of {va:?})")));
+                }
+                (Some((a, _)), Some((b, _))) if b > a => {}
                 (Some(_), Some(_)) => return Err(fail(format!("{tag} is not a newer version than {old}"))),
-                _ => return Err(fail(format!("{old:?} and {tag:?} cannot be compared as versions"))),
+                _ => return Err(fail(format!("{old:?} and {tag:?} are not both versions (like 1.4.3) to compare"))),
             }
         }
     }
@@ -718,12 +775,26 @@ mod tests {
         assert_eq!(image(&bump, "registry:5000/shop/checkout:2.0").unwrap(), "registry:5000/shop/checkout:2.0");
         let err = |pb: &ValidPlaybook, fixed: &str| image(pb, fixed).unwrap_err().to_string();
         assert!(err(&bump, "1.4.1").contains("1.4.1 is not a newer version than 1.4.2"));
-        assert!(err(&bump, "1.4.2").contains("not a newer version"));
-        assert!(err(&bump, "latest").contains("cannot be compared as versions"));
+        assert!(err(&bump, "1.4.2").contains("what already runs"));
+        assert!(err(&bump, "1.4.2.0").contains("not a newer version"), "trailing zeros are the same version");
+        assert!(err(&bump, "latest").contains("not both versions"));
+        assert!(err(&bump, "1.4.3-debug").contains("another variant"));
+        // A digest would pin any build, whatever its tag says.
+        let digest = format!("registry:5000/shop/checkout:9.9.9@sha256:{}", "a".repeat(64));
+        assert!(err(&bump, &digest).contains("pins a digest"));
+        assert!(err(&bump, "registry:5000/Shop/checkout:1.5").contains("not an image tag"));
         assert!(err(&bump, "evil.example.com/shop/checkout:9.9").contains("not in the repository"));
         assert!(err(&bump, "-x").contains("not an image tag"));
         // Rollback: the previous revision's image from the history, older and allowed.
         let back = image_playbook("reads.history.revisions[current=false].images[0]", false);
+        let by_name = image_playbook("reads.history.previous.containers[name={{ labels.container }}].image", false);
+        let mut prev = image_scope("");
+        prev.reads.insert(
+            "history".into(),
+            json!({"previous": {"containers": [{"name": "sidecar", "image": "registry:5000/shop/proxy:1"},
+                {"name": "app", "image": "registry:5000/shop/checkout:1.3.8"}]}}),
+        );
+        assert_eq!(render(&by_name, &prev).unwrap().params["image"], "registry:5000/shop/checkout:1.3.8");
         assert_eq!(image(&back, "").unwrap(), "registry:5000/shop/checkout:1.3.9");
         let mut one = image_scope("");
         one.reads.insert("history".into(), json!({"revisions": [{"current": true, "images": ["a"]}]}));
@@ -770,8 +841,14 @@ mod tests {
             ..Scope::default()
         };
         assert_eq!(render(&pb, &s).unwrap().patch, json!({"data": {"POOL": "40"}}));
-        s.labels.insert("key".into(), "a b".into());
-        assert!(matches!(render(&pb, &s), Err(RenderError::Unsafe { .. })));
+        for bad in ["a b", "POOL.x", "../x", ""] {
+            s.labels.insert("key".into(), bad.into());
+            assert!(matches!(render(&pb, &s), Err(RenderError::Key { .. })), "{bad:?}");
+        }
+        // A key from a placeholder cannot repeat a literal one.
+        pb.template = Some("data:\n  POOL: \"1\"\n  \"{{ labels.key }}\": \"{{ params.memory }}\"\n".into());
+        s.labels.insert("key".into(), "POOL".into());
+        assert!(matches!(render(&pb, &s), Err(RenderError::Key { .. })));
         pb.template = Some("data:\n  \"{{ params.memory }}\": \"1\"\n".into());
         s.labels.insert("key".into(), "POOL".into());
         assert!(render(&pb, &s).unwrap_err().to_string().contains("cannot name a field"));

@@ -136,9 +136,12 @@ impl AgentStage {
         let mut delegated_run = None;
         let (rules, instructions) = match &policy.playbook {
             Some(name) => {
-                let pb = load_playbook(&self.client, &namespace, name).await?;
+                let mut pb = load_playbook(&self.client, &namespace, name).await?;
                 if pb.parameters.iter().any(|p| p.delegate) {
-                    delegated_run = Some(self.playbook.read_all(input).await?);
+                    let run = self.playbook.read_all(input).await?;
+                    // One reading of the playbook for the rules and the rendering.
+                    pb = run.playbook.clone();
+                    delegated_run = Some(run);
                 }
                 (Rules::from_playbook_in(&pb, &lookup), pb.agent_instructions.clone().unwrap_or_default())
             }

@@ -140,7 +140,8 @@ async fn edge_of_mcp(
         let cancelled = edge.inflight.cancel(caller.key(), &id.to_string());
         tracing::debug!(user = %caller.user, request = %id, cancelled, "notifications/cancelled");
     }
-    if plain_post(&parts.headers, &edge.fast.hosts)
+    if edge.fast.server.caches()
+        && plain_post(&parts.headers, &edge.fast.hosts)
         && let Some(reply) = edge.fast.server.cached_reply(&caller, &bytes).await
     {
         return ([(axum::http::header::CONTENT_TYPE.as_str(), "application/json"), (CACHE_HEADER, "hit")], reply)

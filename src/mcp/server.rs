@@ -58,7 +58,7 @@ pub const TOOL_VERSIONS: &[(&str, u32)] = &[
     ("list_resources", 1),
     ("get_events", 1),
     ("get_pod_logs", 1),
-    ("get_rollout_history", 1),
+    ("get_rollout_history", 2),
     ("query_prometheus", 1),
     ("query_prometheus_range", 1),
     ("list_firing_alerts", 1),
@@ -337,6 +337,9 @@ pub struct Revision {
     pub revision: u64,
     pub replica_set: String,
     pub images: Vec<String>,
+    /// Each container's image, by container name.
+    #[serde(default)]
+    pub containers: Vec<ContainerImage>,
     pub replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
@@ -345,8 +348,35 @@ pub struct Revision {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ContainerImage {
+    pub name: String,
+    pub image: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct RolloutHistory {
+    /// Newest revision first.
     pub revisions: Vec<Revision>,
+    /// What a rollback returns to: the newest revision whose ReplicaSet is older than the
+    /// current one's (a rollback re-numbers the revision it restores, so after one, the bad
+    /// release is newer than what runs and is never the previous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Revision>,
+}
+
+/// The revision a rollback returns to (see [`RolloutHistory::previous`]): by ReplicaSet
+/// creation time, then revision number.
+fn previous_revision(revisions: &[Revision]) -> Option<Revision> {
+    let when = |r: &Revision| r.created.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let current = revisions.iter().find(|r| r.current)?;
+    let now = (when(current)?, current.revision);
+    revisions
+        .iter()
+        .filter(|r| !r.current)
+        .filter_map(|r| Some(((when(r)?, r.revision), r)))
+        .filter(|(at, _)| *at < now)
+        .max_by_key(|(at, _)| *at)
+        .map(|(_, r)| r.clone())
 }
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -552,17 +582,24 @@ pub async fn rollout_history(
         .map(|rs| {
             let rev =
                 rs.metadata.annotations.as_ref().and_then(|a| a.get("deployment.kubernetes.io/revision")).cloned();
-            let images = rs
+            let containers: Vec<ContainerImage> = rs
                 .spec
                 .template
                 .as_ref()
                 .and_then(|t| t.spec.as_ref())
-                .map(|s| s.containers.iter().filter_map(|c| c.image.clone()).collect())
+                .map(|s| {
+                    s.containers
+                        .iter()
+                        .filter_map(|c| Some(ContainerImage { name: c.name.clone(), image: c.image.clone()? }))
+                        .collect()
+                })
                 .unwrap_or_default();
+            let images = containers.iter().map(|c| c.image.clone()).collect();
             Revision {
                 revision: rev.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0),
                 replica_set: rs.metadata.name.clone().unwrap_or_default(),
                 images,
+                containers,
                 replicas: rs.status.as_ref().map_or(0, |s| s.replicas),
                 created: rs.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
                 current: rev.is_some() && rev == current,
@@ -570,7 +607,8 @@ pub async fn rollout_history(
         })
         .collect();
     revisions.sort_by_key(|r| std::cmp::Reverse(r.revision));
-    Ok(RolloutHistory { revisions })
+    let previous = previous_revision(&revisions);
+    Ok(RolloutHistory { revisions, previous })
 }
 
 pub fn api_error(verb: &str, resource: &str, namespace: Option<&str>, e: &kube::Error) -> String {
@@ -659,6 +697,11 @@ impl ReflexMcp {
     /// Calls in progress, for cancellation by notification.
     pub fn inflight(&self) -> InFlight {
         self.inner.inflight.clone()
+    }
+
+    /// Whether results are cached (the fast path has anything to serve).
+    pub fn caches(&self) -> bool {
+        self.inner.cache.is_some()
     }
 
     /// The cache's fast path: the JSON-RPC response to a plain `tools/call` of a context tool
@@ -972,7 +1015,7 @@ impl ReflexMcp {
     }
 
     #[tool(
-        description = "A Deployment's rollout history: its ReplicaSet revisions, images and which is current.",
+        description = "A Deployment's rollout history: its ReplicaSet revisions (newest first), each container's image, which is current, and the previous one a rollback returns to.",
         annotations(read_only_hint = true)
     )]
     async fn get_rollout_history(
@@ -1372,6 +1415,30 @@ pub fn tools() -> Vec<rmcp::model::Tool> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_previous_revision_is_older_than_what_runs() {
+        let rev = |revision: u64, at: &str, current: bool| Revision {
+            revision,
+            replica_set: format!("rs-{revision}"),
+            images: vec![],
+            containers: vec![],
+            replicas: 0,
+            created: Some(at.into()),
+            current,
+        };
+        // A bad rollout: 2 runs, 1 is older.
+        let h = [rev(2, "2026-01-01T00:10:00Z", true), rev(1, "2026-01-01T00:00:00Z", false)];
+        assert_eq!(previous_revision(&h).map(|r| r.revision), Some(1));
+        // After a rollback the restored ReplicaSet (old) is revision 3; the bad release (2) is
+        // newer than it and is not where a second rollback goes.
+        let h = [rev(3, "2026-01-01T00:00:00Z", true), rev(2, "2026-01-01T00:10:00Z", false)];
+        assert_eq!(previous_revision(&h).map(|r| r.revision), None);
+        // Same second: the revision number decides.
+        let h = [rev(2, "2026-01-01T00:00:00Z", true), rev(1, "2026-01-01T00:00:00Z", false)];
+        assert_eq!(previous_revision(&h).map(|r| r.revision), Some(1));
+        assert!(previous_revision(&[rev(1, "2026-01-01T00:00:00Z", true)]).is_none());
+    }
 
     #[test]
     fn kinds_resolve_and_unknown_ones_say_what_is_known() {

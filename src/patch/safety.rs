@@ -88,8 +88,13 @@ impl Rules {
         if let Some(f) = pb.parameters.iter().filter_map(|p| p.max_factor).reduce(f64::min) {
             rules.max_factor = f;
         }
-        let template = pb.template.as_deref().map(|t| resolve_placeholders(t, lookup));
-        let template = template.and_then(|t| serde_saphyr::from_str::<Value>(&t).ok());
+        let template = match pb.template.as_deref().map(|t| template_tree(t, lookup)) {
+            // A template that is not YAML renders nothing: allow nothing rather than judge
+            // without its ceilings.
+            Some(None) => return Self { allowed_paths: Vec::new(), ..rules },
+            Some(Some(tree)) => Some(tree),
+            None => None,
+        };
         if let Some(template) = template {
             let mut placed: Vec<(String, String)> = Vec::new();
             each_path(&template, &mut String::new(), &mut |path, v| {
@@ -138,27 +143,50 @@ impl Rules {
     }
 }
 
-/// `{{ name }}` replaced by `lookup(name)` where it has an inert value (letters, digits,
-/// `_ . : / -`); parameters and anything else left as written.
-fn resolve_placeholders(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
-    let mut out = String::with_capacity(template.len());
+/// The template as a tree, with `{{ name }}` (in keys and string values) replaced by
+/// `lookup(name)` where that is inert (letters, digits, `_ . : / -`) and kept as written
+/// otherwise (parameters, so their placements can be found). Placeholders are swapped for
+/// plain markers before parsing, as the renderer does, so no value and no unquoted
+/// placeholder can change or break the YAML; `None` when the template is not YAML.
+fn template_tree(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Option<Value> {
+    const MARK: &str = "__reflex_rule_";
+    let mut marked = String::with_capacity(template.len());
+    let mut names = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find("{{") {
         let Some(close) = rest[open..].find("}}") else { break };
-        let name = rest[open + 2..open + close].trim();
-        out.push_str(&rest[..open]);
-        match lookup(name).filter(|v| {
-            !name.starts_with("params.")
-                && v.len() <= 253
-                && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'))
-        }) {
-            Some(v) => out.push_str(&v),
-            None => out.push_str(&rest[open..open + close + 2]),
-        }
+        marked.push_str(&rest[..open]);
+        marked.push_str(&format!("{MARK}{}__", names.len()));
+        names.push(rest[open + 2..open + close].trim().to_owned());
         rest = &rest[open + close + 2..];
     }
-    out.push_str(rest);
-    out
+    marked.push_str(rest);
+    let resolve = |text: &str| -> String {
+        let mut out = text.to_owned();
+        // Longest index first, so marker 1 does not match inside marker 10.
+        for (i, name) in names.iter().enumerate().rev() {
+            let token = format!("{MARK}{i}__");
+            if out.contains(&token) {
+                let value = lookup(name).filter(|v| {
+                    !name.starts_with("params.")
+                        && v.len() <= 253
+                        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'))
+                });
+                out = out.replace(&token, &value.unwrap_or_else(|| format!("{{{{ {name} }}}}")));
+            }
+        }
+        out
+    };
+    fn walk(v: Value, resolve: &dyn Fn(&str) -> String) -> Value {
+        match v {
+            Value::String(s) => Value::String(resolve(&s)),
+            Value::Array(items) => Value::Array(items.into_iter().map(|i| walk(i, resolve)).collect()),
+            Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (resolve(&k), walk(v, resolve))).collect()),
+            other => other,
+        }
+    }
+    let tree: Value = serde_saphyr::from_str(&marked).ok()?;
+    Some(walk(tree, &resolve))
 }
 
 /// The object a Remediation is allowed to change.
@@ -879,5 +907,22 @@ mod tests {
         assert_eq!(r.max_factor, 3.0);
         assert_eq!(r.ceilings, vec![(format!("{C}.resources.limits.memory"), 2.0 * 1024.0 * 1024.0 * 1024.0)]);
         assert_eq!(r.allowed_paths, pb.allowed_paths);
+
+        // A field named by the alert gets its ceiling once the run's placeholders resolve;
+        // an unquoted parameter does not hide its placement.
+        let config = ValidPlaybook {
+            template: Some("data:\n  \"{{ labels.key }}\": {{ params.memory }}\n".into()),
+            allowed_paths: vec!["data".into()],
+            ..pb.clone()
+        };
+        let lookup = |n: &str| (n == "labels.key").then(|| "POOL".to_owned());
+        let r = Rules::from_playbook_in(&config, &lookup);
+        assert_eq!(r.ceilings, vec![("data.POOL".to_owned(), 2.0 * 1024.0 * 1024.0 * 1024.0)]);
+        // A value that is not inert stays a placeholder (and so matches no field).
+        let r = Rules::from_playbook_in(&config, &|_| Some("a b".into()));
+        assert_eq!(r.ceilings, vec![("data.{{ labels.key }}".to_owned(), 2.0 * 1024.0 * 1024.0 * 1024.0)]);
+        // A template that is not YAML allows nothing.
+        let broken = ValidPlaybook { template: Some("data: [\n".into()), ..pb };
+        assert!(Rules::from_playbook(&broken).allowed_paths.is_empty());
     }
 }
