@@ -384,7 +384,8 @@ fn pool_input(w: &World, mode: &str) -> reflex::controller::stages::StageInput {
     let spec = json!({"match": {"alertnames": ["PoolSaturated"]}, "target": {"kind": "ConfigMap", "name": "{{ labels.config }}"},
         "playbook": "tune-pool", "trust": {"level": "auto"},
         "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"},
-        "agent": {"mode": mode, "model": {"endpoint": w.standin.url, "model": "scripted"}, "maxIterations": 6}});
+        "agent": {"mode": mode, "model": {"endpoint": w.standin.url, "model": "scripted"}, "maxIterations": 6,
+            "instructions": "Prefer the smallest pool that keeps saturation under 0.7."}});
     let spec: reflex::api::policy::RemediationPolicySpec = serde_json::from_value(spec).unwrap();
     input.policy = Some(Arc::new(reflex::api::validate::ValidPolicy::from_spec(&spec).unwrap()));
     let rem: reflex::api::remediation::Remediation = serde_json::from_value(json!({
@@ -453,6 +454,7 @@ async fn a_playbook_can_delegate_only_its_bounded_parameters_to_the_model() {
         "{prompt}"
     );
     assert!(prompt.contains("own rule would choose: value=40"), "{prompt}");
+    assert!(prompt.contains("Prefer the smallest pool"), "the policy's instructions: {prompt}");
 
     // Past the factor (2 x 20): refused, not clamped — humans look.
     w.standin.load(&choose(json!(90)));

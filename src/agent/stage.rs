@@ -201,10 +201,13 @@ impl AgentStage {
             parallel_tools: 4,
         };
         let alert = &rem.spec.alert;
+        // The playbook's instructions, then the policy's; a default when neither gives any.
+        let instructions: Vec<String> =
+            [Some(instructions), agent.instructions.clone()].into_iter().flatten().filter(|i| !i.is_empty()).collect();
         let instructions = if instructions.is_empty() {
             "Find the cause of the alert and propose the smallest change that fixes it.".to_owned()
         } else {
-            instructions
+            instructions.join("\n\n")
         };
         let brief = Brief {
             instructions: &instructions,

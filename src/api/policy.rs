@@ -139,6 +139,11 @@ pub struct AgentSpec {
     /// Wall-clock budget for one agent run.
     #[serde(default = "default_agent_timeout")]
     pub timeout: DurationString,
+    /// Instructions for the LLM agent (its system prompt), after the playbook's own
+    /// `agentInstructions` when both are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub instructions: Option<String>,
 }
 
 impl Default for AgentSpec {
@@ -151,6 +156,7 @@ impl Default for AgentSpec {
             max_tokens: default_max_tokens(),
             max_cost_usd: None,
             timeout: default_agent_timeout(),
+            instructions: None,
         }
     }
 }

@@ -163,6 +163,8 @@ pub struct ValidAgent {
     pub max_cost_usd: Option<f64>,
     /// Wall-clock budget.
     pub timeout: Duration,
+    /// The policy's instructions for the agent.
+    pub instructions: Option<String>,
 }
 
 /// Rate limits and retry settings with durations read.
@@ -418,6 +420,7 @@ fn agent(c: &mut Collector, spec: &RemediationPolicySpec) -> ValidAgent {
         max_tokens: a.max_tokens,
         max_cost_usd,
         timeout: c.duration("spec.agent.timeout", &a.timeout),
+        instructions: a.instructions.clone().filter(|i| !i.trim().is_empty()),
     }
 }
 
