@@ -74,7 +74,8 @@ enum Command {
         /// `llm` (an LLM agent — a scripted stand-in model — diagnoses over MCP and proposes),
         /// or one per playbook: `saturation` (scale-out-on-saturation), `leak`
         /// (restart-on-leak), `bad-rollout` (rollback-bad-rollout), `pool`
-        /// (tune-config-parameter), `known-bug` (image-bump).
+        /// (tune-config-parameter), `known-bug` (image-bump), `hpa-saturation`
+        /// (raise-hpa-max-on-saturation).
         #[arg(long, default_value = "oom")]
         scenario: String,
         /// Run a scenario file instead of a built-in one.

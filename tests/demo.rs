@@ -302,3 +302,20 @@ async fn bad_llm_runs_end_escalated_before_ci_with_the_reason_in_status() {
         assert_eq!(outcome.template_after, outcome.template_before, "{name}: nothing changed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hpa_saturation_scenario_raises_max_replicas_within_bounds() {
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(Scenario::built_in("hpa-saturation").unwrap(), false, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    // maxReplicas 4 at 150% of target wants 4 × 1.5 / 0.8 = 7.5 → 8, within 2x and 50.
+    let status = outcome.remediation.status.as_ref().unwrap();
+    assert_eq!(status.proposal.as_ref().unwrap().patch.0, serde_json::json!({"spec": {"maxReplicas": 8}}));
+    // The Deployment's replicas are the HPA's: untouched.
+    assert_eq!(outcome.template_after, outcome.template_before);
+    for expected in ["read      saturation: 1.5", "spec.maxReplicas: 4 → 8", "sample    0.75 ✓", "verdict   Passed"]
+    {
+        assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
+    }
+}

@@ -105,9 +105,8 @@ impl OomModel {
     }
 
     /// Objects of a resource in `namespace` from the sandbox.
-    fn list(&self, group: &str, resource: &str, namespace: &str) -> Result<Vec<Value>, MetricsError> {
+    fn list(&self, group: &str, version: &str, resource: &str, namespace: &str) -> Result<Vec<Value>, MetricsError> {
         let api = self.api()?;
-        let (group, version) = if group.is_empty() { ("", "v1") } else { (group, "v1") };
         let rt = api
             .store
             .registry()
@@ -122,7 +121,7 @@ impl OomModel {
     /// The workload's Pods (not being deleted).
     fn pods(&self, w: &Workload) -> Result<Vec<Value>, MetricsError> {
         Ok(self
-            .list("", "pods", &w.namespace)?
+            .list("", "v1", "pods", &w.namespace)?
             .into_iter()
             .filter(|p| self.workload_of(p).is_some_and(|pw| pw.deployment == w.deployment))
             .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
@@ -131,7 +130,7 @@ impl OomModel {
 
     /// The workload's Deployment as the sandbox has it.
     fn deployment(&self, w: &Workload) -> Result<Value, MetricsError> {
-        self.list("apps", "deployments", &w.namespace)?
+        self.list("apps", "v1", "deployments", &w.namespace)?
             .into_iter()
             .find(|d| d.pointer("/metadata/name").and_then(Value::as_str) == Some(w.deployment.as_str()))
             .ok_or_else(|| MetricsError::Unavailable(format!("no Deployment {}/{}", w.namespace, w.deployment)))
@@ -286,7 +285,7 @@ impl MetricsSource for OomModel {
                         .as_ref()
                         .ok_or_else(|| MetricsError::Rejected(format!("series {:?} names no config", series.query)))?;
                     let capacity = self
-                        .list("", "configmaps", &w.namespace)?
+                        .list("", "v1", "configmaps", &w.namespace)?
                         .into_iter()
                         .find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(key.name.as_str()))
                         .and_then(|c| {
@@ -301,6 +300,28 @@ impl MetricsSource for OomModel {
                             ))
                         })?;
                     Ok(Some(load / capacity))
+                }
+                SeriesValue::HpaSaturation => {
+                    let load = w.load.ok_or_else(|| {
+                        MetricsError::Rejected(format!("the modelled workload {} has no load", w.deployment))
+                    })?;
+                    let name = series
+                        .hpa
+                        .as_deref()
+                        .ok_or_else(|| MetricsError::Rejected(format!("series {:?} names no hpa", series.query)))?;
+                    let max = self
+                        .list("autoscaling", "v2", "horizontalpodautoscalers", &w.namespace)?
+                        .into_iter()
+                        .find(|h| h.pointer("/metadata/name").and_then(Value::as_str) == Some(name))
+                        .and_then(|h| h.pointer("/spec/maxReplicas").and_then(Value::as_f64))
+                        .filter(|m| *m > 0.0)
+                        .ok_or_else(|| {
+                            MetricsError::Unavailable(format!(
+                                "no HorizontalPodAutoscaler {}/{name} with a maxReplicas",
+                                w.namespace
+                            ))
+                        })?;
+                    Ok(Some(load / max))
                 }
                 SeriesValue::Saturation => {
                     let load = w.load.ok_or_else(|| {

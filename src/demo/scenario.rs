@@ -24,6 +24,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("bad-rollout", include_str!("../../scenarios/bad-rollout.yaml")),
     ("pool", include_str!("../../scenarios/pool.yaml")),
     ("known-bug", include_str!("../../scenarios/known-bug.yaml")),
+    ("hpa-saturation", include_str!("../../scenarios/hpa-saturation.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
@@ -35,6 +36,7 @@ pub const PLAYBOOKS: &[(&str, &str)] = &[
     ("rollback-bad-rollout", include_str!("../../playbooks/rollback-bad-rollout.yaml")),
     ("tune-config-parameter", include_str!("../../playbooks/tune-config-parameter.yaml")),
     ("image-bump", include_str!("../../playbooks/image-bump.yaml")),
+    ("raise-hpa-max-on-saturation", include_str!("../../playbooks/raise-hpa-max-on-saturation.yaml")),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -81,6 +83,9 @@ pub struct Series {
     /// For `configSaturation`: the ConfigMap key holding the capacity.
     #[serde(default)]
     pub config: Option<ConfigKey>,
+    /// For `hpaSaturation`: the HorizontalPodAutoscaler whose maxReplicas caps the workload.
+    #[serde(default)]
+    pub hpa: Option<String>,
 }
 
 /// A ConfigMap key in the workload's namespace.
@@ -102,6 +107,9 @@ pub enum SeriesValue {
     ErrorRate,
     /// The workload's `load` divided by the number in the series' ConfigMap key.
     ConfigSaturation,
+    /// The workload's `load` (replicas' worth at the HPA's target) divided by the series'
+    /// HorizontalPodAutoscaler's maxReplicas: how far past its ceiling the HPA would scale.
+    HpaSaturation,
     /// OOM kills of the workload's container within `window`.
     OomKills,
     /// The workload's `load` divided by its Deployment's current replicas.
@@ -178,6 +186,9 @@ impl Scenario {
             if q.value == SeriesValue::ConfigSaturation && q.config.is_none() {
                 return Err(format!("scenario model: series {:?} is configSaturation but names no config", q.query));
             }
+            if q.value == SeriesValue::HpaSaturation && q.hpa.is_none() {
+                return Err(format!("scenario model: series {:?} is hpaSaturation but names no hpa", q.query));
+            }
             if !s.model.workloads.iter().any(|w| w.deployment == q.deployment) {
                 return Err(format!(
                     "scenario model: series {:?} names deployment {:?}, which is not modelled",
@@ -238,6 +249,8 @@ mod tests {
             let kinds: Vec<&str> = docs.iter().filter_map(|d| d.get("kind").and_then(Value::as_str)).collect();
             let expected: &[&str] = if *name == "pool" {
                 &["Namespace", "Playbook", "ConfigMap", "Deployment", "RemediationPolicy"]
+            } else if *name == "hpa-saturation" {
+                &["Namespace", "Playbook", "Deployment", "HorizontalPodAutoscaler", "RemediationPolicy"]
             } else {
                 &["Namespace", "Playbook", "Deployment", "RemediationPolicy"]
             };
