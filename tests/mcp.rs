@@ -295,54 +295,90 @@ async fn results_are_cached_per_identity_briefly_and_progress_is_reported_when_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_call_is_answered_from_the_cache_exactly_as_rmcp_answers_it() {
+    use reflex::mcp::CACHE_HEADER;
     let s = setup().await;
     let http = reqwest::Client::new();
-    let post = |token: &'static str, body: Value, version: Option<&'static str>| {
-        let mut r =
-            http.post(&s.url).bearer_auth(token).header("accept", "application/json, text/event-stream").json(&body);
-        if let Some(v) = version {
-            r = r.header("mcp-protocol-version", v);
+    // A plain POST, with extra headers.
+    let post = |token: &'static str, body: Value, headers: &[(&'static str, &'static str)]| {
+        let mut r = http.post(&s.url).bearer_auth(token).header("accept", "application/json, text/event-stream");
+        r = r.header("content-type", "application/json").body(body.to_string());
+        for (k, v) in headers {
+            r = r.header(*k, *v);
         }
         r.send()
     };
     let call = |id: Value, tool: &str, args: Value| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": args}});
+    let hit = |r: &reqwest::Response| r.headers().get(CACHE_HEADER).is_some();
+    let v18 = [("mcp-protocol-version", "2025-06-18")];
     for (tool, args) in [
         ("get_resource", json!({"kind": "Deployment", "namespace": "shop", "name": "checkout"})),
         ("list_resources", json!({"kind": "Pod", "namespace": "shop", "limit": 5})),
+        ("get_events", json!({"kind": "Deployment", "namespace": "shop", "name": "checkout"})),
         ("get_rollout_history", json!({"namespace": "shop", "deployment": "checkout"})),
     ] {
-        let first = post("t-alice", call(json!(1), tool, args.clone()), Some("2025-06-18")).await.unwrap();
-        assert!(first.headers().get(reflex::mcp::CACHE_HEADER).is_none(), "{tool}: a miss goes through rmcp");
+        let first = post("t-alice", call(json!(1), tool, args.clone()), &v18).await.unwrap();
+        assert!(!hit(&first), "{tool}: a miss goes through rmcp");
         let first: Value = first.json().await.unwrap();
         assert!(first["result"]["structuredContent"].is_object(), "{tool}: {first}");
-        let again = post("t-alice", call(json!("r-2"), tool, args.clone()), Some("2025-06-18")).await.unwrap();
-        assert_eq!(again.status(), 200);
-        assert_eq!(again.headers().get(reflex::mcp::CACHE_HEADER).map(|v| v.to_str().unwrap()), Some("hit"), "{tool}");
-        assert_eq!(again.headers()["content-type"], "application/json");
-        let mut again: Value = again.json().await.unwrap();
-        assert_eq!(again["id"], "r-2");
-        again["id"] = first["id"].clone();
-        assert_eq!(again, first, "{tool}: the same answer, byte for byte once parsed");
-        // Another caller never gets alice's entry: bob may not read checkout at all.
-        let bob: Value = post("t-bob", call(json!(3), tool, args.clone()), None).await.unwrap().json().await.unwrap();
-        assert_ne!(bob["result"], first["result"], "{tool}: {bob}");
-        // What rmcp must judge itself still goes to rmcp: an unknown protocol version, a
-        // missing Accept type, a progress token.
-        let bad = post("t-alice", call(json!(4), tool, args.clone()), Some("1999-01-01")).await.unwrap();
-        assert_eq!(bad.status(), 400, "{tool}");
-        let no_sse = http
+        // The same answer from the cache, for every protocol version before 2026-07-28 (and
+        // none, which rmcp reads as 2025-03-26).
+        for (id, version) in [(json!("r-2"), Some("2025-06-18")), (json!(3), None), (json!(4), Some("2025-11-25"))] {
+            let headers: Vec<(&str, &str)> = version.map(|v| ("mcp-protocol-version", v)).into_iter().collect();
+            let again = post("t-alice", call(id.clone(), tool, args.clone()), &headers).await.unwrap();
+            assert_eq!(again.status(), 200);
+            assert!(hit(&again), "{tool} {version:?}");
+            assert_eq!(again.headers()["content-type"], "application/json");
+            let mut again: Value = again.json().await.unwrap();
+            assert_eq!(again["id"], id);
+            again["id"] = first["id"].clone();
+            assert_eq!(again, first, "{tool} {version:?}: the same answer, byte for byte once parsed");
+        }
+        // The cache is per identity: bob (who may not read) gets rmcp's forbidden error; the
+        // admin, who may, still misses on his first call.
+        let bob = post("t-bob", call(json!(5), tool, args.clone()), &v18).await.unwrap();
+        assert!(!hit(&bob), "{tool}");
+        let bob: Value = bob.json().await.unwrap();
+        assert!(bob.to_string().contains("forbidden"), "{tool}: {bob}");
+        let admin = post(reflex::sandbox::ADMIN_TOKEN, call(json!(6), tool, args.clone()), &v18).await.unwrap();
+        assert!(!hit(&admin), "{tool}: another identity's first call is its own");
+        // What rmcp must judge itself still goes to rmcp.
+        let r = post("t-alice", call(json!(7), tool, args.clone()), &[("mcp-protocol-version", "1999-01-01")]).await;
+        assert_eq!(r.unwrap().status(), 400, "{tool}: unknown version");
+        let r = post("t-alice", call(json!(8), tool, args.clone()), &[("host", "evil.example")]).await.unwrap();
+        assert_eq!((r.status().as_u16(), hit(&r)), (403, false), "{tool}: a Host rmcp refuses");
+        let r = http
             .post(&s.url)
             .bearer_auth("t-alice")
-            .header("accept", "application/json")
-            .json(&call(json!(5), tool, args.clone()))
+            .header("accept", "application/json;q=0, text/event-stream")
+            .json(&call(json!(9), tool, args.clone()))
             .send()
             .await
             .unwrap();
-        assert_eq!(no_sse.status(), 406, "{tool}");
-        let mut with_meta = call(json!(6), tool, args.clone());
+        assert_eq!(r.status(), 406, "{tool}: JSON weighted zero");
+        let r = http
+            .post(&s.url)
+            .bearer_auth("t-alice")
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "text/plain")
+            .body(call(json!(10), tool, args.clone()).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{tool}");
+        for extra in
+            [("origin", "http://127.0.0.1"), ("mcp-method", "tools/call"), ("mcp-protocol-version", "2026-07-28")]
+        {
+            let r = post("t-alice", call(json!(11), tool, args.clone()), &[extra]).await.unwrap();
+            assert!(!hit(&r), "{tool} {extra:?}");
+        }
+        let mut with_meta = call(json!(12), tool, args.clone());
         with_meta["params"]["_meta"] = json!({"progressToken": "p"});
-        let r = post("t-alice", with_meta, Some("2025-06-18")).await.unwrap();
-        assert!(r.headers().get(reflex::mcp::CACHE_HEADER).is_none(), "{tool}");
+        assert!(!hit(&post("t-alice", with_meta, &v18).await.unwrap()), "{tool}");
+        // Arguments that are not an object are rmcp's to refuse, even if they would read as
+        // the same input.
+        let values: Vec<Value> = args.as_object().unwrap().values().cloned().collect();
+        let r = post("t-alice", call(json!(13), tool, json!(values)), &v18).await.unwrap();
+        assert!(!hit(&r), "{tool}");
     }
 }
 

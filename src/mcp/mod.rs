@@ -28,7 +28,7 @@ pub fn router(
     };
     let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     hosts.extend(allowed_hosts);
-    let fast = Fast { server: server.clone(), hosts: Arc::new(hosts.clone()) };
+    let fast = Fast { server: server.clone(), hosts: Arc::new(hosts.iter().map(|h| allowed_authority(h)).collect()) };
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -57,22 +57,36 @@ struct Edge {
 struct Fast {
     server: server::ReflexMcp,
     /// The Host headers rmcp accepts.
-    hosts: Arc<Vec<String>>,
+    hosts: Arc<Vec<(String, Option<u16>)>>,
+}
+
+/// `[::1]` and `::1` alike: the host without brackets, lowercase.
+fn bare_host(h: &str) -> String {
+    h.trim().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
+}
+
+/// An allowed-host entry as (host, port): `name:8080`, `name`, `[::1]:80`, or a bare IPv6
+/// address (which does not parse as an authority: then the whole entry is the host).
+fn allowed_authority(entry: &str) -> (String, Option<u16>) {
+    match axum::http::uri::Authority::try_from(entry.trim()) {
+        Ok(a) => (bare_host(a.host()), a.port_u16()),
+        Err(_) => (bare_host(entry), None),
+    }
 }
 
 /// Whether rmcp would take this POST as it is, with nothing for it to check beyond what
 /// [`server::ReflexMcp::cached_reply`] checks: `Accept` names both JSON and SSE, the body is
 /// JSON, the Host is one rmcp accepts, no Origin, a known protocol version before the one
 /// that needs the standard headers, and no other `Mcp-*` header. Anything else: rmcp.
-fn plain_post(headers: &axum::http::HeaderMap, hosts: &[String]) -> bool {
+fn plain_post(headers: &axum::http::HeaderMap, hosts: &[(String, Option<u16>)]) -> bool {
     use axum::http::header::{ACCEPT, CONTENT_TYPE, HOST, ORIGIN};
     let essence = |v: &str| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let accepted: Vec<String> = headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(essence).collect::<Vec<_>>())
-        .collect();
+    let accept: Vec<&str> = headers.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    // Weights (`q=0`) and quoted parameters are rmcp's to read.
+    if accept.iter().any(|v| v.contains([';', '"'])) {
+        return false;
+    }
+    let accepted: Vec<String> = accept.iter().flat_map(|v| v.split(',').map(essence).collect::<Vec<_>>()).collect();
     let accepts = |m: &str| accepted.iter().any(|a| a == m);
     if !accepts("application/json") || !accepts("text/event-stream") {
         return false;
@@ -99,11 +113,8 @@ fn plain_post(headers: &axum::http::HeaderMap, hosts: &[String]) -> bool {
     }
     let Some(host) = headers.get(HOST).and_then(|v| v.to_str().ok()) else { return false };
     let Ok(host) = axum::http::uri::Authority::try_from(host) else { return false };
-    let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-    hosts.iter().any(|allowed| match axum::http::uri::Authority::try_from(allowed.as_str()) {
-        Ok(a) => bare(a.host()) == bare(host.host()) && a.port_u16().is_none_or(|p| host.port_u16() == Some(p)),
-        Err(_) => false,
-    })
+    let (name, port) = (bare_host(host.host()), host.port_u16());
+    hosts.iter().any(|(h, p)| *h == name && p.is_none_or(|p| port == Some(p)))
 }
 
 /// Every `/mcp` request first: authenticate the bearer token (401 before any MCP handling)

@@ -169,12 +169,14 @@ impl Served {
 
     /// The result's JSON for peers before protocol 2026-07-28 (the only ones the fast path
     /// serves): as rmcp sends it to them, without the `resultType: "complete"` discriminator.
-    fn result_json(&self) -> &str {
-        self.result.get_or_init(|| {
+    /// `None` if it cannot be serialized (then rmcp answers).
+    fn result_json(&self) -> Option<&str> {
+        let text = self.result.get_or_init(|| {
             let mut result = self.call_tool_result();
             result.result_type = None;
             serde_json::to_string(&result).unwrap_or_default()
-        })
+        });
+        (!text.is_empty()).then_some(text.as_str())
     }
 }
 
@@ -194,7 +196,13 @@ struct FastCall {
 struct FastCallParams {
     name: String,
     #[serde(default)]
-    arguments: Option<Value>,
+    /// An object, as rmcp requires (serde would otherwise read a struct from an array).
+    arguments: Option<serde_json::Map<String, Value>>,
+}
+
+/// The key a context tool's result is cached under: who asked, the tool, its typed input.
+fn cache_key(caller: &Caller, tool: &str, args: &str) -> String {
+    format!("{}\u{1f}{tool}\u{1f}{args}", caller.key())
 }
 
 /// The cache key's arguments for a typed input, as the tool itself computes them.
@@ -715,7 +723,7 @@ impl ReflexMcp {
         if call.jsonrpc != "2.0" || call.method != "tools/call" || !(call.id.is_string() || call.id.is_i64()) {
             return None;
         }
-        let arguments = call.params.arguments.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+        let arguments = Value::Object(call.params.arguments.unwrap_or_default());
         let (tool, input) = match call.params.name.as_str() {
             "get_resource" => ("get_resource", fast_args::<GetResource>(arguments)?),
             "list_resources" => ("list_resources", fast_args::<ListResourcesInput>(arguments)?),
@@ -723,8 +731,8 @@ impl ReflexMcp {
             "get_rollout_history" => ("get_rollout_history", fast_args::<GetRolloutHistory>(arguments)?),
             _ => return None,
         };
-        let hit = cache.get(&format!("{}\u{1f}{tool}\u{1f}{input}", caller.key())).await?;
-        Some(format!("{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{}}}", call.id, hit.result_json()))
+        let hit = cache.get(&cache_key(caller, tool, &input)).await?;
+        Some(format!("{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{}}}", call.id, hit.result_json()?))
     }
 
     /// Prometheus has no per-user authorization; the PromQL and alert tools are for callers
@@ -782,7 +790,7 @@ impl ReflexMcp {
         Fut: Future<Output = Result<T, String>>,
     {
         let caller = caller_of(ctx)?;
-        let key = format!("{}\u{1f}{tool}\u{1f}{args}", caller.key());
+        let key = cache_key(&caller, tool, &args);
         if let Some(cache) = &self.inner.cache
             && let Some(hit) = cache.get(&key).await
         {
