@@ -5,15 +5,25 @@
 use reflex::api::remediation::{Phase, Step, StepState};
 use reflex::demo::scenario::Scenario;
 
+/// Run a scenario as `reflex demo` does: its outcome and the timeline it printed.
+async fn play(scenario: Scenario, keep: bool) -> (reflex::demo::Outcome, String) {
+    let mut out = Vec::new();
+    let outcome = reflex::demo::run(scenario, keep, &mut out).await.unwrap();
+    (outcome, String::from_utf8(out).unwrap())
+}
+
+/// A built-in scenario's text, to run a variant of it.
+fn built_in_text(name: &str) -> &'static str {
+    reflex::demo::scenario::BUILT_IN.iter().find(|(n, _)| *n == name).unwrap().1
+}
+
 fn succeeded(rem: &reflex::api::remediation::Remediation, step: Step) -> bool {
     rem.status.as_ref().unwrap().steps.iter().any(|r| r.step == step && r.state == StepState::Succeeded)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oom_scenario_raises_the_limit_and_verifies_the_fix() {
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(Scenario::built_in("oom").unwrap(), false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(Scenario::built_in("oom").unwrap(), false).await;
     assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
     assert!(outcome.as_expected());
     assert_eq!((outcome.memory_before.as_str(), outcome.memory_after.as_str()), ("128Mi", "250Mi"), "{text}");
@@ -58,9 +68,7 @@ async fn the_oom_scenario_raises_the_limit_and_verifies_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bad_fix_scenario_rolls_the_deployment_back_as_it_was() {
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(Scenario::built_in("bad-fix").unwrap(), false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(Scenario::built_in("bad-fix").unwrap(), false).await;
     assert_eq!(outcome.phase(), Some(Phase::RolledBack), "{text}");
     assert!(outcome.as_expected());
     assert!(text.contains("limits.memory: 128Mi → 140Mi"), "{text}");
@@ -82,9 +90,7 @@ async fn the_bad_fix_scenario_rolls_the_deployment_back_as_it_was() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_llm_scenario_is_driven_by_the_agent_and_shows_its_calls_tokens_and_cost() {
     use reflex::api::remediation::ProposalSource;
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(Scenario::built_in("llm").unwrap(), false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(Scenario::built_in("llm").unwrap(), false).await;
     assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
     assert_eq!((outcome.memory_before.as_str(), outcome.memory_after.as_str()), ("128Mi", "256Mi"), "{text}");
     let proposal = outcome.remediation.status.as_ref().unwrap().proposal.clone().unwrap();
@@ -114,9 +120,7 @@ async fn the_llm_scenario_is_driven_by_the_agent_and_shows_its_calls_tokens_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saturation_scenario_scales_out_within_bounds_and_verifies() {
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(Scenario::built_in("saturation").unwrap(), false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(Scenario::built_in("saturation").unwrap(), false).await;
     assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
     // 2 replicas at saturation 1.5 want 2 × 1.5 / 0.7 ≈ 4.3; the playbook's maxFactor caps it at 4.
     let status = outcome.remediation.status.as_ref().unwrap();
@@ -134,9 +138,7 @@ fn image(template: &serde_json::Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leak_scenario_restarts_the_workload_and_verifies_memory_fell() {
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(Scenario::built_in("leak").unwrap(), false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(Scenario::built_in("leak").unwrap(), false).await;
     assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
     // A rolling restart: a restartedAt annotation on the pod template, nothing else changed.
     let status = outcome.remediation.status.as_ref().unwrap();
@@ -160,9 +162,7 @@ async fn the_leak_scenario_restarts_the_workload_and_verifies_memory_fell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bad_rollout_scenario_returns_to_the_previous_revisions_image() {
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(Scenario::built_in("bad-rollout").unwrap(), false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(Scenario::built_in("bad-rollout").unwrap(), false).await;
     assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
     assert_eq!(image(&outcome.template_before), "registry.example.com/shop/checkout:1.5.0");
     assert_eq!(image(&outcome.template_after), "registry.example.com/shop/checkout:1.4.2", "{text}");
@@ -182,9 +182,7 @@ async fn the_bad_rollout_scenario_returns_to_the_previous_revisions_image() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_scenario_raises_a_configmap_value_within_bounds() {
     use k8s_openapi::api::core::v1::ConfigMap;
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(Scenario::built_in("pool").unwrap(), true, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(Scenario::built_in("pool").unwrap(), true).await;
     assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
     // 20 at saturation 1.5 wants 20 × 1.5 / 0.7 ≈ 43; maxFactor 2 caps it at 40. ConfigMap
     // data stays text.
@@ -206,24 +204,20 @@ async fn the_pool_scenario_raises_a_configmap_value_within_bounds() {
     }
 
     // An alert naming a key the playbook does not list is refused before anything is tested.
-    let text = reflex::demo::scenario::BUILT_IN.iter().find(|(n, _)| *n == "pool").unwrap().1;
+    let text = built_in_text("pool");
     let other = text
         .replace("key: DB_POOL_SIZE", "key: REQUEST_TIMEOUT_SECONDS")
         .replace("key=\"DB_POOL_SIZE\"", "key=\"REQUEST_TIMEOUT_SECONDS\"");
     let mut scenario = Scenario::parse(&other).unwrap();
     scenario.expect.phase = Phase::Failed;
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(scenario, false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(scenario, false).await;
     assert_eq!(outcome.phase(), Some(Phase::Failed), "{text}");
     assert!(text.contains("data.REQUEST_TIMEOUT_SECONDS, which the playbook's allowedPaths do not allow"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_known_bug_scenario_bumps_the_image_through_ci_and_verifies() {
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(Scenario::built_in("known-bug").unwrap(), false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(Scenario::built_in("known-bug").unwrap(), false).await;
     assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
     assert_eq!(image(&outcome.template_after), "registry.example.com/shop/checkout:1.4.3", "{text}");
     let status = outcome.remediation.status.as_ref().unwrap();
@@ -233,12 +227,10 @@ async fn the_known_bug_scenario_bumps_the_image_through_ci_and_verifies() {
     assert!(succeeded(&outcome.remediation, Step::Test) && succeeded(&outcome.remediation, Step::Verify));
 
     // An alert naming an older release is refused before anything is tested or deployed.
-    let older = reflex::demo::scenario::BUILT_IN.iter().find(|(n, _)| *n == "known-bug").unwrap().1;
+    let older = built_in_text("known-bug");
     let mut scenario = Scenario::parse(&older.replace("fixed_version: 1.4.3", "fixed_version: 1.4.1")).unwrap();
     scenario.expect.phase = Phase::Failed;
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(scenario, false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(scenario, false).await;
     assert_eq!(outcome.phase(), Some(Phase::Failed), "{text}");
     assert!(text.contains("1.4.1 is not a newer version than 1.4.2"), "{text}");
     assert_eq!(outcome.template_after, outcome.template_before);
@@ -290,9 +282,7 @@ async fn bad_llm_runs_end_escalated_before_ci_with_the_reason_in_status() {
         let mut scenario = Scenario::built_in("llm").unwrap();
         scenario.llm.as_mut().unwrap().turns = script["turns"].as_array().unwrap().clone();
         scenario.expect.phase = Phase::Escalated;
-        let mut out = Vec::new();
-        let outcome = reflex::demo::run(scenario, false, &mut out).await.unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let (outcome, text) = play(scenario, false).await;
         assert_eq!(outcome.phase(), Some(Phase::Escalated), "{name}: {text}");
         let status = outcome.remediation.status.as_ref().unwrap();
         let message = status.message.as_deref().unwrap_or_default();
@@ -305,9 +295,7 @@ async fn bad_llm_runs_end_escalated_before_ci_with_the_reason_in_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hpa_saturation_scenario_raises_max_replicas_within_bounds() {
-    let mut out = Vec::new();
-    let outcome = reflex::demo::run(Scenario::built_in("hpa-saturation").unwrap(), false, &mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
+    let (outcome, text) = play(Scenario::built_in("hpa-saturation").unwrap(), false).await;
     assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
     // maxReplicas 4 at 150% of target wants 4 × 1.5 / 0.8 = 7.5 → 8, within 2x and 50.
     let status = outcome.remediation.status.as_ref().unwrap();

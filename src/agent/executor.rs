@@ -91,7 +91,12 @@ impl PlaybookExecutor {
         self
     }
 
-    async fn prepare(&self, input: &StageInput) -> Result<(Run, Box<dyn Tools>), StageError> {
+    /// `loaded`: the policy's playbook when the caller has read it already.
+    async fn prepare(
+        &self,
+        input: &StageInput,
+        loaded: Option<ValidPlaybook>,
+    ) -> Result<(Run, Box<dyn Tools>), StageError> {
         let rem = &input.remediation;
         let namespace = rem.metadata.namespace.clone().ok_or_else(|| invalid("the remediation has no namespace"))?;
         let policy = input.policy.as_ref().ok_or_else(|| invalid("the policy is missing"))?;
@@ -99,7 +104,10 @@ impl PlaybookExecutor {
             .playbook
             .clone()
             .ok_or_else(|| invalid("the policy names no playbook (llm mode needs the agent stage)"))?;
-        let playbook = load_playbook(&self.client, &namespace, &playbook_name).await?;
+        let playbook = match loaded {
+            Some(pb) => pb,
+            None => load_playbook(&self.client, &namespace, &playbook_name).await?,
+        };
         if playbook.patch_mode != PatchMode::Template {
             return Err(invalid(format!(
                 "playbook {playbook_name} delegates its patch to the agent, which this build does not run"
@@ -140,7 +148,12 @@ impl PlaybookExecutor {
 
     /// Prepare a run and do its reads (the LLM agent's delegated parameters start here too).
     pub async fn read_all(&self, input: &StageInput) -> Result<Run, StageError> {
-        let (mut run, tools) = self.prepare(input).await?;
+        self.read_all_with(input, None).await
+    }
+
+    /// [`Self::read_all`] with the policy's playbook as the caller already read it.
+    pub async fn read_all_with(&self, input: &StageInput, loaded: Option<ValidPlaybook>) -> Result<Run, StageError> {
+        let (mut run, tools) = self.prepare(input, loaded).await?;
         self.read(&mut run, tools.as_ref()).await?;
         Ok(run)
     }

@@ -512,6 +512,7 @@ pub async fn run(
     let mut defs = offered.clone();
     defs.extend(terminal_tools(brief));
     let propose = if brief.delegation.is_some() { PROPOSE_PARAMETERS } else { PROPOSE };
+    let known: Vec<&str> = offered.iter().map(|d| d.name.as_str()).collect();
     let openai_tools = to_openai(&defs);
     let mut messages: Vec<ChatCompletionRequestMessage> = vec![
         ChatCompletionRequestSystemMessage { content: system_prompt(brief).into(), name: None }.into(),
@@ -613,7 +614,6 @@ pub async fn run(
             }
             .into(),
         );
-        let known: Vec<&str> = offered.iter().map(|d| d.name.as_str()).collect();
         let pending: Vec<_> = calls.iter().map(|call| one_call(tools, call, &known, cancel)).collect();
         let results: Vec<(String, String, ToolStep)> =
             stream::iter(pending).buffered(budgets.parallel_tools.max(1)).collect().await;

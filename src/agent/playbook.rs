@@ -16,6 +16,7 @@ use super::expr::{ExprError, eval};
 use crate::api::playbook::{ParameterType, PatchType};
 use crate::api::validate::{ValidParameter, ValidPlaybook};
 use crate::patch::merge::{ListType, Lists, list_type, same_key};
+use crate::patch::safety::{inert, number};
 
 /// What the patch is rendered against.
 #[derive(Clone, Debug, Default)]
@@ -99,11 +100,6 @@ fn mark(template: &str) -> (String, Vec<String>) {
     }
     out.push_str(rest);
     (out, names)
-}
-
-/// Can `v` be pasted into an expression or a query without changing its meaning?
-fn inert(v: &str) -> bool {
-    v.len() <= 253 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'))
 }
 
 /// Substitute `{{ name }}` in plain text (read arguments, parameter expressions). Values are
@@ -539,14 +535,6 @@ pub fn render_with(pb: &ValidPlaybook, scope: &Scope, choices: &Choices) -> Resu
         }
     }
     Ok(Rendered { patch, params, notes })
-}
-
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => crate::patch::quantity::parse_quantity(s).ok(),
-        _ => None,
-    }
 }
 
 /// An agent's choice for a numeric parameter, in base units.

@@ -136,23 +136,28 @@ impl AgentStage {
         let mut delegated_run = None;
         let (rules, instructions) = match &policy.playbook {
             Some(name) => {
-                let mut pb = load_playbook(&self.client, &namespace, name).await?;
+                let pb = load_playbook(&self.client, &namespace, name).await?;
+                let found = (Rules::from_playbook_in(&pb, &lookup), pb.agent_instructions.clone().unwrap_or_default());
                 if pb.parameters.iter().any(|p| p.delegate) {
-                    let run = self.playbook.read_all(input).await?;
                     // One reading of the playbook for the rules and the rendering.
-                    pb = run.playbook.clone();
-                    delegated_run = Some(run);
+                    delegated_run = Some(self.playbook.read_all_with(input, Some(pb)).await?);
                 }
-                (Rules::from_playbook_in(&pb, &lookup), pb.agent_instructions.clone().unwrap_or_default())
+                found
             }
             None => (Rules::default_for(target.kind.as_str()), String::new()),
         };
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &api_resource(target.kind));
-        let current = api
-            .get(&target.name)
-            .await
-            .map_err(|e| err(category(&e), format!("{} {namespace}/{}: {e}", target.kind.as_str(), target.name)))?;
-        let current = serde_json::to_value(current).map_err(|e| err(ErrorCategory::Transient, e.to_string()))?;
+        // The target as read: by the playbook's run when it did the reads.
+        let current = match &delegated_run {
+            Some(r) => r.scope.object.clone(),
+            None => {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(self.client.clone(), &namespace, &api_resource(target.kind));
+                let current = api.get(&target.name).await.map_err(|e| {
+                    err(category(&e), format!("{} {namespace}/{}: {e}", target.kind.as_str(), target.name))
+                })?;
+                serde_json::to_value(current).map_err(|e| err(ErrorCategory::Transient, e.to_string()))?
+            }
+        };
         let mut clients = vec![Arc::new(
             loopback
                 .agent_client()

@@ -71,18 +71,6 @@ impl Test for DryRun {
             let current = serde_json::to_value(current).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))?;
             let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
             let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
-            let verdict = check(&rules, &allowed, &current, &proposed);
-            if !verdict.allowed() {
-                return Ok(CiResult {
-                    proposal_digest: proposal.digest.clone(),
-                    backend: CiBackend::DryRun,
-                    verdict: CiVerdict::Failed,
-                    messages: vec![format!("the patch-safety check refused the patch: {}", verdict.summary())],
-                    reference: None,
-                });
-            }
-            // Exactly the request deploy will send, with dryRun=All.
-            let (params, patch) = crate::deploy::apply::deploy_request(rem, &proposal, true)?;
             let result = |verdict, messages| CiResult {
                 proposal_digest: proposal.digest.clone(),
                 backend: CiBackend::DryRun,
@@ -90,6 +78,15 @@ impl Test for DryRun {
                 messages,
                 reference: None,
             };
+            let verdict = check(&rules, &allowed, &current, &proposed);
+            if !verdict.allowed() {
+                return Ok(result(
+                    CiVerdict::Failed,
+                    vec![format!("the patch-safety check refused the patch: {}", verdict.summary())],
+                ));
+            }
+            // Exactly the request deploy will send, with dryRun=All.
+            let (params, patch) = crate::deploy::apply::deploy_request(rem, &proposal, true)?;
             match api.patch(&rem.spec.target.name, &params, &patch).await {
                 Ok(obj) => Ok(result(
                     CiVerdict::Passed,

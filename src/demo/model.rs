@@ -104,14 +104,25 @@ impl OomModel {
         self.api.get().ok_or_else(|| MetricsError::Unavailable("the sandbox is not running".into()))
     }
 
-    /// Objects of a resource in `namespace` from the sandbox.
-    fn list(&self, group: &str, version: &str, resource: &str, namespace: &str) -> Result<Vec<Value>, MetricsError> {
+    /// The sandbox and one of its resources.
+    fn resource(
+        &self,
+        group: &str,
+        version: &str,
+        resource: &str,
+    ) -> Result<(&Arc<Api>, Arc<crate::sandbox::resources::ResourceType>), MetricsError> {
         let api = self.api()?;
         let rt = api
             .store
             .registry()
             .find(group, version, resource)
             .ok_or_else(|| MetricsError::Unavailable(format!("the sandbox serves no {resource}")))?;
+        Ok((api, rt))
+    }
+
+    /// Objects of a resource in `namespace` from the sandbox.
+    fn list(&self, group: &str, version: &str, resource: &str, namespace: &str) -> Result<Vec<Value>, MetricsError> {
+        let (api, rt) = self.resource(group, version, resource)?;
         let list = api
             .list(&rt, Some(namespace), &ListOptions::default())
             .map_err(|e| MetricsError::Unavailable(e.to_string()))?;
@@ -128,12 +139,30 @@ impl OomModel {
             .collect())
     }
 
+    /// An object of a resource in `namespace` by name, from the sandbox.
+    fn named(
+        &self,
+        (group, version, resource): (&str, &str, &str),
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, MetricsError> {
+        let (api, rt) = self.resource(group, version, resource)?;
+        match api.get(&rt, namespace, name) {
+            Ok(o) => Ok(Some(o)),
+            Err(e) if e.code == 404 => Ok(None),
+            Err(e) => Err(MetricsError::Unavailable(e.message)),
+        }
+    }
+
     /// The workload's Deployment as the sandbox has it.
     fn deployment(&self, w: &Workload) -> Result<Value, MetricsError> {
-        self.list("apps", "v1", "deployments", &w.namespace)?
-            .into_iter()
-            .find(|d| d.pointer("/metadata/name").and_then(Value::as_str) == Some(w.deployment.as_str()))
+        self.named(("apps", "v1", "deployments"), &w.namespace, &w.deployment)?
             .ok_or_else(|| MetricsError::Unavailable(format!("no Deployment {}/{}", w.namespace, w.deployment)))
+    }
+
+    /// The workload's demand, for the saturation series.
+    fn load(w: &Workload) -> Result<f64, MetricsError> {
+        w.load.ok_or_else(|| MetricsError::Rejected(format!("the modelled workload {} has no load", w.deployment)))
     }
 
     /// How long a Pod has been up: since it was created, plus the scenario's `uptime` for the
@@ -277,17 +306,13 @@ impl MetricsSource for OomModel {
                     Ok(Some(total / pods.len() as f64))
                 }
                 SeriesValue::ConfigSaturation => {
-                    let load = w.load.ok_or_else(|| {
-                        MetricsError::Rejected(format!("the modelled workload {} has no load", w.deployment))
-                    })?;
+                    let load = Self::load(w)?;
                     let key = series
                         .config
                         .as_ref()
                         .ok_or_else(|| MetricsError::Rejected(format!("series {:?} names no config", series.query)))?;
                     let capacity = self
-                        .list("", "v1", "configmaps", &w.namespace)?
-                        .into_iter()
-                        .find(|c| c.pointer("/metadata/name").and_then(Value::as_str) == Some(key.name.as_str()))
+                        .named(("", "v1", "configmaps"), &w.namespace, &key.name)?
                         .and_then(|c| {
                             c.pointer(&format!("/data/{}", key.key)).and_then(Value::as_str).map(str::to_owned)
                         })
@@ -302,17 +327,13 @@ impl MetricsSource for OomModel {
                     Ok(Some(load / capacity))
                 }
                 SeriesValue::HpaSaturation => {
-                    let load = w.load.ok_or_else(|| {
-                        MetricsError::Rejected(format!("the modelled workload {} has no load", w.deployment))
-                    })?;
+                    let load = Self::load(w)?;
                     let name = series
                         .hpa
                         .as_deref()
                         .ok_or_else(|| MetricsError::Rejected(format!("series {:?} names no hpa", series.query)))?;
                     let max = self
-                        .list("autoscaling", "v2", "horizontalpodautoscalers", &w.namespace)?
-                        .into_iter()
-                        .find(|h| h.pointer("/metadata/name").and_then(Value::as_str) == Some(name))
+                        .named(("autoscaling", "v2", "horizontalpodautoscalers"), &w.namespace, name)?
                         .and_then(|h| h.pointer("/spec/maxReplicas").and_then(Value::as_f64))
                         .filter(|m| *m > 0.0)
                         .ok_or_else(|| {
@@ -324,9 +345,7 @@ impl MetricsSource for OomModel {
                     Ok(Some(load / max))
                 }
                 SeriesValue::Saturation => {
-                    let load = w.load.ok_or_else(|| {
-                        MetricsError::Rejected(format!("the modelled workload {} has no load", w.deployment))
-                    })?;
+                    let load = Self::load(w)?;
                     let replicas = self.deployment(w)?.pointer("/spec/replicas").and_then(Value::as_f64).unwrap_or(1.0);
                     Ok(Some(load / replicas.max(1.0)))
                 }

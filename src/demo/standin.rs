@@ -27,7 +27,6 @@ use serde_json::{Value, json};
 struct Script {
     turns: VecDeque<Value>,
     requests: Vec<Value>,
-    served: usize,
 }
 
 #[derive(Clone)]
@@ -74,13 +73,12 @@ async fn complete(State(script): State<Arc<Mutex<Script>>>, body: axum::Json<Val
     let (turn, n) = {
         let mut s = script.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         s.requests.push(body.0);
-        s.served += 1;
         let turn = match s.turns.front().cloned() {
             Some(t) if t.get("repeat").is_some() => Some(t["repeat"].clone()),
             Some(_) => s.turns.pop_front(),
             None => None,
         };
-        (turn, s.served)
+        (turn, s.requests.len())
     };
     let Some(turn) = turn else { return error(400, "script exhausted") };
     if let Some(status) = turn.get("status").and_then(Value::as_u64) {

@@ -122,7 +122,6 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
     out
 }
 
-/// A phase transition, from the Event the controller records for it (`"A -> B: why"`).
 /// The agent's tool calls (`tool 12ms ok`) from the run summary in an LLM proposal's
 /// rationale ([`crate::agent::stage::summary`]).
 pub fn agent_tool_calls(rationale: &str) -> Vec<String> {
@@ -134,6 +133,7 @@ pub fn agent_tool_calls(rationale: &str) -> Vec<String> {
     list.split(", ").map(str::to_owned).collect()
 }
 
+/// A phase transition, from the Event the controller records for it (`"A -> B: why"`).
 pub fn transition(note: &str, at: Duration) -> String {
     match note.split_once(": ") {
         Some((phases, why)) => {

@@ -70,7 +70,7 @@ pub enum AuthError {
 
 /// What a TokenReview said about a token: all of it is impersonated, so a scoped token
 /// (its `extra`) stays scoped.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Reviewed {
     user: String,
     groups: Vec<String>,

@@ -28,7 +28,7 @@ pub fn router(
     };
     let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     hosts.extend(allowed_hosts);
-    let fast = Fast { server: server.clone(), hosts: Arc::new(hosts.iter().map(|h| allowed_authority(h)).collect()) };
+    let fast_hosts = Arc::new(hosts.iter().map(|h| allowed_authority(h)).collect());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -36,27 +36,20 @@ pub fn router(
         .with_allowed_hosts(hosts)
         .with_max_request_body_bytes(MAX_BODY)
         .with_cancellation_token(stop);
-    let edge = Edge { identities, inflight: server.inflight(), fast };
+    let edge = Edge { identities, server: server.clone(), hosts: fast_hosts };
     let service =
         StreamableHttpService::new(move || Ok(server.clone()), Arc::new(LocalSessionManager::default()), config);
     axum::Router::new().route_service("/mcp", service).layer(axum::middleware::from_fn_with_state(edge, edge_of_mcp))
 }
 
-/// What the edge of `/mcp` needs: who is calling, the calls they have in flight, and the
-/// cache's fast path.
+/// What the edge of `/mcp` needs: who is calling, and the server (its calls in flight, and
+/// its cache for the fast path: repeated context-tool calls answered without rmcp's
+/// per-request decode, service, task and encode).
 #[derive(Clone)]
 struct Edge {
     identities: Arc<identity::Identities>,
-    inflight: server::InFlight,
-    fast: Fast,
-}
-
-/// Repeated context-tool calls answered from the cache without rmcp's per-request
-/// machinery (decode, a service and a task per request, encode).
-#[derive(Clone)]
-struct Fast {
     server: server::ReflexMcp,
-    /// The Host headers rmcp accepts.
+    /// The Host headers rmcp accepts, as (host, port).
     hosts: Arc<Vec<(String, Option<u16>)>>,
 }
 
@@ -148,12 +141,12 @@ async fn edge_of_mcp(
         && msg.get("method").and_then(serde_json::Value::as_str) == Some("notifications/cancelled")
         && let Some(id) = msg.pointer("/params/requestId")
     {
-        let cancelled = edge.inflight.cancel(caller.key(), &id.to_string());
+        let cancelled = edge.server.inflight().cancel(caller.key(), &id.to_string());
         tracing::debug!(user = %caller.user, request = %id, cancelled, "notifications/cancelled");
     }
-    if edge.fast.server.caches()
-        && plain_post(&parts.headers, &edge.fast.hosts)
-        && let Some(reply) = edge.fast.server.cached_reply(&caller, &bytes).await
+    if edge.server.caches()
+        && plain_post(&parts.headers, &edge.hosts)
+        && let Some(reply) = edge.server.cached_reply(&caller, &bytes).await
     {
         return ([(axum::http::header::CONTENT_TYPE.as_str(), "application/json"), (CACHE_HEADER, "hit")], reply)
             .into_response();

@@ -565,7 +565,6 @@ pub fn resource_of(kind: &str, api_version: Option<&str>) -> Result<(ApiResource
     Ok((ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind)), true))
 }
 
-/// A Kubernetes API error as a tool error; a 403 names the permission that was missing.
 /// A Deployment's rollout history, newest revision first (the `get_rollout_history` tool;
 /// the playbook executor's direct reads use it too).
 pub async fn rollout_history(
@@ -619,6 +618,7 @@ pub async fn rollout_history(
     Ok(RolloutHistory { revisions, previous })
 }
 
+/// A Kubernetes API error as a tool error; a 403 names the permission that was missing.
 pub fn api_error(verb: &str, resource: &str, namespace: Option<&str>, e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) if s.code == 403 => {

@@ -167,11 +167,7 @@ fn template_tree(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Opt
         for (i, name) in names.iter().enumerate().rev() {
             let token = format!("{MARK}{i}__");
             if out.contains(&token) {
-                let value = lookup(name).filter(|v| {
-                    !name.starts_with("params.")
-                        && v.len() <= 253
-                        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'))
-                });
+                let value = lookup(name).filter(|v| !name.starts_with("params.") && inert(v));
                 out = out.replace(&token, &value.unwrap_or_else(|| format!("{{{{ {name} }}}}")));
             }
         }
@@ -187,6 +183,12 @@ fn template_tree(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Opt
     }
     let tree: Value = serde_saphyr::from_str(&marked).ok()?;
     Some(walk(tree, &resolve))
+}
+
+/// Can `v` be pasted into an expression, a query or a field name without changing its
+/// meaning? (letters, digits, `_ . : / -`, at most 253 bytes)
+pub fn inert(v: &str) -> bool {
+    v.len() <= 253 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'))
 }
 
 /// The object a Remediation is allowed to change.
@@ -599,7 +601,7 @@ fn judge(rules: &Rules, change: &Change, refusals: &mut Vec<Refusal>) {
 }
 
 /// A number or a Kubernetes quantity (`512Mi`, `250m`), in base units.
-fn number(v: &Value) -> Option<f64> {
+pub fn number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => super::quantity::parse_quantity(s).ok(),
