@@ -197,23 +197,8 @@ async fn main() -> anyhow::Result<()> {
                 reflex::verify::metrics::Prometheus::new(&prometheus_url, std::time::Duration::from_secs(10))
                     .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
             );
-            // The playbook executor reads through Reflex's own MCP server, as the operator.
-            let tools = match own_token(&config) {
-                Some((own, token_file)) => {
-                    let host =
-                        if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
-                    let url = format!("http://{host}:{}/mcp", listen.port());
-                    let audit = std::sync::Arc::new(reflex::mcp::client::LogAudit);
-                    let loopback = reflex::agent::tools::Loopback::new(url, own, audit).with_token_file(token_file);
-                    reflex::agent::tools::ToolSource::Mcp(std::sync::Arc::new(loopback))
-                }
-                None => {
-                    tracing::warn!(
-                        "the kubeconfig has no static token for the operator's identity (exec or client certificates); the playbook executor reads directly instead of through MCP"
-                    );
-                    reflex::agent::tools::ToolSource::Direct
-                }
-            };
+            let prometheus = reflex::mcp::server::prometheus_client(&prometheus_url)
+                .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?;
             let prices: std::collections::BTreeMap<String, reflex::agent::llm::Price> = match &llm_prices {
                 Some(path) => serde_saphyr::from_str(
                     &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
@@ -223,7 +208,6 @@ async fn main() -> anyhow::Result<()> {
                 })?,
                 None => std::collections::BTreeMap::new(),
             };
-            let stages = controller::stages::Stages::standard_priced(client.clone(), metrics, tools, prices);
             let token = match (webhook_token_file, webhook_token_secret) {
                 (Some(path), _) => Some(
                     std::fs::read_to_string(&path)
@@ -247,39 +231,28 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => (lease_namespace.clone(), "reflex-settings".to_owned()),
             };
-            let kill_switch = Some(kill_switch);
+            let host = if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
+            let own_token = own_token(&config);
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
             tracing::info!(%listen, "alert intake (POST /alerts) and MCP (/mcp) listening");
             let stop = tokio_util::sync::CancellationToken::new();
-            let intake = {
-                let settings = reflex::intake::webhook::Settings { token, kill_switch };
-                let intake = reflex::intake::webhook::Intake::start(client.clone(), settings);
-                let backends = reflex::mcp::server::Backends {
-                    prometheus: Some(
-                        reflex::mcp::server::prometheus_client(&prometheus_url)
-                            .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
-                    ),
-                    operator: Some(client.clone()),
-                    metrics: None,
-                };
-                let identities = std::sync::Arc::new(reflex::mcp::identity::Identities::new(client.clone(), config));
-                let mcp = reflex::mcp::router(
-                    reflex::mcp::server::ReflexMcp::new(backends),
-                    identities,
-                    mcp_allowed_hosts.clone(),
-                    stop.clone(),
-                );
-                let router = reflex::intake::webhook::router(intake).merge(mcp);
-                let stop = stop.clone();
-                // Request/response traffic (MCP calls, webhook deliveries): no Nagle delay.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                tokio::spawn(async move {
-                    axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
-                })
-            };
+            let operator = reflex::operator::Operator::assemble(
+                reflex::operator::Config {
+                    client,
+                    kube_config: config,
+                    metrics,
+                    prometheus: Some(prometheus),
+                    mcp_url: format!("http://{host}:{}/mcp", listen.port()),
+                    own_token,
+                    mcp_allowed_hosts,
+                    webhook: reflex::intake::webhook::Settings { token, kill_switch: Some(kill_switch) },
+                    prices,
+                    audit: std::sync::Arc::new(reflex::mcp::client::LogAudit),
+                },
+                &stop,
+            );
+            let server = operator.serve(listener, stop.clone());
             tracing::info!("reflex operator starting");
             let shutdown = {
                 let stop = stop.clone();
@@ -289,21 +262,16 @@ async fn main() -> anyhow::Result<()> {
                     stop.cancel();
                 }
             };
-            if no_leader_election {
-                controller::reconcile::run(client, stages, shutdown).await?;
-            } else {
-                let identity = identity.unwrap_or_else(|| format!("reflex-{}", std::process::id()));
-                let election = controller::leader::Election {
-                    namespace: lease_namespace,
-                    lease: "reflex-operator".into(),
-                    identity,
-                    duration: 15,
-                    grace: 5,
-                };
-                controller::leader::run_elected(client, stages, election, shutdown).await?;
-            }
+            let election = (!no_leader_election).then(|| controller::leader::Election {
+                namespace: lease_namespace,
+                lease: "reflex-operator".into(),
+                identity: identity.unwrap_or_else(|| format!("reflex-{}", std::process::id())),
+                duration: 15,
+                grace: 5,
+            });
+            operator.run_controller(election, shutdown).await?;
             stop.cancel();
-            let _ = intake.await;
+            let _ = server.await;
         }
         Command::Demo { scenario, scenario_file, keep, kubeconfig } => {
             let scenario = match scenario_file {

@@ -14,7 +14,8 @@ use reflex::api::AnyJson;
 use reflex::api::playbook::PatchType;
 use reflex::api::policy::RemediationPolicy;
 use reflex::api::remediation::*;
-use reflex::controller::stages::{StageFuture, StageInput, Stages};
+use reflex::controller::stages::Stages;
+use reflex::ports::{StageFuture, StageInput};
 use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -47,13 +48,13 @@ fn patch() -> serde_json::Value {
 
 struct D(Arc<Doubles>);
 
-impl reflex::agent::Diagnose for D {
+impl reflex::ports::Diagnose for D {
     fn diagnose(&self, input: StageInput) -> StageFuture<Diagnosis> {
         self.0.count(&input, Step::Diagnose);
         async { Ok(Diagnosis { summary: "working set above the memory limit".into(), findings: vec![] }) }.boxed()
     }
 }
-impl reflex::agent::Propose for D {
+impl reflex::ports::Propose for D {
     fn propose(&self, input: StageInput) -> StageFuture<Proposal> {
         self.0.count(&input, Step::Propose);
         let p = patch();
@@ -74,7 +75,7 @@ impl reflex::agent::Propose for D {
         .boxed()
     }
 }
-impl reflex::ci::Test for D {
+impl reflex::ports::Test for D {
     fn test(&self, input: StageInput) -> StageFuture<CiResult> {
         self.0.count(&input, Step::Test);
         let digest = input
@@ -96,7 +97,7 @@ impl reflex::ci::Test for D {
         .boxed()
     }
 }
-impl reflex::gate::Gate for D {
+impl reflex::ports::Gate for D {
     fn gate(&self, input: StageInput) -> StageFuture<GateResult> {
         self.0.count(&input, Step::Gate);
         async {
@@ -105,7 +106,7 @@ impl reflex::gate::Gate for D {
         .boxed()
     }
 }
-impl reflex::deploy::Deploy for D {
+impl reflex::ports::Deploy for D {
     fn snapshot(&self, input: StageInput) -> StageFuture<DeployRecord> {
         self.0.count(&input, Step::Snapshot);
         async {
@@ -128,7 +129,7 @@ impl reflex::deploy::Deploy for D {
         async move { Ok(record) }.boxed()
     }
 }
-impl reflex::verify::Verify for D {
+impl reflex::ports::Verify for D {
     fn verify(&self, input: StageInput) -> StageFuture<Verification> {
         if *self.0.hold_verify.lock().unwrap() {
             return futures::future::pending().boxed();
@@ -146,7 +147,7 @@ impl reflex::verify::Verify for D {
         .boxed()
     }
 }
-impl reflex::deploy::Rollback for D {
+impl reflex::ports::Rollback for D {
     fn rollback(&self, input: StageInput) -> StageFuture<RollbackRecord> {
         self.0.count(&input, Step::Rollback);
         async { Ok(RollbackRecord { reason: "test".into(), restored_revision: None, restored_at: now() }) }.boxed()

@@ -288,7 +288,7 @@ async fn stage(w: &World) -> reflex::agent::stage::AgentStage {
     }
 }
 
-fn stage_input(w: &World, mode: &str) -> reflex::controller::stages::StageInput {
+fn stage_input(w: &World, mode: &str) -> reflex::ports::StageInput {
     let mut spec = common::oom_policy();
     spec["agent"] =
         json!({"mode": mode, "model": {"endpoint": w.standin.url, "model": "scripted"}, "maxIterations": 6});
@@ -301,14 +301,10 @@ fn stage_input(w: &World, mode: &str) -> reflex::controller::stages::StageInput 
                  "alert": {"name": "KubeContainerOOMKilled", "fingerprint": "f", "startsAt": "2026-01-01T00:00:00Z",
                            "labels": {"container": "app", "namespace": "shop"}}}}))
     .unwrap();
-    reflex::controller::stages::StageInput {
+    reflex::ports::StageInput {
         remediation: Arc::new(rem),
         policy: Some(Arc::new(policy)),
-        key: reflex::controller::stages::EffectKey {
-            uid: "u-1".into(),
-            step: reflex::api::remediation::Step::Propose,
-            attempt: 1,
-        },
+        key: reflex::ports::EffectKey { uid: "u-1".into(), step: reflex::api::remediation::Step::Propose, attempt: 1 },
         cancel: CancellationToken::new(),
     }
 }
@@ -321,8 +317,8 @@ fn script(name: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_stage_proposes_as_the_llm_escalates_in_llm_mode_and_falls_back_to_the_playbook() {
-    use reflex::agent::Propose;
     use reflex::api::remediation::ProposalSource;
+    use reflex::ports::Propose;
     let w = world().await;
     let stage = stage(&w).await;
 
@@ -379,7 +375,7 @@ async fn the_agents_own_tools_read_only_the_remediations_namespace() {
 
 /// A Remediation of ConfigMap shop/checkout-config by a policy that runs the
 /// tune-config-parameter playbook with its `value` delegated to the model.
-fn pool_input(w: &World, mode: &str) -> reflex::controller::stages::StageInput {
+fn pool_input(w: &World, mode: &str) -> reflex::ports::StageInput {
     let mut input = stage_input(w, mode);
     let spec = json!({"match": {"alertnames": ["PoolSaturated"]}, "target": {"kind": "ConfigMap", "name": "{{ labels.config }}"},
         "playbook": "tune-pool", "trust": {"level": "auto"},
@@ -411,8 +407,8 @@ fn choose(value: Value) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_playbook_can_delegate_only_its_bounded_parameters_to_the_model() {
     use k8s_openapi::api::core::v1::ConfigMap;
-    use reflex::agent::Propose;
     use reflex::api::remediation::ProposalSource;
+    use reflex::ports::Propose;
     let w = world().await;
     let stage = stage(&w).await;
     let admin = w.setup.admin.clone();

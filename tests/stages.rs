@@ -6,8 +6,8 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
 use reflex::api::remediation::{CiVerdict, Remediation, Step};
-use reflex::ci::Test;
-use reflex::controller::stages::{EffectKey, StageInput};
+use reflex::ports::Test;
+use reflex::ports::{EffectKey, StageInput};
 use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
 use serde_json::json;
 
@@ -80,9 +80,9 @@ async fn ci_runs_the_patch_safety_check_again_whoever_wrote_the_proposal() {
 
 #[tokio::test]
 async fn the_playbook_executor_refuses_what_the_patch_safety_check_refuses() {
-    use reflex::agent::Propose;
     use reflex::api::playbook::Playbook;
     use reflex::api::policy::RemediationPolicy;
+    use reflex::ports::Propose;
     let (_sb, client) = setup().await;
     // The playbook's author allowed the security context; the check never does.
     let pb: Playbook = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Playbook",

@@ -10,19 +10,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use kube::api::Api;
 use serde_json::Value;
 
 use super::playbook::{Rendered, Scope, render, substitute};
-use super::tools::{KubeTools, McpTools, ToolSource, Tools, category};
-use super::{Diagnose, Propose};
+use super::tools::{KubeTools, McpTools, ToolSource, Tools};
 use crate::api::AnyJson;
 use crate::api::ErrorCategory;
-use crate::api::playbook::{PatchMode, Playbook};
+use crate::api::playbook::PatchMode;
 use crate::api::remediation::{Diagnosis, Finding, Proposal, ProposalSource};
 use crate::api::validate::ValidPlaybook;
-use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::cluster::load_playbook;
 use crate::patch::safety::{Proposed, Rules, Target, check};
+use crate::ports::{Diagnose, Propose, StageError, StageFuture, StageInput};
 use crate::verify::metrics::MetricsSource;
 
 /// Runs playbooks; one per operator.
@@ -35,41 +34,6 @@ pub struct PlaybookExecutor {
 
 fn invalid(message: impl Into<String>) -> StageError {
     StageError::new(ErrorCategory::InvalidSpec, message)
-}
-
-/// Load and validate a playbook.
-pub async fn load_playbook(client: &kube::Client, namespace: &str, name: &str) -> Result<ValidPlaybook, StageError> {
-    let api: Api<Playbook> = Api::namespaced(client.clone(), namespace);
-    let pb =
-        api.get(name).await.map_err(|e| StageError::new(category(&e), format!("playbook {namespace}/{name}: {e}")))?;
-    ValidPlaybook::from_spec(&pb.spec).map_err(|e| invalid(format!("playbook {namespace}/{name} is invalid: {e}")))
-}
-
-/// What a Remediation's placeholders name outside a playbook run: `target.kind`,
-/// `target.name`, `target.namespace` and `labels.X`.
-pub fn remediation_lookup(rem: &crate::api::remediation::Remediation) -> impl Fn(&str) -> Option<String> + '_ {
-    move |n: &str| match n.split_once('.')? {
-        ("target", "kind") => Some(rem.spec.target.kind.as_str().to_owned()),
-        ("target", "name") => Some(rem.spec.target.name.clone()),
-        ("target", "namespace") => rem.metadata.namespace.clone(),
-        ("labels", key) => rem.spec.alert.labels.get(key).cloned(),
-        _ => None,
-    }
-}
-
-/// The rules any proposal for this Remediation is checked against: its policy's playbook's
-/// (`Rules::from_playbook_in`), or the defaults for the target's kind when the policy names
-/// no playbook. Never anything from the proposal.
-pub async fn rules_for(client: &kube::Client, input: &StageInput) -> Result<Rules, StageError> {
-    let rem = &input.remediation;
-    let namespace = rem.metadata.namespace.clone().unwrap_or_default();
-    match input.policy.as_ref().and_then(|p| p.playbook.as_ref()) {
-        Some(name) => {
-            let pb = load_playbook(client, &namespace, name).await?;
-            Ok(Rules::from_playbook_in(&pb, &remediation_lookup(rem)))
-        }
-        None => Ok(Rules::default_for(rem.spec.target.kind.as_str())),
-    }
 }
 
 /// A playbook run: the validated playbook and what it knows (after reading, its reads and

@@ -10,13 +10,14 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::expr::{ExprError, eval};
 use crate::api::playbook::{ParameterType, PatchType};
 use crate::api::validate::{ValidParameter, ValidPlaybook};
-use crate::patch::merge::{ListType, Lists, list_type, same_key};
+use crate::patch::image::{repository, tag_of, valid_repository, valid_tag, version_of};
 use crate::patch::safety::{inert, number};
+use crate::patch::tree::{new_items, replaced, touched_as};
 
 /// What the patch is rendered against.
 #[derive(Clone, Debug, Default)]
@@ -79,9 +80,6 @@ pub struct Rendered {
     pub params: BTreeMap<String, String>,
     pub notes: Vec<String>,
 }
-
-/// The (field, list-item key) steps that lead to a leaf.
-type Trail = Vec<(String, Option<Value>)>;
 
 const MARK: &str = "__reflex_placeholder_";
 
@@ -240,120 +238,6 @@ fn format_param(p: &ValidParameter, value: f64) -> String {
         ParameterType::Integer => format!("{}", value.round() as i64),
         ParameterType::Number | ParameterType::String | ParameterType::Image => format!("{value}"),
     }
-}
-
-/// Every leaf the patch sets, with list items as `[*]` and their merge keys left out, and
-/// the concrete path (field names) used to find the current value.
-fn leaves(
-    v: &Value,
-    path: &mut Vec<String>,
-    display: String,
-    out: &mut Vec<(String, Trail)>,
-    trail: &mut Vec<(String, Option<Value>)>,
-    keyed: bool,
-) {
-    match v {
-        Value::Object(m) if !m.is_empty() => {
-            for (k, child) in m {
-                path.push(k.clone());
-                trail.push((k.clone(), None));
-                let shown = if display.is_empty() { k.clone() } else { format!("{display}.{k}") };
-                leaves(child, path, shown, out, trail, keyed);
-                trail.pop();
-                path.pop();
-            }
-        }
-        // A JSON merge patch replaces lists whole: the list is the leaf.
-        Value::Array(_) if !keyed => out.push((display, trail.clone())),
-        Value::Array(items) => {
-            let segs: Vec<&str> = path.iter().map(String::as_str).collect();
-            match list_type(Lists::Builtin, &segs) {
-                ListType::Map(keys) => {
-                    for item in items {
-                        let probe: Map<String, Value> =
-                            keys.iter().filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone()))).collect();
-                        if let Some(last) = trail.last_mut() {
-                            last.1 = Some(Value::Object(probe));
-                        }
-                        if let Value::Object(m) = item {
-                            for (k, child) in m.iter().filter(|(k, _)| !keys.contains(k)) {
-                                path.push(k.clone());
-                                trail.push((k.clone(), None));
-                                leaves(child, path, format!("{display}[*].{k}"), out, trail, keyed);
-                                trail.pop();
-                                path.pop();
-                            }
-                        }
-                        if let Some(last) = trail.last_mut() {
-                            last.1 = None;
-                        }
-                    }
-                }
-                _ => out.push((display, trail.clone())),
-            }
-        }
-        _ => out.push((display, trail.clone())),
-    }
-}
-
-/// The target's current value at a trail of (field, list-item key) steps.
-fn current_at<'a>(object: &'a Value, trail: &[(String, Option<Value>)]) -> Option<&'a Value> {
-    let mut node = object;
-    for (field, key) in trail {
-        node = node.get(field)?;
-        if let Some(probe) = key {
-            let keys: Vec<String> = probe.as_object()?.keys().cloned().collect();
-            node = node.as_array()?.iter().find(|i| same_key(i, &keys, probe))?;
-        }
-    }
-    Some(node)
-}
-
-/// The leaves of a strategic patch, paired with the target's current values: what a change
-/// replaces.
-pub fn touched(patch: &Value, object: &Value) -> Vec<(String, Option<Value>)> {
-    touched_as(patch, object, true)
-}
-
-/// [`touched`] for a patch whose lists merge by key (`keyed`, strategic) or are replaced
-/// whole (merge patches).
-pub fn touched_as(patch: &Value, object: &Value, keyed: bool) -> Vec<(String, Option<Value>)> {
-    let mut out = Vec::new();
-    leaves(patch, &mut Vec::new(), String::new(), &mut out, &mut Vec::new(), keyed);
-    out.into_iter().map(|(shown, trail)| (shown, current_at(object, &trail).cloned())).collect()
-}
-
-/// List items a strategic patch would add (no item with that key exists), as `path[*]`:
-/// adding an item is a change in its own right and needs its own allowance.
-pub fn new_items(patch: &Value, object: &Value) -> Vec<String> {
-    fn walk(patch: &Value, object: Option<&Value>, path: &mut Vec<String>, display: &str, out: &mut Vec<String>) {
-        match patch {
-            Value::Object(m) => {
-                for (k, child) in m {
-                    path.push(k.clone());
-                    let shown = if display.is_empty() { k.clone() } else { format!("{display}.{k}") };
-                    walk(child, object.and_then(|o| o.get(k)), path, &shown, out);
-                    path.pop();
-                }
-            }
-            Value::Array(items) => {
-                let segs: Vec<&str> = path.iter().map(String::as_str).collect();
-                if let ListType::Map(keys) = list_type(Lists::Builtin, &segs) {
-                    for item in items {
-                        match object.and_then(Value::as_array).and_then(|a| a.iter().find(|x| same_key(x, &keys, item)))
-                        {
-                            Some(current) => walk(item, Some(current), path, &format!("{display}[*]"), out),
-                            None => out.push(format!("{display}[*]")),
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(patch, Some(object), &mut Vec::new(), "", &mut out);
-    out
 }
 
 /// Render `pb`'s patch in `scope`.
@@ -562,48 +446,6 @@ pub fn type_name(t: ParameterType) -> &'static str {
     }
 }
 
-/// A tag: what a registry accepts (letters, digits, `_ . -`, at most 128, not starting with
-/// `.` or `-`).
-fn valid_tag(tag: &str) -> bool {
-    !tag.is_empty()
-        && tag.len() <= 128
-        && !tag.starts_with(['.', '-'])
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// A version tag split into its numbers and its variant: `1.4.3` → `([1, 4, 3], "")`,
-/// `v2.10.0-alpine` → `([2, 10], "alpine")` (a leading `v` ignored, trailing zero parts
-/// dropped so `1.4.2.0` is `1.4.2`); `None` for tags that are not versions (`latest`).
-pub fn version_of(tag: &str) -> Option<(Vec<u64>, &str)> {
-    let core = tag.strip_prefix('v').unwrap_or(tag);
-    let (core, variant) = core.split_once('-').unwrap_or((core, ""));
-    let mut numbers = core.split('.').map(|n| n.parse::<u64>().ok()).collect::<Option<Vec<_>>>()?;
-    while numbers.len() > 1 && numbers.last() == Some(&0) {
-        numbers.pop();
-    }
-    Some((numbers, variant))
-}
-
-/// The tag of an image reference, if it has one (a digest-pinned reference has none to
-/// compare).
-fn tag_of(image: &str) -> Option<&str> {
-    if image.contains('@') {
-        return None;
-    }
-    let repo = crate::patch::safety::repository(image);
-    image[repo.len()..].strip_prefix(':')
-}
-
-/// A repository path a registry accepts: lowercase letters, digits and `. _ - /`, with an
-/// optional `host:port` first.
-fn valid_repository(repo: &str) -> bool {
-    !repo.is_empty()
-        && repo.len() <= 255
-        && repo
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/' | ':'))
-}
-
 /// An image parameter's value: `wanted` (a tagged reference, or a tag for the repository of
 /// the image it replaces — never a digest, which would pin any build whatever its tag says)
 /// in the same repository as every image it replaces, not what already runs, and a later
@@ -623,14 +465,14 @@ fn bounded_image(p: &ValidParameter, wanted: &str, currents: &[Option<&Value>]) 
         return Err(fail(format!("{wanted:?} pins a digest; give a tag")));
     }
     let bare = !wanted.contains([':', '/']);
-    let image = if bare { format!("{}:{wanted}", crate::patch::safety::repository(first)) } else { wanted.to_owned() };
-    let repository = crate::patch::safety::repository(&image);
-    let Some(tag) = tag_of(&image).filter(|t| valid_tag(t) && valid_repository(repository)) else {
+    let image = if bare { format!("{}:{wanted}", repository(first)) } else { wanted.to_owned() };
+    let wanted_repository = repository(&image);
+    let Some(tag) = tag_of(&image).filter(|t| valid_tag(t) && valid_repository(wanted_repository)) else {
         return Err(fail(format!("{wanted:?} is not an image tag or a tagged reference")));
     };
     for current in &currents {
-        let from = crate::patch::safety::repository(current);
-        if from != repository {
+        let from = repository(current);
+        if from != wanted_repository {
             return Err(fail(format!("{image} is not in the repository of {current} ({from})")));
         }
         if *current == image {
@@ -653,16 +495,6 @@ fn bounded_image(p: &ValidParameter, wanted: &str, currents: &[Option<&Value>]) 
         }
     }
     Ok(image)
-}
-
-/// The target's values at every leaf of `probe` that holds `token`: what a parameter replaces.
-fn replaced<'a>(probe: &Value, object: &'a Value, token: &str) -> Vec<Option<&'a Value>> {
-    let mut out = Vec::new();
-    leaves(probe, &mut Vec::new(), String::new(), &mut out, &mut Vec::new(), true);
-    out.iter()
-        .filter(|(_, trail)| current_at(probe, trail).and_then(Value::as_str) == Some(token))
-        .map(|(_, trail)| current_at(object, trail))
-        .collect()
 }
 
 #[cfg(test)]

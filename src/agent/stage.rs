@@ -20,18 +20,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 
-use super::executor::{PlaybookExecutor, load_playbook};
+use super::executor::PlaybookExecutor;
 use super::llm::{LlmClient, LlmSettings, Price};
 use super::llm_agent::{AgentRun, Brief, Budgets, Delegation, Ending, run};
-use super::tools::{AgentMcpTools, Loopback, api_resource, category};
-use super::{Diagnose, Propose};
+use super::tools::{AgentMcpTools, Loopback};
 use crate::api::policy::AgentMode;
 use crate::api::remediation::{Diagnosis, Proposal, ProposalSource, TokenUsage};
 use crate::api::{AnyJson, ErrorCategory};
-use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::cluster::{api_category, load_playbook, remediation_lookup, target_api};
 use crate::patch::safety::{Rules, Target};
+use crate::ports::{Diagnose, Propose, StageError, StageFuture, StageInput};
 
 /// Longest summary of an agent run kept in status.
 const MAX_SUMMARY: usize = 2000;
@@ -89,7 +89,7 @@ impl AgentStage {
         let secret = secrets
             .get(&r.name)
             .await
-            .map_err(|e| err(category(&e), format!("the model's API key Secret {namespace}/{}: {e}", r.name)))?;
+            .map_err(|e| err(api_category(&e), format!("the model's API key Secret {namespace}/{}: {e}", r.name)))?;
         // As for MCP credentials: only Secrets labelled for Reflex, so a policy cannot send
         // an arbitrary Secret to an endpoint of its choosing.
         let labelled = secret
@@ -130,7 +130,7 @@ impl AgentStage {
         })?;
         let namespace = rem.metadata.namespace.clone().unwrap_or_default();
         let target = &rem.spec.target;
-        let lookup = super::executor::remediation_lookup(rem);
+        let lookup = remediation_lookup(rem);
         // A playbook that delegates only its bounded parameters: the executor reads as in
         // playbook mode, and the model chooses those values.
         let mut delegated_run = None;
@@ -150,10 +150,8 @@ impl AgentStage {
         let current = match &delegated_run {
             Some(r) => r.scope.object.clone(),
             None => {
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(self.client.clone(), &namespace, &api_resource(target.kind));
-                let current = api.get(&target.name).await.map_err(|e| {
-                    err(category(&e), format!("{} {namespace}/{}: {e}", target.kind.as_str(), target.name))
+                let current = target_api(&self.client, rem).get(&target.name).await.map_err(|e| {
+                    err(api_category(&e), format!("{} {namespace}/{}: {e}", target.kind.as_str(), target.name))
                 })?;
                 serde_json::to_value(current).map_err(|e| err(ErrorCategory::Transient, e.to_string()))?
             }

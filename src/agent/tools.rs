@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use kube::api::{Api, ApiResource, DynamicObject};
-use kube::core::GroupVersionKind;
+use kube::api::{Api, DynamicObject};
 use serde_json::{Value, json};
 
 use crate::api::{ErrorCategory, TargetKind};
+use crate::cluster::{api_category, api_resource};
 use crate::verify::metrics::{MetricsError, MetricsSource};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -35,15 +35,6 @@ pub trait Tools: Send + Sync {
     -> BoxFuture<'a, Result<Value, ToolError>>;
 }
 
-/// The API resource of a target kind.
-pub fn api_resource(kind: TargetKind) -> ApiResource {
-    let (group, version) = match kind.api_version().split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", kind.api_version()),
-    };
-    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind.as_str()))
-}
-
 /// A kind the executor may read: the kinds Reflex targets (never Secrets).
 fn readable_kind(tool: &str, name: &str) -> Result<TargetKind, ToolError> {
     serde_json::from_value(json!(name)).map_err(|_| ToolError {
@@ -53,11 +44,6 @@ fn readable_kind(tool: &str, name: &str) -> Result<TargetKind, ToolError> {
             "cannot read kind {name:?}: it reads Deployment, StatefulSet, DaemonSet, ConfigMap and HorizontalPodAutoscaler"
         ),
     })
-}
-
-/// Map an API error to a stage error category.
-pub fn category(e: &kube::Error) -> ErrorCategory {
-    crate::controller::reconcile::api_category(e)
 }
 
 /// Reads through the Kubernetes API and a metrics source, in one namespace.
@@ -78,7 +64,7 @@ impl KubeTools {
         let name = args.get("name").ok_or_else(|| Self::err(tool, ErrorCategory::InvalidSpec, "needs a name"))?;
         let kind = readable_kind(tool, kind_name)?;
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &api_resource(kind));
-        let obj = api.get(name).await.map_err(|e| Self::err(tool, category(&e), e.to_string()))?;
+        let obj = api.get(name).await.map_err(|e| Self::err(tool, api_category(&e), e.to_string()))?;
         let mut v = serde_json::to_value(&obj).map_err(|e| Self::err(tool, ErrorCategory::Transient, e.to_string()))?;
         if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("managedFields");

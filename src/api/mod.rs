@@ -9,9 +9,11 @@ pub mod approval;
 pub mod conditions;
 pub mod crds;
 pub mod duration;
+pub mod matcher;
 pub mod playbook;
 pub mod policy;
 pub mod remediation;
+pub mod template;
 pub mod validate;
 
 use std::{borrow::Cow, fmt};

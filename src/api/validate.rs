@@ -15,7 +15,7 @@ use super::{
         TrustLevel, VerifySpec,
     },
 };
-use crate::intake::{matcher::Matcher, template::NameTemplate};
+use super::{matcher::Matcher, template::NameTemplate};
 use crate::patch::quantity::parse_quantity;
 
 /// One problem with one field.

@@ -3,41 +3,24 @@
 //!
 //! Contract: first the patch-safety check, against the rules of the policy's playbook (or the
 //! kind's defaults) and the target as it is now — a refusal is `Failed` with every reason;
-//! then the exact request deploy will send (`deploy::apply::deploy_request`) goes to
+//! then the exact request deploy will send (`deploy::request::request`) goes to
 //! the API server with `dryRun=All`. Accepted → `Passed`; rejected by the API server (4xx) → `Failed` with the
 //! server's own message, which fails the Remediation; unreachable → a transient stage error
 //! (retried). The result carries the proposal's digest so only this exact patch can deploy.
 
 use futures::FutureExt;
-use kube::api::{Api, DynamicObject, Patch};
 
-use super::Test;
-use crate::agent::tools::api_resource;
 use crate::api::ErrorCategory;
-use crate::api::playbook::PatchType;
-use crate::api::remediation::{CiBackend, CiResult, CiVerdict, Proposal};
+use crate::api::remediation::{CiBackend, CiResult, CiVerdict};
 use crate::api::validate::ValidCi;
-use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::cluster::{api_category, as_json, rules_for, target_api};
 use crate::patch::safety::{Proposed, Target, check};
+use crate::ports::{StageError, StageFuture, StageInput, Test};
 
 /// The dry-run backend.
 #[derive(Clone)]
 pub struct DryRun {
     pub client: kube::Client,
-}
-
-/// The kube patch for a proposal.
-pub fn as_patch(p: &Proposal) -> Result<Patch<serde_json::Value>, StageError> {
-    Ok(match p.patch_type {
-        PatchType::Strategic => Patch::Strategic(p.patch.0.clone()),
-        PatchType::Merge => Patch::Merge(p.patch.0.clone()),
-        PatchType::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(p.patch.0.clone()).map_err(|e| {
-                StageError::new(ErrorCategory::InvalidSpec, format!("the proposal is not a JSON patch: {e}"))
-            })?;
-            return Ok(Patch::Json(ops));
-        }
-    })
 }
 
 impl Test for DryRun {
@@ -59,16 +42,12 @@ impl Test for DryRun {
                 .and_then(|s| s.proposal.clone())
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "there is no proposal to test"))?;
             let namespace = rem.metadata.namespace.clone().unwrap_or_default();
-            let rules = crate::agent::executor::rules_for(&client, &input).await?;
-            let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &api_resource(rem.spec.target.kind));
+            let rules = rules_for(&client, &input).await?;
+            let api = target_api(&client, rem);
             // The patch-safety check again, here where the proposal is tested: independent of
             // whoever wrote it, and of anything that edited the status since.
             let target = &rem.spec.target;
-            let current = api
-                .get(&target.name)
-                .await
-                .map_err(|e| StageError::new(crate::agent::tools::category(&e), format!("reading the target: {e}")))?;
-            let current = serde_json::to_value(current).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))?;
+            let current = as_json(&crate::cluster::read_target(&client, rem).await?)?;
             let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
             let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
             let result = |verdict, messages| CiResult {
@@ -86,7 +65,7 @@ impl Test for DryRun {
                 ));
             }
             // Exactly the request deploy will send, with dryRun=All.
-            let (params, patch) = crate::deploy::apply::deploy_request(rem, &proposal, true)?;
+            let (params, patch) = crate::deploy::request::request(rem, &proposal, true)?;
             match api.patch(&rem.spec.target.name, &params, &patch).await {
                 Ok(obj) => Ok(result(
                     CiVerdict::Passed,
@@ -98,7 +77,7 @@ impl Test for DryRun {
                 )),
                 // Not allowed to, or nothing to patch: not a verdict on the patch.
                 Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) => {
-                    Err(StageError::new(crate::agent::tools::category(&e), format!("server-side dry-run: {e}")))
+                    Err(StageError::new(api_category(&e), format!("server-side dry-run: {e}")))
                 }
                 Err(kube::Error::Api(status)) if (400..500).contains(&status.code) && status.code != 429 => {
                     Ok(result(CiVerdict::Failed, vec![format!("server-side dry-run rejected the patch: {}", status.message)]))

@@ -115,8 +115,8 @@ pub enum Decision {
         /// Human-readable detail.
         message: String,
     },
-    /// Run (or resume) one effect, keyed by step and attempt.
-    Run {
+    /// Start (or resume) one effect, keyed by step and attempt.
+    Start {
         /// Which effect.
         step: Step,
         /// Attempt number (a resumed effect keeps its attempt).
@@ -385,7 +385,7 @@ impl Machine<'_> {
     fn step(&self, step: Step, give_up: GiveUp) -> Decision {
         let run = |attempt: u32| {
             if self.obs.stages.has(step) {
-                Decision::Run { step, attempt }
+                Decision::Start { step, attempt }
             } else {
                 Decision::Stall {
                     reason: reason::STAGE_UNAVAILABLE,
@@ -460,11 +460,18 @@ impl Machine<'_> {
 /// Exponential backoff with deterministic jitter (±20%, derived from the effect key so
 /// replicas and restarts agree, and many remediations do not retry in lockstep).
 pub fn backoff(settings: &Settings, uid: &str, step: Step, attempt: u32) -> Duration {
+    jittered(settings, uid.bytes().chain([step as u8]), attempt)
+}
+
+/// The delay before retry number `attempt` (from 1): `retry_base` doubled per attempt up to
+/// `retry_cap`, times a jitter of 0.8–1.2 derived from `seed` and `attempt` — the same for the
+/// same inputs, different across objects, so retries of many objects spread out.
+pub fn jittered(settings: &Settings, seed: impl Iterator<Item = u8>, attempt: u32) -> Duration {
     let exp = attempt.saturating_sub(1).min(16);
     let base = settings.retry_base.saturating_mul(1 << exp).min(settings.retry_cap);
     // FNV-1a over the key: stable across processes, unlike std's RandomState.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in uid.bytes().chain([step as u8]).chain(attempt.to_le_bytes()) {
+    for b in seed.chain(attempt.to_le_bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

@@ -129,7 +129,7 @@ enum Expect {
     Wait,
     WaitFor,
     To(Phase, &'static str),
-    Run(Step, u32),
+    Start(Step, u32),
     Stall(&'static str),
 }
 
@@ -138,7 +138,7 @@ fn check(d: &Decision, e: &Expect) -> bool {
         (Decision::Wait { after: None }, Expect::Wait) => true,
         (Decision::Wait { after: Some(_) }, Expect::WaitFor) => true,
         (Decision::Transition { to, reason, .. }, Expect::To(p, want)) => to == p && reason == want,
-        (Decision::Run { step, attempt }, Expect::Run(s, a)) => step == s && attempt == a,
+        (Decision::Start { step, attempt }, Expect::Start(s, a)) => step == s && attempt == a,
         (Decision::Stall { reason, .. }, Expect::Stall(want)) => reason == want,
         _ => false,
     }
@@ -155,7 +155,7 @@ fn baseline(p: Phase) -> Expect {
         Proposed => Expect::To(Testing, r::TESTING),
         AwaitingApproval => Expect::WaitFor,
         Succeeded | Failed | RolledBack | Cancelled | Escalated => Expect::Wait,
-        _ => Expect::Run(first_step(p).unwrap(), 1),
+        _ => Expect::Start(first_step(p).unwrap(), 1),
     }
 }
 
@@ -172,7 +172,7 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
             |_, rem, _| rem.spec.cancel = true,
             |p| match p {
                 _ if p.is_terminal() => Expect::Wait,
-                Phase::RollingBack => Expect::Run(Step::Rollback, 1),
+                Phase::RollingBack => Expect::Start(Step::Rollback, 1),
                 _ => Expect::To(Phase::Cancelled, r::CANCEL_REQUESTED),
             },
         ),
@@ -196,7 +196,7 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
             |_, _, o| o.policy = PolicyView::NotFound,
             |p| match p {
                 _ if p.is_terminal() => Expect::Wait,
-                Phase::RollingBack => Expect::Run(Step::Rollback, 1),
+                Phase::RollingBack => Expect::Start(Step::Rollback, 1),
                 Phase::Deploying | Phase::Verifying => Expect::To(Phase::Escalated, r::POLICY_NOT_FOUND),
                 _ => Expect::To(Phase::Cancelled, r::POLICY_NOT_FOUND),
             },
@@ -206,7 +206,7 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
             |_, _, o| o.policy = PolicyView::Invalid("bad matcher".into()),
             |p| match p {
                 _ if p.is_terminal() => Expect::Wait,
-                Phase::RollingBack => Expect::Run(Step::Rollback, 1),
+                Phase::RollingBack => Expect::Start(Step::Rollback, 1),
                 _ => Expect::Stall(r::POLICY_INVALID),
             },
         ),
@@ -224,7 +224,7 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
             "no stage is available in this build",
             |_, _, o| o.stages = StageSet::NONE,
             |p| match baseline(p) {
-                Expect::Run(..) => Expect::Stall(r::STAGE_UNAVAILABLE),
+                Expect::Start(..) => Expect::Stall(r::STAGE_UNAVAILABLE),
                 other => other,
             },
         ),
@@ -237,7 +237,7 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
                 }
             },
             |p| match baseline(p) {
-                Expect::Run(..) => Expect::Wait,
+                Expect::Start(..) => Expect::Wait,
                 other => other,
             },
         ),
@@ -249,7 +249,7 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
                 }
             },
             |p| match baseline(p) {
-                Expect::Run(step, _) => Expect::Run(step, 2),
+                Expect::Start(step, _) => Expect::Start(step, 2),
                 other => other,
             },
         ),
@@ -261,7 +261,7 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
                 }
             },
             |p| match baseline(p) {
-                Expect::Run(..) => Expect::WaitFor,
+                Expect::Start(..) => Expect::WaitFor,
                 other => other,
             },
         ),
@@ -274,7 +274,7 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
                 }
             },
             |p| match baseline(p) {
-                Expect::Run(step, _) => Expect::Run(step, 2),
+                Expect::Start(step, _) => Expect::Start(step, 2),
                 other => other,
             },
         ),
@@ -355,7 +355,7 @@ fn table() -> Vec<(&'static str, Setup, Want)> {
                 }
             },
             |p| match baseline(p) {
-                Expect::Run(step, _) => Expect::Run(step, 2),
+                Expect::Start(step, _) => Expect::Start(step, 2),
                 other => other,
             },
         ),
@@ -395,7 +395,7 @@ fn every_decision_is_a_legal_transition_and_terminal_phases_are_final() {
                     assert!(phase.successors().contains(&to), "{phase} -> {to} is illegal ({name})");
                     assert!(!message.is_empty(), "a transition must say why ({phase}, {name})");
                 }
-                Decision::Run { .. } | Decision::Stall { .. } => {
+                Decision::Start { .. } | Decision::Stall { .. } => {
                     assert!(!phase.is_terminal(), "{phase} must be final ({name})")
                 }
                 Decision::Wait { .. } => {}
@@ -434,7 +434,7 @@ fn diagnosing_proposes_after_diagnosis_and_moves_on_with_a_proposal() {
         s.diagnosis = Some(Diagnosis { summary: "x".into(), findings: vec![] });
         s.push_step(record(Step::Diagnose, 1, StepState::Succeeded, None, 5));
     });
-    assert_eq!(d, Decision::Run { step: Step::Propose, attempt: 1 });
+    assert_eq!(d, Decision::Start { step: Step::Propose, attempt: 1 });
     let d = run(Phase::Diagnosing, |s| s.proposal = Some(proposal()));
     assert!(check(&d, &Expect::To(Phase::Proposed, r::PROPOSED)));
 }
@@ -448,10 +448,10 @@ fn testing_follows_ci_then_gate() {
     assert!(message.contains("field is immutable"), "the API server's message reaches the user: {message}");
 
     let d = run(Phase::Testing, |s| s.ci = Some(ci(CiVerdict::Passed, "sha256:stale")));
-    assert_eq!(d, Decision::Run { step: Step::Test, attempt: 1 }, "a CI result for another patch does not count");
+    assert_eq!(d, Decision::Start { step: Step::Test, attempt: 1 }, "a CI result for another patch does not count");
 
     let d = run(Phase::Testing, |s| s.ci = Some(ci(CiVerdict::Passed, &digest)));
-    assert_eq!(d, Decision::Run { step: Step::Gate, attempt: 1 });
+    assert_eq!(d, Decision::Start { step: Step::Gate, attempt: 1 });
 
     for (decision, expect) in [
         (GateDecision::Approved, Expect::To(Phase::Deploying, r::APPROVED)),
@@ -484,7 +484,7 @@ fn approval_decides_between_deploy_and_cancel() {
 #[test]
 fn deploy_needs_a_snapshot_first_and_a_tested_patch_always() {
     let d = run(Phase::Deploying, |s| s.deploy = Some(snapshot()));
-    assert_eq!(d, Decision::Run { step: Step::Deploy, attempt: 1 });
+    assert_eq!(d, Decision::Start { step: Step::Deploy, attempt: 1 });
     let digest = proposal().digest;
     let d =
         run(Phase::Deploying, |s| s.deploy = Some(DeployRecord { applied_digest: Some(digest.clone()), ..snapshot() }));
@@ -526,7 +526,7 @@ fn verification_verdicts_close_or_revert() {
         s.verification = Some(v(VerificationVerdict::Pending, Some(5)));
         s.push_step(record(Step::Verify, 4, StepState::Succeeded, None, 4));
     });
-    assert_eq!(d, Decision::Run { step: Step::Verify, attempt: 5 }, "each sample is its own effect");
+    assert_eq!(d, Decision::Start { step: Step::Verify, attempt: 5 }, "each sample is its own effect");
 }
 
 #[test]

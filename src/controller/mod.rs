@@ -1,11 +1,14 @@
 //! The controller: drives each Remediation through the loop.
 //!
-//! Contract: [`machine`] decides (pure); [`reconcile`] observes, performs the one effect
-//! the decision names through a [`stages`] trait, and records it in status. Only the
-//! leader runs it ([`leader`]).
+//! Contract: [`machine`] decides (pure); [`plan`] turns a decision chain into the status to
+//! write, the transitions to announce and the effect to start (pure); [`reconcile`] observes,
+//! performs what the plan names through the stage registry ([`stages`]) and records it in
+//! status; [`effects`] holds the effects in flight. Only the leader runs it ([`leader`]). The
+//! controller knows the stages only through their ports (`crate::ports`).
 
+pub mod effects;
 pub mod leader;
 pub mod machine;
+pub mod plan;
 pub mod reconcile;
-pub mod runs;
 pub mod stages;

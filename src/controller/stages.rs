@@ -1,100 +1,19 @@
-//! The seams between the controller and the loop's stages. Each stage is a small trait in
-//! its own module; [`Stages`] holds whichever implementations this build has, and the
+//! The registry of stages the controller drives: whichever implementations of the ports
+//! this operator was assembled with (`operator::stages` builds the standard set). The
 //! machine stalls with a condition naming any stage that is missing.
 //!
-//! Contract: a stage receives an [`EffectKey`] and must be idempotent per key — it may be
-//! called again with the same key after a crash. It never writes the Remediation's status;
-//! it returns its output and the controller records it.
+//! Contract: [`Stages::start`] starts the effect a decision names and never writes status;
+//! the reconciler records what it returns.
 
-use std::{fmt, sync::Arc};
-
-use futures::future::BoxFuture;
-use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
 
 use super::machine::StageSet;
-use crate::agent::{Diagnose, Propose};
 use crate::api::ErrorCategory;
-use crate::api::remediation::{
-    CiResult, DeployRecord, Diagnosis, GateResult, Proposal, Remediation, RollbackRecord, Step, Verification,
-};
-use crate::api::validate::ValidPolicy;
-use crate::ci::Test;
-use crate::deploy::{Deploy, Rollback};
-use crate::gate::Gate;
+use crate::api::remediation::Step;
 use crate::patch::TestedPatch;
-use crate::verify::Verify;
-
-/// Identifies one effect: remediation uid, step, attempt.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct EffectKey {
-    /// The Remediation's uid.
-    pub uid: String,
-    /// Which effect.
-    pub step: Step,
-    /// Attempt number.
-    pub attempt: u32,
-}
-
-impl fmt::Display for EffectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}#{}", self.uid, self.step, self.attempt)
-    }
-}
-
-/// Everything a stage gets.
-#[derive(Clone)]
-pub struct StageInput {
-    /// The Remediation as of the decision.
-    pub remediation: Arc<Remediation>,
-    /// The governing policy, validated; absent only for a rollback whose policy was
-    /// deleted after the change was applied.
-    pub policy: Option<Arc<ValidPolicy>>,
-    /// The effect's key.
-    pub key: EffectKey,
-    /// Cancelled when the run is cancelled, the alert resolves, or the operator stops.
-    pub cancel: CancellationToken,
-}
-
-/// A stage failure, categorised so the machine can retry, fail or escalate.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{category}: {message}")]
-pub struct StageError {
-    /// How it failed.
-    pub category: ErrorCategory,
-    /// What a human should know.
-    pub message: String,
-}
-
-impl StageError {
-    /// Builds an error.
-    pub fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
-        Self { category, message: message.into() }
-    }
-}
-
-/// What a stage may return.
-pub type StageResult<T> = Result<T, StageError>;
-/// The boxed future a stage returns.
-pub type StageFuture<T> = BoxFuture<'static, StageResult<T>>;
-
-/// The output of any step, to be recorded in status.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StageOutput {
-    /// From diagnose.
-    Diagnosis(Diagnosis),
-    /// From propose.
-    Proposal(Proposal),
-    /// From test.
-    Ci(CiResult),
-    /// From gate.
-    Gate(GateResult),
-    /// From snapshot (previous values) or deploy (the same record, now applied).
-    Deploy(DeployRecord),
-    /// From verify (one sample and the verdict so far).
-    Verification(Verification),
-    /// From rollback.
-    Rollback(RollbackRecord),
-}
+use crate::ports::{
+    Deploy, Diagnose, Gate, Propose, Rollback, StageError, StageFuture, StageInput, StageOutput, Test, Verify,
+};
 
 /// The stage implementations available to the controller.
 #[derive(Clone, Default)]
@@ -116,55 +35,6 @@ pub struct Stages {
 }
 
 impl Stages {
-    /// The stages this build ships: the playbook executor (diagnose, propose), CI by
-    /// server-side dry-run, the trust gate, server-side apply deploy and rollback, and the
-    /// verification sampler reading `metrics`.
-    pub fn standard(client: kube::Client, metrics: Arc<dyn crate::verify::metrics::MetricsSource>) -> Self {
-        Self::standard_with(client, metrics, crate::agent::tools::ToolSource::Direct)
-    }
-
-    /// [`Stages::standard`], the playbook executor reading through `tools`.
-    pub fn standard_with(
-        client: kube::Client,
-        metrics: Arc<dyn crate::verify::metrics::MetricsSource>,
-        tools: crate::agent::tools::ToolSource,
-    ) -> Self {
-        Self::standard_priced(client, metrics, tools, std::collections::BTreeMap::new())
-    }
-
-    /// [`Stages::standard_with`], with the operator's LLM price table (dollars per million
-    /// tokens by model) for the agent's cost accounting and budget.
-    pub fn standard_priced(
-        client: kube::Client,
-        metrics: Arc<dyn crate::verify::metrics::MetricsSource>,
-        tools: crate::agent::tools::ToolSource,
-        prices: std::collections::BTreeMap<String, crate::agent::llm::Price>,
-    ) -> Self {
-        let loopback = match &tools {
-            crate::agent::tools::ToolSource::Mcp(l) => Some(l.clone()),
-            crate::agent::tools::ToolSource::Direct => None,
-        };
-        let executor =
-            Arc::new(crate::agent::executor::PlaybookExecutor::new(client.clone(), metrics.clone()).with_tools(tools));
-        let agent = Arc::new(crate::agent::stage::AgentStage {
-            client: client.clone(),
-            playbook: executor,
-            loopback,
-            prices: Arc::new(prices),
-            audit: Arc::new(crate::mcp::client::LogAudit),
-        });
-        let deploy = Arc::new(crate::deploy::apply::ServerSideApply { client: client.clone() });
-        Self {
-            diagnose: Some(agent.clone()),
-            propose: Some(agent),
-            test: Some(Arc::new(crate::ci::dryrun::DryRun { client: client.clone() })),
-            gate: Some(Arc::new(crate::gate::trust::TrustGate { client: client.clone() })),
-            deploy: Some(deploy.clone()),
-            verify: Some(Arc::new(crate::verify::sampler::Sampler { client, metrics })),
-            rollback: Some(deploy),
-        }
-    }
-
     /// Which steps can run.
     pub fn available(&self) -> StageSet {
         let mut set = StageSet::NONE;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use self::model::OomModel;
 use self::scenario::Scenario;
 use crate::api::remediation::{Phase, Remediation, RemediationStatus};
-use crate::controller::stages::Stages;
+use crate::operator::{self, Operator};
 use crate::sandbox::{ADMIN_TOKEN, Config, Sandbox};
 
 /// What the demo ended with.
@@ -177,50 +177,38 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     let memory_before = memory_limit(&before, &workload.container);
     let mut before_json = serde_json::to_value(&before)?;
 
-    // The operator: the same controller, stages, intake and MCP server as `reflex run`; the
-    // playbook executor reads through MCP, as the operator's identity.
+    // The operator, assembled as `reflex run` assembles it: the same controller, stages,
+    // intake and MCP server; the playbook executor reads through MCP, as the operator's
+    // identity. The scenario's model stands in for Prometheus.
     let stop = CancellationToken::new();
-    let mcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let mcp_url = format!("http://{}/mcp", mcp_listener.local_addr()?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let intake_url = format!("http://{address}/alerts");
     let audit = Arc::new(crate::mcp::client::MemoryAudit::default());
-    let mcp_server = {
-        let backends = crate::mcp::server::Backends {
-            prometheus: None,
-            operator: Some(client.clone()),
-            metrics: Some(model.clone()),
-        };
-        let identities =
-            Arc::new(crate::mcp::identity::Identities::new(client.clone(), sandbox.config(ADMIN_TOKEN).await?));
-        let router = crate::mcp::router(crate::mcp::server::ReflexMcp::new(backends), identities, vec![], stop.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(mcp_listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
-        })
-    };
-    let loopback = crate::agent::tools::Loopback::new(mcp_url, ADMIN_TOKEN.to_owned(), audit.clone());
-    let tools = crate::agent::tools::ToolSource::Mcp(Arc::new(loopback));
-    let prices = scenario.llm.iter().map(|l| (l.model.clone(), l.price)).collect();
-    let stages = Stages::standard_priced(client.clone(), model.clone(), tools, prices);
-    let controller = {
-        let (client, stop) = (client.clone(), stop.clone());
-        tokio::spawn(async move {
-            crate::controller::reconcile::run(client, stages, async move { stop.cancelled().await }).await
-        })
-    };
     // The webhook wants a bearer token, as in production; the demo's Alertmanager has it.
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let intake_url = format!("http://{}/alerts", listener.local_addr()?);
-    let intake = {
-        let settings = crate::intake::webhook::Settings { token: Some(token.clone()), kill_switch: None };
-        let intake = crate::intake::webhook::Intake::start(client.clone(), settings);
-        tokio::time::timeout(Duration::from_secs(10), intake.ready())
-            .await
-            .map_err(|_| anyhow::anyhow!("intake's watches did not list within 10s"))?;
-        let (router, stop) = (crate::intake::webhook::router(intake), stop.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
-        })
+    let operator = Operator::assemble(
+        operator::Config {
+            client: client.clone(),
+            kube_config: sandbox.config(ADMIN_TOKEN).await?,
+            metrics: model.clone(),
+            prometheus: None,
+            mcp_url: format!("http://{address}/mcp"),
+            own_token: Some((ADMIN_TOKEN.to_owned(), None)),
+            mcp_allowed_hosts: vec![],
+            webhook: crate::intake::webhook::Settings { token: Some(token.clone()), kill_switch: None },
+            prices: scenario.llm.iter().map(|l| (l.model.clone(), l.price)).collect(),
+            audit: audit.clone(),
+        },
+        &stop,
+    );
+    tokio::time::timeout(Duration::from_secs(10), operator.intake.ready())
+        .await
+        .map_err(|_| anyhow::anyhow!("intake's watches did not list within 10s"))?;
+    let server = operator.serve(listener, stop.clone());
+    let controller = {
+        let stop = stop.clone();
+        tokio::spawn(async move { operator.run_controller(None, async move { stop.cancelled().await }).await })
     };
     let t0 = Instant::now();
     writeln!(
@@ -305,7 +293,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     let target = Api::<Remediation>::namespaced(client.clone(), ns).get(name).await?.spec.target;
     if target.kind != crate::api::TargetKind::Deployment || target.name != workload.deployment {
         let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &crate::agent::tools::api_resource(target.kind));
+            Api::namespaced_with(client.clone(), ns, &crate::cluster::api_resource(target.kind));
         before_json = serde_json::to_value(api.get(&target.name).await?)?;
     }
     writeln!(
@@ -375,8 +363,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     let event_reasons: Vec<String> = evs.iter().filter_map(|e| e.reason.clone()).collect();
     stop.cancel();
     let _ = controller.await;
-    let _ = intake.await;
-    let _ = mcp_server.await;
+    let _ = server.await;
     let tool_calls: Vec<String> =
         audit.0.lock().map(|r| r.iter().map(|c| format!("{} {}", c.tool, c.outcome)).collect()).unwrap_or_default();
     let phase = shown.phase;

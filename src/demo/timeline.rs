@@ -10,8 +10,8 @@ use std::time::Duration;
 use crate::api::playbook::PatchType;
 use serde_json::Value;
 
-use crate::agent::playbook::touched;
 use crate::api::remediation::{ProposalSource, RemediationStatus, VerificationVerdict};
+use crate::patch::tree::touched;
 
 fn stamp(at: Duration) -> String {
     format!("[{:>5.1}s]", at.as_secs_f64())

@@ -11,19 +11,19 @@
 
 use futures::FutureExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
-use super::{Deploy, Rollback};
-use crate::agent::playbook::touched_as;
-use crate::agent::tools::{api_resource, category};
+use super::request::{apply_config, has_directives, request};
 use crate::api::playbook::PatchType;
-use crate::api::remediation::{DeployRecord, Remediation, RollbackRecord};
+use crate::api::remediation::{DeployRecord, RollbackRecord};
 use crate::api::{AnyJson, ErrorCategory, MANAGER};
-use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::cluster::{api_error, as_json, target_api};
 use crate::patch::TestedPatch;
 use crate::patch::merge::{ListType, Lists, list_type, same_key};
 use crate::patch::quantity::parse_quantity;
+use crate::patch::tree::touched_as;
+use crate::ports::{Deploy, Rollback, StageError, StageFuture, StageInput};
 
 /// Marks a list item the patch added (it did not exist before).
 const ABSENT: &str = "$absent";
@@ -148,55 +148,6 @@ pub fn drifted(applied: &Value, current: &Value, patch_type: PatchType) -> Vec<S
         .collect()
 }
 
-/// Does a strategic patch use directives or deletions that an apply configuration cannot say?
-fn has_directives(v: &Value) -> bool {
-    match v {
-        Value::Object(m) => m.iter().any(|(k, v)| k.starts_with('$') || v.is_null() || has_directives(v)),
-        Value::Array(items) => items.iter().any(has_directives),
-        _ => false,
-    }
-}
-
-fn target_api(client: &kube::Client, rem: &Remediation) -> Api<DynamicObject> {
-    let ns = rem.metadata.namespace.clone().unwrap_or_default();
-    Api::namespaced_with(client.clone(), &ns, &api_resource(rem.spec.target.kind))
-}
-
-fn apply_config(rem: &Remediation, body: &Value) -> Value {
-    let mut config = body.clone();
-    if let Some(m) = config.as_object_mut() {
-        m.insert("apiVersion".into(), json!(rem.spec.target.api_version));
-        m.insert("kind".into(), json!(rem.spec.target.kind.as_str()));
-        // Keep what the patch says about metadata (labels, annotations); pin the identity.
-        let mut meta = m.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
-        meta.insert("name".into(), json!(rem.spec.target.name));
-        meta.insert("namespace".into(), json!(rem.metadata.namespace));
-        m.insert("metadata".into(), Value::Object(meta));
-    }
-    config
-}
-
-/// The one request that deploys `proposal` — CI dry-runs exactly this (`dry_run`), so what
-/// deploys is what was tested: a forced server-side apply for plain strategic patches,
-/// otherwise the patch as its own type.
-pub fn deploy_request(
-    rem: &Remediation,
-    proposal: &crate::api::remediation::Proposal,
-    dry_run: bool,
-) -> Result<(PatchParams, Patch<Value>), StageError> {
-    if proposal.patch_type == PatchType::Strategic && !has_directives(&proposal.patch.0) {
-        let mut params = PatchParams::apply(MANAGER).force();
-        params.dry_run = dry_run;
-        return Ok((params, Patch::Apply(apply_config(rem, &proposal.patch.0))));
-    }
-    let params = PatchParams { field_manager: Some(MANAGER.to_owned()), dry_run, ..PatchParams::default() };
-    Ok((params, crate::ci::dryrun::as_patch(proposal)?))
-}
-
-fn api_err(what: &str, e: &kube::Error) -> StageError {
-    StageError::new(category(e), format!("{what}: {e}"))
-}
-
 /// Deploys and rolls back through the Kubernetes API.
 #[derive(Clone)]
 pub struct ServerSideApply {
@@ -212,12 +163,8 @@ impl Deploy for ServerSideApply {
                 rem.status.as_ref().and_then(|s| s.proposal.clone()).ok_or_else(|| {
                     StageError::new(ErrorCategory::InvalidSpec, "there is no proposal to snapshot for")
                 })?;
-            let obj = target_api(&client, rem)
-                .get(&rem.spec.target.name)
-                .await
-                .map_err(|e| api_err("reading the target", &e))?;
-            let current =
-                serde_json::to_value(&obj).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))?;
+            let obj = crate::cluster::read_target(&client, rem).await?;
+            let current = as_json(&obj)?;
             let previous = match proposal.patch_type {
                 PatchType::Json => json!({"object": current.get("spec").cloned().unwrap_or(Value::Null)}),
                 t => previous_of(&proposal.patch.0, &current, t),
@@ -244,8 +191,8 @@ impl Deploy for ServerSideApply {
             let proposal = patch.proposal();
             let api = target_api(&client, rem);
             let name = &rem.spec.target.name;
-            let (params, request) = deploy_request(rem, proposal, false)?;
-            let obj = api.patch(name, &params, &request).await.map_err(|e| api_err("applying the patch", &e))?;
+            let (params, body) = request(rem, proposal, false)?;
+            let obj = api.patch(name, &params, &body).await.map_err(|e| api_error("applying the patch", &e))?;
             record.applied_digest = Some(proposal.digest.clone());
             record.applied_revision = revision_of(&obj.metadata);
             record.applied_at = Some(Time(jiff::Timestamp::now()));
@@ -280,9 +227,8 @@ impl Rollback for ServerSideApply {
             // Only undo Reflex's own change: if someone changed those fields since, stop and
             // leave it to a human rather than overwrite them.
             if record.applied_at.is_some() {
-                let current = api.get(name).await.map_err(|e| api_err("reading the target", &e))?;
-                let current =
-                    serde_json::to_value(&current).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))?;
+                let current = api.get(name).await.map_err(|e| api_error("reading the target", &e))?;
+                let current = as_json(&current)?;
                 let changed = drifted(&proposal.patch.0, &current, proposal.patch_type);
                 if !changed.is_empty() {
                     return Err(StageError::new(
@@ -306,7 +252,7 @@ impl Rollback for ServerSideApply {
                 };
                 api.patch(name, &params, &undo).await
             }
-            .map_err(|e| api_err("restoring the snapshot", &e))?;
+            .map_err(|e| api_error("restoring the snapshot", &e))?;
 
             let reason = status
                 .verification
@@ -378,12 +324,5 @@ mod tests {
         let edited = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "2Gi"}}}]}}}});
         let d = drifted(&applied, &edited, PatchType::Strategic);
         assert_eq!(d, ["spec.template.spec.containers[*].resources.limits.memory is 2Gi (Reflex applied 1024Mi)"]);
-    }
-
-    #[test]
-    fn directives_and_deletions_need_a_plain_patch() {
-        assert!(has_directives(&json!({"spec": {"x": null}})));
-        assert!(has_directives(&json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}]}})));
-        assert!(!has_directives(&json!({"spec": {"replicas": 3}})));
     }
 }

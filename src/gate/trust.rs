@@ -11,13 +11,12 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 
-use super::Gate;
-use crate::agent::tools::category;
 use crate::api::policy::TrustLevel;
 use crate::api::remediation::{GateDecision, GateResult};
 use crate::api::validate::ValidTrust;
 use crate::api::{Environment, ErrorCategory};
-use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::cluster::api_category;
+use crate::ports::{Gate, StageError, StageFuture, StageInput};
 
 /// The namespace label that says which environment a namespace is.
 pub const ENVIRONMENT_LABEL: &str = "reflex.dev/environment";
@@ -72,7 +71,7 @@ impl Gate for TrustGate {
             let namespace = Api::<Namespace>::all(client)
                 .get(&ns)
                 .await
-                .map_err(|e| StageError::new(category(&e), format!("reading namespace {ns}: {e}")))?;
+                .map_err(|e| StageError::new(api_category(&e), format!("reading namespace {ns}: {e}")))?;
             let labelled =
                 match namespace.metadata.labels.as_ref().and_then(|l| l.get(ENVIRONMENT_LABEL)).map(String::as_str) {
                     Some("staging") => Environment::Staging,

@@ -1,14 +1,12 @@
 //! Alert intake: turns Alertmanager webhook deliveries into Remediations.
 //!
-//! Contract: the pure core here matches alerts to policies ([`matcher`]) and resolves
-//! targets ([`template`]). The webhook server (bearer auth, size limits, dedup,
+//! Contract: the pure core here plans deliveries ([`plan`]) with the policies' matchers and
+//! name templates (`api::matcher`, `api::template`). The webhook server (bearer auth, size limits, dedup,
 //! backpressure) is the effectful shell; it creates or updates Remediations and nothing
 //! else, and rejects a bad delivery without creating anything.
 
 pub mod known;
-pub mod matcher;
 pub mod payload;
 pub mod plan;
 pub mod queue;
-pub mod template;
 pub mod webhook;

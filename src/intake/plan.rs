@@ -18,9 +18,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 
 use super::payload::{Alert, Payload};
-use super::template::is_dns_subdomain;
 use crate::api::LocalObjectRef;
 use crate::api::remediation::{AlertRef, Phase, RemediationSpec, TargetRef};
+use crate::api::template::is_dns_subdomain;
 use crate::api::validate::ValidPolicy;
 
 /// A policy as intake sees it.

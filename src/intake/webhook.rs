@@ -319,7 +319,7 @@ async fn create(client: &kube::Client, ns: &str, name: &str, c: &Creation) -> Re
     // An alert naming a target that does not exist is recorded, not retried forever.
     let kind = c.spec.target.kind;
     let targets: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &crate::agent::tools::api_resource(kind));
+        Api::namespaced_with(client.clone(), ns, &crate::cluster::api_resource(kind));
     if targets.get_opt(&c.target).await?.is_none() {
         return Ok(Created::NoTarget(format!("{} {ns}/{} does not exist", kind.as_str(), c.target)));
     }

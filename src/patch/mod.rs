@@ -4,9 +4,11 @@
 //! Contract: pure. [`TestedPatch`] can only be built from a proposal together with a
 //! passing CI result for the same digest, so nothing untested can reach deploy.
 
+pub mod image;
 pub mod merge;
 pub mod quantity;
 pub mod safety;
+pub mod tree;
 
 use sha2::{Digest, Sha256};
 

@@ -16,6 +16,7 @@
 
 use serde_json::Value;
 
+use super::image::repository;
 use super::merge::{ListType, Lists, list_type, same_key, strategic_merge};
 use crate::api::playbook::PatchType;
 use crate::api::validate::ValidPlaybook;
@@ -606,16 +607,6 @@ pub fn number(v: &Value) -> Option<f64> {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => super::quantity::parse_quantity(s).ok(),
         _ => None,
-    }
-}
-
-/// An image reference without its tag or digest: `registry:5000/team/app:1.2` →
-/// `registry:5000/team/app`.
-pub fn repository(image: &str) -> &str {
-    let image = image.split_once('@').map_or(image, |(r, _)| r);
-    match image.rfind(':') {
-        Some(i) if !image[i..].contains('/') => &image[..i],
-        _ => image,
     }
 }
 

@@ -20,7 +20,7 @@ use super::selectors::{FieldSelector, LabelSelector};
 use super::ssa::{self, Part, Writer};
 use super::status::{ApiError, Cause, Subject, success};
 use super::store::{Store, Tx, name_of, ns_of};
-use crate::intake::template::is_dns_subdomain;
+use crate::api::template::is_dns_subdomain;
 use crate::patch::merge::{Lists, strategic_merge};
 
 pub const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
-use super::Verify;
 use super::judge::{AlertSince, judge};
 use super::metrics::{MetricsError, MetricsSource};
 use crate::api::ErrorCategory;
 use crate::api::remediation::Verification;
-use crate::controller::stages::{StageError, StageFuture, StageInput};
+use crate::cluster::load_playbook;
+use crate::ports::{StageError, StageFuture, StageInput, Verify};
 
 #[derive(Clone)]
 pub struct Sampler {
@@ -35,7 +35,7 @@ impl Verify for Sampler {
                 None => {
                     let ns = input.remediation.metadata.namespace.clone().unwrap_or_default();
                     let name = policy.playbook.clone().unwrap_or_default();
-                    crate::agent::executor::load_playbook(&this.client, &ns, &name).await?.verify.ok_or_else(|| {
+                    load_playbook(&this.client, &ns, &name).await?.verify.ok_or_else(|| {
                         StageError::new(
                             ErrorCategory::InvalidSpec,
                             "neither the policy nor its playbook says how to verify",
@@ -64,7 +64,7 @@ mod tests {
     use crate::api::policy::RemediationPolicySpec;
     use crate::api::remediation::{Remediation, Step, VerificationVerdict};
     use crate::api::validate::ValidPolicy;
-    use crate::controller::stages::EffectKey;
+    use crate::ports::EffectKey;
     use futures::future::BoxFuture;
     use serde_json::json;
 

@@ -7,7 +7,7 @@ use super::*;
 use crate::api::conditions::find;
 use crate::api::remediation::{AlertRef, Diagnosis, RemediationSpec, TargetRef};
 use crate::api::{LocalObjectRef, TargetKind};
-use crate::controller::machine::StageSet;
+use crate::controller::machine::{PolicyView, Settings, StageSet};
 
 fn now(secs: i64) -> Timestamp {
     Timestamp::from_second(1_700_000_000 + secs).unwrap()
@@ -53,7 +53,7 @@ fn a_new_remediation_starts_and_records_its_first_effect_before_running_it() {
     let rem = mk_remediation();
     let plan = plan(&rem, None, None, &obs(StageSet::ALL, 1));
     assert_eq!(plan.status.phase, Phase::Diagnosing);
-    assert_eq!(plan.run, Some((Step::Diagnose, 1)));
+    assert_eq!(plan.start, Some((Step::Diagnose, 1)));
     let rec = plan.status.last_step(Step::Diagnose).unwrap();
     assert_eq!((rec.attempt, rec.state), (1, StepState::Started), "recorded before it runs");
     assert_eq!(plan.transitions.len(), 1, "one Event for Pending -> Diagnosing");
@@ -65,7 +65,7 @@ fn a_new_remediation_starts_and_records_its_first_effect_before_running_it() {
 fn a_missing_stage_stalls_with_a_condition_naming_it_and_no_fake_effect() {
     let rem = mk_remediation();
     let plan = plan(&rem, None, None, &obs(StageSet::ALL.without(Step::Diagnose), 1));
-    assert_eq!(plan.run, None, "nothing runs without the stage");
+    assert_eq!(plan.start, None, "nothing runs without the stage");
     let stalled = find(&plan.status.conditions, ConditionType::Stalled).unwrap();
     assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", reason::STAGE_UNAVAILABLE));
     assert!(stalled.message.contains("diagnose stage is not available"), "{}", stalled.message);
@@ -83,7 +83,7 @@ fn a_finished_effect_is_recorded_and_the_next_one_started_in_the_same_reconcile(
     let second = plan(&rem, Some((key, Ok(output))), None, &obs(StageSet::ALL, 2));
     assert_eq!(second.status.last_step(Step::Diagnose).unwrap().state, StepState::Succeeded);
     assert_eq!(second.status.diagnosis.as_ref().unwrap().summary, "working set above limit");
-    assert_eq!(second.run, Some((Step::Propose, 1)));
+    assert_eq!(second.start, Some((Step::Propose, 1)));
 }
 
 #[test]
@@ -95,7 +95,7 @@ fn a_stale_result_for_another_attempt_is_ignored() {
     let output = StageOutput::Diagnosis(Diagnosis { summary: "stale".into(), findings: vec![] });
     let second = plan(&rem, Some((stale, Ok(output))), None, &obs(StageSet::ALL, 2));
     assert!(second.status.diagnosis.is_none());
-    assert_eq!(second.run, Some((Step::Diagnose, 1)), "the recorded effect is resumed, not duplicated");
+    assert_eq!(second.start, Some((Step::Diagnose, 1)), "the recorded effect is resumed, not duplicated");
     assert_eq!(second.status.steps.len(), 1);
 }
 
@@ -110,7 +110,7 @@ fn reconciling_twice_without_news_changes_nothing() {
 }
 
 #[test]
-fn cancelling_ends_the_run_and_stops_the_effect() {
+fn cancelling_ends_the_remediation_and_stops_the_effect() {
     let mut rem = mk_remediation();
     let first = plan(&rem, None, None, &obs(StageSet::ALL, 1));
     apply(&mut rem, &first);

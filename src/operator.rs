@@ -1,0 +1,170 @@
+//! The composition root: assembles the operator — Reflex's MCP server, the loopback MCP
+//! client the stages read through, the stages, the alert intake, and the HTTP router that
+//! serves `/alerts` and `/mcp` — for `reflex run` and `reflex demo` alike, so the demo runs
+//! exactly what runs in a cluster.
+//!
+//! Contract: [`Operator::assemble`] wires; it reads nothing from the environment, the file
+//! system or the command line (the CLI does that and passes a [`Config`]). It starts the
+//! intake's watches; [`Operator::serve`] serves the router; [`Operator::run_controller`] runs
+//! the controller, elected or alone, until shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::executor::PlaybookExecutor;
+use crate::agent::llm::Price;
+use crate::agent::stage::AgentStage;
+use crate::agent::tools::{Loopback, ToolSource};
+use crate::controller::stages::Stages;
+use crate::controller::{leader, reconcile};
+use crate::intake::webhook::{self, Intake};
+use crate::mcp::client::{Audit, LogAudit};
+use crate::mcp::identity::Identities;
+use crate::mcp::server::{Backends, ReflexMcp};
+use crate::verify::metrics::MetricsSource;
+
+/// What the operator is assembled from.
+pub struct Config {
+    /// The operator's own client.
+    pub client: kube::Client,
+    /// The configuration `client` was built from: the MCP server derives impersonating
+    /// clients for its callers from it.
+    pub kube_config: kube::Config,
+    /// Where verification (and the playbook executor, when it reads directly) gets metrics.
+    pub metrics: Arc<dyn MetricsSource>,
+    /// The Prometheus the MCP server's PromQL and alert tools query; without one, they
+    /// answer from `metrics`.
+    pub prometheus: Option<prometheus_http_query::Client>,
+    /// The URL this operator serves `/mcp` at, for its own loopback client.
+    pub mcp_url: String,
+    /// The operator's bearer token for its own MCP server, and the file to re-read it from
+    /// (tokens rotate); without one the playbook executor reads directly, not through MCP.
+    pub own_token: Option<(String, Option<PathBuf>)>,
+    /// Host names MCP clients may reach `/mcp` by, besides loopback.
+    pub mcp_allowed_hosts: Vec<String>,
+    /// The webhook's settings (bearer token, kill switch).
+    pub webhook: webhook::Settings,
+    /// The LLM price table (dollars per million tokens by model).
+    pub prices: BTreeMap<String, Price>,
+    /// Where the loopback MCP client's calls are audited.
+    pub audit: Arc<dyn Audit>,
+}
+
+/// An assembled operator.
+pub struct Operator {
+    /// The operator's own client.
+    pub client: kube::Client,
+    /// The stages the controller drives.
+    pub stages: Stages,
+    /// The alert intake (its watches are running; see [`Intake::ready`]).
+    pub intake: Arc<Intake>,
+    /// `/alerts` and `/mcp`.
+    pub router: axum::Router,
+}
+
+impl Operator {
+    /// Assembles the operator. `stop` ends the MCP server's calls in flight at shutdown.
+    pub fn assemble(config: Config, stop: &CancellationToken) -> Self {
+        let Config {
+            client,
+            kube_config,
+            metrics,
+            prometheus,
+            mcp_url,
+            own_token,
+            mcp_allowed_hosts,
+            webhook,
+            prices,
+            audit,
+        } = config;
+        // The playbook executor reads through Reflex's own MCP server, as the operator.
+        let tools = match own_token {
+            Some((token, token_file)) => {
+                ToolSource::Mcp(Arc::new(Loopback::new(mcp_url, token, audit).with_token_file(token_file)))
+            }
+            None => {
+                tracing::warn!(
+                    "the kubeconfig has no static token for the operator's identity (exec or client certificates); the playbook executor reads directly instead of through MCP"
+                );
+                ToolSource::Direct
+            }
+        };
+        let backends = Backends {
+            metrics: prometheus.is_none().then(|| metrics.clone()),
+            prometheus,
+            operator: Some(client.clone()),
+        };
+        let identities = Arc::new(Identities::new(client.clone(), kube_config));
+        let mcp = crate::mcp::router(ReflexMcp::new(backends), identities, mcp_allowed_hosts, stop.clone());
+        let intake = Intake::start(client.clone(), webhook);
+        let router = webhook::router(intake.clone()).merge(mcp);
+        Self { stages: stages(client.clone(), metrics, tools, prices), client, intake, router }
+    }
+
+    /// Serves `/alerts` and `/mcp` on `listener` until `stop`.
+    pub fn serve(&self, listener: tokio::net::TcpListener, stop: CancellationToken) -> JoinHandle<std::io::Result<()>> {
+        let router = self.router.clone();
+        // Request/response traffic (MCP calls, webhook deliveries): no Nagle delay.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        tokio::spawn(async move {
+            axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
+        })
+    }
+
+    /// Runs the controller until `shutdown`: under `election` when given (only the leader
+    /// reconciles), else alone (one replica only).
+    ///
+    /// # Errors
+    /// The controller's: the CRDs are not installed, or the election failed.
+    pub async fn run_controller(
+        &self,
+        election: Option<leader::Election>,
+        shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    ) -> Result<(), leader::ElectionError> {
+        let (client, stages) = (self.client.clone(), self.stages.clone());
+        match election {
+            None => Ok(reconcile::run(client, stages, shutdown).await?),
+            Some(election) => leader::run_elected(client, stages, election, shutdown).await,
+        }
+    }
+}
+
+/// The stages this build ships: the agent (the playbook executor, reading through `tools`,
+/// and the LLM agent), CI by server-side dry-run, the trust gate, server-side apply deploy
+/// and rollback, and the verification sampler reading `metrics`.
+pub fn stages(
+    client: kube::Client,
+    metrics: Arc<dyn MetricsSource>,
+    tools: ToolSource,
+    prices: BTreeMap<String, Price>,
+) -> Stages {
+    let loopback = match &tools {
+        ToolSource::Mcp(l) => Some(l.clone()),
+        ToolSource::Direct => None,
+    };
+    let executor = Arc::new(PlaybookExecutor::new(client.clone(), metrics.clone()).with_tools(tools));
+    let agent = Arc::new(AgentStage {
+        client: client.clone(),
+        playbook: executor,
+        loopback,
+        prices: Arc::new(prices),
+        audit: Arc::new(LogAudit),
+    });
+    let deploy = Arc::new(crate::deploy::apply::ServerSideApply { client: client.clone() });
+    Stages {
+        diagnose: Some(agent.clone()),
+        propose: Some(agent),
+        test: Some(Arc::new(crate::ci::dryrun::DryRun { client: client.clone() })),
+        gate: Some(Arc::new(crate::gate::trust::TrustGate { client: client.clone() })),
+        deploy: Some(deploy.clone()),
+        verify: Some(Arc::new(crate::verify::sampler::Sampler { client, metrics })),
+        rollback: Some(deploy),
+    }
+}
