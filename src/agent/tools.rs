@@ -97,7 +97,7 @@ impl Tools for KubeTools {
                     let name = args
                         .get("deployment")
                         .ok_or_else(|| Self::err(tool, ErrorCategory::InvalidSpec, "needs a deployment"))?;
-                    let history = crate::mcp::server::rollout_history(self.client.clone(), &self.namespace, name)
+                    let history = crate::mcp::tools::rollout_history(self.client.clone(), &self.namespace, name)
                         .await
                         .map_err(|m| Self::err(tool, tool_error_category(&m), m))?;
                     serde_json::to_value(history).map_err(|e| Self::err(tool, ErrorCategory::Transient, e.to_string()))
@@ -256,7 +256,7 @@ impl McpTools {
     }
 }
 
-/// The category of an error Reflex's own MCP server reported (see `mcp::server::api_error`).
+/// The category of an error Reflex's own MCP server reported (see `mcp::tools::api_error`).
 fn tool_error_category(message: &str) -> ErrorCategory {
     if message.starts_with("forbidden:") {
         ErrorCategory::Forbidden

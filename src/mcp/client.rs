@@ -2,7 +2,7 @@
 //! loopback and the external servers a policy names, alike.
 //!
 //! Contract: [`McpClient::connect`] initializes, lists the server's tools (never from a
-//! cache) and checks every pinned tool's schema hash ([`super::manifest::schema_hash`]); on
+//! cache) and checks every pinned tool's schema hash ([`super::manifest::hash_of`]); on
 //! drift it refuses, naming the tool and both hashes. Only pinned tools can be called. A
 //! call has a timeout; when the caller's cancellation token fires (the Remediation was
 //! cancelled, its budget ran out) or the timeout passes, the request is dropped, which
@@ -26,8 +26,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::manifest::schema_hash;
-use super::server::canonical;
+use super::manifest::{canonical, hash_of};
 
 /// A tool the caller may use, with the schema hash it was reviewed at (`None`: allowed
 /// without a pin — the policy chose not to pin it).
@@ -101,15 +100,6 @@ pub fn check_pins(server: &str, listed: &[Tool], pins: &[Pin]) -> Result<(), Cli
         }
     }
     Ok(())
-}
-
-/// A listed tool's schema hash (input, output and the annotations that change how it is
-/// called, such as `readOnlyHint`, which decides retries).
-pub fn hash_of(tool: &Tool) -> String {
-    let input = Value::Object((*tool.input_schema).clone());
-    let output = tool.output_schema.as_ref().map(|o| Value::Object((**o).clone()));
-    let annotations = tool.annotations.as_ref().and_then(|a| serde_json::to_value(a).ok());
-    schema_hash(&input, output.as_ref(), annotations.as_ref())
 }
 
 /// A circuit breaker: `threshold` consecutive failures open it for `cool_off`; then one

@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::server::{TOOL_VERSIONS, canonical, tools};
+use std::collections::BTreeMap;
+
+use rmcp::model::Tool;
+
+use super::server::{TOOL_VERSIONS, tools};
 
 /// One tool in the manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,13 +32,37 @@ pub fn schema_hash(input: &Value, output: Option<&Value>, annotations: Option<&V
     format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
+/// A listed tool's schema hash (input, output and the annotations that change how it is
+/// called, such as `readOnlyHint`, which decides retries).
+pub fn hash_of(tool: &Tool) -> String {
+    let input = Value::Object((*tool.input_schema).clone());
+    let output = tool.output_schema.as_ref().map(|o| Value::Object((**o).clone()));
+    let annotations = tool.annotations.as_ref().and_then(|a| serde_json::to_value(a).ok());
+    schema_hash(&input, output.as_ref(), annotations.as_ref())
+}
+
+/// Canonical JSON (sorted keys), for cache keys and schema hashes.
+pub fn canonical(v: &Value) -> String {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sort(v))).collect();
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
 /// The manifest of the tools in this build, sorted by name.
 pub fn compute() -> Vec<Entry> {
     let mut out: Vec<Entry> = tools()
         .into_iter()
         .map(|t| {
             let version = TOOL_VERSIONS.iter().find(|(n, _)| *n == t.name).map_or(0, |(_, v)| *v);
-            Entry { name: t.name.to_string(), version, hash: super::client::hash_of(&t) }
+            Entry { name: t.name.to_string(), version, hash: hash_of(&t) }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -84,6 +112,12 @@ pub fn check(computed: &[Entry], committed: &str) -> Result<(), Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let a = json!({"b": 1, "a": {"d": [ {"y": 1, "x": 2} ], "c": null}});
+        assert_eq!(canonical(&a), r#"{"a":{"c":null,"d":[{"x":2,"y":1}]},"b":1}"#);
+    }
 
     #[test]
     fn the_committed_manifest_matches_the_tools() {

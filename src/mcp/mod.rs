@@ -2,14 +2,20 @@
 //! stateless, as the caller), the identity that flows through it, the tool manifest, and
 //! the MCP client the loop calls every tool through.
 //!
-//! Contract: [`server`] serves `/mcp` behind the bearer-token identity ([`identity::caller_of`]); [`bounds`] is the
-//! pure edge (input bounds, output caps, redaction); [`manifest`] pins tool schemas.
+//! Contract: [`server`] serves `/mcp` behind the bearer-token identity ([`identity::caller_of`]),
+//! with its call machinery in [`call`], tool schemas in [`schema`], tool bodies in [`tools`],
+//! resources and the prompt in [`resources`]; [`bounds`] is the pure edge (input bounds,
+//! output caps, redaction); [`manifest`] pins tool schemas (and holds the one schema hash).
 
 pub mod bounds;
+pub mod call;
 pub mod client;
 pub mod identity;
 pub mod manifest;
+pub mod resources;
+pub mod schema;
 pub mod server;
+pub mod tools;
 
 use std::sync::Arc;
 

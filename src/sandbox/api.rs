@@ -14,6 +14,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use super::defaults::{builtin_shape, defaults};
+use super::deletion::{delete_in, settle};
 use super::resources::{Behaviour, ResourceType};
 use super::schema::{FieldValidation, admit};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -85,11 +87,11 @@ fn lists(rt: &ResourceType) -> Lists<'_> {
     }
 }
 
-fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+pub(super) fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
     obj.get("metadata")?.get(key)?.as_str()
 }
 
-fn meta_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
+pub(super) fn meta_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
     let m = obj.as_object_mut()?.entry("metadata").or_insert_with(|| json!({}));
     if !m.is_object() {
         *m = json!({});
@@ -97,19 +99,19 @@ fn meta_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
     m.as_object_mut()
 }
 
-fn set_meta(obj: &mut Value, key: &str, v: Value) {
+pub(super) fn set_meta(obj: &mut Value, key: &str, v: Value) {
     if let Some(m) = meta_mut(obj) {
         m.insert(key.into(), v);
     }
 }
 
-fn del_meta(obj: &mut Value, key: &str) {
+pub(super) fn del_meta(obj: &mut Value, key: &str) {
     if let Some(m) = meta_mut(obj) {
         m.remove(key);
     }
 }
 
-fn finalizers(obj: &Value) -> Vec<String> {
+pub(super) fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .into_iter()
@@ -118,12 +120,12 @@ fn finalizers(obj: &Value) -> Vec<String> {
         .collect()
 }
 
-fn has_generation(rt: &ResourceType, obj: &Value) -> bool {
+pub(super) fn has_generation(rt: &ResourceType, obj: &Value) -> bool {
     rt.is_custom() || obj.get("spec").is_some()
 }
 
 /// The object minus metadata and status: what `generation` tracks.
-fn spec_part(obj: &Value) -> Value {
+pub(super) fn spec_part(obj: &Value) -> Value {
     let mut v = obj.clone();
     if let Some(m) = v.as_object_mut() {
         m.remove("metadata");
@@ -134,12 +136,12 @@ fn spec_part(obj: &Value) -> Value {
     v
 }
 
-fn invalid(rt: &ResourceType, name: &str, causes: Vec<Cause>) -> ApiError {
+pub(super) fn invalid(rt: &ResourceType, name: &str, causes: Vec<Cause>) -> ApiError {
     let kg = if rt.group.is_empty() { rt.kind.clone() } else { format!("{}.{}", rt.kind, rt.group) };
     ApiError::invalid(&kg, name, causes)
 }
 
-fn field_cause(field: &str, message: impl Into<String>) -> Cause {
+pub(super) fn field_cause(field: &str, message: impl Into<String>) -> Cause {
     Cause { reason: "FieldValueInvalid".into(), message: message.into(), field: field.into() }
 }
 
@@ -392,107 +394,6 @@ fn persist(
         tx.put(&rt.storage, new)
     };
     Ok(Outcome { object, warnings })
-}
-
-/// The few shape checks the built-in workload kinds need before the workload model reads them
-/// (kube-apiserver rejects these while decoding).
-fn builtin_shape(rt: &ResourceType, obj: &Value) -> Option<Cause> {
-    if rt.group != "apps" {
-        return None;
-    }
-    let map_of_strings = |p: &str| {
-        obj.pointer(p).is_none_or(|v| v.is_null() || v.as_object().is_some_and(|m| m.values().all(Value::is_string)))
-    };
-    let int = |p: &str| {
-        obj.pointer(p).is_none_or(|v| v.is_null() || v.as_i64().is_some_and(|n| (0..=i64::from(i32::MAX)).contains(&n)))
-    };
-    for (path, field) in [
-        ("/spec/selector/matchLabels", "spec.selector.matchLabels"),
-        ("/spec/template/metadata/labels", "spec.template.metadata.labels"),
-    ] {
-        if !map_of_strings(path) {
-            return Some(field_cause(field, "Invalid value: must be a map of string keys to string values"));
-        }
-    }
-    if !int("/spec/replicas") {
-        return Some(field_cause("spec.replicas", "Invalid value: must be an integer between 0 and 2147483647"));
-    }
-    if obj.get("spec").is_some_and(|t| !t.is_object()) {
-        return Some(field_cause("spec", "Invalid value: must be an object"));
-    }
-    if obj.pointer("/spec/template").is_some_and(|t| !t.is_object()) {
-        return Some(field_cause("spec.template", "Invalid value: must be an object"));
-    }
-    None
-}
-
-/// Server-set defaults and status for the kinds that have them.
-fn defaults(rt: &ResourceType, obj: &mut Value, creating: bool) {
-    match (rt.group.as_str(), rt.kind.as_str()) {
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
-            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-                spec.entry("replicas").or_insert(json!(1));
-                spec.entry("revisionHistoryLimit").or_insert(json!(10));
-                if rt.kind == "Deployment" {
-                    spec.entry("progressDeadlineSeconds").or_insert(json!(600));
-                    spec.entry("strategy").or_insert(
-                        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
-                    );
-                }
-            }
-        }
-        ("", "Namespace") => {
-            if obj.pointer("/metadata/deletionTimestamp").is_none() {
-                obj["status"] = json!({"phase": "Active"});
-            }
-            obj["spec"] = json!({"finalizers": ["kubernetes"]});
-        }
-        ("", "Pod") if creating => {
-            obj["status"] = json!({"phase": "Pending"});
-        }
-        // stringData is write-only: merged into data (base64), as kube-apiserver does.
-        ("", "Secret") => {
-            if let Some(Value::Object(plain)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
-                use base64::Engine;
-                let data = obj.as_object_mut().map(|o| o.entry("data").or_insert_with(|| json!({})));
-                if let Some(Value::Object(data)) = data {
-                    for (k, v) in plain {
-                        let text = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-                        data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
-                    }
-                }
-            }
-        }
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-            if creating {
-                let mut f = obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-                if !f.contains(&json!(CRD_CLEANUP)) {
-                    f.push(json!(CRD_CLEANUP));
-                }
-                set_meta(obj, "finalizers", Value::Array(f));
-            }
-            let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
-            let t = now();
-            let cond = |ty: &str, reason: &str, msg: &str| json!({"type": ty, "status": "True", "reason": reason, "message": msg, "lastTransitionTime": t});
-            let stored: Vec<Value> = obj
-                .pointer("/spec/versions")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|v| v.get("storage") == Some(&json!(true)))
-                .filter_map(|v| v.get("name").cloned())
-                .collect();
-            obj["status"] = json!({
-                "acceptedNames": names,
-                "storedVersions": stored,
-                "conditions": [
-                    cond("NamesAccepted", "NoConflicts", "no conflicts found"),
-                    cond("Established", "InitialNamesAccepted", "the initial names have been accepted"),
-                ],
-            });
-        }
-        _ => {}
-    }
 }
 
 /// Strip a `fieldManager` to what the API server accepts.
@@ -852,140 +753,6 @@ impl Api {
             Ok(json!({"apiVersion": rt.api_version(), "kind": format!("{}List", rt.kind), "metadata": {}, "items": items}))
         })
     }
-}
-
-/// Mark for deletion (finalizers pending) or remove. Returns (object, removed?).
-fn delete_in(tx: &mut Tx<'_>, rt: &ResourceType, old: &Value, orphan: bool) -> Result<(Value, bool), ApiError> {
-    let ns = ns_of(old).to_owned();
-    let name = name_of(old).to_owned();
-    if orphan && let Some(uid) = meta_str(old, "uid") {
-        release_dependents(tx, uid);
-    }
-    if meta_str(old, "deletionTimestamp").is_some() {
-        return Ok((old.clone(), false));
-    }
-    let pending = !finalizers(old).is_empty() || rt.behaviour == Behaviour::Namespace;
-    if !pending {
-        if rt.behaviour == Behaviour::Crd {
-            tx.registry.unregister_crd(old);
-        }
-        let gone = tx.remove(&rt.storage, &ns, &name).unwrap_or_else(|| old.clone());
-        return Ok((gone, true));
-    }
-    let mut marked = old.clone();
-    set_meta(&mut marked, "deletionTimestamp", json!(now()));
-    set_meta(&mut marked, "deletionGracePeriodSeconds", json!(0));
-    // As kube-apiserver does, so generation-filtered controllers see the deletion.
-    if let Some(g) = old.pointer("/metadata/generation").and_then(Value::as_i64) {
-        set_meta(&mut marked, "generation", json!(g.saturating_add(1)));
-    }
-    if rt.behaviour == Behaviour::Namespace {
-        marked["status"] = json!({"phase": "Terminating"});
-    }
-    Ok((tx.put(&rt.storage, marked), false))
-}
-
-/// Remove ownerReferences to `uid` (orphan propagation).
-fn release_dependents(tx: &mut Tx<'_>, uid: &str) {
-    for storage in tx.storages() {
-        for o in tx.list(&storage, None) {
-            let refs = o.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
-            if refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)) {
-                let mut o = o;
-                let kept: Vec<Value> =
-                    refs.into_iter().filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid)).collect();
-                set_meta(&mut o, "ownerReferences", Value::Array(kept));
-                tx.put(&storage, o);
-            }
-        }
-    }
-}
-
-/// The controllers that finish deletions: namespace and CRD cleanup, and the garbage collector
-/// (background propagation: dependents whose owners are all gone are deleted).
-fn settle(tx: &mut Tx<'_>) -> Result<(), ApiError> {
-    for _round in 0..16 {
-        let mut changed = false;
-        let registry = tx.registry.clone();
-        // Namespaces being deleted: delete their content, then the namespace.
-        for ns in tx.list("namespaces", None).into_iter().filter(|n| meta_str(n, "deletionTimestamp").is_some()) {
-            let ns_name = name_of(&ns).to_owned();
-            let contents: Vec<String> = tx.storages().into_iter().filter(|s| s != "namespaces").collect();
-            for storage in &contents {
-                let Some(rt) = registry.by_storage(storage) else { continue };
-                for o in tx.list(storage, Some(&ns_name)) {
-                    if meta_str(&o, "deletionTimestamp").is_none() {
-                        delete_in(tx, &rt, &o, false)?;
-                        changed = true;
-                    }
-                }
-            }
-            // Gone once nothing is left in it (objects with finalizers keep it terminating).
-            if finalizers(&ns).is_empty() && contents.iter().all(|s| tx.list(s, Some(&ns_name)).is_empty()) {
-                tx.remove("namespaces", "", &ns_name);
-                changed = true;
-            }
-        }
-        // CRDs being deleted: delete their objects, then release the cleanup finalizer.
-        for crd in tx.list("customresourcedefinitions.apiextensions.k8s.io", None) {
-            if meta_str(&crd, "deletionTimestamp").is_none() || !finalizers(&crd).iter().any(|f| f == CRD_CLEANUP) {
-                continue;
-            }
-            let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-            let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
-            let storage = format!("{plural}.{group}");
-            let objs = tx.list(&storage, None);
-            if let Some(rt) = registry.by_storage(&storage) {
-                for o in objs.iter().filter(|o| meta_str(o, "deletionTimestamp").is_none()) {
-                    delete_in(tx, &rt, o, false)?;
-                    changed = true;
-                }
-            }
-            if tx.list(&storage, None).is_empty() {
-                let mut c = crd.clone();
-                let rest: Vec<Value> =
-                    finalizers(&crd).into_iter().filter(|f| f != CRD_CLEANUP).map(Value::String).collect();
-                set_meta(&mut c, "finalizers", Value::Array(rest.clone()));
-                if rest.is_empty() {
-                    tx.registry.unregister_crd(&c);
-                    tx.remove("customresourcedefinitions.apiextensions.k8s.io", "", name_of(&c));
-                } else {
-                    tx.put("customresourcedefinitions.apiextensions.k8s.io", c);
-                }
-                changed = true;
-            }
-        }
-        // Garbage collection.
-        if tx.has_removals() {
-            let storages = tx.storages();
-            let mut uids = std::collections::BTreeSet::new();
-            for s in &storages {
-                for o in tx.list(s, None) {
-                    if let Some(u) = meta_str(&o, "uid") {
-                        uids.insert(u.to_owned());
-                    }
-                }
-            }
-            for s in &storages {
-                let Some(rt) = registry.by_storage(s) else { continue };
-                for o in tx.list(s, None) {
-                    let refs = o.pointer("/metadata/ownerReferences").and_then(Value::as_array);
-                    let orphaned = refs.is_some_and(|r| {
-                        !r.is_empty()
-                            && r.iter().all(|r| r.get("uid").and_then(Value::as_str).is_none_or(|u| !uids.contains(u)))
-                    });
-                    if orphaned && meta_str(&o, "deletionTimestamp").is_none() {
-                        delete_in(tx, &rt, &o, false)?;
-                        changed = true;
-                    }
-                }
-            }
-        }
-        if !changed {
-            return Ok(());
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

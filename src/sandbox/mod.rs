@@ -10,6 +10,8 @@
 //! (Deployment → ReplicaSet → Pod), [`server`] (HTTP).
 
 pub mod api;
+mod defaults;
+mod deletion;
 pub mod logs;
 pub mod rbac;
 pub mod resources;
