@@ -15,6 +15,7 @@ pub mod deploy;
 pub mod gate;
 pub mod intake;
 pub mod mcp;
+pub mod metrics;
 pub mod operator;
 pub mod patch;
 pub mod ports;

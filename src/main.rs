@@ -194,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
             reflex::install_crypto_provider();
             let (client, config) = client(kubeconfig, context).await?;
             let metrics = std::sync::Arc::new(
-                reflex::verify::metrics::Prometheus::new(&prometheus_url, std::time::Duration::from_secs(10))
+                reflex::metrics::Prometheus::new(&prometheus_url, std::time::Duration::from_secs(10))
                     .map_err(|e| anyhow::anyhow!("--prometheus-url {prometheus_url}: {e}"))?,
             );
             let prometheus = reflex::mcp::server::prometheus_client(&prometheus_url)

@@ -26,7 +26,7 @@ use crate::intake::webhook::{self, Intake};
 use crate::mcp::client::{Audit, LogAudit};
 use crate::mcp::identity::Identities;
 use crate::mcp::server::{Backends, ReflexMcp};
-use crate::verify::metrics::MetricsSource;
+use crate::metrics::MetricsSource;
 
 /// What the operator is assembled from.
 pub struct Config {

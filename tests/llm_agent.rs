@@ -255,11 +255,8 @@ async fn the_wall_clock_budget_ends_a_run_whose_model_hangs() {
 
 /// Usage the playbook fallback reads: 300 MiB working set.
 struct Usage;
-impl reflex::verify::metrics::MetricsSource for Usage {
-    fn instant(
-        &self,
-        _: &str,
-    ) -> futures::future::BoxFuture<'_, Result<Option<f64>, reflex::verify::metrics::MetricsError>> {
+impl reflex::metrics::MetricsSource for Usage {
+    fn instant(&self, _: &str) -> futures::future::BoxFuture<'_, Result<Option<f64>, reflex::metrics::MetricsError>> {
         Box::pin(async { Ok(Some(300.0 * 1024.0 * 1024.0)) })
     }
 }

@@ -102,9 +102,8 @@ async fn the_playbook_executor_refuses_what_the_patch_safety_check_refuses() {
     input.policy = Some(Arc::new(policy));
     input.key.step = Step::Propose;
     // The playbook reads nothing: no metrics are ever asked for.
-    let unused =
-        reflex::verify::metrics::Prometheus::new("http://127.0.0.1:9", std::time::Duration::from_secs(1)).unwrap();
-    let metrics: Arc<dyn reflex::verify::metrics::MetricsSource> = Arc::new(unused);
+    let unused = reflex::metrics::Prometheus::new("http://127.0.0.1:9", std::time::Duration::from_secs(1)).unwrap();
+    let metrics: Arc<dyn reflex::metrics::MetricsSource> = Arc::new(unused);
     let executor = reflex::agent::executor::PlaybookExecutor::new(client.clone(), metrics);
     let err = executor.propose(input).await.expect_err("refused");
     assert!(err.message.contains("patch-safety check refused"), "{err}");

@@ -20,9 +20,9 @@ use crate::api::playbook::PatchMode;
 use crate::api::remediation::{Diagnosis, Finding, Proposal, ProposalSource};
 use crate::api::validate::ValidPlaybook;
 use crate::cluster::load_playbook;
+use crate::metrics::MetricsSource;
 use crate::patch::safety::{Proposed, Rules, Target, check};
 use crate::ports::{Diagnose, Propose, StageError, StageFuture, StageInput};
-use crate::verify::metrics::MetricsSource;
 
 /// Runs playbooks; one per operator.
 #[derive(Clone)]

@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use crate::patch::quantity::parse_quantity;
+use crate::api::quantity::parse_quantity;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("expression {expr:?}: {message}")]

@@ -227,7 +227,7 @@ fn format_param_floor(p: &ValidParameter, value: f64) -> String {
 
 fn parse_param(p: &ValidParameter, text: &str) -> Option<f64> {
     match p.type_ {
-        ParameterType::Quantity => crate::patch::quantity::parse_quantity(text).ok(),
+        ParameterType::Quantity => crate::api::quantity::parse_quantity(text).ok(),
         _ => text.parse().ok(),
     }
 }
@@ -424,7 +424,7 @@ pub fn render_with(pb: &ValidPlaybook, scope: &Scope, choices: &Choices) -> Resu
 /// An agent's choice for a numeric parameter, in base units.
 fn chosen_number(p: &ValidParameter, choice: &Value) -> Result<f64, RenderError> {
     let v = match (p.type_, choice) {
-        (ParameterType::Quantity, Value::String(s)) => crate::patch::quantity::parse_quantity(s).ok(),
+        (ParameterType::Quantity, Value::String(s)) => crate::api::quantity::parse_quantity(s).ok(),
         (ParameterType::Integer, Value::Number(n)) => n.as_f64().filter(|f| f.fract() == 0.0),
         (ParameterType::Number | ParameterType::Quantity, Value::Number(n)) => n.as_f64(),
         _ => None,

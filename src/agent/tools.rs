@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::api::{ErrorCategory, TargetKind};
 use crate::cluster::{api_category, api_resource};
-use crate::verify::metrics::{MetricsError, MetricsSource};
+use crate::metrics::{MetricsError, MetricsSource};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{tool}: {message}")]

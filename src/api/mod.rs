@@ -12,6 +12,7 @@ pub mod duration;
 pub mod matcher;
 pub mod playbook;
 pub mod policy;
+pub mod quantity;
 pub mod remediation;
 pub mod template;
 pub mod validate;

@@ -7,6 +7,7 @@
 
 use std::{collections::HashSet, fmt, time::Duration};
 
+use super::quantity::parse_quantity;
 use super::{
     DurationString, Environment, TargetKind,
     playbook::{ParameterType, PatchMode, PatchType, PlaybookSpec},
@@ -16,7 +17,6 @@ use super::{
     },
 };
 use super::{matcher::Matcher, template::NameTemplate};
-use crate::patch::quantity::parse_quantity;
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -225,8 +225,8 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     let pods: Api<Pod> = Api::namespaced(client.clone(), &workload.namespace);
     let deadline = Instant::now() + Duration::from_secs(10);
     let fails = match (
-        crate::patch::quantity::parse_quantity(&memory_before),
-        crate::patch::quantity::parse_quantity(&workload.working_set),
+        crate::api::quantity::parse_quantity(&memory_before),
+        crate::api::quantity::parse_quantity(&workload.working_set),
     ) {
         (Ok(limit), Ok(working_set)) => limit < working_set,
         _ => true,

@@ -18,10 +18,10 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::scenario::{Model, SeriesValue};
-use crate::patch::quantity::parse_quantity;
+use crate::api::quantity::parse_quantity;
+use crate::metrics::{MetricsError, MetricsSource};
 use crate::sandbox::api::{Api, ListOptions};
 use crate::sandbox::workload::PodModel;
-use crate::verify::metrics::{MetricsError, MetricsSource};
 
 #[derive(Clone, Debug)]
 struct Workload {

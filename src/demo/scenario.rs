@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::quantity::parse_quantity;
 use crate::api::remediation::Phase;
-use crate::patch::quantity::parse_quantity;
 
 /// The scenarios that ship with Reflex.
 pub const BUILT_IN: &[(&str, &str)] = &[

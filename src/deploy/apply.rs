@@ -16,12 +16,12 @@ use serde_json::{Map, Value, json};
 
 use super::request::{apply_config, has_directives, request};
 use crate::api::playbook::PatchType;
+use crate::api::quantity::parse_quantity;
 use crate::api::remediation::{DeployRecord, RollbackRecord};
 use crate::api::{AnyJson, ErrorCategory, MANAGER};
 use crate::cluster::{api_error, as_json, target_api};
 use crate::patch::TestedPatch;
 use crate::patch::merge::{ListType, Lists, list_type, same_key};
-use crate::patch::quantity::parse_quantity;
 use crate::patch::tree::touched_as;
 use crate::ports::{Deploy, Rollback, StageError, StageFuture, StageInput};
 

@@ -63,7 +63,7 @@ pub struct Backends {
     pub operator: Option<kube::Client>,
     /// Instant values for `query_prometheus` when there is no Prometheus (the demo's
     /// model); one unlabelled series.
-    pub metrics: Option<Arc<dyn crate::verify::metrics::MetricsSource>>,
+    pub metrics: Option<Arc<dyn crate::metrics::MetricsSource>>,
 }
 
 /// A Prometheus client for the PromQL and alert tools (ring TLS through our reqwest).

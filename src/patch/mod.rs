@@ -6,7 +6,6 @@
 
 pub mod image;
 pub mod merge;
-pub mod quantity;
 pub mod safety;
 pub mod tree;
 

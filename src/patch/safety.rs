@@ -605,7 +605,7 @@ fn judge(rules: &Rules, change: &Change, refusals: &mut Vec<Refusal>) {
 pub fn number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => super::quantity::parse_quantity(s).ok(),
+        Value::String(s) => crate::api::quantity::parse_quantity(s).ok(),
         _ => None,
     }
 }

@@ -3,8 +3,7 @@
 //!
 //! Contract: implements the port `Verify` ([`sampler::Sampler`]). Each call takes one sample
 //! and returns the verification so far (samples, verdict, when the next sample is due).
-//! Read-only. [`judge`] is the pure verdict; [`metrics`] the metrics source it reads.
+//! Read-only. [`judge`] is the pure verdict; the numbers come from a `crate::metrics` source.
 
 pub mod judge;
-pub mod metrics;
 pub mod sampler;

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use futures::FutureExt;
 
 use super::judge::{AlertSince, judge};
-use super::metrics::{MetricsError, MetricsSource};
 use crate::api::ErrorCategory;
 use crate::api::remediation::Verification;
 use crate::cluster::load_playbook;
+use crate::metrics::{MetricsError, MetricsSource};
 use crate::ports::{StageError, StageFuture, StageInput, Verify};
 
 #[derive(Clone)]

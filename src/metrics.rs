@@ -1,4 +1,5 @@
-//! Where verification reads numbers from.
+//! Where Reflex reads numbers from: verification's samples, the playbook executor's direct
+//! reads, and the MCP server's PromQL tool when no Prometheus is configured.
 //!
 //! Contract: a [`MetricsSource`] answers an instant PromQL query with one number (the sum
 //! of the result vector, or the scalar), `None` when the query matched no series. Two
