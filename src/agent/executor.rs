@@ -36,9 +36,9 @@ fn invalid(message: impl Into<String>) -> StageError {
     StageError::new(ErrorCategory::InvalidSpec, message)
 }
 
-/// A playbook run: the validated playbook and what it knows (after reading, its reads and
+/// A playbook run (one execution of a playbook for one effect): the validated playbook and what it knows (after reading, its reads and
 /// the target as read).
-pub struct Run {
+pub struct PlaybookRun {
     pub playbook_name: String,
     pub playbook: ValidPlaybook,
     pub scope: Scope,
@@ -60,7 +60,7 @@ impl PlaybookExecutor {
         &self,
         input: &StageInput,
         loaded: Option<ValidPlaybook>,
-    ) -> Result<(Run, Box<dyn Tools>), StageError> {
+    ) -> Result<(PlaybookRun, Box<dyn Tools>), StageError> {
         let rem = &input.remediation;
         let namespace = rem.metadata.namespace.clone().ok_or_else(|| invalid("the remediation has no namespace"))?;
         let policy = input.policy.as_ref().ok_or_else(|| invalid("the policy is missing"))?;
@@ -107,23 +107,27 @@ impl PlaybookExecutor {
                 },
             }),
         };
-        Ok((Run { playbook_name, playbook, scope }, tools))
+        Ok((PlaybookRun { playbook_name, playbook, scope }, tools))
     }
 
     /// Prepare a run and do its reads (the LLM agent's delegated parameters start here too).
-    pub async fn read_all(&self, input: &StageInput) -> Result<Run, StageError> {
+    pub async fn read_all(&self, input: &StageInput) -> Result<PlaybookRun, StageError> {
         self.read_all_with(input, None).await
     }
 
     /// [`Self::read_all`] with the policy's playbook as the caller already read it.
-    pub async fn read_all_with(&self, input: &StageInput, loaded: Option<ValidPlaybook>) -> Result<Run, StageError> {
+    pub async fn read_all_with(
+        &self,
+        input: &StageInput,
+        loaded: Option<ValidPlaybook>,
+    ) -> Result<PlaybookRun, StageError> {
         let (mut run, tools) = self.prepare(input, loaded).await?;
         self.read(&mut run, tools.as_ref()).await?;
         Ok(run)
     }
 
-    /// Run every read step; the target object itself is always read too.
-    async fn read(&self, run: &mut Run, tools: &dyn Tools) -> Result<(), StageError> {
+    /// Runs every read step; the target object itself is always read too.
+    async fn read(&self, run: &mut PlaybookRun, tools: &dyn Tools) -> Result<(), StageError> {
         for step in &run.playbook.reads {
             let mut args = BTreeMap::new();
             for (k, v) in &step.arguments {

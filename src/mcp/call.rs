@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::Api;
+use rmcp::handler::server::router::prompt::PromptRouter;
+use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::IntoCallToolResult;
 use rmcp::model::{CallToolResponse, CallToolResult, ProgressNotificationParam};
 use rmcp::service::RequestContext;
@@ -25,7 +27,35 @@ use serde_json::Value;
 use super::bounds;
 use super::identity::Caller;
 use super::schema::{GetEvents, GetResource, GetRolloutHistory, ListResourcesInput};
-use super::server::ReflexMcp;
+
+/// What the server reads besides the Kubernetes API.
+#[derive(Clone, Default)]
+pub struct Backends {
+    /// Prometheus, for the PromQL and alert tools.
+    pub prometheus: Option<prometheus_http_query::Client>,
+    /// The operator's own client: used only to enumerate namespaces when a caller cannot
+    /// list cluster-wide (every read of their contents is still as the caller).
+    pub operator: Option<kube::Client>,
+    /// Instant values for `query_prometheus` when there is no Prometheus (the demo's
+    /// model); one unlabelled series.
+    pub metrics: Option<Arc<dyn crate::metrics::MetricsSource>>,
+}
+
+/// The server. Cheap to clone (rmcp builds one per stateless request): everything is
+/// behind one `Arc`.
+#[derive(Clone)]
+pub struct ReflexMcp {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) backends: Backends,
+    pub(super) inflight: InFlight,
+    /// Served results; `None`: caching off. Bounded in bytes.
+    pub(super) cache: Option<moka::future::Cache<String, Arc<Served>>>,
+    pub(super) tool_router: ToolRouter<ReflexMcp>,
+    pub(super) prompt_router: PromptRouter<ReflexMcp>,
+}
 
 /// Calls in progress, by (caller, JSON-RPC request id): a `notifications/cancelled` that
 /// arrives as its own POST (stateless servers get no session to route it through) finds
@@ -285,5 +315,14 @@ impl ReflexMcp {
             cache.insert(key, served.clone()).await;
         }
         Ok(Json::new(served))
+    }
+
+    /// The configured Prometheus, or an error a caller can act on.
+    pub(super) fn prometheus(&self) -> Result<&prometheus_http_query::Client, String> {
+        self.inner
+            .backends
+            .prometheus
+            .as_ref()
+            .ok_or_else(|| "no Prometheus is configured (--prometheus-url)".to_owned())
     }
 }

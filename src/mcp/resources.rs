@@ -17,10 +17,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::bounds;
+use super::call::ReflexMcp;
 use super::call::caller_of;
 use super::identity::Caller;
 use super::schema::DiagnoseAlert;
-use super::server::ReflexMcp;
 use super::tools::api_error;
 use crate::api::playbook::Playbook;
 use crate::api::remediation::Remediation;

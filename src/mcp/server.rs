@@ -20,8 +20,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::handler::server::router::prompt::PromptRouter;
-use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
@@ -29,15 +27,13 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, prompt_handler, tool_handler};
 
-use super::call::{InFlight, Served};
+pub use super::call::{Backends, ReflexMcp};
+use super::call::{InFlight, Inner, Served};
 
 /// How long a context tool's result is reused for the same identity and arguments.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Most bytes the read-through cache holds.
 pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-/// Default per-tool timeout.
-pub const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Each tool's version: bump it with any change to its input or output schema, and run
 /// `reflex mcp manifest > mcp-manifest.json` (a test holds the two together).
 pub const TOOL_VERSIONS: &[(&str, u32)] = &[
@@ -53,40 +49,11 @@ pub const TOOL_VERSIONS: &[(&str, u32)] = &[
     ("list_playbooks", 1),
 ];
 
-/// What the server reads besides the Kubernetes API.
-#[derive(Clone, Default)]
-pub struct Backends {
-    /// Prometheus, for the PromQL and alert tools.
-    pub prometheus: Option<prometheus_http_query::Client>,
-    /// The operator's own client: used only to enumerate namespaces when a caller cannot
-    /// list cluster-wide (every read of their contents is still as the caller).
-    pub operator: Option<kube::Client>,
-    /// Instant values for `query_prometheus` when there is no Prometheus (the demo's
-    /// model); one unlabelled series.
-    pub metrics: Option<Arc<dyn crate::metrics::MetricsSource>>,
-}
-
 /// A Prometheus client for the PromQL and alert tools (ring TLS through our reqwest).
 pub fn prometheus_client(url: &str) -> Result<prometheus_http_query::Client, String> {
     crate::install_crypto_provider();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| e.to_string())?;
     prometheus_http_query::Client::from(http, url).map_err(|e| e.to_string())
-}
-
-/// The server. Cheap to clone (rmcp builds one per stateless request): everything is
-/// behind one `Arc`.
-#[derive(Clone)]
-pub struct ReflexMcp {
-    pub(super) inner: Arc<Inner>,
-}
-
-pub(super) struct Inner {
-    pub(super) backends: Backends,
-    pub(super) inflight: InFlight,
-    /// Served results; `None`: caching off. Bounded in bytes.
-    pub(super) cache: Option<moka::future::Cache<String, Arc<Served>>>,
-    pub(super) tool_router: ToolRouter<ReflexMcp>,
-    pub(super) prompt_router: PromptRouter<ReflexMcp>,
 }
 
 impl ReflexMcp {
@@ -126,15 +93,6 @@ impl ReflexMcp {
     /// Whether results are cached (the fast path has anything to serve).
     pub fn caches(&self) -> bool {
         self.inner.cache.is_some()
-    }
-
-    /// The configured Prometheus, or an error a caller can act on.
-    pub(super) fn prometheus(&self) -> Result<&prometheus_http_query::Client, String> {
-        self.inner
-            .backends
-            .prometheus
-            .as_ref()
-            .ok_or_else(|| "no Prometheus is configured (--prometheus-url)".to_owned())
     }
 }
 

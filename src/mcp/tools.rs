@@ -21,12 +21,15 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::bounds::{self, Truncation};
+use super::call::ReflexMcp;
 use super::call::{Json, args};
 use super::identity::Caller;
 use super::schema::*;
-use super::server::{ReflexMcp, TOOL_TIMEOUT};
 use crate::api::playbook::Playbook;
 use crate::api::remediation::Remediation;
+
+/// Default per-tool timeout.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The kinds Reflex knows by name: (kind, apiVersion, plural, namespaced).
 const KINDS: &[(&str, &str, &str, bool)] = &[

@@ -12,10 +12,11 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::defaults::{builtin_shape, defaults};
 use super::deletion::{delete_in, settle};
+use super::meta::{del_meta, field_cause, finalizers, meta_str, now, set_meta};
 use super::resources::{Behaviour, ResourceType};
 use super::schema::{FieldValidation, admit};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -24,13 +25,6 @@ use super::status::{ApiError, Cause, Subject, success};
 use super::store::{Store, Tx, name_of, ns_of};
 use crate::api::template::is_dns_subdomain;
 use crate::patch::merge::{Lists, strategic_merge};
-
-pub const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
-
-/// RFC 3339 time, seconds precision, as Kubernetes writes `metav1.Time`.
-pub fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
 
 /// Who writes, where, and how.
 #[derive(Clone, Debug)]
@@ -87,45 +81,12 @@ fn lists(rt: &ResourceType) -> Lists<'_> {
     }
 }
 
-pub(super) fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    obj.get("metadata")?.get(key)?.as_str()
-}
-
-pub(super) fn meta_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
-    let m = obj.as_object_mut()?.entry("metadata").or_insert_with(|| json!({}));
-    if !m.is_object() {
-        *m = json!({});
-    }
-    m.as_object_mut()
-}
-
-pub(super) fn set_meta(obj: &mut Value, key: &str, v: Value) {
-    if let Some(m) = meta_mut(obj) {
-        m.insert(key.into(), v);
-    }
-}
-
-pub(super) fn del_meta(obj: &mut Value, key: &str) {
-    if let Some(m) = meta_mut(obj) {
-        m.remove(key);
-    }
-}
-
-pub(super) fn finalizers(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f.as_str().map(str::to_owned))
-        .collect()
-}
-
-pub(super) fn has_generation(rt: &ResourceType, obj: &Value) -> bool {
+fn has_generation(rt: &ResourceType, obj: &Value) -> bool {
     rt.is_custom() || obj.get("spec").is_some()
 }
 
 /// The object minus metadata and status: what `generation` tracks.
-pub(super) fn spec_part(obj: &Value) -> Value {
+fn spec_part(obj: &Value) -> Value {
     let mut v = obj.clone();
     if let Some(m) = v.as_object_mut() {
         m.remove("metadata");
@@ -136,13 +97,9 @@ pub(super) fn spec_part(obj: &Value) -> Value {
     v
 }
 
-pub(super) fn invalid(rt: &ResourceType, name: &str, causes: Vec<Cause>) -> ApiError {
+fn invalid(rt: &ResourceType, name: &str, causes: Vec<Cause>) -> ApiError {
     let kg = if rt.group.is_empty() { rt.kind.clone() } else { format!("{}.{}", rt.kind, rt.group) };
     ApiError::invalid(&kg, name, causes)
-}
-
-pub(super) fn field_cause(field: &str, message: impl Into<String>) -> Cause {
-    Cause { reason: "FieldValueInvalid".into(), message: message.into(), field: field.into() }
 }
 
 /// Set apiVersion/kind as this served type presents them, converting Events between the

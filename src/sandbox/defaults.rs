@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::api::{CRD_CLEANUP, field_cause, now, set_meta};
+use super::meta::{CRD_CLEANUP, field_cause, now, set_meta};
 use super::resources::ResourceType;
 use super::status::Cause;
 

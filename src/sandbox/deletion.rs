@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::api::{CRD_CLEANUP, finalizers, meta_str, now, set_meta};
+use super::meta::{CRD_CLEANUP, finalizers, meta_str, now, set_meta};
 use super::resources::{Behaviour, ResourceType};
 use super::status::ApiError;
 use super::store::{Tx, name_of, ns_of};

@@ -13,6 +13,7 @@ pub mod api;
 mod defaults;
 mod deletion;
 pub mod logs;
+pub mod meta;
 pub mod rbac;
 pub mod resources;
 pub mod schema;

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::api::{Api, ListOptions, WriteCtx, now};
+use super::api::{Api, ListOptions, WriteCtx};
+use super::meta::now;
 use super::schema::FieldValidation;
 use super::ssa::Part;
 use super::status::ApiError;
