@@ -1,8 +1,9 @@
 //! Reflex: a Kubernetes operator that closes the loop from a Prometheus alert to a verified
 //! fix — intake, diagnose, propose, test, gate, deploy, verify, roll back.
 //!
-//! One module per loop stage, each with a pure core and a thin effectful shell; see
-//! `ARCHITECTURE.md` §5 for the layout.
+//! One module per loop stage, each with a pure core and a thin effectful shell, behind the
+//! stage ports (`ports`); `operator` assembles them. The layers, the path of one alert
+//! through the modules and the rules `tests/architecture.rs` enforces: `docs/ARCHITECTURE.md`.
 
 pub mod a2a;
 pub mod agent;
