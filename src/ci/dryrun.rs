@@ -15,7 +15,7 @@ use crate::api::remediation::{CiBackend, CiResult, CiVerdict};
 use crate::api::validate::ValidCi;
 use crate::cluster::{api_category, as_json, rules_for, target_api};
 use crate::patch::safety::{Proposed, Target, check};
-use crate::ports::{StageError, StageFuture, StageInput, Test};
+use crate::ports::{StageError, StageFuture, StageInput, StageResult, Test};
 
 /// The dry-run backend.
 #[derive(Clone)]
@@ -25,66 +25,67 @@ pub struct DryRun {
 
 impl Test for DryRun {
     fn test(&self, input: StageInput) -> StageFuture<CiResult> {
-        let client = self.client.clone();
-        async move {
-            let rem = &input.remediation;
-            if let Some(policy) = &input.policy
-                && !matches!(policy.ci, ValidCi::DryRunOnly)
-            {
-                return Err(StageError::new(
-                    ErrorCategory::InvalidSpec,
-                    "the policy asks for a CI Job or GitOps check, which this build does not run yet; use ci: {dryRun: true} alone",
-                ));
-            }
-            let proposal = rem
-                .status
-                .as_ref()
-                .and_then(|s| s.proposal.clone())
-                .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "there is no proposal to test"))?;
-            let namespace = rem.metadata.namespace.clone().unwrap_or_default();
-            let rules = rules_for(&client, &input).await?;
-            let api = target_api(&client, rem);
-            // The patch-safety check again, here where the proposal is tested: independent of
-            // whoever wrote it, and of anything that edited the status since.
-            let target = &rem.spec.target;
-            let current = as_json(&crate::cluster::read_target(&client, rem).await?)?;
-            let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
-            let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
-            let result = |verdict, messages| CiResult {
-                proposal_digest: proposal.digest.clone(),
-                backend: CiBackend::DryRun,
-                verdict,
-                messages,
-                reference: None,
-            };
-            let verdict = check(&rules, &allowed, &current, &proposed);
-            if !verdict.allowed() {
-                return Ok(result(
-                    CiVerdict::Failed,
-                    vec![format!("the patch-safety check refused the patch: {}", verdict.summary())],
-                ));
-            }
-            // Exactly the request deploy will send, with dryRun=All.
-            let (params, patch) = crate::deploy::request::request(rem, &proposal, true)?;
-            match api.patch(&rem.spec.target.name, &params, &patch).await {
-                Ok(obj) => Ok(result(
-                    CiVerdict::Passed,
-                    vec![match obj.metadata.generation {
-                        Some(g) => format!("server-side dry-run accepted the patch (would be generation {g})"),
-                        // Kinds without a spec (ConfigMaps) have no generation.
-                        None => "server-side dry-run accepted the patch".to_owned(),
-                    }],
-                )),
-                // Not allowed to, or nothing to patch: not a verdict on the patch.
-                Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) => {
-                    Err(StageError::new(api_category(&e), format!("server-side dry-run: {e}")))
-                }
-                Err(kube::Error::Api(status)) if (400..500).contains(&status.code) && status.code != 429 => {
-                    Ok(result(CiVerdict::Failed, vec![format!("server-side dry-run rejected the patch: {}", status.message)]))
-                }
-                Err(e) => Err(StageError::new(ErrorCategory::Transient, format!("server-side dry-run: {e}"))),
-            }
+        dry_run(self.client.clone(), input).boxed()
+    }
+}
+
+/// The patch-safety check, then the server-side dry-run of deploy's own request.
+async fn dry_run(client: kube::Client, input: StageInput) -> StageResult<CiResult> {
+    let rem = &input.remediation;
+    if let Some(policy) = &input.policy
+        && !matches!(policy.ci, ValidCi::DryRunOnly)
+    {
+        return Err(StageError::new(
+            ErrorCategory::InvalidSpec,
+            "the policy asks for a CI Job or GitOps check, which this build does not run yet; use ci: {dryRun: true} alone",
+        ));
+    }
+    let proposal = rem
+        .status
+        .as_ref()
+        .and_then(|s| s.proposal.clone())
+        .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "there is no proposal to test"))?;
+    let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+    let rules = rules_for(&client, &input).await?;
+    let api = target_api(&client, rem);
+    // The patch-safety check again, here where the proposal is tested: independent of
+    // whoever wrote it, and of anything that edited the status since.
+    let target = &rem.spec.target;
+    let current = as_json(&crate::cluster::read_target(&client, rem).await?)?;
+    let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
+    let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
+    let result = |verdict, messages| CiResult {
+        proposal_digest: proposal.digest.clone(),
+        backend: CiBackend::DryRun,
+        verdict,
+        messages,
+        reference: None,
+    };
+    let verdict = check(&rules, &allowed, &current, &proposed);
+    if !verdict.allowed() {
+        return Ok(result(
+            CiVerdict::Failed,
+            vec![format!("the patch-safety check refused the patch: {}", verdict.summary())],
+        ));
+    }
+    // Exactly the request deploy will send, with dryRun=All.
+    let (params, patch) = crate::deploy::request::request(rem, &proposal, true)?;
+    match api.patch(&rem.spec.target.name, &params, &patch).await {
+        Ok(obj) => Ok(result(
+            CiVerdict::Passed,
+            vec![match obj.metadata.generation {
+                Some(g) => format!("server-side dry-run accepted the patch (would be generation {g})"),
+                // Kinds without a spec (ConfigMaps) have no generation.
+                None => "server-side dry-run accepted the patch".to_owned(),
+            }],
+        )),
+        // Not allowed to, or nothing to patch: not a verdict on the patch.
+        Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) => {
+            Err(StageError::new(api_category(&e), format!("server-side dry-run: {e}")))
         }
-        .boxed()
+        Err(kube::Error::Api(status)) if (400..500).contains(&status.code) && status.code != 429 => {
+            Ok(result(CiVerdict::Failed, vec![format!("server-side dry-run rejected the patch: {}", status.message)]))
+        }
+        Err(e) => Err(StageError::new(ErrorCategory::Transient, format!("server-side dry-run: {e}"))),
     }
 }
