@@ -45,11 +45,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The in-memory API server: types and the merge semantics only.
     ("sandbox", &["api", "patch"]),
     // The demo runs the operator on the sandbox.
-    ("demo", &["agent", "api", "cluster", "controller", "intake", "mcp", "metrics", "operator", "patch", "sandbox"]),
+    ("demo", &["agent", "api", "cluster", "intake", "mcp", "metrics", "operator", "patch", "sandbox"]),
+    // The command line, on top: it parses flags and calls the library (`reflex sandbox` and
+    // `reflex demo` included).
+    (CLI, &["agent", "api", "controller", "demo", "intake", "mcp", "metrics", "operator", "sandbox", "telemetry"]),
 ];
 
 /// The stage modules: they implement the ports and never import the controller.
 const STAGES: &[&str] = &["agent", "ci", "gate", "deploy", "verify"];
+
+/// The command line's module name in the table.
+const CLI: &str = "main";
 
 /// Names under `crate::` that are items of the crate root, not modules.
 const ROOT_ITEMS: &[&str] = &["install_crypto_provider"];
@@ -62,52 +68,114 @@ struct Import {
     module: String,
 }
 
-/// The top-level module a file under `src/` belongs to (`None` for the crate root files).
-fn module_of(relative: &Path) -> Option<String> {
-    let mut parts = relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned());
-    let first = parts.next()?;
-    match first.strip_suffix(".rs") {
-        Some("lib" | "main") => None,
-        Some(name) => Some(name.to_owned()),
-        None => Some(first),
+/// The module path of a file under `src/` (`controller/plan.rs` → `["controller", "plan"]`,
+/// `mcp/mod.rs` → `["mcp"]`); the command line (`main.rs`, `bin/`) is the module `main`;
+/// `None` for the crate root, `lib.rs`, which only declares modules (tested on its own).
+fn module_path(relative: &Path) -> Option<Vec<String>> {
+    let parts: Vec<String> = relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    match parts.as_slice() {
+        [lib] if lib == "lib.rs" => None,
+        [main] if main == "main.rs" => Some(vec![CLI.to_owned()]),
+        [bin, ..] if bin == "bin" => Some(vec![CLI.to_owned()]),
+        _ => {
+            let mut path: Vec<String> = parts.iter().map(|p| p.trim_end_matches(".rs").to_owned()).collect();
+            if path.last().is_some_and(|l| l == "mod") {
+                path.pop();
+            }
+            Some(path)
+        }
     }
 }
 
-/// The text with comments removed (line comments, doc comments, block comments), so
-/// intra-doc links are not taken for imports. String literals are kept: `crate::` never
-/// appears in one here.
-fn without_comments(text: &str) -> String {
+/// The code of a source text: comments, and the contents of string and character literals,
+/// blanked out (newlines kept, so line numbers hold), so that neither an intra-doc link nor
+/// a `"*/*"` or `"http://…"` in a string is taken for code or hides code that follows.
+fn code_only(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    let mut block = 0usize;
-    while let Some(c) = chars.next() {
-        if block > 0 {
-            if c == '*' && chars.peek() == Some(&'/') {
-                chars.next();
-                block -= 1;
-            } else if c == '/' && chars.peek() == Some(&'*') {
-                chars.next();
-                block += 1;
-            } else if c == '\n' {
-                out.push('\n');
+    let blank = |c: char, out: &mut String| out.push(if c == '\n' { '\n' } else { ' ' });
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let after_ident = i > 0 && is_ident(chars[i - 1]);
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
             }
             continue;
         }
-        if c == '/' && chars.peek() == Some(&'/') {
-            for rest in chars.by_ref() {
-                if rest == '\n' {
-                    out.push('\n');
-                    break;
+        if c == '/' && next == Some('*') {
+            let mut depth = 0usize;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    blank(chars[i], &mut out);
+                    i += 1;
                 }
             }
             continue;
         }
-        if c == '/' && chars.peek() == Some(&'*') {
-            chars.next();
-            block += 1;
+        // Raw strings: r"…", r#"…"#, br#"…"# (the `b` was already copied).
+        if c == 'r' && !after_ident || c == 'r' && i > 0 && chars[i - 1] == 'b' && !(i > 1 && is_ident(chars[i - 2])) {
+            let hashes = chars[i + 1..].iter().take_while(|h| **h == '#').count();
+            if chars.get(i + 1 + hashes) == Some(&'"') {
+                out.push('"');
+                i += hashes + 2;
+                while i < chars.len() {
+                    if chars[i] == '"' && chars[i + 1..].iter().take(hashes).filter(|h| **h == '#').count() == hashes {
+                        i += 1 + hashes;
+                        break;
+                    }
+                    blank(chars[i], &mut out);
+                    i += 1;
+                }
+                out.push('"');
+                continue;
+            }
+        }
+        if c == '"' {
+            out.push('"');
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                if chars[i] == '\\' {
+                    blank(chars[i], &mut out);
+                    i += 1;
+                }
+                if i < chars.len() {
+                    blank(chars[i], &mut out);
+                    i += 1;
+                }
+            }
+            out.push('"');
+            i += 1;
             continue;
         }
+        // A character literal ('x', '\n', '\u{1f}'), not a lifetime ('a).
+        if c == '\'' {
+            let end = if next == Some('\\') {
+                chars.get(i + 3..).and_then(|rest| rest.iter().position(|x| *x == '\'')).map(|p| i + 3 + p)
+            } else if chars.get(i + 2) == Some(&'\'') {
+                Some(i + 2)
+            } else {
+                None
+            };
+            if let Some(end) = end {
+                out.push_str("' '");
+                i = end + 1;
+                continue;
+            }
+        }
         out.push(c);
+        i += 1;
     }
     out
 }
@@ -116,54 +184,130 @@ fn is_ident(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-/// Every top-level module a source text names through `crate::` — `crate::x::…`, and each
-/// branch of `crate::{x::…, y}` — with its line.
-fn imports_in(text: &str) -> Vec<(usize, String)> {
-    let text = without_comments(text);
-    let mut found = Vec::new();
-    let line_of = |at: usize| text[..at].matches('\n').count() + 1;
-    let mut from = 0;
-    while let Some(at) = text[from..].find("crate::") {
-        let start = from + at;
-        from = start + "crate::".len();
-        // `somecrate::` is another crate's path, not ours.
-        if text[..start].chars().next_back().is_some_and(is_ident) {
-            continue;
+/// The first segment of each branch of a path group `{a::b, c, d::{e}}` (the text after `{`).
+fn branches(group: &str) -> Vec<String> {
+    let mut depth = 0usize;
+    let mut branch = String::new();
+    let mut out = Vec::new();
+    for c in group.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut branch));
+                continue;
+            }
+            _ => {}
         }
-        let rest = &text[from..];
-        if let Some(group) = rest.strip_prefix('{') {
-            // Top-level branches of the group: split at depth-0 commas.
-            let mut depth = 0usize;
-            let mut branch = String::new();
-            let mut branches = Vec::new();
-            for c in group.chars() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => break,
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => {
-                        branches.push(std::mem::take(&mut branch));
-                        continue;
-                    }
-                    _ => {}
-                }
-                branch.push(c);
-            }
-            branches.push(branch);
-            for b in branches {
-                let name: String = b.trim().chars().take_while(|c| is_ident(*c)).collect();
-                if !name.is_empty() {
-                    found.push((line_of(start), name));
-                }
-            }
-        } else {
+        branch.push(c);
+    }
+    out.push(branch);
+    out.into_iter()
+        .map(|b| b.trim().chars().take_while(|c| is_ident(*c)).collect())
+        .filter(|b: &String| !b.is_empty())
+        .collect()
+}
+
+/// The names a path names right after `at` (where `…::` ended): one ident, or each branch
+/// of a `{…}` group.
+fn names_after(code: &str, at: usize) -> Vec<String> {
+    let rest = &code[at..];
+    match rest.strip_prefix('{') {
+        Some(group) => branches(group),
+        None => {
             let name: String = rest.chars().take_while(|c| is_ident(*c)).collect();
-            if !name.is_empty() {
-                found.push((line_of(start), name));
-            }
+            if name.is_empty() { Vec::new() } else { vec![name] }
         }
     }
-    found
+}
+
+/// The inline modules (`mod name { … }`) of a code text, as (name, start, end) byte ranges.
+fn inline_modules(code: &str) -> Vec<(String, usize, usize)> {
+    let bytes = code.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = code[from..].find("mod ") {
+        let start = from + at;
+        from = start + 4;
+        if start > 0 && is_ident(bytes[start - 1] as char) {
+            continue;
+        }
+        let rest = &code[from..];
+        let name: String = rest.trim_start().chars().take_while(|c| is_ident(*c)).collect();
+        let after = rest.trim_start()[name.len()..].trim_start();
+        if name.is_empty() || !after.starts_with('{') {
+            continue;
+        }
+        let open = code.len() - after.len();
+        let mut depth = 0usize;
+        let mut end = code.len();
+        for (i, b) in bytes.iter().enumerate().skip(open) {
+            match b {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push((name, open, end));
+    }
+    out
+}
+
+/// Every top-level module a source text names, with its line: through `crate::x` (and each
+/// branch of `crate::{x, y}`), and through `super::` chains resolved from `module` (the
+/// file's module path, e.g. `["controller", "plan"]`) and the inline modules around them.
+/// `Err` when the text aliases the crate root (`crate as r`, `crate::{self as r}`), which
+/// would hide imports from this test.
+fn imports_in(text: &str, module: &[String]) -> Result<Vec<(usize, String)>, String> {
+    let code = code_only(text);
+    let line_of = |at: usize| code[..at].matches('\n').count() + 1;
+    let preceded_by_ident = |at: usize| code[..at].chars().next_back().is_some_and(is_ident);
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(at) = code[from..].find("crate") {
+        let start = from + at;
+        from = start + "crate".len();
+        if preceded_by_ident(start) || code[from..].chars().next().is_some_and(is_ident) {
+            continue;
+        }
+        let rest = code[from..].trim_start();
+        if rest.starts_with("as ") || rest.starts_with("::{self") || rest.starts_with(":: {self") {
+            return Err(format!("line {}: the crate root is aliased; import modules by path", line_of(start)));
+        }
+        if let Some(path) = code[from..].strip_prefix("::") {
+            let at = code.len() - path.len();
+            found.extend(names_after(&code, at).into_iter().map(|n| (line_of(start), n)));
+        }
+    }
+    let inline = inline_modules(&code);
+    let mut from = 0;
+    while let Some(at) = code[from..].find("super::") {
+        let start = from + at;
+        from = start + "super::".len();
+        if preceded_by_ident(start) || code[..start].ends_with("::") {
+            continue;
+        }
+        let mut path: Vec<String> = module.to_vec();
+        path.extend(inline.iter().filter(|(_, a, b)| *a < start && start < *b).map(|(n, ..)| n.clone()));
+        let mut end = start;
+        while code[end..].starts_with("super::") {
+            path.pop();
+            end += "super::".len();
+        }
+        match path.first() {
+            Some(top) => found.push((line_of(start), top.clone())),
+            None => found.extend(names_after(&code, end).into_iter().map(|n| (line_of(start), n))),
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -185,11 +329,17 @@ fn graph(src: &Path) -> BTreeMap<String, Vec<Import>> {
     let mut graph: BTreeMap<String, Vec<Import>> = BTreeMap::new();
     for path in files {
         let relative = path.strip_prefix(src).unwrap().to_path_buf();
-        let Some(module) = module_of(&relative) else { continue };
-        let text = std::fs::read_to_string(&path).unwrap();
-        let entry = graph.entry(module.clone()).or_default();
-        for (line, name) in imports_in(&text) {
-            if name != module && !ROOT_ITEMS.contains(&name.as_str()) {
+        let Some(module) = module_path(&relative) else { continue };
+        let top = module[0].clone();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if top == CLI {
+            // The command line is a separate crate: it names the library's modules `reflex::`.
+            text = text.replace("reflex::", "crate::");
+        }
+        let imports = imports_in(&text, &module).unwrap_or_else(|e| panic!("src/{}: {e}", relative.display()));
+        let entry = graph.entry(top.clone()).or_default();
+        for (line, name) in imports {
+            if name != top && !ROOT_ITEMS.contains(&name.as_str()) {
                 entry.push(Import { file: format!("src/{}", relative.display()), line, module: name });
             }
         }
@@ -216,7 +366,7 @@ fn violations(graph: &BTreeMap<String, Vec<Import>>) -> Vec<String> {
             let rule = if module == "api" {
                 "the types layer imports no feature module".to_owned()
             } else if matches!(to, "sandbox" | "demo") {
-                format!("nothing in the operator imports {to}")
+                format!("nothing in the operator imports {to} (only the demo and the command line may)")
             } else if module == "patch" && to == "agent" {
                 "patch never imports agent".to_owned()
             } else if STAGES.contains(&module.as_str()) && to == "controller" {
@@ -295,13 +445,28 @@ fn the_table_names_every_top_level_module_and_only_known_ones() {
 }
 
 /// The checker itself: a stage importing the controller, the types layer importing intake,
-/// an operator module importing the sandbox, and a cycle are all caught — in grouped and
-/// inline paths, and not in comments.
+/// an operator module importing the sandbox, and a cycle are all caught — in grouped, inline
+/// and `super::` paths, after strings that look like comments, and not in comments.
 #[test]
 fn forbidden_imports_and_cycles_are_reported() {
+    let module = |path: &[&str]| path.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>();
+    let names = |text: &str, path: &[&str]| -> Vec<String> {
+        imports_in(text, &module(path)).unwrap().into_iter().map(|(_, n)| n).collect()
+    };
     let text = "use crate::{api::Remediation, controller::stages::Stages};\n// crate::sandbox in a comment\nfn f() { crate::demo::run(); }\n";
-    let names: Vec<String> = imports_in(text).into_iter().map(|(_, n)| n).collect();
-    assert_eq!(names, ["api", "controller", "demo"]);
+    assert_eq!(names(text, &["ci", "dryrun"]), ["api", "controller", "demo"]);
+    // A string holding `/*` or `//` hides nothing after it; a char literal is not a lifetime.
+    let text =
+        "const A: &str = \"*/*\"; const B: &str = \"http://x\"; const C: char = '\\''; use crate::sandbox::Sandbox;\n";
+    assert_eq!(names(text, &["mcp", "server"]), ["sandbox"]);
+    let text = "const R: &str = r#\"crate::demo \" /*\"#; use crate::demo::run;\n";
+    assert_eq!(names(text, &["mcp", "server"]), ["demo"]);
+    // `super::` from a top-level file names the crate root's modules; from a nested file, its own.
+    assert_eq!(names("use super::controller::stages::Stages;\n", &["ports"]), ["controller"]);
+    assert_eq!(names("use super::super::controller::x;\n", &["ci", "dryrun"]), ["controller"]);
+    assert_eq!(names("use super::request::request;\n", &["deploy", "apply"]), ["deploy"]);
+    assert_eq!(names("mod tests { use super::*; }\n", &["ports"]), ["ports"]);
+    assert!(imports_in("use crate as root;\n", &module(&["ci"])).is_err(), "an alias of the crate root hides imports");
 
     let import = |file: &str, module: &str| Import { file: file.into(), line: 1, module: module.into() };
     let mut graph = BTreeMap::new();
@@ -318,4 +483,14 @@ fn forbidden_imports_and_cycles_are_reported() {
     looped.insert("deploy".to_owned(), vec![import("src/deploy/apply.rs", "ci")]);
     looped.insert("ci".to_owned(), vec![import("src/ci/dryrun.rs", "deploy")]);
     assert_eq!(cycle(&looped).as_deref(), Some("ci → deploy → ci"));
+}
+
+/// The crate root only declares modules: an inline module there would escape the table.
+#[test]
+fn the_crate_root_only_declares_modules() {
+    let code = code_only(&std::fs::read_to_string(src().join("lib.rs")).unwrap());
+    assert!(inline_modules(&code).is_empty(), "lib.rs defines a module inline; give it a file");
+    for line in code.lines().map(str::trim).filter(|l| l.contains("mod ")) {
+        assert!(line.starts_with("pub mod ") && line.ends_with(';'), "lib.rs: {line:?} is not a module declaration");
+    }
 }

@@ -36,8 +36,8 @@ fn invalid(message: impl Into<String>) -> StageError {
     StageError::new(ErrorCategory::InvalidSpec, message)
 }
 
-/// A playbook run (one execution of a playbook for one effect): the validated playbook and what it knows (after reading, its reads and
-/// the target as read).
+/// A playbook run (one execution of a playbook within one effect): the validated playbook
+/// and what it knows (after reading, its reads and the target as read).
 pub struct PlaybookRun {
     pub playbook_name: String,
     pub playbook: ValidPlaybook,

@@ -9,11 +9,11 @@
 //! and cost, and a bounded summary of the run in its rationale. When the agent does not
 //! propose: `llm` mode fails the step — escalated or refused → NeedsHuman, budget →
 //! BudgetExhausted, an unreachable model → Transient; `llm-then-playbook` runs the playbook
-//! instead (unless the run was cancelled). The API key is read from the Secret the policy
-//! names, in the Remediation's namespace, for each run. When the policy's playbook delegates
-//! parameters (`delegate: true`), the playbook executor reads first and the model chooses only
-//! those values (`propose_parameters`); the playbook renders the patch, refusing a value
-//! outside its bounds, and the safety check judges it as any other.
+//! instead (unless the agent run was cancelled). The API key is read from the Secret the
+//! policy names, in the Remediation's namespace, for each agent run. When the policy's
+//! playbook delegates parameters (`delegate: true`), the playbook executor reads first and
+//! the model chooses only those values (`propose_parameters`); the playbook renders the
+//! patch, refusing a value outside its bounds, and the safety check judges it as any other.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

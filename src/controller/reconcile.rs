@@ -235,12 +235,14 @@ pub fn error_backoff(key: &str, failures: u32) -> Duration {
     jittered(&Settings::default(), key.bytes(), failures)
 }
 
-/// Which Remediation a failure count belongs to: `namespace/name`.
+/// Which Remediation a failure count belongs to: its uid (a Remediation re-created under the
+/// same name starts afresh), else `namespace/name`.
 fn failure_key(rem: &Remediation) -> String {
-    format!("{}/{}", rem.namespace().unwrap_or_default(), rem.name_any())
+    rem.uid().unwrap_or_else(|| format!("{}/{}", rem.namespace().unwrap_or_default(), rem.name_any()))
 }
 
-/// Consecutive reconcile failures per Remediation; a successful reconcile clears its count.
+/// Consecutive reconcile failures per Remediation, whatever their category; a successful
+/// reconcile clears the count.
 #[derive(Default)]
 pub struct Failures(Mutex<HashMap<String, u32>>);
 

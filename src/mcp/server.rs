@@ -11,11 +11,12 @@
 //! tool and arguments, so an agent asking twice costs one read. Resources
 //! `remediation://NAMESPACE/NAME` and `playbook://NAMESPACE/NAME`; a prompt for diagnosing
 //! an alert.
-
 //!
-//! The server's parts: [`call`] (the call machinery — as the caller, cached, timed out,
-//! cancellable, with progress — and the cache's fast path), [`schema`] (every tool's typed
-//! input and output), [`tools`] (the tool bodies), [`resources`] (resources and the prompt).
+//! The server's parts: [`super::call`] (the server value and the call machinery — as the
+//! caller, cached, timed out, cancellable, with progress — and the cache's fast path),
+//! [`super::schema`] (every tool's typed input and output), [`super::tools`] (the tool
+//! bodies), [`super::resources`] (resources and the prompt); this module builds the server
+//! and answers MCP's server requests.
 
 use std::sync::Arc;
 use std::time::Duration;
