@@ -116,6 +116,7 @@ impl reflex::ports::Deploy for D {
                 applied_digest: None,
                 applied_revision: None,
                 identity: None,
+                field_manager: None,
                 applied_at: None,
             })
         }

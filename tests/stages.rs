@@ -111,3 +111,66 @@ async fn the_playbook_executor_refuses_what_the_patch_safety_check_refuses() {
     let d = Api::<Deployment>::namespaced(client, "default").get("checkout").await.unwrap();
     assert_eq!(d.metadata.generation, Some(1), "nothing was changed");
 }
+
+/// A Remediation named `name` whose proposal `patch` passed CI, as the controller would hand
+/// it to deploy.
+fn tested(name: &str, patch: serde_json::Value) -> Remediation {
+    let mut rem = remediation_with_patch(patch);
+    rem.metadata.name = Some(name.into());
+    rem.metadata.uid = Some(format!("uid-{name}"));
+    let status = rem.status.as_mut().unwrap();
+    let digest = status.proposal.as_ref().unwrap().digest.clone();
+    status.ci = Some(
+        serde_json::from_value(json!({"proposalDigest": digest, "backend": "dryRun", "verdict": "Passed"})).unwrap(),
+    );
+    rem
+}
+
+/// Snapshot and apply `rem`'s change with `deploy`, as the controller does; the Remediation
+/// with its deploy record, ready to be rolled back.
+async fn deployed(deploy: &reflex::deploy::apply::ServerSideApply, mut rem: Remediation) -> Remediation {
+    use reflex::ports::Deploy;
+    let snapshot = deploy.snapshot(input(rem.clone())).await.unwrap();
+    rem.status.as_mut().unwrap().deploy = Some(snapshot);
+    let status = rem.status.as_ref().unwrap();
+    let patch =
+        reflex::patch::TestedPatch::new(status.proposal.as_ref().unwrap(), status.ci.as_ref().unwrap()).unwrap();
+    let record = deploy.apply(input(rem.clone()), patch).await.unwrap();
+    assert_eq!(record.field_manager, Some(format!("reflex-{}", rem.metadata.name.clone().unwrap())));
+    rem.status.as_mut().unwrap().deploy = Some(record);
+    rem
+}
+
+async fn app_container(client: &kube::Client) -> serde_json::Value {
+    let d = Api::<Deployment>::namespaced(client.clone(), "default").get("checkout").await.unwrap();
+    serde_json::to_value(&d.spec.template.spec.unwrap().containers[0]).unwrap()
+}
+
+/// Each Remediation applies under its own field manager: a second change to the same container
+/// leaves the first one's fields intact, and rolling the second back releases only what it
+/// took. (With one shared manager, the image bump's apply dropped the memory limit and
+/// request the raise had set.)
+#[tokio::test]
+async fn successive_remediations_keep_each_others_fields_and_a_rollback_releases_only_its_own() {
+    use reflex::ports::Rollback;
+    let (_sb, client) = setup().await;
+    let deploy = reflex::deploy::apply::ServerSideApply { client: client.clone() };
+    let memory = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
+        "resources": {"limits": {"memory": "250Mi"}, "requests": {"memory": "250Mi"}}}]}}}});
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "c:2"}]}}}});
+
+    deployed(&deploy, tested("raise-memory", memory)).await;
+    let bump = deployed(&deploy, tested("bump-image", image)).await;
+    let app = app_container(&client).await;
+    assert_eq!(app["image"], "c:2");
+    assert_eq!(app["resources"], json!({"limits": {"memory": "250Mi"}, "requests": {"memory": "250Mi"}}), "{app}");
+
+    deploy.rollback(input(bump)).await.unwrap();
+    let app = app_container(&client).await;
+    assert_eq!(app["image"], "c:1", "the bump is rolled back");
+    assert_eq!(
+        app["resources"],
+        json!({"limits": {"memory": "250Mi"}, "requests": {"memory": "250Mi"}}),
+        "the raise is untouched by the other Remediation's rollback: {app}"
+    );
+}

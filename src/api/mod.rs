@@ -34,8 +34,27 @@ pub const GROUP: &str = "reflex.dev";
 pub const VERSION: &str = "v1alpha1";
 /// Finalizer Reflex puts on Remediations so in-flight work is stopped before deletion.
 pub const FINALIZER: &str = "reflex.dev/cleanup";
-/// Field manager for spec changes Reflex makes to workloads.
-pub const MANAGER: &str = "reflex";
+/// The field manager a Remediation's change to its target is applied under: `reflex-<name>`.
+/// Each Remediation owns exactly the fields its change set, so changes by different
+/// Remediations and by people coexist, and a rollback releases only what its Remediation took
+/// (one shared manager would silently drop an earlier change's fields on the next apply).
+/// Field managers are at most 128 characters: a longer name keeps its first 100 and a hash of
+/// the whole, so two Remediations never share a manager.
+pub fn change_manager(remediation: &str) -> String {
+    const MAX: usize = 128;
+    let plain = format!("reflex-{remediation}");
+    if plain.len() <= MAX {
+        return plain;
+    }
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(remediation.as_bytes());
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let mut cut = 100;
+    while !remediation.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("reflex-{}-{hex}", &remediation[..cut])
+}
 /// Field manager for Reflex's own status writes.
 pub const STATUS_MANAGER: &str = "reflex-status";
 

@@ -512,6 +512,10 @@ pub struct DeployRecord {
     /// Identity the apply ran as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The field manager that owns the fields the change set (`reflex-<name>`; a record —
+    /// rollback derives it from the Remediation's name again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_manager: Option<String>,
     /// When the change was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<Time>,

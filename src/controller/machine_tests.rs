@@ -41,6 +41,7 @@ fn snapshot() -> DeployRecord {
         applied_digest: None,
         applied_revision: None,
         identity: None,
+        field_manager: None,
         applied_at: None,
     }
 }

@@ -3,22 +3,23 @@
 //! Contract: the snapshot ([`previous_of`], pure) mirrors the patch's shape with the target's
 //! current values — `null` where a field was absent — keyed list items by their merge keys,
 //! so the rollback restores exactly what the patch changed and nothing else. Strategic-merge
-//! patches without directives are applied as server-side apply configurations under field
-//! manager `reflex` (forced: Reflex takes ownership of exactly the fields it changes); other
-//! patch types are sent as that patch type. Rollback applies the snapshot the same way;
-//! fields that were absent are left out of the configuration, so server-side apply removes
-//! them unless another manager still owns them.
+//! patches without directives are applied as server-side apply configurations under the
+//! Remediation's own field manager (`reflex-<name>`, forced: it takes ownership of exactly the
+//! fields its change sets); other patch types are sent as that patch type. Rollback applies
+//! the snapshot under the same manager; fields that were absent are left out of the
+//! configuration, so server-side apply removes them unless another manager — a person, or
+//! another Remediation — still owns them.
 
 use futures::FutureExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
-use super::request::{apply_config, has_directives, request};
+use super::request::{apply_config, field_manager, has_directives, request};
 use crate::api::playbook::PatchType;
 use crate::api::quantity::parse_quantity;
 use crate::api::remediation::{DeployRecord, RollbackRecord};
-use crate::api::{AnyJson, ErrorCategory, MANAGER};
+use crate::api::{AnyJson, ErrorCategory};
 use crate::cluster::{api_error, as_json, target_api};
 use crate::patch::TestedPatch;
 use crate::patch::merge::{ListType, Lists, list_type, same_key};
@@ -175,6 +176,7 @@ impl Deploy for ServerSideApply {
                 applied_digest: None,
                 applied_revision: None,
                 identity: None,
+                field_manager: None,
                 applied_at: None,
             })
         }
@@ -194,6 +196,7 @@ impl Deploy for ServerSideApply {
             let (params, body) = request(rem, proposal, false)?;
             let obj = api.patch(name, &params, &body).await.map_err(|e| api_error("applying the patch", &e))?;
             record.applied_digest = Some(proposal.digest.clone());
+            record.field_manager = Some(params.field_manager.clone().unwrap_or_default());
             record.applied_revision = revision_of(&obj.metadata);
             record.applied_at = Some(Time(jiff::Timestamp::now()));
             Ok(record)
@@ -242,10 +245,10 @@ impl Rollback for ServerSideApply {
             }
             let obj = if proposal.patch_type == PatchType::Strategic && !has_directives(&proposal.patch.0) {
                 let config = apply_config(rem, &restore_config(&record.previous.0));
-                api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(config)).await
+                api.patch(name, &PatchParams::apply(&field_manager(rem)).force(), &Patch::Apply(config)).await
             } else {
                 // The deploy was a plain patch: undo it the same way (nulls delete).
-                let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
+                let params = PatchParams { field_manager: Some(field_manager(rem)), ..PatchParams::default() };
                 let undo = match proposal.patch_type {
                     PatchType::Merge => Patch::Merge(record.previous.0.clone()),
                     _ => Patch::Strategic(restore_strategic(&record.previous.0)),

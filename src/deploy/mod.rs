@@ -1,5 +1,6 @@
 //! Deploy and rollback: snapshot the fields a patch touches, apply it with server-side
-//! apply (field manager `reflex`) as the gate's identity, and restore the snapshot.
+//! apply (under the Remediation's own field manager, `reflex-<name>`), and restore the
+//! snapshot.
 //!
 //! Contract: implements the ports `Deploy` and `Rollback` ([`apply::ServerSideApply`]).
 //! `apply` only accepts a `TestedPatch`; the snapshot is recorded in status before `apply` is

@@ -2,16 +2,16 @@
 //! with `dryRun=All`; deploy sends it for real — so what deploys is exactly what was tested.
 //!
 //! Contract: pure. A strategic-merge patch without directives or deletions becomes a forced
-//! server-side apply configuration under field manager `reflex` (Reflex takes ownership of
-//! exactly the fields it changes); any other patch is sent as its own patch type under the
-//! same field manager.
+//! server-side apply configuration under the Remediation's own field manager
+//! (`reflex-<name>`: it takes ownership of exactly the fields it changes, and no other
+//! Remediation's); any other patch is sent as its own patch type under the same manager.
 
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::api::playbook::PatchType;
 use crate::api::remediation::{Proposal, Remediation};
-use crate::api::{ErrorCategory, MANAGER};
+use crate::api::{ErrorCategory, change_manager};
 use crate::ports::StageError;
 
 /// The request that deploys `proposal` (with `dry_run`, the request CI sends): a forced
@@ -21,13 +21,20 @@ pub fn request(
     proposal: &Proposal,
     dry_run: bool,
 ) -> Result<(PatchParams, Patch<Value>), StageError> {
+    let manager = field_manager(rem);
     if proposal.patch_type == PatchType::Strategic && !has_directives(&proposal.patch.0) {
-        let mut params = PatchParams::apply(MANAGER).force();
+        let mut params = PatchParams::apply(&manager).force();
         params.dry_run = dry_run;
         return Ok((params, Patch::Apply(apply_config(rem, &proposal.patch.0))));
     }
-    let params = PatchParams { field_manager: Some(MANAGER.to_owned()), dry_run, ..PatchParams::default() };
+    let params = PatchParams { field_manager: Some(manager), dry_run, ..PatchParams::default() };
     Ok((params, as_patch(proposal)?))
+}
+
+/// The field manager `rem`'s change is applied (and rolled back) under: its own, derived from
+/// its name ([`change_manager`]) — never read from status.
+pub fn field_manager(rem: &Remediation) -> String {
+    change_manager(rem.metadata.name.as_deref().unwrap_or_default())
 }
 
 /// The kube patch for a proposal, as its own patch type.
