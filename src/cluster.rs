@@ -62,6 +62,14 @@ pub fn as_json(object: &DynamicObject) -> StageResult<Value> {
     serde_json::to_value(object).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))
 }
 
+/// Which version of an object this is, as far as its spec goes: its generation, or (for kinds
+/// without a spec, such as ConfigMaps) its resourceVersion.
+pub fn revision_of(meta: &kube::api::ObjectMeta) -> Option<String> {
+    meta.generation
+        .map(|g| format!("generation {g}"))
+        .or_else(|| meta.resource_version.as_ref().map(|r| format!("resourceVersion {r}")))
+}
+
 /// Loads and validates a playbook.
 pub async fn load_playbook(client: &kube::Client, namespace: &str, name: &str) -> StageResult<ValidPlaybook> {
     let api: Api<Playbook> = Api::namespaced(client.clone(), namespace);

@@ -157,12 +157,14 @@ pub fn stages(
         prices: Arc::new(prices),
         audit: Arc::new(LogAudit),
     });
-    let deploy = Arc::new(crate::deploy::apply::ServerSideApply { client: client.clone() });
+    let gate = Arc::new(crate::gate::trust::TrustGate { client: client.clone() });
+    // Deploy asks the same gate again just before it writes.
+    let deploy = Arc::new(crate::deploy::apply::ServerSideApply { client: client.clone(), gate: gate.clone() });
     Stages {
         diagnose: Some(agent.clone()),
         propose: Some(agent),
         test: Some(Arc::new(crate::ci::dryrun::DryRun { client: client.clone() })),
-        gate: Some(Arc::new(crate::gate::trust::TrustGate { client: client.clone() })),
+        gate: Some(gate),
         deploy: Some(deploy.clone()),
         verify: Some(Arc::new(crate::verify::sampler::Sampler { client, metrics })),
         rollback: Some(deploy),

@@ -92,6 +92,7 @@ impl reflex::ports::Test for D {
                 verdict: CiVerdict::Passed,
                 messages: vec![],
                 reference: None,
+                target_revision: None,
             })
         }
         .boxed()

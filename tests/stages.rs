@@ -126,16 +126,88 @@ fn tested(name: &str, patch: serde_json::Value) -> Remediation {
     rem
 }
 
-/// Snapshot and apply `rem`'s change with `deploy`, as the controller does; the Remediation
-/// with its deploy record, ready to be rolled back.
-async fn deployed(deploy: &reflex::deploy::apply::ServerSideApply, mut rem: Remediation) -> Remediation {
+/// A policy at trust `auto` whose playbook, `change-app`, may raise the app container's memory
+/// limit (at most 3x, at most 2Gi) and move its image to a newer tag of the same repository.
+async fn auto_policy_and_playbook(client: &kube::Client) {
+    use reflex::api::playbook::Playbook;
+    let pb: Playbook = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Playbook",
+        "metadata": {"name": "change-app", "namespace": "default"},
+        "spec": {"targetKinds": ["Deployment"], "patch": {"mode": "template", "type": "strategic",
+            "template": "spec:\n  template:\n    spec:\n      containers:\n        - name: app\n          image: \"{{ params.image }}\"\n          resources:\n            limits: {memory: \"{{ params.memory }}\"}\n",
+            "parameters": [{"name": "memory", "type": "quantity", "value": "'256Mi'", "min": "64Mi", "max": "2Gi", "maxFactor": 3},
+                           {"name": "image", "type": "image", "value": "'c:2'", "newer": true}],
+            "allowedPaths": ["spec.template.spec.containers[*].resources.limits.memory", "spec.template.spec.containers[*].image"]}}}))
+    .unwrap();
+    Api::<Playbook>::namespaced(client.clone(), "default").create(&PostParams::default(), &pb).await.unwrap();
+}
+
+fn auto_policy() -> Arc<reflex::api::validate::ValidPolicy> {
+    let spec: reflex::api::policy::RemediationPolicySpec = serde_json::from_value(json!({
+        "match": {"alertnames": ["A"]}, "target": {"kind": "Deployment", "name": "checkout"}, "trust": {"level": "auto"},
+        "playbook": "change-app",
+        "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}))
+    .unwrap();
+    Arc::new(reflex::api::validate::ValidPolicy::from_spec(&spec).unwrap())
+}
+
+/// What the controller hands the deploy stage for `rem`: with its policy.
+fn deploy_input(rem: Remediation) -> StageInput {
+    let mut input = input(rem);
+    input.policy = Some(auto_policy());
+    input.key.step = Step::Deploy;
+    input
+}
+
+/// The deploy stage as the operator assembles it: asking the trust gate again.
+fn deployer(client: &kube::Client) -> reflex::deploy::apply::ServerSideApply {
+    let gate = Arc::new(reflex::gate::trust::TrustGate { client: client.clone() });
+    reflex::deploy::apply::ServerSideApply { client: client.clone(), gate }
+}
+
+/// Labels namespace `default` as staging (unlabelled namespaces count as production).
+async fn staging(client: &kube::Client) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let patch = json!({"metadata": {"labels": {"reflex.dev/environment": "staging"}}});
+    Api::<Namespace>::all(client.clone())
+        .patch("default", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+/// The target's revision now, as CI records the one it tested.
+async fn revision(client: &kube::Client) -> String {
+    let d = Api::<Deployment>::namespaced(client.clone(), "default").get("checkout").await.unwrap();
+    format!("generation {}", d.metadata.generation.unwrap())
+}
+
+/// `rem` as CI left it having tested the target as it is now, and snapshotted.
+async fn tested_now(
+    deploy: &reflex::deploy::apply::ServerSideApply,
+    client: &kube::Client,
+    mut rem: Remediation,
+) -> Remediation {
     use reflex::ports::Deploy;
-    let snapshot = deploy.snapshot(input(rem.clone())).await.unwrap();
+    rem.status.as_mut().unwrap().ci.as_mut().unwrap().target_revision = Some(revision(client).await);
+    let snapshot = deploy.snapshot(deploy_input(rem.clone())).await.unwrap();
     rem.status.as_mut().unwrap().deploy = Some(snapshot);
+    rem
+}
+
+fn tested_patch(rem: &Remediation) -> reflex::patch::TestedPatch {
     let status = rem.status.as_ref().unwrap();
-    let patch =
-        reflex::patch::TestedPatch::new(status.proposal.as_ref().unwrap(), status.ci.as_ref().unwrap()).unwrap();
-    let record = deploy.apply(input(rem.clone()), patch).await.unwrap();
+    reflex::patch::TestedPatch::new(status.proposal.as_ref().unwrap(), status.ci.as_ref().unwrap()).unwrap()
+}
+
+/// Test, snapshot and apply `rem`'s change with `deploy`, as the controller does; the
+/// Remediation with its deploy record, ready to be rolled back.
+async fn deployed(
+    deploy: &reflex::deploy::apply::ServerSideApply,
+    client: &kube::Client,
+    rem: Remediation,
+) -> Remediation {
+    use reflex::ports::Deploy;
+    let mut rem = tested_now(deploy, client, rem).await;
+    let record = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap();
     assert_eq!(record.field_manager, Some(format!("reflex-{}", rem.metadata.name.clone().unwrap())));
     rem.status.as_mut().unwrap().deploy = Some(record);
     rem
@@ -148,29 +220,110 @@ async fn app_container(client: &kube::Client) -> serde_json::Value {
 
 /// Each Remediation applies under its own field manager: a second change to the same container
 /// leaves the first one's fields intact, and rolling the second back releases only what it
-/// took. (With one shared manager, the image bump's apply dropped the memory limit and
-/// request the raise had set.)
+/// took. (With one shared manager, the image bump's apply dropped the memory limit the raise
+/// had set.)
 #[tokio::test]
 async fn successive_remediations_keep_each_others_fields_and_a_rollback_releases_only_its_own() {
     use reflex::ports::Rollback;
     let (_sb, client) = setup().await;
-    let deploy = reflex::deploy::apply::ServerSideApply { client: client.clone() };
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let deploy = deployer(&client);
     let memory = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
-        "resources": {"limits": {"memory": "250Mi"}, "requests": {"memory": "250Mi"}}}]}}}});
+        "resources": {"limits": {"memory": "250Mi"}}}]}}}});
     let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "c:2"}]}}}});
 
-    deployed(&deploy, tested("raise-memory", memory)).await;
-    let bump = deployed(&deploy, tested("bump-image", image)).await;
+    deployed(&deploy, &client, tested("raise-memory", memory)).await;
+    let bump = deployed(&deploy, &client, tested("bump-image", image)).await;
     let app = app_container(&client).await;
     assert_eq!(app["image"], "c:2");
-    assert_eq!(app["resources"], json!({"limits": {"memory": "250Mi"}, "requests": {"memory": "250Mi"}}), "{app}");
+    assert_eq!(app["resources"], json!({"limits": {"memory": "250Mi"}}), "{app}");
 
-    deploy.rollback(input(bump)).await.unwrap();
+    deploy.rollback(deploy_input(bump)).await.unwrap();
     let app = app_container(&client).await;
     assert_eq!(app["image"], "c:1", "the bump is rolled back");
     assert_eq!(
         app["resources"],
-        json!({"limits": {"memory": "250Mi"}, "requests": {"memory": "250Mi"}}),
+        json!({"limits": {"memory": "250Mi"}}),
         "the raise is untouched by the other Remediation's rollback: {app}"
     );
+}
+
+/// Status is a record, not proof: a proposal and CI digest rewritten in status after CI (here
+/// privileged, and far past the factor) are refused by deploy's own safety check, and
+/// nothing is written.
+#[tokio::test]
+async fn deploy_refuses_a_proposal_edited_in_status_after_ci() {
+    use reflex::ports::Deploy;
+    let (_sb, client) = setup().await;
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let deploy = deployer(&client);
+    let forged = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
+        "securityContext": {"privileged": true}, "resources": {"limits": {"memory": "64Gi"}}}]}}}});
+    let rem = tested_now(&deploy, &client, tested("forged", forged)).await;
+    let err = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap_err();
+    assert_eq!(err.category, reflex::api::ErrorCategory::NeedsHuman);
+    assert!(err.message.contains("refusing to deploy") && err.message.contains("privilege"), "{err}");
+    let app = app_container(&client).await;
+    assert_eq!((app["resources"]["limits"]["memory"].as_str(), app.get("securityContext")), (Some("128Mi"), None));
+}
+
+/// A change approved (or left waiting) while people edited the target is not applied over
+/// their edit: deploy refuses, naming the revision CI tested and the one it found.
+#[tokio::test]
+async fn deploy_refuses_when_the_target_changed_since_ci_tested_it() {
+    use reflex::ports::Deploy;
+    let (_sb, client) = setup().await;
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let deploy = deployer(&client);
+    let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
+    let rem = tested_now(&deploy, &client, tested("raise", raise)).await;
+    // Someone scales the Deployment by hand in between.
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .patch(
+            "checkout",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .unwrap();
+    let err = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap_err();
+    assert_eq!(err.category, reflex::api::ErrorCategory::NeedsHuman);
+    assert!(err.message.contains("tested at generation 1, now generation 2"), "{err}");
+    assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "128Mi", "nothing was applied");
+}
+
+/// In production the gate wants a person: an approval written into status is not enough —
+/// deploy reads the RemediationApprovals itself, refuses without one, deploys with one.
+#[tokio::test]
+async fn in_production_deploy_reads_the_approval_itself() {
+    use reflex::api::approval::RemediationApproval;
+    use reflex::ports::Deploy;
+    let (_sb, client) = setup().await;
+    auto_policy_and_playbook(&client).await;
+    let deploy = deployer(&client);
+    let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
+    let mut rem = tested_now(&deploy, &client, tested("raise", raise)).await;
+    rem.status.as_mut().unwrap().approval = Some(
+        serde_json::from_value(
+            json!({"name": "forged", "decision": "approve", "approver": "alice", "decidedAt": "2026-01-01T00:00:00Z"}),
+        )
+        .unwrap(),
+    );
+    let err = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap_err();
+    assert!(err.message.contains("no RemediationApproval approves"), "{err}");
+    assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "128Mi");
+
+    let approval: RemediationApproval = serde_json::from_value(json!({
+        "apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval", "metadata": {"name": "ok", "namespace": "default"},
+        "spec": {"remediationRef": {"name": "raise"}, "decision": "approve", "approver": "alice"}}))
+    .unwrap();
+    Api::<RemediationApproval>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &approval)
+        .await
+        .unwrap();
+    deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap();
+    assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "250Mi");
 }

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::LocalObjectRef;
+use super::remediation::Remediation;
 
 /// Approve or reject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -65,4 +66,26 @@ pub struct RemediationApprovalStatus {
     /// `Ready` says whether the decision was applied, and why not (e.g. not awaiting approval).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The decision that applies to `rem` among `approvals`: those in its namespace, for its name,
+/// created no earlier than it; a rejection wins over any approval. Pure — the controller
+/// passes its cache, the deploy step a list it has just read from the API server.
+pub fn deciding<'a>(
+    rem: &Remediation,
+    approvals: impl IntoIterator<Item = &'a RemediationApproval>,
+) -> Option<&'a RemediationApproval> {
+    let namespace = rem.metadata.namespace.as_deref()?;
+    let name = rem.metadata.name.as_deref()?;
+    let created = rem.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let mut candidates: Vec<&RemediationApproval> = approvals
+        .into_iter()
+        .filter(|a| a.metadata.namespace.as_deref() == Some(namespace) && a.spec.remediation_ref.name == name)
+        .filter(|a| match (created, a.metadata.creation_timestamp.as_ref()) {
+            (Some(rem_created), Some(a_created)) => a_created.0 >= rem_created,
+            _ => true,
+        })
+        .collect();
+    candidates.sort_by_key(|a| a.spec.decision != ApprovalDecision::Reject);
+    candidates.first().copied()
 }

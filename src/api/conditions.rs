@@ -78,6 +78,9 @@ pub mod reason {
     pub const AGENT_ESCALATED: &str = "AgentEscalated";
     /// The gate decided only humans may act.
     pub const HUMANS_ONLY: &str = "HumansOnly";
+    /// Deploy's own re-check refused the change before writing anything (the patch-safety
+    /// verdict now, the target changed since CI, the gate or an approval).
+    pub const DEPLOY_REFUSED: &str = "DeployRefused";
     /// Reverting failed; humans must look.
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     /// The referenced RemediationPolicy does not exist.

@@ -452,6 +452,10 @@ pub struct CiResult {
     /// Job name or pull-request URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// The target's revision CI tested against (`generation N`, or `resourceVersion R` for
+    /// kinds without a spec): deploy refuses when the target has changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
 }
 
 /// What the gate decided.

@@ -13,7 +13,7 @@ use futures::FutureExt;
 use crate::api::ErrorCategory;
 use crate::api::remediation::{CiBackend, CiResult, CiVerdict};
 use crate::api::validate::ValidCi;
-use crate::cluster::{api_category, as_json, rules_for, target_api};
+use crate::cluster::{api_category, as_json, revision_of, rules_for, target_api};
 use crate::patch::safety::{Proposed, Target, check};
 use crate::ports::{StageError, StageFuture, StageInput, StageResult, Test};
 
@@ -51,7 +51,9 @@ async fn dry_run(client: kube::Client, input: StageInput) -> StageResult<CiResul
     // The patch-safety check again, here where the proposal is tested: independent of
     // whoever wrote it, and of anything that edited the status since.
     let target = &rem.spec.target;
-    let current = as_json(&crate::cluster::read_target(&client, rem).await?)?;
+    let live = crate::cluster::read_target(&client, rem).await?;
+    let current = as_json(&live)?;
+    let target_revision = revision_of(&live.metadata);
     let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
     let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
     let result = |verdict, messages| CiResult {
@@ -60,6 +62,7 @@ async fn dry_run(client: kube::Client, input: StageInput) -> StageResult<CiResul
         verdict,
         messages,
         reference: None,
+        target_revision: target_revision.clone(),
     };
     let verdict = check(&rules, &allowed, &current, &proposed);
     if !verdict.allowed() {

@@ -417,10 +417,13 @@ impl Machine<'_> {
                 let category = last.category.unwrap_or(ErrorCategory::Transient);
                 let why = last.message.clone().unwrap_or_else(|| category.as_str().to_owned());
                 if category == ErrorCategory::NeedsHuman {
-                    // After deploy the change is undone first, as for any failure there.
-                    let dest =
-                        if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };
-                    return to(dest, reason::AGENT_ESCALATED, format!("{step}: {why}"));
+                    // After deploy the change is undone first, as for any failure there. The
+                    // deploy step itself refuses only before it writes (its re-check), so
+                    // there is nothing to undo.
+                    let after_deploy = give_up.exhausted == Phase::RollingBack && step != Step::Deploy;
+                    let dest = if after_deploy { Phase::RollingBack } else { Phase::Escalated };
+                    let r = if step == Step::Deploy { reason::DEPLOY_REFUSED } else { reason::AGENT_ESCALATED };
+                    return to(dest, r, format!("{step}: {why}"));
                 }
                 if category == ErrorCategory::BudgetExhausted {
                     let dest =

@@ -31,6 +31,7 @@ fn ci(verdict: CiVerdict, digest: &str) -> CiResult {
         verdict,
         messages: vec!["dry-run: field is immutable".into()],
         reference: None,
+        target_revision: None,
     }
 }
 
@@ -480,6 +481,17 @@ fn approval_decides_between_deploy_and_cancel() {
     assert!(check(&d, &Expect::To(Phase::Deploying, r::APPROVED)));
     let d = run(Phase::AwaitingApproval, |s| s.approval = Some(rec(ApprovalDecision::Reject)));
     assert!(check(&d, &Expect::To(Phase::Cancelled, r::APPROVAL_REJECTED)));
+}
+
+/// The deploy step's re-check refuses before anything is written: the Remediation escalates
+/// to a human with the reason, and nothing is rolled back.
+#[test]
+fn a_deploy_refused_by_its_recheck_escalates_without_a_rollback() {
+    let d = run(Phase::Deploying, |s| {
+        s.deploy = Some(snapshot());
+        s.push_step(record(Step::Deploy, 1, StepState::Failed, Some(ErrorCategory::NeedsHuman), 9));
+    });
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::DEPLOY_REFUSED)), "{d:?}");
 }
 
 #[test]

@@ -35,12 +35,11 @@ use super::effects::Effects;
 use super::machine::{Observations, PolicyView, Settings, jittered};
 use super::plan::{Plan, TransitionRecord, plan};
 use super::stages::Stages;
+use crate::api::approval::deciding;
 use crate::api::conditions::{self, ConditionType};
 use crate::api::remediation::{ApprovalRecord, Phase, RemediationStatus, Step};
 use crate::api::validate::ValidPolicy;
-use crate::api::{
-    ApprovalDecision, ErrorCategory, FINALIZER, Remediation, RemediationApproval, RemediationPolicy, STATUS_MANAGER,
-};
+use crate::api::{ErrorCategory, FINALIZER, Remediation, RemediationApproval, RemediationPolicy, STATUS_MANAGER};
 use crate::cluster::api_category;
 use crate::ports::{EffectKey, StageInput};
 
@@ -371,25 +370,10 @@ fn observe_policy(ctx: &Context, namespace: &str, name: &str) -> (PolicyView, Op
     }
 }
 
-/// The decision that applies to `rem`: approvals created after it, for it; a rejection
-/// wins over any approval.
+/// The decision that applies to `rem` among the cached approvals (`approval::deciding`).
 fn observe_approval(ctx: &Context, rem: &Remediation, now: Timestamp) -> Option<ApprovalRecord> {
-    let namespace = rem.namespace()?;
-    let created = rem.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    let mut candidates: Vec<_> = ctx
-        .approvals
-        .state()
-        .into_iter()
-        .filter(|a| {
-            a.namespace().as_deref() == Some(namespace.as_str()) && a.spec.remediation_ref.name == rem.name_any()
-        })
-        .filter(|a| match (created, a.metadata.creation_timestamp.as_ref()) {
-            (Some(rem_created), Some(a_created)) => a_created.0 >= rem_created,
-            _ => true,
-        })
-        .collect();
-    candidates.sort_by_key(|a| a.spec.decision != ApprovalDecision::Reject);
-    candidates.first().map(|a| ApprovalRecord {
+    let approvals = ctx.approvals.state();
+    deciding(rem, approvals.iter().map(AsRef::as_ref)).map(|a| ApprovalRecord {
         name: a.name_any(),
         decision: a.spec.decision,
         approver: a.spec.approver.clone(),

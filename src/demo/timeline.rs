@@ -205,6 +205,7 @@ mod tests {
             verdict: CiVerdict::Passed,
             messages: vec!["ok".into()],
             reference: None,
+            target_revision: None,
         };
         let b = RemediationStatus { ci: Some(ci), ..Default::default() };
         let lines = changes(&a, &b, &json!({}), Duration::from_millis(1500));

@@ -15,16 +15,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
+use std::sync::Arc;
+
+use super::recheck::recheck;
 use super::request::{apply_config, field_manager, has_directives, request};
 use crate::api::playbook::PatchType;
 use crate::api::quantity::parse_quantity;
 use crate::api::remediation::{DeployRecord, RollbackRecord};
 use crate::api::{AnyJson, ErrorCategory};
-use crate::cluster::{api_error, as_json, target_api};
+use crate::cluster::{api_error, as_json, revision_of, target_api};
 use crate::patch::TestedPatch;
 use crate::patch::merge::{ListType, Lists, list_type, same_key};
 use crate::patch::tree::touched_as;
-use crate::ports::{Deploy, Rollback, StageError, StageFuture, StageInput};
+use crate::ports::{Deploy, Gate, Rollback, StageError, StageFuture, StageInput};
 
 /// Marks a list item the patch added (it did not exist before).
 const ABSENT: &str = "$absent";
@@ -153,6 +156,8 @@ pub fn drifted(applied: &Value, current: &Value, patch_type: PatchType) -> Vec<S
 #[derive(Clone)]
 pub struct ServerSideApply {
     pub client: kube::Client,
+    /// The gate deploy asks again, just before it writes ([`super::recheck`]).
+    pub gate: Arc<dyn Gate>,
 }
 
 impl Deploy for ServerSideApply {
@@ -184,13 +189,15 @@ impl Deploy for ServerSideApply {
     }
 
     fn apply(&self, input: StageInput, patch: TestedPatch) -> StageFuture<DeployRecord> {
-        let client = self.client.clone();
+        let (client, gate) = (self.client.clone(), self.gate.clone());
         async move {
             let rem = &input.remediation;
             let mut record = rem.status.as_ref().and_then(|s| s.deploy.clone()).ok_or_else(|| {
                 StageError::new(ErrorCategory::InvalidSpec, "no snapshot is recorded; refusing to deploy")
             })?;
             let proposal = patch.proposal();
+            // Status is a record, not proof: everything the change relies on, checked again.
+            recheck(&client, gate.as_ref(), &input, proposal).await?;
             let api = target_api(&client, rem);
             let name = &rem.spec.target.name;
             let (params, body) = request(rem, proposal, false)?;
@@ -270,14 +277,6 @@ impl Rollback for ServerSideApply {
         }
         .boxed()
     }
-}
-
-/// Which version of the object a write produced: its generation, or (for kinds without a
-/// spec, such as ConfigMaps) its resourceVersion.
-fn revision_of(meta: &kube::api::ObjectMeta) -> Option<String> {
-    meta.generation
-        .map(|g| format!("generation {g}"))
-        .or_else(|| meta.resource_version.as_ref().map(|r| format!("resourceVersion {r}")))
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 //! snapshot.
 //!
 //! Contract: implements the ports `Deploy` and `Rollback` ([`apply::ServerSideApply`]).
-//! `apply` only accepts a `TestedPatch`; the snapshot is recorded in status before `apply` is
-//! ever called. [`request`] builds the one request that deploys a proposal, which CI
-//! dry-runs unchanged.
+//! `apply` only accepts a `TestedPatch`, and before it writes it re-derives everything it
+//! relies on ([`recheck`]: safety, the target unchanged since CI, the gate and approvals);
+//! the snapshot is recorded in status before `apply` is ever called. [`request`] builds the
+//! one request that deploys a proposal, which CI dry-runs unchanged.
 
 pub mod apply;
+pub mod recheck;
 pub mod request;

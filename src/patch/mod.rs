@@ -85,6 +85,7 @@ mod tests {
             verdict,
             messages: vec![],
             reference: None,
+            target_revision: None,
         }
     }
 

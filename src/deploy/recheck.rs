@@ -1,0 +1,149 @@
+//! What deploy re-derives before it changes anything. Status is a record, never proof:
+//! whoever can write `remediations/status` could claim a proposal was tested or approved.
+//! So just before the write, deploy checks again, from the API server:
+//!
+//! - the patch-safety verdict, against the live target and the rules of the policy's
+//!   playbook as they are now (or the kind's defaults);
+//! - that the target's spec has not changed since CI tested the patch (people's edits are
+//!   not overwritten: the change is tested again instead);
+//! - the gate's decision as it is now (trust, environment), and — when the gate wants a
+//!   human — a `RemediationApproval` read from the API server that approves this Remediation
+//!   and none that rejects it.
+//!
+//! Contract: reads only. A refusal is a `NeedsHuman` stage error naming what failed; nothing
+//! has been written when it is returned, so the Remediation escalates without a rollback.
+
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+
+use crate::api::ErrorCategory;
+use crate::api::approval::{ApprovalDecision, RemediationApproval, deciding};
+use crate::api::remediation::{CiResult, GateDecision, GateResult, Proposal};
+use crate::cluster::{api_error, as_json, read_target, revision_of, rules_for};
+use crate::patch::safety::{Proposed, Target, check};
+use crate::ports::{Gate, StageError, StageInput, StageResult};
+
+/// Everything deploy relies on, re-derived; the live target (as JSON) when the tested
+/// `proposal` may be applied now.
+pub async fn recheck(
+    client: &kube::Client,
+    gate: &dyn Gate,
+    input: &StageInput,
+    proposal: &Proposal,
+) -> StageResult<Value> {
+    let rem = &input.remediation;
+    if input.policy.is_none() {
+        return Err(refuse("the policy is missing or invalid, so nothing can be re-checked"));
+    }
+    let live = read_target(client, rem).await?;
+    let tested = rem.status.as_ref().and_then(|s| s.ci.as_ref());
+    unchanged_since_test(tested, revision_of(&live.metadata).as_deref()).map_err(|m| refuse(&m))?;
+    let current = as_json(&live)?;
+
+    let rules = rules_for(client, input).await?;
+    let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+    let target = &rem.spec.target;
+    let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
+    let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
+    let verdict = check(&rules, &allowed, &current, &proposed);
+    if !verdict.allowed() {
+        return Err(refuse(&format!("the patch-safety check refuses the patch now: {}", verdict.summary())));
+    }
+
+    let decision = gate.gate(input.clone()).await?;
+    let approvals = if decision.decision == GateDecision::ApprovalRequired {
+        Api::<RemediationApproval>::namespaced(client.clone(), &namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_error("reading the approvals", &e))?
+            .items
+    } else {
+        Vec::new()
+    };
+    gate_allows(&decision, deciding(rem, &approvals)).map_err(|m| refuse(&m))?;
+    Ok(current)
+}
+
+fn refuse(why: &str) -> StageError {
+    StageError::new(ErrorCategory::NeedsHuman, format!("refusing to deploy: {why}"))
+}
+
+/// The target is at the revision CI tested (`generation N`, or `resourceVersion R`).
+pub fn unchanged_since_test(tested: Option<&CiResult>, now: Option<&str>) -> Result<(), String> {
+    match (tested.and_then(|ci| ci.target_revision.as_deref()), now) {
+        (Some(then), Some(now)) if then == now => Ok(()),
+        (Some(then), Some(now)) => Err(format!(
+            "the target changed since CI tested the patch (tested at {then}, now {now}); test the change again"
+        )),
+        (None, _) => Err("CI recorded no revision of the target it tested; test the change again".to_owned()),
+        (Some(_), None) => Err("the target reports no revision to compare with what CI tested".to_owned()),
+    }
+}
+
+/// The gate's decision now, with the approval that applies when it wants one.
+pub fn gate_allows(gate: &GateResult, approval: Option<&RemediationApproval>) -> Result<(), String> {
+    match (gate.decision, approval) {
+        (GateDecision::Approved, _) => Ok(()),
+        (GateDecision::Denied, _) => Err(format!("the gate denies the change: {}", gate.reason)),
+        (GateDecision::ApprovalRequired, Some(a)) if a.spec.decision == ApprovalDecision::Approve => Ok(()),
+        (GateDecision::ApprovalRequired, Some(a)) => Err(format!(
+            "{} rejected it (RemediationApproval {})",
+            a.spec.approver,
+            a.metadata.name.as_deref().unwrap_or("")
+        )),
+        (GateDecision::ApprovalRequired, None) => Err(format!(
+            "the gate requires approval ({}) and no RemediationApproval approves this Remediation",
+            gate.reason
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::remediation::{CiBackend, CiVerdict};
+
+    fn ci(revision: Option<&str>) -> CiResult {
+        CiResult {
+            proposal_digest: "sha256:x".into(),
+            backend: CiBackend::DryRun,
+            verdict: CiVerdict::Passed,
+            messages: vec![],
+            reference: None,
+            target_revision: revision.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_target_changed_since_ci_is_tested_again_not_overwritten() {
+        assert_eq!(unchanged_since_test(Some(&ci(Some("generation 2"))), Some("generation 2")), Ok(()));
+        let changed = unchanged_since_test(Some(&ci(Some("generation 2"))), Some("generation 3")).unwrap_err();
+        assert!(changed.contains("tested at generation 2, now generation 3"), "{changed}");
+        assert!(unchanged_since_test(Some(&ci(None)), Some("generation 2")).is_err(), "no recorded revision: no proof");
+        assert!(unchanged_since_test(None, Some("generation 2")).is_err());
+    }
+
+    fn approval(decision: &str) -> RemediationApproval {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval",
+            "metadata": {"name": "a1", "namespace": "shop"},
+            "spec": {"remediationRef": {"name": "r"}, "decision": decision, "approver": "alice"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_gate_is_decided_again_and_an_approval_must_be_there_now() {
+        let gate = |decision| GateResult { decision, reason: "production, trust auto".into(), identity: None };
+        assert_eq!(gate_allows(&gate(GateDecision::Approved), None), Ok(()));
+        assert!(
+            gate_allows(&gate(GateDecision::Denied), Some(&approval("approve"))).is_err(),
+            "an approval cannot override a denial"
+        );
+        assert_eq!(gate_allows(&gate(GateDecision::ApprovalRequired), Some(&approval("approve"))), Ok(()));
+        let rejected = gate_allows(&gate(GateDecision::ApprovalRequired), Some(&approval("reject"))).unwrap_err();
+        assert!(rejected.contains("alice rejected"), "{rejected}");
+        let missing = gate_allows(&gate(GateDecision::ApprovalRequired), None).unwrap_err();
+        assert!(missing.contains("no RemediationApproval approves"), "{missing}");
+    }
+}
