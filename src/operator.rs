@@ -20,8 +20,9 @@ use crate::agent::executor::PlaybookExecutor;
 use crate::agent::llm::Price;
 use crate::agent::stage::AgentStage;
 use crate::agent::tools::{Loopback, ToolSource};
+use crate::controller::leader;
+use crate::controller::reconcile::{self, Guards};
 use crate::controller::stages::Stages;
-use crate::controller::{leader, reconcile};
 use crate::intake::webhook::{self, Intake};
 use crate::mcp::client::{Audit, LogAudit};
 use crate::mcp::identity::Identities;
@@ -65,6 +66,8 @@ pub struct Operator {
     pub intake: Arc<Intake>,
     /// `/alerts` and `/mcp`.
     pub router: axum::Router,
+    /// What the controller enforces before every effect (the kill switch intake obeys too).
+    pub guards: Guards,
 }
 
 impl Operator {
@@ -101,9 +104,10 @@ impl Operator {
         };
         let identities = Arc::new(Identities::new(client.clone(), kube_config));
         let mcp = crate::mcp::router(ReflexMcp::new(backends), identities, mcp_allowed_hosts, stop.clone());
+        let guards = Guards { kill_switch: webhook.kill_switch.clone() };
         let intake = Intake::start(client.clone(), webhook);
         let router = webhook::router(intake.clone()).merge(mcp);
-        Self { stages: stages(client.clone(), metrics, tools, prices), client, intake, router }
+        Self { stages: stages(client.clone(), metrics, tools, prices), client, intake, router, guards }
     }
 
     /// Serves `/alerts` and `/mcp` on `listener` until `stop`.
@@ -128,10 +132,10 @@ impl Operator {
         election: Option<leader::Election>,
         shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     ) -> Result<(), leader::ElectionError> {
-        let (client, stages) = (self.client.clone(), self.stages.clone());
+        let (client, stages, guards) = (self.client.clone(), self.stages.clone(), self.guards.clone());
         match election {
-            None => Ok(reconcile::run(client, stages, shutdown).await?),
-            Some(election) => leader::run_elected(client, stages, election, shutdown).await,
+            None => Ok(reconcile::run(client, stages, guards, shutdown).await?),
+            Some(election) => leader::run_elected(client, stages, guards, election, shutdown).await,
         }
     }
 }

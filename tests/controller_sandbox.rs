@@ -200,13 +200,36 @@ async fn create_remediation(client: &kube::Client, name: &str) {
 }
 
 fn spawn_controller(client: &kube::Client, stages: Stages) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    spawn_guarded(client, stages, Default::default())
+}
+
+fn spawn_guarded(
+    client: &kube::Client,
+    stages: Stages,
+    guards: reflex::controller::reconcile::Guards,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let s = stop.clone();
     let client = client.clone();
     let task = tokio::spawn(async move {
-        reflex::controller::reconcile::run(client, stages, async move { s.cancelled().await }).await.unwrap();
+        reflex::controller::reconcile::run(client, stages, guards, async move { s.cancelled().await }).await.unwrap();
     });
     (stop, task)
+}
+
+/// Waits until `name` is stalled with `reason`.
+async fn wait_stalled(client: &kube::Client, name: &str, reason: &str) -> Remediation {
+    let api = Api::<Remediation>::namespaced(client.clone(), "shop");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.get(name).await.unwrap();
+        let stalled = r.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled").cloned());
+        if stalled.as_ref().is_some_and(|c| c.status == "True" && c.reason == reason) {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} never stalled with {reason}: {stalled:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_phase(client: &kube::Client, name: &str, want: Phase) -> Remediation {
@@ -326,9 +349,11 @@ fn spawn_elected(
         grace: 1,
     };
     let task = tokio::spawn(async move {
-        reflex::controller::leader::run_elected(client, stages, election, async move { s.cancelled().await })
-            .await
-            .unwrap();
+        reflex::controller::leader::run_elected(client, stages, Default::default(), election, async move {
+            s.cancelled().await
+        })
+        .await
+        .unwrap();
     });
     (stop, task)
 }
@@ -378,4 +403,47 @@ async fn with_leader_election_two_replicas_run_every_effect_once_and_fail_over()
         stop.cancel();
         task.await.unwrap();
     }
+}
+
+/// The guards intake applies hold for a Remediation created by hand too: under a suspended
+/// policy it stalls (Stalled=True, reason Suspended) and starts no effect; once the policy is
+/// resumed, the operator's kill switch stops it the same way; with both off it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_made_remediation_under_a_suspended_policy_or_the_kill_switch_does_nothing() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+    let (_sandbox, client) = setup().await;
+    let policies = Api::<RemediationPolicy>::namespaced(client.clone(), "shop");
+    let suspend = |on: bool| json!({"spec": {"limits": {"suspend": on}}});
+    policies.patch("checkout-oom", &PatchParams::default(), &Patch::Merge(suspend(true))).await.unwrap();
+    let settings = Api::<ConfigMap>::namespaced(client.clone(), "shop");
+    let switch = |on: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "reflex-settings"}, "data": {"killSwitch": on}});
+    settings
+        .patch("reflex-settings", &PatchParams::apply("test").force(), &Patch::Apply(switch("false")))
+        .await
+        .unwrap();
+    let doubles = Arc::new(Doubles::default());
+    let guards = reflex::controller::reconcile::Guards { kill_switch: Some(("shop".into(), "reflex-settings".into())) };
+    let (stop, task) = spawn_guarded(&client, stages(&doubles), guards);
+
+    create_remediation(&client, "hand-1").await;
+    let held = wait_stalled(&client, "hand-1", "Suspended").await;
+    assert!(held.status.unwrap().message.unwrap_or_default().contains("suspended"));
+    settings
+        .patch("reflex-settings", &PatchParams::apply("test").force(), &Patch::Apply(switch("true")))
+        .await
+        .unwrap();
+    policies.patch("checkout-oom", &PatchParams::default(), &Patch::Merge(suspend(false))).await.unwrap();
+    wait_stalled(&client, "hand-1", "KillSwitch").await;
+    for step in EFFECTS {
+        assert_eq!(doubles.runs("hand-1", step), 0, "{step:?} must not run while halted");
+    }
+
+    settings
+        .patch("reflex-settings", &PatchParams::apply("test").force(), &Patch::Apply(switch("false")))
+        .await
+        .unwrap();
+    wait_phase(&client, "hand-1", Phase::Succeeded).await;
+    stop.cancel();
+    task.await.unwrap();
 }

@@ -78,6 +78,12 @@ pub mod reason {
     pub const AGENT_ESCALATED: &str = "AgentEscalated";
     /// The gate decided only humans may act.
     pub const HUMANS_ONLY: &str = "HumansOnly";
+    /// The policy is suspended (`limits.suspend`): nothing more happens before deploy.
+    pub const SUSPENDED: &str = "Suspended";
+    /// The operator's kill switch is on: nothing more happens before deploy.
+    pub const KILL_SWITCH: &str = "KillSwitch";
+    /// The Remediation targets a kind its policy does not act on.
+    pub const TARGET_KIND_NOT_ALLOWED: &str = "TargetKindNotAllowed";
     /// Deploy's own re-check refused the change before writing anything (the patch-safety
     /// verdict now, the target changed since CI, the gate or an approval).
     pub const DEPLOY_REFUSED: &str = "DeployRefused";

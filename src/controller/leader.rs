@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::reconcile::{self, Error};
+use super::reconcile::{self, Error, Guards};
 use super::stages::Stages;
 
 /// Which Lease, held by whom, for how long.
@@ -61,6 +61,7 @@ async fn until_leader(leader: &mut watch::Receiver<bool>, stop: &CancellationTok
 pub async fn run_elected(
     client: kube::Client,
     stages: Stages,
+    guards: Guards,
     election: Election,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ElectionError> {
@@ -99,7 +100,7 @@ pub async fn run_elected(
                 }
             }
         };
-        reconcile::run(client.clone(), stages.clone(), stop_leading).await?;
+        reconcile::run(client.clone(), stages.clone(), guards.clone(), stop_leading).await?;
         if stop.is_cancelled() {
             break;
         }

@@ -15,6 +15,7 @@ use crate::api::conditions::reason;
 use crate::api::remediation::{
     AlertState, CiVerdict, GateDecision, Phase, Remediation, RemediationStatus, Step, StepState, VerificationVerdict,
 };
+use crate::api::validate::ValidPolicy;
 use crate::api::{ApprovalDecision, ErrorCategory};
 use crate::patch::TestedPatch;
 
@@ -96,6 +97,52 @@ pub struct Observations {
     pub stages: StageSet,
     /// The effect of this Remediation currently running in this process, if any.
     pub running: Option<(Step, u32)>,
+    /// Why nothing may happen before deploy now (kill switch, suspended policy, a target kind
+    /// the policy does not act on), whatever created the Remediation.
+    pub halt: Option<Halt>,
+}
+
+/// A reason the controller starts nothing before deploy: the Remediation stalls with it
+/// until it clears. Verification and rollback of a change already applied go on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Halt {
+    /// A [`reason`] constant.
+    pub reason: &'static str,
+    /// What holds it and how to release it.
+    pub message: String,
+}
+
+/// The guards intake applies, applied again by the controller before every effect — a
+/// Remediation created by hand, or one already past intake when they changed, obeys them
+/// too. `kill_switch`: the operator's kill switch is on; `policy`: the governing policy, when
+/// valid.
+pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediation) -> Option<Halt> {
+    if kill_switch {
+        return Some(Halt {
+            reason: reason::KILL_SWITCH,
+            message: "the operator's kill switch is on: nothing is deployed until it is turned off".to_owned(),
+        });
+    }
+    let policy = policy?;
+    if policy.limits.suspend {
+        return Some(Halt {
+            reason: reason::SUSPENDED,
+            message: format!(
+                "policy {:?} is suspended (limits.suspend): nothing is deployed until it is resumed",
+                rem.spec.policy_ref.name
+            ),
+        });
+    }
+    (policy.target_kind != rem.spec.target.kind).then(|| Halt {
+        reason: reason::TARGET_KIND_NOT_ALLOWED,
+        message: format!(
+            "policy {:?} acts on {}, not on {} {:?}",
+            rem.spec.policy_ref.name,
+            policy.target_kind.as_str(),
+            rem.spec.target.kind.as_str(),
+            rem.spec.target.name
+        ),
+    })
 }
 
 /// The one thing to do next.
@@ -200,6 +247,13 @@ pub fn decide(rem: &Remediation, obs: &Observations) -> Decision {
             reason::DEADLINE_EXCEEDED,
             format!("no deploy within limits.maxDuration ({}s) of the start", settings.max_duration.as_secs()),
         );
+    }
+
+    let applied = status.deploy.as_ref().is_some_and(|d| d.applied_at.is_some());
+    if let Some(halt) = &obs.halt
+        && (!phase.after_deploy() || phase == Phase::Deploying && !applied)
+    {
+        return Decision::Stall { reason: halt.reason, message: halt.message.clone() };
     }
 
     let m = Machine { rem, status, obs, settings: &settings };

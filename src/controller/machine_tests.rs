@@ -95,7 +95,13 @@ fn mk_remediation(phase: Phase) -> Remediation {
 }
 
 fn obs() -> Observations {
-    Observations { now: at(10).0, policy: PolicyView::Valid(Settings::default()), stages: StageSet::ALL, running: None }
+    Observations {
+        now: at(10).0,
+        policy: PolicyView::Valid(Settings::default()),
+        stages: StageSet::ALL,
+        running: None,
+        halt: None,
+    }
 }
 
 fn status(rem: &mut Remediation) -> &mut RemediationStatus {
@@ -567,4 +573,44 @@ fn backoff_grows_is_capped_and_jittered_deterministically() {
     let spread: std::collections::HashSet<_> =
         (0..20).map(|i| backoff(&s, &format!("uid-{i}"), Step::Test, 2)).collect();
     assert!(spread.len() > 5, "jitter must spread retries of different remediations");
+}
+
+/// Kill switch, suspend and the policy's target kind hold before deploy whatever created the
+/// Remediation; a change already applied is still verified (and rolled back if it must be).
+#[test]
+fn a_halt_stalls_everything_before_deploy_and_nothing_after_it() {
+    let halt = Halt { reason: r::SUSPENDED, message: "policy \"p\" is suspended".into() };
+    let halted = |phase: Phase, edit: &dyn Fn(&mut RemediationStatus)| {
+        let mut rem = mk_remediation(phase);
+        edit(status(&mut rem));
+        decide(&rem, &Observations { halt: Some(halt.clone()), ..obs() })
+    };
+    for phase in [Phase::Pending, Phase::Diagnosing, Phase::Proposed, Phase::Testing, Phase::AwaitingApproval] {
+        let d = halted(phase, &|_| {});
+        assert!(matches!(&d, Decision::Stall { reason, .. } if *reason == r::SUSPENDED), "{phase}: {d:?}");
+    }
+    let d = halted(Phase::Deploying, &|s| s.deploy = Some(snapshot()));
+    assert!(matches!(d, Decision::Stall { .. }), "not applied yet: {d:?}");
+    let d = halted(Phase::Verifying, &|_| {});
+    assert!(!matches!(d, Decision::Stall { .. }), "verification goes on: {d:?}");
+}
+
+#[test]
+fn halts_come_from_the_kill_switch_a_suspended_policy_or_a_kind_the_policy_does_not_act_on() {
+    let spec: crate::api::RemediationPolicySpec = serde_json::from_value(serde_json::json!({
+        "match": {"alertnames": ["A"]}, "target": {"kind": "Deployment", "name": "x"}, "playbook": "p",
+        "trust": {"level": "auto"}}))
+    .unwrap();
+    let mut policy = crate::api::validate::ValidPolicy::from_spec(&spec).unwrap();
+    let rem = mk_remediation(Phase::Pending);
+    assert_eq!(halt_for(false, Some(&policy), &rem), None);
+    assert_eq!(halt_for(true, Some(&policy), &rem).map(|h| h.reason), Some(r::KILL_SWITCH));
+    assert_eq!(halt_for(true, None, &rem).map(|h| h.reason), Some(r::KILL_SWITCH), "with no valid policy too");
+    policy.limits.suspend = true;
+    assert_eq!(halt_for(false, Some(&policy), &rem).map(|h| h.reason), Some(r::SUSPENDED));
+    policy.limits.suspend = false;
+    policy.target_kind = crate::api::TargetKind::ConfigMap;
+    let h = halt_for(false, Some(&policy), &rem).unwrap();
+    assert_eq!(h.reason, r::TARGET_KIND_NOT_ALLOWED);
+    assert!(h.message.contains("acts on ConfigMap, not on Deployment"), "{}", h.message);
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::{future::Future, time::Duration};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
@@ -32,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::effects::Effects;
-use super::machine::{Observations, PolicyView, Settings, jittered};
+use super::machine::{Observations, PolicyView, Settings, halt_for, jittered};
 use super::plan::{Plan, TransitionRecord, plan};
 use super::stages::Stages;
 use crate::api::approval::deciding;
@@ -57,10 +58,21 @@ pub struct Context {
     pub policies: Store<RemediationPolicy>,
     /// Approvals, kept current by a reflector.
     pub approvals: Store<RemediationApproval>,
+    /// The kill-switch ConfigMap, kept current by a reflector (when one is configured).
+    pub kill_switch: Option<(Store<ConfigMap>, ObjectRef<ConfigMap>)>,
     /// Consecutive reconcile failures per Remediation, for [`error_policy`]'s backoff.
     pub failures: Failures,
     /// Clock.
     pub clock: Arc<dyn Clock>,
+}
+
+/// What the controller enforces before every effect besides the policy (which it reads
+/// itself): the operator-wide switches.
+#[derive(Clone, Debug, Default)]
+pub struct Guards {
+    /// The kill-switch ConfigMap (`namespace`, `name`): `killSwitch: "true"` halts every
+    /// Remediation before deploy, as it stops intake creating new ones.
+    pub kill_switch: Option<(String, String)>,
 }
 
 /// Errors of the reconciler itself (stage failures are recorded in status instead).
@@ -132,15 +144,41 @@ impl Error {
 pub async fn run(
     client: Client,
     stages: Stages,
+    guards: Guards,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let remediations: Api<Remediation> = Api::all(client.clone());
     remediations.list(&ListParams::default().limit(1)).await.map_err(|source| Error::CrdMissing { source })?;
 
-    let (policies, policy_feed) = mirror(Api::<RemediationPolicy>::all(client.clone()));
-    let (approvals, approval_feed) = mirror(Api::<RemediationApproval>::all(client.clone()));
-    let feeds = tokio::spawn(async move { futures::join!(policy_feed, approval_feed) });
-    let (Ok(()), Ok(())) = futures::join!(policies.wait_until_ready(), approvals.wait_until_ready()) else {
+    let (policies, policy_feed) = mirror(Api::<RemediationPolicy>::all(client.clone()), watcher::Config::default());
+    let (approvals, approval_feed) =
+        mirror(Api::<RemediationApproval>::all(client.clone()), watcher::Config::default());
+    let kill_switch = guards.kill_switch.as_ref().map(|(namespace, name)| {
+        let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+        let (store, feed) = mirror(api, kill_switch_watch(name));
+        ((store, ObjectRef::new(name).within(namespace)), feed)
+    });
+    let (kill_switch, kill_switch_feed) = match kill_switch {
+        Some((watched, feed)) => (Some(watched), Some(feed)),
+        None => (None, None),
+    };
+    let feeds = tokio::spawn(async move {
+        let kill_switch_feed = async move {
+            if let Some(feed) = kill_switch_feed {
+                feed.await;
+            }
+        };
+        futures::join!(policy_feed, approval_feed, kill_switch_feed)
+    });
+    let kill_switch_ready = async {
+        match &kill_switch {
+            Some((store, _)) => store.wait_until_ready().await,
+            None => Ok(()),
+        }
+    };
+    let (Ok(()), Ok(()), Ok(())) =
+        futures::join!(policies.wait_until_ready(), approvals.wait_until_ready(), kill_switch_ready)
+    else {
         feeds.abort();
         return Ok(());
     };
@@ -155,12 +193,23 @@ pub async fn run(
         effects: effects.clone(),
         policies,
         approvals,
+        kill_switch,
         failures: Failures::default(),
         clock: Arc::new(SystemClock),
     });
 
     let controller = Controller::new(remediations, watcher::Config::default());
     let index = controller.store();
+    let everything = index.clone();
+    let controller = match &guards.kill_switch {
+        // The kill switch flipping concerns every Remediation.
+        Some((namespace, name)) => controller.watches(
+            Api::<ConfigMap>::namespaced(client.clone(), namespace),
+            kill_switch_watch(name),
+            move |_| everything.state().into_iter().map(|r| ObjectRef::from_obj(&*r)).collect::<Vec<_>>(),
+        ),
+        None => controller,
+    };
     controller
         .watches(Api::<RemediationPolicy>::all(client.clone()), watcher::Config::default(), move |policy| {
             let namespace = policy.namespace();
@@ -279,6 +328,7 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         policy: policy_view,
         stages: ctx.stages.available(),
         running: running.map(|k| (k.step, k.attempt)),
+        halt: halt_for(kill_switch_on(ctx), policy.as_deref(), &rem),
     };
 
     // Decide.
@@ -350,6 +400,19 @@ async fn cleanup(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> 
         info!(remediation = %rem.name_any(), "deleted: cancelled the in-flight effect");
     }
     Ok(Action::await_change())
+}
+
+/// Whether the operator's kill switch is on (`killSwitch: "true"` in its ConfigMap).
+fn kill_switch_on(ctx: &Context) -> bool {
+    ctx.kill_switch
+        .as_ref()
+        .and_then(|(store, at)| store.get(at))
+        .is_some_and(|cm| cm.data.as_ref().and_then(|d| d.get("killSwitch")).is_some_and(|v| v.trim() == "true"))
+}
+
+/// A watch of the one kill-switch ConfigMap.
+fn kill_switch_watch(name: &str) -> watcher::Config {
+    watcher::Config::default().fields(&format!("metadata.name={name}"))
 }
 
 fn settings(policy: &ValidPolicy) -> Settings {
@@ -436,12 +499,12 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// A store kept current by a watch, and the future that feeds it (run it to keep the
 /// store current; it reconnects with backoff on watch errors).
-fn mirror<K>(api: Api<K>) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
+fn mirror<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let feed = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    let feed = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
         .touched_objects()
         .for_each(|_| futures::future::ready(()));
