@@ -66,6 +66,13 @@ enum Command {
         /// Run the controller without leader election (one replica only).
         #[arg(long)]
         no_leader_election: bool,
+        /// The ServiceAccount deploy and rollback act as in staging namespaces (in the
+        /// operator's namespace); the operator itself never writes a workload.
+        #[arg(long, env = "REFLEX_DEPLOYER_STAGING", default_value = "reflex-deployer-staging")]
+        deployer_staging: String,
+        /// The ServiceAccount deploy and rollback act as in production namespaces.
+        #[arg(long, env = "REFLEX_DEPLOYER_PRODUCTION", default_value = "reflex-deployer-production")]
+        deployer_production: String,
     },
     /// Run the whole loop — alert to verified fix — on the built-in sandbox, and print the
     /// timeline. Exits 0 when the scenario ends as it expects.
@@ -189,6 +196,8 @@ async fn main() -> anyhow::Result<()> {
             kill_switch_configmap,
             mcp_allowed_hosts,
             llm_prices,
+            deployer_staging,
+            deployer_production,
         } => {
             telemetry::init(cli.log_format);
             reflex::install_crypto_provider();
@@ -249,6 +258,11 @@ async fn main() -> anyhow::Result<()> {
                     webhook: reflex::intake::webhook::Settings { token, kill_switch: Some(kill_switch) },
                     prices,
                     audit: std::sync::Arc::new(reflex::mcp::client::LogAudit),
+                    deployers: reflex::deploy::identity::Deployers {
+                        namespace: lease_namespace.clone(),
+                        staging: deployer_staging,
+                        production: deployer_production,
+                    },
                 },
                 &stop,
             );

@@ -20,9 +20,11 @@ use crate::agent::executor::PlaybookExecutor;
 use crate::agent::llm::Price;
 use crate::agent::stage::AgentStage;
 use crate::agent::tools::{Loopback, ToolSource};
+use crate::cluster::Impersonator;
 use crate::controller::leader;
 use crate::controller::reconcile::{self, Guards};
 use crate::controller::stages::Stages;
+use crate::deploy::identity::{DeployerIdentity, Deployers};
 use crate::intake::webhook::{self, Intake};
 use crate::mcp::client::{Audit, LogAudit};
 use crate::mcp::identity::Identities;
@@ -54,6 +56,8 @@ pub struct Config {
     pub prices: BTreeMap<String, Price>,
     /// Where the loopback MCP client's calls are audited.
     pub audit: Arc<dyn Audit>,
+    /// The ServiceAccounts deploy and rollback act as, one per environment.
+    pub deployers: Deployers,
 }
 
 /// An assembled operator.
@@ -84,7 +88,9 @@ impl Operator {
             webhook,
             prices,
             audit,
+            deployers,
         } = config;
+        let identity = DeployerIdentity { deployers, impersonator: Arc::new(Impersonator::new(kube_config.clone())) };
         // The playbook executor reads through Reflex's own MCP server, as the operator.
         let tools = match own_token {
             Some((token, token_file)) => {
@@ -107,7 +113,7 @@ impl Operator {
         let guards = Guards { kill_switch: webhook.kill_switch.clone() };
         let intake = Intake::start(client.clone(), webhook);
         let router = webhook::router(intake.clone()).merge(mcp);
-        Self { stages: stages(client.clone(), metrics, tools, prices), client, intake, router, guards }
+        Self { stages: stages(client.clone(), metrics, tools, prices, identity), client, intake, router, guards }
     }
 
     /// Serves `/alerts` and `/mcp` on `listener` until `stop`.
@@ -142,12 +148,14 @@ impl Operator {
 
 /// The stages this build ships: the agent (the playbook executor, reading through `tools`,
 /// and the LLM agent), CI by server-side dry-run, the trust gate, server-side apply deploy
-/// and rollback, and the verification sampler reading `metrics`.
+/// and rollback (CI, deploy and rollback acting as the deployer `identity`), and the
+/// verification sampler reading `metrics`.
 pub fn stages(
     client: kube::Client,
     metrics: Arc<dyn MetricsSource>,
     tools: ToolSource,
     prices: BTreeMap<String, Price>,
+    identity: DeployerIdentity,
 ) -> Stages {
     let loopback = match &tools {
         ToolSource::Mcp(l) => Some(l.clone()),
@@ -163,11 +171,15 @@ pub fn stages(
     });
     let gate = Arc::new(crate::gate::trust::TrustGate { client: client.clone() });
     // Deploy asks the same gate again just before it writes.
-    let deploy = Arc::new(crate::deploy::apply::ServerSideApply { client: client.clone(), gate: gate.clone() });
+    let deploy = Arc::new(crate::deploy::apply::ServerSideApply {
+        client: client.clone(),
+        gate: gate.clone(),
+        identity: identity.clone(),
+    });
     Stages {
         diagnose: Some(agent.clone()),
         propose: Some(agent),
-        test: Some(Arc::new(crate::ci::dryrun::DryRun { client: client.clone() })),
+        test: Some(Arc::new(crate::ci::dryrun::DryRun { client: client.clone(), identity })),
         gate: Some(gate),
         deploy: Some(deploy.clone()),
         verify: Some(Arc::new(crate::verify::sampler::Sampler { client, metrics })),

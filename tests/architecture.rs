@@ -41,14 +41,29 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The controller drives the ports; it never knows a stage module.
     ("controller", &["api", "cluster", "patch", "ports"]),
     // The composition root assembles everything the operator runs.
-    ("operator", &["agent", "ci", "controller", "deploy", "gate", "intake", "mcp", "metrics", "verify"]),
+    ("operator", &["agent", "ci", "cluster", "controller", "deploy", "gate", "intake", "mcp", "metrics", "verify"]),
     // The in-memory API server: types and the merge semantics only.
     ("sandbox", &["api", "patch"]),
     // The demo runs the operator on the sandbox.
-    ("demo", &["agent", "api", "cluster", "intake", "mcp", "metrics", "operator", "patch", "sandbox"]),
+    ("demo", &["agent", "api", "cluster", "deploy", "intake", "mcp", "metrics", "operator", "patch", "sandbox"]),
     // The command line, on top: it parses flags and calls the library (`reflex sandbox` and
     // `reflex demo` included).
-    (CLI, &["agent", "api", "controller", "demo", "intake", "mcp", "metrics", "operator", "sandbox", "telemetry"]),
+    (
+        CLI,
+        &[
+            "agent",
+            "api",
+            "controller",
+            "demo",
+            "deploy",
+            "intake",
+            "mcp",
+            "metrics",
+            "operator",
+            "sandbox",
+            "telemetry",
+        ],
+    ),
 ];
 
 /// The stage modules: they implement the ports and never import the controller.

@@ -11,9 +11,41 @@ use reflex::ports::{EffectKey, StageInput};
 use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
 use serde_json::json;
 
+/// The RBAC table the stage tests run under: an operator that reads, reviews access and may
+/// act as the two deployers — but cannot write a workload itself; a staging deployer that may
+/// patch Deployments in `default`, and a production deployer that may too.
+const RBAC: &str = r#"
+users:
+  - {name: sandbox-admin, token: reflex-sandbox-admin, groups: ["system:masters"]}
+serviceAccounts:
+  - {namespace: reflex-system, name: reflex, token: t-operator}
+grants:
+  - subjects: [{kind: ServiceAccount, namespace: reflex-system, name: reflex}]
+    rules:
+      - {apiGroups: ["*"], resources: ["*"], verbs: ["get", "list", "watch"]}
+      - {apiGroups: ["authorization.k8s.io"], resources: ["subjectaccessreviews"], verbs: ["create"]}
+      - {apiGroups: [""], resources: ["groups"], verbs: ["impersonate"]}
+  - subjects: [{kind: ServiceAccount, namespace: reflex-system, name: reflex}]
+    namespaces: [reflex-system]
+    rules:
+      - {apiGroups: [""], resources: ["serviceaccounts"], verbs: ["impersonate"], resourceNames: ["reflex-deployer-staging", "reflex-deployer-production"]}
+  - subjects:
+      - {kind: ServiceAccount, namespace: reflex-system, name: reflex-deployer-staging}
+      - {kind: ServiceAccount, namespace: reflex-system, name: reflex-deployer-production}
+    namespaces: [default]
+    rules:
+      - {apiGroups: ["apps"], resources: ["deployments"], verbs: ["get", "patch"]}
+"#;
+
 async fn setup() -> (Sandbox, kube::Client) {
+    setup_with(RBAC).await
+}
+
+/// A sandbox under `rbac`, with the `checkout` Deployment; the administrator's client.
+async fn setup_with(rbac: &str) -> (Sandbox, kube::Client) {
     reflex::install_crypto_provider();
-    let sb = Sandbox::start(Config::default()).await.unwrap();
+    let config = Config { rbac: reflex::sandbox::rbac::Table::from_yaml(rbac).unwrap(), ..Config::default() };
+    let sb = Sandbox::start(config).await.unwrap();
     sb.install_crds().unwrap();
     let client = sb.client(ADMIN_TOKEN).await.unwrap();
     let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout", "namespace": "default"}, "spec": {"replicas": 1,
@@ -46,8 +78,8 @@ fn input(rem: Remediation) -> StageInput {
 
 #[tokio::test]
 async fn a_rejected_dry_run_fails_with_the_api_servers_message_and_changes_nothing() {
-    let (_sb, client) = setup().await;
-    let dry = reflex::ci::dryrun::DryRun { client: client.clone() };
+    let (sb, client) = setup().await;
+    let dry = dry_run(&sb).await;
     // Within the safety rules (1 → 1.5 is a bounded change), but not an integer.
     let bad = dry.test(input(remediation_with_patch(json!({"spec": {"replicas": 1.5}})))).await.unwrap();
     assert_eq!(bad.verdict, CiVerdict::Failed);
@@ -64,8 +96,8 @@ async fn a_rejected_dry_run_fails_with_the_api_servers_message_and_changes_nothi
 
 #[tokio::test]
 async fn ci_runs_the_patch_safety_check_again_whoever_wrote_the_proposal() {
-    let (_sb, client) = setup().await;
-    let dry = reflex::ci::dryrun::DryRun { client: client.clone() };
+    let (sb, client) = setup().await;
+    let dry = dry_run(&sb).await;
     // A proposal edited in status after it was checked: privileged, and past the factor.
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
         "securityContext": {"privileged": true}, "resources": {"limits": {"memory": "64Gi"}}}]}}}});
@@ -159,9 +191,26 @@ fn deploy_input(rem: Remediation) -> StageInput {
 }
 
 /// The deploy stage as the operator assembles it: asking the trust gate again.
-fn deployer(client: &kube::Client) -> reflex::deploy::apply::ServerSideApply {
+/// The operator's client, and the deployer identities it acts as.
+async fn operator(sb: &Sandbox) -> (kube::Client, reflex::deploy::identity::DeployerIdentity) {
+    let config = sb.config("t-operator").await.unwrap();
+    let impersonator = Arc::new(reflex::cluster::Impersonator::new(config.clone()));
+    let identity = reflex::deploy::identity::DeployerIdentity { deployers: Default::default(), impersonator };
+    (kube::Client::try_from(config).unwrap(), identity)
+}
+
+/// CI's dry-run as the operator assembles it.
+async fn dry_run(sb: &Sandbox) -> reflex::ci::dryrun::DryRun {
+    let (client, identity) = operator(sb).await;
+    reflex::ci::dryrun::DryRun { client, identity }
+}
+
+/// The deploy stage as the operator assembles it: as the operator, asking the trust gate
+/// again, writing as the deployer.
+async fn deployer(sb: &Sandbox) -> reflex::deploy::apply::ServerSideApply {
+    let (client, identity) = operator(sb).await;
     let gate = Arc::new(reflex::gate::trust::TrustGate { client: client.clone() });
-    reflex::deploy::apply::ServerSideApply { client: client.clone(), gate }
+    reflex::deploy::apply::ServerSideApply { client, gate, identity }
 }
 
 /// Labels namespace `default` as staging (unlabelled namespaces count as production).
@@ -225,15 +274,29 @@ async fn app_container(client: &kube::Client) -> serde_json::Value {
 #[tokio::test]
 async fn successive_remediations_keep_each_others_fields_and_a_rollback_releases_only_its_own() {
     use reflex::ports::Rollback;
-    let (_sb, client) = setup().await;
+    let (sb, client) = setup().await;
     staging(&client).await;
     auto_policy_and_playbook(&client).await;
-    let deploy = deployer(&client);
+    let deploy = deployer(&sb).await;
     let memory = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
         "resources": {"limits": {"memory": "250Mi"}}}]}}}});
     let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "c:2"}]}}}});
 
-    deployed(&deploy, &client, tested("raise-memory", memory)).await;
+    let raise = deployed(&deploy, &client, tested("raise-memory", memory)).await;
+    let record = raise.status.as_ref().unwrap().deploy.clone().unwrap();
+    assert_eq!(record.identity.as_deref(), Some("system:serviceaccount:reflex-system:reflex-deployer-staging"));
+    let as_operator = Api::<Deployment>::namespaced(operator(&sb).await.0, "default")
+        .patch(
+            "checkout",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(as_operator, kube::Error::Api(ref s) if s.code == 403),
+        "the operator cannot write: {as_operator}"
+    );
     let bump = deployed(&deploy, &client, tested("bump-image", image)).await;
     let app = app_container(&client).await;
     assert_eq!(app["image"], "c:2");
@@ -255,10 +318,10 @@ async fn successive_remediations_keep_each_others_fields_and_a_rollback_releases
 #[tokio::test]
 async fn deploy_refuses_a_proposal_edited_in_status_after_ci() {
     use reflex::ports::Deploy;
-    let (_sb, client) = setup().await;
+    let (sb, client) = setup().await;
     staging(&client).await;
     auto_policy_and_playbook(&client).await;
-    let deploy = deployer(&client);
+    let deploy = deployer(&sb).await;
     let forged = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
         "securityContext": {"privileged": true}, "resources": {"limits": {"memory": "64Gi"}}}]}}}});
     let rem = tested_now(&deploy, &client, tested("forged", forged)).await;
@@ -274,10 +337,10 @@ async fn deploy_refuses_a_proposal_edited_in_status_after_ci() {
 #[tokio::test]
 async fn deploy_refuses_when_the_target_changed_since_ci_tested_it() {
     use reflex::ports::Deploy;
-    let (_sb, client) = setup().await;
+    let (sb, client) = setup().await;
     staging(&client).await;
     auto_policy_and_playbook(&client).await;
-    let deploy = deployer(&client);
+    let deploy = deployer(&sb).await;
     let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
     let rem = tested_now(&deploy, &client, tested("raise", raise)).await;
     // Someone scales the Deployment by hand in between.
@@ -301,9 +364,9 @@ async fn deploy_refuses_when_the_target_changed_since_ci_tested_it() {
 async fn in_production_deploy_reads_the_approval_itself() {
     use reflex::api::approval::RemediationApproval;
     use reflex::ports::Deploy;
-    let (_sb, client) = setup().await;
+    let (sb, client) = setup().await;
     auto_policy_and_playbook(&client).await;
-    let deploy = deployer(&client);
+    let deploy = deployer(&sb).await;
     let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
     let mut rem = tested_now(&deploy, &client, tested("raise", raise)).await;
     rem.status.as_mut().unwrap().approval = Some(
@@ -326,4 +389,27 @@ async fn in_production_deploy_reads_the_approval_itself() {
         .unwrap();
     deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap();
     assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "250Mi");
+}
+
+/// A deployer its RBAC does not allow the change stops the Remediation before anything is
+/// written, naming the permission to grant (here the staging deployer may only read).
+#[tokio::test]
+async fn a_deployer_without_the_permission_is_refused_with_the_permission_named() {
+    use reflex::ports::Deploy;
+    let read_only = RBAC.replace(r#"verbs: ["get", "patch"]"#, r#"verbs: ["get"]"#);
+    let (sb, client) = setup_with(&read_only).await;
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let deploy = deployer(&sb).await;
+    let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
+    let rem = tested_now(&deploy, &client, tested("raise", raise)).await;
+    let err = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap_err();
+    assert_eq!(err.category, reflex::api::ErrorCategory::NeedsHuman);
+    assert!(
+        err.message.contains(
+            r#"system:serviceaccount:reflex-system:reflex-deployer-staging may not patch deployments.apps "checkout" in namespace default"#
+        ),
+        "{err}"
+    );
+    assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "128Mi", "nothing was applied");
 }

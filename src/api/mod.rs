@@ -132,6 +132,29 @@ pub enum Environment {
     Production,
 }
 
+/// The namespace label that says which environment a namespace is.
+pub const ENVIRONMENT_LABEL: &str = "reflex.dev/environment";
+
+impl Environment {
+    /// The environment a namespace's labels say (only `staging` is staging: an unlabelled
+    /// namespace counts as production).
+    pub fn of_labels(labels: Option<&std::collections::BTreeMap<String, String>>) -> Self {
+        match labels.and_then(|l| l.get(ENVIRONMENT_LABEL)).map(String::as_str) {
+            Some("staging") => Self::Staging,
+            _ => Self::Production,
+        }
+    }
+
+    /// A policy may make its namespace's environment stricter, never laxer: a policy saying
+    /// `staging` cannot turn a production namespace into a staging one.
+    pub fn stricter(policy: Option<Self>, namespace: Self) -> Self {
+        match (policy, namespace) {
+            (Some(Self::Production), _) | (_, Self::Production) => Self::Production,
+            _ => Self::Staging,
+        }
+    }
+}
+
 /// The fixed, small set of failure categories. They label metrics and Events and pick the
 /// retry strategy; free error text never goes into a label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -14,23 +14,28 @@ use crate::api::ErrorCategory;
 use crate::api::remediation::{CiBackend, CiResult, CiVerdict};
 use crate::api::validate::ValidCi;
 use crate::cluster::{api_category, as_json, revision_of, rules_for, target_api};
+use crate::deploy::identity::DeployerIdentity;
 use crate::patch::safety::{Proposed, Target, check};
 use crate::ports::{StageError, StageFuture, StageInput, StageResult, Test};
 
 /// The dry-run backend.
 #[derive(Clone)]
 pub struct DryRun {
+    /// Reads, as the operator.
     pub client: kube::Client,
+    /// The dry-run is sent as the deployer that would apply it, so the API server answers for
+    /// the deployer's permissions too.
+    pub identity: DeployerIdentity,
 }
 
 impl Test for DryRun {
     fn test(&self, input: StageInput) -> StageFuture<CiResult> {
-        dry_run(self.client.clone(), input).boxed()
+        dry_run(self.client.clone(), self.identity.clone(), input).boxed()
     }
 }
 
 /// The patch-safety check, then the server-side dry-run of deploy's own request.
-async fn dry_run(client: kube::Client, input: StageInput) -> StageResult<CiResult> {
+async fn dry_run(client: kube::Client, identity: DeployerIdentity, input: StageInput) -> StageResult<CiResult> {
     let rem = &input.remediation;
     if let Some(policy) = &input.policy
         && !matches!(policy.ci, ValidCi::DryRunOnly)
@@ -47,7 +52,6 @@ async fn dry_run(client: kube::Client, input: StageInput) -> StageResult<CiResul
         .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "there is no proposal to test"))?;
     let namespace = rem.metadata.namespace.clone().unwrap_or_default();
     let rules = rules_for(&client, &input).await?;
-    let api = target_api(&client, rem);
     // The patch-safety check again, here where the proposal is tested: independent of
     // whoever wrote it, and of anything that edited the status since.
     let target = &rem.spec.target;
@@ -71,7 +75,9 @@ async fn dry_run(client: kube::Client, input: StageInput) -> StageResult<CiResul
             vec![format!("the patch-safety check refused the patch: {}", verdict.summary())],
         ));
     }
-    // Exactly the request deploy will send, with dryRun=All.
+    // Exactly the request deploy will send, as the deployer that will send it, with dryRun=All.
+    let (deployer, _) = identity.acting(&client, rem, input.policy.as_deref()).await?;
+    let api = target_api(&deployer, rem);
     let (params, patch) = crate::deploy::request::request(rem, &proposal, true)?;
     match api.patch(&rem.spec.target.name, &params, &patch).await {
         Ok(obj) => Ok(result(

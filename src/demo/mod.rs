@@ -28,8 +28,16 @@ use tokio_util::sync::CancellationToken;
 use self::model::OomModel;
 use self::scenario::Scenario;
 use crate::api::remediation::{Phase, Remediation, RemediationStatus};
+use crate::deploy::identity::Deployers;
 use crate::operator::{self, Operator};
 use crate::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+
+/// The demo's RBAC table: an operator that cannot write workloads, and one deployer
+/// ServiceAccount per environment that can, in `shop` only.
+pub const DEMO_RBAC: &str = include_str!("rbac.yaml");
+
+/// The operator's ServiceAccount token in the demo's RBAC table.
+const OPERATOR_TOKEN: &str = "reflex-demo-operator";
 
 /// What the demo ended with.
 pub struct Outcome {
@@ -135,7 +143,8 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     };
     let docs = scenario.documents().map_err(|e| anyhow!(e))?;
     let model = Arc::new(OomModel::new(&scenario.model).map_err(|e| anyhow!("scenario model: {e}"))?);
-    let config = Config { pod_model: Some(model.clone()), ..Config::default() };
+    let rbac = crate::sandbox::rbac::Table::from_yaml(DEMO_RBAC).map_err(|e| anyhow!("the demo's RBAC table: {e}"))?;
+    let config = Config { pod_model: Some(model.clone()), rbac, ..Config::default() };
     let sandbox = Sandbox::start(config).await?;
     model.attach(sandbox.api().clone());
     sandbox.install_crds()?;
@@ -187,18 +196,21 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     let audit = Arc::new(crate::mcp::client::MemoryAudit::default());
     // The webhook wants a bearer token, as in production; the demo's Alertmanager has it.
     let token = uuid::Uuid::new_v4().simple().to_string();
+    // The operator runs as its own ServiceAccount, which cannot write a workload: its changes
+    // are made as the deployer of their environment (see rbac.yaml).
     let operator = Operator::assemble(
         operator::Config {
-            client: client.clone(),
-            kube_config: sandbox.config(ADMIN_TOKEN).await?,
+            client: sandbox.client(OPERATOR_TOKEN).await?,
+            kube_config: sandbox.config(OPERATOR_TOKEN).await?,
             metrics: model.clone(),
             prometheus: None,
             mcp_url: format!("http://{address}/mcp"),
-            own_token: Some((ADMIN_TOKEN.to_owned(), None)),
+            own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
             mcp_allowed_hosts: vec![],
             webhook: crate::intake::webhook::Settings { token: Some(token.clone()), kill_switch: None },
             prices: scenario.llm.iter().map(|l| (l.model.clone(), l.price)).collect(),
             audit: audit.clone(),
+            deployers: Deployers::default(),
         },
         &stop,
     );

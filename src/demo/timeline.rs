@@ -91,7 +91,8 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
         && let Some(d) = &cur.deploy
     {
         out.push(format!(
-            "{t}   deployed  as field manager {} ({}); previous values recorded at resourceVersion {}",
+            "{t}   deployed  as {}, field manager {} ({}); previous values recorded at resourceVersion {}",
+            d.identity.as_deref().unwrap_or("?"),
             d.field_manager.as_deref().unwrap_or("?"),
             d.applied_revision.clone().unwrap_or_default(),
             d.previous_resource_version

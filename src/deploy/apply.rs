@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use std::sync::Arc;
 
+use super::identity::DeployerIdentity;
 use super::recheck::recheck;
 use super::request::{apply_config, field_manager, has_directives, request};
 use crate::api::playbook::PatchType;
@@ -158,6 +159,8 @@ pub struct ServerSideApply {
     pub client: kube::Client,
     /// The gate deploy asks again, just before it writes ([`super::recheck`]).
     pub gate: Arc<dyn Gate>,
+    /// Who writes: the deployer of the change's environment, never the operator.
+    pub identity: DeployerIdentity,
 }
 
 impl Deploy for ServerSideApply {
@@ -189,7 +192,7 @@ impl Deploy for ServerSideApply {
     }
 
     fn apply(&self, input: StageInput, patch: TestedPatch) -> StageFuture<DeployRecord> {
-        let (client, gate) = (self.client.clone(), self.gate.clone());
+        let (client, gate, identity) = (self.client.clone(), self.gate.clone(), self.identity.clone());
         async move {
             let rem = &input.remediation;
             let mut record = rem.status.as_ref().and_then(|s| s.deploy.clone()).ok_or_else(|| {
@@ -198,10 +201,12 @@ impl Deploy for ServerSideApply {
             let proposal = patch.proposal();
             // Status is a record, not proof: everything the change relies on, checked again.
             recheck(&client, gate.as_ref(), &input, proposal).await?;
-            let api = target_api(&client, rem);
+            let (deployer, user) = identity.checked(&client, rem, input.policy.as_deref(), "patch").await?;
+            let api = target_api(&deployer, rem);
             let name = &rem.spec.target.name;
             let (params, body) = request(rem, proposal, false)?;
             let obj = api.patch(name, &params, &body).await.map_err(|e| api_error("applying the patch", &e))?;
+            record.identity = Some(user);
             record.applied_digest = Some(proposal.digest.clone());
             record.field_manager = Some(params.field_manager.clone().unwrap_or_default());
             record.applied_revision = revision_of(&obj.metadata);
@@ -214,7 +219,7 @@ impl Deploy for ServerSideApply {
 
 impl Rollback for ServerSideApply {
     fn rollback(&self, input: StageInput) -> StageFuture<RollbackRecord> {
-        let client = self.client.clone();
+        let (client, identity) = (self.client.clone(), self.identity.clone());
         async move {
             let rem = &input.remediation;
             let status = rem.status.as_ref().ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "no status"))?;
@@ -226,7 +231,7 @@ impl Rollback for ServerSideApply {
                 .proposal
                 .as_ref()
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "no proposal recorded"))?;
-            let api = target_api(&client, rem);
+            let reads = target_api(&client, rem);
             let name = &rem.spec.target.name;
             if proposal.patch_type == PatchType::Json {
                 return Err(StageError::new(
@@ -237,7 +242,7 @@ impl Rollback for ServerSideApply {
             // Only undo Reflex's own change: if someone changed those fields since, stop and
             // leave it to a human rather than overwrite them.
             if record.applied_at.is_some() {
-                let current = api.get(name).await.map_err(|e| api_error("reading the target", &e))?;
+                let current = reads.get(name).await.map_err(|e| api_error("reading the target", &e))?;
                 let current = as_json(&current)?;
                 let changed = drifted(&proposal.patch.0, &current, proposal.patch_type);
                 if !changed.is_empty() {
@@ -250,6 +255,9 @@ impl Rollback for ServerSideApply {
                     ));
                 }
             }
+            // The same deployer as the change's (by the environment now), checked again.
+            let (deployer, _) = identity.checked(&client, rem, input.policy.as_deref(), "patch").await?;
+            let api = target_api(&deployer, rem);
             let obj = if proposal.patch_type == PatchType::Strategic && !has_directives(&proposal.patch.0) {
                 let config = apply_config(rem, &restore_config(&record.previous.0));
                 api.patch(name, &PatchParams::apply(&field_manager(rem)).force(), &Patch::Apply(config)).await

@@ -9,5 +9,6 @@
 //! one request that deploys a proposal, which CI dry-runs unchanged.
 
 pub mod apply;
+pub mod identity;
 pub mod recheck;
 pub mod request;

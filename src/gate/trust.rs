@@ -8,27 +8,13 @@
 //! default); the policy's `environment` can only make that stricter.
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
 
 use crate::api::policy::TrustLevel;
 use crate::api::remediation::{GateDecision, GateResult};
 use crate::api::validate::ValidTrust;
 use crate::api::{Environment, ErrorCategory};
-use crate::cluster::api_category;
+use crate::cluster::environment;
 use crate::ports::{Gate, StageError, StageFuture, StageInput};
-
-/// The namespace label that says which environment a namespace is.
-pub const ENVIRONMENT_LABEL: &str = "reflex.dev/environment";
-
-/// A policy may make its namespace's environment stricter, never laxer: a policy saying
-/// `staging` cannot turn a production namespace into a staging one.
-pub fn stricter(policy: Option<Environment>, namespace: Environment) -> Environment {
-    match (policy, namespace) {
-        (Some(Environment::Production), _) | (_, Environment::Production) => Environment::Production,
-        _ => Environment::Staging,
-    }
-}
 
 /// Decide for one change.
 pub fn decide(env: Environment, trust: &ValidTrust) -> GateResult {
@@ -67,17 +53,8 @@ impl Gate for TrustGate {
                 .policy
                 .clone()
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "the policy is missing"))?;
-            let ns = input.remediation.metadata.namespace.clone().unwrap_or_default();
-            let namespace = Api::<Namespace>::all(client)
-                .get(&ns)
-                .await
-                .map_err(|e| StageError::new(api_category(&e), format!("reading namespace {ns}: {e}")))?;
-            let labelled =
-                match namespace.metadata.labels.as_ref().and_then(|l| l.get(ENVIRONMENT_LABEL)).map(String::as_str) {
-                    Some("staging") => Environment::Staging,
-                    _ => Environment::Production,
-                };
-            Ok(decide(stricter(policy.environment, labelled), &policy.trust))
+            let env = environment(&client, &input.remediation, Some(&policy)).await?;
+            Ok(decide(env, &policy.trust))
         }
         .boxed()
     }
@@ -95,10 +72,10 @@ mod tests {
     #[test]
     fn a_policy_cannot_relax_its_namespace() {
         use Environment::*;
-        assert_eq!(stricter(Some(Staging), Production), Production);
-        assert_eq!(stricter(Some(Production), Staging), Production);
-        assert_eq!(stricter(None, Staging), Staging);
-        assert_eq!(stricter(Some(Staging), Staging), Staging);
+        assert_eq!(Environment::stricter(Some(Staging), Production), Production);
+        assert_eq!(Environment::stricter(Some(Production), Staging), Production);
+        assert_eq!(Environment::stricter(None, Staging), Staging);
+        assert_eq!(Environment::stricter(Some(Staging), Staging), Staging);
     }
 
     #[test]
