@@ -447,3 +447,54 @@ async fn a_hand_made_remediation_under_a_suspended_policy_or_the_kill_switch_doe
     stop.cancel();
     task.await.unwrap();
 }
+
+/// Each RemediationApproval says in its own status whether it counts — and an Event says
+/// why not: no such Remediation, another Remediation under the same name, or another proposal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_approval_reports_whether_it_counts_and_why_not() {
+    use reflex::api::approval::RemediationApproval;
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    create_remediation(&client, "appr-1").await;
+    let done = wait_phase(&client, "appr-1", Phase::Succeeded).await;
+    let uid = done.metadata.uid.clone().unwrap();
+    let digest = done.status.unwrap().proposal.unwrap().digest;
+
+    let approvals = Api::<RemediationApproval>::namespaced(client.clone(), "shop");
+    let approval = |name: &str, target: &str, uid: &str, digest: &str| -> RemediationApproval {
+        serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"remediationRef": {"name": target, "uid": uid}, "decision": "approve", "approver": "alice", "proposalDigest": digest}}))
+        .unwrap()
+    };
+    let cases = [
+        (approval("for-ghost", "ghost", "u-0", &digest), "False", "RemediationNotFound"),
+        (approval("for-another", "appr-1", "u-0", &digest), "False", "OtherRemediation"),
+        (approval("for-stale", "appr-1", &uid, "sha256:stale"), "False", "OtherProposal"),
+        (approval("for-this", "appr-1", &uid, &digest), "True", "Counted"),
+    ];
+    for (a, _, _) in &cases {
+        approvals.create(&PostParams::default(), a).await.unwrap();
+    }
+    for (a, status, reason) in &cases {
+        let name = a.metadata.name.clone().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = approvals.get(&name).await.unwrap();
+            let ready = got.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+            if ready.as_ref().is_some_and(|c| c.status == *status && c.reason == *reason) {
+                let counted = got.status.unwrap().remediation_uid;
+                assert_eq!(counted.is_some(), *status == "True", "{name}: the Remediation it counted for");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name}: wanted {status}/{reason}, got {ready:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "shop");
+    let list = events.list(&ListParams::default().fields("involvedObject.name=for-ghost")).await.unwrap();
+    assert!(list.items.iter().any(|e| e.reason.as_deref() == Some("RemediationNotFound")), "an Event says why");
+    stop.cancel();
+    task.await.unwrap();
+}

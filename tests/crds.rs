@@ -168,9 +168,13 @@ fn cel_catches_policy_mistakes_with_their_messages() {
 fn cel_keeps_approvals_immutable_and_cancel_one_way() {
     let approval = |decision: &str| {
         json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval", "metadata": {"name": "a"},
-        "spec": {"remediationRef": {"name": "r"}, "decision": decision, "approver": "alice"}})
+        "spec": {"remediationRef": {"name": "r", "uid": "u-1"}, "decision": decision, "approver": "alice", "proposalDigest": "sha256:x"}})
     };
     assert!(cel_errors("RemediationApproval", &approval("approve"), None).is_empty());
+    let mut unbound = approval("approve");
+    unbound["spec"].as_object_mut().unwrap().remove("proposalDigest");
+    let errors = cel_errors("RemediationApproval", &unbound, None);
+    assert!(errors.iter().any(|e| e.contains("names the proposal it approves")), "{errors:?}");
     let errors = cel_errors("RemediationApproval", &approval("reject"), Some(&approval("approve")));
     assert!(errors.iter().any(|e| e.contains("an approval is immutable")), "{errors:?}");
 

@@ -376,12 +376,13 @@ async fn in_production_deploy_reads_the_approval_itself() {
         .unwrap(),
     );
     let err = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap_err();
-    assert!(err.message.contains("no RemediationApproval approves"), "{err}");
+    assert!(err.message.contains("do not approve it"), "{err}");
     assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "128Mi");
 
     let approval: RemediationApproval = serde_json::from_value(json!({
         "apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval", "metadata": {"name": "ok", "namespace": "default"},
-        "spec": {"remediationRef": {"name": "raise"}, "decision": "approve", "approver": "alice"}}))
+        "spec": {"remediationRef": {"name": "raise", "uid": "uid-raise"}, "decision": "approve", "approver": "alice",
+                 "proposalDigest": rem.status.as_ref().unwrap().proposal.as_ref().unwrap().digest}}))
     .unwrap();
     Api::<RemediationApproval>::namespaced(client.clone(), "default")
         .create(&PostParams::default(), &approval)

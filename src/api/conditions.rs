@@ -46,6 +46,8 @@ pub mod reason {
     pub const APPROVED: &str = "Approved";
     /// A person rejected the change.
     pub const APPROVAL_REJECTED: &str = "ApprovalRejected";
+    /// No approval came within the policy's `trust.approvalTimeout`.
+    pub const APPROVAL_EXPIRED: &str = "ApprovalExpired";
     /// The change was applied; verification runs.
     pub const DEPLOYED: &str = "Deployed";
     /// Verification held: the fix worked.

@@ -250,6 +250,14 @@ pub struct TrustSpec {
     /// At `auto`, production changes need this many recent verified successes.
     #[serde(default)]
     pub earned_trust: EarnedTrust,
+    /// Distinct people whose approvals a change needs when it waits for approval (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub required_approvals: Option<u32>,
+    /// How long a change waits for approval before it escalates (reason `ApprovalExpired`);
+    /// approvals made after that do not count. Unset: it waits until `limits.maxDuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout: Option<DurationString>,
 }
 
 /// The record a policy must have before it deploys to production without a human.

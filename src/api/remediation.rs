@@ -641,6 +641,19 @@ pub struct RemediationStatus {
 }
 
 impl RemediationStatus {
+    /// When the change began waiting for approval: when the gate that asked for it finished.
+    pub fn waiting_since(&self) -> Option<k8s_openapi::jiff::Timestamp> {
+        let gate = self.last_step(Step::Gate).filter(|r| r.state == StepState::Succeeded)?;
+        gate.finished_at.as_ref().map(|t| t.0)
+    }
+
+    /// The approval deadline: `timeout` after the change began waiting for approval.
+    pub fn approval_deadline(&self, timeout: Option<std::time::Duration>) -> Option<k8s_openapi::jiff::Timestamp> {
+        let since = self.waiting_since()?;
+        let timeout = k8s_openapi::jiff::SignedDuration::try_from(timeout?).ok()?;
+        since.checked_add(timeout).ok()
+    }
+
     /// The latest record of `step`, if any.
     pub fn last_step(&self, step: Step) -> Option<&StepRecord> {
         self.steps.iter().rev().find(|r| r.step == step)

@@ -197,6 +197,10 @@ pub struct ValidTrust {
     pub successes_required: u32,
     /// How far back successes count.
     pub window: Duration,
+    /// Distinct approvers a change needs when it waits for approval (at least 1).
+    pub required_approvals: u32,
+    /// How long a change waits for approval.
+    pub approval_timeout: Option<Duration>,
 }
 
 /// CI settings.
@@ -278,7 +282,18 @@ impl ValidPolicy {
             require_approval: spec.trust.require_approval,
             successes_required: spec.trust.earned_trust.successes_required,
             window: c.duration("spec.trust.earnedTrust.window", &spec.trust.earned_trust.window),
+            required_approvals: spec.trust.required_approvals.unwrap_or(1),
+            approval_timeout: spec.trust.approval_timeout.as_ref().map(|t| c.duration("spec.trust.approvalTimeout", t)),
         };
+        if trust.required_approvals == 0 || trust.required_approvals > 10 {
+            c.push("spec.trust.requiredApprovals", "must be between 1 and 10");
+        }
+        if trust.approval_timeout.is_some_and(|t| t.is_zero()) {
+            c.push(
+                "spec.trust.approvalTimeout",
+                "must be longer than zero (leave it unset to wait until limits.maxDuration)",
+            );
+        }
         if trust.successes_required == 0 {
             c.push("spec.trust.earnedTrust.successesRequired", "must be at least 1");
         }

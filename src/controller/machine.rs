@@ -30,6 +30,8 @@ pub struct Settings {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_cap: Duration,
+    /// How long a change waits for approval before it escalates.
+    pub approval_timeout: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -39,6 +41,7 @@ impl Default for Settings {
             max_duration: Duration::from_secs(3600),
             retry_base: Duration::from_secs(2),
             retry_cap: Duration::from_secs(300),
+            approval_timeout: None,
         }
     }
 }
@@ -344,7 +347,21 @@ impl Machine<'_> {
                     a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
                 ),
             ),
-            None => Decision::Wait { after: self.until_deadline() },
+            None => match (self.settings.approval_timeout, self.status.waiting_since()) {
+                (Some(timeout), Some(since)) => {
+                    let waited = self.obs.now.duration_since(since).unsigned_abs();
+                    if waited >= timeout {
+                        return to(
+                            Phase::Escalated,
+                            reason::APPROVAL_EXPIRED,
+                            format!("no approval within trust.approvalTimeout ({}s)", timeout.as_secs()),
+                        );
+                    }
+                    let left = timeout - waited + Duration::from_secs(1);
+                    Decision::Wait { after: Some(self.until_deadline().map_or(left, |d| d.min(left))) }
+                }
+                _ => Decision::Wait { after: self.until_deadline() },
+            },
         }
     }
 

@@ -614,3 +614,15 @@ fn halts_come_from_the_kill_switch_a_suspended_policy_or_a_kind_the_policy_does_
     assert_eq!(h.reason, r::TARGET_KIND_NOT_ALLOWED);
     assert!(h.message.contains("acts on ConfigMap, not on Deployment"), "{}", h.message);
 }
+
+/// A change waits for approval only as long as the policy says; then it escalates.
+#[test]
+fn an_approval_that_never_comes_expires_into_escalated() {
+    let mut rem = mk_remediation(Phase::AwaitingApproval);
+    status(&mut rem).push_step(record(Step::Gate, 1, StepState::Succeeded, None, 2));
+    let settings = Settings { approval_timeout: Some(Duration::from_secs(5)), ..Settings::default() };
+    let waiting = |now: i64| Observations { now: at(now).0, policy: PolicyView::Valid(settings.clone()), ..obs() };
+    assert!(matches!(decide(&rem, &waiting(4)), Decision::Wait { after: Some(_) }), "still within the timeout");
+    let d = decide(&rem, &waiting(8));
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::APPROVAL_EXPIRED)), "{d:?}");
+}

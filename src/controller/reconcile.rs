@@ -36,7 +36,7 @@ use super::effects::Effects;
 use super::machine::{Observations, PolicyView, Settings, halt_for, jittered};
 use super::plan::{Plan, TransitionRecord, plan};
 use super::stages::Stages;
-use crate::api::approval::deciding;
+use crate::api::approval::tally;
 use crate::api::conditions::{self, ConditionType};
 use crate::api::remediation::{ApprovalRecord, Phase, RemediationStatus, Step};
 use crate::api::validate::ValidPolicy;
@@ -198,6 +198,7 @@ pub async fn run(
         clock: Arc::new(SystemClock),
     });
 
+    let client_for_approvals = client.clone();
     let controller = Controller::new(remediations, watcher::Config::default());
     let index = controller.store();
     let everything = index.clone();
@@ -210,7 +211,7 @@ pub async fn run(
         ),
         None => controller,
     };
-    controller
+    let controller = controller
         .watches(Api::<RemediationPolicy>::all(client.clone()), watcher::Config::default(), move |policy| {
             let namespace = policy.namespace();
             index
@@ -224,17 +225,34 @@ pub async fn run(
             let namespace = approval.namespace().unwrap_or_default();
             Some(ObjectRef::<Remediation>::new(&approval.spec.remediation_ref.name).within(&namespace))
         })
-        .reconcile_on(requeue_rx)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| {
-            if let Err(e) = result {
-                warn!(error = %e, "controller");
-            }
-            futures::future::ready(())
+        .reconcile_on(requeue_rx);
+    // One shutdown for both controllers: this one and the approvals' (which reports on each
+    // RemediationApproval whether it counts).
+    let stop = CancellationToken::new();
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
         })
-        .await;
-    effects.cancel_all();
+    };
+    let remediations = async {
+        controller
+            .graceful_shutdown_on(stop.clone().cancelled_owned())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| {
+                if let Err(e) = result {
+                    warn!(error = %e, "controller");
+                }
+                futures::future::ready(())
+            })
+            .await;
+        // At once, not after the approvals controller: a replica that lost the lease must not
+        // go on with an effect the new leader resumes.
+        effects.cancel_all();
+    };
+    futures::join!(remediations, super::approvals::run(client_for_approvals, stop.clone().cancelled_owned()));
+    stopper.abort();
     feeds.abort();
     Ok(())
 }
@@ -332,7 +350,7 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     };
 
     // Decide.
-    let plan = plan(&rem, finished, observe_approval(ctx, &rem, now), &obs);
+    let plan = plan(&rem, finished, observe_approval(ctx, &rem, policy.as_deref(), now), &obs);
 
     // Act and record.
     if rem.status.as_ref() != Some(&plan.status) {
@@ -419,6 +437,7 @@ fn settings(policy: &ValidPolicy) -> Settings {
     Settings {
         max_attempts: policy.limits.max_attempts,
         max_duration: policy.limits.max_duration,
+        approval_timeout: policy.trust.approval_timeout,
         ..Settings::default()
     }
 }
@@ -433,16 +452,18 @@ fn observe_policy(ctx: &Context, namespace: &str, name: &str) -> (PolicyView, Op
     }
 }
 
-/// The decision that applies to `rem` among the cached approvals (`approval::deciding`).
-fn observe_approval(ctx: &Context, rem: &Remediation, now: Timestamp) -> Option<ApprovalRecord> {
+/// The decision the cached approvals make for `rem` under its policy (`approval::tally`):
+/// a rejection, or enough distinct approvers of the current proposal, before the deadline.
+fn observe_approval(
+    ctx: &Context,
+    rem: &Remediation,
+    policy: Option<&ValidPolicy>,
+    now: Timestamp,
+) -> Option<ApprovalRecord> {
+    let trust = &policy?.trust;
+    let deadline = rem.status.as_ref().and_then(|s| s.approval_deadline(trust.approval_timeout));
     let approvals = ctx.approvals.state();
-    deciding(rem, approvals.iter().map(AsRef::as_ref)).map(|a| ApprovalRecord {
-        name: a.name_any(),
-        decision: a.spec.decision,
-        approver: a.spec.approver.clone(),
-        reason: a.spec.reason.clone(),
-        decided_at: Time(now),
-    })
+    tally(rem, approvals.iter().map(AsRef::as_ref), deadline).decision(trust.required_approvals, Time(now))
 }
 
 async fn write_status(

@@ -17,8 +17,10 @@ use kube::api::{Api, ListParams};
 use serde_json::Value;
 
 use crate::api::ErrorCategory;
-use crate::api::approval::{ApprovalDecision, RemediationApproval, deciding};
-use crate::api::remediation::{CiResult, GateDecision, GateResult, Proposal};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::approval::{ApprovalDecision, RemediationApproval, tally};
+use crate::api::remediation::{ApprovalRecord, CiResult, GateDecision, GateResult, Proposal};
 use crate::cluster::{api_error, as_json, read_target, revision_of, rules_for};
 use crate::patch::safety::{Proposed, Target, check};
 use crate::ports::{Gate, StageError, StageInput, StageResult};
@@ -60,7 +62,11 @@ pub async fn recheck(
     } else {
         Vec::new()
     };
-    gate_allows(&decision, deciding(rem, &approvals)).map_err(|m| refuse(&m))?;
+    let trust = input.policy.as_ref().map(|p| &p.trust);
+    let deadline = rem.status.as_ref().and_then(|s| s.approval_deadline(trust.and_then(|t| t.approval_timeout)));
+    let required = trust.map_or(1, |t| t.required_approvals);
+    let approval = tally(rem, &approvals, deadline).decision(required, Time(jiff::Timestamp::now()));
+    gate_allows(&decision, approval.as_ref()).map_err(|m| refuse(&m))?;
     Ok(current)
 }
 
@@ -80,19 +86,17 @@ pub fn unchanged_since_test(tested: Option<&CiResult>, now: Option<&str>) -> Res
     }
 }
 
-/// The gate's decision now, with the approval that applies when it wants one.
-pub fn gate_allows(gate: &GateResult, approval: Option<&RemediationApproval>) -> Result<(), String> {
+/// The gate's decision now, with the decision the approvals make when it wants one.
+pub fn gate_allows(gate: &GateResult, approval: Option<&ApprovalRecord>) -> Result<(), String> {
     match (gate.decision, approval) {
         (GateDecision::Approved, _) => Ok(()),
         (GateDecision::Denied, _) => Err(format!("the gate denies the change: {}", gate.reason)),
-        (GateDecision::ApprovalRequired, Some(a)) if a.spec.decision == ApprovalDecision::Approve => Ok(()),
-        (GateDecision::ApprovalRequired, Some(a)) => Err(format!(
-            "{} rejected it (RemediationApproval {})",
-            a.spec.approver,
-            a.metadata.name.as_deref().unwrap_or("")
-        )),
+        (GateDecision::ApprovalRequired, Some(a)) if a.decision == ApprovalDecision::Approve => Ok(()),
+        (GateDecision::ApprovalRequired, Some(a)) => {
+            Err(format!("{} rejected it (RemediationApproval {})", a.approver, a.name))
+        }
         (GateDecision::ApprovalRequired, None) => Err(format!(
-            "the gate requires approval ({}) and no RemediationApproval approves this Remediation",
+            "the gate requires approval ({}) and the RemediationApprovals of this Remediation's proposal do not approve it",
             gate.reason
         )),
     }
@@ -123,11 +127,9 @@ mod tests {
         assert!(unchanged_since_test(None, Some("generation 2")).is_err());
     }
 
-    fn approval(decision: &str) -> RemediationApproval {
+    fn approval(decision: &str) -> ApprovalRecord {
         serde_json::from_value(serde_json::json!({
-            "apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval",
-            "metadata": {"name": "a1", "namespace": "shop"},
-            "spec": {"remediationRef": {"name": "r"}, "decision": decision, "approver": "alice"}
+            "name": "a1", "decision": decision, "approver": "alice", "decidedAt": "2026-01-01T00:00:00Z"
         }))
         .unwrap()
     }
@@ -144,6 +146,6 @@ mod tests {
         let rejected = gate_allows(&gate(GateDecision::ApprovalRequired), Some(&approval("reject"))).unwrap_err();
         assert!(rejected.contains("alice rejected"), "{rejected}");
         let missing = gate_allows(&gate(GateDecision::ApprovalRequired), None).unwrap_err();
-        assert!(missing.contains("no RemediationApproval approves"), "{missing}");
+        assert!(missing.contains("do not approve it"), "{missing}");
     }
 }

@@ -66,7 +66,14 @@ mod tests {
     use std::time::Duration;
 
     fn trust(level: TrustLevel, require_approval: bool) -> ValidTrust {
-        ValidTrust { level, require_approval, successes_required: 3, window: Duration::from_secs(3600) }
+        ValidTrust {
+            level,
+            require_approval,
+            successes_required: 3,
+            window: Duration::from_secs(3600),
+            required_approvals: 1,
+            approval_timeout: None,
+        }
     }
 
     #[test]
