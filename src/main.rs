@@ -115,6 +115,45 @@ enum Command {
         #[arg(long)]
         rbac: Option<PathBuf>,
     },
+    /// Approve the Remediation's current proposal, as yourself (also `kubectl reflex approve`).
+    Approve {
+        /// The Remediation.
+        name: String,
+        #[command(flatten)]
+        who: Who,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Reject the Remediation's change, as yourself: it is cancelled.
+    Reject {
+        /// The Remediation.
+        name: String,
+        #[command(flatten)]
+        who: Who,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Cancel the Remediation, as yourself: nothing further is deployed.
+    Cancel {
+        /// The Remediation.
+        name: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// List Remediations (phase, target, what they wait for).
+    Get {
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Show one Remediation: proposal, CI, gate, approval, deploy, verification.
+    Describe {
+        /// The Remediation.
+        name: String,
+        #[command(flatten)]
+        who: Who,
+    },
     /// MCP: `reflex mcp manifest` prints every tool's name, version and schema hash.
     Mcp {
         #[command(subcommand)]
@@ -122,6 +161,29 @@ enum Command {
     },
     /// Print version and build information.
     Version,
+}
+
+/// Who acts and where: the kubeconfig identity (never the operator's).
+#[derive(clap::Args)]
+struct Who {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (default: the current context).
+    #[arg(long)]
+    context: Option<String>,
+}
+
+impl Who {
+    /// A client as the kubeconfig's user, and the namespace to act in.
+    async fn connect(self) -> anyhow::Result<(kube::Client, String)> {
+        reflex::install_crypto_provider();
+        let (client, config) = client(self.kubeconfig, self.context).await?;
+        Ok((client, self.namespace.unwrap_or(config.default_namespace)))
+    }
 }
 
 #[derive(Subcommand)]
@@ -152,6 +214,56 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Mcp { command: McpCommand::Manifest } => {
             print!("{}", reflex::mcp::manifest::render(&reflex::mcp::manifest::compute()));
+        }
+        Command::Approve { name, who, reason } => {
+            let (client, ns) = who.connect().await?;
+            let a = reflex::oncall::decide(&client, &ns, &name, reflex::api::ApprovalDecision::Approve, reason).await?;
+            println!(
+                "remediationapproval/{} created: {} approves proposal {} of {ns}/{name}",
+                a.metadata.name.unwrap_or_default(),
+                a.spec.approver,
+                a.spec.proposal_digest.unwrap_or_default()
+            );
+        }
+        Command::Reject { name, who, reason } => {
+            let (client, ns) = who.connect().await?;
+            let a = reflex::oncall::decide(&client, &ns, &name, reflex::api::ApprovalDecision::Reject, reason).await?;
+            println!(
+                "remediationapproval/{} created: {} rejects {ns}/{name}",
+                a.metadata.name.unwrap_or_default(),
+                a.spec.approver
+            );
+        }
+        Command::Cancel { name, who } => {
+            let (client, ns) = who.connect().await?;
+            reflex::oncall::cancel(&client, &ns, &name).await?;
+            println!("remediation/{name} cancelled in {ns}: nothing further is deployed");
+        }
+        Command::Get { who } => {
+            let (client, ns) = who.connect().await?;
+            let list = kube::Api::<reflex::api::Remediation>::namespaced(client, &ns)
+                .list(&kube::api::ListParams::default())
+                .await
+                .with_context(|| format!("listing Remediations in {ns}"))?;
+            println!("{:<40} {:<18} {:<30} MESSAGE", "NAME", "PHASE", "TARGET");
+            for r in list.items {
+                let status = r.status.clone().unwrap_or_default();
+                println!(
+                    "{:<40} {:<18} {:<30} {}",
+                    r.metadata.name.unwrap_or_default(),
+                    status.phase.to_string(),
+                    format!("{}/{}", r.spec.target.kind.as_str(), r.spec.target.name),
+                    status.message.unwrap_or_default()
+                );
+            }
+        }
+        Command::Describe { name, who } => {
+            let (client, ns) = who.connect().await?;
+            let rem = kube::Api::<reflex::api::Remediation>::namespaced(client, &ns)
+                .get(&name)
+                .await
+                .with_context(|| format!("reading Remediation {ns}/{name}"))?;
+            print!("{}", reflex::oncall::describe(&rem));
         }
         Command::Version => {
             println!("reflex {}", env!("CARGO_PKG_VERSION"));

@@ -42,6 +42,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("controller", &["api", "cluster", "patch", "ports"]),
     // The composition root assembles everything the operator runs.
     ("operator", &["agent", "ci", "cluster", "controller", "deploy", "gate", "intake", "mcp", "metrics", "verify"]),
+    // What a person does, as themselves (the CLI and the MCP action tools).
+    ("oncall", &["api"]),
     // The in-memory API server: types and the merge semantics only.
     ("sandbox", &["api", "patch"]),
     // The demo runs the operator on the sandbox.

@@ -154,3 +154,86 @@ async fn kubectl_manages_reflex_crds_remediations_and_deployments() {
     .await
     .unwrap();
 }
+
+/// The RBAC table of the plugin test: alice is on call in `shop` (she may read Remediations,
+/// cancel them and create RemediationApprovals); the administrator sets the scene.
+const ONCALL_RBAC: &str = r#"
+users:
+  - {name: sandbox-admin, token: reflex-sandbox-admin, groups: ["system:masters"]}
+  - {name: alice, token: t-alice}
+grants:
+  - subjects: [{kind: User, name: alice}]
+    namespaces: [shop]
+    rules:
+      - {apiGroups: ["reflex.dev"], resources: ["remediations"], verbs: ["get", "list", "patch"]}
+      - {apiGroups: ["reflex.dev"], resources: ["remediationapprovals"], verbs: ["create", "get", "list"]}
+"#;
+
+/// `kubectl reflex approve` — the reflex binary installed as the kubectl plugin
+/// `kubectl-reflex` — creates the approval as the person at the keyboard: bound to the
+/// Remediation's uid and its current proposal, with their own name as the approver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reflex_approves_as_the_person_running_it() {
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use reflex::api::approval::RemediationApproval;
+    use reflex::api::remediation::Remediation;
+    reflex::install_crypto_provider();
+    let rbac = reflex::sandbox::rbac::Table::from_yaml(ONCALL_RBAC).unwrap();
+    let sandbox = Sandbox::start(Config { rbac, ..Config::default() }).await.unwrap();
+    sandbox.install_crds().unwrap();
+    let admin = sandbox.client(ADMIN_TOKEN).await.unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "shop"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let rems = Api::<Remediation>::namespaced(admin.clone(), "shop");
+    let rem: Remediation = serde_saphyr::from_str(REMEDIATION).unwrap();
+    let rem = rems.create(&PostParams::default(), &rem).await.unwrap();
+    let status = serde_json::json!({"status": {"phase": "AwaitingApproval", "proposal": {"patchType": "strategic", "patch": {},
+        "digest": "sha256:0a1b", "rationale": "raise the limit", "producedBy": "playbook"}}});
+    rems.patch_status("checkout-oom", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+
+    let dir = std::env::temp_dir().join(format!(
+        "reflex-plugin-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_nanosecond()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    sandbox.write_kubeconfig(&kubeconfig, "t-alice").unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_reflex"), dir.join("kubectl-reflex")).unwrap();
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let run = move |args: &[&str]| {
+        let out = Command::new(&kubectl).args(args).env("PATH", &path).env("KUBECONFIG", &kubeconfig).output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, out) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&["reflex", "approve", "checkout-oom", "-n", "shop", "--reason", "limit raise looks right"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "kubectl reflex approve failed:\n{out}");
+    assert!(out.contains("alice approves proposal sha256:0a1b"), "{out}");
+
+    let approvals =
+        Api::<RemediationApproval>::namespaced(admin.clone(), "shop").list(&Default::default()).await.unwrap();
+    let [approval] = approvals.items.as_slice() else { panic!("one approval: {:?}", approvals.items) };
+    assert_eq!(approval.spec.approver, "alice", "the person, as the API server knows them");
+    assert_eq!(approval.spec.remediation_ref.uid, rem.metadata.uid.clone().unwrap());
+    assert_eq!(approval.spec.proposal_digest.as_deref(), Some("sha256:0a1b"));
+    assert_eq!(approval.spec.reason.as_deref(), Some("limit raise looks right"));
+
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || run(&["reflex", "describe", "checkout-oom", "-n", "shop"])).await.unwrap();
+    assert!(ok && out.contains("phase      AwaitingApproval") && out.contains("sha256:0a1b"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
