@@ -30,7 +30,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("ports", &["api", "patch"]),
     ("cluster", &["api", "patch", "ports"]),
     // Services.
-    ("mcp", &["api", "metrics", "web"]),
+    ("mcp", &["api", "metrics", "oncall", "web"]),
     ("intake", &["api", "cluster", "web"]),
     // Stage modules: the ports and what is below them; CI sends deploy's request.
     ("agent", &["api", "cluster", "mcp", "metrics", "patch", "ports"]),
@@ -61,6 +61,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "intake",
             "mcp",
             "metrics",
+            "oncall",
             "operator",
             "sandbox",
             "telemetry",

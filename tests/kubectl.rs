@@ -161,8 +161,9 @@ const ONCALL_RBAC: &str = r#"
 users:
   - {name: sandbox-admin, token: reflex-sandbox-admin, groups: ["system:masters"]}
   - {name: alice, token: t-alice}
+  - {name: bob, token: t-bob}
 grants:
-  - subjects: [{kind: User, name: alice}]
+  - subjects: [{kind: User, name: alice}, {kind: User, name: bob}]
     namespaces: [shop]
     rules:
       - {apiGroups: ["reflex.dev"], resources: ["remediations"], verbs: ["get", "list", "patch"]}
@@ -171,7 +172,9 @@ grants:
 
 /// `kubectl reflex approve` — the reflex binary installed as the kubectl plugin
 /// `kubectl-reflex` — creates the approval as the person at the keyboard: bound to the
-/// Remediation's uid and its current proposal, with their own name as the approver.
+/// Remediation's uid and its current proposal, with their own name as the approver. With the
+/// shipped ValidatingAdmissionPolicy applied (by kubectl), nobody can approve as someone
+/// else: bob creating an approval that names alice is denied with the policy's message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_reflex_approves_as_the_person_running_it() {
     use kube::api::{Api, Patch, PatchParams, PostParams};

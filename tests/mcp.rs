@@ -442,3 +442,39 @@ async fn the_executors_loopback_reads_as_the_token_in_its_file() {
     assert_eq!(audit.0.lock().unwrap().len(), 1, "one audited MCP call");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The action tools act as the caller: alice (on call in shop) approves the current proposal
+/// under her own name; bob, whom RBAC gives nothing, is refused by the API server; an action
+/// is never served from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn action_tools_approve_as_the_caller_and_rbac_decides() {
+    use kube::api::{Api, Patch, PatchParams};
+    use reflex::api::approval::RemediationApproval;
+    use reflex::api::remediation::Remediation;
+    let s = setup().await;
+    common::mcp::create_remediation(&s.admin).await;
+    let status = json!({"status": {"phase": "AwaitingApproval", "proposal": {"patchType": "strategic", "patch": {},
+        "digest": "sha256:feed", "rationale": "raise the limit", "producedBy": "playbook"}}});
+    Api::<Remediation>::namespaced(s.admin.clone(), "shop")
+        .patch_status("checkout-oom-checkout-1", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+    let alice = connect(&s.url, "t-alice").await;
+    let args = json!({"namespace": "shop", "name": "checkout-oom-checkout-1", "reason": "on call: looks right"});
+    let out = ok(call(&alice, "approve_remediation", args.clone()).await);
+    assert!(out["message"].as_str().unwrap().contains("alice approves proposal sha256:feed"), "{out}");
+    ok(call(&alice, "approve_remediation", args.clone()).await);
+    let approvals =
+        Api::<RemediationApproval>::namespaced(s.admin.clone(), "shop").list(&Default::default()).await.unwrap();
+    assert_eq!(approvals.items.len(), 2, "every call acts: nothing is cached");
+    assert!(
+        approvals
+            .items
+            .iter()
+            .all(|a| a.spec.approver == "alice" && a.spec.proposal_digest.as_deref() == Some("sha256:feed"))
+    );
+
+    let bob = connect(&s.url, "t-bob").await;
+    let e = err(call(&bob, "approve_remediation", args).await);
+    assert!(e.contains("forbidden") && e.contains("bob"), "the API server judged bob: {e}");
+}

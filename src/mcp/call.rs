@@ -269,9 +269,44 @@ impl ReflexMcp {
         F: FnOnce(Caller) -> Fut,
         Fut: Future<Output = Result<T, String>>,
     {
+        self.as_caller(ctx, tool, args, timeout, work, true).await
+    }
+
+    /// Run an action tool: as [`Self::run`], but never cached — every call acts.
+    pub(super) async fn act<T, F, Fut>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        tool: &'static str,
+        args: String,
+        timeout: Duration,
+        work: F,
+    ) -> Result<Json<T>, String>
+    where
+        T: Serialize,
+        F: FnOnce(Caller) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        self.as_caller(ctx, tool, args, timeout, work, false).await
+    }
+
+    async fn as_caller<T, F, Fut>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        tool: &'static str,
+        args: String,
+        timeout: Duration,
+        work: F,
+        cached: bool,
+    ) -> Result<Json<T>, String>
+    where
+        T: Serialize,
+        F: FnOnce(Caller) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
         let caller = caller_of(ctx)?;
         let key = cache_key(&caller, tool, &args);
-        if let Some(cache) = &self.inner.cache
+        let cache = self.inner.cache.as_ref().filter(|_| cached);
+        if let Some(cache) = cache
             && let Some(hit) = cache.get(&key).await
         {
             return Ok(Json::new(hit));
@@ -311,7 +346,7 @@ impl ReflexMcp {
         }
         tracing::debug!(tool, %user, bytes = size, "mcp tool served");
         let served = Arc::new(served);
-        if let Some(cache) = &self.inner.cache {
+        if let Some(cache) = cache {
             cache.insert(key, served.clone()).await;
         }
         Ok(Json::new(served))

@@ -7,6 +7,7 @@
 //! resources and the prompt in [`resources`]; [`bounds`] is the pure edge (input bounds,
 //! output caps, redaction); [`manifest`] pins tool schemas (and holds the one schema hash).
 
+pub mod actions;
 pub mod bounds;
 pub mod call;
 pub mod client;

@@ -287,3 +287,24 @@ pub struct DiagnoseAlert {
     #[serde(default)]
     pub target: Option<String>,
 }
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemediationAction {
+    /// The Remediation's namespace.
+    pub namespace: String,
+    /// The Remediation's name.
+    pub name: String,
+    /// Why, for the audit trail.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ActionOutput {
+    /// The RemediationApproval created, if the action created one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// What happened.
+    pub message: String,
+}

@@ -48,6 +48,9 @@ pub const TOOL_VERSIONS: &[(&str, u32)] = &[
     ("list_firing_alerts", 1),
     ("list_remediations", 1),
     ("list_playbooks", 1),
+    ("approve_remediation", 1),
+    ("reject_remediation", 1),
+    ("cancel_remediation", 1),
 ];
 
 /// A Prometheus client for the PromQL and alert tools (ring TLS through our reqwest).
@@ -80,7 +83,7 @@ impl ReflexMcp {
             backends,
             inflight: InFlight::default(),
             cache,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::action_router(),
             prompt_router: Self::prompt_router(),
         };
         Self { inner: Arc::new(inner) }
@@ -136,7 +139,7 @@ impl ServerHandler for ReflexMcp {
 
 /// The tools as listed (for the manifest and tests).
 pub fn tools() -> Vec<rmcp::model::Tool> {
-    ReflexMcp::tool_router().list_all()
+    (ReflexMcp::tool_router() + ReflexMcp::action_router()).list_all()
 }
 
 #[cfg(test)]
@@ -150,7 +153,8 @@ mod tests {
         for t in &tools {
             assert!(TOOL_VERSIONS.iter().any(|(n, _)| *n == t.name), "{} has no version", t.name);
             assert!(t.output_schema.is_some(), "{} has no output schema", t.name);
-            assert_eq!(t.annotations.as_ref().and_then(|a| a.read_only_hint), Some(true), "{}", t.name);
+            let read_only = !super::super::actions::ACTION_TOOLS.contains(&t.name.as_ref());
+            assert_eq!(t.annotations.as_ref().and_then(|a| a.read_only_hint), Some(read_only), "{}", t.name);
         }
     }
 }

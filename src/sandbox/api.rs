@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::defaults::{builtin_shape, defaults};
 use super::deletion::{delete_in, settle};
 use super::meta::{del_meta, field_cause, finalizers, meta_str, now, set_meta};
+use super::rbac::UserInfo;
 use super::resources::{Behaviour, ResourceType};
 use super::schema::{FieldValidation, admit};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -34,6 +35,10 @@ pub struct WriteCtx {
     pub manager: String,
     pub dry_run: bool,
     pub validation: FieldValidation,
+    /// Who asks: a request's user goes through admission policies; `None` for the sandbox's
+    /// own controllers (the workload model), as kube-controller-manager's writes of a kind no
+    /// policy here binds.
+    pub user: Option<UserInfo>,
 }
 
 impl WriteCtx {
@@ -328,6 +333,22 @@ fn persist(
         new = admitted.object;
     }
     defaults(rt, &mut new, old.is_none());
+    if let Some(user) = &w.user
+        && meta_str(&new, "deletionTimestamp").is_none()
+    {
+        let request = super::admission::Request {
+            operation: if old.is_some() { "UPDATE" } else { "CREATE" },
+            rt,
+            status: matches!(part, Part::Status),
+            namespace: &w.namespace,
+            name: &name,
+            object: &new,
+            old,
+            user,
+            dry_run: w.dry_run,
+        };
+        super::admission::admit(tx, &request)?;
+    }
     if rt.behaviour == Behaviour::Crd {
         tx.registry.register_crd(&new)?;
     }
@@ -725,6 +746,7 @@ mod tests {
             manager: "test".into(),
             dry_run: false,
             validation: FieldValidation::Strict,
+            user: None,
         }
     }
 
@@ -785,6 +807,7 @@ mod tests {
             manager: "t".into(),
             dry_run: false,
             validation: FieldValidation::Ignore,
+            user: None,
         };
         api.create(
             &w,

@@ -9,6 +9,7 @@
 //! admission), [`selectors`], [`rbac`], [`table`] (server-side printing), [`workload`]
 //! (Deployment → ReplicaSet → Pod), [`server`] (HTTP).
 
+pub mod admission;
 pub mod api;
 mod defaults;
 mod deletion;
@@ -201,6 +202,7 @@ fn create(api: &Api, group: &str, plural: &str, ns: &str, obj: Value) -> anyhow:
         manager: "reflex-sandbox".into(),
         dry_run: false,
         validation: FieldValidation::Strict,
+        user: None,
     };
     match api.create(&w, obj) {
         Ok(_) => Ok(()),

@@ -421,7 +421,14 @@ async fn write(
         }
     });
     super::api::validate_manager(&manager)?;
-    let w = WriteCtx { rt: target.rt.clone(), namespace: target.namespace.clone(), manager, dry_run, validation };
+    let w = WriteCtx {
+        rt: target.rt.clone(),
+        namespace: target.namespace.clone(),
+        manager,
+        dry_run,
+        validation,
+        user: Some(user.clone()),
+    };
     let ok = |code: u16, out: Outcome| with_warnings(respond(code, &out.object), &out.warnings);
     match verb {
         "create" | "update" => {

@@ -54,6 +54,7 @@ fn ctx(api: &Api, plural: &str, group: &str, ns: &str) -> Option<WriteCtx> {
         manager: MANAGER.into(),
         dry_run: false,
         validation: FieldValidation::Ignore,
+        user: None,
     })
 }
 

@@ -35,6 +35,7 @@ grants:
     namespaces: [shop]
     rules:
       - {apiGroups: ["", "apps", "reflex.dev"], resources: ["pods", "pods/log", "configmaps", "secrets", "events", "deployments", "replicasets", "remediations", "playbooks"], verbs: ["get", "list", "watch"]}
+      - {apiGroups: ["reflex.dev"], resources: ["remediationapprovals"], verbs: ["create"]}
 "#;
 
 pub struct Setup {
