@@ -26,6 +26,8 @@ struct Doubles {
     runs: Mutex<HashMap<(String, Step), u32>>,
     /// While set, verification never completes (to stop a controller mid-way).
     hold_verify: Mutex<bool>,
+    /// While set, verification fails (the change does not hold: it is rolled back).
+    fail_verify: Mutex<bool>,
 }
 
 impl Doubles {
@@ -137,11 +139,12 @@ impl reflex::ports::Verify for D {
             return futures::future::pending().boxed();
         }
         self.0.count(&input, Step::Verify);
-        async {
+        let holds = !*self.0.fail_verify.lock().unwrap();
+        async move {
             Ok(Verification {
-                verdict: VerificationVerdict::Passed,
-                samples: vec![Sample { at: now(), value: Some(0.0), ok: true }],
-                message: Some("no OOM kills for the window".into()),
+                verdict: if holds { VerificationVerdict::Passed } else { VerificationVerdict::Failed },
+                samples: vec![Sample { at: now(), value: Some(if holds { 0.0 } else { 3.0 }), ok: holds }],
+                message: Some(if holds { "no OOM kills for the window" } else { "3 OOM kills in the window" }.into()),
                 started_at: now(),
                 next_sample_at: None,
             })
@@ -495,6 +498,74 @@ async fn every_approval_reports_whether_it_counts_and_why_not() {
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "shop");
     let list = events.list(&ListParams::default().fields("involvedObject.name=for-ghost")).await.unwrap();
     assert!(list.items.iter().any(|e| e.reason.as_deref() == Some("RemediationNotFound")), "an Event says why");
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// Earned trust: in production at trust `auto`, each change waits for a person until the
+/// policy has its threshold of verified successes in a row (here 5); the sixth goes through
+/// unattended; one rollback resets it and the next change waits again. The record is in the
+/// policy's status (and its `Earned` column).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earned_trust_lets_the_sixth_production_fix_through_and_a_rollback_resets_it() {
+    use kube::api::{Patch, PatchParams};
+    use reflex::api::approval::RemediationApproval;
+    let (_sandbox, client) = setup().await;
+    let policies = Api::<RemediationPolicy>::namespaced(client.clone(), "shop");
+    let five = json!({"spec": {"environment": "production", "trust": {"earnedTrust": {"successesRequired": 5}}}});
+    policies.patch("checkout-oom", &PatchParams::default(), &Patch::Merge(five)).await.unwrap();
+    let doubles = Arc::new(Doubles::default());
+    let mut stages = stages(&doubles);
+    stages.gate = Some(Arc::new(reflex::gate::trust::TrustGate { client: client.clone() }));
+    let (stop, task) = spawn_controller(&client, stages);
+    let approvals = Api::<RemediationApproval>::namespaced(client.clone(), "shop");
+
+    let approve = |rem: Remediation| {
+        let uid = rem.metadata.uid.clone().unwrap();
+        let digest = rem.status.unwrap().proposal.unwrap().digest;
+        let name = rem.metadata.name.unwrap();
+        serde_json::from_value::<RemediationApproval>(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval",
+            "metadata": {"name": format!("{name}-ok"), "namespace": "shop"},
+            "spec": {"remediationRef": {"name": name, "uid": uid}, "decision": "approve", "approver": "alice", "proposalDigest": digest}}))
+        .unwrap()
+    };
+    for i in 1..=5 {
+        let name = format!("trust-{i}");
+        create_remediation(&client, &name).await;
+        let waiting = wait_phase(&client, &name, Phase::AwaitingApproval).await;
+        approvals.create(&PostParams::default(), &approve(waiting)).await.unwrap();
+        wait_phase(&client, &name, Phase::Succeeded).await;
+    }
+    let earned = |p: RemediationPolicy| p.status.unwrap_or_default().trust;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !earned(policies.get("checkout-oom").await.unwrap()).earned {
+        assert!(tokio::time::Instant::now() < deadline, "trust never recorded as earned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    create_remediation(&client, "trust-6").await;
+    let sixth = wait_phase(&client, "trust-6", Phase::Succeeded).await.status.unwrap();
+    assert_eq!(sixth.approval, None, "no person was needed");
+    assert!(sixth.gate.unwrap().reason.contains("earned: 5 verified successes"));
+
+    *doubles.fail_verify.lock().unwrap() = true;
+    create_remediation(&client, "trust-7").await;
+    wait_phase(&client, "trust-7", Phase::RolledBack).await;
+    *doubles.fail_verify.lock().unwrap() = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = earned(policies.get("checkout-oom").await.unwrap());
+        if record.last_reset_by.is_some() {
+            assert!(!record.earned && record.verified.is_empty(), "{record:?}");
+            assert!(record.last_reset_reason.unwrap().starts_with("trust-7: rolled back"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the rollback never reset trust");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    create_remediation(&client, "trust-8").await;
+    let waiting = wait_phase(&client, "trust-8", Phase::AwaitingApproval).await;
+    assert!(waiting.status.unwrap().gate.unwrap().reason.contains("0 of 5 verified successes"));
     stop.cancel();
     task.await.unwrap();
 }

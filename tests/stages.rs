@@ -171,15 +171,24 @@ async fn auto_policy_and_playbook(client: &kube::Client) {
             "allowedPaths": ["spec.template.spec.containers[*].resources.limits.memory", "spec.template.spec.containers[*].image"]}}}))
     .unwrap();
     Api::<Playbook>::namespaced(client.clone(), "default").create(&PostParams::default(), &pb).await.unwrap();
+    // The policy object too: the gate reads its trust record.
+    let policy = reflex::api::RemediationPolicy::new("p", auto_policy_spec());
+    Api::<reflex::api::RemediationPolicy>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
 }
 
-fn auto_policy() -> Arc<reflex::api::validate::ValidPolicy> {
-    let spec: reflex::api::policy::RemediationPolicySpec = serde_json::from_value(json!({
+fn auto_policy_spec() -> reflex::api::policy::RemediationPolicySpec {
+    serde_json::from_value(json!({
         "match": {"alertnames": ["A"]}, "target": {"kind": "Deployment", "name": "checkout"}, "trust": {"level": "auto"},
         "playbook": "change-app",
         "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}))
-    .unwrap();
-    Arc::new(reflex::api::validate::ValidPolicy::from_spec(&spec).unwrap())
+    .unwrap()
+}
+
+fn auto_policy() -> Arc<reflex::api::validate::ValidPolicy> {
+    Arc::new(reflex::api::validate::ValidPolicy::from_spec(&auto_policy_spec()).unwrap())
 }
 
 /// What the controller hands the deploy stage for `rem`: with its policy.

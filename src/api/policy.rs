@@ -30,6 +30,7 @@ use super::{DurationString, Environment, SecretKeyRef, TargetKind};
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.agent.mode"),
     printcolumn(name = "Trust", type_ = "string", json_path = ".spec.trust.level"),
     printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.limits.suspend"),
+    printcolumn(name = "Earned", type_ = "boolean", json_path = ".status.trust.earned"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -512,18 +513,157 @@ pub struct RemediationPolicyStatus {
     pub suppressed: BTreeMap<String, u64>,
 }
 
-/// Verified successes since the last failure.
+/// The policy's earned-trust record: verified successes since the last failure.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TrustRecord {
-    /// Completion times of verified successes since the last reset (bounded).
+    /// Verified successes since the last reset, oldest first (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
-    pub verified_successes: Vec<Time>,
+    pub verified: Vec<VerifiedSuccess>,
     /// When trust was last reset by a failed verification or rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reset: Option<Time>,
     /// Why trust was last reset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reset_reason: Option<String>,
+    /// The uid of the Remediation whose failure reset it (so it is counted once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset_by: Option<String>,
+    /// Whether production changes at trust `auto` deploy without a human now (a summary; the
+    /// gate recomputes it).
+    #[serde(default)]
+    pub earned: bool,
+}
+
+/// One verified success.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedSuccess {
+    /// The Remediation.
+    pub remediation: String,
+    /// Its uid.
+    pub uid: String,
+    /// When its verification passed.
+    pub at: Time,
+}
+
+/// How a deployed change ended, for the trust record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangeOutcome {
+    /// The Remediation.
+    pub remediation: String,
+    /// Its uid.
+    pub uid: String,
+    /// Verified (`None`), or why not.
+    pub failure: Option<String>,
+    /// When it ended.
+    pub at: Time,
+}
+
+const MAX_VERIFIED: usize = 1000;
+
+impl TrustRecord {
+    /// Whether this Remediation's outcome is already in the record.
+    pub fn knows(&self, uid: &str) -> bool {
+        self.last_reset_by.as_deref() == Some(uid) || self.verified.iter().any(|v| v.uid == uid)
+    }
+
+    /// Whether `outcome` changes the record: a Remediation not yet in it, that ended after
+    /// the last reset (an older one is history the reset already judged — it must not come
+    /// back into the run when its Remediation is reconciled again).
+    pub fn takes(&self, outcome: &ChangeOutcome) -> bool {
+        !self.knows(&outcome.uid) && self.last_reset.as_ref().is_none_or(|reset| outcome.at.0 > reset.0)
+    }
+
+    /// Verified successes within `window` before `now`, since the last reset.
+    pub fn verified_within(&self, window: std::time::Duration, now: k8s_openapi::jiff::Timestamp) -> u32 {
+        let since = k8s_openapi::jiff::SignedDuration::try_from(window)
+            .ok()
+            .and_then(|w| now.checked_sub(w).ok())
+            .unwrap_or(k8s_openapi::jiff::Timestamp::MIN);
+        u32::try_from(self.verified.iter().filter(|v| v.at.0 >= since).count()).unwrap_or(u32::MAX)
+    }
+
+    /// The record with `outcome` in it: a verified success adds to the run, a failure resets
+    /// it. `earned` is recomputed for `required` successes within `window`. Pure; a known
+    /// Remediation changes nothing.
+    #[must_use]
+    pub fn with(&self, outcome: ChangeOutcome, required: u32, window: std::time::Duration) -> Self {
+        let mut next = self.clone();
+        if !self.takes(&outcome) {
+            return next;
+        }
+        let now = outcome.at.0;
+        match outcome.failure {
+            None => {
+                next.verified.push(VerifiedSuccess {
+                    remediation: outcome.remediation,
+                    uid: outcome.uid,
+                    at: outcome.at,
+                });
+                let excess = next.verified.len().saturating_sub(MAX_VERIFIED);
+                next.verified.drain(..excess);
+            }
+            Some(why) => {
+                next.verified.clear();
+                next.last_reset = Some(outcome.at);
+                next.last_reset_reason = Some(format!("{}: {why}", outcome.remediation));
+                next.last_reset_by = Some(outcome.uid);
+            }
+        }
+        next.earned = next.verified_within(window, now) >= required.max(1);
+        next
+    }
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use std::time::Duration;
+
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + secs).unwrap())
+    }
+
+    fn outcome(uid: &str, failure: Option<&str>, secs: i64) -> ChangeOutcome {
+        ChangeOutcome {
+            remediation: format!("r-{uid}"),
+            uid: uid.into(),
+            failure: failure.map(str::to_owned),
+            at: at(secs),
+        }
+    }
+
+    #[test]
+    fn trust_is_earned_by_verified_successes_in_a_row_and_reset_by_one_failure() {
+        let window = Duration::from_secs(3600);
+        let mut record = TrustRecord::default();
+        for i in 0..4 {
+            record = record.with(outcome(&format!("u{i}"), None, i), 5, window);
+            assert!(!record.earned, "{} verified of 5", i + 1);
+        }
+        record = record.with(outcome("u4", None, 4), 5, window);
+        assert!(record.earned, "five verified in a row");
+        assert_eq!(record.with(outcome("u4", None, 5), 5, window), record, "one Remediation counts once");
+        let reset = record.with(outcome("u5", Some("verification failed"), 6), 5, window);
+        assert!(!reset.earned && reset.verified.is_empty(), "any failure resets it");
+        assert_eq!(reset.last_reset_reason.as_deref(), Some("r-u5: verification failed"));
+        assert!(reset.knows("u5"));
+        assert_eq!(reset.with(outcome("u3", None, 3), 5, window), reset, "a success from before the reset stays out");
+        assert!(!reset.with(outcome("u6", None, 7), 5, window).verified.is_empty(), "a later one counts");
+    }
+
+    #[test]
+    fn only_successes_within_the_window_count() {
+        let mut record = TrustRecord::default();
+        for i in 0..3 {
+            record = record.with(outcome(&format!("u{i}"), None, i * 1000), 3, Duration::from_secs(10_000));
+        }
+        assert!(record.earned);
+        assert_eq!(record.verified_within(Duration::from_secs(1500), at(2000).0), 2, "the oldest is out of the window");
+    }
 }

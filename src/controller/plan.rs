@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::machine::{Decision, Observations, decide};
 use crate::api::Remediation;
 use crate::api::conditions::{self, ConditionType, Desired, reason};
+use crate::api::policy::ChangeOutcome;
 use crate::api::remediation::{ApprovalRecord, MAX_SAMPLES, Phase, RemediationStatus, Step, StepRecord, StepState};
 use crate::ports::{EffectKey, StageError, StageOutput};
 
@@ -186,6 +187,33 @@ fn record_outcome(
             record.message = Some(e.message);
         }
     }
+}
+
+/// How a deployed change ended, for its policy's trust record: `None` until the Remediation
+/// has ended, and for one that never applied a change. Verified only when it Succeeded.
+pub fn change_outcome(rem: &Remediation, status: &RemediationStatus) -> Option<ChangeOutcome> {
+    let applied = status.deploy.as_ref().is_some_and(|d| d.applied_at.is_some());
+    if !status.phase.is_terminal() || !applied {
+        return None;
+    }
+    let failure = match status.phase {
+        Phase::Succeeded => None,
+        Phase::RolledBack => Some(format!(
+            "rolled back: {}",
+            status
+                .verification
+                .as_ref()
+                .and_then(|v| v.message.clone())
+                .unwrap_or_else(|| "the change did not hold".into())
+        )),
+        phase => Some(format!("ended {phase} after deploy: {}", status.message.clone().unwrap_or_default())),
+    };
+    Some(ChangeOutcome {
+        remediation: rem.metadata.name.clone()?,
+        uid: rem.metadata.uid.clone()?,
+        failure,
+        at: status.finished_at.clone()?,
+    })
 }
 
 /// W3C trace id (32 lowercase hex digits) derived from the Remediation's uid.

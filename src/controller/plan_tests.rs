@@ -131,3 +131,30 @@ fn trace_ids_come_from_uids() {
     assert_eq!(trace_id("not-a-uuid"), None);
     assert_eq!(trace_id("00000000-0000-0000-0000-000000000000"), None, "an all-zero trace id is invalid");
 }
+
+#[test]
+fn only_an_applied_change_that_ended_has_an_outcome_for_trust() {
+    use crate::api::remediation::DeployRecord;
+    let mut rem = mk_remediation();
+    let mut status =
+        RemediationStatus { phase: Phase::Succeeded, finished_at: Some(Time(now(9))), ..Default::default() };
+    assert_eq!(change_outcome(&rem, &status), None, "nothing was applied: nothing to count");
+    status.deploy = Some(DeployRecord {
+        previous: crate::api::AnyJson(serde_json::json!({})),
+        previous_resource_version: "1".into(),
+        applied_digest: Some("sha256:x".into()),
+        applied_revision: None,
+        identity: None,
+        field_manager: None,
+        applied_at: Some(Time(now(5))),
+    });
+    let verified = change_outcome(&rem, &status).unwrap();
+    assert_eq!((verified.failure, verified.uid.as_str()), (None, "0b7c2b9e-6f1a-4a59-9b3e-3f2d7c1a8e45"));
+    status.phase = Phase::RolledBack;
+    assert!(change_outcome(&rem, &status).unwrap().failure.unwrap().starts_with("rolled back"));
+    status.phase = Phase::Verifying;
+    assert_eq!(change_outcome(&rem, &status), None, "not ended yet");
+    rem.metadata.uid = None;
+    status.phase = Phase::Succeeded;
+    assert_eq!(change_outcome(&rem, &status), None);
+}

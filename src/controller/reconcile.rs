@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::effects::Effects;
 use super::machine::{Observations, PolicyView, Settings, halt_for, jittered};
-use super::plan::{Plan, TransitionRecord, plan};
+use super::plan::{Plan, TransitionRecord, change_outcome, plan};
 use super::stages::Stages;
 use crate::api::approval::tally;
 use crate::api::conditions::{self, ConditionType};
@@ -115,6 +115,19 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Recording a deployed change's outcome in its policy's trust record failed.
+    #[error("recording the outcome of remediation {remediation} in policy {namespace}/{policy}: {source}")]
+    RecordTrust {
+        /// Namespace.
+        namespace: String,
+        /// The policy.
+        policy: String,
+        /// The Remediation.
+        remediation: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
@@ -125,9 +138,10 @@ impl Error {
     pub fn category(&self) -> ErrorCategory {
         match self {
             Self::MissingMetadata { .. } => ErrorCategory::InvalidSpec,
-            Self::WriteStatus { source, .. } | Self::ReadRemediation { source, .. } | Self::CrdMissing { source } => {
-                api_category(source)
-            }
+            Self::WriteStatus { source, .. }
+            | Self::ReadRemediation { source, .. }
+            | Self::RecordTrust { source, .. }
+            | Self::CrdMissing { source } => api_category(source),
             Self::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.category(),
                 finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => api_category(e),
@@ -383,6 +397,7 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         info!(remediation = %name, "cancelled the in-flight effect");
     }
     announce(ctx, &rem, &plan.transitions).await;
+    record_trust(ctx, &rem, &plan.status, policy.as_deref()).await?;
     // Rollback needs no policy (the snapshot is in status); decide() starts nothing else
     // without a valid policy.
     if let Some((step, attempt)) = plan.start.filter(|(step, _)| policy.is_some() || *step == Step::Rollback) {
@@ -398,6 +413,70 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     }
     Ok(next_look(&plan))
 }
+
+/// A deployed change that ended goes into its policy's trust record, once (guarded by the
+/// policy's resourceVersion: a stale view gets 409 and the reconcile is retried), with an
+/// Event on the policy when trust is earned or reset.
+async fn record_trust(
+    ctx: &Context,
+    rem: &Remediation,
+    status: &RemediationStatus,
+    policy: Option<&ValidPolicy>,
+) -> Result<(), Error> {
+    let (Some(outcome), Some(policy)) = (change_outcome(rem, status), policy) else { return Ok(()) };
+    let namespace = rem.namespace().unwrap_or_default();
+    let name = &rem.spec.policy_ref.name;
+    let Some(object) = ctx.policies.get(&ObjectRef::new(name).within(&namespace)) else { return Ok(()) };
+    let current = object.status.clone().unwrap_or_default().trust;
+    if !current.takes(&outcome) {
+        return Ok(());
+    }
+    let failed = outcome.failure.is_some();
+    let remediation = outcome.remediation.clone();
+    let next = current.with(outcome, policy.trust.successes_required, policy.trust.window);
+    let body = serde_json::json!({
+        "apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
+        "metadata": {"name": name, "resourceVersion": object.resource_version()},
+        "status": {"trust": next},
+    });
+    Api::<RemediationPolicy>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(name, &PatchParams::apply(TRUST_MANAGER).force(), &Patch::Apply(body))
+        .await
+        .map_err(|source| Error::RecordTrust {
+            namespace: namespace.clone(),
+            policy: name.clone(),
+            remediation: remediation.clone(),
+            source,
+        })?;
+    let note = match (failed, current.earned, next.earned) {
+        (true, _, _) => Some((EventType::Warning, "TrustReset", next.last_reset_reason.clone().unwrap_or_default())),
+        (false, false, true) => Some((
+            EventType::Normal,
+            "TrustEarned",
+            format!(
+                "{} verified successes in a row: production changes at trust auto deploy without a human",
+                next.verified.len()
+            ),
+        )),
+        _ => None,
+    };
+    if let Some((type_, reason, note)) = note {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(truncate(&note, 1000)),
+            action: "Record".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(policy = %name, error = %e, "could not publish event");
+        }
+    }
+    Ok(())
+}
+
+/// Field manager of the policies' trust records.
+const TRUST_MANAGER: &str = "reflex-trust";
 
 /// When to reconcile again after `plan`.
 fn next_look(plan: &Plan) -> Action {

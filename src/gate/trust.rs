@@ -13,11 +13,17 @@ use crate::api::policy::TrustLevel;
 use crate::api::remediation::{GateDecision, GateResult};
 use crate::api::validate::ValidTrust;
 use crate::api::{Environment, ErrorCategory};
-use crate::cluster::environment;
+use kube::api::Api;
+
+use crate::api::RemediationPolicy;
+use crate::cluster::{api_error, environment};
 use crate::ports::{Gate, StageError, StageFuture, StageInput};
 
 /// Decide for one change.
-pub fn decide(env: Environment, trust: &ValidTrust) -> GateResult {
+///
+/// `verified`: the policy's verified successes in a row within its earned-trust window; at
+/// `auto`, production changes go through without a human once there are enough.
+pub fn decide(env: Environment, trust: &ValidTrust, verified: u32) -> GateResult {
     let env_name = match env {
         Environment::Staging => "staging",
         Environment::Production => "production",
@@ -31,9 +37,15 @@ pub fn decide(env: Environment, trust: &ValidTrust) -> GateResult {
             (GateDecision::ApprovalRequired, format!("{env_name}, trust auto, but the policy requires approval"))
         }
         (TrustLevel::Auto, Environment::Staging) => (GateDecision::Approved, "staging, trust auto".to_owned()),
+        (TrustLevel::Auto, Environment::Production) if verified >= trust.successes_required => {
+            (GateDecision::Approved, format!("production, trust auto, earned: {verified} verified successes in a row"))
+        }
         (TrustLevel::Auto, Environment::Production) => (
             GateDecision::ApprovalRequired,
-            "production, trust auto: waits for approval until trust is earned".to_owned(),
+            format!(
+                "production, trust auto: {verified} of {} verified successes in a row; waits for approval until trust is earned",
+                trust.successes_required
+            ),
         ),
     };
     GateResult { decision, reason, identity: None }
@@ -54,7 +66,18 @@ impl Gate for TrustGate {
                 .clone()
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "the policy is missing"))?;
             let env = environment(&client, &input.remediation, Some(&policy)).await?;
-            Ok(decide(env, &policy.trust))
+            // The record is re-read from the API server for every decision.
+            let rem = &input.remediation;
+            let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+            let record = Api::<RemediationPolicy>::namespaced(client, &namespace)
+                .get(&rem.spec.policy_ref.name)
+                .await
+                .map_err(|e| api_error(&format!("reading policy {namespace}/{}", rem.spec.policy_ref.name), &e))?
+                .status
+                .map(|s| s.trust)
+                .unwrap_or_default();
+            let verified = record.verified_within(policy.trust.window, jiff::Timestamp::now());
+            Ok(decide(env, &policy.trust, verified))
         }
         .boxed()
     }
@@ -97,7 +120,26 @@ mod tests {
             (TrustLevel::Observe, true, Environment::Production, Denied),
         ];
         for (level, approval, env, want) in cases {
-            assert_eq!(decide(env, &trust(level, approval)).decision, want, "{level:?} {approval} {env:?}");
+            assert_eq!(decide(env, &trust(level, approval), 0).decision, want, "{level:?} {approval} {env:?}");
         }
+    }
+
+    #[test]
+    fn production_at_auto_goes_through_once_trust_is_earned() {
+        let auto = trust(TrustLevel::Auto, false);
+        let waiting = decide(Environment::Production, &auto, 2);
+        assert_eq!(waiting.decision, GateDecision::ApprovalRequired);
+        assert!(waiting.reason.contains("2 of 3 verified successes"), "{}", waiting.reason);
+        assert_eq!(decide(Environment::Production, &auto, 3).decision, GateDecision::Approved);
+        let strict = trust(TrustLevel::Auto, true);
+        assert_eq!(
+            decide(Environment::Production, &strict, 100).decision,
+            GateDecision::ApprovalRequired,
+            "requireApproval always waits"
+        );
+        assert_eq!(
+            decide(Environment::Production, &trust(TrustLevel::Propose, false), 100).decision,
+            GateDecision::ApprovalRequired
+        );
     }
 }
