@@ -73,6 +73,10 @@ enum Command {
         /// The ServiceAccount deploy and rollback act as in production namespaces.
         #[arg(long, env = "REFLEX_DEPLOYER_PRODUCTION", default_value = "reflex-deployer-production")]
         deployer_production: String,
+        /// Most changes deploying or being verified at once across the cluster; a deploy past
+        /// it waits (condition ConcurrencyCap).
+        #[arg(long, env = "REFLEX_MAX_CONCURRENT_DEPLOYS", value_parser = clap::value_parser!(u32).range(1..))]
+        max_concurrent_deploys: Option<u32>,
     },
     /// Run the whole loop — alert to verified fix — on the built-in sandbox, and print the
     /// timeline. Exits 0 when the scenario ends as it expects.
@@ -310,6 +314,7 @@ async fn main() -> anyhow::Result<()> {
             llm_prices,
             deployer_staging,
             deployer_production,
+            max_concurrent_deploys,
         } => {
             telemetry::init(cli.log_format);
             reflex::install_crypto_provider();
@@ -375,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
                         staging: deployer_staging,
                         production: deployer_production,
                     },
+                    max_concurrent_deploys,
                 },
                 &stop,
             );

@@ -58,6 +58,8 @@ pub struct Config {
     pub audit: Arc<dyn Audit>,
     /// The ServiceAccounts deploy and rollback act as, one per environment.
     pub deployers: Deployers,
+    /// Most changes deploying or being verified at once, across the cluster.
+    pub max_concurrent_deploys: Option<u32>,
 }
 
 /// An assembled operator.
@@ -89,6 +91,7 @@ impl Operator {
             prices,
             audit,
             deployers,
+            max_concurrent_deploys,
         } = config;
         let identity = DeployerIdentity { deployers, impersonator: Arc::new(Impersonator::new(kube_config.clone())) };
         // The playbook executor reads through Reflex's own MCP server, as the operator.
@@ -110,7 +113,7 @@ impl Operator {
         };
         let identities = Arc::new(Identities::new(client.clone(), kube_config));
         let mcp = crate::mcp::router(ReflexMcp::new(backends), identities, mcp_allowed_hosts, stop.clone());
-        let guards = Guards { kill_switch: webhook.kill_switch.clone() };
+        let guards = Guards { kill_switch: webhook.kill_switch.clone(), max_concurrent_deploys };
         let intake = Intake::start(client.clone(), webhook);
         let router = webhook::router(intake.clone()).merge(mcp);
         Self { stages: stages(client.clone(), metrics, tools, prices, identity), client, intake, router, guards }

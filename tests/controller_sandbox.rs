@@ -426,7 +426,10 @@ async fn a_hand_made_remediation_under_a_suspended_policy_or_the_kill_switch_doe
         .await
         .unwrap();
     let doubles = Arc::new(Doubles::default());
-    let guards = reflex::controller::reconcile::Guards { kill_switch: Some(("shop".into(), "reflex-settings".into())) };
+    let guards = reflex::controller::reconcile::Guards {
+        kill_switch: Some(("shop".into(), "reflex-settings".into())),
+        ..Default::default()
+    };
     let (stop, task) = spawn_guarded(&client, stages(&doubles), guards);
 
     create_remediation(&client, "hand-1").await;
@@ -566,6 +569,34 @@ async fn earned_trust_lets_the_sixth_production_fix_through_and_a_rollback_reset
     create_remediation(&client, "trust-8").await;
     let waiting = wait_phase(&client, "trust-8", Phase::AwaitingApproval).await;
     assert!(waiting.status.unwrap().gate.unwrap().reason.contains("0 of 5 verified successes"));
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// The operator's cap on concurrent deploys holds across Remediations: with a cap of one and a
+/// change being verified, the next one stalls before its snapshot (reason ConcurrencyCap) and
+/// deploys once the first has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_deploy_cap_the_next_change_waits_for_the_one_being_verified() {
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    let guards = reflex::controller::reconcile::Guards { max_concurrent_deploys: Some(1), ..Default::default() };
+    *doubles.hold_verify.lock().unwrap() = true;
+    let (stop, task) = spawn_guarded(&client, stages(&doubles), guards.clone());
+    create_remediation(&client, "cap-1").await;
+    wait_phase(&client, "cap-1", Phase::Verifying).await;
+    create_remediation(&client, "cap-2").await;
+    let held = wait_stalled(&client, "cap-2", "ConcurrencyCap").await;
+    assert_eq!(held.status.unwrap().phase, Phase::Deploying);
+    assert_eq!(doubles.runs("cap-2", Step::Snapshot), 0, "no deploy step started past the cap");
+    stop.cancel();
+    task.await.unwrap();
+
+    // The first one's verification completes (a new controller resumes it): the second goes.
+    *doubles.hold_verify.lock().unwrap() = false;
+    let (stop, task) = spawn_guarded(&client, stages(&doubles), guards);
+    wait_phase(&client, "cap-1", Phase::Succeeded).await;
+    wait_phase(&client, "cap-2", Phase::Succeeded).await;
     stop.cancel();
     task.await.unwrap();
 }

@@ -82,6 +82,10 @@ pub mod reason {
     pub const HUMANS_ONLY: &str = "HumansOnly";
     /// The policy is suspended (`limits.suspend`): nothing more happens before deploy.
     pub const SUSPENDED: &str = "Suspended";
+    /// The operator's cap on concurrent deploys is reached: a deploy waits for one to finish.
+    pub const CONCURRENCY_CAP: &str = "ConcurrencyCap";
+    /// The policy is in a change-freeze window: nothing is deployed until it ends.
+    pub const CHANGE_FREEZE: &str = "ChangeFreeze";
     /// The operator's kill switch is on: nothing more happens before deploy.
     pub const KILL_SWITCH: &str = "KillSwitch";
     /// The Remediation targets a kind its policy does not act on.

@@ -436,6 +436,40 @@ pub struct LimitsSpec {
     /// Stop starting new remediations for this policy.
     #[serde(default)]
     pub suspend: bool,
+    /// Change-freeze windows: nothing is deployed while one is open (verification and
+    /// rollback of a change already applied go on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub freeze: Vec<FreezeWindow>,
+}
+
+/// A change freeze: either one period (`start` to `end`), or a weekly window (`days`, `from`
+/// to `to`), in a time zone.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FreezeWindow {
+    /// Why (shown in the Remediation's condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub reason: Option<String>,
+    /// IANA time zone, e.g. `Europe/Berlin` (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// One period: its start, a civil date-time in the time zone (`2026-12-24T00:00`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// One period: its end (exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// Weekly: the days (`Mon` … `Sun`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+    /// Weekly: from this time of day (`16:00`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Weekly: until this time of day (exclusive; earlier than `from` runs past midnight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 impl Default for LimitsSpec {
@@ -447,6 +481,7 @@ impl Default for LimitsSpec {
             max_attempts: default_max_attempts(),
             max_duration: default_max_duration(),
             suspend: false,
+            freeze: Vec::new(),
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct Observations {
     /// Why nothing may happen before deploy now (kill switch, suspended policy, a target kind
     /// the policy does not act on), whatever created the Remediation.
     pub halt: Option<Halt>,
+    /// Changes deploying or being verified across the cluster have reached the operator's
+    /// cap: a new deploy waits for one to finish.
+    pub deploys_at_cap: Option<u32>,
 }
 
 /// A reason the controller starts nothing before deploy: the Remediation stalls with it
@@ -113,17 +116,20 @@ pub struct Halt {
     pub reason: &'static str,
     /// What holds it and how to release it.
     pub message: String,
+    /// Look again after this long even if nothing changes (a freeze ends by the clock).
+    pub recheck_after: Option<Duration>,
 }
 
 /// The guards intake applies, applied again by the controller before every effect — a
 /// Remediation created by hand, or one already past intake when they changed, obeys them
 /// too. `kill_switch`: the operator's kill switch is on; `policy`: the governing policy, when
-/// valid.
-pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediation) -> Option<Halt> {
+/// valid; its change-freeze windows are judged at `now`.
+pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediation, now: Timestamp) -> Option<Halt> {
     if kill_switch {
         return Some(Halt {
             reason: reason::KILL_SWITCH,
             message: "the operator's kill switch is on: nothing is deployed until it is turned off".to_owned(),
+            recheck_after: None,
         });
     }
     let policy = policy?;
@@ -134,6 +140,18 @@ pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediati
                 "policy {:?} is suspended (limits.suspend): nothing is deployed until it is resumed",
                 rem.spec.policy_ref.name
             ),
+            recheck_after: None,
+        });
+    }
+    if let Some(freeze) = policy.limits.freeze.iter().find(|f| f.open_at(now)) {
+        return Some(Halt {
+            reason: reason::CHANGE_FREEZE,
+            message: format!(
+                "policy {:?} is in a change freeze ({}): nothing is deployed until it ends",
+                rem.spec.policy_ref.name,
+                freeze.describe()
+            ),
+            recheck_after: Some(Duration::from_secs(30)),
         });
     }
     (policy.target_kind != rem.spec.target.kind).then(|| Halt {
@@ -145,6 +163,7 @@ pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediati
             rem.spec.target.kind.as_str(),
             rem.spec.target.name
         ),
+        recheck_after: None,
     })
 }
 
@@ -379,6 +398,13 @@ impl Machine<'_> {
             );
         };
         match &self.status.deploy {
+            None if self.obs.deploys_at_cap.is_some() => Decision::Stall {
+                reason: reason::CONCURRENCY_CAP,
+                message: format!(
+                    "{} changes are deploying or being verified across the cluster (the operator's --max-concurrent-deploys): this one waits for one to finish",
+                    self.obs.deploys_at_cap.unwrap_or_default()
+                ),
+            },
             None => self.step(
                 Step::Snapshot,
                 GiveUp {

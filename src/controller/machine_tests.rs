@@ -101,6 +101,7 @@ fn obs() -> Observations {
         stages: StageSet::ALL,
         running: None,
         halt: None,
+        deploys_at_cap: None,
     }
 }
 
@@ -579,7 +580,7 @@ fn backoff_grows_is_capped_and_jittered_deterministically() {
 /// Remediation; a change already applied is still verified (and rolled back if it must be).
 #[test]
 fn a_halt_stalls_everything_before_deploy_and_nothing_after_it() {
-    let halt = Halt { reason: r::SUSPENDED, message: "policy \"p\" is suspended".into() };
+    let halt = Halt { reason: r::SUSPENDED, message: "policy \"p\" is suspended".into(), recheck_after: None };
     let halted = |phase: Phase, edit: &dyn Fn(&mut RemediationStatus)| {
         let mut rem = mk_remediation(phase);
         edit(status(&mut rem));
@@ -603,14 +604,14 @@ fn halts_come_from_the_kill_switch_a_suspended_policy_or_a_kind_the_policy_does_
     .unwrap();
     let mut policy = crate::api::validate::ValidPolicy::from_spec(&spec).unwrap();
     let rem = mk_remediation(Phase::Pending);
-    assert_eq!(halt_for(false, Some(&policy), &rem), None);
-    assert_eq!(halt_for(true, Some(&policy), &rem).map(|h| h.reason), Some(r::KILL_SWITCH));
-    assert_eq!(halt_for(true, None, &rem).map(|h| h.reason), Some(r::KILL_SWITCH), "with no valid policy too");
+    assert_eq!(halt_for(false, Some(&policy), &rem, at(0).0), None);
+    assert_eq!(halt_for(true, Some(&policy), &rem, at(0).0).map(|h| h.reason), Some(r::KILL_SWITCH));
+    assert_eq!(halt_for(true, None, &rem, at(0).0).map(|h| h.reason), Some(r::KILL_SWITCH), "with no valid policy too");
     policy.limits.suspend = true;
-    assert_eq!(halt_for(false, Some(&policy), &rem).map(|h| h.reason), Some(r::SUSPENDED));
+    assert_eq!(halt_for(false, Some(&policy), &rem, at(0).0).map(|h| h.reason), Some(r::SUSPENDED));
     policy.limits.suspend = false;
     policy.target_kind = crate::api::TargetKind::ConfigMap;
-    let h = halt_for(false, Some(&policy), &rem).unwrap();
+    let h = halt_for(false, Some(&policy), &rem, at(0).0).unwrap();
     assert_eq!(h.reason, r::TARGET_KIND_NOT_ALLOWED);
     assert!(h.message.contains("acts on ConfigMap, not on Deployment"), "{}", h.message);
 }
@@ -625,4 +626,37 @@ fn an_approval_that_never_comes_expires_into_escalated() {
     assert!(matches!(decide(&rem, &waiting(4)), Decision::Wait { after: Some(_) }), "still within the timeout");
     let d = decide(&rem, &waiting(8));
     assert!(check(&d, &Expect::To(Phase::Escalated, r::APPROVAL_EXPIRED)), "{d:?}");
+}
+
+#[test]
+fn an_open_change_freeze_halts_before_deploy_and_says_when() {
+    let spec: crate::api::RemediationPolicySpec = serde_json::from_value(serde_json::json!({
+        "match": {"alertnames": ["A"]}, "target": {"kind": "Deployment", "name": "x"}, "playbook": "p",
+        "limits": {"freeze": [{"start": "2023-11-14T00:00", "end": "2023-11-16T00:00", "reason": "release week"}]}}))
+    .unwrap();
+    let policy = crate::api::validate::ValidPolicy::from_spec(&spec).unwrap();
+    let rem = mk_remediation(Phase::Pending);
+    let h = halt_for(false, Some(&policy), &rem, at(10).0).unwrap();
+    assert_eq!(h.reason, r::CHANGE_FREEZE);
+    assert!(h.message.contains("release week") && h.recheck_after.is_some(), "{h:?}");
+    let later: Timestamp = "2023-11-17T00:00:00Z".parse().unwrap();
+    assert_eq!(halt_for(false, Some(&policy), &rem, later), None, "after the freeze");
+}
+
+/// At the operator's deploy cap a new deploy waits (with the reason); one already under way
+/// goes on.
+#[test]
+fn at_the_deploy_cap_a_new_deploy_waits_and_one_under_way_goes_on() {
+    let capped = |edit: &dyn Fn(&mut RemediationStatus)| {
+        let mut rem = mk_remediation(Phase::Deploying);
+        edit(status(&mut rem));
+        decide(&rem, &Observations { deploys_at_cap: Some(2), ..obs() })
+    };
+    let d = capped(&|_| {});
+    assert!(
+        matches!(&d, Decision::Stall { reason, message } if *reason == r::CONCURRENCY_CAP && message.contains("2 changes")),
+        "{d:?}"
+    );
+    let d = capped(&|s| s.deploy = Some(snapshot()));
+    assert_eq!(d, Decision::Start { step: Step::Deploy, attempt: 1 }, "the snapshot is taken: it is this one's turn");
 }

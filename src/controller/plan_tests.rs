@@ -41,7 +41,14 @@ fn mk_remediation() -> Remediation {
 }
 
 fn obs(stages: StageSet, at: i64) -> Observations {
-    Observations { now: now(at), policy: PolicyView::Valid(Settings::default()), stages, running: None, halt: None }
+    Observations {
+        now: now(at),
+        policy: PolicyView::Valid(Settings::default()),
+        stages,
+        running: None,
+        halt: None,
+        deploys_at_cap: None,
+    }
 }
 
 fn apply(rem: &mut Remediation, plan: &Plan) {

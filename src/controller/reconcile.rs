@@ -60,6 +60,10 @@ pub struct Context {
     pub approvals: Store<RemediationApproval>,
     /// The kill-switch ConfigMap, kept current by a reflector (when one is configured).
     pub kill_switch: Option<(Store<ConfigMap>, ObjectRef<ConfigMap>)>,
+    /// Every Remediation, as the controller's own cache holds them (for the deploy cap).
+    pub remediations: Store<Remediation>,
+    /// The cap on concurrent deploys.
+    pub max_concurrent_deploys: Option<u32>,
     /// Consecutive reconcile failures per Remediation, for [`error_policy`]'s backoff.
     pub failures: Failures,
     /// Clock.
@@ -73,6 +77,8 @@ pub struct Guards {
     /// The kill-switch ConfigMap (`namespace`, `name`): `killSwitch: "true"` halts every
     /// Remediation before deploy, as it stops intake creating new ones.
     pub kill_switch: Option<(String, String)>,
+    /// Most changes deploying or being verified at once, across the cluster.
+    pub max_concurrent_deploys: Option<u32>,
 }
 
 /// Errors of the reconciler itself (stage failures are recorded in status instead).
@@ -197,6 +203,9 @@ pub async fn run(
         return Ok(());
     };
 
+    let client_for_approvals = client.clone();
+    let controller = Controller::new(remediations, watcher::Config::default());
+    let index = controller.store();
     let (requeue_tx, requeue_rx) = futures::channel::mpsc::unbounded();
     let effects = Effects::new(requeue_tx);
     let reporter = Reporter { controller: "reflex".into(), instance: std::env::var("POD_NAME").ok() };
@@ -208,13 +217,12 @@ pub async fn run(
         policies,
         approvals,
         kill_switch,
+        remediations: index.clone(),
+        max_concurrent_deploys: guards.max_concurrent_deploys,
         failures: Failures::default(),
         clock: Arc::new(SystemClock),
     });
 
-    let client_for_approvals = client.clone();
-    let controller = Controller::new(remediations, watcher::Config::default());
-    let index = controller.store();
     let everything = index.clone();
     let controller = match &guards.kill_switch {
         // The kill switch flipping concerns every Remediation.
@@ -360,7 +368,8 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         policy: policy_view,
         stages: ctx.stages.available(),
         running: running.map(|k| (k.step, k.attempt)),
-        halt: halt_for(kill_switch_on(ctx), policy.as_deref(), &rem),
+        halt: halt_for(kill_switch_on(ctx), policy.as_deref(), &rem, now),
+        deploys_at_cap: deploys_at_cap(ctx, &uid),
     };
 
     // Decide.
@@ -411,7 +420,11 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
             ctx.effects.spawn(key, ObjectRef::from_obj(&*rem), cancel, effect);
         }
     }
-    Ok(next_look(&plan))
+    // A stall the clock or another Remediation ends (a freeze, the deploy cap) is looked at
+    // again without waiting for a change to this one.
+    let recheck =
+        obs.halt.as_ref().and_then(|h| h.recheck_after).or(obs.deploys_at_cap.map(|_| Duration::from_secs(5)));
+    Ok(next_look(&plan, recheck))
 }
 
 /// A deployed change that ended goes into its policy's trust record, once (guarded by the
@@ -478,10 +491,11 @@ async fn record_trust(
 /// Field manager of the policies' trust records.
 const TRUST_MANAGER: &str = "reflex-trust";
 
-/// When to reconcile again after `plan`.
-fn next_look(plan: &Plan) -> Action {
+/// When to reconcile again after `plan` (a stall that ends by the clock, such as a freeze,
+/// is looked at again after `recheck`).
+fn next_look(plan: &Plan, recheck: Option<Duration>) -> Action {
     let stalled = conditions::find(&plan.status.conditions, ConditionType::Stalled).is_some_and(|c| c.status == "True");
-    match plan.requeue {
+    match plan.requeue.or(recheck.filter(|_| stalled)) {
         Some(after) => Action::requeue(after.max(Duration::from_millis(100))),
         None if plan.status.phase.is_terminal() || stalled || plan.start.is_some() => Action::await_change(),
         // Level-triggered safety net: look again even if no event arrives.
@@ -497,6 +511,25 @@ async fn cleanup(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> 
         info!(remediation = %rem.name_any(), "deleted: cancelled the in-flight effect");
     }
     Ok(Action::await_change())
+}
+
+/// The number of changes deploying or being verified across the cluster (others than `uid`),
+/// when it has reached the operator's cap.
+fn deploys_at_cap(ctx: &Context, uid: &str) -> Option<u32> {
+    let cap = ctx.max_concurrent_deploys?;
+    let in_flight = ctx
+        .remediations
+        .state()
+        .iter()
+        .filter(|r| r.metadata.uid.as_deref() != Some(uid))
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| matches!(s.phase, Phase::Deploying | Phase::Verifying | Phase::RollingBack))
+        })
+        .count();
+    let in_flight = u32::try_from(in_flight).unwrap_or(u32::MAX);
+    (in_flight >= cap).then_some(in_flight)
 }
 
 /// Whether the operator's kill switch is on (`killSwitch: "true"` in its ConfigMap).

@@ -211,6 +211,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             prices: scenario.llm.iter().map(|l| (l.model.clone(), l.price)).collect(),
             audit: audit.clone(),
             deployers: Deployers::default(),
+            max_concurrent_deploys: None,
         },
         &stop,
     );

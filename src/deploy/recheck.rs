@@ -34,8 +34,15 @@ pub async fn recheck(
     proposal: &Proposal,
 ) -> StageResult<Value> {
     let rem = &input.remediation;
-    if input.policy.is_none() {
+    let Some(policy) = input.policy.as_ref() else {
         return Err(refuse("the policy is missing or invalid, so nothing can be re-checked"));
+    };
+    if let Some(freeze) = policy.limits.freeze.iter().find(|f| f.open_at(jiff::Timestamp::now())) {
+        // The controller halts before deploy in a freeze; this catches one that began since.
+        return Err(StageError::new(
+            ErrorCategory::Transient,
+            format!("not deploying in a change freeze ({}); retried after it", freeze.describe()),
+        ));
     }
     let live = read_target(client, rem).await?;
     let tested = rem.status.as_ref().and_then(|s| s.ci.as_ref());
