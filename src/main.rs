@@ -86,7 +86,9 @@ enum Command {
         /// or one per playbook: `saturation` (scale-out-on-saturation), `leak`
         /// (restart-on-leak), `bad-rollout` (rollback-bad-rollout), `pool`
         /// (tune-config-parameter), `known-bug` (image-bump), `hpa-saturation`
-        /// (raise-hpa-max-on-saturation).
+        /// (raise-hpa-max-on-saturation), `production` (the fix waits for approval; a forged
+        /// approval is refused; on-call approves as themselves; deployed as the production
+        /// deployer).
         #[arg(long, default_value = "oom")]
         scenario: String,
         /// Run a scenario file instead of a built-in one.
@@ -420,6 +422,14 @@ async fn main() -> anyhow::Result<()> {
                 sandbox.write_kubeconfig(&kubeconfig, reflex::sandbox::ADMIN_TOKEN)?;
                 let k = format!("kubectl --kubeconfig {}", kubeconfig.display());
                 let rem = outcome.remediation.metadata.name.clone().unwrap_or_default();
+                if outcome.phase() == Some(reflex::api::Phase::AwaitingApproval) {
+                    let ns = outcome.remediation.metadata.namespace.clone().unwrap_or_default();
+                    println!("The change waits for approval, the operator still running. Approve it as yourself:");
+                    println!(
+                        "  ln -s \"$(command -v reflex || echo target/debug/reflex)\" ~/.local/bin/kubectl-reflex   # once: the kubectl plugin"
+                    );
+                    println!("  {k} reflex approve {rem} -n {ns} --reason \"looks right\"");
+                }
                 println!("The sandbox is still running. Inspect it with:");
                 println!("  {k} get remediations -n shop");
                 println!("  {k} describe remediation {rem} -n shop");

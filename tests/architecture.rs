@@ -47,7 +47,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The in-memory API server: types and the merge semantics only.
     ("sandbox", &["api", "patch"]),
     // The demo runs the operator on the sandbox.
-    ("demo", &["agent", "api", "cluster", "deploy", "intake", "mcp", "metrics", "operator", "patch", "sandbox"]),
+    (
+        "demo",
+        &["agent", "api", "cluster", "deploy", "intake", "mcp", "metrics", "oncall", "operator", "patch", "sandbox"],
+    ),
     // The command line, on top: it parses flags and calls the library (`reflex sandbox` and
     // `reflex demo` included).
     (

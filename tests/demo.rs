@@ -307,3 +307,23 @@ async fn the_hpa_saturation_scenario_raises_max_replicas_within_bounds() {
         assert!(text.contains(expected), "timeline shows {expected:?}:\n{text}");
     }
 }
+
+/// In production the fix waits for a person: a forged approval (mallory naming alice) is
+/// refused by the shipped admission policy, alice approves as herself through the plugin's
+/// path, and the change deploys as the production deployer and is verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_production_scenario_waits_for_a_real_approval_and_deploys_as_the_production_deployer() {
+    let (outcome, text) = play(Scenario::built_in("production").unwrap(), false).await;
+    assert!(outcome.as_expected(), "{text}");
+    assert!(text.contains("AwaitingApproval production, trust auto"), "{text}");
+    assert!(
+        text.contains("forged      mallory creates an approval naming alice: refused (403)")
+            && text.contains("ValidatingAdmissionPolicy 'reflex-approver-is-requester'"),
+        "{text}"
+    );
+    assert!(text.contains("approved    alice (kubectl reflex approve"), "{text}");
+    assert!(text.contains("deployed  as system:serviceaccount:reflex-system:reflex-deployer-production"), "{text}");
+    let approval = outcome.remediation.status.unwrap().approval.unwrap();
+    assert_eq!(approval.approver, "alice");
+    assert_eq!(outcome.memory_after, "250Mi");
+}

@@ -116,7 +116,7 @@ pub struct Halt {
     pub reason: &'static str,
     /// What holds it and how to release it.
     pub message: String,
-    /// Look again after this long even if nothing changes (a freeze ends by the clock).
+    /// Look again after this long even if nothing changes ([`HALT_RECHECK`]).
     pub recheck_after: Option<Duration>,
 }
 
@@ -129,7 +129,7 @@ pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediati
         return Some(Halt {
             reason: reason::KILL_SWITCH,
             message: "the operator's kill switch is on: nothing is deployed until it is turned off".to_owned(),
-            recheck_after: None,
+            recheck_after: Some(HALT_RECHECK),
         });
     }
     let policy = policy?;
@@ -140,7 +140,7 @@ pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediati
                 "policy {:?} is suspended (limits.suspend): nothing is deployed until it is resumed",
                 rem.spec.policy_ref.name
             ),
-            recheck_after: None,
+            recheck_after: Some(HALT_RECHECK),
         });
     }
     if let Some(freeze) = policy.limits.freeze.iter().find(|f| f.open_at(now)) {
@@ -151,7 +151,7 @@ pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediati
                 rem.spec.policy_ref.name,
                 freeze.describe()
             ),
-            recheck_after: Some(Duration::from_secs(30)),
+            recheck_after: Some(HALT_RECHECK),
         });
     }
     (policy.target_kind != rem.spec.target.kind).then(|| Halt {
@@ -163,9 +163,14 @@ pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediati
             rem.spec.target.kind.as_str(),
             rem.spec.target.name
         ),
-        recheck_after: None,
+        recheck_after: Some(HALT_RECHECK),
     })
 }
+
+/// How soon a halted Remediation is looked at again without a change to it: a freeze ends by
+/// the clock, and the caches a halt is read from (policies, the kill switch) are fed by their
+/// own watches, which may trail the event that triggered the reconcile.
+pub const HALT_RECHECK: Duration = Duration::from_secs(10);
 
 /// The one thing to do next.
 #[derive(Clone, Debug, PartialEq)]

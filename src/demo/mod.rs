@@ -36,6 +36,9 @@ use crate::sandbox::{ADMIN_TOKEN, Config, Sandbox};
 /// ServiceAccount per environment that can, in `shop` only.
 pub const DEMO_RBAC: &str = include_str!("rbac.yaml");
 
+/// The approval admission policy (a ValidatingAdmissionPolicy and its binding).
+const APPROVAL_POLICY: &str = include_str!("../../config/admission/approver-is-requester.yaml");
+
 /// The operator's ServiceAccount token in the demo's RBAC table.
 const OPERATOR_TOKEN: &str = "reflex-demo-operator";
 
@@ -128,6 +131,70 @@ async fn rolled_out(deployments: &Api<Deployment>, name: &str) -> anyhow::Result
     }
 }
 
+/// The token of `user` in the demo's RBAC table.
+fn token_of(user: &str) -> anyhow::Result<String> {
+    let table = crate::sandbox::rbac::Table::from_yaml(DEMO_RBAC).map_err(|e| anyhow!("the demo's RBAC table: {e}"))?;
+    table
+        .users
+        .iter()
+        .find(|u| u.name == user)
+        .map(|u| u.token.clone())
+        .with_context(|| format!("no user {user} in the demo's RBAC table"))
+}
+
+/// The people of a scenario that waits for approval: the forger first (the admission policy
+/// refuses an approval in someone else's name), then the approver, as themselves — exactly
+/// what `kubectl reflex approve` does.
+async fn approve_as_people(
+    sandbox: &Sandbox,
+    script: &scenario::ApprovalScript,
+    rem: &Remediation,
+    out: &mut (dyn Write + Send),
+    t0: Instant,
+) -> anyhow::Result<()> {
+    use crate::api::ApprovalDecision;
+    use crate::api::approval::RemediationApproval;
+    let ns = rem.metadata.namespace.clone().unwrap_or_default();
+    let name = rem.metadata.name.clone().unwrap_or_default();
+    if let Some(forger) = &script.forger {
+        let client = sandbox.client(&token_of(forger)?).await?;
+        let forged = crate::oncall::approval_for(rem, ApprovalDecision::Approve, &script.approver, None, "forged")?;
+        match Api::<RemediationApproval>::namespaced(client, &ns)
+            .create(&kube::api::PostParams::default(), &forged)
+            .await
+        {
+            Err(kube::Error::Api(status)) => writeln!(
+                out,
+                "[{:>5.1}s] forged      {forger} creates an approval naming {}: refused ({}): {}",
+                t0.elapsed().as_secs_f64(),
+                script.approver,
+                status.code,
+                status.message
+            )?,
+            Ok(_) => anyhow::bail!("the admission policy let {forger} approve in {}'s name", script.approver),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let client = sandbox.client(&token_of(&script.approver)?).await?;
+    let approval = crate::oncall::decide(
+        &client,
+        &ns,
+        &name,
+        ApprovalDecision::Approve,
+        Some("on call: the raise looks right".into()),
+    )
+    .await?;
+    writeln!(
+        out,
+        "[{:>5.1}s] approved    {} (kubectl reflex approve {name} -n {ns}) → remediationapproval/{} for proposal {}",
+        t0.elapsed().as_secs_f64(),
+        approval.spec.approver,
+        approval.metadata.name.unwrap_or_default(),
+        approval.spec.proposal_digest.unwrap_or_default()
+    )?;
+    Ok(())
+}
+
 /// Run `scenario`; progress goes to `out`.
 pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send)) -> anyhow::Result<Outcome> {
     crate::install_crypto_provider();
@@ -149,6 +216,10 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     model.attach(sandbox.api().clone());
     sandbox.install_crds()?;
     let client = sandbox.client(ADMIN_TOKEN).await?;
+    // The approval admission policy Reflex ships: nobody approves in someone else's name.
+    for doc in serde_saphyr::from_multiple::<Value>(APPROVAL_POLICY).map_err(|e| anyhow!("the approval policy: {e}"))? {
+        apply(&client, &doc).await?;
+    }
     writeln!(out, "Reflex demo — scenario {}", scenario.name)?;
     writeln!(out, "  {}", scenario.description)?;
     writeln!(
@@ -324,6 +395,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     let mut clock = timeline::StepClock::default();
     let mut seen_events = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut approved = false;
     let rem = loop {
         let rem = rems.get(name).await?;
         let status = rem.status.clone().unwrap_or_default();
@@ -341,6 +413,33 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         shown = status;
         if shown.phase.is_terminal() {
             break rem;
+        }
+        if let (Phase::AwaitingApproval, Some(script), false) = (shown.phase, &scenario.approval, approved) {
+            if keep {
+                // Leave it waiting, the operator running: a person approves.
+                writeln!(
+                    out,
+                    "[{:>5.1}s] waiting     for approval: kubectl reflex approve {name} -n {ns}",
+                    at.as_secs_f64()
+                )?;
+                let sandbox = Some(sandbox);
+                let expected = Phase::AwaitingApproval;
+                return Ok(Outcome {
+                    scenario: scenario.name,
+                    expected,
+                    remediation: rem,
+                    memory_before: memory_before.clone(),
+                    memory_after: memory_before,
+                    template_before: serde_json::to_value(&before.spec.template)?,
+                    template_after: serde_json::Value::Null,
+                    events: Vec::new(),
+                    tool_calls: Vec::new(),
+                    elapsed: t0.elapsed(),
+                    sandbox,
+                });
+            }
+            approve_as_people(&sandbox, script, &rem, &mut *out, t0).await?;
+            approved = true;
         }
         if Instant::now() > deadline {
             stop.cancel();
@@ -373,6 +472,13 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             .map(|r| r.parse::<u64>().unwrap_or(0))
             .cmp(&b.metadata.resource_version.as_deref().map(|r| r.parse::<u64>().unwrap_or(0)))
     });
+    // Transitions whose Event came after the status that ended the Remediation (the controller
+    // publishes it after the write): on the timeline too.
+    for e in &evs {
+        if seen_events.insert(e.metadata.name.clone().unwrap_or_default()) {
+            writeln!(out, "{}", timeline::transition(e.message.as_deref().unwrap_or_default(), elapsed))?;
+        }
+    }
     let event_reasons: Vec<String> = evs.iter().filter_map(|e| e.reason.clone()).collect();
     stop.cancel();
     let _ = controller.await;

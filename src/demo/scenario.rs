@@ -25,6 +25,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("pool", include_str!("../../scenarios/pool.yaml")),
     ("known-bug", include_str!("../../scenarios/known-bug.yaml")),
     ("hpa-saturation", include_str!("../../scenarios/hpa-saturation.yaml")),
+    ("production", include_str!("../../scenarios/production.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
@@ -148,6 +149,21 @@ pub struct Scenario {
     /// the resources becomes the stand-in's URL.
     #[serde(default)]
     pub llm: Option<LlmScript>,
+    /// A scenario whose change waits for a person: who approves it (a user of the demo's
+    /// RBAC table), and who first tries to approve in their name.
+    #[serde(default)]
+    pub approval: Option<ApprovalScript>,
+}
+
+/// The people of a scenario that waits for approval.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApprovalScript {
+    /// Approves, as themselves (as `kubectl reflex approve` does).
+    pub approver: String,
+    /// Creates an approval naming the approver first; the admission policy refuses it.
+    #[serde(default)]
+    pub forger: Option<String>,
 }
 
 /// What the stand-in model answers, turn by turn (see [`super::standin`]), and the price the
