@@ -28,9 +28,16 @@ struct Doubles {
     hold_verify: Mutex<bool>,
     /// While set, verification fails (the change does not hold: it is rolled back).
     fail_verify: Mutex<bool>,
+    /// While set, this step never completes (and is not counted): the operator is stopped with
+    /// it in flight.
+    hold: Mutex<Option<Step>>,
 }
 
 impl Doubles {
+    fn held(&self, step: Step) -> bool {
+        *self.hold.lock().unwrap() == Some(step)
+    }
+
     fn count(&self, input: &StageInput, step: Step) {
         let name = input.remediation.metadata.name.clone().unwrap_or_default();
         *self.runs.lock().unwrap().entry((name, step)).or_default() += 1;
@@ -52,12 +59,18 @@ struct D(Arc<Doubles>);
 
 impl reflex::ports::Diagnose for D {
     fn diagnose(&self, input: StageInput) -> StageFuture<Diagnosis> {
+        if self.0.held(Step::Diagnose) {
+            return futures::future::pending().boxed();
+        }
         self.0.count(&input, Step::Diagnose);
         async { Ok(Diagnosis { summary: "working set above the memory limit".into(), findings: vec![] }) }.boxed()
     }
 }
 impl reflex::ports::Propose for D {
     fn propose(&self, input: StageInput) -> StageFuture<Proposal> {
+        if self.0.held(Step::Propose) {
+            return futures::future::pending().boxed();
+        }
         self.0.count(&input, Step::Propose);
         let p = patch();
         async move {
@@ -79,6 +92,9 @@ impl reflex::ports::Propose for D {
 }
 impl reflex::ports::Test for D {
     fn test(&self, input: StageInput) -> StageFuture<CiResult> {
+        if self.0.held(Step::Test) {
+            return futures::future::pending().boxed();
+        }
         self.0.count(&input, Step::Test);
         let digest = input
             .remediation
@@ -102,6 +118,9 @@ impl reflex::ports::Test for D {
 }
 impl reflex::ports::Gate for D {
     fn gate(&self, input: StageInput) -> StageFuture<GateResult> {
+        if self.0.held(Step::Gate) {
+            return futures::future::pending().boxed();
+        }
         self.0.count(&input, Step::Gate);
         async {
             Ok(GateResult { decision: GateDecision::Approved, reason: "staging, trust auto".into(), identity: None })
@@ -111,6 +130,9 @@ impl reflex::ports::Gate for D {
 }
 impl reflex::ports::Deploy for D {
     fn snapshot(&self, input: StageInput) -> StageFuture<DeployRecord> {
+        if self.0.held(Step::Snapshot) {
+            return futures::future::pending().boxed();
+        }
         self.0.count(&input, Step::Snapshot);
         async {
             Ok(DeployRecord {
@@ -126,6 +148,9 @@ impl reflex::ports::Deploy for D {
         .boxed()
     }
     fn apply(&self, input: StageInput, patch: reflex::patch::TestedPatch) -> StageFuture<DeployRecord> {
+        if self.0.held(Step::Deploy) {
+            return futures::future::pending().boxed();
+        }
         self.0.count(&input, Step::Deploy);
         let mut record = input.remediation.status.as_ref().and_then(|s| s.deploy.clone()).unwrap();
         record.applied_digest = Some(patch.proposal().digest.clone());
@@ -136,6 +161,9 @@ impl reflex::ports::Deploy for D {
 impl reflex::ports::Verify for D {
     fn verify(&self, input: StageInput) -> StageFuture<Verification> {
         if *self.0.hold_verify.lock().unwrap() {
+            return futures::future::pending().boxed();
+        }
+        if self.0.held(Step::Verify) {
             return futures::future::pending().boxed();
         }
         self.0.count(&input, Step::Verify);
@@ -154,6 +182,9 @@ impl reflex::ports::Verify for D {
 }
 impl reflex::ports::Rollback for D {
     fn rollback(&self, input: StageInput) -> StageFuture<RollbackRecord> {
+        if self.0.held(Step::Rollback) {
+            return futures::future::pending().boxed();
+        }
         self.0.count(&input, Step::Rollback);
         async { Ok(RollbackRecord { reason: "test".into(), restored_revision: None, restored_at: now() }) }.boxed()
     }
@@ -599,4 +630,45 @@ async fn at_the_deploy_cap_the_next_change_waits_for_the_one_being_verified() {
     wait_phase(&client, "cap-2", Phase::Succeeded).await;
     stop.cancel();
     task.await.unwrap();
+}
+
+/// Waits until `name` has `step` recorded as started.
+async fn wait_started(client: &kube::Client, name: &str, step: Step) {
+    let api = Api::<Remediation>::namespaced(client.clone(), "shop");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.get(name).await.unwrap();
+        if r.status.as_ref().and_then(|s| s.last_step(step)).is_some() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name}: {step:?} never started: {:?}", r.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The operator killed at every phase boundary — with each effect in flight in turn — and
+/// restarted: every effect runs exactly once (the one in flight resumes under its key, none
+/// that finished runs again), and no Remediation is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_every_phase_boundary_the_operator_repeats_nothing_and_loses_nothing() {
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    for (i, step) in EFFECTS.into_iter().enumerate() {
+        let name = format!("boundary-{i}");
+        *doubles.hold.lock().unwrap() = Some(step);
+        let (stop, task) = spawn_controller(&client, stages(&doubles));
+        create_remediation(&client, &name).await;
+        wait_started(&client, &name, step).await;
+        stop.cancel();
+        task.await.unwrap();
+        *doubles.hold.lock().unwrap() = None;
+
+        let (stop, task) = spawn_controller(&client, stages(&doubles));
+        wait_phase(&client, &name, Phase::Succeeded).await;
+        stop.cancel();
+        task.await.unwrap();
+        for s in EFFECTS {
+            assert_eq!(doubles.runs(&name, s), 1, "killed with {step:?} in flight: {s:?} must run exactly once");
+        }
+    }
 }
