@@ -238,5 +238,40 @@ async fn kubectl_reflex_approves_as_the_person_running_it() {
     let (ok, out) =
         tokio::task::spawn_blocking(move || run(&["reflex", "describe", "checkout-oom", "-n", "shop"])).await.unwrap();
     assert!(ok && out.contains("phase      AwaitingApproval") && out.contains("sha256:0a1b"), "{out}");
+
+    // The admission policies Reflex ships, applied with kubectl as a platform team would.
+    let admin_kubeconfig = dir.join("admin-kubeconfig");
+    sandbox.write_kubeconfig(&admin_kubeconfig, ADMIN_TOKEN).unwrap();
+    let as_admin =
+        Kubectl { bin: std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()), kubeconfig: admin_kubeconfig };
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/config/admission");
+    let applied = tokio::task::spawn_blocking(move || as_admin.ok(&["apply", "-f", policies])).await.unwrap();
+    assert_eq!(applied.matches("created").count(), 4, "{applied}");
+
+    // Bob forges alice's approval: the admission policy refuses it, naming both.
+    let bob = sandbox.client("t-bob").await.unwrap();
+    let mut forged = approval.clone();
+    forged.metadata =
+        kube::api::ObjectMeta { name: Some("forged".into()), namespace: Some("shop".into()), ..Default::default() };
+    forged.status = None;
+    let denied =
+        Api::<RemediationApproval>::namespaced(bob, "shop").create(&PostParams::default(), &forged).await.unwrap_err();
+    assert!(
+        matches!(&denied, kube::Error::Api(s) if s.code == 403
+            && s.message.contains("ValidatingAdmissionPolicy 'reflex-approver-is-requester'")
+            && s.message.contains("must be the user creating the approval (bob), not alice")),
+        "{denied}"
+    );
+
+    // Only the operator writes status (it holds the records Reflex decides by): even a
+    // cluster administrator's status write is refused.
+    let forged_status = serde_json::json!({"status": {"phase": "Deploying"}});
+    let denied =
+        rems.patch_status("checkout-oom", &PatchParams::default(), &Patch::Merge(forged_status)).await.unwrap_err();
+    assert!(
+        matches!(&denied, kube::Error::Api(s) if s.code == 403
+            && s.message.contains("only the Reflex operator writes this status, not sandbox-admin")),
+        "{denied}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -38,6 +38,8 @@ pub const DEMO_RBAC: &str = include_str!("rbac.yaml");
 
 /// The approval admission policy (a ValidatingAdmissionPolicy and its binding).
 const APPROVAL_POLICY: &str = include_str!("../../config/admission/approver-is-requester.yaml");
+/// Only the operator writes status (a ValidatingAdmissionPolicy and its binding).
+const STATUS_POLICY: &str = include_str!("../../config/admission/status-by-controller.yaml");
 
 /// The operator's ServiceAccount token in the demo's RBAC table.
 const OPERATOR_TOKEN: &str = "reflex-demo-operator";
@@ -216,9 +218,12 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     model.attach(sandbox.api().clone());
     sandbox.install_crds()?;
     let client = sandbox.client(ADMIN_TOKEN).await?;
-    // The approval admission policy Reflex ships: nobody approves in someone else's name.
-    for doc in serde_saphyr::from_multiple::<Value>(APPROVAL_POLICY).map_err(|e| anyhow!("the approval policy: {e}"))? {
-        apply(&client, &doc).await?;
+    // The admission policies Reflex ships: nobody approves in someone else's name; only the
+    // operator writes status (the earned-trust record included).
+    for policy in [APPROVAL_POLICY, STATUS_POLICY] {
+        for doc in serde_saphyr::from_multiple::<Value>(policy).map_err(|e| anyhow!("an admission policy: {e}"))? {
+            apply(&client, &doc).await?;
+        }
     }
     writeln!(out, "Reflex demo — scenario {}", scenario.name)?;
     writeln!(out, "  {}", scenario.description)?;
