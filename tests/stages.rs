@@ -266,7 +266,8 @@ async fn deployed(
     use reflex::ports::Deploy;
     let mut rem = tested_now(deploy, client, rem).await;
     let record = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap();
-    assert_eq!(record.field_manager, Some(format!("reflex-{}", rem.metadata.name.clone().unwrap())));
+    let manager = record.field_manager.clone().unwrap();
+    assert!(manager.starts_with(&format!("reflex-{}-", rem.metadata.name.clone().unwrap())), "{manager}");
     rem.status.as_mut().unwrap().deploy = Some(record);
     rem
 }
@@ -422,4 +423,23 @@ async fn a_deployer_without_the_permission_is_refused_with_the_permission_named(
         "{err}"
     );
     assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "128Mi", "nothing was applied");
+}
+
+/// A deploy resumed after its write landed (the operator stopped before recording it) finds
+/// its own change in place and completes; it is not refused as if someone else had edited
+/// the target since CI.
+#[tokio::test]
+async fn a_deploy_resumed_after_its_write_landed_completes() {
+    use reflex::ports::Deploy;
+    let (sb, client) = setup().await;
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let deploy = deployer(&sb).await;
+    let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
+    let before_apply = tested_now(&deploy, &client, tested("raise", raise)).await;
+    deploy.apply(deploy_input(before_apply.clone()), tested_patch(&before_apply)).await.unwrap();
+    // The record of that apply was lost: the same effect runs again from the same status.
+    let record = deploy.apply(deploy_input(before_apply.clone()), tested_patch(&before_apply)).await.unwrap();
+    assert!(record.applied_at.is_some(), "completed, recorded this time");
+    assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "250Mi");
 }

@@ -34,26 +34,20 @@ pub const GROUP: &str = "reflex.dev";
 pub const VERSION: &str = "v1alpha1";
 /// Finalizer Reflex puts on Remediations so in-flight work is stopped before deletion.
 pub const FINALIZER: &str = "reflex.dev/cleanup";
-/// The field manager a Remediation's change to its target is applied under: `reflex-<name>`.
-/// Each Remediation owns exactly the fields its change set, so changes by different
-/// Remediations and by people coexist, and a rollback releases only what its Remediation took
-/// (one shared manager would silently drop an earlier change's fields on the next apply).
-/// Field managers are at most 128 characters: a longer name keeps its first 100 and a hash of
-/// the whole, so two Remediations never share a manager.
-pub fn change_manager(remediation: &str) -> String {
-    const MAX: usize = 128;
-    let plain = format!("reflex-{remediation}");
-    if plain.len() <= MAX {
-        return plain;
-    }
+/// The field manager a Remediation's change to its target is applied under:
+/// `reflex-<name>-<uid hash>`. Each Remediation owns exactly the fields its change set, so
+/// changes by different Remediations and by people coexist, and a rollback releases only what
+/// its Remediation took (one shared manager would silently drop an earlier change's fields on
+/// the next apply). The uid's hash keeps a later Remediation that reuses a deleted one's name
+/// from taking over its fields. At most 128 characters: a long name is cut.
+pub fn change_manager(remediation: &str, uid: &str) -> String {
     use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(remediation.as_bytes());
-    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let mut cut = 100;
+    let hash: String = Sha256::digest(uid.as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let mut cut = remediation.len().min(128 - "reflex-".len() - 1 - hash.len());
     while !remediation.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("reflex-{}-{hex}", &remediation[..cut])
+    format!("reflex-{}-{hash}", &remediation[..cut])
 }
 /// Field manager for Reflex's own status writes.
 pub const STATUS_MANAGER: &str = "reflex-status";
@@ -216,5 +210,23 @@ impl JsonSchema for AnyJson {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         // A structural schema may leave `type` out only where unknown fields are preserved.
         json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+    }
+}
+
+#[cfg(test)]
+mod manager_tests {
+    use super::change_manager;
+
+    #[test]
+    fn each_remediation_has_its_own_field_manager_even_under_a_reused_name() {
+        let a = change_manager("checkout-oom-checkout-1", "uid-a");
+        assert!(
+            a.starts_with("reflex-checkout-oom-checkout-1-") && a.len() == "reflex-checkout-oom-checkout-1-".len() + 8,
+            "{a}"
+        );
+        assert_ne!(a, change_manager("checkout-oom-checkout-1", "uid-b"), "a later Remediation reusing the name");
+        let long = change_manager(&"r".repeat(253), "uid-a");
+        assert!(long.len() <= 128, "{}", long.len());
+        assert_ne!(long, change_manager(&"r".repeat(253), "uid-b"));
     }
 }

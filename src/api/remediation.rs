@@ -516,7 +516,7 @@ pub struct DeployRecord {
     /// Identity the apply ran as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
-    /// The field manager that owns the fields the change set (`reflex-<name>`; a record —
+    /// The field manager that owns the fields the change set (`reflex-<name>-<uid hash>`; a record —
     /// rollback derives it from the Remediation's name again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_manager: Option<String>,
@@ -641,6 +641,13 @@ pub struct RemediationStatus {
 }
 
 impl RemediationStatus {
+    /// Whether no change has been applied yet: a phase before deploy, or deploying with no
+    /// apply recorded.
+    pub fn nothing_applied(&self) -> bool {
+        !self.phase.after_deploy()
+            || (self.phase == Phase::Deploying && self.deploy.as_ref().is_none_or(|d| d.applied_at.is_none()))
+    }
+
     /// When the change began waiting for approval: when the gate that asked for it finished.
     pub fn waiting_since(&self) -> Option<k8s_openapi::jiff::Timestamp> {
         let gate = self.last_step(Step::Gate).filter(|r| r.state == StepState::Succeeded)?;

@@ -233,6 +233,22 @@ pub fn decide(rem: &Remediation, obs: &Observations) -> Decision {
         if resolved && !phase.after_deploy() {
             return to(Phase::Cancelled, reason::ALERT_RESOLVED, "the alert resolved before anything was deployed");
         }
+        // A person's rejection stops the change in any phase before deploy, not only while it
+        // waits for approval (the gate may let it through alone).
+        if let Some(a) = status.approval.as_ref().filter(|a| a.decision == ApprovalDecision::Reject)
+            && status.nothing_applied()
+            && phase != Phase::AwaitingApproval
+        {
+            return to(
+                Phase::Cancelled,
+                reason::APPROVAL_REJECTED,
+                format!(
+                    "rejected by {}{}; nothing was deployed",
+                    a.approver,
+                    a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                ),
+            );
+        }
     }
 
     let settings = match &obs.policy {

@@ -660,3 +660,21 @@ fn at_the_deploy_cap_a_new_deploy_waits_and_one_under_way_goes_on() {
     let d = capped(&|s| s.deploy = Some(snapshot()));
     assert_eq!(d, Decision::Start { step: Step::Deploy, attempt: 1 }, "the snapshot is taken: it is this one's turn");
 }
+
+/// A person's rejection stops the change before deploy even where no approval was needed.
+#[test]
+fn a_rejection_cancels_before_deploy_whatever_the_gate_said() {
+    let rejected = ApprovalRecord {
+        name: "no".into(),
+        decision: ApprovalDecision::Reject,
+        approver: "bob".into(),
+        reason: Some("not during the sale".into()),
+        decided_at: at(5),
+    };
+    for phase in [Phase::Diagnosing, Phase::Testing, Phase::Deploying] {
+        let d = run(phase, |s| s.approval = Some(rejected.clone()));
+        assert!(check(&d, &Expect::To(Phase::Cancelled, r::APPROVAL_REJECTED)), "{phase}: {d:?}");
+    }
+    let d = run(Phase::Verifying, |s| s.approval = Some(rejected.clone()));
+    assert!(!matches!(d, Decision::Transition { to: Phase::Cancelled, .. }), "after deploy it is verified: {d:?}");
+}

@@ -11,10 +11,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::machine::{Decision, Observations, decide};
-use crate::api::Remediation;
 use crate::api::conditions::{self, ConditionType, Desired, reason};
 use crate::api::policy::ChangeOutcome;
 use crate::api::remediation::{ApprovalRecord, MAX_SAMPLES, Phase, RemediationStatus, Step, StepRecord, StepState};
+use crate::api::{ApprovalDecision, Remediation};
 use crate::ports::{EffectKey, StageError, StageOutput};
 
 /// A phase change made in this reconcile.
@@ -64,8 +64,14 @@ pub fn plan(
     if let Some((key, outcome)) = finished {
         record_outcome(&mut status, &key, outcome, now);
     }
-    if status.phase == Phase::AwaitingApproval && status.approval.is_none() {
-        status.approval = approval;
+    // The approvals' decision is recorded while the change waits for it; a rejection, in any
+    // phase before deploy.
+    if status.approval.is_none() {
+        let waiting = status.phase == Phase::AwaitingApproval;
+        let rejected = approval.as_ref().is_some_and(|a| a.decision == ApprovalDecision::Reject);
+        if waiting || (rejected && status.nothing_applied() && !status.phase.is_terminal()) {
+            status.approval = approval;
+        }
     }
     work.status = Some(status);
 

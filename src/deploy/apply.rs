@@ -4,7 +4,7 @@
 //! current values — `null` where a field was absent — keyed list items by their merge keys,
 //! so the rollback restores exactly what the patch changed and nothing else. Strategic-merge
 //! patches without directives are applied as server-side apply configurations under the
-//! Remediation's own field manager (`reflex-<name>`, forced: it takes ownership of exactly the
+//! Remediation's own field manager (`reflex-<name>-<uid hash>`, forced: it takes ownership of exactly the
 //! fields its change sets); other patch types are sent as that patch type. Rollback applies
 //! the snapshot under the same manager; fields that were absent are left out of the
 //! configuration, so server-side apply removes them unless another manager — a person, or
@@ -153,6 +153,19 @@ pub fn drifted(applied: &Value, current: &Value, patch_type: PatchType) -> Vec<S
         .collect()
 }
 
+/// Fields `previous` (status.deploy.previous, a record) would restore that the patch never
+/// set: a rollback restores only what its own change took, whatever status says.
+pub fn outside_patch(previous: &Value, patch: &Value, patch_type: PatchType) -> Vec<String> {
+    let keyed = patch_type != PatchType::Merge;
+    let set: std::collections::BTreeSet<String> =
+        touched_as(patch, patch, keyed).into_iter().map(|(path, _)| path).collect();
+    touched_as(previous, previous, keyed)
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|path| !path.ends_with(ABSENT) && !set.contains(path))
+        .collect()
+}
+
 /// Deploys and rolls back through the Kubernetes API.
 #[derive(Clone)]
 pub struct ServerSideApply {
@@ -231,6 +244,21 @@ impl Rollback for ServerSideApply {
                 .proposal
                 .as_ref()
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "no proposal recorded"))?;
+            // Status is a record, not proof: restore only what this change set, and only a
+            // change recorded as this proposal's.
+            let extra = outside_patch(&record.previous.0, &proposal.patch.0, proposal.patch_type);
+            if !extra.is_empty() {
+                return Err(StageError::new(
+                    ErrorCategory::NeedsHuman,
+                    format!("refusing to roll back: status.deploy.previous names fields the change never set: {}", extra.join(", ")),
+                ));
+            }
+            if record.applied_at.is_some() && record.applied_digest.as_deref() != Some(proposal.digest.as_str()) {
+                return Err(StageError::new(
+                    ErrorCategory::NeedsHuman,
+                    "refusing to roll back: the applied change recorded in status is not this Remediation's proposal",
+                ));
+            }
             let reads = target_api(&client, rem);
             let name = &rem.spec.target.name;
             if proposal.patch_type == PatchType::Json {
@@ -290,6 +318,20 @@ impl Rollback for ServerSideApply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollback_restores_only_fields_its_patch_set_whatever_status_says() {
+        let object = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "a:1",
+            "resources": {"limits": {"memory": "128Mi"}}}]}}}});
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}},
+            {"name": "debug", "image": "busybox"}]}}}});
+        let honest = previous_of(&patch, &object, PatchType::Strategic);
+        assert!(outside_patch(&honest, &patch, PatchType::Strategic).is_empty(), "{honest}");
+        let forged = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "128Mi"}},
+            "securityContext": {"privileged": true}}]}}, "replicas": 50}});
+        let extra = outside_patch(&forged, &patch, PatchType::Strategic);
+        assert_eq!(extra, ["spec.replicas", "spec.template.spec.containers[*].securityContext.privileged"]);
+    }
 
     #[test]
     fn the_snapshot_mirrors_the_patch_with_current_values() {

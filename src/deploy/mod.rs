@@ -1,5 +1,5 @@
 //! Deploy and rollback: snapshot the fields a patch touches, apply it with server-side
-//! apply (under the Remediation's own field manager, `reflex-<name>`), and restore the
+//! apply (under the Remediation's own field manager, `reflex-<name>-<uid hash>`), and restore the
 //! snapshot.
 //!
 //! Contract: implements the ports `Deploy` and `Rollback` ([`apply::ServerSideApply`]).

@@ -17,6 +17,7 @@ use kube::api::{Api, ListParams};
 use serde_json::Value;
 
 use crate::api::ErrorCategory;
+use crate::api::playbook::PatchType;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::approval::{ApprovalDecision, RemediationApproval, tally};
@@ -45,34 +46,42 @@ pub async fn recheck(
         ));
     }
     let live = read_target(client, rem).await?;
-    let tested = rem.status.as_ref().and_then(|s| s.ci.as_ref());
-    unchanged_since_test(tested, revision_of(&live.metadata).as_deref()).map_err(|m| refuse(&m))?;
     let current = as_json(&live)?;
-
-    let rules = rules_for(client, input).await?;
-    let namespace = rem.metadata.namespace.clone().unwrap_or_default();
-    let target = &rem.spec.target;
-    let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
-    let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
-    let verdict = check(&rules, &allowed, &current, &proposed);
-    if !verdict.allowed() {
-        return Err(refuse(&format!("the patch-safety check refuses the patch now: {}", verdict.summary())));
+    // A deploy resumed after its own write landed (the operator stopped before recording
+    // it) finds its own change in place: that is not someone else's edit since CI.
+    let ours = proposal.patch_type != PatchType::Json
+        && super::apply::drifted(&proposal.patch.0, &current, proposal.patch_type).is_empty();
+    // (Re-applying it changes no value; the safety check would only say so.)
+    if !ours {
+        let tested = rem.status.as_ref().and_then(|s| s.ci.as_ref());
+        unchanged_since_test(tested, revision_of(&live.metadata).as_deref()).map_err(|m| refuse(&m))?;
+        let rules = rules_for(client, input).await?;
+        let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+        let target = &rem.spec.target;
+        let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
+        let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
+        let verdict = check(&rules, &allowed, &current, &proposed);
+        if !verdict.allowed() {
+            return Err(refuse(&format!("the patch-safety check refuses the patch now: {}", verdict.summary())));
+        }
     }
 
+    let namespace = rem.metadata.namespace.clone().unwrap_or_default();
     let decision = gate.gate(input.clone()).await?;
-    let approvals = if decision.decision == GateDecision::ApprovalRequired {
-        Api::<RemediationApproval>::namespaced(client.clone(), &namespace)
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| api_error("reading the approvals", &e))?
-            .items
-    } else {
-        Vec::new()
-    };
+    // Approvals are read whatever the gate says: a person's rejection stops the change even
+    // where the gate would let it through alone (staging, earned trust).
+    let approvals = Api::<RemediationApproval>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| api_error("reading the approvals", &e))?
+        .items;
     let trust = input.policy.as_ref().map(|p| &p.trust);
     let deadline = rem.status.as_ref().and_then(|s| s.approval_deadline(trust.and_then(|t| t.approval_timeout)));
     let required = trust.map_or(1, |t| t.required_approvals);
     let approval = tally(rem, &approvals, deadline).decision(required, Time(jiff::Timestamp::now()));
+    if let Some(rejected) = approval.as_ref().filter(|a| a.decision == ApprovalDecision::Reject) {
+        return Err(refuse(&format!("{} rejected it (RemediationApproval {})", rejected.approver, rejected.name)));
+    }
     gate_allows(&decision, approval.as_ref()).map_err(|m| refuse(&m))?;
     Ok(current)
 }

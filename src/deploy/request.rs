@@ -3,7 +3,7 @@
 //!
 //! Contract: pure. A strategic-merge patch without directives or deletions becomes a forced
 //! server-side apply configuration under the Remediation's own field manager
-//! (`reflex-<name>`: it takes ownership of exactly the fields it changes, and no other
+//! (`reflex-<name>-<uid hash>`: it takes ownership of exactly the fields it changes, and no other
 //! Remediation's); any other patch is sent as its own patch type under the same manager.
 
 use kube::api::{Patch, PatchParams};
@@ -32,9 +32,9 @@ pub fn request(
 }
 
 /// The field manager `rem`'s change is applied (and rolled back) under: its own, derived from
-/// its name ([`change_manager`]) — never read from status.
+/// its name and uid ([`change_manager`]) — never read from status.
 pub fn field_manager(rem: &Remediation) -> String {
-    change_manager(rem.metadata.name.as_deref().unwrap_or_default())
+    change_manager(rem.metadata.name.as_deref().unwrap_or_default(), rem.metadata.uid.as_deref().unwrap_or_default())
 }
 
 /// The kube patch for a proposal, as its own patch type.
