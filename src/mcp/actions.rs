@@ -40,7 +40,7 @@ impl ReflexMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ActionOutput>, String> {
         checked(&p)?;
-        self.act(&ctx, "approve_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
+        self.run(&ctx, "approve_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
             let a = crate::oncall::decide(&caller.client, &p.namespace, &p.name, ApprovalDecision::Approve, p.reason)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -68,7 +68,7 @@ impl ReflexMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ActionOutput>, String> {
         checked(&p)?;
-        self.act(&ctx, "reject_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
+        self.run(&ctx, "reject_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
             let a = crate::oncall::decide(&caller.client, &p.namespace, &p.name, ApprovalDecision::Reject, p.reason)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -90,7 +90,7 @@ impl ReflexMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ActionOutput>, String> {
         checked(&p)?;
-        self.act(&ctx, "cancel_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
+        self.run(&ctx, "cancel_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
             crate::oncall::cancel(&caller.client, &p.namespace, &p.name).await.map_err(|e| e.to_string())?;
             Ok(ActionOutput {
                 approval: None,

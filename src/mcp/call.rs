@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::actions::ACTION_TOOLS;
 use super::bounds;
 use super::identity::Caller;
 use super::schema::{GetEvents, GetResource, GetRolloutHistory, ListResourcesInput};
@@ -255,7 +256,8 @@ impl ReflexMcp {
         }
     }
 
-    /// Run a context tool: as the caller, cached, timed out, cancellable, with progress.
+    /// Run a tool: as the caller, timed out, cancellable, with progress; a context tool's
+    /// result cached, an action tool's ([`ACTION_TOOLS`]) never — every call acts.
     pub(super) async fn run<T, F, Fut>(
         &self,
         ctx: &RequestContext<RoleServer>,
@@ -269,40 +271,7 @@ impl ReflexMcp {
         F: FnOnce(Caller) -> Fut,
         Fut: Future<Output = Result<T, String>>,
     {
-        self.as_caller(ctx, tool, args, timeout, work, true).await
-    }
-
-    /// Run an action tool: as [`Self::run`], but never cached — every call acts.
-    pub(super) async fn act<T, F, Fut>(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        tool: &'static str,
-        args: String,
-        timeout: Duration,
-        work: F,
-    ) -> Result<Json<T>, String>
-    where
-        T: Serialize,
-        F: FnOnce(Caller) -> Fut,
-        Fut: Future<Output = Result<T, String>>,
-    {
-        self.as_caller(ctx, tool, args, timeout, work, false).await
-    }
-
-    async fn as_caller<T, F, Fut>(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        tool: &'static str,
-        args: String,
-        timeout: Duration,
-        work: F,
-        cached: bool,
-    ) -> Result<Json<T>, String>
-    where
-        T: Serialize,
-        F: FnOnce(Caller) -> Fut,
-        Fut: Future<Output = Result<T, String>>,
-    {
+        let cached = !ACTION_TOOLS.contains(&tool);
         let caller = caller_of(ctx)?;
         let key = cache_key(&caller, tool, &args);
         let cache = self.inner.cache.as_ref().filter(|_| cached);
