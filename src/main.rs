@@ -130,6 +130,9 @@ enum Command {
         /// Why, for the audit trail.
         #[arg(long)]
         reason: Option<String>,
+        /// The proposal digest you reviewed (`reflex describe`): refused if it changed since.
+        #[arg(long)]
+        digest: Option<String>,
     },
     /// Reject the Remediation's change, as yourself: it is cancelled.
     Reject {
@@ -221,9 +224,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Mcp { command: McpCommand::Manifest } => {
             print!("{}", reflex::mcp::manifest::render(&reflex::mcp::manifest::compute()));
         }
-        Command::Approve { name, who, reason } => {
+        Command::Approve { name, who, reason, digest } => {
             let (client, ns) = who.connect().await?;
-            let a = reflex::oncall::decide(&client, &ns, &name, reflex::api::ApprovalDecision::Approve, reason).await?;
+            let decision = reflex::api::ApprovalDecision::Approve;
+            let a = reflex::oncall::decide(&client, &ns, &name, decision, reason, digest.as_deref()).await?;
             println!(
                 "remediationapproval/{} created: {} approves proposal {} of {ns}/{name}",
                 a.metadata.name.unwrap_or_default(),
@@ -233,7 +237,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Reject { name, who, reason } => {
             let (client, ns) = who.connect().await?;
-            let a = reflex::oncall::decide(&client, &ns, &name, reflex::api::ApprovalDecision::Reject, reason).await?;
+            let a = reflex::oncall::decide(&client, &ns, &name, reflex::api::ApprovalDecision::Reject, reason, None)
+                .await?;
             println!(
                 "remediationapproval/{} created: {} rejects {ns}/{name}",
                 a.metadata.name.unwrap_or_default(),

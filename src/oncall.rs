@@ -129,16 +129,28 @@ fn approval_name(remediation: &str, verb: &str, suffix: &str) -> String {
 ///
 /// # Errors
 /// The Remediation cannot be read, has nothing to decide, or the API server refused.
+/// `reviewed`: the proposal digest the person looked at; the decision is refused when the
+/// Remediation proposes something else by now.
 pub async fn decide(
     client: &kube::Client,
     namespace: &str,
     name: &str,
     decision: ApprovalDecision,
     reason: Option<String>,
+    reviewed: Option<&str>,
 ) -> Result<RemediationApproval, OncallError> {
     let rem = Api::<Remediation>::namespaced(client.clone(), namespace).get(name).await.map_err(|source| {
         OncallError::ReadRemediation { namespace: namespace.to_owned(), name: name.to_owned(), source }
     })?;
+    let current = rem.status.as_ref().and_then(|s| s.proposal.as_ref()).map(|p| p.digest.as_str());
+    if let Some(reviewed) = reviewed
+        && current != Some(reviewed)
+    {
+        return Err(OncallError::NothingToDecide(format!(
+            "Remediation {name} proposes {} now, not the {reviewed} you reviewed; look again (reflex describe {name})",
+            current.unwrap_or("nothing")
+        )));
+    }
     let me = whoami(client).await?;
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let approval = approval_for(&rem, decision, &me, reason, &suffix)?;
@@ -175,6 +187,7 @@ pub fn describe(rem: &Remediation) -> String {
         writeln!(out, "  phase      {}{}", status.phase, status.message.map(|m| format!(": {m}")).unwrap_or_default());
     if let Some(p) = &status.proposal {
         let _ = writeln!(out, "  proposal   {} ({:?}) — {}", p.digest, p.produced_by, p.rationale);
+        let _ = writeln!(out, "  patch      {:?} {}", p.patch_type, p.patch.0);
     }
     if let Some(ci) = &status.ci {
         let _ = writeln!(out, "  ci         {:?}: {}", ci.verdict, ci.messages.join("; "));

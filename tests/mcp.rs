@@ -474,6 +474,12 @@ async fn action_tools_approve_as_the_caller_and_rbac_decides() {
             .all(|a| a.spec.approver == "alice" && a.spec.proposal_digest.as_deref() == Some("sha256:feed"))
     );
 
+    // Approving what one reviewed: a proposal that changed since is refused.
+    let stale =
+        json!({"namespace": "shop", "name": "checkout-oom-checkout-1", "proposalDigest": "sha256:reviewed-earlier"});
+    let e = err(call(&alice, "approve_remediation", stale).await);
+    assert!(e.contains("proposes sha256:feed now, not the sha256:reviewed-earlier you reviewed"), "{e}");
+
     let bob = connect(&s.url, "t-bob").await;
     let e = err(call(&bob, "approve_remediation", args).await);
     assert!(e.contains("forbidden") && e.contains("bob"), "the API server judged bob: {e}");

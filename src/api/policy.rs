@@ -569,6 +569,10 @@ pub struct TrustRecord {
     /// gate recomputes it).
     #[serde(default)]
     pub earned: bool,
+    /// The digest of the policy's spec the successes were earned under
+    /// ([`RemediationPolicySpec::trust_basis`]): another spec starts from zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<String>,
 }
 
 /// One verified success.
@@ -598,6 +602,22 @@ pub struct ChangeOutcome {
 
 const MAX_VERIFIED: usize = 1000;
 
+impl RemediationPolicySpec {
+    /// A digest of what decides the changes this policy makes — what it matches, its target,
+    /// playbook, agent, environment, CI and verification: trust earned under one of these does
+    /// not carry over to another (say, from a playbook to an LLM agent).
+    pub fn trust_basis(&self) -> String {
+        let basis = serde_json::json!({
+            "match": self.match_, "target": self.target, "playbook": self.playbook, "agent": self.agent,
+            "environment": self.environment, "ci": self.ci, "verify": self.verify,
+        });
+        use sha2::{Digest, Sha256};
+        // serde_json's maps are sorted: the same spec gives the same text.
+        let hash = Sha256::digest(basis.to_string().as_bytes());
+        format!("sha256:{}", hash.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+}
+
 impl TrustRecord {
     /// Whether this Remediation's outcome is already in the record.
     pub fn knows(&self, uid: &str) -> bool {
@@ -611,8 +631,12 @@ impl TrustRecord {
         !self.knows(&outcome.uid) && self.last_reset.as_ref().is_none_or(|reset| outcome.at.0 > reset.0)
     }
 
-    /// Verified successes within `window` before `now`, since the last reset.
-    pub fn verified_within(&self, window: std::time::Duration, now: k8s_openapi::jiff::Timestamp) -> u32 {
+    /// Verified successes within `window` before `now`, since the last reset, earned under
+    /// `basis` (none under another).
+    pub fn verified_within(&self, window: std::time::Duration, now: k8s_openapi::jiff::Timestamp, basis: &str) -> u32 {
+        if self.basis.as_deref() != Some(basis) {
+            return 0;
+        }
         let since = k8s_openapi::jiff::SignedDuration::try_from(window)
             .ok()
             .and_then(|w| now.checked_sub(w).ok())
@@ -624,10 +648,15 @@ impl TrustRecord {
     /// it. `earned` is recomputed for `required` successes within `window`. Pure; a known
     /// Remediation changes nothing.
     #[must_use]
-    pub fn with(&self, outcome: ChangeOutcome, required: u32, window: std::time::Duration) -> Self {
+    pub fn with(&self, outcome: ChangeOutcome, required: u32, window: std::time::Duration, basis: &str) -> Self {
         let mut next = self.clone();
         if !self.takes(&outcome) {
             return next;
+        }
+        if next.basis.as_deref() != Some(basis) {
+            // The policy changed what it does: its record starts again.
+            next.verified.clear();
+            next.basis = Some(basis.to_owned());
         }
         let now = outcome.at.0;
         match outcome.failure {
@@ -647,7 +676,7 @@ impl TrustRecord {
                 next.last_reset_by = Some(outcome.uid);
             }
         }
-        next.earned = next.verified_within(window, now) >= required.max(1);
+        next.earned = next.verified_within(window, now, basis) >= required.max(1);
         next
     }
 }
@@ -678,27 +707,38 @@ mod trust_tests {
         let window = Duration::from_secs(3600);
         let mut record = TrustRecord::default();
         for i in 0..4 {
-            record = record.with(outcome(&format!("u{i}"), None, i), 5, window);
+            record = record.with(outcome(&format!("u{i}"), None, i), 5, window, "b");
             assert!(!record.earned, "{} verified of 5", i + 1);
         }
-        record = record.with(outcome("u4", None, 4), 5, window);
+        record = record.with(outcome("u4", None, 4), 5, window, "b");
         assert!(record.earned, "five verified in a row");
-        assert_eq!(record.with(outcome("u4", None, 5), 5, window), record, "one Remediation counts once");
-        let reset = record.with(outcome("u5", Some("verification failed"), 6), 5, window);
+        assert_eq!(record.with(outcome("u4", None, 5), 5, window, "b"), record, "one Remediation counts once");
+        let changed = record.with(outcome("u9", None, 5), 5, window, "other");
+        assert!(!changed.earned && changed.verified.len() == 1, "another spec starts from zero");
+        let reset = record.with(outcome("u5", Some("verification failed"), 6), 5, window, "b");
         assert!(!reset.earned && reset.verified.is_empty(), "any failure resets it");
         assert_eq!(reset.last_reset_reason.as_deref(), Some("r-u5: verification failed"));
         assert!(reset.knows("u5"));
-        assert_eq!(reset.with(outcome("u3", None, 3), 5, window), reset, "a success from before the reset stays out");
-        assert!(!reset.with(outcome("u6", None, 7), 5, window).verified.is_empty(), "a later one counts");
+        assert_eq!(
+            reset.with(outcome("u3", None, 3), 5, window, "b"),
+            reset,
+            "a success from before the reset stays out"
+        );
+        assert!(!reset.with(outcome("u6", None, 7), 5, window, "b").verified.is_empty(), "a later one counts");
     }
 
     #[test]
     fn only_successes_within_the_window_count() {
         let mut record = TrustRecord::default();
         for i in 0..3 {
-            record = record.with(outcome(&format!("u{i}"), None, i * 1000), 3, Duration::from_secs(10_000));
+            record = record.with(outcome(&format!("u{i}"), None, i * 1000), 3, Duration::from_secs(10_000), "b");
         }
         assert!(record.earned);
-        assert_eq!(record.verified_within(Duration::from_secs(1500), at(2000).0), 2, "the oldest is out of the window");
+        assert_eq!(
+            record.verified_within(Duration::from_secs(1500), at(2000).0, "b"),
+            2,
+            "the oldest is out of the window"
+        );
+        assert_eq!(record.verified_within(Duration::from_secs(1500), at(2000).0, "other"), 0);
     }
 }

@@ -446,7 +446,7 @@ async fn record_trust(
     }
     let failed = outcome.failure.is_some();
     let remediation = outcome.remediation.clone();
-    let next = current.with(outcome, policy.trust.successes_required, policy.trust.window);
+    let next = current.with(outcome, policy.trust.successes_required, policy.trust.window, &object.spec.trust_basis());
     let body = serde_json::json!({
         "apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
         "metadata": {"name": name, "resourceVersion": object.resource_version()},

@@ -178,14 +178,11 @@ async fn approve_as_people(
         }
     }
     let client = sandbox.client(&token_of(&script.approver)?).await?;
-    let approval = crate::oncall::decide(
-        &client,
-        &ns,
-        &name,
-        ApprovalDecision::Approve,
-        Some("on call: the raise looks right".into()),
-    )
-    .await?;
+    // Alice approves what she reviewed: the proposal as it is now.
+    let reviewed = rem.status.as_ref().and_then(|s| s.proposal.as_ref()).map(|p| p.digest.clone());
+    let reason = Some("on call: the raise looks right".to_owned());
+    let approval =
+        crate::oncall::decide(&client, &ns, &name, ApprovalDecision::Approve, reason, reviewed.as_deref()).await?;
     writeln!(
         out,
         "[{:>5.1}s] approved    {} (kubectl reflex approve {name} -n {ns}) → remediationapproval/{} for proposal {}",

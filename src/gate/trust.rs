@@ -69,14 +69,14 @@ impl Gate for TrustGate {
             // The record is re-read from the API server for every decision.
             let rem = &input.remediation;
             let namespace = rem.metadata.namespace.clone().unwrap_or_default();
-            let record = Api::<RemediationPolicy>::namespaced(client, &namespace)
+            let object = Api::<RemediationPolicy>::namespaced(client, &namespace)
                 .get(&rem.spec.policy_ref.name)
                 .await
-                .map_err(|e| api_error(&format!("reading policy {namespace}/{}", rem.spec.policy_ref.name), &e))?
-                .status
-                .map(|s| s.trust)
-                .unwrap_or_default();
-            let verified = record.verified_within(policy.trust.window, jiff::Timestamp::now());
+                .map_err(|e| api_error(&format!("reading policy {namespace}/{}", rem.spec.policy_ref.name), &e))?;
+            let basis = object.spec.trust_basis();
+            let record = object.status.map(|s| s.trust).unwrap_or_default();
+            // Only successes earned under this very spec count.
+            let verified = record.verified_within(policy.trust.window, jiff::Timestamp::now(), &basis);
             Ok(decide(env, &policy.trust, verified))
         }
         .boxed()

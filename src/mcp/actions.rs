@@ -41,9 +41,17 @@ impl ReflexMcp {
     ) -> Result<Json<ActionOutput>, String> {
         checked(&p)?;
         self.run(&ctx, "approve_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
-            let a = crate::oncall::decide(&caller.client, &p.namespace, &p.name, ApprovalDecision::Approve, p.reason)
-                .await
-                .map_err(|e| e.to_string())?;
+            let reviewed = p.proposal_digest.as_deref();
+            let a = crate::oncall::decide(
+                &caller.client,
+                &p.namespace,
+                &p.name,
+                ApprovalDecision::Approve,
+                p.reason,
+                reviewed,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             Ok(ActionOutput {
                 approval: a.metadata.name.clone(),
                 message: format!(
@@ -69,9 +77,10 @@ impl ReflexMcp {
     ) -> Result<Json<ActionOutput>, String> {
         checked(&p)?;
         self.run(&ctx, "reject_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
-            let a = crate::oncall::decide(&caller.client, &p.namespace, &p.name, ApprovalDecision::Reject, p.reason)
-                .await
-                .map_err(|e| e.to_string())?;
+            let a =
+                crate::oncall::decide(&caller.client, &p.namespace, &p.name, ApprovalDecision::Reject, p.reason, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
             Ok(ActionOutput {
                 approval: a.metadata.name.clone(),
                 message: format!("{} rejects {}/{}", a.spec.approver, p.namespace, p.name),

@@ -298,6 +298,9 @@ pub struct RemediationAction {
     /// Why, for the audit trail.
     #[serde(default)]
     pub reason: Option<String>,
+    /// To approve: the proposal digest you reviewed; refused if the proposal changed since.
+    #[serde(default)]
+    pub proposal_digest: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
