@@ -9,6 +9,7 @@ pub mod approval;
 pub mod conditions;
 pub mod crds;
 pub mod duration;
+pub mod freeze;
 pub mod matcher;
 pub mod playbook;
 pub mod policy;
