@@ -443,3 +443,30 @@ async fn a_deploy_resumed_after_its_write_landed_completes() {
     assert!(record.applied_at.is_some(), "completed, recorded this time");
     assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "250Mi");
 }
+
+/// Rollback restores what status says was there before — and status can be tampered with.
+/// A forged proposal with a matching digest and a forged `previous` (a privileged container,
+/// an image from another registry) is refused by the safety check's fixed refusals, naming
+/// them; nothing is written. (Amounts are not judged: undoing a raise is what a rollback is.)
+#[tokio::test]
+async fn a_rollback_from_a_tampered_status_cannot_write_what_no_change_may() {
+    use reflex::ports::Rollback;
+    let (sb, client) = setup().await;
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let deploy = deployer(&sb).await;
+    let forged = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "evil.example/miner:1",
+        "securityContext": {"privileged": true}}]}}}});
+    let mut rem = tested("forged-rollback", forged.clone());
+    let status = rem.status.as_mut().unwrap();
+    status.deploy = Some(
+        // No apply recorded: the drift check (which compares with what was applied) is skipped.
+        serde_json::from_value(json!({"previous": forged, "previousResourceVersion": "1"})).unwrap(),
+    );
+    let err = deploy.rollback(deploy_input(rem)).await.unwrap_err();
+    assert_eq!(err.category, reflex::api::ErrorCategory::NeedsHuman);
+    assert!(err.message.contains("refusing to roll back") && err.message.contains("privilege"), "{err}");
+    assert!(err.message.contains("evil.example/miner"), "{err}");
+    let app = app_container(&client).await;
+    assert_eq!((app["image"].as_str(), app.get("securityContext")), (Some("c:1"), None), "nothing was written");
+}

@@ -24,9 +24,10 @@ use crate::api::playbook::PatchType;
 use crate::api::quantity::parse_quantity;
 use crate::api::remediation::{DeployRecord, RollbackRecord};
 use crate::api::{AnyJson, ErrorCategory};
-use crate::cluster::{api_error, as_json, revision_of, target_api};
+use crate::cluster::{api_error, as_json, revision_of, rules_for, target_api};
 use crate::patch::TestedPatch;
 use crate::patch::merge::{ListType, Lists, list_type, same_key};
+use crate::patch::safety::{Proposed, Target, check};
 use crate::patch::tree::touched_as;
 use crate::ports::{Deploy, Gate, Rollback, StageError, StageFuture, StageInput};
 
@@ -269,10 +270,9 @@ impl Rollback for ServerSideApply {
             }
             // Only undo Reflex's own change: if someone changed those fields since, stop and
             // leave it to a human rather than overwrite them.
+            let live = as_json(&reads.get(name).await.map_err(|e| api_error("reading the target", &e))?)?;
             if record.applied_at.is_some() {
-                let current = reads.get(name).await.map_err(|e| api_error("reading the target", &e))?;
-                let current = as_json(&current)?;
-                let changed = drifted(&proposal.patch.0, &current, proposal.patch_type);
+                let changed = drifted(&proposal.patch.0, &live, proposal.patch_type);
                 if !changed.is_empty() {
                     return Err(StageError::new(
                         ErrorCategory::InvalidSpec,
@@ -282,6 +282,25 @@ impl Rollback for ServerSideApply {
                         ),
                     ));
                 }
+            }
+            // What the rollback writes comes from status, which can be tampered with: judged
+            // against the live target like any change, refused on whatever no change may do
+            // (amounts aside: undoing a raise is what a rollback is).
+            let (restore, restore_type) = match proposal.patch_type {
+                PatchType::Merge => (record.previous.0.clone(), PatchType::Merge),
+                _ => (restore_config(&record.previous.0), PatchType::Strategic),
+            };
+            let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+            let allowed = Target { kind: rem.spec.target.kind.as_str(), namespace: &namespace, name };
+            let proposed = Proposed { target: allowed.clone(), patch_type: restore_type, patch: &restore };
+            let verdict = check(&rules_for(&client, &input).await?, &allowed, &live, &proposed);
+            let fixed = verdict.fixed();
+            if !fixed.is_empty() {
+                let reasons: Vec<String> = fixed.iter().map(ToString::to_string).collect();
+                return Err(StageError::new(
+                    ErrorCategory::NeedsHuman,
+                    format!("refusing to roll back: the values recorded in status would {}", reasons.join("; ")),
+                ));
             }
             // The same deployer as the change's (by the environment now), checked again.
             let (deployer, _) = identity.checked(&client, rem, input.policy.as_deref(), "patch").await?;

@@ -256,6 +256,21 @@ impl Verdict {
         self.refusals.is_empty()
     }
 
+    /// The refusals that are not about how far a value moves (factor, ceiling, bounds, no
+    /// change): what no change may do in any direction. A rollback undoes an amount by design;
+    /// it must never do these.
+    pub fn fixed(&self) -> Vec<&Refusal> {
+        self.refusals
+            .iter()
+            .filter(|r| {
+                !matches!(
+                    r,
+                    Refusal::Factor { .. } | Refusal::Ceiling { .. } | Refusal::Unbounded { .. } | Refusal::NoChange
+                )
+            })
+            .collect()
+    }
+
     /// The reasons, one per line, for status and Events.
     pub fn summary(&self) -> String {
         self.refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
