@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::approval::{ApprovalDecision, RemediationApproval, tally};
 use crate::api::remediation::{ApprovalRecord, CiResult, GateDecision, GateResult, Proposal};
 use crate::cluster::{api_error, as_json, read_target, revision_of, rules_for};
-use crate::patch::safety::{Proposed, Target, check};
+use crate::patch::safety::{Proposed, Refusal, Target, check};
 use crate::ports::{Gate, StageError, StageInput, StageResult};
 
 /// Everything deploy relies on, re-derived; the live target (as JSON) when the tested
@@ -51,22 +51,24 @@ pub async fn recheck(
     // it) finds its own change in place: that is not someone else's edit since CI.
     let ours = proposal.patch_type != PatchType::Json
         && super::apply::drifted(&proposal.patch.0, &current, proposal.patch_type).is_empty();
-    // (Re-applying it changes no value; the safety check would only say so.)
     if !ours {
         let tested = rem.status.as_ref().and_then(|s| s.ci.as_ref());
         unchanged_since_test(tested, revision_of(&live.metadata).as_deref()).map_err(|m| refuse(&m))?;
-        let rules = rules_for(client, input).await?;
-        let namespace = rem.metadata.namespace.clone().unwrap_or_default();
-        let target = &rem.spec.target;
-        let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
-        let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
-        let verdict = check(&rules, &allowed, &current, &proposed);
-        if !verdict.allowed() {
-            return Err(refuse(&format!("the patch-safety check refuses the patch now: {}", verdict.summary())));
-        }
+    }
+    let rules = rules_for(client, input).await?;
+    let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+    let target = &rem.spec.target;
+    let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
+    let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
+    let mut verdict = check(&rules, &allowed, &current, &proposed);
+    if ours {
+        // Re-applying our own change moves no value; everything else is judged as ever.
+        verdict.refusals.retain(|r| !matches!(r, Refusal::NoChange));
+    }
+    if !verdict.allowed() {
+        return Err(refuse(&format!("the patch-safety check refuses the patch now: {}", verdict.summary())));
     }
 
-    let namespace = rem.metadata.namespace.clone().unwrap_or_default();
     let decision = gate.gate(input.clone()).await?;
     // Approvals are read whatever the gate says: a person's rejection stops the change even
     // where the gate would let it through alone (staging, earned trust).

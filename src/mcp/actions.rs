@@ -39,31 +39,7 @@ impl ReflexMcp {
         Parameters(p): Parameters<RemediationAction>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ActionOutput>, String> {
-        checked(&p)?;
-        self.run(&ctx, "approve_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
-            let reviewed = p.proposal_digest.as_deref();
-            let a = crate::oncall::decide(
-                &caller.client,
-                &p.namespace,
-                &p.name,
-                ApprovalDecision::Approve,
-                p.reason,
-                reviewed,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            Ok(ActionOutput {
-                approval: a.metadata.name.clone(),
-                message: format!(
-                    "{} approves proposal {} of {}/{}",
-                    a.spec.approver,
-                    a.spec.proposal_digest.unwrap_or_default(),
-                    p.namespace,
-                    p.name
-                ),
-            })
-        })
-        .await
+        self.decide(&ctx, "approve_remediation", p, ApprovalDecision::Approve).await
     }
 
     #[tool(
@@ -75,18 +51,7 @@ impl ReflexMcp {
         Parameters(p): Parameters<RemediationAction>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ActionOutput>, String> {
-        checked(&p)?;
-        self.run(&ctx, "reject_remediation", args(&p), TOOL_TIMEOUT, |caller| async move {
-            let a =
-                crate::oncall::decide(&caller.client, &p.namespace, &p.name, ApprovalDecision::Reject, p.reason, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            Ok(ActionOutput {
-                approval: a.metadata.name.clone(),
-                message: format!("{} rejects {}/{}", a.spec.approver, p.namespace, p.name),
-            })
-        })
-        .await
+        self.decide(&ctx, "reject_remediation", p, ApprovalDecision::Reject).await
     }
 
     #[tool(
@@ -105,6 +70,37 @@ impl ReflexMcp {
                 approval: None,
                 message: format!("{}/{} is cancelled: nothing further is deployed", p.namespace, p.name),
             })
+        })
+        .await
+    }
+}
+
+impl ReflexMcp {
+    /// Approves or rejects as the caller (an approval pinned to the digest they reviewed).
+    async fn decide(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        tool: &'static str,
+        p: RemediationAction,
+        decision: ApprovalDecision,
+    ) -> Result<Json<ActionOutput>, String> {
+        checked(&p)?;
+        self.run(ctx, tool, args(&p), TOOL_TIMEOUT, |caller| async move {
+            let reviewed = p.proposal_digest.as_deref().filter(|_| decision == ApprovalDecision::Approve);
+            let a = crate::oncall::decide(&caller.client, &p.namespace, &p.name, decision, p.reason.clone(), reviewed)
+                .await
+                .map_err(|e| e.to_string())?;
+            let message = match decision {
+                ApprovalDecision::Approve => format!(
+                    "{} approves proposal {} of {}/{}",
+                    a.spec.approver,
+                    a.spec.proposal_digest.unwrap_or_default(),
+                    p.namespace,
+                    p.name
+                ),
+                ApprovalDecision::Reject => format!("{} rejects {}/{}", a.spec.approver, p.namespace, p.name),
+            };
+            Ok(ActionOutput { approval: a.metadata.name.clone(), message })
         })
         .await
     }
