@@ -379,8 +379,8 @@ fn spawn_elected(
         namespace: "shop".into(),
         lease: "reflex-operator".into(),
         identity: identity.into(),
-        duration: 3,
-        grace: 1,
+        duration: 10,
+        grace: 3,
     };
     let task = tokio::spawn(async move {
         reflex::controller::leader::run_elected(client, stages, Default::default(), election, async move {
