@@ -439,6 +439,43 @@ async fn with_leader_election_two_replicas_run_every_effect_once_and_fail_over()
     }
 }
 
+/// Regression: both replicas wrote the Lease under one field manager, so server-side apply
+/// let the second take the lease while the first still held it, and for a renewal period
+/// both led (seen in CI as Propose running twice). Each identity now has its own manager:
+/// a standby's take-over of a held lease is a conflict and the holder stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cannot_take_a_lease_another_replica_holds() {
+    use kube::api::{Patch, PatchParams};
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    let (stop, task) = spawn_elected(&client, stages(&doubles), "replica-a");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while holder(&client).await.as_deref() != Some("replica-a") {
+        assert!(std::time::Instant::now() < deadline, "replica-a never took the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let standby = reflex::controller::leader::Election {
+        namespace: "shop".into(),
+        lease: "reflex-operator".into(),
+        identity: "replica-b".into(),
+        duration: 10,
+        grace: 3,
+    };
+    // What the lease manager sends to take an orphaned-looking lease: an apply, not forced.
+    let take = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "spec": {"holderIdentity": "replica-b", "leaseDurationSeconds": 10}});
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "shop");
+    let taken =
+        leases.patch("reflex-operator", &PatchParams::apply(&standby.field_manager()), &Patch::Apply(take)).await;
+    match taken {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
+        other => panic!("the standby took a held lease: {other:?}"),
+    }
+    assert_eq!(holder(&client).await.as_deref(), Some("replica-a"));
+    stop.cancel();
+    task.await.unwrap();
+}
+
 /// The guards intake applies hold for a Remediation created by hand too: under a suspended
 /// policy it stalls (Stalled=True, reason Suspended) and starts no effect; once the policy is
 /// resumed, the operator's kill switch stops it the same way; with both off it runs.

@@ -3,9 +3,11 @@
 //! Contract: [`run_elected`] holds a `coordination.k8s.io` Lease (kube-lease-manager) and
 //! runs the Remediation controller only while this replica holds it. Losing the lease stops
 //! the controller at once (its in-flight effects are cancelled and resumed by the next
-//! leader under the same keys); shutting down releases the lease so a standby takes over
-//! without waiting for it to expire. The intake webhook is not elected: creating a
-//! Remediation is idempotent, so every replica may serve it.
+//! leader under the same keys); shutting down releases the lease, and a standby takes it
+//! when it next looks (at the latest when the term it last saw would have ended). Each
+//! replica writes the Lease under its own field manager, so a take-over of a held lease is
+//! a server-side apply conflict and two replicas never lead at once. The intake webhook is
+//! not elected: creating a Remediation is idempotent, so every replica may serve it.
 
 use std::future::Future;
 
@@ -28,6 +30,15 @@ pub struct Election {
     pub duration: u64,
     /// Seconds before expiry at which the holder renews.
     pub grace: u64,
+}
+
+impl Election {
+    /// The field manager this replica writes the Lease with: one per identity. Server-side
+    /// apply only refuses a write that takes a field *another* manager owns, so replicas
+    /// sharing one manager would each take the lease over the other and both lead.
+    pub fn field_manager(&self) -> String {
+        format!("reflex-leader-election-{}", self.identity)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +81,7 @@ pub async fn run_elected(
         .with_identity(&election.identity)
         .with_duration(election.duration)
         .with_grace(election.grace)
-        .with_field_manager("reflex-leader-election")
+        .with_field_manager(election.field_manager())
         .build()
         .await?;
     let (mut leader, task) = manager.watch().await;
