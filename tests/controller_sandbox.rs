@@ -216,18 +216,28 @@ async fn setup() -> (Sandbox, kube::Client) {
     ns.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "shop"}})).unwrap())
         .await
         .unwrap();
-    let policy: RemediationPolicy =
+    let mut policy: RemediationPolicy =
         serde_saphyr::from_str(&std::fs::read_to_string("tests/fixtures/policy-good.yaml").unwrap()).unwrap();
+    // These tests run many Remediations of one policy at once, each on its own target; the
+    // policy's limits are tested on their own (a_hand_made_remediation_obeys_the_policys_limits).
+    policy.spec.limits.max_concurrent = 100;
+    policy.spec.limits.max_remediations.count = 100;
     Api::<RemediationPolicy>::namespaced(client.clone(), "shop").create(&PostParams::default(), &policy).await.unwrap();
     (sandbox, client)
 }
 
+/// A Remediation of policy checkout-oom, made by hand, on a Deployment of its own name (the
+/// stages are doubles and touch no target).
 async fn create_remediation(client: &kube::Client, name: &str) {
+    create_remediation_of(client, name, name).await;
+}
+
+async fn create_remediation_of(client: &kube::Client, name: &str, target: &str) {
     let rem: Remediation = serde_json::from_value(json!({
         "apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
         "metadata": {"name": name, "namespace": "shop"},
-        "spec": {"policyRef": {"name": "checkout-oom"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"},
-                 "alert": {"name": "KubeContainerOOMKilled", "fingerprint": name, "labels": {"deployment": "checkout"}, "startsAt": "2026-01-01T00:00:00Z"}}
+        "spec": {"policyRef": {"name": "checkout-oom"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+                 "alert": {"name": "KubeContainerOOMKilled", "fingerprint": name, "labels": {"deployment": target}, "startsAt": "2026-01-01T00:00:00Z"}}
     }))
     .unwrap();
     Api::<Remediation>::namespaced(client.clone(), "shop").create(&PostParams::default(), &rem).await.unwrap();
@@ -665,6 +675,48 @@ async fn at_the_deploy_cap_the_next_change_waits_for_the_one_being_verified() {
     let (stop, task) = spawn_guarded(&client, stages(&doubles), guards);
     wait_phase(&client, "cap-1", Phase::Succeeded).await;
     wait_phase(&client, "cap-2", Phase::Succeeded).await;
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// The policy's limits hold for a Remediation made by hand, as intake applies them to the
+/// ones it makes: a second one on a busy target waits (TargetBusy), one over maxConcurrent
+/// waits (PolicyConcurrency), neither starting an effect; when the first ends, the one on
+/// its target waits out the cooldown (Cooldown, the time left named) and, held back before
+/// it started, holds no place, so the other goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_made_remediation_obeys_the_policys_limits() {
+    use kube::api::{Patch, PatchParams};
+    let (_sandbox, client) = setup().await;
+    let policies = Api::<RemediationPolicy>::namespaced(client.clone(), "shop");
+    let one_at_a_time = json!({"spec": {"limits": {"maxConcurrent": 1}}});
+    policies.patch("checkout-oom", &PatchParams::default(), &Patch::Merge(one_at_a_time)).await.unwrap();
+    let doubles = Arc::new(Doubles::default());
+    *doubles.hold_verify.lock().unwrap() = true;
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    create_remediation_of(&client, "first", "cart").await;
+    wait_phase(&client, "first", Phase::Verifying).await;
+
+    create_remediation_of(&client, "second", "cart").await;
+    let busy = wait_stalled(&client, "second", "TargetBusy").await;
+    assert!(busy.status.unwrap().message.unwrap_or_default().contains("first is already remediating"));
+    create_remediation_of(&client, "third", "till").await;
+    let over = wait_stalled(&client, "third", "PolicyConcurrency").await;
+    assert!(over.status.unwrap().message.unwrap_or_default().contains("limits.maxConcurrent 1"));
+    for n in ["second", "third"] {
+        assert_eq!(doubles.runs(n, Step::Diagnose), 0, "{n} started an effect over a limit");
+    }
+    stop.cancel();
+    task.await.unwrap();
+
+    *doubles.hold_verify.lock().unwrap() = false;
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    wait_phase(&client, "first", Phase::Succeeded).await;
+    let cooling = wait_stalled(&client, "second", "Cooldown").await;
+    let message = cooling.status.unwrap().message.unwrap_or_default();
+    assert!(message.contains("cooldown is 600s") && message.contains("left"), "{message}");
+    wait_phase(&client, "third", Phase::Succeeded).await;
+    assert_eq!(doubles.runs("second", Step::Diagnose), 0);
     stop.cancel();
     task.await.unwrap();
 }

@@ -84,6 +84,14 @@ pub mod reason {
     pub const SUSPENDED: &str = "Suspended";
     /// The operator's cap on concurrent deploys is reached: a deploy waits for one to finish.
     pub const CONCURRENCY_CAP: &str = "ConcurrencyCap";
+    /// Another Remediation is already working on this target: this one waits for it.
+    pub const TARGET_BUSY: &str = "TargetBusy";
+    /// The target was remediated within the policy's cooldown: this one waits for it to pass.
+    pub const COOLDOWN: &str = "Cooldown";
+    /// The policy's rate limit (`maxRemediations` per `window`) is reached: this one waits.
+    pub const RATE_LIMITED: &str = "RateLimited";
+    /// The policy's `maxConcurrent` Remediations are in progress: this one waits for one.
+    pub const POLICY_CONCURRENCY: &str = "PolicyConcurrency";
     /// The policy is in a change-freeze window: nothing is deployed until it ends.
     pub const CHANGE_FREEZE: &str = "ChangeFreeze";
     /// The operator's kill switch is on: nothing more happens before deploy.

@@ -10,6 +10,7 @@
 pub mod approvals;
 pub mod effects;
 pub mod leader;
+pub mod limits;
 pub mod machine;
 pub mod plan;
 pub mod reconcile;

@@ -33,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::effects::Effects;
-use super::machine::{Observations, PolicyView, Settings, halt_for, jittered};
+use super::limits::{Peer, limits_halt};
+use super::machine::{Halt, Observations, PolicyView, Settings, halt_for, jittered};
 use super::plan::{Plan, TransitionRecord, change_outcome, plan};
 use super::stages::Stages;
 use crate::api::approval::tally;
@@ -368,7 +369,8 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         policy: policy_view,
         stages: ctx.stages.available(),
         running: running.map(|k| (k.step, k.attempt)),
-        halt: halt_for(kill_switch_on(ctx), policy.as_deref(), &rem, now),
+        halt: halt_for(kill_switch_on(ctx), policy.as_deref(), &rem, now)
+            .or_else(|| policy.as_deref().and_then(|p| over_limits(ctx, &rem, p, now))),
         deploys_at_cap: deploys_at_cap(ctx, &uid),
     };
 
@@ -530,6 +532,20 @@ fn deploys_at_cap(ctx: &Context, uid: &str) -> Option<u32> {
         .count();
     let in_flight = u32::try_from(in_flight).unwrap_or(u32::MAX);
     (in_flight >= cap).then_some(in_flight)
+}
+
+/// Whether one of the policy's limits holds `rem` back, judged over every Remediation in the
+/// controller's cache ([`limits_halt`]).
+fn over_limits(ctx: &Context, rem: &Remediation, policy: &ValidPolicy, now: Timestamp) -> Option<Halt> {
+    let me = Peer::of(rem)?;
+    let peers: Vec<Peer> = ctx
+        .remediations
+        .state()
+        .iter()
+        .filter(|r| r.metadata.namespace == rem.metadata.namespace)
+        .filter_map(|r| Peer::of(r))
+        .collect();
+    limits_halt(&me, &peers, &policy.limits, now)
 }
 
 /// Whether the operator's kill switch is on (`killSwitch: "true"` in its ConfigMap).

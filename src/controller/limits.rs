@@ -1,0 +1,296 @@
+//! The policy's limits, applied by the controller to every Remediation, however it was made.
+//!
+//! Contract: intake applies the cooldown, the rate limit (`maxRemediations` per `window`),
+//! the concurrency limit (`maxConcurrent`) and "one Remediation per target" when it decides
+//! to create a Remediation. A Remediation created by hand skips intake, so [`limits_halt`]
+//! judges it again, before every effect up to deploy, against the other Remediations of the
+//! same namespace — each limit counted over the Remediations *ahead* of it (created earlier;
+//! the name breaks ties), so one intake created passes exactly as it passed at intake, and
+//! Remediations over a limit wait in creation order until it allows them (a halt with the
+//! time to look again). Pure: the caller passes the peers and the clock.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::machine::{HALT_RECHECK, Halt};
+use crate::api::TargetKind;
+use crate::api::conditions::ConditionType;
+use crate::api::conditions::reason;
+use crate::api::remediation::{Phase, Remediation};
+use crate::api::validate::ValidLimits;
+
+/// What the limits need of one Remediation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peer {
+    pub namespace: String,
+    pub name: String,
+    pub policy: String,
+    pub target_kind: TargetKind,
+    pub target_name: String,
+    /// Set by the API server (it cannot be chosen by whoever creates the object).
+    pub created: Timestamp,
+    /// None until the controller first writes status.
+    pub phase: Option<Phase>,
+    /// Its Stalled condition is True (a Remediation held back before it started holds no
+    /// place in the limits of those behind it).
+    pub stalled: bool,
+    pub finished: Option<Timestamp>,
+}
+
+impl Peer {
+    /// The limits' view of `rem`; None without the metadata every stored object has.
+    pub fn of(rem: &Remediation) -> Option<Self> {
+        let status = rem.status.as_ref();
+        Some(Self {
+            namespace: rem.metadata.namespace.clone()?,
+            name: rem.metadata.name.clone()?,
+            policy: rem.spec.policy_ref.name.clone(),
+            target_kind: rem.spec.target.kind,
+            target_name: rem.spec.target.name.clone(),
+            created: rem.metadata.creation_timestamp.as_ref()?.0,
+            phase: status.map(|s| s.phase),
+            stalled: status.is_some_and(|s| {
+                s.conditions.iter().any(|c| c.type_ == ConditionType::Stalled.as_str() && c.status == "True")
+            }),
+            finished: status.and_then(|s| s.finished_at.as_ref()).map(|t| t.0),
+        })
+    }
+
+    fn active(&self) -> bool {
+        self.phase.is_none_or(|p| !p.is_terminal())
+    }
+
+    /// Whether it counts against the limits of those behind it: it is active, and it has
+    /// started or is not held back itself.
+    fn holds_a_place(&self) -> bool {
+        self.active() && (self.phase.is_some_and(|p| p != Phase::Pending) || !self.stalled)
+    }
+
+    fn ahead_of(&self, me: &Self) -> bool {
+        (self.created, &self.name) < (me.created, &me.name)
+    }
+
+    fn same_target(&self, me: &Self) -> bool {
+        self.target_kind == me.target_kind && self.target_name == me.target_name
+    }
+
+    fn describe_target(&self) -> String {
+        format!("{} {:?}", self.target_kind.as_str(), self.target_name)
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+fn since(now: Timestamp, then: Timestamp) -> Duration {
+    now.duration_since(then).unsigned_abs()
+}
+
+/// Whether a limit holds `me` back at `now`, given every Remediation the controller knows
+/// (`me` among them or not).
+pub fn limits_halt(me: &Peer, peers: &[Peer], limits: &ValidLimits, now: Timestamp) -> Option<Halt> {
+    let others: Vec<&Peer> = peers.iter().filter(|p| p.namespace == me.namespace && p.name != me.name).collect();
+    let halt = |reason, message: String, after: Duration| Halt {
+        reason,
+        message,
+        recheck_after: Some(after.clamp(Duration::from_secs(1), HALT_RECHECK)),
+    };
+
+    // One Remediation per target at a time, whichever policy made it.
+    if let Some(first) = others.iter().find(|p| p.same_target(me) && p.holds_a_place() && p.ahead_of(me)) {
+        return Some(halt(
+            reason::TARGET_BUSY,
+            format!("{} is already remediating {}: this one waits until it ends", first.name, me.describe_target()),
+            HALT_RECHECK,
+        ));
+    }
+    // The cooldown after the last Remediation of this target by this policy finished.
+    let last_finished = others
+        .iter()
+        .filter(|p| p.policy == me.policy && p.same_target(me))
+        .filter_map(|p| p.finished)
+        .filter(|f| *f <= now)
+        .max();
+    if let Some(done) = last_finished.filter(|f| since(now, *f) < limits.cooldown) {
+        let left = limits.cooldown.saturating_sub(since(now, done));
+        return Some(halt(
+            reason::COOLDOWN,
+            format!(
+                "{} was remediated {} ago; the policy's cooldown is {} ({} left)",
+                me.describe_target(),
+                secs(since(now, done)),
+                secs(limits.cooldown),
+                secs(left)
+            ),
+            left,
+        ));
+    }
+    let of_policy: Vec<&&Peer> = others
+        .iter()
+        .filter(|p| p.policy == me.policy && p.ahead_of(me) && (p.holds_a_place() || !p.active()))
+        .collect();
+    // The rate limit: Remediations of this policy started within the window before this one.
+    let recent: Vec<Timestamp> =
+        of_policy.iter().map(|p| p.created).filter(|c| since(now, *c) < limits.window).collect();
+    if recent.len() >= limits.max_remediations as usize {
+        let oldest = recent.iter().min().copied().unwrap_or(now);
+        let left = limits.window.saturating_sub(since(now, oldest));
+        return Some(halt(
+            reason::RATE_LIMITED,
+            format!(
+                "{} remediations of policy {:?} within {} (limits.maxRemediations {}): this one waits ({} left)",
+                recent.len(),
+                me.policy,
+                secs(limits.window),
+                limits.max_remediations,
+                secs(left)
+            ),
+            left,
+        ));
+    }
+    // The concurrency limit.
+    let running = of_policy.iter().filter(|p| p.holds_a_place()).count();
+    (running >= limits.max_concurrent as usize).then(|| {
+        halt(
+            reason::POLICY_CONCURRENCY,
+            format!(
+                "{running} remediations of policy {:?} are in progress (limits.maxConcurrent {}): this one waits for one to end",
+                me.policy, limits.max_concurrent
+            ),
+            HALT_RECHECK,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn peer(name: &str, created: i64, phase: Option<Phase>, finished: Option<i64>) -> Peer {
+        Peer {
+            namespace: "shop".into(),
+            name: name.into(),
+            policy: "checkout-oom".into(),
+            target_kind: TargetKind::Deployment,
+            target_name: "checkout".into(),
+            created: at(created),
+            phase,
+            stalled: false,
+            finished: finished.map(at),
+        }
+    }
+
+    fn limits() -> ValidLimits {
+        ValidLimits {
+            cooldown: Duration::from_secs(600),
+            max_remediations: 2,
+            window: Duration::from_secs(3600),
+            max_concurrent: 1,
+            max_attempts: 3,
+            max_duration: Duration::from_secs(3600),
+            suspend: false,
+            freeze: Vec::new(),
+        }
+    }
+
+    fn reason_of(me: &Peer, peers: &[Peer], limits: &ValidLimits, now: i64) -> Option<&'static str> {
+        limits_halt(me, peers, limits, at(now)).map(|h| h.reason)
+    }
+
+    #[test]
+    fn alone_nothing_holds_a_remediation_back() {
+        let me = peer("me", 0, None, None);
+        assert_eq!(reason_of(&me, std::slice::from_ref(&me), &limits(), 1), None);
+    }
+
+    #[test]
+    fn a_second_remediation_of_a_busy_target_waits_for_the_first_whatever_its_policy() {
+        let first = Peer { policy: "other".into(), ..peer("first", 0, Some(Phase::Testing), None) };
+        let me = peer("me", 10, None, None);
+        let peers = [first.clone(), me.clone()];
+        assert_eq!(reason_of(&me, &peers, &limits(), 20), Some(reason::TARGET_BUSY));
+        // The earlier one is not held back by the later one.
+        assert_eq!(reason_of(&first, &peers, &limits(), 20), None);
+        // Another target of the same namespace is not busy.
+        let elsewhere = Peer { target_name: "cart".into(), ..me.clone() };
+        assert_eq!(reason_of(&elsewhere, &peers, &limits(), 20), None);
+    }
+
+    #[test]
+    fn the_cooldown_runs_from_the_last_finish_and_tells_how_long_is_left() {
+        let done = peer("done", 0, Some(Phase::Succeeded), Some(100));
+        let me = peer("me", 200, None, None);
+        let h = limits_halt(&me, &[done.clone(), me.clone()], &limits(), at(300)).unwrap();
+        assert_eq!(h.reason, reason::COOLDOWN);
+        assert!(h.message.contains("400s left"), "{}", h.message);
+        assert_eq!(h.recheck_after, Some(HALT_RECHECK));
+        assert_eq!(reason_of(&me, &[done.clone(), me.clone()], &limits(), 700), None, "cooldown over");
+        // Another policy's finish on the same target starts no cooldown for this one.
+        let theirs = Peer { policy: "other".into(), ..done };
+        assert_eq!(reason_of(&me, &[theirs, me.clone()], &limits(), 300), None);
+    }
+
+    #[test]
+    fn the_rate_limit_counts_only_remediations_ahead_within_the_window() {
+        let mut l = limits();
+        l.max_concurrent = 10;
+        l.cooldown = Duration::ZERO;
+        let a = Peer { target_name: "a".into(), ..peer("a", 0, Some(Phase::Failed), Some(1)) };
+        let b = Peer { target_name: "b".into(), ..peer("b", 100, Some(Phase::Failed), Some(101)) };
+        let me = peer("me", 200, None, None);
+        let peers = [a.clone(), b.clone(), me.clone()];
+        let h = limits_halt(&me, &peers, &l, at(300)).unwrap();
+        assert_eq!(h.reason, reason::RATE_LIMITED);
+        // The earliest leaves the window 3,600 s after it was created.
+        assert_eq!(reason_of(&me, &peers, &l, 3_599), Some(reason::RATE_LIMITED));
+        assert_eq!(reason_of(&me, &peers, &l, 3_600), None);
+        // The two ahead of it are within the limit themselves.
+        assert_eq!(reason_of(&b, &peers, &l, 300), None);
+    }
+
+    #[test]
+    fn the_concurrency_limit_lets_them_through_in_creation_order() {
+        let mut l = limits();
+        l.max_remediations = 100;
+        let a = Peer { target_name: "a".into(), ..peer("a", 0, Some(Phase::AwaitingApproval), None) };
+        let me = peer("me", 5, None, None);
+        let peers = [a.clone(), me.clone()];
+        assert_eq!(reason_of(&me, &peers, &l, 10), Some(reason::POLICY_CONCURRENCY));
+        assert_eq!(reason_of(&a, &peers, &l, 10), None);
+        let a_done = Peer { phase: Some(Phase::Succeeded), finished: Some(at(8)), ..a };
+        assert_eq!(reason_of(&me, &[a_done, me.clone()], &l, 10), None);
+    }
+
+    #[test]
+    fn one_held_back_before_it_started_holds_no_place_for_those_behind_it() {
+        let mut l = limits();
+        l.max_remediations = 100;
+        let waiting = Peer { stalled: true, ..peer("waiting", 0, Some(Phase::Pending), None) };
+        let me = peer("me", 5, None, None);
+        let on_other = Peer { target_name: "cart".into(), ..me.clone() };
+        assert_eq!(reason_of(&on_other, &[waiting.clone(), on_other.clone()], &l, 10), None);
+        assert_eq!(reason_of(&me, &[waiting.clone(), me.clone()], &l, 10), None, "not busy either");
+        // Once started, a stall (a freeze, say) keeps its place.
+        let started = Peer { phase: Some(Phase::AwaitingApproval), ..waiting };
+        assert_eq!(reason_of(&on_other, &[started, on_other.clone()], &l, 10), Some(reason::POLICY_CONCURRENCY));
+    }
+
+    #[test]
+    fn the_same_creation_second_is_ordered_by_name_and_other_namespaces_do_not_count() {
+        let mut l = limits();
+        l.max_remediations = 100;
+        let a = Peer { target_name: "a".into(), ..peer("a", 0, None, None) };
+        let b = Peer { target_name: "b".into(), ..peer("b", 0, None, None) };
+        let peers = [a.clone(), b.clone()];
+        assert_eq!(reason_of(&a, &peers, &l, 1), None);
+        assert_eq!(reason_of(&b, &peers, &l, 1), Some(reason::POLICY_CONCURRENCY));
+        let a_elsewhere = Peer { namespace: "other".into(), ..a };
+        assert_eq!(reason_of(&b, &[a_elsewhere, b.clone()], &l, 1), None);
+    }
+}
