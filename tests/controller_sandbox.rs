@@ -271,7 +271,11 @@ async fn wait_stalled(client: &kube::Client, name: &str, reason: &str) -> Remedi
         if stalled.as_ref().is_some_and(|c| c.status == "True" && c.reason == reason) {
             return r;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{name} never stalled with {reason}: {stalled:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never stalled with {reason}: {stalled:?} {:?}",
+            r.status.as_ref().map(|s| (s.phase, s.steps.len(), s.deploy.is_some()))
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -663,18 +667,26 @@ async fn at_the_deploy_cap_the_next_change_waits_for_the_one_being_verified() {
     let (stop, task) = spawn_guarded(&client, stages(&doubles), guards.clone());
     create_remediation(&client, "cap-1").await;
     wait_phase(&client, "cap-1", Phase::Verifying).await;
-    create_remediation(&client, "cap-2").await;
-    let held = wait_stalled(&client, "cap-2", "ConcurrencyCap").await;
-    assert_eq!(held.status.unwrap().phase, Phase::Deploying);
-    assert_eq!(doubles.runs("cap-2", Step::Snapshot), 0, "no deploy step started past the cap");
+    for n in ["cap-2", "cap-3"] {
+        create_remediation(&client, n).await;
+        let held = wait_stalled(&client, n, "ConcurrencyCap").await;
+        assert_eq!(held.status.unwrap().phase, Phase::Deploying);
+        assert_eq!(doubles.runs(n, Step::Snapshot), 0, "no deploy step started past the cap");
+    }
     stop.cancel();
     task.await.unwrap();
 
-    // The first one's verification completes (a new controller resumes it): the second goes.
+    // The first one's verification completes (a new controller resumes it): the waiting ones
+    // go one at a time, in the order they were created — two waiting do not count each other
+    // as deploying and wait for ever.
     *doubles.hold_verify.lock().unwrap() = false;
     let (stop, task) = spawn_guarded(&client, stages(&doubles), guards);
     wait_phase(&client, "cap-1", Phase::Succeeded).await;
-    wait_phase(&client, "cap-2", Phase::Succeeded).await;
+    let second = wait_phase(&client, "cap-2", Phase::Succeeded).await;
+    let third = wait_phase(&client, "cap-3", Phase::Succeeded).await;
+    let applied = |r: &Remediation| r.status.as_ref().unwrap().deploy.as_ref().unwrap().applied_at.clone().unwrap();
+    let finished = |r: &Remediation| r.status.as_ref().unwrap().finished_at.clone().unwrap();
+    assert!(applied(&third).0 >= finished(&second).0, "cap-3 deployed while cap-2 was in flight");
     stop.cancel();
     task.await.unwrap();
 }

@@ -17,7 +17,7 @@ use super::machine::{HALT_RECHECK, Halt};
 use crate::api::TargetKind;
 use crate::api::conditions::ConditionType;
 use crate::api::conditions::reason;
-use crate::api::remediation::{Phase, Remediation};
+use crate::api::remediation::{Phase, Remediation, Step};
 use crate::api::validate::ValidLimits;
 
 /// What the limits need of one Remediation.
@@ -32,10 +32,23 @@ pub struct Peer {
     pub created: Timestamp,
     /// None until the controller first writes status.
     pub phase: Option<Phase>,
-    /// Its Stalled condition is True (a Remediation held back before it started holds no
-    /// place in the limits of those behind it).
-    pub stalled: bool,
+    /// The reason of its Stalled condition, when True (a Remediation held back before it
+    /// started holds no place in the limits of those behind it).
+    pub stalled: Option<String>,
     pub finished: Option<Timestamp>,
+    /// Where it stands with the operator's cap on concurrent deploys.
+    pub deploy: DeploySlot,
+}
+
+/// Where a Remediation stands with the operator's cap on concurrent deploys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeploySlot {
+    /// Not deploying.
+    None,
+    /// In Deploying, its first deploy step (the snapshot) not started: it waits for a slot.
+    Waiting,
+    /// Deploying (its snapshot started), being verified, or rolling back.
+    Holding,
 }
 
 impl Peer {
@@ -50,10 +63,24 @@ impl Peer {
             target_name: rem.spec.target.name.clone(),
             created: rem.metadata.creation_timestamp.as_ref()?.0,
             phase: status.map(|s| s.phase),
-            stalled: status.is_some_and(|s| {
-                s.conditions.iter().any(|c| c.type_ == ConditionType::Stalled.as_str() && c.status == "True")
+            stalled: status.and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == ConditionType::Stalled.as_str() && c.status == "True")
+                    .map(|c| c.reason.clone())
             }),
             finished: status.and_then(|s| s.finished_at.as_ref()).map(|t| t.0),
+            deploy: match status {
+                Some(s)
+                    if s.phase == Phase::Deploying && s.deploy.is_none() && s.last_step(Step::Snapshot).is_none() =>
+                {
+                    DeploySlot::Waiting
+                }
+                Some(s) if matches!(s.phase, Phase::Deploying | Phase::Verifying | Phase::RollingBack) => {
+                    DeploySlot::Holding
+                }
+                _ => DeploySlot::None,
+            },
         })
     }
 
@@ -64,7 +91,7 @@ impl Peer {
     /// Whether it counts against the limits of those behind it: it is active, and it has
     /// started or is not held back itself.
     fn holds_a_place(&self) -> bool {
-        self.active() && (self.phase.is_some_and(|p| p != Phase::Pending) || !self.stalled)
+        self.active() && (self.phase.is_some_and(|p| p != Phase::Pending) || self.stalled.is_none())
     }
 
     fn ahead_of(&self, me: &Self) -> bool {
@@ -73,6 +100,11 @@ impl Peer {
 
     fn same_target(&self, me: &Self) -> bool {
         self.target_kind == me.target_kind && self.target_name == me.target_name
+    }
+
+    /// The key the deploy cap orders by, across namespaces.
+    fn key(&self) -> (Timestamp, &str, &str) {
+        (self.created, &self.namespace, &self.name)
     }
 
     fn describe_target(&self) -> String {
@@ -164,6 +196,35 @@ pub fn limits_halt(me: &Peer, peers: &[Peer], limits: &ValidLimits, now: Timesta
     })
 }
 
+/// How many changes hold or are owed a deploy slot ahead of `me`, when that reaches the
+/// operator's `cap` (then `me` waits). Counted across the cluster: every change deploying,
+/// being verified or rolling back; every one waiting for a slot that was created before
+/// `me` (so the waiting go one at a time, in creation order, and two waiting never count each
+/// other); and `reserved`, the ones this process has just let through whose start the cache
+/// may not show yet (by `namespace/name`).
+pub fn deploys_at_cap(me: &Peer, peers: &[Peer], reserved: &[String], cap: u32) -> Option<u32> {
+    let key = |p: &Peer| format!("{}/{}", p.namespace, p.name);
+    let mine = key(me);
+    let mut ahead: Vec<String> = peers
+        .iter()
+        .filter(|p| key(p) != mine)
+        .filter(|p| match p.deploy {
+            DeploySlot::Holding => true,
+            // One waiting for another reason (a freeze on its policy, say) keeps no place.
+            DeploySlot::Waiting => {
+                p.key() < me.key() && p.stalled.as_deref().is_none_or(|r| r == reason::CONCURRENCY_CAP)
+            }
+            DeploySlot::None => false,
+        })
+        .map(key)
+        .collect();
+    ahead.extend(reserved.iter().filter(|r| **r != mine).cloned());
+    ahead.sort_unstable();
+    ahead.dedup();
+    let count = u32::try_from(ahead.len()).unwrap_or(u32::MAX);
+    (count >= cap).then_some(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,8 +242,9 @@ mod tests {
             target_name: "checkout".into(),
             created: at(created),
             phase,
-            stalled: false,
+            stalled: None,
             finished: finished.map(at),
+            deploy: DeploySlot::None,
         }
     }
 
@@ -271,7 +333,7 @@ mod tests {
     fn one_held_back_before_it_started_holds_no_place_for_those_behind_it() {
         let mut l = limits();
         l.max_remediations = 100;
-        let waiting = Peer { stalled: true, ..peer("waiting", 0, Some(Phase::Pending), None) };
+        let waiting = Peer { stalled: Some(reason::COOLDOWN.into()), ..peer("waiting", 0, Some(Phase::Pending), None) };
         let me = peer("me", 5, None, None);
         let on_other = Peer { target_name: "cart".into(), ..me.clone() };
         assert_eq!(reason_of(&on_other, &[waiting.clone(), on_other.clone()], &l, 10), None);
@@ -279,6 +341,32 @@ mod tests {
         // Once started, a stall (a freeze, say) keeps its place.
         let started = Peer { phase: Some(Phase::AwaitingApproval), ..waiting };
         assert_eq!(reason_of(&on_other, &[started, on_other.clone()], &l, 10), Some(reason::POLICY_CONCURRENCY));
+    }
+
+    fn deploying(name: &str, created: i64, slot: DeploySlot) -> Peer {
+        Peer { deploy: slot, ..peer(name, created, Some(Phase::Deploying), None) }
+    }
+
+    #[test]
+    fn at_the_deploy_cap_the_waiting_go_one_at_a_time_in_creation_order() {
+        let holding = Peer { phase: Some(Phase::Verifying), ..deploying("a", 0, DeploySlot::Holding) };
+        let b = Peer { stalled: Some(reason::CONCURRENCY_CAP.into()), ..deploying("b", 10, DeploySlot::Waiting) };
+        let c = Peer { stalled: Some(reason::CONCURRENCY_CAP.into()), ..deploying("c", 20, DeploySlot::Waiting) };
+        let peers = [holding.clone(), b.clone(), c.clone()];
+        assert_eq!(deploys_at_cap(&b, &peers, &[], 1), Some(1));
+        assert_eq!(deploys_at_cap(&c, &peers, &[], 1), Some(2));
+        // The first ends: the earlier waiting one goes, the later still waits — for it.
+        let done = Peer { phase: Some(Phase::Succeeded), deploy: DeploySlot::None, ..holding };
+        let peers = [done.clone(), b.clone(), c.clone()];
+        assert_eq!(deploys_at_cap(&b, &peers, &[], 1), None);
+        assert_eq!(deploys_at_cap(&c, &peers, &[], 1), Some(1));
+        assert_eq!(deploys_at_cap(&c, &peers, &[], 2), None, "a cap of two lets both go");
+        // One let through but not yet in the cache counts, once.
+        assert_eq!(deploys_at_cap(&c, &[done.clone(), c.clone()], &["shop/b".into()], 1), Some(1));
+        assert_eq!(deploys_at_cap(&b, &[done.clone(), b.clone()], &["shop/b".into()], 1), None, "not itself");
+        // One waiting ahead that is held by something else keeps no place.
+        let frozen = Peer { stalled: Some(reason::CHANGE_FREEZE.into()), ..b };
+        assert_eq!(deploys_at_cap(&c, &[done, frozen, c.clone()], &[], 1), None);
     }
 
     #[test]

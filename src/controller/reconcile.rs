@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::effects::Effects;
-use super::limits::{Peer, limits_halt};
+use super::limits::{DeploySlot, Peer, deploys_at_cap, limits_halt};
 use super::machine::{Halt, Observations, PolicyView, Settings, halt_for, jittered};
 use super::plan::{Plan, TransitionRecord, change_outcome, plan};
 use super::stages::Stages;
@@ -65,6 +65,8 @@ pub struct Context {
     pub remediations: Store<Remediation>,
     /// The cap on concurrent deploys.
     pub max_concurrent_deploys: Option<u32>,
+    /// Deploy slots let through and not yet seen taken in the cache.
+    pub deploy_slots: DeploySlots,
     /// Consecutive reconcile failures per Remediation, for [`error_policy`]'s backoff.
     pub failures: Failures,
     /// Clock.
@@ -220,6 +222,7 @@ pub async fn run(
         kill_switch,
         remediations: index.clone(),
         max_concurrent_deploys: guards.max_concurrent_deploys,
+        deploy_slots: DeploySlots::default(),
         failures: Failures::default(),
         clock: Arc::new(SystemClock),
     });
@@ -364,18 +367,22 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     let (policy_view, policy) = observe_policy(ctx, &namespace, &rem.spec.policy_ref.name);
     let (running, finished) = ctx.effects.state(&uid);
     let finished_key = finished.as_ref().map(|(k, _)| k.clone());
-    let obs = Observations {
-        now,
-        policy: policy_view,
-        stages: ctx.stages.available(),
-        running: running.map(|k| (k.step, k.attempt)),
-        halt: halt_for(kill_switch_on(ctx), policy.as_deref(), &rem, now)
-            .or_else(|| policy.as_deref().and_then(|p| over_limits(ctx, &rem, p, now))),
-        deploys_at_cap: deploys_at_cap(ctx, &uid),
+    // Observe and decide under the deploy slots' lock: counting them and taking one is one step.
+    let (obs, plan) = {
+        let slots = ctx.deploy_slots.lock();
+        let obs = Observations {
+            now,
+            policy: policy_view,
+            stages: ctx.stages.available(),
+            running: running.map(|k| (k.step, k.attempt)),
+            halt: halt_for(kill_switch_on(ctx), policy.as_deref(), &rem, now)
+                .or_else(|| policy.as_deref().and_then(|p| over_limits(ctx, &rem, p, now))),
+            deploys_at_cap: slots.at_cap(ctx, &rem),
+        };
+        let plan = plan(&rem, finished, observe_approval(ctx, &rem, policy.as_deref(), now), &obs);
+        slots.settle(&rem, &plan);
+        (obs, plan)
     };
-
-    // Decide.
-    let plan = plan(&rem, finished, observe_approval(ctx, &rem, policy.as_deref(), now), &obs);
 
     // Act and record.
     if rem.status.as_ref() != Some(&plan.status) {
@@ -515,23 +522,52 @@ async fn cleanup(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> 
     Ok(Action::await_change())
 }
 
-/// The number of changes deploying or being verified across the cluster (others than `uid`),
-/// when it has reached the operator's cap.
-fn deploys_at_cap(ctx: &Context, uid: &str) -> Option<u32> {
-    let cap = ctx.max_concurrent_deploys?;
-    let in_flight = ctx
-        .remediations
-        .state()
-        .iter()
-        .filter(|r| r.metadata.uid.as_deref() != Some(uid))
-        .filter(|r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| matches!(s.phase, Phase::Deploying | Phase::Verifying | Phase::RollingBack))
-        })
-        .count();
-    let in_flight = u32::try_from(in_flight).unwrap_or(u32::MAX);
-    (in_flight >= cap).then_some(in_flight)
+/// Deploy slots this process let through that its cache may not show taken yet, by
+/// `namespace/name`, each for at most [`DeploySlots::HOLD`]. The reconciler holds the lock
+/// from counting the slots to deciding ([`Taken`]), so two reconciles at once cannot both
+/// take the last one.
+#[derive(Default)]
+pub struct DeploySlots(Mutex<HashMap<String, std::time::Instant>>);
+
+/// The slots, locked for one decision.
+struct Taken<'a>(std::sync::MutexGuard<'a, HashMap<String, std::time::Instant>>);
+
+impl DeploySlots {
+    /// Longer than the cache ever trails the status write that records the snapshot.
+    const HOLD: Duration = Duration::from_secs(60);
+
+    fn lock(&self) -> Taken<'_> {
+        let mut slots = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.retain(|_, at| at.elapsed() < Self::HOLD);
+        Taken(slots)
+    }
+}
+
+impl Taken<'_> {
+    /// How many deploy slots are taken ahead of `rem` when that reaches the cap (None when
+    /// it holds one already, or under the cap).
+    fn at_cap(&self, ctx: &Context, rem: &Remediation) -> Option<u32> {
+        let cap = ctx.max_concurrent_deploys?;
+        let me = Peer::of(rem)?;
+        if me.deploy == DeploySlot::Holding {
+            return None;
+        }
+        // Judged as if it waited already: one decision may take it from the gate into deploy.
+        let me = Peer { deploy: DeploySlot::Waiting, ..me };
+        let peers: Vec<Peer> = ctx.remediations.state().iter().filter_map(|r| Peer::of(r)).collect();
+        let reserved: Vec<String> = self.0.keys().cloned().collect();
+        deploys_at_cap(&me, &peers, &reserved, cap)
+    }
+
+    /// Records what the decision did: a Remediation starting its snapshot takes its slot.
+    fn settle(mut self, rem: &Remediation, plan: &Plan) {
+        let key = format!("{}/{}", rem.namespace().unwrap_or_default(), rem.name_any());
+        if plan.start.is_some_and(|(step, _)| step == Step::Snapshot) {
+            self.0.insert(key, std::time::Instant::now());
+        } else {
+            self.0.remove(&key);
+        }
+    }
 }
 
 /// Whether one of the policy's limits holds `rem` back, judged over every Remediation in the
