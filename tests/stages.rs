@@ -470,3 +470,62 @@ async fn a_rollback_from_a_tampered_status_cannot_write_what_no_change_may() {
     let app = app_container(&client).await;
     assert_eq!((app["image"].as_str(), app.get("securityContext")), (Some("c:1"), None), "nothing was written");
 }
+
+/// A change that restarts Pods waits while a PodDisruptionBudget covering them has no
+/// headroom for what the rollout takes down (deferred, not refused, nothing written), and
+/// deploys once the budget allows it.
+#[tokio::test]
+async fn a_change_that_restarts_pods_waits_for_disruption_headroom() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::api::{Patch, PatchParams};
+    use reflex::ports::Deploy;
+    let (sb, client) = setup().await;
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), "default");
+    let two_one_at_a_time = json!({"spec": {"replicas": 2,
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}}});
+    deployments.patch("checkout", &PatchParams::default(), &Patch::Merge(two_one_at_a_time)).await.unwrap();
+    let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), "default");
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({"metadata": {"name": "checkout"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "c"}}}}))
+    .unwrap();
+    budgets.create(&PostParams::default(), &pdb).await.unwrap();
+    // Both Pods ready, and the budget's status current: it allows no disruption.
+    let settled = |want_allowed: i32| {
+        let budgets = budgets.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let b = budgets.get("checkout").await.unwrap();
+                let status = b.status.clone().unwrap_or_default();
+                if status.observed_generation == b.metadata.generation
+                    && status.current_healthy == Some(2)
+                    && status.disruptions_allowed == Some(want_allowed)
+                {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "the budget never settled: {status:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    settled(0).await;
+
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "c:2"}]}}}});
+    let deploy = deployer(&sb).await;
+    let rem = tested_now(&deploy, &client, tested("bump", image)).await;
+    let err = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap_err();
+    assert_eq!(err.category, reflex::api::ErrorCategory::Deferred, "{err}");
+    assert!(err.message.contains("PodDisruptionBudget default/checkout allows 0 disruption(s)"), "{err}");
+    assert_eq!(app_container(&client).await["image"], "c:1", "nothing was applied");
+
+    budgets
+        .patch("checkout", &PatchParams::default(), &Patch::Merge(json!({"spec": {"minAvailable": 1}})))
+        .await
+        .unwrap();
+    settled(1).await;
+    let record = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap();
+    assert!(record.applied_at.is_some());
+    assert_eq!(app_container(&client).await["image"], "c:2");
+}

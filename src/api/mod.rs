@@ -167,6 +167,10 @@ pub enum ErrorCategory {
     BudgetExhausted,
     /// The agent escalated, or proposed what the safety check refuses: humans must act.
     NeedsHuman,
+    /// Not yet: the step waits for something outside Reflex (disruption headroom, the end of
+    /// a change freeze) and is tried again at a fixed interval without counting as a
+    /// failure, until the policy's `maxDuration` is spent.
+    Deferred,
 }
 
 impl ErrorCategory {
@@ -179,12 +183,13 @@ impl ErrorCategory {
             Self::NotFound => "not_found",
             Self::BudgetExhausted => "budget_exhausted",
             Self::NeedsHuman => "needs_human",
+            Self::Deferred => "deferred",
         }
     }
 
     /// Whether repeating the same step can succeed without anything else changing.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Transient)
+        matches!(self, Self::Transient | Self::Deferred)
     }
 }
 

@@ -671,6 +671,8 @@ impl RemediationStatus {
         let mut n = 0;
         for record in self.steps.iter().rev().filter(|r| r.step == step) {
             match record.state {
+                // Waiting for something outside Reflex is not a failure of the step.
+                StepState::Failed if record.category == Some(ErrorCategory::Deferred) => {}
                 StepState::Failed => n += 1,
                 StepState::Succeeded => break,
                 StepState::Started | StepState::Cancelled => {}

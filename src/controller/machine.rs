@@ -172,6 +172,9 @@ pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediati
 /// own watches, which may trail the event that triggered the reconcile.
 pub const HALT_RECHECK: Duration = Duration::from_secs(10);
 
+/// How often a deferred step (waiting for disruption headroom, say) is tried again.
+pub const DEFERRED_RECHECK: Duration = Duration::from_secs(15);
+
 /// The one thing to do next.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
@@ -499,6 +502,28 @@ impl Machine<'_> {
         Some(self.settings.max_duration.saturating_sub(elapsed) + Duration::from_secs(1))
     }
 
+    /// A step that waits for something outside Reflex: tried again every
+    /// [`DEFERRED_RECHECK`], until `limits.maxDuration` from the start is spent (then humans).
+    fn deferred(&self, step: Step, attempt: u32, why: &str, failed_at: Timestamp) -> Decision {
+        if self.until_deadline().is_some_and(|left| left <= Duration::from_secs(1)) {
+            return to(
+                Phase::Escalated,
+                reason::DEADLINE_EXCEEDED,
+                format!(
+                    "{step} waited past limits.maxDuration ({}s) of the start: {why}",
+                    self.settings.max_duration.as_secs()
+                ),
+            );
+        }
+        let elapsed = self.obs.now.duration_since(failed_at).unsigned_abs();
+        if elapsed < DEFERRED_RECHECK {
+            let wait = DEFERRED_RECHECK - elapsed;
+            Decision::Wait { after: Some(self.until_deadline().map_or(wait, |d| d.min(wait))) }
+        } else {
+            Decision::Start { step, attempt: attempt.saturating_add(1) }
+        }
+    }
+
     /// Runs, resumes, retries or gives up on one step from its recorded history.
     fn step(&self, step: Step, give_up: GiveUp) -> Decision {
         let run = |attempt: u32| {
@@ -547,6 +572,14 @@ impl Machine<'_> {
                     let dest =
                         if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };
                     return to(dest, reason::BUDGET_EXHAUSTED, format!("{step}: {why}"));
+                }
+                if category == ErrorCategory::Deferred {
+                    return self.deferred(
+                        step,
+                        last.attempt,
+                        &why,
+                        last.finished_at.as_ref().map_or(last.started_at.0, |t| t.0),
+                    );
                 }
                 if !category.is_retryable() {
                     let r = match category {

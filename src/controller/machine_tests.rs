@@ -501,6 +501,38 @@ fn a_deploy_refused_by_its_recheck_escalates_without_a_rollback() {
     assert!(check(&d, &Expect::To(Phase::Escalated, r::DEPLOY_REFUSED)), "{d:?}");
 }
 
+/// A deploy that waits for something outside Reflex (disruption headroom, a freeze begun
+/// since the controller looked) is tried again every DEFERRED_RECHECK however often it waited
+/// — waiting is not failing — and goes to a human once limits.maxDuration is spent.
+#[test]
+fn a_deferred_deploy_is_tried_again_without_counting_as_a_failure_until_max_duration() {
+    let deferred = |s: &mut RemediationStatus, times: u32, last_at: i64| {
+        s.deploy = Some(snapshot());
+        for attempt in 1..=times {
+            let finished = last_at - i64::from(times - attempt) * 15;
+            s.push_step(record(Step::Deploy, attempt, StepState::Failed, Some(ErrorCategory::Deferred), finished));
+        }
+    };
+    // Five waits in a row (more than max_attempts 3): still waiting, then trying again.
+    let d = run(Phase::Deploying, |s| deferred(s, 5, 5));
+    assert_eq!(d, Decision::Wait { after: Some(DEFERRED_RECHECK - Duration::from_secs(5)) });
+    let d = run(Phase::Deploying, |s| deferred(s, 5, -5));
+    assert_eq!(d, Decision::Start { step: Step::Deploy, attempt: 6 });
+    // A real failure after the waits counts once, not six times.
+    let mut rem = mk_remediation(Phase::Deploying);
+    deferred(status(&mut rem), 5, -20);
+    status(&mut rem).push_step(record(Step::Deploy, 6, StepState::Failed, Some(ErrorCategory::Transient), -5));
+    assert_eq!(status(&mut rem).consecutive_failures(Step::Deploy), 1);
+    // Past maxDuration from the start: a person decides.
+    let mut rem = mk_remediation(Phase::Deploying);
+    deferred(status(&mut rem), 2, 3_590);
+    let late = Observations { now: at(3_600).0, ..obs() };
+    let d = decide(&rem, &late);
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::DEADLINE_EXCEEDED)), "{d:?}");
+    let Decision::Transition { message, .. } = d else { unreachable!() };
+    assert!(message.contains("deferred error"), "the reason it waited is kept: {message}");
+}
+
 #[test]
 fn deploy_needs_a_snapshot_first_and_a_tested_patch_always() {
     let d = run(Phase::Deploying, |s| s.deploy = Some(snapshot()));

@@ -9,6 +9,7 @@
 //! one request that deploys a proposal, which CI dry-runs unchanged.
 
 pub mod apply;
+pub mod disruption;
 pub mod identity;
 pub mod recheck;
 pub mod request;

@@ -8,7 +8,9 @@
 //!   not overwritten: the change is tested again instead);
 //! - the gate's decision as it is now (trust, environment), and — when the gate wants a
 //!   human — a `RemediationApproval` read from the API server that approves this Remediation
-//!   and none that rejects it.
+//!   and none that rejects it;
+//! - for a change that restarts Pods, headroom in every PodDisruptionBudget covering them
+//!   ([`super::disruption`]) — the one check that waits (`Deferred`) instead of refusing.
 //!
 //! Contract: reads only. A refusal is a `NeedsHuman` stage error naming what failed; nothing
 //! has been written when it is returned, so the Remediation escalates without a rollback.
@@ -16,6 +18,9 @@
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+use super::disruption::{headroom, restarts_pods};
 use crate::api::ErrorCategory;
 use crate::api::playbook::PatchType;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -41,8 +46,8 @@ pub async fn recheck(
     if let Some(freeze) = policy.limits.freeze.iter().find(|f| f.open_at(jiff::Timestamp::now())) {
         // The controller halts before deploy in a freeze; this catches one that began since.
         return Err(StageError::new(
-            ErrorCategory::Transient,
-            format!("not deploying in a change freeze ({}); retried after it", freeze.describe()),
+            ErrorCategory::Deferred,
+            format!("not deploying in a change freeze ({}); tried again after it", freeze.describe()),
         ));
     }
     let live = read_target(client, rem).await?;
@@ -85,6 +90,15 @@ pub async fn recheck(
         return Err(refuse(&format!("{} rejected it (RemediationApproval {})", rejected.approver, rejected.name)));
     }
     gate_allows(&decision, approval.as_ref()).map_err(|m| refuse(&m))?;
+    // Last, as it is the one check that waits rather than refuses.
+    if restarts_pods(target.kind, proposal.patch_type, &proposal.patch.0) {
+        let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_error("reading the PodDisruptionBudgets", &e))?
+            .items;
+        headroom(target.kind, &current, &budgets).map_err(|m| StageError::new(ErrorCategory::Deferred, m))?;
+    }
     Ok(current)
 }
 

@@ -157,6 +157,7 @@ fn builtins() -> Vec<Builtin> {
         Builtin { fields: &["status.successful"], ..b("batch", "v1", "Job", "jobs", true, true, &[]) },
         b("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true, true, &["hpa"]),
         b("coordination.k8s.io", "v1", "Lease", "leases", true, false, &[]),
+        b("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, true, &["pdb"]),
         Builtin {
             behaviour: EventsV1,
             fields: &[

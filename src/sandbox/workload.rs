@@ -6,7 +6,9 @@
 //! revives its ReplicaSet with a new revision, as `kubectl rollout undo` relies on); old
 //! ReplicaSets scale to zero; ReplicaSets create and delete Pods; Pods become Running and Ready
 //! after `ready_after`; Deployment and ReplicaSet status converge (observedGeneration,
-//! replicas, updatedReplicas, readyReplicas, availableReplicas, conditions). Writes go through
+//! replicas, updatedReplicas, readyReplicas, availableReplicas, conditions); and
+//! PodDisruptionBudgets report the Pods they select and the disruptions allowed (the
+//! disruption controller). Writes go through
 //! the same API path as clients', under the field manager `kube-controller-manager`, and only
 //! when something changed, so the loop settles.
 
@@ -327,10 +329,73 @@ pub fn reconcile_namespace(api: &Api, ns: &str, kubelet: &Kubelet) -> Result<Opt
         });
         put_status(api, &dw, &d, status)?;
     }
+    disruption_budgets(api, ns)?;
     Ok(wake)
 }
 
-const WATCHED: &[&str] = &["deployments.apps", "replicasets.apps", "pods"];
+/// `intOrString` scaled against `total`, rounding up (as the disruption controller does).
+fn scaled(v: &Value, total: i64) -> i64 {
+    match v {
+        Value::String(p) => {
+            let percent = p.trim_end_matches('%').parse::<i64>().unwrap_or(0);
+            (percent * total + 99) / 100
+        }
+        other => other.as_i64().unwrap_or(0),
+    }
+}
+
+/// The disruption controller: each PodDisruptionBudget's status from the Pods it selects
+/// (expected = the Pods selected, not the owners' scale; a null selector selects none, an
+/// empty one all).
+fn disruption_budgets(api: &Api, ns: &str) -> Result<(), ApiError> {
+    let Some(bw) = ctx(api, "poddisruptionbudgets", "policy", ns) else { return Ok(()) };
+    let budgets = list(api, "policy", "poddisruptionbudgets", ns);
+    if budgets.is_empty() {
+        return Ok(());
+    }
+    let pods: Vec<Value> =
+        list(api, "", "pods", ns).into_iter().filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()).collect();
+    for pdb in budgets {
+        let selector = pdb
+            .pointer("/spec/selector")
+            .filter(|s| !s.is_null())
+            .and_then(|s| super::selectors::LabelSelector::from_object(s).ok());
+        let selected: Vec<&Value> = match &selector {
+            None => Vec::new(),
+            Some(sel) => {
+                pods.iter().filter(|p| sel.matches(p.pointer("/metadata/labels").unwrap_or(&Value::Null))).collect()
+            }
+        };
+        let expected = i64::try_from(selected.len()).unwrap_or(i64::MAX);
+        let healthy = i64::try_from(selected.iter().filter(|p| is_ready(p)).count()).unwrap_or(i64::MAX);
+        let desired = match (pdb.pointer("/spec/minAvailable"), pdb.pointer("/spec/maxUnavailable")) {
+            (Some(min), _) if !min.is_null() => scaled(min, expected),
+            (_, Some(max)) if !max.is_null() => (expected - scaled(max, expected)).max(0),
+            _ => 0,
+        };
+        let allowed = (healthy - desired).max(0);
+        let (status, reason) = if allowed > 0 { ("True", "SufficientPods") } else { ("False", "InsufficientPods") };
+        let prev = pdb.pointer("/status/conditions/0").cloned();
+        let t = match prev {
+            Some(p) if p.get("status") == Some(&json!(status)) => p.get("lastTransitionTime").cloned(),
+            _ => None,
+        }
+        .unwrap_or(json!(now()));
+        let status = json!({
+            "observedGeneration": int(&pdb, "/metadata/generation"),
+            "disruptionsAllowed": allowed,
+            "currentHealthy": healthy,
+            "desiredHealthy": desired,
+            "expectedPods": expected,
+            "conditions": [{"type": "DisruptionAllowed", "status": status, "reason": reason,
+                "message": "", "lastTransitionTime": t, "observedGeneration": int(&pdb, "/metadata/generation")}],
+        });
+        put_status(api, &bw, &pdb, status)?;
+    }
+    Ok(())
+}
+
+const WATCHED: &[&str] = &["deployments.apps", "replicasets.apps", "pods", "poddisruptionbudgets.policy"];
 
 /// Run the model until `stop`: react to changes of Deployments, ReplicaSets and Pods.
 pub async fn run(api: Arc<Api>, kubelet: Kubelet, stop: CancellationToken) {
