@@ -31,6 +31,8 @@ struct Doubles {
     /// While set, this step never completes (and is not counted): the operator is stopped with
     /// it in flight.
     hold: Mutex<Option<Step>>,
+    /// This many deploys answer that the target changed since CI tested the change.
+    conflicts: Mutex<u32>,
 }
 
 impl Doubles {
@@ -152,6 +154,17 @@ impl reflex::ports::Deploy for D {
             return futures::future::pending().boxed();
         }
         self.0.count(&input, Step::Deploy);
+        {
+            let mut conflicts = self.0.conflicts.lock().unwrap();
+            if *conflicts > 0 {
+                *conflicts -= 1;
+                let changed = reflex::ports::StageError::new(
+                    reflex::api::ErrorCategory::Conflict,
+                    "the target changed since CI tested the patch (tested at generation 1, now generation 2)",
+                );
+                return async move { Err(changed) }.boxed();
+            }
+        }
         let mut record = input.remediation.status.as_ref().and_then(|s| s.deploy.clone()).unwrap();
         record.applied_digest = Some(patch.proposal().digest.clone());
         record.applied_at = Some(now());
@@ -731,6 +744,50 @@ async fn a_hand_made_remediation_obeys_the_policys_limits() {
     assert_eq!(doubles.runs("second", Step::Diagnose), 0);
     stop.cancel();
     task.await.unwrap();
+}
+
+/// The target changed between CI and deploy (twice): each time the change goes back to
+/// Testing (reason TargetChanged), CI, the gate and the snapshot run again under new
+/// attempts, and the third deploy lands; one that kept changing would go to a human.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_target_changed_since_ci_is_tested_again_then_deployed() {
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    *doubles.conflicts.lock().unwrap() = 2;
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    create_remediation(&client, "moved").await;
+    let done = wait_phase(&client, "moved", Phase::Succeeded).await;
+    stop.cancel();
+    task.await.unwrap();
+    for (step, times) in [
+        (Step::Diagnose, 1),
+        (Step::Propose, 1),
+        (Step::Test, 3),
+        (Step::Gate, 3),
+        (Step::Snapshot, 3),
+        (Step::Deploy, 3),
+        (Step::Verify, 1),
+    ] {
+        assert_eq!(doubles.runs("moved", step), times, "{step:?}");
+    }
+    let status = done.status.unwrap();
+    let tests: Vec<u32> = status
+        .steps
+        .iter()
+        .filter(|r| r.step == Step::Test && r.state == StepState::Succeeded)
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(tests, [1, 2, 3], "each test under its own attempt");
+    let api = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), "shop");
+    let reasons: Vec<String> =
+        api.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+    assert!(reasons.iter().any(|r| r == "TargetChanged"), "the re-test is announced: {reasons:?}");
+    let conflicts = status
+        .steps
+        .iter()
+        .filter(|r| r.step == Step::Deploy && r.category == Some(reflex::api::ErrorCategory::Conflict))
+        .count();
+    assert_eq!(conflicts, 2, "both conflicts are on record");
 }
 
 /// Waits until `name` has `step` recorded as started.

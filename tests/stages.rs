@@ -343,7 +343,8 @@ async fn deploy_refuses_a_proposal_edited_in_status_after_ci() {
 }
 
 /// A change approved (or left waiting) while people edited the target is not applied over
-/// their edit: deploy refuses, naming the revision CI tested and the one it found.
+/// their edit: deploy answers Conflict (the controller tests it again), naming the revision
+/// CI tested and the one it found.
 #[tokio::test]
 async fn deploy_refuses_when_the_target_changed_since_ci_tested_it() {
     use reflex::ports::Deploy;
@@ -363,7 +364,7 @@ async fn deploy_refuses_when_the_target_changed_since_ci_tested_it() {
         .await
         .unwrap();
     let err = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap_err();
-    assert_eq!(err.category, reflex::api::ErrorCategory::NeedsHuman);
+    assert_eq!(err.category, reflex::api::ErrorCategory::Conflict, "tested again, not escalated: {err}");
     assert!(err.message.contains("tested at generation 1, now generation 2"), "{err}");
     assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "128Mi", "nothing was applied");
 }

@@ -98,6 +98,9 @@ pub mod reason {
     pub const KILL_SWITCH: &str = "KillSwitch";
     /// The Remediation targets a kind its policy does not act on.
     pub const TARGET_KIND_NOT_ALLOWED: &str = "TargetKindNotAllowed";
+    /// The target changed since CI tested the change: it is tested again (or, changing again
+    /// and again, goes to a human).
+    pub const TARGET_CHANGED: &str = "TargetChanged";
     /// Deploy's own re-check refused the change before writing anything (the patch-safety
     /// verdict now, the target changed since CI, the gate or an approval).
     pub const DEPLOY_REFUSED: &str = "DeployRefused";

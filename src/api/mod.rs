@@ -171,6 +171,9 @@ pub enum ErrorCategory {
     /// a change freeze) and is tried again at a fixed interval without counting as a
     /// failure, until the policy's `maxDuration` is spent.
     Deferred,
+    /// The target changed since the change was tested (people edited it, an autoscaler moved
+    /// it): the change is tested again rather than written over their edit.
+    Conflict,
 }
 
 impl ErrorCategory {
@@ -184,6 +187,7 @@ impl ErrorCategory {
             Self::BudgetExhausted => "budget_exhausted",
             Self::NeedsHuman => "needs_human",
             Self::Deferred => "deferred",
+            Self::Conflict => "conflict",
         }
     }
 

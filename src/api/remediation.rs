@@ -162,7 +162,8 @@ impl Phase {
             Proposed => &[Testing, Failed, Cancelled, Escalated],
             Testing => &[AwaitingApproval, Deploying, Failed, Cancelled, Escalated],
             AwaitingApproval => &[Deploying, Failed, Cancelled, Escalated],
-            Deploying => &[Verifying, RollingBack, Failed, Cancelled, Escalated],
+            // Back to Testing when the target changed since CI tested the change.
+            Deploying => &[Testing, Verifying, RollingBack, Failed, Cancelled, Escalated],
             Verifying => &[Succeeded, RollingBack, Cancelled, Escalated],
             RollingBack => &[RolledBack, Escalated],
             Succeeded | Failed | RolledBack | Cancelled | Escalated => &[],

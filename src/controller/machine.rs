@@ -502,6 +502,25 @@ impl Machine<'_> {
         Some(self.settings.max_duration.saturating_sub(elapsed) + Duration::from_secs(1))
     }
 
+    /// The target changed since CI tested the change: test it again (the plan withdraws the
+    /// results that no longer hold), unless it has changed under every test so far.
+    fn retest(&self, why: &str) -> Decision {
+        let conflicts = self
+            .status
+            .steps
+            .iter()
+            .filter(|r| r.step == Step::Deploy && r.category == Some(ErrorCategory::Conflict))
+            .count();
+        if conflicts > self.settings.max_attempts as usize {
+            return to(
+                Phase::Escalated,
+                reason::TARGET_CHANGED,
+                format!("the target changed under each of {conflicts} tests of the change; last: {why}"),
+            );
+        }
+        to(Phase::Testing, reason::TARGET_CHANGED, format!("{why}; testing the change again"))
+    }
+
     /// A step that waits for something outside Reflex: tried again every
     /// [`DEFERRED_RECHECK`], until `limits.maxDuration` from the start is spent (then humans).
     fn deferred(&self, step: Step, attempt: u32, why: &str, failed_at: Timestamp) -> Decision {
@@ -572,6 +591,9 @@ impl Machine<'_> {
                     let dest =
                         if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };
                     return to(dest, reason::BUDGET_EXHAUSTED, format!("{step}: {why}"));
+                }
+                if category == ErrorCategory::Conflict {
+                    return self.retest(&why);
                 }
                 if category == ErrorCategory::Deferred {
                     return self.deferred(

@@ -533,6 +533,24 @@ fn a_deferred_deploy_is_tried_again_without_counting_as_a_failure_until_max_dura
     assert!(message.contains("deferred error"), "the reason it waited is kept: {message}");
 }
 
+/// The target changed since CI tested the change: back to Testing, not to a human — unless
+/// it changed under every test, max_attempts + 1 of them.
+#[test]
+fn a_target_changed_since_ci_is_tested_again_and_one_that_keeps_changing_goes_to_a_human() {
+    let conflict = |s: &mut RemediationStatus, times: u32| {
+        s.deploy = Some(snapshot());
+        for attempt in 1..=times {
+            s.push_step(record(Step::Deploy, attempt, StepState::Failed, Some(ErrorCategory::Conflict), 9));
+        }
+    };
+    let d = run(Phase::Deploying, |s| conflict(s, 1));
+    assert!(check(&d, &Expect::To(Phase::Testing, r::TARGET_CHANGED)), "{d:?}");
+    let d = run(Phase::Deploying, |s| conflict(s, 3));
+    assert!(check(&d, &Expect::To(Phase::Testing, r::TARGET_CHANGED)), "{d:?}");
+    let d = run(Phase::Deploying, |s| conflict(s, 4));
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::TARGET_CHANGED)), "{d:?}");
+}
+
 #[test]
 fn deploy_needs_a_snapshot_first_and_a_tested_patch_always() {
     let d = run(Phase::Deploying, |s| s.deploy = Some(snapshot()));

@@ -51,6 +51,29 @@ const MAX_CHAIN: usize = 16;
 /// Why the loop cannot move: a reason constant and what a human can do.
 type Stall = (&'static str, String);
 
+/// The target changed since CI tested the change, before anything was written: what CI,
+/// the gate and the snapshot said no longer holds. Their results are cleared and their last
+/// records marked Cancelled (withdrawn), so each runs again under a new attempt. Approvals
+/// stay: they are bound to the proposal, which has not changed, and deploy reads them again.
+fn withdraw_tested(status: &mut RemediationStatus, now: Timestamp) {
+    status.ci = None;
+    status.gate = None;
+    status.deploy = None;
+    for step in [Step::Test, Step::Gate, Step::Snapshot, Step::Deploy] {
+        if let Some(attempt) = status.last_step(step).map(|r| r.attempt) {
+            status.push_step(StepRecord {
+                step,
+                attempt,
+                state: StepState::Cancelled,
+                category: None,
+                message: Some("withdrawn: the target changed since CI tested the change".to_owned()),
+                started_at: Time(now),
+                finished_at: Some(Time(now)),
+            });
+        }
+    }
+}
+
 /// Computes what one reconcile does. Pure.
 pub fn plan(
     rem: &Remediation,
@@ -91,6 +114,9 @@ pub fn plan(
                     break;
                 }
                 status.phase = to;
+                if from == Phase::Deploying && to == Phase::Testing {
+                    withdraw_tested(status, now);
+                }
                 if from == Phase::Pending {
                     status.started_at = Some(Time(now));
                     status.trace_id = rem.metadata.uid.as_deref().and_then(trace_id);

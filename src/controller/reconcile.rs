@@ -313,7 +313,9 @@ pub fn error_policy(rem: Arc<Remediation>, error: &Error, ctx: Arc<Context>) -> 
     let failures = ctx.failures.record(&key);
     warn!(remediation = %rem.name_any(), category = %category, failures, error = %error, "reconcile failed");
     match category {
-        ErrorCategory::Transient | ErrorCategory::Deferred => Action::requeue(error_backoff(&key, failures)),
+        ErrorCategory::Transient | ErrorCategory::Deferred | ErrorCategory::Conflict => {
+            Action::requeue(error_backoff(&key, failures))
+        }
         ErrorCategory::Forbidden | ErrorCategory::NotFound => Action::requeue(Duration::from_secs(300)),
         ErrorCategory::InvalidSpec | ErrorCategory::BudgetExhausted | ErrorCategory::NeedsHuman => {
             Action::await_change()

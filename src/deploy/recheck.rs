@@ -5,15 +5,16 @@
 //! - the patch-safety verdict, against the live target and the rules of the policy's
 //!   playbook as they are now (or the kind's defaults);
 //! - that the target's spec has not changed since CI tested the patch (people's edits are
-//!   not overwritten: the change is tested again instead);
+//!   not overwritten: a `Conflict`, and the controller tests the change again);
 //! - the gate's decision as it is now (trust, environment), and — when the gate wants a
 //!   human — a `RemediationApproval` read from the API server that approves this Remediation
 //!   and none that rejects it;
 //! - for a change that restarts Pods, headroom in every PodDisruptionBudget covering them
 //!   ([`super::disruption`]) — the one check that waits (`Deferred`) instead of refusing.
 //!
-//! Contract: reads only. A refusal is a `NeedsHuman` stage error naming what failed; nothing
-//! has been written when it is returned, so the Remediation escalates without a rollback.
+//! Contract: reads only. A refusal is a `NeedsHuman` stage error naming what failed (a
+//! changed target a `Conflict`, a wait `Deferred`); nothing has been written when it is
+//! returned, so nothing is rolled back.
 
 use kube::api::{Api, ListParams};
 use serde_json::Value;
@@ -58,7 +59,7 @@ pub async fn recheck(
         && super::apply::drifted(&proposal.patch.0, &current, proposal.patch_type).is_empty();
     if !ours {
         let tested = rem.status.as_ref().and_then(|s| s.ci.as_ref());
-        unchanged_since_test(tested, revision_of(&live.metadata).as_deref()).map_err(|m| refuse(&m))?;
+        unchanged_since_test(tested, revision_of(&live.metadata).as_deref())?;
     }
     let rules = rules_for(client, input).await?;
     let namespace = rem.metadata.namespace.clone().unwrap_or_default();
@@ -106,15 +107,17 @@ fn refuse(why: &str) -> StageError {
     StageError::new(ErrorCategory::NeedsHuman, format!("refusing to deploy: {why}"))
 }
 
-/// The target is at the revision CI tested (`generation N`, or `resourceVersion R`).
-pub fn unchanged_since_test(tested: Option<&CiResult>, now: Option<&str>) -> Result<(), String> {
+/// The target is at the revision CI tested (`generation N`, or `resourceVersion R`); when it
+/// is not, a `Conflict` — the change is tested again, never written over what changed.
+pub fn unchanged_since_test(tested: Option<&CiResult>, now: Option<&str>) -> Result<(), StageError> {
+    let again = |m: String| StageError::new(ErrorCategory::Conflict, m);
     match (tested.and_then(|ci| ci.target_revision.as_deref()), now) {
         (Some(then), Some(now)) if then == now => Ok(()),
-        (Some(then), Some(now)) => Err(format!(
-            "the target changed since CI tested the patch (tested at {then}, now {now}); test the change again"
-        )),
-        (None, _) => Err("CI recorded no revision of the target it tested; test the change again".to_owned()),
-        (Some(_), None) => Err("the target reports no revision to compare with what CI tested".to_owned()),
+        (Some(then), Some(now)) => {
+            Err(again(format!("the target changed since CI tested the patch (tested at {then}, now {now})")))
+        }
+        (None, _) => Err(again("CI recorded no revision of the target it tested".to_owned())),
+        (Some(_), None) => Err(refuse("the target reports no revision to compare with what CI tested")),
     }
 }
 
@@ -152,11 +155,15 @@ mod tests {
 
     #[test]
     fn a_target_changed_since_ci_is_tested_again_not_overwritten() {
-        assert_eq!(unchanged_since_test(Some(&ci(Some("generation 2"))), Some("generation 2")), Ok(()));
+        assert!(unchanged_since_test(Some(&ci(Some("generation 2"))), Some("generation 2")).is_ok());
         let changed = unchanged_since_test(Some(&ci(Some("generation 2"))), Some("generation 3")).unwrap_err();
-        assert!(changed.contains("tested at generation 2, now generation 3"), "{changed}");
-        assert!(unchanged_since_test(Some(&ci(None)), Some("generation 2")).is_err(), "no recorded revision: no proof");
-        assert!(unchanged_since_test(None, Some("generation 2")).is_err());
+        assert_eq!(changed.category, ErrorCategory::Conflict);
+        assert!(changed.message.contains("tested at generation 2, now generation 3"), "{changed}");
+        let unknown = unchanged_since_test(Some(&ci(None)), Some("generation 2")).unwrap_err();
+        assert_eq!(unknown.category, ErrorCategory::Conflict, "no recorded revision: no proof, test again");
+        assert_eq!(unchanged_since_test(None, Some("generation 2")).unwrap_err().category, ErrorCategory::Conflict);
+        let no_revision = unchanged_since_test(Some(&ci(Some("generation 2"))), None).unwrap_err();
+        assert_eq!(no_revision.category, ErrorCategory::NeedsHuman);
     }
 
     fn approval(decision: &str) -> ApprovalRecord {
