@@ -116,7 +116,8 @@ impl Operator {
         let guards = Guards { kill_switch: webhook.kill_switch.clone(), max_concurrent_deploys };
         let intake = Intake::start(client.clone(), webhook);
         let router = webhook::router(intake.clone()).merge(mcp);
-        Self { stages: stages(client.clone(), metrics, tools, prices, identity), client, intake, router, guards }
+        let stages = stages(client.clone(), metrics, tools, prices, identity, guards.kill_switch.clone());
+        Self { stages, client, intake, router, guards }
     }
 
     /// Serves `/alerts` and `/mcp` on `listener` until `stop`.
@@ -151,7 +152,8 @@ impl Operator {
 
 /// The stages this build ships: the agent (the playbook executor, reading through `tools`,
 /// and the LLM agent), CI by server-side dry-run, the trust gate, server-side apply deploy
-/// and rollback (CI, deploy and rollback acting as the deployer `identity`), and the
+/// and rollback (CI, deploy and rollback acting as the deployer `identity`; deploy reading
+/// the operator's `kill_switch` again before it writes), and the
 /// verification sampler reading `metrics`.
 pub fn stages(
     client: kube::Client,
@@ -159,6 +161,7 @@ pub fn stages(
     tools: ToolSource,
     prices: BTreeMap<String, Price>,
     identity: DeployerIdentity,
+    kill_switch: Option<(String, String)>,
 ) -> Stages {
     let loopback = match &tools {
         ToolSource::Mcp(l) => Some(l.clone()),
@@ -178,6 +181,7 @@ pub fn stages(
         client: client.clone(),
         gate: gate.clone(),
         identity: identity.clone(),
+        kill_switch,
     });
     Stages {
         diagnose: Some(agent.clone()),

@@ -219,7 +219,7 @@ async fn dry_run(sb: &Sandbox) -> reflex::ci::dryrun::DryRun {
 async fn deployer(sb: &Sandbox) -> reflex::deploy::apply::ServerSideApply {
     let (client, identity) = operator(sb).await;
     let gate = Arc::new(reflex::gate::trust::TrustGate { client: client.clone() });
-    reflex::deploy::apply::ServerSideApply { client, gate, identity }
+    reflex::deploy::apply::ServerSideApply { client, gate, identity, kill_switch: None }
 }
 
 /// Labels namespace `default` as staging (unlabelled namespaces count as production).
@@ -529,4 +529,53 @@ async fn a_change_that_restarts_pods_waits_for_disruption_headroom() {
     let record = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap();
     assert!(record.applied_at.is_some());
     assert_eq!(app_container(&client).await["image"], "c:2");
+}
+
+/// Deploy goes by the policy and the kill switch as they are when it writes, not as the
+/// controller saw them when the step started: a policy suspended since waits (Deferred), the
+/// kill switch turned on waits, a policy lowered to `propose` since wants an approval and is
+/// refused without one; with all of that undone, the change lands.
+#[tokio::test]
+async fn deploy_goes_by_the_policy_and_the_kill_switch_as_they_are_now() {
+    use kube::api::{Patch, PatchParams};
+    use reflex::api::ErrorCategory;
+    use reflex::ports::Deploy;
+    let (sb, client) = setup().await;
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let mut deploy = deployer(&sb).await;
+    deploy.kill_switch = Some(("default".into(), "reflex-settings".into()));
+    let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
+    let rem = tested_now(&deploy, &client, tested("raise", raise)).await;
+    let policies = Api::<reflex::api::RemediationPolicy>::namespaced(client.clone(), "default");
+    let set = |patch: serde_json::Value| {
+        let policies = policies.clone();
+        async move { policies.patch("p", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap() }
+    };
+    // What the controller handed the step (deploy_input) still says auto and not suspended.
+    let attempt = || deploy.apply(deploy_input(rem.clone()), tested_patch(&rem));
+
+    set(json!({"spec": {"limits": {"suspend": true}}})).await;
+    let err = attempt().await.unwrap_err();
+    assert_eq!(err.category, ErrorCategory::Deferred, "{err}");
+    assert!(err.message.contains("suspended"), "{err}");
+    set(json!({"spec": {"limits": {"suspend": false}}})).await;
+
+    let settings = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "default");
+    let switch = |on: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "reflex-settings"}, "data": {"killSwitch": on}});
+    settings.patch("reflex-settings", &PatchParams::apply("test"), &Patch::Apply(switch("true"))).await.unwrap();
+    let err = attempt().await.unwrap_err();
+    assert_eq!(err.category, ErrorCategory::Deferred, "{err}");
+    assert!(err.message.contains("kill switch is on"), "{err}");
+    settings.patch("reflex-settings", &PatchParams::apply("test"), &Patch::Apply(switch("false"))).await.unwrap();
+
+    set(json!({"spec": {"trust": {"level": "propose"}}})).await;
+    let err = attempt().await.unwrap_err();
+    assert_eq!(err.category, ErrorCategory::NeedsHuman, "{err}");
+    assert!(err.message.contains("requires approval"), "{err}");
+    assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "128Mi", "nothing was applied");
+
+    set(json!({"spec": {"trust": {"level": "auto"}}})).await;
+    attempt().await.unwrap();
+    assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "250Mi");
 }

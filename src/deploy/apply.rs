@@ -175,6 +175,8 @@ pub struct ServerSideApply {
     pub gate: Arc<dyn Gate>,
     /// Who writes: the deployer of the change's environment, never the operator.
     pub identity: DeployerIdentity,
+    /// The operator's kill-switch ConfigMap (namespace, name), which deploy reads again.
+    pub kill_switch: Option<(String, String)>,
 }
 
 impl Deploy for ServerSideApply {
@@ -207,6 +209,7 @@ impl Deploy for ServerSideApply {
 
     fn apply(&self, input: StageInput, patch: TestedPatch) -> StageFuture<DeployRecord> {
         let (client, gate, identity) = (self.client.clone(), self.gate.clone(), self.identity.clone());
+        let kill_switch = self.kill_switch.clone();
         async move {
             let rem = &input.remediation;
             let mut record = rem.status.as_ref().and_then(|s| s.deploy.clone()).ok_or_else(|| {
@@ -214,8 +217,8 @@ impl Deploy for ServerSideApply {
             })?;
             let proposal = patch.proposal();
             // Status is a record, not proof: everything the change relies on, checked again.
-            recheck(&client, gate.as_ref(), &input, proposal).await?;
-            let (deployer, user) = identity.checked(&client, rem, input.policy.as_deref(), "patch").await?;
+            let now = recheck(&client, gate.as_ref(), kill_switch.as_ref(), &input, proposal).await?;
+            let (deployer, user) = identity.checked(&client, rem, Some(&*now.policy), "patch").await?;
             let api = target_api(&deployer, rem);
             let name = &rem.spec.target.name;
             let (params, body) = request(rem, proposal, false)?;

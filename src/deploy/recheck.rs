@@ -2,6 +2,9 @@
 //! whoever can write `remediations/status` could claim a proposal was tested or approved.
 //! So just before the write, deploy checks again, from the API server:
 //!
+//! - the operator's kill switch, and the policy as it is now: suspended, a kill switch on or
+//!   a freeze open waits (`Deferred`); a policy gone, invalid or for another kind refuses;
+//!   everything below, and the write, go by this policy;
 //! - the patch-safety verdict, against the live target and the rules of the policy's
 //!   playbook as they are now (or the kind's defaults);
 //! - that the target's spec has not changed since CI tested the patch (people's edits are
@@ -19,11 +22,15 @@
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use super::disruption::{headroom, restarts_pods};
-use crate::api::ErrorCategory;
 use crate::api::playbook::PatchType;
+use crate::api::validate::ValidPolicy;
+use crate::api::{ErrorCategory, RemediationPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::approval::{ApprovalDecision, RemediationApproval, tally};
@@ -32,18 +39,61 @@ use crate::cluster::{api_error, as_json, read_target, revision_of, rules_for};
 use crate::patch::safety::{Proposed, Refusal, Target, check};
 use crate::ports::{Gate, StageError, StageInput, StageResult};
 
-/// Everything deploy relies on, re-derived; the live target (as JSON) when the tested
-/// `proposal` may be applied now.
+/// What deploy found when it checked again: the live target (as JSON) and the policy as it
+/// is now, which the write is then made under.
+pub struct Rechecked {
+    pub current: Value,
+    pub policy: Arc<ValidPolicy>,
+}
+
+/// Everything deploy relies on, re-derived; the live target and the policy as they are now
+/// when the tested `proposal` may be applied. `kill_switch`: the operator's kill-switch
+/// ConfigMap (namespace, name), read here too.
 pub async fn recheck(
     client: &kube::Client,
     gate: &dyn Gate,
+    kill_switch: Option<&(String, String)>,
     input: &StageInput,
     proposal: &Proposal,
-) -> StageResult<Value> {
+) -> StageResult<Rechecked> {
     let rem = &input.remediation;
-    let Some(policy) = input.policy.as_ref() else {
-        return Err(refuse("the policy is missing or invalid, so nothing can be re-checked"));
-    };
+    let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+    if let Some((ns, name)) = kill_switch {
+        let switch = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error("reading the kill switch", &e))?;
+        if switch.and_then(|c| c.data).and_then(|d| d.get("killSwitch").cloned()).is_some_and(|v| v.trim() == "true") {
+            return Err(StageError::new(
+                ErrorCategory::Deferred,
+                format!("the operator's kill switch is on (ConfigMap {ns}/{name}); tried again when it is off"),
+            ));
+        }
+    }
+    // The policy as it is now, not as the controller last saw it.
+    let policy_name = &rem.spec.policy_ref.name;
+    let object = Api::<RemediationPolicy>::namespaced(client.clone(), &namespace)
+        .get_opt(policy_name)
+        .await
+        .map_err(|e| api_error(&format!("reading policy {namespace}/{policy_name}"), &e))?
+        .ok_or_else(|| refuse(&format!("policy {namespace}/{policy_name} no longer exists")))?;
+    let policy = Arc::new(
+        ValidPolicy::from_spec(&object.spec)
+            .map_err(|e| refuse(&format!("policy {namespace}/{policy_name} is invalid now: {e}")))?,
+    );
+    if policy.limits.suspend {
+        return Err(StageError::new(
+            ErrorCategory::Deferred,
+            format!("policy {policy_name} is suspended (limits.suspend); tried again when it is resumed"),
+        ));
+    }
+    if policy.target_kind != rem.spec.target.kind {
+        return Err(refuse(&format!(
+            "policy {policy_name} acts on {}, not on {}",
+            policy.target_kind.as_str(),
+            rem.spec.target.kind.as_str()
+        )));
+    }
     if let Some(freeze) = policy.limits.freeze.iter().find(|f| f.open_at(jiff::Timestamp::now())) {
         // The controller halts before deploy in a freeze; this catches one that began since.
         return Err(StageError::new(
@@ -51,6 +101,8 @@ pub async fn recheck(
             format!("not deploying in a change freeze ({}); tried again after it", freeze.describe()),
         ));
     }
+    let fresh = StageInput { policy: Some(policy.clone()), ..input.clone() };
+    let input = &fresh;
     let live = read_target(client, rem).await?;
     let current = as_json(&live)?;
     // A deploy resumed after its own write landed (the operator stopped before recording
@@ -62,7 +114,6 @@ pub async fn recheck(
         unchanged_since_test(tested, revision_of(&live.metadata).as_deref())?;
     }
     let rules = rules_for(client, input).await?;
-    let namespace = rem.metadata.namespace.clone().unwrap_or_default();
     let target = &rem.spec.target;
     let allowed = Target { kind: target.kind.as_str(), namespace: &namespace, name: &target.name };
     let proposed = Proposed { target: allowed.clone(), patch_type: proposal.patch_type, patch: &proposal.patch.0 };
@@ -100,7 +151,7 @@ pub async fn recheck(
             .items;
         headroom(target.kind, &current, &budgets).map_err(|m| StageError::new(ErrorCategory::Deferred, m))?;
     }
-    Ok(current)
+    Ok(Rechecked { current, policy })
 }
 
 fn refuse(why: &str) -> StageError {
