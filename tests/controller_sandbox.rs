@@ -668,6 +668,42 @@ async fn earned_trust_lets_the_sixth_production_fix_through_and_a_rollback_reset
     task.await.unwrap();
 }
 
+/// Deleting a Remediation whose change is applied but not yet verified leaves the change in
+/// place (deletion is not a rollback) but counts as a failure for earned trust: nothing
+/// proved the change, so the policy's trust resets, naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_remediation_before_its_change_is_verified_resets_earned_trust() {
+    use kube::api::DeleteParams;
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    create_remediation(&client, "proved").await;
+    wait_phase(&client, "proved", Phase::Succeeded).await;
+    *doubles.hold_verify.lock().unwrap() = true;
+    create_remediation(&client, "abandoned").await;
+    let verifying = wait_phase(&client, "abandoned", Phase::Verifying).await;
+    let uid = verifying.metadata.uid.clone().unwrap();
+    let api = Api::<Remediation>::namespaced(client.clone(), "shop");
+    api.delete("abandoned", &DeleteParams::default()).await.unwrap();
+    let policies = Api::<RemediationPolicy>::namespaced(client.clone(), "shop");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let gone = api.get_opt("abandoned").await.unwrap().is_none();
+        let record = policies.get("checkout-oom").await.unwrap().status.unwrap_or_default().trust;
+        if gone && record.last_reset_by.as_deref() == Some(uid.as_str()) {
+            assert!(record.verified.is_empty(), "the earlier success no longer counts: {record:?}");
+            let why = record.last_reset_reason.unwrap_or_default();
+            assert!(why.contains("deleted in phase Verifying before its change was verified"), "{why}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "deletion never reset trust: gone={gone} {record:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(doubles.runs("abandoned", Step::Rollback), 0, "deleting is not rolling back");
+    stop.cancel();
+    task.await.unwrap();
+}
+
 /// The operator's cap on concurrent deploys holds across Remediations: with a cap of one and a
 /// change being verified, the next one stalls before its snapshot (reason ConcurrencyCap) and
 /// deploys once the first has finished.

@@ -248,6 +248,26 @@ pub fn change_outcome(rem: &Remediation, status: &RemediationStatus) -> Option<C
     })
 }
 
+/// A Remediation deleted while its change was applied but not yet verified (or being rolled
+/// back): a failure for earned trust — the change stays in place and nothing proved it.
+/// None when nothing was applied or the Remediation had ended (its outcome is recorded).
+pub fn deleted_outcome(rem: &Remediation, now: Timestamp) -> Option<ChangeOutcome> {
+    let status = rem.status.as_ref()?;
+    let applied = status.deploy.as_ref().is_some_and(|d| d.applied_at.is_some());
+    if status.phase.is_terminal() || !applied {
+        return None;
+    }
+    Some(ChangeOutcome {
+        remediation: rem.metadata.name.clone()?,
+        uid: rem.metadata.uid.clone()?,
+        failure: Some(format!(
+            "deleted in phase {} before its change was verified; the change stays applied",
+            status.phase
+        )),
+        at: Time(now),
+    })
+}
+
 /// W3C trace id (32 lowercase hex digits) derived from the Remediation's uid.
 pub fn trace_id(uid: &str) -> Option<String> {
     let hex: String = uid.chars().filter(char::is_ascii_hexdigit).map(|c| c.to_ascii_lowercase()).collect();

@@ -35,10 +35,11 @@ use tracing::{debug, info, warn};
 use super::effects::Effects;
 use super::limits::{DeploySlot, Peer, deploys_at_cap, limits_halt};
 use super::machine::{Halt, Observations, PolicyView, Settings, halt_for, jittered};
-use super::plan::{Plan, TransitionRecord, change_outcome, plan};
+use super::plan::{Plan, TransitionRecord, change_outcome, deleted_outcome, plan};
 use super::stages::Stages;
 use crate::api::approval::tally;
 use crate::api::conditions::{self, ConditionType};
+use crate::api::policy::ChangeOutcome;
 use crate::api::remediation::{ApprovalRecord, Phase, RemediationStatus, Step};
 use crate::api::validate::ValidPolicy;
 use crate::api::{ErrorCategory, FINALIZER, Remediation, RemediationApproval, RemediationPolicy, STATUS_MANAGER};
@@ -417,7 +418,7 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         info!(remediation = %name, "cancelled the in-flight effect");
     }
     announce(ctx, &rem, &plan.transitions).await;
-    record_trust(ctx, &rem, &plan.status, policy.as_deref()).await?;
+    record_trust(ctx, &rem, change_outcome(&rem, &plan.status), policy.as_deref()).await?;
     // Rollback needs no policy (the snapshot is in status); decide() starts nothing else
     // without a valid policy.
     if let Some((step, attempt)) = plan.start.filter(|(step, _)| policy.is_some() || *step == Step::Rollback) {
@@ -444,10 +445,10 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
 async fn record_trust(
     ctx: &Context,
     rem: &Remediation,
-    status: &RemediationStatus,
+    outcome: Option<ChangeOutcome>,
     policy: Option<&ValidPolicy>,
 ) -> Result<(), Error> {
-    let (Some(outcome), Some(policy)) = (change_outcome(rem, status), policy) else { return Ok(()) };
+    let (Some(outcome), Some(policy)) = (outcome, policy) else { return Ok(()) };
     let namespace = rem.namespace().unwrap_or_default();
     let name = &rem.spec.policy_ref.name;
     let Some(object) = ctx.policies.get(&ObjectRef::new(name).within(&namespace)) else { return Ok(()) };
@@ -514,13 +515,18 @@ fn next_look(plan: &Plan, recheck: Option<Duration>) -> Action {
     }
 }
 
-/// A deleted Remediation: cancel its in-flight effect (the finalizer then lets it go).
+/// A deleted Remediation: cancel its in-flight effect and, when its change was applied but
+/// not verified, reset its policy's earned trust ([`deleted_outcome`]); the finalizer then
+/// lets it go (a failed trust write keeps it, and the cleanup is retried).
 async fn cleanup(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     if let Some(uid) = rem.uid()
         && ctx.effects.cancel(&uid)
     {
         info!(remediation = %rem.name_any(), "deleted: cancelled the in-flight effect");
     }
+    let namespace = rem.namespace().unwrap_or_default();
+    let (_, policy) = observe_policy(ctx, &namespace, &rem.spec.policy_ref.name);
+    record_trust(ctx, &rem, deleted_outcome(&rem, ctx.clock.now()), policy.as_deref()).await?;
     Ok(Action::await_change())
 }
 
