@@ -327,3 +327,62 @@ async fn the_production_scenario_waits_for_a_real_approval_and_deploys_as_the_pr
     assert_eq!(approval.approver, "alice");
     assert_eq!(outcome.memory_after, "250Mi");
 }
+
+/// The operator's own identity in the demo's RBAC table (the one the tests and the demo run
+/// the loop under) writes no workload, no ConfigMap and none of the objects people decide
+/// with — an approval, a policy, a playbook — so it cannot approve its own change; it may
+/// create Remediations and write the status of Reflex's objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_own_identity_cannot_approve_or_change_what_people_decide() {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+    use kube::discovery::ApiResource;
+    reflex::install_crypto_provider();
+    let rbac = reflex::sandbox::rbac::Table::from_yaml(reflex::demo::DEMO_RBAC).unwrap();
+    let sandbox =
+        reflex::sandbox::Sandbox::start(reflex::sandbox::Config { rbac, ..Default::default() }).await.unwrap();
+    sandbox.install_crds().unwrap();
+    let admin = sandbox.client(reflex::sandbox::ADMIN_TOKEN).await.unwrap();
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin);
+    ns.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "shop"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let operator = sandbox.client("reflex-demo-operator").await.unwrap();
+    let resource = |group: &str, version: &str, kind: &str, plural: &str| ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: if group.is_empty() { version.into() } else { format!("{group}/{version}") },
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let refused = [
+        (
+            resource("reflex.dev", "v1alpha1", "RemediationApproval", "remediationapprovals"),
+            serde_json::json!({"spec": {"remediationRef": {"name": "r", "uid": "u"}, "decision": "approve",
+                "approver": "system:serviceaccount:reflex-system:reflex", "proposalDigest": format!("sha256:{}", "0".repeat(64))}}),
+        ),
+        (
+            resource("reflex.dev", "v1alpha1", "RemediationPolicy", "remediationpolicies"),
+            serde_json::json!({"spec": {}}),
+        ),
+        (resource("reflex.dev", "v1alpha1", "Playbook", "playbooks"), serde_json::json!({"spec": {}})),
+        (resource("", "v1", "ConfigMap", "configmaps"), serde_json::json!({"data": {"k": "v"}})),
+        (resource("apps", "v1", "Deployment", "deployments"), serde_json::json!({"spec": {}})),
+    ];
+    for (ar, body) in refused {
+        let api: Api<DynamicObject> = Api::namespaced_with(operator.clone(), "shop", &ar);
+        let mut object = serde_json::json!({"apiVersion": ar.api_version, "kind": ar.kind, "metadata": {"name": "x"}});
+        object.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        let created = api.create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await;
+        match created {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{}: {e:?}", ar.kind),
+            other => panic!("the operator created a {}: {other:?}", ar.kind),
+        }
+        let patched = api
+            .patch("x", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"a": "b"}}})))
+            .await;
+        assert!(matches!(patched, Err(kube::Error::Api(ref e)) if e.code == 403), "{}: {patched:?}", ar.kind);
+    }
+}
