@@ -456,6 +456,10 @@ async fn a_rollback_from_a_tampered_status_cannot_write_what_no_change_may() {
     staging(&client).await;
     auto_policy_and_playbook(&client).await;
     let deploy = deployer(&sb).await;
+    // This Remediation did write the target (so a rollback has something to undo)...
+    let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
+    deployed(&deploy, &client, tested("forged-rollback", raise)).await;
+    // ...and then its status is forged.
     let forged = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "evil.example/miner:1",
         "securityContext": {"privileged": true}}]}}}});
     let mut rem = tested("forged-rollback", forged.clone());
@@ -578,4 +582,56 @@ async fn deploy_goes_by_the_policy_and_the_kill_switch_as_they_are_now() {
     set(json!({"spec": {"trust": {"level": "auto"}}})).await;
     attempt().await.unwrap();
     assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "250Mi");
+}
+
+/// A JSON patch whose write landed before its record did (the operator stopped in between)
+/// is neither applied a second time nor taken for someone else's edit (the generation its
+/// own write moved): the Remediation's field manager on the target says the write landed.
+#[tokio::test]
+async fn a_json_patch_resumed_after_its_write_landed_is_not_applied_twice() {
+    use reflex::ports::Deploy;
+    let (sb, client) = setup().await;
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let deploy = deployer(&sb).await;
+    let ops = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "c:2"}]);
+    let mut rem = tested("bump", ops.clone());
+    let proposal = rem.status.as_mut().unwrap().proposal.as_mut().unwrap();
+    proposal.patch_type = reflex::api::playbook::PatchType::Json;
+    let rem = tested_now(&deploy, &client, rem).await;
+    deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.unwrap();
+    let generation = |client: kube::Client| async move {
+        Api::<Deployment>::namespaced(client, "default").get("checkout").await.unwrap().metadata.generation
+    };
+    let after_first = generation(client.clone()).await;
+    let record = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await.expect("resumed, not a conflict");
+    assert!(record.applied_at.is_some());
+    assert_eq!(generation(client.clone()).await, after_first, "nothing written the second time");
+    assert_eq!(app_container(&client).await["image"], "c:2");
+}
+
+/// A deploy that failed before it wrote (here: the deployer may not patch) leaves nothing to
+/// undo: the rollback writes nothing — restoring the snapshot would overwrite whatever
+/// people changed since it was taken — and says so.
+#[tokio::test]
+async fn a_rollback_of_a_change_never_written_writes_nothing() {
+    use kube::api::{Patch, PatchParams};
+    use reflex::ports::Rollback;
+    let (sb, client) = setup().await;
+    staging(&client).await;
+    auto_policy_and_playbook(&client).await;
+    let deploy = deployer(&sb).await;
+    let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
+    let rem = tested_now(&deploy, &client, tested("never", raise)).await;
+    // Someone edits the target after the snapshot; the deploy never wrote.
+    let edit = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "300Mi"}}}]}}}});
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .patch("checkout", &PatchParams::default(), &Patch::Strategic(edit))
+        .await
+        .unwrap();
+    let mut input = deploy_input(rem);
+    input.key.step = reflex::api::remediation::Step::Rollback;
+    let record = deploy.rollback(input).await.unwrap();
+    assert!(record.reason.starts_with("nothing to undo"), "{}", record.reason);
+    assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "300Mi", "their edit stands");
 }

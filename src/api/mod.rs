@@ -193,7 +193,7 @@ impl ErrorCategory {
 
     /// Whether repeating the same step can succeed without anything else changing.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Transient | Self::Deferred)
+        matches!(self, Self::Transient | Self::Deferred | Self::Conflict)
     }
 }
 

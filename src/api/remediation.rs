@@ -17,6 +17,11 @@ use super::{AnyJson, ApprovalDecision, ErrorCategory, LocalObjectRef, TargetKind
 
 /// Most step records kept in status; older ones are dropped first.
 pub const MAX_STEPS: usize = 32;
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Most verification samples kept in status.
 pub const MAX_SAMPLES: usize = 60;
 
@@ -633,6 +638,9 @@ pub struct RemediationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub steps: Vec<StepRecord>,
+    /// How many times the change was tested again because its target changed since CI.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retests: u32,
     /// When the run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -682,12 +690,15 @@ impl RemediationStatus {
         n
     }
 
-    /// Appends a record, dropping the oldest beyond [`MAX_STEPS`].
+    /// Appends a record; beyond [`MAX_STEPS`], drops the oldest record that is not its
+    /// step's latest (the latest of each step is what the loop decides by — a long run of
+    /// deferred retries must not push out when the gate decided, say).
     pub fn push_step(&mut self, record: StepRecord) {
         self.steps.push(record);
-        if self.steps.len() > MAX_STEPS {
-            let excess = self.steps.len() - MAX_STEPS;
-            self.steps.drain(..excess);
+        while self.steps.len() > MAX_STEPS {
+            let superseded = (0..self.steps.len())
+                .find(|&i| self.steps[i + 1..].iter().any(|later| later.step == self.steps[i].step));
+            self.steps.remove(superseded.unwrap_or(0));
         }
     }
 }

@@ -3,10 +3,13 @@
 //! Contract: intake applies the cooldown, the rate limit (`maxRemediations` per `window`),
 //! the concurrency limit (`maxConcurrent`) and "one Remediation per target" when it decides
 //! to create a Remediation. A Remediation created by hand skips intake, so [`limits_halt`]
-//! judges it again, before every effect up to deploy, against the other Remediations of the
-//! same namespace — each limit counted over the Remediations *ahead* of it (created earlier;
-//! the name breaks ties), so one intake created passes exactly as it passed at intake, and
-//! Remediations over a limit wait in creation order until it allows them (a halt with the
+//! judges it again before it starts, against the other Remediations of the same namespace.
+//! They are admission limits: once a Remediation has started it keeps its place (lowering a
+//! limit holds back new ones, never one under way, so two can never wait for each other).
+//! Against one that has not started count every Remediation under way, and those not yet
+//! started that are *ahead* of it (created earlier; the name breaks ties) unless the limits
+//! hold them back themselves — so one intake created passes exactly as it passed at intake,
+//! and Remediations over a limit start in creation order as it allows them (a halt with the
 //! time to look again). Pure: the caller passes the peers and the clock.
 
 use std::time::Duration;
@@ -14,10 +17,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::machine::{HALT_RECHECK, Halt};
+use crate::api::ErrorCategory;
 use crate::api::TargetKind;
 use crate::api::conditions::ConditionType;
 use crate::api::conditions::reason;
-use crate::api::remediation::{Phase, Remediation, Step};
+use crate::api::remediation::{Phase, Remediation, RemediationStatus, Step, StepState};
 use crate::api::validate::ValidLimits;
 
 /// What the limits need of one Remediation.
@@ -32,8 +36,10 @@ pub struct Peer {
     pub created: Timestamp,
     /// None until the controller first writes status.
     pub phase: Option<Phase>,
-    /// The reason of its Stalled condition, when True (a Remediation held back before it
-    /// started holds no place in the limits of those behind it).
+    /// It has started (left Pending), whatever it is doing now.
+    pub began: bool,
+    /// The reason of its Stalled condition, when True (a Remediation the limits hold back
+    /// before it started holds no place in the limits of those behind it).
     pub stalled: Option<String>,
     pub finished: Option<Timestamp>,
     /// Where it stands with the operator's cap on concurrent deploys.
@@ -45,10 +51,29 @@ pub struct Peer {
 pub enum DeploySlot {
     /// Not deploying.
     None,
-    /// In Deploying, its first deploy step (the snapshot) not started: it waits for a slot.
+    /// In Deploying with nothing written: its snapshot not started (or withdrawn by a
+    /// re-test), or its deploy deferred (waiting for disruption headroom, say) — it waits for
+    /// a slot, and a deferred one gives its slot back while it waits.
     Waiting,
-    /// Deploying (its snapshot started), being verified, or rolling back.
+    /// Deploying (its snapshot or write under way), being verified, or rolling back.
     Holding,
+}
+
+/// Where `status` stands with the deploy cap.
+pub fn deploy_slot(status: &RemediationStatus) -> DeploySlot {
+    match status.phase {
+        Phase::Deploying => {
+            let applied = status.deploy.as_ref().is_some_and(|d| d.applied_at.is_some());
+            let snapshot = status.last_step(Step::Snapshot).map(|r| r.state);
+            let deploy = status.last_step(Step::Deploy);
+            let deferred =
+                deploy.is_some_and(|r| r.state == StepState::Failed && r.category == Some(ErrorCategory::Deferred));
+            let not_snapshotted = status.deploy.is_none() && snapshot.is_none_or(|s| s == StepState::Cancelled);
+            if !applied && (not_snapshotted || deferred) { DeploySlot::Waiting } else { DeploySlot::Holding }
+        }
+        Phase::Verifying | Phase::RollingBack => DeploySlot::Holding,
+        _ => DeploySlot::None,
+    }
 }
 
 impl Peer {
@@ -63,6 +88,7 @@ impl Peer {
             target_name: rem.spec.target.name.clone(),
             created: rem.metadata.creation_timestamp.as_ref()?.0,
             phase: status.map(|s| s.phase),
+            began: status.is_some_and(|s| s.started_at.is_some()),
             stalled: status.and_then(|s| {
                 s.conditions
                     .iter()
@@ -70,17 +96,7 @@ impl Peer {
                     .map(|c| c.reason.clone())
             }),
             finished: status.and_then(|s| s.finished_at.as_ref()).map(|t| t.0),
-            deploy: match status {
-                Some(s)
-                    if s.phase == Phase::Deploying && s.deploy.is_none() && s.last_step(Step::Snapshot).is_none() =>
-                {
-                    DeploySlot::Waiting
-                }
-                Some(s) if matches!(s.phase, Phase::Deploying | Phase::Verifying | Phase::RollingBack) => {
-                    DeploySlot::Holding
-                }
-                _ => DeploySlot::None,
-            },
+            deploy: status.map_or(DeploySlot::None, deploy_slot),
         })
     }
 
@@ -88,10 +104,18 @@ impl Peer {
         self.phase.is_none_or(|p| !p.is_terminal())
     }
 
-    /// Whether it counts against the limits of those behind it: it is active, and it has
-    /// started or is not held back itself.
-    fn holds_a_place(&self) -> bool {
-        self.active() && (self.phase.is_some_and(|p| p != Phase::Pending) || self.stalled.is_none())
+    /// Held back by the limits themselves (not by the kill switch, a suspend or a freeze,
+    /// which keep its place).
+    fn held_by_limits(&self) -> bool {
+        self.stalled.as_deref().is_some_and(|r| {
+            [reason::TARGET_BUSY, reason::COOLDOWN, reason::RATE_LIMITED, reason::POLICY_CONCURRENCY].contains(&r)
+        })
+    }
+
+    /// Whether it counts against the limits of `me`, which has not started: it has started,
+    /// or it is ahead of `me` and not held back by the limits.
+    fn has_place_before(&self, me: &Self) -> bool {
+        self.began || (self.ahead_of(me) && !self.held_by_limits())
     }
 
     fn ahead_of(&self, me: &Self) -> bool {
@@ -123,6 +147,9 @@ fn since(now: Timestamp, then: Timestamp) -> Duration {
 /// Whether a limit holds `me` back at `now`, given every Remediation the controller knows
 /// (`me` among them or not).
 pub fn limits_halt(me: &Peer, peers: &[Peer], limits: &ValidLimits, now: Timestamp) -> Option<Halt> {
+    if me.began {
+        return None;
+    }
     let others: Vec<&Peer> = peers.iter().filter(|p| p.namespace == me.namespace && p.name != me.name).collect();
     let halt = |reason, message: String, after: Duration| Halt {
         reason,
@@ -131,7 +158,7 @@ pub fn limits_halt(me: &Peer, peers: &[Peer], limits: &ValidLimits, now: Timesta
     };
 
     // One Remediation per target at a time, whichever policy made it.
-    if let Some(first) = others.iter().find(|p| p.same_target(me) && p.holds_a_place() && p.ahead_of(me)) {
+    if let Some(first) = others.iter().find(|p| p.same_target(me) && p.active() && p.has_place_before(me)) {
         return Some(halt(
             reason::TARGET_BUSY,
             format!("{} is already remediating {}: this one waits until it ends", first.name, me.describe_target()),
@@ -159,11 +186,8 @@ pub fn limits_halt(me: &Peer, peers: &[Peer], limits: &ValidLimits, now: Timesta
             left,
         ));
     }
-    let of_policy: Vec<&&Peer> = others
-        .iter()
-        .filter(|p| p.policy == me.policy && p.ahead_of(me) && (p.holds_a_place() || !p.active()))
-        .collect();
-    // The rate limit: Remediations of this policy started within the window before this one.
+    let of_policy: Vec<&&Peer> = others.iter().filter(|p| p.policy == me.policy && p.has_place_before(me)).collect();
+    // The rate limit: Remediations of this policy started within the window.
     let recent: Vec<Timestamp> =
         of_policy.iter().map(|p| p.created).filter(|c| since(now, *c) < limits.window).collect();
     if recent.len() >= limits.max_remediations as usize {
@@ -183,7 +207,7 @@ pub fn limits_halt(me: &Peer, peers: &[Peer], limits: &ValidLimits, now: Timesta
         ));
     }
     // The concurrency limit.
-    let running = of_policy.iter().filter(|p| p.holds_a_place()).count();
+    let running = of_policy.iter().filter(|p| p.active()).count();
     (running >= limits.max_concurrent as usize).then(|| {
         halt(
             reason::POLICY_CONCURRENCY,
@@ -242,6 +266,7 @@ mod tests {
             target_name: "checkout".into(),
             created: at(created),
             phase,
+            began: phase.is_some_and(|p| p != Phase::Pending),
             stalled: None,
             finished: finished.map(at),
             deploy: DeploySlot::None,
@@ -339,7 +364,7 @@ mod tests {
         assert_eq!(reason_of(&on_other, &[waiting.clone(), on_other.clone()], &l, 10), None);
         assert_eq!(reason_of(&me, &[waiting.clone(), me.clone()], &l, 10), None, "not busy either");
         // Once started, a stall (a freeze, say) keeps its place.
-        let started = Peer { phase: Some(Phase::AwaitingApproval), ..waiting };
+        let started = Peer { phase: Some(Phase::AwaitingApproval), began: true, ..waiting };
         assert_eq!(reason_of(&on_other, &[started, on_other.clone()], &l, 10), Some(reason::POLICY_CONCURRENCY));
     }
 
@@ -367,6 +392,70 @@ mod tests {
         // One waiting ahead that is held by something else keeps no place.
         let frozen = Peer { stalled: Some(reason::CHANGE_FREEZE.into()), ..b };
         assert_eq!(deploys_at_cap(&c, &[done, frozen, c.clone()], &[], 1), None);
+    }
+
+    #[test]
+    fn one_under_way_counts_whatever_its_order_and_is_never_held_back_itself() {
+        let mut l = limits();
+        l.max_remediations = 100;
+        // "early" was held back (by the cooldown) while "late" started on the same target.
+        let early = Peer { stalled: Some(reason::COOLDOWN.into()), ..peer("early", 0, Some(Phase::Pending), None) };
+        let late = peer("late", 10, Some(Phase::Verifying), None);
+        let peers = [early.clone(), late.clone()];
+        assert_eq!(reason_of(&early, &peers, &l, 700), Some(reason::TARGET_BUSY), "it waits for the one under way");
+        assert_eq!(reason_of(&late, &peers, &l, 700), None, "one under way goes on");
+        // Lowering maxConcurrent holds back new ones, never two already under way.
+        let other = Peer { target_name: "cart".into(), ..peer("other", 20, Some(Phase::Testing), None) };
+        assert_eq!(reason_of(&other, &[late.clone(), other.clone()], &l, 30), None);
+        assert_eq!(reason_of(&late, &[late.clone(), other.clone()], &l, 30), None);
+    }
+
+    #[test]
+    fn one_held_by_the_kill_switch_keeps_its_place_so_they_do_not_all_start_at_once() {
+        let mut l = limits();
+        l.max_remediations = 100;
+        let first = Peer {
+            stalled: Some(reason::KILL_SWITCH.into()),
+            target_name: "a".into(),
+            ..peer("first", 0, Some(Phase::Pending), None)
+        };
+        let second = Peer {
+            stalled: Some(reason::KILL_SWITCH.into()),
+            target_name: "b".into(),
+            ..peer("second", 5, Some(Phase::Pending), None)
+        };
+        let peers = [first.clone(), second.clone()];
+        assert_eq!(reason_of(&first, &peers, &l, 10), None);
+        assert_eq!(reason_of(&second, &peers, &l, 10), Some(reason::POLICY_CONCURRENCY));
+    }
+
+    #[test]
+    fn a_re_tested_or_deferred_deploy_waits_for_a_slot_again() {
+        use crate::api::remediation::StepRecord;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let record = |step, attempt, state, category| StepRecord {
+            step,
+            attempt,
+            state,
+            category,
+            message: None,
+            started_at: Time(at(0)),
+            finished_at: Some(Time(at(1))),
+        };
+        let mut s = RemediationStatus { phase: Phase::Deploying, ..Default::default() };
+        assert_eq!(deploy_slot(&s), DeploySlot::Waiting, "nothing started");
+        s.push_step(record(Step::Snapshot, 1, StepState::Started, None));
+        assert_eq!(deploy_slot(&s), DeploySlot::Holding, "its snapshot under way");
+        s.push_step(record(Step::Snapshot, 1, StepState::Cancelled, None));
+        assert_eq!(deploy_slot(&s), DeploySlot::Waiting, "withdrawn by a re-test");
+        s.deploy =
+            Some(serde_json::from_value(serde_json::json!({"previous": {}, "previousResourceVersion": "1"})).unwrap());
+        s.push_step(record(Step::Snapshot, 2, StepState::Succeeded, None));
+        assert_eq!(deploy_slot(&s), DeploySlot::Holding);
+        s.push_step(record(Step::Deploy, 1, StepState::Failed, Some(ErrorCategory::Deferred)));
+        assert_eq!(deploy_slot(&s), DeploySlot::Waiting, "deferred: the slot is given back");
+        s.push_step(record(Step::Deploy, 2, StepState::Started, None));
+        assert_eq!(deploy_slot(&s), DeploySlot::Holding);
     }
 
     #[test]

@@ -172,6 +172,12 @@ pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediati
 /// own watches, which may trail the event that triggered the reconcile.
 pub const HALT_RECHECK: Duration = Duration::from_secs(10);
 
+fn cap_message(taken: u32) -> String {
+    format!(
+        "{taken} changes are deploying or being verified across the cluster (the operator's --max-concurrent-deploys): this one waits for one to finish"
+    )
+}
+
 /// How often a deferred step (waiting for disruption headroom, say) is tried again.
 pub const DEFERRED_RECHECK: Duration = Duration::from_secs(15);
 
@@ -424,10 +430,7 @@ impl Machine<'_> {
         match &self.status.deploy {
             None if self.obs.deploys_at_cap.is_some() => Decision::Stall {
                 reason: reason::CONCURRENCY_CAP,
-                message: format!(
-                    "{} changes are deploying or being verified across the cluster (the operator's --max-concurrent-deploys): this one waits for one to finish",
-                    self.obs.deploys_at_cap.unwrap_or_default()
-                ),
+                message: cap_message(self.obs.deploys_at_cap.unwrap_or_default()),
             },
             None => self.step(
                 Step::Snapshot,
@@ -479,8 +482,13 @@ impl Machine<'_> {
     }
 
     fn rolling_back(&self) -> Decision {
-        if self.status.rollback.is_some() {
-            return to(Phase::RolledBack, reason::ROLLED_BACK, "the previous state was restored");
+        if let Some(rollback) = &self.status.rollback {
+            let message = if rollback.reason.starts_with("nothing to undo") {
+                rollback.reason.clone()
+            } else {
+                "the previous state was restored".to_owned()
+            };
+            return to(Phase::RolledBack, reason::ROLLED_BACK, message);
         }
         if self.status.deploy.is_none() {
             return to(Phase::Escalated, reason::ROLLBACK_FAILED, "no snapshot of the previous state is recorded");
@@ -505,17 +513,12 @@ impl Machine<'_> {
     /// The target changed since CI tested the change: test it again (the plan withdraws the
     /// results that no longer hold), unless it has changed under every test so far.
     fn retest(&self, why: &str) -> Decision {
-        let conflicts = self
-            .status
-            .steps
-            .iter()
-            .filter(|r| r.step == Step::Deploy && r.category == Some(ErrorCategory::Conflict))
-            .count();
-        if conflicts > self.settings.max_attempts as usize {
+        let tests = self.status.retests.saturating_add(1);
+        if tests > self.settings.max_attempts {
             return to(
                 Phase::Escalated,
                 reason::TARGET_CHANGED,
-                format!("the target changed under each of {conflicts} tests of the change; last: {why}"),
+                format!("the target changed under each of {tests} tests of the change; last: {why}"),
             );
         }
         to(Phase::Testing, reason::TARGET_CHANGED, format!("{why}; testing the change again"))
@@ -538,6 +541,11 @@ impl Machine<'_> {
         if elapsed < DEFERRED_RECHECK {
             let wait = DEFERRED_RECHECK - elapsed;
             Decision::Wait { after: Some(self.until_deadline().map_or(wait, |d| d.min(wait))) }
+        } else if step == Step::Deploy
+            && let Some(taken) = self.obs.deploys_at_cap
+        {
+            // A deferred deploy gave its slot back while it waited; it takes one again.
+            Decision::Stall { reason: reason::CONCURRENCY_CAP, message: cap_message(taken) }
         } else {
             Decision::Start { step, attempt: attempt.saturating_add(1) }
         }
@@ -592,7 +600,7 @@ impl Machine<'_> {
                         if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };
                     return to(dest, reason::BUDGET_EXHAUSTED, format!("{step}: {why}"));
                 }
-                if category == ErrorCategory::Conflict {
+                if category == ErrorCategory::Conflict && step == Step::Deploy {
                     return self.retest(&why);
                 }
                 if category == ErrorCategory::Deferred {

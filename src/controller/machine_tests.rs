@@ -537,18 +537,38 @@ fn a_deferred_deploy_is_tried_again_without_counting_as_a_failure_until_max_dura
 /// it changed under every test, max_attempts + 1 of them.
 #[test]
 fn a_target_changed_since_ci_is_tested_again_and_one_that_keeps_changing_goes_to_a_human() {
-    let conflict = |s: &mut RemediationStatus, times: u32| {
+    let conflict = |s: &mut RemediationStatus, retests: u32| {
         s.deploy = Some(snapshot());
-        for attempt in 1..=times {
-            s.push_step(record(Step::Deploy, attempt, StepState::Failed, Some(ErrorCategory::Conflict), 9));
-        }
+        s.retests = retests;
+        s.push_step(record(Step::Deploy, retests + 1, StepState::Failed, Some(ErrorCategory::Conflict), 9));
     };
-    let d = run(Phase::Deploying, |s| conflict(s, 1));
+    let d = run(Phase::Deploying, |s| conflict(s, 0));
+    assert!(check(&d, &Expect::To(Phase::Testing, r::TARGET_CHANGED)), "{d:?}");
+    let d = run(Phase::Deploying, |s| conflict(s, 2));
     assert!(check(&d, &Expect::To(Phase::Testing, r::TARGET_CHANGED)), "{d:?}");
     let d = run(Phase::Deploying, |s| conflict(s, 3));
-    assert!(check(&d, &Expect::To(Phase::Testing, r::TARGET_CHANGED)), "{d:?}");
-    let d = run(Phase::Deploying, |s| conflict(s, 4));
     assert!(check(&d, &Expect::To(Phase::Escalated, r::TARGET_CHANGED)), "{d:?}");
+}
+
+/// The step log is bounded, but what the loop decides by — the latest record of each step —
+/// is never dropped: an hour of deferred deploys keeps when the gate decided (the approval
+/// deadline runs from it).
+#[test]
+fn a_long_run_of_retries_never_pushes_out_the_latest_record_of_another_step() {
+    let mut s = mk_remediation(Phase::Deploying).status.unwrap();
+    s.push_step(record(Step::Gate, 1, StepState::Succeeded, None, 5));
+    for attempt in 1..=200 {
+        s.push_step(record(
+            Step::Deploy,
+            attempt,
+            StepState::Failed,
+            Some(ErrorCategory::Deferred),
+            10 + i64::from(attempt),
+        ));
+    }
+    assert_eq!(s.steps.len(), MAX_STEPS);
+    assert_eq!(s.waiting_since(), Some(at(5).0));
+    assert_eq!(s.last_step(Step::Deploy).map(|r| r.attempt), Some(200));
 }
 
 #[test]

@@ -59,6 +59,7 @@ fn withdraw_tested(status: &mut RemediationStatus, now: Timestamp) {
     status.ci = None;
     status.gate = None;
     status.deploy = None;
+    status.retests = status.retests.saturating_add(1);
     for step in [Step::Test, Step::Gate, Step::Snapshot, Step::Deploy] {
         if let Some(attempt) = status.last_step(step).map(|r| r.attempt) {
             status.push_step(StepRecord {

@@ -567,10 +567,11 @@ impl Taken<'_> {
         deploys_at_cap(&me, &peers, &reserved, cap)
     }
 
-    /// Records what the decision did: a Remediation starting its snapshot takes its slot.
+    /// Records what the decision did: a Remediation starting its snapshot, or its deploy
+    /// again after deferring, takes its slot.
     fn settle(mut self, rem: &Remediation, plan: &Plan) {
         let key = format!("{}/{}", rem.namespace().unwrap_or_default(), rem.name_any());
-        if plan.start.is_some_and(|(step, _)| step == Step::Snapshot) {
+        if plan.start.is_some_and(|(step, _)| matches!(step, Step::Snapshot | Step::Deploy)) {
             self.0.insert(key, std::time::Instant::now());
         } else {
             self.0.remove(&key);

@@ -218,6 +218,16 @@ impl Deploy for ServerSideApply {
             let proposal = patch.proposal();
             // Status is a record, not proof: everything the change relies on, checked again.
             let now = recheck(&client, gate.as_ref(), kill_switch.as_ref(), &input, proposal).await?;
+            if now.written {
+                let (_, user) = identity.acting(&client, rem, Some(&*now.policy)).await?;
+                // Resumed after the write landed: record it, write nothing.
+                record.identity = Some(user);
+                record.applied_digest = Some(proposal.digest.clone());
+                record.field_manager = Some(super::request::field_manager(rem));
+                record.applied_revision = now.revision;
+                record.applied_at = Some(Time(jiff::Timestamp::now()));
+                return Ok(record);
+            }
             let (deployer, user) = identity.checked(&client, rem, Some(&*now.policy), "patch").await?;
             let api = target_api(&deployer, rem);
             let name = &rem.spec.target.name;
@@ -265,15 +275,28 @@ impl Rollback for ServerSideApply {
             }
             let reads = target_api(&client, rem);
             let name = &rem.spec.target.name;
+            // Only undo Reflex's own change: if someone changed those fields since, stop and
+            // leave it to a human rather than overwrite them.
+            let object = reads.get(name).await.map_err(|e| api_error("reading the target", &e))?;
+            let manager = field_manager(rem);
+            let written = object.metadata.managed_fields.iter().flatten().any(|f| f.manager.as_deref() == Some(&manager));
+            if record.applied_at.is_none() && !written {
+                // The deploy failed before it wrote (its re-check, a denied deployer, an
+                // unreachable API server): there is nothing of ours to undo, and restoring the
+                // snapshot would overwrite whatever changed since it was taken.
+                return Ok(RollbackRecord {
+                    reason: "nothing to undo: the change was never written to the target".to_owned(),
+                    restored_revision: revision_of(&object.metadata),
+                    restored_at: Time(jiff::Timestamp::now()),
+                });
+            }
             if proposal.patch_type == PatchType::Json {
                 return Err(StageError::new(
                     ErrorCategory::InvalidSpec,
                     "JSON-patch changes are restored by hand; the snapshot is in status.deploy.previous",
                 ));
             }
-            // Only undo Reflex's own change: if someone changed those fields since, stop and
-            // leave it to a human rather than overwrite them.
-            let live = as_json(&reads.get(name).await.map_err(|e| api_error("reading the target", &e))?)?;
+            let live = as_json(&object)?;
             if record.applied_at.is_some() {
                 let changed = drifted(&proposal.patch.0, &live, proposal.patch_type);
                 if !changed.is_empty() {

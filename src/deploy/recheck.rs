@@ -44,6 +44,14 @@ use crate::ports::{Gate, StageError, StageInput, StageResult};
 pub struct Rechecked {
     pub current: Value,
     pub policy: Arc<ValidPolicy>,
+    /// The target's revision now.
+    pub revision: Option<String>,
+    /// This Remediation's field manager has already written the target: a deploy resumed
+    /// after its write landed and before status recorded it. Nothing is written again (a
+    /// JSON patch would apply twice) and nothing is re-judged: the change is live, and
+    /// verification and rollback take it from here. Nothing is written on its word alone
+    /// either, so a forged `managedFields` entry gains nothing.
+    pub written: bool,
 }
 
 /// Everything deploy relies on, re-derived; the live target and the policy as they are now
@@ -105,13 +113,19 @@ pub async fn recheck(
     let input = &fresh;
     let live = read_target(client, rem).await?;
     let current = as_json(&live)?;
-    // A deploy resumed after its own write landed (the operator stopped before recording
-    // it) finds its own change in place: that is not someone else's edit since CI.
+    let revision = revision_of(&live.metadata);
+    let manager = super::request::field_manager(rem);
+    let written = live.metadata.managed_fields.iter().flatten().any(|f| f.manager.as_deref() == Some(manager.as_str()));
+    if written {
+        return Ok(Rechecked { current, policy, revision, written });
+    }
+    // Our own values in place (set by people since, or by a write whose managedFields entry
+    // was dropped) are not someone else's edit since CI: re-applying them moves nothing.
     let ours = proposal.patch_type != PatchType::Json
         && super::apply::drifted(&proposal.patch.0, &current, proposal.patch_type).is_empty();
     if !ours {
         let tested = rem.status.as_ref().and_then(|s| s.ci.as_ref());
-        unchanged_since_test(tested, revision_of(&live.metadata).as_deref())?;
+        unchanged_since_test(tested, revision.as_deref())?;
     }
     let rules = rules_for(client, input).await?;
     let target = &rem.spec.target;
@@ -151,7 +165,7 @@ pub async fn recheck(
             .items;
         headroom(target.kind, &current, &budgets).map_err(|m| StageError::new(ErrorCategory::Deferred, m))?;
     }
-    Ok(Rechecked { current, policy })
+    Ok(Rechecked { current, policy, revision, written: false })
 }
 
 fn refuse(why: &str) -> StageError {
