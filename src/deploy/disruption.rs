@@ -91,7 +91,10 @@ pub fn rollout_disruption(kind: TargetKind, live: &Value) -> (i64, i64) {
                 return (0, unavailable);
             }
             let max = int_or_string(strategy.pointer("/rollingUpdate/maxUnavailable"));
-            (scaled(max.as_ref(), replicas, false, 1).max(1).min(replicas), unavailable)
+            let down = scaled(max.as_ref(), replicas, false, 1).max(1).min(replicas);
+            // Without maxUnavailable the controller replaces the highest ordinal first, ready
+            // or not: a Pod already down does not spare a ready one.
+            (down, if max.is_some() { unavailable } else { 0 })
         }
         TargetKind::DaemonSet => {
             let desired = int(live, "/status/desiredNumberScheduled").unwrap_or(0);
@@ -109,9 +112,16 @@ pub fn rollout_disruption(kind: TargetKind, live: &Value) -> (i64, i64) {
     }
 }
 
-/// Whether every budget covering the workload's Pods allows what its rollout takes down;
-/// the refusal names the budget, its numbers and what to do.
-pub fn headroom(kind: TargetKind, live: &Value, budgets: &[PodDisruptionBudget]) -> Result<(), String> {
+/// Whether every budget covering the workload's Pods (by its pod template's labels, or the
+/// labels of any of its Pods, which carry more: `pod-template-hash`, the StatefulSet Pod
+/// name) allows what its rollout takes down; the refusal names the budget, its numbers and
+/// what to do.
+pub fn headroom(
+    kind: TargetKind,
+    live: &Value,
+    pods: &[BTreeMap<String, String>],
+    budgets: &[PodDisruptionBudget],
+) -> Result<(), String> {
     let (down_at_once, unavailable) = rollout_disruption(kind, live);
     let needed = (down_at_once - unavailable).max(0);
     if needed == 0 {
@@ -131,7 +141,7 @@ pub fn headroom(kind: TargetKind, live: &Value, budgets: &[PodDisruptionBudget])
             // A selector we cannot read might cover these Pods: do not guess.
             Err(e) => return Err(format!("PodDisruptionBudget {name} has a selector Reflex cannot read ({e})")),
         };
-        if !selector.matches(&labels) {
+        if !selector.matches(&labels) && !pods.iter().any(|p| selector.matches(p)) {
             continue;
         }
         let Some(status) = pdb.status.as_ref() else {
@@ -212,32 +222,52 @@ mod tests {
         assert_eq!(rollout_disruption(TargetKind::Deployment, &deployment(4, 4, rolling(json!(0), json!(1)))).0, 0);
         assert_eq!(rollout_disruption(TargetKind::Deployment, &deployment(4, 4, rolling(json!(0), json!(0)))).0, 1);
         assert_eq!(rollout_disruption(TargetKind::Deployment, &deployment(4, 1, json!({"type": "Recreate"}))), (4, 3));
-        let sts = json!({"spec": {"replicas": 3, "updateStrategy": {"type": "RollingUpdate"}}, "status": {"availableReplicas": 3}});
-        assert_eq!(rollout_disruption(TargetKind::StatefulSet, &sts), (1, 0));
+        let sts = json!({"spec": {"replicas": 3, "updateStrategy": {"type": "RollingUpdate"}}, "status": {"availableReplicas": 2}});
+        assert_eq!(rollout_disruption(TargetKind::StatefulSet, &sts), (1, 0), "a Pod down spares no ready one");
+        let sts = json!({"spec": {"replicas": 4, "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "50%"}}},
+            "status": {"availableReplicas": 3}});
+        assert_eq!(rollout_disruption(TargetKind::StatefulSet, &sts), (2, 1));
         let on_delete = json!({"spec": {"replicas": 3, "updateStrategy": {"type": "OnDelete"}}, "status": {"availableReplicas": 3}});
         assert_eq!(rollout_disruption(TargetKind::StatefulSet, &on_delete).0, 0);
         let ds = json!({"spec": {}, "status": {"desiredNumberScheduled": 5, "numberUnavailable": 0}});
         assert_eq!(rollout_disruption(TargetKind::DaemonSet, &ds), (1, 0));
+        let ds_pct = json!({"spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "30%"}}},
+            "status": {"desiredNumberScheduled": 5, "numberUnavailable": 0}});
+        assert_eq!(rollout_disruption(TargetKind::DaemonSet, &ds_pct).0, 2, "30% of 5 rounds up");
+        let ds_surge = json!({"spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}},
+            "status": {"desiredNumberScheduled": 5, "numberUnavailable": 0}});
+        assert_eq!(rollout_disruption(TargetKind::DaemonSet, &ds_surge).0, 0, "surge only");
     }
 
     #[test]
     fn a_budget_with_no_headroom_holds_a_rollout_that_takes_ready_pods_down() {
         let live =
             deployment(2, 2, json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
-        let why = headroom(TargetKind::Deployment, &live, &[pdb(app(), 0, 1, 1)]).unwrap_err();
+        let why = headroom(TargetKind::Deployment, &live, &[], &[pdb(app(), 0, 1, 1)]).unwrap_err();
         assert!(why.contains("PodDisruptionBudget shop/checkout allows 0 disruption(s)"), "{why}");
         assert!(why.contains("up to 1 ready Pod(s)"), "{why}");
-        assert_eq!(headroom(TargetKind::Deployment, &live, &[pdb(app(), 1, 1, 1)]), Ok(()));
+        assert_eq!(headroom(TargetKind::Deployment, &live, &[], &[pdb(app(), 1, 1, 1)]), Ok(()));
         // A budget of other Pods, or with no selector, does not apply; an empty selector does.
         assert_eq!(
-            headroom(TargetKind::Deployment, &live, &[pdb(json!({"matchLabels": {"app": "cart"}}), 0, 1, 1)]),
+            headroom(TargetKind::Deployment, &live, &[], &[pdb(json!({"matchLabels": {"app": "cart"}}), 0, 1, 1)]),
             Ok(())
         );
-        assert_eq!(headroom(TargetKind::Deployment, &live, &[pdb(Value::Null, 0, 1, 1)]), Ok(()));
-        assert!(headroom(TargetKind::Deployment, &live, &[pdb(json!({}), 0, 1, 1)]).is_err());
+        assert_eq!(headroom(TargetKind::Deployment, &live, &[], &[pdb(Value::Null, 0, 1, 1)]), Ok(()));
+        assert!(headroom(TargetKind::Deployment, &live, &[], &[pdb(json!({}), 0, 1, 1)]).is_err());
         // A status older than the budget's spec is not relied on.
-        let stale = headroom(TargetKind::Deployment, &live, &[pdb(app(), 1, 2, 1)]).unwrap_err();
+        let stale = headroom(TargetKind::Deployment, &live, &[], &[pdb(app(), 1, 2, 1)]).unwrap_err();
         assert!(stale.contains("not current"), "{stale}");
+    }
+
+    #[test]
+    fn a_budget_selecting_on_labels_only_pods_carry_applies() {
+        let live =
+            deployment(2, 2, json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
+        let by_hash = pdb(json!({"matchLabels": {"pod-template-hash": "abc12"}}), 0, 1, 1);
+        assert_eq!(headroom(TargetKind::Deployment, &live, &[], std::slice::from_ref(&by_hash)), Ok(()));
+        let pod: BTreeMap<String, String> =
+            [("app".to_owned(), "checkout".to_owned()), ("pod-template-hash".to_owned(), "abc12".to_owned())].into();
+        assert!(headroom(TargetKind::Deployment, &live, &[pod], &[by_hash]).is_err());
     }
 
     #[test]
@@ -246,10 +276,10 @@ mod tests {
         // unavailable Pods first and takes no ready one down.
         let live =
             deployment(2, 0, json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
-        assert_eq!(headroom(TargetKind::Deployment, &live, &[pdb(app(), 0, 1, 1)]), Ok(()));
+        assert_eq!(headroom(TargetKind::Deployment, &live, &[], &[pdb(app(), 0, 1, 1)]), Ok(()));
         // A surge-only rollout takes none down.
         let surge =
             deployment(2, 2, json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}));
-        assert_eq!(headroom(TargetKind::Deployment, &surge, &[pdb(app(), 0, 1, 1)]), Ok(()));
+        assert_eq!(headroom(TargetKind::Deployment, &surge, &[], &[pdb(app(), 0, 1, 1)]), Ok(()));
     }
 }

@@ -344,9 +344,41 @@ fn scaled(v: &Value, total: i64) -> i64 {
     }
 }
 
+/// The scale the disruption controller expects of `pods`: the sum of `spec.replicas` of their
+/// controllers (a ReplicaSet's owning Deployment when it has one), one for a Pod with none.
+fn expected_pods(pods: &[&Value], replicasets: &[Value], deployments: &[Value]) -> i64 {
+    let controller_of = |o: &Value| -> Option<String> {
+        o.pointer("/metadata/ownerReferences")?
+            .as_array()?
+            .iter()
+            .find(|r| r.get("controller") == Some(&json!(true)))?
+            .get("uid")?
+            .as_str()
+            .map(str::to_owned)
+    };
+    let mut scales: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    let mut unowned = 0;
+    for pod in pods {
+        let Some(rs_uid) = controller_of(pod) else {
+            unowned += 1;
+            continue;
+        };
+        let Some(rs) = replicasets.iter().find(|r| uid(r) == rs_uid) else {
+            unowned += 1;
+            continue;
+        };
+        let owner = controller_of(rs).and_then(|d| deployments.iter().find(|x| uid(x) == d));
+        let (key, scale) = match owner {
+            Some(d) => (uid(d).to_owned(), int(d, "/spec/replicas")),
+            None => (rs_uid, int(rs, "/spec/replicas")),
+        };
+        scales.insert(key, scale);
+    }
+    scales.values().sum::<i64>() + unowned
+}
+
 /// The disruption controller: each PodDisruptionBudget's status from the Pods it selects
-/// (expected = the Pods selected, not the owners' scale; a null selector selects none, an
-/// empty one all).
+/// (expected = their controllers' scale; a null selector selects none, an empty one all).
 fn disruption_budgets(api: &Api, ns: &str) -> Result<(), ApiError> {
     let Some(bw) = ctx(api, "poddisruptionbudgets", "policy", ns) else { return Ok(()) };
     let budgets = list(api, "policy", "poddisruptionbudgets", ns);
@@ -355,6 +387,8 @@ fn disruption_budgets(api: &Api, ns: &str) -> Result<(), ApiError> {
     }
     let pods: Vec<Value> =
         list(api, "", "pods", ns).into_iter().filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()).collect();
+    let replicasets = list(api, "apps", "replicasets", ns);
+    let deployments = list(api, "apps", "deployments", ns);
     for pdb in budgets {
         let selector = pdb
             .pointer("/spec/selector")
@@ -366,7 +400,7 @@ fn disruption_budgets(api: &Api, ns: &str) -> Result<(), ApiError> {
                 pods.iter().filter(|p| sel.matches(p.pointer("/metadata/labels").unwrap_or(&Value::Null))).collect()
             }
         };
-        let expected = i64::try_from(selected.len()).unwrap_or(i64::MAX);
+        let expected = expected_pods(&selected, &replicasets, &deployments);
         let healthy = i64::try_from(selected.iter().filter(|p| is_ready(p)).count()).unwrap_or(i64::MAX);
         let desired = match (pdb.pointer("/spec/minAvailable"), pdb.pointer("/spec/maxUnavailable")) {
             (Some(min), _) if !min.is_null() => scaled(min, expected),
