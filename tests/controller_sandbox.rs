@@ -704,6 +704,52 @@ async fn deleting_a_remediation_before_its_change_is_verified_resets_earned_trus
     task.await.unwrap();
 }
 
+/// A change enters its policy's trust record as pending before deploy writes it. Deleted
+/// with its finalizer removed by hand (so the operator's cleanup never runs), the Remediation
+/// leaves that entry behind, and the next outcome recorded for the policy counts it as a
+/// failure: trust cannot be kept by making a change's record disappear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_remediation_vanished_unverified_resets_earned_trust() {
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    *doubles.hold_verify.lock().unwrap() = true;
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    create_remediation(&client, "ghost").await;
+    let verifying = wait_phase(&client, "ghost", Phase::Verifying).await;
+    let uid = verifying.metadata.uid.clone().unwrap();
+    let policies = Api::<RemediationPolicy>::namespaced(client.clone(), "shop");
+    let trust = || async { policies.get("checkout-oom").await.unwrap().status.unwrap_or_default().trust };
+    assert!(trust().await.pending.iter().any(|p| p.uid == uid), "entered before the write");
+    stop.cancel();
+    task.await.unwrap();
+    let api = Api::<Remediation>::namespaced(client.clone(), "shop");
+    api.patch("ghost", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    api.delete("ghost", &DeleteParams::default()).await.unwrap();
+
+    *doubles.hold_verify.lock().unwrap() = false;
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    create_remediation(&client, "next").await;
+    wait_phase(&client, "next", Phase::Succeeded).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = trust().await;
+        if record.last_reset_by.as_deref() == Some(uid.as_str()) {
+            assert!(
+                record.last_reset_reason.unwrap_or_default().starts_with("ghost: gone before its change was verified")
+            );
+            assert!(record.pending.is_empty(), "{:?}", record.pending);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the vanished change never reset trust: {record:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+}
+
 /// The operator's cap on concurrent deploys holds across Remediations: with a cap of one and a
 /// change being verified, the next one stalls before its snapshot (reason ConcurrencyCap) and
 /// deploys once the first has finished.

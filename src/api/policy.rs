@@ -573,6 +573,24 @@ pub struct TrustRecord {
     /// ([`RemediationPolicySpec::trust_basis`]): another spec starts from zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basis: Option<String>,
+    /// Changes written to a target whose outcome is not in the record yet (entered before the
+    /// write). While one is here no production change goes through on earned trust, and one
+    /// whose Remediation is gone without an outcome counts as a failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub pending: Vec<PendingChange>,
+}
+
+/// A change written (or about to be) whose outcome is not known yet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingChange {
+    /// The Remediation.
+    pub remediation: String,
+    /// Its uid.
+    pub uid: String,
+    /// When its deploy began.
+    pub since: Time,
 }
 
 /// One verified success.
@@ -619,6 +637,24 @@ impl RemediationPolicySpec {
 }
 
 impl TrustRecord {
+    /// The record with `remediation`'s change entered as pending (unchanged when it is
+    /// already pending or its outcome is known).
+    #[must_use]
+    pub fn with_pending(&self, remediation: &str, uid: &str, since: Time) -> Self {
+        let mut next = self.clone();
+        if !self.knows(uid) && !self.pending.iter().any(|p| p.uid == uid) {
+            next.pending.push(PendingChange { remediation: remediation.to_owned(), uid: uid.to_owned(), since });
+            let excess = next.pending.len().saturating_sub(MAX_VERIFIED);
+            next.pending.drain(..excess);
+        }
+        next
+    }
+
+    /// A pending change other than `uid`'s: its outcome is not known yet.
+    pub fn unresolved_besides(&self, uid: &str) -> Option<&PendingChange> {
+        self.pending.iter().find(|p| p.uid != uid)
+    }
+
     /// Whether this Remediation's outcome is already in the record.
     pub fn knows(&self, uid: &str) -> bool {
         self.last_reset_by.as_deref() == Some(uid) || self.verified.iter().any(|v| v.uid == uid)
@@ -650,6 +686,7 @@ impl TrustRecord {
     #[must_use]
     pub fn with(&self, outcome: ChangeOutcome, required: u32, window: std::time::Duration, basis: &str) -> Self {
         let mut next = self.clone();
+        next.pending.retain(|p| p.uid != outcome.uid);
         if !self.takes(&outcome) {
             return next;
         }

@@ -15,3 +15,4 @@ pub mod machine;
 pub mod plan;
 pub mod reconcile;
 pub mod stages;
+mod trust;

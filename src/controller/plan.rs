@@ -249,13 +249,15 @@ pub fn change_outcome(rem: &Remediation, status: &RemediationStatus) -> Option<C
     })
 }
 
-/// A Remediation deleted while its change was applied but not yet verified (or being rolled
-/// back): a failure for earned trust — the change stays in place and nothing proved it.
-/// None when nothing was applied or the Remediation had ended (its outcome is recorded).
+/// A Remediation deleted once its deploy had begun (the write may have landed unrecorded)
+/// and before its change was verified: a failure for earned trust — the change may stay in
+/// place and nothing proved it. None when no deploy began or the Remediation had ended (its
+/// outcome is recorded).
 pub fn deleted_outcome(rem: &Remediation, now: Timestamp) -> Option<ChangeOutcome> {
     let status = rem.status.as_ref()?;
     let applied = status.deploy.as_ref().is_some_and(|d| d.applied_at.is_some());
-    if status.phase.is_terminal() || !applied {
+    let deploy_began = status.last_step(Step::Deploy).is_some();
+    if status.phase.is_terminal() || !(applied || deploy_began) {
         return None;
     }
     Some(ChangeOutcome {

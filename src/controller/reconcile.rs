@@ -37,9 +37,9 @@ use super::limits::{DeploySlot, Peer, deploys_at_cap, limits_halt};
 use super::machine::{Halt, Observations, PolicyView, Settings, halt_for, jittered};
 use super::plan::{Plan, TransitionRecord, change_outcome, deleted_outcome, plan};
 use super::stages::Stages;
+use super::trust;
 use crate::api::approval::tally;
 use crate::api::conditions::{self, ConditionType};
-use crate::api::policy::ChangeOutcome;
 use crate::api::remediation::{ApprovalRecord, Phase, RemediationStatus, Step};
 use crate::api::validate::ValidPolicy;
 use crate::api::{ErrorCategory, FINALIZER, Remediation, RemediationApproval, RemediationPolicy, STATUS_MANAGER};
@@ -418,10 +418,14 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         info!(remediation = %name, "cancelled the in-flight effect");
     }
     announce(ctx, &rem, &plan.transitions).await;
-    record_trust(ctx, &rem, change_outcome(&rem, &plan.status), policy.as_deref()).await?;
+    trust::record_outcome(ctx, &rem, change_outcome(&rem, &plan.status), policy.as_deref()).await?;
     // Rollback needs no policy (the snapshot is in status); decide() starts nothing else
     // without a valid policy.
     if let Some((step, attempt)) = plan.start.filter(|(step, _)| policy.is_some() || *step == Step::Rollback) {
+        if step == Step::Deploy {
+            // In the policy's trust record before anything is written.
+            trust::enter_pending(ctx, &rem).await?;
+        }
         let key = EffectKey { uid: uid.clone(), step, attempt };
         let mut current = (*rem).clone();
         current.status = Some(plan.status.clone());
@@ -438,70 +442,6 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         obs.halt.as_ref().and_then(|h| h.recheck_after).or(obs.deploys_at_cap.map(|_| Duration::from_secs(5)));
     Ok(next_look(&plan, recheck))
 }
-
-/// A deployed change that ended goes into its policy's trust record, once (guarded by the
-/// policy's resourceVersion: a stale view gets 409 and the reconcile is retried), with an
-/// Event on the policy when trust is earned or reset.
-async fn record_trust(
-    ctx: &Context,
-    rem: &Remediation,
-    outcome: Option<ChangeOutcome>,
-    policy: Option<&ValidPolicy>,
-) -> Result<(), Error> {
-    let (Some(outcome), Some(policy)) = (outcome, policy) else { return Ok(()) };
-    let namespace = rem.namespace().unwrap_or_default();
-    let name = &rem.spec.policy_ref.name;
-    let Some(object) = ctx.policies.get(&ObjectRef::new(name).within(&namespace)) else { return Ok(()) };
-    let current = object.status.clone().unwrap_or_default().trust;
-    if !current.takes(&outcome) {
-        return Ok(());
-    }
-    let failed = outcome.failure.is_some();
-    let remediation = outcome.remediation.clone();
-    let next = current.with(outcome, policy.trust.successes_required, policy.trust.window, &object.spec.trust_basis());
-    let body = serde_json::json!({
-        "apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
-        "metadata": {"name": name, "resourceVersion": object.resource_version()},
-        "status": {"trust": next},
-    });
-    Api::<RemediationPolicy>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(name, &PatchParams::apply(TRUST_MANAGER).force(), &Patch::Apply(body))
-        .await
-        .map_err(|source| Error::RecordTrust {
-            namespace: namespace.clone(),
-            policy: name.clone(),
-            remediation: remediation.clone(),
-            source,
-        })?;
-    let note = match (failed, current.earned, next.earned) {
-        (true, _, _) => Some((EventType::Warning, "TrustReset", next.last_reset_reason.clone().unwrap_or_default())),
-        (false, false, true) => Some((
-            EventType::Normal,
-            "TrustEarned",
-            format!(
-                "{} verified successes in a row: production changes at trust auto deploy without a human",
-                next.verified.len()
-            ),
-        )),
-        _ => None,
-    };
-    if let Some((type_, reason, note)) = note {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(truncate(&note, 1000)),
-            action: "Record".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-            warn!(policy = %name, error = %e, "could not publish event");
-        }
-    }
-    Ok(())
-}
-
-/// Field manager of the policies' trust records.
-const TRUST_MANAGER: &str = "reflex-trust";
 
 /// When to reconcile again after `plan` (a stall that ends by the clock, such as a freeze,
 /// is looked at again after `recheck`).
@@ -526,7 +466,7 @@ async fn cleanup(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> 
     }
     let namespace = rem.namespace().unwrap_or_default();
     let (_, policy) = observe_policy(ctx, &namespace, &rem.spec.policy_ref.name);
-    record_trust(ctx, &rem, deleted_outcome(&rem, ctx.clock.now()), policy.as_deref()).await?;
+    trust::record_outcome(ctx, &rem, deleted_outcome(&rem, ctx.clock.now()), policy.as_deref()).await?;
     Ok(Action::await_change())
 }
 
@@ -680,7 +620,7 @@ async fn announce(ctx: &Context, rem: &Remediation, transitions: &[TransitionRec
     }
 }
 
-fn truncate(text: &str, max: usize) -> String {
+pub(super) fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }

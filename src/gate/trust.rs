@@ -3,7 +3,8 @@
 //!
 //! Contract: pure [`decide`] over the environment and the policy's trust settings — `observe`
 //! never deploys; `propose` always waits for approval; `auto` deploys to staging, and to
-//! production only through approval until earned trust lands (a later issue). The shell
+//! production only through approval until it has earned trust (enough verified successes in a
+//! row, and no other change of the policy still unverified). The shell
 //! reads the namespace label `reflex.dev/environment` (unlabelled = production, the safe
 //! default); the policy's `environment` can only make that stricter.
 
@@ -22,8 +23,9 @@ use crate::ports::{Gate, StageError, StageFuture, StageInput};
 /// Decide for one change.
 ///
 /// `verified`: the policy's verified successes in a row within its earned-trust window; at
-/// `auto`, production changes go through without a human once there are enough.
-pub fn decide(env: Environment, trust: &ValidTrust, verified: u32) -> GateResult {
+/// `auto`, production changes go through without a human once there are enough and no other
+/// change of the policy is still `unverified` (the Remediation named).
+pub fn decide(env: Environment, trust: &ValidTrust, verified: u32, unverified: Option<&str>) -> GateResult {
     let env_name = match env {
         Environment::Staging => "staging",
         Environment::Production => "production",
@@ -37,9 +39,18 @@ pub fn decide(env: Environment, trust: &ValidTrust, verified: u32) -> GateResult
             (GateDecision::ApprovalRequired, format!("{env_name}, trust auto, but the policy requires approval"))
         }
         (TrustLevel::Auto, Environment::Staging) => (GateDecision::Approved, "staging, trust auto".to_owned()),
-        (TrustLevel::Auto, Environment::Production) if verified >= trust.successes_required => {
-            (GateDecision::Approved, format!("production, trust auto, earned: {verified} verified successes in a row"))
-        }
+        (TrustLevel::Auto, Environment::Production) if verified >= trust.successes_required => match unverified {
+            None => (
+                GateDecision::Approved,
+                format!("production, trust auto, earned: {verified} verified successes in a row"),
+            ),
+            Some(other) => (
+                GateDecision::ApprovalRequired,
+                format!(
+                    "production, trust auto, earned ({verified} verified successes in a row), but the change of {other} is not verified yet; waits for approval"
+                ),
+            ),
+        },
         (TrustLevel::Auto, Environment::Production) => (
             GateDecision::ApprovalRequired,
             format!(
@@ -77,7 +88,9 @@ impl Gate for TrustGate {
             let record = object.status.map(|s| s.trust).unwrap_or_default();
             // Only successes earned under this very spec count.
             let verified = record.verified_within(policy.trust.window, jiff::Timestamp::now(), &basis);
-            Ok(decide(env, &policy.trust, verified))
+            let uid = rem.metadata.uid.clone().unwrap_or_default();
+            let unverified = record.unresolved_besides(&uid).map(|p| p.remediation.clone());
+            Ok(decide(env, &policy.trust, verified, unverified.as_deref()))
         }
         .boxed()
     }
@@ -120,25 +133,28 @@ mod tests {
             (TrustLevel::Observe, true, Environment::Production, Denied),
         ];
         for (level, approval, env, want) in cases {
-            assert_eq!(decide(env, &trust(level, approval), 0).decision, want, "{level:?} {approval} {env:?}");
+            assert_eq!(decide(env, &trust(level, approval), 0, None).decision, want, "{level:?} {approval} {env:?}");
         }
     }
 
     #[test]
     fn production_at_auto_goes_through_once_trust_is_earned() {
         let auto = trust(TrustLevel::Auto, false);
-        let waiting = decide(Environment::Production, &auto, 2);
+        let waiting = decide(Environment::Production, &auto, 2, None);
         assert_eq!(waiting.decision, GateDecision::ApprovalRequired);
         assert!(waiting.reason.contains("2 of 3 verified successes"), "{}", waiting.reason);
-        assert_eq!(decide(Environment::Production, &auto, 3).decision, GateDecision::Approved);
+        assert_eq!(decide(Environment::Production, &auto, 3, None).decision, GateDecision::Approved);
+        let in_flight = decide(Environment::Production, &auto, 3, Some("checkout-oom-7"));
+        assert_eq!(in_flight.decision, GateDecision::ApprovalRequired, "another change not verified yet");
+        assert!(in_flight.reason.contains("checkout-oom-7 is not verified yet"), "{}", in_flight.reason);
         let strict = trust(TrustLevel::Auto, true);
         assert_eq!(
-            decide(Environment::Production, &strict, 100).decision,
+            decide(Environment::Production, &strict, 100, None).decision,
             GateDecision::ApprovalRequired,
             "requireApproval always waits"
         );
         assert_eq!(
-            decide(Environment::Production, &trust(TrustLevel::Propose, false), 100).decision,
+            decide(Environment::Production, &trust(TrustLevel::Propose, false), 100, None).decision,
             GateDecision::ApprovalRequired
         );
     }
