@@ -184,10 +184,11 @@ impl reflex::ports::Verify for D {
         async move {
             Ok(Verification {
                 verdict: if holds { VerificationVerdict::Passed } else { VerificationVerdict::Failed },
-                samples: vec![Sample { at: now(), value: Some(if holds { 0.0 } else { 3.0 }), ok: holds }],
+                samples: vec![Sample { at: now(), value: Some(if holds { 0.0 } else { 3.0 }), ok: holds, error: None }],
                 message: Some(if holds { "no OOM kills for the window" } else { "3 OOM kills in the window" }.into()),
                 started_at: now(),
                 next_sample_at: None,
+                action: None,
             })
         }
         .boxed()

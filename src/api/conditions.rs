@@ -101,6 +101,12 @@ pub mod reason {
     /// The target changed since CI tested the change: it is tested again (or, changing again
     /// and again, goes to a human).
     pub const TARGET_CHANGED: &str = "TargetChanged";
+    /// Verification could not decide (no data, too few samples, neither held nor failed by
+    /// the timeout); the policy's `onInconclusive` says what follows.
+    pub const VERIFICATION_INCONCLUSIVE: &str = "VerificationInconclusive";
+    /// The metrics provider failed during verification; the policy's `onError` says what
+    /// follows.
+    pub const VERIFICATION_ERROR: &str = "VerificationError";
     /// Deploy's own re-check refused the change before writing anything (the patch-safety
     /// verdict now, the target changed since CI, the gate or an approval).
     pub const DEPLOY_REFUSED: &str = "DeployRefused";

@@ -401,15 +401,60 @@ pub struct VerifySpec {
     /// How long the condition must hold without a break.
     #[serde(rename = "for")]
     pub for_: DurationString,
-    /// Most time verification may take before it counts as failed.
+    /// Most time verification may take to decide; undecided by then, it is Inconclusive
+    /// (or Failed when the latest sample still breaks the condition).
     pub timeout: DurationString,
     /// Time between samples.
     #[serde(default = "default_interval")]
     pub interval: DurationString,
+    /// How long to wait after the change has rolled out before the first sample (a
+    /// stabilization window: samples in it would judge the old Pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<DurationString>,
+    /// Samples that break the condition before the fix fails at once. Unset: a bad sample
+    /// only restarts the window, and the fix fails if it has not held by the timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000))]
+    pub failure_limit: Option<u32>,
+    /// Samples with no data before the verdict is Inconclusive at once. Unset: no data only
+    /// counts at the timeout (undecided: Inconclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000))]
+    pub inconclusive_limit: Option<u32>,
+    /// Metrics-provider errors in a row before the verdict is Error. A provider error never
+    /// counts as a bad sample.
+    #[serde(default = "default_consecutive_error_limit")]
+    #[schemars(range(max = 1000))]
+    pub consecutive_error_limit: u32,
+    /// What an Inconclusive verdict leads to: `escalate` (the default: humans decide, the
+    /// change stays), `rollback`, or `keep` (the change stays, the Remediation ends
+    /// Unverified).
+    #[serde(default)]
+    pub on_inconclusive: VerdictAction,
+    /// What an Error verdict (the metrics provider failed) leads to; as `onInconclusive`.
+    #[serde(default)]
+    pub on_error: VerdictAction,
+}
+
+/// What an undecided verification leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictAction {
+    /// Hand it to people (phase Escalated); the change stays.
+    #[default]
+    Escalate,
+    /// Undo the change.
+    Rollback,
+    /// Keep the change; the Remediation ends Unverified (no trust is earned by it).
+    Keep,
 }
 
 fn default_interval() -> DurationString {
     DurationString::new("15s")
+}
+
+fn default_consecutive_error_limit() -> u32 {
+    4
 }
 
 /// Rate limits, retries, deadlines and the suspend switch.

@@ -128,11 +128,14 @@ pub enum Phase {
     Cancelled,
     /// Humans must act: budget exhausted, repeated failure, or policy says so. Terminal.
     Escalated,
+    /// The change was kept though verification could not decide (the policy's `keep`): not
+    /// proven, so no trust is earned by it. Terminal.
+    Unverified,
 }
 
 impl Phase {
     /// Every phase, in loop order.
-    pub const ALL: [Phase; 13] = [
+    pub const ALL: [Phase; 14] = [
         Phase::Pending,
         Phase::Diagnosing,
         Phase::Proposed,
@@ -146,11 +149,15 @@ impl Phase {
         Phase::RolledBack,
         Phase::Cancelled,
         Phase::Escalated,
+        Phase::Unverified,
     ];
 
     /// Terminal phases are final.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::RolledBack | Self::Cancelled | Self::Escalated)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Cancelled | Self::Escalated | Self::Unverified
+        )
     }
 
     /// Whether a change may have reached the target in this phase.
@@ -169,9 +176,9 @@ impl Phase {
             AwaitingApproval => &[Deploying, Failed, Cancelled, Escalated],
             // Back to Testing when the target changed since CI tested the change.
             Deploying => &[Testing, Verifying, RollingBack, Failed, Cancelled, Escalated],
-            Verifying => &[Succeeded, RollingBack, Cancelled, Escalated],
+            Verifying => &[Succeeded, RollingBack, Cancelled, Escalated, Unverified],
             RollingBack => &[RolledBack, Escalated],
-            Succeeded | Failed | RolledBack | Cancelled | Escalated => &[],
+            Succeeded | Failed | RolledBack | Cancelled | Escalated | Unverified => &[],
         }
     }
 
@@ -191,6 +198,7 @@ impl Phase {
             Self::RolledBack => "RolledBack",
             Self::Cancelled => "Cancelled",
             Self::Escalated => "Escalated",
+            Self::Unverified => "Unverified",
         }
     }
 }
@@ -538,8 +546,15 @@ pub enum VerificationVerdict {
     Pending,
     /// The condition held for the whole window.
     Passed,
-    /// The condition broke, or the timeout passed, or there was no data.
+    /// The condition broke more often than `failureLimit` allows, the alert fired again, or
+    /// the timeout passed with the condition still broken.
     Failed,
+    /// No data, too few samples, or neither held nor failed by the timeout: nothing proven
+    /// either way.
+    Inconclusive,
+    /// The metrics provider failed (errors in a row beyond `consecutiveErrorLimit`, or it
+    /// rejected the query): nothing was measured.
+    Error,
 }
 
 /// One verification sample.
@@ -553,6 +568,35 @@ pub struct Sample {
     pub value: Option<f64>,
     /// Whether the condition held.
     pub ok: bool,
+    /// The metrics provider's error, when it failed to answer (no value, and not a bad
+    /// sample).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What one sample says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleKind {
+    /// The condition held.
+    Good,
+    /// The condition broke.
+    Bad,
+    /// The query returned no data.
+    NoData,
+    /// The provider failed.
+    Error,
+}
+
+impl Sample {
+    /// What this sample says.
+    pub fn kind(&self) -> SampleKind {
+        match (&self.error, self.value, self.ok) {
+            (Some(_), _, _) => SampleKind::Error,
+            (None, None, _) => SampleKind::NoData,
+            (None, Some(_), true) => SampleKind::Good,
+            (None, Some(_), false) => SampleKind::Bad,
+        }
+    }
 }
 
 /// Verification progress and verdict.
@@ -573,6 +617,10 @@ pub struct Verification {
     /// When the next sample is due (while pending).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_sample_at: Option<Time>,
+    /// For Inconclusive and Error: what the verification rule says follows (`onInconclusive`
+    /// / `onError`; escalate when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<crate::api::policy::VerdictAction>,
 }
 
 /// The rollback performed.

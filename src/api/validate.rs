@@ -14,7 +14,7 @@ use super::{
     playbook::{ParameterType, PatchMode, PatchType, PlaybookSpec},
     policy::{
         AgentMode, CiJobSpec, Comparison, FreezeWindow, GitopsSpec, McpServerSpec, ModelSpec, NotifySpec,
-        RemediationPolicySpec, TrustLevel, VerifySpec,
+        RemediationPolicySpec, TrustLevel, VerdictAction, VerifySpec,
     },
 };
 use super::{matcher::Matcher, template::NameTemplate};
@@ -92,6 +92,18 @@ pub struct ValidVerify {
     pub timeout: Duration,
     /// Time between samples.
     pub interval: Duration,
+    /// Wait after the rollout before the first sample.
+    pub initial_delay: Duration,
+    /// Bad samples allowed before Failed (None: only the timeout fails it).
+    pub failure_limit: Option<u32>,
+    /// No-data samples allowed before Inconclusive (None: only at the timeout).
+    pub inconclusive_limit: Option<u32>,
+    /// Provider errors in a row allowed before Error.
+    pub consecutive_error_limit: u32,
+    /// What Inconclusive leads to.
+    pub on_inconclusive: VerdictAction,
+    /// What Error leads to.
+    pub on_error: VerdictAction,
 }
 
 impl ValidVerify {
@@ -144,7 +156,24 @@ fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
             ),
         );
     }
-    ValidVerify { query: v.query.clone(), operator: v.operator, threshold: v.threshold, for_, timeout, interval }
+    let initial_delay = v
+        .initial_delay
+        .as_ref()
+        .map_or(Duration::ZERO, |d| c.duration(&format!("{base}.initialDelay"), d));
+    ValidVerify {
+        query: v.query.clone(),
+        operator: v.operator,
+        threshold: v.threshold,
+        for_,
+        timeout,
+        interval,
+        initial_delay,
+        failure_limit: v.failure_limit,
+        inconclusive_limit: v.inconclusive_limit,
+        consecutive_error_limit: v.consecutive_error_limit,
+        on_inconclusive: v.on_inconclusive,
+        on_error: v.on_error,
+    }
 }
 
 /// Agent settings with budgets read.

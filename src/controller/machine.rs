@@ -16,6 +16,7 @@ use crate::api::remediation::{
     AlertState, CiVerdict, GateDecision, Phase, Remediation, RemediationStatus, Step, StepState, VerificationVerdict,
 };
 use crate::api::validate::ValidPolicy;
+use crate::api::policy::VerdictAction;
 use crate::api::{ApprovalDecision, ErrorCategory};
 use crate::patch::TestedPatch;
 
@@ -318,7 +319,12 @@ pub fn decide(rem: &Remediation, obs: &Observations) -> Decision {
         Phase::Deploying => m.deploying(),
         Phase::Verifying => m.verifying(),
         Phase::RollingBack => m.rolling_back(),
-        Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Cancelled | Phase::Escalated => {
+        Phase::Succeeded
+        | Phase::Failed
+        | Phase::RolledBack
+        | Phase::Cancelled
+        | Phase::Escalated
+        | Phase::Unverified => {
             Decision::Wait { after: None }
         }
     }
@@ -471,6 +477,21 @@ impl Machine<'_> {
                 reason::VERIFICATION_FAILED,
                 v.message.clone().unwrap_or_else(|| "verification did not hold".to_owned()),
             ),
+            Some(v) if matches!(v.verdict, VerificationVerdict::Inconclusive | VerificationVerdict::Error) => {
+                let (r, what) = if v.verdict == VerificationVerdict::Error {
+                    (reason::VERIFICATION_ERROR, "the metrics provider failed")
+                } else {
+                    (reason::VERIFICATION_INCONCLUSIVE, "verification could not decide")
+                };
+                let why = v.message.clone().unwrap_or_else(|| what.to_owned());
+                match v.action.unwrap_or_default() {
+                    VerdictAction::Escalate => to(Phase::Escalated, r, format!("{why}; the change stays, people decide")),
+                    VerdictAction::Rollback => to(Phase::RollingBack, r, format!("{why}; rolling back as the policy says")),
+                    VerdictAction::Keep => {
+                        to(Phase::Unverified, r, format!("{why}; the change is kept unverified, as the policy says"))
+                    }
+                }
+            }
             Some(v) => match v.next_sample_at.as_ref().map(|t| t.0) {
                 Some(due) if due > self.obs.now && self.obs.running.is_none() => {
                     Decision::Wait { after: Some(self.obs.now.duration_until(due).unsigned_abs()) }

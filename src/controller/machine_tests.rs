@@ -163,7 +163,7 @@ fn baseline(p: Phase) -> Expect {
         Pending => Expect::To(Diagnosing, r::STARTED),
         Proposed => Expect::To(Testing, r::TESTING),
         AwaitingApproval => Expect::WaitFor,
-        Succeeded | Failed | RolledBack | Cancelled | Escalated => Expect::Wait,
+        Succeeded | Failed | RolledBack | Cancelled | Escalated | Unverified => Expect::Wait,
         _ => Expect::Start(first_step(p).unwrap(), 1),
     }
 }
@@ -605,6 +605,7 @@ fn verification_verdicts_close_or_revert() {
         message: None,
         started_at: at(0),
         next_sample_at: next.map(at),
+        action: None,
     };
     let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Passed, None)));
     assert!(check(&d, &Expect::To(Phase::Succeeded, r::VERIFIED)));
@@ -617,6 +618,36 @@ fn verification_verdicts_close_or_revert() {
         s.push_step(record(Step::Verify, 4, StepState::Succeeded, None, 4));
     });
     assert_eq!(d, Decision::Start { step: Step::Verify, attempt: 5 }, "each sample is its own effect");
+}
+
+/// Inconclusive and Error never count as a pass: each leads where the rule says — people
+/// (the default), a rollback, or an Unverified end that keeps the change.
+#[test]
+fn an_undecided_verification_goes_where_the_policy_says_never_to_succeeded() {
+    use crate::api::policy::VerdictAction;
+    for (verdict, want_reason) in [
+        (VerificationVerdict::Inconclusive, r::VERIFICATION_INCONCLUSIVE),
+        (VerificationVerdict::Error, r::VERIFICATION_ERROR),
+    ] {
+        for (action, phase) in [
+            (None, Phase::Escalated),
+            (Some(VerdictAction::Escalate), Phase::Escalated),
+            (Some(VerdictAction::Rollback), Phase::RollingBack),
+            (Some(VerdictAction::Keep), Phase::Unverified),
+        ] {
+            let d = run(Phase::Verifying, |s| {
+                s.verification = Some(Verification {
+                    verdict,
+                    samples: vec![],
+                    message: Some("no data".into()),
+                    started_at: at(0),
+                    next_sample_at: None,
+                    action,
+                });
+            });
+            assert!(check(&d, &Expect::To(phase, want_reason)), "{verdict:?} {action:?}: {d:?}");
+        }
+    }
 }
 
 #[test]

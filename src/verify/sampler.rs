@@ -1,15 +1,16 @@
 //! The verify stage's shell: take one sample of the verification query and judge it.
 //!
-//! Contract: the rule is the policy's `verify`, else the playbook's. A query the source
-//! rejects is an invalid spec (no retry); an unreachable source is transient (retried with
-//! backoff); everything else — the sample and what the alert did since the change was
-//! applied (`status.alert` against `status.deploy.appliedAt`) — is [`super::judge::judge`].
+//! Contract: the rule is the policy's `verify`, else the playbook's. Until `initialDelay`
+//! after the change was applied nothing is sampled; then each call reads the query once —
+//! a value, no data, the provider failing or rejecting the query are all readings, never a
+//! step failure — and [`super::judge::judge`] decides with what the alert did since the
+//! change (`status.alert` against `status.deploy.appliedAt`).
 
 use std::sync::Arc;
 
 use futures::FutureExt;
 
-use super::judge::{AlertSince, judge};
+use super::judge::{AlertSince, Reading, judge, waiting};
 use crate::api::ErrorCategory;
 use crate::api::remediation::Verification;
 use crate::cluster::load_playbook;
@@ -43,16 +44,22 @@ impl Verify for Sampler {
                     })?
                 }
             };
-            let value = match this.metrics.instant(&rule.query).await {
-                Ok(v) => v,
-                Err(MetricsError::Rejected(m)) => return Err(StageError::new(ErrorCategory::InvalidSpec, m)),
-                Err(MetricsError::Unavailable(m)) => return Err(StageError::new(ErrorCategory::Transient, m)),
-            };
             let status = input.remediation.status.as_ref();
             let prev = status.and_then(|s| s.verification.as_ref());
             let applied = status.and_then(|s| s.deploy.as_ref()?.applied_at.as_ref()).map(|t| t.0);
+            let now = jiff::Timestamp::now();
+            let due = applied.unwrap_or(now).checked_add(rule.initial_delay).unwrap_or(now);
+            if let Some(waiting) = waiting(&rule, prev, due, now) {
+                return Ok(waiting);
+            }
+            // A provider that fails is a sample that measured nothing, never a bad one.
+            let reading = match this.metrics.instant(&rule.query).await {
+                Ok(v) => Reading::Value(v),
+                Err(MetricsError::Rejected(m)) => Reading::Rejected(m),
+                Err(MetricsError::Unavailable(m)) => Reading::Unavailable(m),
+            };
             let alert = AlertSince::of(status.and_then(|s| s.alert.as_ref()), applied);
-            Ok(judge(&rule, prev, value, alert, jiff::Timestamp::now()))
+            Ok(judge(&rule, prev, reading, alert, now))
         }
         .boxed()
     }
