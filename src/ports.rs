@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ErrorCategory;
 use crate::api::remediation::{
-    CiResult, DeployRecord, Diagnosis, GateResult, Proposal, Remediation, RollbackRecord, Step, Verification,
+    CiResult, DeployRecord, Diagnosis, GateResult, Proposal, Remediation, RollbackRecord, RolloutStatus, Step,
+    Verification,
 };
 use crate::api::validate::ValidPolicy;
 use crate::patch::TestedPatch;
@@ -89,6 +90,8 @@ pub enum StageOutput {
     Gate(GateResult),
     /// From snapshot (previous values) or deploy (the same record, now applied).
     Deploy(DeployRecord),
+    /// From rollout (one check of the applied change's rollout).
+    Rollout(RolloutStatus),
     /// From verify (one sample and the verdict so far).
     Verification(Verification),
     /// From rollback.
@@ -129,6 +132,8 @@ pub trait Deploy: Send + Sync {
     fn snapshot(&self, input: StageInput) -> StageFuture<DeployRecord>;
     /// Applies a tested patch; returns the snapshot record completed with what was applied.
     fn apply(&self, input: StageInput, patch: TestedPatch) -> StageFuture<DeployRecord>;
+    /// Checks once how the applied change is rolling out (reads only).
+    fn rollout(&self, input: StageInput) -> StageFuture<RolloutStatus>;
 }
 
 /// Restores the recorded previous state (`deploy`).

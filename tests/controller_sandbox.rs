@@ -149,6 +149,9 @@ impl reflex::ports::Deploy for D {
         }
         .boxed()
     }
+    fn rollout(&self, input: StageInput) -> StageFuture<RolloutStatus> {
+        self.rolled_out(input)
+    }
     fn apply(&self, input: StageInput, patch: reflex::patch::TestedPatch) -> StageFuture<DeployRecord> {
         if self.0.held(Step::Deploy) {
             return futures::future::pending().boxed();
@@ -171,6 +174,24 @@ impl reflex::ports::Deploy for D {
         async move { Ok(record) }.boxed()
     }
 }
+impl D {
+    fn rolled_out(&self, input: StageInput) -> StageFuture<RolloutStatus> {
+        if self.0.held(Step::Rollout) {
+            return futures::future::pending().boxed();
+        }
+        self.0.count(&input, Step::Rollout);
+        async {
+            Ok(RolloutStatus {
+                state: RolloutState::Complete,
+                message: "rolled out".into(),
+                completed_at: Some(now()),
+                next_check_at: None,
+            })
+        }
+        .boxed()
+    }
+}
+
 impl reflex::ports::Verify for D {
     fn verify(&self, input: StageInput) -> StageFuture<Verification> {
         if *self.0.hold_verify.lock().unwrap() {
@@ -308,8 +329,8 @@ async fn wait_phase(client: &kube::Client, name: &str, want: Phase) -> Remediati
     }
 }
 
-const EFFECTS: [Step; 7] =
-    [Step::Diagnose, Step::Propose, Step::Test, Step::Gate, Step::Snapshot, Step::Deploy, Step::Verify];
+const EFFECTS: [Step; 8] =
+    [Step::Diagnose, Step::Propose, Step::Test, Step::Gate, Step::Snapshot, Step::Deploy, Step::Rollout, Step::Verify];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remediation_runs_through_every_phase_with_status_conditions_and_events() {

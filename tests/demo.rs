@@ -8,8 +8,12 @@ use reflex::demo::scenario::Scenario;
 /// Run a scenario as `reflex demo` does: its outcome and the timeline it printed.
 async fn play(scenario: Scenario, keep: bool) -> (reflex::demo::Outcome, String) {
     let mut out = Vec::new();
-    let outcome = reflex::demo::run(scenario, keep, &mut out).await.unwrap();
-    (outcome, String::from_utf8(out).unwrap())
+    let outcome = reflex::demo::run(scenario, keep, &mut out).await;
+    let text = String::from_utf8(out).unwrap();
+    match outcome {
+        Ok(outcome) => (outcome, text),
+        Err(e) => panic!("{e:#}\n{text}"),
+    }
 }
 
 /// A built-in scenario's text, to run a variant of it.
@@ -81,10 +85,15 @@ async fn the_bad_fix_scenario_rolls_the_deployment_back_as_it_was() {
     let rem = &outcome.remediation;
     assert!(succeeded(rem, Step::Deploy) && succeeded(rem, Step::Rollback), "{text}");
     let status = rem.status.as_ref().unwrap();
-    assert_eq!(status.verification.as_ref().unwrap().verdict, reflex::api::remediation::VerificationVerdict::Failed);
+    // Its Pods never became ready: the rollout stalled, and the change was never counted as
+    // deployed, let alone verified.
+    let rollout = status.rollout.as_ref().unwrap();
+    assert_eq!(rollout.state, reflex::api::remediation::RolloutState::Stalled);
+    assert!(rollout.message.starts_with("ProgressDeadlineExceeded"), "{}", rollout.message);
+    assert!(status.verification.is_none(), "{text}");
     assert!(status.rollback.is_some());
     assert_eq!(outcome.events.last().map(String::as_str), Some("RolledBack"), "{:?}", outcome.events);
-    assert!(outcome.events.iter().any(|r| r == "VerificationFailed"), "{:?}", outcome.events);
+    assert!(outcome.events.iter().any(|r| r == "RolloutStalled"), "{:?}", outcome.events);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

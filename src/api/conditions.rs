@@ -101,6 +101,9 @@ pub mod reason {
     /// The target changed since CI tested the change: it is tested again (or, changing again
     /// and again, goes to a human).
     pub const TARGET_CHANGED: &str = "TargetChanged";
+    /// The applied change did not roll out (ProgressDeadlineExceeded, or the policy's rollout
+    /// timeout): a failed deploy, rolled back.
+    pub const ROLLOUT_STALLED: &str = "RolloutStalled";
     /// Verification could not decide (no data, too few samples, neither held nor failed by
     /// the timeout); the policy's `onInconclusive` says what follows.
     pub const VERIFICATION_INCONCLUSIVE: &str = "VerificationInconclusive";

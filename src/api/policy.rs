@@ -65,6 +65,9 @@ pub struct RemediationPolicySpec {
     /// Rate limits, cooldowns, retries and the suspend switch.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// How long a deployed change may take to roll out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
     /// Where to tell humans what happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<NotifySpec>,
@@ -434,6 +437,21 @@ pub struct VerifySpec {
     /// What an Error verdict (the metrics provider failed) leads to; as `onInconclusive`.
     #[serde(default)]
     pub on_error: VerdictAction,
+}
+
+/// Waiting for a deployed change to roll out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Most time from the apply until the workload has rolled the change out (its Pods
+    /// updated, ready and available); past it — or when the Deployment reports
+    /// ProgressDeadlineExceeded — the deploy failed and is rolled back. Default 10m.
+    #[serde(default = "default_rollout_timeout")]
+    pub timeout: DurationString,
+}
+
+fn default_rollout_timeout() -> DurationString {
+    DurationString::new("10m")
 }
 
 /// What an undecided verification leads to.

@@ -224,6 +224,8 @@ pub enum Step {
     Snapshot,
     /// Apply the tested patch.
     Deploy,
+    /// Check once whether the workload has rolled the change out.
+    Rollout,
     /// Take one verification sample and judge.
     Verify,
     /// Restore the snapshot.
@@ -232,13 +234,14 @@ pub enum Step {
 
 impl Step {
     /// Every step, in loop order.
-    pub const ALL: [Step; 8] = [
+    pub const ALL: [Step; 9] = [
         Step::Diagnose,
         Step::Propose,
         Step::Test,
         Step::Gate,
         Step::Snapshot,
         Step::Deploy,
+        Step::Rollout,
         Step::Verify,
         Step::Rollback,
     ];
@@ -252,6 +255,7 @@ impl Step {
             Self::Gate => "gate",
             Self::Snapshot => "snapshot",
             Self::Deploy => "deploy",
+            Self::Rollout => "rollout",
             Self::Verify => "verify",
             Self::Rollback => "rollback",
         }
@@ -623,6 +627,33 @@ pub struct Verification {
     pub action: Option<crate::api::policy::VerdictAction>,
 }
 
+/// Where a rollout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RolloutState {
+    /// Not rolled out yet; checked again at `nextCheckAt`.
+    Progressing,
+    /// Every Pod runs the change: updated, ready and available.
+    Complete,
+    /// It will not finish: ProgressDeadlineExceeded, or the policy's rollout timeout.
+    Stalled,
+}
+
+/// How the applied change is rolling out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Progressing, Complete or Stalled.
+    pub state: RolloutState,
+    /// What the workload reports (replicas updated, ready, available; the reason it stalled).
+    pub message: String,
+    /// When it was found complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// When to look again (while progressing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check_at: Option<Time>,
+}
+
 /// The rollback performed.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -676,6 +707,9 @@ pub struct RemediationStatus {
     /// Verification samples and verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// How the applied change is rolling out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// The rollback, when one happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackRecord>,

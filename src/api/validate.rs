@@ -156,10 +156,8 @@ fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
             ),
         );
     }
-    let initial_delay = v
-        .initial_delay
-        .as_ref()
-        .map_or(Duration::ZERO, |d| c.duration(&format!("{base}.initialDelay"), d));
+    let initial_delay =
+        v.initial_delay.as_ref().map_or(Duration::ZERO, |d| c.duration(&format!("{base}.initialDelay"), d));
     ValidVerify {
         query: v.query.clone(),
         operator: v.operator,
@@ -334,6 +332,8 @@ pub struct ValidPolicy {
     pub limits: ValidLimits,
     /// Notification target.
     pub notify: Option<NotifySpec>,
+    /// Most time a deployed change may take to roll out.
+    pub rollout_timeout: Duration,
 }
 
 impl ValidPolicy {
@@ -454,6 +454,14 @@ impl ValidPolicy {
             c.push("spec.notify.webhookSecretRef", "needs both name and key");
         }
 
+        let rollout_timeout = match &spec.rollout {
+            Some(r) => c.duration("spec.rollout.timeout", &r.timeout),
+            None => Duration::from_secs(600),
+        };
+        if rollout_timeout.is_zero() {
+            c.push("spec.rollout.timeout", "must be longer than 0s");
+        }
+
         let Some(target_name) = target_name else {
             return Err(ValidationErrors(c.0));
         };
@@ -470,6 +478,7 @@ impl ValidPolicy {
             verify,
             limits,
             notify: spec.notify.clone(),
+            rollout_timeout,
         })
     }
 }

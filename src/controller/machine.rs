@@ -12,11 +12,12 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::conditions::reason;
+use crate::api::policy::VerdictAction;
 use crate::api::remediation::{
-    AlertState, CiVerdict, GateDecision, Phase, Remediation, RemediationStatus, Step, StepState, VerificationVerdict,
+    AlertState, CiVerdict, GateDecision, Phase, Remediation, RemediationStatus, RolloutState, Step, StepState,
+    VerificationVerdict,
 };
 use crate::api::validate::ValidPolicy;
-use crate::api::policy::VerdictAction;
 use crate::api::{ApprovalDecision, ErrorCategory};
 use crate::patch::TestedPatch;
 
@@ -324,9 +325,7 @@ pub fn decide(rem: &Remediation, obs: &Observations) -> Decision {
         | Phase::RolledBack
         | Phase::Cancelled
         | Phase::Escalated
-        | Phase::Unverified => {
-            Decision::Wait { after: None }
-        }
+        | Phase::Unverified => Decision::Wait { after: None },
     }
 }
 
@@ -447,7 +446,7 @@ impl Machine<'_> {
                 },
             ),
             Some(d) if d.applied_digest.as_deref() == Some(tested.proposal().digest.as_str()) => {
-                to(Phase::Verifying, reason::DEPLOYED, format!("applied {}", tested.proposal().digest))
+                self.rolling_out(&tested.proposal().digest)
             }
             Some(_) => self.step(
                 Step::Deploy,
@@ -457,6 +456,30 @@ impl Machine<'_> {
                     exhausted_reason: reason::DEPLOY_FAILED,
                 },
             ),
+        }
+    }
+
+    /// Applied: wait for the workload to roll the change out, one look per effect.
+    fn rolling_out(&self, digest: &str) -> Decision {
+        let give_up = GiveUp {
+            permanent: Phase::RollingBack,
+            exhausted: Phase::RollingBack,
+            exhausted_reason: reason::DEPLOY_FAILED,
+        };
+        match &self.status.rollout {
+            Some(r) if r.state == RolloutState::Complete => {
+                to(Phase::Verifying, reason::DEPLOYED, format!("applied {digest}; {}", r.message))
+            }
+            Some(r) if r.state == RolloutState::Stalled => {
+                to(Phase::RollingBack, reason::ROLLOUT_STALLED, r.message.clone())
+            }
+            Some(r) => match r.next_check_at.as_ref().map(|t| t.0) {
+                Some(due) if due > self.obs.now && self.obs.running.is_none() => {
+                    Decision::Wait { after: Some(self.obs.now.duration_until(due).unsigned_abs()) }
+                }
+                _ => self.step(Step::Rollout, give_up),
+            },
+            None => self.step(Step::Rollout, give_up),
         }
     }
 
@@ -485,8 +508,12 @@ impl Machine<'_> {
                 };
                 let why = v.message.clone().unwrap_or_else(|| what.to_owned());
                 match v.action.unwrap_or_default() {
-                    VerdictAction::Escalate => to(Phase::Escalated, r, format!("{why}; the change stays, people decide")),
-                    VerdictAction::Rollback => to(Phase::RollingBack, r, format!("{why}; rolling back as the policy says")),
+                    VerdictAction::Escalate => {
+                        to(Phase::Escalated, r, format!("{why}; the change stays, people decide"))
+                    }
+                    VerdictAction::Rollback => {
+                        to(Phase::RollingBack, r, format!("{why}; rolling back as the policy says"))
+                    }
                     VerdictAction::Keep => {
                         to(Phase::Unverified, r, format!("{why}; the change is kept unverified, as the policy says"))
                     }
@@ -596,9 +623,9 @@ impl Machine<'_> {
             // Resume under the same key; stages are idempotent per key.
             StepState::Started => run(last.attempt),
             StepState::Cancelled => run(last.attempt.saturating_add(1)),
-            // Verification is the one step that runs again after success: each sample is
-            // its own effect.
-            StepState::Succeeded if step == Step::Verify => run(last.attempt.saturating_add(1)),
+            // Verification and the rollout watch run again after success: each sample, each
+            // look, is its own effect.
+            StepState::Succeeded if matches!(step, Step::Verify | Step::Rollout) => run(last.attempt.saturating_add(1)),
             StepState::Succeeded => to(
                 give_up.exhausted,
                 give_up.exhausted_reason,

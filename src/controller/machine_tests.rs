@@ -578,7 +578,7 @@ fn deploy_needs_a_snapshot_first_and_a_tested_patch_always() {
     let digest = proposal().digest;
     let d =
         run(Phase::Deploying, |s| s.deploy = Some(DeployRecord { applied_digest: Some(digest.clone()), ..snapshot() }));
-    assert!(check(&d, &Expect::To(Phase::Verifying, r::DEPLOYED)));
+    assert_eq!(d, Decision::Start { step: Step::Rollout, attempt: 1 }, "applied: watch it roll out");
     let d = run(Phase::Deploying, |s| {
         s.deploy = Some(snapshot());
         s.push_step(record(Step::Deploy, 1, StepState::Failed, Some(ErrorCategory::InvalidSpec), 9));
@@ -618,6 +618,42 @@ fn verification_verdicts_close_or_revert() {
         s.push_step(record(Step::Verify, 4, StepState::Succeeded, None, 4));
     });
     assert_eq!(d, Decision::Start { step: Step::Verify, attempt: 5 }, "each sample is its own effect");
+}
+
+/// An applied change is deployed once it has rolled out: looked at again while it
+/// progresses, verified once complete, rolled back when it stalls.
+#[test]
+fn an_applied_change_waits_for_its_rollout_and_a_stalled_one_is_rolled_back() {
+    let digest = proposal().digest;
+    let rollout = |state, next: Option<i64>| RolloutStatus {
+        state,
+        message: "2 of 3 updated".into(),
+        completed_at: (state == RolloutState::Complete).then(|| at(9)),
+        next_check_at: next.map(at),
+    };
+    let applied = |s: &mut RemediationStatus, r: Option<RolloutStatus>, looks: u32| {
+        s.deploy = Some(DeployRecord { applied_digest: Some(digest.clone()), applied_at: Some(at(1)), ..snapshot() });
+        for attempt in 1..=looks {
+            s.push_step(record(Step::Rollout, attempt, StepState::Succeeded, None, i64::from(attempt) + 1));
+        }
+        s.rollout = r;
+    };
+    let d = run(Phase::Deploying, |s| applied(s, Some(rollout(RolloutState::Progressing, Some(12))), 1));
+    assert_eq!(d, Decision::Wait { after: Some(Duration::from_secs(2)) });
+    let d = run(Phase::Deploying, |s| applied(s, Some(rollout(RolloutState::Progressing, Some(8))), 3));
+    assert_eq!(d, Decision::Start { step: Step::Rollout, attempt: 4 }, "each look is its own effect");
+    let d = run(Phase::Deploying, |s| applied(s, Some(rollout(RolloutState::Complete, None)), 4));
+    assert!(check(&d, &Expect::To(Phase::Verifying, r::DEPLOYED)), "{d:?}");
+    let d = run(Phase::Deploying, |s| applied(s, Some(rollout(RolloutState::Stalled, None)), 4));
+    assert!(check(&d, &Expect::To(Phase::RollingBack, r::ROLLOUT_STALLED)), "{d:?}");
+    // Halts (a kill switch, a freeze) stop nothing once the change is applied.
+    let mut rem = mk_remediation(Phase::Deploying);
+    applied(status(&mut rem), Some(rollout(RolloutState::Progressing, Some(8))), 1);
+    let halted = Observations {
+        halt: Some(Halt { reason: r::KILL_SWITCH, message: "off".into(), recheck_after: None }),
+        ..obs()
+    };
+    assert_eq!(decide(&rem, &halted), Decision::Start { step: Step::Rollout, attempt: 2 });
 }
 
 /// Inconclusive and Error never count as a pass: each leads where the rule says — people

@@ -59,6 +59,7 @@ fn withdraw_tested(status: &mut RemediationStatus, now: Timestamp) {
     status.ci = None;
     status.gate = None;
     status.deploy = None;
+    status.rollout = None;
     status.retests = status.retests.saturating_add(1);
     for step in [Step::Test, Step::Gate, Step::Snapshot, Step::Deploy] {
         if let Some(attempt) = status.last_step(step).map(|r| r.attempt) {
@@ -206,6 +207,7 @@ fn record_outcome(
                 StageOutput::Ci(c) => status.ci = Some(c),
                 StageOutput::Gate(g) => status.gate = Some(g),
                 StageOutput::Deploy(d) => status.deploy = Some(d),
+                StageOutput::Rollout(r) => status.rollout = Some(r),
                 StageOutput::Verification(mut v) => {
                     let excess = v.samples.len().saturating_sub(MAX_SAMPLES);
                     v.samples.drain(..excess);

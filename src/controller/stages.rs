@@ -43,7 +43,7 @@ impl Stages {
             (self.propose.is_some(), &[Step::Propose]),
             (self.test.is_some(), &[Step::Test]),
             (self.gate.is_some(), &[Step::Gate]),
-            (self.deploy.is_some(), &[Step::Snapshot, Step::Deploy]),
+            (self.deploy.is_some(), &[Step::Snapshot, Step::Deploy, Step::Rollout]),
             (self.verify.is_some(), &[Step::Verify]),
             (self.rollback.is_some(), &[Step::Rollback]),
         ] {
@@ -84,6 +84,7 @@ impl Stages {
                     .boxed(),
                 }
             }
+            Step::Rollout => wrap(self.deploy.as_ref()?.rollout(input), StageOutput::Rollout),
             Step::Verify => wrap(self.verify.as_ref()?.verify(input), StageOutput::Verification),
             Step::Rollback => wrap(self.rollback.as_ref()?.rollback(input), StageOutput::Rollback),
         })

@@ -16,13 +16,14 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Map, Value, json};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::identity::DeployerIdentity;
 use super::recheck::recheck;
 use super::request::{apply_config, field_manager, has_directives, request};
 use crate::api::playbook::PatchType;
 use crate::api::quantity::parse_quantity;
-use crate::api::remediation::{DeployRecord, RollbackRecord};
+use crate::api::remediation::{DeployRecord, RollbackRecord, RolloutStatus};
 use crate::api::{AnyJson, ErrorCategory};
 use crate::cluster::{api_error, as_json, revision_of, rules_for, target_api};
 use crate::patch::TestedPatch;
@@ -207,6 +208,10 @@ impl Deploy for ServerSideApply {
         .boxed()
     }
 
+    fn rollout(&self, input: StageInput) -> StageFuture<RolloutStatus> {
+        rollout_of(self.client.clone(), input)
+    }
+
     fn apply(&self, input: StageInput, patch: TestedPatch) -> StageFuture<DeployRecord> {
         let (client, gate, identity) = (self.client.clone(), self.gate.clone(), self.identity.clone());
         let kill_switch = self.kill_switch.clone();
@@ -242,6 +247,23 @@ impl Deploy for ServerSideApply {
         }
         .boxed()
     }
+}
+
+/// One look at how the applied change rolls out, as the operator (reads only).
+fn rollout_of(client: kube::Client, input: StageInput) -> StageFuture<RolloutStatus> {
+    async move {
+        let rem = &input.remediation;
+        let applied = rem
+            .status
+            .as_ref()
+            .and_then(|s| s.deploy.as_ref()?.applied_at.as_ref())
+            .map(|t| t.0)
+            .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "no applied change to watch roll out"))?;
+        let timeout = input.policy.as_ref().map_or(Duration::from_secs(600), |p| p.rollout_timeout);
+        let live = as_json(&crate::cluster::read_target(&client, rem).await?)?;
+        Ok(super::rollout::progress(rem.spec.target.kind, &live, applied, timeout, jiff::Timestamp::now()))
+    }
+    .boxed()
 }
 
 impl Rollback for ServerSideApply {

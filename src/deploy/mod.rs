@@ -13,3 +13,4 @@ pub mod disruption;
 pub mod identity;
 pub mod recheck;
 pub mod request;
+pub mod rollout;

@@ -291,6 +291,43 @@ pub fn reconcile_namespace(api: &Api, ns: &str, kubelet: &Kubelet) -> Result<Opt
         let available = sum("/status/availableReplicas");
         let complete = updated == want && available >= want && sum("/status/replicas") == want;
         let old = d.get("status").cloned().unwrap_or(json!({}));
+        // Progress is a change in the updated or available counts; none for
+        // progressDeadlineSeconds (default 600) while incomplete: ProgressDeadlineExceeded.
+        let progressed = old.get("updatedReplicas").and_then(Value::as_i64) != Some(updated)
+            || old.get("availableReplicas").and_then(Value::as_i64) != Some(available)
+            || old.get("observedGeneration").and_then(Value::as_i64) != Some(int(&d, "/metadata/generation"));
+        let prev_progress = old
+            .get("conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c.get("type") == Some(&json!("Progressing"))).cloned());
+        let last_progress = prev_progress
+            .as_ref()
+            .filter(|_| !progressed)
+            .and_then(|p| p.get("lastUpdateTime"))
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .unwrap_or_else(jiff::Timestamp::now);
+        let deadline = Duration::from_secs(
+            u64::try_from(d.pointer("/spec/progressDeadlineSeconds").and_then(Value::as_i64).unwrap_or(600))
+                .unwrap_or(600),
+        );
+        let stuck_for = jiff::Timestamp::now().duration_since(last_progress).unsigned_abs();
+        // Once exceeded it stays so until the rollout progresses again.
+        let was_exceeded = prev_progress
+            .as_ref()
+            .is_some_and(|p| p.get("reason").and_then(Value::as_str) == Some("ProgressDeadlineExceeded"));
+        let exceeded = !complete && (stuck_for >= deadline || (was_exceeded && !progressed));
+        if !complete && !exceeded {
+            let left = deadline - stuck_for;
+            wake = Some(wake.map_or(left, |w| w.min(left)));
+        }
+        let progress_reason = if complete {
+            "NewReplicaSetAvailable"
+        } else if exceeded {
+            "ProgressDeadlineExceeded"
+        } else {
+            "ReplicaSetUpdated"
+        };
         let keep_time = |ty: &str, status: &str, reason: &str| {
             let prev = old
                 .get("conditions")
@@ -300,15 +337,22 @@ pub fn reconcile_namespace(api: &Api, ns: &str, kubelet: &Kubelet) -> Result<Opt
                 .as_ref()
                 .is_some_and(|p| p.get("status") == Some(&json!(status)) && p.get("reason") == Some(&json!(reason)));
             let t = if same {
-                prev.and_then(|p| p.get("lastTransitionTime").cloned()).unwrap_or(json!(now()))
+                prev.as_ref().and_then(|p| p.get("lastTransitionTime").cloned()).unwrap_or(json!(now()))
             } else {
                 json!(now())
             };
-            json!({"type": ty, "status": status, "reason": reason, "lastTransitionTime": t, "lastUpdateTime": t,
+            // The Progressing condition's lastUpdateTime is the last progress.
+            let updated_at = match prev.as_ref().and_then(|p| p.get("lastUpdateTime").cloned()) {
+                Some(last) if ty == "Progressing" && !progressed => last,
+                _ if ty == "Progressing" => json!(now()),
+                _ => t.clone(),
+            };
+            json!({"type": ty, "status": status, "reason": reason, "lastTransitionTime": t, "lastUpdateTime": updated_at,
             "message": match reason {
                 "NewReplicaSetAvailable" => format!("ReplicaSet \"{}-{hash}\" has successfully progressed.", name_of(&d)),
                 "ReplicaSetUpdated" => format!("ReplicaSet \"{}-{hash}\" is progressing.", name_of(&d)),
                 "MinimumReplicasAvailable" => "Deployment has minimum availability.".to_owned(),
+                "ProgressDeadlineExceeded" => format!("ReplicaSet \"{}-{hash}\" has timed out progressing.", name_of(&d)),
                 _ => "Deployment does not have minimum availability.".to_owned(),
             }})
         };
@@ -317,7 +361,7 @@ pub fn reconcile_namespace(api: &Api, ns: &str, kubelet: &Kubelet) -> Result<Opt
         } else {
             ("False", "MinimumReplicasUnavailable")
         };
-        let progress_reason = if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" };
+
         let status = json!({
             "observedGeneration": int(&d, "/metadata/generation"),
             "replicas": sum("/status/replicas"),
@@ -325,12 +369,49 @@ pub fn reconcile_namespace(api: &Api, ns: &str, kubelet: &Kubelet) -> Result<Opt
             "readyReplicas": sum("/status/readyReplicas"),
             "availableReplicas": available,
             "unavailableReplicas": (want - available).max(0),
-            "conditions": [keep_time("Available", avail_status, avail_reason), keep_time("Progressing", "True", progress_reason)],
+            "conditions": [keep_time("Available", avail_status, avail_reason), keep_time("Progressing", if exceeded { "False" } else { "True" }, progress_reason)],
         });
         put_status(api, &dw, &d, status)?;
     }
     disruption_budgets(api, ns)?;
+    autoscalers(api, ns)?;
     Ok(wake)
+}
+
+/// The HorizontalPodAutoscaler controller, as far as status goes: it observes each
+/// generation and reports its target's replicas (within its bounds) — no scaling.
+fn autoscalers(api: &Api, ns: &str) -> Result<(), ApiError> {
+    let Some(rt) = api.store.registry().find("autoscaling", "v2", "horizontalpodautoscalers") else { return Ok(()) };
+    let hpas = api
+        .list(&rt, Some(ns), &ListOptions::default())
+        .ok()
+        .and_then(|l| l.get("items").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    if hpas.is_empty() {
+        return Ok(());
+    }
+    let w = WriteCtx {
+        rt,
+        namespace: ns.to_owned(),
+        manager: MANAGER.into(),
+        dry_run: false,
+        validation: FieldValidation::Ignore,
+        user: None,
+    };
+    let deployments = list(api, "apps", "deployments", ns);
+    for hpa in hpas {
+        let target = hpa.pointer("/spec/scaleTargetRef/name").and_then(Value::as_str).unwrap_or_default();
+        let current = deployments.iter().find(|d| name_of(d) == target).map_or(0, |d| int(d, "/status/replicas"));
+        let min = hpa.pointer("/spec/minReplicas").and_then(Value::as_i64).unwrap_or(1);
+        let max = int(&hpa, "/spec/maxReplicas").max(min);
+        let status = json!({
+            "observedGeneration": int(&hpa, "/metadata/generation"),
+            "currentReplicas": current,
+            "desiredReplicas": current.clamp(min, max),
+        });
+        put_status(api, &w, &hpa, status)?;
+    }
+    Ok(())
 }
 
 /// `intOrString` scaled against `total`, rounding up (as the disruption controller does).
@@ -429,7 +510,13 @@ fn disruption_budgets(api: &Api, ns: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-const WATCHED: &[&str] = &["deployments.apps", "replicasets.apps", "pods", "poddisruptionbudgets.policy"];
+const WATCHED: &[&str] = &[
+    "deployments.apps",
+    "replicasets.apps",
+    "pods",
+    "poddisruptionbudgets.policy",
+    "horizontalpodautoscalers.autoscaling",
+];
 
 /// Run the model until `stop`: react to changes of Deployments, ReplicaSets and Pods.
 pub async fn run(api: Arc<Api>, kubelet: Kubelet, stop: CancellationToken) {

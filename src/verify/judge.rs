@@ -101,7 +101,12 @@ impl AlertSince {
 
 /// Before the first sample: a verification that waits until `due` (the rollout plus
 /// `initialDelay`), or None when the first sample is due now.
-pub fn waiting(rule: &ValidVerify, prev: Option<&Verification>, due: Timestamp, now: Timestamp) -> Option<Verification> {
+pub fn waiting(
+    rule: &ValidVerify,
+    prev: Option<&Verification>,
+    due: Timestamp,
+    now: Timestamp,
+) -> Option<Verification> {
     if prev.is_some_and(|p| !p.samples.is_empty()) || now >= due {
         return None;
     }
@@ -151,11 +156,15 @@ pub fn judge(
     };
     let last_decided = samples.iter().rev().map(Sample::kind).find(|k| matches!(k, SampleKind::Good | SampleKind::Bad));
     let elapsed = span(started, now);
-    let tally = format!("{} samples: {bad} bad, {no_data} without data, {} errors", samples.len(), count(SampleKind::Error));
+    let tally =
+        format!("{} samples: {bad} bad, {no_data} without data, {} errors", samples.len(), count(SampleKind::Error));
     let now_says = describe(rule, &reading);
     let over = |limit: Option<u32>, n: usize| limit.is_some_and(|l| n > l as usize);
     let (verdict, message) = if let AlertSince::FiredAgain { at } = alert {
-        (VerificationVerdict::Failed, format!("the alert resolved and then fired again at {at}, after the change: {now_says}"))
+        (
+            VerificationVerdict::Failed,
+            format!("the alert resolved and then fired again at {at}, after the change: {now_says}"),
+        )
     } else if let Reading::Rejected(_) = reading {
         (VerificationVerdict::Error, format!("{now_says}; no sample can measure anything: fix the query"))
     } else if errors_in_a_row > rule.consecutive_error_limit as usize {
@@ -339,8 +348,17 @@ mod tests {
                 v = Some(next);
             }
             let v = v.unwrap();
-            assert_eq!(v.verdict, c.want, "{} ({:?}/{:?}/{}): {:?}", c.samples, c.failure_limit, c.inconclusive_limit, c.error_limit, v.message);
-            assert_eq!(v.next_sample_at.is_some(), c.want == Pending, "{}: a sample is due only while pending", c.samples);
+            assert_eq!(
+                v.verdict, c.want,
+                "{} ({:?}/{:?}/{}): {:?}",
+                c.samples, c.failure_limit, c.inconclusive_limit, c.error_limit, v.message
+            );
+            assert_eq!(
+                v.next_sample_at.is_some(),
+                c.want == Pending,
+                "{}: a sample is due only while pending",
+                c.samples
+            );
         }
     }
 

@@ -48,7 +48,9 @@ impl Verify for Sampler {
             let prev = status.and_then(|s| s.verification.as_ref());
             let applied = status.and_then(|s| s.deploy.as_ref()?.applied_at.as_ref()).map(|t| t.0);
             let now = jiff::Timestamp::now();
-            let due = applied.unwrap_or(now).checked_add(rule.initial_delay).unwrap_or(now);
+            // The stabilization window runs from the rollout's end (the apply, without one).
+            let rolled_out = status.and_then(|s| s.rollout.as_ref()?.completed_at.as_ref()).map(|t| t.0);
+            let due = rolled_out.or(applied).unwrap_or(now).checked_add(rule.initial_delay).unwrap_or(now);
             if let Some(waiting) = waiting(&rule, prev, due, now) {
                 return Ok(waiting);
             }
