@@ -5,5 +5,6 @@
 //! and returns the verification so far (samples, verdict, when the next sample is due).
 //! Read-only. [`judge`] is the pure verdict; the numbers come from a `crate::metrics` source.
 
+pub mod derive;
 pub mod judge;
 pub mod sampler;
