@@ -21,9 +21,51 @@ pub enum MetricsError {
     Unavailable(String),
 }
 
+/// An alerting rule as the metrics source reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertRule {
+    /// The alert name.
+    pub name: String,
+    /// Its PromQL expression.
+    pub expr: String,
+    /// Its static labels (added to every alert it fires).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
 /// Answers instant queries.
 pub trait MetricsSource: Send + Sync {
     fn instant(&self, query: &str) -> BoxFuture<'_, Result<Option<f64>, MetricsError>>;
+
+    /// The query evaluated at `at` instead of now.
+    fn instant_at(&self, query: &str, at: jiff::Timestamp) -> BoxFuture<'_, Result<Option<f64>, MetricsError>> {
+        let _ = (query, at);
+        Box::pin(async { Err(MetricsError::Unavailable("this metrics source cannot evaluate at a past time".into())) })
+    }
+
+    /// The alerting rules named `name`.
+    fn alert_rules(&self, name: &str) -> BoxFuture<'_, Result<Vec<AlertRule>, MetricsError>> {
+        let _ = name;
+        Box::pin(async { Err(MetricsError::Unavailable("this metrics source has no rules API".into())) })
+    }
+}
+
+fn vector_value(query: &str, data: &prometheus_http_query::response::Data) -> Result<Option<f64>, MetricsError> {
+    use prometheus_http_query::response::Data;
+    Ok(match data {
+        Data::Vector(v) if v.is_empty() => None,
+        Data::Vector(v) => Some(v.iter().map(|s| s.sample().value()).sum()),
+        Data::Scalar(s) => Some(s.value()),
+        Data::Matrix(_) => {
+            return Err(MetricsError::Rejected(format!("{query:?} returns a range vector; use an instant expression")));
+        }
+    })
+}
+
+fn prometheus_error(e: prometheus_http_query::Error) -> MetricsError {
+    match e {
+        prometheus_http_query::Error::Prometheus(p) => MetricsError::Rejected(p.to_string()),
+        other => MetricsError::Unavailable(other.to_string()),
+    }
 }
 
 /// A Prometheus server's HTTP API.
@@ -50,20 +92,52 @@ impl MetricsSource for Prometheus {
         let query = query.to_owned();
         Box::pin(async move {
             let timeout_ms = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
-            let result = self.client.query(&query).timeout(timeout_ms).get().await.map_err(|e| match e {
-                prometheus_http_query::Error::Prometheus(p) => MetricsError::Rejected(p.to_string()),
-                other => MetricsError::Unavailable(other.to_string()),
-            })?;
-            Ok(match result.data() {
-                prometheus_http_query::response::Data::Vector(v) if v.is_empty() => None,
-                prometheus_http_query::response::Data::Vector(v) => Some(v.iter().map(|s| s.sample().value()).sum()),
-                prometheus_http_query::response::Data::Scalar(s) => Some(s.value()),
-                prometheus_http_query::response::Data::Matrix(_) => {
-                    return Err(MetricsError::Rejected(format!(
-                        "{query:?} returns a range vector; use an instant expression"
-                    )));
-                }
-            })
+            let result = self.client.query(&query).timeout(timeout_ms).get().await.map_err(prometheus_error)?;
+            vector_value(&query, result.data())
+        })
+    }
+
+    fn instant_at(&self, query: &str, at: jiff::Timestamp) -> BoxFuture<'_, Result<Option<f64>, MetricsError>> {
+        let query = query.to_owned();
+        Box::pin(async move {
+            let timeout_ms = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
+            let result = self
+                .client
+                .query(&query)
+                // Milliseconds matter: an alert starts within the second its sample arrived.
+                .query("time", format!("{:.3}", at.as_millisecond() as f64 / 1000.0))
+                .timeout(timeout_ms)
+                .get()
+                .await
+                .map_err(prometheus_error)?;
+            vector_value(&query, result.data())
+        })
+    }
+
+    fn alert_rules(&self, name: &str) -> BoxFuture<'_, Result<Vec<AlertRule>, MetricsError>> {
+        use prometheus_http_query::response::Rule;
+        let name = name.to_owned();
+        Box::pin(async move {
+            let groups = self
+                .client
+                .rules()
+                .kind(prometheus_http_query::RuleKind::Alerting)
+                .name(&name)
+                .get()
+                .await
+                .map_err(prometheus_error)?;
+            Ok(groups
+                .iter()
+                .flat_map(|g| g.rules())
+                .filter_map(|r| match r {
+                    Rule::Alerting(a) if a.name() == name => Some(AlertRule {
+                        name: a.name().to_owned(),
+                        expr: a.query().to_owned(),
+                        labels: a.labels().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    }),
+                    _ => None,
+                })
+                .collect())
         })
     }
 }
@@ -71,5 +145,13 @@ impl MetricsSource for Prometheus {
 impl<T: MetricsSource + ?Sized> MetricsSource for Arc<T> {
     fn instant(&self, query: &str) -> BoxFuture<'_, Result<Option<f64>, MetricsError>> {
         (**self).instant(query)
+    }
+
+    fn instant_at(&self, query: &str, at: jiff::Timestamp) -> BoxFuture<'_, Result<Option<f64>, MetricsError>> {
+        (**self).instant_at(query, at)
+    }
+
+    fn alert_rules(&self, name: &str) -> BoxFuture<'_, Result<Vec<AlertRule>, MetricsError>> {
+        (**self).alert_rules(name)
     }
 }

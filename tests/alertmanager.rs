@@ -7,66 +7,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use common::servers::{free_port, start, temp_dir, until};
 
 use kube::api::{Api, ListParams};
 use reflex::api::remediation::{AlertState, Remediation};
 use reflex::intake::webhook::{Intake, Settings, router};
 use serde_json::json;
-
-/// A server process, stopped when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start(bin: &str, args: &[String], log: &Path) -> Server {
-    let out = std::fs::File::create(log).unwrap();
-    let child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {bin} ({e}); `make test` installs it (apt-get install prometheus prometheus-alertmanager)"
-            )
-        });
-    Server(child)
-}
-
-async fn until<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "reflex-am-{}-{}",
-        std::process::id(),
-        jiff::Timestamp::now().as_nanosecond()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_and_alertmanager_drive_exactly_one_remediation_and_its_resolution() {

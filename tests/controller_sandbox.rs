@@ -210,6 +210,7 @@ impl reflex::ports::Verify for D {
                 started_at: now(),
                 next_sample_at: None,
                 action: None,
+                query: None,
             })
         }
         .boxed()

@@ -392,15 +392,21 @@ pub enum Comparison {
 #[x_kube(validation = Rule::new("duration(self.__for__) <= duration(self.timeout)").message("verify.for must not be longer than verify.timeout"))]
 #[x_kube(validation = Rule::new("duration(self.interval) <= duration(self.timeout)").message("verify.interval must not be longer than verify.timeout"))]
 #[x_kube(validation = Rule::new("duration(self.interval) >= duration('1s')").message("verify.interval must be at least 1s"))]
+#[x_kube(validation = Rule::new("has(self.query) == has(self.operator) && has(self.query) == has(self.threshold)").message("verify.query, operator and threshold go together; leave all three out to verify against the alert's own rule"))]
 #[serde(rename_all = "camelCase")]
 pub struct VerifySpec {
-    /// PromQL expression; each result series is checked against the condition.
+    /// PromQL expression whose value is checked against the condition. Leave it out to
+    /// verify against the alert itself: the firing alert's rule (from Prometheus's rules
+    /// API), scoped to the alert's series, must return nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
-    pub query: String,
-    /// Comparison operator.
-    pub operator: Comparison,
-    /// Threshold the value is compared with.
-    pub threshold: f64,
+    pub query: Option<String>,
+    /// Comparison operator (with `query`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<Comparison>,
+    /// Threshold the value is compared with (with `query`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     /// How long the condition must hold without a break.
     #[serde(rename = "for")]
     pub for_: DurationString,

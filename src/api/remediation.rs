@@ -625,6 +625,9 @@ pub struct Verification {
     /// / `onError`; escalate when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<crate::api::policy::VerdictAction>,
+    /// The PromQL expression sampled — the policy's, or the one derived from the alert's rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 /// Where a rollout stands.

@@ -80,8 +80,8 @@ impl Collector {
 /// A verification rule with durations read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidVerify {
-    /// PromQL expression.
-    pub query: String,
+    /// PromQL expression; None: derived from the alert's rule when sampled.
+    pub query: Option<String>,
     /// Comparison operator.
     pub operator: Comparison,
     /// Threshold.
@@ -104,6 +104,31 @@ pub struct ValidVerify {
     pub on_inconclusive: VerdictAction,
     /// What Error leads to.
     pub on_error: VerdictAction,
+    /// The check is "the expression returns nothing" (an alert's rule, scoped to its
+    /// series), not the operator and threshold.
+    pub pass_when_empty: bool,
+}
+
+impl ValidVerify {
+    /// The check when neither the policy nor its playbook says how to verify: the alert's
+    /// own rule must stay silent for a minute, within ten.
+    pub fn from_alert() -> Self {
+        Self {
+            query: None,
+            operator: Comparison::Less,
+            threshold: 0.0,
+            for_: Duration::from_secs(60),
+            timeout: Duration::from_secs(600),
+            interval: Duration::from_secs(15),
+            initial_delay: Duration::ZERO,
+            failure_limit: None,
+            inconclusive_limit: None,
+            consecutive_error_limit: 4,
+            on_inconclusive: VerdictAction::Escalate,
+            on_error: VerdictAction::Escalate,
+            pass_when_empty: true,
+        }
+    }
 }
 
 impl ValidVerify {
@@ -121,11 +146,26 @@ impl ValidVerify {
 }
 
 fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
-    if v.query.trim().is_empty() {
-        c.push(format!("{base}.query"), "must be a PromQL expression");
+    if v.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+        c.push(
+            format!("{base}.query"),
+            "must be a PromQL expression (or left out, to verify against the alert's own rule)",
+        );
     }
-    if !v.threshold.is_finite() {
+    if v.query.is_some() && v.operator.is_none() {
+        c.push(format!("{base}.operator"), "is required with query");
+    }
+    if v.query.is_some() && v.threshold.is_none() {
+        c.push(format!("{base}.threshold"), "is required with query");
+    }
+    if v.threshold.is_some_and(|t| !t.is_finite()) {
         c.push(format!("{base}.threshold"), "must be a finite number");
+    }
+    if v.query.is_none() && (v.operator.is_some() || v.threshold.is_some()) {
+        c.push(
+            format!("{base}.query"),
+            "operator and threshold need a query; without one the alert's own rule is the check",
+        );
     }
     let for_ = c.duration(&format!("{base}.for"), &v.for_);
     let timeout = c.duration(&format!("{base}.timeout"), &v.timeout);
@@ -160,8 +200,9 @@ fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
         v.initial_delay.as_ref().map_or(Duration::ZERO, |d| c.duration(&format!("{base}.initialDelay"), d));
     ValidVerify {
         query: v.query.clone(),
-        operator: v.operator,
-        threshold: v.threshold,
+        operator: v.operator.unwrap_or(Comparison::Less),
+        threshold: v.threshold.unwrap_or(0.0),
+        pass_when_empty: false,
         for_,
         timeout,
         interval,

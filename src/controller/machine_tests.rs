@@ -606,6 +606,7 @@ fn verification_verdicts_close_or_revert() {
         started_at: at(0),
         next_sample_at: next.map(at),
         action: None,
+        query: None,
     };
     let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Passed, None)));
     assert!(check(&d, &Expect::To(Phase::Succeeded, r::VERIFIED)));
@@ -679,6 +680,7 @@ fn an_undecided_verification_goes_where_the_policy_says_never_to_succeeded() {
                     started_at: at(0),
                     next_sample_at: None,
                     action,
+                    query: None,
                 });
             });
             assert!(check(&d, &Expect::To(phase, want_reason)), "{verdict:?} {action:?}: {d:?}");

@@ -15,18 +15,9 @@
 use std::collections::BTreeMap;
 
 use promql_parser::label::{MatchOp, Matcher, Matchers};
-use promql_parser::parser::{self, Expr, VectorSelector};
 
-/// An alerting rule as the metrics source reports it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AlertRule {
-    /// The alert name.
-    pub name: String,
-    /// Its PromQL expression.
-    pub expr: String,
-    /// Its static labels (added to every alert it fires).
-    pub labels: BTreeMap<String, String>,
-}
+pub use crate::metrics::AlertRule;
+use promql_parser::parser::{self, Expr, VectorSelector};
 
 /// The rule behind an alert named `alertname` with `labels`.
 ///
@@ -219,7 +210,13 @@ mod tests {
     #[test]
     fn identifying_labels_leave_out_the_alert_name_and_the_rules_own_labels() {
         let r = rule("A", "x", &[("severity", "warning"), ("team", "shop")]);
-        let alert = labels(&[("alertname", "A"), ("severity", "warning"), ("team", "shop"), ("namespace", "shop"), ("pod", "p")]);
+        let alert = labels(&[
+            ("alertname", "A"),
+            ("severity", "warning"),
+            ("team", "shop"),
+            ("namespace", "shop"),
+            ("pod", "p"),
+        ]);
         assert_eq!(identifying(&alert, &r), labels(&[("namespace", "shop"), ("pod", "p")]));
     }
 }

@@ -44,11 +44,17 @@ fn symbol(c: Comparison) -> &'static str {
 }
 
 fn describe(rule: &ValidVerify, reading: &Reading) -> String {
+    let query = rule.query.as_deref().unwrap_or("the alert's rule");
     match reading {
-        Reading::Value(Some(v)) => format!("{} = {v} (want {} {})", rule.query, symbol(rule.operator), rule.threshold),
-        Reading::Value(None) => format!("{} returned no data", rule.query),
+        Reading::Value(Some(v)) if rule.pass_when_empty => format!("{query} = {v}: the alert's condition still holds"),
+        Reading::Value(None) if rule.pass_when_empty => {
+            format!("{query} returned nothing: the alert's condition is clear")
+        }
+        Reading::Value(Some(v)) => format!("{query} = {v} (want {} {})", symbol(rule.operator), rule.threshold),
+        Reading::Value(None) => format!("{query} returned no data"),
         Reading::Unavailable(e) => format!("the metrics provider failed: {e}"),
-        Reading::Rejected(e) => format!("the metrics provider rejected {}: {e}", rule.query),
+        Reading::Rejected(e) => format!("the metrics provider rejected {query}: {e}"),
+        Reading::Underivable(e) => format!("no check could be derived from the alert: {e}"),
     }
 }
 
@@ -65,6 +71,10 @@ pub enum Reading {
     Unavailable(String),
     /// It refused the query (bad PromQL): no sample will ever measure anything.
     Rejected(String),
+    /// No check could be derived from the alert (no such rule, an ambiguous or unparsable
+    /// one, or a scoped expression that does not see the alert's series): Inconclusive at
+    /// once, never a silent pass.
+    Underivable(String),
 }
 
 /// What Alertmanager has said about the alert since the change was applied.
@@ -120,6 +130,7 @@ pub fn waiting(
         started_at: Time(due),
         next_sample_at: Some(Time(due)),
         action: None,
+        query: rule.query.clone(),
     })
 }
 
@@ -133,11 +144,28 @@ pub fn judge(
 ) -> Verification {
     let started = prev.filter(|p| !p.samples.is_empty()).map_or(now, |p| p.started_at.0);
     let mut samples = prev.map(|p| p.samples.clone()).unwrap_or_default();
+    if let Reading::Underivable(_) = reading {
+        return Verification {
+            verdict: VerificationVerdict::Inconclusive,
+            samples,
+            message: Some(describe(rule, &reading)),
+            started_at: Time(started),
+            next_sample_at: None,
+            action: Some(rule.on_inconclusive),
+            query: rule.query.clone(),
+        };
+    }
     let (value, error) = match &reading {
         Reading::Value(v) => (*v, None),
-        Reading::Unavailable(e) | Reading::Rejected(e) => (None, Some(e.clone())),
+        Reading::Unavailable(e) | Reading::Rejected(e) | Reading::Underivable(e) => (None, Some(e.clone())),
     };
-    let ok = error.is_none() && value.is_some_and(|v| rule.holds(v));
+    // Checking an alert's own rule, no series is the good answer and any series a bad one.
+    let (value, ok) = match (rule.pass_when_empty, value, &error) {
+        (_, _, Some(_)) => (value, false),
+        (true, None, None) => (Some(0.0), true),
+        (true, Some(v), None) => (Some(v), false),
+        (false, v, None) => (v, v.is_some_and(|v| rule.holds(v))),
+    };
     samples.push(Sample { at: Time(now), value, ok, error });
     let excess = samples.len().saturating_sub(MAX_SAMPLES);
     samples.drain(..excess);
@@ -213,7 +241,15 @@ pub fn judge(
         VerificationVerdict::Error => Some(rule.on_error),
         _ => None,
     };
-    Verification { verdict, samples, message: Some(message), started_at: Time(started), next_sample_at: next, action }
+    Verification {
+        verdict,
+        samples,
+        message: Some(message),
+        started_at: Time(started),
+        next_sample_at: next,
+        action,
+        query: rule.query.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -222,7 +258,7 @@ mod tests {
 
     fn rule(for_: u64, timeout: u64) -> ValidVerify {
         ValidVerify {
-            query: "oom_kills".into(),
+            query: Some("oom_kills".into()),
             operator: Comparison::Less,
             threshold: 1.0,
             for_: Duration::from_secs(for_),
@@ -234,6 +270,7 @@ mod tests {
             consecutive_error_limit: 4,
             on_inconclusive: crate::api::policy::VerdictAction::Escalate,
             on_error: crate::api::policy::VerdictAction::Escalate,
+            pass_when_empty: false,
         }
     }
 

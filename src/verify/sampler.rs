@@ -1,7 +1,10 @@
 //! The verify stage's shell: take one sample of the verification query and judge it.
 //!
-//! Contract: the rule is the policy's `verify`, else the playbook's. Until `initialDelay`
-//! after the change was applied nothing is sampled; then each call reads the query once —
+//! Contract: the rule is the policy's `verify`, else the playbook's, else the alert's own
+//! ([`ValidVerify::from_alert`]). A rule without a query is derived from the alert
+//! ([`super::derive`]): its alerting rule from Prometheus's rules API, scoped to its series,
+//! which must return nothing — checked first to reproduce the alert at the time it started.
+//! Until `initialDelay` after the rollout nothing is sampled; then each call reads the query once —
 //! a value, no data, the provider failing or rejecting the query are all readings, never a
 //! step failure — and [`super::judge::judge`] decides with what the alert did since the
 //! change (`status.alert` against `status.deploy.appliedAt`).
@@ -10,9 +13,13 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
+use std::collections::BTreeMap;
+
+use super::derive::{identifying, pick_rule, scope};
 use super::judge::{AlertSince, Reading, judge, waiting};
 use crate::api::ErrorCategory;
 use crate::api::remediation::Verification;
+use crate::api::validate::ValidVerify;
 use crate::cluster::load_playbook;
 use crate::metrics::{MetricsError, MetricsSource};
 use crate::ports::{StageError, StageFuture, StageInput, Verify};
@@ -35,13 +42,12 @@ impl Verify for Sampler {
                 Some(v) => v.clone(),
                 None => {
                     let ns = input.remediation.metadata.namespace.clone().unwrap_or_default();
-                    let name = policy.playbook.clone().unwrap_or_default();
-                    load_playbook(&this.client, &ns, &name).await?.verify.ok_or_else(|| {
-                        StageError::new(
-                            ErrorCategory::InvalidSpec,
-                            "neither the policy nor its playbook says how to verify",
-                        )
-                    })?
+                    match policy.playbook.as_deref() {
+                        Some(name) => load_playbook(&this.client, &ns, name).await?.verify,
+                        None => None,
+                    }
+                    // Neither says how: the alert's own rule is the check.
+                    .unwrap_or_else(ValidVerify::from_alert)
                 }
             };
             let status = input.remediation.status.as_ref();
@@ -54,17 +60,75 @@ impl Verify for Sampler {
             if let Some(waiting) = waiting(&rule, prev, due, now) {
                 return Ok(waiting);
             }
-            // A provider that fails is a sample that measured nothing, never a bad one.
-            let reading = match this.metrics.instant(&rule.query).await {
-                Ok(v) => Reading::Value(v),
-                Err(MetricsError::Rejected(m)) => Reading::Rejected(m),
-                Err(MetricsError::Unavailable(m)) => Reading::Unavailable(m),
+            let (rule, reading) = match rule.query.clone() {
+                Some(query) => (rule, read(this.metrics.as_ref(), &query).await),
+                None => {
+                    let first = prev.is_none_or(|p| p.samples.is_empty());
+                    derived(this.metrics.as_ref(), rule, &input.remediation.spec.alert, first).await
+                }
             };
             let alert = AlertSince::of(status.and_then(|s| s.alert.as_ref()), applied);
             Ok(judge(&rule, prev, reading, alert, now))
         }
         .boxed()
     }
+}
+
+/// One reading of `query`: a provider that fails is a sample that measured nothing, never a
+/// bad one.
+async fn read(metrics: &dyn MetricsSource, query: &str) -> Reading {
+    match metrics.instant(query).await {
+        Ok(v) => Reading::Value(v),
+        Err(MetricsError::Rejected(m)) => Reading::Rejected(m),
+        Err(MetricsError::Unavailable(m)) => Reading::Unavailable(m),
+    }
+}
+
+/// The check derived from the alert ([`super::derive`]): its rule's expression scoped to its
+/// series, which must return nothing. On the `first` sample the scoped expression must
+/// reproduce the alert at the time it started — otherwise it cannot see the alert's series
+/// (a label Prometheus adds outside the expression, a selector without one of the labels),
+/// and an empty answer would prove nothing.
+async fn derived(
+    metrics: &dyn MetricsSource,
+    mut rule: ValidVerify,
+    alert: &crate::api::remediation::AlertRef,
+    first: bool,
+) -> (ValidVerify, Reading) {
+    rule.pass_when_empty = true;
+    let labels: BTreeMap<String, String> = alert.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let rules = match metrics.alert_rules(&alert.name).await {
+        Ok(r) => r,
+        Err(MetricsError::Unavailable(m) | MetricsError::Rejected(m)) => {
+            return (rule, Reading::Unavailable(format!("reading the alerting rules: {m}")));
+        }
+    };
+    let scoped = pick_rule(&rules, &alert.name, &labels)
+        .and_then(|r| scope(&r.expr, &identifying(&labels, r)).map(|q| (r.expr.clone(), q)));
+    let (original, query) = match scoped {
+        Ok(q) => q,
+        Err(why) => return (rule, Reading::Underivable(why)),
+    };
+    rule.query = Some(query.clone());
+    if first {
+        match metrics.instant_at(&query, alert.starts_at.0).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return (
+                    rule,
+                    Reading::Underivable(format!(
+                        "scoped to the alert's labels, its rule ({original}) returns nothing at {} when the alert started: it cannot see the alert's series, so an empty answer would prove nothing; give verify.query",
+                        alert.starts_at.0
+                    )),
+                );
+            }
+            Err(MetricsError::Unavailable(m) | MetricsError::Rejected(m)) => {
+                return (rule, Reading::Unavailable(format!("checking the derived query at the alert's start: {m}")));
+            }
+        }
+    }
+    let reading = read(metrics, &query).await;
+    (rule, reading)
 }
 
 #[cfg(test)]
