@@ -38,7 +38,16 @@ async fn the_oom_scenario_raises_the_limit_and_verifies_the_fix() {
         "request raised, cpu untouched"
     );
     let rem = &outcome.remediation;
-    for step in [Step::Diagnose, Step::Propose, Step::Test, Step::Gate, Step::Snapshot, Step::Deploy, Step::Verify] {
+    for step in [
+        Step::Diagnose,
+        Step::Propose,
+        Step::Test,
+        Step::Gate,
+        Step::Snapshot,
+        Step::Deploy,
+        Step::Rollout,
+        Step::Verify,
+    ] {
         assert!(succeeded(rem, step), "{step:?} succeeded: {text}");
     }
     assert!(!rem.status.as_ref().unwrap().steps.iter().any(|r| r.step == Step::Rollback));
@@ -48,6 +57,15 @@ async fn the_oom_scenario_raises_the_limit_and_verifies_the_fix() {
         Some(status.proposal.as_ref().unwrap().digest.as_str())
     );
     assert!(status.verification.as_ref().unwrap().samples.iter().any(|s| s.ok));
+    assert!(
+        text.contains("checking  sum(increase(kube_pod_container_status_restarts_total"),
+        "the query on the timeline: {text}"
+    );
+    assert_eq!(
+        status.rollout.as_ref().unwrap().state,
+        reflex::api::remediation::RolloutState::Complete,
+        "deployed = rolled out"
+    );
     // Diagnose and propose each read through Reflex's MCP server: the playbook's two reads
     // and the target itself.
     let calls = &outcome.tool_calls;

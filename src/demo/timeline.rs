@@ -102,13 +102,21 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
     let before = prev.verification.as_ref().map_or(0, |v| v.samples.len());
     let last_shown = prev.verification.as_ref().and_then(|v| v.samples.last()).map(|s| s.at.0);
     if let Some(v) = &cur.verification {
+        let query = |s: &RemediationStatus| s.verification.as_ref().and_then(|v| v.query.clone());
+        if let Some(q) = query(cur).filter(|q| query(prev).as_ref() != Some(q)) {
+            out.push(format!("{t}   checking  {q}"));
+        }
         let fresh: Vec<_> = if v.samples.len() > before {
             v.samples[before..].iter().collect()
         } else {
             v.samples.iter().filter(|s| last_shown.is_none_or(|t| s.at.0 > t)).collect()
         };
         for s in fresh {
-            let value = s.value.map_or("no data".to_owned(), |x| format!("{x}"));
+            let value = match (&s.error, s.value) {
+                (Some(e), _) => format!("provider error ({e})"),
+                (None, Some(x)) => format!("{x}"),
+                (None, None) => "no data".to_owned(),
+            };
             out.push(format!("{t}   sample    {value} {}", if s.ok { "✓" } else { "✗" }));
         }
         let verdict = |s: &RemediationStatus| s.verification.as_ref().map(|v| v.verdict);
