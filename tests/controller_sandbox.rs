@@ -211,6 +211,7 @@ impl reflex::ports::Verify for D {
                 next_sample_at: None,
                 action: None,
                 query: None,
+                guards: Vec::new(),
             })
         }
         .boxed()

@@ -6,6 +6,8 @@
 //!   clears, and another deployment still firing does not count against checkout;
 //! - a derived check that cannot see the alert's series (a label Prometheus never had), or an
 //!   alert with no rule, is Inconclusive with the reason — never a silent pass;
+//! - a fix that clears the alert but makes a guard metric worse than its baseline (read from
+//!   Prometheus's history just before the change) by more than its margin fails;
 //! - a query with no data is Inconclusive; a Prometheus that stops answering is Error, never
 //!   Failed.
 
@@ -86,15 +88,18 @@ async fn verification_against_a_real_prometheus_and_alerting_rule() {
     // The exporter: OOM-kill gauges for two deployments.
     let checkout = Arc::new(AtomicU64::new(3));
     let cart = Arc::new(AtomicU64::new(2));
+    // checkout's error ratio, in thousandths.
+    let errors = Arc::new(AtomicU64::new(10));
     let exporter = {
-        let (checkout, cart) = (checkout.clone(), cart.clone());
+        let (checkout, cart, errors) = (checkout.clone(), cart.clone(), errors.clone());
         axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
                 let (a, b) = (checkout.load(Ordering::SeqCst), cart.load(Ordering::SeqCst));
+                let e = errors.load(Ordering::SeqCst) as f64 / 1000.0;
                 async move {
                     format!(
-                        "# TYPE demo_oom_events gauge\ndemo_oom_events{{namespace=\"shop\",deployment=\"checkout\",container=\"app\"}} {a}\ndemo_oom_events{{namespace=\"shop\",deployment=\"cart\",container=\"app\"}} {b}\n"
+                        "# TYPE demo_oom_events gauge\ndemo_oom_events{{namespace=\"shop\",deployment=\"checkout\",container=\"app\"}} {a}\ndemo_oom_events{{namespace=\"shop\",deployment=\"cart\",container=\"app\"}} {b}\n# TYPE demo_error_ratio gauge\ndemo_error_ratio{{namespace=\"shop\",deployment=\"checkout\"}} {e}\n"
                     )
                 }
             }),
@@ -146,6 +151,25 @@ async fn verification_against_a_real_prometheus_and_alerting_rule() {
     let passed = decide(&sampler, &rem, &derived, Some(first), Duration::from_secs(30)).await;
     assert_eq!(passed.verdict, VerificationVerdict::Passed, "{:?}", passed.message);
     assert!(passed.message.as_deref().unwrap().contains("returned nothing: the alert's condition is clear"));
+
+    // A fix that clears the alert but hurts a guard fails: the error ratio was 0.01 just
+    // before the change (read from Prometheus's history) and is 0.1 after it.
+    let guarded = policy(json!({"for": "3s", "timeout": "60s", "interval": "1s",
+        "guards": [{"name": "error-ratio", "query": "sum(demo_error_ratio{deployment=\"checkout\"})", "maxIncreasePercent": 50}]}));
+    let changed = remediation("KubeContainerOOMKilled", labels.clone(), started);
+    errors.store(100, Ordering::SeqCst);
+    until("the worse error ratio to be scraped", Duration::from_secs(30), async || {
+        source.instant(r#"sum(demo_error_ratio{deployment="checkout"}) > 0.05"#).await.ok().flatten()
+    })
+    .await;
+    let hurt = decide(&sampler, &changed, &guarded, None, Duration::from_secs(30)).await;
+    assert_eq!(hurt.verdict, VerificationVerdict::Failed, "{:?}", hurt.message);
+    assert!(
+        hurt.message.as_deref().unwrap().starts_with("guard error-ratio got worse: 0.01 before the change, 0.1 now"),
+        "{:?}",
+        hurt.message
+    );
+    assert_eq!(hurt.guards[0].baseline, Some(0.01));
 
     // A check that cannot see the alert's series (a label Prometheus never had, as external
     // labels are) is Inconclusive at once, never an empty "pass".

@@ -443,6 +443,36 @@ pub struct VerifySpec {
     /// What an Error verdict (the metrics provider failed) leads to; as `onInconclusive`.
     #[serde(default)]
     pub on_error: VerdictAction,
+    /// Collateral damage: metrics that must not get worse than they were just before the
+    /// change by more than their margin (error rate, p99 latency). A fix that clears the
+    /// alert while one gets worse fails and is rolled back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub guards: Vec<GuardSpec>,
+}
+
+/// A metric a fix must not make worse.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.maxIncreasePercent) != has(self.maxIncrease)").message("a guard needs exactly one of maxIncreasePercent and maxIncrease"))]
+#[serde(rename_all = "camelCase")]
+pub struct GuardSpec {
+    /// Name shown in status and messages.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// PromQL expression (one number: the sum of its series).
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+    /// Worse is lower instead of higher (e.g. a success rate).
+    #[serde(default)]
+    pub lower_is_worse: bool,
+    /// Most it may get worse, in percent of its value just before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 10000.0))]
+    pub max_increase_percent: Option<f64>,
+    /// Most it may get worse, in its own unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_increase: Option<f64>,
 }
 
 /// Waiting for a deployed change to roll out.

@@ -628,6 +628,30 @@ pub struct Verification {
     /// The PromQL expression sampled — the policy's, or the one derived from the alert's rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// The guards: each metric's value just before the change and now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub guards: Vec<GuardStatus>,
+}
+
+/// One guard metric against its baseline.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardStatus {
+    /// The guard's name.
+    pub name: String,
+    /// Its value just before the change (absent: no data then, or not read yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// Whether the baseline was read (a read that found no data still counts as read).
+    #[serde(default)]
+    pub baseline_read: bool,
+    /// Its latest value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<f64>,
+    /// It got worse than its margin allows.
+    #[serde(default)]
+    pub worse: bool,
 }
 
 /// Where a rollout stands.

@@ -13,7 +13,7 @@ use super::{
     DurationString, Environment, TargetKind,
     playbook::{ParameterType, PatchMode, PatchType, PlaybookSpec},
     policy::{
-        AgentMode, CiJobSpec, Comparison, FreezeWindow, GitopsSpec, McpServerSpec, ModelSpec, NotifySpec,
+        AgentMode, CiJobSpec, Comparison, FreezeWindow, GitopsSpec, GuardSpec, McpServerSpec, ModelSpec, NotifySpec,
         RemediationPolicySpec, TrustLevel, VerdictAction, VerifySpec,
     },
 };
@@ -107,6 +107,8 @@ pub struct ValidVerify {
     /// The check is "the expression returns nothing" (an alert's rule, scoped to its
     /// series), not the operator and threshold.
     pub pass_when_empty: bool,
+    /// Metrics the fix must not make worse.
+    pub guards: Vec<GuardSpec>,
 }
 
 impl ValidVerify {
@@ -127,6 +129,7 @@ impl ValidVerify {
             on_inconclusive: VerdictAction::Escalate,
             on_error: VerdictAction::Escalate,
             pass_when_empty: true,
+            guards: Vec::new(),
         }
     }
 }
@@ -157,6 +160,22 @@ fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
     }
     if v.query.is_some() && v.threshold.is_none() {
         c.push(format!("{base}.threshold"), "is required with query");
+    }
+    for (i, g) in v.guards.iter().enumerate() {
+        let at = format!("{base}.guards[{i}]");
+        if g.query.trim().is_empty() {
+            c.push(format!("{at}.query"), "must be a PromQL expression");
+        }
+        match (g.max_increase_percent, g.max_increase) {
+            (Some(m), None) | (None, Some(m)) if m.is_finite() && m >= 0.0 => {}
+            (Some(_), Some(_)) | (None, None) => {
+                c.push(at.clone(), "needs exactly one of maxIncreasePercent and maxIncrease");
+            }
+            _ => c.push(at.clone(), "its margin must be a finite number of at least 0"),
+        }
+        if v.guards[..i].iter().any(|o| o.name == g.name) {
+            c.push(format!("{at}.name"), format!("{:?} is used by another guard", g.name));
+        }
     }
     if v.threshold.is_some_and(|t| !t.is_finite()) {
         c.push(format!("{base}.threshold"), "must be a finite number");
@@ -212,6 +231,7 @@ fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
         consecutive_error_limit: v.consecutive_error_limit,
         on_inconclusive: v.on_inconclusive,
         on_error: v.on_error,
+        guards: v.guards.clone(),
     }
 }
 

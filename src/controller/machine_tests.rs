@@ -607,6 +607,7 @@ fn verification_verdicts_close_or_revert() {
         next_sample_at: next.map(at),
         action: None,
         query: None,
+        guards: Vec::new(),
     };
     let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Passed, None)));
     assert!(check(&d, &Expect::To(Phase::Succeeded, r::VERIFIED)));
@@ -681,6 +682,7 @@ fn an_undecided_verification_goes_where_the_policy_says_never_to_succeeded() {
                     next_sample_at: None,
                     action,
                     query: None,
+                    guards: Vec::new(),
                 });
             });
             assert!(check(&d, &Expect::To(phase, want_reason)), "{verdict:?} {action:?}: {d:?}");

@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::policy::Comparison;
 use crate::api::remediation::{
-    AlertObservation, AlertState, MAX_SAMPLES, Sample, SampleKind, Verification, VerificationVerdict,
+    AlertObservation, AlertState, GuardStatus, MAX_SAMPLES, Sample, SampleKind, Verification, VerificationVerdict,
 };
 use crate::api::validate::ValidVerify;
 
@@ -131,15 +131,19 @@ pub fn waiting(
         next_sample_at: Some(Time(due)),
         action: None,
         query: rule.query.clone(),
+        guards: Vec::new(),
     })
 }
 
-/// Fold `reading` taken at `now`, and what the alert says, into `prev`.
+/// Fold `reading` taken at `now`, what the alert says and the guards as they stand
+/// ([`super::guard`]), into `prev`. A guard that got worse fails the fix whatever the query
+/// says; a fix that would pass with a guard that cannot be judged is Inconclusive.
 pub fn judge(
     rule: &ValidVerify,
     prev: Option<&Verification>,
     reading: Reading,
     alert: AlertSince,
+    guards: Vec<GuardStatus>,
     now: Timestamp,
 ) -> Verification {
     let started = prev.filter(|p| !p.samples.is_empty()).map_or(now, |p| p.started_at.0);
@@ -153,6 +157,7 @@ pub fn judge(
             next_sample_at: None,
             action: Some(rule.on_inconclusive),
             query: rule.query.clone(),
+            guards,
         };
     }
     let (value, error) = match &reading {
@@ -188,7 +193,10 @@ pub fn judge(
         format!("{} samples: {bad} bad, {no_data} without data, {} errors", samples.len(), count(SampleKind::Error));
     let now_says = describe(rule, &reading);
     let over = |limit: Option<u32>, n: usize| limit.is_some_and(|l| n > l as usize);
-    let (verdict, message) = if let AlertSince::FiredAgain { at } = alert {
+    let unjudged = super::guard::unjudged(&guards);
+    let (verdict, message) = if let Some(why) = super::guard::worse(&rule.guards, &guards) {
+        (VerificationVerdict::Failed, format!("{why}; {now_says}"))
+    } else if let AlertSince::FiredAgain { at } = alert {
         (
             VerificationVerdict::Failed,
             format!("the alert resolved and then fired again at {at}, after the change: {now_says}"),
@@ -217,7 +225,18 @@ pub fn judge(
             ),
         )
     } else if let Some(held) = held_for.filter(|h| *h >= rule.for_) {
-        (VerificationVerdict::Passed, format!("held for {} ({tally}): {now_says}{}", secs(held), alert.note()))
+        if unjudged.is_empty() {
+            (VerificationVerdict::Passed, format!("held for {} ({tally}): {now_says}{}", secs(held), alert.note()))
+        } else {
+            (
+                VerificationVerdict::Inconclusive,
+                format!(
+                    "held for {}, but guard {} had no data just before the change, so the fix's harm cannot be judged (use `or vector(0)` if no data means zero): {now_says}",
+                    secs(held),
+                    unjudged.join(", ")
+                ),
+            )
+        }
     } else if elapsed >= rule.timeout && last_decided == Some(SampleKind::Bad) {
         (
             VerificationVerdict::Failed,
@@ -249,6 +268,7 @@ pub fn judge(
         next_sample_at: next,
         action,
         query: rule.query.clone(),
+        guards,
     }
 }
 
@@ -271,6 +291,7 @@ mod tests {
             on_inconclusive: crate::api::policy::VerdictAction::Escalate,
             on_error: crate::api::policy::VerdictAction::Escalate,
             pass_when_empty: false,
+            guards: Vec::new(),
         }
     }
 
@@ -285,14 +306,14 @@ mod tests {
     #[test]
     fn passes_once_good_samples_span_the_window() {
         let r = rule(3, 30);
-        let mut v = judge(&r, None, val(2.0), AlertSince::Unchanged, at(0));
+        let mut v = judge(&r, None, val(2.0), AlertSince::Unchanged, Vec::new(), at(0));
         assert_eq!(v.verdict, VerificationVerdict::Pending);
         assert_eq!(v.next_sample_at, Some(Time(at(1))));
         for s in 1..=3 {
-            v = judge(&r, Some(&v), val(0.0), AlertSince::Unchanged, at(s));
+            v = judge(&r, Some(&v), val(0.0), AlertSince::Unchanged, Vec::new(), at(s));
             assert_eq!(v.verdict, VerificationVerdict::Pending, "at {s}");
         }
-        v = judge(&r, Some(&v), val(0.0), AlertSince::Unchanged, at(4));
+        v = judge(&r, Some(&v), val(0.0), AlertSince::Unchanged, Vec::new(), at(4));
         assert_eq!(v.verdict, VerificationVerdict::Passed, "{:?}", v.message);
         assert_eq!(v.samples.len(), 5);
     }
@@ -300,16 +321,16 @@ mod tests {
     #[test]
     fn a_bad_sample_restarts_the_window_and_timeout_fails() {
         let r = rule(2, 5);
-        let mut v = judge(&r, None, val(0.0), AlertSince::Unchanged, at(0));
-        v = judge(&r, Some(&v), val(3.0), AlertSince::Unchanged, at(1));
-        v = judge(&r, Some(&v), val(0.0), AlertSince::Unchanged, at(2));
-        v = judge(&r, Some(&v), Reading::Value(None), AlertSince::Unchanged, at(3));
+        let mut v = judge(&r, None, val(0.0), AlertSince::Unchanged, Vec::new(), at(0));
+        v = judge(&r, Some(&v), val(3.0), AlertSince::Unchanged, Vec::new(), at(1));
+        v = judge(&r, Some(&v), val(0.0), AlertSince::Unchanged, Vec::new(), at(2));
+        v = judge(&r, Some(&v), Reading::Value(None), AlertSince::Unchanged, Vec::new(), at(3));
         assert_eq!(v.verdict, VerificationVerdict::Pending);
-        let still_bad = judge(&r, Some(&v), val(3.0), AlertSince::Unchanged, at(5));
+        let still_bad = judge(&r, Some(&v), val(3.0), AlertSince::Unchanged, Vec::new(), at(5));
         assert_eq!(still_bad.verdict, VerificationVerdict::Failed);
         assert!(still_bad.message.unwrap().starts_with("did not hold for 2s within 5s"));
         // Good at the timeout but not for the window: nothing proven either way.
-        let undecided = judge(&r, Some(&v), val(0.0), AlertSince::Unchanged, at(5));
+        let undecided = judge(&r, Some(&v), val(0.0), AlertSince::Unchanged, Vec::new(), at(5));
         assert_eq!(undecided.verdict, VerificationVerdict::Inconclusive);
         assert!(undecided.message.unwrap().starts_with("neither held for 2s nor failed within 5s"));
     }
@@ -381,7 +402,7 @@ mod tests {
                     'e' => Reading::Unavailable("connection refused".into()),
                     _ => Reading::Rejected("parse error".into()),
                 };
-                let next = judge(&r, v.as_ref(), reading, AlertSince::Unchanged, at(i as i64));
+                let next = judge(&r, v.as_ref(), reading, AlertSince::Unchanged, Vec::new(), at(i as i64));
                 v = Some(next);
             }
             let v = v.unwrap();
@@ -402,7 +423,14 @@ mod tests {
     #[test]
     fn a_provider_error_is_recorded_but_never_a_bad_sample() {
         let r = rule(3, 10);
-        let v = judge(&r, None, Reading::Unavailable("503 Service Unavailable".into()), AlertSince::Unchanged, at(0));
+        let v = judge(
+            &r,
+            None,
+            Reading::Unavailable("503 Service Unavailable".into()),
+            AlertSince::Unchanged,
+            Vec::new(),
+            at(0),
+        );
         let sample = &v.samples[0];
         assert_eq!(sample.kind(), crate::api::remediation::SampleKind::Error);
         assert!(!sample.ok);
@@ -420,13 +448,13 @@ mod tests {
         assert!(waiting.samples.is_empty());
         assert!(super::waiting(&r, Some(&waiting), at(30), at(30)).is_none(), "due: sample");
         // The timeout runs from the first sample, not from the rollout.
-        let first = judge(&r, Some(&waiting), val(5.0), AlertSince::Unchanged, at(31));
+        let first = judge(&r, Some(&waiting), val(5.0), AlertSince::Unchanged, Vec::new(), at(31));
         assert_eq!(first.started_at, Time(at(31)));
     }
 
     #[test]
     fn zero_window_passes_on_the_first_good_sample() {
-        let v = judge(&rule(0, 5), None, val(0.0), AlertSince::Unchanged, at(0));
+        let v = judge(&rule(0, 5), None, val(0.0), AlertSince::Unchanged, Vec::new(), at(0));
         assert_eq!(v.verdict, VerificationVerdict::Passed);
     }
 
@@ -467,14 +495,14 @@ mod tests {
     fn firing_again_after_resolving_fails_at_once_and_a_resolution_never_shortens_the_window() {
         let r = rule(3, 30);
         let resolved = AlertSince::Resolved { at: at(1) };
-        let mut v = judge(&r, None, val(0.0), resolved, at(0));
-        v = judge(&r, Some(&v), val(0.0), resolved, at(1));
+        let mut v = judge(&r, None, val(0.0), resolved, Vec::new(), at(0));
+        v = judge(&r, Some(&v), val(0.0), resolved, Vec::new(), at(1));
         assert_eq!(v.verdict, VerificationVerdict::Pending, "resolved, but the query has held for 1s of 3s");
-        let failed = judge(&r, Some(&v), val(0.0), AlertSince::FiredAgain { at: at(2) }, at(2));
+        let failed = judge(&r, Some(&v), val(0.0), AlertSince::FiredAgain { at: at(2) }, Vec::new(), at(2));
         assert_eq!(failed.verdict, VerificationVerdict::Failed);
         assert!(failed.message.unwrap().contains("fired again"));
         for s in 2..=3 {
-            v = judge(&r, Some(&v), val(0.0), resolved, at(s));
+            v = judge(&r, Some(&v), val(0.0), resolved, Vec::new(), at(s));
         }
         assert_eq!(v.verdict, VerificationVerdict::Passed);
         assert!(v.message.unwrap().ends_with(&format!("the alert resolved at {}", at(1))));

@@ -6,5 +6,6 @@
 //! Read-only. [`judge`] is the pure verdict; the numbers come from a `crate::metrics` source.
 
 pub mod derive;
+pub mod guard;
 pub mod judge;
 pub mod sampler;

@@ -16,8 +16,10 @@ use futures::FutureExt;
 use std::collections::BTreeMap;
 
 use super::derive::{identifying, pick_rule, scope};
+use super::guard::judge_guard;
 use super::judge::{AlertSince, Reading, judge, waiting};
 use crate::api::ErrorCategory;
+use crate::api::remediation::GuardStatus;
 use crate::api::remediation::Verification;
 use crate::api::validate::ValidVerify;
 use crate::cluster::load_playbook;
@@ -68,10 +70,43 @@ impl Verify for Sampler {
                 }
             };
             let alert = AlertSince::of(status.and_then(|s| s.alert.as_ref()), applied);
-            Ok(judge(&rule, prev, reading, alert, now))
+            let before = applied.unwrap_or(now).checked_sub(jiff::SignedDuration::from_secs(1)).unwrap_or(now);
+            let guards = guards(this.metrics.as_ref(), &rule, prev, before).await;
+            Ok(judge(&rule, prev, reading, alert, guards, now))
         }
         .boxed()
     }
+}
+
+/// The guards as they stand: each one's baseline — its value just `before` the change, read
+/// from the metrics source's history once (again while the source fails) — and its value now,
+/// judged ([`super::guard`]). A provider error leaves a guard as it was.
+async fn guards(
+    metrics: &dyn MetricsSource,
+    rule: &ValidVerify,
+    prev: Option<&Verification>,
+    before: jiff::Timestamp,
+) -> Vec<GuardStatus> {
+    let mut out = Vec::with_capacity(rule.guards.len());
+    for spec in &rule.guards {
+        let mut status =
+            prev.and_then(|p| p.guards.iter().find(|g| g.name == spec.name).cloned()).unwrap_or(GuardStatus {
+                name: spec.name.clone(),
+                baseline: None,
+                baseline_read: false,
+                last: None,
+                worse: false,
+            });
+        if !status.baseline_read
+            && let Ok(baseline) = metrics.instant_at(&spec.query, before).await
+        {
+            status.baseline = baseline;
+            status.baseline_read = true;
+        }
+        let now = metrics.instant(&spec.query).await.ok().flatten();
+        out.push(judge_guard(spec, status, now));
+    }
+    out
 }
 
 /// One reading of `query`: a provider that fails is a sample that measured nothing, never a
