@@ -774,6 +774,59 @@ async fn a_change_whose_remediation_vanished_unverified_resets_earned_trust() {
     task.await.unwrap();
 }
 
+/// Fixes that do not work are not tried again and again: after two fixes of one target by
+/// one playbook failed verification (rolled back), the policy pauses the target — history
+/// and reason in its status — and the next Remediation of it escalates (IneffectiveFix)
+/// without starting anything; another target is unaffected, and editing the policy resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_whose_fixes_keep_failing_is_paused_and_the_next_remediation_escalates() {
+    use kube::api::{Patch, PatchParams};
+    let (_sandbox, client) = setup().await;
+    let policies = Api::<RemediationPolicy>::namespaced(client.clone(), "shop");
+    policies
+        .patch("checkout-oom", &PatchParams::default(), &Patch::Merge(json!({"spec": {"limits": {"cooldown": "1s"}}})))
+        .await
+        .unwrap();
+    let doubles = Arc::new(Doubles::default());
+    *doubles.fail_verify.lock().unwrap() = true;
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    for n in ["bad-1", "bad-2"] {
+        create_remediation_of(&client, n, "cart").await;
+        wait_phase(&client, n, Phase::RolledBack).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await; // the 1s cooldown
+    }
+    let history = policies.get("checkout-oom").await.unwrap().status.unwrap().targets;
+    let cart = history.iter().find(|t| t.name == "cart").unwrap();
+    assert_eq!(
+        cart.fixes.iter().map(|f| (f.remediation.as_str(), f.verified)).collect::<Vec<_>>(),
+        [("bad-1", false), ("bad-2", false)]
+    );
+    let pause = cart.paused.clone().expect("paused");
+    assert!(
+        pause.reason.starts_with("the last 2 fixes by playbook raise-memory-limit failed (bad-1, bad-2)"),
+        "{}",
+        pause.reason
+    );
+
+    *doubles.fail_verify.lock().unwrap() = false;
+    create_remediation_of(&client, "again", "cart").await;
+    let escalated = wait_phase(&client, "again", Phase::Escalated).await;
+    assert!(escalated.status.unwrap().message.unwrap_or_default().contains("stopped trying on Deployment \"cart\""));
+    assert_eq!(doubles.runs("again", Step::Diagnose), 0, "nothing started");
+    create_remediation_of(&client, "elsewhere", "till").await;
+    wait_phase(&client, "elsewhere", Phase::Succeeded).await;
+    // Editing the policy (here: its cooldown) resumes the target.
+    policies
+        .patch("checkout-oom", &PatchParams::default(), &Patch::Merge(json!({"spec": {"limits": {"cooldown": "2s"}}})))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    create_remediation_of(&client, "resumed", "cart").await;
+    wait_phase(&client, "resumed", Phase::Succeeded).await;
+    stop.cancel();
+    task.await.unwrap();
+}
+
 /// The operator's cap on concurrent deploys holds across Remediations: with a cap of one and a
 /// change being verified, the next one stalls before its snapshot (reason ConcurrencyCap) and
 /// deploys once the first has finished.

@@ -101,6 +101,9 @@ pub mod reason {
     /// The target changed since CI tested the change: it is tested again (or, changing again
     /// and again, goes to a human).
     pub const TARGET_CHANGED: &str = "TargetChanged";
+    /// The policy stopped trying on this target: its fixes kept failing, or the alert kept
+    /// coming back after them. People decide what next.
+    pub const INEFFECTIVE_FIX: &str = "IneffectiveFix";
     /// The applied change did not roll out (ProgressDeadlineExceeded, or the policy's rollout
     /// timeout): a failed deploy, rolled back.
     pub const ROLLOUT_STALLED: &str = "RolloutStalled";

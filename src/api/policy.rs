@@ -540,6 +540,45 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub freeze: Vec<FreezeWindow>,
+    /// When fixes of a target are not working: the policy stops trying on it.
+    #[serde(default)]
+    pub ineffective: IneffectiveSpec,
+}
+
+/// When the policy stops trying to fix a target: its fixes keep failing verification, or
+/// the alert keeps coming back soon after "successful" ones. The next Remediation of that
+/// target escalates instead, and the target stays paused (in the policy's status) until the
+/// policy's spec changes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IneffectiveSpec {
+    /// This many fixes in a row by the same playbook that failed verification (or were
+    /// rolled back) pause the target. Default 2.
+    #[serde(default = "default_two")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failed_fixes: u32,
+    /// This many verified fixes in a row followed by the alert again within `realertWithin`
+    /// pause the target. Default 2.
+    #[serde(default = "default_two")]
+    #[schemars(range(min = 1, max = 100))]
+    pub realerts: u32,
+    /// How soon after a verified fix a new alert counts against it. Default 1h.
+    #[serde(default = "default_realert_within")]
+    pub realert_within: DurationString,
+}
+
+impl Default for IneffectiveSpec {
+    fn default() -> Self {
+        Self { failed_fixes: 2, realerts: 2, realert_within: default_realert_within() }
+    }
+}
+
+fn default_two() -> u32 {
+    2
+}
+
+fn default_realert_within() -> DurationString {
+    DurationString::new("1h")
 }
 
 /// A change freeze: either one period (`start` to `end`), or a weekly window (`days`, `from`
@@ -581,6 +620,7 @@ impl Default for LimitsSpec {
             max_duration: default_max_duration(),
             suspend: false,
             freeze: Vec::new(),
+            ineffective: IneffectiveSpec::default(),
         }
     }
 }
@@ -645,6 +685,61 @@ pub struct RemediationPolicyStatus {
     /// Alerts suppressed, by reason (cooldown, rate_limit, suspended, kill_switch, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub suppressed: BTreeMap<String, u64>,
+    /// Each target's recent fixes, and whether the policy has stopped trying on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub targets: Vec<TargetHistory>,
+}
+
+/// One target's recent fixes under this policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetHistory {
+    /// The target's kind.
+    pub kind: super::TargetKind,
+    /// Its name.
+    pub name: String,
+    /// Recent deployed fixes, oldest first (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub fixes: Vec<FixRecord>,
+    /// Set when the policy stopped trying on this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<TargetPause>,
+}
+
+/// One deployed fix and how it ended.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FixRecord {
+    /// The Remediation.
+    pub remediation: String,
+    /// Its uid.
+    pub uid: String,
+    /// The playbook it used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playbook: Option<String>,
+    /// Verified (the fix held).
+    pub verified: bool,
+    /// How it ended.
+    pub outcome: String,
+    /// When it ended.
+    pub at: Time,
+    /// When the alert came back after it (a verified fix only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realerted_at: Option<Time>,
+}
+
+/// Why and since when the policy stopped trying on a target.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetPause {
+    /// Why.
+    pub reason: String,
+    /// Since when.
+    pub since: Time,
+    /// The policy generation it was paused under: changing the policy's spec resumes it.
+    pub generation: i64,
 }
 
 /// The policy's earned-trust record: verified successes since the last failure.

@@ -275,6 +275,12 @@ pub struct ValidLimits {
     pub suspend: bool,
     /// Change-freeze windows.
     pub freeze: Vec<ValidFreeze>,
+    /// Failed fixes in a row by one playbook that pause a target.
+    pub failed_fixes: u32,
+    /// Re-alerted verified fixes in a row that pause a target.
+    pub realerts: u32,
+    /// How soon after a verified fix a new alert counts against it.
+    pub realert_within: Duration,
 }
 
 /// Reads one freeze window; every problem is pushed with its field.
@@ -495,6 +501,9 @@ impl ValidPolicy {
                 .enumerate()
                 .filter_map(|(i, f)| freeze(&mut c, &format!("spec.limits.freeze[{i}]"), f))
                 .collect(),
+            failed_fixes: l.ineffective.failed_fixes.max(1),
+            realerts: l.ineffective.realerts.max(1),
+            realert_within: c.duration("spec.limits.ineffective.realertWithin", &l.ineffective.realert_within),
         };
         if l.max_remediations.count == 0 {
             c.push("spec.limits.maxRemediations.count", "must be at least 1 (use suspend to stop all remediations)");

@@ -283,6 +283,9 @@ mod tests {
             max_duration: Duration::from_secs(3600),
             suspend: false,
             freeze: Vec::new(),
+            failed_fixes: 2,
+            realerts: 2,
+            realert_within: Duration::from_secs(3600),
         }
     }
 

@@ -108,6 +108,9 @@ pub struct Observations {
     /// Changes deploying or being verified across the cluster have reached the operator's
     /// cap: a new deploy waits for one to finish.
     pub deploys_at_cap: Option<u32>,
+    /// The policy stopped trying on this target (its fixes did not work): a Remediation not
+    /// started yet escalates with this reason instead.
+    pub ineffective: Option<String>,
 }
 
 /// A reason the controller starts nothing before deploy: the Remediation stalls with it
@@ -308,6 +311,12 @@ pub fn decide(rem: &Remediation, obs: &Observations) -> Decision {
         && (!phase.after_deploy() || phase == Phase::Deploying && !applied)
     {
         return Decision::Stall { reason: halt.reason, message: halt.message.clone() };
+    }
+
+    if phase == Phase::Pending
+        && let Some(why) = &obs.ineffective
+    {
+        return to(Phase::Escalated, reason::INEFFECTIVE_FIX, why.clone());
     }
 
     let m = Machine { rem, status, obs, settings: &settings };

@@ -102,6 +102,7 @@ fn obs() -> Observations {
         running: None,
         halt: None,
         deploys_at_cap: None,
+        ineffective: None,
     }
 }
 
@@ -656,6 +657,18 @@ fn an_applied_change_waits_for_its_rollout_and_a_stalled_one_is_rolled_back() {
         ..obs()
     };
     assert_eq!(decide(&rem, &halted), Decision::Start { step: Step::Rollout, attempt: 2 });
+}
+
+/// A policy that stopped trying on the target escalates a Remediation that has not
+/// started, and leaves one under way alone.
+#[test]
+fn a_target_the_policy_stopped_trying_on_escalates_before_anything_starts() {
+    let paused = Observations { ineffective: Some("the last 2 fixes by playbook raise failed".into()), ..obs() };
+    let rem = mk_remediation(Phase::Pending);
+    let d = decide(&rem, &paused);
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::INEFFECTIVE_FIX)), "{d:?}");
+    let under_way = mk_remediation(Phase::Diagnosing);
+    assert_eq!(decide(&under_way, &paused), Decision::Start { step: Step::Diagnose, attempt: 1 });
 }
 
 /// Inconclusive and Error never count as a pass: each leads where the rule says — people

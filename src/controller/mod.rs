@@ -9,6 +9,8 @@
 
 pub mod approvals;
 pub mod effects;
+mod history;
+pub mod ineffective;
 pub mod leader;
 pub mod limits;
 pub mod machine;

@@ -48,6 +48,7 @@ fn obs(stages: StageSet, at: i64) -> Observations {
         running: None,
         halt: None,
         deploys_at_cap: None,
+        ineffective: None,
     }
 }
 

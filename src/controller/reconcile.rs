@@ -37,7 +37,7 @@ use super::limits::{DeploySlot, Peer, deploys_at_cap, limits_halt};
 use super::machine::{Halt, Observations, PolicyView, Settings, halt_for, jittered};
 use super::plan::{Plan, TransitionRecord, change_outcome, deleted_outcome, plan};
 use super::stages::Stages;
-use super::trust;
+use super::{history, trust};
 use crate::api::approval::tally;
 use crate::api::conditions::{self, ConditionType};
 use crate::api::remediation::{ApprovalRecord, Phase, RemediationStatus, Step};
@@ -369,6 +369,12 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     let now = ctx.clock.now();
     let (policy_view, policy) = observe_policy(ctx, &namespace, &rem.spec.policy_ref.name);
     let (running, finished) = ctx.effects.state(&uid);
+    // Before it starts: is the policy still trying on this target?
+    let not_started = rem.status.as_ref().is_none_or(|s| s.started_at.is_none());
+    let ineffective = match policy.as_deref() {
+        Some(p) if not_started => history::before_start(ctx, &rem, p).await?,
+        _ => None,
+    };
     let finished_key = finished.as_ref().map(|(k, _)| k.clone());
     // Observe and decide under the deploy slots' lock: counting them and taking one is one step.
     let (obs, plan) = {
@@ -381,6 +387,7 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
             halt: halt_for(kill_switch_on(ctx), policy.as_deref(), &rem, now)
                 .or_else(|| policy.as_deref().and_then(|p| over_limits(ctx, &rem, p, now))),
             deploys_at_cap: slots.at_cap(ctx, &rem),
+            ineffective,
         };
         let plan = plan(&rem, finished, observe_approval(ctx, &rem, policy.as_deref(), now), &obs);
         slots.settle(&rem, &plan);
@@ -418,7 +425,9 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         info!(remediation = %name, "cancelled the in-flight effect");
     }
     announce(ctx, &rem, &plan.transitions).await;
-    trust::record_outcome(ctx, &rem, change_outcome(&rem, &plan.status), policy.as_deref()).await?;
+    let outcome = change_outcome(&rem, &plan.status);
+    history::record_fix(ctx, &rem, &plan.status, outcome.as_ref(), policy.as_deref()).await?;
+    trust::record_outcome(ctx, &rem, outcome, policy.as_deref()).await?;
     // Rollback needs no policy (the snapshot is in status); decide() starts nothing else
     // without a valid policy.
     if let Some((step, attempt)) = plan.start.filter(|(step, _)| policy.is_some() || *step == Step::Rollback) {
