@@ -22,6 +22,7 @@ pub mod operator;
 pub mod patch;
 pub mod ports;
 pub mod sandbox;
+pub mod silence;
 pub mod telemetry;
 pub mod verify;
 pub mod web;

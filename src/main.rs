@@ -77,6 +77,10 @@ enum Command {
         /// it waits (condition ConcurrencyCap).
         #[arg(long, env = "REFLEX_MAX_CONCURRENT_DEPLOYS", value_parser = clap::value_parser!(u32).range(1..))]
         max_concurrent_deploys: Option<u32>,
+        /// Alertmanager's base URL, for the silences policies ask for (`spec.silenceAlert`)
+        /// while a fix is in flight.
+        #[arg(long, env = "REFLEX_ALERTMANAGER_URL")]
+        alertmanager_url: Option<String>,
     },
     /// Run the whole loop — alert to verified fix — on the built-in sandbox, and print the
     /// timeline. Exits 0 when the scenario ends as it expects.
@@ -322,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
             deployer_staging,
             deployer_production,
             max_concurrent_deploys,
+            alertmanager_url,
         } => {
             telemetry::init(cli.log_format);
             reflex::install_crypto_provider();
@@ -388,6 +393,12 @@ async fn main() -> anyhow::Result<()> {
                         production: deployer_production,
                     },
                     max_concurrent_deploys,
+                    alertmanager: alertmanager_url
+                        .as_deref()
+                        .map(reflex::silence::Alertmanager::new)
+                        .transpose()
+                        .map_err(|e| anyhow::anyhow!("--alertmanager-url: {e}"))?
+                        .map(std::sync::Arc::new),
                 },
                 &stop,
             );

@@ -60,6 +60,8 @@ pub struct Config {
     pub deployers: Deployers,
     /// Most changes deploying or being verified at once, across the cluster.
     pub max_concurrent_deploys: Option<u32>,
+    /// Alertmanager, for silences while a fix is in flight.
+    pub alertmanager: Option<Arc<crate::silence::Alertmanager>>,
 }
 
 /// An assembled operator.
@@ -92,6 +94,7 @@ impl Operator {
             audit,
             deployers,
             max_concurrent_deploys,
+            alertmanager,
         } = config;
         let identity = DeployerIdentity { deployers, impersonator: Arc::new(Impersonator::new(kube_config.clone())) };
         // The playbook executor reads through Reflex's own MCP server, as the operator.
@@ -113,7 +116,7 @@ impl Operator {
         };
         let identities = Arc::new(Identities::new(client.clone(), kube_config));
         let mcp = crate::mcp::router(ReflexMcp::new(backends), identities, mcp_allowed_hosts, stop.clone());
-        let guards = Guards { kill_switch: webhook.kill_switch.clone(), max_concurrent_deploys };
+        let guards = Guards { kill_switch: webhook.kill_switch.clone(), max_concurrent_deploys, alertmanager };
         let intake = Intake::start(client.clone(), webhook);
         let router = webhook::router(intake.clone()).merge(mcp);
         let stages = stages(client.clone(), metrics, tools, prices, identity, guards.kill_switch.clone());

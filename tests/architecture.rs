@@ -39,9 +39,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("deploy", &["api", "cluster", "patch", "ports"]),
     ("verify", &["api", "cluster", "metrics", "ports"]),
     // The controller drives the ports; it never knows a stage module.
-    ("controller", &["api", "cluster", "patch", "ports"]),
+    ("controller", &["api", "cluster", "patch", "ports", "silence"]),
+    ("silence", &[]),
     // The composition root assembles everything the operator runs.
-    ("operator", &["agent", "ci", "cluster", "controller", "deploy", "gate", "intake", "mcp", "metrics", "verify"]),
+    (
+        "operator",
+        &["agent", "ci", "cluster", "controller", "deploy", "gate", "intake", "mcp", "metrics", "silence", "verify"],
+    ),
     // What a person does, as themselves (the CLI and the MCP action tools).
     ("oncall", &["api"]),
     // The in-memory API server: types and the merge semantics only.
@@ -67,6 +71,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "oncall",
             "operator",
             "sandbox",
+            "silence",
             "telemetry",
         ],
     ),

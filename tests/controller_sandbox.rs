@@ -3,6 +3,8 @@
 //! the stages: phases, status, conditions and Events; a restart mid-way repeats no completed
 //! effect; two controllers racing on the same objects do not corrupt state.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -825,6 +827,76 @@ async fn a_target_whose_fixes_keep_failing_is_paused_and_the_next_remediation_es
     wait_phase(&client, "resumed", Phase::Succeeded).await;
     stop.cancel();
     task.await.unwrap();
+}
+
+/// With a policy that asks (`silenceAlert`), the alert is silenced in the real Alertmanager
+/// (Debian's package) — matchers for exactly its labels — while the fix deploys and is
+/// verified, the silence id recorded in status; when the Remediation ends the silence is
+/// expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_is_silenced_in_alertmanager_while_the_fix_is_in_flight() {
+    use common::servers::{free_port, start, temp_dir, until};
+    use kube::api::{Patch, PatchParams};
+    reflex::install_crypto_provider();
+    let dir = temp_dir();
+    std::fs::write(dir.join("alertmanager.yml"), "route:\n  receiver: none\nreceivers:\n  - name: none\n").unwrap();
+    let port = free_port();
+    let _am = start(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", dir.join("alertmanager.yml").display()),
+            format!("--storage.path={}", dir.join("am-data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=".into(),
+        ],
+        &dir.join("alertmanager.log"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    until("Alertmanager to be ready", Duration::from_secs(30), async || {
+        http.get(format!("{url}/-/ready")).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    let silences = async || -> Vec<serde_json::Value> {
+        http.get(format!("{url}/api/v2/silences")).send().await.unwrap().json().await.unwrap()
+    };
+
+    let (_sandbox, client) = setup().await;
+    let policies = Api::<RemediationPolicy>::namespaced(client.clone(), "shop");
+    policies
+        .patch("checkout-oom", &PatchParams::default(), &Patch::Merge(json!({"spec": {"silenceAlert": true}})))
+        .await
+        .unwrap();
+    let doubles = Arc::new(Doubles::default());
+    *doubles.hold_verify.lock().unwrap() = true;
+    let guards = reflex::controller::reconcile::Guards {
+        alertmanager: Some(Arc::new(reflex::silence::Alertmanager::new(&url).unwrap())),
+        ..Default::default()
+    };
+    let (stop, task) = spawn_guarded(&client, stages(&doubles), guards.clone());
+    create_remediation(&client, "quiet").await;
+    let verifying = wait_phase(&client, "quiet", Phase::Verifying).await;
+    let record = verifying.status.unwrap().silence.expect("a silence while the fix is in flight");
+    let held = silences().await.into_iter().find(|s| s["id"] == record.id.as_str()).expect("in Alertmanager");
+    assert_eq!(held["status"]["state"], "active");
+    assert_eq!(held["matchers"], json!([{"name": "deployment", "value": "quiet", "isRegex": false, "isEqual": true}]));
+    assert!(held["comment"].as_str().unwrap().contains("Remediation shop/quiet"));
+    stop.cancel();
+    task.await.unwrap();
+
+    *doubles.hold_verify.lock().unwrap() = false;
+    let (stop, task) = spawn_guarded(&client, stages(&doubles), guards);
+    let done = wait_phase(&client, "quiet", Phase::Succeeded).await;
+    let record = until("the silence to be recorded expired", Duration::from_secs(30), async || {
+        let r = Api::<Remediation>::namespaced(client.clone(), "shop").get("quiet").await.ok()?;
+        r.status?.silence.filter(|s| s.expired)
+    })
+    .await;
+    let ended = silences().await.into_iter().find(|s| s["id"] == record.id.as_str()).unwrap();
+    assert_eq!(ended["status"]["state"], "expired", "{done:?}");
+    stop.cancel();
+    task.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The operator's cap on concurrent deploys holds across Remediations: with a cap of one and a

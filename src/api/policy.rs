@@ -68,6 +68,11 @@ pub struct RemediationPolicySpec {
     /// How long a deployed change may take to roll out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// Silence the alert in Alertmanager (its exact labels) while the fix deploys and is
+    /// verified, so on-call is not paged for a fix in flight; expired when the Remediation
+    /// ends. Needs the operator's `--alertmanager-url`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub silence_alert: bool,
     /// Where to tell humans what happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<NotifySpec>,

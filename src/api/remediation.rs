@@ -654,6 +654,19 @@ pub struct GuardStatus {
     pub worse: bool,
 }
 
+/// An Alertmanager silence of the alert while its fix is in flight.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SilenceRecord {
+    /// Alertmanager's silence id.
+    pub id: String,
+    /// When it expires by itself.
+    pub ends_at: Time,
+    /// Expired by Reflex when the Remediation ended.
+    #[serde(default)]
+    pub expired: bool,
+}
+
 /// Where a rollout stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RolloutState {
@@ -737,6 +750,9 @@ pub struct RemediationStatus {
     /// How the applied change is rolling out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// The Alertmanager silence held while the fix is in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence: Option<SilenceRecord>,
     /// The rollback, when one happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackRecord>,

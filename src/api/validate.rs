@@ -401,6 +401,8 @@ pub struct ValidPolicy {
     pub notify: Option<NotifySpec>,
     /// Most time a deployed change may take to roll out.
     pub rollout_timeout: Duration,
+    /// Silence the alert while the fix is in flight.
+    pub silence_alert: bool,
 }
 
 impl ValidPolicy {
@@ -549,6 +551,7 @@ impl ValidPolicy {
             limits,
             notify: spec.notify.clone(),
             rollout_timeout,
+            silence_alert: spec.silence_alert,
         })
     }
 }

@@ -40,11 +40,12 @@ use super::stages::Stages;
 use super::{history, trust};
 use crate::api::approval::tally;
 use crate::api::conditions::{self, ConditionType};
-use crate::api::remediation::{ApprovalRecord, Phase, RemediationStatus, Step};
+use crate::api::remediation::{ApprovalRecord, Phase, RemediationStatus, SilenceRecord, Step};
 use crate::api::validate::ValidPolicy;
 use crate::api::{ErrorCategory, FINALIZER, Remediation, RemediationApproval, RemediationPolicy, STATUS_MANAGER};
 use crate::cluster::api_category;
 use crate::ports::{EffectKey, StageInput};
+use crate::silence::Alertmanager;
 
 /// Shared state of the controller.
 pub struct Context {
@@ -66,6 +67,8 @@ pub struct Context {
     pub remediations: Store<Remediation>,
     /// The cap on concurrent deploys.
     pub max_concurrent_deploys: Option<u32>,
+    /// Alertmanager, for silences.
+    pub alertmanager: Option<Arc<Alertmanager>>,
     /// Deploy slots let through and not yet seen taken in the cache.
     pub deploy_slots: DeploySlots,
     /// Consecutive reconcile failures per Remediation, for [`error_policy`]'s backoff.
@@ -83,6 +86,8 @@ pub struct Guards {
     pub kill_switch: Option<(String, String)>,
     /// Most changes deploying or being verified at once, across the cluster.
     pub max_concurrent_deploys: Option<u32>,
+    /// Alertmanager, for the silences policies ask for while a fix is in flight.
+    pub alertmanager: Option<Arc<Alertmanager>>,
 }
 
 /// Errors of the reconciler itself (stage failures are recorded in status instead).
@@ -224,6 +229,7 @@ pub async fn run(
         remediations: index.clone(),
         max_concurrent_deploys: guards.max_concurrent_deploys,
         deploy_slots: DeploySlots::default(),
+        alertmanager: guards.alertmanager.clone(),
         failures: Failures::default(),
         clock: Arc::new(SystemClock),
     });
@@ -394,6 +400,9 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         (obs, plan)
     };
 
+    let mut plan = plan;
+    keep_silence(ctx, &rem, policy.as_deref(), &mut plan.status).await;
+
     // Act and record.
     if rem.status.as_ref() != Some(&plan.status) {
         write_status(&api, &rem, &plan.status).await.map_err(|source| Error::WriteStatus {
@@ -525,6 +534,43 @@ impl Taken<'_> {
         } else {
             self.0.remove(&key);
         }
+    }
+}
+
+/// Holds an Alertmanager silence of `rem`'s alert while its fix is in flight (deploying,
+/// verifying, rolling back), for policies that ask, and expires it when the Remediation
+/// ends; recorded in `status.silence`. Alertmanager unreachable never blocks the loop: logged,
+/// and tried again on the next reconcile.
+async fn keep_silence(ctx: &Context, rem: &Remediation, policy: Option<&ValidPolicy>, status: &mut RemediationStatus) {
+    let Some(am) = ctx.alertmanager.as_ref() else { return };
+    let name = rem.name_any();
+    match &status.silence {
+        None if status.phase.after_deploy() && policy.is_some_and(|p| p.silence_alert) => {
+            let policy = policy.map_or(Duration::from_secs(3600), |p| {
+                let verify = p.verify.as_ref().map_or(Duration::from_secs(600), |v| v.initial_delay + v.timeout);
+                p.rollout_timeout + verify + Duration::from_secs(300)
+            });
+            let now = ctx.clock.now();
+            let ends = now.checked_add(policy).unwrap_or(now);
+            let labels: std::collections::BTreeMap<String, String> =
+                rem.spec.alert.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let comment = format!("Reflex is fixing this: Remediation {}/{name}", rem.namespace().unwrap_or_default());
+            match am.silence(&labels, ends, &comment).await {
+                Ok(id) => {
+                    info!(remediation = %name, silence = %id, "silenced the alert while the fix is in flight");
+                    status.silence = Some(SilenceRecord { id, ends_at: Time(ends), expired: false });
+                }
+                Err(e) => warn!(remediation = %name, error = %e, "could not silence the alert"),
+            }
+        }
+        Some(s) if status.phase.is_terminal() && !s.expired => match am.expire(&s.id).await {
+            Ok(()) => {
+                info!(remediation = %name, silence = %s.id, "expired the silence: the Remediation ended");
+                status.silence = Some(SilenceRecord { expired: true, ..s.clone() });
+            }
+            Err(e) => warn!(remediation = %name, error = %e, "could not expire the silence; it ends by itself"),
+        },
+        _ => {}
     }
 }
 

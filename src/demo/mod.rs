@@ -285,6 +285,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             audit: audit.clone(),
             deployers: Deployers::default(),
             max_concurrent_deploys: None,
+            alertmanager: None,
         },
         &stop,
     );
