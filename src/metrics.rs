@@ -61,9 +61,16 @@ fn vector_value(query: &str, data: &prometheus_http_query::response::Data) -> Re
     })
 }
 
+/// Only a query Prometheus cannot run (bad data, an execution error) is rejected; a timeout,
+/// a cancellation or an unavailable or failing server is the provider failing, retried.
 fn prometheus_error(e: prometheus_http_query::Error) -> MetricsError {
+    use prometheus_http_query::error::PrometheusErrorType;
     match e {
-        prometheus_http_query::Error::Prometheus(p) => MetricsError::Rejected(p.to_string()),
+        prometheus_http_query::Error::Prometheus(p)
+            if matches!(p.error_type(), PrometheusErrorType::BadData | PrometheusErrorType::Execution) =>
+        {
+            MetricsError::Rejected(p.to_string())
+        }
         other => MetricsError::Unavailable(other.to_string()),
     }
 }

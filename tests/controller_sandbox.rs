@@ -214,6 +214,7 @@ impl reflex::ports::Verify for D {
                 action: None,
                 query: None,
                 guards: Vec::new(),
+                reproduced: false,
             })
         }
         .boxed()

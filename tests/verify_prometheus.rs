@@ -4,6 +4,8 @@
 //! - with no query, the check is derived from the alert's own rule, scoped to the alert's
 //!   series through the PromQL AST: it fails while checkout's series fires, passes once it
 //!   clears, and another deployment still firing does not count against checkout;
+//! - an alert naming a Pod is checked across the workload's Pods: the Pod the rollout
+//!   replaced going silent is no pass while its successor still fires;
 //! - a derived check that cannot see the alert's series (a label Prometheus never had), or an
 //!   alert with no rule, is Inconclusive with the reason — never a silent pass;
 //! - a fix that clears the alert but makes a guard metric worse than its baseline (read from
@@ -90,16 +92,19 @@ async fn verification_against_a_real_prometheus_and_alerting_rule() {
     let cart = Arc::new(AtomicU64::new(2));
     // checkout's error ratio, in thousandths.
     let errors = Arc::new(AtomicU64::new(10));
+    // A crash-looping Pod of checkout: its name (a rollout replaces it) and whether it crashes.
+    let crashing = Arc::new(std::sync::Mutex::new(("checkout-7d9f-abcde".to_owned(), 1u64)));
     let exporter = {
-        let (checkout, cart, errors) = (checkout.clone(), cart.clone(), errors.clone());
+        let (checkout, cart, errors, crashing) = (checkout.clone(), cart.clone(), errors.clone(), crashing.clone());
         axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
                 let (a, b) = (checkout.load(Ordering::SeqCst), cart.load(Ordering::SeqCst));
                 let e = errors.load(Ordering::SeqCst) as f64 / 1000.0;
+                let (pod, crash) = crashing.lock().unwrap().clone();
                 async move {
                     format!(
-                        "# TYPE demo_oom_events gauge\ndemo_oom_events{{namespace=\"shop\",deployment=\"checkout\",container=\"app\"}} {a}\ndemo_oom_events{{namespace=\"shop\",deployment=\"cart\",container=\"app\"}} {b}\n# TYPE demo_error_ratio gauge\ndemo_error_ratio{{namespace=\"shop\",deployment=\"checkout\"}} {e}\n"
+                        "# TYPE demo_oom_events gauge\ndemo_oom_events{{namespace=\"shop\",deployment=\"checkout\",container=\"app\"}} {a}\ndemo_oom_events{{namespace=\"shop\",deployment=\"cart\",container=\"app\"}} {b}\n# TYPE demo_error_ratio gauge\ndemo_error_ratio{{namespace=\"shop\",deployment=\"checkout\"}} {e}\n# TYPE demo_crashing gauge\ndemo_crashing{{namespace=\"shop\",pod=\"{pod}\"}} {crash}\n"
                     )
                 }
             }),
@@ -110,7 +115,7 @@ async fn verification_against_a_real_prometheus_and_alerting_rule() {
     tokio::spawn(async move { axum::serve(listener, exporter).await });
     std::fs::write(
         dir.join("rules.yml"),
-        "groups:\n  - name: reflex-test\n    interval: 1s\n    rules:\n      - alert: KubeContainerOOMKilled\n        expr: sum by (namespace, deployment, container) (demo_oom_events) > 0\n        labels: {severity: warning}\n",
+        "groups:\n  - name: reflex-test\n    interval: 1s\n    rules:\n      - alert: KubeContainerOOMKilled\n        expr: sum by (namespace, deployment, container) (demo_oom_events) > 0\n        labels: {severity: warning}\n      - alert: KubePodCrashLooping\n        expr: demo_crashing > 0\n        labels: {severity: warning}\n",
     )
     .unwrap();
     let config = format!(
@@ -170,6 +175,27 @@ async fn verification_against_a_real_prometheus_and_alerting_rule() {
         hurt.message
     );
     assert_eq!(hurt.guards[0].baseline, Some(0.01));
+
+    // A Pod's alert: the rollout replaces that Pod, and its series goes away. The check
+    // follows the workload's Pods, so the new Pod still crashing is still a bad sample — a
+    // check scoped to the old Pod would have "passed" on its silence.
+    let pod_started = jiff::Timestamp::now();
+    let pod_alert = json!({"alertname": "KubePodCrashLooping", "namespace": "shop", "pod": "checkout-7d9f-abcde", "severity": "warning"});
+    let pod_rem = remediation("KubePodCrashLooping", pod_alert, pod_started);
+    *crashing.lock().unwrap() = ("checkout-5c4b-fghij".to_owned(), 1);
+    until("the new Pod's series to be scraped", Duration::from_secs(30), async || {
+        source.instant(r#"demo_crashing{pod="checkout-5c4b-fghij"}"#).await.ok().flatten()
+    })
+    .await;
+    let crash_check = policy(json!({"for": "2s", "timeout": "60s", "interval": "1s"}));
+    let still = sample(&sampler, &pod_rem, &crash_check, None).await;
+    assert!(still.query.as_deref().unwrap().contains(r#"pod=~"checkout-.+""#), "{:?}", still.query);
+    assert!(still.reproduced, "the old Pod's series reproduces the alert at its start");
+    assert!(!still.samples[0].ok, "the new Pod crashes too: {:?}", still.message);
+    // The new Pod stops crashing: clear, and the fix passes.
+    *crashing.lock().unwrap() = ("checkout-5c4b-fghij".to_owned(), 0);
+    let cured = decide(&sampler, &pod_rem, &crash_check, Some(still), Duration::from_secs(30)).await;
+    assert_eq!(cured.verdict, VerificationVerdict::Passed, "{:?}", cured.message);
 
     // A check that cannot see the alert's series (a label Prometheus never had, as external
     // labels are) is Inconclusive at once, never an empty "pass".

@@ -428,17 +428,17 @@ pub struct VerifySpec {
     /// Samples that break the condition before the fix fails at once. Unset: a bad sample
     /// only restarts the window, and the fix fails if it has not held by the timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(max = 59))]
     pub failure_limit: Option<u32>,
     /// Samples with no data before the verdict is Inconclusive at once. Unset: no data only
     /// counts at the timeout (undecided: Inconclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(max = 59))]
     pub inconclusive_limit: Option<u32>,
     /// Metrics-provider errors in a row before the verdict is Error. A provider error never
     /// counts as a bad sample.
     #[serde(default = "default_consecutive_error_limit")]
-    #[schemars(range(max = 1000))]
+    #[schemars(range(max = 59))]
     pub consecutive_error_limit: u32,
     /// What an Inconclusive verdict leads to: `escalate` (the default: humans decide, the
     /// change stays), `rollback`, or `keep` (the change stays, the Remediation ends
@@ -726,6 +726,10 @@ pub struct FixRecord {
     pub playbook: Option<String>,
     /// Verified (the fix held).
     pub verified: bool,
+    /// Neither proven nor disproven (verification Inconclusive or Error — no data, the
+    /// metrics provider down): not held against the playbook.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unproven: bool,
     /// How it ended.
     pub outcome: String,
     /// When it ended.

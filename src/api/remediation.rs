@@ -628,6 +628,10 @@ pub struct Verification {
     /// The PromQL expression sampled — the policy's, or the one derived from the alert's rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// A check derived from the alert reproduced the alert at its start (until it has, an
+    /// empty answer proves nothing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reproduced: bool,
     /// The guards: each metric's value just before the change and now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]

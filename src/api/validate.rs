@@ -161,6 +161,20 @@ fn verify(c: &mut Collector, base: &str, v: &VerifySpec) -> ValidVerify {
     if v.query.is_some() && v.threshold.is_none() {
         c.push(format!("{base}.threshold"), "is required with query");
     }
+    // Status keeps MAX_SAMPLES samples: a limit must be reachable within them.
+    let most = crate::api::remediation::MAX_SAMPLES as u32 - 1;
+    for (field, limit) in [
+        ("failureLimit", v.failure_limit),
+        ("inconclusiveLimit", v.inconclusive_limit),
+        ("consecutiveErrorLimit", Some(v.consecutive_error_limit)),
+    ] {
+        if limit.is_some_and(|l| l > most) {
+            c.push(
+                format!("{base}.{field}"),
+                format!("must be at most {most} (status keeps the last {} samples)", most + 1),
+            );
+        }
+    }
     for (i, g) in v.guards.iter().enumerate() {
         let at = format!("{base}.guards[{i}]");
         if g.query.trim().is_empty() {

@@ -65,6 +65,14 @@ pub(super) async fn record_fix(
         uid: outcome.uid.clone(),
         playbook: status.proposal.as_ref().and_then(|p| p.playbook.clone()),
         verified: outcome.failure.is_none(),
+        unproven: outcome.failure.is_some()
+            && status.verification.as_ref().is_some_and(|v| {
+                matches!(
+                    v.verdict,
+                    crate::api::remediation::VerificationVerdict::Inconclusive
+                        | crate::api::remediation::VerificationVerdict::Error
+                )
+            }),
         outcome: outcome.failure.clone().unwrap_or_else(|| "verified".to_owned()),
         at: outcome.at.clone(),
         realerted_at: None,

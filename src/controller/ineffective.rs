@@ -78,7 +78,7 @@ pub fn pause_reason(target: &TargetHistory, failed_fixes: u32, realerts: u32, wi
         (fixes.len() >= n).then(|| &fixes[fixes.len() - n..])
     };
     if let Some(last) = recent(failed_fixes)
-        && last.iter().all(|f| !f.verified && f.playbook == last[0].playbook)
+        && last.iter().all(|f| !f.verified && !f.unproven && f.playbook == last[0].playbook)
     {
         let names: Vec<&str> = last.iter().map(|f| f.remediation.as_str()).collect();
         return Some(format!(
@@ -141,6 +141,7 @@ mod tests {
             playbook: Some(playbook.into()),
             verified,
             outcome: if verified { "verified".into() } else { "rolled back: 3 OOM kills".into() },
+            unproven: false,
             at: at(t),
             realerted_at: None,
         }
@@ -188,6 +189,13 @@ mod tests {
         // A failed fix is not a re-alert.
         let failed = history(vec![fix(3, "raise", false, 0)]);
         assert!(with_realert(&failed, TargetKind::Deployment, "checkout", at(60), HOUR).is_none());
+    }
+
+    #[test]
+    fn unproven_fixes_are_not_held_against_the_playbook() {
+        let unproven = FixRecord { unproven: true, outcome: "Prometheus down".into(), ..fix(1, "raise", false, 0) };
+        let h = history(vec![unproven, fix(2, "raise", false, 10)]);
+        assert_eq!(reason(&h), None, "a provider outage is not a failed fix");
     }
 
     #[test]

@@ -609,6 +609,7 @@ fn verification_verdicts_close_or_revert() {
         action: None,
         query: None,
         guards: Vec::new(),
+        reproduced: false,
     };
     let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Passed, None)));
     assert!(check(&d, &Expect::To(Phase::Succeeded, r::VERIFIED)));
@@ -696,6 +697,7 @@ fn an_undecided_verification_goes_where_the_policy_says_never_to_succeeded() {
                     action,
                     query: None,
                     guards: Vec::new(),
+                    reproduced: false,
                 });
             });
             assert!(check(&d, &Expect::To(phase, want_reason)), "{verdict:?} {action:?}: {d:?}");

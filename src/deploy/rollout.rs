@@ -2,12 +2,13 @@
 //!
 //! Contract: [`progress`] reads the live object as its controller reports it. A Deployment
 //! has rolled out when its status observes the generation the change produced and every
-//! replica is updated, ready and available with no old one left; a StatefulSet when it
-//! observes the generation and its update revision is current on every replica (for
-//! `OnDelete`, once observed: nothing rolls until Pods are deleted); a DaemonSet when every
-//! scheduled node runs an updated, available Pod; a HorizontalPodAutoscaler when its status
-//! observes the generation; a ConfigMap at once (nothing rolls). It has *stalled* when the
-//! Deployment says ProgressDeadlineExceeded, or when `timeout` has passed since the apply.
+//! replica is updated, ready and available with no old one left; a StatefulSet when every
+//! replica at or above its partition is updated and all are ready (`OnDelete`: only once
+//! its Pods were deleted and replaced — until then the change has reached no Pod); a
+//! DaemonSet when every scheduled node runs an updated, available Pod; a
+//! HorizontalPodAutoscaler or a ConfigMap at once (nothing rolls; verification judges the
+//! effect). It has *stalled* when the Deployment reports ProgressDeadlineExceeded for this
+//! change, or when `timeout` has passed since the apply.
 //! While progressing it is looked at again after [`RECHECK`].
 
 use std::time::Duration;
@@ -40,19 +41,29 @@ fn observed(live: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Ok when rolled out; Err(progress so far) while not; a stall reason first.
-fn rolled_out(kind: TargetKind, live: &Value) -> (Result<String, String>, Option<String>) {
+/// Ok when rolled out; Err(progress so far) while not; and a stall reason — only from a
+/// ProgressDeadlineExceeded the controller reported for this change (the generation
+/// observed, the condition updated since the apply; an older one, kept through a rollback
+/// to an existing revision or a scale, says nothing about this change).
+fn rolled_out(kind: TargetKind, live: &Value, applied: Timestamp) -> (Result<String, String>, Option<String>) {
+    if let Err(e) = observed(live) {
+        return (Err(e), None);
+    }
+    let since = applied.checked_sub(jiff::SignedDuration::from_secs(1)).unwrap_or(applied);
     let stall = condition(live, "Progressing")
         .filter(|c| c.get("reason").and_then(Value::as_str) == Some("ProgressDeadlineExceeded"))
+        .filter(|c| {
+            c.get("lastUpdateTime")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .is_some_and(|t| t >= since)
+        })
         .map(|c| {
             format!(
                 "ProgressDeadlineExceeded: {}",
                 c.get("message").and_then(Value::as_str).unwrap_or("the rollout made no progress in time")
             )
         });
-    if let Err(e) = observed(live) {
-        return (Err(e), stall);
-    }
     let status = |p: &str| int(live, &format!("/status/{p}")).unwrap_or(0);
     let outcome = match kind {
         TargetKind::Deployment => {
@@ -69,15 +80,17 @@ fn rolled_out(kind: TargetKind, live: &Value) -> (Result<String, String>, Option
         TargetKind::StatefulSet => {
             let want = int(live, "/spec/replicas").unwrap_or(1);
             let on_delete = live.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("OnDelete");
-            let current = live.pointer("/status/currentRevision");
-            let update = live.pointer("/status/updateRevision");
+            // A partitioned rollout updates only the ordinals at or above the partition.
+            let partition = int(live, "/spec/updateStrategy/rollingUpdate/partition").unwrap_or(0).clamp(0, want);
             let (updated, ready) = (status("updatedReplicas"), status("readyReplicas"));
-            let summary = format!("{updated} of {want} updated, {ready} ready");
-            if on_delete || (current.is_some() && current == update && updated >= want && ready >= want) {
-                Ok(summary)
+            let summary = if on_delete {
+                format!(
+                    "{updated} of {want} Pods replaced (updateStrategy OnDelete: the change reaches a Pod only when it is deleted)"
+                )
             } else {
-                Err(summary)
-            }
+                format!("{updated} of {} updated, {ready} of {want} ready", want - partition)
+            };
+            if updated >= want - partition && ready >= want { Ok(summary) } else { Err(summary) }
         }
         TargetKind::DaemonSet => {
             let want = status("desiredNumberScheduled");
@@ -89,8 +102,7 @@ fn rolled_out(kind: TargetKind, live: &Value) -> (Result<String, String>, Option
                 Err(summary)
             }
         }
-        TargetKind::HorizontalPodAutoscaler => Ok("the autoscaler observes the change".to_owned()),
-        TargetKind::ConfigMap => Ok("a ConfigMap rolls nothing out".to_owned()),
+        TargetKind::HorizontalPodAutoscaler | TargetKind::ConfigMap => Ok(String::new()),
     };
     (outcome, stall)
 }
@@ -105,10 +117,14 @@ pub fn progress(
 ) -> RolloutStatus {
     let waited = now.duration_since(applied).unsigned_abs();
     let secs = |d: Duration| format!("{}s", d.as_secs());
-    let (outcome, stall) = if kind == TargetKind::ConfigMap {
-        (Ok("a ConfigMap rolls nothing out".to_owned()), None)
-    } else {
-        rolled_out(kind, live)
+    let (outcome, stall) = match kind {
+        // Nothing rolls out: an autoscaler applies its new bounds as it next scales; Pods read
+        // a ConfigMap as mounted files (updated in place) or at start. Verification judges it.
+        TargetKind::HorizontalPodAutoscaler => {
+            (Ok("an autoscaler's change applies as it next scales".to_owned()), None)
+        }
+        TargetKind::ConfigMap => (Ok("a ConfigMap rolls nothing out".to_owned()), None),
+        _ => rolled_out(kind, live, applied),
     };
     let (state, message) = match (outcome, stall) {
         (Ok(summary), _) => (RolloutState::Complete, format!("rolled out in {}: {summary}", secs(waited))),
@@ -176,42 +192,58 @@ mod tests {
     }
 
     #[test]
-    fn progress_deadline_exceeded_is_a_stall_at_once() {
-        let mut stuck = json!({"replicas": 3, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2,
-            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                            "message": "ReplicaSet \"checkout-abc\" has timed out progressing."}]});
-        let s =
-            progress(TargetKind::Deployment, &deployment(2, 2, stuck.clone()), at(0), Duration::from_secs(600), at(3));
+    fn progress_deadline_exceeded_for_this_change_is_a_stall_and_an_older_one_is_not() {
+        let stuck = |updated_at: i64, observed: i64| {
+            deployment(
+                2,
+                observed,
+                json!({"replicas": 3, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2,
+                "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                "lastUpdateTime": at(updated_at).to_string(),
+                                "message": "ReplicaSet \"checkout-abc\" has timed out progressing."}]}),
+            )
+        };
+        let s = progress(TargetKind::Deployment, &stuck(2, 2), at(0), Duration::from_secs(600), at(3));
         assert_eq!(s.state, RolloutState::Stalled);
         assert!(
             s.message.starts_with("ProgressDeadlineExceeded: ReplicaSet \"checkout-abc\" has timed out"),
             "{}",
             s.message
         );
-        stuck["conditions"][0]["reason"] = json!("ReplicaSetUpdated");
-        assert_eq!(state(TargetKind::Deployment, &deployment(2, 2, stuck), 3), RolloutState::Progressing);
+        // Reported before the change (kept through a rollback to an existing revision): not ours.
+        let old = progress(TargetKind::Deployment, &stuck(-60, 2), at(0), Duration::from_secs(600), at(3));
+        assert_eq!(old.state, RolloutState::Progressing);
+        // The controller has not observed the change yet: the condition is about the old spec.
+        let unseen = progress(TargetKind::Deployment, &stuck(2, 1), at(0), Duration::from_secs(600), at(3));
+        assert_eq!(unseen.state, RolloutState::Progressing);
     }
 
     #[test]
     fn statefulsets_daemonsets_autoscalers_and_configmaps_by_their_own_fields() {
-        let sts = |current: &str, updated: i64| {
+        let sts = |updated: i64| {
             json!({"metadata": {"generation": 4}, "spec": {"replicas": 2},
-                   "status": {"observedGeneration": 4, "currentRevision": current, "updateRevision": "web-2", "updatedReplicas": updated, "readyReplicas": 2}})
+                   "status": {"observedGeneration": 4, "updatedReplicas": updated, "readyReplicas": 2}})
         };
-        assert_eq!(state(TargetKind::StatefulSet, &sts("web-2", 2), 1), RolloutState::Complete);
-        assert_eq!(state(TargetKind::StatefulSet, &sts("web-1", 1), 1), RolloutState::Progressing);
+        assert_eq!(state(TargetKind::StatefulSet, &sts(2), 1), RolloutState::Complete);
+        assert_eq!(state(TargetKind::StatefulSet, &sts(1), 1), RolloutState::Progressing);
         let on_delete = json!({"metadata": {"generation": 4}, "spec": {"replicas": 2, "updateStrategy": {"type": "OnDelete"}},
-                               "status": {"observedGeneration": 4, "currentRevision": "web-1", "updateRevision": "web-2"}});
-        assert_eq!(state(TargetKind::StatefulSet, &on_delete, 1), RolloutState::Complete);
+                               "status": {"observedGeneration": 4, "updatedReplicas": 0, "readyReplicas": 2}});
+        let s = progress(TargetKind::StatefulSet, &on_delete, at(0), Duration::from_secs(60), at(1));
+        assert_eq!(s.state, RolloutState::Progressing, "no Pod runs the change yet");
+        assert!(s.message.contains("OnDelete"), "{}", s.message);
+        let partitioned = json!({"metadata": {"generation": 4},
+            "spec": {"replicas": 4, "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}}},
+            "status": {"observedGeneration": 4, "updatedReplicas": 2, "readyReplicas": 4}});
+        assert_eq!(state(TargetKind::StatefulSet, &partitioned, 1), RolloutState::Complete, "ordinals 2 and 3");
         let ds = |updated: i64, unavailable: i64| {
             json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "desiredNumberScheduled": 3,
                    "updatedNumberScheduled": updated, "numberAvailable": 3 - unavailable, "numberUnavailable": unavailable}})
         };
         assert_eq!(state(TargetKind::DaemonSet, &ds(3, 0), 1), RolloutState::Complete);
         assert_eq!(state(TargetKind::DaemonSet, &ds(3, 1), 1), RolloutState::Progressing);
-        let hpa = |observed: i64| json!({"metadata": {"generation": 3}, "status": {"observedGeneration": observed}});
-        assert_eq!(state(TargetKind::HorizontalPodAutoscaler, &hpa(3), 1), RolloutState::Complete);
-        assert_eq!(state(TargetKind::HorizontalPodAutoscaler, &hpa(2), 1), RolloutState::Progressing);
+        // The HPA controller writes no observedGeneration: its change applies as it next scales.
+        let hpa = json!({"metadata": {"generation": 3}});
+        assert_eq!(state(TargetKind::HorizontalPodAutoscaler, &hpa, 0), RolloutState::Complete);
         assert_eq!(state(TargetKind::ConfigMap, &json!({"metadata": {}}), 0), RolloutState::Complete);
     }
 }

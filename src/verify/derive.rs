@@ -46,57 +46,107 @@ pub fn pick_rule<'a>(
     }
 }
 
-/// The alert's labels that identify its series: all but `alertname` and the rule's static
-/// labels.
+/// Labels that name one Pod, process or container instance: a rollout replaces them, so a
+/// check scoped to them goes silent whether or not the fix worked.
+const PER_INSTANCE: &[&str] =
+    &["pod", "pod_name", "instance", "container_id", "pod_ip", "uid", "pod_uid", "id", "name"];
+
+/// The alert's labels that identify its series: all but `alertname`, the rule's static
+/// labels, and those naming one Pod or instance ([`PER_INSTANCE`]).
 pub fn identifying(alert: &BTreeMap<String, String>, rule: &AlertRule) -> BTreeMap<String, String> {
     alert
         .iter()
-        .filter(|(k, _)| k.as_str() != "alertname" && !rule.labels.contains_key(k.as_str()))
+        .filter(|(k, _)| {
+            k.as_str() != "alertname" && !rule.labels.contains_key(k.as_str()) && !PER_INSTANCE.contains(&k.as_str())
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
-/// `expr` with an equality matcher for every label in `labels` in every vector selector.
+/// For an alert that named a Pod, the matcher for any Pod of the same workload (`<target>-…`,
+/// as the Deployment, StatefulSet and DaemonSet controllers name them), so the check follows
+/// the workload across the rollout instead of the Pod it replaced.
+pub fn workload_pods(alert: &BTreeMap<String, String>, target: &str) -> Option<(String, String)> {
+    alert.contains_key("pod").then(|| ("pod".to_owned(), format!("{}-.+", regex_escape(target))))
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars().fold(String::new(), |mut out, c| {
+        if !c.is_ascii_alphanumeric() && c != '-' && c != '_' {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+/// The scoped check and the query saying its series still exist.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scoped {
+    /// `expr` narrowed to the alert's series.
+    pub query: String,
+    /// `count(...) or count(...)` over every narrowed selector: data when any of the series
+    /// the check reads exists now, so an empty check means "clear", not "gone".
+    pub presence: String,
+}
+
+/// `expr` with an equality matcher for every label in `labels` — and, when given, a regex
+/// matcher `pods` — in every vector selector.
 ///
 /// # Errors
 /// The expression does not parse.
-pub fn scope(expr: &str, labels: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn scope(expr: &str, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>) -> Result<Scoped, String> {
     let mut ast = parser::parse(expr).map_err(|e| format!("the alerting rule's expression does not parse: {e}"))?;
-    inject(&mut ast, labels);
-    Ok(ast.to_string())
+    let mut selectors = Vec::new();
+    inject(&mut ast, labels, pods, &mut selectors);
+    let presence = selectors.iter().map(|s| format!("count({s})")).collect::<Vec<_>>().join(" or ");
+    Ok(Scoped { query: ast.to_string(), presence })
 }
 
-fn inject(expr: &mut Expr, labels: &BTreeMap<String, String>) {
+fn inject(expr: &mut Expr, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>, out: &mut Vec<String>) {
+    let go = |e: &mut Expr, out: &mut Vec<String>| inject(e, labels, pods, out);
     match expr {
-        Expr::VectorSelector(vs) => narrow(vs, labels),
-        Expr::MatrixSelector(ms) => narrow(&mut ms.vs, labels),
+        Expr::VectorSelector(vs) => {
+            narrow(vs, labels, pods);
+            out.push(Expr::VectorSelector(vs.clone()).to_string());
+        }
+        Expr::MatrixSelector(ms) => {
+            narrow(&mut ms.vs, labels, pods);
+            out.push(Expr::VectorSelector(ms.vs.clone()).to_string());
+        }
         Expr::Aggregate(a) => {
-            inject(&mut a.expr, labels);
+            go(&mut a.expr, out);
             if let Some(param) = a.param.as_mut() {
-                inject(param, labels);
+                go(param, out);
             }
         }
-        Expr::Unary(u) => inject(&mut u.expr, labels),
+        Expr::Unary(u) => go(&mut u.expr, out),
         Expr::Binary(b) => {
-            inject(&mut b.lhs, labels);
-            inject(&mut b.rhs, labels);
+            go(&mut b.lhs, out);
+            go(&mut b.rhs, out);
         }
-        Expr::Paren(p) => inject(&mut p.expr, labels),
-        Expr::Subquery(s) => inject(&mut s.expr, labels),
-        Expr::Call(c) => c.args.args.iter_mut().for_each(|a| inject(a, labels)),
+        Expr::Paren(p) => go(&mut p.expr, out),
+        Expr::Subquery(s) => go(&mut s.expr, out),
+        Expr::Call(c) => c.args.args.iter_mut().for_each(|a| go(a, out)),
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
     }
 }
 
-/// Adds `name="value"` to a selector unless it already has exactly that matcher; with `or`
-/// groups, to every group (each is a selector of its own).
-fn narrow(vs: &mut VectorSelector, labels: &BTreeMap<String, String>) {
+/// Adds `name="value"` to a selector unless it already has exactly that matcher (and the
+/// `pods` regex matcher); with `or` groups, to every group (each is a selector of its own).
+fn narrow(vs: &mut VectorSelector, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>) {
+    let regex = pods.and_then(|(name, pattern)| {
+        regex::Regex::new(&format!("^(?:{pattern})$")).ok().map(|r| Matcher::new(MatchOp::Re(r), name, pattern))
+    });
     let add = |group: &mut Vec<Matcher>| {
         for (name, value) in labels {
             let present = group.iter().any(|m| m.name == *name && m.op == MatchOp::Equal && m.value == *value);
             if !present {
                 group.push(Matcher::new(MatchOp::Equal, name, value));
             }
+        }
+        if let Some(r) = &regex {
+            group.push(r.clone());
         }
     };
     let Matchers { matchers, or_matchers } = &mut vs.matchers;
@@ -121,7 +171,7 @@ mod tests {
 
     /// The scoped expression, and that it parses again to the same thing.
     fn scoped(expr: &str) -> String {
-        let out = scope(expr, &shop()).unwrap();
+        let out = scope(expr, &shop(), None).unwrap().query;
         let again = parser::parse(&out).unwrap().to_string();
         assert_eq!(again, out, "prints back to something that parses to itself");
         out
@@ -181,7 +231,7 @@ mod tests {
 
     #[test]
     fn an_expression_that_does_not_parse_is_an_error_not_a_guess() {
-        let err = scope("sum(rate(x[5m]) by", &shop()).unwrap_err();
+        let err = scope("sum(rate(x[5m]) by", &shop(), None).unwrap_err();
         assert!(err.starts_with("the alerting rule's expression does not parse"), "{err}");
     }
 
@@ -208,15 +258,45 @@ mod tests {
     }
 
     #[test]
-    fn identifying_labels_leave_out_the_alert_name_and_the_rules_own_labels() {
+    fn identifying_labels_leave_out_the_alert_name_the_rules_own_labels_and_the_pod() {
         let r = rule("A", "x", &[("severity", "warning"), ("team", "shop")]);
         let alert = labels(&[
             ("alertname", "A"),
             ("severity", "warning"),
             ("team", "shop"),
             ("namespace", "shop"),
-            ("pod", "p"),
+            ("container", "app"),
+            ("pod", "checkout-7d9f-abcde"),
+            ("instance", "10.0.0.1:8080"),
         ]);
-        assert_eq!(identifying(&alert, &r), labels(&[("namespace", "shop"), ("pod", "p")]));
+        assert_eq!(identifying(&alert, &r), labels(&[("container", "app"), ("namespace", "shop")]));
+    }
+
+    /// A crash-looping Pod's alert: the check follows the workload's Pods (the rollout
+    /// replaces that Pod, so a check scoped to it would go silent whatever the fix did), and
+    /// the presence query says whether any series the check reads still exists.
+    #[test]
+    fn a_pod_alert_is_checked_across_the_workloads_pods_and_presence_is_checked_too() {
+        let alert = labels(&[("namespace", "shop"), ("pod", "checkout-7d9f-abcde")]);
+        let pods = workload_pods(&alert, "checkout").unwrap();
+        let ns = labels(&[("namespace", "shop")]);
+        let s = scope(
+            "max_over_time(kube_pod_container_status_waiting_reason{reason=\"CrashLoopBackOff\"}[5m]) >= 1",
+            &ns,
+            Some(&pods),
+        )
+        .unwrap();
+        assert_eq!(
+            s.query,
+            r#"max_over_time(kube_pod_container_status_waiting_reason{namespace="shop",pod=~"checkout-.+",reason="CrashLoopBackOff"}[5m]) >= 1"#
+        );
+        assert_eq!(
+            s.presence,
+            r#"count(kube_pod_container_status_waiting_reason{namespace="shop",pod=~"checkout-.+",reason="CrashLoopBackOff"})"#
+        );
+        assert_eq!(workload_pods(&labels(&[("namespace", "shop")]), "checkout"), None, "no pod, no pod matcher");
+        assert_eq!(workload_pods(&alert, "web.v2").unwrap().1, r"web\.v2-.+", "the name is a literal");
+        let two = scope("a / b", &ns, None).unwrap();
+        assert_eq!(two.presence, r#"count(a{namespace="shop"}) or count(b{namespace="shop"})"#);
     }
 }

@@ -3,16 +3,21 @@
 //!
 //! Contract: pure. [`judge_guard`] compares one guard's latest value with its baseline: worse
 //! means higher (lower with `lowerIsWorse`) by more than `maxIncreasePercent` of the
-//! baseline or `maxIncrease` in its own unit. No data now proves nothing either way and
-//! leaves the guard as it was; a guard whose baseline had no data (or could not be read)
-//! cannot be judged, which the verdict reports rather than pass over ([`unjudged`]).
+//! baseline or `maxIncrease` in its own unit. A guard with no baseline, or no current value
+//! (no data, an error, not a number), cannot be judged, which the verdict reports rather than
+//! pass over ([`unjudged`]); once worse it stays worse.
 
 use crate::api::policy::GuardSpec;
 use crate::api::remediation::GuardStatus;
 
-/// `status` with the guard's latest value `now` (None: no data or a provider error) judged.
+/// `status` with the guard's latest value `now` judged (None: no data, a provider error or a
+/// value that is not a number — then the guard has no current value, which a pass needs).
 pub fn judge_guard(spec: &GuardSpec, mut status: GuardStatus, now: Option<f64>) -> GuardStatus {
-    let Some(now) = now else { return status };
+    status.baseline = status.baseline.filter(|b| b.is_finite());
+    let Some(now) = now.filter(|v| v.is_finite()) else {
+        status.last = None;
+        return status;
+    };
     status.last = Some(now);
     if let Some(base) = status.baseline {
         let change = if spec.lower_is_worse { base - now } else { now - base };
@@ -44,10 +49,11 @@ pub fn worse(specs: &[GuardSpec], statuses: &[GuardStatus]) -> Option<String> {
     ))
 }
 
-/// The guards that cannot be judged: no baseline (no data just before the change, or it
-/// could not be read).
+/// The guards that cannot be judged now: no baseline (no data just before the change, it
+/// could not be read, or it was not a number), or no current value (the fix may have killed
+/// the metric, or all traffic).
 pub fn unjudged(statuses: &[GuardStatus]) -> Vec<&str> {
-    statuses.iter().filter(|s| s.baseline.is_none()).map(|s| s.name.as_str()).collect()
+    statuses.iter().filter(|s| s.baseline.is_none() || s.last.is_none()).map(|s| s.name.as_str()).collect()
 }
 
 #[cfg(test)]
@@ -91,7 +97,12 @@ mod tests {
         assert!(worse_once.worse);
         let later = judge_guard(&pct, worse_once.clone(), Some(1.0));
         assert!(later.worse, "a spike is not forgiven by a later good sample");
-        assert_eq!(judge_guard(&pct, base(Some(1.0)), None), base(Some(1.0)));
+        let silent = judge_guard(&pct, judge_guard(&pct, base(Some(1.0)), Some(1.0)), None);
+        assert_eq!(silent.last, None, "no current value");
+        assert_eq!(unjudged(std::slice::from_ref(&silent)), ["errors"], "a metric gone silent cannot pass");
+        let nan = judge_guard(&pct, base(Some(1.0)), Some(f64::NAN));
+        assert_eq!((nan.last, nan.worse), (None, false));
+        assert_eq!(unjudged(&[judge_guard(&pct, base(Some(f64::NAN)), Some(1.0))]), ["errors"], "NaN baseline");
         let why = worse(&[pct], &[worse_once]).unwrap();
         assert_eq!(why, "guard errors got worse: 1 before the change, 5 now (higher is worse; margin 10%)");
     }

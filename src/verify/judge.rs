@@ -55,6 +55,9 @@ fn describe(rule: &ValidVerify, reading: &Reading) -> String {
         Reading::Unavailable(e) => format!("the metrics provider failed: {e}"),
         Reading::Rejected(e) => format!("the metrics provider rejected {query}: {e}"),
         Reading::Underivable(e) => format!("no check could be derived from the alert: {e}"),
+        Reading::SeriesGone(q) => {
+            format!("{query} returned nothing, and neither did the series it reads ({q}): no data")
+        }
     }
 }
 
@@ -71,6 +74,9 @@ pub enum Reading {
     Unavailable(String),
     /// It refused the query (bad PromQL): no sample will ever measure anything.
     Rejected(String),
+    /// The check derived from the alert returned nothing, and so did the series it reads:
+    /// not "clear" but gone (no data).
+    SeriesGone(String),
     /// No check could be derived from the alert (no such rule, an ambiguous or unparsable
     /// one, or a scoped expression that does not see the alert's series): Inconclusive at
     /// once, never a silent pass.
@@ -132,6 +138,7 @@ pub fn waiting(
         action: None,
         query: rule.query.clone(),
         guards: Vec::new(),
+        reproduced: prev.is_some_and(|p| p.reproduced),
     })
 }
 
@@ -158,15 +165,20 @@ pub fn judge(
             action: Some(rule.on_inconclusive),
             query: rule.query.clone(),
             guards,
+            reproduced: prev.is_some_and(|p| p.reproduced),
         };
     }
     let (value, error) = match &reading {
         Reading::Value(v) => (*v, None),
+        Reading::SeriesGone(_) => (None, None),
         Reading::Unavailable(e) | Reading::Rejected(e) | Reading::Underivable(e) => (None, Some(e.clone())),
     };
-    // Checking an alert's own rule, no series is the good answer and any series a bad one.
+    // Checking an alert's own rule, no series is the good answer and any series a bad one —
+    // unless the series it reads are gone too (no data).
+    let gone = matches!(reading, Reading::SeriesGone(_));
     let (value, ok) = match (rule.pass_when_empty, value, &error) {
         (_, _, Some(_)) => (value, false),
+        (true, None, None) if gone => (None, false),
         (true, None, None) => (Some(0.0), true),
         (true, Some(v), None) => (Some(v), false),
         (false, v, None) => (v, v.is_some_and(|v| rule.holds(v))),
@@ -231,7 +243,7 @@ pub fn judge(
             (
                 VerificationVerdict::Inconclusive,
                 format!(
-                    "held for {}, but guard {} had no data just before the change, so the fix's harm cannot be judged (use `or vector(0)` if no data means zero): {now_says}",
+                    "held for {}, but guard {} has no value just before the change or now, so the fix's harm cannot be judged (use `or vector(0)` if no data means zero): {now_says}",
                     secs(held),
                     unjudged.join(", ")
                 ),
@@ -269,6 +281,7 @@ pub fn judge(
         action,
         query: rule.query.clone(),
         guards,
+        reproduced: prev.is_some_and(|p| p.reproduced),
     }
 }
 

@@ -15,7 +15,7 @@ use futures::FutureExt;
 
 use std::collections::BTreeMap;
 
-use super::derive::{identifying, pick_rule, scope};
+use super::derive::{identifying, pick_rule, scope, workload_pods};
 use super::guard::judge_guard;
 use super::judge::{AlertSince, Reading, judge, waiting};
 use crate::api::ErrorCategory;
@@ -62,17 +62,20 @@ impl Verify for Sampler {
             if let Some(waiting) = waiting(&rule, prev, due, now) {
                 return Ok(waiting);
             }
-            let (rule, reading) = match rule.query.clone() {
-                Some(query) => (rule, read(this.metrics.as_ref(), &query).await),
+            let (rule, reading, reproduced) = match rule.query.clone() {
+                Some(query) => (rule, read(this.metrics.as_ref(), &query).await, false),
                 None => {
-                    let first = prev.is_none_or(|p| p.samples.is_empty());
-                    derived(this.metrics.as_ref(), rule, &input.remediation.spec.alert, first).await
+                    let reproduced = prev.is_some_and(|p| p.reproduced);
+                    let spec = &input.remediation.spec;
+                    derived(this.metrics.as_ref(), rule, &spec.alert, &spec.target.name, reproduced).await
                 }
             };
             let alert = AlertSince::of(status.and_then(|s| s.alert.as_ref()), applied);
             let before = applied.unwrap_or(now).checked_sub(jiff::SignedDuration::from_secs(1)).unwrap_or(now);
             let guards = guards(this.metrics.as_ref(), &rule, prev, before).await;
-            Ok(judge(&rule, prev, reading, alert, guards, now))
+            let mut verification = judge(&rule, prev, reading, alert, guards, now);
+            verification.reproduced = reproduced;
+            Ok(verification)
         }
         .boxed()
     }
@@ -120,50 +123,63 @@ async fn read(metrics: &dyn MetricsSource, query: &str) -> Reading {
 }
 
 /// The check derived from the alert ([`super::derive`]): its rule's expression scoped to its
-/// series, which must return nothing. On the `first` sample the scoped expression must
-/// reproduce the alert at the time it started — otherwise it cannot see the alert's series
-/// (a label Prometheus adds outside the expression, a selector without one of the labels),
-/// and an empty answer would prove nothing.
+/// series (a Pod it named widened to the workload's Pods, `target`), which must return
+/// nothing. Until it has once reproduced the alert at the time it started (`reproduced`), an
+/// empty answer proves nothing: that check comes first, and a scoped expression that does
+/// not reproduce the alert cannot see its series. An empty answer also counts as "clear"
+/// only while some series it reads still exists (the presence query); otherwise, no data.
+/// Returns the rule with the query, the reading, and whether it has reproduced the alert.
 async fn derived(
     metrics: &dyn MetricsSource,
     mut rule: ValidVerify,
     alert: &crate::api::remediation::AlertRef,
-    first: bool,
-) -> (ValidVerify, Reading) {
+    target: &str,
+    reproduced: bool,
+) -> (ValidVerify, Reading, bool) {
     rule.pass_when_empty = true;
     let labels: BTreeMap<String, String> = alert.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let rules = match metrics.alert_rules(&alert.name).await {
         Ok(r) => r,
         Err(MetricsError::Unavailable(m) | MetricsError::Rejected(m)) => {
-            return (rule, Reading::Unavailable(format!("reading the alerting rules: {m}")));
+            return (rule, Reading::Unavailable(format!("reading the alerting rules: {m}")), reproduced);
         }
     };
+    let pods = workload_pods(&labels, target);
     let scoped = pick_rule(&rules, &alert.name, &labels)
-        .and_then(|r| scope(&r.expr, &identifying(&labels, r)).map(|q| (r.expr.clone(), q)));
-    let (original, query) = match scoped {
+        .and_then(|r| scope(&r.expr, &identifying(&labels, r), pods.as_ref()).map(|q| (r.expr.clone(), q)));
+    let (original, scoped) = match scoped {
         Ok(q) => q,
-        Err(why) => return (rule, Reading::Underivable(why)),
+        Err(why) => return (rule, Reading::Underivable(why), reproduced),
     };
-    rule.query = Some(query.clone());
-    if first {
-        match metrics.instant_at(&query, alert.starts_at.0).await {
+    rule.query = Some(scoped.query.clone());
+    if !reproduced {
+        match metrics.instant_at(&scoped.query, alert.starts_at.0).await {
             Ok(Some(_)) => {}
             Ok(None) => {
-                return (
-                    rule,
-                    Reading::Underivable(format!(
-                        "scoped to the alert's labels, its rule ({original}) returns nothing at {} when the alert started: it cannot see the alert's series, so an empty answer would prove nothing; give verify.query",
-                        alert.starts_at.0
-                    )),
+                let why = format!(
+                    "scoped to the alert's labels, its rule ({original}) returns nothing at {} when the alert started: it cannot see the alert's series, so an empty answer would prove nothing; give verify.query",
+                    alert.starts_at.0
                 );
+                return (rule, Reading::Underivable(why), false);
             }
             Err(MetricsError::Unavailable(m) | MetricsError::Rejected(m)) => {
-                return (rule, Reading::Unavailable(format!("checking the derived query at the alert's start: {m}")));
+                return (
+                    rule,
+                    Reading::Unavailable(format!("checking the derived query at the alert's start: {m}")),
+                    false,
+                );
             }
         }
     }
-    let reading = read(metrics, &query).await;
-    (rule, reading)
+    let reading = match read(metrics, &scoped.query).await {
+        Reading::Value(None) if !scoped.presence.is_empty() => match metrics.instant(&scoped.presence).await {
+            Ok(Some(_)) => Reading::Value(None),
+            Ok(None) => Reading::SeriesGone(scoped.presence),
+            Err(MetricsError::Unavailable(m) | MetricsError::Rejected(m)) => Reading::Unavailable(m),
+        },
+        other => other,
+    };
+    (rule, reading, true)
 }
 
 #[cfg(test)]
