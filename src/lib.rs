@@ -17,6 +17,7 @@ pub mod gate;
 pub mod intake;
 pub mod mcp;
 pub mod metrics;
+pub mod notify;
 pub mod oncall;
 pub mod operator;
 pub mod patch;

@@ -116,7 +116,12 @@ impl Operator {
         };
         let identities = Arc::new(Identities::new(client.clone(), kube_config));
         let mcp = crate::mcp::router(ReflexMcp::new(backends), identities, mcp_allowed_hosts, stop.clone());
-        let guards = Guards { kill_switch: webhook.kill_switch.clone(), max_concurrent_deploys, alertmanager };
+        // Webhooks over https only: their URLs come from Secrets namespace users write.
+        let notifier = crate::notify::Notifier::new(false)
+            .map_err(|e| tracing::warn!(error = %e, "notifications are off: no HTTP client"))
+            .ok();
+        let guards =
+            Guards { kill_switch: webhook.kill_switch.clone(), max_concurrent_deploys, alertmanager, notifier };
         let intake = Intake::start(client.clone(), webhook);
         let router = webhook::router(intake.clone()).merge(mcp);
         let stages = stages(client.clone(), metrics, tools, prices, identity, guards.kill_switch.clone());

@@ -39,12 +39,26 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("deploy", &["api", "cluster", "patch", "ports"]),
     ("verify", &["api", "cluster", "metrics", "ports"]),
     // The controller drives the ports; it never knows a stage module.
-    ("controller", &["api", "cluster", "patch", "ports", "silence"]),
+    ("controller", &["api", "cluster", "notify", "patch", "ports", "silence"]),
+    ("notify", &["api"]),
     ("silence", &[]),
     // The composition root assembles everything the operator runs.
     (
         "operator",
-        &["agent", "ci", "cluster", "controller", "deploy", "gate", "intake", "mcp", "metrics", "silence", "verify"],
+        &[
+            "agent",
+            "ci",
+            "cluster",
+            "controller",
+            "deploy",
+            "gate",
+            "intake",
+            "mcp",
+            "metrics",
+            "notify",
+            "silence",
+            "verify",
+        ],
     ),
     // What a person does, as themselves (the CLI and the MCP action tools).
     ("oncall", &["api"]),

@@ -900,6 +900,78 @@ async fn the_alert_is_silenced_in_alertmanager_while_the_fix_is_in_flight() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The policy's webhook (its URL in a Secret) gets one message per phase people act on —
+/// here Succeeded, then RolledBack — with what happened, the change, the verdict and the
+/// command; nothing for the phases in between. The receiver is a stand-in for Slack's
+/// incoming webhook on loopback (plain http allowed for the test only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policys_webhook_gets_one_message_per_event_people_act_on() {
+    use common::servers::until;
+    use kube::api::{Patch, PatchParams};
+    reflex::install_crypto_provider();
+    let received = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let receiver = {
+        let received = received.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let received = received.clone();
+                async move {
+                    received.lock().unwrap().push(body);
+                    "ok"
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let (_sandbox, client) = setup().await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({"metadata": {"name": "chat"},
+        "stringData": {"url": format!("http://{addr}/hook")}}))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let notify = json!({"spec": {"notify": {"webhookSecretRef": {"name": "chat", "key": "url"}}}});
+    Api::<RemediationPolicy>::namespaced(client.clone(), "shop")
+        .patch("checkout-oom", &PatchParams::default(), &Patch::Merge(notify))
+        .await
+        .unwrap();
+    let doubles = Arc::new(Doubles::default());
+    let guards = reflex::controller::reconcile::Guards {
+        notifier: Some(reflex::notify::Notifier::new(true).unwrap()),
+        ..Default::default()
+    };
+    let (stop, task) = spawn_guarded(&client, stages(&doubles), guards);
+    let texts = || {
+        received.lock().unwrap().iter().map(|b| b["text"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>()
+    };
+
+    create_remediation(&client, "told").await;
+    wait_phase(&client, "told", Phase::Succeeded).await;
+    until("the Succeeded message", Duration::from_secs(30), async || (texts().len() >= 1).then_some(())).await;
+    *doubles.fail_verify.lock().unwrap() = true;
+    create_remediation(&client, "told-again").await;
+    wait_phase(&client, "told-again", Phase::RolledBack).await;
+    until("the RolledBack message", Duration::from_secs(30), async || (texts().len() >= 2).then_some(())).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    let texts = texts();
+    assert_eq!(texts.len(), 2, "one message per event: {texts:#?}");
+    assert!(
+        texts[0].contains("shop/told: *Succeeded*") && texts[0].contains("kubectl reflex describe told -n shop"),
+        "{}",
+        texts[0]
+    );
+    assert!(texts[0].contains("Verification: Passed"), "{}", texts[0]);
+    assert!(texts[1].contains("shop/told-again: *RolledBack*"), "{}", texts[1]);
+    assert!(texts[1].contains("Change: Strategic patch sha256:"), "the change: {}", texts[1]);
+}
+
 /// The operator's cap on concurrent deploys holds across Remediations: with a cap of one and a
 /// change being verified, the next one stalls before its snapshot (reason ConcurrencyCap) and
 /// deploys once the first has finished.

@@ -664,8 +664,22 @@ impl Default for RateLimit {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NotifySpec {
-    /// Secret key holding a Slack-compatible incoming-webhook URL.
+    /// Secret key holding the webhook URL (https).
     pub webhook_secret_ref: SecretKeyRef,
+    /// `slack` (an incoming webhook's `{"text": …}`, the default) or `json` (the fields).
+    #[serde(default)]
+    pub format: NotifyFormat,
+}
+
+/// How a notification is shaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    /// A Slack-compatible incoming webhook.
+    #[default]
+    Slack,
+    /// A generic JSON webhook.
+    Json,
 }
 
 /// What the operator observed about a policy.

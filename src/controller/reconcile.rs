@@ -44,6 +44,7 @@ use crate::api::remediation::{ApprovalRecord, Phase, RemediationStatus, SilenceR
 use crate::api::validate::ValidPolicy;
 use crate::api::{ErrorCategory, FINALIZER, Remediation, RemediationApproval, RemediationPolicy, STATUS_MANAGER};
 use crate::cluster::api_category;
+use crate::notify::Notifier;
 use crate::ports::{EffectKey, StageInput};
 use crate::silence::Alertmanager;
 
@@ -69,6 +70,8 @@ pub struct Context {
     pub max_concurrent_deploys: Option<u32>,
     /// Alertmanager, for silences.
     pub alertmanager: Option<Arc<Alertmanager>>,
+    /// Notifications.
+    pub notifier: Option<Notifier>,
     /// Deploy slots let through and not yet seen taken in the cache.
     pub deploy_slots: DeploySlots,
     /// Consecutive reconcile failures per Remediation, for [`error_policy`]'s backoff.
@@ -88,6 +91,8 @@ pub struct Guards {
     pub max_concurrent_deploys: Option<u32>,
     /// Alertmanager, for the silences policies ask for while a fix is in flight.
     pub alertmanager: Option<Arc<Alertmanager>>,
+    /// Delivers the notifications policies ask for.
+    pub notifier: Option<Notifier>,
 }
 
 /// Errors of the reconciler itself (stage failures are recorded in status instead).
@@ -230,6 +235,7 @@ pub async fn run(
         max_concurrent_deploys: guards.max_concurrent_deploys,
         deploy_slots: DeploySlots::default(),
         alertmanager: guards.alertmanager.clone(),
+        notifier: guards.notifier.clone(),
         failures: Failures::default(),
         clock: Arc::new(SystemClock),
     });
@@ -434,6 +440,7 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         info!(remediation = %name, "cancelled the in-flight effect");
     }
     announce(ctx, &rem, &plan.transitions).await;
+    tell(ctx, &rem, policy.as_deref(), &plan).await;
     let outcome = change_outcome(&rem, &plan.status);
     history::record_fix(ctx, &rem, &plan.status, outcome.as_ref(), policy.as_deref()).await?;
     trust::record_outcome(ctx, &rem, outcome, policy.as_deref()).await?;
@@ -534,6 +541,53 @@ impl Taken<'_> {
         } else {
             self.0.remove(&key);
         }
+    }
+}
+
+/// Tells people, through the webhook the policy names (its URL in a Secret of the
+/// Remediation's namespace), about each transition into a phase they act on
+/// ([`crate::notify::TOLD`]). Delivery is in the background and never blocks the loop; a
+/// missing Secret or a refused URL is logged and counted.
+async fn tell(ctx: &Context, rem: &Remediation, policy: Option<&ValidPolicy>, plan: &Plan) {
+    let (Some(notifier), Some(spec)) = (ctx.notifier.as_ref(), policy.and_then(|p| p.notify.as_ref())) else { return };
+    let told: Vec<&TransitionRecord> =
+        plan.transitions.iter().filter(|t| crate::notify::TOLD.contains(&t.to)).collect();
+    if told.is_empty() {
+        return;
+    }
+    let namespace = rem.namespace().unwrap_or_default();
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&spec.webhook_secret_ref.name)
+        .await;
+    let url = match secret {
+        Ok(Some(s)) => s
+            .data
+            .and_then(|d| d.get(&spec.webhook_secret_ref.key).cloned())
+            .and_then(|b| String::from_utf8(b.0).ok())
+            .ok_or_else(|| {
+                format!(
+                    "Secret {namespace}/{} has no key {:?}",
+                    spec.webhook_secret_ref.name, spec.webhook_secret_ref.key
+                )
+            })
+            .and_then(|u| crate::notify::check_url(&u, notifier.allow_http)),
+        Ok(None) => Err(format!("Secret {namespace}/{} does not exist", spec.webhook_secret_ref.name)),
+        Err(e) => Err(format!("reading Secret {namespace}/{}: {e}", spec.webhook_secret_ref.name)),
+    };
+    let url = match url {
+        Ok(u) => u,
+        Err(why) => {
+            warn!(remediation = %rem.name_any(), error = %why, "cannot notify");
+            for _ in &told {
+                notifier.failed();
+            }
+            return;
+        }
+    };
+    let mut current = rem.clone();
+    current.status = Some(plan.status.clone());
+    for t in told {
+        notifier.send(url.clone(), crate::notify::message(&current, t.to, t.reason, &t.message, spec.format));
     }
 }
 
