@@ -952,7 +952,7 @@ async fn the_policys_webhook_gets_one_message_per_event_people_act_on() {
 
     create_remediation(&client, "told").await;
     wait_phase(&client, "told", Phase::Succeeded).await;
-    until("the Succeeded message", Duration::from_secs(30), async || (texts().len() >= 1).then_some(())).await;
+    until("the Succeeded message", Duration::from_secs(30), async || (!texts().is_empty()).then_some(())).await;
     *doubles.fail_verify.lock().unwrap() = true;
     create_remediation(&client, "told-again").await;
     wait_phase(&client, "told-again", Phase::RolledBack).await;
