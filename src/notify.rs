@@ -201,6 +201,18 @@ mod tests {
     }
 
     #[test]
+    fn failures_are_counted() {
+        crate::install_crypto_provider();
+        let notifier = Notifier::new(false).unwrap();
+        let mut registry = prometheus_client::registry::Registry::with_prefix("reflex");
+        notifier.register(&mut registry);
+        notifier.failed();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"reflex_notifications_total{outcome="failed"} 1"#), "{text}");
+    }
+
+    #[test]
     fn the_message_names_what_happened_and_the_command_to_act() {
         let rem: Remediation = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
             "metadata": {"name": "checkout-oom-1", "namespace": "shop"},

@@ -123,6 +123,9 @@ impl Operator {
         let guards =
             Guards { kill_switch: webhook.kill_switch.clone(), max_concurrent_deploys, alertmanager, notifier };
         let intake = Intake::start(client.clone(), webhook);
+        if let Some(n) = &guards.notifier {
+            intake.register_metrics(|r| n.register(r));
+        }
         let router = webhook::router(intake.clone()).merge(mcp);
         let stages = stages(client.clone(), metrics, tools, prices, identity, guards.kill_switch.clone());
         Self { stages, client, intake, router, guards }

@@ -57,6 +57,8 @@ struct Reason {
 /// Intake's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Metrics other parts of the operator register to be served on the same `/metrics`.
+    others: std::sync::Mutex<Registry>,
     received: Counter,
     matched: Counter,
     deduplicated: Counter,
@@ -76,6 +78,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("reflex_intake");
         let m = Self {
             registry: Registry::default(),
+            others: std::sync::Mutex::new(Registry::with_prefix("reflex")),
             received: Counter::default(),
             matched: Counter::default(),
             deduplicated: Counter::default(),
@@ -130,13 +133,22 @@ impl Metrics {
         self.rejected.get_or_create(&Reason { reason: reason.into() }).inc();
     }
 
-    /// The text exposition.
+    /// The text exposition: intake's metrics, then the others'.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let others = self.others.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err()
+            || prometheus_client::encoding::text::encode_registry(&mut out, &others).is_err()
+            || prometheus_client::encoding::text::encode_eof(&mut out).is_err()
+        {
             out.clear();
         }
         out
+    }
+
+    /// Registers more metrics to be served with intake's (`f` is handed the registry).
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.others.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 }
 
@@ -212,6 +224,11 @@ impl Drop for Intake {
 }
 
 impl Intake {
+    /// Registers more metrics to be served on intake's `/metrics`.
+    pub fn register_metrics(&self, f: impl FnOnce(&mut Registry)) {
+        self.shared.metrics.register(f);
+    }
+
     /// Start watching policies, Remediations and the kill switch, and the queue's workers.
     pub fn start(client: kube::Client, settings: Settings) -> Arc<Self> {
         Self::start_with(client, settings, Limits::default())
@@ -653,6 +670,18 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
         assert!(authorized(Some("s3cret"), &h));
         assert!(authorized(None, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn metrics_registered_by_other_parts_are_served_with_intakes() {
+        let m = Metrics::default();
+        let c: Counter = Counter::default();
+        m.register(|r| r.register("notifications", "Notifications", c.clone()));
+        c.inc();
+        let text = m.encode();
+        assert!(text.contains("reflex_notifications_total 1"), "{text}");
+        assert!(text.contains("reflex_intake_alerts_received_total"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "one exposition: {text}");
     }
 
     #[test]
