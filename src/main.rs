@@ -167,6 +167,14 @@ enum Command {
         #[command(flatten)]
         who: Who,
     },
+    /// Explain one Remediation: what fired, what Reflex did and when, what it changed, and the
+    /// verification samples as a chart with the verdict.
+    Explain {
+        /// The Remediation.
+        name: String,
+        #[command(flatten)]
+        who: Who,
+    },
     /// MCP: `reflex mcp manifest` prints every tool's name, version and schema hash.
     Mcp {
         #[command(subcommand)]
@@ -279,6 +287,19 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("reading Remediation {ns}/{name}"))?;
             print!("{}", reflex::oncall::describe(&rem));
+        }
+        Command::Explain { name, who } => {
+            let (client, ns) = who.connect().await?;
+            let rem = kube::Api::<reflex::api::Remediation>::namespaced(client.clone(), &ns)
+                .get(&name)
+                .await
+                .with_context(|| format!("reading Remediation {ns}/{name}"))?;
+            // Events help but are not required (they expire; RBAC may hide them).
+            let events = reflex::oncall::happenings(&client, &ns, &name).await.unwrap_or_else(|e| {
+                eprintln!("note: the Remediation's Events could not be read ({e}); showing status only");
+                Vec::new()
+            });
+            print!("{}", reflex::oncall::explain::explain(&rem, &events));
         }
         Command::Version => {
             println!("reflex {}", env!("CARGO_PKG_VERSION"));

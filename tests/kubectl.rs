@@ -235,9 +235,17 @@ async fn kubectl_reflex_approves_as_the_person_running_it() {
     assert_eq!(approval.spec.proposal_digest.as_deref(), Some("sha256:0a1b"));
     assert_eq!(approval.spec.reason.as_deref(), Some("limit raise looks right"));
 
+    let describe = run.clone();
     let (ok, out) =
-        tokio::task::spawn_blocking(move || run(&["reflex", "describe", "checkout-oom", "-n", "shop"])).await.unwrap();
+        tokio::task::spawn_blocking(move || describe(&["reflex", "describe", "checkout-oom", "-n", "shop"]))
+            .await
+            .unwrap();
     assert!(ok && out.contains("phase      AwaitingApproval") && out.contains("sha256:0a1b"), "{out}");
+    // `kubectl reflex explain`: the story, from status (Events may be hidden by RBAC).
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || run(&["reflex", "explain", "checkout-oom", "-n", "shop"])).await.unwrap();
+    assert!(ok && out.contains("Remediation shop/checkout-oom: AwaitingApproval"), "{out}");
+    assert!(out.contains("The change (") && out.contains("Act: kubectl reflex describe checkout-oom -n shop"), "{out}");
 
     // The admission policies Reflex ships, applied with kubectl as a platform team would.
     let admin_kubeconfig = dir.join("admin-kubeconfig");

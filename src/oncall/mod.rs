@@ -1,8 +1,8 @@
 //! What a person does to a Remediation — approve, reject, cancel, look — always as
 //! themselves: every request uses the caller's own client (their kubeconfig, or the identity
 //! Reflex's MCP server impersonates for them), so RBAC and the approval admission policy
-//! decide. Used by `reflex approve|reject|cancel|get|describe` (also `kubectl reflex …`) and
-//! by the MCP action tools.
+//! decide. Used by `reflex approve|reject|cancel|get|describe|explain` (also `kubectl reflex
+//! …`) and by the MCP action tools.
 //!
 //! Contract: [`approval_for`] and [`describe`] are pure; [`decide`] and [`cancel`] each make
 //! one request as the caller and change nothing else. Refusals name what to do.
@@ -14,6 +14,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::api::approval::{ApprovalDecision, RemediationApproval, RemediationApprovalSpec, RemediationRef};
 use crate::api::remediation::{Phase, Remediation};
+
+pub mod explain;
 
 /// Why a person's action did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +176,30 @@ pub async fn cancel(client: &kube::Client, namespace: &str, name: &str) -> Resul
 
 /// A person's view of one Remediation: phase and why, the proposal, CI, the gate, approvals,
 /// the deploy, verification. Pure.
+/// The Events about Remediation `namespace/name` (events.k8s.io), as `explain` reads them.
+///
+/// # Errors
+/// The Events cannot be listed (the caller's RBAC, say).
+pub async fn happenings(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<explain::Happening>, kube::Error> {
+    use k8s_openapi::api::events::v1::Event;
+    let fields = format!("regarding.kind=Remediation,regarding.name={name}");
+    let list = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default().fields(&fields))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|e| {
+            let at = e.event_time.map(|t| t.0).or(e.metadata.creation_timestamp.map(|t| t.0))?;
+            Some(explain::Happening { at, reason: e.reason.unwrap_or_default(), note: e.note.unwrap_or_default() })
+        })
+        .collect())
+}
+
 pub fn describe(rem: &Remediation) -> String {
     let mut out = String::new();
     let name = rem.metadata.name.as_deref().unwrap_or_default();

@@ -1,0 +1,194 @@
+//! `reflex explain`: the story of one Remediation, as on-call reads it at 3 AM — what fired,
+//! what Reflex did and when (its Events and steps), what it changed, and how the fix was
+//! judged, the verification samples drawn as a small chart with the threshold and the
+//! verdict.
+//!
+//! Contract: pure — the caller reads the Remediation and its Events.
+
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+
+use crate::api::remediation::{Remediation, Sample, SampleKind, Verification};
+
+/// One Event about the Remediation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Happening {
+    /// When.
+    pub at: Timestamp,
+    /// Its reason (the phase transition's).
+    pub reason: String,
+    /// What it says.
+    pub note: String,
+}
+
+fn clock(t: Timestamp) -> String {
+    t.strftime("%H:%M:%S").to_string()
+}
+
+/// The explanation of `rem`, with its Events `happenings` (any order).
+pub fn explain(rem: &Remediation, happenings: &[Happening]) -> String {
+    let mut out = String::new();
+    let name = rem.metadata.name.as_deref().unwrap_or_default();
+    let ns = rem.metadata.namespace.as_deref().unwrap_or_default();
+    let status = rem.status.clone().unwrap_or_default();
+    let _ = writeln!(out, "Remediation {ns}/{name}: {}", status.phase);
+    if let Some(m) = &status.message {
+        let _ = writeln!(out, "  {m}");
+    }
+    let _ = writeln!(
+        out,
+        "  alert {} (since {}) · target {} {} · policy {}",
+        rem.spec.alert.name,
+        clock(rem.spec.alert.starts_at.0),
+        rem.spec.target.kind.as_str(),
+        rem.spec.target.name,
+        rem.spec.policy_ref.name
+    );
+    let _ = writeln!(out, "\nWhat happened");
+    let mut events: Vec<&Happening> = happenings.iter().collect();
+    events.sort_by_key(|h| h.at);
+    if events.is_empty() {
+        let _ = writeln!(out, "  (no Events: they expire after an hour; the steps below are from status)");
+    }
+    for h in events {
+        let _ = writeln!(out, "  {}  {:<22} {}", clock(h.at), h.reason, h.note);
+    }
+    let _ = writeln!(out, "\nSteps");
+    for s in &status.steps {
+        let took = s.finished_at.as_ref().map(|f| f.0.duration_since(s.started_at.0).as_secs_f64());
+        let _ = writeln!(
+            out,
+            "  {}  {:<9} #{} {:?}{}{}",
+            clock(s.started_at.0),
+            s.step.as_str(),
+            s.attempt,
+            s.state,
+            took.map(|t| format!(" in {t:.2}s")).unwrap_or_default(),
+            s.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+        );
+    }
+    if let Some(p) = &status.proposal {
+        let _ = writeln!(out, "\nThe change ({:?} patch {}, by {:?})", p.patch_type, p.digest, p.produced_by);
+        let _ = writeln!(out, "  {}", p.patch.0);
+        let _ = writeln!(out, "  why: {}", p.rationale);
+    }
+    if let Some(r) = &status.rollout {
+        let _ = writeln!(out, "\nRollout: {:?}: {}", r.state, r.message);
+    }
+    if let Some(v) = &status.verification {
+        out.push_str(&chart(v));
+    }
+    if let Some(r) = &status.rollback {
+        let _ = writeln!(out, "\nRolled back at {}: {}", clock(r.restored_at.0), r.reason);
+    }
+    let _ = writeln!(out, "\nAct: kubectl reflex describe {name} -n {ns}");
+    out
+}
+
+/// The verification: its query, the samples as a chart (one column per sample, newest
+/// right), the threshold line, and the verdict.
+pub fn chart(v: &Verification) -> String {
+    const ROWS: usize = 6;
+    let mut out = String::new();
+    let _ = writeln!(out, "\nVerification: {:?}", v.verdict);
+    if let Some(q) = &v.query {
+        let _ = writeln!(out, "  checking {q}");
+    }
+    let samples: Vec<&Sample> = v.samples.iter().collect();
+    if samples.is_empty() {
+        let _ = writeln!(out, "  (no samples yet)");
+    } else {
+        let values: Vec<f64> = samples.iter().filter_map(|s| s.value).filter(|x| x.is_finite()).collect();
+        let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        let (lo, hi) = if lo.is_finite() { (lo.min(0.0), hi.max(lo + 1e-9)) } else { (0.0, 1.0) };
+        let row_of = |x: f64| (((x - lo) / (hi - lo)) * (ROWS - 1) as f64).round() as usize;
+        for row in (0..ROWS).rev() {
+            let label = lo + (hi - lo) * row as f64 / (ROWS - 1) as f64;
+            let mut line = format!("  {label:>9.3} ┤");
+            for s in &samples {
+                let mark = match (s.kind(), s.value.filter(|x| x.is_finite())) {
+                    (SampleKind::Good, Some(x)) if row_of(x) == row => '●',
+                    (SampleKind::Bad, Some(x)) if row_of(x) == row => '✗',
+                    (SampleKind::NoData, _) if row == 0 => '·',
+                    (SampleKind::Error, _) if row == 0 => '!',
+                    _ => ' ',
+                };
+                line.push(mark);
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        let first = samples.first().map(|s| clock(s.at.0)).unwrap_or_default();
+        let last = samples.last().map(|s| clock(s.at.0)).unwrap_or_default();
+        let _ = writeln!(out, "            └{}", "─".repeat(samples.len()));
+        let _ = writeln!(out, "             {first} … {last}   ● held  ✗ broke  · no data  ! provider error");
+    }
+    for g in &v.guards {
+        let _ = writeln!(
+            out,
+            "  guard {}: {} before, {} now{}",
+            g.name,
+            g.baseline.map_or("–".to_owned(), |x| x.to_string()),
+            g.last.map_or("–".to_owned(), |x| x.to_string()),
+            if g.worse { " — WORSE" } else { "" }
+        );
+    }
+    if let Some(m) = &v.message {
+        let _ = writeln!(out, "  verdict: {m}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rem() -> Remediation {
+        serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+            "metadata": {"name": "checkout-oom-1", "namespace": "shop"},
+            "spec": {"policyRef": {"name": "checkout-oom"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"},
+                     "alert": {"name": "KubeContainerOOMKilled", "fingerprint": "f", "startsAt": "2026-01-01T10:00:00Z"}},
+            "status": {"phase": "Succeeded", "message": "held for 2s",
+                "proposal": {"patchType": "strategic", "digest": "sha256:ab", "patch": {"spec": {"replicas": 3}}, "rationale": "scale out", "producedBy": "playbook"},
+                "verification": {"verdict": "Passed", "startedAt": "2026-01-01T10:01:00Z", "query": "sum(oom_kills)", "message": "held for 2s",
+                    "samples": [
+                        {"at": "2026-01-01T10:01:00Z", "value": 3.0, "ok": false},
+                        {"at": "2026-01-01T10:01:01Z", "ok": false},
+                        {"at": "2026-01-01T10:01:02Z", "ok": false, "error": "503"},
+                        {"at": "2026-01-01T10:01:03Z", "value": 0.0, "ok": true},
+                        {"at": "2026-01-01T10:01:04Z", "value": 0.0, "ok": true}]}}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_story_reads_in_order_with_the_chart() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let events = [
+            Happening {
+                at: at("2026-01-01T10:00:59Z"),
+                reason: "Deployed".into(),
+                note: "Deploying -> Verifying".into(),
+            },
+            Happening {
+                at: at("2026-01-01T10:00:30Z"),
+                reason: "Started".into(),
+                note: "Pending -> Diagnosing".into(),
+            },
+        ];
+        let text = explain(&rem(), &events);
+        let started = text.find("Started").unwrap();
+        let deployed = text.find("Deployed").unwrap();
+        assert!(started < deployed, "events in time order:\n{text}");
+        assert!(text.contains("Remediation shop/checkout-oom-1: Succeeded"), "{text}");
+        assert!(text.contains(r#"{"spec":{"replicas":3}}"#), "{text}");
+        assert!(text.contains("checking sum(oom_kills)"), "{text}");
+        // One column per sample: bad high, no data and error on the bottom row, good at zero.
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains('┤')).collect();
+        assert_eq!(rows.len(), 6, "{text}");
+        assert!(rows[0].ends_with("✗    "), "the bad sample at the top: {:?}", rows[0]);
+        assert!(rows[5].ends_with(" ·!●●"), "no data, error, then good at zero: {:?}", rows[5]);
+        assert!(text.contains("verdict: held for 2s"), "{text}");
+        assert!(text.contains("Act: kubectl reflex describe checkout-oom-1 -n shop"), "{text}");
+    }
+}
