@@ -215,6 +215,8 @@ impl reflex::ports::Verify for D {
                 query: None,
                 guards: Vec::new(),
                 reproduced: false,
+                condition: None,
+                threshold: None,
             })
         }
         .boxed()

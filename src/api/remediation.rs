@@ -628,6 +628,13 @@ pub struct Verification {
     /// The PromQL expression sampled — the policy's, or the one derived from the alert's rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// The condition each sample is held to and the window (`< 1 for 60s`; for a check
+    /// derived from the alert, `no series for 60s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// The threshold samples are compared with (absent for a check derived from the alert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     /// A check derived from the alert reproduced the alert at its start (until it has, an
     /// empty answer proves nothing).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

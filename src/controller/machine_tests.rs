@@ -610,6 +610,8 @@ fn verification_verdicts_close_or_revert() {
         query: None,
         guards: Vec::new(),
         reproduced: false,
+        condition: None,
+        threshold: None,
     };
     let d = run(Phase::Verifying, |s| s.verification = Some(v(VerificationVerdict::Passed, None)));
     assert!(check(&d, &Expect::To(Phase::Succeeded, r::VERIFIED)));
@@ -698,6 +700,8 @@ fn an_undecided_verification_goes_where_the_policy_says_never_to_succeeded() {
                     query: None,
                     guards: Vec::new(),
                     reproduced: false,
+                    condition: None,
+                    threshold: None,
                 });
             });
             assert!(check(&d, &Expect::To(phase, want_reason)), "{verdict:?} {action:?}: {d:?}");

@@ -95,26 +95,37 @@ pub fn chart(v: &Verification) -> String {
     if let Some(q) = &v.query {
         let _ = writeln!(out, "  checking {q}");
     }
+    if let Some(c) = &v.condition {
+        let _ = writeln!(out, "  holding  {c}");
+    }
     let samples: Vec<&Sample> = v.samples.iter().collect();
     if samples.is_empty() {
         let _ = writeln!(out, "  (no samples yet)");
     } else {
-        let values: Vec<f64> = samples.iter().filter_map(|s| s.value).filter(|x| x.is_finite()).collect();
+        let threshold = v.threshold.filter(|t| t.is_finite());
+        let values: Vec<f64> =
+            samples.iter().filter_map(|s| s.value).chain(threshold).filter(|x| x.is_finite()).collect();
         let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
         let (lo, hi) = if lo.is_finite() { (lo.min(0.0), hi.max(lo + 1e-9)) } else { (0.0, 1.0) };
         let row_of = |x: f64| (((x - lo) / (hi - lo)) * (ROWS - 1) as f64).round() as usize;
+        let threshold_row = threshold.map(row_of);
         for row in (0..ROWS).rev() {
             let label = lo + (hi - lo) * row as f64 / (ROWS - 1) as f64;
-            let mut line = format!("  {label:>9.3} ┤");
+            let on_threshold = threshold_row == Some(row);
+            let mut line = format!("  {label:>9.3} {}", if on_threshold { '┼' } else { '┤' });
             for s in &samples {
                 let mark = match (s.kind(), s.value.filter(|x| x.is_finite())) {
                     (SampleKind::Good, Some(x)) if row_of(x) == row => '●',
                     (SampleKind::Bad, Some(x)) if row_of(x) == row => '✗',
                     (SampleKind::NoData, _) if row == 0 => '·',
                     (SampleKind::Error, _) if row == 0 => '!',
+                    _ if on_threshold => '─',
                     _ => ' ',
                 };
                 line.push(mark);
+            }
+            if on_threshold {
+                line.push_str(&format!(" threshold {}", threshold.unwrap_or_default()));
             }
             let _ = writeln!(out, "{line}");
         }
@@ -152,6 +163,7 @@ mod tests {
             "status": {"phase": "Succeeded", "message": "held for 2s",
                 "proposal": {"patchType": "strategic", "digest": "sha256:ab", "patch": {"spec": {"replicas": 3}}, "rationale": "scale out", "producedBy": "playbook"},
                 "verification": {"verdict": "Passed", "startedAt": "2026-01-01T10:01:00Z", "query": "sum(oom_kills)", "message": "held for 2s",
+                    "condition": "< 1 for 2s", "threshold": 1.0,
                     "samples": [
                         {"at": "2026-01-01T10:01:00Z", "value": 3.0, "ok": false},
                         {"at": "2026-01-01T10:01:01Z", "ok": false},
@@ -184,10 +196,13 @@ mod tests {
         assert!(text.contains(r#"{"spec":{"replicas":3}}"#), "{text}");
         assert!(text.contains("checking sum(oom_kills)"), "{text}");
         // One column per sample: bad high, no data and error on the bottom row, good at zero.
-        let rows: Vec<&str> = text.lines().filter(|l| l.contains('┤')).collect();
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains('┤') || l.contains('┼')).collect();
         assert_eq!(rows.len(), 6, "{text}");
         assert!(rows[0].ends_with("✗    "), "the bad sample at the top: {:?}", rows[0]);
         assert!(rows[5].ends_with(" ·!●●"), "no data, error, then good at zero: {:?}", rows[5]);
+        let line = rows.iter().find(|r| r.contains('┼')).unwrap();
+        assert!(line.ends_with("───── threshold 1"), "the threshold line: {line:?}");
+        assert!(text.contains("holding  < 1 for 2s"), "the condition and window: {text}");
         assert!(text.contains("verdict: held for 2s"), "{text}");
         assert!(text.contains("Act: kubectl reflex describe checkout-oom-1 -n shop"), "{text}");
     }

@@ -61,6 +61,15 @@ fn describe(rule: &ValidVerify, reading: &Reading) -> String {
     }
 }
 
+/// The condition each sample is held to, and the window.
+fn condition(rule: &ValidVerify) -> String {
+    if rule.pass_when_empty {
+        format!("no series for {}", secs(rule.for_))
+    } else {
+        format!("{} {} for {}", symbol(rule.operator), rule.threshold, secs(rule.for_))
+    }
+}
+
 fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
@@ -139,6 +148,8 @@ pub fn waiting(
         query: rule.query.clone(),
         guards: Vec::new(),
         reproduced: prev.is_some_and(|p| p.reproduced),
+        condition: Some(condition(rule)),
+        threshold: (!rule.pass_when_empty).then_some(rule.threshold),
     })
 }
 
@@ -166,6 +177,8 @@ pub fn judge(
             query: rule.query.clone(),
             guards,
             reproduced: prev.is_some_and(|p| p.reproduced),
+            condition: Some(condition(rule)),
+            threshold: (!rule.pass_when_empty).then_some(rule.threshold),
         };
     }
     let (value, error) = match &reading {
@@ -282,6 +295,8 @@ pub fn judge(
         query: rule.query.clone(),
         guards,
         reproduced: prev.is_some_and(|p| p.reproduced),
+        condition: Some(condition(rule)),
+        threshold: (!rule.pass_when_empty).then_some(rule.threshold),
     }
 }
 
