@@ -85,6 +85,9 @@ fn regex_escape(s: &str) -> String {
 pub struct Scoped {
     /// `expr` narrowed to the alert's series.
     pub query: String,
+    /// The longest range the expression looks back over (range selectors, subqueries): after
+    /// a fix the expression can stay true that long on history alone.
+    pub lookback: std::time::Duration,
     /// `count(...) or count(...)` over every narrowed selector: data when any of the series
     /// the check reads exists now, so an empty check means "clear", not "gone".
     pub presence: String,
@@ -100,7 +103,20 @@ pub fn scope(expr: &str, labels: &BTreeMap<String, String>, pods: Option<&(Strin
     let mut selectors = Vec::new();
     inject(&mut ast, labels, pods, &mut selectors);
     let presence = selectors.iter().map(|s| format!("count({s})")).collect::<Vec<_>>().join(" or ");
-    Ok(Scoped { query: ast.to_string(), presence })
+    Ok(Scoped { query: ast.to_string(), presence, lookback: lookback(&ast) })
+}
+
+fn lookback(expr: &Expr) -> std::time::Duration {
+    match expr {
+        Expr::MatrixSelector(ms) => ms.range,
+        Expr::Subquery(s) => s.range.max(lookback(&s.expr)),
+        Expr::Aggregate(a) => lookback(&a.expr).max(a.param.as_deref().map_or(Default::default(), lookback)),
+        Expr::Unary(u) => lookback(&u.expr),
+        Expr::Binary(b) => lookback(&b.lhs).max(lookback(&b.rhs)),
+        Expr::Paren(p) => lookback(&p.expr),
+        Expr::Call(c) => c.args.args.iter().map(|a| lookback(a)).max().unwrap_or_default(),
+        _ => std::time::Duration::ZERO,
+    }
 }
 
 fn inject(expr: &mut Expr, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>, out: &mut Vec<String>) {
@@ -296,7 +312,11 @@ mod tests {
         );
         assert_eq!(workload_pods(&labels(&[("namespace", "shop")]), "checkout"), None, "no pod, no pod matcher");
         assert_eq!(workload_pods(&alert, "web.v2").unwrap().1, r"web\.v2-.+", "the name is a literal");
+        assert_eq!(s.lookback, std::time::Duration::from_secs(300));
+        let nested = scope("max_over_time(rate(x[15m])[1h:1m])", &ns, None).unwrap();
+        assert_eq!(nested.lookback, std::time::Duration::from_secs(3600));
         let two = scope("a / b", &ns, None).unwrap();
+        assert_eq!(two.lookback, std::time::Duration::ZERO);
         assert_eq!(two.presence, r#"count(a{namespace="shop"}) or count(b{namespace="shop"})"#);
     }
 }

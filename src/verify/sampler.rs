@@ -40,18 +40,19 @@ impl Verify for Sampler {
                 .policy
                 .clone()
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "the policy is missing"))?;
-            let rule = match &policy.verify {
-                Some(v) => v.clone(),
+            let given = match &policy.verify {
+                Some(v) => Some(v.clone()),
                 None => {
                     let ns = input.remediation.metadata.namespace.clone().unwrap_or_default();
                     match policy.playbook.as_deref() {
                         Some(name) => load_playbook(&this.client, &ns, name).await?.verify,
                         None => None,
                     }
-                    // Neither says how: the alert's own rule is the check.
-                    .unwrap_or_else(ValidVerify::from_alert)
                 }
             };
+            // Neither says how: the alert's own rule is the check, with default windows.
+            let defaults = given.is_none();
+            let rule = given.unwrap_or_else(ValidVerify::from_alert);
             let status = input.remediation.status.as_ref();
             let prev = status.and_then(|s| s.verification.as_ref());
             let applied = status.and_then(|s| s.deploy.as_ref()?.applied_at.as_ref()).map(|t| t.0);
@@ -67,7 +68,7 @@ impl Verify for Sampler {
                 None => {
                     let reproduced = prev.is_some_and(|p| p.reproduced);
                     let spec = &input.remediation.spec;
-                    derived(this.metrics.as_ref(), rule, &spec.alert, &spec.target.name, reproduced).await
+                    derived(this.metrics.as_ref(), rule, &spec.alert, &spec.target.name, reproduced, defaults).await
                 }
             };
             let alert = AlertSince::of(status.and_then(|s| s.alert.as_ref()), applied);
@@ -135,6 +136,7 @@ async fn derived(
     alert: &crate::api::remediation::AlertRef,
     target: &str,
     reproduced: bool,
+    defaults: bool,
 ) -> (ValidVerify, Reading, bool) {
     rule.pass_when_empty = true;
     let labels: BTreeMap<String, String> = alert.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -152,6 +154,11 @@ async fn derived(
         Err(why) => return (rule, Reading::Underivable(why), reproduced),
     };
     rule.query = Some(scoped.query.clone());
+    if defaults {
+        // Nobody chose the windows: after a fix the rule can stay true on history alone for
+        // as long as it looks back, so the timeout leaves room for that.
+        rule.timeout = rule.timeout.max(scoped.lookback + rule.for_ + rule.for_);
+    }
     if !reproduced {
         match metrics.instant_at(&scoped.query, alert.starts_at.0).await {
             Ok(Some(_)) => {}
