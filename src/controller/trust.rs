@@ -51,7 +51,26 @@ pub(super) async fn record_outcome(
     let (Some(outcome), Some(policy)) = (outcome, policy) else { return Ok(()) };
     let namespace = rem.namespace().unwrap_or_default();
     let name = &rem.spec.policy_ref.name;
-    let Some(object) = ctx.policies.get(&ObjectRef::new(name).within(&namespace)) else { return Ok(()) };
+    // Read fresh, not from the cache: the per-target history was just written to the same
+    // object, and a stale resourceVersion would only buy a conflict and a retry.
+    let Some(cached) = ctx.policies.get(&ObjectRef::new(name).within(&namespace)) else { return Ok(()) };
+    let cached_trust = cached.status.clone().unwrap_or_default().trust;
+    let pending_elsewhere = cached_trust.pending.iter().any(|p| p.uid != outcome.uid);
+    if !cached_trust.takes(&outcome) && !cached_trust.pending.iter().any(|p| p.uid == outcome.uid) && !pending_elsewhere
+    {
+        // Already recorded (the common case for a finished Remediation reconciled again).
+        return Ok(());
+    }
+    let fresh = Api::<RemediationPolicy>::namespaced(ctx.client.clone(), &namespace).get_opt(name).await;
+    let Some(object) = fresh.map_err(|source| Error::RecordTrust {
+        namespace: namespace.clone(),
+        policy: name.clone(),
+        remediation: outcome.remediation.clone(),
+        source,
+    })?
+    else {
+        return Ok(());
+    };
     let current = object.status.clone().unwrap_or_default().trust;
     let (required, window, basis) = (policy.trust.successes_required, policy.trust.window, object.spec.trust_basis());
     let mut next = current.clone();
