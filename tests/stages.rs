@@ -1,6 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Stage shells against the sandbox: what the demo does not show.
 
+mod common;
+
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -11,34 +13,8 @@ use reflex::ports::{EffectKey, StageInput};
 use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
 use serde_json::json;
 
-/// The RBAC table the stage tests run under: an operator that reads, reviews access and may
-/// act as the two deployers — but cannot write a workload itself; a staging deployer that may
-/// patch Deployments in `default`, and a production deployer that may too.
-const RBAC: &str = r#"
-users:
-  - {name: sandbox-admin, token: reflex-sandbox-admin, groups: ["system:masters"]}
-serviceAccounts:
-  - {namespace: reflex-system, name: reflex, token: t-operator}
-grants:
-  - subjects: [{kind: ServiceAccount, namespace: reflex-system, name: reflex}]
-    rules:
-      - {apiGroups: ["*"], resources: ["*"], verbs: ["get", "list", "watch"]}
-      - {apiGroups: ["authorization.k8s.io"], resources: ["subjectaccessreviews"], verbs: ["create"]}
-      - {apiGroups: [""], resources: ["groups"], verbs: ["impersonate"]}
-  - subjects: [{kind: ServiceAccount, namespace: reflex-system, name: reflex}]
-    namespaces: [reflex-system]
-    rules:
-      - {apiGroups: [""], resources: ["serviceaccounts"], verbs: ["impersonate"], resourceNames: ["reflex-deployer-staging", "reflex-deployer-production"]}
-  - subjects:
-      - {kind: ServiceAccount, namespace: reflex-system, name: reflex-deployer-staging}
-      - {kind: ServiceAccount, namespace: reflex-system, name: reflex-deployer-production}
-    namespaces: [default]
-    rules:
-      - {apiGroups: ["apps"], resources: ["deployments"], verbs: ["get", "patch"]}
-"#;
-
 async fn setup() -> (Sandbox, kube::Client) {
-    setup_with(RBAC).await
+    setup_with(common::STAGES_RBAC).await
 }
 
 /// A sandbox under `rbac`, with the `checkout` Deployment; the administrator's client.
@@ -408,7 +384,7 @@ async fn in_production_deploy_reads_the_approval_itself() {
 #[tokio::test]
 async fn a_deployer_without_the_permission_is_refused_with_the_permission_named() {
     use reflex::ports::Deploy;
-    let read_only = RBAC.replace(r#"verbs: ["get", "patch"]"#, r#"verbs: ["get"]"#);
+    let read_only = common::STAGES_RBAC.replace(r#"verbs: ["get", "patch"]"#, r#"verbs: ["get"]"#);
     let (sb, client) = setup_with(&read_only).await;
     staging(&client).await;
     auto_policy_and_playbook(&client).await;

@@ -47,3 +47,29 @@ pub fn oom_policy() -> Value {
         "playbook": "raise-memory-limit", "trust": {"level": "auto"},
         "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}})
 }
+
+/// The RBAC table the stage tests run under: an operator that reads, reviews access and may
+/// act as the two deployers — but cannot write a workload itself; a staging deployer that may
+/// patch Deployments in `default`, and a production deployer that may too.
+pub const STAGES_RBAC: &str = r#"
+users:
+  - {name: sandbox-admin, token: reflex-sandbox-admin, groups: ["system:masters"]}
+serviceAccounts:
+  - {namespace: reflex-system, name: reflex, token: t-operator}
+grants:
+  - subjects: [{kind: ServiceAccount, namespace: reflex-system, name: reflex}]
+    rules:
+      - {apiGroups: ["*"], resources: ["*"], verbs: ["get", "list", "watch"]}
+      - {apiGroups: ["authorization.k8s.io"], resources: ["subjectaccessreviews"], verbs: ["create"]}
+      - {apiGroups: [""], resources: ["groups"], verbs: ["impersonate"]}
+  - subjects: [{kind: ServiceAccount, namespace: reflex-system, name: reflex}]
+    namespaces: [reflex-system]
+    rules:
+      - {apiGroups: [""], resources: ["serviceaccounts"], verbs: ["impersonate"], resourceNames: ["reflex-deployer-staging", "reflex-deployer-production"]}
+  - subjects:
+      - {kind: ServiceAccount, namespace: reflex-system, name: reflex-deployer-staging}
+      - {kind: ServiceAccount, namespace: reflex-system, name: reflex-deployer-production}
+    namespaces: [default]
+    rules:
+      - {apiGroups: ["apps"], resources: ["deployments"], verbs: ["get", "patch"]}
+"#;
