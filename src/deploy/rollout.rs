@@ -6,10 +6,11 @@
 //! replica at or above its partition is updated and all are ready (`OnDelete`: only once
 //! its Pods were deleted and replaced — until then the change has reached no Pod); a
 //! DaemonSet when every scheduled node runs an updated, available Pod; a
-//! HorizontalPodAutoscaler or a ConfigMap at once (nothing rolls; verification judges the
-//! effect). It has *stalled* when the Deployment reports ProgressDeadlineExceeded for this
-//! change, or when `timeout` has passed since the apply.
-//! While progressing it is looked at again after [`RECHECK`].
+//! HorizontalPodAutoscaler when the replicas it wants are within its new bounds and its
+//! target runs them; a ConfigMap at once (nothing rolls; verification judges the effect).
+//! It has *stalled* when the Deployment reports ProgressDeadlineExceeded for this change, or
+//! when `timeout` has passed since the apply. While progressing it is looked at again after
+//! [`RECHECK`].
 
 use std::time::Duration;
 
@@ -107,6 +108,19 @@ fn rolled_out(kind: TargetKind, live: &Value, applied: Timestamp) -> (Result<Str
     (outcome, stall)
 }
 
+/// An autoscaler has taken its new bounds in: the replicas it wants are within them and its
+/// target runs that many (its controller writes no observedGeneration to go by).
+fn autoscaled(live: &Value) -> Result<String, String> {
+    let min = int(live, "/spec/minReplicas").unwrap_or(1);
+    let max = int(live, "/spec/maxReplicas").unwrap_or(i64::MAX);
+    let (Some(current), Some(desired)) = (int(live, "/status/currentReplicas"), int(live, "/status/desiredReplicas"))
+    else {
+        return Err("the autoscaler reports no replicas yet".to_owned());
+    };
+    let summary = format!("wants {desired} replicas within {min}..{max}, runs {current}");
+    if (min..=max).contains(&desired) && current == desired { Ok(summary) } else { Err(summary) }
+}
+
 /// One look at the rollout of a change applied at `applied`, at `now`.
 pub fn progress(
     kind: TargetKind,
@@ -118,11 +132,9 @@ pub fn progress(
     let waited = now.duration_since(applied).unsigned_abs();
     let secs = |d: Duration| format!("{}s", d.as_secs());
     let (outcome, stall) = match kind {
-        // Nothing rolls out: an autoscaler applies its new bounds as it next scales; Pods read
-        // a ConfigMap as mounted files (updated in place) or at start. Verification judges it.
-        TargetKind::HorizontalPodAutoscaler => {
-            (Ok("an autoscaler's change applies as it next scales".to_owned()), None)
-        }
+        // Pods read a ConfigMap as mounted files (updated in place) or at start: nothing rolls
+        // out, and verification judges the effect.
+        TargetKind::HorizontalPodAutoscaler => (autoscaled(live), None),
         TargetKind::ConfigMap => (Ok("a ConfigMap rolls nothing out".to_owned()), None),
         _ => rolled_out(kind, live, applied),
     };
@@ -241,9 +253,20 @@ mod tests {
         };
         assert_eq!(state(TargetKind::DaemonSet, &ds(3, 0), 1), RolloutState::Complete);
         assert_eq!(state(TargetKind::DaemonSet, &ds(3, 1), 1), RolloutState::Progressing);
-        // The HPA controller writes no observedGeneration: its change applies as it next scales.
-        let hpa = json!({"metadata": {"generation": 3}});
-        assert_eq!(state(TargetKind::HorizontalPodAutoscaler, &hpa, 0), RolloutState::Complete);
+        // The HPA controller writes no observedGeneration: done when what it wants is within
+        // the new bounds and its target runs that many.
+        let hpa = |desired: i64, current: i64| {
+            json!({"metadata": {"generation": 3}, "spec": {"minReplicas": 2, "maxReplicas": 8},
+                   "status": {"desiredReplicas": desired, "currentReplicas": current}})
+        };
+        assert_eq!(state(TargetKind::HorizontalPodAutoscaler, &hpa(6, 6), 0), RolloutState::Complete);
+        assert_eq!(state(TargetKind::HorizontalPodAutoscaler, &hpa(6, 4), 0), RolloutState::Progressing, "scaling up");
+        assert_eq!(
+            state(TargetKind::HorizontalPodAutoscaler, &hpa(10, 10), 0),
+            RolloutState::Progressing,
+            "not yet within the bounds"
+        );
+        assert_eq!(state(TargetKind::HorizontalPodAutoscaler, &json!({"spec": {}}), 0), RolloutState::Progressing);
         assert_eq!(state(TargetKind::ConfigMap, &json!({"metadata": {}}), 0), RolloutState::Complete);
     }
 }
