@@ -611,3 +611,37 @@ async fn a_rollback_of_a_change_never_written_writes_nothing() {
     assert!(record.reason.starts_with("nothing to undo"), "{}", record.reason);
     assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "300Mi", "their edit stands");
 }
+
+/// Attack: whoever may edit the target can write a `managedFields` entry naming this
+/// Remediation's field manager (its name is derived from the Remediation's name and uid, both
+/// visible). A deploy that took that entry for "my write already landed" recorded the change
+/// as applied and skipped every check — in production without an approval, and later counted
+/// it towards earned trust. The entry proves nothing while the change's values are not in
+/// place: the deploy re-checks as ever and, here, is refused for want of an approval.
+#[tokio::test]
+async fn a_forged_field_manager_on_the_target_does_not_pass_for_a_landed_write() {
+    use kube::api::{Patch, PatchParams};
+    use reflex::ports::Deploy;
+    let (sb, client) = setup().await;
+    auto_policy_and_playbook(&client).await; // `default` unlabelled: production
+    let deploy = deployer(&sb).await;
+    let raise = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "250Mi"}}}]}}}});
+    let rem = tested_now(&deploy, &client, tested("raise", raise)).await;
+    let manager = reflex::deploy::request::field_manager(&rem);
+    let forged = json!({"metadata": {"managedFields": [{"manager": manager, "operation": "Apply", "apiVersion": "apps/v1",
+        "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {}}}}]}});
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .patch("checkout", &PatchParams::default(), &Patch::Merge(forged))
+        .await
+        .unwrap();
+    let live = Api::<Deployment>::namespaced(client.clone(), "default").get("checkout").await.unwrap();
+    assert!(
+        live.metadata.managed_fields.iter().flatten().any(|f| f.manager.as_deref() == Some(manager.as_str())),
+        "the forged entry is on the target"
+    );
+    let refused = deploy.apply(deploy_input(rem.clone()), tested_patch(&rem)).await;
+    let err = refused.expect_err("a forged managedFields entry is no landed write");
+    assert_eq!(err.category, reflex::api::ErrorCategory::NeedsHuman, "{err}");
+    assert!(err.message.contains("requires approval"), "{err}");
+    assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "128Mi");
+}

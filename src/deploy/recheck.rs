@@ -46,11 +46,10 @@ pub struct Rechecked {
     pub policy: Arc<ValidPolicy>,
     /// The target's revision now.
     pub revision: Option<String>,
-    /// This Remediation's field manager has already written the target: a deploy resumed
-    /// after its write landed and before status recorded it. Nothing is written again (a
-    /// JSON patch would apply twice) and nothing is re-judged: the change is live, and
-    /// verification and rollback take it from here. Nothing is written on its word alone
-    /// either, so a forged `managedFields` entry gains nothing.
+    /// This Remediation's write has already landed (its field manager on the target, and the
+    /// change's values in place): a deploy resumed after the write and before status recorded
+    /// it. Nothing is written again (a JSON patch would apply twice); everything else was
+    /// judged as for any deploy, so a forged `managedFields` entry gains nothing.
     pub written: bool,
 }
 
@@ -115,14 +114,17 @@ pub async fn recheck(
     let current = as_json(&live)?;
     let revision = revision_of(&live.metadata);
     let manager = super::request::field_manager(rem);
-    let written = live.metadata.managed_fields.iter().flatten().any(|f| f.manager.as_deref() == Some(manager.as_str()));
-    if written {
-        return Ok(Rechecked { current, policy, revision, written });
-    }
+    let claimed = live.metadata.managed_fields.iter().flatten().any(|f| f.manager.as_deref() == Some(manager.as_str()));
     // Our own values in place (set by people since, or by a write whose managedFields entry
     // was dropped) are not someone else's edit since CI: re-applying them moves nothing.
-    let ours = proposal.patch_type != PatchType::Json
+    let in_place = proposal.patch_type != PatchType::Json
         && super::apply::drifted(&proposal.patch.0, &current, proposal.patch_type).is_empty();
+    // Our field manager on the target says our write landed — but anyone who may edit the
+    // target may write that entry. It counts only with the values in place (a JSON patch's
+    // result cannot be read back, so there the entry is taken); and either way the safety
+    // check, the gate and the approvals below are judged as ever.
+    let written = claimed && (in_place || proposal.patch_type == PatchType::Json);
+    let ours = in_place || written;
     if !ours {
         let tested = rem.status.as_ref().and_then(|s| s.ci.as_ref());
         unchanged_since_test(tested, revision.as_deref())?;
@@ -166,7 +168,7 @@ pub async fn recheck(
         let pods = if budgets.is_empty() { Vec::new() } else { pod_labels(client, &namespace, &current).await? };
         headroom(target.kind, &current, &pods, &budgets).map_err(|m| StageError::new(ErrorCategory::Deferred, m))?;
     }
-    Ok(Rechecked { current, policy, revision, written: false })
+    Ok(Rechecked { current, policy, revision, written })
 }
 
 /// The labels of the workload's Pods (those its selector selects).

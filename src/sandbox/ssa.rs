@@ -327,7 +327,11 @@ fn entry_mut<'e>(entries: &'e mut Vec<Entry>, w: &Writer<'_>, apply: bool) -> &'
 /// Record an update (non-apply write) from `old` (None on create) to `new`, updating
 /// `new`'s managedFields in place.
 pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Writer<'_>, lists: Lists<'_>) {
-    let mut entries = old.map(read_entries).unwrap_or_default();
+    // As kube-apiserver does, a write that sets managedFields itself replaces them (anyone
+    // who may update an object may rewrite its field ownership).
+    let stored = |o: &Value| o.pointer("/metadata/managedFields").cloned();
+    let rewritten = new.pointer("/metadata/managedFields").is_some_and(|m| Some(m.clone()) != old.and_then(stored));
+    let mut entries = if rewritten { read_entries(new) } else { old.map(read_entries).unwrap_or_default() };
     let before = old.map(|o| fields_of(o, w.part, lists)).unwrap_or_default();
     let after = fields_of(new, w.part, lists);
     let changed: FieldSet = after
