@@ -10,7 +10,6 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 
 use super::ineffective::{of, pause_reason, paused, with_fix, with_pause, with_realert};
@@ -121,16 +120,5 @@ async fn write(
     targets: &[TargetHistory],
     remediation: &str,
 ) -> Result<(), Error> {
-    let namespace = policy.namespace().unwrap_or_default();
-    let name = policy.name_any();
-    let body = serde_json::json!({
-        "apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
-        "metadata": {"name": name, "resourceVersion": policy.resource_version()},
-        "status": {"targets": targets},
-    });
-    Api::<RemediationPolicy>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(&name, &PatchParams::apply(HISTORY_MANAGER).force(), &Patch::Apply(body))
-        .await
-        .map(|_| ())
-        .map_err(|source| Error::RecordTrust { namespace, policy: name, remediation: remediation.to_owned(), source })
+    super::trust::write_status(ctx, policy, HISTORY_MANAGER, "targets", serde_json::json!(targets), remediation).await
 }

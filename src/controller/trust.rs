@@ -148,15 +148,28 @@ async fn write(
     record: &TrustRecord,
     remediation: &str,
 ) -> Result<(), Error> {
+    write_status(ctx, policy, TRUST_MANAGER, "trust", serde_json::json!(record), remediation).await
+}
+
+/// Writes one field of `policy`'s status under `manager` (each part of the status its own
+/// manager, so one write never drops another's field), guarded by the resourceVersion read.
+pub(super) async fn write_status(
+    ctx: &Context,
+    policy: &RemediationPolicy,
+    manager: &str,
+    field: &str,
+    value: serde_json::Value,
+    remediation: &str,
+) -> Result<(), Error> {
     let namespace = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let body = serde_json::json!({
         "apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
         "metadata": {"name": name, "resourceVersion": policy.resource_version()},
-        "status": {"trust": record},
+        "status": {field: value},
     });
     Api::<RemediationPolicy>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(&name, &PatchParams::apply(TRUST_MANAGER).force(), &Patch::Apply(body))
+        .patch_status(&name, &PatchParams::apply(manager).force(), &Patch::Apply(body))
         .await
         .map(|_| ())
         .map_err(|source| Error::RecordTrust { namespace, policy: name, remediation: remediation.to_owned(), source })

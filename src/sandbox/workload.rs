@@ -49,7 +49,11 @@ const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH: &str = "pod-template-hash";
 
 fn ctx(api: &Api, plural: &str, group: &str, ns: &str) -> Option<WriteCtx> {
-    let rt = api.store.registry().find(group, "v1", plural)?;
+    ctx_at(api, group, "v1", plural, ns)
+}
+
+fn ctx_at(api: &Api, group: &str, version: &str, plural: &str, ns: &str) -> Option<WriteCtx> {
+    let rt = api.store.registry().find(group, version, plural)?;
     Some(WriteCtx {
         rt,
         namespace: ns.to_owned(),
@@ -381,23 +385,15 @@ pub fn reconcile_namespace(api: &Api, ns: &str, kubelet: &Kubelet) -> Result<Opt
 /// The HorizontalPodAutoscaler controller, as far as status goes: it observes each
 /// generation and reports its target's replicas (within its bounds) — no scaling.
 fn autoscalers(api: &Api, ns: &str) -> Result<(), ApiError> {
-    let Some(rt) = api.store.registry().find("autoscaling", "v2", "horizontalpodautoscalers") else { return Ok(()) };
+    let Some(w) = ctx_at(api, "autoscaling", "v2", "horizontalpodautoscalers", ns) else { return Ok(()) };
     let hpas = api
-        .list(&rt, Some(ns), &ListOptions::default())
+        .list(&w.rt, Some(ns), &ListOptions::default())
         .ok()
         .and_then(|l| l.get("items").and_then(Value::as_array).cloned())
         .unwrap_or_default();
     if hpas.is_empty() {
         return Ok(());
     }
-    let w = WriteCtx {
-        rt,
-        namespace: ns.to_owned(),
-        manager: MANAGER.into(),
-        dry_run: false,
-        validation: FieldValidation::Ignore,
-        user: None,
-    };
     let deployments = list(api, "apps", "deployments", ns);
     for hpa in hpas {
         let target = hpa.pointer("/spec/scaleTargetRef/name").and_then(Value::as_str).unwrap_or_default();
