@@ -64,6 +64,28 @@ pub async fn read_target(client: &kube::Client, rem: &Remediation) -> StageResul
     target_api(client, rem).get(&rem.spec.target.name).await.map_err(|e| api_error("reading the target", &e))
 }
 
+/// The Pods a workload's `spec.selector` selects (none when it has no selector), in
+/// `namespace`. `what` names the workload in errors.
+pub async fn workload_pods(
+    client: &kube::Client,
+    namespace: &str,
+    workload: &Value,
+    what: &str,
+) -> StageResult<Vec<k8s_openapi::api::core::v1::Pod>> {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let Some(selector) = workload.pointer("/spec/selector") else { return Ok(Vec::new()) };
+    let invalid =
+        |e: &dyn std::fmt::Display| StageError::new(ErrorCategory::InvalidSpec, format!("{what}'s spec.selector: {e}"));
+    let selector: LabelSelector = serde_json::from_value(selector.clone()).map_err(|e| invalid(&e))?;
+    let selector: kube::core::Selector = selector.try_into().map_err(|e| invalid(&e))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default().labels_from(&selector))
+        .await
+        .map_err(|e| api_error(&format!("reading {what}'s Pods"), &e))?;
+    Ok(pods.items)
+}
+
 /// An object as JSON (for the pure cores, which judge JSON).
 pub fn as_json(object: &DynamicObject) -> StageResult<Value> {
     serde_json::to_value(object).map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))

@@ -165,6 +165,21 @@ fn cel_catches_policy_mistakes_with_their_messages() {
 }
 
 #[test]
+fn cel_lets_a_playbook_wait_only_for_workloads_that_roll_out() {
+    let playbook = |kind: &str| {
+        json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Playbook", "metadata": {"name": "pool", "namespace": "shop"},
+            "spec": {"targetKinds": ["ConfigMap"], "patch": {"mode": "agent", "allowedPaths": ["data.poolSize"]},
+                     "rollout": {"waitFor": [{"kind": kind, "name": "{{ labels.deployment }}", "newPods": true}], "settle": "90s"}}})
+    };
+    assert_eq!(cel_errors("Playbook", &playbook("Deployment"), None), Vec::<String>::new());
+    let errors = cel_errors("Playbook", &playbook("ConfigMap"), None);
+    assert!(
+        errors.iter().any(|e| e.contains("rollout.waitFor[].kind must be Deployment, StatefulSet or DaemonSet")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn cel_keeps_approvals_immutable_and_cancel_one_way() {
     let approval = |decision: &str| {
         json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval", "metadata": {"name": "a"},

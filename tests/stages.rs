@@ -645,3 +645,109 @@ async fn a_forged_field_manager_on_the_target_does_not_pass_for_a_landed_write()
     assert!(err.message.contains("requires approval"), "{err}");
     assert_eq!(app_container(&client).await["resources"]["limits"]["memory"], "128Mi");
 }
+
+/// A ConfigMap change rolls nothing out by itself: the playbook names the Deployment that
+/// reads it at start, and the change counts as rolled out only once every Pod of that
+/// Deployment started after it (here a reloader's restart). Nobody restarts them: the rollout
+/// stalls at the policy's timeout, naming what it waited for.
+#[tokio::test]
+async fn a_configmap_change_waits_for_the_workload_the_playbook_names_to_restart() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::api::{ListParams, Patch, PatchParams};
+    use reflex::api::playbook::Playbook;
+    use reflex::api::remediation::RolloutState;
+    use reflex::ports::Deploy;
+    let (sb, client) = setup().await;
+    let config: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "checkout-config"}, "data": {"poolSize": "10"}})).unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), "default").create(&PostParams::default(), &config).await.unwrap();
+    let pb: Playbook = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Playbook",
+        "metadata": {"name": "pool", "namespace": "default"},
+        "spec": {"targetKinds": ["ConfigMap"], "patch": {"mode": "template", "type": "merge",
+            "template": "data:\n  poolSize: \"{{ params.pool }}\"\n",
+            "parameters": [{"name": "pool", "type": "integer", "value": "20", "max": "40"}],
+            "allowedPaths": ["data.poolSize"]},
+            "rollout": {"waitFor": [{"kind": "Deployment", "name": "{{ labels.deployment }}", "newPods": true}]}}}))
+    .unwrap();
+    Api::<Playbook>::namespaced(client.clone(), "default").create(&PostParams::default(), &pb).await.unwrap();
+    // The Deployment's one Pod, ready; the change applied a second after it started.
+    let pods = Api::<Pod>::namespaced(client.clone(), "default");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let started = loop {
+        let ready = pods.list(&ListParams::default().labels("app=c")).await.unwrap().items.into_iter().find(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        if let Some(p) = ready {
+            break p.metadata.creation_timestamp.unwrap().0;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the Deployment's Pod never became ready");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let applied = started.checked_add(jiff::SignedDuration::from_secs(1)).unwrap();
+    let rem: Remediation = serde_json::from_value(json!({
+        "apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+        "metadata": {"name": "pool", "namespace": "default", "uid": "u-pool"},
+        "spec": {"policyRef": {"name": "p"}, "target": {"apiVersion": "v1", "kind": "ConfigMap", "name": "checkout-config"},
+                 "alert": {"name": "A", "fingerprint": "f", "startsAt": "2026-01-01T00:00:00Z", "labels": {"deployment": "checkout"}}},
+        "status": {"phase": "Deploying", "deploy": {"previous": {}, "previousResourceVersion": "1", "appliedAt": applied.to_string()}}
+    }))
+    .unwrap();
+    let input_with_timeout = |timeout: &str| {
+        let spec: reflex::api::policy::RemediationPolicySpec = serde_json::from_value(json!({
+            "match": {"alertnames": ["A"]}, "target": {"kind": "ConfigMap", "name": "checkout-config"}, "playbook": "pool",
+            "rollout": {"timeout": timeout},
+            "verify": {"query": "x", "operator": "<", "threshold": 1, "for": "2s", "timeout": "30s", "interval": "1s"}}))
+        .unwrap();
+        let mut input = input(rem.clone());
+        input.policy = Some(Arc::new(reflex::api::validate::ValidPolicy::from_spec(&spec).unwrap()));
+        input.key.step = Step::Rollout;
+        input
+    };
+    let deploy = deployer(&sb).await;
+
+    let waiting = deploy.rollout(input_with_timeout("10m")).await.unwrap();
+    assert_eq!(waiting.state, RolloutState::Progressing, "{}", waiting.message);
+    assert!(
+        waiting.message.contains("Deployment checkout: ")
+            && waiting.message.contains("0 of 1 Pods started since the change and ready, 1 older still running"),
+        "{}",
+        waiting.message
+    );
+    // Nobody restarts it: stalled at the policy's timeout, which has passed within seconds.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let stalled = loop {
+        let look = deploy.rollout(input_with_timeout("1s")).await.unwrap();
+        if look.state != RolloutState::Progressing {
+            break look;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never stalled: {}", look.message);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(stalled.state, RolloutState::Stalled, "{}", stalled.message);
+    assert!(
+        stalled.message.contains("rollout timeout 1s") && stalled.message.contains("Deployment checkout:"),
+        "{}",
+        stalled.message
+    );
+
+    // A reloader restarts the Deployment: done once its new Pod is ready and the old one gone.
+    let restart = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": applied.to_string()}}}}});
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .patch("checkout", &PatchParams::default(), &Patch::Strategic(restart))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let done = loop {
+        let look = deploy.rollout(input_with_timeout("10m")).await.unwrap();
+        if look.state != RolloutState::Progressing {
+            break look;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never rolled out: {}", look.message);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.state, RolloutState::Complete, "{}", done.message);
+    assert!(done.message.contains("1 of 1 Pods started since the change and ready, 0 older"), "{}", done.message);
+}

@@ -67,6 +67,9 @@ fn a_bad_playbook_names_every_bad_field() {
         "spec.patch.parameters[2].min",
         "spec.patch.parameters[2].maxFactor",
         "spec.patch.parameters[3].newer",
+        "spec.rollout.waitFor[0].kind",
+        "spec.rollout.waitFor[1].name",
+        "spec.rollout.settle",
     ] {
         assert!(errors.has(field), "expected an error for {field}; got: {errors}");
     }

@@ -531,6 +531,7 @@ mod tests {
             verify: None,
             rollback_on_failure: true,
             agent_instructions: None,
+            rollout: Default::default(),
         }
     }
 

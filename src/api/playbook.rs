@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::{TargetKind, policy::VerifySpec};
+use super::{TargetKind, duration::DurationString, policy::VerifySpec};
 
 /// A playbook: reads, a bounded patch, verification and rollback defaults.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -45,6 +45,10 @@ pub struct PlaybookSpec {
     /// Default verification, used when the policy has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+    /// What a deployed change waits for beyond its target's own rollout — for a ConfigMap,
+    /// the workloads that read it; for an autoscaler, the workload it scales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<PlaybookRollout>,
     /// What happens when verification fails.
     #[serde(default)]
     pub rollback: RollbackSpec,
@@ -178,6 +182,41 @@ pub struct Parameter {
     /// the playbook's own choice, used in `playbook` mode and as the fallback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegate: Option<bool>,
+}
+
+/// What counts as rolled out for a change whose target rolls nothing out itself. Every
+/// condition must hold, within the policy's `rollout.timeout`, or the deploy has stalled and
+/// is rolled back.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaybookRollout {
+    /// Workloads in the Remediation's namespace that must have rolled out (their controller's
+    /// own rollout judgement, as for a target of that kind).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub wait_for: Vec<RolloutWait>,
+    /// Least time from the apply before the change counts as rolled out, e.g. for the kubelet
+    /// to refresh ConfigMap files mounted in Pods (its sync period plus cache TTL: about a
+    /// minute by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle: Option<DurationString>,
+}
+
+/// One workload a change waits for.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.kind in ['Deployment', 'StatefulSet', 'DaemonSet']").message("rollout.waitFor[].kind must be Deployment, StatefulSet or DaemonSet"))]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutWait {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: TargetKind,
+    /// Its name: literal text with `{{ labels.NAME }}` placeholders from the alert.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Every Pod it runs must have started after the change — for configuration read only at
+    /// start, which something else (a reloader, a person) restarts the Pods for. Reflex does
+    /// not restart them itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_pods: bool,
 }
 
 /// Rollback behaviour.

@@ -11,7 +11,7 @@ use super::freeze::{FreezeWhen, ValidFreeze, weekday};
 use super::quantity::parse_quantity;
 use super::{
     DurationString, Environment, TargetKind,
-    playbook::{ParameterType, PatchMode, PatchType, PlaybookSpec},
+    playbook::{ParameterType, PatchMode, PatchType, PlaybookRollout, PlaybookSpec},
     policy::{
         AgentMode, CiJobSpec, Comparison, FreezeWindow, GitopsSpec, GuardSpec, McpServerSpec, ModelSpec, NotifySpec,
         RemediationPolicySpec, TrustLevel, VerdictAction, VerifySpec,
@@ -680,6 +680,28 @@ pub struct ValidPlaybook {
     pub rollback_on_failure: bool,
     /// The LLM agent's instructions, when the playbook gives them.
     pub agent_instructions: Option<String>,
+    /// What a deployed change waits for beyond its target's own rollout.
+    pub rollout: ValidRollout,
+}
+
+/// What a deployed change waits for beyond its target's own rollout, validated.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ValidRollout {
+    /// Workloads that must have rolled out.
+    pub wait_for: Vec<ValidWait>,
+    /// Least time from the apply (zero when the playbook sets none).
+    pub settle: Duration,
+}
+
+/// One workload a change waits for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidWait {
+    /// Deployment, StatefulSet or DaemonSet.
+    pub kind: TargetKind,
+    /// Its name, from the alert's labels.
+    pub name: NameTemplate,
+    /// Every Pod it runs must have started after the change.
+    pub new_pods: bool,
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -869,6 +891,7 @@ impl ValidPlaybook {
             }
         }
         let verify = spec.verify.as_ref().map(|v| verify(&mut c, "spec.verify", v));
+        let rollout = spec.rollout.as_ref().map(|r| rollout(&mut c, r)).unwrap_or_default();
         c.finish(Self {
             target_kinds: spec.target_kinds.clone(),
             reads: spec.reads.clone(),
@@ -880,6 +903,26 @@ impl ValidPlaybook {
             verify,
             rollback_on_failure: spec.rollback.on_verification_failure,
             agent_instructions: spec.agent_instructions.clone(),
+            rollout,
         })
     }
+}
+
+fn rollout(c: &mut Collector, spec: &PlaybookRollout) -> ValidRollout {
+    let mut wait_for = Vec::new();
+    for (i, w) in spec.wait_for.iter().enumerate() {
+        let field = format!("spec.rollout.waitFor[{i}]");
+        if !matches!(w.kind, TargetKind::Deployment | TargetKind::StatefulSet | TargetKind::DaemonSet) {
+            c.push(
+                format!("{field}.kind"),
+                format!("{} rolls nothing out: wait for a Deployment, StatefulSet or DaemonSet", w.kind),
+            );
+        }
+        match NameTemplate::parse(&w.name) {
+            Ok(name) => wait_for.push(ValidWait { kind: w.kind, name, new_pods: w.new_pods }),
+            Err(e) => c.push(format!("{field}.name"), e.to_string()),
+        }
+    }
+    let settle = spec.settle.as_ref().map_or(Duration::ZERO, |d| c.duration("spec.rollout.settle", d));
+    ValidRollout { wait_for, settle }
 }

@@ -21,16 +21,23 @@ use std::time::Duration;
 use super::identity::DeployerIdentity;
 use super::recheck::recheck;
 use super::request::{apply_config, field_manager, has_directives, request};
+use super::rollout::{Waited, Window};
 use crate::api::playbook::PatchType;
 use crate::api::quantity::parse_quantity;
+use crate::api::remediation::Remediation;
 use crate::api::remediation::{DeployRecord, RollbackRecord, RolloutStatus};
+use crate::api::validate::{ValidRollout, ValidWait};
 use crate::api::{AnyJson, ErrorCategory};
-use crate::cluster::{api_error, as_json, revision_of, rules_for, target_api};
+use crate::cluster::{
+    api_error, api_resource, as_json, load_playbook, revision_of, rules_for, target_api, workload_pods,
+};
 use crate::patch::TestedPatch;
 use crate::patch::merge::{ListType, Lists, list_type, same_key};
 use crate::patch::safety::{Proposed, Target, check};
 use crate::patch::tree::touched_as;
+use crate::ports::StageResult;
 use crate::ports::{Deploy, Gate, Rollback, StageError, StageFuture, StageInput};
+use kube::api::{Api, DynamicObject};
 
 /// Marks a list item the patch added (it did not exist before).
 const ABSENT: &str = "$absent";
@@ -249,7 +256,8 @@ impl Deploy for ServerSideApply {
     }
 }
 
-/// One look at how the applied change rolls out, as the operator (reads only).
+/// One look at how the applied change rolls out, as the operator (reads only): the target,
+/// and what the policy's playbook says to wait for, read as they are now.
 fn rollout_of(client: kube::Client, input: StageInput) -> StageFuture<RolloutStatus> {
     async move {
         let rem = &input.remediation;
@@ -259,11 +267,51 @@ fn rollout_of(client: kube::Client, input: StageInput) -> StageFuture<RolloutSta
             .and_then(|s| s.deploy.as_ref()?.applied_at.as_ref())
             .map(|t| t.0)
             .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "no applied change to watch roll out"))?;
-        let timeout = input.policy.as_ref().map_or(Duration::from_secs(600), |p| p.rollout_timeout);
+        let policy = input.policy.as_deref();
+        let timeout = policy.map_or(Duration::from_secs(600), |p| p.rollout_timeout);
+        let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+        let plan = match policy.and_then(|p| p.playbook.as_deref()) {
+            Some(name) => load_playbook(&client, &namespace, name).await?.rollout,
+            None => ValidRollout::default(),
+        };
+        let mut waits = Vec::with_capacity(plan.wait_for.len());
+        for wait in &plan.wait_for {
+            waits.push(waited(&client, &namespace, rem, wait).await?);
+        }
         let live = as_json(&crate::cluster::read_target(&client, rem).await?)?;
-        Ok(super::rollout::progress(rem.spec.target.kind, &live, applied, timeout, jiff::Timestamp::now()))
+        let window = Window { applied, timeout, settle: plan.settle };
+        Ok(super::rollout::progress(rem.spec.target.kind, &live, &waits, window, jiff::Timestamp::now()))
     }
     .boxed()
+}
+
+/// A workload the playbook says to wait for, named from the alert's labels and read now.
+async fn waited(client: &kube::Client, namespace: &str, rem: &Remediation, wait: &ValidWait) -> StageResult<Waited> {
+    let name = wait.name.render(&rem.spec.alert.labels).map_err(|e| {
+        StageError::new(
+            ErrorCategory::InvalidSpec,
+            format!("the playbook's rollout.waitFor names no {}: {e}", wait.kind),
+        )
+    })?;
+    let what = format!("{} {namespace}/{name}", wait.kind);
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &api_resource(wait.kind));
+    let live = match api.get_opt(&name).await.map_err(|e| api_error(&format!("reading {what}"), &e))? {
+        Some(object) => Some(as_json(&object)?),
+        None => None,
+    };
+    let pods = match (&live, wait.new_pods) {
+        (Some(workload), true) => {
+            let pods = workload_pods(client, namespace, workload, &what).await?;
+            Some(
+                pods.iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StageError::new(ErrorCategory::Transient, e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    Ok(Waited { kind: wait.kind, name, live, pods })
 }
 
 impl Rollback for ServerSideApply {

@@ -177,19 +177,8 @@ async fn pod_labels(
     namespace: &str,
     workload: &Value,
 ) -> StageResult<Vec<std::collections::BTreeMap<String, String>>> {
-    use k8s_openapi::api::core::v1::Pod;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-    let Some(selector) = workload.pointer("/spec/selector") else { return Ok(Vec::new()) };
-    let selector: LabelSelector = serde_json::from_value(selector.clone())
-        .map_err(|e| StageError::new(ErrorCategory::InvalidSpec, format!("the target's spec.selector: {e}")))?;
-    let selector: kube::core::Selector = selector
-        .try_into()
-        .map_err(|e| StageError::new(ErrorCategory::InvalidSpec, format!("the target's spec.selector: {e}")))?;
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels_from(&selector))
-        .await
-        .map_err(|e| api_error("reading the target's Pods", &e))?;
-    Ok(pods.items.into_iter().map(|p| p.metadata.labels.unwrap_or_default()).collect())
+    let pods = crate::cluster::workload_pods(client, namespace, workload, "the target").await?;
+    Ok(pods.into_iter().map(|p| p.metadata.labels.unwrap_or_default()).collect())
 }
 
 fn refuse(why: &str) -> StageError {

@@ -7,9 +7,13 @@
 //! its Pods were deleted and replaced — until then the change has reached no Pod); a
 //! DaemonSet when every scheduled node runs an updated, available Pod; a
 //! HorizontalPodAutoscaler when the replicas it wants are within its new bounds and its
-//! target runs them; a ConfigMap at once (nothing rolls; verification judges the effect).
-//! It has *stalled* when the Deployment reports ProgressDeadlineExceeded for this change, or
-//! when `timeout` has passed since the apply. While progressing it is looked at again after
+//! target runs them; a ConfigMap at once — nothing rolls by itself. On top of the target's
+//! own rollout come what the playbook says to wait for ([`Waited`]): workloads that must have
+//! rolled out too (a ConfigMap's readers, an autoscaler's target), if asked with every Pod
+//! started after the change (configuration read only at start), and a settle time from the
+//! apply (the kubelet refreshing mounted ConfigMap files). It has *stalled* when a Deployment
+//! — the target or one waited for — reports ProgressDeadlineExceeded for this change, or when
+//! `timeout` has passed since the apply. While progressing it is looked at again after
 //! [`RECHECK`].
 
 use std::time::Duration;
@@ -121,23 +125,107 @@ fn autoscaled(live: &Value) -> Result<String, String> {
     if (min..=max).contains(&desired) && current == desired { Ok(summary) } else { Err(summary) }
 }
 
-/// One look at the rollout of a change applied at `applied`, at `now`.
-pub fn progress(
-    kind: TargetKind,
-    live: &Value,
-    applied: Timestamp,
-    timeout: Duration,
-    now: Timestamp,
-) -> RolloutStatus {
-    let waited = now.duration_since(applied).unsigned_abs();
-    let secs = |d: Duration| format!("{}s", d.as_secs());
-    let (outcome, stall) = match kind {
-        // Pods read a ConfigMap as mounted files (updated in place) or at start: nothing rolls
-        // out, and verification judges the effect.
-        TargetKind::HorizontalPodAutoscaler => (autoscaled(live), None),
-        TargetKind::ConfigMap => (Ok("a ConfigMap rolls nothing out".to_owned()), None),
-        _ => rolled_out(kind, live, applied),
+/// A workload the playbook says the change waits for, as read now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waited {
+    /// Deployment, StatefulSet or DaemonSet.
+    pub kind: TargetKind,
+    /// Its name.
+    pub name: String,
+    /// The workload; `None` when there is no such object.
+    pub live: Option<Value>,
+    /// The Pods it selects, when every one must have started after the change.
+    pub pods: Option<Vec<Value>>,
+}
+
+/// When the change was applied and how long its rollout may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// When the change was applied.
+    pub applied: Timestamp,
+    /// The policy's rollout timeout.
+    pub timeout: Duration,
+    /// The playbook's least time from the apply.
+    pub settle: Duration,
+}
+
+fn created(pod: &Value) -> Option<Timestamp> {
+    pod.pointer("/metadata/creationTimestamp")?.as_str()?.parse().ok()
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
+        cs.iter().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some("Ready")
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        })
+    })
+}
+
+/// Every Pod the workload runs started after the change and `want` of them are ready. Pods
+/// on their way out (being deleted, or finished) are not counted either way.
+fn restarted(workload: &Value, kind: TargetKind, pods: &[Value], applied: Timestamp) -> Result<String, String> {
+    let want = match kind {
+        TargetKind::DaemonSet => int(workload, "/status/desiredNumberScheduled").unwrap_or(0),
+        _ => int(workload, "/spec/replicas").unwrap_or(1),
     };
+    // The API server stamps creation to the second: a Pod started in the second of the apply
+    // (a reloader reacts within milliseconds) counts as started after it.
+    let since = Timestamp::from_second(applied.as_second()).unwrap_or(applied);
+    let running: Vec<&Value> = pods
+        .iter()
+        .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+        .filter(|p| !matches!(p.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed")))
+        .collect();
+    let older = running.iter().filter(|p| created(p).is_none_or(|t| t < since)).count();
+    let fresh = running.iter().filter(|p| created(p).is_some_and(|t| t >= since) && is_ready(p)).count();
+    let summary = format!("{fresh} of {want} Pods started since the change and ready, {older} older still running");
+    if older == 0 && i64::try_from(fresh).unwrap_or(i64::MAX) >= want { Ok(summary) } else { Err(summary) }
+}
+
+/// One workload waited for: rolled out by its own fields, and restarted when asked.
+fn waited_for(w: &Waited, applied: Timestamp) -> (Result<String, String>, Option<String>) {
+    let what = format!("{} {}", w.kind, w.name);
+    let Some(live) = &w.live else {
+        return (Err(format!("{what}: no such object")), None);
+    };
+    let (outcome, stall) = rolled_out(w.kind, live, applied);
+    let outcome = match (outcome, &w.pods) {
+        (Ok(summary), Some(pods)) => match restarted(live, w.kind, pods, applied) {
+            Ok(r) => Ok(format!("{summary}; {r}")),
+            Err(r) => Err(format!("{summary}; {r}")),
+        },
+        (outcome, _) => outcome,
+    };
+    let label = |s: String| format!("{what}: {s}");
+    (outcome.map(label).map_err(label), stall.map(|s| format!("{what}: {s}")))
+}
+
+/// One look at the rollout of a change applied at `window.applied`, at `now`: the target's
+/// own and every workload waited for.
+pub fn progress(kind: TargetKind, live: &Value, waits: &[Waited], window: Window, now: Timestamp) -> RolloutStatus {
+    let Window { applied, timeout, settle } = window;
+    // An apply recorded ahead of this clock has waited for nothing yet.
+    let waited = if now > applied { now.duration_since(applied).unsigned_abs() } else { Duration::ZERO };
+    let secs = |d: Duration| format!("{}s", d.as_secs());
+    let mut looks = vec![match kind {
+        // Pods read a ConfigMap as mounted files (updated in place) or at start: nothing rolls
+        // out by itself; the playbook says what to wait for, and verification judges the effect.
+        TargetKind::HorizontalPodAutoscaler => (autoscaled(live), None),
+        TargetKind::ConfigMap => (Ok("a ConfigMap rolls nothing out by itself".to_owned()), None),
+        _ => rolled_out(kind, live, applied),
+    }];
+    looks.extend(waits.iter().map(|w| waited_for(w, applied)));
+    if waited < settle {
+        looks.push((Err(format!("settling for {} of {}", secs(waited), secs(settle))), None));
+    }
+    // A stall counts only where that rollout is not done.
+    let stall = looks.iter().find_map(|(outcome, stall)| stall.clone().filter(|_| outcome.is_err()));
+    let (done, pending): (Vec<_>, Vec<_>) = looks.into_iter().map(|(outcome, _)| outcome).partition(Result::is_ok);
+    let join = |parts: Vec<Result<String, String>>| {
+        parts.into_iter().map(|p| p.unwrap_or_else(|e| e)).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("; ")
+    };
+    let outcome = if pending.is_empty() { Ok(join(done)) } else { Err(join(pending)) };
     let (state, message) = match (outcome, stall) {
         (Ok(summary), _) => (RolloutState::Complete, format!("rolled out in {}: {summary}", secs(waited))),
         (Err(summary), Some(stall)) => (RolloutState::Stalled, format!("{stall} ({summary})")),
@@ -170,8 +258,12 @@ mod tests {
         json!({"metadata": {"generation": generation}, "spec": {"replicas": 3}, "status": s})
     }
 
+    fn window(timeout: u64) -> Window {
+        Window { applied: at(0), timeout: Duration::from_secs(timeout), settle: Duration::ZERO }
+    }
+
     fn state(kind: TargetKind, live: &Value, waited: i64) -> RolloutState {
-        progress(kind, live, at(0), Duration::from_secs(60), at(waited)).state
+        progress(kind, live, &[], window(60), at(waited)).state
     }
 
     #[test]
@@ -186,13 +278,7 @@ mod tests {
         let old_left = json!({"replicas": 4, "updatedReplicas": 3, "readyReplicas": 4, "availableReplicas": 4});
         assert_eq!(state(TargetKind::Deployment, &deployment(2, 2, old_left), 5), RolloutState::Progressing);
         let not_ready = json!({"replicas": 3, "updatedReplicas": 3, "readyReplicas": 2, "availableReplicas": 2});
-        let s = progress(
-            TargetKind::Deployment,
-            &deployment(2, 2, not_ready.clone()),
-            at(0),
-            Duration::from_secs(60),
-            at(5),
-        );
+        let s = progress(TargetKind::Deployment, &deployment(2, 2, not_ready.clone()), &[], window(60), at(5));
         assert_eq!(s.state, RolloutState::Progressing);
         assert!(s.message.contains("3 of 3 updated, 2 ready, 2 available"), "{}", s.message);
         assert_eq!(s.next_check_at, Some(Time(at(5).checked_add(RECHECK).unwrap())));
@@ -215,7 +301,7 @@ mod tests {
                                 "message": "ReplicaSet \"checkout-abc\" has timed out progressing."}]}),
             )
         };
-        let s = progress(TargetKind::Deployment, &stuck(2, 2), at(0), Duration::from_secs(600), at(3));
+        let s = progress(TargetKind::Deployment, &stuck(2, 2), &[], window(600), at(3));
         assert_eq!(s.state, RolloutState::Stalled);
         assert!(
             s.message.starts_with("ProgressDeadlineExceeded: ReplicaSet \"checkout-abc\" has timed out"),
@@ -223,10 +309,10 @@ mod tests {
             s.message
         );
         // Reported before the change (kept through a rollback to an existing revision): not ours.
-        let old = progress(TargetKind::Deployment, &stuck(-60, 2), at(0), Duration::from_secs(600), at(3));
+        let old = progress(TargetKind::Deployment, &stuck(-60, 2), &[], window(600), at(3));
         assert_eq!(old.state, RolloutState::Progressing);
         // The controller has not observed the change yet: the condition is about the old spec.
-        let unseen = progress(TargetKind::Deployment, &stuck(2, 1), at(0), Duration::from_secs(600), at(3));
+        let unseen = progress(TargetKind::Deployment, &stuck(2, 1), &[], window(600), at(3));
         assert_eq!(unseen.state, RolloutState::Progressing);
     }
 
@@ -240,7 +326,7 @@ mod tests {
         assert_eq!(state(TargetKind::StatefulSet, &sts(1), 1), RolloutState::Progressing);
         let on_delete = json!({"metadata": {"generation": 4}, "spec": {"replicas": 2, "updateStrategy": {"type": "OnDelete"}},
                                "status": {"observedGeneration": 4, "updatedReplicas": 0, "readyReplicas": 2}});
-        let s = progress(TargetKind::StatefulSet, &on_delete, at(0), Duration::from_secs(60), at(1));
+        let s = progress(TargetKind::StatefulSet, &on_delete, &[], window(60), at(1));
         assert_eq!(s.state, RolloutState::Progressing, "no Pod runs the change yet");
         assert!(s.message.contains("OnDelete"), "{}", s.message);
         let partitioned = json!({"metadata": {"generation": 4},
@@ -268,5 +354,110 @@ mod tests {
         );
         assert_eq!(state(TargetKind::HorizontalPodAutoscaler, &json!({"spec": {}}), 0), RolloutState::Progressing);
         assert_eq!(state(TargetKind::ConfigMap, &json!({"metadata": {}}), 0), RolloutState::Complete);
+    }
+
+    fn pod(created: i64, ready: bool) -> Value {
+        json!({"metadata": {"creationTimestamp": at(created).to_string()},
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+    }
+
+    fn reader(pods: Option<Vec<Value>>) -> Waited {
+        let done = json!({"replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2});
+        let mut live = deployment(5, 5, done);
+        live["spec"]["replicas"] = json!(2);
+        Waited { kind: TargetKind::Deployment, name: "web".into(), live: Some(live), pods }
+    }
+
+    fn config_map(waits: &[Waited], settle: u64, waited: i64) -> RolloutStatus {
+        let window = Window { settle: Duration::from_secs(settle), ..window(60) };
+        progress(TargetKind::ConfigMap, &json!({"metadata": {}}), waits, window, at(waited))
+    }
+
+    #[test]
+    fn a_configmap_change_waits_for_its_readers_to_restart_when_the_playbook_says_so() {
+        // Rolled out by its own fields is enough when no restart is asked for.
+        assert_eq!(config_map(&[reader(None)], 0, 1).state, RolloutState::Complete);
+        // Configuration read at start: the Pods from before the change still run it.
+        let before = config_map(&[reader(Some(vec![pod(-300, true), pod(-300, true)]))], 0, 5);
+        assert_eq!(before.state, RolloutState::Progressing);
+        assert!(
+            before.message.contains("Deployment web: 2 of 2 updated")
+                && before.message.contains("0 of 2 Pods started since the change and ready, 2 older still running"),
+            "{}",
+            before.message
+        );
+        // Half restarted; then all restarted but one not ready; then done.
+        let half = reader(Some(vec![pod(-300, true), pod(4, true)]));
+        assert_eq!(config_map(&[half], 0, 5).state, RolloutState::Progressing);
+        let unready = reader(Some(vec![pod(3, true), pod(4, false)]));
+        assert_eq!(config_map(&[unready], 0, 5).state, RolloutState::Progressing);
+        // Terminating and finished Pods are on their way out, not counted as running the old config.
+        let mut leaving = pod(-300, true);
+        leaving["metadata"]["deletionTimestamp"] = json!(at(4).to_string());
+        let mut evicted = pod(-300, false);
+        evicted["status"]["phase"] = json!("Failed");
+        let restarted = reader(Some(vec![pod(3, true), pod(4, true), leaving, evicted]));
+        let done = config_map(std::slice::from_ref(&restarted), 0, 5);
+        assert_eq!(done.state, RolloutState::Complete, "{}", done.message);
+        assert!(done.message.contains("2 of 2 Pods started since the change"), "{}", done.message);
+        // Never restarted: stalled at the policy's timeout, naming what it waited for.
+        let never = config_map(&[reader(Some(vec![pod(-300, true), pod(-300, true)]))], 0, 60);
+        assert_eq!(never.state, RolloutState::Stalled);
+        assert!(
+            never.message.contains("rollout timeout 60s") && never.message.contains("Deployment web:"),
+            "{}",
+            never.message
+        );
+        // A reader that does not exist is waited for, and named.
+        let missing = Waited { live: None, ..reader(None) };
+        let m = config_map(&[missing], 0, 5);
+        assert_eq!(m.state, RolloutState::Progressing);
+        assert!(m.message.contains("Deployment web: no such object"), "{}", m.message);
+        // Every wait must hold: one done and one not is not done.
+        assert_eq!(
+            config_map(&[restarted, reader(Some(vec![pod(-300, true)]))], 0, 5).state,
+            RolloutState::Progressing
+        );
+    }
+
+    #[test]
+    fn a_pod_stamped_in_the_second_of_the_apply_counts_as_started_after_it() {
+        let applied = at(0).checked_add(Duration::from_millis(700)).unwrap();
+        let waits = |created: i64| [reader(Some(vec![pod(created, true), pod(created, true)]))];
+        let look = |created: i64| {
+            let window = Window { applied, ..window(60) };
+            progress(TargetKind::ConfigMap, &json!({}), &waits(created), window, at(5)).state
+        };
+        assert_eq!(look(0), RolloutState::Complete, "restarted within milliseconds of the apply");
+        assert_eq!(look(-1), RolloutState::Progressing, "started the second before");
+        // An apply stamped ahead of this clock has waited for nothing: not past any timeout.
+        let ahead = Window { applied: at(10), ..window(3) };
+        assert_eq!(
+            progress(TargetKind::ConfigMap, &json!({}), &waits(-1), ahead, at(0)).state,
+            RolloutState::Progressing
+        );
+    }
+
+    #[test]
+    fn a_settle_time_holds_the_rollout_until_it_has_passed() {
+        let s = config_map(&[], 90, 30);
+        assert_eq!(s.state, RolloutState::Progressing);
+        assert!(s.message.contains("settling for 30s of 90s"), "{}", s.message);
+        assert_eq!(config_map(&[], 90, 90).state, RolloutState::Complete);
+    }
+
+    #[test]
+    fn a_waited_for_deployment_that_exceeds_its_progress_deadline_stalls_the_change() {
+        let mut stuck = reader(None);
+        stuck.live = Some(deployment(
+            5,
+            5,
+            json!({"replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+                   "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                   "lastUpdateTime": at(2).to_string(), "message": "timed out"}]}),
+        ));
+        let s = config_map(&[stuck], 0, 3);
+        assert_eq!(s.state, RolloutState::Stalled);
+        assert!(s.message.starts_with("Deployment web: ProgressDeadlineExceeded: timed out"), "{}", s.message);
     }
 }

@@ -910,6 +910,7 @@ mod tests {
             verify: None,
             rollback_on_failure: true,
             agent_instructions: None,
+            rollout: Default::default(),
         };
         let r = Rules::from_playbook(&pb);
         assert_eq!(r.max_factor, 3.0);
