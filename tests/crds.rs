@@ -180,6 +180,24 @@ fn cel_lets_a_playbook_wait_only_for_workloads_that_roll_out() {
 }
 
 #[test]
+fn cel_wants_exactly_one_constraint_per_playbook_value() {
+    let playbook = |value: Value| {
+        json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Playbook", "metadata": {"name": "mode", "namespace": "shop"},
+            "spec": {"targetKinds": ["ConfigMap"], "patch": {"mode": "agent", "allowedPaths": ["data.MODE"], "values": [value]}}})
+    };
+    assert!(
+        cel_errors("Playbook", &playbook(json!({"path": "data.MODE", "allowed": ["fast", "slow"]})), None).is_empty()
+    );
+    for bad in [json!({"path": "data.MODE"}), json!({"path": "data.MODE", "allowed": ["a"], "pattern": "a"})] {
+        let errors = cel_errors("Playbook", &playbook(bad.clone()), None);
+        assert!(
+            errors.iter().any(|e| e.contains("give exactly one of allowed, pattern, or min/max")),
+            "{bad}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn cel_keeps_approvals_immutable_and_cancel_one_way() {
     let approval = |decision: &str| {
         json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationApproval", "metadata": {"name": "a"},

@@ -751,3 +751,62 @@ async fn a_configmap_change_waits_for_the_workload_the_playbook_names_to_restart
     assert_eq!(done.state, RolloutState::Complete, "{}", done.message);
     assert!(done.message.contains("1 of 1 Pods started since the change and ready, 0 older"), "{}", done.message);
 }
+
+/// CI judges what the API server would store, not only its own emulation of the merge: a
+/// playbook naming `readinessProbe.httpGet` lets the local check pass a new probe, but the
+/// API server defaults the probe's timing and thresholds — fields no allowed path names —
+/// and the dry-run's answer is refused for them. A playbook naming the whole probe and
+/// bounding those fields too passes.
+#[tokio::test]
+async fn ci_judges_what_the_api_server_would_store_not_only_the_emulated_merge() {
+    use reflex::api::playbook::Playbook;
+    let (sb, client) = setup().await;
+    let probe = "spec.template.spec.containers[*].readinessProbe";
+    let playbook = |name: &str, allowed: &str, extra: Vec<serde_json::Value>| {
+        let mut values = vec![
+            json!({"path": format!("{probe}.httpGet.path"), "allowed": ["/healthz"]}),
+            json!({"path": format!("{probe}.httpGet.port"), "min": "1", "max": "65535"}),
+        ];
+        values.extend(extra);
+        let pb: Playbook = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Playbook",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"targetKinds": ["Deployment"], "patch": {"mode": "agent", "allowedPaths": [allowed], "values": values}}}))
+        .unwrap();
+        pb
+    };
+    let bounded = ["timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"]
+        .iter()
+        .map(|f| json!({"path": format!("{probe}.{f}"), "min": "1", "max": "60"}))
+        .collect();
+    let playbooks = Api::<Playbook>::namespaced(client.clone(), "default");
+    playbooks
+        .create(&PostParams::default(), &playbook("probe-get", &format!("{probe}.httpGet"), vec![]))
+        .await
+        .unwrap();
+    playbooks.create(&PostParams::default(), &playbook("probe-whole", probe, bounded)).await.unwrap();
+    let ci_with = |name: &str| {
+        let mut spec = auto_policy_spec();
+        spec.playbook = Some(name.to_owned());
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}]}}}});
+        let mut input = input(remediation_with_patch(patch));
+        input.policy = Some(Arc::new(reflex::api::validate::ValidPolicy::from_spec(&spec).unwrap()));
+        input
+    };
+    let dry = dry_run(&sb).await;
+
+    let refused = dry.test(ci_with("probe-get")).await.unwrap();
+    assert_eq!(refused.verdict, CiVerdict::Failed, "{:?}", refused.messages);
+    let message = refused.messages.join(" ");
+    assert!(
+        message.contains("refused what the API server would store")
+            && message.contains("readinessProbe.failureThreshold")
+            && message.contains("a probe changes only where"),
+        "{message}"
+    );
+
+    let passed = dry.test(ci_with("probe-whole")).await.unwrap();
+    assert_eq!(passed.verdict, CiVerdict::Passed, "{:?}", passed.messages);
+    let d = Api::<Deployment>::namespaced(client.clone(), "default").get("checkout").await.unwrap();
+    assert!(d.spec.template.spec.unwrap().containers[0].readiness_probe.is_none(), "a dry-run stores nothing");
+}

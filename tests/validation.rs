@@ -70,6 +70,9 @@ fn a_bad_playbook_names_every_bad_field() {
         "spec.rollout.waitFor[0].kind",
         "spec.rollout.waitFor[1].name",
         "spec.rollout.settle",
+        "spec.patch.values[0]",
+        "spec.patch.values[1].path",
+        "spec.patch.values[1].pattern",
     ] {
         assert!(errors.has(field), "expected an error for {field}; got: {errors}");
     }

@@ -532,6 +532,7 @@ mod tests {
             rollback_on_failure: true,
             agent_instructions: None,
             rollout: Default::default(),
+            values: vec![],
         }
     }
 

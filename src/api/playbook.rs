@@ -120,8 +120,42 @@ pub struct PatchSpec {
     #[schemars(length(max = 32))]
     pub parameters: Vec<Parameter>,
     /// Field paths the patch may touch, e.g. `spec.template.spec.containers[*].resources.limits.memory`.
+    /// One segment is one whole key: `data.POOL_SIZE` allows the key `POOL_SIZE`, not
+    /// `POOL_SIZE.x`. Labels, annotations, volumes, `envFrom`, probes, lifecycle hooks and
+    /// scheduling fields change only where a path names them (not through a parent).
     #[schemars(length(min = 1, max = 64))]
     pub allowed_paths: Vec<String>,
+    /// What text (or numbers) may be written at an exact field path. Text — ConfigMap
+    /// values, env values, labels, annotations — changes only where its value is constrained
+    /// here or by a template parameter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub values: Vec<ValueSpec>,
+}
+
+/// A constraint on the value at one field path: exactly one of `allowed`, `pattern`, or
+/// `min`/`max`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("(has(self.allowed) ? 1 : 0) + (has(self.pattern) ? 1 : 0) + ((has(self.min) || has(self.max)) ? 1 : 0) == 1").message("patch.values[]: give exactly one of allowed, pattern, or min/max"))]
+#[serde(rename_all = "camelCase")]
+pub struct ValueSpec {
+    /// The exact field path, e.g. `data.LOG_LEVEL` or `spec.template.spec.containers[*].env[*].value`.
+    #[schemars(length(min = 1, max = 512))]
+    pub path: String,
+    /// The values it may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub allowed: Option<Vec<String>>,
+    /// A regular expression the whole value must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub pattern: Option<String>,
+    /// Least value (a number or a quantity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<String>,
+    /// Largest value (a number or a quantity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
 }
 
 /// Kinds of parameter value.

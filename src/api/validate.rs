@@ -11,7 +11,7 @@ use super::freeze::{FreezeWhen, ValidFreeze, weekday};
 use super::quantity::parse_quantity;
 use super::{
     DurationString, Environment, TargetKind,
-    playbook::{ParameterType, PatchMode, PatchType, PlaybookRollout, PlaybookSpec},
+    playbook::{ParameterType, PatchMode, PatchType, PlaybookRollout, PlaybookSpec, ValueSpec},
     policy::{
         AgentMode, CiJobSpec, Comparison, FreezeWindow, GitopsSpec, GuardSpec, McpServerSpec, ModelSpec, NotifySpec,
         RemediationPolicySpec, TrustLevel, VerdictAction, VerifySpec,
@@ -682,6 +682,40 @@ pub struct ValidPlaybook {
     pub agent_instructions: Option<String>,
     /// What a deployed change waits for beyond its target's own rollout.
     pub rollout: ValidRollout,
+    /// Constraints on new values by exact field path (`patch.values`).
+    pub values: Vec<(String, ValueRule)>,
+}
+
+/// A constraint on a field's new value (from a playbook's `patch.values`, or derived from
+/// its template).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValueRule {
+    /// One of these texts.
+    OneOf(Vec<String>),
+    /// Text matching this regular expression, whole.
+    Pattern(String),
+    /// A number (or quantity) within these bounds, in base units.
+    Range {
+        /// Lower bound.
+        min: Option<f64>,
+        /// Upper bound.
+        max: Option<f64>,
+    },
+}
+
+impl fmt::Display for ValueRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OneOf(allowed) => write!(f, "one of {allowed:?}"),
+            Self::Pattern(p) => write!(f, "text matching /{p}/"),
+            Self::Range { min, max } => match (min, max) {
+                (Some(lo), Some(hi)) => write!(f, "a number from {lo} to {hi}"),
+                (Some(lo), None) => write!(f, "a number of at least {lo}"),
+                (None, Some(hi)) => write!(f, "a number of at most {hi}"),
+                (None, None) => write!(f, "a number"),
+            },
+        }
+    }
 }
 
 /// What a deployed change waits for beyond its target's own rollout, validated.
@@ -892,6 +926,8 @@ impl ValidPlaybook {
         }
         let verify = spec.verify.as_ref().map(|v| verify(&mut c, "spec.verify", v));
         let rollout = spec.rollout.as_ref().map(|r| rollout(&mut c, r)).unwrap_or_default();
+        let values =
+            p.values.iter().enumerate().filter_map(|(i, v)| value_rule(&mut c, i, v, &p.allowed_paths)).collect();
         c.finish(Self {
             target_kinds: spec.target_kinds.clone(),
             reads: spec.reads.clone(),
@@ -904,8 +940,57 @@ impl ValidPlaybook {
             rollback_on_failure: spec.rollback.on_verification_failure,
             agent_instructions: spec.agent_instructions.clone(),
             rollout,
+            values,
         })
     }
+}
+
+/// One `patch.values` entry: a field path the playbook allows, and exactly one constraint.
+fn value_rule(c: &mut Collector, i: usize, spec: &ValueSpec, allowed: &[String]) -> Option<(String, ValueRule)> {
+    let field = format!("spec.patch.values[{i}]");
+    if !is_field_path(&spec.path) {
+        c.push(format!("{field}.path"), format!("{:?} is not a field path like data.POOL_SIZE", spec.path));
+        return None;
+    }
+    if !allowed
+        .iter()
+        .any(|a| spec.path == *a || spec.path.starts_with(&format!("{a}.")) || spec.path.starts_with(&format!("{a}[")))
+    {
+        c.push(format!("{field}.path"), format!("{:?} is not under any of patch.allowedPaths", spec.path));
+    }
+    let range = spec.min.is_some() || spec.max.is_some();
+    let kinds = usize::from(spec.allowed.is_some()) + usize::from(spec.pattern.is_some()) + usize::from(range);
+    if kinds != 1 {
+        c.push(field, "give exactly one of allowed, pattern, or min/max");
+        return None;
+    }
+    let bound = |c: &mut Collector, name: &str, raw: &Option<String>| -> Option<f64> {
+        let raw = raw.as_ref()?;
+        let parsed = parse_quantity(raw).ok();
+        if parsed.is_none() {
+            c.push(format!("{field}.{name}"), format!("{raw:?} is not a number or a quantity such as 512Mi"));
+        }
+        parsed
+    };
+    if let Some(allowed) = &spec.allowed {
+        if allowed.is_empty() {
+            c.push(format!("{field}.allowed"), "list at least one value");
+        }
+        return Some((spec.path.clone(), ValueRule::OneOf(allowed.clone())));
+    }
+    if let Some(pattern) = &spec.pattern {
+        if let Err(e) = regex::Regex::new(&format!("^(?:{pattern})$")) {
+            c.push(format!("{field}.pattern"), format!("not a regular expression: {e}"));
+        }
+        return Some((spec.path.clone(), ValueRule::Pattern(pattern.clone())));
+    }
+    let (min, max) = (bound(c, "min", &spec.min), bound(c, "max", &spec.max));
+    if let (Some(lo), Some(hi)) = (min, max)
+        && lo > hi
+    {
+        c.push(format!("{field}.min"), "is above max");
+    }
+    Some((spec.path.clone(), ValueRule::Range { min, max }))
 }
 
 fn rollout(c: &mut Collector, spec: &PlaybookRollout) -> ValidRollout {

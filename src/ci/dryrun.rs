@@ -4,7 +4,10 @@
 //! Contract: first the patch-safety check, against the rules of the policy's playbook (or the
 //! kind's defaults) and the target as it is now — a refusal is `Failed` with every reason;
 //! then the exact request deploy will send (`deploy::request::request`) goes to
-//! the API server with `dryRun=All`. Accepted → `Passed`; rejected by the API server (4xx) → `Failed` with the
+//! the API server with `dryRun=All`, and the object it answers with — what it would store,
+//! after its own merge, directives, server-side apply and defaulting — is judged against the
+//! live one by the same check (`safety::effect`), so a difference between our emulation and
+//! the server's cannot pass unjudged. Accepted and allowed → `Passed`; rejected by the API server (4xx) → `Failed` with the
 //! server's own message, which fails the Remediation; unreachable → a transient stage error
 //! (retried). The result carries the proposal's digest so only this exact patch can deploy.
 
@@ -15,7 +18,7 @@ use crate::api::remediation::{CiBackend, CiResult, CiVerdict};
 use crate::api::validate::ValidCi;
 use crate::cluster::{api_category, as_json, revision_of, rules_for, target_api};
 use crate::deploy::identity::DeployerIdentity;
-use crate::patch::safety::{Proposed, Target, check};
+use crate::patch::safety::{Proposed, Target, check, effect};
 use crate::ports::{StageError, StageFuture, StageInput, StageResult, Test};
 
 /// The dry-run backend.
@@ -80,14 +83,28 @@ async fn dry_run(client: kube::Client, identity: DeployerIdentity, input: StageI
     let api = target_api(&deployer, rem);
     let (params, patch) = crate::deploy::request::request(rem, &proposal, true)?;
     match api.patch(&rem.spec.target.name, &params, &patch).await {
-        Ok(obj) => Ok(result(
-            CiVerdict::Passed,
-            vec![match obj.metadata.generation {
-                Some(g) => format!("server-side dry-run accepted the patch (would be generation {g})"),
-                // Kinds without a spec (ConfigMaps) have no generation.
-                None => "server-side dry-run accepted the patch".to_owned(),
-            }],
-        )),
+        Ok(obj) => {
+            // Judge what the API server would store, not only our emulation of its merge.
+            let stored = as_json(&obj)?;
+            let server = effect(&rules, target.kind.as_str(), &current, &stored);
+            if !server.allowed() {
+                return Ok(result(
+                    CiVerdict::Failed,
+                    vec![format!(
+                        "the patch-safety check refused what the API server would store: {}",
+                        server.summary()
+                    )],
+                ));
+            }
+            Ok(result(
+                CiVerdict::Passed,
+                vec![match obj.metadata.generation {
+                    Some(g) => format!("server-side dry-run accepted the patch (would be generation {g})"),
+                    // Kinds without a spec (ConfigMaps) have no generation.
+                    None => "server-side dry-run accepted the patch".to_owned(),
+                }],
+            ))
+        }
         // Not allowed to, or nothing to patch: not a verdict on the patch.
         Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404)) => {
             Err(StageError::new(api_category(&e), format!("server-side dry-run: {e}")))

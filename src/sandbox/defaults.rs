@@ -41,8 +41,41 @@ pub(super) fn builtin_shape(rt: &ResourceType, obj: &Value) -> Option<Cause> {
     None
 }
 
+/// A Pod spec's container defaults, as kube-apiserver sets them on every write: a port's
+/// protocol, a probe's timing and thresholds.
+fn default_pod_spec(spec: &mut Value) {
+    for list in ["initContainers", "containers"] {
+        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else { continue };
+        for c in containers {
+            if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+                for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                    port.entry("protocol").or_insert(json!("TCP"));
+                }
+            }
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                if let Some(p) = c.get_mut(probe).and_then(Value::as_object_mut) {
+                    p.entry("timeoutSeconds").or_insert(json!(1));
+                    p.entry("periodSeconds").or_insert(json!(10));
+                    p.entry("successThreshold").or_insert(json!(1));
+                    p.entry("failureThreshold").or_insert(json!(3));
+                }
+            }
+        }
+    }
+}
+
 /// Server-set defaults and status for the kinds that have them.
 pub(super) fn defaults(rt: &ResourceType, obj: &mut Value, creating: bool) {
+    let template = match (rt.group.as_str(), rt.kind.as_str()) {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job") => {
+            obj.pointer_mut("/spec/template/spec")
+        }
+        ("", "Pod") => obj.get_mut("spec"),
+        _ => None,
+    };
+    if let Some(spec) = template {
+        default_pod_spec(spec);
+    }
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => {
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
