@@ -781,7 +781,7 @@ fn forbidden(segments: &[String]) -> Option<&'static str> {
     match bare.as_slice() {
         ["metadata", "namespace"] => Some("moving to another namespace"),
         ["metadata", "name"] => Some("renaming the object"),
-        [.., "binaryData"] => Some("binary configuration data"),
+        ["binaryData", ..] => Some("binary configuration data"),
         _ => None,
     }
 }
