@@ -1136,3 +1136,38 @@ async fn killed_at_every_phase_boundary_the_operator_repeats_nothing_and_loses_n
         }
     }
 }
+
+/// Proposes by panicking: inside its future for `async-*` Remediations, while starting it for
+/// the others.
+struct Panics;
+impl reflex::ports::Propose for Panics {
+    fn propose(&self, input: StageInput) -> StageFuture<Proposal> {
+        let name = input.remediation.metadata.name.clone().unwrap_or_default();
+        assert!(name.starts_with("async-"), "a bug while starting the effect of {name}");
+        async move { panic!("a bug while proposing for {name}") }.boxed()
+    }
+}
+
+/// A stage that panics — while running its effect or while starting it — is a failed step
+/// with the panic's message (escalated, as a bug needs a person), never a Remediation left
+/// waiting for an effect that will not finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_stage_fails_its_step_with_the_message_instead_of_hanging() {
+    let (_sb, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    let mut stages = stages(&doubles);
+    stages.propose = Some(Arc::new(Panics));
+    let (stop, task) = spawn_controller(&client, stages);
+    create_remediation(&client, "async-bug").await;
+    create_remediation(&client, "sync-bug").await;
+    for (name, what) in [("async-bug", "a bug while proposing for async-bug"), ("sync-bug", "a bug while starting")] {
+        let r = wait_phase(&client, name, Phase::Escalated).await;
+        let status = r.status.unwrap();
+        let message = status.message.clone().unwrap_or_default();
+        assert!(message.contains("the stage panicked") && message.contains(what), "{name}: {message}");
+        let step = status.last_step(Step::Propose).unwrap();
+        assert_eq!(step.state, StepState::Failed, "{name}");
+    }
+    stop.cancel();
+    task.await.unwrap();
+}

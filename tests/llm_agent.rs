@@ -107,6 +107,7 @@ fn budgets() -> Budgets {
         wall_clock: Duration::from_secs(20),
         max_cost_usd: 0.05,
         parallel_tools: 4,
+        max_tool_calls_per_turn: 8,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Budgets {
     pub max_cost_usd: f64,
     /// Tool calls of one turn run at most this many at a time.
     pub parallel_tools: usize,
+    /// A turn asking for more tool calls than this ends the run.
+    pub max_tool_calls_per_turn: usize,
 }
 
 impl Default for Budgets {
@@ -64,6 +66,7 @@ impl Default for Budgets {
             wall_clock: Duration::from_secs(300),
             max_cost_usd: 1.0,
             parallel_tools: 4,
+            max_tool_calls_per_turn: 8,
         }
     }
 }
@@ -546,8 +549,9 @@ pub async fn run(
             }
             Ok(Ok(reply)) => reply,
         };
-        out.usage.prompt += reply.usage.prompt;
-        out.usage.completion += reply.usage.completion;
+        // The endpoint reports usage: a counter it drives saturates, never wraps.
+        out.usage.prompt = out.usage.prompt.saturating_add(reply.usage.prompt);
+        out.usage.completion = out.usage.completion.saturating_add(reply.usage.completion);
         out.cost_usd += reply.cost_usd;
         out.llm_calls.push(LlmStep { duration: reply.duration, usage: reply.usage, cost_usd: reply.cost_usd });
         if out.usage.total() > budgets.max_tokens {
@@ -583,6 +587,14 @@ pub async fn run(
             let said = message.content.as_deref().map(clip).unwrap_or_default();
             out.ending =
                 Ending::Escalated(format!("the model stopped without proposing a patch or escalating: {said}"));
+            return out;
+        }
+        if calls.len() > budgets.max_tool_calls_per_turn {
+            out.ending = Ending::Budget(format!(
+                "the model asked for {} tool calls in one turn; at most {} are run",
+                calls.len(),
+                budgets.max_tool_calls_per_turn
+            ));
             return out;
         }
         // A terminal call decides the run, whatever else the turn asked for.

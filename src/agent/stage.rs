@@ -201,7 +201,7 @@ impl AgentStage {
             max_tokens: u64::from(agent.max_tokens),
             wall_clock: agent.timeout,
             max_cost_usd: agent.max_cost_usd.unwrap_or(f64::INFINITY),
-            parallel_tools: 4,
+            ..Budgets::default()
         };
         let alert = &rem.spec.alert;
         // The playbook's instructions, then the policy's; a default when neither gives any.

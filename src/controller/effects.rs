@@ -11,6 +11,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use futures::FutureExt;
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +85,10 @@ impl Effects {
         }
         let this = self.clone();
         tokio::spawn(async move {
+            // A stage that panics is a failed step with the panic's message, never an effect
+            // that runs for ever (its result would never come).
+            let effect =
+                std::panic::AssertUnwindSafe(effect).catch_unwind().map(|r| r.unwrap_or_else(|p| Err(panicked(&*p))));
             let result = tokio::select! {
                 r = effect => r,
                 () = cancel.cancelled() => Err(StageError::new(ErrorCategory::Transient, "cancelled")),
@@ -114,4 +119,15 @@ impl Effects {
             effect.cancel.cancel();
         }
     }
+}
+
+/// The failure a panicking stage is recorded as: a bug for a human to look at.
+pub(super) fn panicked(payload: &(dyn std::any::Any + Send)) -> StageError {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    let what: String = what.chars().take(500).collect();
+    StageError::new(ErrorCategory::NeedsHuman, format!("the stage panicked (a bug in Reflex): {what}"))
 }

@@ -456,7 +456,15 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         current.status = Some(plan.status.clone());
         let cancel = CancellationToken::new();
         let input = StageInput { remediation: Arc::new(current), policy, key: key.clone(), cancel: cancel.clone() };
-        if let Some(effect) = ctx.stages.start(input) {
+        // A stage that panics while starting its effect fails that step like one that panics
+        // while running it (see `Effects::spawn`).
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.stages.start(input)))
+            .unwrap_or_else(|p| {
+                let failed: crate::ports::StageFuture<crate::ports::StageOutput> =
+                    Box::pin(futures::future::ready(Err(super::effects::panicked(&*p))));
+                Some(failed)
+            });
+        if let Some(effect) = started {
             info!(remediation = %name, effect = %key, "starting effect");
             ctx.effects.spawn(key, ObjectRef::from_obj(&*rem), cancel, effect);
         }

@@ -285,7 +285,18 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
             } else if let Some(other) = busy {
                 suppress(Suppression::TargetBusy, format!("{other} (another policy) is already remediating {target}"))
             } else {
-                let seq = all(existing, &added).filter(same).map(|e| e.seq).max().unwrap_or(0) + 1;
+                // Sequence numbers come from names anyone who may create a Remediation can
+                // choose: one at u32::MAX names no next one, and says so.
+                let Some(seq) = all(existing, &added).filter(same).map(|e| e.seq).max().unwrap_or(0).checked_add(1)
+                else {
+                    out.problems.push(format!(
+                        "policy {}/{}: the Remediations of {target} are numbered up to {}; no next number",
+                        pr.namespace,
+                        pr.name,
+                        u32::MAX
+                    ));
+                    continue;
+                };
                 let name = remediation_name(&pr.name, &target, seq);
                 if !is_dns_subdomain(&name) {
                     out.problems
@@ -455,6 +466,14 @@ mod tests {
         unnamed["labels"].as_object_mut().unwrap().remove("deployment");
         let p = plan(&payload(vec![unnamed]), &[policy("shop", json!({}))], &[], false, now());
         assert!(p.actions.is_empty() && p.problems[0].contains("deployment"), "{:?}", p.problems);
+    }
+
+    #[test]
+    fn a_remediation_numbered_u32_max_names_a_problem_instead_of_overflowing() {
+        let last = [existing(u32::MAX, Some(Phase::Failed), Some(7200))];
+        let p = plan(&payload(vec![alert("firing", "a")]), &[policy("shop", json!({}))], &last, false, now());
+        assert!(p.actions.is_empty(), "{:?}", kinds(&p));
+        assert!(p.problems.iter().any(|m| m.contains("no next number")), "{:?}", p.problems);
     }
 
     #[test]
