@@ -77,6 +77,37 @@ async fn metrics_are_for_callers_rbac_allows_to_query_them() {
     }
 }
 
+/// The MCP transport's MUST: a request whose Origin is not one this server answers to gets
+/// 403, with a valid token or without, while the Host is loopback (a web page posting to a
+/// server on 127.0.0.1). Loopback origins and no Origin at all (non-browser clients) pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_origin_is_forbidden_even_with_a_loopback_host_and_a_valid_token() {
+    let s = setup().await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25",
+        "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let http = reqwest::Client::new();
+    let send = |origin: Option<&'static str>, token: Option<&'static str>| {
+        let mut req = http.post(&s.url).header("accept", "application/json, text/event-stream").json(&init);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    for origin in ["http://evil.example", "https://evil.example:8443", "null", "file://", "http://127.0.0.1.evil.example"] {
+        for token in [Some("t-alice"), None] {
+            let resp = send(Some(origin), token).await.unwrap();
+            assert_eq!(resp.status().as_u16(), 403, "{origin} {token:?}");
+        }
+    }
+    for origin in [None, Some("http://127.0.0.1"), Some("http://localhost:3000"), Some("http://[::1]:8080")] {
+        let resp = send(origin, Some("t-alice")).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{origin:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_valid_token_it_is_401_before_any_mcp() {
     let s = setup().await;

@@ -117,8 +117,25 @@ fn plain_post(headers: &axum::http::HeaderMap, hosts: &[(String, Option<u16>)]) 
     hosts.iter().any(|(h, p)| *h == name && p.is_none_or(|p| port == Some(p)))
 }
 
-/// Every `/mcp` request first: authenticate the bearer token (401 before any MCP handling)
-/// and put the [`identity::Caller`] in the request's extensions, where rmcp hands it to tools.
+/// Whether a request's `Origin` (when it has one) is one of the hosts this server answers
+/// to — loopback and the configured names — over http or https. The MCP transport requires a
+/// 403 for any other: a web page elsewhere must not reach a server on loopback (DNS
+/// rebinding, or a page posting to 127.0.0.1).
+fn origin_allowed(headers: &axum::http::HeaderMap, hosts: &[(String, Option<u16>)]) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else { return true };
+    let Ok(uri) = origin.to_str().unwrap_or("").parse::<axum::http::Uri>() else { return false };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else { return false };
+    if !matches!(scheme, "http" | "https") {
+        return false;
+    }
+    let port = authority.port_u16().or(if scheme == "https" { Some(443) } else { Some(80) });
+    let host = bare_host(authority.host());
+    hosts.iter().any(|(h, p)| *h == host && p.is_none_or(|p| port == Some(p)))
+}
+
+/// Every `/mcp` request first: a foreign `Origin` is refused (403), then the bearer token is
+/// authenticated (401 before any MCP handling) and the [`identity::Caller`] put in the
+/// request's extensions, where rmcp hands it to tools.
 ///
 /// Then cancellation: a stateless server has no session to route `notifications/cancelled`
 /// through, so rmcp acknowledges and drops it; clients on the 2025 protocol (the Python
@@ -129,6 +146,13 @@ async fn edge_of_mcp(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    if !origin_allowed(req.headers(), &edge.hosts) {
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "this Origin may not call Reflex's MCP server: only loopback and the configured hosts",
+        )
+            .into_response();
+    }
     let caller = match identity::caller_of(&edge.identities, req.headers()).await {
         Ok(caller) => caller,
         Err(answer) => return answer,
