@@ -96,7 +96,9 @@ async fn a_foreign_origin_is_forbidden_even_with_a_loopback_host_and_a_valid_tok
         }
         req.send()
     };
-    for origin in ["http://evil.example", "https://evil.example:8443", "null", "file://", "http://127.0.0.1.evil.example"] {
+    for origin in
+        ["http://evil.example", "https://evil.example:8443", "null", "file://", "http://127.0.0.1.evil.example"]
+    {
         for token in [Some("t-alice"), None] {
             let resp = send(Some(origin), token).await.unwrap();
             assert_eq!(resp.status().as_u16(), 403, "{origin} {token:?}");

@@ -227,7 +227,8 @@ pub struct ToolPin {
     /// Tool name as the server lists it.
     #[schemars(length(min = 1, max = 128))]
     pub name: String,
-    /// `sha256:<hex>` of the tool's input and output schemas; drift refuses the run.
+    /// `sha256:<hex>` of the tool's input and output schemas, annotations and description (the
+    /// model reads it); drift refuses the run. `reflex mcp manifest` prints Reflex's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))]
     pub schema_hash: Option<String>,

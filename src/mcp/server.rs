@@ -21,6 +21,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use rmcp::model::{
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
@@ -38,19 +40,19 @@ pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Each tool's version: bump it with any change to its input or output schema, and run
 /// `reflex mcp manifest > mcp-manifest.json` (a test holds the two together).
 pub const TOOL_VERSIONS: &[(&str, u32)] = &[
-    ("get_resource", 1),
-    ("list_resources", 1),
-    ("get_events", 1),
-    ("get_pod_logs", 1),
-    ("get_rollout_history", 2),
-    ("query_prometheus", 1),
-    ("query_prometheus_range", 1),
-    ("list_firing_alerts", 1),
-    ("list_remediations", 1),
-    ("list_playbooks", 1),
-    ("approve_remediation", 1),
-    ("reject_remediation", 1),
-    ("cancel_remediation", 1),
+    ("get_resource", 2),
+    ("list_resources", 2),
+    ("get_events", 2),
+    ("get_pod_logs", 2),
+    ("get_rollout_history", 3),
+    ("query_prometheus", 2),
+    ("query_prometheus_range", 2),
+    ("list_firing_alerts", 2),
+    ("list_remediations", 2),
+    ("list_playbooks", 2),
+    ("approve_remediation", 2),
+    ("reject_remediation", 2),
+    ("cancel_remediation", 2),
 ];
 
 /// A Prometheus client for the PromQL and alert tools (ring TLS through our reqwest).
@@ -83,7 +85,7 @@ impl ReflexMcp {
             backends,
             inflight: InFlight::default(),
             cache,
-            tool_router: Self::tool_router() + Self::action_router(),
+            tool_router: standard_router(Self::tool_router() + Self::action_router()),
             prompt_router: Self::prompt_router(),
         };
         Self { inner: Arc::new(inner) }
@@ -139,7 +141,62 @@ impl ServerHandler for ReflexMcp {
 
 /// The tools as listed (for the manifest and tests).
 pub fn tools() -> Vec<rmcp::model::Tool> {
-    (ReflexMcp::tool_router() + ReflexMcp::action_router()).list_all()
+    standard_router(ReflexMcp::tool_router() + ReflexMcp::action_router()).list_all()
+}
+
+/// The router with every tool's schemas in standard JSON Schema (see [`standard_schema`]).
+fn standard_router(
+    mut router: rmcp::handler::server::router::tool::ToolRouter<ReflexMcp>,
+) -> rmcp::handler::server::router::tool::ToolRouter<ReflexMcp> {
+    for route in router.map.values_mut() {
+        let tool = &mut route.attr;
+        let mut input = Value::Object((*tool.input_schema).clone());
+        standard_schema(&mut input);
+        if let Value::Object(m) = input {
+            tool.input_schema = Arc::new(m);
+        }
+        if let Some(output) = &tool.output_schema {
+            let mut output = Value::Object((**output).clone());
+            standard_schema(&mut output);
+            if let Value::Object(m) = output {
+                tool.output_schema = Some(Arc::new(m));
+            }
+        }
+    }
+    router
+}
+
+/// Replaces the Rust-specific `format`s schemars writes for integers and floats (`uint32`,
+/// `uint64`, `int32`, `double`, …), which JSON Schema does not define and strict clients
+/// reject, by standard bounds: `minimum: 0` for unsigned integers, the 32-bit range where it
+/// applies, nothing for floats.
+pub fn standard_schema(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let format = m.get("format").and_then(Value::as_str).map(str::to_owned);
+            let bounds: Option<(Option<f64>, Option<f64>)> = match format.as_deref() {
+                Some("uint" | "uint64" | "uint16" | "uint8") => Some((Some(0.0), None)),
+                Some("uint32") => Some((Some(0.0), Some(f64::from(u32::MAX)))),
+                Some("int32") => Some((Some(f64::from(i32::MIN)), Some(f64::from(i32::MAX)))),
+                Some("int" | "int64" | "int16" | "int8" | "float" | "double") => Some((None, None)),
+                _ => None,
+            };
+            if let Some((min, max)) = bounds {
+                m.remove("format");
+                if let Some(min) = min {
+                    m.entry("minimum").or_insert(json!(min));
+                }
+                if let Some(max) = max {
+                    m.entry("maximum").or_insert(json!(max));
+                }
+            }
+            for child in m.values_mut() {
+                standard_schema(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(standard_schema),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -156,5 +213,22 @@ mod tests {
             let read_only = !super::super::actions::ACTION_TOOLS.contains(&t.name.as_ref());
             assert_eq!(t.annotations.as_ref().and_then(|a| a.read_only_hint), Some(read_only), "{}", t.name);
         }
+    }
+
+    #[test]
+    fn tool_schemas_are_standard_json_schema() {
+        for t in tools() {
+            let schemas =
+                [Some(Value::Object((*t.input_schema).clone())), t.output_schema.map(|o| Value::Object((*o).clone()))];
+            for schema in schemas.into_iter().flatten() {
+                let text = schema.to_string();
+                for format in ["\"uint", "\"int8", "\"int16", "\"int32", "\"int64", "\"double", "\"float\""] {
+                    assert!(!text.contains(&format!("\"format\":{format}")), "{}: {text}", t.name);
+                }
+            }
+        }
+        let mut limit = json!({"type": "integer", "format": "uint32"});
+        standard_schema(&mut limit);
+        assert_eq!(limit, json!({"type": "integer", "minimum": 0.0, "maximum": 4294967295.0}));
     }
 }
