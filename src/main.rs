@@ -59,6 +59,11 @@ enum Command {
         /// names, e.g. reflex.reflex-system.svc); repeat or comma-separate.
         #[arg(long, env = "REFLEX_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
         mcp_allowed_hosts: Vec<String>,
+        /// Audiences an MCP caller's token must be minted for (e.g. `reflex`, from a
+        /// TokenRequest); empty: the API server's own. List the API server's audience too to go
+        /// on accepting ordinary ServiceAccount tokens.
+        #[arg(long, env = "REFLEX_MCP_AUDIENCES", value_delimiter = ',')]
+        mcp_audiences: Vec<String>,
         /// YAML price table for the LLM agent's cost accounting and budgets: model name →
         /// {inputPerMillion, outputPerMillion} in US dollars per million tokens.
         #[arg(long, env = "REFLEX_LLM_PRICES")]
@@ -343,6 +348,7 @@ async fn main() -> anyhow::Result<()> {
             insecure_webhook,
             kill_switch_configmap,
             mcp_allowed_hosts,
+            mcp_audiences,
             llm_prices,
             deployer_staging,
             deployer_production,
@@ -405,6 +411,7 @@ async fn main() -> anyhow::Result<()> {
                     mcp_url: format!("http://{host}:{}/mcp", listen.port()),
                     own_token,
                     mcp_allowed_hosts,
+                    mcp_audiences,
                     webhook: reflex::intake::webhook::Settings { token, kill_switch: Some(kill_switch) },
                     prices,
                     audit: std::sync::Arc::new(reflex::mcp::client::LogAudit),

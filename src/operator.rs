@@ -50,6 +50,8 @@ pub struct Config {
     pub own_token: Option<(String, Option<PathBuf>)>,
     /// Host names MCP clients may reach `/mcp` by, besides loopback.
     pub mcp_allowed_hosts: Vec<String>,
+    /// Audiences an MCP caller's token must be minted for; empty: the API server's.
+    pub mcp_audiences: Vec<String>,
     /// The webhook's settings (bearer token, kill switch).
     pub webhook: webhook::Settings,
     /// The LLM price table (dollars per million tokens by model).
@@ -89,6 +91,7 @@ impl Operator {
             mcp_url,
             own_token,
             mcp_allowed_hosts,
+            mcp_audiences,
             webhook,
             prices,
             audit,
@@ -114,7 +117,7 @@ impl Operator {
             prometheus,
             operator: Some(client.clone()),
         };
-        let identities = Arc::new(Identities::new(client.clone(), kube_config));
+        let identities = Arc::new(Identities::new(client.clone(), kube_config).with_audiences(mcp_audiences));
         let mcp = crate::mcp::router(ReflexMcp::new(backends), identities, mcp_allowed_hosts, stop.clone());
         // Webhooks over https only: their URLs come from Secrets namespace users write.
         let notifier = crate::notify::Notifier::new(false)
@@ -139,7 +142,9 @@ impl Operator {
             let _ = tcp.set_nodelay(true);
         });
         tokio::spawn(async move {
-            axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
+            // Each request knows its peer: token reviews are limited per source.
+            let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
         })
     }
 

@@ -113,6 +113,7 @@ async fn world() -> World {
             mcp_url: format!("http://{address}/mcp"),
             own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
             mcp_allowed_hosts: vec![],
+            mcp_audiences: vec![],
             webhook: reflex::intake::webhook::Settings { token: Some("t".into()), kill_switch: None },
             prices: [(
                 "scripted".to_owned(),

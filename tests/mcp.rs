@@ -110,6 +110,51 @@ async fn a_foreign_origin_is_forbidden_even_with_a_loopback_host_and_a_valid_tok
     }
 }
 
+/// Token audiences: by default a caller's token must be for the API server (carol's, minted
+/// for Reflex, is not); with `reflex` configured, carol's is accepted and alice's API token is
+/// not — unless the API server's audience is listed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_tokens_must_be_minted_for_the_configured_audiences() {
+    use reflex::mcp::identity::{AuthError, Identities};
+    let s = setup().await;
+    let operator = s.sb.client("t-operator").await.unwrap();
+    let config = s.sb.config("t-operator").await.unwrap();
+    let api_only = Identities::new(operator.clone(), config.clone());
+    let e = api_only.authenticate("t-carol-for-reflex", None).await.unwrap_err();
+    assert!(matches!(&e, AuthError::Rejected(m) if m.contains("invalid for the target audiences")), "{e}");
+    assert_eq!(&*api_only.authenticate("t-alice", None).await.unwrap().user, "alice");
+    let reflex_only = Identities::new(operator.clone(), config.clone()).with_audiences(vec!["reflex".into()]);
+    assert_eq!(&*reflex_only.authenticate("t-carol-for-reflex", None).await.unwrap().user, "carol");
+    assert!(matches!(reflex_only.authenticate("t-alice", None).await, Err(AuthError::Rejected(_))));
+    let both = Identities::new(operator, config)
+        .with_audiences(vec!["reflex".into(), reflex::sandbox::rbac::API_AUDIENCE.into()]);
+    assert_eq!(&*both.authenticate("t-alice", None).await.unwrap().user, "alice");
+    assert_eq!(&*both.authenticate("t-carol-for-reflex", None).await.unwrap().user, "carol");
+}
+
+/// A source presenting rejected tokens is refused further reviews for a while (429), so a
+/// flood of bad tokens cannot spend the operator's API access; valid tokens already reviewed
+/// still pass, and other sources are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_from_one_source_is_throttled_without_reviews() {
+    use reflex::mcp::identity::{AuthError, Identities, MAX_REJECTED};
+    let s = setup().await;
+    let ids = Identities::new(s.sb.client("t-operator").await.unwrap(), s.sb.config("t-operator").await.unwrap());
+    let (flood, other) = (Some("10.0.0.7".parse().unwrap()), Some("10.0.0.8".parse().unwrap()));
+    assert!(ids.authenticate("t-alice", flood).await.is_ok(), "reviewed and cached before the flood");
+    for i in 0..MAX_REJECTED {
+        let e = ids.authenticate(&format!("bad-{i}"), flood).await.unwrap_err();
+        assert!(matches!(e, AuthError::Rejected(_)), "{e}");
+    }
+    // The same bad token again is answered from memory, and counts nothing more.
+    assert!(matches!(ids.authenticate("bad-0", other).await, Err(AuthError::Rejected(_))));
+    let e = ids.authenticate("bad-next", flood).await.unwrap_err();
+    assert!(matches!(e, AuthError::Throttled), "{e}");
+    assert!(matches!(ids.authenticate("t-bob", flood).await, Err(AuthError::Throttled)), "no new review from there");
+    assert_eq!(&*ids.authenticate("t-alice", flood).await.unwrap().user, "alice", "already reviewed");
+    assert_eq!(&*ids.authenticate("t-bob", other).await.unwrap().user, "bob");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_valid_token_it_is_401_before_any_mcp() {
     let s = setup().await;

@@ -280,6 +280,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             mcp_url: format!("http://{address}/mcp"),
             own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
             mcp_allowed_hosts: vec![],
+            mcp_audiences: vec![],
             webhook: crate::intake::webhook::Settings { token: Some(token.clone()), kill_switch: None },
             prices: scenario.llm.iter().map(|l| (l.model.clone(), l.price)).collect(),
             audit: audit.clone(),

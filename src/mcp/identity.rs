@@ -4,7 +4,13 @@
 //! Contract: [`Identities::authenticate`] turns a token into a [`Caller`] — the reviewed user
 //! and groups and a client that impersonates exactly them — or an error for a 401. Reviews
 //! are cached by a hash of the token (never the token) for [`REVIEW_TTL`], impersonated
-//! clients per identity for [`CLIENT_TTL`], so a burst of calls costs one TokenReview. The
+//! clients per identity for [`CLIENT_TTL`], so a burst of calls costs one TokenReview (calls
+//! with one token while its review runs wait for that review). A rejected token is
+//! remembered for [`REJECTED_TTL`], and a source whose tokens were rejected
+//! [`MAX_REJECTED`] times within that window is answered 429 without a review: a flood of
+//! bad tokens costs the API server little and cannot use up the operator's own share of it.
+//! With audiences configured, the review asks for them and a token must be minted for one
+//! of them (a TokenRequest for Reflex, say); without, for the API server. The
 //! operator's own identity is used for nothing but the review: a caller sees exactly what
 //! RBAC lets it see, and the server is never a confused deputy. [`caller_of`] gives a
 //! request's caller or the 401 to answer before any MCP handling.
@@ -22,6 +28,12 @@ use sha2::{Digest, Sha256};
 pub const REVIEW_TTL: Duration = Duration::from_secs(60);
 /// How long an impersonated client is kept after its last use.
 pub const CLIENT_TTL: Duration = Duration::from_secs(600);
+/// How long a rejected token is answered without another review, and the window in which a
+/// source's rejections are counted.
+pub const REJECTED_TTL: Duration = Duration::from_secs(10);
+/// Rejected tokens one source may present within [`REJECTED_TTL`] before it is refused
+/// reviews until the window passes.
+pub const MAX_REJECTED: u32 = 20;
 
 /// A collision-free key for (user, groups): names may contain any separator.
 fn identity_key(
@@ -66,6 +78,8 @@ pub enum AuthError {
     Rejected(String),
     #[error("the token could not be reviewed: {0}")]
     Unavailable(String),
+    #[error("too many rejected tokens from this address; retry in {}s", REJECTED_TTL.as_secs())]
+    Throttled,
 }
 
 /// What a TokenReview said about a token: all of it is impersonated, so a scoped token
@@ -84,26 +98,47 @@ struct Reviewed {
 pub struct Identities {
     operator: kube::Client,
     config: kube::Config,
+    /// The audiences a token must be minted for; empty: the API server's.
+    audiences: Vec<String>,
     /// By the token's SHA-256: the caller its review named.
     reviews: moka::future::Cache<[u8; 32], Caller>,
+    /// By the token's SHA-256: why its review rejected it.
+    rejected: moka::future::Cache<[u8; 32], String>,
+    /// Rejections per source address within the window.
+    rejections: moka::future::Cache<std::net::IpAddr, Arc<std::sync::atomic::AtomicU32>>,
     clients: moka::future::Cache<String, kube::Client>,
 }
 
 impl Identities {
     /// `operator` reviews tokens; `config` (the operator's) is cloned into impersonating
-    /// clients, so the operator needs the `impersonate` verb on users and groups.
+    /// clients, so the operator needs the `impersonate` verb on users, groups, uids and the
+    /// user extras a review returns.
     pub fn new(operator: kube::Client, config: kube::Config) -> Self {
         Self {
             operator,
             config,
+            audiences: Vec::new(),
             reviews: moka::future::Cache::builder().max_capacity(10_000).time_to_live(REVIEW_TTL).build(),
+            rejected: moka::future::Cache::builder().max_capacity(10_000).time_to_live(REJECTED_TTL).build(),
+            rejections: moka::future::Cache::builder().max_capacity(10_000).time_to_live(REJECTED_TTL).build(),
             clients: moka::future::Cache::builder().max_capacity(1_000).time_to_idle(CLIENT_TTL).build(),
         }
     }
 
+    /// Tokens must be minted for one of `audiences` (e.g. `reflex`, by a TokenRequest);
+    /// list the API server's too to go on accepting ordinary ServiceAccount tokens.
+    #[must_use]
+    pub fn with_audiences(mut self, audiences: Vec<String>) -> Self {
+        self.audiences = audiences;
+        self
+    }
+
     async fn review(&self, token: &str) -> Result<Reviewed, AuthError> {
         let review = TokenReview {
-            spec: TokenReviewSpec { token: token.to_owned(), ..TokenReviewSpec::default() },
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+            },
             ..TokenReview::default()
         };
         let reviewed = Api::<TokenReview>::all(self.operator.clone())
@@ -113,6 +148,10 @@ impl Identities {
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(AuthError::Rejected(status.error.unwrap_or_else(|| "not authenticated".into())));
+        }
+        // An authenticator that ignored the audiences asked for answers none: not proof.
+        if !self.audiences.is_empty() && !status.audiences.iter().flatten().any(|a| self.audiences.contains(a)) {
+            return Err(AuthError::Rejected(format!("the token is not for {:?}", self.audiences)));
         }
         let user = status.user.unwrap_or_default();
         let Some(name) = user.username.filter(|n| !n.is_empty()) else {
@@ -125,8 +164,9 @@ impl Identities {
         Ok(Reviewed { user: name, groups, uid, extra, key })
     }
 
-    /// The caller behind `token`.
-    pub async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+    /// The caller behind `token`, presented from `source` (when known).
+    pub async fn authenticate(&self, token: &str, source: Option<std::net::IpAddr>) -> Result<Caller, AuthError> {
+        use std::sync::atomic::Ordering;
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -134,9 +174,33 @@ impl Identities {
         if let Some(hit) = self.reviews.get(&digest).await {
             return Ok(hit);
         }
-        let caller = self.caller(self.review(token).await?).await?;
-        self.reviews.insert(digest, caller.clone()).await;
-        Ok(caller)
+        if let Some(why) = self.rejected.get(&digest).await {
+            return Err(AuthError::Rejected(why));
+        }
+        let count = match source {
+            Some(ip) => Some(self.rejections.get_with(ip, async { Arc::new(0.into()) }).await),
+            None => None,
+        };
+        if count.as_ref().is_some_and(|c| c.load(Ordering::Relaxed) >= MAX_REJECTED) {
+            return Err(AuthError::Throttled);
+        }
+        // Calls with one token while its review runs share that review.
+        let reviewed =
+            self.reviews.try_get_with(digest, async { self.caller(self.review(token).await?).await }).await.map_err(
+                |e| match &*e {
+                    AuthError::Rejected(why) => AuthError::Rejected(why.clone()),
+                    AuthError::Missing => AuthError::Missing,
+                    AuthError::Throttled => AuthError::Throttled,
+                    AuthError::Unavailable(why) => AuthError::Unavailable(why.clone()),
+                },
+            );
+        if let Err(AuthError::Rejected(why)) = &reviewed {
+            self.rejected.insert(digest, why.clone()).await;
+            if let Some(c) = count {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        reviewed
     }
 
     /// The caller a review named, with the impersonating client for that identity.
@@ -172,10 +236,21 @@ fn unauthorized(e: &AuthError) -> Response {
 }
 
 /// The caller behind a request's bearer token, or the answer to give instead: 401 with
-/// WWW-Authenticate (missing, malformed or rejected token), 503 when the review cannot run.
-pub async fn caller_of(ids: &Identities, headers: &HeaderMap) -> Result<Caller, Response> {
-    match ids.authenticate(bearer(headers).unwrap_or("")).await {
+/// WWW-Authenticate (missing, malformed or rejected token), 429 for a source presenting
+/// rejected tokens over and over, 503 when the review cannot run.
+pub async fn caller_of(
+    ids: &Identities,
+    headers: &HeaderMap,
+    source: Option<std::net::IpAddr>,
+) -> Result<Caller, Response> {
+    match ids.authenticate(bearer(headers).unwrap_or(""), source).await {
         Ok(caller) => Ok(caller),
+        Err(e @ AuthError::Throttled) => {
+            let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(serde_json::json!({"error": e.to_string()})))
+                .into_response();
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(REJECTED_TTL.as_secs()));
+            Err(resp)
+        }
         Err(e @ AuthError::Unavailable(_)) => {
             tracing::warn!(error = %e, "MCP caller could not be authenticated");
             Err((StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": e.to_string()})))

@@ -153,7 +153,8 @@ async fn edge_of_mcp(
         )
             .into_response();
     }
-    let caller = match identity::caller_of(&edge.identities, req.headers()).await {
+    let source = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let caller = match identity::caller_of(&edge.identities, req.headers(), source).await {
         Ok(caller) => caller,
         Err(answer) => return answer,
     };

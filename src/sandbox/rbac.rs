@@ -20,7 +20,13 @@ pub struct User {
     pub token: String,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Who the token is for; empty: the API server ([`API_AUDIENCE`]).
+    #[serde(default)]
+    pub audiences: Vec<String>,
 }
+
+/// The API server's own audience: a token without this one cannot call it.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc";
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +34,9 @@ pub struct ServiceAccount {
     pub namespace: String,
     pub name: String,
     pub token: String,
+    /// Who the token is for (a TokenRequest's audiences); empty: the API server.
+    #[serde(default)]
+    pub audiences: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -89,11 +98,17 @@ pub struct UserInfo {
     pub username: String,
     pub uid: String,
     pub groups: Vec<String>,
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl UserInfo {
     pub fn anonymous() -> Self {
-        Self { username: "system:anonymous".into(), uid: String::new(), groups: vec!["system:unauthenticated".into()] }
+        Self {
+            username: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+            extra: Default::default(),
+        }
     }
 
     fn service_account(ns: &str, name: &str) -> Self {
@@ -105,6 +120,7 @@ impl UserInfo {
                 format!("system:serviceaccounts:{ns}"),
                 "system:authenticated".into(),
             ],
+            extra: Default::default(),
         }
     }
 
@@ -201,15 +217,44 @@ impl Table {
     /// is `Err` (401).
     pub fn authenticate(&self, token: Option<&str>) -> Result<UserInfo, UnknownToken> {
         let Some(token) = token else { return Ok(UserInfo::anonymous()) };
-        if let Some(u) = self.users.iter().find(|u| u.token == token) {
+        // A token minted for another audience does not authenticate to the API server.
+        self.review(token, &[]).map(|(user, _)| user).map_err(|_| UnknownToken)
+    }
+
+    /// A TokenReview of `token` for `audiences` (none: the API server's), as kube-apiserver
+    /// answers it: the identity — a ServiceAccount's with the `credential-id` extra of its
+    /// token — and the audiences both the token and the review name; an error when they
+    /// share none or the token is unknown.
+    pub fn review(&self, token: &str, audiences: &[String]) -> Result<(UserInfo, Vec<String>), String> {
+        let wanted: Vec<String> = if audiences.is_empty() { vec![API_AUDIENCE.to_owned()] } else { audiences.to_vec() };
+        let (user, minted) = if let Some(u) = self.users.iter().find(|u| u.token == token) {
             let mut groups = u.groups.clone();
             groups.push("system:authenticated".into());
-            return Ok(UserInfo { username: u.name.clone(), uid: format!("user-{}", u.name), groups });
+            let user = UserInfo {
+                username: u.name.clone(),
+                uid: format!("user-{}", u.name),
+                groups,
+                extra: Default::default(),
+            };
+            (user, &u.audiences)
+        } else if let Some(sa) = self.service_accounts.iter().find(|s| s.token == token) {
+            let mut user = UserInfo::service_account(&sa.namespace, &sa.name);
+            let digest: String = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes())
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            user.extra.insert("authentication.kubernetes.io/credential-id".into(), vec![format!("JTI={digest}")]);
+            (user, &sa.audiences)
+        } else {
+            return Err("invalid bearer token".into());
+        };
+        let minted: Vec<String> = if minted.is_empty() { vec![API_AUDIENCE.to_owned()] } else { minted.clone() };
+        let shared: Vec<String> = wanted.iter().filter(|a| minted.contains(a)).cloned().collect();
+        if shared.is_empty() {
+            return Err(format!("token audiences {minted:?} is invalid for the target audiences {wanted:?}"));
         }
-        if let Some(sa) = self.service_accounts.iter().find(|s| s.token == token) {
-            return Ok(UserInfo::service_account(&sa.namespace, &sa.name));
-        }
-        Err(UnknownToken)
+        Ok((user, shared))
     }
 
     fn subject_matches(s: &Subject, u: &UserInfo) -> bool {
@@ -252,13 +297,35 @@ impl Table {
         Decision { allowed: false, reason: String::new() }
     }
 
-    /// Apply impersonation headers on behalf of `caller`.
-    pub fn impersonate(&self, caller: &UserInfo, user: Option<&str>, groups: &[String]) -> Result<UserInfo, Denied> {
-        let Some(target) = user else {
-            if groups.is_empty() {
+    /// Apply impersonation headers on behalf of `caller`, as kube-apiserver does: the user
+    /// (or ServiceAccount), each group, the uid and each extra value need the `impersonate`
+    /// verb on `users`/`serviceaccounts`, `groups`, `uids` and `userextras/<key>`
+    /// (authentication.k8s.io) respectively; groups, a uid or extras without a user are refused.
+    pub fn impersonate(&self, caller: &UserInfo, asked: &Impersonation) -> Result<UserInfo, Denied> {
+        let Impersonation { user, groups, uid, extra } = asked;
+        let Some(target) = user.as_deref() else {
+            if groups.is_empty() && uid.is_none() && extra.is_empty() {
                 return Ok(caller.clone());
             }
-            return Err(Denied("requested impersonation of groups without impersonating a user".into()));
+            return Err(Denied(
+                "requested impersonation of groups, a uid or extra without impersonating a user".into(),
+            ));
+        };
+        let check_in = |group: &str, resource: &str, subresource: &str, namespace: &str, name: &str| {
+            let a = Attributes {
+                verb: "impersonate".into(),
+                group: group.into(),
+                resource: resource.into(),
+                subresource: subresource.into(),
+                namespace: namespace.into(),
+                name: name.into(),
+                ..Attributes::default()
+            };
+            if self.authorize(caller, &a).allowed {
+                Ok(())
+            } else {
+                Err(Denied(forbidden_message(&caller.username, &a)))
+            }
         };
         let check = |resource: &str, namespace: &str, name: &str| -> Result<(), Denied> {
             let a = Attributes {
@@ -280,7 +347,7 @@ impl Table {
                 UserInfo::service_account(ns, name)
             } else {
                 check("users", "", target)?;
-                UserInfo { username: target.to_owned(), uid: String::new(), groups: vec![] }
+                UserInfo { username: target.to_owned(), uid: String::new(), groups: vec![], extra: Default::default() }
             };
         for g in groups {
             check("groups", "", g)?;
@@ -288,11 +355,30 @@ impl Table {
                 out.groups.push(g.clone());
             }
         }
+        if let Some(uid) = uid {
+            check_in("authentication.k8s.io", "uids", "", "", uid)?;
+            out.uid = uid.clone();
+        }
+        for (key, values) in extra {
+            for value in values {
+                check_in("authentication.k8s.io", "userextras", key, "", value)?;
+            }
+        }
+        out.extra = extra.clone();
         if !out.groups.iter().any(|g| g == "system:authenticated") && target != "system:anonymous" {
             out.groups.push("system:authenticated".into());
         }
         Ok(out)
     }
+}
+
+/// What a request asks to be treated as (the `Impersonate-*` headers).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Impersonation {
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    pub uid: Option<String>,
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// `configmaps "x" is forbidden: User "alice" cannot get resource "configmaps" in API group "" in the namespace "shop"`
@@ -382,11 +468,12 @@ grants:
     fn impersonation_needs_the_verb() {
         let t = Table::from_yaml(TABLE).unwrap();
         let reflex = t.authenticate(Some("t-reflex")).unwrap();
-        let as_alice = t.impersonate(&reflex, Some("alice"), &["oncall".into()]).unwrap();
+        let asked = Impersonation { user: Some("alice".into()), groups: vec!["oncall".into()], ..Default::default() };
+        let as_alice = t.impersonate(&reflex, &asked).unwrap();
         assert_eq!(as_alice.username, "alice");
         assert!(t.authorize(&as_alice, &attrs("get", "apps", "deployments", "shop")).allowed);
         let bob = t.authenticate(Some("t-bob")).unwrap();
-        let err = t.impersonate(&bob, Some("alice"), &[]).unwrap_err();
+        let err = t.impersonate(&bob, &Impersonation { user: Some("alice".into()), ..Default::default() }).unwrap_err();
         assert_eq!(
             err.0,
             "users \"alice\" is forbidden: User \"bob\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"

@@ -292,10 +292,23 @@ fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn impersonated(state: &State, caller: &UserInfo, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
-    let user = headers.get("impersonate-user").and_then(|v| v.to_str().ok());
-    let groups: Vec<String> =
-        headers.get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
-    state.rbac.impersonate(caller, user, &groups).map_err(|d| ApiError::forbidden(d.0))
+    let text = |v: &axum::http::HeaderValue| v.to_str().ok().map(str::to_owned);
+    let mut asked = crate::sandbox::rbac::Impersonation {
+        user: headers.get("impersonate-user").and_then(text),
+        groups: headers.get_all("impersonate-group").iter().filter_map(text).collect(),
+        uid: headers.get("impersonate-uid").and_then(text),
+        extra: Default::default(),
+    };
+    // `Impersonate-Extra-<key>`: the key percent-encoded (it may hold `/`), one header per value.
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix("impersonate-extra-")
+            && let Some(value) = text(value)
+        {
+            let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy().into_owned();
+            asked.extra.entry(key).or_default().push(value);
+        }
+    }
+    state.rbac.impersonate(caller, &asked).map_err(|d| ApiError::forbidden(d.0))
 }
 
 fn version() -> Value {
@@ -556,15 +569,25 @@ fn review(state: &State, user: &UserInfo, target: &Target, mut body: Value) -> R
     let status = match rt.behaviour {
         Behaviour::TokenReview => {
             let token = s("/spec/token");
-            match state.rbac.authenticate(Some(&token)) {
-                Ok(u) if !token.is_empty() => {
-                    json!({"authenticated": true, "user": {"username": u.username, "uid": u.uid, "groups": u.groups}, "audiences": body.pointer("/spec/audiences").cloned().unwrap_or(json!([]))})
+            let audiences: Vec<String> = body
+                .pointer("/spec/audiences")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default();
+            match state.rbac.review(&token, &audiences) {
+                Ok((u, shared)) if !token.is_empty() => {
+                    let mut user = json!({"username": u.username, "uid": u.uid, "groups": u.groups});
+                    if !u.extra.is_empty() {
+                        user["extra"] = json!(u.extra);
+                    }
+                    json!({"authenticated": true, "user": user, "audiences": shared})
                 }
-                _ => json!({"authenticated": false, "error": "invalid bearer token"}),
+                Ok(_) => json!({"authenticated": false, "error": "invalid bearer token"}),
+                Err(error) => json!({"authenticated": false, "error": error}),
             }
         }
         Behaviour::SelfSubjectReview => {
-            json!({"userInfo": {"username": user.username, "uid": user.uid, "groups": user.groups}})
+            json!({"userInfo": {"username": user.username, "uid": user.uid, "groups": user.groups, "extra": user.extra}})
         }
         Behaviour::SelfSubjectAccessReview => decision(state, user, &attributes(&body)),
         Behaviour::SubjectAccessReview | Behaviour::LocalSubjectAccessReview => {
@@ -578,6 +601,10 @@ fn review(state: &State, user: &UserInfo, target: &Target, mut body: Value) -> R
                     .flatten()
                     .filter_map(|g| g.as_str().map(str::to_owned))
                     .collect(),
+                extra: body
+                    .pointer("/spec/extra")
+                    .and_then(|e| serde_json::from_value(e.clone()).ok())
+                    .unwrap_or_default(),
             };
             if subject.username.is_empty() && subject.groups.is_empty() {
                 return Err(ApiError::invalid(

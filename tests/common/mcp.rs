@@ -22,10 +22,12 @@ users:
   - {name: reflex-operator, token: t-operator}
   - {name: alice, token: t-alice, groups: [oncall]}
   - {name: bob, token: t-bob}
+  - {name: carol, token: t-carol-for-reflex, groups: [oncall], audiences: [reflex]}
 grants:
   - subjects: [{kind: User, name: reflex-operator}]
     rules:
       - {apiGroups: [""], resources: ["users", "groups"], verbs: ["impersonate"]}
+      - {apiGroups: ["authentication.k8s.io"], resources: ["uids", "userextras/authentication.kubernetes.io/credential-id"], verbs: ["impersonate"]}
       - {apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"]}
       - {apiGroups: [""], resources: ["namespaces"], verbs: ["list"]}
   - subjects: [{kind: Group, name: oncall}]
