@@ -6,10 +6,13 @@
 //! sources: [`Prometheus`] over HTTP (prometheus-http-query), and models that stand in for
 //! Prometheus in the demo (see `crate::demo`), which must say which queries they can answer.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use promql_parser::label::{MatchOp, Matcher, Matchers};
+use promql_parser::parser::{Expr, VectorSelector};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MetricsError {
@@ -160,5 +163,98 @@ impl<T: MetricsSource + ?Sized> MetricsSource for Arc<T> {
 
     fn alert_rules(&self, name: &str) -> BoxFuture<'_, Result<Vec<AlertRule>, MetricsError>> {
         (**self).alert_rules(name)
+    }
+}
+
+/// `query` with `labels` ANDed into every vector selector (PromQL parsed with promql-parser,
+/// never string-edited): a query scoped to a namespace reads only that namespace's series,
+/// whatever matchers it had (`namespace=~".*"` and `namespace="shop"` select only shop).
+///
+/// # Errors
+/// The query does not parse.
+pub fn scoped_query(query: &str, labels: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut ast = promql_parser::parser::parse(query).map_err(|e| format!("the query does not parse: {e}"))?;
+    inject_matchers(&mut ast, labels, None, &mut Vec::new());
+    Ok(ast.to_string())
+}
+
+/// Adds an equality matcher for each of `labels` (and the `pods` regex matcher, when given) to
+/// every vector selector of `expr` — inside range selectors, subqueries, function calls,
+/// aggregations and both sides of binary operators; each selector, as scoped, goes to `out`.
+pub fn inject_matchers(
+    expr: &mut Expr,
+    labels: &BTreeMap<String, String>,
+    pods: Option<&(String, String)>,
+    out: &mut Vec<String>,
+) {
+    let go = |e: &mut Expr, out: &mut Vec<String>| inject_matchers(e, labels, pods, out);
+    match expr {
+        Expr::VectorSelector(vs) => {
+            narrow(vs, labels, pods);
+            out.push(Expr::VectorSelector(vs.clone()).to_string());
+        }
+        Expr::MatrixSelector(ms) => {
+            narrow(&mut ms.vs, labels, pods);
+            out.push(Expr::VectorSelector(ms.vs.clone()).to_string());
+        }
+        Expr::Aggregate(a) => {
+            go(&mut a.expr, out);
+            if let Some(param) = a.param.as_mut() {
+                go(param, out);
+            }
+        }
+        Expr::Unary(u) => go(&mut u.expr, out),
+        Expr::Binary(b) => {
+            go(&mut b.lhs, out);
+            go(&mut b.rhs, out);
+        }
+        Expr::Paren(p) => go(&mut p.expr, out),
+        Expr::Subquery(s) => go(&mut s.expr, out),
+        Expr::Call(c) => c.args.args.iter_mut().for_each(|a| go(a, out)),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// Adds `name="value"` to a selector unless it already has exactly that matcher (and the
+/// `pods` regex matcher); with `or` groups, to every group (each is a selector of its own).
+fn narrow(vs: &mut VectorSelector, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>) {
+    let regex = pods.and_then(|(name, pattern)| {
+        regex::Regex::new(&format!("^(?:{pattern})$")).ok().map(|r| Matcher::new(MatchOp::Re(r), name, pattern))
+    });
+    let add = |group: &mut Vec<Matcher>| {
+        for (name, value) in labels {
+            let present = group.iter().any(|m| m.name == *name && m.op == MatchOp::Equal && m.value == *value);
+            if !present {
+                group.push(Matcher::new(MatchOp::Equal, name, value));
+            }
+        }
+        if let Some(r) = &regex {
+            group.push(r.clone());
+        }
+    };
+    let Matchers { matchers, or_matchers } = &mut vs.matchers;
+    if or_matchers.is_empty() {
+        add(matchers);
+    } else {
+        or_matchers.iter_mut().for_each(add);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scoped_query_reads_only_its_namespace_whatever_its_matchers_say() {
+        let shop = BTreeMap::from([("namespace".to_owned(), "shop".to_owned())]);
+        let q = scoped_query(r#"sum(rate(http_requests_total{namespace=~".*"}[5m])) / on() group_left sum(up)"#, &shop)
+            .unwrap();
+        assert_eq!(q.matches(r#"namespace="shop""#).count(), 2, "{q}");
+        assert!(q.contains(r#"namespace=~".*""#), "the caller's own matcher stays, ANDed: {q}");
+        let q = scoped_query(r#"max_over_time(x{namespace="other"}[1h:1m] offset 5m)"#, &shop).unwrap();
+        assert!(q.contains(r#"namespace="other""#) && q.contains(r#"namespace="shop""#), "both: no series at all: {q}");
+        let q = scoped_query(r#"{__name__=~"secret.*"} or vector(1)"#, &shop).unwrap();
+        assert!(q.contains(r#"namespace="shop""#), "{q}");
+        assert!(scoped_query("sum(", &shop).unwrap_err().contains("does not parse"));
     }
 }

@@ -102,9 +102,9 @@ impl Operator {
         let identity = DeployerIdentity { deployers, impersonator: Arc::new(Impersonator::new(kube_config.clone())) };
         // The playbook executor reads through Reflex's own MCP server, as the operator.
         let tools = match own_token {
-            Some((token, token_file)) => {
-                ToolSource::Mcp(Arc::new(Loopback::new(mcp_url, token, audit).with_token_file(token_file)))
-            }
+            Some((token, token_file)) => ToolSource::Mcp(Arc::new(
+                Loopback::new(mcp_url, token, audit).with_token_file(token_file).with_audiences(mcp_audiences.clone()),
+            )),
             None => {
                 tracing::warn!(
                     "the kubeconfig has no static token for the operator's identity (exec or client certificates); the playbook executor reads directly instead of through MCP"

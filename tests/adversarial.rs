@@ -63,6 +63,13 @@ async fn world() -> World {
         serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {"reflex.dev/environment": "staging"}}}))
             .unwrap();
     Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    // The ServiceAccount the agent reads as (the demo's RBAC grants it read-only in shop).
+    let reader: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "reflex-reader", "namespace": "shop"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), "shop")
+        .create(&PostParams::default(), &reader)
+        .await
+        .unwrap();
     let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout", "namespace": "shop"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "checkout"}},
             "template": {"metadata": {"labels": {"app": "checkout"}}, "spec": {"containers": [{"name": "app",

@@ -479,3 +479,28 @@ async fn a_playbook_can_delegate_only_its_bounded_parameters_to_the_model() {
     assert_eq!(p.produced_by, ProposalSource::Playbook);
     assert_eq!(p.patch.0, json!({"data": {"DB_POOL_SIZE": "40"}}));
 }
+
+/// The agent reads as the namespace's `reflex-reader`, with a token minted for the run —
+/// never as the operator: without that ServiceAccount there is no agent run, and the reason
+/// says what to create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reads_as_the_namespaces_reader_or_not_at_all() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use reflex::ports::Propose;
+    let w = world().await;
+    let stage = stage(&w).await;
+    w.standin.load(&script("good-raise-memory"));
+    stage.propose(stage_input(&w, "llm")).await.unwrap();
+    Api::<ServiceAccount>::namespaced(w.setup.admin.clone(), "shop")
+        .delete("reflex-reader", &Default::default())
+        .await
+        .unwrap();
+    w.standin.load(&script("good-raise-memory"));
+    let e = stage.propose(stage_input(&w, "llm")).await.unwrap_err();
+    assert_eq!(e.category, reflex::api::ErrorCategory::NotFound, "{e}");
+    assert!(
+        e.message.contains("reads as ServiceAccount shop/reflex-reader") && e.message.contains("read-only RBAC"),
+        "{e}"
+    );
+    assert!(w.standin.requests().is_empty(), "no model call without a reader");
+}

@@ -58,6 +58,50 @@ async fn every_read_runs_as_the_caller_and_rbac_decides() {
     assert!(e.contains("missing permission: list remediations"), "{e}");
 }
 
+/// The identity the LLM agent reads as — a `reflex-reader` ServiceAccount, with a token the
+/// operator mints per run — is kept in its namespace by the server itself, whatever RBAC
+/// grants it elsewhere and whatever the client forgets: other namespaces, lists of every
+/// namespace, cluster-scoped or unknown kinds and every action are refused, each naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_reader_is_kept_in_its_namespace_by_the_server() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let s = setup().await;
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(600), ..Default::default() }),
+        ..Default::default()
+    };
+    let minted = kube::Api::<ServiceAccount>::namespaced(s.admin.clone(), "shop")
+        .create_token_request("reflex-reader", &Default::default(), &request)
+        .await
+        .unwrap();
+    let token = minted.status.unwrap().token.unwrap();
+    let reader = connect(&s.url, &token).await;
+    let d =
+        ok(call(&reader, "get_resource", json!({"kind": "Deployment", "namespace": "shop", "name": "checkout"})).await);
+    assert_eq!(d["object"]["metadata"]["name"], "checkout");
+    for (tool, args, why) in [
+        (
+            "list_resources",
+            json!({"kind": "ConfigMap", "namespace": "kube-system"}),
+            "may only read namespace \"shop\", not \"kube-system\"",
+        ),
+        ("list_resources", json!({"kind": "ConfigMap"}), "name it"),
+        ("list_resources", json!({"kind": "Node", "namespace": "shop"}), "Node is not one"),
+        ("list_resources", json!({"kind": "Namespace", "namespace": "shop"}), "Namespace is not one"),
+        (
+            "get_resource",
+            json!({"kind": "ClusterRole", "apiVersion": "rbac.authorization.k8s.io/v1", "namespace": "shop", "name": "admin"}),
+            "ClusterRole is not one",
+        ),
+        ("list_remediations", json!({}), "name it"),
+        ("approve_remediation", json!({"namespace": "shop", "name": "x", "reason": "r"}), "takes no action"),
+    ] {
+        let e = err(call(&reader, tool, args.clone()).await);
+        assert!(e.contains(why), "{tool} {args}: {e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_for_callers_rbac_allows_to_query_them() {
     // Prometheus has no per-user authorization: the PromQL tools ask RBAC first.

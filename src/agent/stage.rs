@@ -26,6 +26,7 @@ use super::executor::PlaybookExecutor;
 use super::llm::{LlmClient, LlmSettings, Price};
 use super::llm_agent::{AgentRun, Brief, Budgets, Delegation, Ending, run};
 use super::tools::{AgentMcpTools, Loopback};
+use crate::agent::tools::AgentClientError;
 use crate::api::policy::AgentMode;
 use crate::api::remediation::{Diagnosis, Proposal, ProposalSource, TokenUsage};
 use crate::api::{AnyJson, ErrorCategory};
@@ -156,12 +157,11 @@ impl AgentStage {
                 serde_json::to_value(current).map_err(|e| err(ErrorCategory::Transient, e.to_string()))?
             }
         };
-        let mut clients = vec![Arc::new(
-            loopback
-                .agent_client()
-                .await
-                .map_err(|e| err(ErrorCategory::Transient, format!("Reflex's MCP server: {e}")))?,
-        )];
+        let reader = loopback.agent_client(&self.client, &namespace).await.map_err(|e| match e {
+            AgentClientError::Reader { category, message } => err(category, message),
+            AgentClientError::Connect(e) => err(ErrorCategory::Transient, format!("Reflex's MCP server: {e}")),
+        })?;
+        let mut clients = vec![Arc::new(reader)];
         let external = crate::mcp::client::connect_policy_servers(
             &self.client,
             &namespace,

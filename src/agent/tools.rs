@@ -126,6 +126,8 @@ pub struct Loopback {
     token_file: Option<std::path::PathBuf>,
     audit: Arc<dyn crate::mcp::client::Audit>,
     client: tokio::sync::Mutex<Option<Arc<crate::mcp::client::McpClient>>>,
+    /// The MCP server's token audiences (none: the API server's).
+    audiences: Vec<String>,
 }
 
 /// Reflex's own tools the LLM agent may call: every read-only context tool.
@@ -139,6 +141,20 @@ pub const AGENT_TOOLS: &[&str] = &[
     "query_prometheus_range",
     "list_firing_alerts",
 ];
+
+/// How long a reader token minted for one agent run lasts (the API server's minimum).
+pub const READER_TOKEN_SECONDS: i64 = 600;
+
+/// Why the LLM agent has no client to Reflex's MCP server.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentClientError {
+    /// No token for the reader ServiceAccount.
+    #[error("{message}")]
+    Reader { category: ErrorCategory, message: String },
+    /// The server could not be reached, or its tools drifted.
+    #[error(transparent)]
+    Connect(crate::mcp::client::ClientError),
+}
 
 /// The tools the executor uses, pinned at this build's schemas.
 pub const EXECUTOR_TOOLS: &[&str] = &["get_resource", "query_prometheus", "get_rollout_history"];
@@ -164,7 +180,7 @@ impl Loopback {
             pins,
             timeout: std::time::Duration::from_secs(15),
         };
-        Self { spec, token_file: None, audit, client: tokio::sync::Mutex::new(None) }
+        Self { spec, token_file: None, audit, client: tokio::sync::Mutex::new(None), audiences: Vec::new() }
     }
 
     /// Read the token from `file` on each (re)connect (the token given to `new` is the
@@ -186,11 +202,48 @@ impl Loopback {
         spec
     }
 
-    /// A new client to Reflex's own server for the LLM agent: [`AGENT_TOOLS`], pinned at this
-    /// build's schemas.
-    pub async fn agent_client(&self) -> Result<crate::mcp::client::McpClient, crate::mcp::client::ClientError> {
+    /// A new client to Reflex's own server for the LLM agent, reading as the
+    /// [`READER`](crate::mcp::identity::READER) ServiceAccount of `namespace` — never as the
+    /// operator: a short-lived token minted for it by a TokenRequest (as `operator`, for the
+    /// MCP server's audiences), so RBAC holds the agent to read-only in that namespace and
+    /// the server keeps it there. [`AGENT_TOOLS`], pinned at this build's schemas.
+    ///
+    /// # Errors
+    /// The reader cannot be minted a token (it does not exist, or the operator may not create
+    /// its tokens) — said so a person can act — or the server cannot be reached.
+    pub async fn agent_client(
+        &self,
+        operator: &kube::Client,
+        namespace: &str,
+    ) -> Result<crate::mcp::client::McpClient, AgentClientError> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let reader = crate::mcp::identity::READER;
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+                expiration_seconds: Some(READER_TOKEN_SECONDS),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let minted = kube::Api::<ServiceAccount>::namespaced(operator.clone(), namespace)
+            .create_token_request(reader, &kube::api::PostParams::default(), &request)
+            .await
+            .map_err(|e| AgentClientError::Reader {
+                category: crate::cluster::api_category(&e),
+                message: format!(
+                    "the LLM agent reads as ServiceAccount {namespace}/{reader}, and no token could be minted for it ({e}): create it with read-only RBAC in {namespace}, and let the operator create serviceaccounts/token for it"
+                ),
+            })?;
+        let token =
+            minted.status.and_then(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| AgentClientError::Reader {
+                category: ErrorCategory::Transient,
+                message: format!("the TokenRequest for {namespace}/{reader} returned no token"),
+            })?;
         let manifest = crate::mcp::manifest::compute();
-        let mut spec = self.fresh_spec();
+        let mut spec = self.spec.clone();
+        spec.token = Some(token);
         spec.pins = AGENT_TOOLS
             .iter()
             .map(|t| crate::mcp::client::Pin {
@@ -198,7 +251,15 @@ impl Loopback {
                 hash: manifest.iter().find(|e| e.name == *t).map(|e| e.hash.clone()),
             })
             .collect();
-        crate::mcp::client::McpClient::connect(spec, self.audit.clone()).await
+        crate::mcp::client::McpClient::connect(spec, self.audit.clone()).await.map_err(AgentClientError::Connect)
+    }
+
+    /// The MCP server's token audiences, which the reader's token is minted for (none: the
+    /// API server's).
+    #[must_use]
+    pub fn with_audiences(mut self, audiences: Vec<String>) -> Self {
+        self.audiences = audiences;
+        self
     }
 
     async fn client(&self) -> Result<Arc<crate::mcp::client::McpClient>, ToolError> {

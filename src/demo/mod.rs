@@ -244,6 +244,15 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     for doc in &docs {
         applied.push(apply(&client, doc).await?);
     }
+    // The ServiceAccount the LLM agent reads as, in each namespace Reflex serves (the chart
+    // creates it with its read-only Role).
+    for namespace in
+        scenario.model.workloads.iter().map(|w| w.namespace.clone()).collect::<std::collections::BTreeSet<_>>()
+    {
+        let reader = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": crate::mcp::identity::READER, "namespace": namespace}});
+        applied.push(apply(&client, &reader).await?);
+    }
     let workload = scenario.model.workloads.first().context("the scenario models no workload")?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &workload.namespace);
     // A later release: applied once the first revision has rolled out.

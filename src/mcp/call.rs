@@ -194,6 +194,53 @@ pub(super) fn caller_of(ctx: &RequestContext<RoleServer>) -> Result<Caller, Stri
         .ok_or_else(|| "no authenticated caller (the request carried no Kubernetes token)".to_owned())
 }
 
+/// Whether a call stays in the namespace its caller is scoped to: no action; a `namespace`
+/// argument that is that one (a tool that would read every namespace without it must be
+/// given it); a kind that is one Reflex knows to be namespaced. PromQL is scoped by the tools
+/// themselves ([`scoped_promql`]).
+///
+/// # Errors
+/// What the call would reach outside the scope, for the caller to read.
+pub(super) fn within_scope(tool: &str, args: &str, namespace: &str) -> Result<(), String> {
+    if ACTION_TOOLS.contains(&tool) {
+        return Err(format!("{tool}: this identity reads namespace {namespace:?} only; it takes no action"));
+    }
+    let args: Value = serde_json::from_str(args).unwrap_or(Value::Null);
+    match args.get("namespace").and_then(Value::as_str) {
+        Some(n) if n == namespace => {}
+        Some(n) => return Err(format!("{tool}: this identity may only read namespace {namespace:?}, not {n:?}")),
+        None if args.get("namespace").is_some()
+            || ["list_resources", "list_firing_alerts", "list_remediations", "list_playbooks"].contains(&tool) =>
+        {
+            return Err(format!("{tool}: this identity may only read namespace {namespace:?}; name it"));
+        }
+        None => {}
+    }
+    if let Some(kind) = args.get("kind").and_then(Value::as_str) {
+        let version = args.get("apiVersion").and_then(Value::as_str);
+        if !super::tools::known_namespaced(kind, version) {
+            return Err(format!(
+                "{tool}: this identity reads namespaced kinds Reflex knows only, in {namespace:?}; {kind} is not one"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `query` as `caller` may run it: scoped to its namespace when it has one.
+///
+/// # Errors
+/// The query does not parse (a scoped caller's query must).
+pub(super) fn scoped_promql(caller: &Caller, query: &str) -> Result<String, String> {
+    match &caller.scope {
+        Some(namespace) => {
+            let labels = std::collections::BTreeMap::from([("namespace".to_owned(), namespace.to_string())]);
+            crate::metrics::scoped_query(query, &labels)
+        }
+        None => Ok(query.to_owned()),
+    }
+}
+
 /// A tool's arguments as JSON, for the cache key: typed inputs serialize the same way every
 /// time (fields in declaration order, and no input holds a map).
 pub(super) fn args(p: &impl Serialize) -> String {
@@ -273,6 +320,9 @@ impl ReflexMcp {
     {
         let cached = !ACTION_TOOLS.contains(&tool);
         let caller = caller_of(ctx)?;
+        if let Some(namespace) = &caller.scope {
+            within_scope(tool, &args, namespace)?;
+        }
         let key = cache_key(&caller, tool, &args);
         let cache = self.inner.cache.as_ref().filter(|_| cached);
         if let Some(cache) = cache

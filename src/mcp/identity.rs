@@ -46,11 +46,18 @@ fn identity_key(
     Sha256::digest(doc.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The ServiceAccount, in each namespace Reflex serves, that the LLM agent reads as: read-only
+/// RBAC in its own namespace, and the MCP server keeps it there whatever it asks.
+pub const READER: &str = "reflex-reader";
+
 /// An authenticated caller; cheap to clone (one per request).
 #[derive(Clone)]
 pub struct Caller {
     pub user: Arc<str>,
     pub groups: Arc<[String]>,
+    /// The only namespace this caller may read — a [`READER`]'s own — enforced by the server
+    /// on every tool call (namespaced kinds only, PromQL scoped to it, no actions).
+    pub scope: Option<Arc<str>>,
     /// A collision-free key of everything impersonated (user, groups, uid, extra).
     key: Arc<str>,
     /// Reads as the caller (impersonation).
@@ -219,7 +226,12 @@ impl Identities {
                 client
             }
         };
-        Ok(Caller { user: user.into(), groups: groups.into(), key: key.into(), client })
+        let scope = user
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+            .filter(|(_, name)| *name == READER)
+            .map(|(namespace, _)| Arc::from(namespace));
+        Ok(Caller { user: user.into(), groups: groups.into(), scope, key: key.into(), client })
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::bounds::{self, Truncation};
 use super::call::ReflexMcp;
-use super::call::{Json, args};
+use super::call::{Json, args, scoped_promql};
 use super::identity::Caller;
 use super::schema::*;
 use crate::api::playbook::Playbook;
@@ -53,6 +53,11 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
     ("RemediationPolicy", "reflex.dev/v1alpha1", "remediationpolicies", true),
     ("Playbook", "reflex.dev/v1alpha1", "playbooks", true),
 ];
+
+/// Whether `kind` is one Reflex knows by name, namespaced (and of `api_version`, if given).
+pub fn known_namespaced(kind: &str, api_version: Option<&str>) -> bool {
+    KINDS.iter().any(|(k, v, _, namespaced)| *k == kind && *namespaced && api_version.is_none_or(|a| a == *v))
+}
 
 /// The API resource of `kind` (and whether it is namespaced).
 pub fn resource_of(kind: &str, api_version: Option<&str>) -> Result<(ApiResource, bool), String> {
@@ -411,7 +416,8 @@ impl ReflexMcp {
             return self
                 .run(&ctx, "query_prometheus", args(&p), TOOL_TIMEOUT, |caller| async move {
                     Self::may_query_metrics(&caller).await?;
-                    let v = metrics.instant(&p.query).await.map_err(|e| format!("metrics: {e:?}"))?;
+                    let query = scoped_promql(&caller, &p.query)?;
+                    let v = metrics.instant(&query).await.map_err(|e| format!("metrics: {e:?}"))?;
                     let series = v.map(|value| SeriesValue { labels: BTreeMap::new(), value }).into_iter().collect();
                     Ok(InstantOutput { series, truncated: None })
                 })
@@ -420,7 +426,8 @@ impl ReflexMcp {
         let prom = self.prometheus()?.clone();
         self.run(&ctx, "query_prometheus", args(&p), TOOL_TIMEOUT, |caller| async move {
             Self::may_query_metrics(&caller).await?;
-            let mut q = prom.query(&p.query).timeout(TOOL_TIMEOUT.as_millis() as i64);
+            let query = scoped_promql(&caller, &p.query)?;
+            let mut q = prom.query(&query).timeout(TOOL_TIMEOUT.as_millis() as i64);
             if let Some(at) = at {
                 q = q.at(at.as_second());
             }
@@ -463,8 +470,9 @@ impl ReflexMcp {
         let prom = self.prometheus()?.clone();
         self.run(&ctx, "query_prometheus_range", args(&p), Duration::from_secs(20), |caller| async move {
             Self::may_query_metrics(&caller).await?;
+            let query = scoped_promql(&caller, &p.query)?;
             let res = prom
-                .query_range(&p.query, start.as_second(), end.as_second(), p.step_seconds)
+                .query_range(&query, start.as_second(), end.as_second(), p.step_seconds)
                 .timeout(20_000)
                 .get()
                 .await

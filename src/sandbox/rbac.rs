@@ -90,6 +90,48 @@ pub struct Table {
     pub service_accounts: Vec<ServiceAccount>,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// Tokens minted by TokenRequests while the sandbox runs.
+    #[serde(skip)]
+    pub minted: Minted,
+}
+
+/// A token a TokenRequest minted: for whom, for which audiences, until when.
+#[derive(Clone, Debug)]
+pub struct MintedToken {
+    pub namespace: String,
+    pub name: String,
+    pub audiences: Vec<String>,
+    pub expires: jiff::Timestamp,
+}
+
+/// The tokens minted so far (shared by every clone of the table).
+#[derive(Clone, Debug, Default)]
+pub struct Minted(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, MintedToken>>>);
+
+impl PartialEq for Minted {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Minted {}
+
+impl Minted {
+    /// Records a new token for `namespace/name`, for `audiences` (none: the API server's),
+    /// good for `seconds`; returns it and its expiry.
+    pub fn mint(&self, namespace: &str, name: &str, audiences: Vec<String>, seconds: i64) -> (String, jiff::Timestamp) {
+        let token = format!("sbx-minted-{}", uuid::Uuid::new_v4().simple());
+        let expires = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(seconds))
+            .unwrap_or(jiff::Timestamp::MAX);
+        let entry = MintedToken { namespace: namespace.to_owned(), name: name.to_owned(), audiences, expires };
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(token.clone(), entry);
+        (token, expires)
+    }
+
+    fn get(&self, token: &str) -> Option<MintedToken> {
+        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(token).filter(|m| m.expires > jiff::Timestamp::now()).cloned()
+    }
 }
 
 /// An authenticated identity.
@@ -237,6 +279,15 @@ impl Table {
                 extra: Default::default(),
             };
             (user, &u.audiences)
+        } else if let Some(m) = self.minted.get(token) {
+            let mut user = UserInfo::service_account(&m.namespace, &m.name);
+            let digest: String = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes())
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            user.extra.insert("authentication.kubernetes.io/credential-id".into(), vec![format!("JTI={digest}")]);
+            return shared_audiences(&wanted, &m.audiences).map(|shared| (user, shared));
         } else if let Some(sa) = self.service_accounts.iter().find(|s| s.token == token) {
             let mut user = UserInfo::service_account(&sa.namespace, &sa.name);
             let digest: String = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes())
@@ -249,12 +300,7 @@ impl Table {
         } else {
             return Err("invalid bearer token".into());
         };
-        let minted: Vec<String> = if minted.is_empty() { vec![API_AUDIENCE.to_owned()] } else { minted.clone() };
-        let shared: Vec<String> = wanted.iter().filter(|a| minted.contains(a)).cloned().collect();
-        if shared.is_empty() {
-            return Err(format!("token audiences {minted:?} is invalid for the target audiences {wanted:?}"));
-        }
-        Ok((user, shared))
+        shared_audiences(&wanted, minted).map(|shared| (user, shared))
     }
 
     fn subject_matches(s: &Subject, u: &UserInfo) -> bool {
@@ -370,6 +416,17 @@ impl Table {
         }
         Ok(out)
     }
+}
+
+/// The audiences both a review wants and a token was minted for (none minted: the API
+/// server's); an error naming both when they share none.
+fn shared_audiences(wanted: &[String], minted: &[String]) -> Result<Vec<String>, String> {
+    let minted: Vec<String> = if minted.is_empty() { vec![API_AUDIENCE.to_owned()] } else { minted.to_vec() };
+    let shared: Vec<String> = wanted.iter().filter(|a| minted.contains(a)).cloned().collect();
+    if shared.is_empty() {
+        return Err(format!("token audiences {minted:?} is invalid for the target audiences {wanted:?}"));
+    }
+    Ok(shared)
 }
 
 /// What a request asks to be treated as (the `Impersonate-*` headers).

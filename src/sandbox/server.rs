@@ -194,6 +194,7 @@ async fn serve(
         ("GET", true) if watch => "watch",
         ("GET", true) => "list",
         ("POST", true) => "create",
+        ("POST", false) if target.subresource == "token" => "create",
         ("PUT", false) => "update",
         ("PATCH", false) => "patch",
         ("DELETE", false) => "delete",
@@ -204,7 +205,7 @@ async fn serve(
             )));
         }
     };
-    if !target.subresource.is_empty() && !matches!(verb, "get" | "update" | "patch") {
+    if !target.subresource.is_empty() && !matches!(verb, "get" | "update" | "patch") && target.subresource != "token" {
         return Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} on {})",
             target.subresource
@@ -237,6 +238,10 @@ async fn serve(
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.split(',').any(|t| t.contains("as=Table") && t.contains("g=meta.k8s.io")));
     check_accept(headers)?;
+    if target.subresource == "token" {
+        let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::too_large())?;
+        return token_request(state, &target, &bytes);
+    }
     if target.subresource == "log" {
         if verb != "get" {
             return Err(ApiError::method_not_allowed(format!("{method} on pods/log is not allowed")));
@@ -289,6 +294,33 @@ fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
             "only the following media types are accepted: application/json, application/yaml (asked for {accept})"
         )))
     }
+}
+
+/// `POST .../serviceaccounts/NAME/token`: a token for an existing ServiceAccount, for the
+/// audiences asked (default: the API server's), good for `expirationSeconds` (at least 600,
+/// default 3600), as kube-apiserver mints them.
+fn token_request(state: &State, target: &Target, body: &[u8]) -> Result<Response, ApiError> {
+    state.api.get(&target.rt, &target.namespace, &target.name)?;
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the TokenRequest does not parse: {e}")))?;
+    let audiences: Vec<String> = request
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let seconds = request.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+    if seconds < 600 {
+        return Err(ApiError::bad_request("spec.expirationSeconds: may not specify a duration less than 10 minutes"));
+    }
+    let (token, expires) = state.rbac.minted.mint(&target.namespace, &target.name, audiences.clone(), seconds);
+    let shown = if audiences.is_empty() { vec![crate::sandbox::rbac::API_AUDIENCE.to_owned()] } else { audiences };
+    Ok(respond(
+        201,
+        &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "metadata": {"name": target.name, "namespace": target.namespace, "creationTimestamp": jiff::Timestamp::now().to_string()},
+            "spec": {"audiences": shown, "expirationSeconds": seconds},
+            "status": {"token": token, "expirationTimestamp": expires.to_string()}}),
+    ))
 }
 
 fn impersonated(state: &State, caller: &UserInfo, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
@@ -346,7 +378,8 @@ fn parse_target(state: &State, segs: &[&str]) -> Result<Target, ApiError> {
     };
     let rt = registry.find(group, version, plural).ok_or_else(ApiError::not_found_path)?;
     let pod_log = sub == "log" && group.is_empty() && rt.plural == "pods";
-    if !(sub.is_empty() || sub == "status" && rt.status || pod_log) {
+    let token_request = sub == "token" && group.is_empty() && rt.plural == "serviceaccounts";
+    if !(sub.is_empty() || sub == "status" && rt.status || pod_log || token_request) {
         return Err(ApiError::not_found_path());
     }
     if !rt.namespaced && !namespace.is_empty() {

@@ -14,10 +14,8 @@
 
 use std::collections::BTreeMap;
 
-use promql_parser::label::{MatchOp, Matcher, Matchers};
-
 pub use crate::metrics::AlertRule;
-use promql_parser::parser::{self, Expr, VectorSelector};
+use promql_parser::parser::{self, Expr};
 
 /// The rule behind an alert named `alertname` with `labels`.
 ///
@@ -101,7 +99,7 @@ pub struct Scoped {
 pub fn scope(expr: &str, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>) -> Result<Scoped, String> {
     let mut ast = parser::parse(expr).map_err(|e| format!("the alerting rule's expression does not parse: {e}"))?;
     let mut selectors = Vec::new();
-    inject(&mut ast, labels, pods, &mut selectors);
+    crate::metrics::inject_matchers(&mut ast, labels, pods, &mut selectors);
     let presence = selectors.iter().map(|s| format!("count({s})")).collect::<Vec<_>>().join(" or ");
     Ok(Scoped { query: ast.to_string(), presence, lookback: lookback(&ast) })
 }
@@ -116,60 +114,6 @@ fn lookback(expr: &Expr) -> std::time::Duration {
         Expr::Paren(p) => lookback(&p.expr),
         Expr::Call(c) => c.args.args.iter().map(|a| lookback(a)).max().unwrap_or_default(),
         _ => std::time::Duration::ZERO,
-    }
-}
-
-fn inject(expr: &mut Expr, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>, out: &mut Vec<String>) {
-    let go = |e: &mut Expr, out: &mut Vec<String>| inject(e, labels, pods, out);
-    match expr {
-        Expr::VectorSelector(vs) => {
-            narrow(vs, labels, pods);
-            out.push(Expr::VectorSelector(vs.clone()).to_string());
-        }
-        Expr::MatrixSelector(ms) => {
-            narrow(&mut ms.vs, labels, pods);
-            out.push(Expr::VectorSelector(ms.vs.clone()).to_string());
-        }
-        Expr::Aggregate(a) => {
-            go(&mut a.expr, out);
-            if let Some(param) = a.param.as_mut() {
-                go(param, out);
-            }
-        }
-        Expr::Unary(u) => go(&mut u.expr, out),
-        Expr::Binary(b) => {
-            go(&mut b.lhs, out);
-            go(&mut b.rhs, out);
-        }
-        Expr::Paren(p) => go(&mut p.expr, out),
-        Expr::Subquery(s) => go(&mut s.expr, out),
-        Expr::Call(c) => c.args.args.iter_mut().for_each(|a| go(a, out)),
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
-    }
-}
-
-/// Adds `name="value"` to a selector unless it already has exactly that matcher (and the
-/// `pods` regex matcher); with `or` groups, to every group (each is a selector of its own).
-fn narrow(vs: &mut VectorSelector, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>) {
-    let regex = pods.and_then(|(name, pattern)| {
-        regex::Regex::new(&format!("^(?:{pattern})$")).ok().map(|r| Matcher::new(MatchOp::Re(r), name, pattern))
-    });
-    let add = |group: &mut Vec<Matcher>| {
-        for (name, value) in labels {
-            let present = group.iter().any(|m| m.name == *name && m.op == MatchOp::Equal && m.value == *value);
-            if !present {
-                group.push(Matcher::new(MatchOp::Equal, name, value));
-            }
-        }
-        if let Some(r) = &regex {
-            group.push(r.clone());
-        }
-    };
-    let Matchers { matchers, or_matchers } = &mut vs.matchers;
-    if or_matchers.is_empty() {
-        add(matchers);
-    } else {
-        or_matchers.iter_mut().for_each(add);
     }
 }
 

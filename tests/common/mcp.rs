@@ -26,13 +26,17 @@ users:
 grants:
   - subjects: [{kind: User, name: reflex-operator}]
     rules:
-      - {apiGroups: [""], resources: ["users", "groups"], verbs: ["impersonate"]}
+      - {apiGroups: [""], resources: ["users", "groups", "serviceaccounts"], verbs: ["impersonate"]}
       - {apiGroups: ["authentication.k8s.io"], resources: ["uids", "userextras/authentication.kubernetes.io/credential-id"], verbs: ["impersonate"]}
       - {apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"]}
       - {apiGroups: [""], resources: ["namespaces"], verbs: ["list"]}
-  - subjects: [{kind: Group, name: oncall}]
+  - subjects: [{kind: Group, name: oncall}, {kind: ServiceAccount, namespace: shop, name: reflex-reader}]
     rules:
       - {apiGroups: ["reflex.dev"], resources: ["prometheus"], verbs: ["get"]}
+  - subjects: [{kind: ServiceAccount, namespace: shop, name: reflex-reader}]
+    namespaces: [shop]
+    rules:
+      - {apiGroups: ["", "apps"], resources: ["pods", "pods/log", "configmaps", "events", "deployments", "replicasets"], verbs: ["get", "list", "watch"]}
   - subjects: [{kind: Group, name: oncall}]
     namespaces: [shop]
     rules:

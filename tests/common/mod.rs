@@ -38,6 +38,13 @@ pub async fn shop_with_policy_in(config: Config, policy_spec: Value) -> (Sandbox
         "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1"}]}}}}))
     .unwrap();
     Api::<Deployment>::namespaced(client.clone(), "shop").create(&PostParams::default(), &d).await.unwrap();
+    // The ServiceAccount the LLM agent reads as.
+    let reader: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "reflex-reader"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &reader)
+        .await
+        .unwrap();
     (sb, client)
 }
 
