@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod controller;
 pub mod demo;
 pub mod deploy;
+pub mod egress;
 pub mod gate;
 pub mod intake;
 pub mod mcp;

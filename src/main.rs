@@ -64,6 +64,10 @@ enum Command {
         /// on accepting ordinary ServiceAccount tokens.
         #[arg(long, env = "REFLEX_MCP_AUDIENCES", value_delimiter = ',')]
         mcp_audiences: Vec<String>,
+        /// Let calls to URLs a policy names (LLM endpoint, MCP servers, webhooks) reach
+        /// link-local and cloud metadata addresses, refused by default.
+        #[arg(long, env = "REFLEX_ALLOW_LINK_LOCAL_EGRESS")]
+        allow_link_local_egress: bool,
         /// YAML price table for the LLM agent's cost accounting and budgets: model name →
         /// {inputPerMillion, outputPerMillion} in US dollars per million tokens.
         #[arg(long, env = "REFLEX_LLM_PRICES")]
@@ -349,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
             kill_switch_configmap,
             mcp_allowed_hosts,
             mcp_audiences,
+            allow_link_local_egress,
             llm_prices,
             deployer_staging,
             deployer_production,
@@ -357,6 +362,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             telemetry::init(cli.log_format);
             reflex::install_crypto_provider();
+            reflex::egress::allow_link_local(allow_link_local_egress);
             let (client, config) = client(kubeconfig, context).await?;
             let metrics = std::sync::Arc::new(
                 reflex::metrics::Prometheus::new(&prometheus_url, std::time::Duration::from_secs(10))

@@ -92,16 +92,11 @@ pub fn check_url(url: &str, allow_http: bool) -> Result<reqwest::Url, String> {
         "http" if allow_http => {}
         other => return Err(format!("scheme {other:?} is not allowed: use https")),
     }
-    let host = parsed.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-    let link_local = match host.parse::<std::net::IpAddr>() {
-        _ if host.is_empty() => true,
-        Ok(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
-        Ok(std::net::IpAddr::V6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
-        Err(_) => host.eq_ignore_ascii_case("metadata.google.internal"),
-    };
-    if link_local {
+    let host = parsed.host_str().unwrap_or_default();
+    if host.is_empty() || host.eq_ignore_ascii_case("metadata.google.internal") {
         return Err("a link-local or metadata host is not allowed".to_owned());
     }
+    crate::egress::check_url(url.trim()).map_err(|_| "a link-local or metadata host is not allowed".to_owned())?;
     Ok(parsed)
 }
 
@@ -129,11 +124,9 @@ impl Notifier {
     /// # Errors
     /// The HTTP client cannot be built.
     pub fn new(allow_http: bool) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| e.to_string())?;
+        // Webhook URLs come from Secrets namespace users write: no redirects, no link-local or
+        // metadata address, by name or by number.
+        let http = crate::egress::client(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
         Ok(Self {
             http,
             allow_http,

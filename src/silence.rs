@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+/// The most of an Alertmanager answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+
 /// The matchers that select exactly an alert with `labels`.
 pub fn matchers(labels: &BTreeMap<String, String>) -> Vec<Value> {
     labels
@@ -63,7 +66,16 @@ impl Alertmanager {
             .await
             .map_err(|e| format!("Alertmanager at {}: {e}", self.base))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| e.to_string())?;
+        // A silence id is a few dozen bytes: read no more than 64 KiB of any answer.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            body.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER - body.len().min(MAX_ANSWER))]);
+            if body.len() >= MAX_ANSWER {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
         if !status.is_success() {
             return Err(format!("Alertmanager refused the silence ({status}): {text}"));
         }

@@ -23,6 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("web", &[]),
     ("telemetry", &[]),
     ("metrics", &[]),
+    ("egress", &[]),
     ("a2a", &[]),
     // Pure cores.
     ("patch", &["api"]),
@@ -30,17 +31,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("ports", &["api", "patch"]),
     ("cluster", &["api", "patch", "ports"]),
     // Services.
-    ("mcp", &["api", "metrics", "oncall", "web"]),
+    ("mcp", &["api", "egress", "metrics", "oncall", "web"]),
     ("intake", &["api", "cluster", "web"]),
     // Stage modules: the ports and what is below them; CI sends deploy's request.
-    ("agent", &["api", "cluster", "mcp", "metrics", "patch", "ports"]),
+    ("agent", &["api", "cluster", "egress", "mcp", "metrics", "patch", "ports"]),
     ("ci", &["api", "cluster", "deploy", "patch", "ports"]),
     ("gate", &["api", "cluster", "ports"]),
     ("deploy", &["api", "cluster", "patch", "ports"]),
     ("verify", &["api", "cluster", "metrics", "ports"]),
     // The controller drives the ports; it never knows a stage module.
     ("controller", &["api", "cluster", "notify", "patch", "ports", "silence"]),
-    ("notify", &["api"]),
+    ("notify", &["api", "egress"]),
     ("silence", &[]),
     // The composition root assembles everything the operator runs.
     (
@@ -79,6 +80,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "controller",
             "demo",
             "deploy",
+            "egress",
             "intake",
             "mcp",
             "metrics",

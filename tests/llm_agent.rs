@@ -163,6 +163,11 @@ async fn every_script_ends_as_it_should_and_no_bad_one_proposes() {
         if got != want || !reason.contains(needle) {
             failures.push(format!("{name}: expected {want} ({needle:?}), got {got}: {reason}"));
         }
+        if let Some(absent) = script.get("absent").and_then(Value::as_str)
+            && reason.contains(absent)
+        {
+            failures.push(format!("{name}: the endpoint's own text {absent:?} reached the reason: {reason}"));
+        }
         if name.starts_with("bad-") && got == "proposed" {
             failures.push(format!("{name}: a bad run produced a proposal"));
         }
@@ -359,7 +364,7 @@ async fn the_agents_own_tools_read_only_the_remediations_namespace() {
         .call("list_resources", json!({"kind": "ConfigMap", "namespace": "kube-system"}), &cancel)
         .await
         .unwrap_err();
-    assert!(e.contains("may only read namespace \"shop\""), "{e}");
+    assert!(e.for_model.contains("may only read namespace \"shop\""), "{e:?}");
     // No namespace given: the Remediation's is filled in (not a cluster-wide list).
     let out: Value =
         serde_json::from_str(&w.tools.call("list_resources", json!({"kind": "Deployment"}), &cancel).await.unwrap())

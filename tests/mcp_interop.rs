@@ -173,10 +173,16 @@ async fn a_policys_external_servers_connect_with_their_secrets_and_pins() {
     let (sb, admin) = common::shop_with_policy(common::oom_policy()).await;
     let _sb = sb;
     let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), "shop");
-    for (name, labels) in [("peer-token", json!({"reflex.dev/mcp-credentials": "true"})), ("db-password", json!({}))] {
-        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
-            json!({"metadata": {"name": name, "labels": labels}, "stringData": {"token": "s3cret"}}),
-        )
+    let labelled = json!({"reflex.dev/mcp-credentials": "true"});
+    for (name, labels, host) in [
+        ("peer-token", labelled.clone(), Some("127.0.0.1")),
+        ("db-password", json!({}), Some("127.0.0.1")),
+        ("unbound-token", labelled.clone(), None),
+        ("other-server-token", labelled, Some("llm.example")),
+    ] {
+        let annotations = host.map(|h| json!({"reflex.dev/credentials-host": h})).unwrap_or(json!({}));
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({"metadata": {"name": name,
+            "labels": labels, "annotations": annotations}, "stringData": {"token": "s3cret"}}))
         .unwrap();
         secrets.create(&PostParams::default(), &secret).await.unwrap();
     }
@@ -207,6 +213,15 @@ async fn a_policys_external_servers_connect_with_their_secrets_and_pins() {
     // A missing Secret says which; a Secret not labelled for MCP is never sent anywhere.
     let e = connect_policy_servers(&admin, "shop", &[server(None, "nope")], audit.clone()).await.err().unwrap();
     assert!(e.to_string().contains("auth Secret shop/nope key token"), "{e}");
-    let e = connect_policy_servers(&admin, "shop", &[server(None, "db-password")], audit).await.err().unwrap();
+    let e = connect_policy_servers(&admin, "shop", &[server(None, "db-password")], audit.clone()).await.err().unwrap();
     assert!(e.to_string().contains("not labelled reflex.dev/mcp-credentials=true"), "{e}");
+    // A credential goes only to the host it is bound to: another server's key is never sent
+    // to this one, and an unbound one to none.
+    let e = connect_policy_servers(&admin, "shop", &[server(None, "other-server-token")], audit.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("is bound to llm.example") && e.to_string().contains("not 127.0.0.1"), "{e}");
+    let e = connect_policy_servers(&admin, "shop", &[server(None, "unbound-token")], audit).await.err().unwrap();
+    assert!(e.to_string().contains("annotate it reflex.dev/credentials-host=127.0.0.1"), "{e}");
 }

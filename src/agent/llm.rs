@@ -107,9 +107,9 @@ enum Attempt {
 
 impl LlmClient {
     pub fn new(settings: LlmSettings) -> Result<Self, LlmError> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .build()
+        // The endpoint comes from a policy: no redirects, no link-local or metadata address.
+        crate::egress::check_url(&settings.endpoint).map_err(LlmError::Rejected)?;
+        let http = crate::egress::client(Some(settings.timeout))
             .map_err(|e| LlmError::Rejected(format!("cannot build the HTTP client: {e}")))?;
         let mut config = OpenAIConfig::new().with_api_base(settings.endpoint.trim_end_matches('/'));
         if let Some(key) = &settings.api_key {
@@ -187,19 +187,45 @@ impl LlmClient {
     }
 }
 
+/// What went wrong, in words of our own: the endpoint's own text (its error message, the
+/// body it sent) is logged, never carried into the Remediation's status.
 fn classify(e: OpenAIError) -> Attempt {
+    tracing::warn!(error = %e, "the LLM endpoint's answer (logged only)");
     match e {
-        OpenAIError::ApiError(r) if r.status_code.as_u16() == 429 || r.status_code.is_server_error() => {
-            Attempt::Retry(r.to_string())
+        OpenAIError::ApiError(r) => {
+            let kind = [r.api_error.r#type.as_deref(), r.api_error.code.as_deref()]
+                .into_iter()
+                .flatten()
+                .filter(|t| {
+                    t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let what = format!(
+                "the endpoint answered HTTP {}{}",
+                r.status_code.as_u16(),
+                if kind.is_empty() { String::new() } else { format!(" ({kind})") }
+            );
+            if r.status_code.as_u16() == 429 || r.status_code.is_server_error() {
+                Attempt::Retry(what)
+            } else {
+                Attempt::Stop(LlmError::Rejected(what))
+            }
         }
-        OpenAIError::ApiError(r) => Attempt::Stop(LlmError::Rejected(r.to_string())),
-        OpenAIError::Reqwest(e) if e.is_timeout() || e.is_connect() || e.is_request() => Attempt::Retry(e.to_string()),
-        OpenAIError::Reqwest(e) => Attempt::Stop(LlmError::Rejected(e.to_string())),
-        OpenAIError::JSONDeserialize(e, body) => {
-            let body: String = body.chars().take(200).collect();
-            Attempt::Stop(LlmError::Malformed(format!("{e}: {body}")))
+        OpenAIError::Reqwest(e) if e.is_timeout() => Attempt::Retry("the endpoint did not answer in time".to_owned()),
+        OpenAIError::Reqwest(e) if e.is_connect() || e.is_request() => {
+            Attempt::Retry("the endpoint could not be reached".to_owned())
         }
-        other => Attempt::Stop(LlmError::Rejected(other.to_string())),
+        OpenAIError::Reqwest(e) => Attempt::Stop(LlmError::Rejected(match e.status() {
+            Some(s) => format!("the endpoint answered HTTP {}", s.as_u16()),
+            None => "the request to the endpoint failed".to_owned(),
+        })),
+        OpenAIError::JSONDeserialize(e, _) => Attempt::Stop(LlmError::Malformed(format!(
+            "the reply is not a chat completion (line {}, column {})",
+            e.line(),
+            e.column()
+        ))),
+        _ => Attempt::Stop(LlmError::Rejected("the request could not be made".to_owned())),
     }
 }
 

@@ -89,7 +89,22 @@ pub trait AgentTools: Send + Sync {
         name: &'a str,
         args: Value,
         cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, ToolFailure>>;
+}
+
+/// A failed tool call: what the model is shown, and what the run's record (status, Events)
+/// keeps — never a remote server's own text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolFailure {
+    pub for_model: String,
+    pub for_record: String,
+}
+
+impl From<String> for ToolFailure {
+    /// An error in Reflex's own words: the same for both.
+    fn from(text: String) -> Self {
+        Self { for_record: text.clone(), for_model: text }
+    }
 }
 
 /// What the model is told about the case.
@@ -651,17 +666,20 @@ async fn one_call(
     let name = call.function.name.as_str();
     let t = Instant::now();
     let result = if !known.contains(&name) {
-        Err(format!("there is no tool {name:?}; the tools are: {}", known.join(", ")))
+        Err(ToolFailure::from(format!("there is no tool {name:?}; the tools are: {}", known.join(", "))))
     } else {
         match serde_json::from_str::<Value>(&call.function.arguments) {
             Ok(args @ Value::Object(_)) => tools.call(name, args, cancel).await,
-            Ok(_) => Err("the arguments must be a JSON object".to_owned()),
-            Err(e) => Err(format!("the arguments are not valid JSON: {e}")),
+            Ok(_) => Err(ToolFailure::from("the arguments must be a JSON object".to_owned())),
+            Err(e) => Err(ToolFailure::from(format!("the arguments are not valid JSON: {e}"))),
         }
     };
     let (text, outcome) = match result {
         Ok(text) => (data(&format!("tool.{name}"), &text), "ok".to_owned()),
-        Err(e) => (format!("error: {}", data(&format!("tool.{name}.error"), &e)), format!("error: {}", clip(&e))),
+        Err(e) => (
+            format!("error: {}", data(&format!("tool.{name}.error"), &e.for_model)),
+            format!("error: {}", clip(&e.for_record)),
+        ),
     };
     (call.id.clone(), text, ToolStep { tool: name.to_owned(), duration: t.elapsed(), outcome })
 }

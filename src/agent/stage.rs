@@ -109,6 +109,11 @@ impl AgentStage {
                 ),
             ));
         }
+        // And only to the endpoint it was made for.
+        let endpoint =
+            input.policy.as_ref().and_then(|p| p.agent.model.as_ref()).map(|m| m.endpoint.as_str()).unwrap_or_default();
+        crate::egress::bound_to(&format!("{namespace}/{}", r.name), secret.metadata.annotations.as_ref(), endpoint)
+            .map_err(|e| err(ErrorCategory::InvalidSpec, e))?;
         let value = secret.data.and_then(|d| d.get(&r.key).cloned()).ok_or_else(|| {
             err(ErrorCategory::InvalidSpec, format!("Secret {namespace}/{} has no key {:?}", r.name, r.key))
         })?;

@@ -446,13 +446,16 @@ impl crate::agent::llm_agent::AgentTools for AgentMcpTools {
         name: &'a str,
         args: Value,
         cancel: &'a tokio_util::sync::CancellationToken,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, crate::agent::llm_agent::ToolFailure>> {
+        use crate::agent::llm_agent::ToolFailure;
         Box::pin(async move {
             let Some(index) = self.clients.iter().position(|c| c.tools().any(|t| t.name == name)) else {
-                return Err(format!("no server offers {name:?}"));
+                return Err(ToolFailure::from(format!("no server offers {name:?}")));
             };
             let client = &self.clients[index];
-            let Value::Object(mut args) = args else { return Err("the arguments must be a JSON object".into()) };
+            let Value::Object(mut args) = args else {
+                return Err(ToolFailure::from("the arguments must be a JSON object".to_owned()));
+            };
             if let (0, Some(scope)) = (index, &self.scope) {
                 let takes_namespace = client
                     .tools()
@@ -460,7 +463,9 @@ impl crate::agent::llm_agent::AgentTools for AgentMcpTools {
                     .is_some_and(|t| t.input_schema.get("properties").and_then(|p| p.get("namespace")).is_some());
                 match args.get("namespace").and_then(Value::as_str) {
                     Some(ns) if ns != scope => {
-                        return Err(format!("this remediation may only read namespace {scope:?}, not {ns:?}"));
+                        return Err(ToolFailure::from(format!(
+                            "this remediation may only read namespace {scope:?}, not {ns:?}"
+                        )));
                     }
                     None if takes_namespace => {
                         args.insert("namespace".into(), Value::String(scope.clone()));
@@ -469,7 +474,12 @@ impl crate::agent::llm_agent::AgentTools for AgentMcpTools {
                 }
             }
             let ctx = crate::mcp::client::CallContext { cancel: cancel.clone(), trace_id: self.ctx.trace_id.clone() };
-            client.call(name, args, &ctx).await.map(|v| v.to_string()).map_err(|e| e.to_string())
+            // Reflex's own server (the first) speaks in Reflex's and the API server's words; an
+            // external server's own text goes to the model, not into the record.
+            client.call(name, args, &ctx).await.map(|v| v.to_string()).map_err(|e| ToolFailure {
+                for_model: e.to_string(),
+                for_record: if index == 0 { e.to_string() } else { e.in_own_words() },
+            })
         })
     }
 }

@@ -7,7 +7,7 @@
 //! - `{"calls": [{"name", "arguments"}], "content"?, "usage": [prompt, completion]}`:
 //!   an assistant message with tool calls (`arguments` a JSON value, or a string sent as is);
 //! - `{"content": "..."}` or `{"refusal": "..."}`: an assistant message without tool calls;
-//! - `{"status": N}`: an error answer with that HTTP status;
+//! - `{"status": N, "message"?}`: an error answer with that HTTP status (and message);
 //! - `{"raw": "..."}`: a 200 whose body is exactly that text;
 //! - `{"hang": true}`: never answers;
 //! - `{"repeat": TURN}`: that turn, forever.
@@ -82,7 +82,8 @@ async fn complete(State(script): State<Arc<Mutex<Script>>>, body: axum::Json<Val
     };
     let Some(turn) = turn else { return error(400, "script exhausted") };
     if let Some(status) = turn.get("status").and_then(Value::as_u64) {
-        return error(status as u16, "scripted failure");
+        let message = turn.get("message").and_then(Value::as_str).unwrap_or("scripted failure");
+        return error(status as u16, message);
     }
     if turn.get("hang").is_some() {
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
