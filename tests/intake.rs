@@ -96,6 +96,30 @@ async fn remediations(client: &kube::Client) -> Vec<Remediation> {
     Api::<Remediation>::namespaced(client.clone(), "shop").list(&ListParams::default()).await.unwrap().items
 }
 
+/// The token is checked before the body is read: a client without it that declares 100 MiB
+/// and sends none is answered 401 at once (it used to be buffered — up to 32 MiB drained for
+/// a 413 — before the token was looked at).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_delivery_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_sb, _client, url) = setup(json!({})).await;
+    let address = url.trim_start_matches("http://");
+    for auth in ["", "Authorization: Bearer wrong\r\n"] {
+        let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let head = format!(
+            "POST /alerts HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut answer))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{auth:?}: {answer}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_requests_create_nothing() {
     let (_sb, client, url) = setup(json!({})).await;

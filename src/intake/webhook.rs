@@ -456,28 +456,49 @@ fn event(type_: EventType, reason: &str, note: String) -> Event {
     Event { type_, reason: reason.into(), note: Some(note), action: "Intake".into(), secondary: None }
 }
 
-async fn receive(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+/// How long a delivery may take to send its body once its headers are in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A delivery: the token first (401 before a byte of the body is read), then a slot (503
+/// when all are taken), then the body — at most [`MAX_BODY`], within [`BODY_TIMEOUT`].
+async fn receive(State(intake): State<Arc<Intake>>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
     let s = &intake.shared;
-    // Bounded: when full, 503 with Retry-After so Alertmanager retries — never a silent drop.
-    let Ok(_slot) = s.slots.try_acquire() else {
-        s.metrics.reject("overloaded");
-        return retry_later(json!({"error": "busy: too many deliveries in progress; retry"}));
-    };
-    let resp = handle(s, &headers, &body).await;
-    s.metrics.latency.observe(started.elapsed().as_secs_f64());
-    resp
-}
-
-async fn handle(s: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
-    let m = &s.metrics;
-    if !authorized(s.settings.token.as_deref(), headers) {
-        m.reject("unauthorized");
+    let (parts, body) = req.into_parts();
+    if !authorized(s.settings.token.as_deref(), &parts.headers) {
+        s.metrics.reject("unauthorized");
         return reply(
             StatusCode::UNAUTHORIZED,
             json!({"error": "a valid bearer token is required (Authorization: Bearer <token>)"}),
         );
     }
+    // Bounded: when full, 503 with Retry-After so Alertmanager retries — never a silent drop.
+    let Ok(_slot) = s.slots.try_acquire() else {
+        s.metrics.reject("overloaded");
+        return retry_later(json!({"error": "busy: too many deliveries in progress; retry"}));
+    };
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            s.metrics.reject("invalid");
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": format!("the body is larger than {MAX_BODY} bytes")}));
+        }
+        Err(_) => {
+            s.metrics.reject("invalid");
+            return reply(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs())}),
+            );
+        }
+    };
+    let resp = handle(s, &body).await;
+    s.metrics.latency.observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// An authenticated delivery's body.
+async fn handle(s: &Shared, body: &[u8]) -> Response {
+    let m = &s.metrics;
     let payload = match parse(body) {
         Ok(p) => p,
         Err(e) => {
@@ -634,9 +655,18 @@ async fn readyz(State(intake): State<Arc<Intake>>) -> Response {
     }
 }
 
-async fn too_large(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn too_large(
+    State(intake): State<Arc<Intake>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let too_big =
         || reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": format!("the body is larger than {MAX_BODY} bytes")}));
+    // Drained so the client reads the 413 — but only for a client with the token: nobody
+    // else gets the server to read megabytes (the route answers them 401 unread).
+    if !authorized(intake.shared.settings.token.as_deref(), req.headers()) {
+        return next.run(req).await;
+    }
     let Ok(req) = crate::web::refuse_oversized(req, MAX_BODY).await else { return too_big() };
     let resp = next.run(req).await;
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -653,7 +683,7 @@ pub fn router(intake: Arc<Intake>) -> axum::Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(too_large))
+        .layer(axum::middleware::from_fn_with_state(intake.clone(), too_large))
         .with_state(intake)
 }
 
