@@ -134,18 +134,15 @@ impl Operator {
         Self { stages, client, intake, router, guards }
     }
 
-    /// Serves `/alerts` and `/mcp` on `listener` until `stop`.
-    pub fn serve(&self, listener: tokio::net::TcpListener, stop: CancellationToken) -> JoinHandle<std::io::Result<()>> {
-        let router = self.router.clone();
+    /// Serves `/alerts` and `/mcp` on `listener` until `stop`, within the listener bounds
+    /// every endpoint has (`web::serve`: connections, header time; each request knows its
+    /// peer, so token reviews are limited per source).
+    pub fn serve(&self, listener: tokio::net::TcpListener, stop: CancellationToken) -> JoinHandle<()> {
         // Request/response traffic (MCP calls, webhook deliveries): no Nagle delay.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        tokio::spawn(async move {
-            // Each request knows its peer: token reviews are limited per source.
-            let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
-        })
+        crate::web::serve(listener, self.router.clone(), crate::web::Limits::default(), stop)
     }
 
     /// Runs the controller until `shutdown`: under `election` when given (only the leader

@@ -59,12 +59,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "notify",
             "silence",
             "verify",
+            "web",
         ],
     ),
     // What a person does, as themselves (the CLI and the MCP action tools).
     ("oncall", &["api"]),
-    // The in-memory API server: types and the merge semantics only.
-    ("sandbox", &["api", "patch"]),
+    // The in-memory API server: types, the merge semantics and the listener bounds only.
+    ("sandbox", &["api", "patch", "web"]),
     // The demo runs the operator on the sandbox.
     (
         "demo",

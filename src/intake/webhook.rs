@@ -481,7 +481,10 @@ async fn receive(State(intake): State<Arc<Intake>>, req: axum::extract::Request)
         Ok(Ok(body)) => body,
         Ok(Err(_)) => {
             s.metrics.reject("invalid");
-            return reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": format!("the body is larger than {MAX_BODY} bytes")}));
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("the body is larger than {MAX_BODY} bytes")}),
+            );
         }
         Err(_) => {
             s.metrics.reject("invalid");

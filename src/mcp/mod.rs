@@ -165,8 +165,13 @@ async fn edge_of_mcp(
     }
     let Ok(req) = crate::web::refuse_oversized(req, MAX_BODY).await else { return too_large() };
     let (mut parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return too_large();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return (axum::http::StatusCode::REQUEST_TIMEOUT, "the request body did not arrive within 10s")
+                .into_response();
+        }
     };
     if bytes.windows(23).any(|w| w == b"notifications/cancelled")
         && let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -186,6 +191,9 @@ async fn edge_of_mcp(
     parts.extensions.insert(caller);
     next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
+
+/// How long a request's body may take to arrive once its headers are in.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn too_large() -> axum::response::Response {
     (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "the request body is over 1 MiB").into_response()

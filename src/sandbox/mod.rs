@@ -123,13 +123,8 @@ impl Sandbox {
         let stop = CancellationToken::new();
         let listener = tls::TlsListener::new(listener, tls.acceptor, stop.clone())?;
         let shutdown = stop.clone();
-        tokio::spawn(async move {
-            let served =
-                axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "sandbox server stopped");
-            }
-        });
+        // Bounded like every listener: connections at once, time for request headers.
+        crate::web::serve(listener, app, crate::web::Limits::default(), shutdown);
         let kubelet = workload::Kubelet { ready_after: config.pod_ready_after, model: config.pod_model };
         tokio::spawn(workload::run(api.clone(), kubelet, stop.clone()));
         tracing::info!(%addr, "sandbox Kubernetes API listening (in-memory stand-in for kube-apiserver)");
