@@ -6,7 +6,9 @@
 //! Built-in kinds use the patch-merge keys Kubernetes declares on its Go types; custom kinds use
 //! `x-kubernetes-list-type` / `x-kubernetes-list-map-keys` from their schema, defaulting to
 //! atomic. [`strategic_merge`] understands the `$patch`, `$retainKeys`,
-//! `$deleteFromPrimitiveList/` and `$setElementOrder/` directives kubectl sends.
+//! `$deleteFromPrimitiveList/` and `$setElementOrder/` directives kubectl sends, and keys
+//! lists by Kubernetes' `patchMergeKey` (one field for container ports, service ports and
+//! topology spread constraints, where server-side apply keys by two).
 
 use serde_json::{Map, Value};
 
@@ -49,6 +51,52 @@ fn builtin_list_type(path: &[&str]) -> ListType {
         "conditions" => map(&["type"]),
         "topologySpreadConstraints" => map(&["topologyKey", "whenUnsatisfiable"]),
         _ => ListType::Atomic,
+    }
+}
+
+/// The list type a strategic merge patch uses at `path`: Kubernetes' `patchMergeKey`, which
+/// for a few lists is one field where server-side apply keys by two — container ports by
+/// `containerPort` alone (so a patch cannot add the same port for another protocol), service
+/// ports by `port`, topology spread constraints by `topologyKey`.
+fn patch_list_type(path: &[&str]) -> ListType {
+    let last = path.last().copied().unwrap_or_default();
+    let parent = path.len().checked_sub(2).and_then(|i| path.get(i)).copied().unwrap_or_default();
+    match last {
+        "ports" if parent.ends_with("ontainers") => map(&["containerPort"]),
+        "ports" => map(&["port"]),
+        "topologySpreadConstraints" => map(&["topologyKey"]),
+        _ => builtin_list_type(path),
+    }
+}
+
+/// Orders `merged` (the list at a field after the patch) as `$setElementOrder/<field>` asks,
+/// as Kubernetes does: the items the order names in its order, the server's other items in
+/// theirs, the two interleaved by where they stood on the server (an item new with the patch
+/// before a server item).
+fn set_element_order(merged: Vec<Value>, order: &[Value], server: &[Value], keys: Option<&[String]>) -> Vec<Value> {
+    let same = |a: &Value, b: &Value| match keys {
+        Some(keys) => same_key(a, keys, b),
+        None => a == b,
+    };
+    let at = |list: &[Value], item: &Value| list.iter().position(|x| same(x, item));
+    let (mut named, mut others): (Vec<Value>, Vec<Value>) = merged.into_iter().partition(|m| at(order, m).is_some());
+    named.sort_by_key(|m| at(order, m));
+    others.sort_by_key(|m| at(server, m));
+    let mut out = Vec::with_capacity(named.len() + others.len());
+    let (mut named, mut others) = (named.into_iter().peekable(), others.into_iter().peekable());
+    loop {
+        match (named.peek(), others.peek()) {
+            (Some(n), Some(o)) => {
+                let first_named = match (at(server, n), at(server, o)) {
+                    (Some(a), Some(b)) => a < b,
+                    _ => true,
+                };
+                out.extend(if first_named { named.next() } else { others.next() });
+            }
+            (Some(_), None) => out.extend(named.next()),
+            (None, Some(_)) => out.extend(others.next()),
+            (None, None) => return out,
+        }
     }
 }
 
@@ -177,8 +225,13 @@ fn merge_value(original: Option<&Value>, patch: &Value, path: &mut Vec<String>) 
                 _ => Map::new(),
             };
             let mut retain: Option<Vec<String>> = None;
+            let mut orders: Vec<(String, Vec<Value>)> = Vec::new();
             for (k, v) in p {
-                if k == "$patch" || k.starts_with("$setElementOrder/") {
+                if k == "$patch" {
+                    continue;
+                }
+                if let Some(field) = k.strip_prefix("$setElementOrder/") {
+                    orders.push((field.to_owned(), v.as_array().cloned().unwrap_or_default()));
                     continue;
                 }
                 if k == "$retainKeys" {
@@ -206,6 +259,22 @@ fn merge_value(original: Option<&Value>, patch: &Value, path: &mut Vec<String>) 
                     None => out.remove(k),
                 };
             }
+            for (field, order) in orders {
+                path.push(field.clone());
+                let segs: Vec<&str> = path.iter().map(String::as_str).collect();
+                let keys = match patch_list_type(&segs) {
+                    ListType::Map(keys) => Some(keys),
+                    _ => None,
+                };
+                path.pop();
+                let server: Vec<Value> = match original {
+                    Some(Value::Object(o)) => o.get(&field).and_then(Value::as_array).cloned().unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                if let Some(Value::Array(merged)) = out.remove(&field) {
+                    out.insert(field, Value::Array(set_element_order(merged, &order, &server, keys.as_deref())));
+                }
+            }
             if let Some(keep) = retain {
                 out.retain(|k, _| keep.contains(k));
             }
@@ -213,7 +282,11 @@ fn merge_value(original: Option<&Value>, patch: &Value, path: &mut Vec<String>) 
         }
         Value::Array(items) => {
             let segs: Vec<&str> = path.iter().map(String::as_str).collect();
-            let lt = list_type(Lists::Builtin, &segs);
+            let lt = if segs.first() == Some(&"metadata") {
+                list_type(Lists::Builtin, &segs)
+            } else {
+                patch_list_type(&segs)
+            };
             let replace = items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"));
             let plain: Vec<Value> =
                 items.iter().filter(|i| i.get("$patch").and_then(Value::as_str) != Some("replace")).cloned().collect();
