@@ -1,5 +1,7 @@
 //! The LLM client: any OpenAI-compatible chat-completions endpoint with tool calling
-//! (OpenAI, Azure, vLLM, Ollama, llama.cpp, LiteLLM), through async-openai.
+//! (OpenAI, Azure, vLLM, Ollama, llama.cpp, LiteLLM), with async-openai's request and reply
+//! types, over the egress client (no redirects, no link-local address) with the reply read up
+//! to [`MAX_REPLY_BYTES`].
 //!
 //! Contract: [`LlmClient::chat`] sends one request with a per-request timeout, retries
 //! 429 and 5xx answers (and connection failures) with exponential backoff and full jitter up
@@ -10,10 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use async_openai::Client;
-use async_openai::config::OpenAIConfig;
-use async_openai::error::OpenAIError;
-use async_openai::types::chat::{ChatCompletionResponseMessage, CreateChatCompletionRequest};
+use async_openai::types::chat::{
+    ChatCompletionResponseMessage, CreateChatCompletionRequest, CreateChatCompletionResponse,
+};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
@@ -83,10 +84,14 @@ pub enum LlmError {
     Malformed(String),
 }
 
+/// The largest answer read from the endpoint (a chat completion is kilobytes; an endpoint a
+/// policy names could send gigabytes).
+pub const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
+
 /// A client for one policy's model.
 #[derive(Clone)]
 pub struct LlmClient {
-    client: Client<OpenAIConfig>,
+    http: reqwest::Client,
     settings: LlmSettings,
 }
 
@@ -111,11 +116,31 @@ impl LlmClient {
         crate::egress::check_url(&settings.endpoint).map_err(LlmError::Rejected)?;
         let http = crate::egress::client(Some(settings.timeout))
             .map_err(|e| LlmError::Rejected(format!("cannot build the HTTP client: {e}")))?;
-        let mut config = OpenAIConfig::new().with_api_base(settings.endpoint.trim_end_matches('/'));
-        if let Some(key) = &settings.api_key {
-            config = config.with_api_key(key.expose_secret());
+        Ok(Self { http, settings })
+    }
+
+    /// One POST to `/chat/completions` with async-openai's request and response types, the
+    /// answer read up to [`MAX_REPLY_BYTES`] (async-openai's own client reads any size).
+    async fn post(&self, request: &CreateChatCompletionRequest) -> Result<CreateChatCompletionResponse, Failure> {
+        let url = format!("{}/chat/completions", self.settings.endpoint.trim_end_matches('/'));
+        let mut call = self.http.post(url).json(request);
+        if let Some(key) = &self.settings.api_key {
+            call = call.bearer_auth(key.expose_secret());
         }
-        Ok(Self { client: Client::with_config(config).with_http_client(http), settings })
+        let mut response = call.send().await.map_err(Failure::Transport)?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(Failure::Transport)? {
+            if body.len() + chunk.len() > MAX_REPLY_BYTES {
+                return Err(Failure::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let error = serde_json::from_slice::<async_openai::error::WrappedError>(&body).ok().map(|w| w.error);
+            return Err(Failure::Status(status, error));
+        }
+        serde_json::from_slice(&body).map_err(Failure::Malformed)
     }
 
     pub fn model(&self) -> &str {
@@ -135,8 +160,7 @@ impl LlmClient {
         let started = Instant::now();
         let mut last = String::new();
         for attempt in 1..=attempts {
-            let chat = self.client.chat();
-            let call = tracing::Instrument::instrument(chat.create(request.clone()), span.clone());
+            let call = tracing::Instrument::instrument(self.post(&request), span.clone());
             let result = tokio::select! {
                 () = cancel.cancelled() => return Err(LlmError::Cancelled),
                 r = call => r,
@@ -187,45 +211,53 @@ impl LlmClient {
     }
 }
 
+/// How one request to the endpoint failed.
+#[derive(Debug)]
+enum Failure {
+    /// Not 2xx, with the error the endpoint described, if it did.
+    Status(reqwest::StatusCode, Option<async_openai::error::ApiError>),
+    Transport(reqwest::Error),
+    TooLarge,
+    Malformed(serde_json::Error),
+}
+
 /// What went wrong, in words of our own: the endpoint's own text (its error message, the
 /// body it sent) is logged, never carried into the Remediation's status.
-fn classify(e: OpenAIError) -> Attempt {
-    tracing::warn!(error = %e, "the LLM endpoint's answer (logged only)");
+fn classify(e: Failure) -> Attempt {
+    tracing::warn!(error = ?e, "the LLM endpoint's answer (logged only)");
     match e {
-        OpenAIError::ApiError(r) => {
-            let kind = [r.api_error.r#type.as_deref(), r.api_error.code.as_deref()]
-                .into_iter()
+        Failure::Status(status, error) => {
+            let kind = error
+                .iter()
+                .flat_map(|e| [e.r#type.as_deref(), e.code.as_deref()])
                 .flatten()
                 .filter(|t| {
                     t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
                 })
                 .collect::<Vec<_>>()
                 .join("/");
-            let what = format!(
-                "the endpoint answered HTTP {}{}",
-                r.status_code.as_u16(),
-                if kind.is_empty() { String::new() } else { format!(" ({kind})") }
-            );
-            if r.status_code.as_u16() == 429 || r.status_code.is_server_error() {
+            let kind = if kind.is_empty() { String::new() } else { format!(" ({kind})") };
+            let what = format!("the endpoint answered HTTP {}{kind}", status.as_u16());
+            if status.as_u16() == 429 || status.is_server_error() {
                 Attempt::Retry(what)
             } else {
                 Attempt::Stop(LlmError::Rejected(what))
             }
         }
-        OpenAIError::Reqwest(e) if e.is_timeout() => Attempt::Retry("the endpoint did not answer in time".to_owned()),
-        OpenAIError::Reqwest(e) if e.is_connect() || e.is_request() => {
+        Failure::Transport(e) if e.is_timeout() => Attempt::Retry("the endpoint did not answer in time".to_owned()),
+        Failure::Transport(e) if e.is_connect() || e.is_request() => {
             Attempt::Retry("the endpoint could not be reached".to_owned())
         }
-        OpenAIError::Reqwest(e) => Attempt::Stop(LlmError::Rejected(match e.status() {
-            Some(s) => format!("the endpoint answered HTTP {}", s.as_u16()),
-            None => "the request to the endpoint failed".to_owned(),
-        })),
-        OpenAIError::JSONDeserialize(e, _) => Attempt::Stop(LlmError::Malformed(format!(
+        Failure::Transport(_) => Attempt::Stop(LlmError::Rejected("the request to the endpoint failed".to_owned())),
+        Failure::TooLarge => Attempt::Stop(LlmError::Malformed(format!(
+            "the reply is larger than {} MiB; it was not read further",
+            MAX_REPLY_BYTES / (1024 * 1024)
+        ))),
+        Failure::Malformed(e) => Attempt::Stop(LlmError::Malformed(format!(
             "the reply is not a chat completion (line {}, column {})",
             e.line(),
             e.column()
         ))),
-        _ => Attempt::Stop(LlmError::Rejected("the request could not be made".to_owned())),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `{"content": "..."}` or `{"refusal": "..."}`: an assistant message without tool calls;
 //! - `{"status": N, "message"?}`: an error answer with that HTTP status (and message);
 //! - `{"raw": "..."}`: a 200 whose body is exactly that text;
+//! - `{"huge": N}`: a 200 whose body is a JSON object padded to about N bytes;
 //! - `{"hang": true}`: never answers;
 //! - `{"repeat": TURN}`: that turn, forever.
 //!
@@ -87,6 +88,11 @@ async fn complete(State(script): State<Arc<Mutex<Script>>>, body: axum::Json<Val
     }
     if turn.get("hang").is_some() {
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+    if let Some(bytes) = turn.get("huge").and_then(Value::as_u64) {
+        let filler = "x".repeat(usize::try_from(bytes).unwrap_or(0));
+        return (StatusCode::OK, [("content-type", "application/json")], format!("{{\"pad\": \"{filler}\"}}"))
+            .into_response();
     }
     if let Some(raw) = turn.get("raw").and_then(Value::as_str) {
         return (StatusCode::OK, [("content-type", "application/json")], raw.to_owned()).into_response();
