@@ -35,7 +35,7 @@ pub fn refused(ip: IpAddr) -> Option<&'static str> {
     let v4 = |a: Ipv4Addr| -> Option<&'static str> {
         if a.is_link_local() {
             Some("a link-local address (instance metadata lives there)")
-        } else if a == Ipv4Addr::new(100, 100, 100, 200) {
+        } else if a == Ipv4Addr::new(100, 100, 100, 200) || a == Ipv4Addr::new(168, 63, 129, 16) {
             Some("a cloud metadata address")
         } else if a.is_unspecified() || a.is_broadcast() {
             Some("not an address to connect to")
@@ -48,6 +48,11 @@ pub fn refused(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V6(a) => {
             if let Some(mapped) = a.to_ipv4_mapped() {
                 return v4(mapped);
+            }
+            // NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32 bits.
+            let s = a.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return v4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
             }
             if (a.segments()[0] & 0xffc0) == 0xfe80 {
                 Some("a link-local address (instance metadata lives there)")
@@ -110,6 +115,8 @@ pub fn client(timeout: Option<Duration>) -> reqwest::Result<reqwest::Client> {
     let connect = timeout.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
     let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve the name itself, past the resolver's filter.
+        .no_proxy()
         .connect_timeout(connect)
         .dns_resolver(std::sync::Arc::new(Resolver));
     match timeout {
@@ -120,7 +127,8 @@ pub fn client(timeout: Option<Duration>) -> reqwest::Result<reqwest::Client> {
 }
 
 /// Whether a credential from a Secret carrying `annotations` may be sent to `url`: only to
-/// the host (and port, when the annotation gives one) it is bound to.
+/// the host (and port, when the annotation gives one) it is bound to, and over https unless
+/// the annotation says `http://` itself.
 ///
 /// # Errors
 /// Why not, naming the annotation to set.
@@ -137,6 +145,16 @@ pub fn bound_to(
             "Secret {secret} is not bound to a host: annotate it {CREDENTIALS_HOST}={host} to send its value to {host}"
         ));
     };
+    let (plain_http, bound) = match bound.strip_prefix("http://") {
+        Some(rest) => (true, rest.to_owned()),
+        None => (false, bound.strip_prefix("https://").unwrap_or(&bound).to_owned()),
+    };
+    if parsed.scheme() != "https" && !plain_http {
+        return Err(format!(
+            "Secret {secret} goes over https only; {url:?} is {}: annotate it {CREDENTIALS_HOST}=http://{bound} to allow plain http",
+            parsed.scheme()
+        ));
+    }
     let matches = match bound.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
             h.trim_start_matches('[').trim_end_matches(']') == host.trim_start_matches('[').trim_end_matches(']')
@@ -164,6 +182,8 @@ mod tests {
             "169.254.169.254",
             "169.254.0.1",
             "100.100.100.200",
+            "168.63.129.16",
+            "64:ff9b::a9fe:a9fe",
             "fe80::1",
             "fd00:ec2::254",
             "::ffff:169.254.169.254",
@@ -189,6 +209,9 @@ mod tests {
         let e = bound_to("ns/key", Some(&bound("llm.example")), "https://attacker.example/v1").unwrap_err();
         assert!(e.contains("bound to llm.example") && e.contains("not attacker.example"), "{e}");
         assert!(bound_to("ns/key", Some(&bound("llm.example:8443")), "https://llm.example/v1").is_err());
+        let e = bound_to("ns/key", Some(&bound("llm.example")), "http://llm.example/v1").unwrap_err();
+        assert!(e.contains("https only"), "no cleartext without saying so: {e}");
+        assert!(bound_to("ns/key", Some(&bound("http://llm.local:8080")), "http://llm.local:8080/v1").is_ok());
         let e = bound_to("ns/key", None, "https://llm.example/v1").unwrap_err();
         assert!(e.contains("annotate it reflex.dev/credentials-host=llm.example"), "{e}");
     }

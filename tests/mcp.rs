@@ -100,6 +100,12 @@ async fn the_agents_reader_is_kept_in_its_namespace_by_the_server() {
         let e = err(call(&reader, tool, args.clone()).await);
         assert!(e.contains(why), "{tool} {args}: {e}");
     }
+    // Resources too: another namespace's Remediation is not read, whatever RBAC says.
+    let e = reader
+        .read_resource(rmcp::model::ReadResourceRequestParams::new("remediation://payments/x"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("may only read namespace \"shop\""), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,7 +175,7 @@ async fn a_policys_external_servers_connect_with_their_secrets_and_pins() {
     let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), "shop");
     let labelled = json!({"reflex.dev/mcp-credentials": "true"});
     for (name, labels, host) in [
-        ("peer-token", labelled.clone(), Some("127.0.0.1")),
+        ("peer-token", labelled.clone(), Some("http://127.0.0.1")),
         ("db-password", json!({}), Some("127.0.0.1")),
         ("unbound-token", labelled.clone(), None),
         ("other-server-token", labelled, Some("llm.example")),

@@ -185,10 +185,15 @@ impl Identities {
             return Err(AuthError::Rejected(why));
         }
         let count = match source {
-            Some(ip) => Some(self.rejections.get_with(ip, async { Arc::new(0.into()) }).await),
+            Some(ip) => Some(self.rejections.get_with(source_key(ip), async { Arc::new(0.into()) }).await),
             None => None,
         };
-        if count.as_ref().is_some_and(|c| c.load(Ordering::Relaxed) >= MAX_REJECTED) {
+        // The review is counted against its source before it runs (and given back if the
+        // token is good): many bad tokens at once cannot all slip in under the limit.
+        if let Some(c) = &count
+            && c.fetch_add(1, Ordering::Relaxed) >= MAX_REJECTED
+        {
+            c.fetch_sub(1, Ordering::Relaxed);
             return Err(AuthError::Throttled);
         }
         // Calls with one token while its review runs share that review.
@@ -201,10 +206,12 @@ impl Identities {
                     AuthError::Unavailable(why) => AuthError::Unavailable(why.clone()),
                 },
             );
-        if let Err(AuthError::Rejected(why)) = &reviewed {
-            self.rejected.insert(digest, why.clone()).await;
-            if let Some(c) = count {
-                c.fetch_add(1, Ordering::Relaxed);
+        match &reviewed {
+            Err(AuthError::Rejected(why)) => self.rejected.insert(digest, why.clone()).await,
+            _ => {
+                if let Some(c) = count {
+                    c.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         reviewed
@@ -245,6 +252,18 @@ fn unauthorized(e: &AuthError) -> Response {
     let mut resp = (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"error": e.to_string()}))).into_response();
     resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"reflex\""));
     resp
+}
+
+/// The source a rejection counts against: the address, or for IPv6 its /64 (one host holds
+/// a whole /64).
+fn source_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        other => other,
+    }
 }
 
 /// The caller behind a request's bearer token, or the answer to give instead: 401 with

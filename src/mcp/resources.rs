@@ -33,7 +33,12 @@ impl ReflexMcp {
     ) -> Result<ListResourcesResult, ErrorData> {
         let caller = caller_of(ctx).map_err(|e| ErrorData::invalid_request(e, None))?;
         let mut out = Vec::new();
+        // A reader lists its own namespace only, whatever RBAC lets it see.
+        let mine = |ns: &Option<String>| caller.scope.as_deref().is_none_or(|s| ns.as_deref() == Some(s));
         for r in visible::<Remediation>(&caller, self.inner.backends.operator.as_ref()).await {
+            if !mine(&r.metadata.namespace) {
+                continue;
+            }
             let (ns, name) = (r.metadata.namespace.unwrap_or_default(), r.metadata.name.unwrap_or_default());
             out.push(
                 Resource::new(format!("remediation://{ns}/{name}"), format!("Remediation {ns}/{name}"))
@@ -41,6 +46,9 @@ impl ReflexMcp {
             );
         }
         for p in visible::<Playbook>(&caller, self.inner.backends.operator.as_ref()).await {
+            if !mine(&p.metadata.namespace) {
+                continue;
+            }
             let (ns, name) = (p.metadata.namespace.unwrap_or_default(), p.metadata.name.unwrap_or_default());
             out.push(
                 Resource::new(format!("playbook://{ns}/{name}"), format!("Playbook {ns}/{name}"))
@@ -64,6 +72,12 @@ impl ReflexMcp {
             ));
         };
         let caller = caller_of(ctx).map_err(|e| ErrorData::invalid_request(e, None))?;
+        if let Some(scope) = caller.scope.as_deref().filter(|s| *s != ns) {
+            return Err(ErrorData::invalid_params(
+                format!("{uri}: this identity may only read namespace {scope:?}, not {ns:?}"),
+                None,
+            ));
+        }
         let value = if kind == "Remediation" {
             Api::<Remediation>::namespaced(caller.client, ns)
                 .get(name)

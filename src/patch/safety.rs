@@ -81,6 +81,29 @@ pub struct Rules {
     pub max_patch_bytes: usize,
 }
 
+/// A number as a field holds it: any Kubernetes quantity under `resources` (`512Mi`, `250m`,
+/// `1e3`), elsewhere only a plain decimal (`40`, `-2.5`) — text such as `40000m` or `0010`
+/// that a quantity parser reads as a small number means something else to the program that
+/// reads it, and is text.
+fn numeric_at(segments: &[String], v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) if segments.iter().any(|seg| seg == "resources") => number(v),
+        Value::String(s) => {
+            let digits = s.strip_prefix('-').unwrap_or(s);
+            // An integer part without a leading zero (`0010` is octal to a shell), then an
+            // optional fraction.
+            let integer =
+                |i: &str| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && (i == "0" || !i.starts_with('0'));
+            let plain = digits
+                .split_once('.')
+                .map_or(integer(digits), |(i, f)| integer(i) && !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
+            plain.then(|| s.parse::<f64>().ok()).flatten()
+        }
+        _ => None,
+    }
+}
+
 /// Whether `v` satisfies `rule`.
 fn admits(rule: &ValueRule, v: &Value) -> bool {
     let text = match v {
@@ -91,9 +114,7 @@ fn admits(rule: &ValueRule, v: &Value) -> bool {
     match rule {
         ValueRule::OneOf(allowed) => allowed.contains(&text),
         ValueRule::Pattern(p) => regex::Regex::new(&format!("^(?:{p})$")).is_ok_and(|re| re.is_match(&text)),
-        ValueRule::Range { min, max } => {
-            number(v).is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m))
-        }
+        ValueRule::Range { .. } => false,
     }
 }
 
@@ -356,6 +377,8 @@ pub enum Refusal {
     Value { path: String, to: String, rule: String },
     #[error("{path}: {why}")]
     ImageVersion { path: String, why: String },
+    #[error("{path}: removing a value the playbook constrains; change it within its rule instead")]
+    Removed { path: String },
     #[error("total {resource} capacity (replicas × per-Pod requests) {from} → {to} is more than {factor}x")]
     Capacity { resource: &'static str, from: String, to: String, factor: f64 },
 }
@@ -371,16 +394,17 @@ impl Verdict {
         self.refusals.is_empty()
     }
 
-    /// The refusals that are not about how far a value moves (factor, ceiling, bounds, no
-    /// change): what no change may do in any direction. A rollback undoes an amount by design;
-    /// it must never do these.
+    /// The refusals a rollback must never meet: all but those about where an undo may land
+    /// (ceilings, capacity, image versions, a removed constrained value, no change). A genuine
+    /// undo moves a value back by no more than the factor the change itself passed, so the
+    /// factor holds for it too — a status edited to restore something else is refused.
     pub fn fixed(&self) -> Vec<&Refusal> {
         self.refusals
             .iter()
             .filter(|r| {
                 !matches!(
                     r,
-                    Refusal::Factor { .. }
+                    Refusal::Removed { .. }
                         | Refusal::Ceiling { .. }
                         | Refusal::Unbounded { .. }
                         | Refusal::NoChange
@@ -449,6 +473,11 @@ pub fn check(rules: &Rules, allowed: &Target<'_>, current: &Value, proposed: &Pr
             return Verdict { refusals };
         }
     };
+    // Field ownership is the server's record; a patch that rewrites it (a merge or JSON patch
+    // may) hands fields to another manager, whose next apply removes them.
+    if current.pointer("/metadata/managedFields") != after.pointer("/metadata/managedFields") {
+        refusals.push(Refusal::Forbidden { path: "metadata.managedFields".into(), why: "rewriting field ownership" });
+    }
     refusals.extend(effect(rules, p.kind, current, &after).refusals);
     Verdict { refusals }
 }
@@ -819,13 +848,13 @@ fn sensitive(segments: &[String]) -> Option<(usize, &'static str)> {
     })
 }
 
-/// Text that is not a number, inside a changed value (an object's own fields are changes of
-/// their own, and judged as such).
-fn free_text(v: &Value, top: bool) -> Option<String> {
+/// Text that is not a number ([`numeric_at`] the changed field), inside a changed value (an
+/// object's own fields are changes of their own, and judged as such).
+fn free_text(segments: &[String], v: &Value, top: bool) -> Option<String> {
     match v {
-        Value::String(s) if number(v).is_none() => Some(s.clone()),
-        Value::Array(items) => items.iter().find_map(|i| free_text(i, false)),
-        Value::Object(m) if !top => m.values().find_map(|x| free_text(x, false)),
+        Value::String(s) if numeric_at(segments, v).is_none() => Some(s.clone()),
+        Value::Array(items) => items.iter().find_map(|i| free_text(segments, i, false)),
+        Value::Object(m) if !top => m.values().find_map(|x| free_text(segments, x, false)),
         _ => None,
     }
 }
@@ -924,21 +953,33 @@ fn judge(rules: &Rules, change: &Change, refusals: &mut Vec<Refusal>) {
     // Text is judged by the playbook's constraint, or not allowed at all (an image is judged
     // as an image; a command only where the rules allow commands).
     let exempt = image || (command && rules.allow_command);
+    let within = |rule: &ValueRule, to: &Value| match rule {
+        ValueRule::Range { min, max } => {
+            numeric_at(&change.segments, to).is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m))
+        }
+        other => admits(other, to),
+    };
     match (rule, &change.to) {
-        (Some(rule), Some(to)) if !to.is_object() && !admits(rule, to) => {
+        (Some(rule), Some(to)) if !to.is_object() && !within(rule, to) => {
             refusals.push(Refusal::Value { path: path.to_owned(), to: shown(&change.to), rule: rule.to_string() });
             return;
         }
+        // A value the playbook constrains is changed, not removed (its program's default is
+        // no value the rule allowed).
+        (Some(_), None) if change.from.is_some() => {
+            refusals.push(Refusal::Removed { path: path.to_owned() });
+            return;
+        }
         (None, Some(to)) if !exempt => {
-            if let Some(text) = free_text(to, true) {
+            if let Some(text) = free_text(&change.segments, to, true) {
                 refusals.push(Refusal::FreeText { path: path.to_owned(), to: text.chars().take(80).collect() });
                 return;
             }
         }
         _ => {}
     }
-    let to = change.to.as_ref().and_then(number);
-    let from = change.from.as_ref().and_then(number);
+    let to = change.to.as_ref().and_then(|v| numeric_at(&change.segments, v));
+    let from = change.from.as_ref().and_then(|v| numeric_at(&change.segments, v));
     let ceiling = rules.ceilings.iter().filter(|(p, _)| p == path).map(|(_, c)| *c).reduce(f64::min);
     let Some(to_n) = to else {
         match (&change.to, from.or(ceiling)) {
@@ -1549,5 +1590,68 @@ mod tests {
         );
         assert!(r.values.contains(&("data.LEVEL".into(), ValueRule::OneOf(vec!["debug".into()]))), "{:?}", r.values);
         assert!(r.values.contains(&("data.AT".into(), ValueRule::Pattern(TIMESTAMP.into()))), "{:?}", r.values);
+    }
+
+    #[test]
+    fn number_looking_text_is_text_outside_resources() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "shop"},
+                        "data": {"POOL_SIZE": "10"}});
+        let target = Target { kind: "ConfigMap", namespace: "shop", name: "c" };
+        let ranged = Rules {
+            allowed_paths: vec!["data.POOL_SIZE".into()],
+            values: vec![("data.POOL_SIZE".into(), ValueRule::Range { min: Some(1.0), max: Some(50.0) })],
+            ..Rules::default()
+        };
+        let open = Rules { allowed_paths: vec!["data.POOL_SIZE".into()], ..Rules::default() };
+        let v = |rules: &Rules, to: &str| {
+            let patch = json!({"data": {"POOL_SIZE": to}});
+            check(
+                rules,
+                &target,
+                &cm,
+                &Proposed { target: target.clone(), patch_type: PatchType::Merge, patch: &patch },
+            )
+        };
+        for to in ["40000m", "4e1", "0010", "+20", "20.", ".5", "1Ki"] {
+            assert!(!v(&ranged, to).allowed(), "{to} passed the range");
+            assert!(has(&v(&open, to), |r| matches!(r, Refusal::FreeText { .. })), "{to}: {}", v(&open, to).summary());
+        }
+        assert!(v(&ranged, "40").allowed());
+        assert!(v(&open, "20").allowed());
+    }
+
+    #[test]
+    fn rewriting_field_ownership_is_refused() {
+        let patch = json!({"metadata": {"managedFields": [{"manager": "argocd-controller", "operation": "Apply"}]}, "spec": {"replicas": 3}});
+        let v = verdict_as(PatchType::Merge, patch);
+        assert!(
+            has(&v, |r| matches!(r, Refusal::Forbidden { path, .. } if path == "metadata.managedFields")),
+            "{}",
+            v.summary()
+        );
+    }
+
+    #[test]
+    fn a_constrained_value_is_changed_not_removed_and_rollbacks_keep_the_factor() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "shop"},
+                        "data": {"TLS_VERIFY": "true"}});
+        let target = Target { kind: "ConfigMap", namespace: "shop", name: "c" };
+        let rules = Rules {
+            allowed_paths: vec!["data.TLS_VERIFY".into()],
+            values: vec![("data.TLS_VERIFY".into(), ValueRule::OneOf(vec!["true".into(), "false".into()]))],
+            ..Rules::default()
+        };
+        let patch = json!({"data": {"TLS_VERIFY": null}});
+        let v = check(
+            &rules,
+            &target,
+            &cm,
+            &Proposed { target: target.clone(), patch_type: PatchType::Merge, patch: &patch },
+        );
+        assert!(has(&v, |r| matches!(r, Refusal::Removed { .. })), "{}", v.summary());
+        assert!(v.fixed().is_empty(), "undoing an added key may remove it: {}", v.summary());
+        // A restore far past the factor is no undo: a rollback must not do it.
+        let v = verdict(json!({"spec": {"replicas": 5000}}));
+        assert!(v.fixed().iter().any(|r| matches!(r, Refusal::Factor { .. })), "{}", v.summary());
     }
 }

@@ -239,6 +239,11 @@ async fn serve(
         .is_some_and(|a| a.split(',').any(|t| t.contains("as=Table") && t.contains("g=meta.k8s.io")));
     check_accept(headers)?;
     if target.subresource == "token" {
+        if verb != "create" {
+            return Err(ApiError::method_not_allowed(format!(
+                "{method} on serviceaccounts/token is not allowed: POST it"
+            )));
+        }
         let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::too_large())?;
         return token_request(state, &target, &bytes);
     }
