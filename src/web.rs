@@ -2,7 +2,7 @@
 //!
 //! Contract: [`serve`] serves a router on a listener with the bounds every listener needs —
 //! at most [`Limits::max_connections`] connections at once (the next waits in the kernel's
-//! backlog), request headers within [`Limits::header_timeout`] (a client trickling them is
+//! backlog) and [`Limits::per_peer`] from one address (past it a new one is closed), request headers within [`Limits::header_timeout`] (a client trickling them is
 //! cut off), each request's peer address in its extensions (`ConnectInfo`), and a graceful
 //! stop. Bodies are bounded in size and time by the routes that read them.
 //! [`refuse_oversized`] answers for a request whose declared body is over a limit:
@@ -23,13 +23,33 @@ use tokio_util::sync::CancellationToken;
 pub struct Limits {
     /// Connections open at once.
     pub max_connections: usize,
+    /// Connections open at once from one address (so one client cannot hold them all).
+    pub per_peer: usize,
     /// Most time from a request's first byte to the end of its headers.
     pub header_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_connections: 1024, header_timeout: Duration::from_secs(10) }
+        Self { max_connections: 1024, per_peer: 256, header_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// A connection counted against its address until it ends.
+struct PeerSlot {
+    peers: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -46,6 +66,7 @@ where
 {
     tokio::spawn(async move {
         let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+        let peers: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
         let connections = tokio_util::task::TaskTracker::new();
         loop {
             let permit = tokio::select! {
@@ -56,12 +77,29 @@ where
                 () = stop.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
+            // One address may hold only its share: past it, the new connection is closed.
+            let held = {
+                let mut map = peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let n = map.entry(peer.ip()).or_default();
+                if *n >= limits.per_peer {
+                    None
+                } else {
+                    *n += 1;
+                    Some(PeerSlot { peers: peers.clone(), ip: peer.ip() })
+                }
+            };
+            let Some(held) = held else {
+                tracing::debug!(%peer, "connection refused: this address holds its share of connections");
+                drop(io);
+                continue;
+            };
             let service = hyper_util::service::TowerToHyperService::new(
                 router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))),
             );
             let stop = stop.clone();
             connections.spawn(async move {
                 let _permit = permit;
+                let _held = held;
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
                 let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service).with_upgrades();
@@ -127,7 +165,7 @@ mod tests {
                 format!("hello {}", peer.ip())
             }),
         );
-        let limits = Limits { max_connections: 2, header_timeout: Duration::from_millis(500) };
+        let limits = Limits { max_connections: 2, per_peer: 2, header_timeout: Duration::from_millis(500) };
         let stop = CancellationToken::new();
         let server = serve(tcp, router, limits, stop.clone());
         // Two clients trickling their headers hold both connections.
@@ -150,5 +188,29 @@ mod tests {
         assert!(served.starts_with("HTTP/1.1 200") && served.contains("hello 127.0.0.1"), "{served}");
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_hold_every_connection() {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = tcp.local_addr().unwrap();
+        let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let limits = Limits { max_connections: 10, per_peer: 1, header_timeout: Duration::from_millis(500) };
+        let stop = CancellationToken::new();
+        let _server = serve(tcp, router, limits, stop.clone());
+        let mut holder = tokio::net::TcpStream::connect(address).await.unwrap();
+        holder.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        // The server accepts in order: the holder first.
+        let mut probe = tokio::net::TcpStream::connect(address).await.unwrap();
+        probe.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let answer = read_some(&mut probe, Duration::from_secs(10)).await.expect("closed, not left waiting");
+        assert!(answer.is_empty(), "a second connection from the same address is closed: {answer}");
+        // Once the holder is cut off at the header timeout, the address may connect again.
+        assert!(read_some(&mut holder, Duration::from_secs(10)).await.is_some());
+        let mut again = tokio::net::TcpStream::connect(address).await.unwrap();
+        again.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let served = read_some(&mut again, Duration::from_secs(10)).await.unwrap();
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+        stop.cancel();
     }
 }
