@@ -149,12 +149,6 @@ pub fn bound_to(
         Some(rest) => (true, rest.to_owned()),
         None => (false, bound.strip_prefix("https://").unwrap_or(&bound).to_owned()),
     };
-    if parsed.scheme() != "https" && !plain_http {
-        return Err(format!(
-            "Secret {secret} goes over https only; {url:?} is {}: annotate it {CREDENTIALS_HOST}=http://{bound} to allow plain http",
-            parsed.scheme()
-        ));
-    }
     let matches = match bound.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
             h.trim_start_matches('[').trim_end_matches(']') == host.trim_start_matches('[').trim_end_matches(']')
@@ -162,13 +156,18 @@ pub fn bound_to(
         }
         _ => bound.trim_start_matches('[').trim_end_matches(']') == host.trim_start_matches('[').trim_end_matches(']'),
     };
-    if matches {
-        Ok(())
-    } else {
-        Err(format!(
+    if !matches {
+        return Err(format!(
             "Secret {secret} is bound to {bound} ({CREDENTIALS_HOST}), not {host}: its value is not sent to another server"
-        ))
+        ));
     }
+    if parsed.scheme() != "https" && !plain_http {
+        return Err(format!(
+            "Secret {secret} goes over https only; {url:?} is {}: annotate it {CREDENTIALS_HOST}=http://{bound} to allow plain http",
+            parsed.scheme()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
