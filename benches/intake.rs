@@ -120,7 +120,14 @@ async fn main() {
     intake.ready().await;
     let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let reflex_url = format!("http://{}/alerts", l1.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(l1, router(intake)).await });
+    // As the operator serves it: within the listener bounds (web::serve); the floor is a bare
+    // axum::serve.
+    let _server = reflex::web::serve(
+        l1,
+        router(intake),
+        reflex::web::Limits::default(),
+        tokio_util::sync::CancellationToken::new(),
+    );
 
     let floor = axum::Router::new()
         .route(

@@ -110,11 +110,16 @@ async fn serve(server: ReflexMcp, ids: Arc<Identities>) -> String {
     let router = reflex::mcp::router(server, ids, vec![], tokio_util::sync::CancellationToken::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    // As the operator serves it (no Nagle delay).
+    // As the operator serves it: no Nagle delay, within the listener bounds (web::serve).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let _server = reflex::web::serve(
+        listener,
+        router,
+        reflex::web::Limits::default(),
+        tokio_util::sync::CancellationToken::new(),
+    );
     url
 }
 
