@@ -737,3 +737,48 @@ async fn strategic_merge_gives_the_documented_results_in_the_emulation_and_the_s
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A token minted by a TokenRequest is good while its ServiceAccount exists, as on
+/// kube-apiserver: once the ServiceAccount is deleted, a review says so and the API refuses it.
+#[tokio::test]
+async fn a_minted_token_dies_with_its_service_account() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenReview};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let (sb, admin) = sandbox().await;
+    let accounts = Api::<ServiceAccount>::namespaced(admin.clone(), "shop");
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "reader"}})).unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = accounts
+        .create_token_request("reader", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    let review = |token: String| {
+        let admin = admin.clone();
+        async move {
+            let r: TokenReview = serde_json::from_value(json!({"spec": {"token": token}})).unwrap();
+            Api::<TokenReview>::all(admin).create(&PostParams::default(), &r).await.unwrap().status.unwrap()
+        }
+    };
+    let alive = review(token.clone()).await;
+    assert_eq!(alive.authenticated, Some(true));
+    assert_eq!(alive.user.unwrap().username.as_deref(), Some("system:serviceaccount:shop:reader"));
+    // GET as the token: authenticated (RBAC grants it nothing, so 403, not 401).
+    let as_reader = sb.client(&token).await.unwrap();
+    let err =
+        api_err(Api::<ConfigMap>::namespaced(as_reader.clone(), "shop").list(&Default::default()).await.unwrap_err());
+    assert_eq!(err.code, 403);
+    accounts.delete("reader", &Default::default()).await.unwrap();
+    let dead = review(token.clone()).await;
+    assert_eq!(dead.authenticated, Some(false));
+    assert!(dead.error.unwrap().contains("no longer exists"));
+    let err = api_err(Api::<ConfigMap>::namespaced(as_reader, "shop").list(&Default::default()).await.unwrap_err());
+    assert_eq!(err.code, 401);
+}

@@ -653,6 +653,18 @@ fn walk(
                     walk_item(Some(old), None, &keys, path, &mut item, out);
                 }
             }
+            // Order is meaning too (init containers run in it; env entries expand `$(VAR)`s
+            // defined before them): the items both sides hold, in a different order, are a
+            // change of the list itself.
+            let kept_before: Vec<Value> =
+                b.iter().map(key_of).filter(|k| a.iter().any(|n| same_key(n, &keys, k))).collect();
+            let kept_after: Vec<Value> =
+                a.iter().map(key_of).filter(|k| b.iter().any(|o| same_key(o, &keys, k))).collect();
+            let reordered = kept_before.len() == kept_after.len()
+                && kept_before.iter().zip(&kept_after).any(|(x, y)| !same_key(x, &keys, y));
+            if reordered {
+                out.push(Change::at(shown, Some(&Value::Array(kept_before)), Some(&Value::Array(kept_after))));
+            }
         }
         _ => out.push(Change::at(shown, before, after)),
     }
@@ -1653,5 +1665,27 @@ mod tests {
         // A restore far past the factor is no undo: a rollback must not do it.
         let v = verdict(json!({"spec": {"replicas": 5000}}));
         assert!(v.fixed().iter().any(|r| matches!(r, Refusal::Factor { .. })), "{}", v.summary());
+    }
+
+    #[test]
+    fn reordering_a_keyed_list_is_a_change_of_its_own() {
+        let two = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "checkout", "namespace": "shop"},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "app", "image": "registry.local:5000/shop/checkout:1.4.0",
+                "resources": {"limits": {"memory": "256Mi"}},
+                "env": [{"name": "HOST", "value": "db"}, {"name": "URL", "value": "http://$(HOST)"}]}]}}}});
+        let mut rules = rules();
+        rules.allowed_paths = vec![format!("{C}.resources.limits.memory")];
+        // An allowed raise, with the env entries swapped (so $(HOST) no longer expands).
+        let patch = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/resources/limits/memory", "value": "512Mi"},
+                           {"op": "move", "from": "/spec/template/spec/containers/0/env/0", "path": "/spec/template/spec/containers/0/env/1"}]);
+        let v = check(&rules, &TARGET, &two, &Proposed { target: TARGET, patch_type: PatchType::Json, patch: &patch });
+        assert!(
+            has(&v, |r| matches!(r, Refusal::PathNotAllowed { path, .. } if path.ends_with("containers[*].env"))),
+            "{}",
+            v.summary()
+        );
+        let raise = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/resources/limits/memory", "value": "512Mi"}]);
+        let v = check(&rules, &TARGET, &two, &Proposed { target: TARGET, patch_type: PatchType::Json, patch: &raise });
+        assert!(v.allowed(), "the raise alone: {}", v.summary());
     }
 }

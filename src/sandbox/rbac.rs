@@ -128,6 +128,11 @@ impl Minted {
         (token, expires)
     }
 
+    /// The ServiceAccount a minted, unexpired token is for.
+    pub fn owner(&self, token: &str) -> Option<(String, String)> {
+        self.get(token).map(|m| (m.namespace, m.name))
+    }
+
     fn get(&self, token: &str) -> Option<MintedToken> {
         let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(token).filter(|m| m.expires > jiff::Timestamp::now()).cloned()

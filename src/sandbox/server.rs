@@ -145,6 +145,9 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let query: Query = axum::extract::Query::<Query>::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
     let caller = state.rbac.authenticate(bearer(headers)).map_err(|_| ApiError::unauthorized())?;
+    if bearer(headers).is_some_and(|t| !minted_owner_exists(state, t)) {
+        return Err(ApiError::unauthorized());
+    }
     let user = impersonated(state, &caller, headers)?;
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -299,6 +302,14 @@ fn check_accept(headers: &HeaderMap) -> Result<(), ApiError> {
             "only the following media types are accepted: application/json, application/yaml (asked for {accept})"
         )))
     }
+}
+
+/// A minted token is good only while its ServiceAccount exists (kube-apiserver checks the
+/// bound object on every use); any other token passes this check.
+fn minted_owner_exists(state: &State, token: &str) -> bool {
+    let Some((namespace, name)) = state.rbac.minted.owner(token) else { return true };
+    let registry = state.api.store.registry();
+    registry.find("", "v1", "serviceaccounts").is_some_and(|rt| state.api.get(&rt, &namespace, &name).is_ok())
 }
 
 /// `POST .../serviceaccounts/NAME/token`: a token for an existing ServiceAccount, for the
@@ -613,6 +624,9 @@ fn review(state: &State, user: &UserInfo, target: &Target, mut body: Value) -> R
                 .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
                 .unwrap_or_default();
             match state.rbac.review(&token, &audiences) {
+                Ok(_) if !minted_owner_exists(state, &token) => {
+                    json!({"authenticated": false, "error": "the token's ServiceAccount no longer exists"})
+                }
                 Ok((u, shared)) if !token.is_empty() => {
                     let mut user = json!({"username": u.username, "uid": u.uid, "groups": u.groups});
                     if !u.extra.is_empty() {
