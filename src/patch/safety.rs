@@ -104,8 +104,9 @@ fn numeric_at(segments: &[String], v: &Value) -> Option<f64> {
     }
 }
 
-/// Whether `v` satisfies `rule`.
-fn admits(rule: &ValueRule, v: &Value) -> bool {
+/// Whether `v`, the new value at the field `segments` names, satisfies `rule` (a range is
+/// judged on the number as that field holds it: [`numeric_at`]).
+fn admits(rule: &ValueRule, segments: &[String], v: &Value) -> bool {
     let text = match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -114,7 +115,9 @@ fn admits(rule: &ValueRule, v: &Value) -> bool {
     match rule {
         ValueRule::OneOf(allowed) => allowed.contains(&text),
         ValueRule::Pattern(p) => regex::Regex::new(&format!("^(?:{p})$")).is_ok_and(|re| re.is_match(&text)),
-        ValueRule::Range { .. } => false,
+        ValueRule::Range { min, max } => {
+            numeric_at(segments, v).is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m))
+        }
     }
 }
 
@@ -965,14 +968,8 @@ fn judge(rules: &Rules, change: &Change, refusals: &mut Vec<Refusal>) {
     // Text is judged by the playbook's constraint, or not allowed at all (an image is judged
     // as an image; a command only where the rules allow commands).
     let exempt = image || (command && rules.allow_command);
-    let within = |rule: &ValueRule, to: &Value| match rule {
-        ValueRule::Range { min, max } => {
-            numeric_at(&change.segments, to).is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m))
-        }
-        other => admits(other, to),
-    };
     match (rule, &change.to) {
-        (Some(rule), Some(to)) if !to.is_object() && !within(rule, to) => {
+        (Some(rule), Some(to)) if !to.is_object() && !admits(rule, &change.segments, to) => {
             refusals.push(Refusal::Value { path: path.to_owned(), to: shown(&change.to), rule: rule.to_string() });
             return;
         }

@@ -378,20 +378,7 @@ impl Table {
                 Err(Denied(forbidden_message(&caller.username, &a)))
             }
         };
-        let check = |resource: &str, namespace: &str, name: &str| -> Result<(), Denied> {
-            let a = Attributes {
-                verb: "impersonate".into(),
-                resource: resource.into(),
-                namespace: namespace.into(),
-                name: name.into(),
-                ..Attributes::default()
-            };
-            if self.authorize(caller, &a).allowed {
-                Ok(())
-            } else {
-                Err(Denied(forbidden_message(&caller.username, &a)))
-            }
-        };
+        let check = |resource: &str, namespace: &str, name: &str| check_in("", resource, "", namespace, name);
         let mut out =
             if let Some((ns, name)) = target.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
                 check("serviceaccounts", ns, name)?;
