@@ -199,7 +199,7 @@ pub fn stages(
     Stages {
         diagnose: Some(agent.clone()),
         propose: Some(agent),
-        test: Some(Arc::new(crate::ci::dryrun::DryRun { client: client.clone(), identity })),
+        test: Some(Arc::new(crate::ci::Ci::new(client.clone(), identity))),
         gate: Some(gate),
         deploy: Some(deploy.clone()),
         verify: Some(Arc::new(crate::verify::sampler::Sampler { client, metrics })),

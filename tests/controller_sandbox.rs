@@ -115,6 +115,9 @@ impl reflex::ports::Test for D {
                 messages: vec![],
                 reference: None,
                 target_revision: None,
+                diff: None,
+                log_tail: Vec::new(),
+                pull_request: None,
             })
         }
         .boxed()
@@ -147,6 +150,7 @@ impl reflex::ports::Deploy for D {
                 identity: None,
                 field_manager: None,
                 applied_at: None,
+                pull_request: None,
             })
         }
         .boxed()
@@ -228,7 +232,15 @@ impl reflex::ports::Rollback for D {
             return futures::future::pending().boxed();
         }
         self.0.count(&input, Step::Rollback);
-        async { Ok(RollbackRecord { reason: "test".into(), restored_revision: None, restored_at: now() }) }.boxed()
+        async {
+            Ok(RollbackRecord {
+                reason: "test".into(),
+                restored_revision: None,
+                restored_at: now(),
+                pull_request: None,
+            })
+        }
+        .boxed()
     }
 }
 

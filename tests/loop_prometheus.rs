@@ -172,7 +172,7 @@ async fn the_real_stages_verify_against_prometheus_succeed_roll_back_or_escalate
     let stages = Stages {
         diagnose: Some(Arc::new(Fixed)),
         propose: Some(Arc::new(Fixed)),
-        test: Some(Arc::new(reflex::ci::dryrun::DryRun { client: operator.clone(), identity })),
+        test: Some(Arc::new(reflex::ci::Ci::new(operator.clone(), identity))),
         gate: Some(gate),
         deploy: Some(deploy.clone()),
         verify: Some(Arc::new(reflex::verify::sampler::Sampler { client: operator, metrics })),

@@ -185,9 +185,9 @@ async fn operator(sb: &Sandbox) -> (kube::Client, reflex::deploy::identity::Depl
 }
 
 /// CI's dry-run as the operator assembles it.
-async fn dry_run(sb: &Sandbox) -> reflex::ci::dryrun::DryRun {
+async fn dry_run(sb: &Sandbox) -> reflex::ci::Ci {
     let (client, identity) = operator(sb).await;
-    reflex::ci::dryrun::DryRun { client, identity }
+    reflex::ci::Ci::new(client, identity)
 }
 
 /// The deploy stage as the operator assembles it: as the operator, asking the trust gate
@@ -809,4 +809,149 @@ async fn ci_judges_what_the_api_server_would_store_not_only_the_emulated_merge()
     assert_eq!(passed.verdict, CiVerdict::Passed, "{:?}", passed.messages);
     let d = Api::<Deployment>::namespaced(client.clone(), "default").get("checkout").await.unwrap();
     assert!(d.spec.template.spec.unwrap().containers[0].readiness_probe.is_none(), "a dry-run stores nothing");
+}
+
+/// The test Jobs' scenario: the container's command says how it ends.
+struct JobScript;
+
+impl reflex::sandbox::jobs::JobModel for JobScript {
+    fn run(&self, job: &serde_json::Value) -> reflex::sandbox::jobs::JobRun {
+        use reflex::sandbox::jobs::JobRun;
+        use std::time::Duration;
+        let command =
+            job.pointer("/spec/template/spec/containers/0/command/0").and_then(|c| c.as_str()).unwrap_or_default();
+        match command {
+            "pass" => JobRun::Succeed {
+                after: Duration::from_millis(200),
+                log: vec!["validated 1 manifest".into(), "PASS".into()],
+            },
+            "fail" => JobRun::Fail {
+                after: Duration::from_millis(200),
+                code: 3,
+                log: (1..=30).map(|i| format!("check {i}: \x1b[31mmemory limit below request\x1b[0m")).collect(),
+            },
+            _ => JobRun::Hang { log: vec!["waiting forever".into()] },
+        }
+    }
+}
+
+/// A policy whose CI runs a test Job with `command`.
+fn job_policy(command: &str, timeout: &str) -> Arc<reflex::api::validate::ValidPolicy> {
+    let mut spec = auto_policy_spec();
+    spec.ci.job = Some(
+        serde_json::from_value(
+            json!({"image": "registry.example/check:1", "command": [command, "/reflex/manifest.yaml"],
+        "env": [{"name": "STRICT", "value": "1"}], "timeout": timeout}),
+        )
+        .unwrap(),
+    );
+    Arc::new(reflex::api::validate::ValidPolicy::from_spec(&spec).unwrap())
+}
+
+/// The test Job backend on the sandbox's Job model: a passing Job passes with its log in
+/// status, a failing one fails with its exit code and the last 20 lines, a hung one fails at its
+/// timeout; the ConfigMap holds the patched manifest while it runs; the Job and the ConfigMap
+/// are gone afterwards, and nothing was deployed. The dry-run's diff is in status each time.
+#[tokio::test]
+async fn a_test_job_passes_fails_or_times_out_and_is_cleaned_up() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    reflex::install_crypto_provider();
+    let config = Config {
+        rbac: reflex::sandbox::rbac::Table::from_yaml(common::STAGES_RBAC).unwrap(),
+        job_model: Some(Arc::new(JobScript)),
+        ..Config::default()
+    };
+    let sb = Sandbox::start(config).await.unwrap();
+    sb.install_crds().unwrap();
+    let client = sb.client(ADMIN_TOKEN).await.unwrap();
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout", "namespace": "default"}, "spec": {"replicas": 1,
+        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1", "resources": {"limits": {"memory": "128Mi"}}}]}}}}))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), "default").create(&PostParams::default(), &d).await.unwrap();
+    auto_policy_and_playbook(&client).await;
+    let ci = dry_run(&sb).await;
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]}}}});
+    // The Remediation exists (the Jobs it owns would be garbage-collected otherwise).
+    let mut stored = remediation_with_patch(patch.clone());
+    stored.metadata.uid = None;
+    stored.status = None;
+    let stored = Api::<Remediation>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &stored)
+        .await
+        .unwrap();
+    let uid = stored.metadata.uid.clone().unwrap();
+    // Each run is its own attempt, as the controller numbers them: its own Job.
+    let with = |command: &str, timeout: &str, attempt: u32| {
+        let mut rem = remediation_with_patch(patch.clone());
+        rem.metadata.uid = Some(uid.clone());
+        let mut i = input(rem);
+        i.key.uid = uid.clone();
+        i.policy = Some(job_policy(command, timeout));
+        i.key.attempt = attempt;
+        i
+    };
+    let jobs = Api::<Job>::namespaced(client.clone(), "default");
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
+    let gone = |name: String| {
+        let (jobs, maps) = (jobs.clone(), maps.clone());
+        async move {
+            assert!(maps.get_opt(&name).await.unwrap().is_none(), "ConfigMap {name} was left behind");
+            // Deleted in the background: gone, or going.
+            let job = jobs.get_opt(&name).await.unwrap();
+            assert!(job.is_none_or(|j| j.metadata.deletion_timestamp.is_some()), "Job {name} was left behind");
+        }
+    };
+
+    let passed = ci.test(with("pass", "1m", 1)).await.unwrap();
+    assert_eq!(passed.verdict, CiVerdict::Passed, "{:?}", passed.messages);
+    assert_eq!(passed.backend, reflex::api::remediation::CiBackend::Job);
+    assert_eq!(passed.log_tail, vec!["validated 1 manifest", "PASS"]);
+    let diff = passed.diff.clone().unwrap();
+    assert!(diff.contains("-") && diff.contains("memory: 128Mi") && diff.contains("memory: 256Mi"), "{diff}");
+    assert!(passed.messages.iter().any(|m| m.contains("server-side dry-run accepted")), "{:?}", passed.messages);
+    assert!(passed.messages.iter().any(|m| m.contains("passed, exit code 0")), "{:?}", passed.messages);
+    gone(passed.reference.clone().unwrap()).await;
+
+    let failed = ci.test(with("fail", "1m", 2)).await.unwrap();
+    assert_eq!(failed.verdict, CiVerdict::Failed);
+    assert!(
+        failed.messages.iter().any(|m| m.contains("BackoffLimitExceeded") && m.contains("exit code 3")),
+        "{:?}",
+        failed.messages
+    );
+    assert_eq!(failed.log_tail.len(), 20);
+    assert_eq!(failed.log_tail[19], "check 30:  [31mmemory limit below request [0m", "escape characters become spaces");
+    gone(failed.reference.clone().unwrap()).await;
+
+    // While the hung Job runs, its ConfigMap holds the patched manifest.
+    let running = tokio::spawn({
+        let ci = ci.clone();
+        let input = with("hang", "2s", 3);
+        async move { ci.test(input).await }
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let manifest = loop {
+        let list = maps.list(&Default::default()).await.unwrap();
+        if let Some(m) = list.items.iter().find(|m| m.metadata.name.as_deref().is_some_and(|n| n.starts_with("r-ci-")))
+        {
+            break m.data.clone().unwrap()["manifest.yaml"].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the test Job's ConfigMap never appeared");
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        manifest.contains("memory: 256Mi")
+            && manifest.contains("name: checkout")
+            && !manifest.contains("managedFields"),
+        "{manifest}"
+    );
+    let hung = running.await.unwrap().unwrap();
+    assert_eq!(hung.verdict, CiVerdict::Failed);
+    assert!(hung.messages.iter().any(|m| m.contains("longer than its timeout (2s)")), "{:?}", hung.messages);
+    assert_eq!(hung.log_tail, vec!["waiting forever"]);
+    gone(hung.reference.clone().unwrap()).await;
+
+    let d = Api::<Deployment>::namespaced(client, "default").get("checkout").await.unwrap();
+    assert_eq!(d.metadata.generation, Some(1), "CI deployed nothing");
 }

@@ -474,6 +474,57 @@ pub struct CiResult {
     /// kinds without a spec): deploy refuses when the target has changed since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_revision: Option<String>,
+    /// What the change does to the live object, as the server-side dry-run answered: a
+    /// unified diff of the two manifests (server-set fields left out), cut at 8 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub diff: Option<String>,
+    /// The last lines the test Job printed (control characters removed, each cut at 240
+    /// characters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub log_tail: Vec<String>,
+    /// The GitOps pull request that carries the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestRecord>,
+}
+
+/// A pull request (GitHub) or merge request (GitLab) Reflex opened.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PullRequestRecord {
+    /// Its number (GitHub) or project-level iid (GitLab).
+    pub number: u64,
+    /// Its web page.
+    pub url: String,
+    /// The branch it merges (`reflex/<remediation>`).
+    pub branch: String,
+    /// The commit Reflex pushed.
+    pub commit: String,
+    /// The base branch's commit the change was made on.
+    pub base_commit: String,
+    /// The file the change edits, relative to the repository root.
+    pub file: String,
+    /// Each check's final state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub checks: Vec<CheckRecord>,
+    /// The merge commit, once merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_commit: Option<String>,
+}
+
+/// One check of a pull request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckRecord {
+    /// Its name (status context or check-run name).
+    pub name: String,
+    /// `success`, `failure`, `pending`, … as the forge reported it.
+    pub state: String,
+    /// Where its details are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// What the gate decided.
@@ -541,6 +592,9 @@ pub struct DeployRecord {
     /// When the change was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<Time>,
+    /// A GitOps change: the merged pull request (with its merge commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestRecord>,
 }
 
 /// Verification verdicts.
@@ -716,6 +770,9 @@ pub struct RollbackRecord {
     pub restored_revision: Option<String>,
     /// When the previous state was restored.
     pub restored_at: Time,
+    /// A GitOps change: the merged pull request that reverted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestRecord>,
 }
 
 /// Everything the controller recorded about the run.

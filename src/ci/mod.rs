@@ -1,8 +1,87 @@
-//! CI for proposals — the test step: the patch-safety check, a server-side dry-run, and
-//! optionally a test Job or a GitOps pull request.
+//! CI for proposals — the test step: the patch-safety check and a server-side dry-run always,
+//! then the policy's backend, if any: a test Job, or a GitOps pull request and its checks.
 //!
-//! Contract: implements the port `Test` ([`dryrun::DryRun`]). It never changes the target;
-//! its result names the digest of the proposal it tested, so a later edit invalidates it. It
-//! dry-runs exactly the request deploy will send (`deploy::request`).
+//! Contract: implements the port `Test` ([`Ci`]). It never changes the target; its result
+//! names the digest of the proposal it tested, so a later edit invalidates it. It dry-runs
+//! exactly the request deploy will send (`deploy::request`); a backend runs only on a patch
+//! the dry-run passed, and its result is added to the dry-run's (messages, diff) rather than
+//! replacing it.
 
 pub mod dryrun;
+pub mod job;
+pub mod manifest;
+
+use futures::FutureExt;
+
+use crate::api::remediation::{CiBackend, CiResult, CiVerdict};
+use crate::api::validate::ValidCi;
+use crate::deploy::identity::DeployerIdentity;
+use crate::ports::{StageFuture, StageInput, StageResult, Test};
+
+/// The CI stage.
+#[derive(Clone)]
+pub struct Ci {
+    /// Reads, as the operator.
+    pub client: kube::Client,
+    /// The dry-run and the test Job act as the deployer that would apply the change, so the
+    /// API server answers for the deployer's permissions too.
+    pub identity: DeployerIdentity,
+}
+
+impl Ci {
+    /// The CI stage reading as `client` and acting as `identity`'s deployers.
+    pub fn new(client: kube::Client, identity: DeployerIdentity) -> Self {
+        Self { client, identity }
+    }
+}
+
+impl Test for Ci {
+    fn test(&self, input: StageInput) -> StageFuture<CiResult> {
+        let ci = self.clone();
+        async move { ci.run(input).await }.boxed()
+    }
+}
+
+impl Ci {
+    async fn run(&self, input: StageInput) -> StageResult<CiResult> {
+        let outcome = dryrun::dry_run(&self.client, &self.identity, &input).await?;
+        let mut result = outcome.result;
+        let Some(stored) = outcome.stored else { return Ok(result) };
+        if result.verdict != CiVerdict::Passed {
+            return Ok(result);
+        }
+        let Some(policy) = input.policy.clone() else { return Ok(result) };
+        match &policy.ci {
+            ValidCi::DryRunOnly => Ok(result),
+            ValidCi::Job(spec, timeout) => {
+                let rem = &input.remediation;
+                let (deployer, _) = self.identity.acting(&self.client, rem, Some(&policy)).await?;
+                let patched = manifest::yaml(&manifest::clean(&stored));
+                let live = manifest::yaml(&manifest::clean(&outcome.live));
+                let digest = result.proposal_digest.clone();
+                let ran = job::run(&deployer, &self.client, &input, spec, *timeout, &patched, &live, &digest).await?;
+                result.backend = CiBackend::Job;
+                result.reference = Some(ran.name.clone());
+                result.log_tail = ran.log_tail;
+                let exit = ran.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default();
+                match ran.state {
+                    job::JobState::Passed => result.messages.push(format!("test Job {} passed{exit}", ran.name)),
+                    job::JobState::Failed(why) => {
+                        result.verdict = CiVerdict::Failed;
+                        result.messages.push(format!("{why}{exit} (Job {})", ran.name));
+                    }
+                    // `run` returns only a finished Job; anything else is no pass.
+                    job::JobState::Running => {
+                        result.verdict = CiVerdict::Failed;
+                        result.messages.push(format!("test Job {} ended without a verdict", ran.name));
+                    }
+                }
+                Ok(result)
+            }
+            ValidCi::Gitops(_) => Err(crate::ports::StageError::new(
+                crate::api::ErrorCategory::InvalidSpec,
+                "the policy asks for a GitOps pull request, which this build does not open yet",
+            )),
+        }
+    }
+}

@@ -32,6 +32,9 @@ fn ci(verdict: CiVerdict, digest: &str) -> CiResult {
         messages: vec!["dry-run: field is immutable".into()],
         reference: None,
         target_revision: None,
+        diff: None,
+        log_tail: Vec::new(),
+        pull_request: None,
     }
 }
 
@@ -44,6 +47,7 @@ fn snapshot() -> DeployRecord {
         identity: None,
         field_manager: None,
         applied_at: None,
+        pull_request: None,
     }
 }
 
@@ -715,7 +719,8 @@ fn a_completed_effect_is_never_repeated() {
     let d = run(Phase::Diagnosing, |s| s.push_step(record(Step::Diagnose, 1, StepState::Succeeded, None, 5)));
     assert!(check(&d, &Expect::To(Phase::Escalated, r::REPEATED_FAILURE)), "{d:?}");
     let d = run(Phase::RollingBack, |s| {
-        s.rollback = Some(RollbackRecord { reason: "x".into(), restored_revision: None, restored_at: at(5) })
+        s.rollback =
+            Some(RollbackRecord { reason: "x".into(), restored_revision: None, restored_at: at(5), pull_request: None })
     });
     assert!(check(&d, &Expect::To(Phase::RolledBack, r::ROLLED_BACK)));
     let d = run(Phase::RollingBack, |s| s.deploy = None);

@@ -155,6 +155,7 @@ fn only_an_applied_change_that_ended_has_an_outcome_for_trust() {
         identity: None,
         field_manager: None,
         applied_at: Some(Time(now(5))),
+        pull_request: None,
     });
     let verified = change_outcome(&rem, &status).unwrap();
     assert_eq!((verified.failure, verified.uid.as_str()), (None, "0b7c2b9e-6f1a-4a59-9b3e-3f2d7c1a8e45"));

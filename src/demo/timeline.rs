@@ -215,6 +215,9 @@ mod tests {
             messages: vec!["ok".into()],
             reference: None,
             target_revision: None,
+            diff: None,
+            log_tail: Vec::new(),
+            pull_request: None,
         };
         let b = RemediationStatus { ci: Some(ci), ..Default::default() };
         let lines = changes(&a, &b, &json!({}), Duration::from_millis(1500));

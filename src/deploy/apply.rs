@@ -210,6 +210,7 @@ impl Deploy for ServerSideApply {
                 identity: None,
                 field_manager: None,
                 applied_at: None,
+                pull_request: None,
             })
         }
         .boxed()
@@ -358,6 +359,7 @@ impl Rollback for ServerSideApply {
                     reason: "nothing to undo: the change was never written to the target".to_owned(),
                     restored_revision: revision_of(&object.metadata),
                     restored_at: Time(jiff::Timestamp::now()),
+                    pull_request: None,
                 });
             }
             if proposal.patch_type == PatchType::Json {
@@ -424,6 +426,7 @@ impl Rollback for ServerSideApply {
                 reason,
                 restored_revision: revision_of(&obj.metadata),
                 restored_at: Time(jiff::Timestamp::now()),
+                pull_request: None,
             })
         }
         .boxed()

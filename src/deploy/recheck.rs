@@ -228,6 +228,9 @@ mod tests {
             messages: vec![],
             reference: None,
             target_revision: revision.map(str::to_owned),
+            diff: None,
+            log_tail: Vec::new(),
+            pull_request: None,
         }
     }
 

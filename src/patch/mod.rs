@@ -86,6 +86,9 @@ mod tests {
             messages: vec![],
             reference: None,
             target_revision: None,
+            diff: None,
+            log_tail: Vec::new(),
+            pull_request: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod admission;
 pub mod api;
 mod defaults;
 mod deletion;
+pub mod jobs;
 pub mod logs;
 pub mod meta;
 pub mod rbac;
@@ -65,6 +66,8 @@ pub struct Config {
     pub pod_ready_after: Duration,
     /// Scenario behaviour of Pods (the demo's OOM kills); default: all become ready.
     pub pod_model: Option<Arc<dyn workload::PodModel>>,
+    /// How Jobs' Pods end (success, failure, hang); default: each exits 0.
+    pub job_model: Option<Arc<dyn jobs::JobModel>>,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(1),
             pod_ready_after: Duration::ZERO,
             pod_model: None,
+            job_model: None,
         }
     }
 }
@@ -125,7 +129,8 @@ impl Sandbox {
         let shutdown = stop.clone();
         // Bounded like every listener: connections at once, time for request headers.
         crate::web::serve(listener, app, crate::web::Limits::default(), shutdown);
-        let kubelet = workload::Kubelet { ready_after: config.pod_ready_after, model: config.pod_model };
+        let kubelet =
+            workload::Kubelet { ready_after: config.pod_ready_after, model: config.pod_model, jobs: config.job_model };
         tokio::spawn(workload::run(api.clone(), kubelet, stop.clone()));
         tracing::info!(%addr, "sandbox Kubernetes API listening (in-memory stand-in for kube-apiserver)");
         Ok(Self { addr, ca_pem, api, stop })

@@ -8,7 +8,8 @@
 //! after `ready_after`; Deployment and ReplicaSet status converge (observedGeneration,
 //! replicas, updatedReplicas, readyReplicas, availableReplicas, conditions); and
 //! PodDisruptionBudgets report the Pods they select and the disruptions allowed (the
-//! disruption controller). Writes go through
+//! disruption controller); Jobs run one Pod each, which ends as the scenario says
+//! ([`super::jobs`]). Writes go through
 //! the same API path as clients', under the field manager `kube-controller-manager`, and only
 //! when something changed, so the loop settles.
 
@@ -44,15 +45,17 @@ pub struct Kubelet {
     pub ready_after: Duration,
     /// Scenario behaviour, if any.
     pub model: Option<Arc<dyn PodModel>>,
+    /// How Jobs' Pods end (default: each exits 0 after `ready_after`, printing nothing).
+    pub jobs: Option<Arc<dyn super::jobs::JobModel>>,
 }
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH: &str = "pod-template-hash";
 
-fn ctx(api: &Api, plural: &str, group: &str, ns: &str) -> Option<WriteCtx> {
+pub(super) fn ctx(api: &Api, plural: &str, group: &str, ns: &str) -> Option<WriteCtx> {
     ctx_at(api, group, "v1", plural, ns)
 }
 
-fn ctx_at(api: &Api, group: &str, version: &str, plural: &str, ns: &str) -> Option<WriteCtx> {
+pub(super) fn ctx_at(api: &Api, group: &str, version: &str, plural: &str, ns: &str) -> Option<WriteCtx> {
     let rt = api.store.registry().find(group, version, plural)?;
     Some(WriteCtx {
         rt,
@@ -64,7 +67,7 @@ fn ctx_at(api: &Api, group: &str, version: &str, plural: &str, ns: &str) -> Opti
     })
 }
 
-fn list(api: &Api, group: &str, plural: &str, ns: &str) -> Vec<Value> {
+pub(super) fn list(api: &Api, group: &str, plural: &str, ns: &str) -> Vec<Value> {
     let Some(rt) = api.store.registry().find(group, "v1", plural) else { return Vec::new() };
     api.list(&rt, Some(ns), &ListOptions::default())
         .ok()
@@ -72,11 +75,11 @@ fn list(api: &Api, group: &str, plural: &str, ns: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn uid(o: &Value) -> &str {
+pub(super) fn uid(o: &Value) -> &str {
     o.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
 }
 
-fn owned_by<'a>(items: &'a [Value], owner: &str) -> Vec<&'a Value> {
+pub(super) fn owned_by<'a>(items: &'a [Value], owner: &str) -> Vec<&'a Value> {
     items
         .iter()
         .filter(|o| {
@@ -88,7 +91,7 @@ fn owned_by<'a>(items: &'a [Value], owner: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-fn owner_ref(api_version: &str, kind: &str, owner: &Value) -> Value {
+pub(super) fn owner_ref(api_version: &str, kind: &str, owner: &Value) -> Value {
     json!([{"apiVersion": api_version, "kind": kind, "name": name_of(owner), "uid": uid(owner), "controller": true, "blockOwnerDeletion": true}])
 }
 
@@ -99,7 +102,7 @@ pub fn template_hash(template: &Value) -> String {
 }
 
 /// The object at `v`, or an empty one when absent or not an object.
-fn object(v: Option<&Value>) -> serde_json::Map<String, Value> {
+pub(super) fn object(v: Option<&Value>) -> serde_json::Map<String, Value> {
     v.and_then(Value::as_object).cloned().unwrap_or_default()
 }
 
@@ -110,7 +113,7 @@ fn revision(o: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-fn int(o: &Value, p: &str) -> i64 {
+pub(super) fn int(o: &Value, p: &str) -> i64 {
     o.pointer(p).and_then(Value::as_i64).unwrap_or(0)
 }
 
@@ -121,7 +124,7 @@ fn is_ready(pod: &Value) -> bool {
 }
 
 /// Write `new` as a status update if its status differs from `old`'s.
-fn put_status(api: &Api, w: &WriteCtx, old: &Value, status: Value) -> Result<(), ApiError> {
+pub(super) fn put_status(api: &Api, w: &WriteCtx, old: &Value, status: Value) -> Result<(), ApiError> {
     if old.get("status") == Some(&status) {
         return Ok(());
     }
@@ -232,11 +235,12 @@ pub fn reconcile_namespace(api: &Api, ns: &str, kubelet: &Kubelet) -> Result<Opt
             }
         }
     }
+    // The Job controller, and the kubelet for Jobs' Pods.
+    let mut wake: Option<Duration> = super::jobs::reconcile(api, ns, kubelet)?;
     // The kubelet: Pods start and become ready.
-    let mut wake: Option<Duration> = None;
     let now_ts = jiff::Timestamp::now();
     for pod in list(api, "", "pods", ns) {
-        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        if pod.pointer("/metadata/deletionTimestamp").is_some() || super::jobs::runs_a_job(&pod) {
             continue;
         }
         if let Some((status, next)) = kubelet.model.as_ref().and_then(|m| m.status(&pod, now_ts)) {
@@ -510,6 +514,7 @@ const WATCHED: &[&str] = &[
     "deployments.apps",
     "replicasets.apps",
     "pods",
+    "jobs.batch",
     "poddisruptionbudgets.policy",
     "horizontalpodautoscalers.autoscaling",
 ];

@@ -79,4 +79,6 @@ grants:
     namespaces: [default]
     rules:
       - {apiGroups: ["apps"], resources: ["deployments"], verbs: ["get", "patch"]}
+      - {apiGroups: ["batch"], resources: ["jobs"], verbs: ["create", "get", "delete"]}
+      - {apiGroups: [""], resources: ["configmaps"], verbs: ["create", "get", "delete"]}
 "#;
