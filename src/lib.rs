@@ -15,6 +15,7 @@ pub mod demo;
 pub mod deploy;
 pub mod egress;
 pub mod gate;
+pub mod gitops;
 pub mod intake;
 pub mod mcp;
 pub mod metrics;

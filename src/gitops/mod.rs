@@ -1,0 +1,2 @@
+//! GitOps: the change as a commit in the repository the cluster is synced from.
+pub mod manifest;
