@@ -68,6 +68,16 @@ enum Command {
         /// link-local and cloud metadata addresses, refused by default.
         #[arg(long, env = "REFLEX_ALLOW_LINK_LOCAL_EGRESS")]
         allow_link_local_egress: bool,
+        /// Where GitOps working copies are cloned (each removed after its step).
+        #[arg(long, env = "REFLEX_GITOPS_WORK_DIR")]
+        gitops_work_dir: Option<std::path::PathBuf>,
+        /// Seconds between questions to a forge about checks, reviews and merges.
+        #[arg(long, env = "REFLEX_GITOPS_POLL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        gitops_poll_seconds: u64,
+        /// Let GitOps policies name file:// repositories on the operator's own filesystem
+        /// (tests and demos only).
+        #[arg(long, env = "REFLEX_ALLOW_LOCAL_REPOSITORIES")]
+        allow_local_repositories: bool,
         /// YAML price table for the LLM agent's cost accounting and budgets: model name →
         /// {inputPerMillion, outputPerMillion} in US dollars per million tokens.
         #[arg(long, env = "REFLEX_LLM_PRICES")]
@@ -354,6 +364,9 @@ async fn main() -> anyhow::Result<()> {
             mcp_allowed_hosts,
             mcp_audiences,
             allow_link_local_egress,
+            gitops_work_dir,
+            gitops_poll_seconds,
+            allow_local_repositories,
             llm_prices,
             deployer_staging,
             deployer_production,
@@ -433,6 +446,11 @@ async fn main() -> anyhow::Result<()> {
                         .transpose()
                         .map_err(|e| anyhow::anyhow!("--alertmanager-url: {e}"))?
                         .map(std::sync::Arc::new),
+                    gitops: reflex::gitops::flow::Settings {
+                        work_dir: gitops_work_dir.unwrap_or_else(std::env::temp_dir),
+                        allow_local: allow_local_repositories,
+                        poll: std::time::Duration::from_secs(gitops_poll_seconds),
+                    },
                 },
                 &stop,
             );

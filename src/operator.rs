@@ -64,6 +64,8 @@ pub struct Config {
     pub max_concurrent_deploys: Option<u32>,
     /// Alertmanager, for silences while a fix is in flight.
     pub alertmanager: Option<Arc<crate::silence::Alertmanager>>,
+    /// How GitOps changes are made (working copies, local repositories, forge polling).
+    pub gitops: crate::gitops::flow::Settings,
 }
 
 /// An assembled operator.
@@ -98,6 +100,7 @@ impl Operator {
             deployers,
             max_concurrent_deploys,
             alertmanager,
+            gitops,
         } = config;
         let identity = DeployerIdentity { deployers, impersonator: Arc::new(Impersonator::new(kube_config.clone())) };
         // The playbook executor reads through Reflex's own MCP server, as the operator.
@@ -130,7 +133,7 @@ impl Operator {
             intake.register_metrics(|r| n.register(r));
         }
         let router = webhook::router(intake.clone()).merge(mcp);
-        let stages = stages(client.clone(), metrics, tools, prices, identity, guards.kill_switch.clone());
+        let stages = stages(client.clone(), metrics, tools, prices, identity, guards.kill_switch.clone(), gitops);
         Self { stages, client, intake, router, guards }
     }
 
@@ -164,8 +167,8 @@ impl Operator {
 }
 
 /// The stages this build ships: the agent (the playbook executor, reading through `tools`,
-/// and the LLM agent), CI by server-side dry-run, the trust gate, server-side apply deploy
-/// and rollback (CI, deploy and rollback acting as the deployer `identity`; deploy reading
+/// and the LLM agent), CI (server-side dry-run, then a test Job or a GitOps pull request), the
+/// trust gate, deploy and rollback (server-side apply, or the pull request's merge and revert) (CI, deploy and rollback acting as the deployer `identity`; deploy reading
 /// the operator's `kill_switch` again before it writes), and the
 /// verification sampler reading `metrics`.
 pub fn stages(
@@ -175,6 +178,7 @@ pub fn stages(
     prices: BTreeMap<String, Price>,
     identity: DeployerIdentity,
     kill_switch: Option<(String, String)>,
+    gitops: crate::gitops::flow::Settings,
 ) -> Stages {
     let loopback = match &tools {
         ToolSource::Mcp(l) => Some(l.clone()),
@@ -190,16 +194,20 @@ pub fn stages(
     });
     let gate = Arc::new(crate::gate::trust::TrustGate { client: client.clone() });
     // Deploy asks the same gate again just before it writes.
-    let deploy = Arc::new(crate::deploy::apply::ServerSideApply {
-        client: client.clone(),
-        gate: gate.clone(),
-        identity: identity.clone(),
-        kill_switch,
+    // A GitOps policy's change is merged, not applied: the deploy backends choose per policy.
+    let deploy = Arc::new(crate::deploy::gitops::Backends {
+        direct: crate::deploy::apply::ServerSideApply {
+            client: client.clone(),
+            gate: gate.clone(),
+            identity: identity.clone(),
+            kill_switch,
+        },
+        gitops: Arc::new(gitops.clone()),
     });
     Stages {
         diagnose: Some(agent.clone()),
         propose: Some(agent),
-        test: Some(Arc::new(crate::ci::Ci::new(client.clone(), identity))),
+        test: Some(Arc::new(crate::ci::Ci::new(client.clone(), identity).with_gitops(gitops))),
         gate: Some(gate),
         deploy: Some(deploy.clone()),
         verify: Some(Arc::new(crate::verify::sampler::Sampler { client, metrics })),

@@ -116,6 +116,14 @@ pub trait Propose: Send + Sync {
 pub trait Test: Send + Sync {
     /// Tests the proposal recorded in `input.remediation`'s status.
     fn test(&self, input: StageInput) -> StageFuture<CiResult>;
+
+    /// Releases what testing left outside the cluster once the Remediation has ended (or is
+    /// deleted) without deploying it — a GitOps pull request and its branch, found by the
+    /// Remediation itself, not by status. Default: nothing to release.
+    fn release(&self, input: StageInput) -> StageFuture<()> {
+        let _ = input;
+        Box::pin(futures::future::ready(Ok(())))
+    }
 }
 
 /// Decides whether a tested change may deploy now, needs a human, or must not happen

@@ -132,6 +132,7 @@ async fn world() -> World {
             deployers: Default::default(),
             max_concurrent_deploys: None,
             alertmanager: None,
+            gitops: Default::default(),
         },
         &stop,
     );

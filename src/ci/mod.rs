@@ -11,11 +11,14 @@ pub mod dryrun;
 pub mod job;
 pub mod manifest;
 
+use std::sync::Arc;
+
 use futures::FutureExt;
 
 use crate::api::remediation::{CiBackend, CiResult, CiVerdict};
 use crate::api::validate::ValidCi;
 use crate::deploy::identity::DeployerIdentity;
+use crate::gitops::flow::{Session, Settings};
 use crate::ports::{StageFuture, StageInput, StageResult, Test};
 
 /// The CI stage.
@@ -26,12 +29,21 @@ pub struct Ci {
     /// The dry-run and the test Job act as the deployer that would apply the change, so the
     /// API server answers for the deployer's permissions too.
     pub identity: DeployerIdentity,
+    /// How GitOps pull requests are made.
+    pub gitops: Arc<Settings>,
 }
 
 impl Ci {
     /// The CI stage reading as `client` and acting as `identity`'s deployers.
     pub fn new(client: kube::Client, identity: DeployerIdentity) -> Self {
-        Self { client, identity }
+        Self { client, identity, gitops: Arc::default() }
+    }
+
+    /// With these GitOps settings.
+    #[must_use]
+    pub fn with_gitops(mut self, settings: Settings) -> Self {
+        self.gitops = Arc::new(settings);
+        self
     }
 }
 
@@ -39,6 +51,18 @@ impl Test for Ci {
     fn test(&self, input: StageInput) -> StageFuture<CiResult> {
         let ci = self.clone();
         async move { ci.run(input).await }.boxed()
+    }
+
+    fn release(&self, input: StageInput) -> StageFuture<()> {
+        let ci = self.clone();
+        async move {
+            let Some(ValidCi::Gitops(gitops)) = input.policy.as_deref().map(|p| &p.ci) else { return Ok(()) };
+            let rem = &input.remediation;
+            let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+            let session = Session::new(&ci.client, &namespace, gitops, &ci.gitops, input.cancel.clone()).await?;
+            session.release(rem).await
+        }
+        .boxed()
     }
 }
 
@@ -78,10 +102,47 @@ impl Ci {
                 }
                 Ok(result)
             }
-            ValidCi::Gitops(_) => Err(crate::ports::StageError::new(
-                crate::api::ErrorCategory::InvalidSpec,
-                "the policy asks for a GitOps pull request, which this build does not open yet",
-            )),
+            ValidCi::Gitops(gitops) => {
+                let rem = &input.remediation;
+                let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+                let session =
+                    Session::new(&self.client, &namespace, gitops, &self.gitops, input.cancel.clone()).await?;
+                let rationale = rem
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.proposal.as_ref())
+                    .map(|p| p.rationale.clone())
+                    .unwrap_or_default();
+                let digest = result.proposal_digest.clone();
+                let opened = session.propose(rem, &digest, &rationale, &outcome.live, &stored).await?;
+                result.backend = CiBackend::Gitops;
+                result.reference = Some(opened.record.url.clone());
+                let checks: Vec<String> =
+                    opened.record.checks.iter().map(|c| format!("{} {}", c.name, c.state)).collect();
+                match opened.verdict {
+                    Ok(()) => result.messages.push(format!(
+                        "pull request {} (commit {}, {}): checks passed ({})",
+                        opened.record.url,
+                        short(&opened.record.commit),
+                        opened.record.file,
+                        checks.join(", ")
+                    )),
+                    Err(why) => {
+                        result.verdict = CiVerdict::Failed;
+                        result.messages.push(format!(
+                            "pull request {}: {why}; it was closed and its branch deleted",
+                            opened.record.url
+                        ));
+                    }
+                }
+                result.pull_request = Some(opened.record);
+                Ok(result)
+            }
         }
     }
+}
+
+/// A commit's first 12 characters, as people quote them.
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
 }

@@ -408,6 +408,10 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
 
     let mut plan = plan;
     keep_silence(ctx, &rem, policy.as_deref(), &mut plan.status).await;
+    let ending = plan.status.phase.is_terminal() && rem.status.as_ref().is_none_or(|s| !s.phase.is_terminal());
+    if ending && plan.status.deploy.as_ref().is_none_or(|d| d.pull_request.is_none()) {
+        release(ctx, &rem, policy.clone()).await;
+    }
 
     // Act and record.
     if rem.status.as_ref() != Some(&plan.status) {
@@ -500,7 +504,22 @@ async fn cleanup(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> 
     let namespace = rem.namespace().unwrap_or_default();
     let (_, policy) = observe_policy(ctx, &namespace, &rem.spec.policy_ref.name);
     trust::record_outcome(ctx, &rem, deleted_outcome(&rem, ctx.clock.now()), policy.as_deref()).await?;
+    if rem.status.as_ref().is_none_or(|s| !s.phase.is_terminal()) {
+        release(ctx, &rem, policy).await;
+    }
     Ok(Action::await_change())
+}
+
+/// Lets go of what testing left outside the cluster (a GitOps pull request and its branch)
+/// when a Remediation ends, or is deleted, without its change merged. A failure is logged and
+/// announced: the branch is named after the Remediation, for a person to close.
+async fn release(ctx: &Context, rem: &Remediation, policy: Option<Arc<ValidPolicy>>) {
+    let Some(test) = ctx.stages.test.clone() else { return };
+    let key = EffectKey { uid: rem.uid().unwrap_or_default(), step: Step::Test, attempt: 0 };
+    let input = StageInput { remediation: Arc::new(rem.clone()), policy, key, cancel: CancellationToken::new() };
+    if let Err(e) = test.release(input).await {
+        warn!(remediation = %rem.name_any(), error = %e, "could not close the change's pull request or delete its branch; close reflex/<name> by hand");
+    }
 }
 
 /// Deploy slots this process let through that its cache may not show taken yet, by

@@ -296,6 +296,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             deployers: Deployers::default(),
             max_concurrent_deploys: None,
             alertmanager: None,
+            gitops: crate::gitops::flow::Settings::default(),
         },
         &stop,
     );

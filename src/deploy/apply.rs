@@ -259,7 +259,7 @@ impl Deploy for ServerSideApply {
 
 /// One look at how the applied change rolls out, as the operator (reads only): the target,
 /// and what the policy's playbook says to wait for, read as they are now.
-fn rollout_of(client: kube::Client, input: StageInput) -> StageFuture<RolloutStatus> {
+pub(super) fn rollout_of(client: kube::Client, input: StageInput) -> StageFuture<RolloutStatus> {
     async move {
         let rem = &input.remediation;
         let applied = rem

@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod disruption;
+pub mod gitops;
 pub mod identity;
 pub mod recheck;
 pub mod request;

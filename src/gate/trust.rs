@@ -10,9 +10,9 @@
 
 use futures::FutureExt;
 
-use crate::api::policy::TrustLevel;
+use crate::api::policy::{MergeApproval, TrustLevel};
 use crate::api::remediation::{GateDecision, GateResult};
-use crate::api::validate::ValidTrust;
+use crate::api::validate::{ValidCi, ValidTrust};
 use crate::api::{Environment, ErrorCategory};
 use kube::api::Api;
 
@@ -62,6 +62,23 @@ pub fn decide(env: Environment, trust: &ValidTrust, verified: u32, unverified: O
     GateResult { decision, reason, identity: None }
 }
 
+/// A GitOps policy whose merges the forge's own review approves (`mergeApproval: forge`): a
+/// change that would wait for a RemediationApproval goes on to the merge, which waits for the
+/// pull request's approval instead. `observe` still never deploys.
+pub fn by_forge_review(decided: GateResult) -> GateResult {
+    match decided.decision {
+        GateDecision::ApprovalRequired => GateResult {
+            decision: GateDecision::Approved,
+            reason: format!(
+                "{}; the pull request's review on the forge approves the merge (mergeApproval: forge)",
+                decided.reason
+            ),
+            identity: decided.identity,
+        },
+        _ => decided,
+    }
+}
+
 /// Reads the environment, then [`decide`]s.
 #[derive(Clone)]
 pub struct TrustGate {
@@ -90,7 +107,10 @@ impl Gate for TrustGate {
             let verified = record.verified_within(policy.trust.window, jiff::Timestamp::now(), &basis);
             let uid = rem.metadata.uid.clone().unwrap_or_default();
             let unverified = record.unresolved_besides(&uid).map(|p| p.remediation.clone());
-            Ok(decide(env, &policy.trust, verified, unverified.as_deref()))
+            let decided = decide(env, &policy.trust, verified, unverified.as_deref());
+            let forge_review =
+                matches!(&policy.ci, ValidCi::Gitops(g) if g.spec.merge_approval == MergeApproval::Forge);
+            Ok(if forge_review { by_forge_review(decided) } else { decided })
         }
         .boxed()
     }
@@ -98,6 +118,16 @@ impl Gate for TrustGate {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn with_forge_review_a_waiting_change_goes_to_the_merge_and_observe_never_does() {
+        let t = |level| super::ValidTrust { level, ..trust(level, false) };
+        let waiting = super::by_forge_review(decide(Environment::Production, &t(TrustLevel::Propose), 0, None));
+        assert_eq!(waiting.decision, GateDecision::Approved);
+        assert!(waiting.reason.contains("mergeApproval: forge"), "{}", waiting.reason);
+        let observe = super::by_forge_review(decide(Environment::Production, &t(TrustLevel::Observe), 0, None));
+        assert_eq!(observe.decision, GateDecision::Denied);
+    }
+
     use super::*;
     use std::time::Duration;
 

@@ -310,7 +310,8 @@ pub fn locate(files: &[(String, String)], wanted: &Wanted) -> Vec<Found> {
         for span in documents(text) {
             let Some(doc) = parse(&text[span.0..span.1]) else { continue };
             let is = |p: &str, v: &str| doc.pointer(p).and_then(Value::as_str) == Some(v);
-            let namespace_ok = doc.pointer("/metadata/namespace").and_then(Value::as_str).is_none_or(|n| n == wanted.namespace);
+            let namespace_ok =
+                doc.pointer("/metadata/namespace").and_then(Value::as_str).is_none_or(|n| n == wanted.namespace);
             let group_ok =
                 doc.get("apiVersion").and_then(Value::as_str).is_some_and(|v| group(v) == group(wanted.api_version));
             if is("/kind", wanted.kind) && is("/metadata/name", wanted.name) && namespace_ok && group_ok {
@@ -329,7 +330,8 @@ pub fn assign(found: &[Found], changes: &[Change]) -> Result<BTreeMap<usize, Vec
     let mut plan: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
     let names = |idx: &[usize]| idx.iter().map(|i| found[*i].file.clone()).collect::<Vec<_>>().join(", ");
     for change in changes {
-        let setting: Vec<usize> = (0..found.len()).filter(|i| resolve(&found[*i].json, &change.path).is_some()).collect();
+        let setting: Vec<usize> =
+            (0..found.len()).filter(|i| resolve(&found[*i].json, &change.path).is_some()).collect();
         let patches: Vec<usize> = setting.iter().copied().filter(|i| found[*i].patch).collect();
         let pick = if !patches.is_empty() {
             patches
@@ -473,7 +475,9 @@ fn block(value: &Value, indent: usize) -> Result<String, String> {
 fn add(yaml: &Document, route: &[Component<'static>], key: &str, value: &Value) -> Result<String, String> {
     let source = yaml.source();
     let r = Route::from(route.to_vec());
-    let feature = if route.is_empty() { yaml.top_feature().map_err(refuse)? } else {
+    let feature = if route.is_empty() {
+        yaml.top_feature().map_err(refuse)?
+    } else {
         yaml.query_exact(&r).map_err(refuse)?.ok_or_else(|| refuse("the mapping is empty"))?
     };
     let (s, e) = feature.location.byte_span;
@@ -497,7 +501,8 @@ fn add(yaml: &Document, route: &[Component<'static>], key: &str, value: &Value) 
 
 fn append(yaml: &Document, route: &[Component<'static>], item: &Value) -> Result<String, String> {
     let source = yaml.source();
-    let feature = yaml.query_exact(&Route::from(route.to_vec())).map_err(refuse)?.ok_or_else(|| refuse("the list is empty"))?;
+    let feature =
+        yaml.query_exact(&Route::from(route.to_vec())).map_err(refuse)?.ok_or_else(|| refuse("the list is empty"))?;
     let (s, e) = feature.location.byte_span;
     match feature.kind() {
         FeatureKind::BlockSequence => {
@@ -640,7 +645,8 @@ metadata:
         env.extend(["=app", "env", "=B"]);
         let mut probe = containers();
         probe.extend(["=app", "readinessProbe", "periodSeconds"]);
-        let out = edit(doc, (0, doc.len()), &[set(&env, json!({"name": "B", "value": "2"})), set(&probe, json!(5))]).unwrap();
+        let out =
+            edit(doc, (0, doc.len()), &[set(&env, json!({"name": "B", "value": "2"})), set(&probe, json!(5))]).unwrap();
         assert_eq!(
             out,
             "spec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: a:1\n        env:\n        - name: A\n          value: \"1\"\n        - name: B\n          value: \"2\"\n        readinessProbe:\n          periodSeconds: 5\n"
@@ -654,7 +660,12 @@ metadata:
     #[test]
     fn a_string_that_reads_as_another_type_is_quoted() {
         let doc = "data:\n  enabled: yes-please\n  port: '8080'\n";
-        let out = edit(doc, (0, doc.len()), &[set(&["data", "enabled"], json!("true")), set(&["data", "port"], json!("9090"))]).unwrap();
+        let out = edit(
+            doc,
+            (0, doc.len()),
+            &[set(&["data", "enabled"], json!("true")), set(&["data", "port"], json!("9090"))],
+        )
+        .unwrap();
         assert_eq!(out, "data:\n  enabled: \"true\"\n  port: '9090'\n");
     }
 
@@ -674,7 +685,10 @@ metadata:
         mem.extend(["=app", "resources", "limits", "memory"]);
         let plan = assign(&found, &[set(&mem, json!("512Mi")), set(&["spec", "replicas"], json!(2))]).unwrap();
         let files_for: Vec<(String, usize)> = plan.iter().map(|(i, c)| (found[*i].file.clone(), c.len())).collect();
-        assert_eq!(files_for, vec![("base/deployment.yaml".to_owned(), 1), ("overlays/prod/memory.yaml".to_owned(), 1)]);
+        assert_eq!(
+            files_for,
+            vec![("base/deployment.yaml".to_owned(), 1), ("overlays/prod/memory.yaml".to_owned(), 1)]
+        );
         let (i, c) = plan.iter().find(|(i, _)| found[**i].patch).unwrap();
         let out = edit(patch, found[*i].span, c).unwrap();
         assert!(out.contains("memory: 512Mi # prod needs more"), "{out}");

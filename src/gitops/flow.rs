@@ -1,0 +1,800 @@
+//! The GitOps flow: the tested change becomes a commit on branch `reflex/<remediation>`, a pull
+//! request whose checks must pass (CI), a merge when the gate allows (deploy), and — when the
+//! fix does not hold — a merged revert of that merge (rollback).
+//!
+//! Contract: every step is idempotent and resumable without memory: the branch name derives
+//! from the Remediation, and every commit Reflex makes carries trailers naming the
+//! Remediation's uid, the proposal's digest, the base commit, the files and when it was made.
+//! Before it pushes or opens anything, a step looks for what an earlier run (another replica,
+//! or this one before a restart) left: an open pull request from the branch, or the branch
+//! itself — reused when its trailers say it is this change, replaced when it is an earlier
+//! proposal of this Remediation, refused when it is anyone else's. Nothing is pushed twice
+//! and no second pull request is opened. A pull request is trusted only after it is read back
+//! from the forge: its branch, its head commit (unchanged since the checks ran), and that
+//! commit's trailers. Checks wait until every required one (or, with none named, every one
+//! reported — at least one) passed, any failed, or the timeout counted from the commit's own
+//! time. A refused merge because the base moved is rebased once onto the new base (a conflict
+//! fails, saying so) and checked again. When a change ends without a merge, its pull request
+//! is closed and its branch deleted ([`Session::abandon`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::forge::{self, Check, CheckState, Forge, ForgeError, Merge, PrState, PullRequest};
+use super::manifest::{self, Wanted};
+use super::repo::{Credentials, GitError, Repo};
+use crate::api::ErrorCategory;
+use crate::api::policy::ForgeType;
+use crate::api::remediation::{CheckRecord, PullRequestRecord, Remediation};
+use crate::api::validate::{RemoteScheme, ValidGitops};
+use crate::ports::{StageError, StageResult};
+
+/// How the operator runs GitOps changes.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where working copies are made (removed after each step).
+    pub work_dir: PathBuf,
+    /// Whether `file://` repositories may be used (tests and the demo).
+    pub allow_local: bool,
+    /// How often the forge is asked about checks, reviews and merges.
+    pub poll: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { work_dir: std::env::temp_dir(), allow_local: false, poll: Duration::from_secs(10) }
+    }
+}
+
+const UID: &str = "Reflex-Remediation-UID";
+const DIGEST: &str = "Reflex-Proposal";
+const BASE: &str = "Reflex-Base";
+const FILES: &str = "Reflex-Files";
+const CREATED: &str = "Reflex-Created";
+const REVERTS: &str = "Reflex-Reverts";
+
+/// The branch a Remediation's change is pushed to.
+pub fn branch_of(rem: &Remediation) -> String {
+    format!("reflex/{}", rem.metadata.name.as_deref().unwrap_or_default())
+}
+
+/// The branch its revert is pushed to.
+pub fn revert_branch_of(rem: &Remediation) -> String {
+    format!("{}-revert", branch_of(rem))
+}
+
+/// The value of trailer `key` in a commit message (the last one wins, as git reads them).
+pub fn trailer(message: &str, key: &str) -> Option<String> {
+    message
+        .lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+        .next_back()
+        .filter(|v| !v.is_empty())
+}
+
+/// One line, without control characters, at most `max` characters: what goes into a commit
+/// subject or a pull-request title from a field someone else wrote.
+fn line(text: &str, max: usize) -> String {
+    let one: String = text.lines().next().unwrap_or_default().chars().filter(|c| !c.is_control()).collect();
+    one.trim().chars().take(max).collect()
+}
+
+/// The commit message: what changes and why, the Remediation and its alert, and the trailers
+/// a later run recognises its own work by.
+pub fn commit_message(
+    rem: &Remediation,
+    digest: &str,
+    base: &str,
+    files: &[String],
+    created: Timestamp,
+    rationale: &str,
+) -> String {
+    let ns = rem.metadata.namespace.as_deref().unwrap_or_default();
+    let name = rem.metadata.name.as_deref().unwrap_or_default();
+    let alert = &rem.spec.alert;
+    let target = &rem.spec.target;
+    let mut m = format!("reflex: fix {} {ns}/{} ({})\n\n", target.kind.as_str(), target.name, line(&alert.name, 80));
+    m.push_str(&format!("{}\n\n", line(rationale, 300)));
+    m.push_str(&format!("Remediation: {ns}/{name} (kubectl reflex explain -n {ns} {name})\n"));
+    m.push_str(&format!("Alert: {} fingerprint {}", line(&alert.name, 120), line(&alert.fingerprint, 64)));
+    if let Some(url) = alert.generator_url.as_deref().filter(|u| u.starts_with("http")) {
+        m.push_str(&format!("\nAlert source: {}", line(url, 500)));
+    }
+    m.push_str(&format!(
+        "\n\n{UID}: {}\n{DIGEST}: {digest}\n{BASE}: {base}\n{FILES}: {}\n{CREATED}: {created}\n",
+        rem.metadata.uid.as_deref().unwrap_or_default(),
+        files.join(", ")
+    ));
+    m
+}
+
+/// Where a pull request's checks are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checks {
+    /// Not all have reported.
+    Pending,
+    /// Every one that counts passed.
+    Passed,
+    /// These failed.
+    Failed(Vec<String>),
+}
+
+/// Judges the checks on a commit: with `required` names, each must have reported success
+/// (any failure of any check fails); with none named, at least one must have reported and all
+/// must have passed. A check reported twice (a status and a check run of one name, or a re-run)
+/// counts by its worst state.
+pub fn judge(required: &[String], checks: &[Check]) -> Checks {
+    let failed: Vec<String> =
+        checks.iter().filter(|c| c.state == CheckState::Failure).map(|c| c.name.clone()).collect();
+    if !failed.is_empty() {
+        return Checks::Failed(failed);
+    }
+    let passed = |name: &str| {
+        let mine: Vec<&Check> = checks.iter().filter(|c| c.name == name).collect();
+        !mine.is_empty() && mine.iter().all(|c| c.state == CheckState::Success)
+    };
+    let done = if required.is_empty() {
+        !checks.is_empty() && checks.iter().all(|c| c.state == CheckState::Success)
+    } else {
+        required.iter().all(|r| passed(r))
+    };
+    if done { Checks::Passed } else { Checks::Pending }
+}
+
+fn records(checks: &[Check]) -> Vec<CheckRecord> {
+    checks
+        .iter()
+        .take(64)
+        .map(|c| CheckRecord { name: line(&c.name, 200), state: c.state.as_str().to_owned(), url: c.url.clone() })
+        .collect()
+}
+
+fn forge_error(what: &str, e: ForgeError) -> StageError {
+    let category = match &e {
+        ForgeError::Auth(_) => ErrorCategory::NeedsHuman,
+        ForgeError::NotFound(_) | ForgeError::Rejected(_) => ErrorCategory::NeedsHuman,
+        ForgeError::Unavailable(_) | ForgeError::Cancelled => ErrorCategory::Transient,
+    };
+    StageError::new(category, format!("{what}: {e}"))
+}
+
+fn git_error(what: &str, e: GitError) -> StageError {
+    let category = match &e {
+        GitError::Auth(_) | GitError::Setup(_) => ErrorCategory::NeedsHuman,
+        GitError::Conflict(_) => ErrorCategory::NeedsHuman,
+        GitError::Rejected(_) => ErrorCategory::Conflict,
+        GitError::Failed(_) => ErrorCategory::Transient,
+    };
+    StageError::new(category, format!("{what}: {e}"))
+}
+
+/// What opening a change came to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opened {
+    /// The pull request, with its checks.
+    pub record: PullRequestRecord,
+    /// `Ok` when the checks passed; why not, otherwise (the pull request is then closed).
+    pub verdict: Result<(), String>,
+}
+
+/// One Remediation's conversation with its repository and forge.
+pub struct Session {
+    forge: Box<dyn Forge>,
+    creds: Credentials,
+    gitops: ValidGitops,
+    settings: Settings,
+    cancel: CancellationToken,
+}
+
+impl Session {
+    /// Reads the credentials Secret (in `namespace`) and checks it may be sent where the policy
+    /// points: the forge's API host and, for HTTPS, the repository's.
+    pub async fn new(
+        client: &kube::Client,
+        namespace: &str,
+        gitops: &ValidGitops,
+        settings: &Settings,
+        cancel: CancellationToken,
+    ) -> StageResult<Self> {
+        let name = &gitops.spec.credentials_secret;
+        let secret = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await.map_err(|e| {
+            crate::cluster::api_error(&format!("reading the GitOps credentials Secret {namespace}/{name}"), &e)
+        })?;
+        let Some(secret) = secret else {
+            return Err(StageError::new(
+                ErrorCategory::NeedsHuman,
+                format!("the GitOps credentials Secret {namespace}/{name} does not exist; create it with key token"),
+            ));
+        };
+        let data = secret.data.clone().unwrap_or_default();
+        let key =
+            |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).trim().to_owned()).filter(|v| !v.is_empty());
+        let token = key("token").ok_or_else(|| {
+            StageError::new(
+                ErrorCategory::NeedsHuman,
+                format!("Secret {namespace}/{name} has no key token (the forge API token)"),
+            )
+        })?;
+        let annotations = secret.metadata.annotations.as_ref();
+        let mut urls = vec![gitops.api_url.clone()];
+        if gitops.remote.scheme == RemoteScheme::Https {
+            urls.push(gitops.remote.url.clone());
+        }
+        for url in urls {
+            crate::egress::bound_to(name, annotations, &url)
+                .map_err(|why| StageError::new(ErrorCategory::NeedsHuman, why))?;
+        }
+        let user = match gitops.spec.forge.type_ {
+            ForgeType::Github => "x-access-token",
+            ForgeType::Gitlab => "oauth2",
+        };
+        let creds = Credentials {
+            user: user.to_owned(),
+            token: Some(SecretString::from(token.clone())),
+            ssh_key: key("ssh-privatekey").map(SecretString::from),
+            known_hosts: key("known_hosts"),
+        };
+        let forge = forge::client(
+            gitops.spec.forge.type_,
+            &gitops.api_url,
+            &gitops.project,
+            SecretString::from(token),
+            name,
+            cancel.clone(),
+        )
+        .map_err(|e| StageError::new(ErrorCategory::Transient, e))?;
+        Ok(Self { forge, creds, gitops: gitops.clone(), settings: settings.clone(), cancel })
+    }
+
+    /// A session over `forge` (tests give their own).
+    pub fn with_forge(
+        forge: Box<dyn Forge>,
+        creds: Credentials,
+        gitops: &ValidGitops,
+        settings: &Settings,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self { forge, creds, gitops: gitops.clone(), settings: settings.clone(), cancel }
+    }
+
+    fn base(&self) -> &str {
+        &self.gitops.spec.base_branch
+    }
+
+    async fn clone_base(&self) -> StageResult<Repo> {
+        Repo::clone(&self.gitops.remote, self.base(), &self.creds, &self.settings.work_dir, self.settings.allow_local)
+            .await
+            .map_err(|e| git_error(&format!("cloning {} ({})", self.gitops.remote.url, self.base()), e))
+    }
+
+    async fn wait(&self) -> StageResult<()> {
+        tokio::select! {
+            () = self.cancel.cancelled() => Err(StageError::new(ErrorCategory::Transient, "cancelled")),
+            () = tokio::time::sleep(self.settings.poll) => Ok(()),
+        }
+    }
+
+    /// Whose commit `sha` is: its uid and digest trailers, read from the forge.
+    async fn owner_of(&self, sha: &str) -> StageResult<(Option<String>, Option<String>, String)> {
+        let message =
+            self.forge.commit_message(sha).await.map_err(|e| forge_error(&format!("reading commit {sha}"), e))?;
+        Ok((trailer(&message, UID), trailer(&message, DIGEST), message))
+    }
+
+    /// Opens (or resumes) the pull request for the change from `live` to `stored` and waits
+    /// for its checks.
+    pub async fn propose(
+        &self,
+        rem: &Remediation,
+        digest: &str,
+        rationale: &str,
+        live: &Value,
+        stored: &Value,
+    ) -> StageResult<Opened> {
+        let uid = rem.metadata.uid.clone().unwrap_or_default();
+        let branch = branch_of(rem);
+        let mut replacing: Option<String> = None;
+        // An open pull request from an earlier run of this step.
+        let open = self
+            .forge
+            .find_open(&branch, self.base())
+            .await
+            .map_err(|e| forge_error("looking for an open pull request", e))?;
+        if let Some(pr) = &open {
+            let (owner, tested, message) = self.owner_of(&pr.head).await?;
+            if owner.as_deref() != Some(uid.as_str()) {
+                return Err(StageError::new(
+                    ErrorCategory::NeedsHuman,
+                    format!(
+                        "pull request {} from branch {branch} was not opened for this Remediation; close it or rename the Remediation",
+                        pr.url
+                    ),
+                ));
+            }
+            if tested.as_deref() == Some(digest) {
+                return self.checked(pr.clone(), &message).await;
+            }
+            replacing = Some(pr.head.clone());
+        }
+        let repo = self.clone_base().await?;
+        let base_commit = repo.rev("HEAD").await.map_err(|e| git_error("reading the base commit", e))?;
+        // The branch without a pull request: pushed before a crash, or someone else's.
+        if replacing.is_none()
+            && let Some(sha) =
+                repo.remote_branch(&branch).await.map_err(|e| git_error("reading the remote branch", e))?
+        {
+            let message = repo.message(&sha).await.map_err(|e| git_error("reading the branch's commit", e))?;
+            match (trailer(&message, UID), trailer(&message, DIGEST)) {
+                (Some(u), Some(d)) if u == uid && d == digest => {
+                    let pr = self.open_pr(rem, &branch, &message).await?;
+                    return self.checked(pr, &message).await;
+                }
+                (Some(u), _) if u == uid => replacing = Some(sha),
+                _ => {
+                    return Err(StageError::new(
+                        ErrorCategory::NeedsHuman,
+                        format!(
+                            "branch {branch} already exists in {} and was not made for this Remediation; delete it or rename the Remediation",
+                            self.gitops.remote.url
+                        ),
+                    ));
+                }
+            }
+        }
+        let files = self.edited(&repo, rem, live, stored)?;
+        let names: Vec<String> = files.iter().map(|(f, _)| f.clone()).collect();
+        let message = commit_message(rem, digest, &base_commit, &names, Timestamp::now(), rationale);
+        repo.commit(&branch, &files, &message).await.map_err(|e| git_error("committing the change", e))?;
+        repo.push(&branch, replacing.as_deref()).await.map_err(|e| git_error(&format!("pushing {branch}"), e))?;
+        let pr = match open {
+            Some(pr) => self.forge.get(pr.number).await.map_err(|e| forge_error("reading the pull request", e))?,
+            None => self.open_pr(rem, &branch, &message).await?,
+        };
+        self.checked(pr, &message).await
+    }
+
+    /// The files the change edits, with their new text.
+    fn edited(
+        &self,
+        repo: &Repo,
+        rem: &Remediation,
+        live: &Value,
+        stored: &Value,
+    ) -> StageResult<Vec<(String, String)>> {
+        let refuse = |m: String| StageError::new(ErrorCategory::InvalidSpec, m);
+        let changes = manifest::changes(live, stored).map_err(refuse)?;
+        if changes.is_empty() {
+            return Err(refuse("the change sets nothing the repository could hold".into()));
+        }
+        let spec = &self.gitops.spec;
+        let files = match &spec.path {
+            Some(path) => repo.yaml_files(None).into_iter().filter(|(f, _)| f == path).collect(),
+            None => repo.yaml_files(spec.search_path.as_deref()),
+        };
+        let target = &rem.spec.target;
+        let wanted = Wanted {
+            api_version: target.kind.api_version(),
+            kind: target.kind.as_str(),
+            name: &target.name,
+            namespace: rem.metadata.namespace.as_deref().unwrap_or_default(),
+        };
+        let found = manifest::locate(&files, &wanted);
+        if found.is_empty() {
+            let scope = spec.path.as_deref().or(spec.search_path.as_deref()).unwrap_or("the repository");
+            return Err(refuse(format!(
+                "no manifest for {} {}/{} in {} ({scope}: {} YAML files read); set spec.ci.gitops.path to the file that defines it",
+                wanted.kind,
+                wanted.namespace,
+                wanted.name,
+                self.gitops.remote.url,
+                files.len()
+            )));
+        }
+        let plan = manifest::assign(&found, &changes).map_err(refuse)?;
+        let mut out: Vec<(String, String)> = Vec::new();
+        // Several documents of one file: edit from the last, so earlier spans stay valid.
+        let mut by_file: std::collections::BTreeMap<String, Vec<(usize, Vec<manifest::Change>)>> = Default::default();
+        for (i, c) in plan {
+            by_file.entry(found[i].file.clone()).or_default().push((i, c));
+        }
+        for (file, mut docs) in by_file {
+            let mut text = files.iter().find(|(f, _)| *f == file).map(|(_, t)| t.clone()).unwrap_or_default();
+            docs.sort_by_key(|(i, _)| std::cmp::Reverse(found[*i].span.0));
+            for (i, c) in docs {
+                text = manifest::edit(&text, found[i].span, &c).map_err(|e| refuse(format!("{file}: {e}")))?;
+            }
+            out.push((file, text));
+        }
+        if out.iter().all(|(f, t)| files.iter().any(|(g, u)| g == f && u == t)) {
+            return Err(refuse(
+                "the repository already holds these values; the cluster has drifted from it — sync it instead".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn open_pr(&self, rem: &Remediation, branch: &str, message: &str) -> StageResult<PullRequest> {
+        let title = message.lines().next().unwrap_or("reflex: fix").to_owned();
+        let ns = rem.metadata.namespace.as_deref().unwrap_or_default();
+        let name = rem.metadata.name.as_deref().unwrap_or_default();
+        let body = format!(
+            "Opened by Reflex for Remediation `{ns}/{name}`.\n\n{}\n\nSee `kubectl reflex explain -n {ns} {name}`. Reflex merges this pull request when its gate allows, waits for the cluster to converge and verifies the fix; if the fix does not hold it opens and merges a revert.",
+            message.split("\n\n").nth(1).unwrap_or_default()
+        );
+        match self.forge.open(branch, self.base(), &title, &body).await {
+            Ok(pr) => Ok(pr),
+            // Opened by a request whose answer was lost, or by a racing replica: find it.
+            Err(e) => match self.forge.find_open(branch, self.base()).await {
+                Ok(Some(pr)) => Ok(pr),
+                _ => Err(forge_error("opening the pull request", e)),
+            },
+        }
+    }
+
+    /// Waits for the checks on `pr`'s head (made at the `Reflex-Created` time in `message`),
+    /// and closes it when they fail or time out.
+    async fn checked(&self, pr: PullRequest, message: &str) -> StageResult<Opened> {
+        let created =
+            trailer(message, CREATED).and_then(|t| t.parse::<Timestamp>().ok()).unwrap_or_else(Timestamp::now);
+        let mut record = PullRequestRecord {
+            number: pr.number,
+            url: pr.url.clone(),
+            branch: pr.branch.clone(),
+            commit: pr.head.clone(),
+            base_commit: trailer(message, BASE).unwrap_or_default(),
+            file: trailer(message, FILES).unwrap_or_default(),
+            checks: Vec::new(),
+            merge_commit: None,
+        };
+        let verdict = self.await_checks(&pr.head, created, &mut record.checks).await?;
+        if verdict.is_err() {
+            self.abandon(&record).await;
+        }
+        Ok(Opened { record, verdict })
+    }
+
+    async fn await_checks(
+        &self,
+        sha: &str,
+        since: Timestamp,
+        out: &mut Vec<CheckRecord>,
+    ) -> StageResult<Result<(), String>> {
+        let timeout = self.gitops.checks_timeout;
+        loop {
+            let checks = self.forge.checks(sha).await.map_err(|e| forge_error("reading the checks", e))?;
+            *out = records(&checks);
+            match judge(&self.gitops.spec.required_checks, &checks) {
+                Checks::Passed => return Ok(Ok(())),
+                Checks::Failed(names) => return Ok(Err(format!("checks failed: {}", names.join(", ")))),
+                Checks::Pending if Timestamp::now().duration_since(since).unsigned_abs() > timeout => {
+                    let waiting: Vec<String> = if self.gitops.spec.required_checks.is_empty() {
+                        checks.iter().filter(|c| c.state == CheckState::Pending).map(|c| c.name.clone()).collect()
+                    } else {
+                        self.gitops
+                            .spec
+                            .required_checks
+                            .iter()
+                            .filter(|r| !checks.iter().any(|c| &c.name == *r && c.state == CheckState::Success))
+                            .cloned()
+                            .collect()
+                    };
+                    let which = if waiting.is_empty() {
+                        "no check reported".to_owned()
+                    } else {
+                        format!("still waiting for {}", waiting.join(", "))
+                    };
+                    return Ok(Err(format!(
+                        "checks did not pass within checksTimeout ({}s): {which}",
+                        timeout.as_secs()
+                    )));
+                }
+                Checks::Pending => self.wait().await?,
+            }
+        }
+    }
+
+    /// The pull request of `record`, read back and proven to be this change: from this
+    /// Remediation's branch, its head still the tested commit, whose trailers name this
+    /// Remediation and `digest`.
+    async fn proven(&self, rem: &Remediation, record: &PullRequestRecord, digest: &str) -> StageResult<PullRequest> {
+        let pr = self.forge.get(record.number).await.map_err(|e| forge_error("reading the pull request", e))?;
+        let refuse = |m: String| Err(StageError::new(ErrorCategory::NeedsHuman, m));
+        if pr.branch != branch_of(rem) {
+            return refuse(format!(
+                "pull request {} is not from branch {}; status does not describe this change",
+                pr.url,
+                branch_of(rem)
+            ));
+        }
+        if pr.head != record.commit {
+            return refuse(format!(
+                "pull request {} has moved to commit {} since its checks passed on {}; not merging someone else's commit",
+                pr.url, pr.head, record.commit
+            ));
+        }
+        let (owner, tested, _) = self.owner_of(&pr.head).await?;
+        if owner.as_deref() != rem.metadata.uid.as_deref() || tested.as_deref() != Some(digest) {
+            return refuse(format!("commit {} of {} is not this Remediation's tested change", pr.head, pr.url));
+        }
+        Ok(pr)
+    }
+
+    /// Merges the tested pull request (after the forge's own review approves it, when the
+    /// policy says so); returns the record with its merge commit. Resumes a merge already done.
+    pub async fn merge(
+        &self,
+        rem: &Remediation,
+        record: &PullRequestRecord,
+        digest: &str,
+        forge_review: bool,
+    ) -> StageResult<PullRequestRecord> {
+        let mut record = record.clone();
+        let mut rebased = false;
+        loop {
+            let pr = self.proven(rem, &record, digest).await?;
+            match pr.state {
+                PrState::Merged => {
+                    record.merge_commit = pr.merge_commit.clone();
+                    self.delete_branch(&record.branch).await;
+                    return Ok(record);
+                }
+                PrState::Closed => {
+                    return Err(StageError::new(
+                        ErrorCategory::NeedsHuman,
+                        format!("pull request {} was closed without a merge", pr.url),
+                    ));
+                }
+                PrState::Open => {}
+            }
+            if forge_review
+                && !self.forge.approved(pr.number).await.map_err(|e| forge_error("reading the reviews", e))?
+            {
+                self.wait().await?;
+                continue;
+            }
+            let title = format!("Merge {} (Reflex)", record.branch);
+            match self.forge.merge(pr.number, &pr.head, &title).await.map_err(|e| forge_error("merging", e))? {
+                Merge::Merged(sha) => {
+                    record.merge_commit = Some(sha);
+                    self.delete_branch(&record.branch).await;
+                    return Ok(record);
+                }
+                Merge::Refused(why) if !rebased => {
+                    // The base moved (or conflicts): rebase once, check again, merge again.
+                    rebased = true;
+                    record = self.rebase(&record, &why).await?;
+                }
+                Merge::Refused(why) => {
+                    return Err(StageError::new(
+                        ErrorCategory::NeedsHuman,
+                        format!("the forge will not merge {}: {why}", pr.url),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn rebase(&self, record: &PullRequestRecord, why: &str) -> StageResult<PullRequestRecord> {
+        let repo = self.clone_base().await?;
+        let base = repo.rev("HEAD").await.map_err(|e| git_error("reading the base commit", e))?;
+        let branch = &record.branch;
+        repo.remote_branch(branch).await.map_err(|e| git_error("fetching the branch", e))?;
+        repo.git(&["checkout", "--quiet", "-B", branch, &format!("refs/remotes/origin/{branch}")])
+            .await
+            .map_err(|e| git_error("checking out the branch", e))?;
+        if let Err(e) = repo.git(&["rebase", "--quiet", &format!("origin/{}", self.base())]).await {
+            let _ = repo.git(&["rebase", "--abort"]).await;
+            let pr = PullRequestRecord { ..record.clone() };
+            self.abandon(&pr).await;
+            return Err(StageError::new(
+                ErrorCategory::NeedsHuman,
+                format!(
+                    "merge conflict: {} changed on {} since the change was made ({why}); the rebase failed ({e}), so the pull request was closed — the change must be made again",
+                    record.file,
+                    self.base()
+                ),
+            ));
+        }
+        let head = repo.rev("HEAD").await.map_err(|e| git_error("reading the rebased commit", e))?;
+        repo.push(branch, Some(&record.commit)).await.map_err(|e| git_error("pushing the rebased branch", e))?;
+        let message = repo.message(&head).await.map_err(|e| git_error("reading the rebased commit", e))?;
+        let mut rebased = PullRequestRecord { commit: head.clone(), base_commit: base, ..record.clone() };
+        let verdict = self.await_checks(&head, Timestamp::now(), &mut rebased.checks).await?;
+        if let Err(why) = verdict {
+            self.abandon(&rebased).await;
+            return Err(StageError::new(
+                ErrorCategory::NeedsHuman,
+                format!("after the rebase onto the moved base, {why}"),
+            ));
+        }
+        let _ = message;
+        Ok(rebased)
+    }
+
+    /// Reverts a merged change: a revert commit of its merge on `reflex/<name>-revert`, a pull
+    /// request, its checks, its merge. Resumes from whatever an earlier run left.
+    pub async fn revert(&self, rem: &Remediation, merged: &PullRequestRecord) -> StageResult<PullRequestRecord> {
+        let merge_commit = merged.merge_commit.clone().ok_or_else(|| {
+            StageError::new(ErrorCategory::InvalidSpec, "the change's pull request has no merge commit to revert")
+        })?;
+        let uid = rem.metadata.uid.clone().unwrap_or_default();
+        let branch = revert_branch_of(rem);
+        let digest = format!("revert:{merge_commit}");
+        let existing =
+            self.forge.find_open(&branch, self.base()).await.map_err(|e| forge_error("looking for the revert", e))?;
+        let (pr, message) = match existing {
+            Some(pr) => {
+                let (owner, tested, message) = self.owner_of(&pr.head).await?;
+                if owner.as_deref() != Some(uid.as_str()) || tested.as_deref() != Some(digest.as_str()) {
+                    return Err(StageError::new(
+                        ErrorCategory::NeedsHuman,
+                        format!("pull request {} is not this Remediation's revert", pr.url),
+                    ));
+                }
+                (pr, message)
+            }
+            None => {
+                let repo = self.clone_base().await?;
+                let base = repo.rev("HEAD").await.map_err(|e| git_error("reading the base commit", e))?;
+                let pushed =
+                    repo.remote_branch(&branch).await.map_err(|e| git_error("reading the revert branch", e))?;
+                let message = match &pushed {
+                    Some(sha) => {
+                        let m = repo.message(sha).await.map_err(|e| git_error("reading the revert branch", e))?;
+                        if trailer(&m, UID).as_deref() != Some(uid.as_str()) {
+                            return Err(StageError::new(
+                                ErrorCategory::NeedsHuman,
+                                format!("branch {branch} exists and is not this Remediation's revert"),
+                            ));
+                        }
+                        m
+                    }
+                    None => {
+                        let ns = rem.metadata.namespace.as_deref().unwrap_or_default();
+                        let name = rem.metadata.name.as_deref().unwrap_or_default();
+                        let message = format!(
+                            "reflex: revert {} {ns}/{} — the fix did not hold\n\nReverts {merge_commit} (pull request {}).\nRemediation: {ns}/{name} (kubectl reflex explain -n {ns} {name})\n\n{UID}: {uid}\n{DIGEST}: {digest}\n{REVERTS}: {merge_commit}\n{BASE}: {base}\n{FILES}: {}\n{CREATED}: {}\n",
+                            rem.spec.target.kind.as_str(),
+                            rem.spec.target.name,
+                            merged.url,
+                            merged.file,
+                            Timestamp::now()
+                        );
+                        repo.revert(&branch, &merge_commit, &message).await.map_err(|e| match e {
+                            GitError::Conflict(m) => StageError::new(
+                                ErrorCategory::NeedsHuman,
+                                format!("the merge {merge_commit} cannot be reverted cleanly ({m}); revert it by hand"),
+                            ),
+                            other => git_error("reverting", other),
+                        })?;
+                        repo.push(&branch, None).await.map_err(|e| git_error(&format!("pushing {branch}"), e))?;
+                        message
+                    }
+                };
+                (self.open_pr(rem, &branch, &message).await?, message)
+            }
+        };
+        let mut opened = self.checked(pr, &message).await?;
+        if let Err(why) = opened.verdict {
+            return Err(StageError::new(
+                ErrorCategory::NeedsHuman,
+                format!("the revert's {why}; revert {merge_commit} by hand"),
+            ));
+        }
+        let record = self.merge(rem, &opened.record, &digest, false).await;
+        opened.record = record?;
+        Ok(opened.record)
+    }
+
+    /// Closes this Remediation's open pull request and deletes its branch — found by the
+    /// branch name and proven by the head commit's trailers, so one whose status never recorded
+    /// it (a Remediation cancelled while its checks ran) is found too. Someone else's branch of
+    /// that name is left alone.
+    pub async fn release(&self, rem: &Remediation) -> StageResult<()> {
+        let uid = rem.metadata.uid.clone().unwrap_or_default();
+        let branch = branch_of(rem);
+        if let Some(pr) = self
+            .forge
+            .find_open(&branch, self.base())
+            .await
+            .map_err(|e| forge_error("looking for the pull request", e))?
+        {
+            let (owner, _, _) = self.owner_of(&pr.head).await?;
+            if owner.as_deref() == Some(uid.as_str()) {
+                self.forge.close(pr.number).await.map_err(|e| forge_error(&format!("closing {}", pr.url), e))?;
+                tracing::info!(pr = %pr.url, "closed the pull request of a Remediation that ended without merging it");
+            } else {
+                return Ok(());
+            }
+        }
+        // The branch may outlive its pull request (pushed, then the step stopped).
+        match self.owner_of(&branch).await {
+            Ok((Some(owner), _, _)) if owner == uid => self.delete_branch(&branch).await,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Closes the pull request and deletes its branch (while it is still at the recorded
+    /// commit); failures are logged — nothing waits on cleanup.
+    pub async fn abandon(&self, record: &PullRequestRecord) {
+        match self.forge.get(record.number).await {
+            Ok(pr) if pr.state == PrState::Open => {
+                if let Err(e) = self.forge.close(record.number).await {
+                    tracing::warn!(pr = %record.url, error = %e, "could not close the pull request");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(pr = %record.url, error = %e, "could not read the pull request to close it"),
+        }
+        self.delete_branch(&record.branch).await;
+    }
+
+    async fn delete_branch(&self, branch: &str) {
+        if let Err(e) = self.forge.delete_branch(branch).await {
+            tracing::warn!(branch, error = %e, "could not delete the branch");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, state: CheckState) -> Check {
+        Check { name: name.into(), state, url: None }
+    }
+
+    #[test]
+    fn checks_pass_when_every_required_one_passed_and_fail_on_any_failure() {
+        use CheckState::*;
+        let req = vec!["ci/test".to_owned(), "lint".to_owned()];
+        assert_eq!(judge(&req, &[check("ci/test", Success)]), Checks::Pending, "lint has not reported");
+        assert_eq!(
+            judge(&req, &[check("ci/test", Success), check("lint", Success), check("other", Pending)]),
+            Checks::Passed
+        );
+        assert_eq!(
+            judge(&req, &[check("ci/test", Success), check("lint", Success), check("other", Failure)]),
+            Checks::Failed(vec!["other".into()])
+        );
+        assert_eq!(
+            judge(&req, &[check("ci/test", Success), check("lint", Success), check("lint", Pending)]),
+            Checks::Pending,
+            "a re-run counts by its worst state"
+        );
+        assert_eq!(judge(&[], &[]), Checks::Pending, "with none named, at least one must report");
+        assert_eq!(judge(&[], &[check("a", Success), check("b", Pending)]), Checks::Pending);
+        assert_eq!(judge(&[], &[check("a", Success), check("b", Success)]), Checks::Passed);
+    }
+
+    #[test]
+    fn trailers_are_read_back_and_a_forged_subject_cannot_add_one() {
+        let rem: Remediation = serde_json::from_value(serde_json::json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+            "metadata": {"name": "web-oom", "namespace": "shop", "uid": "u-1"},
+            "spec": {"policyRef": {"name": "p"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "alert": {"name": "Oom\nReflex-Remediation-UID: evil", "fingerprint": "f", "startsAt": "2026-01-01T00:00:00Z"}}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let m = commit_message(
+            &rem,
+            "sha256:aa",
+            "b0",
+            &["apps/web.yaml".into()],
+            Timestamp::UNIX_EPOCH,
+            "raise memory\nReflex-Proposal: x",
+        );
+        assert_eq!(trailer(&m, UID).as_deref(), Some("u-1"));
+        assert_eq!(trailer(&m, DIGEST).as_deref(), Some("sha256:aa"));
+        assert_eq!(trailer(&m, FILES).as_deref(), Some("apps/web.yaml"));
+        assert_eq!(m.matches("Reflex-Remediation-UID:").count(), 1, "{m}");
+        assert!(m.starts_with("reflex: fix Deployment shop/web (Oom)"), "{m}");
+        assert_eq!(branch_of(&rem), "reflex/web-oom");
+    }
+}
