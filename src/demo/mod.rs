@@ -7,9 +7,11 @@
 //! as the Remediation moves until it reaches a terminal phase. The outcome says whether it
 //! ended in the phase the scenario expects.
 
+pub mod forge;
 pub mod model;
 pub mod scenario;
 pub mod standin;
+pub mod syncer;
 pub mod timeline;
 
 use std::io::Write;

@@ -503,14 +503,19 @@ impl Session {
     /// The pull request of `record`, read back and proven to be this change: from this
     /// Remediation's branch, its head still the tested commit, whose trailers name this
     /// Remediation and `digest`.
-    async fn proven(&self, rem: &Remediation, record: &PullRequestRecord, digest: &str) -> StageResult<PullRequest> {
+    async fn proven(
+        &self,
+        rem: &Remediation,
+        record: &PullRequestRecord,
+        digest: &str,
+        branch: &str,
+    ) -> StageResult<PullRequest> {
         let pr = self.forge.get(record.number).await.map_err(|e| forge_error("reading the pull request", e))?;
         let refuse = |m: String| Err(StageError::new(ErrorCategory::NeedsHuman, m));
-        if pr.branch != branch_of(rem) {
+        if pr.branch != branch {
             return refuse(format!(
-                "pull request {} is not from branch {}; status does not describe this change",
-                pr.url,
-                branch_of(rem)
+                "pull request {} is not from branch {branch}; status does not describe this change",
+                pr.url
             ));
         }
         if pr.head != record.commit {
@@ -535,10 +540,21 @@ impl Session {
         digest: &str,
         forge_review: bool,
     ) -> StageResult<PullRequestRecord> {
+        self.merge_from(rem, record, digest, forge_review, &branch_of(rem)).await
+    }
+
+    async fn merge_from(
+        &self,
+        rem: &Remediation,
+        record: &PullRequestRecord,
+        digest: &str,
+        forge_review: bool,
+        branch: &str,
+    ) -> StageResult<PullRequestRecord> {
         let mut record = record.clone();
         let mut rebased = false;
         loop {
-            let pr = self.proven(rem, &record, digest).await?;
+            let pr = self.proven(rem, &record, digest, branch).await?;
             match pr.state {
                 PrState::Merged => {
                     record.merge_commit = pr.merge_commit.clone();
@@ -591,8 +607,7 @@ impl Session {
             .map_err(|e| git_error("checking out the branch", e))?;
         if let Err(e) = repo.git(&["rebase", "--quiet", &format!("origin/{}", self.base())]).await {
             let _ = repo.git(&["rebase", "--abort"]).await;
-            let pr = PullRequestRecord { ..record.clone() };
-            self.abandon(&pr).await;
+            self.abandon(record).await;
             return Err(StageError::new(
                 ErrorCategory::NeedsHuman,
                 format!(
@@ -604,7 +619,6 @@ impl Session {
         }
         let head = repo.rev("HEAD").await.map_err(|e| git_error("reading the rebased commit", e))?;
         repo.push(branch, Some(&record.commit)).await.map_err(|e| git_error("pushing the rebased branch", e))?;
-        let message = repo.message(&head).await.map_err(|e| git_error("reading the rebased commit", e))?;
         let mut rebased = PullRequestRecord { commit: head.clone(), base_commit: base, ..record.clone() };
         let verdict = self.await_checks(&head, Timestamp::now(), &mut rebased.checks).await?;
         if let Err(why) = verdict {
@@ -614,7 +628,6 @@ impl Session {
                 format!("after the rebase onto the moved base, {why}"),
             ));
         }
-        let _ = message;
         Ok(rebased)
     }
 
@@ -688,7 +701,7 @@ impl Session {
                 format!("the revert's {why}; revert {merge_commit} by hand"),
             ));
         }
-        let record = self.merge(rem, &opened.record, &digest, false).await;
+        let record = self.merge_from(rem, &opened.record, &digest, false, &branch).await;
         opened.record = record?;
         Ok(opened.record)
     }
