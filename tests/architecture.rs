@@ -33,11 +33,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Services.
     ("mcp", &["api", "egress", "metrics", "oncall", "web"]),
     ("intake", &["api", "cluster", "web"]),
+    // The repository and forge a GitOps change goes through (CI opens, deploy merges).
+    ("gitops", &["api", "cluster", "egress", "ports"]),
     // Stage modules: the ports and what is below them; CI sends deploy's request.
     ("agent", &["api", "cluster", "egress", "mcp", "metrics", "patch", "ports"]),
-    ("ci", &["api", "cluster", "deploy", "patch", "ports"]),
+    ("ci", &["api", "cluster", "deploy", "gitops", "patch", "ports"]),
     ("gate", &["api", "cluster", "ports"]),
-    ("deploy", &["api", "cluster", "patch", "ports"]),
+    ("deploy", &["api", "cluster", "gitops", "patch", "ports"]),
     ("verify", &["api", "cluster", "metrics", "ports"]),
     // The controller drives the ports; it never knows a stage module.
     ("controller", &["api", "cluster", "notify", "patch", "ports", "silence"]),
@@ -53,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "controller",
             "deploy",
             "gate",
+            "gitops",
             "intake",
             "mcp",
             "metrics",
@@ -69,7 +72,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The demo runs the operator on the sandbox.
     (
         "demo",
-        &["agent", "api", "cluster", "deploy", "intake", "mcp", "metrics", "oncall", "operator", "patch", "sandbox"],
+        &["agent", "api", "cluster", "deploy", "gitops", "intake", "mcp", "metrics", "oncall", "operator", "patch", "sandbox"],
     ),
     // The command line, on top: it parses flags and calls the library (`reflex sandbox` and
     // `reflex demo` included).
@@ -82,6 +85,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "demo",
             "deploy",
             "egress",
+            "gitops",
             "intake",
             "mcp",
             "metrics",
