@@ -59,6 +59,11 @@ if ! need prometheus || ! need prometheus-alertmanager; then
   echo "prereqs: installing prometheus and prometheus-alertmanager (apt-get)"
   apt_install prometheus prometheus-alertmanager
 fi
+# git, for the GitOps backend's tests (real repositories over file://) and the operator itself.
+if ! need git; then
+  echo "prereqs: installing git (apt-get)"
+  apt_install git
+fi
 # wrk, the benchmarks' load generator (`make bench`; not needed by the tests).
 if [ "${1:-}" = "--bench" ] && ! need wrk; then
   echo "prereqs: installing wrk (apt-get)"
