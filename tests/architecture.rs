@@ -72,7 +72,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The demo runs the operator on the sandbox.
     (
         "demo",
-        &["agent", "api", "cluster", "deploy", "gitops", "intake", "mcp", "metrics", "oncall", "operator", "patch", "sandbox"],
+        &[
+            "agent", "api", "cluster", "deploy", "gitops", "intake", "mcp", "metrics", "oncall", "operator", "patch",
+            "sandbox",
+        ],
     ),
     // The command line, on top: it parses flags and calls the library (`reflex sandbox` and
     // `reflex demo` included).

@@ -79,6 +79,10 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
         && let Some(c) = &cur.ci
     {
         out.push(format!("{t}   tested    {:?}: {}", c.verdict, c.messages.join("; ")));
+        if let Some(pr) = &c.pull_request {
+            let checks: Vec<String> = pr.checks.iter().map(|k| format!("{} {}", k.name, k.state)).collect();
+            out.push(format!("{t}   pr        #{} {} ({}; checks: {})", pr.number, pr.url, pr.file, checks.join(", ")));
+        }
     }
     if prev.gate.is_none()
         && let Some(g) = &cur.gate
@@ -90,13 +94,22 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
         && applied(cur).is_some()
         && let Some(d) = &cur.deploy
     {
-        out.push(format!(
-            "{t}   deployed  as {}, field manager {} ({}); previous values recorded at resourceVersion {}",
-            d.identity.as_deref().unwrap_or("?"),
-            d.field_manager.as_deref().unwrap_or("?"),
-            d.applied_revision.clone().unwrap_or_default(),
-            d.previous_resource_version
-        ));
+        match &d.pull_request {
+            Some(pr) => out.push(format!(
+                "{t}   merged    #{} as {} ({}); previous values recorded at resourceVersion {}",
+                pr.number,
+                pr.merge_commit.as_deref().unwrap_or("?"),
+                d.identity.as_deref().unwrap_or("?"),
+                d.previous_resource_version
+            )),
+            None => out.push(format!(
+                "{t}   deployed  as {}, field manager {} ({}); previous values recorded at resourceVersion {}",
+                d.identity.as_deref().unwrap_or("?"),
+                d.field_manager.as_deref().unwrap_or("?"),
+                d.applied_revision.clone().unwrap_or_default(),
+                d.previous_resource_version
+            )),
+        }
     }
     // New samples: by count while the list grows; once status caps it, by time.
     let before = prev.verification.as_ref().map_or(0, |v| v.samples.len());
@@ -128,6 +141,14 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
         && let Some(r) = &cur.rollback
     {
         out.push(format!("{t}   restored  {} ({})", r.reason, r.restored_revision.clone().unwrap_or_default()));
+        if let Some(pr) = &r.pull_request {
+            out.push(format!(
+                "{t}   reverted  by #{} {} merged as {}",
+                pr.number,
+                pr.url,
+                pr.merge_commit.as_deref().unwrap_or("?")
+            ));
+        }
     }
     out
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 
-use crate::api::remediation::{Remediation, Sample, SampleKind, Verification};
+use crate::api::remediation::{CiResult, PullRequestRecord, Remediation, Sample, SampleKind, Verification};
 
 /// One Event about the Remediation.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +73,9 @@ pub fn explain(rem: &Remediation, happenings: &[Happening]) -> String {
         let _ = writeln!(out, "  {}", p.patch.0);
         let _ = writeln!(out, "  why: {}", p.rationale);
     }
+    if let Some(c) = &status.ci {
+        out.push_str(&tested(c, status.deploy.as_ref().and_then(|d| d.pull_request.as_ref())));
+    }
     if let Some(r) = &status.rollout {
         let _ = writeln!(out, "\nRollout: {:?}: {}", r.state, r.message);
     }
@@ -81,8 +84,60 @@ pub fn explain(rem: &Remediation, happenings: &[Happening]) -> String {
     }
     if let Some(r) = &status.rollback {
         let _ = writeln!(out, "\nRolled back at {}: {}", clock(r.restored_at.0), r.reason);
+        if let Some(pr) = &r.pull_request {
+            let _ = writeln!(
+                out,
+                "  revert: pull request #{} {} merged as {}",
+                pr.number,
+                pr.url,
+                pr.merge_commit.as_deref().unwrap_or("?")
+            );
+        }
     }
     let _ = writeln!(out, "\nAct: kubectl reflex describe {name} -n {ns}");
+    out
+}
+
+/// How the change was tested: the verdict and messages, the diff the dry-run answered, the
+/// test Job's last lines, and for a GitOps change its pull request, each check, and (once
+/// deployed) the merge commit.
+pub fn tested(c: &CiResult, merged: Option<&PullRequestRecord>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\nTested ({:?}): {:?}", c.backend, c.verdict);
+    for m in &c.messages {
+        let _ = writeln!(out, "  {m}");
+    }
+    if let Some(pr) = merged.or(c.pull_request.as_ref()) {
+        let _ = writeln!(
+            out,
+            "  pull request #{} {} (branch {}, commit {}, {})",
+            pr.number, pr.url, pr.branch, pr.commit, pr.file
+        );
+        for check in &pr.checks {
+            let _ = writeln!(
+                out,
+                "    check {} {}{}",
+                check.name,
+                check.state,
+                check.url.as_deref().map(|u| format!(" {u}")).unwrap_or_default()
+            );
+        }
+        if let Some(m) = &pr.merge_commit {
+            let _ = writeln!(out, "  merged as {m}");
+        }
+    }
+    if !c.log_tail.is_empty() {
+        let _ = writeln!(out, "  test Job {} printed:", c.reference.as_deref().unwrap_or("?"));
+        for l in &c.log_tail {
+            let _ = writeln!(out, "    | {l}");
+        }
+    }
+    if let Some(d) = &c.diff {
+        let _ = writeln!(out, "  live → dry-run:");
+        for l in d.lines() {
+            let _ = writeln!(out, "    {l}");
+        }
+    }
     out
 }
 
@@ -171,6 +226,26 @@ mod tests {
                         {"at": "2026-01-01T10:01:03Z", "value": 0.0, "ok": true},
                         {"at": "2026-01-01T10:01:04Z", "value": 0.0, "ok": true}]}}}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_gitops_change_shows_its_pull_request_checks_and_merge_commit() {
+        let c: CiResult = serde_json::from_value(serde_json::json!({"proposalDigest": "d", "backend": "gitops", "verdict": "Passed",
+            "messages": ["server-side dry-run accepted the patch"], "diff": "--- live\n+++ dry-run\n-  memory: 128Mi\n+  memory: 256Mi\n",
+            "pullRequest": {"number": 7, "url": "https://github.com/o/r/pull/7", "branch": "reflex/x", "commit": "abc", "baseCommit": "b0",
+                "file": "apps/web.yaml", "checks": [{"name": "ci/test", "state": "success", "url": "https://ci/1"}]}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut merged = c.pull_request.clone().unwrap_or_default();
+        merged.merge_commit = Some("m3rge".into());
+        let text = tested(&c, Some(&merged));
+        assert!(
+            text.contains("pull request #7 https://github.com/o/r/pull/7 (branch reflex/x, commit abc, apps/web.yaml)"),
+            "{text}"
+        );
+        assert!(text.contains("    check ci/test success https://ci/1"), "{text}");
+        assert!(text.contains("  merged as m3rge"), "{text}");
+        assert!(text.contains("    +  memory: 256Mi"), "{text}");
+        assert!(!tested(&c, None).contains("merged as"));
     }
 
     #[test]
