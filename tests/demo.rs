@@ -413,3 +413,20 @@ async fn the_operators_own_identity_cannot_approve_or_change_what_people_decide(
         assert!(matches!(patched, Err(kube::Error::Api(ref e)) if e.code == 403), "{}: {patched:?}", ar.kind);
     }
 }
+
+/// The OOM fix on a GitOps-run cluster: a pull request (checks passed) merged into the
+/// repository, applied by the GitOps controller stand-in, then verified — and the repository's
+/// line changed, its comment kept.
+#[tokio::test]
+async fn the_gitops_scenario_merges_a_pull_request_then_verifies_the_fix() {
+    let (outcome, text) = play(Scenario::built_in("gitops").unwrap(), false).await;
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    assert_eq!((outcome.memory_before.as_str(), outcome.memory_after.as_str()), ("128Mi", "250Mi"), "{text}");
+    let status = outcome.remediation.status.as_ref().unwrap();
+    let pr = status.ci.as_ref().unwrap().pull_request.as_ref().unwrap();
+    assert_eq!((pr.number, pr.file.as_str()), (1, "apps/checkout.yaml"));
+    let merged = status.deploy.as_ref().unwrap().pull_request.as_ref().unwrap();
+    assert!(merged.merge_commit.is_some(), "{text}");
+    assert!(text.contains("  pr        #1 ") && text.contains("  merged    #1 as "), "{text}");
+    assert!(text.contains("    +            limits: {memory: 250Mi}      # set at launch\n"), "{text}");
+}

@@ -9,6 +9,7 @@
 
 pub mod forge;
 pub mod model;
+pub mod repository;
 pub mod scenario;
 pub mod standin;
 pub mod syncer;
@@ -209,6 +210,15 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         }
         None => None,
     };
+    // The repository the cluster is synced from, and its forge, when the scenario is GitOps.
+    let repository = match &scenario.gitops {
+        Some(g) => {
+            let r = repository::Repository::start(g).await?;
+            scenario.resources = r.substitute(&scenario.resources, &g.forge);
+            Some(r)
+        }
+        None => None,
+    };
     let docs = scenario.documents().map_err(|e| anyhow!(e))?;
     let model = Arc::new(OomModel::new(&scenario.model).map_err(|e| anyhow!("scenario model: {e}"))?);
     let rbac = crate::sandbox::rbac::Table::from_yaml(DEMO_RBAC).map_err(|e| anyhow!("the demo's RBAC table: {e}"))?;
@@ -242,9 +252,22 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             llm.price.output_per_million
         )?;
     }
+    if let Some(r) = &repository {
+        writeln!(
+            out,
+            "  stand-ins: the forge is a stand-in serving GitHub's and GitLab's pull-request endpoints ({}) over a local git repository ({}); the GitOps controller is a stand-in that applies main every 0.5s",
+            r.url,
+            r.bare.display()
+        )?;
+    }
     let mut applied = Vec::new();
     for doc in &docs {
         applied.push(apply(&client, doc).await?);
+    }
+    // The GitOps controller stand-in: what is on main is what runs.
+    if let (Some(r), Some(g)) = (&repository, &scenario.gitops) {
+        r.keep_synced(client.clone(), g.namespace.clone()).await?;
+        applied.push(format!("the manifests on main ({})", g.files.keys().cloned().collect::<Vec<_>>().join(", ")));
     }
     // The ServiceAccount the LLM agent reads as, in each namespace Reflex serves (the chart
     // creates it with its read-only Role).
@@ -298,7 +321,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             deployers: Deployers::default(),
             max_concurrent_deploys: None,
             alertmanager: None,
-            gitops: crate::gitops::flow::Settings::default(),
+            gitops: repository.as_ref().map(repository::Repository::settings).unwrap_or_default(),
         },
         &stop,
     );
@@ -496,6 +519,14 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         }
     }
     let event_reasons: Vec<String> = evs.iter().filter_map(|e| e.reason.clone()).collect();
+    if let Some(r) = &repository
+        && rem.status.as_ref().and_then(|s| s.deploy.as_ref()?.pull_request.as_ref()).is_some()
+    {
+        writeln!(out, "main, as merged (git diff main^1 main):")?;
+        for line in r.last_merge() {
+            writeln!(out, "    {line}")?;
+        }
+    }
     stop.cancel();
     let _ = controller.await;
     let _ = server.await;

@@ -26,6 +26,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("known-bug", include_str!("../../scenarios/known-bug.yaml")),
     ("hpa-saturation", include_str!("../../scenarios/hpa-saturation.yaml")),
     ("production", include_str!("../../scenarios/production.yaml")),
+    ("gitops", include_str!("../../scenarios/gitops.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
@@ -153,6 +154,23 @@ pub struct Scenario {
     /// RBAC table), and who first tries to approve in their name.
     #[serde(default)]
     pub approval: Option<ApprovalScript>,
+    /// A GitOps scenario: the repository the cluster is synced from. `${GITOPS_REPOSITORY}`,
+    /// `${FORGE_API}` and `${FORGE_URL}` in the resources become the local repository, the
+    /// forge stand-in's API and its address.
+    #[serde(default)]
+    pub gitops: Option<GitopsScript>,
+}
+
+/// The repository of a GitOps scenario: its files, and the forge that hosts it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitopsScript {
+    /// `github` or `gitlab`: which API the forge stand-in is spoken to with.
+    pub forge: String,
+    /// The files on `main`: path → content.
+    pub files: BTreeMap<String, String>,
+    /// The namespace the GitOps controller stand-in applies them to.
+    pub namespace: String,
 }
 
 /// The people of a scenario that waits for approval.
