@@ -530,3 +530,49 @@ async fn with_forge_review_the_merge_waits_for_an_approving_review() {
     assert_eq!(w.forge.pull_requests()[0].state, "merged");
     assert_eq!(record.pull_request.unwrap().merge_commit, w.forge.rev("refs/heads/main"));
 }
+
+/// Status is a record, never proof: a commit pushed onto the branch with Reflex's trailers
+/// copied, and status edited to name it (and a hostile branch name), is not merged — its
+/// content is not the tested patch.
+#[tokio::test]
+async fn a_commit_with_copied_trailers_is_not_merged() {
+    let w = world("github", json!({})).await;
+    let mut rem = remediation(&w, "checkout-oom-14", "256Mi").await;
+    let ci = tested(&w, &mut rem).await;
+    let pr = ci.pull_request.unwrap();
+    // Someone with push access replaces the commit: same trailers, one more change.
+    let work = w.dir.join("forger");
+    git(&w.dir, &["clone", "--quiet", &format!("file://{}", w.bare.display()), work.to_str().unwrap()]);
+    git(&work, &["fetch", "--quiet", "origin", "reflex/checkout-oom-14"]);
+    git(&work, &["checkout", "--quiet", "FETCH_HEAD"]);
+    let message = git(&work, &["log", "-1", "--format=%B"]);
+    let path = work.join("apps/checkout.yaml");
+    std::fs::write(&path, std::fs::read_to_string(&path).unwrap().replace("image: \"c:1\"", "image: \"evil:1\""))
+        .unwrap();
+    git(&work, &["commit", "--quiet", "--amend", "-am", &message]);
+    git(&work, &["push", "--quiet", "--force", "origin", "HEAD:refs/heads/reflex/checkout-oom-14"]);
+    let forged = git(&work, &["rev-parse", "HEAD"]);
+    let ci = rem.status.as_mut().unwrap().ci.as_mut().unwrap();
+    let record = ci.pull_request.as_mut().unwrap();
+    record.commit = forged.clone();
+    record.branch = "../../../../x".into();
+    let snapshot = w.deploy.snapshot(w.input(&rem, Step::Snapshot)).await.unwrap();
+    rem.status.as_mut().unwrap().deploy = Some(snapshot);
+    let status = rem.status.as_ref().unwrap();
+    let tested =
+        reflex::patch::TestedPatch::new(status.proposal.as_ref().unwrap(), status.ci.as_ref().unwrap()).unwrap();
+    let err = w.deploy.apply(w.input(&rem, Step::Deploy), tested).await.unwrap_err();
+    assert_eq!(err.category, ErrorCategory::NeedsHuman);
+    assert!(
+        err.message.contains(&format!("commit {forged}")) && err.message.contains("is not the tested change"),
+        "{err}"
+    );
+    assert_eq!(w.forge.pull_requests()[0].state, "open", "nothing merged");
+    assert_eq!(w.forge.rev("refs/heads/main").unwrap(), git(&w.bare, &["rev-parse", &format!("{}^1", pr.commit)]));
+
+    // CI run again finds the forged commit on its branch and replaces it with its own.
+    let again = w.ci.test(w.input(&rem, Step::Test)).await.unwrap();
+    let head = again.pull_request.unwrap().commit;
+    assert_ne!(head, forged);
+    assert!(!w.file_on(&head, "apps/checkout.yaml").contains("evil"));
+}

@@ -92,3 +92,69 @@ fn malformed_manifests_are_errors_not_panics() {
         assert!(parsed.is_err(), "{text:?} must be rejected");
     }
 }
+
+/// GitOps and test-Job settings a namespace user writes are held to what is safe to hand git
+/// and a forge: no git transport syntax or credentials in the URL, a project of plain path
+/// segments (exactly owner/repo on GitHub), an API URL without query or fragment, paths inside
+/// the repository, no REFLEX_ variables of one's own.
+#[test]
+fn gitops_and_job_settings_that_could_steer_git_or_the_forge_are_refused() {
+    use reflex::api::validate::{RemoteScheme, ValidPolicy, parse_remote};
+    for bad in [
+        "ext::sh -c touch% /tmp/x",
+        "-uupload-pack=touch",
+        "https://user:pw@github.com/o/r.git",
+        "http://github.com/o/r",
+        "git@host",
+        "fd::x",
+    ] {
+        assert!(parse_remote(bad).is_err(), "{bad}");
+    }
+    let ok = parse_remote("git@github.com:platform/apps.git").unwrap();
+    assert_eq!((ok.scheme, ok.host.as_str(), ok.path.as_str()), (RemoteScheme::Ssh, "github.com", "platform/apps"));
+    let https = parse_remote("https://gitlab.example.com/group/sub/project.git").unwrap();
+    assert_eq!((https.scheme, https.path.as_str()), (RemoteScheme::Https, "group/sub/project"));
+
+    let policy = |gitops: serde_json::Value, job: Option<serde_json::Value>| {
+        let mut ci = serde_json::json!({"gitops": gitops});
+        if let Some(job) = job {
+            ci = serde_json::json!({"job": job});
+        }
+        let spec: reflex::api::policy::RemediationPolicySpec = serde_json::from_value(serde_json::json!({
+            "match": {"alertnames": ["A"]}, "target": {"kind": "Deployment", "name": "web"}, "playbook": "p", "ci": ci}))
+        .unwrap();
+        ValidPolicy::from_spec(&spec).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let gitops = |extra: serde_json::Value| {
+        let mut g = serde_json::json!({"repository": "https://github.com/platform/apps.git", "credentialsSecret": "repo", "forge": {"type": "github"}});
+        if let (Some(a), Some(b)) = (g.as_object_mut(), extra.as_object()) {
+            for (k, v) in b {
+                a.insert(k.clone(), v.clone());
+            }
+        }
+        g
+    };
+    assert_eq!(policy(gitops(serde_json::json!({})), None), "", "a plain GitHub repository validates");
+    let errors = policy(
+        gitops(serde_json::json!({"forge": {"type": "github", "project": "a/b/c"}, "path": "../etc/passwd"})),
+        None,
+    );
+    assert!(errors.contains("spec.ci.gitops.forge.project") && errors.contains("spec.ci.gitops.path"), "{errors}");
+    let errors = policy(
+        gitops(serde_json::json!({"forge": {"type": "github", "apiUrl": "https://ghe.example.com/api/v3#"}})),
+        None,
+    );
+    assert!(errors.contains("spec.ci.gitops.forge.apiUrl"), "{errors}");
+    let errors = policy(gitops(serde_json::json!({"forge": {"type": "gitlab", "project": "group/../x"}})), None);
+    assert!(errors.contains("spec.ci.gitops.forge.project"), "{errors}");
+    let errors = policy(gitops(serde_json::json!({"baseBranch": "--upload-pack=x"})), None);
+    assert!(errors.contains("spec.ci.gitops.baseBranch"), "{errors}");
+    let job = serde_json::json!({"image": "i:1", "command": ["t"], "env": [{"name": "REFLEX_MANIFEST", "value": "/etc/shadow"}, {"name": "1X"}]});
+    let errors = policy(serde_json::json!({}), Some(job));
+    assert!(
+        errors.contains("spec.ci.job.env[0].name")
+            && errors.contains("REFLEX_")
+            && errors.contains("spec.ci.job.env[1].name"),
+        "{errors}"
+    );
+}

@@ -416,7 +416,8 @@ pub struct Remote {
 /// credentials in the URL and option-like URLs are refused.
 pub fn parse_remote(url: &str) -> Result<Remote, String> {
     let strip = |p: &str| p.trim_matches('/').trim_end_matches(".git").to_owned();
-    if url.starts_with('-') || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // `transport::address` is git's remote-helper syntax (`ext::` runs a command).
+    if url.starts_with('-') || url.contains("::") || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("{url:?} is not a repository URL"));
     }
     if let Some(rest) = url.strip_prefix("file://") {
@@ -513,13 +514,27 @@ fn gitops(c: &mut Collector, g: &GitopsSpec) -> Option<ValidGitops> {
     let checks_timeout = c.duration(&format!("{at}.checksTimeout"), &g.checks_timeout);
     let converge_timeout = c.duration(&format!("{at}.convergeTimeout"), &g.converge_timeout);
     let remote = remote?;
+    let segment = |c: &str| {
+        !c.is_empty() && c != "." && c != ".." && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+    };
+    let project_ok = |p: &str| {
+        let parts: Vec<&str> = p.split('/').collect();
+        let count = match g.forge.type_ {
+            ForgeType::Github => parts.len() == 2,
+            ForgeType::Gitlab => parts.len() >= 2,
+        };
+        count && parts.iter().all(|c| segment(c))
+    };
     let project = match &g.forge.project {
-        Some(p) if p.split('/').count() >= 2 && p.split('/').all(|c| !c.is_empty() && c != "..") => p.clone(),
+        Some(p) if project_ok(p) => p.clone(),
         Some(p) => {
-            c.push(format!("{at}.forge.project"), format!("{p:?} is not owner/repo or group/project"));
+            c.push(
+                format!("{at}.forge.project"),
+                format!("{p:?} is not owner/repo (GitHub) or group/project (GitLab) of letters, digits, ., _ and -"),
+            );
             return None;
         }
-        None if remote.scheme != RemoteScheme::File && remote.path.split('/').count() >= 2 => remote.path.clone(),
+        None if remote.scheme != RemoteScheme::File && project_ok(&remote.path) => remote.path.clone(),
         None => {
             c.push(format!("{at}.forge.project"), "cannot be derived from the repository URL; set it");
             return None;
@@ -527,11 +542,21 @@ fn gitops(c: &mut Collector, g: &GitopsSpec) -> Option<ValidGitops> {
     };
     let api_url = match (&g.forge.api_url, g.forge.type_) {
         (Some(u), _) => match reqwest::Url::parse(u) {
-            Ok(parsed) if matches!(parsed.scheme(), "https" | "http") && parsed.host_str().is_some() => {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "https" | "http")
+                    && parsed.host_str().is_some()
+                    && parsed.query().is_none()
+                    && parsed.fragment().is_none()
+                    && parsed.username().is_empty()
+                    && parsed.password().is_none() =>
+            {
                 u.trim_end_matches('/').to_owned()
             }
             _ => {
-                c.push(format!("{at}.forge.apiUrl"), format!("{u:?} is not an http(s) URL"));
+                c.push(
+                    format!("{at}.forge.apiUrl"),
+                    format!("{u:?} is not an http(s) URL without query, fragment or credentials"),
+                );
                 return None;
             }
         },
@@ -660,6 +685,11 @@ impl ValidPolicy {
                                 "{:?} is not a variable name (letters, digits and _, not starting with a digit)",
                                 var.name
                             ),
+                        );
+                    } else if var.name.starts_with("REFLEX_") {
+                        c.push(
+                            format!("spec.ci.job.env[{i}].name"),
+                            format!("{:?}: names starting with REFLEX_ are set by Reflex itself", var.name),
                         );
                     } else if !names.insert(var.name.as_str()) {
                         c.push(format!("spec.ci.job.env[{i}].name"), format!("{:?} is set twice", var.name));

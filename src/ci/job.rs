@@ -88,7 +88,8 @@ pub fn objects(
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
-            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "test",
                 "image": spec.image,
@@ -200,7 +201,21 @@ pub async fn run(
     let read_jobs: Api<Job> = Api::namespaced(reader.clone(), &namespace);
     create_once(&maps, &decode(config.clone(), "ConfigMap")?, "the test Job's ConfigMap").await?;
     create_once(&jobs, &decode(job.clone(), "Job")?, "the test Job").await?;
+    // A ConfigMap of that name made by someone else (the name is predictable) must not feed
+    // the test another manifest.
+    let mounted = Api::<ConfigMap>::namespaced(reader.clone(), &namespace)
+        .get_opt(&name)
+        .await
+        .map_err(|e| api_error(&format!("reading ConfigMap {name}"), &e))?;
+    let want: ConfigMap = decode(config.clone(), "ConfigMap")?;
+    if mounted.as_ref().is_some_and(|m| !owned_by(&m.metadata, rem) || m.data != want.data) {
+        return Err(StageError::new(
+            ErrorCategory::NeedsHuman,
+            format!("ConfigMap {namespace}/{name} exists and is not this Remediation's test manifest; delete it"),
+        ));
+    }
 
+    let give_up = tokio::time::Instant::now() + timeout + GRACE * 2;
     let mut created_again = 0;
     let (mut polls, mut seen) = (0_u32, String::new());
     let outcome = loop {
@@ -219,13 +234,18 @@ pub async fn run(
                 create_once(&maps, &decode(config.clone(), "ConfigMap")?, "the test Job's ConfigMap").await?;
                 create_once(&jobs, &decode(job.clone(), "Job")?, "the test Job").await?;
             }
+            if tokio::time::Instant::now() > give_up {
+                return Err(StageError::new(
+                    ErrorCategory::Transient,
+                    format!("Job {namespace}/{name} is still being deleted from an earlier run"),
+                ));
+            }
             tokio::select! {
                 () = input.cancel.cancelled() => return Err(StageError::new(ErrorCategory::Transient, "cancelled")),
                 () = tokio::time::sleep(POLL) => continue,
             }
         };
-        let uid = live.metadata.labels.as_ref().and_then(|l| l.get(UID_LABEL));
-        if uid.map(String::as_str) != rem.metadata.uid.as_deref() {
+        if !owned_by(&live.metadata, rem) {
             return Err(StageError::new(
                 ErrorCategory::NeedsHuman,
                 format!(
@@ -243,7 +263,7 @@ pub async fn run(
         // Job stopped at its deadline loses its Pod, and with it the log of what it was doing.
         polls += 1;
         if polls.is_power_of_two() && polls <= 16 || polls % 16 == 0 {
-            let (_, log) = last_words(reader, &namespace, &name).await;
+            let (_, log) = last_words(reader, &namespace, live.metadata.uid.as_deref().unwrap_or_default()).await;
             if !log.trim().is_empty() {
                 seen = log;
             }
@@ -256,7 +276,8 @@ pub async fn run(
             () = tokio::time::sleep(POLL) => {}
         }
     };
-    let (exit_code, log) = last_words(reader, &namespace, &name).await;
+    let job_uid = read_jobs.get_opt(&name).await.ok().flatten().and_then(|j| j.metadata.uid).unwrap_or_default();
+    let (exit_code, log) = last_words(reader, &namespace, &job_uid).await;
     let log = if log.trim().is_empty() { seen } else { log };
     clean_up(&maps, &jobs, &name).await;
     Ok(JobOutcome { name, state: outcome, exit_code, log_tail: tail(&log) })
@@ -285,11 +306,22 @@ where
     }
 }
 
-/// The test container's exit code and log, from the Job's newest Pod; nothing when there is
-/// no Pod or the log cannot be read (the verdict stands on the Job's status alone).
-async fn last_words(reader: &kube::Client, namespace: &str, job: &str) -> (Option<i32>, String) {
+/// Whether `meta` names `rem` as its owner (by uid: a label anyone can copy).
+fn owned_by(meta: &kube::api::ObjectMeta, rem: &Remediation) -> bool {
+    let uid = rem.metadata.uid.as_deref().unwrap_or_default();
+    !uid.is_empty() && meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.kind == "Remediation")
+}
+
+/// The test container's exit code and log, from the newest Pod of the Job whose uid is
+/// `job_uid` (the controller's label, which only the Job controller sets); nothing when there
+/// is no Pod or the log cannot be read (the verdict stands on the Job's status alone).
+async fn last_words(reader: &kube::Client, namespace: &str, job_uid: &str) -> (Option<i32>, String) {
+    if job_uid.is_empty() {
+        return (None, String::new());
+    }
     let pods: Api<Pod> = Api::namespaced(reader.clone(), namespace);
-    let Ok(list) = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await else {
+    let selector = format!("batch.kubernetes.io/controller-uid={job_uid}");
+    let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else {
         return (None, String::new());
     };
     let Some(pod) = list.items.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0)) else {

@@ -107,14 +107,13 @@ impl Ci {
                 let namespace = rem.metadata.namespace.clone().unwrap_or_default();
                 let session =
                     Session::new(&self.client, &namespace, gitops, &self.gitops, input.cancel.clone()).await?;
-                let rationale = rem
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.proposal.as_ref())
-                    .map(|p| p.rationale.clone())
-                    .unwrap_or_default();
-                let digest = result.proposal_digest.clone();
-                let opened = session.propose(rem, &digest, &rationale, &outcome.live, &stored).await?;
+                let proposal = rem.status.as_ref().and_then(|s| s.proposal.clone()).ok_or_else(|| {
+                    crate::ports::StageError::new(
+                        crate::api::ErrorCategory::InvalidSpec,
+                        "there is no proposal to test",
+                    )
+                })?;
+                let opened = session.propose(rem, &proposal, &outcome.live, &stored).await?;
                 result.backend = CiBackend::Gitops;
                 result.reference = Some(opened.record.url.clone());
                 let checks: Vec<String> =
@@ -144,5 +143,5 @@ impl Ci {
 
 /// A commit's first 12 characters, as people quote them.
 pub fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+    &sha[..sha.floor_char_boundary(12)]
 }

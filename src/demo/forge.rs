@@ -227,7 +227,8 @@ impl Forge {
 fn github_pr(f: &Forge, pr: &Pr, base_url: &str) -> Value {
     json!({"number": pr.number, "html_url": format!("{base_url}/pull/{}", pr.number), "state": if pr.state == "open" { "open" } else { "closed" },
         "merged": pr.state == "merged", "merged_at": if pr.state == "merged" { json!("2026-01-01T00:00:00Z") } else { Value::Null },
-        "merge_commit_sha": pr.merge_commit, "head": {"ref": pr.branch, "sha": f.head_of(pr)}, "base": {"ref": pr.base}, "title": pr.title})
+        "merge_commit_sha": pr.merge_commit, "head": {"ref": pr.branch, "sha": f.head_of(pr), "repo": {"full_name": "platform/apps"}},
+        "base": {"ref": pr.base, "repo": {"full_name": "platform/apps"}}, "title": pr.title})
 }
 
 fn gitlab_mr(f: &Forge, pr: &Pr, base_url: &str) -> Value {
@@ -236,7 +237,8 @@ fn gitlab_mr(f: &Forge, pr: &Pr, base_url: &str) -> Value {
         s => s,
     };
     json!({"iid": pr.number, "web_url": format!("{base_url}/-/merge_requests/{}", pr.number), "state": state,
-        "merge_commit_sha": pr.merge_commit, "source_branch": pr.branch, "target_branch": pr.base, "sha": f.head_of(pr), "title": pr.title})
+        "merge_commit_sha": pr.merge_commit, "source_branch": pr.branch, "target_branch": pr.base, "sha": f.head_of(pr), "title": pr.title,
+        "source_project_id": 7, "target_project_id": 7})
 }
 
 fn answer(status: StatusCode, body: Value) -> Response {
@@ -380,11 +382,16 @@ fn github(f: &Forge, m: &Method, base: &str, rest: &[&str], q: &BTreeMap<String,
             }
         }
         ("GET", ["pulls", n, "reviews"]) => {
+            // A drive-by review by someone without write access never counts.
             let approved = n.parse().is_ok_and(|n| f.faults().approved.contains(&n));
-            answer(
-                StatusCode::OK,
-                if approved { json!([{"user": {"login": "alice"}, "state": "APPROVED"}]) } else { json!([]) },
-            )
+            let head = find(f, n).map(|p| f.head_of(&p)).unwrap_or_default();
+            let mut reviews = vec![
+                json!({"user": {"login": "drive-by"}, "state": "APPROVED", "author_association": "NONE", "commit_id": head}),
+            ];
+            if approved {
+                reviews.push(json!({"user": {"login": "alice"}, "state": "APPROVED", "author_association": "MEMBER", "commit_id": head}));
+            }
+            answer(StatusCode::OK, json!(reviews))
         }
         ("GET", ["commits", sha, "status"]) => {
             let statuses: Vec<Value> = f

@@ -283,6 +283,9 @@ mod tests {
             let kinds: Vec<&str> = docs.iter().filter_map(|d| d.get("kind").and_then(Value::as_str)).collect();
             let expected: &[&str] = if *name == "pool" {
                 &["Namespace", "Playbook", "ConfigMap", "Deployment", "RemediationPolicy"]
+            } else if *name == "gitops" {
+                // The Deployment is in the repository; the GitOps controller stand-in applies it.
+                &["Namespace", "Playbook", "Secret", "RemediationPolicy"]
             } else if *name == "hpa-saturation" {
                 &["Namespace", "Playbook", "Deployment", "HorizontalPodAutoscaler", "RemediationPolicy"]
             } else {

@@ -51,7 +51,7 @@ fn gitops_of(policy: Option<&ValidPolicy>) -> Option<&ValidGitops> {
 }
 
 fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+    &sha[..sha.floor_char_boundary(12)]
 }
 
 impl Deploy for Backends {
@@ -87,8 +87,11 @@ impl Deploy for Backends {
             })?;
             let namespace = rem.metadata.namespace.clone().unwrap_or_default();
             let session = Session::new(&direct.client, &namespace, gitops, &settings, input.cancel.clone()).await?;
-            let forge_review = gitops.spec.merge_approval == MergeApproval::Forge;
-            let merged = session.merge(rem, &tested, &proposal.digest, forge_review).await?;
+            // The forge's own review, waited for as long as the policy waits for an approval (a day
+            // when it sets no limit).
+            let forge_review = (gitops.spec.merge_approval == MergeApproval::Forge)
+                .then(|| now.policy.trust.approval_timeout.unwrap_or(Duration::from_secs(24 * 3600)));
+            let merged = session.merge(rem, &tested, proposal, forge_review).await?;
             record.identity = Some(format!("GitOps merge on {} ({})", gitops.project, gitops.remote.url));
             record.applied_digest = Some(proposal.digest.clone());
             record.applied_revision = merged.merge_commit.as_deref().map(|c| format!("commit {}", short(c)));
@@ -111,7 +114,12 @@ impl Deploy for Backends {
                 .and_then(|s| s.proposal.as_ref())
                 .ok_or_else(|| StageError::new(ErrorCategory::InvalidSpec, "no proposal recorded"))?;
             let applied =
-                status.and_then(|s| s.deploy.as_ref()?.applied_at.as_ref()).map_or_else(Timestamp::now, |t| t.0);
+                status.and_then(|s| s.deploy.as_ref()?.applied_at.as_ref()).map(|t| t.0).ok_or_else(|| {
+                    StageError::new(
+                        ErrorCategory::InvalidSpec,
+                        "no merged change to watch converge (status.deploy.appliedAt)",
+                    )
+                })?;
             let timeout = gitops_of(input.policy.as_deref()).map_or(Duration::from_secs(600), |g| g.converge_timeout);
             let live = as_json(&read_target(&client, &rem).await?)?;
             let pending = drifted(&proposal.patch.0, &live, proposal.patch_type);

@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::forge::{self, Check, CheckState, Forge, ForgeError, Merge, PrState, PullRequest};
 use super::manifest::{self, Wanted};
-use super::repo::{Credentials, GitError, Repo};
+use super::repo::{Credentials, GitError, Repo, is_sha};
 use crate::api::ErrorCategory;
 use crate::api::policy::ForgeType;
-use crate::api::remediation::{CheckRecord, PullRequestRecord, Remediation};
+use crate::api::remediation::{CheckRecord, Proposal, PullRequestRecord, Remediation};
 use crate::api::validate::{RemoteScheme, ValidGitops};
 use crate::ports::{StageError, StageResult};
 
@@ -70,9 +70,11 @@ pub fn revert_branch_of(rem: &Remediation) -> String {
     format!("{}-revert", branch_of(rem))
 }
 
-/// The value of trailer `key` in a commit message (the last one wins, as git reads them).
+/// The value of trailer `key` in a commit message: only the message's last paragraph is its
+/// trailer block (as `git interpret-trailers` reads it), and the last one of a key wins.
 pub fn trailer(message: &str, key: &str) -> Option<String> {
-    message
+    let block = message.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    block
         .lines()
         .filter_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_owned()))
         .next_back()
@@ -152,7 +154,15 @@ fn records(checks: &[Check]) -> Vec<CheckRecord> {
     checks
         .iter()
         .take(64)
-        .map(|c| CheckRecord { name: line(&c.name, 200), state: c.state.as_str().to_owned(), url: c.url.clone() })
+        .map(|c| CheckRecord {
+            name: line(&c.name, 200),
+            state: c.state.as_str().to_owned(),
+            url: c
+                .url
+                .as_deref()
+                .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+                .map(|u| line(u, 500)),
+        })
         .collect()
 }
 
@@ -193,6 +203,10 @@ pub struct Session {
     cancel: CancellationToken,
 }
 
+fn refuse<T>(message: String) -> StageResult<T> {
+    Err(StageError::new(ErrorCategory::NeedsHuman, message))
+}
+
 impl Session {
     /// Reads the credentials Secret (in `namespace`) and checks it may be sent where the policy
     /// points: the forge's API host and, for HTTPS, the repository's.
@@ -208,20 +222,16 @@ impl Session {
             crate::cluster::api_error(&format!("reading the GitOps credentials Secret {namespace}/{name}"), &e)
         })?;
         let Some(secret) = secret else {
-            return Err(StageError::new(
-                ErrorCategory::NeedsHuman,
-                format!("the GitOps credentials Secret {namespace}/{name} does not exist; create it with key token"),
+            return refuse(format!(
+                "the GitOps credentials Secret {namespace}/{name} does not exist; create it with key token"
             ));
         };
         let data = secret.data.clone().unwrap_or_default();
         let key =
             |k: &str| data.get(k).map(|v| String::from_utf8_lossy(&v.0).trim().to_owned()).filter(|v| !v.is_empty());
-        let token = key("token").ok_or_else(|| {
-            StageError::new(
-                ErrorCategory::NeedsHuman,
-                format!("Secret {namespace}/{name} has no key token (the forge API token)"),
-            )
-        })?;
+        let Some(token) = key("token") else {
+            return refuse(format!("Secret {namespace}/{name} has no key token (the forge API token)"));
+        };
         let annotations = secret.metadata.annotations.as_ref();
         let mut urls = vec![gitops.api_url.clone()];
         if gitops.remote.scheme == RemoteScheme::Https {
@@ -253,17 +263,6 @@ impl Session {
         Ok(Self { forge, creds, gitops: gitops.clone(), settings: settings.clone(), cancel })
     }
 
-    /// A session over `forge` (tests give their own).
-    pub fn with_forge(
-        forge: Box<dyn Forge>,
-        creds: Credentials,
-        gitops: &ValidGitops,
-        settings: &Settings,
-        cancel: CancellationToken,
-    ) -> Self {
-        Self { forge, creds, gitops: gitops.clone(), settings: settings.clone(), cancel }
-    }
-
     fn base(&self) -> &str {
         &self.gitops.spec.base_branch
     }
@@ -281,83 +280,127 @@ impl Session {
         }
     }
 
-    /// Whose commit `sha` is: its uid and digest trailers, read from the forge.
-    async fn owner_of(&self, sha: &str) -> StageResult<(Option<String>, Option<String>, String)> {
-        let message =
-            self.forge.commit_message(sha).await.map_err(|e| forge_error(&format!("reading commit {sha}"), e))?;
+    /// The trailers of commit (or branch) `reference`, read from the forge.
+    async fn trailers_of(&self, reference: &str) -> StageResult<(Option<String>, Option<String>, String)> {
+        let message = self
+            .forge
+            .commit_message(reference)
+            .await
+            .map_err(|e| forge_error(&format!("reading commit {reference}"), e))?;
         Ok((trailer(&message, UID), trailer(&message, DIGEST), message))
     }
 
-    /// Opens (or resumes) the pull request for the change from `live` to `stored` and waits
-    /// for its checks.
+    /// Opens (or resumes) the pull request for `proposal`, the change from `live` to `stored`,
+    /// and waits for its checks.
     pub async fn propose(
         &self,
         rem: &Remediation,
-        digest: &str,
-        rationale: &str,
+        proposal: &Proposal,
         live: &Value,
         stored: &Value,
     ) -> StageResult<Opened> {
         let uid = rem.metadata.uid.clone().unwrap_or_default();
+        let digest = proposal.digest.as_str();
         let branch = branch_of(rem);
-        let mut replacing: Option<String> = None;
-        // An open pull request from an earlier run of this step.
+        let repo = self.clone_base().await?;
+        let base_commit = repo.rev("HEAD").await.map_err(|e| git_error("reading the base commit", e))?;
+        // What an earlier run left: an open pull request, or the branch alone (pushed before a
+        // crash). Reused only when its head is provably this change; replaced when it is an
+        // earlier proposal of this Remediation; refused when it is anyone else's.
         let open = self
             .forge
             .find_open(&branch, self.base())
             .await
             .map_err(|e| forge_error("looking for an open pull request", e))?;
-        if let Some(pr) = &open {
-            let (owner, tested, message) = self.owner_of(&pr.head).await?;
-            if owner.as_deref() != Some(uid.as_str()) {
-                return Err(StageError::new(
-                    ErrorCategory::NeedsHuman,
-                    format!(
-                        "pull request {} from branch {branch} was not opened for this Remediation; close it or rename the Remediation",
-                        pr.url
-                    ),
+        let pushed = repo.remote_branch(&branch).await.map_err(|e| git_error("reading the remote branch", e))?;
+        let mut replacing: Option<String> = None;
+        if let Some(head) = pushed.clone() {
+            let message = repo.message(&head).await.map_err(|e| git_error("reading the branch's commit", e))?;
+            if trailer(&message, UID).as_deref() != Some(uid.as_str()) {
+                return refuse(format!(
+                    "branch {branch} already exists in {} and was not made for this Remediation; delete it or rename the Remediation",
+                    self.gitops.remote.url
                 ));
             }
-            if tested.as_deref() == Some(digest) {
-                return self.checked(pr.clone(), &message).await;
+            let same = trailer(&message, DIGEST).as_deref() == Some(digest)
+                && self.prove(&repo, &head, proposal, &branch).await.is_ok();
+            if same {
+                let pr = match open.filter(|pr| pr.head == head) {
+                    Some(pr) => pr,
+                    None => self.open_pr(rem, &branch, &message, &head).await?,
+                };
+                return self.checked(pr, &message, &branch).await;
             }
-            replacing = Some(pr.head.clone());
-        }
-        let repo = self.clone_base().await?;
-        let base_commit = repo.rev("HEAD").await.map_err(|e| git_error("reading the base commit", e))?;
-        // The branch without a pull request: pushed before a crash, or someone else's.
-        if replacing.is_none()
-            && let Some(sha) =
-                repo.remote_branch(&branch).await.map_err(|e| git_error("reading the remote branch", e))?
-        {
-            let message = repo.message(&sha).await.map_err(|e| git_error("reading the branch's commit", e))?;
-            match (trailer(&message, UID), trailer(&message, DIGEST)) {
-                (Some(u), Some(d)) if u == uid && d == digest => {
-                    let pr = self.open_pr(rem, &branch, &message).await?;
-                    return self.checked(pr, &message).await;
-                }
-                (Some(u), _) if u == uid => replacing = Some(sha),
-                _ => {
-                    return Err(StageError::new(
-                        ErrorCategory::NeedsHuman,
-                        format!(
-                            "branch {branch} already exists in {} and was not made for this Remediation; delete it or rename the Remediation",
-                            self.gitops.remote.url
-                        ),
-                    ));
-                }
-            }
+            replacing = Some(head);
+        } else if let Some(pr) = &open {
+            return refuse(format!("pull request {} has no branch {branch}; close it", pr.url));
         }
         let files = self.edited(&repo, rem, live, stored)?;
         let names: Vec<String> = files.iter().map(|(f, _)| f.clone()).collect();
-        let message = commit_message(rem, digest, &base_commit, &names, Timestamp::now(), rationale);
-        repo.commit(&branch, &files, &message).await.map_err(|e| git_error("committing the change", e))?;
+        let message = commit_message(rem, digest, &base_commit, &names, Timestamp::now(), &proposal.rationale);
+        let commit = repo.commit(&branch, &files, &message).await.map_err(|e| git_error("committing the change", e))?;
         repo.push(&branch, replacing.as_deref()).await.map_err(|e| git_error(&format!("pushing {branch}"), e))?;
         let pr = match open {
             Some(pr) => self.forge.get(pr.number).await.map_err(|e| forge_error("reading the pull request", e))?,
-            None => self.open_pr(rem, &branch, &message).await?,
+            None => self.open_pr(rem, &branch, &message, &commit).await?,
         };
-        self.checked(pr, &message).await
+        if pr.head != commit {
+            return refuse(format!("pull request {} does not point at the commit Reflex pushed ({commit})", pr.url));
+        }
+        self.checked(pr, &message, &branch).await
+    }
+
+    /// Proves that commit `head` (fetched from `branch`) is `proposal` and nothing else: one
+    /// parent, on the base branch's history; every file it changes a YAML file whose every
+    /// changed document becomes exactly what the proposal's patch makes of it.
+    async fn prove(&self, repo: &Repo, head: &str, proposal: &Proposal, branch: &str) -> StageResult<()> {
+        let fail = |why: String| {
+            StageError::new(
+                ErrorCategory::NeedsHuman,
+                format!("commit {head} on {branch} is not the tested change: {why}"),
+            )
+        };
+        let g = |e: GitError| fail(e.to_string());
+        let parents = repo.git(&["rev-list", "--parents", "-n", "1", "--end-of-options", head]).await.map_err(g)?;
+        let parents: Vec<&str> = parents.split_whitespace().skip(1).collect();
+        let [parent] = parents.as_slice() else { return Err(fail("it is not a single-parent commit".into())) };
+        let base = format!("refs/remotes/origin/{}", self.base());
+        if repo.git(&["merge-base", "--is-ancestor", "--end-of-options", parent, &base]).await.is_err() {
+            return Err(fail(format!("its parent {parent} is not on {}", self.base())));
+        }
+        let names = repo.git(&["diff", "--name-only", "-z", "--no-renames", parent, head, "--"]).await.map_err(g)?;
+        let names: Vec<&str> = names.split('\0').filter(|n| !n.is_empty()).collect();
+        if names.is_empty() {
+            return Err(fail("it changes nothing".into()));
+        }
+        for name in names {
+            if !(name.ends_with(".yaml") || name.ends_with(".yml")) || name.chars().any(char::is_control) {
+                return Err(fail(format!("it changes {name:?}, which is not a manifest")));
+            }
+            let old =
+                repo.git(&["show", &format!("{parent}:{name}")]).await.map_err(|_| fail(format!("it adds {name}")))?;
+            let new =
+                repo.git(&["show", &format!("{head}:{name}")]).await.map_err(|_| fail(format!("it deletes {name}")))?;
+            let (old_docs, new_docs) = (manifest::documents(&old), manifest::documents(&new));
+            if old_docs.len() != new_docs.len() {
+                return Err(fail(format!("it adds or removes documents in {name}")));
+            }
+            for ((os, oe), (ns, ne)) in old_docs.into_iter().zip(new_docs) {
+                let parse = |t: &str| serde_saphyr::from_str::<Value>(t).ok();
+                let (Some(before), Some(after)) = (parse(&old[os..oe]), parse(&new[ns..ne])) else {
+                    return Err(fail(format!("{name} does not parse")));
+                };
+                if before == after {
+                    continue;
+                }
+                let expected = crate::patch::safety::apply(proposal.patch_type, &before, &proposal.patch.0)
+                    .map_err(|e| fail(format!("the patch does not apply to {name}: {e}")))?;
+                if expected != after {
+                    return Err(fail(format!("{name} changes more than (or other than) the proposal's patch")));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The files the change edits, with their new text.
@@ -368,15 +411,17 @@ impl Session {
         live: &Value,
         stored: &Value,
     ) -> StageResult<Vec<(String, String)>> {
-        let refuse = |m: String| StageError::new(ErrorCategory::InvalidSpec, m);
-        let changes = manifest::changes(live, stored).map_err(refuse)?;
+        let invalid = |m: String| StageError::new(ErrorCategory::InvalidSpec, m);
+        let changes = manifest::changes(live, stored).map_err(invalid)?;
         if changes.is_empty() {
-            return Err(refuse("the change sets nothing the repository could hold".into()));
+            return Err(invalid("the change sets nothing the repository could hold".into()));
         }
         let spec = &self.gitops.spec;
         let files = match &spec.path {
-            Some(path) => repo.yaml_files(None).into_iter().filter(|(f, _)| f == path).collect(),
-            None => repo.yaml_files(spec.search_path.as_deref()),
+            Some(path) => {
+                repo.read(path).map_err(|e| git_error("reading spec.ci.gitops.path", e))?.into_iter().collect()
+            }
+            None => repo.yaml_files(spec.search_path.as_deref()).map_err(|e| git_error("reading the repository", e))?,
         };
         let target = &rem.spec.target;
         let wanted = Wanted {
@@ -388,7 +433,7 @@ impl Session {
         let found = manifest::locate(&files, &wanted);
         if found.is_empty() {
             let scope = spec.path.as_deref().or(spec.search_path.as_deref()).unwrap_or("the repository");
-            return Err(refuse(format!(
+            return Err(invalid(format!(
                 "no manifest for {} {}/{} in {} ({scope}: {} YAML files read); set spec.ci.gitops.path to the file that defines it",
                 wanted.kind,
                 wanted.namespace,
@@ -397,7 +442,7 @@ impl Session {
                 files.len()
             )));
         }
-        let plan = manifest::assign(&found, &changes).map_err(refuse)?;
+        let plan = manifest::assign(&found, &changes).map_err(invalid)?;
         let mut out: Vec<(String, String)> = Vec::new();
         // Several documents of one file: edit from the last, so earlier spans stay valid.
         let mut by_file: std::collections::BTreeMap<String, Vec<(usize, Vec<manifest::Change>)>> = Default::default();
@@ -408,19 +453,19 @@ impl Session {
             let mut text = files.iter().find(|(f, _)| *f == file).map(|(_, t)| t.clone()).unwrap_or_default();
             docs.sort_by_key(|(i, _)| std::cmp::Reverse(found[*i].span.0));
             for (i, c) in docs {
-                text = manifest::edit(&text, found[i].span, &c).map_err(|e| refuse(format!("{file}: {e}")))?;
+                text = manifest::edit(&text, found[i].span, &c).map_err(|e| invalid(format!("{file}: {e}")))?;
             }
             out.push((file, text));
         }
         if out.iter().all(|(f, t)| files.iter().any(|(g, u)| g == f && u == t)) {
-            return Err(refuse(
+            return Err(invalid(
                 "the repository already holds these values; the cluster has drifted from it — sync it instead".into(),
             ));
         }
         Ok(out)
     }
 
-    async fn open_pr(&self, rem: &Remediation, branch: &str, message: &str) -> StageResult<PullRequest> {
+    async fn open_pr(&self, rem: &Remediation, branch: &str, message: &str, head: &str) -> StageResult<PullRequest> {
         let title = message.lines().next().unwrap_or("reflex: fix").to_owned();
         let ns = rem.metadata.namespace.as_deref().unwrap_or_default();
         let name = rem.metadata.name.as_deref().unwrap_or_default();
@@ -428,34 +473,38 @@ impl Session {
             "Opened by Reflex for Remediation `{ns}/{name}`.\n\n{}\n\nSee `kubectl reflex explain -n {ns} {name}`. Reflex merges this pull request when its gate allows, waits for the cluster to converge and verifies the fix; if the fix does not hold it opens and merges a revert.",
             message.split("\n\n").nth(1).unwrap_or_default()
         );
-        match self.forge.open(branch, self.base(), &title, &body).await {
-            Ok(pr) => Ok(pr),
+        let pr = match self.forge.open(branch, self.base(), &title, &body).await {
+            Ok(pr) => pr,
             // Opened by a request whose answer was lost, or by a racing replica: find it.
             Err(e) => match self.forge.find_open(branch, self.base()).await {
-                Ok(Some(pr)) => Ok(pr),
-                _ => Err(forge_error("opening the pull request", e)),
+                Ok(Some(pr)) => pr,
+                _ => return Err(forge_error("opening the pull request", e)),
             },
+        };
+        if pr.head != head || !pr.same_repo || pr.base != self.base() {
+            return refuse(format!("pull request {} is not {branch} at {head} into {}", pr.url, self.base()));
         }
+        Ok(pr)
     }
 
     /// Waits for the checks on `pr`'s head (made at the `Reflex-Created` time in `message`),
     /// and closes it when they fail or time out.
-    async fn checked(&self, pr: PullRequest, message: &str) -> StageResult<Opened> {
+    async fn checked(&self, pr: PullRequest, message: &str, branch: &str) -> StageResult<Opened> {
         let created =
             trailer(message, CREATED).and_then(|t| t.parse::<Timestamp>().ok()).unwrap_or_else(Timestamp::now);
         let mut record = PullRequestRecord {
             number: pr.number,
-            url: pr.url.clone(),
-            branch: pr.branch.clone(),
+            url: line(&pr.url, 500),
+            branch: branch.to_owned(),
             commit: pr.head.clone(),
             base_commit: trailer(message, BASE).unwrap_or_default(),
-            file: trailer(message, FILES).unwrap_or_default(),
+            file: trailer(message, FILES).map(|f| line(&f, 500)).unwrap_or_default(),
             checks: Vec::new(),
             merge_commit: None,
         };
         let verdict = self.await_checks(&pr.head, created, &mut record.checks).await?;
         if verdict.is_err() {
-            self.abandon(&record).await;
+            self.abandon(pr.number, branch, &pr.head).await;
         }
         Ok(Opened { record, verdict })
     }
@@ -472,10 +521,18 @@ impl Session {
             *out = records(&checks);
             match judge(&self.gitops.spec.required_checks, &checks) {
                 Checks::Passed => return Ok(Ok(())),
-                Checks::Failed(names) => return Ok(Err(format!("checks failed: {}", names.join(", ")))),
+                Checks::Failed(names) => {
+                    let names: Vec<String> = names.iter().take(16).map(|n| line(n, 100)).collect();
+                    return Ok(Err(format!("checks failed: {}", names.join(", "))));
+                }
                 Checks::Pending if Timestamp::now().duration_since(since).unsigned_abs() > timeout => {
                     let waiting: Vec<String> = if self.gitops.spec.required_checks.is_empty() {
-                        checks.iter().filter(|c| c.state == CheckState::Pending).map(|c| c.name.clone()).collect()
+                        checks
+                            .iter()
+                            .filter(|c| c.state == CheckState::Pending)
+                            .map(|c| line(&c.name, 100))
+                            .take(16)
+                            .collect()
                     } else {
                         self.gitops
                             .spec
@@ -500,258 +557,318 @@ impl Session {
         }
     }
 
-    /// The pull request of `record`, read back and proven to be this change: from this
-    /// Remediation's branch, its head still the tested commit, whose trailers name this
-    /// Remediation and `digest`.
+    /// The pull request `number`, read back and proven to be `branch` (derived, never from
+    /// status) of this project into the base branch, its head `commit` — a commit whose
+    /// trailers name this Remediation and `digest`.
     async fn proven(
         &self,
         rem: &Remediation,
-        record: &PullRequestRecord,
+        number: u64,
+        commit: &str,
         digest: &str,
         branch: &str,
     ) -> StageResult<PullRequest> {
-        let pr = self.forge.get(record.number).await.map_err(|e| forge_error("reading the pull request", e))?;
-        let refuse = |m: String| Err(StageError::new(ErrorCategory::NeedsHuman, m));
-        if pr.branch != branch {
+        let pr = self.forge.get(number).await.map_err(|e| forge_error("reading the pull request", e))?;
+        if pr.branch != branch || !pr.same_repo || pr.base != self.base() {
             return refuse(format!(
-                "pull request {} is not from branch {branch}; status does not describe this change",
-                pr.url
+                "pull request {} is not from this project's branch {branch} into {}; status does not describe this change",
+                pr.url,
+                self.base()
             ));
         }
-        if pr.head != record.commit {
+        if pr.head != commit {
             return refuse(format!(
-                "pull request {} has moved to commit {} since its checks passed on {}; not merging someone else's commit",
-                pr.url, pr.head, record.commit
+                "pull request {} has moved to commit {} since its checks passed on {commit}; not merging someone else's commit",
+                pr.url, pr.head
             ));
         }
-        let (owner, tested, _) = self.owner_of(&pr.head).await?;
+        let (owner, tested, _) = self.trailers_of(&pr.head).await?;
         if owner.as_deref() != rem.metadata.uid.as_deref() || tested.as_deref() != Some(digest) {
             return refuse(format!("commit {} of {} is not this Remediation's tested change", pr.head, pr.url));
         }
         Ok(pr)
     }
 
-    /// Merges the tested pull request (after the forge's own review approves it, when the
-    /// policy says so); returns the record with its merge commit. Resumes a merge already done.
+    /// Merges the tested pull request of `proposal` (after the forge's own review approves it,
+    /// within `review_timeout`, when `forge_review`); returns the record with its merge commit.
+    /// Its content is proven first, from a fresh clone; a merge done already is resumed.
     pub async fn merge(
         &self,
         rem: &Remediation,
         record: &PullRequestRecord,
-        digest: &str,
-        forge_review: bool,
+        proposal: &Proposal,
+        forge_review: Option<std::time::Duration>,
     ) -> StageResult<PullRequestRecord> {
-        self.merge_from(rem, record, digest, forge_review, &branch_of(rem)).await
-    }
-
-    async fn merge_from(
-        &self,
-        rem: &Remediation,
-        record: &PullRequestRecord,
-        digest: &str,
-        forge_review: bool,
-        branch: &str,
-    ) -> StageResult<PullRequestRecord> {
-        let mut record = record.clone();
+        let branch = branch_of(rem);
+        let mut commit = record.commit.clone();
+        if !is_sha(&commit) {
+            return refuse(format!("status names no commit of pull request #{} ({commit:?})", record.number));
+        }
+        let pr = self.proven(rem, record.number, &commit, &proposal.digest, &branch).await?;
+        if pr.state == PrState::Open {
+            let repo = self.clone_base().await?;
+            if repo.remote_branch(&branch).await.map_err(|e| git_error("fetching the branch", e))?.as_deref()
+                != Some(commit.as_str())
+            {
+                return refuse(format!("branch {branch} is no longer at the tested commit {commit}"));
+            }
+            self.prove(&repo, &commit, proposal, &branch).await?;
+        }
+        let started = Timestamp::now();
         let mut rebased = false;
         loop {
-            let pr = self.proven(rem, &record, digest, branch).await?;
-            match pr.state {
-                PrState::Merged => {
-                    record.merge_commit = pr.merge_commit.clone();
-                    self.delete_branch(&record.branch).await;
-                    return Ok(record);
+            let pr = self.proven(rem, record.number, &commit, &proposal.digest, &branch).await?;
+            let title = format!("Merge {branch} (Reflex)");
+            let outcome = match pr.state {
+                PrState::Merged => Merge::Merged(pr.merge_commit.clone().unwrap_or_default()),
+                PrState::Closed => return refuse(format!("pull request {} was closed without a merge", pr.url)),
+                PrState::Open => {
+                    if let Some(timeout) = forge_review
+                        && !self
+                            .forge
+                            .approved(pr.number, &pr.head)
+                            .await
+                            .map_err(|e| forge_error("reading the reviews", e))?
+                    {
+                        if Timestamp::now().duration_since(started).unsigned_abs() > timeout {
+                            return refuse(format!(
+                                "pull request {} was not approved on the forge within {}s",
+                                pr.url,
+                                timeout.as_secs()
+                            ));
+                        }
+                        self.wait().await?;
+                        continue;
+                    }
+                    self.forge.merge(pr.number, &pr.head, &title).await.map_err(|e| forge_error("merging", e))?
                 }
-                PrState::Closed => {
-                    return Err(StageError::new(
-                        ErrorCategory::NeedsHuman,
-                        format!("pull request {} was closed without a merge", pr.url),
-                    ));
-                }
-                PrState::Open => {}
-            }
-            if forge_review
-                && !self.forge.approved(pr.number).await.map_err(|e| forge_error("reading the reviews", e))?
-            {
-                self.wait().await?;
-                continue;
-            }
-            let title = format!("Merge {} (Reflex)", record.branch);
-            match self.forge.merge(pr.number, &pr.head, &title).await.map_err(|e| forge_error("merging", e))? {
-                Merge::Merged(sha) => {
+            };
+            match outcome {
+                Merge::Merged(sha) if is_sha(&sha) => {
+                    self.delete_branch(&branch, &commit).await;
+                    let mut record = record.clone();
+                    record.branch = branch;
+                    record.commit = commit;
                     record.merge_commit = Some(sha);
-                    self.delete_branch(&record.branch).await;
                     return Ok(record);
                 }
-                Merge::Refused(why) if !rebased => {
-                    // The base moved (or conflicts): rebase once, check again, merge again.
-                    rebased = true;
-                    record = self.rebase(&record, &why).await?;
+                Merge::Merged(other) => {
+                    return refuse(format!("the forge merged {} but named no merge commit ({other:?})", pr.url));
                 }
                 Merge::Refused(why) => {
-                    return Err(StageError::new(
-                        ErrorCategory::NeedsHuman,
-                        format!("the forge will not merge {}: {why}", pr.url),
-                    ));
+                    // A merge that went through though its answer was lost reads as merged.
+                    let now =
+                        self.forge.get(pr.number).await.map_err(|e| forge_error("reading the pull request", e))?;
+                    if now.state == PrState::Merged {
+                        continue;
+                    }
+                    if rebased {
+                        return refuse(format!("the forge will not merge {}: {why}", pr.url));
+                    }
+                    // The base moved (or conflicts): rebase once, check again, merge again.
+                    rebased = true;
+                    commit = self.rebase(pr.number, &branch, &commit, record, &why).await?;
                 }
             }
         }
     }
 
-    async fn rebase(&self, record: &PullRequestRecord, why: &str) -> StageResult<PullRequestRecord> {
+    /// Rebases `branch` (at `commit`) onto the moved base, pushes it, waits for its checks;
+    /// returns the new head. A conflict closes the pull request and says which file.
+    async fn rebase(
+        &self,
+        number: u64,
+        branch: &str,
+        commit: &str,
+        record: &PullRequestRecord,
+        why: &str,
+    ) -> StageResult<String> {
         let repo = self.clone_base().await?;
-        let base = repo.rev("HEAD").await.map_err(|e| git_error("reading the base commit", e))?;
-        let branch = &record.branch;
         repo.remote_branch(branch).await.map_err(|e| git_error("fetching the branch", e))?;
         repo.git(&["checkout", "--quiet", "-B", branch, &format!("refs/remotes/origin/{branch}")])
             .await
             .map_err(|e| git_error("checking out the branch", e))?;
-        if let Err(e) = repo.git(&["rebase", "--quiet", &format!("origin/{}", self.base())]).await {
+        if let Err(e) = repo.git(&["rebase", "--quiet", &format!("refs/remotes/origin/{}", self.base())]).await {
             let _ = repo.git(&["rebase", "--abort"]).await;
-            self.abandon(record).await;
-            return Err(StageError::new(
-                ErrorCategory::NeedsHuman,
-                format!(
-                    "merge conflict: {} changed on {} since the change was made ({why}); the rebase failed ({e}), so the pull request was closed — the change must be made again",
-                    record.file,
-                    self.base()
-                ),
+            self.abandon(number, branch, commit).await;
+            return refuse(format!(
+                "merge conflict: {} changed on {} since the change was made ({why}); the rebase failed ({e}), so the pull request was closed — the change must be made again",
+                record.file,
+                self.base()
             ));
         }
         let head = repo.rev("HEAD").await.map_err(|e| git_error("reading the rebased commit", e))?;
-        repo.push(branch, Some(&record.commit)).await.map_err(|e| git_error("pushing the rebased branch", e))?;
-        let mut rebased = PullRequestRecord { commit: head.clone(), base_commit: base, ..record.clone() };
-        let verdict = self.await_checks(&head, Timestamp::now(), &mut rebased.checks).await?;
-        if let Err(why) = verdict {
-            self.abandon(&rebased).await;
-            return Err(StageError::new(
-                ErrorCategory::NeedsHuman,
-                format!("after the rebase onto the moved base, {why}"),
-            ));
+        repo.push(branch, Some(commit)).await.map_err(|e| git_error("pushing the rebased branch", e))?;
+        let mut checks = Vec::new();
+        if let Err(failed) = self.await_checks(&head, Timestamp::now(), &mut checks).await? {
+            self.abandon(number, branch, &head).await;
+            return refuse(format!("after the rebase onto the moved base, {failed}"));
         }
-        Ok(rebased)
+        Ok(head)
     }
 
     /// Reverts a merged change: a revert commit of its merge on `reflex/<name>-revert`, a pull
-    /// request, its checks, its merge. Resumes from whatever an earlier run left.
+    /// request, its checks, its merge. Resumes from whatever an earlier run left, once it is
+    /// proven to be exactly the revert of that merge.
     pub async fn revert(&self, rem: &Remediation, merged: &PullRequestRecord) -> StageResult<PullRequestRecord> {
-        let merge_commit = merged.merge_commit.clone().ok_or_else(|| {
-            StageError::new(ErrorCategory::InvalidSpec, "the change's pull request has no merge commit to revert")
-        })?;
+        let merge_commit = merged.merge_commit.clone().unwrap_or_default();
+        if !is_sha(&merge_commit) {
+            return Err(StageError::new(
+                ErrorCategory::InvalidSpec,
+                "the change's pull request has no merge commit to revert",
+            ));
+        }
         let uid = rem.metadata.uid.clone().unwrap_or_default();
         let branch = revert_branch_of(rem);
         let digest = format!("revert:{merge_commit}");
-        let existing =
-            self.forge.find_open(&branch, self.base()).await.map_err(|e| forge_error("looking for the revert", e))?;
-        let (pr, message) = match existing {
-            Some(pr) => {
-                let (owner, tested, message) = self.owner_of(&pr.head).await?;
-                if owner.as_deref() != Some(uid.as_str()) || tested.as_deref() != Some(digest.as_str()) {
-                    return Err(StageError::new(
-                        ErrorCategory::NeedsHuman,
-                        format!("pull request {} is not this Remediation's revert", pr.url),
+        let repo = self.clone_base().await?;
+        let pushed = repo.remote_branch(&branch).await.map_err(|e| git_error("reading the revert branch", e))?;
+        let (head, message) = match pushed {
+            Some(head) => {
+                let message = repo.message(&head).await.map_err(|e| git_error("reading the revert branch", e))?;
+                let ours = trailer(&message, UID).as_deref() == Some(uid.as_str())
+                    && trailer(&message, DIGEST).as_deref() == Some(digest.as_str());
+                // Exactly the inverse of the merge's change, nothing else.
+                let forward = repo
+                    .git(&["diff", "--full-index", "--no-color", &format!("{merge_commit}^1"), &merge_commit, "--"])
+                    .await;
+                let backward =
+                    repo.git(&["diff", "--full-index", "--no-color", &head, &format!("{head}^1"), "--"]).await;
+                if !ours || forward.is_err() || forward != backward {
+                    return refuse(format!(
+                        "branch {branch} exists and is not this Remediation's revert of {merge_commit}"
                     ));
                 }
-                (pr, message)
+                (head, message)
             }
             None => {
-                let repo = self.clone_base().await?;
+                let ns = rem.metadata.namespace.as_deref().unwrap_or_default();
+                let name = rem.metadata.name.as_deref().unwrap_or_default();
                 let base = repo.rev("HEAD").await.map_err(|e| git_error("reading the base commit", e))?;
-                let pushed =
-                    repo.remote_branch(&branch).await.map_err(|e| git_error("reading the revert branch", e))?;
-                let message = match &pushed {
-                    Some(sha) => {
-                        let m = repo.message(sha).await.map_err(|e| git_error("reading the revert branch", e))?;
-                        if trailer(&m, UID).as_deref() != Some(uid.as_str()) {
-                            return Err(StageError::new(
-                                ErrorCategory::NeedsHuman,
-                                format!("branch {branch} exists and is not this Remediation's revert"),
-                            ));
-                        }
-                        m
-                    }
-                    None => {
-                        let ns = rem.metadata.namespace.as_deref().unwrap_or_default();
-                        let name = rem.metadata.name.as_deref().unwrap_or_default();
-                        let message = format!(
-                            "reflex: revert {} {ns}/{} — the fix did not hold\n\nReverts {merge_commit} (pull request {}).\nRemediation: {ns}/{name} (kubectl reflex explain -n {ns} {name})\n\n{UID}: {uid}\n{DIGEST}: {digest}\n{REVERTS}: {merge_commit}\n{BASE}: {base}\n{FILES}: {}\n{CREATED}: {}\n",
-                            rem.spec.target.kind.as_str(),
-                            rem.spec.target.name,
-                            merged.url,
-                            merged.file,
-                            Timestamp::now()
-                        );
-                        repo.revert(&branch, &merge_commit, &message).await.map_err(|e| match e {
-                            GitError::Conflict(m) => StageError::new(
-                                ErrorCategory::NeedsHuman,
-                                format!("the merge {merge_commit} cannot be reverted cleanly ({m}); revert it by hand"),
-                            ),
-                            other => git_error("reverting", other),
-                        })?;
-                        repo.push(&branch, None).await.map_err(|e| git_error(&format!("pushing {branch}"), e))?;
-                        message
-                    }
-                };
-                (self.open_pr(rem, &branch, &message).await?, message)
+                let message = format!(
+                    "reflex: revert {} {ns}/{} — the fix did not hold\n\nReverts {merge_commit} (pull request #{}).\nRemediation: {ns}/{name} (kubectl reflex explain -n {ns} {name})\n\n{UID}: {uid}\n{DIGEST}: {digest}\n{REVERTS}: {merge_commit}\n{BASE}: {base}\n{FILES}: {}\n{CREATED}: {}\n",
+                    rem.spec.target.kind.as_str(),
+                    rem.spec.target.name,
+                    merged.number,
+                    line(&merged.file, 300),
+                    Timestamp::now()
+                );
+                let head = repo.revert(&branch, &merge_commit, &message).await.map_err(|e| match e {
+                    GitError::Conflict(m) => StageError::new(
+                        ErrorCategory::NeedsHuman,
+                        format!("the merge {merge_commit} cannot be reverted cleanly ({m}); revert it by hand"),
+                    ),
+                    other => git_error("reverting", other),
+                })?;
+                repo.push(&branch, None).await.map_err(|e| git_error(&format!("pushing {branch}"), e))?;
+                (head, message)
             }
         };
-        let mut opened = self.checked(pr, &message).await?;
-        if let Err(why) = opened.verdict {
-            return Err(StageError::new(
-                ErrorCategory::NeedsHuman,
-                format!("the revert's {why}; revert {merge_commit} by hand"),
-            ));
-        }
-        let record = self.merge_from(rem, &opened.record, &digest, false, &branch).await;
-        opened.record = record?;
-        Ok(opened.record)
-    }
-
-    /// Closes this Remediation's open pull request and deletes its branch — found by the
-    /// branch name and proven by the head commit's trailers, so one whose status never recorded
-    /// it (a Remediation cancelled while its checks ran) is found too. Someone else's branch of
-    /// that name is left alone.
-    pub async fn release(&self, rem: &Remediation) -> StageResult<()> {
-        let uid = rem.metadata.uid.clone().unwrap_or_default();
-        let branch = branch_of(rem);
-        if let Some(pr) = self
+        let pr = match self
             .forge
             .find_open(&branch, self.base())
             .await
-            .map_err(|e| forge_error("looking for the pull request", e))?
+            .map_err(|e| forge_error("looking for the revert", e))?
         {
-            let (owner, _, _) = self.owner_of(&pr.head).await?;
-            if owner.as_deref() == Some(uid.as_str()) {
+            Some(pr) if pr.head == head => pr,
+            Some(pr) => return refuse(format!("pull request {} is not this Remediation's revert", pr.url)),
+            None => self.open_pr(rem, &branch, &message, &head).await?,
+        };
+        let opened = self.checked(pr, &message, &branch).await?;
+        if let Err(why) = opened.verdict {
+            return refuse(format!("the revert's {why}; revert {merge_commit} by hand"));
+        }
+        // The revert's content was made (or proven) here; merge it as its own change.
+        let pr = self.proven(rem, opened.record.number, &head, &digest, &branch).await?;
+        let title = format!("Merge {branch} (Reflex)");
+        let sha = match pr.state {
+            PrState::Merged => pr.merge_commit.clone().unwrap_or_default(),
+            PrState::Closed => return refuse(format!("the revert {} was closed without a merge", pr.url)),
+            PrState::Open => match self
+                .forge
+                .merge(pr.number, &head, &title)
+                .await
+                .map_err(|e| forge_error("merging the revert", e))?
+            {
+                Merge::Merged(sha) => sha,
+                Merge::Refused(why) => match self.forge.get(pr.number).await {
+                    Ok(now) if now.state == PrState::Merged => now.merge_commit.unwrap_or_default(),
+                    _ => {
+                        return refuse(format!(
+                            "the forge will not merge the revert {}: {why}; revert {merge_commit} by hand",
+                            pr.url
+                        ));
+                    }
+                },
+            },
+        };
+        if !is_sha(&sha) {
+            return refuse(format!("the forge merged the revert {} but named no merge commit", pr.url));
+        }
+        self.delete_branch(&branch, &head).await;
+        let mut record = opened.record;
+        record.merge_commit = Some(sha);
+        Ok(record)
+    }
+
+    /// Closes this Remediation's open pull requests (the change's and the revert's) and deletes
+    /// their branches — found by the branch names and proven by the head commits' trailers, so
+    /// one whose status never recorded it (a Remediation cancelled while its checks ran) is
+    /// found too. Someone else's branch of that name is left alone.
+    pub async fn release(&self, rem: &Remediation) -> StageResult<()> {
+        let uid = rem.metadata.uid.clone().unwrap_or_default();
+        let repo = Repo::scratch(&self.gitops.remote, &self.creds, &self.settings.work_dir, self.settings.allow_local)
+            .await
+            .map_err(|e| git_error("preparing to clean up", e))?;
+        for branch in [branch_of(rem), revert_branch_of(rem)] {
+            let Some(head) = repo.remote_branch(&branch).await.map_err(|e| git_error("reading the branch", e))? else {
+                continue;
+            };
+            let message = repo.message(&head).await.map_err(|e| git_error("reading the branch's commit", e))?;
+            if trailer(&message, UID).as_deref() != Some(uid.as_str()) {
+                continue;
+            }
+            if let Some(pr) = self
+                .forge
+                .find_open(&branch, self.base())
+                .await
+                .map_err(|e| forge_error("looking for the pull request", e))?
+                && pr.head == head
+            {
                 self.forge.close(pr.number).await.map_err(|e| forge_error(&format!("closing {}", pr.url), e))?;
                 tracing::info!(pr = %pr.url, "closed the pull request of a Remediation that ended without merging it");
-            } else {
-                return Ok(());
             }
-        }
-        // The branch may outlive its pull request (pushed, then the step stopped).
-        match self.owner_of(&branch).await {
-            Ok((Some(owner), _, _)) if owner == uid => self.delete_branch(&branch).await,
-            _ => {}
+            repo.delete_branch(&branch, &head).await.map_err(|e| git_error(&format!("deleting {branch}"), e))?;
         }
         Ok(())
     }
 
-    /// Closes the pull request and deletes its branch (while it is still at the recorded
-    /// commit); failures are logged — nothing waits on cleanup.
-    pub async fn abandon(&self, record: &PullRequestRecord) {
-        match self.forge.get(record.number).await {
-            Ok(pr) if pr.state == PrState::Open => {
-                if let Err(e) = self.forge.close(record.number).await {
-                    tracing::warn!(pr = %record.url, error = %e, "could not close the pull request");
+    /// Closes pull request `number` and deletes `branch` while it is still at `head`; failures
+    /// are logged — nothing waits on cleanup, and `release` tries again when the Remediation ends.
+    async fn abandon(&self, number: u64, branch: &str, head: &str) {
+        match self.forge.get(number).await {
+            Ok(pr) if pr.state == PrState::Open && pr.branch == branch => {
+                if let Err(e) = self.forge.close(number).await {
+                    tracing::warn!(pr = %pr.url, error = %e, "could not close the pull request");
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(pr = %record.url, error = %e, "could not read the pull request to close it"),
+            Err(e) => tracing::warn!(number, error = %e, "could not read the pull request to close it"),
         }
-        self.delete_branch(&record.branch).await;
+        self.delete_branch(branch, head).await;
     }
 
-    async fn delete_branch(&self, branch: &str) {
-        if let Err(e) = self.forge.delete_branch(branch).await {
+    /// Deletes `branch` on the remote while it is still at `head` (a lease: commits someone
+    /// pushed since are never thrown away).
+    async fn delete_branch(&self, branch: &str, head: &str) {
+        let result =
+            match Repo::scratch(&self.gitops.remote, &self.creds, &self.settings.work_dir, self.settings.allow_local)
+                .await
+            {
+                Ok(repo) => repo.delete_branch(branch, head).await,
+                Err(e) => Err(e),
+            };
+        if let Err(e) = result {
             tracing::warn!(branch, error = %e, "could not delete the branch");
         }
     }

@@ -34,8 +34,12 @@ pub struct PullRequest {
     pub url: String,
     /// Its source branch.
     pub branch: String,
-    /// The commit at its head.
+    /// The commit at its head (empty when the forge's answer is not a commit id).
     pub head: String,
+    /// The branch it merges into.
+    pub base: String,
+    /// Its head branch is in the project itself, not a fork.
+    pub same_repo: bool,
     /// Open, closed or merged.
     pub state: PrState,
     /// The merge commit, once merged.
@@ -136,16 +140,15 @@ pub trait Forge: Send + Sync {
     /// The checks reported on a commit: commit statuses and check runs (GitHub) or commit
     /// statuses (GitLab, which include pipeline jobs).
     fn checks<'a>(&'a self, sha: &'a str) -> ForgeFuture<'a, Vec<Check>>;
-    /// Whether the forge's own review approves it (at least one approval, no change requested).
-    fn approved(&self, number: u64) -> ForgeFuture<'_, bool>;
+    /// Whether the forge's own review approves its head commit `head`: at least one approval by
+    /// someone with write access to the project, and no change requested.
+    fn approved<'a>(&'a self, number: u64, head: &'a str) -> ForgeFuture<'a, bool>;
     /// Merges it if its head is still `sha`.
     fn merge<'a>(&'a self, number: u64, sha: &'a str, title: &'a str) -> ForgeFuture<'a, Merge>;
     /// Closes it without merging.
     fn close(&self, number: u64) -> ForgeFuture<'_, ()>;
-    /// The message of a commit.
-    fn commit_message<'a>(&'a self, sha: &'a str) -> ForgeFuture<'a, String>;
-    /// Deletes a branch (gone already is fine).
-    fn delete_branch<'a>(&'a self, branch: &'a str) -> ForgeFuture<'a, ()>;
+    /// The message of a commit (a commit id, or a branch name).
+    fn commit_message<'a>(&'a self, reference: &'a str) -> ForgeFuture<'a, String>;
 }
 
 /// A forge client for `type_` at `api_url` (no trailing `/`), for project `project`.
@@ -275,6 +278,7 @@ impl Http {
             .or_else(|| value.get("error").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_else(|| status.to_string());
         let message: String = message.chars().filter(|c| !c.is_control()).take(300).collect();
+        let message = message.replace(self.token.expose_secret(), "***");
         match status.as_u16() {
             200..=299 => Ok((status, value)),
             401 => Err(ForgeError::Auth(format!(
@@ -305,7 +309,19 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
 }
 
 fn text(v: &Value, p: &str) -> String {
-    v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned()
+    let t = v.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    t.chars().filter(|c| !c.is_control()).take(512).collect()
+}
+
+/// A commit id from the forge's answer; empty unless it is one.
+fn commit_id(v: &Value, p: &str) -> String {
+    let t = v.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    if super::repo::is_sha(t) { t.to_owned() } else { String::new() }
+}
+
+/// A branch in a URL path: each segment encoded (`reflex/x` stays two segments).
+fn branch_path(branch: &str) -> String {
+    branch.split('/').map(enc).collect::<Vec<_>>().join("/")
 }
 
 fn refused(status: StatusCode, v: &Value) -> ForgeError {
@@ -327,7 +343,12 @@ impl GitHub {
             number: v.get("number").and_then(Value::as_u64).unwrap_or_default(),
             url: text(v, "/html_url"),
             branch: text(v, "/head/ref"),
-            head: text(v, "/head/sha"),
+            head: commit_id(v, "/head/sha"),
+            base: text(v, "/base/ref"),
+            same_repo: {
+                let head_repo = text(v, "/head/repo/full_name");
+                !head_repo.is_empty() && head_repo == text(v, "/base/repo/full_name")
+            },
             state: if merged {
                 PrState::Merged
             } else if text(v, "/state") == "open" {
@@ -335,7 +356,7 @@ impl GitHub {
             } else {
                 PrState::Closed
             },
-            merge_commit: merged.then(|| text(v, "/merge_commit_sha")).filter(|s| !s.is_empty()),
+            merge_commit: merged.then(|| commit_id(v, "/merge_commit_sha")).filter(|s| !s.is_empty()),
         }
     }
 
@@ -363,7 +384,8 @@ impl Forge for GitHub {
                 enc(base)
             );
             let (_, v) = self.req(Method::GET, &path, None, true).await?;
-            Ok(v.as_array().and_then(|a| a.iter().map(Self::pr).find(|p| p.branch == branch)))
+            Ok(v.as_array()
+                .and_then(|a| a.iter().map(Self::pr).find(|p| p.branch == branch && p.base == base && p.same_repo)))
         }
         .boxed()
     }
@@ -391,7 +413,7 @@ impl Forge for GitHub {
         async move {
             let mut out = Vec::new();
             let (_, combined) =
-                self.req(Method::GET, &format!("/commits/{sha}/status?per_page=100"), None, true).await?;
+                self.req(Method::GET, &format!("/commits/{}/status?per_page=100", enc(sha)), None, true).await?;
             for s in combined.get("statuses").and_then(Value::as_array).into_iter().flatten() {
                 let state = match text(s, "/state").as_str() {
                     "success" => CheckState::Success,
@@ -405,7 +427,7 @@ impl Forge for GitHub {
                 });
             }
             let (_, runs) =
-                self.req(Method::GET, &format!("/commits/{sha}/check-runs?per_page=100"), None, true).await?;
+                self.req(Method::GET, &format!("/commits/{}/check-runs?per_page=100", enc(sha)), None, true).await?;
             for r in runs.get("check_runs").and_then(Value::as_array).into_iter().flatten() {
                 let state = match (text(r, "/status").as_str(), text(r, "/conclusion").as_str()) {
                     ("completed", "success" | "neutral" | "skipped") => CheckState::Success,
@@ -423,15 +445,21 @@ impl Forge for GitHub {
         .boxed()
     }
 
-    fn approved(&self, number: u64) -> ForgeFuture<'_, bool> {
+    fn approved<'a>(&'a self, number: u64, head: &'a str) -> ForgeFuture<'a, bool> {
         async move {
             let (_, v) = self.req(Method::GET, &format!("/pulls/{number}/reviews?per_page=100"), None, true).await?;
-            // Each reviewer's latest decisive review counts.
+            // Each reviewer's latest decisive review counts — of the head commit, by someone with
+            // write access (anyone may review a public repository's pull requests).
             let mut latest: std::collections::BTreeMap<String, String> = Default::default();
             for r in v.as_array().into_iter().flatten() {
                 let state = text(r, "/state");
-                if matches!(state.as_str(), "APPROVED" | "CHANGES_REQUESTED" | "DISMISSED") {
-                    latest.insert(text(r, "/user/login"), state);
+                let member = matches!(text(r, "/author_association").as_str(), "OWNER" | "MEMBER" | "COLLABORATOR");
+                if member && matches!(state.as_str(), "APPROVED" | "CHANGES_REQUESTED" | "DISMISSED") {
+                    let current = text(r, "/commit_id") == head;
+                    latest.insert(
+                        text(r, "/user/login"),
+                        if current || state != "APPROVED" { state } else { "STALE".into() },
+                    );
                 }
             }
             Ok(latest.values().any(|s| s == "APPROVED") && !latest.values().any(|s| s == "CHANGES_REQUESTED"))
@@ -444,7 +472,7 @@ impl Forge for GitHub {
             let b = json!({"sha": sha, "merge_method": "merge", "commit_title": title});
             let (status, v) = self.req(Method::PUT, &format!("/pulls/{number}/merge"), Some(b), true).await?;
             if status.is_success() && v.get("merged").and_then(Value::as_bool) != Some(false) {
-                return Ok(Merge::Merged(text(&v, "/sha")));
+                return Ok(Merge::Merged(commit_id(&v, "/sha")));
             }
             Ok(Merge::Refused(format!("{status}: {}", text(&v, "/message"))))
         }
@@ -460,16 +488,10 @@ impl Forge for GitHub {
         .boxed()
     }
 
-    fn commit_message<'a>(&'a self, sha: &'a str) -> ForgeFuture<'a, String> {
-        async move { Ok(text(&self.req(Method::GET, &format!("/commits/{sha}"), None, true).await?.1, "/commit/message")) }.boxed()
-    }
-
-    fn delete_branch<'a>(&'a self, branch: &'a str) -> ForgeFuture<'a, ()> {
+    fn commit_message<'a>(&'a self, reference: &'a str) -> ForgeFuture<'a, String> {
         async move {
-            match self.req(Method::DELETE, &format!("/git/refs/heads/{branch}"), None, true).await {
-                Ok(_) | Err(ForgeError::NotFound(_)) => Ok(()),
-                Err(e) => Err(e),
-            }
+            let (_, v) = self.req(Method::GET, &format!("/commits/{}", branch_path(reference)), None, true).await?;
+            Ok(v.pointer("/commit/message").and_then(Value::as_str).unwrap_or_default().to_owned())
         }
         .boxed()
     }
@@ -487,13 +509,20 @@ impl GitLab {
             "opened" | "locked" => PrState::Open,
             _ => PrState::Closed,
         };
+        // A fast-forward merge has no merge commit: the head is what landed.
         let merge_commit =
-            [text(v, "/merge_commit_sha"), text(v, "/squash_commit_sha")].into_iter().find(|s| !s.is_empty());
+            [commit_id(v, "/merge_commit_sha"), commit_id(v, "/squash_commit_sha"), commit_id(v, "/sha")]
+                .into_iter()
+                .find(|s| !s.is_empty());
+        let project = |p: &str| v.pointer(p).and_then(Value::as_u64);
         PullRequest {
             number: v.get("iid").and_then(Value::as_u64).unwrap_or_default(),
             url: text(v, "/web_url"),
             branch: text(v, "/source_branch"),
-            head: text(v, "/sha"),
+            head: commit_id(v, "/sha"),
+            base: text(v, "/target_branch"),
+            same_repo: project("/source_project_id").is_some()
+                && project("/source_project_id") == project("/target_project_id"),
             state,
             merge_commit: if state == PrState::Merged { merge_commit } else { None },
         }
@@ -516,7 +545,8 @@ impl Forge for GitLab {
             let path =
                 format!("/merge_requests?state=opened&source_branch={}&target_branch={}", enc(branch), enc(base));
             let (_, v) = self.req(Method::GET, &path, None, true).await?;
-            Ok(v.as_array().and_then(|a| a.iter().map(Self::mr).find(|p| p.branch == branch)))
+            Ok(v.as_array()
+                .and_then(|a| a.iter().map(Self::mr).find(|p| p.branch == branch && p.base == base && p.same_repo)))
         }
         .boxed()
     }
@@ -543,8 +573,9 @@ impl Forge for GitLab {
 
     fn checks<'a>(&'a self, sha: &'a str) -> ForgeFuture<'a, Vec<Check>> {
         async move {
-            let (_, v) =
-                self.req(Method::GET, &format!("/repository/commits/{sha}/statuses?per_page=100"), None, true).await?;
+            let (_, v) = self
+                .req(Method::GET, &format!("/repository/commits/{}/statuses?per_page=100", enc(sha)), None, true)
+                .await?;
             Ok(v.as_array()
                 .into_iter()
                 .flatten()
@@ -562,8 +593,11 @@ impl Forge for GitLab {
         .boxed()
     }
 
-    fn approved(&self, number: u64) -> ForgeFuture<'_, bool> {
+    fn approved<'a>(&'a self, number: u64, head: &'a str) -> ForgeFuture<'a, bool> {
         async move {
+            // GitLab resets approvals on a new push (when the project says so) and counts only
+            // eligible approvers; its own verdict is the one to follow.
+            let _ = head;
             let (_, v) = self.req(Method::GET, &format!("/merge_requests/{number}/approvals"), None, true).await?;
             let by = v.get("approved_by").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
             Ok(v.get("approved").and_then(Value::as_bool).unwrap_or(false) && by)
@@ -597,22 +631,10 @@ impl Forge for GitLab {
         .boxed()
     }
 
-    fn commit_message<'a>(&'a self, sha: &'a str) -> ForgeFuture<'a, String> {
+    fn commit_message<'a>(&'a self, reference: &'a str) -> ForgeFuture<'a, String> {
         async move {
-            Ok(text(
-                &self.req(Method::GET, &format!("/repository/commits/{}", enc(sha)), None, true).await?.1,
-                "/message",
-            ))
-        }
-        .boxed()
-    }
-
-    fn delete_branch<'a>(&'a self, branch: &'a str) -> ForgeFuture<'a, ()> {
-        async move {
-            match self.req(Method::DELETE, &format!("/repository/branches/{}", enc(branch)), None, true).await {
-                Ok(_) | Err(ForgeError::NotFound(_)) => Ok(()),
-                Err(e) => Err(e),
-            }
+            let (_, v) = self.req(Method::GET, &format!("/repository/commits/{}", enc(reference)), None, true).await?;
+            Ok(v.get("message").and_then(Value::as_str).unwrap_or_default().to_owned())
         }
         .boxed()
     }

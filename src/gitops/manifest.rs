@@ -13,7 +13,7 @@
 //! edit would have to delete lines a person wrote). A file that does not parse as YAML (a Helm
 //! template, say) is skipped by the search.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Map, Value, json};
@@ -263,8 +263,9 @@ pub struct Found {
 }
 
 /// Files listed as patches by the `kustomization.yaml` files among `files`.
-fn kustomize_patches(files: &[(String, String)]) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// Kustomize patch files, each with the namespace its kustomization sets (`namespace:`), if any.
+fn kustomize_patches(files: &[(String, String)]) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
     for (path, text) in files {
         let base = Path::new(path);
         let name = base.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -280,8 +281,9 @@ fn kustomize_patches(files: &[(String, String)]) -> BTreeSet<String> {
         if let Some(p) = k.get("patchesStrategicMerge").and_then(Value::as_array) {
             listed.extend(p.iter().filter_map(Value::as_str));
         }
+        let namespace = k.get("namespace").and_then(Value::as_str).map(str::to_owned);
         for rel in listed {
-            out.insert(normalize(&dir.join(rel)));
+            out.insert(normalize(&dir.join(rel)), namespace.clone());
         }
     }
     out
@@ -310,12 +312,19 @@ pub fn locate(files: &[(String, String)], wanted: &Wanted) -> Vec<Found> {
         for span in documents(text) {
             let Some(doc) = parse(&text[span.0..span.1]) else { continue };
             let is = |p: &str, v: &str| doc.pointer(p).and_then(Value::as_str) == Some(v);
-            let namespace_ok =
-                doc.pointer("/metadata/namespace").and_then(Value::as_str).is_none_or(|n| n == wanted.namespace);
+            // A patch for an overlay that puts the object in another namespace is another
+            // environment's, even when the document itself names none.
+            let overlay_namespace = patches.get(path).cloned().flatten();
+            let namespace_ok = doc
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or(overlay_namespace)
+                .is_none_or(|n| n == wanted.namespace);
             let group_ok =
                 doc.get("apiVersion").and_then(Value::as_str).is_some_and(|v| group(v) == group(wanted.api_version));
             if is("/kind", wanted.kind) && is("/metadata/name", wanted.name) && namespace_ok && group_ok {
-                found.push(Found { file: path.clone(), span, json: doc, patch: patches.contains(path) });
+                found.push(Found { file: path.clone(), span, json: doc, patch: patches.contains_key(path) });
             }
         }
     }
@@ -408,6 +417,7 @@ fn edit_document(text: &str, changes: &[Change]) -> Result<String, String> {
 }
 
 fn line_end(text: &str, at: usize) -> usize {
+    let at = text.floor_char_boundary(at);
     text[at..].find('\n').map_or(text.len(), |i| at + i)
 }
 
@@ -692,6 +702,26 @@ metadata:
         let (i, c) = plan.iter().find(|(i, _)| found[**i].patch).unwrap();
         let out = edit(patch, found[*i].span, c).unwrap();
         assert!(out.contains("memory: 512Mi # prod needs more"), "{out}");
+    }
+
+    #[test]
+    fn another_environments_overlay_patch_is_not_this_targets() {
+        let patch = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 5\n";
+        let base = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n";
+        let files = vec![
+            ("base/web.yaml".to_owned(), base.to_owned()),
+            (
+                "prod/kustomization.yaml".to_owned(),
+                "namespace: prod\nresources: [../base]\npatches:\n  - path: replicas.yaml\n".to_owned(),
+            ),
+            ("prod/replicas.yaml".to_owned(), patch.to_owned()),
+        ];
+        let found = locate(&files, &wanted());
+        assert_eq!(
+            found.iter().map(|f| f.file.as_str()).collect::<Vec<_>>(),
+            vec!["base/web.yaml"],
+            "prod's patch is not shop's"
+        );
     }
 
     #[test]

@@ -23,6 +23,14 @@ use crate::api::validate::{Remote, RemoteScheme};
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most YAML files the search reads.
 pub const MAX_FILES: usize = 5000;
+/// Most bytes of YAML the search reads.
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Whether `s` is a full commit id (SHA-1 or SHA-256, lowercase hex): what may be passed to
+/// git or a forge as a commit, never an option or a path.
+pub fn is_sha(s: &str) -> bool {
+    matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
 
 /// What git needs to reach the remote.
 #[derive(Clone, Default)]
@@ -117,6 +125,32 @@ impl Repo {
         work: &Path,
         allow_file: bool,
     ) -> Result<Self, GitError> {
+        let repo = Self::prepare(remote, creds, work, allow_file)?;
+        let tree_arg = repo.tree.display().to_string();
+        repo.git_in(
+            &repo.root,
+            &["clone", "--quiet", "--no-tags", "--single-branch", "--branch", branch, "--", &remote.url, &tree_arg],
+        )
+        .await?;
+        Ok(repo)
+    }
+
+    /// An empty repository whose `origin` is `remote`: enough to delete a remote branch with a
+    /// lease, without cloning anything.
+    pub async fn scratch(
+        remote: &Remote,
+        creds: &Credentials,
+        work: &Path,
+        allow_file: bool,
+    ) -> Result<Self, GitError> {
+        let repo = Self::prepare(remote, creds, work, allow_file)?;
+        let tree_arg = repo.tree.display().to_string();
+        repo.git_in(&repo.root, &["init", "--quiet", "--bare", &tree_arg]).await?;
+        repo.git(&["remote", "add", "origin", &remote.url]).await?;
+        Ok(repo)
+    }
+
+    fn prepare(remote: &Remote, creds: &Credentials, work: &Path, allow_file: bool) -> Result<Self, GitError> {
         let root = work.join(format!("reflex-{}", uuid::Uuid::new_v4()));
         let tree = root.join("tree");
         let home = root.join("home");
@@ -133,6 +167,8 @@ impl Repo {
             ("GIT_COMMITTER_NAME".into(), "Reflex".into()),
             ("GIT_COMMITTER_EMAIL".into(), "reflex@reflex.dev".into()),
             ("LC_ALL".into(), "C".into()),
+            // File names are names, never pathspec magic.
+            ("GIT_LITERAL_PATHSPECS".into(), "1".into()),
         ];
         let mut config: Vec<String> = [
             "protocol.allow=never",
@@ -142,6 +178,8 @@ impl Repo {
             "submodule.recurse=false",
             "core.fsmonitor=false",
             "commit.gpgSign=false",
+            // A redirect would carry the token's header to another host.
+            "http.followRedirects=false",
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -196,12 +234,6 @@ impl Repo {
         repo.env = env;
         repo.config = config;
         repo.secret = secret;
-        let tree_arg = tree.display().to_string();
-        repo.git_in(
-            &root,
-            &["clone", "--quiet", "--no-tags", "--single-branch", "--branch", branch, "--", &remote.url, &tree_arg],
-        )
-        .await?;
         Ok(repo)
     }
 
@@ -242,13 +274,19 @@ impl Repo {
 
     /// The commit `rev` names.
     pub async fn rev(&self, rev: &str) -> Result<String, GitError> {
-        self.git(&["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).await
+        self.git(&["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{rev}^{{commit}}")]).await
     }
 
     /// The tip of `branch` on the remote, if it exists (fetched into `refs/remotes/origin/`).
     pub async fn remote_branch(&self, branch: &str) -> Result<Option<String>, GitError> {
-        let listed = self.git(&["ls-remote", "--heads", "origin", &format!("refs/heads/{branch}")]).await?;
-        let Some(sha) = listed.split_whitespace().next().map(str::to_owned) else { return Ok(None) };
+        let wanted = format!("refs/heads/{branch}");
+        let listed = self.git(&["ls-remote", "--heads", "origin", &wanted]).await?;
+        // ls-remote matches the pattern as a tail (`x/refs/heads/…` too): the exact name only.
+        let sha = listed.lines().find_map(|l| match l.split_once('\t') {
+            Some((sha, name)) if name == wanted && is_sha(sha) => Some(sha.to_owned()),
+            _ => None,
+        });
+        let Some(sha) = sha else { return Ok(None) };
         self.git(&[
             "fetch",
             "--quiet",
@@ -276,14 +314,17 @@ impl Repo {
 
     /// The full message of commit `sha`.
     pub async fn message(&self, sha: &str) -> Result<String, GitError> {
-        self.git(&["log", "-1", "--format=%B", sha]).await
+        self.git(&["log", "-1", "--format=%B", "--end-of-options", sha]).await
     }
 
-    /// The YAML files under `under` (relative paths and their text), `.git` left out, symlinks
-    /// and files over [`super::manifest::MAX_FILE`] skipped, at most [`MAX_FILES`].
-    pub fn yaml_files(&self, under: Option<&str>) -> Vec<(String, String)> {
+    /// The YAML files under `under` (relative paths and their text), `.git` left out, symlinks,
+    /// names with control characters and files over [`super::manifest::MAX_FILE`] skipped.
+    /// More than [`MAX_FILES`] files or [`MAX_BYTES`] in all is an error, not a silently
+    /// shorter list (a search that misses a file could edit the wrong one).
+    pub fn yaml_files(&self, under: Option<&str>) -> Result<Vec<(String, String)>, GitError> {
         let start = under.map_or(self.tree.clone(), |u| self.tree.join(u));
         let mut out = Vec::new();
+        let mut bytes = 0_usize;
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -306,14 +347,36 @@ impl Repo {
                 let (Ok(text), Ok(rel)) = (std::fs::read_to_string(&path), path.strip_prefix(&self.tree)) else {
                     continue;
                 };
-                out.push((rel.to_string_lossy().into_owned(), text));
-                if out.len() >= MAX_FILES {
-                    return out;
+                let rel = rel.to_string_lossy().into_owned();
+                if rel.chars().any(char::is_control) {
+                    continue;
+                }
+                bytes += text.len();
+                out.push((rel, text));
+                if out.len() > MAX_FILES || bytes > MAX_BYTES {
+                    return Err(GitError::Setup(format!(
+                        "the repository has more than {MAX_FILES} YAML files or {} MiB of them; set spec.ci.gitops.path or searchPath",
+                        MAX_BYTES / (1024 * 1024)
+                    )));
                 }
             }
         }
         out.sort();
-        out
+        Ok(out)
+    }
+
+    /// The file at `rel` (a path inside the tree, a regular file, not a link), if present.
+    pub fn read(&self, rel: &str) -> Result<Option<(String, String)>, GitError> {
+        let path = self.tree.join(rel);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() <= super::manifest::MAX_FILE as u64 => {
+                std::fs::read_to_string(&path)
+                    .map(|text| Some((rel.to_owned(), text)))
+                    .map_err(|e| GitError::Failed(format!("reading {rel}: {e}")))
+            }
+            Ok(_) => Err(GitError::Setup(format!("{rel} is not a regular file of at most 1 MiB"))),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Writes `files` (relative path, new text) and commits them on a new local `branch` made
@@ -353,14 +416,17 @@ impl Repo {
     /// Commits a revert of `sha` on a new local `branch` made from HEAD (a merge commit is
     /// reverted against its first parent); returns the new commit.
     pub async fn revert(&self, branch: &str, sha: &str, message: &str) -> Result<String, GitError> {
+        if !is_sha(sha) {
+            return Err(GitError::Setup(format!("{sha:?} is not a commit id")));
+        }
         self.git(&["checkout", "--quiet", "-B", branch]).await?;
-        let parents = self.git(&["rev-list", "--parents", "-n", "1", sha]).await?;
+        let parents = self.git(&["rev-list", "--parents", "-n", "1", "--end-of-options", sha]).await?;
         let merge = parents.split_whitespace().count() > 2;
         let mut args = vec!["revert", "--no-edit", "--no-commit"];
         if merge {
             args.extend(["-m", "1"]);
         }
-        args.push(sha);
+        args.extend(["--end-of-options", sha]);
         if let Err(e) = self.git(&args).await {
             let _ = self.git(&["revert", "--abort"]).await;
             return Err(match e {
