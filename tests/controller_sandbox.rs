@@ -35,6 +35,8 @@ struct Doubles {
     hold: Mutex<Option<Step>>,
     /// This many deploys answer that the target changed since CI tested the change.
     conflicts: Mutex<u32>,
+    /// Remediations whose testing leftovers were released, in order.
+    released: Mutex<Vec<String>>,
 }
 
 impl Doubles {
@@ -121,6 +123,11 @@ impl reflex::ports::Test for D {
             })
         }
         .boxed()
+    }
+
+    fn release(&self, input: StageInput) -> StageFuture<()> {
+        self.0.released.lock().unwrap().push(input.remediation.metadata.name.clone().unwrap_or_default());
+        async { Ok(()) }.boxed()
     }
 }
 impl reflex::ports::Gate for D {
@@ -1182,4 +1189,26 @@ async fn a_panicking_stage_fails_its_step_with_the_message_instead_of_hanging() 
     }
     stop.cancel();
     task.await.unwrap();
+}
+
+/// A Remediation that ends without its change deployed (here: cancelled while the gate waits)
+/// releases what testing left outside the cluster, when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remediation_that_ends_undeployed_releases_what_testing_left() {
+    let (_sandbox, client) = setup().await;
+    let doubles = Arc::new(Doubles::default());
+    *doubles.hold.lock().unwrap() = Some(Step::Gate);
+    let (stop, task) = spawn_controller(&client, stages(&doubles));
+    create_remediation(&client, "oom-released").await;
+    wait_started(&client, "oom-released", Step::Gate).await;
+    assert!(doubles.released.lock().unwrap().is_empty(), "nothing is released while the Remediation runs");
+    let cancel = json!({"spec": {"cancel": true}});
+    Api::<Remediation>::namespaced(client.clone(), "shop")
+        .patch("oom-released", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(cancel))
+        .await
+        .unwrap();
+    wait_phase(&client, "oom-released", Phase::Cancelled).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(*doubles.released.lock().unwrap(), vec!["oom-released".to_owned()]);
 }
