@@ -576,3 +576,58 @@ async fn a_commit_with_copied_trailers_is_not_merged() {
     assert_ne!(head, forged);
     assert!(!w.file_on(&head, "apps/checkout.yaml").contains("evil"));
 }
+
+/// When the live object names the Argo CD Application that manages it, the rollout reads its
+/// sync state: a failed sync stalls the change at once, with Argo CD's own message.
+#[tokio::test]
+async fn an_argo_cd_application_that_failed_to_sync_stalls_the_rollout() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    let w = world("github", json!({"convergeTimeout": "10m"})).await;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({"metadata": {"name": "applications.argoproj.io"},
+        "spec": {"group": "argoproj.io", "scope": "Namespaced", "names": {"plural": "applications", "singular": "application", "kind": "Application", "listKind": "ApplicationList"},
+            "versions": [{"name": "v1alpha1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}))
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(w.admin.clone()).create(&PostParams::default(), &crd).await.unwrap();
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "argocd"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(w.admin.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let gvk = kube::core::GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Application");
+    let apps: Api<DynamicObject> =
+        Api::namespaced_with(w.admin.clone(), "argocd", &kube::api::ApiResource::from_gvk(&gvk));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let app = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Application", "metadata": {"name": "shop", "namespace": "argocd"},
+        "spec": {"project": "default"}});
+    loop {
+        match apps.create(&PostParams::default(), &serde_json::from_value(app.clone()).unwrap()).await {
+            Ok(_) => break,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "the CRD never served: {e}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    let status = json!({"status": {"sync": {"status": "OutOfSync", "revision": "0123456789abcdef0123"}, "health": {"status": "Healthy"},
+        "operationState": {"phase": "Failed", "message": "Deployment.apps \"checkout\" is invalid: spec.template: forbidden"}}});
+    apps.patch_status("shop", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    let tracked = json!({"metadata": {"annotations": {"argocd.argoproj.io/tracking-id": "shop:apps/Deployment:default/checkout"}}});
+    Api::<Deployment>::namespaced(w.admin.clone(), "default")
+        .patch("checkout", &PatchParams::default(), &Patch::Merge(tracked))
+        .await
+        .unwrap();
+
+    let mut rem = remediation(&w, "checkout-oom-15", "256Mi").await;
+    tested(&w, &mut rem).await;
+    merged(&w, &mut rem).await;
+    let r = w.deploy.rollout(w.input(&rem, Step::Rollout)).await.unwrap();
+    assert_eq!(r.state, RolloutState::Stalled, "{}", r.message);
+    assert!(r.message.contains("its GitOps controller reports a failure"), "{}", r.message);
+    assert!(
+        r.message.contains("Argo CD Application argocd/shop: sync OutOfSync at 0123456789ab")
+            && r.message.contains("forbidden"),
+        "{}",
+        r.message
+    );
+}
