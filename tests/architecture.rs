@@ -34,7 +34,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("mcp", &["api", "egress", "metrics", "oncall", "web"]),
     ("intake", &["api", "cluster", "web"]),
     // The repository and forge a GitOps change goes through (CI opens, deploy merges).
-    ("gitops", &["api", "cluster", "egress", "ports"]),
+    ("gitops", &["api", "cluster", "egress", "patch", "ports"]),
     // Stage modules: the ports and what is below them; CI sends deploy's request.
     ("agent", &["api", "cluster", "egress", "mcp", "metrics", "patch", "ports"]),
     ("ci", &["api", "cluster", "deploy", "gitops", "patch", "ports"]),
