@@ -631,3 +631,26 @@ async fn an_argo_cd_application_that_failed_to_sync_stalls_the_rollout() {
         r.message
     );
 }
+
+/// GitHub reports checks two ways — commit statuses and check runs (GitHub Actions) — and a
+/// required check may be either; a check run still in progress is waited for, and one that
+/// concludes `failure` fails CI.
+#[tokio::test]
+async fn required_checks_are_read_from_statuses_and_check_runs() {
+    let w = world("github", json!({"requiredChecks": ["ci/test", "build"]})).await;
+    w.forge.faults.lock().unwrap().checks =
+        vec![("ci/test".into(), "success".into()), ("run:build".into(), "success".into())];
+    let mut rem = remediation(&w, "checkout-oom-16", "256Mi").await;
+    let ci = tested(&w, &mut rem).await;
+    assert_eq!(ci.verdict, CiVerdict::Passed, "{:?}", ci.messages);
+    let checks: Vec<(String, String)> =
+        ci.pull_request.unwrap().checks.iter().map(|c| (c.name.clone(), c.state.clone())).collect();
+    assert_eq!(checks, vec![("ci/test".to_owned(), "success".to_owned()), ("build".to_owned(), "success".to_owned())]);
+
+    w.forge.faults.lock().unwrap().checks =
+        vec![("ci/test".into(), "success".into()), ("run:build".into(), "failure".into())];
+    let mut rem = remediation(&w, "checkout-oom-17", "256Mi").await;
+    let ci = tested(&w, &mut rem).await;
+    assert_eq!(ci.verdict, CiVerdict::Failed);
+    assert!(ci.messages.iter().any(|m| m.contains("checks failed: build")), "{:?}", ci.messages);
+}

@@ -31,7 +31,8 @@ use serde_json::{Value, json};
 #[derive(Clone, Debug)]
 pub struct Faults {
     /// Checks each new head commit gets: (name, state) with GitHub states
-    /// (`success`, `failure`, `pending`); empty: none ever report.
+    /// (`success`, `failure`, `pending`); a name `run:NAME` is a check run named NAME, the
+    /// others commit statuses; empty: none ever report.
     pub checks: Vec<(String, String)>,
     /// Answer this many next requests with 502.
     pub server_errors: u32,
@@ -393,15 +394,32 @@ fn github(f: &Forge, m: &Method, base: &str, rest: &[&str], q: &BTreeMap<String,
             }
             answer(StatusCode::OK, json!(reviews))
         }
+        // Checks whose name starts with `run:` are GitHub Actions-style check runs, the others
+        // commit statuses.
         ("GET", ["commits", sha, "status"]) => {
             let statuses: Vec<Value> = f
                 .checks_of(sha)
                 .iter()
+                .filter(|(n, _)| !n.starts_with("run:"))
                 .map(|(n, s)| json!({"context": n, "state": s, "target_url": format!("{base}/checks/{n}")}))
                 .collect();
             answer(StatusCode::OK, json!({"state": "pending", "statuses": statuses}))
         }
-        ("GET", ["commits", _sha, "check-runs"]) => answer(StatusCode::OK, json!({"total_count": 0, "check_runs": []})),
+        ("GET", ["commits", sha, "check-runs"]) => {
+            let runs: Vec<Value> = f
+                .checks_of(sha)
+                .iter()
+                .filter_map(|(n, s)| Some((n.strip_prefix("run:")?, s)))
+                .map(|(n, s)| {
+                    let (status, conclusion) = match s.as_str() {
+                        "pending" => ("in_progress", Value::Null),
+                        other => ("completed", json!(other)),
+                    };
+                    json!({"name": n, "status": status, "conclusion": conclusion, "html_url": format!("{base}/runs/{n}")})
+                })
+                .collect();
+            answer(StatusCode::OK, json!({"total_count": runs.len(), "check_runs": runs}))
+        }
         ("GET", ["commits", reference @ ..]) => match git(&f.bare, &["log", "-1", "--format=%B", &reference.join("/")])
         {
             Ok(message) => answer(StatusCode::OK, json!({"commit": {"message": message}})),
