@@ -64,6 +64,11 @@ if ! need git; then
   echo "prereqs: installing git (apt-get)"
   apt_install git
 fi
+# OpenSSH's server and client, for the GitOps test that pushes over a real ssh:// remote.
+if [ ! -x /usr/sbin/sshd ] || ! need ssh-keygen; then
+  echo "prereqs: installing openssh-server and openssh-client (apt-get)"
+  apt_install openssh-server openssh-client
+fi
 # wrk, the benchmarks' load generator (`make bench`; not needed by the tests).
 if [ "${1:-}" = "--bench" ] && ! need wrk; then
   echo "prereqs: installing wrk (apt-get)"

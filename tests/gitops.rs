@@ -654,3 +654,106 @@ async fn required_checks_are_read_from_statuses_and_check_runs() {
     assert_eq!(ci.verdict, CiVerdict::Failed);
     assert!(ci.messages.iter().any(|m| m.contains("checks failed: build")), "{:?}", ci.messages);
 }
+
+/// A real OpenSSH server on loopback, serving the test's repositories to one key.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+    client_key: String,
+    known_hosts: String,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd(dir: &Path) -> Sshd {
+    let d = dir.join("sshd");
+    std::fs::create_dir_all(&d).unwrap();
+    for key in ["host_key", "client_key"] {
+        let out =
+            Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(key)).output().unwrap();
+        assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {0}/host_key\nAuthorizedKeysFile {0}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPidFile {0}/sshd.pid\n",
+        d.display()
+    );
+    std::fs::write(d.join("sshd_config"), config).unwrap();
+    // The privilege-separation directory OpenSSH wants (the package's tmpfiles make it on boot).
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(d.join("log")).unwrap())
+        .spawn()
+        .expect("sshd (openssh-server; scripts/prereqs.sh installs it)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sshd did not listen: {}",
+            std::fs::read_to_string(d.join("log")).unwrap_or_default()
+        );
+        std::thread::yield_now();
+    }
+    let host = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+    let host: Vec<&str> = host.split_whitespace().take(2).collect();
+    Sshd {
+        child,
+        port,
+        client_key: std::fs::read_to_string(d.join("client_key")).unwrap(),
+        known_hosts: format!("[127.0.0.1]:{port} {}\n", host.join(" ")),
+    }
+}
+
+/// An ssh:// remote: cloned and pushed with the Secret's key, the server checked against the
+/// Secret's known_hosts — and refused when the host key is not the one it names.
+#[tokio::test]
+async fn an_ssh_remote_is_reached_with_the_secrets_key_and_its_host_key_checked() {
+    let base = std::env::temp_dir().join(format!("reflex-sshd-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&base).unwrap();
+    let server = sshd(&base);
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_owned();
+    // The world's repository, reached over ssh: its path is known once the world exists, so the
+    // policy names it through a symlink made first.
+    let link = base.join("platform.git");
+    let remote = format!("ssh://{user}@127.0.0.1:{}{}", server.port, link.display());
+    let w = world("github", json!({"repository": remote})).await;
+    std::os::unix::fs::symlink(&w.bare, &link).unwrap();
+    let secrets = Api::<Secret>::namespaced(w.admin.clone(), "default");
+    let with =
+        |known_hosts: &str| json!({"stringData": {"ssh-privatekey": server.client_key, "known_hosts": known_hosts}});
+    secrets
+        .patch("platform-repo", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(with(&server.known_hosts)))
+        .await
+        .unwrap();
+    let mut rem = remediation(&w, "checkout-oom-18", "256Mi").await;
+    let ci = tested(&w, &mut rem).await;
+    assert_eq!(ci.verdict, CiVerdict::Passed, "{:?}", ci.messages);
+    let pr = ci.pull_request.unwrap();
+    assert_eq!(w.forge.rev("refs/heads/reflex/checkout-oom-18"), Some(pr.commit), "pushed over ssh");
+
+    // A known_hosts naming another key: the server is not trusted, nothing is pushed.
+    let other = server.known_hosts.replace(
+        server.known_hosts.split_whitespace().nth(2).unwrap(),
+        "AAAAC3NzaC1lZDI1NTE5AAAAIFmVdVb0pQ5DtpmXIVZWGuxQ2ZRe0tMr1cqb7a8dOqDr",
+    );
+    secrets
+        .patch("platform-repo", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(with(&other)))
+        .await
+        .unwrap();
+    let rem = remediation(&w, "checkout-oom-19", "256Mi").await;
+    let err = w.ci.test(w.input(&rem, Step::Test)).await.unwrap_err();
+    assert_eq!(err.category, ErrorCategory::NeedsHuman, "{err}");
+    assert!(err.message.to_ascii_lowercase().contains("host key"), "{err}");
+    assert_eq!(w.forge.rev("refs/heads/reflex/checkout-oom-19"), None);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -83,12 +83,17 @@ impl Drop for Repo {
     }
 }
 
+/// What a person reads of git's complaint: its last few meaningful lines (git and ssh say what
+/// went wrong last, after any banner), control characters and the token removed, at most 600
+/// characters.
 fn scrub(text: &str, secret: Option<&str>) -> String {
     let mut t: String = text.chars().filter(|c| !c.is_control() || *c == '\n').collect();
     if let Some(s) = secret.filter(|s| !s.is_empty()) {
         t = t.replace(s, "***");
     }
-    t.trim().chars().take(600).collect()
+    let lines: Vec<&str> = t.lines().map(str::trim).filter(|l| !l.is_empty() && !l.chars().all(|c| c == '@')).collect();
+    let tail = lines[lines.len().saturating_sub(4)..].join(" / ");
+    tail.chars().take(600).collect()
 }
 
 fn classify(stderr: &str) -> fn(String) -> GitError {
@@ -109,7 +114,10 @@ fn classify(stderr: &str) -> fn(String) -> GitError {
         GitError::Rejected
     } else if s.contains("conflict") {
         GitError::Conflict
-    } else if s.contains("host key verification failed") || s.contains("transport") && s.contains("not allowed") {
+    } else if s.contains("host key verification failed")
+        || s.contains("remote host identification has changed")
+        || s.contains("transport") && s.contains("not allowed")
+    {
         GitError::Setup
     } else {
         GitError::Failed
@@ -263,8 +271,9 @@ impl Repo {
         }
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let text = scrub(&format!("{stderr}\n{stdout}"), self.secret.as_deref());
-        Err(classify(&text)(format!("git {}: {text}", args[0])))
+        let all = format!("{stderr}\n{stdout}");
+        let text = scrub(&all, self.secret.as_deref());
+        Err(classify(&all)(format!("git {}: {text}", args[0])))
     }
 
     /// Runs git in the working tree.
@@ -469,5 +478,11 @@ mod tests {
         ));
         assert!(matches!(classify("Host key verification failed.")(String::new()), GitError::Setup(_)));
         assert_eq!(scrub("remote: token s3cret is bad\x1b[0m", t), "remote: token *** is bad[0m");
+        let banner = "@@@@@@@@\n@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @\n@@@@@@@@\nline\nHost key verification failed.\nfatal: Could not read from remote repository.\n";
+        assert!(matches!(classify(banner)(String::new()), GitError::Setup(_)));
+        assert_eq!(
+            scrub(banner, None),
+            "@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @ / line / Host key verification failed. / fatal: Could not read from remote repository."
+        );
     }
 }
