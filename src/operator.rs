@@ -128,7 +128,14 @@ impl Operator {
             .ok();
         let guards =
             Guards { kill_switch: webhook.kill_switch.clone(), max_concurrent_deploys, alertmanager, notifier };
-        let intake = Intake::start(client.clone(), webhook);
+        // Targets resolved from an alert's labels are read through Reflex's own MCP server, as the
+        // namespace's reader identity (not the operator).
+        let reader: Option<Arc<dyn crate::intake::resolve::Reader>> = match &tools {
+            ToolSource::Mcp(loopback) => Some(Arc::new(McpReader::new(loopback.clone(), client.clone()))),
+            ToolSource::Direct => None,
+        };
+        let intake =
+            Intake::start_resolving(client.clone(), webhook, crate::intake::webhook::Limits::default(), reader);
         if let Some(n) = &guards.notifier {
             intake.register_metrics(|r| n.register(r));
         }
@@ -212,5 +219,60 @@ pub fn stages(
         deploy: Some(deploy.clone()),
         verify: Some(Arc::new(crate::verify::sampler::Sampler { client, metrics })),
         rollback: Some(deploy),
+    }
+}
+
+/// Intake's [`crate::intake::resolve::Reader`]: `get_resource` on Reflex's MCP server as the
+/// reader ServiceAccount of the alert's namespace (its MCP session kept a few minutes, within
+/// the reader token's life).
+struct McpReader {
+    loopback: Arc<Loopback>,
+    operator: kube::Client,
+    sessions: moka::future::Cache<String, Arc<crate::mcp::client::McpClient>>,
+}
+
+impl McpReader {
+    fn new(loopback: Arc<Loopback>, operator: kube::Client) -> Self {
+        let ttl =
+            std::time::Duration::from_secs(u64::try_from(crate::agent::tools::READER_TOKEN_SECONDS / 2).unwrap_or(300));
+        Self {
+            loopback,
+            operator,
+            sessions: moka::future::Cache::builder().max_capacity(1000).time_to_live(ttl).build(),
+        }
+    }
+}
+
+impl crate::intake::resolve::Reader for McpReader {
+    fn read<'a>(
+        &'a self,
+        namespace: &'a str,
+        kind: &'a str,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<serde_json::Value>, String>> {
+        use futures::FutureExt;
+        async move {
+            let session = self
+                .sessions
+                .try_get_with(namespace.to_owned(), async {
+                    self.loopback.agent_client(&self.operator, namespace).await.map(Arc::new).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut args = serde_json::Map::new();
+            args.insert("kind".into(), kind.into());
+            args.insert("namespace".into(), namespace.into());
+            args.insert("name".into(), name.into());
+            let ctx = crate::mcp::client::CallContext { cancel: CancellationToken::new(), trace_id: None };
+            match session.call("get_resource", args, &ctx).await {
+                Ok(v) => Ok(v.get("object").cloned()),
+                Err(crate::mcp::client::ClientError::Tool { message, .. }) if message.contains("not found") => Ok(None),
+                Err(e) => {
+                    self.sessions.invalidate(namespace).await;
+                    Err(e.to_string())
+                }
+            }
+        }
+        .boxed()
     }
 }

@@ -143,6 +143,8 @@ fn merge(base: &mut Value, patch: Value) {
 #[test]
 fn cel_accepts_a_good_policy() {
     assert_eq!(cel_errors("RemediationPolicy", &policy(json!({})), None), Vec::<String>::new());
+    let resolving = policy(json!({"target": {"kind": null, "name": null, "kinds": ["Deployment", "StatefulSet"]}}));
+    assert_eq!(cel_errors("RemediationPolicy", &resolving, None), Vec::<String>::new());
 }
 
 #[test]
@@ -157,6 +159,11 @@ fn cel_catches_policy_mistakes_with_their_messages() {
         ),
         (json!({"agent": {"mode": "llm"}}), "agent.model is required"),
         (json!({"playbook": null}), "playbook is required unless agent.mode is llm"),
+        (
+            json!({"target": {"kind": "Deployment", "name": "x", "kinds": ["Deployment"]}}),
+            "give kind and name, or kinds (resolved from the alert's labels), not both",
+        ),
+        (json!({"target": {"name": null}}), "give kind and name, or kinds"),
     ];
     for (patch, message) in cases {
         let errors = cel_errors("RemediationPolicy", &policy(patch.clone()), None);

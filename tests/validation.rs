@@ -19,7 +19,7 @@ fn a_good_policy_validates_with_durations_read() {
     assert_eq!(valid.matchers.len(), 2);
     assert_eq!(valid.limits.max_duration.as_secs(), 3600, "defaults apply to omitted fields");
     let labels = [("deployment".to_owned(), "checkout".to_owned())].into();
-    assert_eq!(valid.target_name.render(&labels).unwrap(), "checkout");
+    assert_eq!(valid.target_name.as_ref().unwrap().render(&labels).unwrap(), "checkout");
 }
 
 #[test]

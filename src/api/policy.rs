@@ -93,16 +93,28 @@ pub struct AlertMatch {
 }
 
 /// The object to fix, found from the alert's labels. It is always in the policy's own
-/// namespace, whatever the alert says.
+/// namespace, whatever the alert says. Either `kind` and a `name` template, or `kinds`: the
+/// kinds the policy acts on, the target resolved from what the alert names — a Pod (`pod`,
+/// followed through its controllers: ReplicaSet → Deployment, StatefulSet, DaemonSet), a
+/// workload (`deployment`, `statefulset`, `daemonset`) or an HPA (`horizontalpodautoscaler`),
+/// as kube-state-metrics and the kubernetes-mixin alerts label them.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.kinds) ? !has(self.kind) && !has(self.name) : has(self.kind) && has(self.name)").message("give kind and name, or kinds (resolved from the alert's labels), not both"))]
 #[serde(rename_all = "camelCase")]
 pub struct TargetSelector {
-    /// Kind of the target.
-    pub kind: TargetKind,
+    /// Kind of the target (with `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TargetKind>,
     /// Name template: literal text and `{{ labels.NAME }}` placeholders,
-    /// e.g. `{{ labels.deployment }}`.
+    /// e.g. `{{ labels.deployment }}` (with `kind`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub name: String,
+    pub name: Option<String>,
+    /// The kinds the policy acts on, the target resolved from the alert's labels (instead of
+    /// `kind` and `name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 5))]
+    pub kinds: Vec<TargetKind>,
 }
 
 /// How the fix is produced.

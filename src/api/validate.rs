@@ -578,10 +578,10 @@ pub struct ValidPolicy {
     pub alertnames: Vec<String>,
     /// Label matchers, all of which must hold.
     pub matchers: Vec<Matcher>,
-    /// Target kind.
-    pub target_kind: TargetKind,
-    /// Target name template.
-    pub target_name: NameTemplate,
+    /// The kinds the policy acts on (one, with a name template).
+    pub target_kinds: Vec<TargetKind>,
+    /// Target name template; none when the target is resolved from the alert's labels.
+    pub target_name: Option<NameTemplate>,
     /// Playbook name.
     pub playbook: Option<String>,
     /// Agent settings.
@@ -605,6 +605,16 @@ pub struct ValidPolicy {
 }
 
 impl ValidPolicy {
+    /// Whether the policy acts on objects of `kind`.
+    pub fn acts_on(&self, kind: TargetKind) -> bool {
+        self.target_kinds.contains(&kind)
+    }
+
+    /// The kinds it acts on, as a person reads them (`Deployment or StatefulSet`).
+    pub fn kinds(&self) -> String {
+        self.target_kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" or ")
+    }
+
     /// Validates a policy spec.
     ///
     /// # Errors
@@ -630,8 +640,28 @@ impl ValidPolicy {
             })
             .collect();
 
-        let target_name =
-            NameTemplate::parse(&spec.target.name).map_err(|e| c.push("spec.target.name", e.to_string())).ok();
+        let t = &spec.target;
+        let (target_kinds, target_name) = match (t.kind, &t.name, t.kinds.is_empty()) {
+            (Some(kind), Some(name), true) => {
+                let parsed = NameTemplate::parse(name).map_err(|e| c.push("spec.target.name", e.to_string())).ok();
+                (vec![kind], parsed)
+            }
+            (None, None, false) => {
+                let mut kinds = t.kinds.clone();
+                kinds.dedup();
+                if kinds.contains(&TargetKind::ConfigMap) {
+                    c.push(
+                        "spec.target.kinds",
+                        "a ConfigMap is not resolved from an alert's labels; give kind and name",
+                    );
+                }
+                (kinds, None)
+            }
+            _ => {
+                c.push("spec.target", "give kind and name, or kinds (resolved from the alert's labels), not both");
+                (vec![], None)
+            }
+        };
 
         if spec.agent.mode != AgentMode::Llm && spec.playbook.as_deref().is_none_or(str::is_empty) {
             c.push("spec.playbook", "name a Playbook (required unless agent.mode is llm)");
@@ -752,13 +782,10 @@ impl ValidPolicy {
             c.push("spec.rollout.timeout", "must be longer than 0s");
         }
 
-        let Some(target_name) = target_name else {
-            return Err(ValidationErrors(c.0));
-        };
         c.finish(Self {
             alertnames: spec.match_.alertnames.clone(),
             matchers,
-            target_kind: spec.target.kind,
+            target_kinds,
             target_name,
             playbook: spec.playbook.clone(),
             agent,

@@ -159,12 +159,12 @@ pub fn halt_for(kill_switch: bool, policy: Option<&ValidPolicy>, rem: &Remediati
             recheck_after: Some(HALT_RECHECK),
         });
     }
-    (policy.target_kind != rem.spec.target.kind).then(|| Halt {
+    (!policy.acts_on(rem.spec.target.kind)).then(|| Halt {
         reason: reason::TARGET_KIND_NOT_ALLOWED,
         message: format!(
             "policy {:?} acts on {}, not on {} {:?}",
             rem.spec.policy_ref.name,
-            policy.target_kind.as_str(),
+            policy.kinds(),
             rem.spec.target.kind.as_str(),
             rem.spec.target.name
         ),

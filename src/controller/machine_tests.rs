@@ -775,7 +775,7 @@ fn halts_come_from_the_kill_switch_a_suspended_policy_or_a_kind_the_policy_does_
     policy.limits.suspend = true;
     assert_eq!(halt_for(false, Some(&policy), &rem, at(0).0).map(|h| h.reason), Some(r::SUSPENDED));
     policy.limits.suspend = false;
-    policy.target_kind = crate::api::TargetKind::ConfigMap;
+    policy.target_kinds = vec![crate::api::TargetKind::ConfigMap];
     let h = halt_for(false, Some(&policy), &rem, at(0).0).unwrap();
     assert_eq!(h.reason, r::TARGET_KIND_NOT_ALLOWED);
     assert!(h.message.contains("acts on ConfigMap, not on Deployment"), "{}", h.message);

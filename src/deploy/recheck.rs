@@ -94,10 +94,10 @@ pub async fn recheck(
             format!("policy {policy_name} is suspended (limits.suspend); tried again when it is resumed"),
         ));
     }
-    if policy.target_kind != rem.spec.target.kind {
+    if !policy.acts_on(rem.spec.target.kind) {
         return Err(refuse(&format!(
             "policy {policy_name} acts on {}, not on {}",
-            policy.target_kind.as_str(),
+            policy.kinds(),
             rem.spec.target.kind.as_str()
         )));
     }

@@ -9,4 +9,5 @@ pub mod known;
 pub mod payload;
 pub mod plan;
 pub mod queue;
+pub mod resolve;
 pub mod webhook;

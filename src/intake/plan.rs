@@ -18,10 +18,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 
 use super::payload::{Alert, Payload};
-use crate::api::LocalObjectRef;
+use std::collections::BTreeMap;
+
 use crate::api::remediation::{AlertRef, Phase, RemediationSpec, TargetRef};
 use crate::api::template::is_dns_subdomain;
 use crate::api::validate::ValidPolicy;
+use crate::api::{LocalObjectRef, TargetKind};
 
 /// A policy as intake sees it.
 #[derive(Clone, Debug)]
@@ -141,7 +143,29 @@ pub struct Planned {
     pub unmatched: usize,
     /// Why a matching policy could not act (missing label, bad name).
     pub problems: Vec<String>,
+    /// Alerts whose target could not be resolved from their labels, per policy.
+    pub unresolved: Vec<UnresolvedTarget>,
 }
+
+/// A matching policy found no target it acts on for an alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnresolvedTarget {
+    /// The policy's namespace.
+    pub namespace: String,
+    /// The policy.
+    pub policy: String,
+    /// The alert's name.
+    pub alert: String,
+    /// A short machine reason (see `resolve::Unresolved`).
+    pub reason: &'static str,
+    /// Why.
+    pub message: String,
+}
+
+/// Targets resolved before planning (by reading the cluster) for the policies that name kinds
+/// instead of a name template: (policy namespace, policy name, alert fingerprint) → the target,
+/// or why there is none.
+pub type Resolved = BTreeMap<(String, String, String), Result<(TargetKind, String), super::resolve::Unresolved>>;
 
 /// Labels intake puts on the Remediations it creates.
 pub const POLICY_LABEL: &str = "reflex.dev/policy";
@@ -158,7 +182,7 @@ pub fn remediation_name(policy: &str, target: &str, seq: u32) -> String {
     format!("{}-{hash}-{seq}", &policy[..policy.len().min(200)])
 }
 
-fn spec(pr: &PolicyRef, a: &Alert, target: &str, starts_at: Timestamp) -> RemediationSpec {
+fn spec(pr: &PolicyRef, a: &Alert, kind: TargetKind, target: &str, starts_at: Timestamp) -> RemediationSpec {
     RemediationSpec {
         policy_ref: LocalObjectRef { name: pr.name.clone() },
         alert: AlertRef {
@@ -169,11 +193,7 @@ fn spec(pr: &PolicyRef, a: &Alert, target: &str, starts_at: Timestamp) -> Remedi
             starts_at: Time(starts_at),
             generator_url: a.generator_url.clone(),
         },
-        target: TargetRef {
-            api_version: pr.policy.target_kind.api_version().to_owned(),
-            kind: pr.policy.target_kind,
-            name: target.to_owned(),
-        },
+        target: TargetRef { api_version: kind.api_version().to_owned(), kind, name: target.to_owned() },
         cancel: false,
     }
 }
@@ -186,8 +206,34 @@ fn all<'a>(existing: &'a [Existing], added: &'a [Existing]) -> impl Iterator<Ite
     existing.iter().chain(added)
 }
 
-/// Decide what a validated delivery means at `now`.
+/// Decide what a validated delivery means at `now` (for policies with name templates only).
 pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_switch: bool, now: Timestamp) -> Planned {
+    plan_with(p, policies, existing, &Resolved::new(), kill_switch, now)
+}
+
+/// Whether `pr` resolves its target from the alert's labels (rather than a name template).
+pub fn resolves(pr: &PolicyRef) -> bool {
+    pr.policy.target_name.is_none()
+}
+
+/// Whether alert `a` is one `pr` acts on: its name, its matchers, and its `namespace` label in
+/// the policy's namespace.
+pub fn matches(pr: &PolicyRef, a: &Alert) -> bool {
+    let alertname = a.labels.get("alertname").cloned().unwrap_or_default();
+    a.labels.get("namespace") == Some(&pr.namespace)
+        && pr.policy.alertnames.contains(&alertname)
+        && pr.policy.matchers.iter().all(|m| m.matches(&a.labels))
+}
+
+/// [`plan`], with the targets `resolved` before planning for the policies that need it.
+pub fn plan_with(
+    p: &Payload,
+    policies: &[PolicyRef],
+    existing: &[Existing],
+    resolved: &Resolved,
+    kill_switch: bool,
+    now: Timestamp,
+) -> Planned {
     let mut out = Planned::default();
     // What this delivery decides to create, on top of what exists.
     let mut added: Vec<Existing> = Vec::new();
@@ -196,20 +242,41 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
         let mut matched = false;
         for pr in policies {
             let pol = &pr.policy;
-            let in_scope = a.labels.get("namespace") == Some(&pr.namespace);
-            if !in_scope || !pol.alertnames.contains(&alertname) || !pol.matchers.iter().all(|m| m.matches(&a.labels)) {
+            if !matches(pr, a) {
                 continue;
             }
             matched = true;
-            let target = match pol.target_name.render(&a.labels) {
-                Ok(t) => t,
-                Err(e) => {
-                    out.problems.push(format!(
-                        "policy {}/{}: alert {alertname} ({}): {e}",
-                        pr.namespace, pr.name, a.fingerprint
-                    ));
-                    continue;
-                }
+            let (kind, target) = match (&pol.target_name, pol.target_kinds.first()) {
+                (Some(template), Some(kind)) => match template.render(&a.labels) {
+                    Ok(t) => (*kind, t),
+                    Err(e) => {
+                        out.problems.push(format!(
+                            "policy {}/{}: alert {alertname} ({}): {e}",
+                            pr.namespace, pr.name, a.fingerprint
+                        ));
+                        continue;
+                    }
+                },
+                _ => match resolved.get(&(pr.namespace.clone(), pr.name.clone(), a.fingerprint.clone())) {
+                    Some(Ok((kind, name))) => (*kind, name.clone()),
+                    Some(Err(why)) => {
+                        out.unresolved.push(UnresolvedTarget {
+                            namespace: pr.namespace.clone(),
+                            policy: pr.name.clone(),
+                            alert: alertname.clone(),
+                            reason: why.reason,
+                            message: why.message.clone(),
+                        });
+                        continue;
+                    }
+                    None => {
+                        out.problems.push(format!(
+                            "policy {}/{}: alert {alertname} ({}): its target was not resolved",
+                            pr.namespace, pr.name, a.fingerprint
+                        ));
+                        continue;
+                    }
+                },
             };
             let same = |e: &&Existing| e.namespace == pr.namespace && e.policy == pr.name && e.target == target;
             let starts_at = a.starts_at.parse::<Timestamp>().unwrap_or(now);
@@ -309,7 +376,7 @@ pub fn plan(p: &Payload, policies: &[PolicyRef], existing: &[Existing], kill_swi
                     name,
                     policy: pr.name.clone(),
                     target: target.clone(),
-                    spec: Box::new(spec(pr, a, &target, starts_at)),
+                    spec: Box::new(spec(pr, a, kind, &target, starts_at)),
                     seen: now,
                     alert: occurrence,
                 }

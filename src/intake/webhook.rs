@@ -38,9 +38,12 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
 use super::known;
+use super::payload::Payload;
 use super::payload::parse;
-use super::plan::{Action, Existing, POLICY_LABEL, TARGET_LABEL, plan};
+use super::plan::{Action, Existing, POLICY_LABEL, Resolved, TARGET_LABEL, matches, plan_with, resolves};
 use super::queue::{Creation, Done, Key, Op, Queue, Want, Work};
+use super::resolve::{Reader, Unresolved, resolve};
+use crate::api::TargetKind;
 use crate::api::remediation::{AlertObservation, Remediation};
 
 /// Largest accepted delivery.
@@ -65,6 +68,7 @@ pub struct Metrics {
     resolved: Counter,
     created: Counter,
     suppressed: Family<Reason, Counter>,
+    unresolved: Family<Reason, Counter>,
     rejected: Family<Reason, Counter>,
     truncated: Counter,
     queued: Gauge,
@@ -85,6 +89,7 @@ impl Default for Metrics {
             resolved: Counter::default(),
             created: Counter::default(),
             suppressed: Family::default(),
+            unresolved: Family::default(),
             rejected: Family::default(),
             truncated: Counter::default(),
             queued: Gauge::default(),
@@ -105,6 +110,11 @@ impl Default for Metrics {
             "alerts_suppressed",
             "Matches that did not become a Remediation, by reason",
             m.suppressed.clone(),
+        );
+        registry.register(
+            "targets_unresolved",
+            "Matches whose target could not be resolved from the alert's labels, by reason",
+            m.unresolved.clone(),
         );
         registry.register("requests_rejected", "Deliveries rejected, by reason", m.rejected.clone());
         registry.register(
@@ -207,7 +217,27 @@ struct Shared {
     slots: tokio::sync::Semaphore,
     /// True once the watches have listed.
     synced: tokio::sync::watch::Receiver<bool>,
+    /// Reads what an alert names, for policies that resolve their target (`target.kinds`).
+    reader: Option<Arc<dyn Reader>>,
+    /// Targets resolved recently, by (namespace, the labels that name it, the kinds acted on):
+    /// repeats of an alert, and its resolution after the Pod has gone, find it here.
+    resolutions: moka::future::Cache<ResolutionKey, Resolution>,
 }
+
+/// What a resolution is remembered by: (namespace, the labels that name the target, the kinds
+/// acted on).
+type ResolutionKey = (String, String, String);
+/// A target resolved, or why not.
+type Resolution = Result<(TargetKind, String), Unresolved>;
+/// A match waiting for a resolution: (policy namespace, policy name, alert fingerprint).
+type Match = (String, String, String);
+/// What one resolution asks: the namespace, the labels that name the target, the kinds.
+type Question = (String, BTreeMap<String, String>, Vec<TargetKind>);
+
+/// How long a resolved target is remembered.
+const RESOLUTION_TTL: Duration = Duration::from_secs(3600);
+/// Longest one resolution may take.
+const RESOLVE_WITHIN: Duration = Duration::from_secs(5);
 
 /// The webhook: its caches, its queue and its workers. Dropping it stops them.
 pub struct Intake {
@@ -235,6 +265,16 @@ impl Intake {
     }
 
     pub fn start_with(client: kube::Client, settings: Settings, limits: Limits) -> Arc<Self> {
+        Self::start_resolving(client, settings, limits, None)
+    }
+
+    /// [`Self::start_with`], resolving the targets of policies that name kinds through `reader`.
+    pub fn start_resolving(
+        client: kube::Client,
+        settings: Settings,
+        limits: Limits,
+        reader: Option<Arc<dyn Reader>>,
+    ) -> Arc<Self> {
         let known: known::Shared = Arc::default();
         let (mut tasks, synced) = known::watch(&client, &known, settings.kill_switch.as_ref());
         let (events, mut rx) = mpsc::channel::<(ObjectReference, Event)>(EVENT_BACKLOG);
@@ -256,6 +296,9 @@ impl Intake {
             events,
             slots: tokio::sync::Semaphore::new(limits.in_flight),
             synced,
+            reader,
+            // Failures are remembered briefly (a Pod appearing a moment later is found).
+            resolutions: moka::future::Cache::builder().max_capacity(10_000).expire_after(ResolutionExpiry).build(),
         });
         for _ in 0..limits.workers.max(1) {
             let shared = shared.clone();
@@ -513,6 +556,7 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
         m.reject("starting");
         return retry_later(json!({"error": "starting: intake has not yet listed policies and Remediations"}));
     }
+    let resolved = resolve_targets(s, &payload).await;
     let now = jiff::Timestamp::now();
     let mut observed = BTreeSet::new();
     let mut suppressed = BTreeMap::new();
@@ -521,7 +565,7 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
     let planned = {
         let mut known = known::lock(&s.known);
         let (policies, existing) = (known.policies(), known.existing());
-        let planned = plan(&payload, &policies, &existing, known.kill_switch, now);
+        let planned = plan_with(&payload, &policies, &existing, &resolved, known.kill_switch, now);
         let mut batch = Vec::with_capacity(planned.actions.len());
         let mut creating = Vec::new();
         for action in &planned.actions {
@@ -597,6 +641,14 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
             json!({"policy": format!("{namespace}/{policy}"), "target": target, "reason": reason, "detail": detail}),
         );
     }
+    for u in &planned.unresolved {
+        m.unresolved.get_or_create(&Reason { reason: u.reason.into() }).inc();
+        let reference = known::lock(&s.known).reference(&u.namespace, &u.policy);
+        let note = format!("alert {} names no target policy {} acts on: {}", u.alert, u.policy, u.message);
+        publish(s, reference, event(EventType::Warning, "TargetNotResolved", note));
+        suppressed_out.push(json!({"policy": format!("{}/{}", u.namespace, u.policy), "reason": "target_not_resolved",
+            "detail": format!("{}: {}", u.reason, u.message)}));
+    }
     let mut problems = planned.problems;
     for p in &problems {
         tracing::warn!(problem = %p, "alert matched a policy but cannot be acted on");
@@ -631,6 +683,81 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
         "unmatched": planned.unmatched, "problems": problems, "failed": failed});
     // A failed write is worth a retry from Alertmanager; everything else is done.
     if failed.is_empty() { reply(StatusCode::OK, body) } else { retry_later(body) }
+}
+
+/// The targets of this delivery's matches with policies that resolve them from the alert's
+/// labels: each distinct (namespace, naming labels, kinds) read once, eight at a time, within
+/// [`RESOLVE_WITHIN`], remembered for repeats.
+async fn resolve_targets(s: &Shared, payload: &Payload) -> Resolved {
+    use futures::StreamExt;
+    let policies = known::lock(&s.known).policies();
+    let mut wanted: BTreeMap<ResolutionKey, Vec<Match>> = BTreeMap::new();
+    let mut inputs: BTreeMap<ResolutionKey, Question> = BTreeMap::new();
+    for a in &payload.alerts {
+        for pr in policies.iter().filter(|pr| resolves(pr) && matches(pr, a)) {
+            let naming: BTreeMap<String, String> = a
+                .labels
+                .iter()
+                .filter(|(k, _)| NAMING_LABELS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let kinds = pr.policy.target_kinds.clone();
+            let key = (pr.namespace.clone(), format!("{naming:?}"), format!("{kinds:?}"));
+            wanted.entry(key.clone()).or_default().push((pr.namespace.clone(), pr.name.clone(), a.fingerprint.clone()));
+            inputs.insert(key, (pr.namespace.clone(), naming, kinds));
+        }
+    }
+    let results: Vec<_> = futures::stream::iter(inputs)
+        .map(|(key, (namespace, labels, kinds))| async move {
+            let found = s
+                .resolutions
+                .get_with(key.clone(), async {
+                    let Some(reader) = &s.reader else {
+                        return Err(Unresolved {
+                            reason: "ReadFailed",
+                            message: "this intake has no reader to resolve targets with".to_owned(),
+                        });
+                    };
+                    match tokio::time::timeout(RESOLVE_WITHIN, resolve(reader.as_ref(), &namespace, &labels, &kinds))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(Unresolved {
+                            reason: "ReadFailed",
+                            message: format!(
+                                "reading what the alert names took longer than {}s",
+                                RESOLVE_WITHIN.as_secs()
+                            ),
+                        }),
+                    }
+                })
+                .await;
+            (key, found)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut out = Resolved::new();
+    for (key, found) in results {
+        for who in wanted.remove(&key).unwrap_or_default() {
+            out.insert(who, found.clone());
+        }
+    }
+    out
+}
+
+/// The labels a target is resolved from (see `resolve`).
+const NAMING_LABELS: [&str; 6] =
+    ["pod", "deployment", "statefulset", "daemonset", "horizontalpodautoscaler", "job_name"];
+
+/// Resolutions are kept an hour; failures ten seconds (a Pod appearing a moment later, or a
+/// reader that was down, is tried again soon).
+struct ResolutionExpiry;
+
+impl moka::Expiry<ResolutionKey, Resolution> for ResolutionExpiry {
+    fn expire_after_create(&self, _: &ResolutionKey, value: &Resolution, _: std::time::Instant) -> Option<Duration> {
+        Some(if value.is_ok() { RESOLUTION_TTL } else { Duration::from_secs(10) })
+    }
 }
 
 /// What a delivery asked of a Remediation it waits for.
