@@ -258,3 +258,52 @@ mod tests {
         assert!(scoped_query("sum(", &shop).unwrap_err().contains("does not parse"));
     }
 }
+
+/// The Pods of a workload in PromQL, by kube-state-metrics' owner series rather than by their
+/// names: a vector with one series (value 1) per Pod, labelled `namespace` and `pod`, to join
+/// with `* on (namespace, pod) group_left ()`. A Deployment's Pods are found through their
+/// ReplicaSets (`kube_pod_owner` → `kube_replicaset_owner`); a StatefulSet's or DaemonSet's
+/// directly. `None` for kinds that run no Pods. `namespace` and `name` must be object names
+/// (the caller's validated target), so nothing here needs escaping.
+pub fn pods_of(kind: &str, namespace: &str, name: &str) -> Option<String> {
+    match kind {
+        "Deployment" => Some(format!(
+            "max by (namespace, pod) (kube_pod_owner{{namespace=\"{namespace}\",owner_kind=\"ReplicaSet\"}} * on (namespace, owner_name) group_left () max by (namespace, owner_name) (label_replace(kube_replicaset_owner{{namespace=\"{namespace}\",owner_kind=\"Deployment\",owner_name=\"{name}\"}}, \"owner_name\", \"$1\", \"replicaset\", \"(.*)\")))"
+        )),
+        "StatefulSet" | "DaemonSet" => Some(format!(
+            "max by (namespace, pod) (kube_pod_owner{{namespace=\"{namespace}\",owner_kind=\"{kind}\",owner_name=\"{name}\"}})"
+        )),
+        _ => None,
+    }
+}
+
+/// The names a workload's controller gives its Pods, as a regex for `pod=~`: the fallback a
+/// playbook may choose where kube-state-metrics' owner series are not scraped. It also
+/// matches a sibling DaemonSet's Pods named `NAME-<5>`; owner joins do not.
+pub fn pod_name_regex(name: &str) -> String {
+    format!("{name}-(([a-z0-9]+-)?[a-z0-9]{{5}}|[0-9]+)")
+}
+
+#[cfg(test)]
+mod owner_join_tests {
+    use super::*;
+
+    #[test]
+    fn owner_joins_parse_as_promql_and_select_by_owner_not_name() {
+        for kind in ["Deployment", "StatefulSet", "DaemonSet"] {
+            let q = pods_of(kind, "shop", "web").unwrap_or_default();
+            let joined = format!(
+                "max(container_memory_working_set_bytes{{namespace=\"shop\"}} * on (namespace, pod) group_left () {q})"
+            );
+            assert!(promql_parser::parser::parse(&joined).is_ok(), "{kind}: {joined}");
+            assert!(!q.contains("pod=~"), "{q}");
+        }
+        assert!(
+            pods_of("Deployment", "shop", "web")
+                .unwrap_or_default()
+                .contains("owner_kind=\"Deployment\",owner_name=\"web\"")
+        );
+        assert_eq!(pods_of("ConfigMap", "shop", "web"), None);
+        assert_eq!(pod_name_regex("web"), "web-(([a-z0-9]+-)?[a-z0-9]{5}|[0-9]+)");
+    }
+}

@@ -225,3 +225,52 @@ async fn verification_against_a_real_prometheus_and_alerting_rule() {
     assert_eq!(error.samples.len(), 3, "two errors allowed, the third decides");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Pods of a workload by kube-state-metrics' owner series, against a real Prometheus: a
+/// Deployment's Pods through their ReplicaSets, a DaemonSet's directly — where the name regex
+/// also counts the Pod of a DaemonSet that shares the Deployment's name.
+#[tokio::test]
+async fn owner_joins_select_a_workloads_pods_where_name_regexes_do_not() {
+    reflex::install_crypto_provider();
+    let dir = temp_dir();
+    let series = "# TYPE kube_pod_owner gauge\n\
+        kube_pod_owner{namespace=\"shop\",pod=\"web-7d9f-abcde\",owner_kind=\"ReplicaSet\",owner_name=\"web-7d9f\",owner_is_controller=\"true\"} 1\n\
+        kube_pod_owner{namespace=\"shop\",pod=\"web-worker-5c4b-fghij\",owner_kind=\"ReplicaSet\",owner_name=\"web-worker-5c4b\",owner_is_controller=\"true\"} 1\n\
+        kube_pod_owner{namespace=\"shop\",pod=\"web-xyz12\",owner_kind=\"DaemonSet\",owner_name=\"web\",owner_is_controller=\"true\"} 1\n\
+        # TYPE kube_replicaset_owner gauge\n\
+        kube_replicaset_owner{namespace=\"shop\",replicaset=\"web-7d9f\",owner_kind=\"Deployment\",owner_name=\"web\",owner_is_controller=\"true\"} 1\n\
+        kube_replicaset_owner{namespace=\"shop\",replicaset=\"web-worker-5c4b\",owner_kind=\"Deployment\",owner_name=\"web-worker\",owner_is_controller=\"true\"} 1\n\
+        # TYPE container_memory_working_set_bytes gauge\n\
+        container_memory_working_set_bytes{namespace=\"shop\",pod=\"web-7d9f-abcde\",container=\"app\"} 100\n\
+        container_memory_working_set_bytes{namespace=\"shop\",pod=\"web-worker-5c4b-fghij\",container=\"app\"} 900\n\
+        container_memory_working_set_bytes{namespace=\"shop\",pod=\"web-xyz12\",container=\"app\"} 500\n";
+    let exporter = axum::Router::new().route("/metrics", axum::routing::get(move || async move { series }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let exporter_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, exporter).await });
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ksm\n    honor_labels: true\n    static_configs:\n      - targets: [\"{exporter_addr}\"]\n"
+    );
+    let (_server, url) = prometheus(&dir, &config).await;
+    let source = Arc::new(Prometheus::new(&url, Duration::from_secs(5)).unwrap());
+    let usage = |pods: String| {
+        format!(
+            r#"max(container_memory_working_set_bytes{{namespace="shop",container="app"}} * on (namespace, pod) group_left () {pods})"#
+        )
+    };
+    let deployment = usage(reflex::metrics::pods_of("Deployment", "shop", "web").unwrap());
+    let by_join = until("the owner join to answer", Duration::from_secs(30), async || {
+        source.instant(&deployment).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(by_join, 100.0, "only the Deployment's Pod");
+    let daemonset = usage(reflex::metrics::pods_of("DaemonSet", "shop", "web").unwrap());
+    assert_eq!(source.instant(&daemonset).await.unwrap(), Some(500.0));
+    let worker = usage(reflex::metrics::pods_of("Deployment", "shop", "web-worker").unwrap());
+    assert_eq!(source.instant(&worker).await.unwrap(), Some(900.0));
+    let regex = format!(
+        r#"max(container_memory_working_set_bytes{{namespace="shop",container="app",pod=~"{}"}})"#,
+        reflex::metrics::pod_name_regex("web")
+    );
+    assert_eq!(source.instant(&regex).await.unwrap(), Some(500.0), "the name regex also counts the DaemonSet's Pod");
+}

@@ -89,6 +89,13 @@ impl PlaybookExecutor {
                 ("apiVersion".to_owned(), target.api_version.clone()),
             ]),
             labels: rem.spec.alert.labels.clone(),
+            promql: [
+                crate::metrics::pods_of(target.kind.as_str(), &namespace, &target.name).map(|q| ("pods".to_owned(), q)),
+                Some(("podNameRegex".to_owned(), crate::metrics::pod_name_regex(&target.name))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             now: Some(
                 jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string(),
             ),

@@ -32,6 +32,10 @@ pub struct Scope {
     pub object: Value,
     /// `{{ now }}`: when the run began (RFC 3339), e.g. for a restart annotation.
     pub now: Option<String>,
+    /// `promql.<key>`: PromQL fragments Reflex builds from the validated target (never from
+    /// alert labels) — `promql.pods` (the target's Pods by kube-state-metrics owner joins) and
+    /// `promql.podNameRegex` (the name-regex fallback). Pasted into read arguments as they are.
+    pub promql: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -68,6 +72,7 @@ impl Scope {
         match ns {
             "target" => self.target.get(key).cloned(),
             "labels" => self.labels.get(key).cloned(),
+            "promql" => self.promql.get(key).cloned(),
             _ => None,
         }
     }
@@ -108,7 +113,8 @@ pub fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result
     let mut out = marked;
     for (i, name) in names.iter().enumerate() {
         let value = lookup(name).ok_or_else(|| RenderError::Unknown(name.clone()))?;
-        if !inert(&value) {
+        // Reflex's own PromQL fragments are built from the validated target, not from labels.
+        if !name.starts_with("promql.") && !inert(&value) {
             return Err(RenderError::Unsafe { name: name.clone(), value });
         }
         out = out.replace(&format!("{MARK}{i}__"), &value);
