@@ -551,7 +551,25 @@ mod tests {
             reads: BTreeMap::from([("usage".into(), json!({"value": 200.0 * MI})), ("target".into(), object.clone())]),
             object,
             now: None,
+            promql: BTreeMap::from([(
+                "pods".into(),
+                "max by (namespace, pod) (kube_pod_owner{owner_name=\"x\"})".into(),
+            )]),
         }
+    }
+
+    #[test]
+    fn reflexs_own_promql_is_pasted_and_a_label_still_cannot_inject_any() {
+        let s = scope("app");
+        let q = substitute(
+            "max(x{container=\"{{ labels.container }}\"} * on (namespace, pod) group_left () {{ promql.pods }})",
+            &|n| s.lookup(n),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(q.ends_with("group_left () max by (namespace, pod) (kube_pod_owner{owner_name=\"x\"}))"), "{q}");
+        let hostile = scope("app\"} or vector(1) #");
+        let err = substitute("x{container=\"{{ labels.container }}\"}", &|n| hostile.lookup(n)).unwrap_err();
+        assert!(matches!(err, RenderError::Unsafe { .. }), "{err}");
     }
 
     fn image_playbook(value: &str, newer: bool) -> ValidPlaybook {
