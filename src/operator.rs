@@ -266,11 +266,18 @@ impl crate::intake::resolve::Reader for McpReader {
             let ctx = crate::mcp::client::CallContext { cancel: CancellationToken::new(), trace_id: None };
             match session.call("get_resource", args, &ctx).await {
                 Ok(v) => Ok(v.get("object").cloned()),
-                Err(crate::mcp::client::ClientError::Tool { message, .. }) if message.contains("not found") => Ok(None),
-                Err(e) => {
+                Err(crate::mcp::client::ClientError::Tool { message, .. }) if message.contains("not found: ") => {
+                    Ok(None)
+                }
+                // The session itself failed (its token, the connection): a new one next time.
+                Err(
+                    e @ (crate::mcp::client::ClientError::Connect { .. }
+                    | crate::mcp::client::ClientError::Transport { .. }),
+                ) => {
                     self.sessions.invalidate(namespace).await;
                     Err(e.to_string())
                 }
+                Err(e) => Err(e.to_string()),
             }
         }
         .boxed()

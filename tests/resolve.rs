@@ -114,13 +114,15 @@ async fn an_alert_naming_only_a_pod_is_remediated_on_the_workload_that_runs_it()
     );
     tokio::time::timeout(Duration::from_secs(10), op.intake.ready()).await.unwrap();
     let _server = op.serve(listener, stop.clone());
-    let deliver = |pod: &str, fingerprint: &str| {
-        let alert = json!({"status": "firing", "labels": {"alertname": "KubePodCrashLooping", "namespace": "shop", "pod": pod,
+    let delivery = |status: &str, pod: &str, fingerprint: &str| {
+        let ends = if status == "resolved" { "2026-01-01T01:00:00Z" } else { "0001-01-01T00:00:00Z" };
+        let alert = json!({"status": status, "labels": {"alertname": "KubePodCrashLooping", "namespace": "shop", "pod": pod,
             "container": "app", "severity": "warning"}, "annotations": {}, "startsAt": "2026-01-01T00:00:00Z",
-            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": fingerprint});
-        json!({"version": "4", "groupKey": "g", "truncatedAlerts": 0, "status": "firing", "receiver": "reflex", "groupLabels": {},
+            "endsAt": ends, "generatorURL": "", "fingerprint": fingerprint});
+        json!({"version": "4", "groupKey": "g", "truncatedAlerts": 0, "status": status, "receiver": "reflex", "groupLabels": {},
             "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am", "alerts": [alert]})
     };
+    let deliver = |pod: &str, fingerprint: &str| delivery("firing", pod, fingerprint);
     let http = reqwest::Client::new();
     let post = |body: Value| {
         let http = http.clone();
@@ -143,6 +145,10 @@ async fn an_alert_naming_only_a_pod_is_remediated_on_the_workload_that_runs_it()
     // The same alert again: the same Remediation, observed.
     let again = post(deliver(&pod, "f1")).await;
     assert_eq!(again["observed"][0].as_str(), Some(created.as_str()), "{again}");
+
+    // Resolved after the crash-looping Pod was replaced: found by the alert, nothing read.
+    let gone = post(delivery("resolved", "checkout-replaced-zzzzz", "f1")).await;
+    assert_eq!(gone["resolved"][0].as_str(), Some(created.as_str()), "{gone}");
 
     let reply = post(deliver("debug-shell", "f2")).await;
     assert!(reply["created"].as_array().unwrap().is_empty(), "{reply}");

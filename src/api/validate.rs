@@ -648,6 +648,7 @@ impl ValidPolicy {
             }
             (None, None, false) => {
                 let mut kinds = t.kinds.clone();
+                kinds.sort_by_key(|k| k.as_str());
                 kinds.dedup();
                 if kinds.contains(&TargetKind::ConfigMap) {
                     c.push(

@@ -45,11 +45,20 @@ pub struct Existing {
     pub phase: Option<Phase>,
     pub created: Timestamp,
     pub finished: Option<Timestamp>,
+    /// The fingerprint of the alert that created it.
+    pub fingerprint: String,
 }
 
 impl Existing {
     /// One being created at `now`.
-    pub fn creating(namespace: &str, name: &str, policy: &str, target: &str, now: Timestamp) -> Self {
+    pub fn creating(
+        namespace: &str,
+        name: &str,
+        policy: &str,
+        target: &str,
+        fingerprint: &str,
+        now: Timestamp,
+    ) -> Self {
         Self {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -59,6 +68,7 @@ impl Existing {
             phase: None,
             created: now,
             finished: None,
+            fingerprint: fingerprint.to_owned(),
         }
     }
 
@@ -246,7 +256,7 @@ pub fn plan_with(
                 continue;
             }
             matched = true;
-            let (kind, target) = match (&pol.target_name, pol.target_kinds.first()) {
+            let (kind, name) = match (&pol.target_name, pol.target_kinds.first()) {
                 (Some(template), Some(kind)) => match template.render(&a.labels) {
                     Ok(t) => (*kind, t),
                     Err(e) => {
@@ -258,26 +268,54 @@ pub fn plan_with(
                     }
                 },
                 _ => match resolved.get(&(pr.namespace.clone(), pr.name.clone(), a.fingerprint.clone())) {
-                    Some(Ok((kind, name))) => (*kind, name.clone()),
-                    Some(Err(why)) => {
+                    // The policy as it is now acts on the kind (it may have changed since the read).
+                    Some(Ok((kind, name))) if pol.acts_on(*kind) => (*kind, name.clone()),
+                    // A resolution needs no read: the Remediation is found by the alert's
+                    // fingerprint (the Pod it named is often gone by now).
+                    _ if a.status == "resolved" => {
+                        let by_alert = all(existing, &added).find(|e| {
+                            e.namespace == pr.namespace
+                                && e.policy == pr.name
+                                && e.fingerprint == a.fingerprint
+                                && e.active()
+                        });
+                        if let Some(e) = by_alert {
+                            out.actions.push(Action::Resolve {
+                                namespace: e.namespace.clone(),
+                                name: e.name.clone(),
+                                at: a.ends_at().unwrap_or(now),
+                                alert: Occurrence {
+                                    fingerprint: a.fingerprint.clone(),
+                                    starts_at: a.starts_at.parse::<Timestamp>().unwrap_or(now),
+                                },
+                            });
+                        }
+                        continue;
+                    }
+                    other => {
+                        let (reason, message) = match other {
+                            Some(Err(why)) => (why.reason, why.message.clone()),
+                            Some(Ok((kind, name))) => (
+                                "KindNotActedOn",
+                                format!("{} {name} is not a kind the policy acts on ({})", kind.as_str(), pol.kinds()),
+                            ),
+                            None => ("ReadFailed", "its target was not resolved".to_owned()),
+                        };
                         out.unresolved.push(UnresolvedTarget {
                             namespace: pr.namespace.clone(),
                             policy: pr.name.clone(),
                             alert: alertname.clone(),
-                            reason: why.reason,
-                            message: why.message.clone(),
+                            reason,
+                            message,
                         });
-                        continue;
-                    }
-                    None => {
-                        out.problems.push(format!(
-                            "policy {}/{}: alert {alertname} ({}): its target was not resolved",
-                            pr.namespace, pr.name, a.fingerprint
-                        ));
                         continue;
                     }
                 },
             };
+            // What identifies the target among the policy's Remediations (label, name): its name,
+            // and for a policy acting on several kinds the kind too (a Deployment and its HPA
+            // usually share a name).
+            let target = if pol.target_name.is_some() { name.clone() } else { format!("{}.{name}", short_kind(kind)) };
             let same = |e: &&Existing| e.namespace == pr.namespace && e.policy == pr.name && e.target == target;
             let starts_at = a.starts_at.parse::<Timestamp>().unwrap_or(now);
             let occurrence = Occurrence { fingerprint: a.fingerprint.clone(), starts_at };
@@ -364,19 +402,19 @@ pub fn plan_with(
                     ));
                     continue;
                 };
-                let name = remediation_name(&pr.name, &target, seq);
-                if !is_dns_subdomain(&name) {
+                let rem_name = remediation_name(&pr.name, &target, seq);
+                if !is_dns_subdomain(&rem_name) {
                     out.problems
-                        .push(format!("policy {}/{}: {name:?} is not a valid object name", pr.namespace, pr.name));
+                        .push(format!("policy {}/{}: {rem_name:?} is not a valid object name", pr.namespace, pr.name));
                     continue;
                 }
-                added.push(Existing::creating(&pr.namespace, &name, &pr.name, &target, now));
+                added.push(Existing::creating(&pr.namespace, &rem_name, &pr.name, &target, &a.fingerprint, now));
                 Action::Create {
                     namespace: pr.namespace.clone(),
-                    name,
+                    name: rem_name,
                     policy: pr.name.clone(),
                     target: target.clone(),
-                    spec: Box::new(spec(pr, a, kind, &target, starts_at)),
+                    spec: Box::new(spec(pr, a, kind, &name, starts_at)),
                     seen: now,
                     alert: occurrence,
                 }
@@ -388,6 +426,17 @@ pub fn plan_with(
         }
     }
     out
+}
+
+/// A kind's short name (kubectl's), for target keys.
+fn short_kind(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Deployment => "deploy",
+        TargetKind::StatefulSet => "sts",
+        TargetKind::DaemonSet => "ds",
+        TargetKind::ConfigMap => "cm",
+        TargetKind::HorizontalPodAutoscaler => "hpa",
+    }
 }
 
 fn seq_of(name: &str) -> u32 {
@@ -410,6 +459,7 @@ pub fn existing_from(rems: &[crate::api::remediation::Remediation]) -> Vec<Exist
                 phase: r.status.as_ref().map(|s| s.phase),
                 created: r.metadata.creation_timestamp.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
                 finished: r.status.as_ref().and_then(|s| s.finished_at.as_ref()).map(|t| t.0),
+                fingerprint: r.spec.alert.fingerprint.clone(),
             })
         })
         .collect()
@@ -457,6 +507,7 @@ mod tests {
             phase,
             created: now().checked_sub(jiff::SignedDuration::from_secs(3000)).unwrap(),
             finished: finished_ago.map(|s| now().checked_sub(jiff::SignedDuration::from_secs(s)).unwrap()),
+            fingerprint: format!("f{seq}"),
         }
     }
 

@@ -2,15 +2,17 @@
 //! template (`target.kinds`): the labels kube-state-metrics and the kubernetes-mixin alerts use.
 //!
 //! Contract: a workload label (`deployment`, `statefulset`, `daemonset`) or an HPA label
-//! (`horizontalpodautoscaler`) names the target directly, tried in that order and taken when
-//! its kind is one the policy acts on; a `pod` label is followed through its controllers (the
-//! owner reference with `controller: true`): ReplicaSet → Deployment, StatefulSet,
-//! DaemonSet, Job → CronJob, each read through a [`Reader`] (the operator's is an MCP read as
-//! the namespace's reader identity). A chain that ends at a kind the policy does not act on, a
-//! Pod or owner that does not exist, or an alert that names nothing is an [`Unresolved`] with
-//! the reason — recorded by the caller (an Event on the policy, a metric), never retried
-//! forever. Every name read from a label or an owner reference must be a valid object name.
-//! At most [`MAX_HOPS`] reads per alert.
+//! (`horizontalpodautoscaler`) of a kind the policy acts on names the target directly, tried in
+//! that order; a `pod` label is followed through its controllers (the owner reference with
+//! `controller: true`): ReplicaSet → Deployment, StatefulSet, DaemonSet, Job → CronJob, each
+//! read through a [`Reader`] (the operator's is an MCP read as the namespace's reader
+//! identity). An owner reference is only a claim: it is followed only to the group its kind is
+//! served at (`apps/v1`, `batch/v1`), and the owner read must carry the uid it names. A chain
+//! that ends at a kind the policy does not act on, a Pod or owner that does not exist or is not
+//! the one named, or an alert that names nothing is an [`Unresolved`] with the reason —
+//! recorded by the caller (an Event on the policy, a metric), never retried forever. Every
+//! name read from a label or an owner reference must be a valid object name. At most
+//! [`MAX_HOPS`] reads per alert.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +22,7 @@ use serde_json::Value;
 use crate::api::TargetKind;
 use crate::api::template::is_dns_subdomain;
 
-/// Most owner references followed.
+/// Most objects read for one alert.
 pub const MAX_HOPS: usize = 4;
 
 /// Reads one object (kind as the API spells it) in a namespace; `None` when it does not exist.
@@ -38,7 +40,7 @@ pub trait Reader: Send + Sync {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unresolved {
     /// A short machine reason (`NoTargetLabel`, `KindNotActedOn`, `NotFound`, `NoController`,
-    /// `ReadFailed`, `InvalidName`).
+    /// `OwnerMismatch`, `ReadFailed`, `InvalidName`, `TooMany`).
     pub reason: &'static str,
     /// What a person should know.
     pub message: String,
@@ -67,14 +69,37 @@ fn target_kind(kind: &str) -> Option<TargetKind> {
     }
 }
 
-/// The controller of `object` (its owner reference with `controller: true`): kind and name.
-pub fn controller_of(object: &Value) -> Option<(String, String)> {
+/// The API group and version the controllers followed are served at.
+fn served_at(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => Some("apps/v1"),
+        "Job" | "CronJob" => Some("batch/v1"),
+        _ => None,
+    }
+}
+
+/// An owner reference with `controller: true`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Controller {
+    /// `apps/v1`, `batch/v1`, …
+    pub api_version: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Its uid, which the owner read must carry.
+    pub uid: String,
+}
+
+/// The controller of `object` (its owner reference with `controller: true`).
+pub fn controller_of(object: &Value) -> Option<Controller> {
+    let text = |r: &Value, k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
     object.pointer("/metadata/ownerReferences")?.as_array()?.iter().find_map(|r| {
-        (r.get("controller").and_then(Value::as_bool) == Some(true)).then(|| {
-            (
-                r.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                r.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            )
+        (r.get("controller").and_then(Value::as_bool) == Some(true)).then(|| Controller {
+            api_version: text(r, "apiVersion"),
+            kind: text(r, "kind"),
+            name: text(r, "name"),
+            uid: text(r, "uid"),
         })
     })
 }
@@ -92,13 +117,13 @@ pub async fn resolve(
     kinds: &[TargetKind],
 ) -> Result<(TargetKind, String), Unresolved> {
     for (label, kind) in DIRECT {
-        if let Some(name) = labels.get(label).filter(|n| !n.is_empty()) {
+        if let Some(name) = labels.get(label).filter(|n| !n.is_empty())
+            && kinds.contains(&kind)
+        {
             if !is_dns_subdomain(name) {
                 return Err(unresolved("InvalidName", format!("label {label}={name:?} is not an object name")));
             }
-            if kinds.contains(&kind) {
-                return Ok((kind, name.clone()));
-            }
+            return Ok((kind, name.clone()));
         }
     }
     let Some(pod) = labels.get("pod").filter(|p| !p.is_empty()) else {
@@ -126,6 +151,7 @@ pub async fn resolve(
         return Err(unresolved("InvalidName", format!("label pod={pod:?} is not an object name")));
     }
     let (mut kind, mut name) = ("Pod".to_owned(), pod.clone());
+    let mut expected_uid: Option<String> = None;
     let mut chain = vec![format!("Pod {pod}")];
     for _ in 0..MAX_HOPS {
         let object = reader
@@ -133,25 +159,37 @@ pub async fn resolve(
             .await
             .map_err(|e| unresolved("ReadFailed", format!("reading {kind} {namespace}/{name}: {e}")))?
             .ok_or_else(|| unresolved("NotFound", format!("{kind} {namespace}/{name} does not exist (any more)")))?;
-        let Some((owner_kind, owner_name)) = controller_of(&object) else {
+        // An owner reference is only a claim (anyone who may create a Pod can write one): the
+        // owner read must be the very object it names.
+        if let Some(uid) = &expected_uid
+            && object.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid.as_str())
+        {
+            return Err(unresolved(
+                "OwnerMismatch",
+                format!("{} claims a {kind} {name} that is not the one in the cluster (uid)", chain.join(" → ")),
+            ));
+        }
+        if let Some(target) = target_kind(&kind).filter(|k| kinds.contains(k)) {
+            return Ok((target, name));
+        }
+        let Some(owner) = controller_of(&object) else {
             return Err(unresolved(
                 "NoController",
                 format!("{} has no controller; nothing to change but the {kind} itself", chain.join(" → ")),
             ));
         };
-        if !is_dns_subdomain(&owner_name) {
-            return Err(unresolved("InvalidName", format!("{kind} {name}'s controller is named {owner_name:?}")));
+        if !is_dns_subdomain(&owner.name) {
+            return Err(unresolved("InvalidName", format!("{kind} {name}'s controller is named {:?}", owner.name)));
         }
-        chain.push(format!("{owner_kind} {owner_name}"));
-        match target_kind(&owner_kind) {
-            Some(k) if kinds.contains(&k) => return Ok((k, owner_name)),
-            // A ReplicaSet or a Job is followed to its own controller.
-            _ if matches!(owner_kind.as_str(), "ReplicaSet" | "Job") => {
-                kind = owner_kind;
-                name = owner_name;
-            }
-            _ => break,
+        chain.push(format!("{} {}", owner.kind, owner.name));
+        let served = served_at(&owner.kind).is_some_and(|v| v == owner.api_version);
+        let wanted = target_kind(&owner.kind).is_some_and(|k| kinds.contains(&k));
+        if !served || !(wanted || matches!(owner.kind.as_str(), "ReplicaSet" | "Job")) {
+            break;
         }
+        kind = owner.kind;
+        name = owner.name;
+        expected_uid = Some(owner.uid);
     }
     Err(unresolved(
         "KindNotActedOn",
@@ -180,21 +218,33 @@ mod tests {
     }
 
     fn owned(kind: &str, name: &str, by: Option<(&str, &str)>) -> ((String, String), Value) {
-        let refs = by.map(|(k, n)| json!([{"kind": k, "name": n, "controller": true, "apiVersion": "x", "uid": "u"}]));
-        (
-            (kind.to_owned(), name.to_owned()),
-            json!({"metadata": {"name": name, "ownerReferences": refs.unwrap_or(json!([]))}}),
-        )
+        let refs = by.map(|(k, n)| {
+            json!([{"kind": k, "name": n, "controller": true, "apiVersion": served_at(k).unwrap_or("v1"), "uid": format!("uid-{n}")}])
+        });
+        let object = json!({"metadata": {"name": name, "uid": format!("uid-{name}"), "ownerReferences": refs.unwrap_or(json!([]))}});
+        ((kind.to_owned(), name.to_owned()), object)
+    }
+
+    fn claiming(pod: &str, api_version: &str, uid: &str) -> ((String, String), Value) {
+        let refs =
+            json!([{"kind": "Deployment", "name": "web", "controller": true, "apiVersion": api_version, "uid": uid}]);
+        (("Pod".to_owned(), pod.to_owned()), json!({"metadata": {"name": pod, "uid": "p", "ownerReferences": refs}}))
     }
 
     fn world() -> Objects {
         Objects(BTreeMap::from([
             owned("Pod", "web-7d9f-abcde", Some(("ReplicaSet", "web-7d9f"))),
             owned("ReplicaSet", "web-7d9f", Some(("Deployment", "web"))),
+            owned("Deployment", "web", None),
             owned("Pod", "db-0", Some(("StatefulSet", "db"))),
+            owned("StatefulSet", "db", None),
             owned("Pod", "report-123-xyz", Some(("Job", "report-123"))),
             owned("Job", "report-123", Some(("CronJob", "report"))),
             owned("Pod", "static", None),
+            // A Pod claiming a Deployment it does not belong to (wrong uid), and one claiming a
+            // look-alike kind of another group.
+            claiming("forged", "apps/v1", "someone-elses"),
+            claiming("lookalike", "example.com/v1", "uid-web"),
         ]))
     }
 
@@ -225,6 +275,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_owner_reference_is_followed_only_to_the_object_it_names() {
+        let both = [TargetKind::Deployment, TargetKind::StatefulSet];
+        assert_eq!(run(&[("pod", "forged")], &both).await.unwrap_err().reason, "OwnerMismatch");
+        assert_eq!(run(&[("pod", "lookalike")], &both).await.unwrap_err().reason, "KindNotActedOn");
+    }
+
+    #[tokio::test]
     async fn workload_and_hpa_labels_name_the_target_directly() {
         let hpa = [TargetKind::HorizontalPodAutoscaler];
         assert_eq!(
@@ -245,6 +302,11 @@ mod tests {
         assert_eq!(
             run(&[("deployment", "../etc")], &[TargetKind::Deployment]).await.unwrap_err().reason,
             "InvalidName"
+        );
+        // A malformed label of a kind the policy does not act on does not stop the Pod's.
+        assert_eq!(
+            run(&[("statefulset", "../x"), ("pod", "web-7d9f-abcde")], &[TargetKind::Deployment]).await,
+            Ok((TargetKind::Deployment, "web".into()))
         );
     }
 }

@@ -380,8 +380,9 @@ async fn create(client: &kube::Client, ns: &str, name: &str, c: &Creation) -> Re
     let kind = c.spec.target.kind;
     let targets: Api<kube::api::DynamicObject> =
         Api::namespaced_with(client.clone(), ns, &crate::cluster::api_resource(kind));
-    if targets.get_opt(&c.target).await?.is_none() {
-        return Ok(Created::NoTarget(format!("{} {ns}/{} does not exist", kind.as_str(), c.target)));
+    let target = &c.spec.target.name;
+    if targets.get_opt(target).await?.is_none() {
+        return Ok(Created::NoTarget(format!("{} {ns}/{target} does not exist", kind.as_str())));
     }
     let labels =
         BTreeMap::from([(POLICY_LABEL.to_owned(), c.policy.clone()), (TARGET_LABEL.to_owned(), c.target.clone())]);
@@ -571,6 +572,7 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
         for action in &planned.actions {
             match action {
                 Action::Create { namespace, name, policy, target, spec, seen, alert } => {
+                    let fingerprint = alert.fingerprint.clone();
                     matched += 1;
                     let key = (namespace.clone(), name.clone());
                     let (tx, rx) = oneshot::channel();
@@ -580,7 +582,7 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
                     batch.push((key.clone(), op, Some((Want::Create, tx))));
                     let context = json!({"policy": format!("{namespace}/{policy}"), "target": target});
                     confirm.push((key, Asked::Create, context, rx));
-                    creating.push(Existing::creating(namespace, name, policy, target, now));
+                    creating.push(Existing::creating(namespace, name, policy, target, &fingerprint, now));
                 }
                 Action::Observe { namespace, name, seen, alert } => {
                     matched += 1;
@@ -644,7 +646,10 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
     for u in &planned.unresolved {
         m.unresolved.get_or_create(&Reason { reason: u.reason.into() }).inc();
         let reference = known::lock(&s.known).reference(&u.namespace, &u.policy);
-        let note = format!("alert {} names no target policy {} acts on: {}", u.alert, u.policy, u.message);
+        let note: String = format!("alert {} names no target policy {} acts on: {}", u.alert, u.policy, u.message)
+            .chars()
+            .take(400)
+            .collect();
         publish(s, reference, event(EventType::Warning, "TargetNotResolved", note));
         suppressed_out.push(json!({"policy": format!("{}/{}", u.namespace, u.policy), "reason": "target_not_resolved",
             "detail": format!("{}: {}", u.reason, u.message)}));
@@ -686,13 +691,16 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
 }
 
 /// The targets of this delivery's matches with policies that resolve them from the alert's
-/// labels: each distinct (namespace, naming labels, kinds) read once, eight at a time, within
-/// [`RESOLVE_WITHIN`], remembered for repeats.
+/// labels: each distinct (namespace, naming labels, kinds) read once, eight at a time, all
+/// within [`RESOLVE_WITHIN`], at most [`MAX_QUESTIONS`] per delivery; remembered for repeats. A
+/// resolved alert reads nothing (its Remediation is found by fingerprint, or by what is
+/// remembered).
 async fn resolve_targets(s: &Shared, payload: &Payload) -> Resolved {
     use futures::StreamExt;
     let policies = known::lock(&s.known).policies();
     let mut wanted: BTreeMap<ResolutionKey, Vec<Match>> = BTreeMap::new();
     let mut inputs: BTreeMap<ResolutionKey, Question> = BTreeMap::new();
+    let mut out = Resolved::new();
     for a in &payload.alerts {
         for pr in policies.iter().filter(|pr| resolves(pr) && matches(pr, a)) {
             let naming: BTreeMap<String, String> = a
@@ -703,10 +711,28 @@ async fn resolve_targets(s: &Shared, payload: &Payload) -> Resolved {
                 .collect();
             let kinds = pr.policy.target_kinds.clone();
             let key = (pr.namespace.clone(), format!("{naming:?}"), format!("{kinds:?}"));
-            wanted.entry(key.clone()).or_default().push((pr.namespace.clone(), pr.name.clone(), a.fingerprint.clone()));
+            let who = (pr.namespace.clone(), pr.name.clone(), a.fingerprint.clone());
+            if a.status == "resolved" {
+                if let Some(known) = s.resolutions.get(&key).await {
+                    out.insert(who, known);
+                }
+                continue;
+            }
+            if !inputs.contains_key(&key) && inputs.len() >= MAX_QUESTIONS {
+                out.insert(
+                    who,
+                    Err(Unresolved {
+                        reason: "TooMany",
+                        message: format!("more than {MAX_QUESTIONS} targets to resolve in one delivery"),
+                    }),
+                );
+                continue;
+            }
+            wanted.entry(key.clone()).or_default().push(who);
             inputs.insert(key, (pr.namespace.clone(), naming, kinds));
         }
     }
+    let deadline = tokio::time::Instant::now() + RESOLVE_WITHIN;
     let results: Vec<_> = futures::stream::iter(inputs)
         .map(|(key, (namespace, labels, kinds))| async move {
             let found = s
@@ -718,8 +744,7 @@ async fn resolve_targets(s: &Shared, payload: &Payload) -> Resolved {
                             message: "this intake has no reader to resolve targets with".to_owned(),
                         });
                     };
-                    match tokio::time::timeout(RESOLVE_WITHIN, resolve(reader.as_ref(), &namespace, &labels, &kinds))
-                        .await
+                    match tokio::time::timeout_at(deadline, resolve(reader.as_ref(), &namespace, &labels, &kinds)).await
                     {
                         Ok(r) => r,
                         Err(_) => Err(Unresolved {
@@ -737,7 +762,6 @@ async fn resolve_targets(s: &Shared, payload: &Payload) -> Resolved {
         .buffer_unordered(8)
         .collect()
         .await;
-    let mut out = Resolved::new();
     for (key, found) in results {
         for who in wanted.remove(&key).unwrap_or_default() {
             out.insert(who, found.clone());
@@ -745,6 +769,9 @@ async fn resolve_targets(s: &Shared, payload: &Payload) -> Resolved {
     }
     out
 }
+
+/// Most distinct targets one delivery resolves.
+const MAX_QUESTIONS: usize = 64;
 
 /// The labels a target is resolved from (see `resolve`).
 const NAMING_LABELS: [&str; 6] =
