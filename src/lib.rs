@@ -26,6 +26,7 @@ pub mod patch;
 pub mod ports;
 pub mod sandbox;
 pub mod silence;
+pub mod simulate;
 pub mod telemetry;
 pub mod verify;
 pub mod web;

@@ -199,6 +199,34 @@ enum Command {
         #[command(subcommand)]
         command: McpCommand,
     },
+    /// What Reflex would do with an alert, given policies, playbooks, manifests and metric
+    /// values — on an in-memory API server, writing nowhere: which policy matches and why the
+    /// others do not, the target, each read and its value, the patch as a diff (or the
+    /// refusal), the gate's decision.
+    Simulate {
+        /// The alert: a YAML or JSON file with `labels` (and `annotations`).
+        #[arg(long, conflicts_with = "label")]
+        alert: Option<std::path::PathBuf>,
+        /// The alert's labels instead, as `name=value` (repeat).
+        #[arg(long)]
+        label: Vec<String>,
+        /// Files of policies, playbooks and manifests (repeat; multi-document YAML).
+        #[arg(long = "file", short = 'f')]
+        files: Vec<std::path::PathBuf>,
+        /// A YAML list of `{query, value}`: what each PromQL query returns.
+        #[arg(long)]
+        series: Option<std::path::PathBuf>,
+        /// The namespace of namespaced documents that name none (a policy pack).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+    },
+    /// Policy unit tests, in the spirit of `promtool test rules`: every `*.yaml` file in DIR
+    /// holds cases of alert + objects + series and the target, patch (or refusal) and gate
+    /// decision each must come to. Exit code 1 when one fails.
+    Test {
+        /// The directory of test files.
+        dir: std::path::PathBuf,
+    },
     /// Print version and build information.
     Version,
 }
@@ -319,6 +347,43 @@ async fn main() -> anyhow::Result<()> {
                 Vec::new()
             });
             print!("{}", reflex::oncall::explain::explain(&rem, &events));
+        }
+        Command::Simulate { alert, label, files, series, namespace } => {
+            let mut world = reflex::simulate::World { namespace, ..Default::default() };
+            for f in &files {
+                let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+                world.add_yaml(&text, &f.display().to_string())?;
+            }
+            if let Some(s) = &series {
+                let text = std::fs::read_to_string(s).with_context(|| format!("reading {}", s.display()))?;
+                world.series = serde_saphyr::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: a list of {{query, value}}: {e}", s.display()))?;
+            }
+            let alert: reflex::simulate::Alert = match &alert {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                }
+                None => reflex::simulate::Alert {
+                    labels: label
+                        .iter()
+                        .map(|l| {
+                            l.split_once('=')
+                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                                .with_context(|| format!("--label {l:?}: write name=value"))
+                        })
+                        .collect::<anyhow::Result<_>>()?,
+                    annotations: Default::default(),
+                },
+            };
+            print!("{}", reflex::simulate::simulate(&world, &alert).await?);
+        }
+        Command::Test { dir } => {
+            let (text, ok) = reflex::simulate::run_tests(&dir).await?;
+            print!("{text}");
+            if !ok {
+                std::process::exit(1);
+            }
         }
         Command::Version => {
             println!("reflex {}", env!("CARGO_PKG_VERSION"));

@@ -77,6 +77,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "sandbox",
         ],
     ),
+    // `reflex simulate` / `reflex test`: the stages' pure parts and the playbook executor on an
+    // in-memory sandbox, written nowhere.
+    ("simulate", &["agent", "api", "ci", "cluster", "gate", "intake", "metrics", "patch", "ports", "sandbox"]),
     // The command line, on top: it parses flags and calls the library (`reflex sandbox` and
     // `reflex demo` included).
     (
@@ -96,6 +99,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "operator",
             "sandbox",
             "silence",
+            "simulate",
             "telemetry",
         ],
     ),

@@ -43,14 +43,19 @@ pub fn yaml(object: &Value) -> String {
     serde_saphyr::to_string(object).unwrap_or_else(|_| serde_json::to_string_pretty(object).unwrap_or_default())
 }
 
-/// A unified diff from `live` to `stored`, both cleaned first; empty when they are the same.
+/// A unified diff from `live` to `stored` (what the server-side dry-run answered), both
+/// cleaned first; empty when they are the same.
 pub fn diff(live: &Value, stored: &Value) -> String {
-    let (a, b) = (yaml(&clean(live)), yaml(&clean(stored)));
+    diff_named(live, stored, "dry-run")
+}
+
+/// [`diff`], the second side named `after`.
+pub fn diff_named(live: &Value, changed: &Value, after: &str) -> String {
+    let (a, b) = (yaml(&clean(live)), yaml(&clean(changed)));
     if a == b {
         return String::new();
     }
-    let text =
-        similar::TextDiff::from_lines(&a, &b).unified_diff().context_radius(3).header("live", "dry-run").to_string();
+    let text = similar::TextDiff::from_lines(&a, &b).unified_diff().context_radius(3).header("live", after).to_string();
     cut(text, MAX_DIFF)
 }
 
