@@ -219,6 +219,19 @@ enum Command {
         /// The namespace of namespaced documents that name none (a policy pack).
         #[arg(long, short = 'n')]
         namespace: Option<String>,
+        /// Read metrics from this Prometheus instead of `--series`.
+        #[arg(long, conflicts_with = "series")]
+        prometheus_url: Option<String>,
+        /// Also copy the alert's namespace from the current cluster (read-only: lists only;
+        /// Secrets never): its policies, playbooks, workloads, Pods and ConfigMaps.
+        #[arg(long)]
+        from_cluster: bool,
+        /// Kubeconfig for --from-cluster.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Context for --from-cluster.
+        #[arg(long)]
+        context: Option<String>,
     },
     /// Policy unit tests, in the spirit of `promtool test rules`: every `*.yaml` file in DIR
     /// holds cases of alert + objects + series and the target, patch (or refusal) and gate
@@ -348,8 +361,24 @@ async fn main() -> anyhow::Result<()> {
             });
             print!("{}", reflex::oncall::explain::explain(&rem, &events));
         }
-        Command::Simulate { alert, label, files, series, namespace } => {
+        Command::Simulate {
+            alert,
+            label,
+            files,
+            series,
+            namespace,
+            prometheus_url,
+            from_cluster,
+            kubeconfig,
+            context,
+        } => {
+            reflex::install_crypto_provider();
             let mut world = reflex::simulate::World { namespace, ..Default::default() };
+            if let Some(url) = &prometheus_url {
+                let source = reflex::metrics::Prometheus::new(url, std::time::Duration::from_secs(10))
+                    .map_err(|e| anyhow::anyhow!("--prometheus-url {url}: {e}"))?;
+                world.metrics = Some(std::sync::Arc::new(source));
+            }
             for f in &files {
                 let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
                 world.add_yaml(&text, &f.display().to_string())?;
@@ -376,6 +405,12 @@ async fn main() -> anyhow::Result<()> {
                     annotations: Default::default(),
                 },
             };
+            if from_cluster {
+                let ns =
+                    alert.labels.get("namespace").cloned().context("--from-cluster: the alert names no namespace")?;
+                let (client, _) = client(kubeconfig, context).await?;
+                world.documents.extend(reflex::simulate::from_cluster(&client, &ns).await?);
+            }
             print!("{}", reflex::simulate::simulate(&world, &alert).await?);
         }
         Command::Test { dir } => {

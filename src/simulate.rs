@@ -50,6 +50,80 @@ pub struct World {
     /// The namespace of namespaced documents that name none (a policy pack applied with
     /// `kubectl apply -n`).
     pub namespace: Option<String>,
+    /// Read metrics from this source instead of `series` (a Prometheus URL).
+    pub metrics: Option<Arc<dyn MetricsSource>>,
+}
+
+impl std::fmt::Debug for dyn MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsSource")
+    }
+}
+
+/// The kinds copied from a cluster for a simulation: what policies, playbooks and target
+/// resolution read.
+const COPIED: [(&str, &str, &str); 11] = [
+    ("reflex.dev", "v1alpha1", "RemediationPolicy"),
+    ("reflex.dev", "v1alpha1", "Playbook"),
+    ("apps", "v1", "Deployment"),
+    ("apps", "v1", "StatefulSet"),
+    ("apps", "v1", "DaemonSet"),
+    ("apps", "v1", "ReplicaSet"),
+    ("autoscaling", "v2", "HorizontalPodAutoscaler"),
+    ("batch", "v1", "Job"),
+    ("batch", "v1", "CronJob"),
+    ("", "v1", "Pod"),
+    ("", "v1", "ConfigMap"),
+];
+
+/// Copies `namespace` (its policies, playbooks, workloads, Pods and ConfigMaps, and the
+/// Namespace itself with its labels) from the cluster `client` reads — lists only, nothing
+/// written there. Server-set fields are dropped; owner references keep kind and name (their
+/// uids are filled in again in the sandbox). Secrets are never copied.
+///
+/// # Errors
+/// A list the cluster refuses.
+pub async fn from_cluster(client: &kube::Client, namespace: &str) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .get(namespace)
+        .await
+        .with_context(|| format!("reading namespace {namespace}"))?;
+    out.push(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": ns.metadata.labels}}),
+    );
+    for (group, version, kind) in COPIED {
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let api =
+            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &kube::api::ApiResource::from_gvk(&gvk));
+        let list = match api.list(&Default::default()).await {
+            Ok(l) => l,
+            // Reflex's CRDs may be missing from a cluster the policies are tried against.
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing {kind} in {namespace}")),
+        };
+        for item in list.items {
+            let mut v = serde_json::to_value(&item)?;
+            v["apiVersion"] = json!(if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") });
+            v["kind"] = json!(kind);
+            if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                for field in ["uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "selfLink"]
+                {
+                    meta.remove(field);
+                }
+                if let Some(refs) = meta.get_mut("ownerReferences").and_then(Value::as_array_mut) {
+                    for r in refs.iter_mut().filter_map(Value::as_object_mut) {
+                        r.remove("uid");
+                    }
+                }
+            }
+            if let Some(obj) = v.as_object_mut() {
+                obj.remove("status");
+            }
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 impl World {
@@ -270,7 +344,8 @@ fn mismatch(policy: &ValidPolicy, namespace: &str, alert: &Alert) -> Option<Stri
 /// The world cannot be loaded (a bad manifest, an invalid policy).
 pub async fn simulate(world: &World, alert: &Alert) -> anyhow::Result<Report> {
     crate::install_crypto_provider();
-    let sandbox = Sandbox::start(Config::default()).await?;
+    // A static world: no controller creates, scales or deletes anything behind the simulation.
+    let sandbox = Sandbox::start(Config { workloads: false, ..Config::default() }).await?;
     sandbox.install_crds()?;
     let client = sandbox.client(ADMIN_TOKEN).await?;
     // Namespaces first, then everything else in order.
@@ -307,8 +382,11 @@ pub async fn simulate(world: &World, alert: &Alert) -> anyhow::Result<Report> {
         apply(&client, &bare).await?;
     }
     fill_owner_uids(&client, &with_owners).await?;
-    let values = Values(world.series.iter().map(|s| (normalize(&s.query), s.value)).collect());
-    let executor = PlaybookExecutor::new(client.clone(), Arc::new(values));
+    let metrics: Arc<dyn MetricsSource> = match &world.metrics {
+        Some(m) => m.clone(),
+        None => Arc::new(Values(world.series.iter().map(|s| (normalize(&s.query), s.value)).collect())),
+    };
+    let executor = PlaybookExecutor::new(client.clone(), metrics);
     let reader = SandboxReader(client.clone());
     let mut report = Report::default();
     let policies = Api::<RemediationPolicy>::all(client.clone()).list(&Default::default()).await?;

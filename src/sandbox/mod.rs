@@ -68,6 +68,9 @@ pub struct Config {
     pub pod_model: Option<Arc<dyn workload::PodModel>>,
     /// How Jobs' Pods end (success, failure, hang); default: each exits 0.
     pub job_model: Option<Arc<dyn jobs::JobModel>>,
+    /// Run the workload model (controllers and kubelet); off: objects stay as they are written
+    /// (`reflex simulate`'s static world).
+    pub workloads: bool,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             pod_ready_after: Duration::ZERO,
             pod_model: None,
             job_model: None,
+            workloads: true,
         }
     }
 }
@@ -131,7 +135,9 @@ impl Sandbox {
         crate::web::serve(listener, app, crate::web::Limits::default(), shutdown);
         let kubelet =
             workload::Kubelet { ready_after: config.pod_ready_after, model: config.pod_model, jobs: config.job_model };
-        tokio::spawn(workload::run(api.clone(), kubelet, stop.clone()));
+        if config.workloads {
+            tokio::spawn(workload::run(api.clone(), kubelet, stop.clone()));
+        }
         tracing::info!(%addr, "sandbox Kubernetes API listening (in-memory stand-in for kube-apiserver)");
         Ok(Self { addr, ca_pem, api, stop })
     }
