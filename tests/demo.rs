@@ -430,3 +430,19 @@ async fn the_gitops_scenario_merges_a_pull_request_then_verifies_the_fix() {
     assert!(text.contains("  pr        #1 ") && text.contains("  merged    #1 as "), "{text}");
     assert!(text.contains("    +            limits: {memory: 250Mi}      # set at launch\n"), "{text}");
 }
+
+/// CPUThrottlingHigh names only a Pod: followed to its Deployment (the policy names kinds, not a
+/// name), the CPU limit raised by half again, throttling verified below the alert's threshold.
+#[tokio::test]
+async fn the_cpu_throttling_scenario_follows_the_pod_to_its_deployment_and_raises_its_cpu() {
+    let (outcome, text) = play(Scenario::built_in("cpu-throttling").unwrap(), false).await;
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    let rem = &outcome.remediation;
+    assert_eq!(
+        (rem.spec.target.kind, rem.spec.target.name.as_str()),
+        (reflex::api::TargetKind::Deployment, "checkout")
+    );
+    assert!(rem.spec.alert.labels["pod"].starts_with("checkout-"), "the alert named a Pod");
+    assert_eq!(outcome.template_after["spec"]["containers"][0]["resources"]["limits"]["cpu"], "750m", "{text}");
+    assert!(text.contains("read      throttling: 0.375") && text.contains("sample    0.0625 ✓"), "{text}");
+}

@@ -388,6 +388,19 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     }
 
     // Fire the alert as Alertmanager does.
+    // `${POD}` in the alert's labels: one of the workload's Pods, as the mixin's alerts name it.
+    if scenario.alert.labels.values().any(|v| v == "${POD}") {
+        let list = pods.list(&ListParams::default()).await?;
+        let pod = list
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .find(|n| n.starts_with(&format!("{}-", workload.deployment)))
+            .context("the scenario's alert names ${POD}, and the workload has no Pod")?;
+        for v in scenario.alert.labels.values_mut().filter(|v| *v == "${POD}") {
+            v.clone_from(&pod);
+        }
+    }
     let fp = fingerprint(&scenario.alert.labels);
     let body = json!({
         "version": "4", "groupKey": "{}:{alertname=\"KubeContainerOOMKilled\"}", "truncatedAlerts": 0, "status": "firing",

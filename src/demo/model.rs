@@ -33,6 +33,8 @@ struct Workload {
     load: Option<f64>,
     /// Bytes per second each Pod's working set grows by.
     leak: Option<f64>,
+    /// Cores the container would use unthrottled.
+    cpu_demand: Option<f64>,
     uptime: Duration,
     error_rates: std::collections::BTreeMap<String, f64>,
 }
@@ -94,6 +96,7 @@ impl OomModel {
                         .map_err(|e| e.to_string())?,
                     uptime: w.uptime.as_ref().map_or(Ok(Duration::ZERO), |d| d.parse()).map_err(|e| e.to_string())?,
                     error_rates: w.error_rates.clone(),
+                    cpu_demand: w.cpu_demand.as_deref().map(parse_quantity).transpose().map_err(|e| e.to_string())?,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -349,6 +352,20 @@ impl MetricsSource for OomModel {
                             ))
                         })?;
                     Ok(Some(load / max))
+                }
+                SeriesValue::CpuThrottling => {
+                    let demand = w.cpu_demand.ok_or_else(|| {
+                        MetricsError::Rejected(format!("the modelled workload {} has no cpuDemand", w.deployment))
+                    })?;
+                    let deployment = self.deployment(w)?;
+                    let limit = deployment
+                        .pointer("/spec/template/spec/containers")
+                        .and_then(Value::as_array)
+                        .and_then(|cs| cs.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(&w.container)))
+                        .and_then(|c| c.pointer("/resources/limits/cpu"))
+                        .and_then(Value::as_str)
+                        .and_then(|q| parse_quantity(q).ok());
+                    Ok(Some(limit.map_or(0.0, |l| (1.0 - l / demand).max(0.0))))
                 }
                 SeriesValue::Saturation => {
                     let load = Self::load(w)?;

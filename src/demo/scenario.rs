@@ -27,6 +27,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("hpa-saturation", include_str!("../../scenarios/hpa-saturation.yaml")),
     ("production", include_str!("../../scenarios/production.yaml")),
     ("gitops", include_str!("../../scenarios/gitops.yaml")),
+    ("cpu-throttling", include_str!("../../scenarios/cpu-throttling.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
@@ -39,6 +40,7 @@ pub const PLAYBOOKS: &[(&str, &str)] = &[
     ("tune-config-parameter", include_str!("../../playbooks/tune-config-parameter.yaml")),
     ("image-bump", include_str!("../../playbooks/image-bump.yaml")),
     ("raise-hpa-max-on-saturation", include_str!("../../playbooks/raise-hpa-max-on-saturation.yaml")),
+    ("raise-cpu-limit", include_str!("../../playbooks/raise-cpu-limit.yaml")),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -61,6 +63,10 @@ pub struct Workload {
     /// or in units of a configured capacity (for `configSaturation`).
     #[serde(default)]
     pub load: Option<f64>,
+    /// The CPU the container would use unthrottled (a quantity, e.g. `800m`), for the
+    /// CPU-throttling series.
+    #[serde(default)]
+    pub cpu_demand: Option<String>,
     /// A memory leak: each Pod's working set grows by this much per hour of its life.
     #[serde(default)]
     pub leak_per_hour: Option<String>,
@@ -116,6 +122,9 @@ pub enum SeriesValue {
     OomKills,
     /// The workload's `load` divided by its Deployment's current replicas.
     Saturation,
+    /// The share of its container's CFS periods throttled: 1 − its CPU limit ÷ its
+    /// `cpuDemand`, at least 0 (read from the Deployment's template as it is now).
+    CpuThrottling,
 }
 
 #[derive(Clone, Debug, Deserialize)]
