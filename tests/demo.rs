@@ -446,3 +446,19 @@ async fn the_cpu_throttling_scenario_follows_the_pod_to_its_deployment_and_raise
     assert_eq!(outcome.template_after["spec"]["containers"][0]["resources"]["limits"]["cpu"], "750m", "{text}");
     assert!(text.contains("read      throttling: 0.375") && text.contains("sample    0.0625 ✓"), "{text}");
 }
+
+/// The pack's KubePodCrashLooping policy: the alert names only a Pod, followed to its
+/// Deployment; the memory limit is raised and the OOM kills stop.
+#[tokio::test]
+async fn the_crashloop_scenario_follows_the_pod_and_raises_the_memory_limit() {
+    let (outcome, text) = play(Scenario::built_in("crashloop").unwrap(), false).await;
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    let rem = &outcome.remediation;
+    assert_eq!(
+        (rem.spec.target.kind, rem.spec.target.name.as_str()),
+        (reflex::api::TargetKind::Deployment, "checkout")
+    );
+    assert_eq!(rem.metadata.name.as_deref(), Some("kube-pod-crashlooping-oom-deploy.checkout-1"));
+    assert!(rem.spec.alert.annotations["description"].contains(&rem.spec.alert.labels["pod"]));
+    assert_eq!((outcome.memory_before.as_str(), outcome.memory_after.as_str()), ("128Mi", "250Mi"), "{text}");
+}

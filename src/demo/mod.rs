@@ -400,6 +400,9 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         for v in scenario.alert.labels.values_mut().filter(|v| *v == "${POD}") {
             v.clone_from(&pod);
         }
+        for v in scenario.alert.annotations.values_mut() {
+            *v = v.replace("${POD}", &pod);
+        }
     }
     let fp = fingerprint(&scenario.alert.labels);
     let body = json!({

@@ -28,6 +28,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("production", include_str!("../../scenarios/production.yaml")),
     ("gitops", include_str!("../../scenarios/gitops.yaml")),
     ("cpu-throttling", include_str!("../../scenarios/cpu-throttling.yaml")),
+    ("crashloop", include_str!("../../scenarios/crashloop.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
