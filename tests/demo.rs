@@ -462,3 +462,17 @@ async fn the_crashloop_scenario_follows_the_pod_and_raises_the_memory_limit() {
     assert!(rem.spec.alert.annotations["description"].contains(&rem.spec.alert.labels["pod"]));
     assert_eq!((outcome.memory_before.as_str(), outcome.memory_after.as_str()), ("128Mi", "250Mi"), "{text}");
 }
+
+/// The pack's KubeHpaMaxedOut policy: the HPA named by its kube-state-metrics label, its
+/// maxReplicas raised, the metric back under target.
+#[tokio::test]
+async fn the_hpa_maxed_out_scenario_resolves_the_hpa_from_its_label() {
+    let (outcome, text) = play(Scenario::built_in("hpa-maxed-out").unwrap(), false).await;
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    let rem = &outcome.remediation;
+    assert_eq!(
+        (rem.spec.target.kind, rem.spec.target.name.as_str()),
+        (reflex::api::TargetKind::HorizontalPodAutoscaler, "checkout")
+    );
+    assert!(text.contains("with maxReplicas=8"), "{text}");
+}

@@ -29,6 +29,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("gitops", include_str!("../../scenarios/gitops.yaml")),
     ("cpu-throttling", include_str!("../../scenarios/cpu-throttling.yaml")),
     ("crashloop", include_str!("../../scenarios/crashloop.yaml")),
+    ("hpa-maxed-out", include_str!("../../scenarios/hpa-maxed-out.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
@@ -296,7 +297,7 @@ mod tests {
             } else if *name == "gitops" {
                 // The Deployment is in the repository; the GitOps controller stand-in applies it.
                 &["Namespace", "Playbook", "Secret", "RemediationPolicy"]
-            } else if *name == "hpa-saturation" {
+            } else if *name == "hpa-saturation" || *name == "hpa-maxed-out" {
                 &["Namespace", "Playbook", "Deployment", "HorizontalPodAutoscaler", "RemediationPolicy"]
             } else {
                 &["Namespace", "Playbook", "Deployment", "RemediationPolicy"]
