@@ -68,6 +68,12 @@ async fn an_alert_naming_only_a_pod_is_remediated_on_the_workload_that_runs_it()
         json!({"metadata": {"name": "debug-shell"}, "spec": {"containers": [{"name": "sh", "image": "busybox"}]}}),
     )
     .await;
+    let _: Pod = create(
+        &admin,
+        None,
+        json!({"metadata": {"name": "debug-shell-2"}, "spec": {"containers": [{"name": "sh", "image": "busybox"}]}}),
+    )
+    .await;
     let spec = json!({"match": {"alertnames": ["KubePodCrashLooping"]}, "target": {"kinds": ["Deployment", "StatefulSet"]},
         "playbook": "raise-memory-limit", "trust": {"level": "observe"}});
     let policy: reflex::api::RemediationPolicy = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1",
@@ -150,24 +156,31 @@ async fn an_alert_naming_only_a_pod_is_remediated_on_the_workload_that_runs_it()
     let gone = post(delivery("resolved", "checkout-replaced-zzzzz", "f1")).await;
     assert_eq!(gone["resolved"][0].as_str(), Some(created.as_str()), "{gone}");
 
-    let reply = post(deliver("debug-shell", "f2")).await;
+    // Two bare Pods in one delivery: both recorded, one Warning on the policy.
+    let mut two = deliver("debug-shell", "f2");
+    let second = delivery("firing", "debug-shell-2", "f3")["alerts"][0].clone();
+    two["alerts"].as_array_mut().unwrap().push(second);
+    let reply = post(two).await;
     assert!(reply["created"].as_array().unwrap().is_empty(), "{reply}");
     let why = &reply["suppressed"][0];
     assert_eq!(why["reason"], "target_not_resolved", "{reply}");
     assert!(why["detail"].as_str().unwrap().contains("NoController: Pod debug-shell has no controller"), "{reply}");
     let metrics = http.get(format!("http://{address}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("reflex_intake_targets_unresolved_total{reason=\"NoController\"} 1"), "{metrics}");
+    assert!(metrics.contains("reflex_intake_targets_unresolved_total{reason=\"NoController\"} 2"), "{metrics}");
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "shop");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let list = events.list(&ListParams::default().fields("involvedObject.name=crashloop")).await.unwrap();
-        if list
+        let warnings: Vec<_> = list
             .items
             .iter()
-            .any(|e| e.reason.as_deref() == Some("TargetNotResolved") && e.type_.as_deref() == Some("Warning"))
-        {
+            .filter(|e| e.reason.as_deref() == Some("TargetNotResolved") && e.type_.as_deref() == Some("Warning"))
+            .collect();
+        if let [one] = warnings.as_slice() {
+            assert!(one.message.as_deref().unwrap_or_default().ends_with("(and 1 more like it)"), "{:?}", one.message);
             break;
         }
+        assert!(warnings.len() < 2, "one Warning per policy and reason, not per alert");
         assert!(tokio::time::Instant::now() < deadline, "no TargetNotResolved Event on the policy");
         tokio::task::yield_now().await;
     }

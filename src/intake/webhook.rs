@@ -643,16 +643,23 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
             json!({"policy": format!("{namespace}/{policy}"), "target": target, "reason": reason, "detail": detail}),
         );
     }
+    // One Warning per (policy, reason) and delivery, however many alerts it covers.
+    let mut grouped: BTreeMap<(String, String, &'static str), (String, u64)> = BTreeMap::new();
     for u in &planned.unresolved {
         m.unresolved.get_or_create(&Reason { reason: u.reason.into() }).inc();
-        let reference = known::lock(&s.known).reference(&u.namespace, &u.policy);
-        let note: String = format!("alert {} names no target policy {} acts on: {}", u.alert, u.policy, u.message)
-            .chars()
-            .take(400)
-            .collect();
-        publish(s, reference, event(EventType::Warning, "TargetNotResolved", note));
+        let entry = grouped.entry((u.namespace.clone(), u.policy.clone(), u.reason)).or_insert_with(|| {
+            (format!("alert {} names no target policy {} acts on: {}", u.alert, u.policy, u.message), 0)
+        });
+        entry.1 += 1;
         suppressed_out.push(json!({"policy": format!("{}/{}", u.namespace, u.policy), "reason": "target_not_resolved",
             "detail": format!("{}: {}", u.reason, u.message)}));
+    }
+    for ((namespace, policy, _), (first, count)) in grouped {
+        let reference = known::lock(&s.known).reference(&namespace, &policy);
+        let more = if count > 1 { format!(" (and {} more like it)", count - 1) } else { String::new() };
+        let first: String = first.chars().take(360).collect();
+        let note = format!("{first}{more}");
+        publish(s, reference, event(EventType::Warning, "TargetNotResolved", note));
     }
     let mut problems = planned.problems;
     for p in &problems {
