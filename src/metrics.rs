@@ -264,8 +264,11 @@ mod tests {
 /// with `* on (namespace, pod) group_left ()`. A Deployment's Pods are found through their
 /// ReplicaSets (`kube_pod_owner` → `kube_replicaset_owner`); a StatefulSet's or DaemonSet's
 /// directly. `None` for kinds that run no Pods. `namespace` and `name` must be object names
-/// (the caller's validated target), so nothing here needs escaping.
+/// (the caller's validated target); anything else gets `None`, never pasted PromQL.
 pub fn pods_of(kind: &str, namespace: &str, name: &str) -> Option<String> {
+    if !crate::api::template::is_dns_subdomain(namespace) || !crate::api::template::is_dns_subdomain(name) {
+        return None;
+    }
     match kind {
         "Deployment" => Some(format!(
             "max by (namespace, pod) (kube_pod_owner{{namespace=\"{namespace}\",owner_kind=\"ReplicaSet\"}} * on (namespace, owner_name) group_left () max by (namespace, owner_name) (label_replace(kube_replicaset_owner{{namespace=\"{namespace}\",owner_kind=\"Deployment\",owner_name=\"{name}\"}}, \"owner_name\", \"$1\", \"replicaset\", \"(.*)\")))"
@@ -279,9 +282,10 @@ pub fn pods_of(kind: &str, namespace: &str, name: &str) -> Option<String> {
 
 /// The names a workload's controller gives its Pods, as a regex for `pod=~`: the fallback a
 /// playbook may choose where kube-state-metrics' owner series are not scraped. It also
-/// matches a sibling DaemonSet's Pods named `NAME-<5>`; owner joins do not.
-pub fn pod_name_regex(name: &str) -> String {
-    format!("{name}-(([a-z0-9]+-)?[a-z0-9]{{5}}|[0-9]+)")
+/// matches a sibling DaemonSet's Pods named `NAME-<5>`; owner joins do not. `None` for a name
+/// that is not an object name.
+pub fn pod_name_regex(name: &str) -> Option<String> {
+    crate::api::template::is_dns_subdomain(name).then(|| format!("{name}-(([a-z0-9]+-)?[a-z0-9]{{5}}|[0-9]+)"))
 }
 
 #[cfg(test)]
@@ -304,6 +308,8 @@ mod owner_join_tests {
                 .contains("owner_kind=\"Deployment\",owner_name=\"web\"")
         );
         assert_eq!(pods_of("ConfigMap", "shop", "web"), None);
-        assert_eq!(pod_name_regex("web"), "web-(([a-z0-9]+-)?[a-z0-9]{5}|[0-9]+)");
+        assert_eq!(pod_name_regex("web").as_deref(), Some("web-(([a-z0-9]+-)?[a-z0-9]{5}|[0-9]+)"));
+        assert_eq!(pods_of("Deployment", "shop", "web\"} or vector(1)"), None, "never pasted");
+        assert_eq!(pod_name_regex("web\"}"), None);
     }
 }

@@ -757,3 +757,22 @@ async fn an_ssh_remote_is_reached_with_the_secrets_key_and_its_host_key_checked(
     drop(server);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Status is a record: a rollback whose status names a merge commit that is not this
+/// Remediation's change (here: the repository's first commit) reverts nothing.
+#[tokio::test]
+async fn a_rollback_reverts_only_a_merge_of_this_remediations_change() {
+    let w = world("github", json!({})).await;
+    let mut rem = remediation(&w, "checkout-oom-20", "256Mi").await;
+    tested(&w, &mut rem).await;
+    merged(&w, &mut rem).await;
+    let main_before = w.forge.rev("refs/heads/main");
+    let first = git(&w.bare, &["rev-list", "--max-parents=0", "main"]);
+    rem.status.as_mut().unwrap().deploy.as_mut().unwrap().pull_request.as_mut().unwrap().merge_commit =
+        Some(first.clone());
+    let err = w.deploy.rollback(w.input(&rem, Step::Rollback)).await.unwrap_err();
+    assert_eq!(err.category, ErrorCategory::NeedsHuman);
+    assert!(err.message.contains(&first) && err.message.contains("not a merge of this Remediation's change"), "{err}");
+    assert_eq!(w.forge.rev("refs/heads/main"), main_before, "nothing reverted");
+    assert_eq!(w.forge.rev("refs/heads/reflex/checkout-oom-20-revert"), None, "nothing pushed");
+}

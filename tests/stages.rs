@@ -955,3 +955,58 @@ async fn a_test_job_passes_fails_or_times_out_and_is_cleaned_up() {
     let d = Api::<Deployment>::namespaced(client, "default").get("checkout").await.unwrap();
     assert_eq!(d.metadata.generation, Some(1), "CI deployed nothing");
 }
+
+/// Metrics that remember every query asked.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<String>>);
+
+impl reflex::metrics::MetricsSource for Recorded {
+    fn instant(
+        &self,
+        query: &str,
+    ) -> futures::future::BoxFuture<'_, Result<Option<f64>, reflex::metrics::MetricsError>> {
+        self.0.lock().unwrap().push(query.to_owned());
+        Box::pin(async { Ok(Some(1.0)) })
+    }
+}
+
+/// Reflex's own PromQL fragments are built from the target's name; a hand-made Remediation
+/// whose target name is PromQL must not get it pasted into a query (the fragments bypass the
+/// inert-value check labels go through).
+#[tokio::test]
+async fn a_target_name_that_is_promql_is_never_pasted_into_a_query() {
+    use reflex::api::playbook::Playbook;
+    use reflex::ports::Propose;
+    let (_sb, client) = setup().await;
+    let pb: Playbook = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Playbook",
+        "metadata": {"name": "query-first", "namespace": "default"},
+        "spec": {"targetKinds": ["Deployment"],
+            "reads": [{"name": "usage", "tool": "query", "arguments": {"query": "max(x{namespace=\"default\"} * on (namespace, pod) group_left () {{ promql.pods }})"}}],
+            "patch": {"mode": "template", "type": "strategic",
+            "template": "spec:\n  replicas: 2\n", "allowedPaths": ["spec.replicas"]}}}))
+    .unwrap();
+    Api::<Playbook>::namespaced(client.clone(), "default").create(&PostParams::default(), &pb).await.unwrap();
+    let mut spec = auto_policy_spec();
+    spec.playbook = Some("query-first".into());
+    let policy = reflex::api::validate::ValidPolicy::from_spec(&spec).unwrap();
+    let mut rem = remediation_with_patch(json!({}));
+    rem.status = None;
+    rem.spec.target.name = "checkout\"}) or vector(1) or (x{a=\"".into();
+    // The API refuses such a Remediation in the first place (the CRD's pattern on the name).
+    let mut stored = rem.clone();
+    stored.metadata.uid = None;
+    let refused =
+        Api::<Remediation>::namespaced(client.clone(), "default").create(&PostParams::default(), &stored).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("spec.target.name")),
+        "{refused:?}"
+    );
+    let mut input = input(rem);
+    input.policy = Some(Arc::new(policy));
+    input.key.step = Step::Propose;
+    let metrics = Arc::new(Recorded::default());
+    let executor = reflex::agent::executor::PlaybookExecutor::new(client.clone(), metrics.clone());
+    let err = executor.propose(input).await.expect_err("refused");
+    assert!(err.message.contains("not an object name"), "{err}");
+    assert!(metrics.0.lock().unwrap().iter().all(|q| !q.contains("vector(1)")), "{:?}", metrics.0.lock().unwrap());
+}

@@ -270,7 +270,7 @@ async fn owner_joins_select_a_workloads_pods_where_name_regexes_do_not() {
     assert_eq!(source.instant(&worker).await.unwrap(), Some(900.0));
     let regex = format!(
         r#"max(container_memory_working_set_bytes{{namespace="shop",container="app",pod=~"{}"}})"#,
-        reflex::metrics::pod_name_regex("web")
+        reflex::metrics::pod_name_regex("web").unwrap()
     );
     assert_eq!(source.instant(&regex).await.unwrap(), Some(500.0), "the name regex also counts the DaemonSet's Pod");
 }

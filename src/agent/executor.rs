@@ -78,6 +78,10 @@ impl PlaybookExecutor {
             )));
         }
         let target = &rem.spec.target;
+        // The name goes into reads and into Reflex's own PromQL fragments as it is.
+        if !crate::api::template::is_dns_subdomain(&target.name) {
+            return Err(invalid(format!("the target name {:?} is not an object name", target.name)));
+        }
         if !playbook.target_kinds.contains(&target.kind) {
             return Err(invalid(format!("playbook {playbook_name} does not fix {} targets", target.kind.as_str())));
         }
@@ -91,7 +95,7 @@ impl PlaybookExecutor {
             labels: rem.spec.alert.labels.clone(),
             promql: [
                 crate::metrics::pods_of(target.kind.as_str(), &namespace, &target.name).map(|q| ("pods".to_owned(), q)),
-                Some(("podNameRegex".to_owned(), crate::metrics::pod_name_regex(&target.name))),
+                crate::metrics::pod_name_regex(&target.name).map(|r| ("podNameRegex".to_owned(), r)),
             ]
             .into_iter()
             .flatten()

@@ -93,8 +93,11 @@ pub struct TargetRef {
     pub api_version: String,
     /// Kind.
     pub kind: TargetKind,
-    /// Name.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name (an object name: lowercase letters, digits, `-` and `.`).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 

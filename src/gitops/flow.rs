@@ -722,6 +722,7 @@ impl Session {
         let branch = revert_branch_of(rem);
         let digest = format!("revert:{merge_commit}");
         let repo = self.clone_base().await?;
+        self.prove_merge(&repo, &merge_commit, &uid).await?;
         let pushed = repo.remote_branch(&branch).await.map_err(|e| git_error("reading the revert branch", e))?;
         let (head, message) = match pushed {
             Some(head) => {
@@ -809,6 +810,36 @@ impl Session {
         let mut record = opened.record;
         record.merge_commit = Some(sha);
         Ok(record)
+    }
+
+    /// Proves `merge_commit` (named by status, a record) is a merge of this Remediation's change
+    /// on the base branch: on its history, and the change it brings in — its second parent, or
+    /// the commit itself for a squash or fast-forward merge — carries this Remediation's uid.
+    async fn prove_merge(&self, repo: &Repo, merge_commit: &str, uid: &str) -> StageResult<()> {
+        let refuse_it = |why: &str| {
+            refuse::<()>(format!(
+                "commit {merge_commit} is not a merge of this Remediation's change ({why}); revert by hand"
+            ))
+        };
+        let base = format!("refs/remotes/origin/{}", self.base());
+        if repo.git(&["merge-base", "--is-ancestor", "--end-of-options", merge_commit, &base]).await.is_err() {
+            return refuse_it(&format!("it is not on {}", self.base()));
+        }
+        let parents = repo
+            .git(&["rev-list", "--parents", "-n", "1", "--end-of-options", merge_commit])
+            .await
+            .map_err(|e| git_error("reading the merge commit", e))?;
+        let parents: Vec<&str> = parents.split_whitespace().skip(1).collect();
+        let change = match parents.as_slice() {
+            [_, change] => (*change).to_owned(),
+            [_] => merge_commit.to_owned(),
+            _ => return refuse_it("it has no single change to undo"),
+        };
+        let message = repo.message(&change).await.map_err(|e| git_error("reading the merged change", e))?;
+        if trailer(&message, UID).as_deref() != Some(uid) {
+            return refuse_it("the change it merges was not made for this Remediation");
+        }
+        Ok(())
     }
 
     /// Closes this Remediation's open pull requests (the change's and the revert's) and deletes
