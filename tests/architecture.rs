@@ -22,7 +22,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Leaf utilities.
     ("web", &[]),
     ("telemetry", &[]),
-    ("metrics", &[]),
+    // The metrics source; Reflex's own PromQL fragments are built only from valid object names.
+    ("metrics", &["api"]),
     ("egress", &[]),
     ("a2a", &[]),
     // Pure cores.
@@ -79,7 +80,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // `reflex simulate` / `reflex test`: the stages' pure parts and the playbook executor on an
     // in-memory sandbox, written nowhere.
-    ("simulate", &["agent", "api", "ci", "cluster", "gate", "intake", "metrics", "patch", "ports", "sandbox"]),
+    ("simulate", &["agent", "api", "ci", "cluster", "demo", "gate", "intake", "metrics", "patch", "ports", "sandbox"]),
     // The command line, on top: it parses flags and calls the library (`reflex sandbox` and
     // `reflex demo` included).
     (
