@@ -259,6 +259,17 @@ mod tests {
     }
 }
 
+/// A query as Prometheus would read it: parsed and printed back by promql-parser (so matcher
+/// order and spacing do not matter); the text with its spaces collapsed when it does not
+/// parse. What stand-ins for Prometheus (the demo's model, `reflex simulate`'s series) match
+/// queries by.
+pub fn normalize_query(q: &str) -> String {
+    match promql_parser::parser::parse(q) {
+        Ok(expr) => expr.to_string(),
+        Err(_) => q.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
 /// The Pods of a workload in PromQL, by kube-state-metrics' owner series rather than by their
 /// names: a vector with one series (value 1) per Pod, labelled `namespace` and `pod`, to join
 /// with `* on (namespace, pod) group_left ()`. A Deployment's Pods are found through their

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
+
+use crate::demo::apply;
 use kube::core::GroupVersionKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,7 +27,7 @@ use crate::agent::executor::PlaybookExecutor;
 use crate::api::remediation::{GateDecision, Remediation, Step};
 use crate::api::validate::ValidPolicy;
 use crate::api::{Environment, RemediationPolicy, TargetKind};
-use crate::metrics::{MetricsError, MetricsSource};
+use crate::metrics::{MetricsError, MetricsSource, normalize_query as normalize};
 use crate::ports::{EffectKey, Propose, StageInput};
 use crate::sandbox::{ADMIN_TOKEN, Config, Sandbox};
 
@@ -211,13 +213,6 @@ impl std::fmt::Display for Report {
 /// Metric values from the world's series, by query as promql-parser prints it.
 struct Values(BTreeMap<String, Option<f64>>);
 
-fn normalize(q: &str) -> String {
-    match promql_parser::parser::parse(q) {
-        Ok(expr) => expr.to_string(),
-        Err(_) => q.split_whitespace().collect::<Vec<_>>().join(" "),
-    }
-}
-
 impl MetricsSource for Values {
     fn instant(&self, query: &str) -> BoxFuture<'_, Result<Option<f64>, MetricsError>> {
         let found = self.0.get(&normalize(query)).copied();
@@ -302,24 +297,6 @@ async fn fill_owner_uids(client: &kube::Client, docs: &[Value]) -> anyhow::Resul
         }
         apply(client, &fixed).await?;
     }
-    Ok(())
-}
-
-async fn apply(client: &kube::Client, doc: &Value) -> anyhow::Result<()> {
-    let api_version = doc.get("apiVersion").and_then(Value::as_str).context("a document without apiVersion")?;
-    let kind = doc.get("kind").and_then(Value::as_str).context("a document without kind")?;
-    let name = doc.pointer("/metadata/name").and_then(Value::as_str).context("a document without a name")?;
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let (ar, caps) = kube::discovery::pinned_kind(client, &GroupVersionKind::gvk(group, version, kind))
-        .await
-        .with_context(|| format!("{kind} {name}: unknown kind"))?;
-    let api: Api<DynamicObject> = match doc.pointer("/metadata/namespace").and_then(Value::as_str) {
-        Some(ns) if caps.scope == kube::discovery::Scope::Namespaced => Api::namespaced_with(client.clone(), ns, &ar),
-        _ => Api::all_with(client.clone(), &ar),
-    };
-    api.patch(name, &PatchParams::apply("reflex-simulate").force(), &Patch::Apply(doc))
-        .await
-        .with_context(|| format!("loading {kind} {name}"))?;
     Ok(())
 }
 

@@ -229,13 +229,21 @@ async fn tested(w: &World, rem: &mut Remediation) -> reflex::api::remediation::C
     ci
 }
 
-async fn merged(w: &World, rem: &mut Remediation) -> reflex::api::remediation::DeployRecord {
+/// Snapshot, then the deploy stage's apply (the merge), as the controller runs them.
+async fn deploying(
+    w: &World,
+    rem: &mut Remediation,
+) -> Result<reflex::api::remediation::DeployRecord, reflex::ports::StageError> {
     let snapshot = w.deploy.snapshot(w.input(rem, Step::Snapshot)).await.unwrap();
     rem.status.as_mut().unwrap().deploy = Some(snapshot);
     let status = rem.status.as_ref().unwrap();
     let tested =
         reflex::patch::TestedPatch::new(status.proposal.as_ref().unwrap(), status.ci.as_ref().unwrap()).unwrap();
-    let record = w.deploy.apply(w.input(rem, Step::Deploy), tested).await.unwrap();
+    w.deploy.apply(w.input(rem, Step::Deploy), tested).await
+}
+
+async fn merged(w: &World, rem: &mut Remediation) -> reflex::api::remediation::DeployRecord {
+    let record = deploying(w, rem).await.unwrap();
     rem.status.as_mut().unwrap().deploy = Some(record.clone());
     record
 }
@@ -442,12 +450,7 @@ async fn a_moved_base_is_rebased_and_a_conflict_fails_clearly() {
     tested(&w, &mut rem).await;
     w.commit_upstream("apps/checkout.yaml", |t| t.replace("memory: 128Mi", "memory: 192Mi"));
     w.forge.faults.lock().unwrap().refuse_merge_once = true;
-    let snapshot = w.deploy.snapshot(w.input(&rem, Step::Snapshot)).await.unwrap();
-    rem.status.as_mut().unwrap().deploy = Some(snapshot);
-    let status = rem.status.as_ref().unwrap();
-    let tested =
-        reflex::patch::TestedPatch::new(status.proposal.as_ref().unwrap(), status.ci.as_ref().unwrap()).unwrap();
-    let err = w.deploy.apply(w.input(&rem, Step::Deploy), tested).await.unwrap_err();
+    let err = deploying(&w, &mut rem).await.unwrap_err();
     assert_eq!(err.category, ErrorCategory::NeedsHuman);
     assert!(err.message.contains("merge conflict: apps/checkout.yaml changed on main"), "{err}");
     assert_eq!(w.forge.pull_requests()[0].state, "closed");
@@ -556,12 +559,7 @@ async fn a_commit_with_copied_trailers_is_not_merged() {
     let record = ci.pull_request.as_mut().unwrap();
     record.commit = forged.clone();
     record.branch = "../../../../x".into();
-    let snapshot = w.deploy.snapshot(w.input(&rem, Step::Snapshot)).await.unwrap();
-    rem.status.as_mut().unwrap().deploy = Some(snapshot);
-    let status = rem.status.as_ref().unwrap();
-    let tested =
-        reflex::patch::TestedPatch::new(status.proposal.as_ref().unwrap(), status.ci.as_ref().unwrap()).unwrap();
-    let err = w.deploy.apply(w.input(&rem, Step::Deploy), tested).await.unwrap_err();
+    let err = deploying(&w, &mut rem).await.unwrap_err();
     assert_eq!(err.category, ErrorCategory::NeedsHuman);
     assert!(
         err.message.contains(&format!("commit {forged}")) && err.message.contains("is not the tested change"),

@@ -19,8 +19,12 @@ async fn setup() -> (Sandbox, kube::Client) {
 
 /// A sandbox under `rbac`, with the `checkout` Deployment; the administrator's client.
 async fn setup_with(rbac: &str) -> (Sandbox, kube::Client) {
+    setup_in(Config { rbac: reflex::sandbox::rbac::Table::from_yaml(rbac).unwrap(), ..Config::default() }).await
+}
+
+/// A sandbox started with `config`, with the `checkout` Deployment; the administrator's client.
+async fn setup_in(config: Config) -> (Sandbox, kube::Client) {
     reflex::install_crypto_provider();
-    let config = Config { rbac: reflex::sandbox::rbac::Table::from_yaml(rbac).unwrap(), ..Config::default() };
     let sb = Sandbox::start(config).await.unwrap();
     sb.install_crds().unwrap();
     let client = sb.client(ADMIN_TOKEN).await.unwrap();
@@ -856,19 +860,12 @@ fn job_policy(command: &str, timeout: &str) -> Arc<reflex::api::validate::ValidP
 async fn a_test_job_passes_fails_or_times_out_and_is_cleaned_up() {
     use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::ConfigMap;
-    reflex::install_crypto_provider();
-    let config = Config {
+    let (sb, client) = setup_in(Config {
         rbac: reflex::sandbox::rbac::Table::from_yaml(common::STAGES_RBAC).unwrap(),
         job_model: Some(Arc::new(JobScript)),
         ..Config::default()
-    };
-    let sb = Sandbox::start(config).await.unwrap();
-    sb.install_crds().unwrap();
-    let client = sb.client(ADMIN_TOKEN).await.unwrap();
-    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "checkout", "namespace": "default"}, "spec": {"replicas": 1,
-        "selector": {"matchLabels": {"app": "c"}}, "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "app", "image": "c:1", "resources": {"limits": {"memory": "128Mi"}}}]}}}}))
-    .unwrap();
-    Api::<Deployment>::namespaced(client.clone(), "default").create(&PostParams::default(), &d).await.unwrap();
+    })
+    .await;
     auto_policy_and_playbook(&client).await;
     let ci = dry_run(&sb).await;
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]}}}});

@@ -19,6 +19,7 @@ use crate::api::remediation::{CiBackend, CiResult, CiVerdict};
 use crate::api::validate::ValidCi;
 use crate::deploy::identity::DeployerIdentity;
 use crate::gitops::flow::{Session, Settings};
+use crate::gitops::short;
 use crate::ports::{StageFuture, StageInput, StageResult, Test};
 
 /// The CI stage.
@@ -139,9 +140,4 @@ impl Ci {
             }
         }
     }
-}
-
-/// A commit's first 12 characters, as people quote them.
-pub fn short(sha: &str) -> &str {
-    &sha[..sha.floor_char_boundary(12)]
 }

@@ -101,8 +101,11 @@ fn memory_limit(d: &Deployment, container: &str) -> String {
         .map_or_else(|| "(unset)".to_owned(), |q| q.0.clone())
 }
 
-/// Apply one manifest as `kubectl apply --server-side` would.
-async fn apply(client: &kube::Client, doc: &Value) -> anyhow::Result<String> {
+/// Apply one manifest as `kubectl apply --server-side` would; returns `kind/name`.
+///
+/// # Errors
+/// The manifest names no kind or name, its kind is not served, or the API server refuses it.
+pub async fn apply(client: &kube::Client, doc: &Value) -> anyhow::Result<String> {
     let api_version = doc.get("apiVersion").and_then(Value::as_str).context("a resource without apiVersion")?;
     let kind = doc.get("kind").and_then(Value::as_str).context("a resource without kind")?;
     let name = doc.pointer("/metadata/name").and_then(Value::as_str).context("a resource without a name")?;

@@ -60,15 +60,7 @@ pub struct OomModel {
     first_template: Mutex<HashMap<String, String>>,
 }
 
-/// A query as Prometheus would read it: parsed and printed back by promql-parser (so matcher
-/// order and spacing do not matter — a query scoped by Reflex's MCP server prints its
-/// matchers sorted); the text with its spaces collapsed when it does not parse.
-fn normalize(q: &str) -> String {
-    match promql_parser::parser::parse(q) {
-        Ok(expr) => expr.to_string(),
-        Err(_) => q.split_whitespace().collect::<Vec<_>>().join(" "),
-    }
-}
+use crate::metrics::normalize_query as normalize;
 
 impl OomModel {
     /// Attach the sandbox whose Pods the metrics side reads.

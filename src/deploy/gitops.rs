@@ -31,6 +31,7 @@ use crate::api::remediation::{DeployRecord, RollbackRecord, RolloutState, Rollou
 use crate::api::validate::{ValidCi, ValidGitops, ValidPolicy};
 use crate::cluster::{as_json, read_target};
 use crate::gitops::flow::{Session, Settings};
+use crate::gitops::short;
 use crate::patch::TestedPatch;
 use crate::ports::{Deploy, Rollback, StageError, StageFuture, StageInput};
 
@@ -48,10 +49,6 @@ fn gitops_of(policy: Option<&ValidPolicy>) -> Option<&ValidGitops> {
         ValidCi::Gitops(g) => Some(g),
         _ => None,
     }
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.floor_char_boundary(12)]
 }
 
 impl Deploy for Backends {

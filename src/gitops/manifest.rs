@@ -482,28 +482,38 @@ fn block(value: &Value, indent: usize) -> Result<String, String> {
     Ok(rendered.trim_end().lines().map(|l| format!("\n{pad}{l}")).collect())
 }
 
+/// `rendered` (block YAML) as new lines at the end of the block collection `feature`, at its
+/// own indentation.
+fn after_block(source: &str, feature: &yamlpath::Feature, rendered: &Value) -> Result<String, String> {
+    let (s, e) = feature.location.byte_span;
+    let indent = feature.location.point_span.0.1;
+    let at = line_end(source, e.saturating_sub(1).max(s));
+    Ok(format!("{}{}{}", &source[..at], block(rendered, indent)?, &source[at..]))
+}
+
+/// `entry` as the last entry of the flow collection at `span` closed by `close`; the spacing
+/// before the closing bracket stays.
+fn into_flow(source: &str, (s, e): (usize, usize), close: char, entry: &str) -> Result<String, String> {
+    let at = source[s..e]
+        .rfind(close)
+        .map(|i| s + i)
+        .ok_or_else(|| refuse(format!("a flow collection without '{close}'")))?;
+    let empty = source[s + 1..at].trim().is_empty();
+    let before = source[..at].trim_end();
+    Ok(format!("{before}{}{entry}{}", if empty { "" } else { ", " }, &source[before.len()..]))
+}
+
 fn add(yaml: &Document, route: &[Component<'static>], key: &str, value: &Value) -> Result<String, String> {
     let source = yaml.source();
-    let r = Route::from(route.to_vec());
     let feature = if route.is_empty() {
         yaml.top_feature().map_err(refuse)?
     } else {
-        yaml.query_exact(&r).map_err(refuse)?.ok_or_else(|| refuse("the mapping is empty"))?
+        yaml.query_exact(&Route::from(route.to_vec())).map_err(refuse)?.ok_or_else(|| refuse("the mapping is empty"))?
     };
-    let (s, e) = feature.location.byte_span;
     match feature.kind() {
-        FeatureKind::BlockMapping => {
-            let indent = feature.location.point_span.0.1;
-            let at = line_end(source, e.saturating_sub(1).max(s));
-            Ok(format!("{}{}{}", &source[..at], block(&json!({ key: value }), indent)?, &source[at..]))
-        }
+        FeatureKind::BlockMapping => after_block(source, &feature, &json!({ key: value })),
         FeatureKind::FlowMapping => {
-            let close = source[s..e].rfind('}').map(|i| s + i).ok_or_else(|| refuse("a flow mapping without '}'"))?;
-            let empty = source[s + 1..close].trim().is_empty();
-            let entry = format!("{}{}: {}", if empty { "" } else { ", " }, scalar(&json!(key), ""), flow(value));
-            // The entry goes right after the last one; the spacing before `}` stays.
-            let before = source[..close].trim_end();
-            Ok(format!("{before}{entry}{}", &source[before.len()..]))
+            into_flow(source, feature.location.byte_span, '}', &format!("{}: {}", scalar(&json!(key), ""), flow(value)))
         }
         _ => Err(refuse("expected a mapping")),
     }
@@ -513,19 +523,9 @@ fn append(yaml: &Document, route: &[Component<'static>], item: &Value) -> Result
     let source = yaml.source();
     let feature =
         yaml.query_exact(&Route::from(route.to_vec())).map_err(refuse)?.ok_or_else(|| refuse("the list is empty"))?;
-    let (s, e) = feature.location.byte_span;
     match feature.kind() {
-        FeatureKind::BlockSequence => {
-            let indent = feature.location.point_span.0.1;
-            let at = line_end(source, e.saturating_sub(1).max(s));
-            Ok(format!("{}{}{}", &source[..at], block(&json!([item]), indent)?, &source[at..]))
-        }
-        FeatureKind::FlowSequence => {
-            let close = source[s..e].rfind(']').map(|i| s + i).ok_or_else(|| refuse("a flow list without ']'"))?;
-            let empty = source[s + 1..close].trim().is_empty();
-            let before = source[..close].trim_end();
-            Ok(format!("{before}{}{}{}", if empty { "" } else { ", " }, flow(item), &source[before.len()..]))
-        }
+        FeatureKind::BlockSequence => after_block(source, &feature, &json!([item])),
+        FeatureKind::FlowSequence => into_flow(source, feature.location.byte_span, ']', &flow(item)),
         _ => Err(refuse("expected a list")),
     }
 }

@@ -3,3 +3,8 @@ pub mod flow;
 pub mod forge;
 pub mod manifest;
 pub mod repo;
+
+/// A commit's first 12 characters, as people quote them.
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.floor_char_boundary(12)]
+}

@@ -268,7 +268,7 @@ pub fn plan_with(
                     }
                 },
                 _ => match resolved.get(&(pr.namespace.clone(), pr.name.clone(), a.fingerprint.clone())) {
-                    // The policy as it is now acts on the kind (it may have changed since the read).
+                    // Only a kind the policy acts on, whatever the resolution says.
                     Some(Ok((kind, name))) if pol.acts_on(*kind) => (*kind, name.clone()),
                     // A resolution needs no read: the Remediation is found by the alert's
                     // fingerprint (the Pod it named is often gone by now).

@@ -58,6 +58,10 @@ const DIRECT: [(&str, TargetKind); 4] = [
     ("horizontalpodautoscaler", TargetKind::HorizontalPodAutoscaler),
 ];
 
+/// Every label a target is resolved from (what a resolution depends on).
+pub const NAMING_LABELS: [&str; 6] =
+    ["deployment", "statefulset", "daemonset", "horizontalpodautoscaler", "pod", "job_name"];
+
 /// The kind `kind` as a target kind, if Reflex changes it.
 fn target_kind(kind: &str) -> Option<TargetKind> {
     match kind {

@@ -40,9 +40,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::known;
 use super::payload::Payload;
 use super::payload::parse;
-use super::plan::{Action, Existing, POLICY_LABEL, Resolved, TARGET_LABEL, matches, plan_with, resolves};
+use super::plan::{Action, Existing, POLICY_LABEL, PolicyRef, Resolved, TARGET_LABEL, matches, plan_with, resolves};
 use super::queue::{Creation, Done, Key, Op, Queue, Want, Work};
-use super::resolve::{Reader, Unresolved, resolve};
+use super::resolve::{NAMING_LABELS, Reader, Unresolved, resolve};
 use crate::api::TargetKind;
 use crate::api::remediation::{AlertObservation, Remediation};
 
@@ -557,7 +557,9 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
         m.reject("starting");
         return retry_later(json!({"error": "starting: intake has not yet listed policies and Remediations"}));
     }
-    let resolved = resolve_targets(s, &payload).await;
+    // The policies as they are now, read once for resolving and planning.
+    let policies = known::lock(&s.known).policies();
+    let resolved = resolve_targets(s, &payload, &policies).await;
     let now = jiff::Timestamp::now();
     let mut observed = BTreeSet::new();
     let mut suppressed = BTreeMap::new();
@@ -565,7 +567,7 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
     let (mut matched, mut deduplicated) = (0u64, 0u64);
     let planned = {
         let mut known = known::lock(&s.known);
-        let (policies, existing) = (known.policies(), known.existing());
+        let existing = known.existing();
         let planned = plan_with(&payload, &policies, &existing, &resolved, known.kill_switch, now);
         let mut batch = Vec::with_capacity(planned.actions.len());
         let mut creating = Vec::new();
@@ -702,9 +704,8 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
 /// within [`RESOLVE_WITHIN`], at most [`MAX_QUESTIONS`] per delivery; remembered for repeats. A
 /// resolved alert reads nothing (its Remediation is found by fingerprint, or by what is
 /// remembered).
-async fn resolve_targets(s: &Shared, payload: &Payload) -> Resolved {
+async fn resolve_targets(s: &Shared, payload: &Payload, policies: &[PolicyRef]) -> Resolved {
     use futures::StreamExt;
-    let policies = known::lock(&s.known).policies();
     let mut wanted: BTreeMap<ResolutionKey, Vec<Match>> = BTreeMap::new();
     let mut inputs: BTreeMap<ResolutionKey, Question> = BTreeMap::new();
     let mut out = Resolved::new();
@@ -779,10 +780,6 @@ async fn resolve_targets(s: &Shared, payload: &Payload) -> Resolved {
 
 /// Most distinct targets one delivery resolves.
 const MAX_QUESTIONS: usize = 64;
-
-/// The labels a target is resolved from (see `resolve`).
-const NAMING_LABELS: [&str; 6] =
-    ["pod", "deployment", "statefulset", "daemonset", "horizontalpodautoscaler", "job_name"];
 
 /// Resolutions are kept an hour; failures ten seconds (a Pod appearing a moment later, or a
 /// reader that was down, is tried again soon).
