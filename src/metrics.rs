@@ -187,30 +187,32 @@ pub fn inject_matchers(
     pods: Option<&(String, String)>,
     out: &mut Vec<String>,
 ) {
-    let go = |e: &mut Expr, out: &mut Vec<String>| inject_matchers(e, labels, pods, out);
+    each_selector(expr, &mut |vs| {
+        narrow(vs, labels, pods);
+        out.push(Expr::VectorSelector(vs.clone()).to_string());
+    });
+}
+
+/// Calls `f` with every vector selector of `expr`, wherever it sits (range selectors,
+/// subqueries, function calls, aggregations, both sides of binary operators).
+pub fn each_selector(expr: &mut Expr, f: &mut impl FnMut(&mut VectorSelector)) {
     match expr {
-        Expr::VectorSelector(vs) => {
-            narrow(vs, labels, pods);
-            out.push(Expr::VectorSelector(vs.clone()).to_string());
-        }
-        Expr::MatrixSelector(ms) => {
-            narrow(&mut ms.vs, labels, pods);
-            out.push(Expr::VectorSelector(ms.vs.clone()).to_string());
-        }
+        Expr::VectorSelector(vs) => f(vs),
+        Expr::MatrixSelector(ms) => f(&mut ms.vs),
         Expr::Aggregate(a) => {
-            go(&mut a.expr, out);
+            each_selector(&mut a.expr, f);
             if let Some(param) = a.param.as_mut() {
-                go(param, out);
+                each_selector(param, f);
             }
         }
-        Expr::Unary(u) => go(&mut u.expr, out),
+        Expr::Unary(u) => each_selector(&mut u.expr, f),
         Expr::Binary(b) => {
-            go(&mut b.lhs, out);
-            go(&mut b.rhs, out);
+            each_selector(&mut b.lhs, f);
+            each_selector(&mut b.rhs, f);
         }
-        Expr::Paren(p) => go(&mut p.expr, out),
-        Expr::Subquery(s) => go(&mut s.expr, out),
-        Expr::Call(c) => c.args.args.iter_mut().for_each(|a| go(a, out)),
+        Expr::Paren(p) => each_selector(&mut p.expr, f),
+        Expr::Subquery(s) => each_selector(&mut s.expr, f),
+        Expr::Call(c) => c.args.args.iter_mut().for_each(|a| each_selector(a, f)),
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
     }
 }

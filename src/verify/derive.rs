@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 
 pub use crate::metrics::AlertRule;
-use promql_parser::parser::{self, Expr};
+use promql_parser::label::{MatchOp, Matcher, Matchers};
+use promql_parser::parser::{self, Expr, VectorSelector};
 
 /// The rule behind an alert named `alertname` with `labels`.
 ///
@@ -86,8 +87,12 @@ pub struct Scoped {
     /// The longest range the expression looks back over (range selectors, subqueries): after
     /// a fix the expression can stay true that long on history alone.
     pub lookback: std::time::Duration,
-    /// `count(...) or count(...)` over every narrowed selector: data when any of the series
-    /// the check reads exists now, so an empty check means "clear", not "gone".
+    /// Data when the check can still see the alert's subject, so an empty check means
+    /// "clear", not "gone": `count(...) or ...` over every narrowed selector, or over a
+    /// selector with no metric name and only the subject's labels — the alert's labels the
+    /// rule's own matchers do not pin (a rule that selects `reason="CrashLoopBackOff"` reads
+    /// a series that exists only while the container waits for that reason; the container's
+    /// other series go on existing once it is healthy).
     pub presence: String,
 }
 
@@ -98,8 +103,25 @@ pub struct Scoped {
 /// The expression does not parse.
 pub fn scope(expr: &str, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>) -> Result<Scoped, String> {
     let mut ast = parser::parse(expr).map_err(|e| format!("the alerting rule's expression does not parse: {e}"))?;
+    let mut pinned = std::collections::BTreeSet::new();
+    crate::metrics::each_selector(&mut ast, &mut |vs| {
+        let groups = std::iter::once(&vs.matchers.matchers).chain(&vs.matchers.or_matchers);
+        pinned.extend(groups.flatten().map(|m| m.name.clone()));
+    });
     let mut selectors = Vec::new();
     crate::metrics::inject_matchers(&mut ast, labels, pods, &mut selectors);
+    let mut subject: Vec<Matcher> = labels
+        .iter()
+        .filter(|(k, _)| !pinned.contains(k.as_str()))
+        .map(|(k, v)| Matcher::new(MatchOp::Equal, k, v))
+        .collect();
+    if let Some((name, pattern)) = pods.filter(|(name, _)| !pinned.contains(name)) {
+        let r = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("the Pod pattern: {e}"))?;
+        subject.push(Matcher::new(MatchOp::Re(r), name, pattern));
+    }
+    if !subject.is_empty() {
+        selectors.push(Expr::VectorSelector(VectorSelector::new(None, Matchers::new(subject))).to_string());
+    }
     let presence = selectors.iter().map(|s| format!("count({s})")).collect::<Vec<_>>().join(" or ");
     Ok(Scoped { query: ast.to_string(), presence, lookback: lookback(&ast) })
 }
@@ -252,7 +274,8 @@ mod tests {
         );
         assert_eq!(
             s.presence,
-            r#"count(kube_pod_container_status_waiting_reason{namespace="shop",pod=~"checkout-.+",reason="CrashLoopBackOff"})"#
+            r#"count(kube_pod_container_status_waiting_reason{namespace="shop",pod=~"checkout-.+",reason="CrashLoopBackOff"}) or count({namespace="shop",pod=~"checkout-.+"})"#,
+            "the series the rule reads, or any series of the workload's Pods"
         );
         assert_eq!(workload_pods(&labels(&[("namespace", "shop")]), "checkout"), None, "no pod, no pod matcher");
         assert_eq!(workload_pods(&alert, "web.v2").unwrap().1, r"web\.v2-.+", "the name is a literal");
@@ -261,6 +284,19 @@ mod tests {
         assert_eq!(nested.lookback, std::time::Duration::from_secs(3600));
         let two = scope("a / b", &ns, None).unwrap();
         assert_eq!(two.lookback, std::time::Duration::ZERO);
-        assert_eq!(two.presence, r#"count(a{namespace="shop"}) or count(b{namespace="shop"})"#);
+        assert_eq!(
+            two.presence,
+            r#"count(a{namespace="shop"}) or count(b{namespace="shop"}) or count({namespace="shop"})"#
+        );
+        let pinned = scope(
+            r#"a{namespace="shop", reason="Failed"}"#,
+            &labels(&[("namespace", "shop"), ("reason", "Failed")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            pinned.presence, r#"count(a{namespace="shop",reason="Failed"})"#,
+            "labels the rule pins are its condition, not its subject: no second selector when none is left"
+        );
     }
 }

@@ -160,22 +160,32 @@ async fn derived(
         rule.timeout = rule.timeout.max(scoped.lookback + rule.for_ + rule.for_);
     }
     if !reproduced {
-        match metrics.instant_at(&scoped.query, alert.starts_at.0).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                let why = format!(
-                    "scoped to the alert's labels, its rule ({original}) returns nothing at {} when the alert started: it cannot see the alert's series, so an empty answer would prove nothing; give verify.query",
-                    alert.starts_at.0
-                );
-                return (rule, Reading::Underivable(why), false);
+        // At the recorded start, and a second later: a Kubernetes timestamp keeps whole
+        // seconds, so the recorded start can come before the evaluation that fired the alert.
+        let started = alert.starts_at.0;
+        let second = started.checked_add(jiff::SignedDuration::from_secs(1)).unwrap_or(started);
+        let mut seen = false;
+        for at in [started, second] {
+            match metrics.instant_at(&scoped.query, at).await {
+                Ok(Some(_)) => {
+                    seen = true;
+                    break;
+                }
+                Ok(None) => {}
+                Err(MetricsError::Unavailable(m) | MetricsError::Rejected(m)) => {
+                    return (
+                        rule,
+                        Reading::Unavailable(format!("checking the derived query at the alert's start: {m}")),
+                        false,
+                    );
+                }
             }
-            Err(MetricsError::Unavailable(m) | MetricsError::Rejected(m)) => {
-                return (
-                    rule,
-                    Reading::Unavailable(format!("checking the derived query at the alert's start: {m}")),
-                    false,
-                );
-            }
+        }
+        if !seen {
+            let why = format!(
+                "scoped to the alert's labels, its rule ({original}) returns nothing at {started} when the alert started (nor a second later): it cannot see the alert's series, so an empty answer would prove nothing; give verify.query"
+            );
+            return (rule, Reading::Underivable(why), false);
         }
     }
     let reading = match read(metrics, &scoped.query).await {
@@ -239,5 +249,32 @@ mod tests {
             "lastSeen": "2026-01-01T00:09:00Z", "resolvedAt": "2026-01-01T00:08:00Z", "refiredAt": "2026-01-01T00:08:30Z"});
         let v = sampler.verify(input(before)).await.unwrap();
         assert_eq!(v.verdict, VerificationVerdict::Pending, "{:?}", v.message);
+    }
+
+    /// Prometheus fired the alert at 00:00:00.700; its series appeared at 00:00:00.400; the
+    /// Remediation keeps the start as 00:00:00 (whole seconds).
+    struct FiredMidSecond;
+    impl MetricsSource for FiredMidSecond {
+        fn instant(&self, _: &str) -> BoxFuture<'_, Result<Option<f64>, MetricsError>> {
+            async { Ok(None) }.boxed()
+        }
+        fn instant_at(&self, _: &str, at: jiff::Timestamp) -> BoxFuture<'_, Result<Option<f64>, MetricsError>> {
+            let appeared: jiff::Timestamp = "2026-01-01T00:00:00.400Z".parse().unwrap();
+            async move { Ok((at >= appeared).then_some(1.0)) }.boxed()
+        }
+        fn alert_rules(&self, _: &str) -> BoxFuture<'_, Result<Vec<crate::metrics::AlertRule>, MetricsError>> {
+            let rule =
+                crate::metrics::AlertRule { name: "A".into(), expr: "up == 0".into(), labels: Default::default() };
+            async move { Ok(vec![rule]) }.boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_alert_whose_start_was_cut_to_the_second_is_still_reproduced() {
+        let alert: crate::api::remediation::AlertRef = serde_json::from_value(json!({"name": "A", "fingerprint": "f",
+            "labels": {"alertname": "A", "job": "api"}, "startsAt": "2026-01-01T00:00:00Z"}))
+        .unwrap();
+        let (_, _, reproduced) = derived(&FiredMidSecond, ValidVerify::from_alert(), &alert, "t", false, true).await;
+        assert!(reproduced, "checked a second after the recorded start too");
     }
 }
