@@ -63,6 +63,17 @@ pub fn message(rem: &Remediation, phase: Phase, reason: &str, detail: &str, form
         "*Reflex* {namespace}/{name}: *{phase}* ({reason}) — {detail}\nTarget: {target} · alert {}",
         rem.spec.alert.name
     );
+    // What Reflex found: for a policy that only diagnoses, this is the whole message.
+    let findings: Vec<String> = status
+        .and_then(|s| s.diagnosis.as_ref())
+        .map(|d| d.findings.iter().take(10).map(|f| truncate(&f.detail, 300)).collect())
+        .unwrap_or_default();
+    if !findings.is_empty() {
+        text.push_str("\nFindings:");
+        for f in &findings {
+            text.push_str(&format!("\n• {f}"));
+        }
+    }
     if let Some(c) = &change {
         text.push_str(&format!("\nChange: {c}"));
     }
@@ -72,13 +83,19 @@ pub fn message(rem: &Remediation, phase: Phase, reason: &str, detail: &str, form
     text.push_str(&format!("\nAct: `{command}`"));
     let text = truncate(&text, MAX_TEXT);
     match format {
-        NotifyFormat::Slack => json!({"text": text}),
+        NotifyFormat::Slack => json!({"text": slack_escaped(&text)}),
         NotifyFormat::Json => json!({
             "remediation": name, "namespace": namespace, "phase": phase.as_str(), "reason": reason,
             "message": detail, "target": target, "alert": rem.spec.alert.name,
-            "change": change, "verification": verdict, "command": command, "text": text,
+            "findings": findings, "change": change, "verification": verdict, "command": command, "text": text,
         }),
     }
+}
+
+/// `text` as Slack shows it literally: `&`, `<` and `>` escaped, so a finding quoted from a
+/// pod log or an alert cannot mention `<!channel>` or hide a link.
+fn slack_escaped(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// Whether `url` may be posted to.
@@ -223,5 +240,24 @@ mod tests {
         let generic = message(&rem, Phase::AwaitingApproval, "ApprovalRequired", "x", NotifyFormat::Json);
         assert_eq!(generic["phase"], "AwaitingApproval");
         assert_eq!(generic["target"], "Deployment shop/checkout");
+    }
+
+    #[test]
+    fn a_diagnosis_reaches_people_and_what_it_quotes_cannot_ping_the_channel() {
+        let rem: Remediation = serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+            "metadata": {"name": "nightly-1", "namespace": "shop"},
+            "spec": {"policyRef": {"name": "p"}, "target": {"apiVersion": "batch/v1", "kind": "Job", "name": "nightly"},
+                     "alert": {"name": "KubeJobFailed", "fingerprint": "f", "startsAt": "2026-01-01T00:00:00Z"}},
+            "status": {"phase": "Escalated", "diagnosis": {"summary": "s", "findings": [
+                {"source": "playbook diagnose-failed-job read job", "detail": "job: failed 3 times, reason BackoffLimitExceeded"},
+                {"source": "playbook diagnose-failed-job read logs", "detail": "logs: <!channel> error & <https://evil.example|click>"}]}}}))
+        .unwrap();
+        let slack = message(&rem, Phase::Escalated, "Diagnosed", "diagnosis only", NotifyFormat::Slack);
+        let text = slack["text"].as_str().unwrap();
+        assert!(text.contains("Findings:\n• job: failed 3 times, reason BackoffLimitExceeded"), "{text}");
+        assert!(text.contains("logs: &lt;!channel&gt; error &amp; &lt;https://evil.example|click&gt;"), "{text}");
+        assert!(!text.contains("<!channel>") && !text.contains("Change:"), "{text}");
+        let generic = message(&rem, Phase::Escalated, "Diagnosed", "diagnosis only", NotifyFormat::Json);
+        assert_eq!(generic["findings"][0], "job: failed 3 times, reason BackoffLimitExceeded");
     }
 }

@@ -168,6 +168,9 @@ pub struct PolicyReport {
     pub diff: String,
     /// The gate's decision and reason.
     pub gate: Option<(GateDecision, String)>,
+    /// The policy only diagnoses (trust level `observe`): its reads go to people, and no
+    /// patch is proposed.
+    pub diagnosis_only: bool,
 }
 
 /// Everything [`simulate`] found.
@@ -200,6 +203,12 @@ impl std::fmt::Display for Report {
                     }
                 }
                 Some(Err(why)) => writeln!(f, "  refused  {why}")?,
+                None if p.diagnosis_only => {
+                    writeln!(
+                        f,
+                        "  outcome  diagnosis only (trust level observe): the reads above go to people; nothing is proposed"
+                    )?;
+                }
                 None => {}
             }
             if let Some((decision, reason)) = &p.gate {
@@ -380,6 +389,7 @@ pub async fn simulate(world: &World, alert: &Alert) -> anyhow::Result<Report> {
             patch: None,
             diff: String::new(),
             gate: None,
+            diagnosis_only: policy.trust.level == crate::api::policy::TrustLevel::Observe,
         };
         if p.mismatch.is_some() {
             report.policies.push(p);
@@ -430,8 +440,10 @@ pub async fn simulate(world: &World, alert: &Alert) -> anyhow::Result<Report> {
                 })
                 .collect();
         }
-        match executor.propose(input).await {
-            Ok(proposal) => {
+        let proposed = if p.diagnosis_only { None } else { Some(executor.propose(input).await) };
+        match proposed {
+            None => {}
+            Some(Ok(proposal)) => {
                 let live =
                     crate::cluster::read_target(&client, &rem).await.ok().and_then(|o| serde_json::to_value(o).ok());
                 if let Some(live) = live
@@ -441,7 +453,7 @@ pub async fn simulate(world: &World, alert: &Alert) -> anyhow::Result<Report> {
                 }
                 p.patch = Some(Ok(proposal.patch.0));
             }
-            Err(e) => p.patch = Some(Err(e.message)),
+            Some(Err(e)) => p.patch = Some(Err(e.message)),
         }
         let env = crate::cluster::environment(&client, &rem, Some(&policy)).await.unwrap_or(Environment::Production);
         let gate = crate::gate::trust::decide(env, &policy.trust, 0, None);
@@ -509,6 +521,9 @@ pub struct Expectation {
     /// The gate's decision: `Approved`, `ApprovalRequired` or `Denied`.
     #[serde(default)]
     pub gate: Option<GateDecision>,
+    /// The policy only diagnoses: no patch is proposed (trust level `observe`).
+    #[serde(default)]
+    pub diagnosis_only: bool,
 }
 
 /// Whether `have` contains everything in `want` (objects by key, lists item by item).
@@ -563,6 +578,9 @@ fn judge(case: &TestCase, report: &Report) -> Vec<String> {
         (None, Some(want), Some(Ok(patch))) if contains(patch, want) => {}
         (None, Some(want), got) => failures.push(format!("expected a patch containing {want}, got {got:?}")),
         (None, None, _) => {}
+    }
+    if e.diagnosis_only && !(policy.diagnosis_only && policy.patch.is_none()) {
+        failures.push(format!("expected diagnosis only, got a patch or refusal: {:?}", policy.patch));
     }
     if let Some(want) = e.gate
         && policy.gate.as_ref().map(|g| g.0) != Some(want)
@@ -643,6 +661,7 @@ mod tests {
                     )),
                     diff: String::new(),
                     gate: Some((GateDecision::ApprovalRequired, "propose".into())),
+                    diagnosis_only: false,
                 },
                 PolicyReport {
                     policy: "shop/b".into(),
@@ -652,6 +671,7 @@ mod tests {
                     patch: None,
                     diff: String::new(),
                     gate: None,
+                    diagnosis_only: false,
                 },
             ],
         }

@@ -422,7 +422,7 @@ async fn a_playbook_can_delegate_only_its_bounded_parameters_to_the_model() {
     let text = std::fs::read_to_string("playbooks/tune-config-parameter.yaml").unwrap();
     let mut pb: reflex::api::playbook::Playbook = serde_saphyr::from_str(&text).unwrap();
     pb.metadata.name = Some("tune-pool".into());
-    pb.spec.patch.parameters[0].delegate = Some(true);
+    pb.spec.patch.as_mut().unwrap().parameters[0].delegate = Some(true);
     Api::<reflex::api::playbook::Playbook>::namespaced(admin, "shop")
         .create(&PostParams::default(), &pb)
         .await

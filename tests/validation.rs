@@ -158,3 +158,27 @@ fn gitops_and_job_settings_that_could_steer_git_or_the_forge_are_refused() {
         "{errors}"
     );
 }
+
+#[test]
+fn a_job_is_only_diagnosed_and_a_playbook_without_a_patch_only_diagnoses() {
+    let policy = |trust: &str| -> RemediationPolicy {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: reflex.dev/v1alpha1\nkind: RemediationPolicy\nmetadata: {{name: p}}\nspec:\n  match: {{alertnames: [KubeJobFailed]}}\n  target: {{kinds: [Job, CronJob]}}\n  playbook: diagnose-failed-job\n  trust: {{level: {trust}}}\n"
+        ))
+        .unwrap()
+    };
+    let errors = ValidPolicy::from_spec(&policy("propose").spec).unwrap_err();
+    assert!(errors.has("spec.trust.level"), "{errors}");
+    assert!(errors.to_string().contains("trust level observe"), "{errors}");
+    assert!(ValidPolicy::from_spec(&policy("observe").spec).is_ok());
+
+    let pb: Playbook = serde_saphyr::from_str(
+        "apiVersion: reflex.dev/v1alpha1\nkind: Playbook\nmetadata: {name: d}\nspec:\n  targetKinds: [Job]\n  reads:\n    - {name: job, tool: get_resource, arguments: {kind: Job, name: x}}\n",
+    )
+    .unwrap();
+    assert!(ValidPlaybook::from_spec(&pb.spec).unwrap().diagnoses_only);
+    let mut bare = pb.clone();
+    bare.spec.reads.clear();
+    let errors = ValidPlaybook::from_spec(&bare.spec).unwrap_err();
+    assert!(errors.has("spec.reads"), "a playbook with neither reads nor a patch does nothing: {errors}");
+}

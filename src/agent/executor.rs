@@ -164,16 +164,39 @@ impl PlaybookExecutor {
     }
 }
 
+/// The conditions an object's controller explains (those with a reason), as
+/// `Type=Status (Reason: message)` — what a person reads first on a failed Job or a stuck
+/// rollout. At most four, each message cut at 200 characters.
+fn conditions_of(v: &Value) -> Option<String> {
+    let text = |c: &Value, k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let listed: Vec<String> = v
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .filter(|c| !text(c, "reason").is_empty())
+        .take(4)
+        .map(|c| {
+            let message: String = text(c, "message").chars().filter(|ch| !ch.is_control()).take(200).collect();
+            format!("{}={} ({}: {message})", text(c, "type"), text(c, "status"), text(c, "reason"))
+        })
+        .collect();
+    (!listed.is_empty()).then(|| format!("conditions {}", listed.join(", ")))
+}
+
 /// One line per read, for status and the timeline.
 fn describe_read(name: &str, v: &Value) -> String {
     if let Some(kind) = v.get("kind").and_then(Value::as_str) {
         let n = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-        return match v.pointer("/metadata/generation").and_then(Value::as_i64) {
+        let object = match v.pointer("/metadata/generation").and_then(Value::as_i64) {
             Some(generation) => format!("{name}: {kind}/{n} (generation {generation})"),
             None => format!(
                 "{name}: {kind}/{n} (resourceVersion {})",
                 v.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("?")
             ),
+        };
+        return match conditions_of(v) {
+            Some(c) => format!("{object}; {c}"),
+            None => object,
         };
     }
     match v.get("value") {
@@ -223,6 +246,12 @@ impl Propose for PlaybookExecutor {
         let this = self.clone();
         async move {
             let run = this.read_all(&input).await?;
+            if run.playbook.diagnoses_only {
+                return Err(invalid(format!(
+                    "playbook {} only diagnoses (it has no patch): a policy that runs it needs trust level observe",
+                    run.playbook_name
+                )));
+            }
             let Rendered { patch, params, notes } = render(&run.playbook, &run.scope)
                 .map_err(|e| invalid(format!("playbook {}: {e}", run.playbook_name)))?;
             // Checked independently of the renderer that bounded it: the same check an LLM's

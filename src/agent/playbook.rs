@@ -514,6 +514,7 @@ mod tests {
         ValidPlaybook {
             target_kinds: vec![],
             reads: vec![],
+            diagnoses_only: false,
             patch_mode: PatchMode::Template,
             patch_type: PatchType::Strategic,
             template: Some(

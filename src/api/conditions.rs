@@ -76,6 +76,8 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Something a stage needed does not exist.
     pub const NOT_FOUND: &str = "NotFound";
+    /// The policy only diagnoses (trust level `observe`): the findings are for people.
+    pub const DIAGNOSED: &str = "Diagnosed";
     /// The agent escalated, or its proposal was refused by the patch-safety check.
     pub const AGENT_ESCALATED: &str = "AgentEscalated";
     /// The gate decided only humans may act.

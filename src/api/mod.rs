@@ -87,6 +87,10 @@ pub enum TargetKind {
     ConfigMap,
     /// `autoscaling/v2` HorizontalPodAutoscaler.
     HorizontalPodAutoscaler,
+    /// `batch/v1` Job — diagnosed, never changed (a policy on it is at trust level `observe`).
+    Job,
+    /// `batch/v1` CronJob — diagnosed, never changed (a policy on it is at trust level `observe`).
+    CronJob,
 }
 
 impl TargetKind {
@@ -96,6 +100,7 @@ impl TargetKind {
             Self::Deployment | Self::StatefulSet | Self::DaemonSet => "apps/v1",
             Self::ConfigMap => "v1",
             Self::HorizontalPodAutoscaler => "autoscaling/v2",
+            Self::Job | Self::CronJob => "batch/v1",
         }
     }
 
@@ -107,7 +112,14 @@ impl TargetKind {
             Self::DaemonSet => "DaemonSet",
             Self::ConfigMap => "ConfigMap",
             Self::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+            Self::Job => "Job",
+            Self::CronJob => "CronJob",
         }
+    }
+
+    /// Reflex only diagnoses objects of this kind: a failed Job has no mechanical fix.
+    pub fn diagnosed_only(self) -> bool {
+        matches!(self, Self::Job | Self::CronJob)
     }
 }
 

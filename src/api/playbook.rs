@@ -40,8 +40,11 @@ pub struct PlaybookSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub reads: Vec<ReadStep>,
-    /// The patch to produce.
-    pub patch: PatchSpec,
+    /// The patch to produce. Absent: the playbook only diagnoses — its reads are the
+    /// findings people get, and a policy that runs it must be at trust level `observe`
+    /// (for alerts with no safe mechanical fix, such as a failed Job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchSpec>,
     /// Default verification, used when the policy has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,

@@ -250,7 +250,8 @@ pub struct ToolPin {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TrustLevel {
-    /// Diagnose only; never propose a change.
+    /// Diagnose only; never propose a change: the findings go to people (the Remediation
+    /// ends Escalated with them, and the notification carries them).
     Observe,
     /// Propose and test; deploy only with a human's approval.
     #[default]

@@ -677,6 +677,14 @@ impl ValidPolicy {
             required_approvals: spec.trust.required_approvals.unwrap_or(1),
             approval_timeout: spec.trust.approval_timeout.as_ref().map(|t| c.duration("spec.trust.approvalTimeout", t)),
         };
+        if let Some(kind) = target_kinds.iter().find(|k| k.diagnosed_only())
+            && trust.level != TrustLevel::Observe
+        {
+            c.push(
+                "spec.trust.level",
+                format!("a {kind} has no mechanical fix and Reflex never changes one: a policy on it must be at trust level observe (diagnose and report)"),
+            );
+        }
         if trust.required_approvals == 0 || trust.required_approvals > 10 {
             c.push("spec.trust.requiredApprovals", "must be between 1 and 10");
         }
@@ -916,6 +924,8 @@ pub struct ValidPlaybook {
     pub rollout: ValidRollout,
     /// Constraints on new values by exact field path (`patch.values`).
     pub values: Vec<(String, ValueRule)>,
+    /// No patch: the playbook's reads are a diagnosis, and it never proposes.
+    pub diagnoses_only: bool,
 }
 
 /// A constraint on a field's new value (from a playbook's `patch.values`, or derived from
@@ -1067,7 +1077,19 @@ impl ValidPlaybook {
             }
         }
 
-        let p = &spec.patch;
+        let diagnoses_only = spec.patch.is_none();
+        if diagnoses_only && spec.reads.is_empty() {
+            c.push("spec.reads", "a playbook without a patch only diagnoses: list the reads that are its findings");
+        }
+        let no_patch = super::playbook::PatchSpec {
+            mode: PatchMode::Template,
+            patch_type: PatchType::default(),
+            template: None,
+            parameters: Vec::new(),
+            allowed_paths: Vec::new(),
+            values: Vec::new(),
+        };
+        let p = spec.patch.as_ref().unwrap_or(&no_patch);
         let mut params = Vec::new();
         let mut param_names = HashSet::new();
         for (i, param) in p.parameters.iter().enumerate() {
@@ -1130,6 +1152,7 @@ impl ValidPlaybook {
             });
         }
         match (p.mode, &p.template) {
+            _ if diagnoses_only => {}
             (PatchMode::Template, None) => c.push("spec.patch.template", "required when patch.mode is template"),
             (PatchMode::Template, Some(t)) => {
                 for name in template_params(t) {
@@ -1143,7 +1166,7 @@ impl ValidPlaybook {
             }
             (PatchMode::Agent, _) => {}
         }
-        if p.allowed_paths.is_empty() {
+        if p.allowed_paths.is_empty() && !diagnoses_only {
             c.push("spec.patch.allowedPaths", "list the field paths the patch may touch");
         }
         for (i, path) in p.allowed_paths.iter().enumerate() {
@@ -1173,6 +1196,7 @@ impl ValidPlaybook {
             agent_instructions: spec.agent_instructions.clone(),
             rollout,
             values,
+            diagnoses_only,
         })
     }
 }

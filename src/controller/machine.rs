@@ -34,6 +34,8 @@ pub struct Settings {
     pub retry_cap: Duration,
     /// How long a change waits for approval before it escalates.
     pub approval_timeout: Option<Duration>,
+    /// Diagnose only, never propose (trust level `observe`): the diagnosis goes to people.
+    pub diagnose_only: bool,
 }
 
 impl Default for Settings {
@@ -44,6 +46,7 @@ impl Default for Settings {
             retry_base: Duration::from_secs(2),
             retry_cap: Duration::from_secs(300),
             approval_timeout: None,
+            diagnose_only: false,
         }
     }
 }
@@ -364,10 +367,20 @@ impl Machine<'_> {
         if self.status.proposal.is_some() {
             return to(Phase::Proposed, reason::PROPOSED, "a proposal is ready");
         }
-        if self.status.diagnosis.is_none() {
-            self.step(Step::Diagnose, BEFORE_DEPLOY)
-        } else {
-            self.step(Step::Propose, BEFORE_DEPLOY)
+        match &self.status.diagnosis {
+            None => self.step(Step::Diagnose, BEFORE_DEPLOY),
+            Some(d) if self.settings.diagnose_only => to(
+                Phase::Escalated,
+                reason::DIAGNOSED,
+                format!("diagnosis only (trust level observe), nothing is proposed: {}", d.summary),
+            ),
+            // Whatever the policy says (a Remediation made by hand): a Job is never changed.
+            Some(d) if self.rem.spec.target.kind.diagnosed_only() => to(
+                Phase::Escalated,
+                reason::DIAGNOSED,
+                format!("diagnosis only (Reflex never changes a {}): {}", self.rem.spec.target.kind, d.summary),
+            ),
+            Some(_) => self.step(Step::Propose, BEFORE_DEPLOY),
         }
     }
 

@@ -454,6 +454,30 @@ fn diagnosing_proposes_after_diagnosis_and_moves_on_with_a_proposal() {
 }
 
 #[test]
+fn an_observe_policy_or_a_job_target_stops_at_the_diagnosis_and_never_proposes() {
+    let diagnosed = |s: &mut RemediationStatus| {
+        s.diagnosis =
+            Some(Diagnosis { summary: "nightly failed 3 times: BackoffLimitExceeded".into(), findings: vec![] });
+        s.push_step(record(Step::Diagnose, 1, StepState::Succeeded, None, 5));
+    };
+    let mut rem = mk_remediation(Phase::Diagnosing);
+    diagnosed(status(&mut rem));
+    let observe =
+        Observations { policy: PolicyView::Valid(Settings { diagnose_only: true, ..Settings::default() }), ..obs() };
+    let d = decide(&rem, &observe);
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::DIAGNOSED)), "{d:?}");
+    let Decision::Transition { message, .. } = d else { unreachable!() };
+    assert!(message.contains("BackoffLimitExceeded"), "the findings go to people: {message}");
+    // A Remediation made by hand on a Job, under a policy that would deploy: still only diagnosed.
+    rem.spec.target = TargetRef { api_version: "batch/v1".into(), kind: TargetKind::Job, name: "nightly".into() };
+    let d = decide(&rem, &obs());
+    assert!(check(&d, &Expect::To(Phase::Escalated, r::DIAGNOSED)), "{d:?}");
+    // Before the diagnosis, observe diagnoses like any policy.
+    let fresh = mk_remediation(Phase::Diagnosing);
+    assert_eq!(decide(&fresh, &observe), Decision::Start { step: Step::Diagnose, attempt: 1 });
+}
+
+#[test]
 fn testing_follows_ci_then_gate() {
     let digest = proposal().digest;
     let d = run(Phase::Testing, |s| s.ci = Some(ci(CiVerdict::Failed, &digest)));

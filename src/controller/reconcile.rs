@@ -687,6 +687,7 @@ fn settings(policy: &ValidPolicy) -> Settings {
         max_attempts: policy.limits.max_attempts,
         max_duration: policy.limits.max_duration,
         approval_timeout: policy.trust.approval_timeout,
+        diagnose_only: policy.trust.level == crate::api::policy::TrustLevel::Observe,
         ..Settings::default()
     }
 }

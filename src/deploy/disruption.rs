@@ -108,7 +108,7 @@ pub fn rollout_disruption(kind: TargetKind, live: &Value) -> (i64, i64) {
             let down = scaled(int_or_string(rolling.get("maxUnavailable")).as_ref(), desired, true, 1);
             if down == 0 && surge > 0 { (0, unavailable) } else { (down.max(1).min(desired.max(1)), unavailable) }
         }
-        TargetKind::ConfigMap | TargetKind::HorizontalPodAutoscaler => (0, 0),
+        TargetKind::ConfigMap | TargetKind::HorizontalPodAutoscaler | TargetKind::Job | TargetKind::CronJob => (0, 0),
     }
 }
 

@@ -107,7 +107,10 @@ fn rolled_out(kind: TargetKind, live: &Value, applied: Timestamp) -> (Result<Str
                 Err(summary)
             }
         }
-        TargetKind::HorizontalPodAutoscaler | TargetKind::ConfigMap => Ok(String::new()),
+        // Jobs are never changed (diagnosed only): nothing of theirs rolls out.
+        TargetKind::HorizontalPodAutoscaler | TargetKind::ConfigMap | TargetKind::Job | TargetKind::CronJob => {
+            Ok(String::new())
+        }
     };
     (outcome, stall)
 }

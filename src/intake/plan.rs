@@ -436,6 +436,8 @@ fn short_kind(kind: TargetKind) -> &'static str {
         TargetKind::DaemonSet => "ds",
         TargetKind::ConfigMap => "cm",
         TargetKind::HorizontalPodAutoscaler => "hpa",
+        TargetKind::Job => "job",
+        TargetKind::CronJob => "cj",
     }
 }
 

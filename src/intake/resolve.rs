@@ -69,6 +69,8 @@ fn target_kind(kind: &str) -> Option<TargetKind> {
         "StatefulSet" => Some(TargetKind::StatefulSet),
         "DaemonSet" => Some(TargetKind::DaemonSet),
         "HorizontalPodAutoscaler" => Some(TargetKind::HorizontalPodAutoscaler),
+        "Job" => Some(TargetKind::Job),
+        "CronJob" => Some(TargetKind::CronJob),
         _ => None,
     }
 }
@@ -130,33 +132,39 @@ pub async fn resolve(
             return Ok((kind, name.clone()));
         }
     }
-    let Some(pod) = labels.get("pod").filter(|p| !p.is_empty()) else {
-        let named: Vec<String> =
-            DIRECT.iter().filter_map(|(l, _)| labels.get(*l).map(|v| format!("{l}={v}"))).collect();
-        return Err(match (named.is_empty(), labels.get("job_name")) {
-            (true, Some(job)) => unresolved(
-                "KindNotActedOn",
-                format!(
-                    "the alert names Job {job}; a Job is not something Reflex changes (acts on {})",
-                    kinds_text(kinds)
+    // A Pod is followed through its controllers; so is a Job (to its CronJob), when the policy
+    // acts on what owns it.
+    let job = labels.get("job_name").filter(|j| !j.is_empty());
+    let acts_on_jobs = kinds.iter().any(|k| k.diagnosed_only());
+    let start = match (labels.get("pod").filter(|p| !p.is_empty()), job) {
+        (Some(pod), _) => ("Pod", "pod", pod),
+        (None, Some(job)) if acts_on_jobs => ("Job", "job_name", job),
+        (None, _) => {
+            let named: Vec<String> =
+                DIRECT.iter().filter_map(|(l, _)| labels.get(*l).map(|v| format!("{l}={v}"))).collect();
+            return Err(match (named.is_empty(), job) {
+                (true, Some(job)) => unresolved(
+                    "KindNotActedOn",
+                    format!("the alert names Job {job}, and the policy acts on {}", kinds_text(kinds)),
                 ),
-            ),
-            (true, None) => unresolved(
-                "NoTargetLabel",
-                "the alert names no pod, deployment, statefulset, daemonset or horizontalpodautoscaler label",
-            ),
-            (false, _) => unresolved(
-                "KindNotActedOn",
-                format!("the alert names {}, and the policy acts on {}", named.join(", "), kinds_text(kinds)),
-            ),
-        });
+                (true, None) => unresolved(
+                    "NoTargetLabel",
+                    "the alert names no pod, job_name, deployment, statefulset, daemonset or horizontalpodautoscaler label",
+                ),
+                (false, _) => unresolved(
+                    "KindNotActedOn",
+                    format!("the alert names {}, and the policy acts on {}", named.join(", "), kinds_text(kinds)),
+                ),
+            });
+        }
     };
-    if !is_dns_subdomain(pod) {
-        return Err(unresolved("InvalidName", format!("label pod={pod:?} is not an object name")));
+    let (start_kind, label, start_name) = start;
+    if !is_dns_subdomain(start_name) {
+        return Err(unresolved("InvalidName", format!("label {label}={start_name:?} is not an object name")));
     }
-    let (mut kind, mut name) = ("Pod".to_owned(), pod.clone());
+    let (mut kind, mut name) = (start_kind.to_owned(), start_name.clone());
+    let mut chain = vec![format!("{start_kind} {start_name}")];
     let mut expected_uid: Option<String> = None;
-    let mut chain = vec![format!("Pod {pod}")];
     for _ in 0..MAX_HOPS {
         let object = reader
             .read(namespace, &kind, &name)

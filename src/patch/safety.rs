@@ -1309,6 +1309,7 @@ mod tests {
         let pb = ValidPlaybook {
             target_kinds: vec![],
             reads: vec![],
+            diagnoses_only: false,
             patch_mode: PatchMode::Template,
             patch_type: PatchType::Strategic,
             template: Some(
@@ -1570,6 +1571,7 @@ mod tests {
         let pb = ValidPlaybook {
             target_kinds: vec![],
             reads: vec![],
+            diagnoses_only: false,
             patch_mode: PatchMode::Template,
             patch_type: PatchType::Merge,
             template: Some("data:\n  MODE: \"{{ params.mode }}\"\n  LEVEL: debug\n  AT: \"{{ now }}\"\n".into()),
