@@ -13,6 +13,9 @@
 //!   limit, and the alert's rule goes silent: Succeeded.
 //! - KubeHpaMaxedOut names the HPA `web` (pinned at maxReplicas 4 under six replicas' worth
 //!   of load): maxReplicas is raised to 8 and the HPA leaves its ceiling: Succeeded.
+//! - KubeJobFailed names the Job `nightly-report` (its Pods exit 1 past its backoff limit):
+//!   the pack's diagnose-only policy reports why (BackoffLimitExceeded, two failed Pods) and
+//!   escalates to people; nothing is proposed and the Job is untouched.
 //! - Before the operator acts, `reflex simulate` (from the cluster, with the same Prometheus)
 //!   predicts each alert's policy, target, patch and gate decision; the operator then does
 //!   exactly that.
@@ -30,6 +33,7 @@ use std::time::Duration;
 use common::servers::{free_port, prometheus, start, temp_dir, until};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use reflex::api::remediation::{GateDecision, Phase, Remediation};
@@ -72,11 +76,29 @@ const RULES: &str = r#"groups:
         annotations:
           description: HPA {{ $labels.namespace }}/{{ $labels.horizontalpodautoscaler }} has been running at max replicas for longer than 15 minutes.
           summary: HPA is running at max replicas
+      - alert: KubeJobFailed
+        expr: kube_job_failed{job="kube-state-metrics"} > 0
+        labels: {severity: warning}
+        annotations:
+          description: Job {{ $labels.namespace }}/{{ $labels.job_name }} failed to complete.
       - alert: KubeDeploymentRolloutStuck
         expr: |
           kube_deployment_status_condition{condition="Progressing", status="false", job="kube-state-metrics"} != 0
         labels: {severity: warning}
 "#;
+
+/// The report Job's Pods exit 1: it fails past its backoff limit.
+struct FailingJobs;
+
+impl reflex::sandbox::jobs::JobModel for FailingJobs {
+    fn run(&self, _: &Value) -> reflex::sandbox::jobs::JobRun {
+        reflex::sandbox::jobs::JobRun::Fail {
+            after: Duration::from_millis(200),
+            code: 1,
+            log: vec!["connecting to warehouse.shop:5432: connection refused".into()],
+        }
+    }
+}
 
 /// One exposition line.
 fn line(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
@@ -178,6 +200,19 @@ async fn kube_state_metrics(client: &kube::Client) -> String {
             }
         }
     }
+    for job in Api::<Job>::namespaced(client.clone(), "shop").list(&ListParams::default()).await.unwrap().items {
+        let name = job.metadata.name.as_deref().unwrap_or_default();
+        let status = job.status.unwrap_or_default();
+        let failed = status.conditions.iter().flatten().any(|c| c.type_ == "Failed" && c.status == "True");
+        let labels = [("namespace", "shop"), ("job_name", name)];
+        line(&mut out, "kube_job_status_failed", &labels, f64::from(status.failed.unwrap_or(0)));
+        line(
+            &mut out,
+            "kube_job_failed",
+            &[("namespace", "shop"), ("job_name", name), ("condition", "true")],
+            if failed { 1.0 } else { 0.0 },
+        );
+    }
     // The HPA controller's view: as many replicas as the load needs, within min and max.
     let hpas =
         Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), "shop").list(&ListParams::default()).await.unwrap();
@@ -277,6 +312,16 @@ spec:
             limits: {memory: 256Mi}
             requests: {memory: 256Mi, cpu: 500m}
 ---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: nightly-report, namespace: shop}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: report, image: registry.example.com/shop/report:3.1.0}]
+---
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata: {name: web, namespace: shop}
@@ -291,7 +336,8 @@ spec:
     .to_owned()
 }
 
-/// The policy pack as shipped, in `shop`, with trust `auto` and test-length verification.
+/// The policy pack as shipped, in `shop`, with trust `auto` where it says `propose`, and
+/// test-length verification.
 fn policy_pack() -> Vec<Value> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/kubernetes-mixin.yaml")).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
@@ -300,7 +346,10 @@ fn policy_pack() -> Vec<Value> {
         .map(|mut d| {
             d["metadata"]["namespace"] = json!("shop");
             if d["kind"] == "RemediationPolicy" {
-                d["spec"]["trust"] = json!({"level": "auto"});
+                // A diagnose-only policy stays at observe.
+                if d["spec"]["trust"]["level"] == "propose" {
+                    d["spec"]["trust"] = json!({"level": "auto"});
+                }
                 d["spec"]["verify"] = json!({"for": "3s", "timeout": "90s", "interval": "1s"});
             }
             d
@@ -310,15 +359,21 @@ fn policy_pack() -> Vec<Value> {
 
 fn playbooks() -> Vec<Value> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks");
-    ["raise-memory-limit", "raise-hpa-max-on-saturation", "rollback-bad-rollout", "raise-cpu-limit"]
-        .iter()
-        .map(|name| {
-            let mut p: Value =
-                serde_saphyr::from_str(&std::fs::read_to_string(format!("{dir}/{name}.yaml")).unwrap()).unwrap();
-            p["metadata"]["namespace"] = json!("shop");
-            p
-        })
-        .collect()
+    [
+        "raise-memory-limit",
+        "raise-hpa-max-on-saturation",
+        "rollback-bad-rollout",
+        "raise-cpu-limit",
+        "diagnose-failed-job",
+    ]
+    .iter()
+    .map(|name| {
+        let mut p: Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(format!("{dir}/{name}.yaml")).unwrap()).unwrap();
+        p["metadata"]["namespace"] = json!("shop");
+        p
+    })
+    .collect()
 }
 
 /// The firing alerts Alertmanager holds, by alert name.
@@ -360,7 +415,14 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
     .unwrap();
     let model = Arc::new(OomModel::new(&model).unwrap());
     let rbac = reflex::sandbox::rbac::Table::from_yaml(reflex::demo::DEMO_RBAC).unwrap();
-    let sandbox = Sandbox::start(Config { pod_model: Some(model.clone()), rbac, ..Config::default() }).await.unwrap();
+    let sandbox = Sandbox::start(Config {
+        pod_model: Some(model.clone()),
+        job_model: Some(Arc::new(FailingJobs)),
+        rbac,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
     model.attach(sandbox.api().clone());
     sandbox.install_crds().unwrap();
     let admin = sandbox.client(ADMIN_TOKEN).await.unwrap();
@@ -459,16 +521,19 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
     // Both alerts fire in Prometheus and reach Alertmanager; intake records them (the
     // controller is not running yet: nothing has changed).
     let http = reqwest::Client::new();
-    let firing =
-        until("KubePodCrashLooping and KubeHpaMaxedOut in Alertmanager", Duration::from_secs(90), async || {
+    let firing = until(
+        "KubePodCrashLooping, KubeHpaMaxedOut and KubeJobFailed in Alertmanager",
+        Duration::from_secs(90),
+        async || {
             let a = alerts(&http, &am).await;
-            (a.contains_key("KubePodCrashLooping") && a.contains_key("KubeHpaMaxedOut")).then_some(a)
-        })
-        .await;
+            ["KubePodCrashLooping", "KubeHpaMaxedOut", "KubeJobFailed"].iter().all(|n| a.contains_key(*n)).then_some(a)
+        },
+    )
+    .await;
     let rems: Api<Remediation> = Api::namespaced(admin.clone(), "shop");
     let recorded = until("a Remediation for each alert", Duration::from_secs(60), async || {
         let list = rems.list(&ListParams::default()).await.ok()?.items;
-        (list.len() >= 2).then_some(list)
+        (list.len() >= 3).then_some(list)
     })
     .await;
 
@@ -480,7 +545,7 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
     };
     world.namespace = Some("shop".into());
     let mut predicted = BTreeMap::new();
-    for alertname in ["KubePodCrashLooping", "KubeHpaMaxedOut"] {
+    for alertname in ["KubePodCrashLooping", "KubeHpaMaxedOut", "KubeJobFailed"] {
         let alert = reflex::simulate::Alert { labels: firing[alertname].clone(), annotations: BTreeMap::new() };
         let report = reflex::simulate::simulate(&world, &alert).await.unwrap();
         eprintln!("reflex simulate, {alertname}:\n{report}");
@@ -516,14 +581,16 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
     );
     let hpa = recorded.iter().find(|r| r.spec.alert.name == "KubeHpaMaxedOut").unwrap();
     assert_eq!(hpa.spec.target.name, "web");
-    assert_eq!(recorded.len(), 2, "one Remediation per policy and target, whichever Pods the alerts named");
+    let job = recorded.iter().find(|r| r.spec.alert.name == "KubeJobFailed").unwrap();
+    assert_eq!((job.spec.target.kind, job.spec.target.name.as_str()), (reflex::api::TargetKind::Job, "nightly-report"));
+    assert!(predicted["KubeJobFailed"].diagnosis_only && predicted["KubeJobFailed"].patch.is_none());
+    assert_eq!(recorded.len(), 3, "one Remediation per policy and target, whichever Pods the alerts named");
 
     // Now the operator acts.
     let controller = {
         let stop = stop.clone();
         tokio::spawn(async move { operator.run_controller(None, async move { stop.cancelled().await }).await })
     };
-    let mut finished = BTreeMap::new();
     for rem in &recorded {
         let name = rem.metadata.name.clone().unwrap();
         let done = until(&format!("{name} to finish"), Duration::from_secs(150), async || {
@@ -533,6 +600,21 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
         })
         .await;
         let status = done.status.clone().unwrap();
+        if rem.spec.alert.name == "KubeJobFailed" {
+            assert_eq!(status.phase, Phase::Escalated, "{name}: {:?}", status.message);
+            let message = status.message.clone().unwrap_or_default();
+            assert!(
+                message.starts_with("diagnosis only (trust level observe)")
+                    && message.contains("Failed=True (BackoffLimitExceeded")
+                    && message.contains("failed-pods: 2"),
+                "{name}: the findings are for people: {message}"
+            );
+            assert!(
+                status.proposal.is_none() && status.gate.is_none() && status.deploy.is_none(),
+                "{name}: nothing proposed"
+            );
+            continue;
+        }
         assert_eq!(status.phase, Phase::Succeeded, "{name}: {:?}", status.message);
         let verification = status.verification.as_ref().unwrap();
         let rule_metric = match rem.spec.alert.name.as_str() {
@@ -554,13 +636,14 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
         let gate = status.gate.as_ref().unwrap();
         assert_eq!(gate.decision, GateDecision::Approved);
         assert_eq!(p.gate.as_ref().unwrap().0, gate.decision, "simulate predicted the gate's decision");
-        finished.insert(rem.spec.alert.name.clone(), done);
     }
 
     let checkout = Api::<Deployment>::namespaced(admin.clone(), "shop").get("checkout").await.unwrap();
     assert_eq!(memory_limit(&checkout), "250Mi", "the limit is raised to 1.25x the working set Prometheus reported");
     let web = Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), "shop").get("web").await.unwrap();
     assert_eq!(web.spec.max_replicas, 8, "maxReplicas 4 → 8 (4 × 1.5 / 0.8)");
+    let report = Api::<Job>::namespaced(admin.clone(), "shop").get("nightly-report").await.unwrap();
+    assert_eq!(report.metadata.generation, Some(1), "the failed Job is never changed");
     // The alerts resolve, and the resolution reaches each Remediation.
     until("the alerts to resolve", Duration::from_secs(60), async || {
         let a = alerts(&http, &am).await;
