@@ -203,7 +203,7 @@ impl std::fmt::Display for Report {
                     }
                 }
                 Some(Err(why)) => writeln!(f, "  refused  {why}")?,
-                None if p.diagnosis_only => {
+                None if p.diagnosis_only && p.mismatch.is_none() => {
                     writeln!(
                         f,
                         "  outcome  diagnosis only (trust level observe): the reads above go to people; nothing is proposed"
@@ -503,7 +503,8 @@ pub struct TestCase {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Expectation {
-    /// `namespace/name` of the policy that must match (and no other).
+    /// `namespace/name` of the policy that must match and act (another may match only to
+    /// stand aside: no patch).
     pub policy: Option<String>,
     /// `Kind/name` of the target, or `none` (no target: the message must then contain
     /// `targetError`).
@@ -549,7 +550,15 @@ fn judge(case: &TestCase, report: &Report) -> Vec<String> {
             ));
             return failures;
         }
-        (Some(want), [one]) if &one.policy == want => *one,
+        (Some(want), many) if let Some(one) = many.iter().find(|p| &p.policy == want) => {
+            // Several policies may match one alert (one per cause); only this one may act.
+            for other in many.iter().filter(|p| &p.policy != want) {
+                if let Some(Ok(patch)) = &other.patch {
+                    failures.push(format!("{} matches too and would also patch: {patch}", other.policy));
+                }
+            }
+            *one
+        }
         (Some(want), _) => {
             let why: Vec<String> = report
                 .policies

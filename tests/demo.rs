@@ -476,3 +476,42 @@ async fn the_hpa_maxed_out_scenario_resolves_the_hpa_from_its_label() {
     );
     assert!(text.contains("with maxReplicas=8"), "{text}");
 }
+
+/// The pack's new-revision KubePodCrashLooping policy: the crashing Pod of the new release is
+/// followed to its Deployment; the playbook applies (a revision within the hour, no OOM kill)
+/// and returns the container to the previous revision's image.
+#[tokio::test]
+async fn the_crashloop_new_revision_scenario_rolls_back_to_the_previous_image() {
+    let (outcome, text) = play(Scenario::built_in("crashloop-new-revision").unwrap(), false).await;
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    let rem = &outcome.remediation;
+    assert!(rem.spec.alert.labels["pod"].starts_with("checkout-"), "{:?}", rem.spec.alert.labels);
+    assert!(text.contains("last state Error"), "the crash is not an OOM kill: {text}");
+    assert!(text.contains("read      not-oom-killed: 1"), "{text}");
+    assert!(
+        text.contains("checkout:1.5.0 → registry.example.com/shop/checkout:1.4.2"),
+        "the previous revision's image: {text}"
+    );
+}
+
+/// The pack's KubeDeploymentRolloutStuck policy: the alert names no container, and the
+/// Deployment's only one is rolled back.
+#[tokio::test]
+async fn the_rollout_stuck_scenario_rolls_back_the_only_container() {
+    let (outcome, text) = play(Scenario::built_in("rollout-stuck").unwrap(), false).await;
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    assert!(!outcome.remediation.spec.alert.labels.contains_key("container"));
+    assert!(text.contains("with image=registry.example.com/shop/checkout:1.4.2"), "{text}");
+}
+
+/// The pack's KubeJobFailed policy only diagnoses: the findings go to people, nothing is
+/// proposed, the Job is untouched.
+#[tokio::test]
+async fn the_job_failed_scenario_reports_its_findings_and_proposes_nothing() {
+    let (outcome, text) = play(Scenario::built_in("job-failed").unwrap(), false).await;
+    assert_eq!(outcome.phase(), Some(Phase::Escalated), "{text}");
+    let status = outcome.remediation.status.clone().unwrap();
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("Failed=True (BackoffLimitExceeded") && message.contains("failed-pods: 2"), "{message}");
+    assert!(status.proposal.is_none() && status.deploy.is_none(), "{text}");
+}

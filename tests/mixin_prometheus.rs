@@ -166,6 +166,14 @@ async fn kube_state_metrics(client: &kube::Client) -> String {
     }
     let sets = Api::<ReplicaSet>::namespaced(client.clone(), "shop").list(&ListParams::default()).await.unwrap();
     for rs in &sets.items {
+        if let Some(created) = &rs.metadata.creation_timestamp {
+            line(
+                &mut out,
+                "kube_replicaset_created",
+                &[("namespace", "shop"), ("replicaset", rs.metadata.name.as_deref().unwrap_or_default())],
+                created.0.as_second() as f64,
+            );
+        }
         for owner in rs.metadata.owner_references.iter().flatten() {
             line(
                 &mut out,
@@ -360,9 +368,9 @@ fn policy_pack() -> Vec<Value> {
 fn playbooks() -> Vec<Value> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks");
     [
-        "raise-memory-limit",
+        "raise-memory-limit-if-oom-killed",
+        "rollback-new-revision",
         "raise-hpa-max-on-saturation",
-        "rollback-bad-rollout",
         "raise-cpu-limit",
         "diagnose-failed-job",
     ]
@@ -466,7 +474,7 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
     std::fs::write(
         dir.join("alertmanager.yml"),
         format!(
-            "route:\n  receiver: reflex\n  group_by: [alertname, namespace]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 5s\nreceivers:\n  - name: reflex\n    webhook_configs:\n      - url: http://{address}/alerts\n        send_resolved: true\n        http_config:\n          authorization:\n            type: Bearer\n            credentials_file: {}\n",
+            "route:\n  receiver: reflex\n  group_by: [alertname, namespace]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: reflex\n    webhook_configs:\n      - url: http://{address}/alerts\n        send_resolved: true\n        http_config:\n          authorization:\n            type: Bearer\n            credentials_file: {}\n",
             dir.join("token").display()
         ),
     )
@@ -550,16 +558,22 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
         let report = reflex::simulate::simulate(&world, &alert).await.unwrap();
         eprintln!("reflex simulate, {alertname}:\n{report}");
         let matching: Vec<_> = report.policies.iter().filter(|p| p.mismatch.is_none()).collect();
-        assert_eq!(matching.len(), 1, "{alertname}: one policy of the pack matches\n{report}");
+        let acting = matching.iter().filter(|p| matches!(p.patch, Some(Ok(_))) || p.diagnosis_only).count();
+        assert_eq!(acting, 1, "{alertname}: one policy of the pack acts\n{report}");
         let other = report.policies.iter().find(|p| p.mismatch.is_some()).unwrap();
         assert!(
             other.mismatch.as_deref().unwrap().contains(alertname),
             "{alertname}: a policy that does not match says why: {other:?}"
         );
-        predicted.insert(alertname, matching[0].clone());
+        predicted.extend(matching.into_iter().map(|p| (p.policy.clone(), p.clone())));
     }
+    let aside = &predicted["shop/kube-pod-crashlooping-new-revision"];
+    assert!(
+        matches!(&aside.patch, Some(Err(why)) if why.contains("does not apply") && why.contains("OOM-killed")),
+        "the rollback policy stands aside for an OOM-caused crash loop: {aside:?}"
+    );
     for rem in &recorded {
-        let p = &predicted[rem.spec.alert.name.as_str()];
+        let p = &predicted[&format!("shop/{}", rem.spec.policy_ref.name)];
         assert_eq!(
             p.policy,
             format!("shop/{}", rem.spec.policy_ref.name),
@@ -572,7 +586,9 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
             "simulate resolves the same target"
         );
     }
-    let crash = recorded.iter().find(|r| r.spec.alert.name == "KubePodCrashLooping").unwrap();
+    // Two policies match KubePodCrashLooping on one Deployment; one at a time acts on a
+    // target, in name order: the rollback policy first.
+    let crash = recorded.iter().find(|r| r.spec.policy_ref.name == "kube-pod-crashlooping-new-revision").unwrap();
     assert_eq!(crash.spec.target.name, "checkout", "the Pod named by the alert is traced to its Deployment");
     assert!(
         crash.spec.alert.labels["pod"].starts_with("checkout-"),
@@ -583,15 +599,29 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
     assert_eq!(hpa.spec.target.name, "web");
     let job = recorded.iter().find(|r| r.spec.alert.name == "KubeJobFailed").unwrap();
     assert_eq!((job.spec.target.kind, job.spec.target.name.as_str()), (reflex::api::TargetKind::Job, "nightly-report"));
-    assert!(predicted["KubeJobFailed"].diagnosis_only && predicted["KubeJobFailed"].patch.is_none());
-    assert_eq!(recorded.len(), 3, "one Remediation per policy and target, whichever Pods the alerts named");
+    assert!(predicted["shop/kube-job-failed"].diagnosis_only && predicted["shop/kube-job-failed"].patch.is_none());
+    assert_eq!(recorded.len(), 3, "one Remediation per alert and target, whichever Pods the alerts named");
 
     // Now the operator acts.
     let controller = {
         let stop = stop.clone();
         tokio::spawn(async move { operator.run_controller(None, async move { stop.cancelled().await }).await })
     };
-    for rem in &recorded {
+    // The rollback policy stands aside (the crash loop is OOM-caused); the alert is planned
+    // again at once and the OOM policy's Remediation acts — not at Alertmanager's next repeat.
+    let handed_off = until("the OOM policy's Remediation after the hand-off", Duration::from_secs(60), async || {
+        rems.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|r| r.spec.policy_ref.name == "kube-pod-crashlooping-oom")
+    })
+    .await;
+    assert_eq!(handed_off.spec.target.name, "checkout");
+    let mut all = recorded.clone();
+    all.push(handed_off);
+    for rem in &all {
         let name = rem.metadata.name.clone().unwrap();
         let done = until(&format!("{name} to finish"), Duration::from_secs(150), async || {
             let r = rems.get(&name).await.ok()?;
@@ -600,6 +630,13 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
         })
         .await;
         let status = done.status.clone().unwrap();
+        if rem.spec.policy_ref.name == "kube-pod-crashlooping-new-revision" {
+            assert_eq!(status.phase, Phase::Cancelled, "{name}: {:?}", status.message);
+            let message = status.message.clone().unwrap_or_default();
+            assert!(message.contains("does not apply") && message.contains("OOM-killed"), "{name}: {message}");
+            assert!(status.proposal.is_none(), "{name}: it stood aside before proposing");
+            continue;
+        }
         if rem.spec.alert.name == "KubeJobFailed" {
             assert_eq!(status.phase, Phase::Escalated, "{name}: {:?}", status.message);
             let message = status.message.clone().unwrap_or_default();
@@ -627,7 +664,7 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
                 && verification.reproduced,
             "{name}: verified against the alert's own rule, which reproduced the alert first: {verification:?}"
         );
-        let p = &predicted[rem.spec.alert.name.as_str()];
+        let p = &predicted[&format!("shop/{}", rem.spec.policy_ref.name)];
         assert_eq!(
             status.proposal.as_ref().unwrap().patch.0,
             p.patch.clone().unwrap().unwrap(),

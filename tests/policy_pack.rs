@@ -7,7 +7,7 @@ async fn the_kubernetes_mixin_pack_passes_its_tests() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/tests");
     let (text, ok) = reflex::simulate::run_tests(&dir).await.unwrap();
     assert!(ok, "{text}");
-    assert!(text.ends_with("6 passed, 0 failed\n"), "{text}");
+    assert!(text.ends_with("9 passed, 0 failed\n"), "{text}");
 }
 
 #[tokio::test]
@@ -28,7 +28,7 @@ async fn a_wrong_expectation_fails_naming_what_came_instead() {
         text.contains("FAIL") && text.contains("expected target Deployment/db, got Some(Ok((StatefulSet, \"db\")))"),
         "{text}"
     );
-    assert!(text.ends_with("5 passed, 1 failed\n"), "{text}");
+    assert!(text.ends_with("8 passed, 1 failed\n"), "{text}");
 }
 
 /// `reflex simulate --from-cluster`: a namespace copied read-only from a running cluster (here
@@ -56,7 +56,7 @@ async fn simulate_copies_a_namespace_from_a_cluster_and_writes_nothing_there() {
         .unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut loaded = reflex::simulate::World { namespace: Some("shop".into()), ..Default::default() };
-    for f in ["policies/kubernetes-mixin.yaml", "playbooks/raise-memory-limit.yaml"] {
+    for f in ["policies/kubernetes-mixin.yaml", "playbooks/raise-memory-limit-if-oom-killed.yaml"] {
         loaded.add_yaml(&std::fs::read_to_string(root.join(f)).unwrap(), f).unwrap();
     }
     for doc in &loaded.documents {
@@ -92,6 +92,9 @@ async fn simulate_copies_a_namespace_from_a_cluster_and_writes_nothing_there() {
         series: vec![reflex::simulate::Series {
             query: r#"max(max_over_time(container_memory_working_set_bytes{namespace="shop",container="app"}[15m]) * on (namespace, pod) group_left () max by (namespace, pod) (kube_pod_owner{namespace="shop",owner_kind="ReplicaSet"} * on (namespace, owner_name) group_left () max by (namespace, owner_name) (label_replace(kube_replicaset_owner{namespace="shop",owner_kind="Deployment",owner_name="checkout"}, "owner_name", "$1", "replicaset", "(.*)"))))"#.into(),
             value: Some(209_715_200.0),
+        }, reflex::simulate::Series {
+            query: r#"max(kube_pod_container_status_last_terminated_reason{namespace="shop",container="app",reason="OOMKilled"} * on (namespace, pod) group_left () max by (namespace, pod) (kube_pod_owner{namespace="shop",owner_kind="ReplicaSet"} * on (namespace, owner_name) group_left () max by (namespace, owner_name) (label_replace(kube_replicaset_owner{namespace="shop",owner_kind="Deployment",owner_name="checkout"}, "owner_name", "$1", "replicaset", "(.*)"))))"#.into(),
+            value: Some(1.0),
         }],
         ..Default::default()
     };

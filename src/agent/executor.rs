@@ -151,6 +151,11 @@ impl PlaybookExecutor {
                 .await
                 .map_err(|e| StageError::new(e.category, format!("read {}: {e}", step.name)))?;
             run.scope.reads.insert(step.name.clone(), result);
+            // A requirement unmet ends the run at once: the reads after it are for a fix
+            // that does not apply.
+            if let Some(unmet) = unmet(run, &step.name) {
+                return Err(StageError::new(ErrorCategory::NotApplicable, unmet));
+            }
         }
         let target_args = BTreeMap::from([
             ("kind".to_owned(), run.scope.target.get("kind").cloned().unwrap_or_default()),
@@ -162,6 +167,23 @@ impl PlaybookExecutor {
             .map_err(|e| StageError::new(e.category, format!("reading the target: {e}")))?;
         Ok(())
     }
+}
+
+/// The playbook's requirement on the read `read`, said for people, when the read did not
+/// meet it.
+fn unmet(run: &PlaybookRun, read: &str) -> Option<String> {
+    run.playbook.requires.iter().filter(|r| r.read == read).find_map(|r| {
+        let found = match run.scope.reads.get(&r.read) {
+            None | Some(Value::Null) => false,
+            Some(v) => match v.get("value") {
+                Some(value) => value.as_f64().is_some_and(|x| x != 0.0),
+                None => true,
+            },
+        };
+        (!found).then(|| {
+            format!("playbook {} does not apply: {} (read {} found nothing)", run.playbook_name, r.otherwise, r.read)
+        })
+    })
 }
 
 /// The conditions an object's controller explains (those with a reason), as

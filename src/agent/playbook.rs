@@ -73,6 +73,20 @@ impl Scope {
             "target" => self.target.get(key).cloned(),
             "labels" => self.labels.get(key).cloned(),
             "promql" => self.promql.get(key).cloned(),
+            "workload" if key == "container" => self.container(),
+            _ => None,
+        }
+    }
+
+    /// `workload.container`: the container the alert names (`labels.container`), or else the
+    /// target's only container — once the target is read. None when the alert names none and
+    /// the workload runs several (a template must not guess between them).
+    fn container(&self) -> Option<String> {
+        if let Some(named) = self.labels.get("container").filter(|c| !c.is_empty()) {
+            return Some(named.clone());
+        }
+        match self.object.pointer("/spec/template/spec/containers").and_then(Value::as_array).map(Vec::as_slice) {
+            Some([only]) => only.get("name").and_then(Value::as_str).map(str::to_owned),
             _ => None,
         }
     }
@@ -515,6 +529,7 @@ mod tests {
             target_kinds: vec![],
             reads: vec![],
             diagnoses_only: false,
+            requires: vec![],
             patch_mode: PatchMode::Template,
             patch_type: PatchType::Strategic,
             template: Some(

@@ -76,6 +76,8 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Something a stage needed does not exist.
     pub const NOT_FOUND: &str = "NotFound";
+    /// The playbook's requirements do not hold for what it found: it stood aside.
+    pub const NOT_APPLICABLE: &str = "NotApplicable";
     /// The policy only diagnoses (trust level `observe`): the findings are for people.
     pub const DIAGNOSED: &str = "Diagnosed";
     /// The agent escalated, or its proposal was refused by the patch-safety check.

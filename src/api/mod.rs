@@ -186,6 +186,9 @@ pub enum ErrorCategory {
     /// The target changed since the change was tested (people edited it, an autoscaler moved
     /// it): the change is tested again rather than written over their edit.
     Conflict,
+    /// The playbook does not apply to what it found (a requirement unmet: the crash loop is
+    /// not OOM-caused, no new revision preceded it): it stands aside for another policy.
+    NotApplicable,
 }
 
 impl ErrorCategory {
@@ -200,6 +203,7 @@ impl ErrorCategory {
             Self::NeedsHuman => "needs_human",
             Self::Deferred => "deferred",
             Self::Conflict => "conflict",
+            Self::NotApplicable => "not_applicable",
         }
     }
 

@@ -40,6 +40,14 @@ pub struct PlaybookSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub reads: Vec<ReadStep>,
+    /// When the playbook applies: each requirement is a read that must find something — a
+    /// query with a value other than 0 (write the condition in PromQL, `… > 0`), an object
+    /// that exists. Unmet, the Remediation stands aside (Cancelled, reason NotApplicable)
+    /// without proposing, so two policies on one alert (an OOM-caused crash loop, one that
+    /// began with a new revision) each act only on their own cause.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub requires: Vec<Requirement>,
     /// The patch to produce. Absent: the playbook only diagnoses — its reads are the
     /// findings people get, and a policy that runs it must be at trust level `observe`
     /// (for alerts with no safe mechanical fix, such as a failed Job).
@@ -77,6 +85,18 @@ pub struct ReadStep {
     /// Arguments; string values may use `{{ ... }}` placeholders.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub arguments: BTreeMap<String, String>,
+}
+
+/// A condition a playbook applies under: a read that must find something.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Requirement {
+    /// The read (by name) that must find something.
+    #[schemars(length(min = 1, max = 63))]
+    pub read: String,
+    /// What it means when it finds nothing, for people (`the container was not OOM-killed`).
+    #[schemars(length(min = 1, max = 512))]
+    pub otherwise: String,
 }
 
 /// Who writes the patch.

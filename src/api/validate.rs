@@ -926,6 +926,8 @@ pub struct ValidPlaybook {
     pub values: Vec<(String, ValueRule)>,
     /// No patch: the playbook's reads are a diagnosis, and it never proposes.
     pub diagnoses_only: bool,
+    /// Reads that must find something for the playbook to apply.
+    pub requires: Vec<super::playbook::Requirement>,
 }
 
 /// A constraint on a field's new value (from a playbook's `patch.values`, or derived from
@@ -1077,6 +1079,14 @@ impl ValidPlaybook {
             }
         }
 
+        for (i, r) in spec.requires.iter().enumerate() {
+            if !read_names.contains(r.read.as_str()) {
+                c.push(format!("spec.requires[{i}].read"), format!("{:?} is not one of the playbook's reads", r.read));
+            }
+            if r.otherwise.trim().is_empty() {
+                c.push(format!("spec.requires[{i}].otherwise"), "say what it means when the read finds nothing");
+            }
+        }
         let diagnoses_only = spec.patch.is_none();
         if diagnoses_only && spec.reads.is_empty() {
             c.push("spec.reads", "a playbook without a patch only diagnoses: list the reads that are its findings");
@@ -1197,6 +1207,7 @@ impl ValidPlaybook {
             rollout,
             values,
             diagnoses_only,
+            requires: spec.requires.clone(),
         })
     }
 }

@@ -665,6 +665,11 @@ impl Machine<'_> {
                     let r = if step == Step::Deploy { reason::DEPLOY_REFUSED } else { reason::AGENT_ESCALATED };
                     return to(dest, r, format!("{step}: {why}"));
                 }
+                // Before deploy a playbook may stand aside (its requirements unmet); nothing
+                // was changed, and another policy's Remediation may apply.
+                if category == ErrorCategory::NotApplicable && give_up.exhausted != Phase::RollingBack {
+                    return to(Phase::Cancelled, reason::NOT_APPLICABLE, format!("{step}: {why}"));
+                }
                 if category == ErrorCategory::BudgetExhausted {
                     let dest =
                         if give_up.exhausted == Phase::RollingBack { Phase::RollingBack } else { Phase::Escalated };

@@ -478,6 +478,16 @@ fn an_observe_policy_or_a_job_target_stops_at_the_diagnosis_and_never_proposes()
 }
 
 #[test]
+fn a_playbook_that_does_not_apply_stands_aside_before_anything_is_proposed() {
+    let mut rem = mk_remediation(Phase::Diagnosing);
+    status(&mut rem).push_step(record(Step::Diagnose, 1, StepState::Failed, Some(ErrorCategory::NotApplicable), 5));
+    let d = decide(&rem, &obs());
+    assert!(check(&d, &Expect::To(Phase::Cancelled, r::NOT_APPLICABLE)), "{d:?}");
+    let Decision::Transition { message, .. } = d else { unreachable!() };
+    assert!(message.contains("not_applicable"), "{message}");
+}
+
+#[test]
 fn testing_follows_ci_then_gate() {
     let digest = proposal().digest;
     let d = run(Phase::Testing, |s| s.ci = Some(ci(CiVerdict::Failed, &digest)));

@@ -330,9 +330,10 @@ pub fn error_policy(rem: Arc<Remediation>, error: &Error, ctx: Arc<Context>) -> 
             Action::requeue(error_backoff(&key, failures))
         }
         ErrorCategory::Forbidden | ErrorCategory::NotFound => Action::requeue(Duration::from_secs(300)),
-        ErrorCategory::InvalidSpec | ErrorCategory::BudgetExhausted | ErrorCategory::NeedsHuman => {
-            Action::await_change()
-        }
+        ErrorCategory::InvalidSpec
+        | ErrorCategory::BudgetExhausted
+        | ErrorCategory::NeedsHuman
+        | ErrorCategory::NotApplicable => Action::await_change(),
     }
 }
 

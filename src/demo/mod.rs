@@ -225,7 +225,10 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     let docs = scenario.documents().map_err(|e| anyhow!(e))?;
     let model = Arc::new(OomModel::new(&scenario.model).map_err(|e| anyhow!("scenario model: {e}"))?);
     let rbac = crate::sandbox::rbac::Table::from_yaml(DEMO_RBAC).map_err(|e| anyhow!("the demo's RBAC table: {e}"))?;
-    let config = Config { pod_model: Some(model.clone()), rbac, ..Config::default() };
+    // Jobs run as the sandbox's default (each exits 0) unless the scenario makes some fail.
+    let job_model: Option<Arc<dyn crate::sandbox::jobs::JobModel>> =
+        (!scenario.model.jobs.is_empty()).then(|| model.clone() as Arc<dyn crate::sandbox::jobs::JobModel>);
+    let config = Config { pod_model: Some(model.clone()), job_model, rbac, ..Config::default() };
     let sandbox = Sandbox::start(config).await?;
     model.attach(sandbox.api().clone());
     sandbox.install_crds()?;
@@ -285,12 +288,16 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &workload.namespace);
     // A later release: applied once the first revision has rolled out.
     let rollout = scenario.rollout_documents().map_err(|e| anyhow!(e))?;
+    // A release whose image crashes never finishes rolling out (its Pods never get ready).
+    let crashes = !workload.crashing_images.is_empty();
     if !rollout.is_empty() {
         rolled_out(&deployments, &workload.deployment).await?;
         for doc in &rollout {
             applied.push(format!("{} (a new revision)", apply(&client, doc).await?));
         }
-        rolled_out(&deployments, &workload.deployment).await?;
+        if !crashes {
+            rolled_out(&deployments, &workload.deployment).await?;
+        }
     }
     let before = deployments.get(&workload.deployment).await?;
     let memory_before = memory_limit(&before, &workload.container);
@@ -350,13 +357,14 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     // the model makes it fail: a memory limit below the working set).
     let pods: Api<Pod> = Api::namespaced(client.clone(), &workload.namespace);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let fails = match (
-        crate::api::quantity::parse_quantity(&memory_before),
-        crate::api::quantity::parse_quantity(&workload.working_set),
-    ) {
-        (Ok(limit), Ok(working_set)) => limit < working_set,
-        _ => true,
-    };
+    let fails = crashes
+        || match (
+            crate::api::quantity::parse_quantity(&memory_before),
+            crate::api::quantity::parse_quantity(&workload.working_set),
+        ) {
+            (Ok(limit), Ok(working_set)) => limit < working_set,
+            _ => true,
+        };
     if !fails && workload.load.is_some() {
         writeln!(
             out,
@@ -368,18 +376,22 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
     }
     if fails {
         loop {
-            let restarts: i32 = pods
-                .list(&ListParams::default())
-                .await?
+            let list = pods.list(&ListParams::default()).await?;
+            let statuses: Vec<_> = list
                 .items
                 .iter()
                 .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
-                .map(|c| c.restart_count)
-                .sum();
+                .collect();
+            let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
             if restarts > 0 {
+                let last = statuses
+                    .iter()
+                    .filter_map(|c| c.last_state.as_ref()?.terminated.as_ref()?.reason.clone())
+                    .next()
+                    .unwrap_or_default();
                 writeln!(
                     out,
-                    "[{:>5.1}s] failing     {} restarts so far, last state OOMKilled",
+                    "[{:>5.1}s] failing     {} restarts so far, last state {last}",
                     t0.elapsed().as_secs_f64(),
                     restarts
                 )?;
@@ -390,15 +402,49 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         }
     }
 
+    // A Job the scenario makes fail has failed before its alert fires.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &workload.namespace);
+    for failing in &scenario.model.jobs {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let job = jobs.get_opt(&failing.name).await?;
+            let failed = job
+                .as_ref()
+                .and_then(|j| j.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().flatten().any(|c| c.type_ == "Failed" && c.status == "True"));
+            if failed {
+                writeln!(
+                    out,
+                    "[{:>5.1}s] failing     Job {} failed ({} Pods exited {})",
+                    t0.elapsed().as_secs_f64(),
+                    failing.name,
+                    job.and_then(|j| j.status).and_then(|s| s.failed).unwrap_or_default(),
+                    failing.exit_code
+                )?;
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "Job {} never failed; check the scenario's model", failing.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     // Fire the alert as Alertmanager does.
     // `${POD}` in the alert's labels: one of the workload's Pods, as the mixin's alerts name it.
     if scenario.alert.labels.values().any(|v| v == "${POD}") {
         let list = pods.list(&ListParams::default()).await?;
-        let pod = list
+        let restarts = |p: &Pod| -> i32 {
+            p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()).map(|c| c.restart_count).sum()
+        };
+        // The Pod the alert names is a failing one, when any fails.
+        let mut ours: Vec<&Pod> = list
             .items
             .iter()
-            .filter_map(|p| p.metadata.name.clone())
-            .find(|n| n.starts_with(&format!("{}-", workload.deployment)))
+            .filter(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with(&format!("{}-", workload.deployment))))
+            .collect();
+        ours.sort_by_key(|p| std::cmp::Reverse(restarts(p)));
+        let pod = ours
+            .first()
+            .and_then(|p| p.metadata.name.clone())
             .context("the scenario's alert names ${POD}, and the workload has no Pod")?;
         for v in scenario.alert.labels.values_mut().filter(|v| *v == "${POD}") {
             v.clone_from(&pod);

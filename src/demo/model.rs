@@ -37,6 +37,7 @@ struct Workload {
     cpu_demand: Option<f64>,
     uptime: Duration,
     error_rates: std::collections::BTreeMap<String, f64>,
+    crashing_images: Vec<String>,
 }
 
 /// Error ratio of a Pod running an image the scenario does not name.
@@ -47,7 +48,15 @@ const HEALTHY_ERROR_RATE: f64 = 0.001;
 struct Life {
     created: Timestamp,
     oom: bool,
+    /// Its image exits 1 at start (and it is not OOM-killed first).
+    crash: bool,
     last_seen: Timestamp,
+}
+
+impl Life {
+    fn restarts(&self) -> bool {
+        self.oom || self.crash
+    }
 }
 
 pub struct OomModel {
@@ -88,6 +97,7 @@ impl OomModel {
                         .map_err(|e| e.to_string())?,
                     uptime: w.uptime.as_ref().map_or(Ok(Duration::ZERO), |d| d.parse()).map_err(|e| e.to_string())?,
                     error_rates: w.error_rates.clone(),
+                    crashing_images: w.crashing_images.clone(),
                     cpu_demand: w.cpu_demand.as_deref().map(parse_quantity).transpose().map_err(|e| e.to_string())?,
                 })
             })
@@ -212,14 +222,21 @@ impl OomModel {
     fn remember(&self, w: &Workload, pod: &Value, now: Timestamp) -> Option<Life> {
         let uid = pod.pointer("/metadata/uid").and_then(Value::as_str)?.to_owned();
         let created = pod.pointer("/metadata/creationTimestamp").and_then(Value::as_str)?.parse::<Timestamp>().ok()?;
-        let life = Life { created, oom: Self::ooms(w, pod), last_seen: now };
+        let oom = Self::ooms(w, pod);
+        let crash = !oom
+            && pod
+                .get("spec")
+                .and_then(|s| Self::image_of(w, s))
+                .is_some_and(|i| w.crashing_images.iter().any(|c| c == i));
+        let life = Life { created, oom, crash, last_seen: now };
         let mut lives = self.lives.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         lives.insert(uid, (w.deployment.clone(), life));
         Some(life)
     }
 
-    fn kills_in(life: &Life, every: Duration, from: Timestamp, to: Timestamp) -> u64 {
-        if !life.oom {
+    /// Restarts of `life` between `from` and `to`: OOM kills only, or (`any`) every restart.
+    fn restarts_in(life: &Life, every: Duration, from: Timestamp, to: Timestamp, any: bool) -> u64 {
+        if !(life.oom || (any && life.crash)) {
             return 0;
         }
         let end = to.min(life.last_seen);
@@ -235,9 +252,10 @@ impl PodModel for OomModel {
     fn status(&self, pod: &Value, now: Timestamp) -> Option<(Value, Option<Duration>)> {
         let w = self.workload_of(pod)?;
         let life = self.remember(w, pod, now)?;
-        if !life.oom {
+        if !life.restarts() {
             return None;
         }
+        let (reason, code) = if life.oom { ("OOMKilled", 137) } else { ("Error", 1) };
         let age = now.duration_since(life.created).as_secs_f64().max(0.0);
         let every = w.every.as_secs_f64();
         let restarts = (age / every).floor() as u64;
@@ -253,9 +271,9 @@ impl PodModel for OomModel {
                 if name.as_str() == Some(&w.container) {
                     let mut s = json!({"name": name, "image": c.get("image"), "ready": false, "started": false, "restartCount": restarts,
                         "state": if restarts == 0 { json!({"running": {"startedAt": started}}) } else {
-                            json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container {} (OOMKilled)", w.container)}}) }});
+                            json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container {} ({reason})", w.container)}}) }});
                     if restarts > 0 {
-                        s["lastState"] = json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}});
+                        s["lastState"] = json!({"terminated": {"reason": reason, "exitCode": code}});
                     }
                     s
                 } else {
@@ -268,6 +286,17 @@ impl PodModel for OomModel {
             "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", false), cond("Ready", false)],
             "containerStatuses": statuses});
         Some((status, Some(next)))
+    }
+}
+
+impl crate::sandbox::jobs::JobModel for OomModel {
+    fn run(&self, job: &Value) -> crate::sandbox::jobs::JobRun {
+        use crate::sandbox::jobs::JobRun;
+        let name = job.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        match self.model.jobs.iter().find(|j| j.name == name) {
+            Some(j) => JobRun::Fail { after: Duration::from_millis(100), code: j.exit_code, log: j.log.clone() },
+            None => JobRun::Succeed { after: Duration::from_millis(100), log: vec![] },
+        }
     }
 }
 
@@ -364,7 +393,35 @@ impl MetricsSource for OomModel {
                     let replicas = self.deployment(w)?.pointer("/spec/replicas").and_then(Value::as_f64).unwrap_or(1.0);
                     Ok(Some(load / replicas.max(1.0)))
                 }
-                SeriesValue::OomKills => {
+                SeriesValue::JobFailedPods => {
+                    let name = series
+                        .job
+                        .as_deref()
+                        .ok_or_else(|| MetricsError::Rejected(format!("series {:?} names no job", series.query)))?;
+                    let job = self.named(("batch", "v1", "jobs"), &w.namespace, name)?;
+                    Ok(job.and_then(|j| j.pointer("/status/failed").and_then(Value::as_f64)))
+                }
+                SeriesValue::RevisionAge => {
+                    let now = Timestamp::now();
+                    let newest = self
+                        .list("apps", "v1", "replicasets", &w.namespace)?
+                        .iter()
+                        .filter(|rs| {
+                            rs.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|r| {
+                                r.iter().any(|o| {
+                                    o.get("kind").and_then(Value::as_str) == Some("Deployment")
+                                        && o.get("name").and_then(Value::as_str) == Some(&w.deployment)
+                                })
+                            })
+                        })
+                        .filter_map(|rs| {
+                            rs.pointer("/metadata/creationTimestamp").and_then(Value::as_str)?.parse::<Timestamp>().ok()
+                        })
+                        .max();
+                    let age = newest.map(|t| now.duration_since(t).as_secs_f64().max(0.0));
+                    Ok(age.filter(|a| *a < 3600.0))
+                }
+                SeriesValue::OomKills | SeriesValue::Restarts | SeriesValue::OomKilled | SeriesValue::NotOomKilled => {
                     let now = Timestamp::now();
                     let api =
                         self.api.get().ok_or_else(|| MetricsError::Unavailable("the sandbox is not running".into()))?;
@@ -381,12 +438,17 @@ impl MetricsSource for OomModel {
                     let window = series.window.as_ref().and_then(|d| d.parse().ok()).unwrap_or(Duration::from_secs(60));
                     let from = now.checked_sub(window).unwrap_or(now);
                     let lives = self.lives.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let kills: u64 = lives
+                    let any = series.value == SeriesValue::Restarts;
+                    let count: u64 = lives
                         .values()
                         .filter(|(d, _)| *d == w.deployment)
-                        .map(|(_, l)| Self::kills_in(l, w.every, from, now))
+                        .map(|(_, l)| Self::restarts_in(l, w.every, from, now, any))
                         .sum();
-                    Ok(Some(kills as f64))
+                    Ok(match series.value {
+                        SeriesValue::OomKilled => (count > 0).then_some(1.0),
+                        SeriesValue::NotOomKilled => (count == 0).then_some(1.0),
+                        _ => Some(count as f64),
+                    })
                 }
             }
         })
@@ -404,13 +466,16 @@ mod tests {
     #[test]
     fn kills_are_counted_within_the_window_and_the_pods_life() {
         let every = Duration::from_secs(1);
-        let life = Life { created: at(0), oom: true, last_seen: at(100) };
-        assert_eq!(OomModel::kills_in(&life, every, at(0), at(10)), 10);
-        assert_eq!(OomModel::kills_in(&life, every, at(50), at(60)), 10);
+        let life = Life { created: at(0), oom: true, crash: false, last_seen: at(100) };
+        assert_eq!(OomModel::restarts_in(&life, every, at(0), at(10), false), 10);
+        assert_eq!(OomModel::restarts_in(&life, every, at(50), at(60), false), 10);
         let gone = Life { last_seen: at(20), ..life };
-        assert_eq!(OomModel::kills_in(&gone, every, at(15), at(25)), 5, "no kills after the pod is gone");
-        assert_eq!(OomModel::kills_in(&gone, every, at(21), at(31)), 0);
+        assert_eq!(OomModel::restarts_in(&gone, every, at(15), at(25), false), 5, "no kills after the pod is gone");
+        assert_eq!(OomModel::restarts_in(&gone, every, at(21), at(31), false), 0);
         let healthy = Life { oom: false, ..life };
-        assert_eq!(OomModel::kills_in(&healthy, every, at(0), at(10)), 0);
+        assert_eq!(OomModel::restarts_in(&healthy, every, at(0), at(10), false), 0);
+        let crashing = Life { oom: false, crash: true, ..life };
+        assert_eq!(OomModel::restarts_in(&crashing, every, at(0), at(10), false), 0, "a crash is not an OOM kill");
+        assert_eq!(OomModel::restarts_in(&crashing, every, at(0), at(10), true), 10, "but it is a restart");
     }
 }

@@ -30,6 +30,9 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("cpu-throttling", include_str!("../../scenarios/cpu-throttling.yaml")),
     ("crashloop", include_str!("../../scenarios/crashloop.yaml")),
     ("hpa-maxed-out", include_str!("../../scenarios/hpa-maxed-out.yaml")),
+    ("crashloop-new-revision", include_str!("../../scenarios/crashloop-new-revision.yaml")),
+    ("rollout-stuck", include_str!("../../scenarios/rollout-stuck.yaml")),
+    ("job-failed", include_str!("../../scenarios/job-failed.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
@@ -43,6 +46,9 @@ pub const PLAYBOOKS: &[(&str, &str)] = &[
     ("image-bump", include_str!("../../playbooks/image-bump.yaml")),
     ("raise-hpa-max-on-saturation", include_str!("../../playbooks/raise-hpa-max-on-saturation.yaml")),
     ("raise-cpu-limit", include_str!("../../playbooks/raise-cpu-limit.yaml")),
+    ("raise-memory-limit-if-oom-killed", include_str!("../../playbooks/raise-memory-limit-if-oom-killed.yaml")),
+    ("rollback-new-revision", include_str!("../../playbooks/rollback-new-revision.yaml")),
+    ("diagnose-failed-job", include_str!("../../playbooks/diagnose-failed-job.yaml")),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -79,6 +85,10 @@ pub struct Workload {
     /// Error ratio of Pods running each image; other images serve at 0.001.
     #[serde(default)]
     pub error_rates: BTreeMap<String, f64>,
+    /// Images whose container exits 1 at start (a bad release): its Pods crash-loop every
+    /// `restartEvery`, last state `Error`, whatever their memory.
+    #[serde(default)]
+    pub crashing_images: Vec<String>,
 }
 
 /// A query the metrics model answers, and what from.
@@ -96,6 +106,9 @@ pub struct Series {
     /// For `hpaSaturation`: the HorizontalPodAutoscaler whose maxReplicas caps the workload.
     #[serde(default)]
     pub hpa: Option<String>,
+    /// For `jobFailedPods`: the Job.
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// A ConfigMap key in the workload's namespace.
@@ -127,6 +140,18 @@ pub enum SeriesValue {
     /// The share of its container's CFS periods throttled: 1 − its CPU limit ÷ its
     /// `cpuDemand`, at least 0 (read from the Deployment's template as it is now).
     CpuThrottling,
+    /// Restarts of the workload's container within `window`, whatever the cause.
+    Restarts,
+    /// 1 when the workload's container was OOM-killed within `window`; no data otherwise
+    /// (as `max(… last_terminated_reason{reason="OOMKilled"} …)` answers).
+    OomKilled,
+    /// 1 when it was not OOM-killed within `window`; no data otherwise (as `absent(…)`).
+    NotOomKilled,
+    /// The series' Job's failed Pods (`status.failed`).
+    JobFailedPods,
+    /// Seconds since the Deployment's newest ReplicaSet was created, when under an hour; no
+    /// data otherwise (as `time() - max(kube_replicaset_created …) < 3600`).
+    RevisionAge,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -134,6 +159,20 @@ pub enum SeriesValue {
 pub struct Model {
     pub workloads: Vec<Workload>,
     pub series: Vec<Series>,
+    /// Jobs whose Pods fail (the sandbox's Job controller runs them); others succeed.
+    #[serde(default)]
+    pub jobs: Vec<FailingJob>,
+}
+
+/// A Job whose Pods exit non-zero.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FailingJob {
+    pub name: String,
+    pub exit_code: i32,
+    /// What each Pod prints before it exits.
+    #[serde(default)]
+    pub log: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

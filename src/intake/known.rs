@@ -47,6 +47,11 @@ pub struct Known {
     listing_policies: Option<BTreeMap<Key, KnownPolicy>>,
     listing_remediations: Option<BTreeMap<Key, Existing>>,
     listing_kill_switch: Option<bool>,
+    /// Where a Remediation that stood aside while its alert still fires goes, once, so the
+    /// alert is planned again for the other policies that match it ([`super::webhook`]).
+    pub handoff: Option<tokio::sync::mpsc::UnboundedSender<Remediation>>,
+    /// Remediations already handed off.
+    handed_off: std::collections::BTreeSet<Key>,
 }
 
 fn key_of(meta: &kube::api::ObjectMeta) -> Option<Key> {
@@ -167,6 +172,7 @@ impl Known {
         match event {
             Event::Init => self.listing_remediations = Some(BTreeMap::new()),
             Event::InitApply(r) => {
+                self.hand_off(&r);
                 if let (Some(listing), Some((k, v))) = (self.listing_remediations.as_mut(), existing_one(&r)) {
                     listing.insert(k, v);
                 }
@@ -179,6 +185,7 @@ impl Known {
                 }
             }
             Event::Apply(r) => {
+                self.hand_off(&r);
                 if let Some((k, v)) = existing_one(&r) {
                     self.pending.remove(&k);
                     self.remediations.insert(k, v);
@@ -192,6 +199,23 @@ impl Known {
             }
         }
         self.existing = None;
+    }
+
+    /// Hands `r` off (once) when it stood aside while its alert still fires.
+    fn hand_off(&mut self, r: &Remediation) {
+        let firing = r
+            .status
+            .as_ref()
+            .and_then(|s| s.alert.as_ref())
+            .is_some_and(|a| a.state == crate::api::remediation::AlertState::Firing);
+        if !firing || !super::plan::stood_aside(r) {
+            return;
+        }
+        if let (Some(tx), Some(key)) = (&self.handoff, key_of(&r.metadata))
+            && self.handed_off.insert(key)
+        {
+            let _ = tx.send(r.clone());
+        }
     }
 
     pub fn kill_switch_event(&mut self, event: Event<ConfigMap>) {

@@ -47,6 +47,9 @@ pub struct Existing {
     pub finished: Option<Timestamp>,
     /// The fingerprint of the alert that created it.
     pub fingerprint: String,
+    /// It ended Cancelled because its playbook did not apply (reason NotApplicable): its
+    /// policy stood aside, and another policy on the same alert may act.
+    pub stood_aside: bool,
 }
 
 impl Existing {
@@ -68,6 +71,7 @@ impl Existing {
             phase: None,
             created: now,
             finished: None,
+            stood_aside: false,
             fingerprint: fingerprint.to_owned(),
         }
     }
@@ -87,6 +91,8 @@ pub enum Suppression {
     Concurrency,
     /// Another policy's Remediation is already working on this target.
     TargetBusy,
+    /// The policy stood aside for this occurrence of the alert (its playbook did not apply).
+    StoodAside,
 }
 
 impl Suppression {
@@ -98,6 +104,7 @@ impl Suppression {
             Self::RateLimited => "rate_limited",
             Self::Concurrency => "concurrency",
             Self::TargetBusy => "target_busy",
+            Self::StoodAside => "stood_aside",
         }
     }
 }
@@ -356,8 +363,19 @@ pub fn plan_with(
             let busy = all(existing, &added)
                 .find(|e| e.namespace == pr.namespace && e.target == target && e.policy != pr.name && e.active())
                 .map(|e| e.name.clone());
+            // Stood aside for this occurrence: trying again would only stand aside again (and,
+            // with no cooldown, loop); another occurrence of the alert is tried afresh.
+            let stood_aside = all(existing, &added)
+                .filter(same)
+                .find(|e| e.stood_aside && e.fingerprint == a.fingerprint && e.created >= starts_at)
+                .map(|e| e.name.clone());
             let action = if kill_switch {
                 suppress(Suppression::KillSwitch, "the global kill switch is on".into())
+            } else if let Some(name) = stood_aside {
+                suppress(
+                    Suppression::StoodAside,
+                    format!("{name} found its playbook does not apply to this alert; another policy may act"),
+                )
             } else if pol.limits.suspend {
                 suppress(Suppression::Suspended, format!("policy {} is suspended", pr.name))
             } else if let Some(done) =
@@ -445,6 +463,14 @@ fn seq_of(name: &str) -> u32 {
     name.rsplit('-').next().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// Whether `r` ended Cancelled because its playbook did not apply.
+pub fn stood_aside(r: &crate::api::remediation::Remediation) -> bool {
+    r.status.as_ref().is_some_and(|s| {
+        s.phase == Phase::Cancelled
+            && s.conditions.iter().any(|c| c.reason == crate::api::conditions::reason::NOT_APPLICABLE)
+    })
+}
+
 /// Index existing Remediations by their intake labels.
 pub fn existing_from(rems: &[crate::api::remediation::Remediation]) -> Vec<Existing> {
     rems.iter()
@@ -462,6 +488,7 @@ pub fn existing_from(rems: &[crate::api::remediation::Remediation]) -> Vec<Exist
                 created: r.metadata.creation_timestamp.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
                 finished: r.status.as_ref().and_then(|s| s.finished_at.as_ref()).map(|t| t.0),
                 fingerprint: r.spec.alert.fingerprint.clone(),
+                stood_aside: stood_aside(r),
             })
         })
         .collect()
@@ -510,7 +537,22 @@ mod tests {
             created: now().checked_sub(jiff::SignedDuration::from_secs(3000)).unwrap(),
             finished: finished_ago.map(|s| now().checked_sub(jiff::SignedDuration::from_secs(s)).unwrap()),
             fingerprint: format!("f{seq}"),
+            stood_aside: false,
         }
+    }
+
+    #[test]
+    fn a_policy_that_stood_aside_is_not_retried_for_the_same_occurrence_of_the_alert() {
+        let pols = [policy("shop", json!({"cooldown": "0s"}))];
+        let aside =
+            Existing { stood_aside: true, fingerprint: "fa".into(), ..existing(1, Some(Phase::Cancelled), Some(5)) };
+        let again = plan(&payload(vec![alert("firing", "a")]), &pols, std::slice::from_ref(&aside), false, now());
+        assert_eq!(kinds(&again), ["suppress stood_aside"], "no loop, even with no cooldown");
+        // A new occurrence (it resolved and fired again) is tried afresh.
+        let mut refired = alert("firing", "a");
+        refired["startsAt"] = json!("2026-01-01T00:59:00Z");
+        let fresh = plan(&payload(vec![refired]), &pols, &[aside], false, now());
+        assert_eq!(kinds(&fresh), ["create checkout-oom-checkout-2"]);
     }
 
     fn kinds(p: &Planned) -> Vec<String> {

@@ -276,6 +276,8 @@ impl Intake {
         reader: Option<Arc<dyn Reader>>,
     ) -> Arc<Self> {
         let known: known::Shared = Arc::default();
+        let (handoff, mut handed_off) = mpsc::unbounded_channel();
+        known::lock(&known).handoff = Some(handoff);
         let (mut tasks, synced) = known::watch(&client, &known, settings.kill_switch.as_ref());
         let (events, mut rx) = mpsc::channel::<(ObjectReference, Event)>(EVENT_BACKLOG);
         let reporter = Reporter { controller: "reflex-intake".into(), instance: std::env::var("POD_NAME").ok() };
@@ -300,6 +302,20 @@ impl Intake {
             // Failures are remembered briefly (a Pod appearing a moment later is found).
             resolutions: moka::future::Cache::builder().max_capacity(10_000).expire_after(ResolutionExpiry).build(),
         });
+        // A Remediation that stood aside while its alert fires: the alert is planned again, as
+        // if delivered, so another policy that matches it acts now rather than at
+        // Alertmanager's next repeat (hours away); the one that stood aside is not retried.
+        {
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(r) = handed_off.recv().await {
+                    let body = handoff_payload(&r);
+                    let status = handle(&shared, body.to_string().as_bytes()).await.status();
+                    tracing::info!(remediation = %r.metadata.name.clone().unwrap_or_default(), %status,
+                        "its playbook did not apply; the alert is planned again for the other policies");
+                }
+            }));
+        }
         for _ in 0..limits.workers.max(1) {
             let shared = shared.clone();
             tasks.push(tokio::spawn(async move {
@@ -323,6 +339,17 @@ impl Intake {
         let mut synced = self.shared.synced.clone();
         let _ = synced.wait_for(|s| *s).await;
     }
+}
+
+/// The delivery Alertmanager would make of the alert `r` was created for, still firing.
+fn handoff_payload(r: &crate::api::remediation::Remediation) -> Value {
+    let a = &r.spec.alert;
+    json!({
+        "version": "4", "status": "firing", "receiver": "reflex-handoff", "groupKey": "", "truncatedAlerts": 0,
+        "alerts": [{"status": "firing", "labels": a.labels, "annotations": a.annotations,
+            "startsAt": a.starts_at.0.to_string(), "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": a.generator_url.clone().unwrap_or_default(), "fingerprint": a.fingerprint}]
+    })
 }
 
 fn reply(code: StatusCode, body: Value) -> Response {

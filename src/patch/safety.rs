@@ -1310,6 +1310,7 @@ mod tests {
             target_kinds: vec![],
             reads: vec![],
             diagnoses_only: false,
+            requires: vec![],
             patch_mode: PatchMode::Template,
             patch_type: PatchType::Strategic,
             template: Some(
@@ -1572,6 +1573,7 @@ mod tests {
             target_kinds: vec![],
             reads: vec![],
             diagnoses_only: false,
+            requires: vec![],
             patch_mode: PatchMode::Template,
             patch_type: PatchType::Merge,
             template: Some("data:\n  MODE: \"{{ params.mode }}\"\n  LEVEL: debug\n  AT: \"{{ now }}\"\n".into()),
