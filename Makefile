@@ -1,7 +1,7 @@
 # Reflex — common tasks. `make test` is the one command CI and newcomers run.
 CARGO ?= cargo
 
-.PHONY: all build test bench lint fmt crds crds-check prereqs run sandbox clean
+.PHONY: all build test bench lint fmt crds crds-check protobuf-fields prereqs run sandbox clean
 
 # Tools prereqs installs locally (kubectl when the machine has none) come first on PATH.
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
@@ -32,6 +32,11 @@ fmt:
 ## Regenerate crds/ from the Rust types.
 crds:
 	$(CARGO) run --quiet -- crd --dir crds
+
+## Regenerate the sandbox's protobuf field table from k8s-pb and k8s-openapi (after updating either).
+protobuf-fields:
+	$(CARGO) fetch
+	python3 scripts/protobuf-fields.py
 
 ## Fail if crds/ differs from what the Rust types generate.
 crds-check:

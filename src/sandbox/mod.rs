@@ -16,6 +16,7 @@ mod deletion;
 pub mod jobs;
 pub mod logs;
 pub mod meta;
+pub mod protobuf;
 pub mod rbac;
 pub mod resources;
 pub mod schema;

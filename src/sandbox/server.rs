@@ -494,12 +494,24 @@ async fn write(
     let ok = |code: u16, out: Outcome| with_warnings(respond(code, &out.object), &out.warnings);
     match verb {
         "create" | "update" => {
-            if !matches!(media.as_str(), "application/json" | "application/yaml" | "") {
+            let body = if media == super::protobuf::MEDIA_TYPE {
+                // kubectl sends built-in kinds as protobuf; custom resources are JSON only.
+                super::protobuf::decode(bytes).map_err(|e| {
+                    if e.contains("no protobuf form") {
+                        ApiError::unsupported_media_type(format!(
+                            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({e})"
+                        ))
+                    } else {
+                        ApiError::bad_request(format!("error decoding the protobuf body: {e}"))
+                    }
+                })?
+            } else if matches!(media.as_str(), "application/json" | "application/yaml" | "") {
+                parse_body(bytes, &media)?
+            } else {
                 return Err(ApiError::unsupported_media_type(format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {media})"
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {media})"
                 )));
-            }
-            let body = parse_body(bytes, &media)?;
+            };
             if !body.is_object() {
                 return Err(ApiError::bad_request("the request body must be a JSON object"));
             }
