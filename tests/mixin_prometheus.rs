@@ -166,6 +166,13 @@ async fn kube_state_metrics(client: &kube::Client) -> String {
     }
     let sets = Api::<ReplicaSet>::namespaced(client.clone(), "shop").list(&ListParams::default()).await.unwrap();
     for rs in &sets.items {
+        let replicas = rs.spec.replicas.unwrap_or(1);
+        line(
+            &mut out,
+            "kube_replicaset_spec_replicas",
+            &[("namespace", "shop"), ("replicaset", rs.metadata.name.as_deref().unwrap_or_default())],
+            f64::from(replicas),
+        );
         if let Some(created) = &rs.metadata.creation_timestamp {
             line(
                 &mut out,

@@ -414,6 +414,8 @@ impl MetricsSource for OomModel {
                                 })
                             })
                         })
+                        // Only a ReplicaSet that runs Pods: one a rollback scaled to 0 is history.
+                        .filter(|rs| rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1) > 0)
                         .filter_map(|rs| {
                             rs.pointer("/metadata/creationTimestamp").and_then(Value::as_str)?.parse::<Timestamp>().ok()
                         })

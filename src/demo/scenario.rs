@@ -149,8 +149,8 @@ pub enum SeriesValue {
     NotOomKilled,
     /// The series' Job's failed Pods (`status.failed`).
     JobFailedPods,
-    /// Seconds since the Deployment's newest ReplicaSet was created, when under an hour; no
-    /// data otherwise (as `time() - max(kube_replicaset_created …) < 3600`).
+    /// Seconds since the Deployment's newest ReplicaSet that runs Pods was created, when
+    /// under an hour; no data otherwise (as `time() - max(kube_replicaset_created …) < 3600`).
     RevisionAge,
 }
 

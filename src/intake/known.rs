@@ -49,7 +49,7 @@ pub struct Known {
     listing_kill_switch: Option<bool>,
     /// Where a Remediation that stood aside while its alert still fires goes, once, so the
     /// alert is planned again for the other policies that match it ([`super::webhook`]).
-    pub handoff: Option<tokio::sync::mpsc::UnboundedSender<Remediation>>,
+    pub handoff: Option<tokio::sync::mpsc::Sender<Remediation>>,
     /// Remediations already handed off.
     handed_off: std::collections::BTreeSet<Key>,
 }
@@ -195,6 +195,7 @@ impl Known {
                 if let Some(k) = key_of(&r.metadata) {
                     self.pending.remove(&k);
                     self.remediations.remove(&k);
+                    self.handed_off.remove(&k);
                 }
             }
         }
@@ -212,9 +213,16 @@ impl Known {
             return;
         }
         if let (Some(tx), Some(key)) = (&self.handoff, key_of(&r.metadata))
-            && self.handed_off.insert(key)
+            && !self.handed_off.contains(&key)
         {
-            let _ = tx.send(r.clone());
+            match tx.try_send(r.clone()) {
+                Ok(()) => {
+                    self.handed_off.insert(key);
+                }
+                Err(e) => {
+                    tracing::warn!(remediation = %key.1, error = %e, "hand-off queue full; the alert's next delivery plans it")
+                }
+            }
         }
     }
 

@@ -50,6 +50,8 @@ pub struct Existing {
     /// It ended Cancelled because its playbook did not apply (reason NotApplicable): its
     /// policy stood aside, and another policy on the same alert may act.
     pub stood_aside: bool,
+    /// When the occurrence of the alert that created it started (whole seconds).
+    pub alert_started: Timestamp,
 }
 
 impl Existing {
@@ -72,6 +74,7 @@ impl Existing {
             created: now,
             finished: None,
             stood_aside: false,
+            alert_started: now,
             fingerprint: fingerprint.to_owned(),
         }
     }
@@ -367,7 +370,13 @@ pub fn plan_with(
             // with no cooldown, loop); another occurrence of the alert is tried afresh.
             let stood_aside = all(existing, &added)
                 .filter(same)
-                .find(|e| e.stood_aside && e.fingerprint == a.fingerprint && e.created >= starts_at)
+                .find(|e| {
+                    // The same occurrence: one start, compared to the second (a Kubernetes
+                    // timestamp keeps whole seconds; Prometheus's has fractions).
+                    e.stood_aside
+                        && e.fingerprint == a.fingerprint
+                        && e.alert_started.as_second() == starts_at.as_second()
+                })
                 .map(|e| e.name.clone());
             let action = if kill_switch {
                 suppress(Suppression::KillSwitch, "the global kill switch is on".into())
@@ -489,6 +498,7 @@ pub fn existing_from(rems: &[crate::api::remediation::Remediation]) -> Vec<Exist
                 finished: r.status.as_ref().and_then(|s| s.finished_at.as_ref()).map(|t| t.0),
                 fingerprint: r.spec.alert.fingerprint.clone(),
                 stood_aside: stood_aside(r),
+                alert_started: r.spec.alert.starts_at.0,
             })
         })
         .collect()
@@ -538,6 +548,7 @@ mod tests {
             finished: finished_ago.map(|s| now().checked_sub(jiff::SignedDuration::from_secs(s)).unwrap()),
             fingerprint: format!("f{seq}"),
             stood_aside: false,
+            alert_started: "2026-01-01T00:00:00Z".parse().unwrap(),
         }
     }
 

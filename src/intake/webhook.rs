@@ -222,7 +222,14 @@ struct Shared {
     /// Targets resolved recently, by (namespace, the labels that name it, the kinds acted on):
     /// repeats of an alert, and its resolution after the Pod has gone, find it here.
     resolutions: moka::future::Cache<ResolutionKey, Resolution>,
+    /// The alerts Alertmanager delivered (authenticated), as delivered, by fingerprint: a
+    /// hand-off replays only these — never what a Remediation's spec says.
+    delivered: moka::future::Cache<String, Value>,
 }
+
+/// How long a delivered alert is remembered for a hand-off (Alertmanager repeats a firing
+/// alert every `repeat_interval`, hours by default).
+const DELIVERED_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What a resolution is remembered by: (namespace, the labels that name the target, the kinds
 /// acted on).
@@ -276,7 +283,7 @@ impl Intake {
         reader: Option<Arc<dyn Reader>>,
     ) -> Arc<Self> {
         let known: known::Shared = Arc::default();
-        let (handoff, mut handed_off) = mpsc::unbounded_channel();
+        let (handoff, mut handed_off) = mpsc::channel(HANDOFF_BACKLOG);
         known::lock(&known).handoff = Some(handoff);
         let (mut tasks, synced) = known::watch(&client, &known, settings.kill_switch.as_ref());
         let (events, mut rx) = mpsc::channel::<(ObjectReference, Event)>(EVENT_BACKLOG);
@@ -301,6 +308,7 @@ impl Intake {
             reader,
             // Failures are remembered briefly (a Pod appearing a moment later is found).
             resolutions: moka::future::Cache::builder().max_capacity(10_000).expire_after(ResolutionExpiry).build(),
+            delivered: moka::future::Cache::builder().max_capacity(10_000).time_to_live(DELIVERED_TTL).build(),
         });
         // A Remediation that stood aside while its alert fires: the alert is planned again, as
         // if delivered, so another policy that matches it acts now rather than at
@@ -309,9 +317,18 @@ impl Intake {
             let shared = shared.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(r) = handed_off.recv().await {
-                    let body = handoff_payload(&r);
+                    let mut synced = shared.synced.clone();
+                    if synced.wait_for(|s| *s).await.is_err() {
+                        return;
+                    }
+                    let name = r.metadata.name.clone().unwrap_or_default();
+                    let Some(body) = handoff_payload(&shared.delivered, &r).await else {
+                        tracing::info!(remediation = %name,
+                            "its playbook did not apply; its alert is not one this intake saw firing in its namespace, so nothing is planned again");
+                        continue;
+                    };
                     let status = handle(&shared, body.to_string().as_bytes()).await.status();
-                    tracing::info!(remediation = %r.metadata.name.clone().unwrap_or_default(), %status,
+                    tracing::info!(remediation = %name, %status,
                         "its playbook did not apply; the alert is planned again for the other policies");
                 }
             }));
@@ -341,14 +358,23 @@ impl Intake {
     }
 }
 
-/// The delivery Alertmanager would make of the alert `r` was created for, still firing.
-fn handoff_payload(r: &crate::api::remediation::Remediation) -> Value {
-    let a = &r.spec.alert;
-    json!({
-        "version": "4", "status": "firing", "receiver": "reflex-handoff", "groupKey": "", "truncatedAlerts": 0,
-        "alerts": [{"status": "firing", "labels": a.labels, "annotations": a.annotations,
-            "startsAt": a.starts_at.0.to_string(), "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": a.generator_url.clone().unwrap_or_default(), "fingerprint": a.fingerprint}]
+/// Queued hand-offs; past it one is dropped (with a log line), never blocking the watch.
+const HANDOFF_BACKLOG: usize = 256;
+
+/// A delivery of the alert `r` stood aside for, as Alertmanager last delivered it — only when
+/// that alert still fires and belongs to `r`'s namespace. What the Remediation's spec says is
+/// never replayed: anyone who may create a Remediation writes it.
+async fn handoff_payload(
+    delivered: &moka::future::Cache<String, Value>,
+    r: &crate::api::remediation::Remediation,
+) -> Option<Value> {
+    let alert = delivered.get(&r.spec.alert.fingerprint).await?;
+    let namespace = r.metadata.namespace.as_deref()?;
+    let firing = alert.get("status").and_then(Value::as_str) == Some("firing");
+    let ours = alert.pointer("/labels/namespace").and_then(Value::as_str) == Some(namespace);
+    (firing && ours).then(|| {
+        json!({"version": "4", "status": "firing", "receiver": "reflex-handoff", "groupKey": "", "truncatedAlerts": 0,
+            "alerts": [alert]})
     })
 }
 
@@ -583,6 +609,16 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
     if !*s.synced.borrow() {
         m.reject("starting");
         return retry_later(json!({"error": "starting: intake has not yet listed policies and Remediations"}));
+    }
+    // Remembered as delivered, for a hand-off (its latest state: a resolution ends it).
+    for a in &payload.alerts {
+        s.delivered
+            .insert(
+                a.fingerprint.clone(),
+                json!({"status": a.status, "labels": a.labels, "annotations": a.annotations, "startsAt": a.starts_at,
+                "endsAt": a.ends_at_raw, "generatorURL": a.generator_url, "fingerprint": a.fingerprint}),
+            )
+            .await;
     }
     // The policies as they are now, read once for resolving and planning.
     let policies = known::lock(&s.known).policies();
@@ -878,6 +914,37 @@ pub fn router(intake: Arc<Intake>) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_hand_off_replays_only_an_alert_intake_saw_firing_in_the_remediations_namespace() {
+        let delivered = moka::future::Cache::builder().max_capacity(10).build();
+        let alert = |ns: &str, status: &str| {
+            json!({"status": status, "labels": {"alertname": "KubePodCrashLooping", "namespace": ns},
+                "annotations": {}, "startsAt": "2026-01-01T00:00:00.5Z", "fingerprint": "f1"})
+        };
+        let rem = |ns: &str, fingerprint: &str| -> crate::api::remediation::Remediation {
+            serde_json::from_value(json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation",
+                "metadata": {"name": "r", "namespace": ns},
+                "spec": {"policyRef": {"name": "p"}, "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                    // What the Remediation's author wrote: never replayed.
+                    "alert": {"name": "X", "fingerprint": fingerprint, "labels": {"alertname": "X", "namespace": "payments"},
+                        "startsAt": "2026-01-01T00:00:00Z"}}}))
+            .unwrap()
+        };
+        assert_eq!(handoff_payload(&delivered, &rem("shop", "f1")).await, None, "never delivered: nothing to replay");
+        delivered.insert("f1".to_owned(), alert("payments", "firing")).await;
+        assert_eq!(handoff_payload(&delivered, &rem("shop", "f1")).await, None, "another namespace's alert");
+        delivered.insert("f1".to_owned(), alert("shop", "resolved")).await;
+        assert_eq!(handoff_payload(&delivered, &rem("shop", "f1")).await, None, "resolved since");
+        delivered.insert("f1".to_owned(), alert("shop", "firing")).await;
+        let body = handoff_payload(&delivered, &rem("shop", "f1")).await.unwrap();
+        assert_eq!(
+            body["alerts"][0],
+            alert("shop", "firing"),
+            "the alert as Alertmanager delivered it, not the spec's"
+        );
+        assert!(crate::intake::payload::parse(body.to_string().as_bytes()).is_ok());
+    }
 
     #[test]
     fn tokens_compare_exactly() {

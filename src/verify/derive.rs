@@ -103,16 +103,24 @@ pub struct Scoped {
 /// The expression does not parse.
 pub fn scope(expr: &str, labels: &BTreeMap<String, String>, pods: Option<&(String, String)>) -> Result<Scoped, String> {
     let mut ast = parser::parse(expr).map_err(|e| format!("the alerting rule's expression does not parse: {e}"))?;
+    // Labels the rule pins to one value are its condition (`reason="CrashLoopBackOff"`) —
+    // except the namespace and the job, which say whose series and from which source: they
+    // stay in the subject, so another namespace's series or another exporter's never count.
     let mut pinned = std::collections::BTreeSet::new();
     crate::metrics::each_selector(&mut ast, &mut |vs| {
         let groups = std::iter::once(&vs.matchers.matchers).chain(&vs.matchers.or_matchers);
-        pinned.extend(groups.flatten().map(|m| m.name.clone()));
+        pinned.extend(
+            groups
+                .flatten()
+                .filter(|m| m.op == MatchOp::Equal && !matches!(m.name.as_str(), "namespace" | "job"))
+                .map(|m| m.name.clone()),
+        );
     });
     let mut selectors = Vec::new();
     crate::metrics::inject_matchers(&mut ast, labels, pods, &mut selectors);
     let mut subject: Vec<Matcher> = labels
         .iter()
-        .filter(|(k, _)| !pinned.contains(k.as_str()))
+        .filter(|(k, v)| !pinned.contains(k.as_str()) && !v.is_empty())
         .map(|(k, v)| Matcher::new(MatchOp::Equal, k, v))
         .collect();
     if let Some((name, pattern)) = pods.filter(|(name, _)| !pinned.contains(name)) {
@@ -288,6 +296,17 @@ mod tests {
             two.presence,
             r#"count(a{namespace="shop"}) or count(b{namespace="shop"}) or count({namespace="shop"})"#
         );
+        let broad = scope(
+            r#"a{namespace=~".*", job="kube-state-metrics", reason=~"Err.*"}"#,
+            &labels(&[("namespace", "shop"), ("job", "kube-state-metrics"), ("reason", "Error")]),
+            None,
+        )
+        .unwrap();
+        assert!(
+            broad.presence.ends_with(r#"or count({job="kube-state-metrics",namespace="shop",reason="Error"})"#),
+            "the namespace and the job stay in the subject; only an equality pins a label: {}",
+            broad.presence
+        );
         let pinned = scope(
             r#"a{namespace="shop", reason="Failed"}"#,
             &labels(&[("namespace", "shop"), ("reason", "Failed")]),
@@ -295,8 +314,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            pinned.presence, r#"count(a{namespace="shop",reason="Failed"})"#,
-            "labels the rule pins are its condition, not its subject: no second selector when none is left"
+            pinned.presence, r#"count(a{namespace="shop",reason="Failed"}) or count({namespace="shop"})"#,
+            "labels the rule pins are its condition, not its subject"
         );
     }
 }
