@@ -17,7 +17,10 @@ impl Kubectl {
     fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
         use std::io::Write;
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        // Discovery is cached per test (kubectl's default cache is keyed by host:port, which a
+        // later sandbox may reuse with other resources).
+        let cache = self.kubeconfig.with_file_name("kube-cache");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(cache).args(args);
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -142,10 +145,8 @@ async fn kubectl_manages_reflex_crds_remediations_and_deployments() {
         let history = k.ok(&["rollout", "history", "deployment/checkout"]);
         let revisions: Vec<&str> = history.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
         assert_eq!(revisions, ["1", "2"], "{history}");
-        // `kubectl auth can-i` posts a protobuf body, which the sandbox answers with 415 (it
-        // speaks JSON and YAML only); the review API itself is covered in tests/sandbox_api.rs.
-        let (ok, out) = k.run(&["auth", "can-i", "delete", "deployments"], None);
-        assert!(!ok && out.contains("UnsupportedMediaType"), "{out}");
+        // `kubectl auth can-i` posts its SelfSubjectAccessReview in protobuf.
+        assert_eq!(k.ok(&["auth", "can-i", "delete", "deployments"]).trim(), "yes");
         assert!(k.ok(&["delete", "deployment", "checkout"]).contains("deleted"));
         let left = k.ok(&["get", "rs,pods", "-l", "app=checkout", "-o", "name"]);
         assert!(left.trim().is_empty(), "owned ReplicaSets and Pods are garbage-collected: {left}");
@@ -309,6 +310,15 @@ async fn kubectl_creates_built_in_kinds_in_protobuf_and_asks_can_i() {
             "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.selector.matchLabels.app} {.spec.template.spec.containers[0].ports[0].containerPort}",
         ]);
         assert_eq!(d.trim(), "2 registry.example.com/web:1.27 web 8080", "the fields the protobuf body carried");
+        // kubectl scale: a patch of the scale subresource; with --current-replicas, a read of
+        // the Scale and a PUT of it (in protobuf) under its resourceVersion.
+        assert!(k.ok(&["scale", "deployment", "web", "--replicas=3", "-n", "demo"]).contains("scaled"));
+        let replicas = || k.ok(&["get", "deployment", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas}"]);
+        assert_eq!(replicas().trim(), "3");
+        k.ok(&["scale", "deployment", "web", "--current-replicas=3", "--replicas=1", "-n", "demo"]);
+        assert_eq!(replicas().trim(), "1");
+        let (ok, out) = k.run(&["scale", "deployment", "web", "--current-replicas=3", "--replicas=2", "-n", "demo"], None);
+        assert!(!ok && out.contains("Expected replicas to be 3, was 1"), "a precondition that does not hold refuses: {out}");
         k.ok(&["create", "secret", "generic", "token", "--from-literal=key=s3cr3t", "-n", "demo"]);
         let secret = k.ok(&["get", "secret", "token", "-n", "demo", "-o", "jsonpath={.data.key}"]);
         assert_eq!(secret.trim(), "czNjcjN0", "bytes arrive base64-encoded, as in JSON");

@@ -399,6 +399,17 @@ impl Registry {
                     "verbs": ["get", "patch", "update"],
                 }));
             }
+            if super::server::scalable(t) {
+                resources.push(json!({
+                    "name": format!("{}/scale", t.plural),
+                    "singularName": "",
+                    "namespaced": t.namespaced,
+                    "group": "autoscaling",
+                    "version": "v1",
+                    "kind": "Scale",
+                    "verbs": ["get", "patch", "update"],
+                }));
+            }
         }
         let gv = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
         Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))

@@ -256,6 +256,10 @@ async fn serve(
         }
         return pod_log(state, &target, &query);
     }
+    if target.subresource == "scale" {
+        let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::too_large())?;
+        return scale(state, &user, target, verb, &query, headers, &bytes).await;
+    }
     let part = if target.subresource == "status" { Part::Status } else { Part::Main };
     let rt = target.rt.clone();
     match verb {
@@ -283,6 +287,108 @@ async fn serve(
             write(state, &user, target, verb, part, &query, headers, &bytes).await
         }
     }
+}
+
+/// Kinds with a `scale` subresource (`autoscaling/v1` Scale): what `kubectl scale` and an
+/// HPA write.
+pub fn scalable(rt: &ResourceType) -> bool {
+    rt.group == "apps" && matches!(rt.plural.as_str(), "deployments" | "statefulsets" | "replicasets")
+}
+
+/// The Scale of a scalable object: its replicas wanted and running, and its selector.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    let meta = obj.get("metadata").cloned().unwrap_or(Value::Null);
+    json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp")},
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+/// `GET`, `PUT` or `PATCH` of a workload's `scale` subresource: a write becomes a merge patch
+/// of the workload's `spec.replicas` (as the workload's own writer), answered with the new
+/// Scale.
+#[allow(clippy::too_many_arguments)]
+async fn scale(
+    state: &Arc<State>,
+    user: &UserInfo,
+    target: Target,
+    verb: &str,
+    q: &Query,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<Response, ApiError> {
+    let current = scale_of(&state.api.get(&target.rt, &target.namespace, &target.name)?);
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let wanted = match verb {
+        "get" => return Ok(respond(200, &current)),
+        "update" => {
+            let body = if media == super::protobuf::MEDIA_TYPE {
+                super::protobuf::decode(bytes)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding the protobuf body: {e}")))?
+            } else {
+                parse_body(bytes, &media)?
+            };
+            if body.get("kind").and_then(Value::as_str) != Some("Scale") {
+                return Err(ApiError::bad_request("the body of a scale update must be a Scale"));
+            }
+            body
+        }
+        "patch" => {
+            let patch = parse_body(bytes, "json")?;
+            let mut doc = current.clone();
+            match media.as_str() {
+                "application/json-patch+json" => {
+                    let ops: json_patch::Patch = serde_json::from_value(patch)
+                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                    json_patch::patch(&mut doc, &ops)
+                        .map_err(|e| ApiError::bad_request(format!("the JSON patch does not apply: {e}")))?;
+                }
+                // A Scale has no lists: a strategic merge is a merge.
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    json_patch::merge(&mut doc, &patch)
+                }
+                other => {
+                    return Err(ApiError::unsupported_media_type(format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other})"
+                    )));
+                }
+            }
+            doc
+        }
+        other => {
+            return Err(ApiError::method_not_allowed(format!("{other} on {}/scale is not allowed", target.rt.plural)));
+        }
+    };
+    let replicas = wanted.pointer("/spec/replicas").and_then(Value::as_i64).filter(|r| *r >= 0).ok_or_else(|| {
+        ApiError::invalid(
+            "Scale.autoscaling",
+            &target.name,
+            vec![super::status::Cause {
+                reason: "FieldValueInvalid".into(),
+                message: "Invalid value: must be greater than or equal to 0".into(),
+                field: "spec.replicas".into(),
+            }],
+        )
+    })?;
+    let mut merge = HeaderMap::new();
+    merge.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/merge-patch+json"));
+    if let Some(agent) = headers.get(header::USER_AGENT) {
+        merge.insert(header::USER_AGENT, agent.clone());
+    }
+    let body = Bytes::from(json!({"spec": {"replicas": replicas}}).to_string());
+    let parent = Target { subresource: String::new(), ..target };
+    let (rt, namespace, name) = (parent.rt.clone(), parent.namespace.clone(), parent.name.clone());
+    write(state, user, parent, "patch", Part::Main, q, &merge, &body).await?;
+    Ok(respond(200, &scale_of(&state.api.get(&rt, &namespace, &name)?)))
 }
 
 fn include(q: &Query) -> &str {
@@ -394,8 +500,9 @@ fn parse_target(state: &State, segs: &[&str]) -> Result<Target, ApiError> {
     };
     let rt = registry.find(group, version, plural).ok_or_else(ApiError::not_found_path)?;
     let pod_log = sub == "log" && group.is_empty() && rt.plural == "pods";
+    let scales = sub == "scale" && scalable(&rt);
     let token_request = sub == "token" && group.is_empty() && rt.plural == "serviceaccounts";
-    if !(sub.is_empty() || sub == "status" && rt.status || pod_log || token_request) {
+    if !(sub.is_empty() || sub == "status" && rt.status || pod_log || token_request || scales) {
         return Err(ApiError::not_found_path());
     }
     if !rt.namespaced && !namespace.is_empty() {
