@@ -319,6 +319,11 @@ async fn kubectl_creates_built_in_kinds_in_protobuf_and_asks_can_i() {
         assert_eq!(replicas().trim(), "1");
         let (ok, out) = k.run(&["scale", "deployment", "web", "--current-replicas=3", "--replicas=2", "-n", "demo"], None);
         assert!(!ok && out.contains("Expected replicas to be 3, was 1"), "a precondition that does not hold refuses: {out}");
+        // A Scale PUT under a stale resourceVersion is refused, as any write is.
+        let stale = r#"{"apiVersion":"autoscaling/v1","kind":"Scale","metadata":{"name":"web","namespace":"demo","resourceVersion":"1"},"spec":{"replicas":5}}"#;
+        let (ok, out) = k.run(&["replace", "--raw", "/apis/apps/v1/namespaces/demo/deployments/web/scale", "-f", "-"], Some(stale));
+        assert!(!ok && out.contains("the object has been modified"), "{out}");
+        assert_eq!(replicas().trim(), "1");
         k.ok(&["create", "secret", "generic", "token", "--from-literal=key=s3cr3t", "-n", "demo"]);
         let secret = k.ok(&["get", "secret", "token", "-n", "demo", "-o", "jsonpath={.data.key}"]);
         assert_eq!(secret.trim(), "czNjcjN0", "bytes arrive base64-encoded, as in JSON");

@@ -384,7 +384,13 @@ async fn scale(
     if let Some(agent) = headers.get(header::USER_AGENT) {
         merge.insert(header::USER_AGENT, agent.clone());
     }
-    let body = Bytes::from(json!({"spec": {"replicas": replicas}}).to_string());
+    // A Scale's resourceVersion is its workload's: it goes with the patch as its precondition
+    // (a stale one is a 409, as for any write).
+    let mut patch = json!({"spec": {"replicas": replicas}});
+    if let Some(rv) = wanted.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+        patch["metadata"] = json!({"resourceVersion": rv});
+    }
+    let body = Bytes::from(patch.to_string());
     let parent = Target { subresource: String::new(), ..target };
     let (rt, namespace, name) = (parent.rt.clone(), parent.namespace.clone(), parent.name.clone());
     write(state, user, parent, "patch", Part::Main, q, &merge, &body).await?;
