@@ -336,6 +336,8 @@ mod tests {
             } else if *name == "gitops" {
                 // The Deployment is in the repository; the GitOps controller stand-in applies it.
                 &["Namespace", "Playbook", "Secret", "RemediationPolicy"]
+            } else if *name == "job-failed" {
+                &["Namespace", "Playbook", "Deployment", "Job", "RemediationPolicy"]
             } else if *name == "hpa-saturation" || *name == "hpa-maxed-out" {
                 &["Namespace", "Playbook", "Deployment", "HorizontalPodAutoscaler", "RemediationPolicy"]
             } else {
