@@ -540,15 +540,22 @@ async fn a_standby_cannot_take_a_lease_another_replica_holds() {
     let take = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "spec": {"holderIdentity": "replica-b", "leaseDurationSeconds": 10}});
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "shop");
-    let taken =
-        leases.patch("reflex-operator", &PatchParams::apply(&standby.field_manager()), &Patch::Apply(take)).await;
+    let taken = tokio::time::timeout(
+        Duration::from_secs(30),
+        leases.patch("reflex-operator", &PatchParams::apply(&standby.field_manager()), &Patch::Apply(take)),
+    )
+    .await
+    .expect("the standby's apply of the Lease did not return within 30s");
     match taken {
         Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
         other => panic!("the standby took a held lease: {other:?}"),
     }
     assert_eq!(holder(&client).await.as_deref(), Some("replica-a"));
     stop.cancel();
-    task.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the elected controller did not stop within 30s of its shutdown")
+        .unwrap();
 }
 
 /// The guards intake applies hold for a Remediation created by hand too: under a suspended
