@@ -595,6 +595,15 @@ async fn bad_input_gets_kubernetes_status_bodies() {
             ))
             .await,
     );
+    // Protobuf is understood for built-in kinds (kubectl sends it); a body that is not the
+    // protobuf envelope is a 400 naming why.
+    assert_eq!((s.code, s.reason.as_str()), (400, "BadRequest"));
+    assert!(s.message.contains("not a Kubernetes protobuf body"), "{}", s.message);
+    let s = status(
+        client
+            .request_text(raw("POST", "/api/v1/namespaces/shop/configmaps", "application/x-protobuf", b"x".to_vec()))
+            .await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (415, "UnsupportedMediaType"));
     let s = status(
         client.request_text(raw("PATCH", "/api/v1/namespaces/shop/configmaps/x", "text/plain", b"{}".to_vec())).await,
