@@ -204,18 +204,32 @@ pub async fn run(
         };
         futures::join!(policy_feed, approval_feed, kill_switch_feed)
     });
+    // One shutdown for everything below, watched from here on: a replica told to stop while
+    // its caches are still syncing stops then, rather than after they have synced.
+    let stop = CancellationToken::new();
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+    };
     let kill_switch_ready = async {
         match &kill_switch {
             Some((store, _)) => store.wait_until_ready().await,
             None => Ok(()),
         }
     };
-    let (Ok(()), Ok(()), Ok(())) =
-        futures::join!(policies.wait_until_ready(), approvals.wait_until_ready(), kill_switch_ready)
-    else {
+    let ready = async { futures::join!(policies.wait_until_ready(), approvals.wait_until_ready(), kill_switch_ready) };
+    let synced = tokio::select! {
+        () = stop.cancelled() => false,
+        (p, a, k) = ready => p.is_ok() && a.is_ok() && k.is_ok(),
+    };
+    if !synced {
+        stopper.abort();
         feeds.abort();
         return Ok(());
-    };
+    }
 
     let client_for_approvals = client.clone();
     let controller = Controller::new(remediations, watcher::Config::default());
@@ -265,16 +279,8 @@ pub async fn run(
             Some(ObjectRef::<Remediation>::new(&approval.spec.remediation_ref.name).within(&namespace))
         })
         .reconcile_on(requeue_rx);
-    // One shutdown for both controllers: this one and the approvals' (which reports on each
-    // RemediationApproval whether it counts).
-    let stop = CancellationToken::new();
-    let stopper = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stop.cancel();
-        })
-    };
+    // The same shutdown for both controllers: this one and the approvals' (which reports on
+    // each RemediationApproval whether it counts).
     let remediations = async {
         controller
             .graceful_shutdown_on(stop.clone().cancelled_owned())
