@@ -94,6 +94,7 @@ pub async fn recheck(
             format!("policy {policy_name} is suspended (limits.suspend); tried again when it is resumed"),
         ));
     }
+    changeable(rem.spec.target.kind).map_err(|why| refuse(&why))?;
     if !policy.acts_on(rem.spec.target.kind) {
         return Err(refuse(&format!(
             "policy {policy_name} acts on {}, not on {}",
@@ -185,6 +186,18 @@ fn refuse(why: &str) -> StageError {
     StageError::new(ErrorCategory::NeedsHuman, format!("refusing to deploy: {why}"))
 }
 
+/// Whether Reflex may change an object of `kind` at all: a Job or CronJob is only diagnosed
+/// (the machine, validation and the gate stop such a change first; deploy refuses it too).
+///
+/// # Errors
+/// The kind is diagnosed only; the message says so.
+pub fn changeable(kind: crate::api::TargetKind) -> Result<(), String> {
+    if kind.diagnosed_only() {
+        return Err(format!("Reflex never changes a {kind}: it only diagnoses one"));
+    }
+    Ok(())
+}
+
 /// The target is at the revision CI tested (`generation N`, or `resourceVersion R`); when it
 /// is not, a `Conflict` — the change is tested again, never written over what changed.
 pub fn unchanged_since_test(tested: Option<&CiResult>, now: Option<&str>) -> Result<(), StageError> {
@@ -245,6 +258,15 @@ mod tests {
         assert_eq!(unchanged_since_test(None, Some("generation 2")).unwrap_err().category, ErrorCategory::Conflict);
         let no_revision = unchanged_since_test(Some(&ci(Some("generation 2"))), None).unwrap_err();
         assert_eq!(no_revision.category, ErrorCategory::NeedsHuman);
+    }
+
+    #[test]
+    fn a_job_is_never_deployed_to() {
+        use crate::api::TargetKind;
+        assert!(changeable(TargetKind::Deployment).is_ok());
+        for kind in [TargetKind::Job, TargetKind::CronJob] {
+            assert!(changeable(kind).unwrap_err().contains("only diagnoses"), "{kind}");
+        }
     }
 
     fn approval(decision: &str) -> ApprovalRecord {
