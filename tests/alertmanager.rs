@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::servers::{free_port, start, temp_dir, until};
+use common::servers::{alertmanager, free_port, reflex_route, start, temp_dir, until};
 
 use kube::api::{Api, ListParams};
 use reflex::api::remediation::{AlertState, Remediation};
@@ -53,25 +53,9 @@ async fn prometheus_and_alertmanager_drive_exactly_one_remediation_and_its_resol
     tokio::spawn(async move { axum::serve(exporter_listener, exporter).await });
 
     // Alertmanager, routing to Reflex with bearer auth and resolutions.
-    let am_port = free_port();
-    std::fs::write(
-        dir.join("alertmanager.yml"),
-        format!(
-            "route:\n  receiver: reflex\n  group_by: [alertname, namespace, deployment]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 2s\nreceivers:\n  - name: reflex\n    webhook_configs:\n      - url: http://{intake_addr}/alerts\n        send_resolved: true\n        http_config:\n          authorization:\n            type: Bearer\n            credentials_file: {}\n",
-            dir.join("token").display()
-        ),
-    )
-    .unwrap();
-    let _am = start(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", dir.join("alertmanager.yml").display()),
-            format!("--storage.path={}", dir.join("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{am_port}"),
-            "--cluster.listen-address=".into(),
-        ],
-        &dir.join("alertmanager.log"),
-    );
+    let timing = "  group_by: [alertname, namespace, deployment]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 2s\n";
+    let (_am, am_url) = alertmanager(&dir, &reflex_route(&dir, &format!("http://{intake_addr}/alerts"), timing)).await;
+    let am_port = am_url.rsplit(':').next().unwrap().to_owned();
 
     // Prometheus, scraping the gauge and alerting on it.
     let prom_port = free_port();

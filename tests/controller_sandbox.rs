@@ -865,28 +865,13 @@ async fn a_target_whose_fixes_keep_failing_is_paused_and_the_next_remediation_es
 /// expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alert_is_silenced_in_alertmanager_while_the_fix_is_in_flight() {
-    use common::servers::{free_port, start, temp_dir, until};
+    use common::servers::{temp_dir, until};
     use kube::api::{Patch, PatchParams};
     reflex::install_crypto_provider();
     let dir = temp_dir();
-    std::fs::write(dir.join("alertmanager.yml"), "route:\n  receiver: none\nreceivers:\n  - name: none\n").unwrap();
-    let port = free_port();
-    let _am = start(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", dir.join("alertmanager.yml").display()),
-            format!("--storage.path={}", dir.join("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            "--cluster.listen-address=".into(),
-        ],
-        &dir.join("alertmanager.log"),
-    );
-    let url = format!("http://127.0.0.1:{port}");
+    let (_am, url) =
+        common::servers::alertmanager(&dir, "route:\n  receiver: none\nreceivers:\n  - name: none\n").await;
     let http = reqwest::Client::new();
-    until("Alertmanager to be ready", Duration::from_secs(30), async || {
-        http.get(format!("{url}/-/ready")).send().await.ok().filter(|r| r.status().is_success())
-    })
-    .await;
     let silences = async || -> Vec<serde_json::Value> {
         http.get(format!("{url}/api/v2/silences")).send().await.unwrap().json().await.unwrap()
     };

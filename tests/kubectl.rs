@@ -14,6 +14,20 @@ struct Kubectl {
 }
 
 impl Kubectl {
+    /// kubectl as the sandbox's administrator, with its kubeconfig in a fresh directory
+    /// (returned, for the test to remove).
+    fn admin_of(sandbox: &Sandbox, what: &str) -> (Self, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "reflex-{what}-{}-{}",
+            std::process::id(),
+            jiff::Timestamp::now().as_nanosecond()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        sandbox.write_kubeconfig(&kubeconfig, ADMIN_TOKEN).unwrap();
+        (Self { bin: std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()), kubeconfig }, dir)
+    }
+
     fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
         use std::io::Write;
         let mut cmd = Command::new(&self.bin);
@@ -84,15 +98,7 @@ spec:
 async fn kubectl_manages_reflex_crds_remediations_and_deployments() {
     reflex::install_crypto_provider();
     let sandbox = Sandbox::start(Config::default()).await.unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "reflex-kubectl-{}-{}",
-        std::process::id(),
-        jiff::Timestamp::now().as_nanosecond()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    sandbox.write_kubeconfig(&kubeconfig, ADMIN_TOKEN).unwrap();
-    let k = Kubectl { bin: std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()), kubeconfig };
+    let (k, dir) = Kubectl::admin_of(&sandbox, "kubectl");
     let crds_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 
     // kubectl blocks on I/O; keep it off the runtime's worker threads.
@@ -291,15 +297,7 @@ async fn kubectl_reflex_approves_as_the_person_running_it() {
 async fn kubectl_creates_built_in_kinds_in_protobuf_and_asks_can_i() {
     reflex::install_crypto_provider();
     let sandbox = Sandbox::start(Config::default()).await.unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "reflex-kubectl-pb-{}-{}",
-        std::process::id(),
-        jiff::Timestamp::now().as_nanosecond()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    sandbox.write_kubeconfig(&kubeconfig, ADMIN_TOKEN).unwrap();
-    let k = Kubectl { bin: std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()), kubeconfig };
+    let (k, dir) = Kubectl::admin_of(&sandbox, "kubectl-pb");
     tokio::task::spawn_blocking(move || {
         assert!(k.ok(&["create", "namespace", "demo"]).contains("namespace/demo created"));
         let ns = k.ok(&["get", "namespace", "demo", "-o", "jsonpath={.metadata.name} {.status.phase}"]);

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::servers::{free_port, prometheus, start, temp_dir, until};
+use common::servers::{alertmanager, prometheus, reflex_route, temp_dir, until};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -477,26 +477,9 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
     std::fs::write(dir.join("token"), token).unwrap();
 
     // Alertmanager, routing to the operator with bearer auth and resolutions.
-    let am_port = free_port();
-    std::fs::write(
-        dir.join("alertmanager.yml"),
-        format!(
-            "route:\n  receiver: reflex\n  group_by: [alertname, namespace]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: reflex\n    webhook_configs:\n      - url: http://{address}/alerts\n        send_resolved: true\n        http_config:\n          authorization:\n            type: Bearer\n            credentials_file: {}\n",
-            dir.join("token").display()
-        ),
-    )
-    .unwrap();
-    let _am = start(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", dir.join("alertmanager.yml").display()),
-            format!("--storage.path={}", dir.join("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{am_port}"),
-            "--cluster.listen-address=".into(),
-        ],
-        &dir.join("alertmanager.log"),
-    );
-    let am = format!("http://127.0.0.1:{am_port}");
+    let timing = "  group_by: [alertname, namespace]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n";
+    let (_am, am) = alertmanager(&dir, &reflex_route(&dir, &format!("http://{address}/alerts"), timing)).await;
+    let am_port = am.rsplit(':').next().unwrap().to_owned();
 
     // Prometheus: kube-state-metrics and the kubelet, the mixin-style rules.
     std::fs::write(dir.join("rules.yml"), RULES).unwrap();
@@ -580,12 +563,10 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
         "the rollback policy stands aside for an OOM-caused crash loop: {aside:?}"
     );
     for rem in &recorded {
-        let p = &predicted[&format!("shop/{}", rem.spec.policy_ref.name)];
-        assert_eq!(
-            p.policy,
-            format!("shop/{}", rem.spec.policy_ref.name),
-            "simulate names the policy the operator used"
-        );
+        let policy = format!("shop/{}", rem.spec.policy_ref.name);
+        let p = predicted
+            .get(&policy)
+            .unwrap_or_else(|| panic!("simulate found no matching policy {policy}, which the operator used"));
         let (kind, name) = p.target.clone().unwrap().unwrap();
         assert_eq!(
             (kind, name),

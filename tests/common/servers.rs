@@ -78,3 +78,35 @@ pub async fn prometheus(dir: &Path, config: &str) -> (Server, String) {
     .await;
     (server, url)
 }
+
+/// Alertmanager (Debian's package) with `config`, on loopback, ready; its base URL.
+pub async fn alertmanager(dir: &Path, config: &str) -> (Server, String) {
+    let port = free_port();
+    std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
+    let server = start(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", dir.join("alertmanager.yml").display()),
+            format!("--storage.path={}", dir.join("am-data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=".into(),
+        ],
+        &dir.join("alertmanager.log"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    until("Alertmanager to be ready", Duration::from_secs(30), async || {
+        http.get(format!("{url}/-/ready")).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    (server, url)
+}
+
+/// An Alertmanager route to Reflex's webhook at `url`, with the bearer token in `dir/token`
+/// and resolutions sent; `timing` is the route's grouping and repeat lines.
+pub fn reflex_route(dir: &Path, url: &str, timing: &str) -> String {
+    format!(
+        "route:\n  receiver: reflex\n{timing}receivers:\n  - name: reflex\n    webhook_configs:\n      - url: {url}\n        send_resolved: true\n        http_config:\n          authorization:\n            type: Bearer\n            credentials_file: {}\n",
+        dir.join("token").display()
+    )
+}
