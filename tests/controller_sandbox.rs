@@ -1185,7 +1185,8 @@ async fn a_panicking_stage_fails_its_step_with_the_message_instead_of_hanging() 
 }
 
 /// A Remediation that ends without its change deployed (here: cancelled while the gate waits)
-/// releases what testing left outside the cluster, when it ends.
+/// releases what testing left outside the cluster, when it ends and not before. Regression: it
+/// once asserted exactly one release, which a stale cache's second look legitimately breaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remediation_that_ends_undeployed_releases_what_testing_left() {
     let (_sandbox, client) = setup().await;
@@ -1203,5 +1204,10 @@ async fn a_remediation_that_ends_undeployed_releases_what_testing_left() {
     wait_phase(&client, "oom-released", Phase::Cancelled).await;
     stop.cancel();
     task.await.unwrap();
-    assert_eq!(*doubles.released.lock().unwrap(), vec!["oom-released".to_owned()]);
+    // At least once, and only this Remediation: the release comes before the terminal status
+    // is written (so a crash in between cannot skip it), so a reconcile from a cache that does
+    // not show that write yet releases again — which the real release tolerates (it finds
+    // nothing left to close).
+    let released = doubles.released.lock().unwrap().clone();
+    assert!(!released.is_empty() && released.iter().all(|n| n == "oom-released"), "{released:?}");
 }

@@ -485,7 +485,8 @@ async fn a_merge_the_cluster_never_converges_to_stalls() {
 }
 
 /// A Remediation that ends unmerged — even one cancelled before its status recorded the pull
-/// request — closes its pull request and deletes its branch; someone else's is left alone.
+/// request — closes its pull request and deletes its branch; someone else's is left alone; a
+/// second release (the controller releases at least once) finds nothing left and succeeds.
 #[tokio::test]
 async fn release_closes_the_remediations_own_pull_request_only() {
     let w = world("github", json!({})).await;
@@ -495,6 +496,9 @@ async fn release_closes_the_remediations_own_pull_request_only() {
     w.ci.release(w.input(&rem, Step::Test)).await.unwrap();
     assert_eq!(w.forge.pull_requests()[0].state, "closed");
     assert_eq!(w.forge.rev("refs/heads/reflex/checkout-oom-11"), None);
+    // The controller releases at least once: a second release finds nothing and succeeds.
+    w.ci.release(w.input(&rem, Step::Test)).await.unwrap();
+    assert_eq!(w.forge.pull_requests().len(), 1);
 
     let other = remediation(&w, "checkout-oom-12", "256Mi").await;
     let seed = w.dir.join("someone");
