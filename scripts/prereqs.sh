@@ -87,4 +87,11 @@ if ! "${venv}/bin/python" -c "import mcp, importlib.metadata as m; assert m.vers
   fi
   "${venv}/bin/pip" install --quiet --disable-pip-version-check "mcp==${mcp_version}"
 fi
-echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3), $(prometheus-alertmanager --version 2>&1 | head -1 | cut -d' ' -f1-3), python mcp ${mcp_version})"
+# The official Python A2A SDK with its HTTP server extra, for the A2A interop tests (as a
+# client of Reflex, and as a delegate agent Reflex discovers): the same virtualenv, pinned.
+a2a_version="1.3.0"
+if ! "${venv}/bin/python" -c "import a2a.server.routes, importlib.metadata as m; assert m.version('a2a-sdk') == '${a2a_version}'" >/dev/null 2>&1; then
+  echo "prereqs: installing a2a-sdk[http-server]==${a2a_version} into ${venv}"
+  "${venv}/bin/pip" install --quiet --disable-pip-version-check "a2a-sdk[http-server]==${a2a_version}"
+fi
+echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3), $(prometheus-alertmanager --version 2>&1 | head -1 | cut -d' ' -f1-3), python mcp ${mcp_version}, a2a-sdk ${a2a_version})"

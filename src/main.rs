@@ -59,6 +59,10 @@ enum Command {
         /// names, e.g. reflex.reflex-system.svc); repeat or comma-separate.
         #[arg(long, env = "REFLEX_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
         mcp_allowed_hosts: Vec<String>,
+        /// The URL other agents reach Reflex's A2A endpoint at, for its agent card (e.g.
+        /// http://reflex.reflex-system.svc:8080/a2a); default: the listen address's.
+        #[arg(long, env = "REFLEX_A2A_URL")]
+        a2a_url: Option<String>,
         /// Audiences an MCP caller's token must be minted for (e.g. `reflex`, from a
         /// TokenRequest); empty: the API server's own. List the API server's audience too to go
         /// on accepting ordinary ServiceAccount tokens.
@@ -462,6 +466,7 @@ async fn main() -> anyhow::Result<()> {
             insecure_webhook,
             kill_switch_configmap,
             mcp_allowed_hosts,
+            a2a_url,
             mcp_audiences,
             allow_link_local_egress,
             gitops_work_dir,
@@ -531,6 +536,7 @@ async fn main() -> anyhow::Result<()> {
                     own_token,
                     mcp_allowed_hosts,
                     mcp_audiences,
+                    a2a_url: a2a_url.unwrap_or_else(|| format!("http://{host}:{}/a2a", listen.port())),
                     webhook: reflex::intake::webhook::Settings { token, kill_switch: Some(kill_switch) },
                     prices,
                     audit: std::sync::Arc::new(reflex::mcp::client::LogAudit),

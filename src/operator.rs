@@ -1,6 +1,6 @@
 //! The composition root: assembles the operator — Reflex's MCP server, the loopback MCP
 //! client the stages read through, the stages, the alert intake, and the HTTP router that
-//! serves `/alerts` and `/mcp` — for `reflex run` and `reflex demo` alike, so the demo runs
+//! serves `/alerts`, `/mcp`, `/a2a` and the agent card — for `reflex run` and `reflex demo` alike, so the demo runs
 //! exactly what runs in a cluster.
 //!
 //! Contract: [`Operator::assemble`] wires; it reads nothing from the environment, the file
@@ -66,6 +66,8 @@ pub struct Config {
     pub alertmanager: Option<Arc<crate::silence::Alertmanager>>,
     /// How GitOps changes are made (working copies, local repositories, forge polling).
     pub gitops: crate::gitops::flow::Settings,
+    /// The URL other agents reach Reflex's A2A endpoint at (`…/a2a`), for its agent card.
+    pub a2a_url: String,
 }
 
 /// An assembled operator.
@@ -101,6 +103,7 @@ impl Operator {
             max_concurrent_deploys,
             alertmanager,
             gitops,
+            a2a_url,
         } = config;
         let identity = DeployerIdentity { deployers, impersonator: Arc::new(Impersonator::new(kube_config.clone())) };
         // The playbook executor reads through Reflex's own MCP server, as the operator.
@@ -121,7 +124,9 @@ impl Operator {
             operator: Some(client.clone()),
         };
         let identities = Arc::new(Identities::new(client.clone(), kube_config).with_audiences(mcp_audiences));
-        let mcp = crate::mcp::router(ReflexMcp::new(backends), identities, mcp_allowed_hosts, stop.clone());
+        let mcp = crate::mcp::router(ReflexMcp::new(backends), identities.clone(), mcp_allowed_hosts, stop.clone());
+        // A2A callers are reviewed and impersonated exactly as MCP callers are.
+        let a2a = crate::a2a::server::router(identities, crate::a2a::card::card(&a2a_url));
         // Webhooks over https only: their URLs come from Secrets namespace users write.
         let notifier = crate::notify::Notifier::new(false)
             .map_err(|e| tracing::warn!(error = %e, "notifications are off: no HTTP client"))
@@ -139,7 +144,7 @@ impl Operator {
         if let Some(n) = &guards.notifier {
             intake.register_metrics(|r| n.register(r));
         }
-        let router = webhook::router(intake.clone()).merge(mcp);
+        let router = webhook::router(intake.clone()).merge(mcp).merge(a2a);
         let stages = stages(client.clone(), metrics, tools, prices, identity, guards.kill_switch.clone(), gitops);
         Self { stages, client, intake, router, guards }
     }

@@ -25,7 +25,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The metrics source; Reflex's own PromQL fragments are built only from valid object names.
     ("metrics", &["api"]),
     ("egress", &[]),
-    ("a2a", &[]),
+    // A2A: the server acts as its callers (the MCP server's identities) over Remediations.
+    ("a2a", &["api", "cluster", "mcp", "oncall"]),
     // Pure cores.
     ("patch", &["api"]),
     // The stage ports, and the cluster helpers the stages share.
@@ -50,6 +51,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "operator",
         &[
+            "a2a",
             "agent",
             "ci",
             "cluster",

@@ -1,0 +1,268 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! A2A with a peer nobody here wrote: the official Python A2A SDK (`a2a-sdk`, in `.venv`,
+//! installed by `make test`'s prerequisites) as a client of Reflex — the operator as
+//! `reflex run` assembles it, on the sandbox under the demo's RBAC, with the `oom` scenario's
+//! workload and model (the stand-in for Prometheus and the kubelet).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::Api;
+use reflex::api::remediation::{Phase, Remediation};
+use reflex::demo::model::OomModel;
+use reflex::demo::scenario::Scenario;
+use reflex::operator::{self, Operator};
+use reflex::sandbox::{ADMIN_TOKEN, Config, Sandbox};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const OPERATOR_TOKEN: &str = "reflex-demo-operator";
+/// An agent's identity that may start and follow Remediations in shop, and read workloads.
+const AGENT_TOKEN: &str = "reflex-test-agent";
+/// On call: may follow and cancel Remediations, not create them, and cannot read workloads.
+const ALICE_TOKEN: &str = "reflex-demo-alice";
+
+fn python() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+}
+
+/// The demo's RBAC, plus `shop/incident-agent` (the ServiceAccount another agent runs as),
+/// and the operator's leave to act as its A2A callers (as for MCP callers).
+fn rbac() -> reflex::sandbox::rbac::Table {
+    let mut table: Value = serde_saphyr::from_str(reflex::demo::DEMO_RBAC).unwrap();
+    table["serviceAccounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"namespace": "shop", "name": "incident-agent", "token": AGENT_TOKEN}));
+    let grants = table["grants"].as_array_mut().unwrap();
+    grants.push(json!({"subjects": [{"kind": "ServiceAccount", "namespace": "shop", "name": "incident-agent"}],
+        "namespaces": ["shop"], "rules": [
+            {"apiGroups": ["reflex.dev"], "resources": ["remediations"], "verbs": ["create", "get", "list", "watch", "patch"]},
+            {"apiGroups": ["", "apps"], "resources": ["deployments", "pods", "events"], "verbs": ["get", "list"]}]}));
+    grants.push(json!({"subjects": [{"kind": "ServiceAccount", "namespace": "reflex-system", "name": "reflex"}],
+        "rules": [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": ["alice"]},
+                  {"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"], "resourceNames": ["oncall"]}]}));
+    grants.push(json!({"subjects": [{"kind": "ServiceAccount", "namespace": "reflex-system", "name": "reflex"}],
+        "namespaces": ["shop"],
+        "rules": [{"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"], "resourceNames": ["incident-agent"]}]}));
+    reflex::sandbox::rbac::Table::from_yaml(&table.to_string()).unwrap()
+}
+
+struct World {
+    sandbox: Sandbox,
+    admin: kube::Client,
+    model: Arc<OomModel>,
+}
+
+impl World {
+    async fn start() -> Self {
+        reflex::install_crypto_provider();
+        let scenario = Scenario::built_in("oom").unwrap();
+        let model = Arc::new(OomModel::new(&scenario.model).unwrap());
+        let config = Config { pod_model: Some(model.clone()), rbac: rbac(), ..Config::default() };
+        let sandbox = Sandbox::start(config).await.unwrap();
+        model.attach(sandbox.api().clone());
+        sandbox.install_crds().unwrap();
+        let admin = sandbox.client(ADMIN_TOKEN).await.unwrap();
+        let mut docs = scenario.documents().unwrap();
+        // A second policy on the same workload that deploys only with an approval: its
+        // Remediation waits (input-required) until someone approves, or cancels it.
+        let mut approve = docs.iter().find(|d| d["kind"] == "RemediationPolicy").unwrap().clone();
+        approve["metadata"]["name"] = json!("checkout-approve");
+        approve["spec"]["trust"] = json!({"level": "propose"});
+        docs.push(approve);
+        docs.push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reflex-reader", "namespace": "shop"}}));
+        for doc in &docs {
+            reflex::demo::apply(&admin, doc).await.unwrap();
+        }
+        Self { sandbox, admin, model }
+    }
+
+    /// The operator, as `reflex run` assembles it, serving on a fresh port; `stop` ends it.
+    async fn operator(&self) -> (String, CancellationToken, Vec<tokio::task::JoinHandle<()>>) {
+        let stop = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let op = Operator::assemble(
+            operator::Config {
+                client: self.sandbox.client(OPERATOR_TOKEN).await.unwrap(),
+                kube_config: self.sandbox.config(OPERATOR_TOKEN).await.unwrap(),
+                metrics: self.model.clone(),
+                prometheus: None,
+                mcp_url: format!("http://{address}/mcp"),
+                a2a_url: format!("http://{address}/a2a"),
+                own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
+                mcp_allowed_hosts: vec![],
+                mcp_audiences: vec![],
+                webhook: reflex::intake::webhook::Settings { token: Some("t".into()), kill_switch: None },
+                prices: Default::default(),
+                audit: Arc::new(reflex::mcp::client::MemoryAudit::default()),
+                deployers: Default::default(),
+                max_concurrent_deploys: None,
+                alertmanager: None,
+                gitops: Default::default(),
+            },
+            &stop,
+        );
+        tokio::time::timeout(Duration::from_secs(10), op.intake.ready()).await.unwrap();
+        let server = op.serve(listener, stop.clone());
+        let controller = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                op.run_controller(None, async move { stop.cancelled().await }).await.unwrap();
+            })
+        };
+        (format!("http://{address}"), stop, vec![server, controller])
+    }
+
+    async fn phase(&self, name: &str) -> Option<Phase> {
+        let rem = Api::<Remediation>::namespaced(self.admin.clone(), "shop").get(name).await.unwrap();
+        rem.status.map(|s| s.phase)
+    }
+}
+
+/// Runs the Python client's `step`; its output lines as JSON.
+async fn python_client(base: &str, token: &str, step: &str, args: &[&str]) -> Vec<Value> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/a2a_client.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python()).arg(script).arg(base).arg(token).arg(step).args(args).output(),
+    )
+    .await
+    .expect("the Python client did not finish within 120s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!lines.is_empty(), "python client {step} printed nothing:\n{}", String::from_utf8_lossy(&out.stderr));
+    lines
+}
+
+/// The one error a refused step printed.
+fn refusal(lines: &[Value]) -> String {
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["step"], "error", "expected a refusal: {lines:?}");
+    lines[0]["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_a2a_sdk_finds_reflex_diagnoses_remediates_cancels_and_reads_tasks_after_a_restart() {
+    let world = World::start().await;
+    let (base, stop, tasks) = world.operator().await;
+
+    // The card: three skills, JSON-RPC 1.0 at /a2a, Kubernetes bearer tokens.
+    let card = &python_client(&base, AGENT_TOKEN, "card", &[]).await[0]["card"];
+    let skills: Vec<&str> = card["skills"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(skills, ["remediate", "diagnose", "status"], "{card}");
+    assert_eq!(card["supportedInterfaces"][0]["url"], format!("{base}/a2a"));
+    assert_eq!(card["supportedInterfaces"][0]["protocolBinding"], "JSONRPC");
+    assert_eq!(card["supportedInterfaces"][0]["protocolVersion"], "1.0");
+    assert_eq!(card["securitySchemes"]["kubernetes"]["httpAuthSecurityScheme"]["scheme"], "bearer", "{card}");
+    assert_eq!(card["capabilities"]["streaming"], true);
+
+    // No token: 401 before any JSON-RPC handling.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/a2a"))
+        .header("A2A-Version", "1.0")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "shop/x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+
+    // diagnose, once checkout has been OOM-killed: the findings name the cause and the limit.
+    common::servers::until("checkout to be OOM-killed", Duration::from_secs(10), async || {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(world.admin.clone(), "shop");
+        let list = pods.list(&Default::default()).await.unwrap();
+        let restarts: i32 = list
+            .items
+            .iter()
+            .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+            .map(|c| c.restart_count)
+            .sum();
+        (restarts > 0).then_some(())
+    })
+    .await;
+    let reply = &python_client(&base, AGENT_TOKEN, "diagnose", &["shop", "Deployment", "checkout"]).await[0];
+    assert_eq!(reply["step"], "diagnose", "{reply}");
+    let findings = reply["data"][0]["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f["detail"].as_str().unwrap().contains("OOMKilled (exit 137), memory limit 128Mi")),
+        "{reply}"
+    );
+    // As alice, who may not read Deployments: refused, with the reason.
+    let why = refusal(&python_client(&base, ALICE_TOKEN, "diagnose", &["shop", "Deployment", "checkout"]).await);
+    assert!(why.contains("forbidden"), "{why}");
+    // alice may not create Remediations, so she cannot start one over A2A either.
+    let why = refusal(&python_client(&base, ALICE_TOKEN, "start", &["shop", "checkout-oom", "checkout"]).await);
+    assert!(why.contains("forbidden") && why.contains("creating a Remediation in namespace shop"), "{why}");
+
+    // A remediate task under the approval policy waits for a person (input-required); the
+    // caller cancels it, and the Remediation is cancelled.
+    let started = python_client(&base, AGENT_TOKEN, "start", &["shop", "checkout-approve", "checkout"]).await;
+    let task = &started[0]["event"];
+    let id = task["id"].as_str().unwrap().to_owned();
+    let name = id.strip_prefix("shop/").unwrap().to_owned();
+    assert!(name.starts_with("a2a-"), "{task}");
+    let rems: Api<Remediation> = Api::namespaced(world.admin.clone(), "shop");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = rems.get(&name).await.unwrap().status;
+        if status.as_ref().is_some_and(|s| s.phase == Phase::AwaitingApproval) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never awaited approval: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled = &python_client(&base, AGENT_TOKEN, "cancel", &[&id]).await[0];
+    assert_eq!(cancelled["task"]["status"]["state"], "TASK_STATE_CANCELED", "{cancelled}");
+    assert_eq!(world.phase(&name).await, Some(Phase::Cancelled));
+
+    // A remediate task streamed to its end: the task first, then its phases and artifacts,
+    // ending completed with the proposal and the verdict.
+    let events = python_client(&base, AGENT_TOKEN, "remediate", &["shop", "checkout-oom", "checkout"]).await;
+    assert_eq!(events[0]["kind"], "task", "{events:?}");
+    let streamed = events[0]["event"]["id"].as_str().unwrap().to_owned();
+    let states: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "status_update")
+        .map(|e| e["event"]["status"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.last(), Some(&"TASK_STATE_COMPLETED"), "{events:?}");
+    assert!(states.contains(&"TASK_STATE_WORKING"), "{states:?}");
+    let artifact = |id: &str| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "artifact_update" && e["event"]["artifact"]["artifactId"] == id)
+            .map(|e| e["event"]["artifact"]["parts"][0].clone())
+            .next_back()
+            .unwrap_or_else(|| panic!("no {id} artifact: {events:?}"))
+    };
+    let proposal = artifact("proposal");
+    assert!(proposal["data"]["patch"].to_string().contains("memory"), "{proposal}");
+    assert_eq!(artifact("verdict")["data"]["verdict"], "Passed");
+    assert_eq!(world.phase(streamed.strip_prefix("shop/").unwrap()).await, Some(Phase::Succeeded));
+
+    // The operator restarts (on another port): the tasks are Remediations, so it still
+    // answers for them.
+    stop.cancel();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+    }
+    let (base, stop, _tasks) = world.operator().await;
+    let got = &python_client(&base, AGENT_TOKEN, "get", &[&streamed]).await[0]["task"];
+    assert_eq!(got["status"]["state"], "TASK_STATE_COMPLETED", "{got}");
+    let ids: Vec<&str> =
+        got["artifacts"].as_array().unwrap().iter().map(|a| a["artifactId"].as_str().unwrap()).collect();
+    for wanted in ["proposal", "verdict", "links"] {
+        assert!(ids.contains(&wanted), "{ids:?}");
+    }
+    let listed = &python_client(&base, AGENT_TOKEN, "list", &["shop"]).await[0]["ids"];
+    for wanted in [&id, &streamed] {
+        assert!(listed.as_array().unwrap().iter().any(|i| i == wanted.as_str()), "{listed}");
+    }
+    stop.cancel();
+}
