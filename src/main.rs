@@ -63,6 +63,13 @@ enum Command {
         /// http://reflex.reflex-system.svc:8080/a2a); default: the listen address's.
         #[arg(long, env = "REFLEX_A2A_URL")]
         a2a_url: Option<String>,
+        /// Reach discovered agents' Services at 127.0.0.1:<port> (an operator outside the
+        /// cluster with the ports forwarded), not <service>.<namespace>.svc.
+        #[arg(long, env = "REFLEX_A2A_LOOPBACK")]
+        a2a_loopback: bool,
+        /// How often every discovered agent's card is read again.
+        #[arg(long, env = "REFLEX_A2A_REFRESH_SECONDS", default_value_t = 30)]
+        a2a_refresh_seconds: u64,
         /// Audiences an MCP caller's token must be minted for (e.g. `reflex`, from a
         /// TokenRequest); empty: the API server's own. List the API server's audience too to go
         /// on accepting ordinary ServiceAccount tokens.
@@ -467,6 +474,8 @@ async fn main() -> anyhow::Result<()> {
             kill_switch_configmap,
             mcp_allowed_hosts,
             a2a_url,
+            a2a_loopback,
+            a2a_refresh_seconds,
             mcp_audiences,
             allow_link_local_egress,
             gitops_work_dir,
@@ -536,7 +545,15 @@ async fn main() -> anyhow::Result<()> {
                     own_token,
                     mcp_allowed_hosts,
                     mcp_audiences,
-                    a2a_url: a2a_url.unwrap_or_else(|| format!("http://{host}:{}/a2a", listen.port())),
+                    a2a: reflex::a2a::Settings {
+                        url: a2a_url.unwrap_or_else(|| format!("http://{host}:{}/a2a", listen.port())),
+                        addressing: if a2a_loopback {
+                            reflex::a2a::registry::Addressing::Loopback
+                        } else {
+                            reflex::a2a::registry::Addressing::ClusterDns
+                        },
+                        refresh: std::time::Duration::from_secs(a2a_refresh_seconds),
+                    },
                     webhook: reflex::intake::webhook::Settings { token, kill_switch: Some(kill_switch) },
                     prices,
                     audit: std::sync::Arc::new(reflex::mcp::client::LogAudit),

@@ -66,8 +66,8 @@ pub struct Config {
     pub alertmanager: Option<Arc<crate::silence::Alertmanager>>,
     /// How GitOps changes are made (working copies, local repositories, forge polling).
     pub gitops: crate::gitops::flow::Settings,
-    /// The URL other agents reach Reflex's A2A endpoint at (`…/a2a`), for its agent card.
-    pub a2a_url: String,
+    /// Reflex's A2A endpoint and the discovery of other agents.
+    pub a2a: crate::a2a::Settings,
 }
 
 /// An assembled operator.
@@ -82,6 +82,8 @@ pub struct Operator {
     pub router: axum::Router,
     /// What the controller enforces before every effect (the kill switch intake obeys too).
     pub guards: Guards,
+    /// The agents discovered over A2A.
+    pub delegates: Arc<crate::a2a::registry::Registry>,
 }
 
 impl Operator {
@@ -103,7 +105,7 @@ impl Operator {
             max_concurrent_deploys,
             alertmanager,
             gitops,
-            a2a_url,
+            a2a,
         } = config;
         let identity = DeployerIdentity { deployers, impersonator: Arc::new(Impersonator::new(kube_config.clone())) };
         // The playbook executor reads through Reflex's own MCP server, as the operator.
@@ -126,7 +128,18 @@ impl Operator {
         let identities = Arc::new(Identities::new(client.clone(), kube_config).with_audiences(mcp_audiences));
         let mcp = crate::mcp::router(ReflexMcp::new(backends), identities.clone(), mcp_allowed_hosts, stop.clone());
         // A2A callers are reviewed and impersonated exactly as MCP callers are.
-        let a2a = crate::a2a::server::router(identities, crate::a2a::card::card(&a2a_url));
+        let a2a_router = crate::a2a::server::router(identities, crate::a2a::card::card(&a2a.url));
+        // The agents other agents are: discovered from annotated Services, re-read on a timer.
+        let delegates = Arc::new(crate::a2a::registry::Registry::default());
+        tokio::spawn(
+            crate::a2a::registry::Discovery {
+                client: client.clone(),
+                registry: delegates.clone(),
+                addressing: a2a.addressing,
+                refresh: a2a.refresh,
+            }
+            .run(stop.clone()),
+        );
         // Webhooks over https only: their URLs come from Secrets namespace users write.
         let notifier = crate::notify::Notifier::new(false)
             .map_err(|e| tracing::warn!(error = %e, "notifications are off: no HTTP client"))
@@ -144,9 +157,18 @@ impl Operator {
         if let Some(n) = &guards.notifier {
             intake.register_metrics(|r| n.register(r));
         }
-        let router = webhook::router(intake.clone()).merge(mcp).merge(a2a);
-        let stages = stages(client.clone(), metrics, tools, prices, identity, guards.kill_switch.clone(), gitops);
-        Self { stages, client, intake, router, guards }
+        let router = webhook::router(intake.clone()).merge(mcp).merge(a2a_router);
+        let stages = stages(StageParts {
+            client: client.clone(),
+            metrics,
+            tools,
+            prices,
+            identity,
+            kill_switch: guards.kill_switch.clone(),
+            gitops,
+            delegates: Some(delegates.clone()),
+        });
+        Self { stages, client, intake, router, guards, delegates }
     }
 
     /// Serves `/alerts` and `/mcp` on `listener` until `stop`, within the listener bounds
@@ -178,20 +200,33 @@ impl Operator {
     }
 }
 
+/// What the stages this build ships are made from.
+pub struct StageParts {
+    pub client: kube::Client,
+    /// Where verification and the playbook executor's direct reads get metrics.
+    pub metrics: Arc<dyn MetricsSource>,
+    /// How the playbook executor reads (through Reflex's MCP server, or directly).
+    pub tools: ToolSource,
+    /// The LLM price table.
+    pub prices: BTreeMap<String, Price>,
+    /// The deployer ServiceAccounts CI, deploy and rollback act as.
+    pub identity: DeployerIdentity,
+    /// The kill switch deploy reads again before it writes.
+    pub kill_switch: Option<(String, String)>,
+    /// How GitOps changes are made.
+    pub gitops: crate::gitops::flow::Settings,
+    /// The agents discovered over A2A, for delegated steps.
+    pub delegates: Option<Arc<crate::a2a::registry::Registry>>,
+}
+
 /// The stages this build ships: the agent (the playbook executor, reading through `tools`,
-/// and the LLM agent), CI (server-side dry-run, then a test Job or a GitOps pull request), the
-/// trust gate, deploy and rollback (server-side apply, or the pull request's merge and revert) (CI, deploy and rollback acting as the deployer `identity`; deploy reading
-/// the operator's `kill_switch` again before it writes), and the
+/// the LLM agent, and delegation to discovered agents), CI (server-side dry-run, then a test
+/// Job or a GitOps pull request), the trust gate, deploy and rollback (server-side apply, or
+/// the pull request's merge and revert) (CI, deploy and rollback acting as the deployer
+/// `identity`; deploy reading the operator's `kill_switch` again before it writes), and the
 /// verification sampler reading `metrics`.
-pub fn stages(
-    client: kube::Client,
-    metrics: Arc<dyn MetricsSource>,
-    tools: ToolSource,
-    prices: BTreeMap<String, Price>,
-    identity: DeployerIdentity,
-    kill_switch: Option<(String, String)>,
-    gitops: crate::gitops::flow::Settings,
-) -> Stages {
+pub fn stages(parts: StageParts) -> Stages {
+    let StageParts { client, metrics, tools, prices, identity, kill_switch, gitops, delegates } = parts;
     let loopback = match &tools {
         ToolSource::Mcp(l) => Some(l.clone()),
         ToolSource::Direct => None,
@@ -203,6 +238,7 @@ pub fn stages(
         loopback,
         prices: Arc::new(prices),
         audit: Arc::new(LogAudit),
+        delegates,
     });
     let gate = Arc::new(crate::gate::trust::TrustGate { client: client.clone() });
     // Deploy asks the same gate again just before it writes.

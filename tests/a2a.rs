@@ -83,6 +83,22 @@ impl World {
 
     /// The operator, as `reflex run` assembles it, serving on a fresh port; `stop` ends it.
     async fn operator(&self) -> (String, CancellationToken, Vec<tokio::task::JoinHandle<()>>) {
+        let (base, stop, tasks, _) = self.operator_with(reflex::a2a::registry::Addressing::ClusterDns).await;
+        (base, stop, tasks)
+    }
+
+    /// The operator discovering agents at their Services' ports on loopback (as an operator
+    /// outside the cluster does, with the ports forwarded), re-reading cards every 200ms.
+    async fn operator_with_discovery(
+        &self,
+    ) -> (String, CancellationToken, Vec<tokio::task::JoinHandle<()>>, Arc<reflex::a2a::registry::Registry>) {
+        self.operator_with(reflex::a2a::registry::Addressing::Loopback).await
+    }
+
+    async fn operator_with(
+        &self,
+        addressing: reflex::a2a::registry::Addressing,
+    ) -> (String, CancellationToken, Vec<tokio::task::JoinHandle<()>>, Arc<reflex::a2a::registry::Registry>) {
         let stop = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -93,7 +109,11 @@ impl World {
                 metrics: self.model.clone(),
                 prometheus: None,
                 mcp_url: format!("http://{address}/mcp"),
-                a2a_url: format!("http://{address}/a2a"),
+                a2a: reflex::a2a::Settings {
+                    url: format!("http://{address}/a2a"),
+                    addressing,
+                    refresh: Duration::from_millis(200),
+                },
                 own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
                 mcp_allowed_hosts: vec![],
                 mcp_audiences: vec![],
@@ -109,13 +129,14 @@ impl World {
         );
         tokio::time::timeout(Duration::from_secs(10), op.intake.ready()).await.unwrap();
         let server = op.serve(listener, stop.clone());
+        let registry = op.delegates.clone();
         let controller = {
             let stop = stop.clone();
             tokio::spawn(async move {
                 op.run_controller(None, async move { stop.cancelled().await }).await.unwrap();
             })
         };
-        (format!("http://{address}"), stop, vec![server, controller])
+        (format!("http://{address}"), stop, vec![server, controller], registry)
     }
 
     async fn phase(&self, name: &str) -> Option<Phase> {
@@ -264,5 +285,224 @@ async fn the_python_a2a_sdk_finds_reflex_diagnoses_remediates_cancels_and_reads_
     for wanted in [&id, &streamed] {
         assert!(listed.as_array().unwrap().iter().any(|i| i == wanted.as_str()), "{listed}");
     }
+    stop.cancel();
+}
+
+/// The Python delegate agent on `port`; its stdout lines arrive on the receiver.
+struct Peer {
+    _child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    port: u16,
+}
+
+impl Peer {
+    async fn start() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let port = common::servers::free_port();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/a2a_agent.py");
+        let mut child = tokio::process::Command::new(python())
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                let _ = tx.send(serde_json::from_str::<Value>(&line).unwrap_or(json!({"raw": line})));
+            }
+        });
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.recv()).await.unwrap().unwrap();
+        assert_eq!(first["event"], "listening", "{first}");
+        // Listening once the card is served.
+        common::servers::until("the Python agent's card", Duration::from_secs(10), async || {
+            let url = format!("http://127.0.0.1:{port}/.well-known/agent-card.json");
+            reqwest::get(url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+        })
+        .await;
+        Self { _child: child, lines, port }
+    }
+
+    async fn control(&self, body: Value) {
+        let _ = reqwest::Client::new().post(format!("http://127.0.0.1:{}/control", self.port)).json(&body).send().await;
+    }
+
+    /// The next line with `event`, skipping others.
+    async fn next(&mut self, event: &str) -> Value {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("the Python agent printed no {event} within 30s"))
+                .unwrap();
+            if line["event"] == event {
+                return line;
+            }
+        }
+    }
+}
+
+/// A Remediation of `checkout` under `policy`, as intake would create it for the OOM alert.
+async fn remediate(admin: &kube::Client, name: &str, policy: &str) {
+    use reflex::a2a::task::{Remediate, remediation_for};
+    let labels = [("namespace", "shop"), ("deployment", "checkout"), ("container", "app")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let request = Remediate {
+        namespace: "shop".into(),
+        policy: policy.into(),
+        target: reflex::api::remediation::TargetRef {
+            api_version: "apps/v1".into(),
+            kind: reflex::api::TargetKind::Deployment,
+            name: "checkout".into(),
+        },
+        alert_name: "KubeContainerOOMKilled".into(),
+        labels,
+        annotations: Default::default(),
+        description: String::new(),
+    };
+    let rem = remediation_for(&request, name, name, name, k8s_openapi::jiff::Timestamp::now());
+    Api::<Remediation>::namespaced(admin.clone(), "shop").create(&Default::default(), &rem).await.unwrap();
+}
+
+async fn ended(admin: &kube::Client, name: &str) -> reflex::api::remediation::RemediationStatus {
+    let rems: Api<Remediation> = Api::namespaced(admin.clone(), "shop");
+    common::servers::until(&format!("Remediation {name} to end"), Duration::from_secs(60), async || {
+        rems.get(name).await.unwrap().status.filter(|s| s.phase.is_terminal())
+    })
+    .await
+}
+
+async fn condition(admin: &kube::Client, policy: &str) -> Option<(String, String, String)> {
+    let p = Api::<reflex::api::RemediationPolicy>::namespaced(admin.clone(), "shop").get(policy).await.unwrap();
+    let c = p.status?.conditions.into_iter().find(|c| c.type_ == "DelegatesAvailable")?;
+    Some((c.status, c.reason, c.message))
+}
+
+/// Reflex finds an agent nobody here wrote (the Python SDK's server) through an annotated
+/// Service, with no other configuration, and hands it a policy's diagnosis; every fault —
+/// a stream that never ends (the delegate is cancelled), a malformed answer, a refusal, a
+/// card whose skills changed, an agent that disappeared — escalates with the reason or falls
+/// back as the policy says, and the policy's condition says whether its delegate is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflex_discovers_a_python_agent_and_delegates_diagnosis_through_every_fault() {
+    let world = World::start().await;
+    let mut peer = Peer::start().await;
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "oom-expert", "namespace": "shop",
+        "annotations": {"reflex.dev/a2a-agent": "true"}},
+        "spec": {"selector": {"app": "oom-expert"}, "ports": [{"name": "a2a", "port": peer.port}]}});
+    reflex::demo::apply(&world.admin, &service).await.unwrap();
+    // One policy per fault (each has its own cooldown), all on checkout.
+    let base = Scenario::built_in("oom")
+        .unwrap()
+        .documents()
+        .unwrap()
+        .into_iter()
+        .find(|d| d["kind"] == "RemediationPolicy")
+        .unwrap();
+    for (name, fallback, timeout) in [
+        ("oom-timeout", "escalate", "2s"),
+        ("oom-malformed", "escalate", "10s"),
+        ("oom-refused", "escalate", "10s"),
+        ("oom-skills", "escalate", "10s"),
+        ("checkout-oom", "playbook", "10s"),
+        ("oom-gone", "escalate", "10s"),
+    ] {
+        let mut policy = base.clone();
+        policy["metadata"]["name"] = json!(name);
+        policy["spec"]["delegate"] =
+            json!({"diagnose": {"skill": "diagnose-oom", "timeout": timeout, "fallback": fallback}});
+        reflex::demo::apply(&world.admin, &policy).await.unwrap();
+    }
+    let (_base, stop, _tasks, registry) = world.operator_with_discovery().await;
+    let registry = || registry.clone();
+
+    // Discovered: the card, its skills, and the policies' conditions.
+    common::servers::until("the agent in the registry", Duration::from_secs(10), async || {
+        registry()
+            .agents()
+            .into_iter()
+            .find(|a| a.key() == "shop/oom-expert" && a.skills == ["diagnose-oom"])
+            .map(|_| ())
+    })
+    .await;
+    common::servers::until("the policy's condition", Duration::from_secs(10), async || {
+        condition(&world.admin, "checkout-oom").await.filter(|c| c.0 == "True" && c.1 == "AgentsReady")
+    })
+    .await;
+
+    // A stream that never ends: timed out, the delegate's task cancelled, escalated.
+    peer.control(json!({"mode": "hang"})).await;
+    remediate(&world.admin, "fault-timeout", "oom-timeout").await;
+    assert_eq!(peer.next("request").await["skill"], "diagnose-oom");
+    let status = ended(&world.admin, "fault-timeout").await;
+    assert_eq!(status.phase, Phase::Escalated);
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("agent shop/oom-expert did not finish within 2s"), "{message}");
+    peer.next("cancel").await;
+
+    // A malformed answer, and a refusal: escalated, each with its reason.
+    peer.control(json!({"mode": "malformed"})).await;
+    remediate(&world.admin, "fault-malformed", "oom-malformed").await;
+    let message = ended(&world.admin, "fault-malformed").await.message.unwrap_or_default();
+    assert!(message.contains("answered with nothing usable: findings is not a list"), "{message}");
+    peer.control(json!({"mode": "refuse"})).await;
+    remediate(&world.admin, "fault-refused", "oom-refused").await;
+    let message = ended(&world.admin, "fault-refused").await.message.unwrap_or_default();
+    assert!(
+        message.contains("refused: the task ended Rejected") && message.contains("asked about by name"),
+        "{message}"
+    );
+
+    // The card changes its skills: re-read, the registry and the condition follow, and a
+    // delegation to the skill it dropped names why there is no agent.
+    peer.control(json!({"mode": "good", "skills": ["triage"]})).await;
+    common::servers::until("the changed card", Duration::from_secs(10), async || {
+        registry().agent("shop", "oom-expert").filter(|a| a.skills == ["triage"]).map(|_| ())
+    })
+    .await;
+    common::servers::until("the condition to say no agent", Duration::from_secs(10), async || {
+        condition(&world.admin, "oom-skills").await.filter(|c| c.0 == "False" && c.1 == "NoAgent")
+    })
+    .await;
+    remediate(&world.admin, "fault-skills", "oom-skills").await;
+    let message = ended(&world.admin, "fault-skills").await.message.unwrap_or_default();
+    assert!(message.contains(r#"shop/oom-expert lists skills ["triage"], not "diagnose-oom""#), "{message}");
+
+    // Back to its skill: the diagnosis is the delegate's, and the loop goes on to a verified fix.
+    peer.control(json!({"skills": ["diagnose-oom"]})).await;
+    common::servers::until("the card again", Duration::from_secs(10), async || {
+        registry().agent("shop", "oom-expert").filter(|a| a.skills == ["diagnose-oom"]).map(|_| ())
+    })
+    .await;
+    remediate(&world.admin, "delegated", "checkout-oom").await;
+    let status = ended(&world.admin, "delegated").await;
+    assert_eq!(status.phase, Phase::Succeeded, "{:?}", status.message);
+    let diagnosis = status.diagnosis.unwrap();
+    assert_eq!(
+        diagnosis.summary,
+        "delegated to agent shop/oom-expert (skill diagnose-oom): Deployment checkout is killed for memory"
+    );
+    assert_eq!(diagnosis.findings[0].detail, "working set 200Mi over a 128Mi limit");
+    assert_eq!(diagnosis.findings[0].source, "a2a shop/oom-expert (diagnose-oom): oom-expert");
+
+    // The agent disappears: unreachable in the registry and the condition, and escalated.
+    peer.control(json!({"mode": "gone"})).await;
+    common::servers::until("the agent to be unreachable", Duration::from_secs(10), async || {
+        registry()
+            .agent("shop", "oom-expert")
+            .filter(|a| a.state == reflex::a2a::registry::AgentState::Unreachable)
+            .map(|_| ())
+    })
+    .await;
+    common::servers::until("the condition to say unreachable", Duration::from_secs(10), async || {
+        condition(&world.admin, "oom-gone").await.filter(|c| c.0 == "False" && c.1 == "CardUnreachable")
+    })
+    .await;
+    remediate(&world.admin, "fault-gone", "oom-gone").await;
+    let message = ended(&world.admin, "fault-gone").await.message.unwrap_or_default();
+    assert!(message.contains("shop/oom-expert is Unreachable"), "{message}");
     stop.cancel();
 }

@@ -25,8 +25,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The metrics source; Reflex's own PromQL fragments are built only from valid object names.
     ("metrics", &["api"]),
     ("egress", &[]),
-    // A2A: the server acts as its callers (the MCP server's identities) over Remediations.
-    ("a2a", &["api", "cluster", "mcp", "oncall"]),
+    // A2A: the server acts as its callers (the MCP server's identities) over Remediations;
+    // discovery and delegation call agents as any outbound call (egress), audited like MCP calls.
+    ("a2a", &["api", "cluster", "egress", "mcp", "oncall", "patch"]),
     // Pure cores.
     ("patch", &["api"]),
     // The stage ports, and the cluster helpers the stages share.

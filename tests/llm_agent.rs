@@ -288,6 +288,7 @@ async fn stage(w: &World) -> reflex::agent::stage::AgentStage {
             Price { input_per_million: 5.0, output_per_million: 15.0 },
         )])),
         audit,
+        delegates: None,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct AgentStage {
     /// Dollars per million tokens by model name (the operator's price table).
     pub prices: Arc<BTreeMap<String, Price>>,
     pub audit: Arc<dyn crate::mcp::client::Audit>,
+    /// The agents discovered over A2A, for a policy that delegates a step.
+    pub delegates: Option<Arc<crate::a2a::registry::Registry>>,
 }
 
 fn err(category: ErrorCategory, message: impl Into<String>) -> StageError {
@@ -264,21 +266,95 @@ impl AgentStage {
     }
 }
 
+impl AgentStage {
+    /// The step handed to another agent: its answer, or the error that ends the delegation.
+    async fn delegated(
+        &self,
+        input: &StageInput,
+        d: &crate::api::validate::ValidDelegation,
+        step: &str,
+    ) -> Result<crate::a2a::delegate::Answer, crate::a2a::delegate::DelegateError> {
+        use crate::a2a::delegate::DelegateError;
+        let registry = self
+            .delegates
+            .as_ref()
+            .ok_or_else(|| DelegateError::NoAgent("this operator runs without A2A discovery".into()))?;
+        let rem = &input.remediation;
+        let namespace = rem.metadata.namespace.clone().unwrap_or_default();
+        let alert = &rem.spec.alert;
+        let request = serde_json::json!({
+            "step": step,
+            "namespace": namespace,
+            "remediation": rem.metadata.name,
+            "target": {"kind": rem.spec.target.kind, "name": rem.spec.target.name},
+            "alert": {"name": alert.name, "labels": alert.labels, "annotations": alert.annotations},
+            "diagnosis": rem.status.as_ref().and_then(|s| s.diagnosis.as_ref()),
+        });
+        let trace_id = rem.status.as_ref().and_then(|s| s.trace_id.clone());
+        crate::a2a::delegate::delegate(registry, &namespace, d, request, self.audit.as_ref(), trace_id, &input.cancel)
+            .await
+    }
+
+    /// The diagnosis as the LLM modes record it (the agent investigates when it proposes).
+    fn llm_diagnosis(input: &StageInput) -> Diagnosis {
+        let rem = &input.remediation;
+        let summary = format!(
+            "{} on {} {}: the LLM agent investigates with MCP tools when it proposes",
+            rem.spec.alert.name,
+            rem.spec.target.kind.as_str(),
+            rem.spec.target.name
+        );
+        Diagnosis { summary, findings: vec![] }
+    }
+}
+
+/// A failed delegation: the fallback's note, or the error that ends the step (escalated:
+/// a person looks, told why).
+fn delegation_failed(
+    d: &crate::api::validate::ValidDelegation,
+    e: &crate::a2a::delegate::DelegateError,
+    input: &StageInput,
+) -> Result<String, StageError> {
+    use crate::api::policy::DelegationFallback;
+    if input.cancel.is_cancelled() {
+        return Err(err(ErrorCategory::Transient, e.to_string()));
+    }
+    tracing::warn!(skill = %d.skill, error = %e, fallback = ?d.fallback, "A2A: the delegation failed");
+    match d.fallback {
+        DelegationFallback::Escalate => {
+            Err(err(ErrorCategory::NeedsHuman, format!("delegation of skill {:?} failed: {e}", d.skill)))
+        }
+        DelegationFallback::Playbook | DelegationFallback::Llm => {
+            let why: String = e.to_string().chars().take(MAX_SUMMARY).collect();
+            Ok(format!("(the delegation of skill {:?} failed: {why}; fell back to the {:?})", d.skill, d.fallback))
+        }
+    }
+}
+
 impl Diagnose for AgentStage {
     fn diagnose(&self, input: StageInput) -> StageFuture<Diagnosis> {
         let this = self.clone();
         async move {
-            if mode(&input) != AgentMode::Llm {
-                return this.playbook.diagnose(input).await;
+            let delegation = input.policy.as_ref().and_then(|p| p.delegate_diagnose.clone());
+            let mut note = None;
+            if let Some(d) = &delegation {
+                let answer = this.delegated(&input, d, "diagnose").await;
+                match answer.and_then(|a| crate::a2a::delegate::diagnosis_from(&a, &d.skill)) {
+                    Ok(diagnosis) => return Ok(diagnosis),
+                    Err(e) => note = Some(delegation_failed(d, &e, &input)?),
+                }
             }
-            let rem = &input.remediation;
-            let summary = format!(
-                "{} on {} {}: the LLM agent investigates with MCP tools when it proposes",
-                rem.spec.alert.name,
-                rem.spec.target.kind.as_str(),
-                rem.spec.target.name
-            );
-            Ok(Diagnosis { summary, findings: vec![] })
+            let fallback_to_llm =
+                delegation.as_ref().is_some_and(|d| d.fallback == crate::api::policy::DelegationFallback::Llm);
+            let mut diagnosis = if mode(&input) == AgentMode::Llm || fallback_to_llm {
+                Self::llm_diagnosis(&input)
+            } else {
+                this.playbook.diagnose(input).await?
+            };
+            if let Some(note) = note {
+                diagnosis.summary = format!("{} {note}", diagnosis.summary);
+            }
+            Ok(diagnosis)
         }
         .boxed()
     }
@@ -288,6 +364,20 @@ impl Propose for AgentStage {
     fn propose(&self, input: StageInput) -> StageFuture<Proposal> {
         let this = self.clone();
         async move {
+            if let Some(d) = input.policy.as_ref().and_then(|p| p.delegate_propose.clone()) {
+                let answer = this.delegated(&input, &d, "propose").await;
+                let playbook = input.policy.as_ref().and_then(|p| p.playbook.clone());
+                let note = match answer.and_then(|a| crate::a2a::delegate::proposal_from(&a, &d.skill, playbook)) {
+                    Ok(p) => return Ok(p),
+                    Err(e) => delegation_failed(&d, &e, &input)?,
+                };
+                let mut p = match d.fallback {
+                    crate::api::policy::DelegationFallback::Llm => this.agent(&input).await?,
+                    _ => this.playbook.propose(input).await?,
+                };
+                p.rationale = format!("{} {note}", p.rationale);
+                return Ok(p);
+            }
             match mode(&input) {
                 AgentMode::Playbook => this.playbook.propose(input).await,
                 AgentMode::Llm => this.agent(&input).await,

@@ -76,6 +76,61 @@ pub struct RemediationPolicySpec {
     /// Where to tell humans what happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<NotifySpec>,
+    /// Steps handed to another agent over A2A, found by skill among the agents Reflex
+    /// discovered (Services annotated `reflex.dev/a2a-agent: "true"`). A delegate's proposal
+    /// goes through the same patch-safety check, CI and gate as any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<DelegateSpec>,
+}
+
+/// The steps a policy delegates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DelegateSpec {
+    /// The diagnosis: the delegate's findings instead of the playbook's reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnose: Option<Delegation>,
+    /// The change (in GitOps mode, the change the pull request carries): the delegate's
+    /// patch instead of the playbook's or the LLM's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propose: Option<Delegation>,
+}
+
+/// One delegated step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Delegation {
+    /// The skill id the agent's card must list.
+    #[schemars(length(min = 1, max = 128))]
+    pub skill: String,
+    /// Only this agent: the annotated Service's name in the policy's namespace, or
+    /// `namespace/name`. Unset: any discovered agent in the policy's namespace with the skill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// How long the delegate has, streaming included (at most 10m).
+    #[serde(default = "default_delegation_timeout")]
+    pub timeout: DurationString,
+    /// When the delegate does not answer usefully (gone, timed out, refused, malformed):
+    /// `escalate` (the default: a person looks, told why), `playbook` or `llm`.
+    #[serde(default)]
+    pub fallback: DelegationFallback,
+}
+
+/// What runs when a delegation fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DelegationFallback {
+    /// End the step for a person, with the reason.
+    #[default]
+    Escalate,
+    /// The policy's playbook.
+    Playbook,
+    /// The policy's LLM agent.
+    Llm,
+}
+
+fn default_delegation_timeout() -> DurationString {
+    DurationString::new("60s")
 }
 
 /// Alert selection: names plus Alertmanager-syntax label matchers, all of which must hold.

@@ -392,6 +392,8 @@ pub enum ProposalSource {
     Playbook,
     /// The LLM agent.
     Llm,
+    /// Another agent, over A2A (the policy's `delegate.propose`).
+    Delegate,
 }
 
 /// Token usage of LLM calls.

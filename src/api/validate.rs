@@ -602,6 +602,74 @@ pub struct ValidPolicy {
     pub rollout_timeout: Duration,
     /// Silence the alert while the fix is in flight.
     pub silence_alert: bool,
+    /// The delegated diagnosis, with its timeout read.
+    pub delegate_diagnose: Option<ValidDelegation>,
+    /// The delegated proposal, with its timeout read.
+    pub delegate_propose: Option<ValidDelegation>,
+}
+
+/// A delegated step with its timeout read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidDelegation {
+    /// The skill the agent must list.
+    pub skill: String,
+    /// The one agent, as (namespace — none: the policy's —, Service name), when the policy
+    /// pins one.
+    pub agent: Option<(Option<String>, String)>,
+    /// How long the delegate has.
+    pub timeout: Duration,
+    /// What runs when it fails.
+    pub fallback: crate::api::policy::DelegationFallback,
+}
+
+/// Longest a delegate may take.
+pub const MAX_DELEGATION: Duration = Duration::from_secs(600);
+
+fn delegation(
+    c: &mut Collector,
+    spec: &RemediationPolicySpec,
+    field: &str,
+    d: Option<&crate::api::policy::Delegation>,
+) -> Option<ValidDelegation> {
+    use crate::api::policy::DelegationFallback;
+    let d = d?;
+    let base = format!("spec.delegate.{field}");
+    if d.skill.trim().is_empty() || d.skill.len() > 128 || d.skill.chars().any(char::is_control) {
+        c.push(format!("{base}.skill"), "must name a skill (1 to 128 characters, as the agent's card lists it)");
+    }
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    let agent = d.agent.as_deref().and_then(|a| {
+        let (ns, name) = match a.split_once('/') {
+            Some((ns, name)) => (Some(ns), name),
+            None => (None, a),
+        };
+        if ns.is_none_or(is_name) && is_name(name) {
+            Some((ns.map(str::to_owned), name.to_owned()))
+        } else {
+            c.push(format!("{base}.agent"), format!("{a:?} is not a Service name or namespace/name"));
+            None
+        }
+    });
+    let timeout = c.duration(&format!("{base}.timeout"), &d.timeout);
+    if timeout.is_zero() || timeout > MAX_DELEGATION {
+        c.push(format!("{base}.timeout"), "must be longer than zero and at most 10m");
+    }
+    match d.fallback {
+        DelegationFallback::Playbook if spec.playbook.as_deref().is_none_or(str::is_empty) => {
+            c.push(format!("{base}.fallback"), "playbook needs spec.playbook");
+        }
+        DelegationFallback::Llm if spec.agent.model.is_none() => {
+            c.push(format!("{base}.fallback"), "llm needs spec.agent.model");
+        }
+        _ => {}
+    }
+    Some(ValidDelegation { skill: d.skill.clone(), agent, timeout, fallback: d.fallback })
 }
 
 impl ValidPolicy {
@@ -668,6 +736,9 @@ impl ValidPolicy {
             c.push("spec.playbook", "name a Playbook (required unless agent.mode is llm)");
         }
         let agent = agent(&mut c, spec);
+        let delegate = spec.delegate.clone().unwrap_or_default();
+        let delegate_diagnose = delegation(&mut c, spec, "diagnose", delegate.diagnose.as_ref());
+        let delegate_propose = delegation(&mut c, spec, "propose", delegate.propose.as_ref());
 
         let trust = ValidTrust {
             level: spec.trust.level,
@@ -806,6 +877,8 @@ impl ValidPolicy {
             notify: spec.notify.clone(),
             rollout_timeout,
             silence_alert: spec.silence_alert,
+            delegate_diagnose,
+            delegate_propose,
         })
     }
 }

@@ -322,7 +322,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             metrics: model.clone(),
             prometheus: None,
             mcp_url: format!("http://{address}/mcp"),
-            a2a_url: format!("http://{address}/a2a"),
+            a2a: crate::a2a::Settings { url: format!("http://{address}/a2a"), ..Default::default() },
             own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
             mcp_allowed_hosts: vec![],
             mcp_audiences: vec![],
