@@ -120,17 +120,18 @@ impl Operator {
                 ToolSource::Direct
             }
         };
+        // The agents other agents are: discovered from annotated Services, re-read on a timer.
+        let delegates = Arc::new(crate::a2a::registry::Registry::default());
         let backends = Backends {
             metrics: prometheus.is_none().then(|| metrics.clone()),
             prometheus,
             operator: Some(client.clone()),
+            agents: Some(delegates.clone()),
         };
         let identities = Arc::new(Identities::new(client.clone(), kube_config).with_audiences(mcp_audiences));
         let mcp = crate::mcp::router(ReflexMcp::new(backends), identities.clone(), mcp_allowed_hosts, stop.clone());
         // A2A callers are reviewed and impersonated exactly as MCP callers are.
         let a2a_router = crate::a2a::server::router(identities, crate::a2a::card::card(&a2a.url));
-        // The agents other agents are: discovered from annotated Services, re-read on a timer.
-        let delegates = Arc::new(crate::a2a::registry::Registry::default());
         tokio::spawn(
             crate::a2a::registry::Discovery {
                 client: client.clone(),

@@ -416,7 +416,7 @@ async fn reflex_discovers_a_python_agent_and_delegates_diagnosis_through_every_f
             json!({"diagnose": {"skill": "diagnose-oom", "timeout": timeout, "fallback": fallback}});
         reflex::demo::apply(&world.admin, &policy).await.unwrap();
     }
-    let (_base, stop, _tasks, registry) = world.operator_with_discovery().await;
+    let (base_url, stop, _tasks, registry) = world.operator_with_discovery().await;
     let registry = || registry.clone();
 
     // Discovered: the card, its skills, and the policies' conditions.
@@ -432,6 +432,26 @@ async fn reflex_discovers_a_python_agent_and_delegates_diagnosis_through_every_f
         condition(&world.admin, "checkout-oom").await.filter(|c| c.0 == "True" && c.1 == "AgentsReady")
     })
     .await;
+    // On Reflex's MCP server: a tool and a resource, showing only agents whose Service the
+    // caller may get (the operator's identity may; alice may not).
+    let mcp_url = format!("{base_url}/mcp");
+    let call = async |token: &str| {
+        use rmcp::model::CallToolRequestParams;
+        let client = common::mcp::connect(&mcp_url, token).await;
+        let r = client.call_tool(CallToolRequestParams::new("list_agents")).await.unwrap();
+        let agents = r.structured_content.unwrap()["agents"].clone();
+        let resources = client.list_all_resources().await.unwrap();
+        let uris: Vec<String> = resources.into_iter().map(|r| r.uri).filter(|u| u.starts_with("agent://")).collect();
+        (agents, uris)
+    };
+    let (agents, uris) = call(OPERATOR_TOKEN).await;
+    assert_eq!(agents[0]["service"], "oom-expert", "{agents}");
+    assert_eq!(agents[0]["skills"], json!(["diagnose-oom"]));
+    assert_eq!(agents[0]["state"], "Ready");
+    assert_eq!(uris, ["agent://shop/oom-expert"]);
+    let (agents, uris) = call(ALICE_TOKEN).await;
+    assert_eq!(agents, json!([]), "alice may not get Services");
+    assert!(uris.is_empty());
 
     // A stream that never ends: timed out, the delegate's task cancelled, escalated.
     peer.control(json!({"mode": "hang"})).await;

@@ -175,6 +175,26 @@ impl Registry {
     }
 }
 
+impl crate::mcp::server::AgentDirectory for Registry {
+    fn agents(&self) -> Vec<crate::mcp::schema::AgentSummary> {
+        self.agents()
+            .into_iter()
+            .map(|a| crate::mcp::schema::AgentSummary {
+                uri: format!("agent://{}/{}", a.namespace, a.service),
+                state: format!("{:?}", a.state),
+                namespace: a.namespace,
+                service: a.service,
+                name: a.name,
+                description: a.description,
+                url: a.url,
+                reason: a.reason,
+                skills: a.skills,
+                checked_at: a.checked_at,
+            })
+            .collect()
+    }
+}
+
 /// Why a card is not usable, if it is not: it needs a JSON-RPC interface of A2A 1.x whose URL
 /// is on `base` (the address Reflex discovered; a card cannot send Reflex elsewhere), and
 /// skills with ids. Pure.

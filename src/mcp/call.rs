@@ -40,6 +40,14 @@ pub struct Backends {
     /// Instant values for `query_prometheus` when there is no Prometheus (the demo's
     /// model); one unlabelled series.
     pub metrics: Option<Arc<dyn crate::metrics::MetricsSource>>,
+    /// The agents Reflex discovered over A2A, for `list_agents` and `agent://` resources.
+    pub agents: Option<Arc<dyn AgentDirectory>>,
+}
+
+/// The agents discovered over A2A, as the MCP server shows them (the A2A registry implements
+/// it; the server filters by what each caller may see).
+pub trait AgentDirectory: Send + Sync {
+    fn agents(&self) -> Vec<super::schema::AgentSummary>;
 }
 
 /// The server. Cheap to clone (rmcp builds one per stateless request): everything is

@@ -1,5 +1,6 @@
-//! Reflex's MCP resources — `remediation://NAMESPACE/NAME` and `playbook://NAMESPACE/NAME`,
-//! listed and read as the caller — and the `diagnose_alert` prompt.
+//! Reflex's MCP resources — `remediation://NAMESPACE/NAME`, `playbook://NAMESPACE/NAME` and
+//! `agent://NAMESPACE/SERVICE` (an agent discovered over A2A), listed and read as the caller —
+//! and the `diagnose_alert` prompt.
 //!
 //! Contract: every read is made with the caller's client, so a caller lists and reads only
 //! what RBAC lets it; objects are cleaned ([`bounds::clean`]) before they leave.
@@ -55,6 +56,13 @@ impl ReflexMcp {
                     .with_mime_type("application/json"),
             );
         }
+        let agents = self.inner.backends.agents.as_ref().map(|d| d.agents()).unwrap_or_default();
+        for a in super::tools::visible_agents(&caller, agents.into_iter()).await {
+            out.push(
+                Resource::new(a.uri.clone(), format!("A2A agent {}/{} ({})", a.namespace, a.service, a.name))
+                    .with_mime_type("application/json"),
+            );
+        }
         Ok(ListResourcesResult::with_all_items(out))
     }
 
@@ -67,7 +75,9 @@ impl ReflexMcp {
         let uri = request.uri.clone();
         let Some((kind, ns, name)) = parse_uri(&uri) else {
             return Err(ErrorData::invalid_params(
-                format!("{uri:?} is not remediation://NAMESPACE/NAME or playbook://NAMESPACE/NAME"),
+                format!(
+                    "{uri:?} is not remediation://NAMESPACE/NAME, playbook://NAMESPACE/NAME or agent://NAMESPACE/SERVICE"
+                ),
                 None,
             ));
         };
@@ -78,7 +88,19 @@ impl ReflexMcp {
                 None,
             ));
         }
-        let value = if kind == "Remediation" {
+        let value = if kind == "Agent" {
+            let agents = self.inner.backends.agents.as_ref().map(|d| d.agents()).unwrap_or_default();
+            let wanted = agents.into_iter().filter(|a| a.namespace == ns && a.service == name);
+            match super::tools::visible_agents(&caller, wanted).await.into_iter().next() {
+                Some(a) => Ok(serde_json::to_value(a).unwrap_or(Value::Null)),
+                None => {
+                    return Err(ErrorData::resource_not_found(
+                        format!("{uri}: no such agent (or its Service is not yours to see)"),
+                        None,
+                    ));
+                }
+            }
+        } else if kind == "Remediation" {
             Api::<Remediation>::namespaced(caller.client, ns)
                 .get(name)
                 .await
@@ -115,6 +137,7 @@ pub(super) fn templates() -> ListResourceTemplatesResult {
     ListResourceTemplatesResult::with_all_items(vec![
         ResourceTemplate::new("remediation://{namespace}/{name}", "Remediation").with_mime_type("application/json"),
         ResourceTemplate::new("playbook://{namespace}/{name}", "Playbook").with_mime_type("application/json"),
+        ResourceTemplate::new("agent://{namespace}/{service}", "A2A agent").with_mime_type("application/json"),
     ])
 }
 
@@ -186,6 +209,7 @@ fn parse_uri(uri: &str) -> Option<(&'static str, &str, &str)> {
     let kind = match scheme {
         "remediation" => "Remediation",
         "playbook" => "Playbook",
+        "agent" => "Agent",
         _ => return None,
     };
     let (ns, name) = rest.split_once('/')?;

@@ -270,6 +270,36 @@ pub struct PlaybookSummary {
     pub uri: String,
 }
 
+/// An agent Reflex discovered over A2A (a Service annotated `reflex.dev/a2a-agent: "true"`).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSummary {
+    pub namespace: String,
+    /// The annotated Service.
+    pub service: String,
+    /// The card's name and description.
+    pub name: String,
+    pub description: String,
+    /// Where Reflex reaches it.
+    pub url: String,
+    /// Ready, Unreachable or Invalid.
+    pub state: String,
+    /// Why it is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The skill ids its card lists.
+    pub skills: Vec<String>,
+    /// When its card was last read.
+    pub checked_at: String,
+    /// `agent://NAMESPACE/SERVICE` for the same, as a resource.
+    pub uri: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct AgentsOutput {
+    pub agents: Vec<AgentSummary>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct PlaybooksOutput {
     pub playbooks: Vec<PlaybookSummary>,

@@ -30,7 +30,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, prompt_handler, tool_handler};
 
-pub use super::call::{Backends, ReflexMcp};
+pub use super::call::{AgentDirectory, Backends, ReflexMcp};
 use super::call::{InFlight, Inner, Served};
 
 /// How long a context tool's result is reused for the same identity and arguments.
@@ -50,6 +50,7 @@ pub const TOOL_VERSIONS: &[(&str, u32)] = &[
     ("list_firing_alerts", 2),
     ("list_remediations", 2),
     ("list_playbooks", 2),
+    ("list_agents", 1),
     ("approve_remediation", 2),
     ("reject_remediation", 2),
     ("cancel_remediation", 2),

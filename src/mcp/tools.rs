@@ -585,6 +585,40 @@ impl ReflexMcp {
         })
         .await
     }
+
+    #[tool(
+        description = "Agents Reflex discovered over A2A (Services annotated reflex.dev/a2a-agent), with their skills and whether their cards are usable; optionally in one namespace. Lists only agents whose Service the caller may get.",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_agents(
+        &self,
+        Parameters(p): Parameters<ListInNamespace>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<AgentsOutput>, String> {
+        in_namespace(&p)?;
+        let directory = self.inner.backends.agents.clone();
+        self.run(&ctx, "list_agents", args(&p), TOOL_TIMEOUT, |caller| async move {
+            let all = directory.map(|d| d.agents()).unwrap_or_default();
+            let wanted = all.into_iter().filter(|a| p.namespace.as_deref().is_none_or(|ns| a.namespace == ns));
+            Ok(AgentsOutput { agents: visible_agents(&caller, wanted).await })
+        })
+        .await
+    }
+}
+
+/// The agents whose Service `caller` may get (a reader: in its own namespace only).
+pub(super) async fn visible_agents(caller: &Caller, agents: impl Iterator<Item = AgentSummary>) -> Vec<AgentSummary> {
+    let mut out = Vec::new();
+    for a in agents {
+        if caller.scope.as_deref().is_some_and(|s| s != a.namespace) {
+            continue;
+        }
+        let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(caller.client.clone(), &a.namespace);
+        if services.get_metadata(&a.service).await.is_ok() {
+            out.push(a);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
