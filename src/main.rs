@@ -185,6 +185,18 @@ enum Command {
         #[command(flatten)]
         who: Who,
     },
+    /// List the agents Reflex discovers over A2A (Services annotated
+    /// reflex.dev/a2a-agent: "true"): each card read now, its skills, and why one is not usable.
+    Agents {
+        /// In every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Reach the Services at 127.0.0.1:<port> (their ports forwarded), not by cluster DNS.
+        #[arg(long)]
+        loopback: bool,
+        #[command(flatten)]
+        who: Who,
+    },
     /// List Remediations (phase, target, what they wait for).
     Get {
         #[command(flatten)]
@@ -332,6 +344,19 @@ async fn main() -> anyhow::Result<()> {
             let (client, ns) = who.connect().await?;
             reflex::oncall::cancel(&client, &ns, &name).await?;
             println!("remediation/{name} cancelled in {ns}: nothing further is deployed");
+        }
+        Command::Agents { all_namespaces, loopback, who } => {
+            let (client, ns) = who.connect().await?;
+            let addressing = if loopback {
+                reflex::a2a::registry::Addressing::Loopback
+            } else {
+                reflex::a2a::registry::Addressing::ClusterDns
+            };
+            let namespace = (!all_namespaces).then_some(ns.as_str());
+            let agents = reflex::a2a::registry::discover_once(&client, namespace, addressing)
+                .await
+                .context("listing Services")?;
+            print!("{}", reflex::a2a::registry::table(&agents));
         }
         Command::Get { who } => {
             let (client, ns) = who.connect().await?;

@@ -238,9 +238,17 @@ async fn the_python_a2a_sdk_finds_reflex_diagnoses_remediates_cancels_and_reads_
         assert!(tokio::time::Instant::now() < deadline, "never awaited approval: {status:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Subscribing to it: the task now, waiting for a person; the stream ends there.
+    let followed = python_client(&base, AGENT_TOKEN, "subscribe", &[&id]).await;
+    assert_eq!(followed.len(), 1, "{followed:?}");
+    assert_eq!(followed[0]["kind"], "task");
+    assert_eq!(followed[0]["event"]["status"]["state"], "TASK_STATE_INPUT_REQUIRED", "{followed:?}");
     let cancelled = &python_client(&base, AGENT_TOKEN, "cancel", &[&id]).await[0];
     assert_eq!(cancelled["task"]["status"]["state"], "TASK_STATE_CANCELED", "{cancelled}");
     assert_eq!(world.phase(&name).await, Some(Phase::Cancelled));
+    // An ended task is not followed: SubscribeToTask says so.
+    let why = refusal(&python_client(&base, AGENT_TOKEN, "subscribe", &[&id]).await);
+    assert!(why.contains("has ended") && why.contains("GetTask"), "{why}");
 
     // A remediate task streamed to its end: the task first, then its phases and artifacts,
     // ending completed with the proposal and the verdict.
@@ -416,6 +424,11 @@ async fn reflex_discovers_a_python_agent_and_delegates_diagnosis_through_every_f
             json!({"diagnose": {"skill": "diagnose-oom", "timeout": timeout, "fallback": fallback}});
         reflex::demo::apply(&world.admin, &policy).await.unwrap();
     }
+    // A policy that delegates the change itself.
+    let mut policy = base.clone();
+    policy["metadata"]["name"] = json!("oom-delegated-change");
+    policy["spec"]["delegate"] = json!({"propose": {"skill": "propose-fix", "timeout": "10s"}});
+    reflex::demo::apply(&world.admin, &policy).await.unwrap();
     let (base_url, stop, _tasks, registry) = world.operator_with_discovery().await;
     let registry = || registry.clone();
 
@@ -449,6 +462,14 @@ async fn reflex_discovers_a_python_agent_and_delegates_diagnosis_through_every_f
     assert_eq!(agents[0]["skills"], json!(["diagnose-oom"]));
     assert_eq!(agents[0]["state"], "Ready");
     assert_eq!(uris, ["agent://shop/oom-expert"]);
+    // `reflex agents`: one pass, as the kubeconfig's identity.
+    let found =
+        reflex::a2a::registry::discover_once(&world.admin, Some("shop"), reflex::a2a::registry::Addressing::Loopback)
+            .await
+            .unwrap();
+    let table = reflex::a2a::registry::table(&found);
+    assert!(table.lines().nth(1).unwrap().starts_with("shop/oom-expert"), "{table}");
+    assert!(table.contains("Ready") && table.contains("diagnose-oom"), "{table}");
     let (agents, uris) = call(ALICE_TOKEN).await;
     assert_eq!(agents, json!([]), "alice may not get Services");
     assert!(uris.is_empty());
@@ -491,12 +512,27 @@ async fn reflex_discovers_a_python_agent_and_delegates_diagnosis_through_every_f
     let message = ended(&world.admin, "fault-skills").await.message.unwrap_or_default();
     assert!(message.contains(r#"shop/oom-expert lists skills ["triage"], not "diagnose-oom""#), "{message}");
 
-    // Back to its skill: the diagnosis is the delegate's, and the loop goes on to a verified fix.
-    peer.control(json!({"skills": ["diagnose-oom"]})).await;
+    // Back to its skills. A delegate's harmful change is judged like any other: the patch
+    // safety check refuses it, and nothing is deployed.
+    peer.control(json!({"mode": "harmful", "skills": ["diagnose-oom", "propose-fix"]})).await;
     common::servers::until("the card again", Duration::from_secs(10), async || {
-        registry().agent("shop", "oom-expert").filter(|a| a.skills == ["diagnose-oom"]).map(|_| ())
+        registry().agent("shop", "oom-expert").filter(|a| a.skills == ["diagnose-oom", "propose-fix"]).map(|_| ())
     })
     .await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(world.admin.clone(), "shop");
+    let generation = deployments.get("checkout").await.unwrap().metadata.generation;
+    remediate(&world.admin, "harmful", "oom-delegated-change").await;
+    let status = ended(&world.admin, "harmful").await;
+    let proposal = status.proposal.clone().unwrap();
+    assert_eq!(proposal.produced_by, reflex::api::remediation::ProposalSource::Delegate);
+    assert!(proposal.rationale.contains("proposed by agent shop/oom-expert over A2A"), "{}", proposal.rationale);
+    assert!(matches!(status.phase, Phase::Failed | Phase::Escalated), "{:?}: {:?}", status.phase, status.message);
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("image") || message.contains("privileged"), "{message}");
+    assert_eq!(deployments.get("checkout").await.unwrap().metadata.generation, generation, "nothing was deployed");
+
+    // The diagnosis is the delegate's, and the loop goes on to a verified fix.
+    peer.control(json!({"mode": "good"})).await;
     remediate(&world.admin, "delegated", "checkout-oom").await;
     let status = ended(&world.admin, "delegated").await;
     assert_eq!(status.phase, Phase::Succeeded, "{:?}", status.message);

@@ -332,6 +332,42 @@ async fn fetch(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
+/// One discovery pass (for `reflex agents`): the annotated Services in `namespace` (every
+/// namespace when none) as `client` sees them, each with its card read.
+///
+/// # Errors
+/// The Services cannot be listed.
+pub async fn discover_once(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    addressing: Addressing,
+) -> Result<Vec<Agent>, kube::Error> {
+    let api: Api<Service> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let services = api.list(&Default::default()).await?.items;
+    let http = crate::egress::client(Some(FETCH_TIMEOUT)).map_err(|e| kube::Error::Service(Box::new(e)))?;
+    let annotated: Vec<&Service> = services.iter().filter(|s| annotated(s)).collect();
+    Ok(futures::future::join_all(annotated.into_iter().map(|s| read_agent(&http, s, addressing))).await)
+}
+
+/// `reflex agents`' table. Pure.
+pub fn table(agents: &[Agent]) -> String {
+    let mut out = format!("{:<32} {:<12} {:<40} {:<36} REASON\n", "AGENT", "STATE", "SKILLS", "URL");
+    for a in agents {
+        out.push_str(&format!(
+            "{:<32} {:<12} {:<40} {:<36} {}\n",
+            a.key(),
+            format!("{:?}", a.state),
+            a.skills.join(","),
+            a.url,
+            a.reason.as_deref().unwrap_or_default()
+        ));
+    }
+    out
+}
+
 /// The watch that keeps the registry.
 pub struct Discovery {
     pub client: kube::Client,

@@ -6,6 +6,7 @@ STEP:
   diagnose NS KIND NAME        send a `diagnose` message (blocking), print the reply
   remediate NS POLICY NAME     stream a `remediate` task to its end, print every event
   start NS POLICY NAME         send a `remediate` message that returns at once, print the task
+  subscribe TASK_ID            follow the task's updates until it ends or waits, print each
   cancel TASK_ID               cancel the task, print it
   get TASK_ID                  get the task, print it
   list NS                      list the tasks in namespace NS (the tenant), print their ids
@@ -29,6 +30,7 @@ from a2a.types import (
     Role,
     SendMessageConfiguration,
     SendMessageRequest,
+    SubscribeToTaskRequest,
 )
 
 
@@ -54,7 +56,7 @@ async def main(base, token, step, args):
         if step == "card":
             say("card", card=as_dict(card))
             return
-        streaming = step == "remediate"
+        streaming = step in ("remediate", "subscribe")
         client = await create_client(card, client_config=ClientConfig(httpx_client=http, streaming=streaming))
         if step == "diagnose":
             ns, kind, name = args
@@ -75,6 +77,10 @@ async def main(base, token, step, args):
             async for event in client.send_message(req):
                 kind = event.WhichOneof("payload")
                 say(step, kind=kind, event=as_dict(getattr(event, kind)))
+        elif step == "subscribe":
+            async for event in client.subscribe(SubscribeToTaskRequest(id=args[0])):
+                kind = event.WhichOneof("payload")
+                say("subscribe", kind=kind, event=as_dict(getattr(event, kind)))
         elif step == "cancel":
             task = await client.cancel_task(CancelTaskRequest(id=args[0]))
             say("cancel", task=as_dict(task))
