@@ -515,3 +515,19 @@ async fn the_job_failed_scenario_reports_its_findings_and_proposes_nothing() {
     assert!(message.contains("Failed=True (BackoffLimitExceeded") && message.contains("failed-pods: 2"), "{message}");
     assert!(status.proposal.is_none() && status.deploy.is_none(), "{text}");
 }
+
+/// The a2a scenario: the agent is found from its Service's annotation alone, the diagnosis is
+/// the agent's (on the timeline), and the loop closes on the playbook's proposal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_a2a_scenario_delegates_the_diagnosis_to_a_discovered_agent() {
+    let (outcome, text) = play(Scenario::built_in("a2a").unwrap(), false).await;
+    assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
+    assert!(text.contains("discovered  A2A agent shop/oom-expert"), "{text}");
+    assert!(
+        text.contains("delegated the diagnosis over A2A to agent shop/oom-expert (skill diagnose-oom)"),
+        "{text}"
+    );
+    let diagnosis = outcome.remediation.status.clone().unwrap().diagnosis.unwrap();
+    assert!(diagnosis.findings[0].detail.starts_with("working set 200Mi is over the 128Mi memory limit"));
+    assert!(diagnosis.findings[0].source.starts_with("a2a shop/oom-expert (diagnose-oom)"));
+}

@@ -9,6 +9,7 @@
 
 pub mod forge;
 pub mod model;
+pub mod peer;
 pub mod repository;
 pub mod scenario;
 pub mod standin;
@@ -213,6 +214,15 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         }
         None => None,
     };
+    // The other agent, when the policy delegates to one: its Service's port is the stand-in's.
+    let peer = match &scenario.peer {
+        Some(p) => {
+            let peer = peer::Peer::start(&p.skill, p.findings.clone()).await?;
+            scenario.resources = scenario.resources.replace("${PEER_PORT}", &peer.port.to_string());
+            Some(peer)
+        }
+        None => None,
+    };
     // The repository the cluster is synced from, and its forge, when the scenario is GitOps.
     let repository = match &scenario.gitops {
         Some(g) => {
@@ -256,6 +266,13 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             llm.model,
             llm.price.input_per_million,
             llm.price.output_per_million
+        )?;
+    }
+    if let Some(p) = &peer {
+        writeln!(
+            out,
+            "  stand-in: the other agent is a scripted A2A agent on the A2A Rust SDK (127.0.0.1:{}), not another team's; tests/a2a.rs proves the same with the official Python SDK",
+            p.port
         )?;
     }
     if let Some(r) = &repository {
@@ -322,7 +339,12 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             metrics: model.clone(),
             prometheus: None,
             mcp_url: format!("http://{address}/mcp"),
-            a2a: crate::a2a::Settings { url: format!("http://{address}/a2a"), ..Default::default() },
+            // Services are reached on loopback: the demo's "cluster" is in this process.
+            a2a: crate::a2a::Settings {
+                url: format!("http://{address}/a2a"),
+                addressing: crate::a2a::registry::Addressing::Loopback,
+                refresh: Duration::from_secs(1),
+            },
             own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
             mcp_allowed_hosts: vec![],
             mcp_audiences: vec![],
@@ -340,6 +362,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         .await
         .map_err(|_| anyhow::anyhow!("intake's watches did not list within 10s"))?;
     let server = operator.serve(listener, stop.clone());
+    let delegates = operator.delegates.clone();
     let controller = {
         let stop = stop.clone();
         tokio::spawn(async move { operator.run_controller(None, async move { stop.cancelled().await }).await })
@@ -427,6 +450,30 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             anyhow::ensure!(Instant::now() < deadline, "Job {} never failed; check the scenario's model", failing.name);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    // Another agent: found from its Service's annotation alone, before the alert fires.
+    if let Some(p) = &scenario.peer {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let agent = loop {
+            let found = delegates
+                .agents()
+                .into_iter()
+                .find(|a| a.state == crate::a2a::registry::AgentState::Ready && a.skills.contains(&p.skill));
+            if let Some(a) = found {
+                break a;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "Reflex did not discover the scenario's agent within 10s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        writeln!(
+            out,
+            "[{:>5.1}s] discovered  A2A agent {} ({:?}) from its Service's annotation reflex.dev/a2a-agent; skills {}",
+            t0.elapsed().as_secs_f64(),
+            agent.key(),
+            agent.name,
+            agent.skills.join(", ")
+        )?;
     }
 
     // Fire the alert as Alertmanager does.

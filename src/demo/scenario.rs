@@ -33,6 +33,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("crashloop-new-revision", include_str!("../../scenarios/crashloop-new-revision.yaml")),
     ("rollout-stuck", include_str!("../../scenarios/rollout-stuck.yaml")),
     ("job-failed", include_str!("../../scenarios/job-failed.yaml")),
+    ("a2a", include_str!("../../scenarios/a2a.yaml")),
 ];
 
 /// The playbooks that ship with Reflex.
@@ -209,6 +210,19 @@ pub struct Scenario {
     /// forge stand-in's API and its address.
     #[serde(default)]
     pub gitops: Option<GitopsScript>,
+    /// A scenario with another agent Reflex discovers and delegates to: the A2A peer
+    /// stand-in's skill and the findings it answers with. `${PEER_PORT}` in the resources
+    /// becomes its port (the annotated Service's).
+    #[serde(default)]
+    pub peer: Option<PeerScript>,
+}
+
+/// The other agent of an A2A scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerScript {
+    pub skill: String,
+    pub findings: Vec<String>,
 }
 
 /// The repository of a GitOps scenario: its files, and the forge that hosts it.
@@ -338,6 +352,8 @@ mod tests {
                 &["Namespace", "Playbook", "Secret", "RemediationPolicy"]
             } else if *name == "job-failed" {
                 &["Namespace", "Playbook", "Deployment", "Job", "RemediationPolicy"]
+            } else if *name == "a2a" {
+                &["Namespace", "Playbook", "Deployment", "Service", "RemediationPolicy"]
             } else if *name == "hpa-saturation" || *name == "hpa-maxed-out" {
                 &["Namespace", "Playbook", "Deployment", "HorizontalPodAutoscaler", "RemediationPolicy"]
             } else {

@@ -43,6 +43,9 @@ pub fn changes(prev: &RemediationStatus, cur: &RemediationStatus, before: &Value
         && prev.diagnosis.is_none()
         && let Some(d) = &cur.diagnosis
     {
+        if let Some(rest) = d.summary.strip_prefix("delegated to agent ") {
+            out.push(format!("{t}   delegated the diagnosis over A2A to agent {rest}"));
+        }
         for f in &d.findings {
             out.push(format!("{t}   read      {}", f.detail));
         }
