@@ -131,7 +131,7 @@ impl Operator {
         let identities = Arc::new(Identities::new(client.clone(), kube_config).with_audiences(mcp_audiences));
         let mcp = crate::mcp::router(ReflexMcp::new(backends), identities.clone(), mcp_allowed_hosts, stop.clone());
         // A2A callers are reviewed and impersonated exactly as MCP callers are.
-        let a2a_router = crate::a2a::server::router(identities, crate::a2a::card::card(&a2a.url));
+        let a2a_router = crate::a2a::server::router(identities, client.clone(), crate::a2a::card::card(&a2a.url));
         tokio::spawn(
             crate::a2a::registry::Discovery {
                 client: client.clone(),

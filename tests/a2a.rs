@@ -41,7 +41,8 @@ fn rbac() -> reflex::sandbox::rbac::Table {
     grants.push(json!({"subjects": [{"kind": "ServiceAccount", "namespace": "shop", "name": "incident-agent"}],
         "namespaces": ["shop"], "rules": [
             {"apiGroups": ["reflex.dev"], "resources": ["remediations"], "verbs": ["create", "get", "list", "watch", "patch"]},
-            {"apiGroups": ["", "apps"], "resources": ["deployments", "pods", "events"], "verbs": ["get", "list"]}]}));
+            {"apiGroups": ["", "apps"], "resources": ["deployments", "pods", "events"], "verbs": ["get", "list"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"]}]}));
     grants.push(json!({"subjects": [{"kind": "ServiceAccount", "namespace": "reflex-system", "name": "reflex"}],
         "rules": [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": ["alice"]},
                   {"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"], "resourceNames": ["oncall"]}]}));
@@ -217,9 +218,13 @@ async fn the_python_a2a_sdk_finds_reflex_diagnoses_remediates_cancels_and_reads_
     // As alice, who may not read Deployments: refused, with the reason.
     let why = refusal(&python_client(&base, ALICE_TOKEN, "diagnose", &["shop", "Deployment", "checkout"]).await);
     assert!(why.contains("forbidden"), "{why}");
-    // alice may not create Remediations, so she cannot start one over A2A either.
+    // alice may not change checkout (nor create Remediations), so she cannot start one over
+    // A2A either: Reflex changes for a caller only what the caller may change.
     let why = refusal(&python_client(&base, ALICE_TOKEN, "start", &["shop", "checkout-oom", "checkout"]).await);
-    assert!(why.contains("forbidden") && why.contains("creating a Remediation in namespace shop"), "{why}");
+    assert!(why.contains("forbidden: alice may not get Deployment shop/checkout"), "{why}");
+    // An alert the policy does not act on is refused before anything is created.
+    let why = refusal(&python_client(&base, AGENT_TOKEN, "start", &["shop", "checkout-oom", "cart"]).await);
+    assert!(why.contains("alert.labels: policy checkout-oom's matcher"), "{why}");
 
     // A remediate task under the approval policy waits for a person (input-required); the
     // caller cancels it, and the Remediation is cancelled.
@@ -238,11 +243,12 @@ async fn the_python_a2a_sdk_finds_reflex_diagnoses_remediates_cancels_and_reads_
         assert!(tokio::time::Instant::now() < deadline, "never awaited approval: {status:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Subscribing to it: the task now, waiting for a person; the stream ends there.
+    // Subscribing to it: the task now — working, its phase waiting for an approval a person
+    // gives (the stream would go on; the client reads the first event).
     let followed = python_client(&base, AGENT_TOKEN, "subscribe", &[&id]).await;
-    assert_eq!(followed.len(), 1, "{followed:?}");
     assert_eq!(followed[0]["kind"], "task");
-    assert_eq!(followed[0]["event"]["status"]["state"], "TASK_STATE_INPUT_REQUIRED", "{followed:?}");
+    assert_eq!(followed[0]["event"]["status"]["state"], "TASK_STATE_WORKING", "{followed:?}");
+    assert_eq!(followed[0]["event"]["metadata"]["phase"], "AwaitingApproval", "{followed:?}");
     let cancelled = &python_client(&base, AGENT_TOKEN, "cancel", &[&id]).await[0];
     assert_eq!(cancelled["task"]["status"]["state"], "TASK_STATE_CANCELED", "{cancelled}");
     assert_eq!(world.phase(&name).await, Some(Phase::Cancelled));
@@ -370,6 +376,7 @@ async fn remediate(admin: &kube::Client, name: &str, policy: &str) {
         labels,
         annotations: Default::default(),
         description: String::new(),
+        names_alert: true,
     };
     let rem = remediation_for(&request, name, name, name, k8s_openapi::jiff::Timestamp::now());
     Api::<Remediation>::namespaced(admin.clone(), "shop").create(&Default::default(), &rem).await.unwrap();

@@ -27,7 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("egress", &[]),
     // A2A: the server acts as its callers (the MCP server's identities) over Remediations;
     // discovery and delegation call agents as any outbound call (egress), audited like MCP calls.
-    ("a2a", &["api", "cluster", "egress", "mcp", "oncall", "patch"]),
+    ("a2a", &["api", "cluster", "egress", "mcp", "oncall", "patch", "web"]),
     // Pure cores.
     ("patch", &["api"]),
     // The stage ports, and the cluster helpers the stages share.

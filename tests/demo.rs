@@ -523,10 +523,7 @@ async fn the_a2a_scenario_delegates_the_diagnosis_to_a_discovered_agent() {
     let (outcome, text) = play(Scenario::built_in("a2a").unwrap(), false).await;
     assert_eq!(outcome.phase(), Some(Phase::Succeeded), "{text}");
     assert!(text.contains("discovered  A2A agent shop/oom-expert"), "{text}");
-    assert!(
-        text.contains("delegated the diagnosis over A2A to agent shop/oom-expert (skill diagnose-oom)"),
-        "{text}"
-    );
+    assert!(text.contains("delegated the diagnosis over A2A to agent shop/oom-expert (skill diagnose-oom)"), "{text}");
     let diagnosis = outcome.remediation.status.clone().unwrap().diagnosis.unwrap();
     assert!(diagnosis.findings[0].detail.starts_with("working set 200Mi is over the 128Mi memory limit"));
     assert!(diagnosis.findings[0].source.starts_with("a2a shop/oom-expert (diagnose-oom)"));

@@ -34,6 +34,8 @@ const MAX_TEXT: usize = 2000;
 const MAX_FINDINGS: usize = 32;
 /// Largest patch accepted from a delegate (as JSON).
 const MAX_PATCH: usize = 64 * 1024;
+/// Most events one delegation may stream.
+const MAX_EVENTS: usize = 256;
 
 /// Why a delegation did not produce an answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -61,10 +63,17 @@ pub struct Answer {
     pub data: Option<Value>,
 }
 
+/// Adds `parts`' text and first data part to what was collected, keeping the text within
+/// twice [`MAX_TEXT`] as it grows.
 fn collect(parts: &[Part], text: &mut Vec<String>, data: &mut Option<Value>) {
     for p in parts {
         match &p.content {
-            PartContent::Text(t) => text.push(t.clone()),
+            PartContent::Text(t) => {
+                let held: usize = text.iter().map(String::len).sum();
+                if held < 2 * MAX_TEXT {
+                    text.push(t.chars().take(2 * MAX_TEXT - held).collect());
+                }
+            }
             PartContent::Data(v) if data.is_none() => *data = Some(v.clone()),
             _ => {}
         }
@@ -135,15 +144,25 @@ async fn call(
     let mut task_id: Option<String> = None;
     let outcome = async {
         let mut stream = client.send_streaming_message(&req).await.map_err(|e| match e.code {
-            a2a::error_code::INTERNAL_ERROR => unreachable(e.message.clone()),
-            _ => DelegateError::Refused { agent: key.clone(), why: format!("{} ({})", e.message, e.code) },
+            a2a::error_code::INTERNAL_ERROR => unreachable(bounded(&e.message)),
+            _ => DelegateError::Refused { agent: key.clone(), why: format!("{} ({})", bounded(&e.message), e.code) },
         })?;
         let (mut text, mut data) = (Vec::new(), None);
+        let mut events = 0;
         while let Some(event) = stream.next().await {
+            events += 1;
+            if events > MAX_EVENTS {
+                return Err(DelegateError::Malformed {
+                    agent: key.clone(),
+                    why: format!("it streamed over {MAX_EVENTS} events without finishing"),
+                });
+            }
             // A JSON-RPC error is the agent's answer; a broken stream is the agent gone.
             let event = event.map_err(|e| match e.code {
-                a2a::error_code::INTERNAL_ERROR => unreachable(format!("the stream broke: {}", e.message)),
-                _ => DelegateError::Refused { agent: key.clone(), why: format!("{} ({})", e.message, e.code) },
+                a2a::error_code::INTERNAL_ERROR => unreachable(format!("the stream broke: {}", bounded(&e.message))),
+                _ => {
+                    DelegateError::Refused { agent: key.clone(), why: format!("{} ({})", bounded(&e.message), e.code) }
+                }
             })?;
             let (state, parts) = match event {
                 StreamResponse::Message(m) => {
@@ -265,7 +284,9 @@ pub fn proposal_from(a: &Answer, skill: &str, playbook: Option<String>) -> Resul
     let patch_type = match data.get("patchType").and_then(Value::as_str) {
         None | Some("strategic") => PatchType::Strategic,
         Some("merge") => PatchType::Merge,
-        Some(other) => return Err(malformed(a, &format!("patchType {other:?} is not strategic or merge"))),
+        Some(other) => {
+            return Err(malformed(a, &format!("patchType {:?} is not strategic or merge", bounded(other))));
+        }
     };
     let rationale = data.get("rationale").and_then(Value::as_str).map(bounded).unwrap_or_else(|| a.text.clone());
     if rationale.trim().is_empty() {

@@ -1,7 +1,7 @@
 //! The `diagnose` skill: a read-only look at a workload, as the caller.
 //!
-//! Contract: [`investigate`] reads the target, the Pods its selector selects and the
-//! namespace's recent Warning Events with the caller's own client (RBAC decides what it may
+//! Contract: [`investigate`] reads the target, the Pods its selector selects (at most 100) and
+//! the Warning Events about them (by field selector) with the caller's own client (RBAC decides what it may
 //! see; a read it may not make is a finding that says so, the target itself a refusal), and
 //! [`findings_of`] — pure — turns them into a bounded [`Diagnosis`]: replicas not ready,
 //! conditions that are not well, restarts, waiting and last-terminated reasons (OOMKilled
@@ -26,25 +26,45 @@ pub async fn investigate(client: &kube::Client, namespace: &str, target: &Target
     let object = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource).get(&target.name).await?;
     let object = serde_json::to_value(object).unwrap_or(Value::Null);
     let mut notes = Vec::new();
-    let pods = match crate::cluster::workload_pods(client, namespace, &object, &target.name).await {
+    let pods = match pods_of(client, namespace, &object).await {
         Ok(pods) => pods,
         Err(e) => {
-            notes.push(Finding { source: "pods".into(), detail: format!("not readable as the caller: {}", e.message) });
+            notes.push(Finding { source: "pods".into(), detail: format!("not readable as the caller: {e}") });
             Vec::new()
         }
     };
-    let events = match Api::<Event>::namespaced(client.clone(), namespace).list(&ListParams::default().limit(500)).await
-    {
-        Ok(list) => list.items,
-        Err(e) => {
-            notes.push(Finding { source: "events".into(), detail: format!("not readable as the caller: {e}") });
-            Vec::new()
+    // The Events about the target and the Pods reported on, each by a field selector.
+    let mut events = Vec::new();
+    let names =
+        std::iter::once(target.name.clone()).chain(pods.iter().take(MAX_PODS).filter_map(|p| p.metadata.name.clone()));
+    for name in names {
+        let lp = ListParams::default().fields(&format!("involvedObject.name={name}")).limit(50);
+        match Api::<Event>::namespaced(client.clone(), namespace).list(&lp).await {
+            Ok(list) => events.extend(list.items),
+            Err(e) => {
+                notes.push(Finding { source: "events".into(), detail: format!("not readable as the caller: {e}") });
+                break;
+            }
         }
-    };
+    }
     let mut diagnosis = findings_of(target, &object, &pods, &events);
     diagnosis.findings.extend(notes);
     Ok(diagnosis)
 }
+
+/// The Pods the workload's `spec.selector` selects, at most [`MAX_LISTED_PODS`].
+async fn pods_of(client: &kube::Client, namespace: &str, workload: &Value) -> Result<Vec<Pod>, String> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let Some(selector) = workload.pointer("/spec/selector") else { return Ok(Vec::new()) };
+    let selector: LabelSelector = serde_json::from_value(selector.clone()).map_err(|e| e.to_string())?;
+    let selector: kube::core::Selector =
+        selector.try_into().map_err(|e: kube::core::ParseExpressionError| e.to_string())?;
+    let lp = ListParams::default().labels_from(&selector).limit(MAX_LISTED_PODS);
+    Api::<Pod>::namespaced(client.clone(), namespace).list(&lp).await.map(|l| l.items).map_err(|e| e.to_string())
+}
+
+/// Most Pods read.
+const MAX_LISTED_PODS: u32 = 100;
 
 fn finding(source: &str, detail: String) -> Finding {
     Finding { source: source.to_owned(), detail }

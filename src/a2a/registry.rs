@@ -32,6 +32,15 @@ use crate::api::RemediationPolicy;
 pub const AGENT_ANNOTATION: &str = "reflex.dev/a2a-agent";
 /// The annotation naming the Service port the agent listens on.
 pub const PORT_ANNOTATION: &str = "reflex.dev/a2a-port";
+/// The annotation listing the other namespaces whose policies may delegate to the agent
+/// (comma-separated; a policy in the agent's own namespace always may).
+pub const ALLOWED_NAMESPACES_ANNOTATION: &str = "reflex.dev/a2a-allowed-namespaces";
+/// Most skills kept from a card.
+const MAX_SKILLS: usize = 64;
+/// Longest condition message.
+const MAX_MESSAGE: usize = 1000;
+/// Least time between two passes a Service change triggers.
+const MIN_PASS_INTERVAL: Duration = Duration::from_secs(1);
 /// The condition on a delegating policy.
 pub const CONDITION: &str = "DelegatesAvailable";
 /// The field manager of that condition.
@@ -79,6 +88,9 @@ pub struct Agent {
     pub description: String,
     /// Skill ids.
     pub skills: Vec<String>,
+    /// Other namespaces whose policies may delegate to it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
     /// When the card was last read.
     pub checked_at: String,
     /// The card, when it is valid.
@@ -142,10 +154,21 @@ impl Registry {
         }
     }
 
-    /// The agent a delegation goes to: the pinned one, or a ready agent in `namespace` that
-    /// lists `skill` (the first by name); `Err` says why there is none.
+    /// The agent a delegation from a policy in `namespace` goes to: the pinned one (in
+    /// another namespace only when that agent's Service allows `namespace`), or the one ready
+    /// agent in `namespace` that lists `skill` (two are ambiguous: the policy pins one); `Err`
+    /// says why there is none.
     pub fn find(&self, namespace: &str, pinned: Option<(&str, &str)>, skill: &str) -> Result<Agent, String> {
         let agents = self.agents();
+        if let Some((ns, name)) = pinned
+            && ns != namespace
+            && let Some(a) = agents.iter().find(|a| a.namespace == ns && a.service == name)
+            && !a.allowed_namespaces.iter().any(|n| n == namespace)
+        {
+            return Err(format!(
+                "agent {ns}/{name} does not take delegations from namespace {namespace} (its Service's {ALLOWED_NAMESPACES_ANNOTATION} does not list it)"
+            ));
+        }
         let candidates: Vec<&Agent> = match pinned {
             Some((ns, name)) => agents.iter().filter(|a| a.namespace == ns && a.service == name).collect(),
             None => agents.iter().filter(|a| a.namespace == namespace).collect(),
@@ -160,9 +183,18 @@ impl Registry {
                 ),
             });
         }
-        if let Some(a) = candidates.iter().find(|a| a.state == AgentState::Ready && a.skills.iter().any(|s| s == skill))
-        {
-            return Ok((*a).clone());
+        let ready: Vec<&&Agent> =
+            candidates.iter().filter(|a| a.state == AgentState::Ready && a.skills.iter().any(|s| s == skill)).collect();
+        match ready.as_slice() {
+            [one] => return Ok((**one).clone()),
+            [first, second, ..] => {
+                return Err(format!(
+                    "ambiguous: {} and {} both list skill {skill:?}; pin one with the policy's delegate agent",
+                    first.key(),
+                    second.key()
+                ));
+            }
+            [] => {}
         }
         let why: Vec<String> = candidates
             .iter()
@@ -228,6 +260,14 @@ pub fn check_card(card: &AgentCard, base: &str) -> Result<(), String> {
 pub fn address_of(service: &Service, addressing: Addressing) -> Result<String, String> {
     let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
     let name = service.metadata.name.as_deref().unwrap_or_default();
+    // An agent runs in the cluster, behind a selector: an ExternalName Service, or one whose
+    // endpoints anyone who may write them points anywhere, is not followed.
+    let spec = service.spec.as_ref();
+    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName")
+        || spec.and_then(|s| s.selector.as_ref()).is_none_or(BTreeMap::is_empty)
+    {
+        return Err("an agent's Service must select its Pods (not ExternalName, not selectorless)".to_owned());
+    }
     let ports = service.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
     let wanted = service.metadata.annotations.as_ref().and_then(|a| a.get(PORT_ANNOTATION)).cloned();
     let port = match &wanted {
@@ -265,6 +305,13 @@ pub async fn read_agent(http: &reqwest::Client, service: &Service, addressing: A
         name: String::new(),
         description: String::new(),
         skills: Vec::new(),
+        allowed_namespaces: service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ALLOWED_NAMESPACES_ANNOTATION))
+            .map(|v| v.split(',').map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).take(64).collect())
+            .unwrap_or_default(),
         checked_at: k8s_openapi::jiff::Timestamp::now().to_string(),
         card: None,
     };
@@ -294,7 +341,7 @@ pub async fn read_agent(http: &reqwest::Client, service: &Service, addressing: A
     };
     agent.name = card.name.chars().take(200).collect();
     agent.description = card.description.chars().take(500).collect();
-    agent.skills = card.skills.iter().map(|s| s.id.chars().take(128).collect()).collect();
+    agent.skills = card.skills.iter().take(MAX_SKILLS).map(|s| s.id.chars().take(128).collect()).collect();
     match check_card(&card, &base) {
         Ok(()) => {
             agent.state = AgentState::Ready;
@@ -395,18 +442,25 @@ impl Discovery {
                 .boxed();
         let mut tick = tokio::time::interval(self.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_pass = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = tick.tick() => self.pass(&http, &store.state()).await,
+                _ = tick.tick() => {
+                    self.pass(&http, &store.state()).await;
+                    last_pass = tokio::time::Instant::now();
+                }
                 change = changes.next() => match change {
                     Some(Ok(service)) => {
                         let known = self.registry.agent(
                             service.metadata.namespace.as_deref().unwrap_or_default(),
                             service.metadata.name.as_deref().unwrap_or_default(),
                         ).is_some();
-                        if annotated(&service) || known {
+                        // A change is looked at now, at most once a second (the timer catches
+                        // the rest): flapping an annotation cannot make the operator spin.
+                        if (annotated(&service) || known) && last_pass.elapsed() >= MIN_PASS_INTERVAL {
                             self.pass(&http, &store.state()).await;
+                            last_pass = tokio::time::Instant::now();
                         }
                     }
                     Some(Err(e)) => tracing::debug!(error = %e, "A2A discovery: watch error (retrying)"),
@@ -462,11 +516,13 @@ pub fn availability(registry: &Registry, policy: &RemediationPolicy) -> Option<(
     Some((ok, reason, lines.join("; ")))
 }
 
-/// Sets `DelegatesAvailable` on every policy that delegates, where it changed.
+/// Sets `DelegatesAvailable` on every policy that delegates, where it changed (a policy that
+/// cannot be written is logged, and the others still are).
 async fn publish_conditions(client: &kube::Client, registry: &Registry) -> Result<(), kube::Error> {
     let policies = Api::<RemediationPolicy>::all(client.clone()).list(&Default::default()).await?;
     for policy in &policies.items {
         let Some((ok, reason, message)) = availability(registry, policy) else { continue };
+        let message: String = message.chars().take(MAX_MESSAGE).collect();
         let status = if ok { "True" } else { "False" };
         let current = policy.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION));
         if current.is_some_and(|c| c.status == status && c.reason == reason && c.message == message) {
@@ -480,13 +536,19 @@ async fn publish_conditions(client: &kube::Client, registry: &Registry) -> Resul
             "observedGeneration": policy.metadata.generation});
         let body = json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "RemediationPolicy",
             "metadata": {"name": policy.metadata.name}, "status": {"conditions": [condition]}});
-        Api::<RemediationPolicy>::namespaced(client.clone(), policy.metadata.namespace.as_deref().unwrap_or_default())
-            .patch_status(
-                policy.metadata.name.as_deref().unwrap_or_default(),
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await?;
+        let written = Api::<RemediationPolicy>::namespaced(
+            client.clone(),
+            policy.metadata.namespace.as_deref().unwrap_or_default(),
+        )
+        .patch_status(
+            policy.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await;
+        if let Err(e) = written {
+            tracing::debug!(policy = ?policy.metadata.name, error = %e, "A2A: could not write a policy's DelegatesAvailable condition");
+        }
     }
     Ok(())
 }
@@ -523,7 +585,7 @@ mod tests {
         let svc = |annotations: serde_json::Value, ports: serde_json::Value| -> Service {
             serde_json::from_value(
                 json!({"metadata": {"name": "peer", "namespace": "shop", "annotations": annotations},
-                "spec": {"ports": ports}}),
+                "spec": {"selector": {"app": "peer"}, "ports": ports}}),
             )
             .unwrap()
         };
@@ -555,6 +617,7 @@ mod tests {
             name: String::new(),
             description: String::new(),
             skills: skills.iter().map(|s| (*s).to_owned()).collect(),
+            allowed_namespaces: if ns == "other" { vec!["shop".into()] } else { vec![] },
             checked_at: String::new(),
             card: None,
         };
@@ -568,8 +631,28 @@ mod tests {
                 && why.contains("shop/b is Unreachable: connection refused"),
             "{why}"
         );
-        // Another namespace's agent only when the policy pins it.
+        // Another namespace's agent only when the policy pins it and the agent lets it.
         assert_eq!(r.find("shop", Some(("other", "c")), "diagnose").unwrap().key(), "other/c");
+        let why = r.find("third", Some(("other", "c")), "diagnose").unwrap_err();
+        assert!(why.contains("does not take delegations from namespace third"), "{why}");
         assert!(r.find("empty", None, "diagnose").unwrap_err().contains("no agent discovered in namespace empty"));
+        // Two agents with the skill: ambiguous, never the first by name.
+        r.put(ready("shop", "c", &["triage"], AgentState::Ready));
+        let why = r.find("shop", None, "triage").unwrap_err();
+        assert!(why.contains("ambiguous: shop/a and shop/c both list skill \"triage\""), "{why}");
+        assert_eq!(r.find("shop", Some(("shop", "c")), "triage").unwrap().key(), "shop/c");
+    }
+
+    #[test]
+    fn an_external_or_selectorless_service_is_not_followed() {
+        for spec in [
+            json!({"type": "ExternalName", "externalName": "admin.internal", "ports": [{"port": 80}]}),
+            json!({"ports": [{"port": 80}]}),
+        ] {
+            let svc: Service =
+                serde_json::from_value(json!({"metadata": {"name": "peer", "namespace": "shop"}, "spec": spec}))
+                    .unwrap();
+            assert!(address_of(&svc, Addressing::ClusterDns).unwrap_err().contains("must select its Pods"));
+        }
     }
 }

@@ -35,7 +35,11 @@ use crate::api::remediation::Remediation;
 use crate::mcp::identity::{Caller, Identities, caller_of};
 
 /// Longest a stream follows a task before it ends (the caller subscribes again).
-pub const STREAM_LIMIT: Duration = Duration::from_secs(3600);
+pub const STREAM_LIMIT: Duration = Duration::from_secs(900);
+/// Most streams one caller holds open at once.
+pub const MAX_STREAMS_PER_CALLER: usize = 16;
+/// How long a request's body may take to arrive once its headers are in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a blocking `SendMessage` for `remediate` waits for the task to end before it
 /// answers with the task as it is (working); the caller follows with `GetTask` or a stream.
 pub const BLOCKING_WAIT: Duration = Duration::from_secs(30);
@@ -49,11 +53,49 @@ const MAX_PAGE: i32 = 100;
 /// The A2A request handler over Remediations.
 pub struct A2aServer {
     identities: Arc<Identities>,
+    /// The operator's client: only to read the policy a `remediate` request names, to check
+    /// the request against it (every effect is the caller's).
+    operator: kube::Client,
+    /// Open streams per caller.
+    streams: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One of a caller's open streams; dropping it frees the slot.
+struct StreamSlot {
+    streams: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.streams.lock()
+            && let Some(n) = s.get_mut(&self.caller)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.remove(&self.caller);
+            }
+        }
+    }
 }
 
 impl A2aServer {
-    pub fn new(identities: Arc<Identities>) -> Self {
-        Self { identities }
+    pub fn new(identities: Arc<Identities>, operator: kube::Client) -> Self {
+        Self { identities, operator, streams: Arc::default() }
+    }
+
+    /// A stream slot for `caller`, or the refusal when it holds [`MAX_STREAMS_PER_CALLER`].
+    fn slot(&self, caller: &Caller) -> Result<StreamSlot, A2AError> {
+        let mut s = self.streams.lock().map_err(|_| A2AError::internal("stream accounting is unavailable"))?;
+        let n = s.entry(caller.key().to_owned()).or_insert(0);
+        if *n >= MAX_STREAMS_PER_CALLER {
+            return Err(A2AError::unsupported_operation(format!(
+                "{} already holds {MAX_STREAMS_PER_CALLER} open streams; close one, or poll with GetTask",
+                caller.user
+            )));
+        }
+        *n += 1;
+        Ok(StreamSlot { streams: self.streams.clone(), caller: caller.key().to_owned() })
     }
 
     /// The caller behind the request's bearer token (reviewed once by the edge; cached).
@@ -95,7 +137,42 @@ async fn get(caller: &Caller, namespace: &str, name: &str) -> Result<Remediation
 impl A2aServer {
     /// Creates the Remediation a `remediate` request asks for, as the caller; a retried
     /// message finds the one it created.
+    ///
+    /// Before anything is created: the policy must exist, be valid, act on the target's kind
+    /// and on the alert the caller named (as intake checks a delivered alert), and the caller
+    /// must itself be allowed to get and patch the target — Reflex changes for a caller only
+    /// what the caller may change.
     async fn start(&self, caller: &Caller, message: &Message, r: &task::Remediate) -> Result<Remediation, A2AError> {
+        if message.task_id.as_deref().is_some_and(|t| !t.is_empty()) {
+            return Err(A2AError::unsupported_operation(
+                "Reflex tasks take no follow-up messages: start a new task, or follow this one with GetTask or SubscribeToTask",
+            ));
+        }
+        let policy = Api::<crate::api::RemediationPolicy>::namespaced(self.operator.clone(), &r.namespace)
+            .get(&r.policy)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 404 => A2AError::invalid_params(format!(
+                    "policy: there is no RemediationPolicy {} in namespace {}",
+                    r.policy, r.namespace
+                )),
+                other => A2AError::internal(format!("reading RemediationPolicy {}/{}: {other}", r.namespace, r.policy)),
+            })?;
+        let valid = crate::api::validate::ValidPolicy::from_spec(&policy.spec).map_err(|e| {
+            A2AError::invalid_params(format!("policy: RemediationPolicy {} is not valid: {e}", r.policy))
+        })?;
+        if !valid.acts_on(r.target.kind) {
+            return Err(A2AError::invalid_params(format!(
+                "target.kind: policy {} acts on {}, not {}",
+                r.policy,
+                valid.kinds(),
+                r.target.kind.as_str()
+            )));
+        }
+        r.check_against(&valid)?;
+        for verb in ["get", "patch"] {
+            may(caller, verb, &r.namespace, &r.target).await?;
+        }
         let name = task::remediation_name(&caller.user, &message.message_id);
         let context = message.context_id.clone().unwrap_or_else(a2a::new_context_id);
         let rem = remediation_for(r, &name, &message.message_id, &context, k8s_openapi::jiff::Timestamp::now());
@@ -104,7 +181,27 @@ impl A2aServer {
                 tracing::info!(user = %caller.user, remediation = %task::task_id(&r.namespace, &name), policy = %r.policy, "A2A: started a Remediation");
                 Ok(created)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => get(caller, &r.namespace, &name).await,
+            // A retried message: the Remediation it created, when it is that one.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let existing = get(caller, &r.namespace, &name).await?;
+                let same_message = existing
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(task::MESSAGE_ANNOTATION))
+                    .is_some_and(|m| *m == message.message_id);
+                if same_message
+                    && existing.spec.policy_ref == rem.spec.policy_ref
+                    && existing.spec.target == rem.spec.target
+                {
+                    Ok(existing)
+                } else {
+                    Err(A2AError::invalid_request(format!(
+                        "Remediation {}/{name} exists and was not made for this message; send a new messageId",
+                        r.namespace
+                    )))
+                }
+            }
             Err(e) => Err(kube_error(&format!("creating a Remediation in namespace {}", r.namespace), &e)),
         }
     }
@@ -129,6 +226,47 @@ impl A2aServer {
     }
 }
 
+/// Whether the caller may `verb` the target (a SelfSubjectAccessReview as the caller).
+async fn may(
+    caller: &Caller,
+    verb: &str,
+    namespace: &str,
+    target: &crate::api::remediation::TargetRef,
+) -> Result<(), A2AError> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let resource = crate::cluster::api_resource(target.kind);
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                group: Some(resource.group.clone()),
+                resource: Some(resource.plural.clone()),
+                namespace: Some(namespace.to_owned()),
+                name: Some(target.name.clone()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let reviewed = Api::<SelfSubjectAccessReview>::all(caller.client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| kube_error("asking the API server what you may do", &e))?;
+    if reviewed.status.is_some_and(|s| s.allowed) {
+        Ok(())
+    } else {
+        Err(A2AError::invalid_request(format!(
+            "forbidden: {} may not {verb} {} {namespace}/{}; Reflex changes for a caller only what the caller may change",
+            caller.user,
+            target.kind.as_str(),
+            target.name
+        )))
+    }
+}
+
 /// The Remediation `namespace/name` followed as the caller: the task now, then an artifact
 /// update for each artifact that appears or changes and a status update for each change of
 /// state or headline, until a state `ends` the stream (for callers: [`stream_ends`]), or
@@ -137,6 +275,7 @@ fn follow(
     caller: &Caller,
     rem: Remediation,
     ends: fn(&TaskState) -> bool,
+    slot: Option<StreamSlot>,
 ) -> BoxStream<'static, Result<StreamResponse, A2AError>> {
     let namespace = rem.metadata.namespace.clone().unwrap_or_default();
     let name = rem.metadata.name.clone().unwrap_or_default();
@@ -150,6 +289,8 @@ fn follow(
         queue: std::collections::VecDeque<Result<StreamResponse, A2AError>>,
         done: bool,
         deadline: tokio::time::Instant,
+        /// Held while the stream lives.
+        _slot: Option<StreamSlot>,
     }
     let done = ends(&first.status.state);
     let state = Follow {
@@ -158,6 +299,7 @@ fn follow(
         queue: [Ok(StreamResponse::Task(first))].into(),
         done,
         deadline: tokio::time::Instant::now() + STREAM_LIMIT,
+        _slot: slot,
     };
     futures::stream::unfold(state, move |mut s| async move {
         loop {
@@ -246,7 +388,7 @@ fn follow(
 /// Follows `rem` until a state `until` ends it or `wait` passes; the task as last seen.
 async fn wait_for(caller: &Caller, rem: Remediation, wait: Duration, until: fn(&TaskState) -> bool) -> Task {
     let mut last = task_of(&rem);
-    let mut stream = follow(caller, rem, until);
+    let mut stream = follow(caller, rem, until, None);
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(Ok(event))) = tokio::time::timeout_at(deadline, stream.next()).await {
         match event {
@@ -299,15 +441,17 @@ impl RequestHandler for A2aServer {
         let caller = self.caller(params).await?;
         match parse_request(&req.message, req.metadata.as_ref())? {
             Request::Remediate(r) => {
+                let slot = self.slot(&caller)?;
                 let rem = self.start(&caller, &req.message, &r).await?;
-                Ok(follow(&caller, rem, stream_ends))
+                Ok(follow(&caller, rem, stream_ends, Some(slot)))
             }
             Request::Diagnose { namespace, target } => {
                 let m = self.diagnose(&caller, &namespace, &target, req.message.context_id.clone()).await?;
                 Ok(futures::stream::once(async move { Ok(StreamResponse::Message(m)) }).boxed())
             }
             Request::Status { namespace, name } => {
-                Ok(follow(&caller, get(&caller, &namespace, &name).await?, stream_ends))
+                let slot = self.slot(&caller)?;
+                Ok(follow(&caller, get(&caller, &namespace, &name).await?, stream_ends, Some(slot)))
             }
         }
     }
@@ -347,9 +491,13 @@ impl RequestHandler for A2aServer {
                 t
             })
             .collect();
+        // The API server's count of what matches (this page and what remains), before the
+        // context and state filters.
+        let remaining = list.metadata.remaining_item_count.unwrap_or(0);
+        let total = i64::try_from(list.items.len()).unwrap_or(i64::MAX).saturating_add(remaining.max(0));
         Ok(ListTasksResponse {
             page_size: size,
-            total_size: i32::try_from(tasks.len()).unwrap_or(i32::MAX),
+            total_size: i32::try_from(total).unwrap_or(i32::MAX),
             next_page_token: list.metadata.continue_.unwrap_or_default(),
             tasks,
         })
@@ -385,7 +533,8 @@ impl RequestHandler for A2aServer {
                 task::state_of(&rem)
             )));
         }
-        Ok(follow(&caller, rem, stream_ends))
+        let slot = self.slot(&caller)?;
+        Ok(follow(&caller, rem, stream_ends, Some(slot)))
     }
 
     async fn create_push_config(
@@ -430,25 +579,37 @@ impl RequestHandler for A2aServer {
 }
 
 /// `/.well-known/agent-card.json` (public) and `/a2a` (authenticated, bounded body).
-pub fn router(identities: Arc<Identities>, card: AgentCard) -> axum::Router {
-    let server = Arc::new(A2aServer::new(identities.clone()));
+pub fn router(identities: Arc<Identities>, operator: kube::Client, card: AgentCard) -> axum::Router {
+    let server = Arc::new(A2aServer::new(identities.clone(), operator));
     let rpc = a2a_server::jsonrpc::jsonrpc_router(server)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(identities, authenticate));
     axum::Router::new()
         .merge(a2a_server::agent_card::agent_card_router(Arc::new(a2a_server::StaticAgentCard::new(card))))
         .nest("/a2a", rpc)
 }
 
-/// The edge of `/a2a`: the bearer token is reviewed before any JSON-RPC handling.
+/// The edge of `/a2a`: the bearer token is reviewed before any JSON-RPC handling, then the
+/// body must arrive whole, within [`MAX_BODY`] and [`BODY_TIMEOUT`].
 async fn authenticate(
     axum::extract::State(identities): axum::extract::State<Arc<Identities>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let source = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    match caller_of(&identities, req.headers(), source).await {
-        Ok(_) => next.run(req).await,
-        Err(answer) => answer,
+    if let Err(answer) = caller_of(&identities, req.headers(), source).await {
+        return answer;
     }
+    let too_large = || (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "the request body is over 1 MiB").into_response();
+    let Ok(req) = crate::web::refuse_oversized(req, MAX_BODY).await else { return too_large() };
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return (axum::http::StatusCode::REQUEST_TIMEOUT, "the request body did not arrive within 10s")
+                .into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }

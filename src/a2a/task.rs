@@ -73,7 +73,8 @@ pub fn state_of(rem: &Remediation) -> TaskState {
         | Phase::Deploying
         | Phase::Verifying
         | Phase::RollingBack => TaskState::Working,
-        Phase::AwaitingApproval => TaskState::InputRequired,
+        // A person approves (a RemediationApproval), not the A2A caller: still working.
+        Phase::AwaitingApproval => TaskState::Working,
         Phase::Succeeded | Phase::Unverified => TaskState::Completed,
         Phase::Escalated if reason_of(rem).as_deref() == Some("Diagnosed") => TaskState::Completed,
         Phase::Failed | Phase::RolledBack | Phase::Escalated => TaskState::Failed,
@@ -81,10 +82,10 @@ pub fn state_of(rem: &Remediation) -> TaskState {
     }
 }
 
-/// Whether a stream of this task's updates ends here: a terminal state, or one that waits
-/// for a person (the caller subscribes again to follow it further).
+/// Whether a stream of this task's updates ends here: a terminal state (a task waiting for
+/// an approval is working, and its stream goes on).
 pub fn stream_ends(state: &TaskState) -> bool {
-    state.is_terminal() || matches!(state, TaskState::InputRequired | TaskState::AuthRequired)
+    state.is_terminal()
 }
 
 /// The `Ready` condition's reason (the machine's last word on the phase).
@@ -225,6 +226,67 @@ pub struct Remediate {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub description: String,
+    /// Whether the caller named an alert (checked against the policy's alert names and
+    /// matchers, as intake checks a delivered one); without one the alert is `A2ARequest`.
+    pub names_alert: bool,
+}
+
+/// Most labels and annotations an alert in a request may carry, and their longest value.
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_VALUE: usize = 1024;
+
+/// Prometheus label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn is_label_name(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn bounded_map(
+    map: BTreeMap<String, String>,
+    field: &str,
+    label_names: bool,
+) -> Result<BTreeMap<String, String>, A2AError> {
+    if map.len() > MAX_LABELS {
+        return Err(invalid(field, &format!("at most {MAX_LABELS} entries")));
+    }
+    for (k, v) in &map {
+        if label_names && !is_label_name(k) {
+            return Err(invalid(field, &format!("{k:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")));
+        }
+        if k.is_empty() || k.len() > 253 || v.len() > MAX_LABEL_VALUE || v.chars().any(|c| c.is_control() && c != '\n')
+        {
+            return Err(invalid(
+                field,
+                &format!("{k:?}: names up to 253 and values up to {MAX_LABEL_VALUE} characters, no control characters"),
+            ));
+        }
+    }
+    Ok(map)
+}
+
+impl Remediate {
+    /// Whether the policy acts on the alert the caller named (its name, its matchers, in the
+    /// policy's namespace), as intake checks a delivered alert. Pure.
+    ///
+    /// # Errors
+    /// `InvalidParams` naming what does not match.
+    pub fn check_against(&self, policy: &crate::api::validate::ValidPolicy) -> Result<(), A2AError> {
+        if !self.names_alert {
+            return Ok(());
+        }
+        if !policy.alertnames.contains(&self.alert_name) {
+            return Err(invalid(
+                "alert.name",
+                &format!("policy {} acts on alerts {:?}, not {:?}", self.policy, policy.alertnames, self.alert_name),
+            ));
+        }
+        let mut labels = self.labels.clone();
+        labels.insert("alertname".to_owned(), self.alert_name.clone());
+        if let Some(m) = policy.matchers.iter().find(|m| !m.matches(&labels)) {
+            return Err(invalid("alert.labels", &format!("policy {}'s matcher {m} does not hold", self.policy)));
+        }
+        Ok(())
+    }
 }
 
 fn invalid(field: &str, what: &str) -> A2AError {
@@ -286,23 +348,44 @@ pub fn parse_request(message: &Message, metadata: Option<&HashMap<String, Value>
     match skill {
         REMEDIATE => {
             let alert = data.get("alert").cloned().unwrap_or(Value::Null);
-            let alert_name = match alert.get("name").and_then(Value::as_str) {
-                Some(n) if !n.is_empty() && n.len() <= 253 => n.to_owned(),
+            let (alert_name, names_alert) = match alert.get("name").and_then(Value::as_str) {
+                Some(n) if !n.is_empty() && n.len() <= 253 && !n.chars().any(char::is_control) => (n.to_owned(), true),
                 Some(_) => return Err(invalid("alert.name", "must be 1 to 253 characters")),
-                None => "A2ARequest".to_owned(),
+                None => ("A2ARequest".to_owned(), false),
             };
+            let namespace = name_field(&data, "namespace", 63)?;
+            let mut labels = bounded_map(
+                string_map(&alert, "labels").map_err(|_| invalid("alert.labels", "must be an object of strings"))?,
+                "alert.labels",
+                true,
+            )?;
+            // The alert is about the namespace the Remediation is in, whatever the caller says.
+            if labels.get("namespace").is_some_and(|n| *n != namespace) {
+                return Err(invalid("alert.labels.namespace", "must be the request's namespace (or left out)"));
+            }
+            labels.insert("namespace".to_owned(), namespace.clone());
+            labels.remove("alertname");
+            let annotations = bounded_map(
+                string_map(&alert, "annotations")
+                    .map_err(|_| invalid("alert.annotations", "must be an object of strings"))?,
+                "alert.annotations",
+                false,
+            )?;
             let description =
                 data.get("description").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| text.join("\n"));
             Ok(Request::Remediate(Remediate {
-                namespace: name_field(&data, "namespace", 63)?,
+                namespace,
                 policy: name_field(&data, "policy", 253)?,
                 target: target_field(&data)?,
                 alert_name,
-                labels: string_map(&alert, "labels")
-                    .map_err(|_| invalid("alert.labels", "must be an object of strings"))?,
-                annotations: string_map(&alert, "annotations")
-                    .map_err(|_| invalid("alert.annotations", "must be an object of strings"))?,
-                description: description.chars().take(MAX_DESCRIPTION).collect(),
+                labels,
+                annotations,
+                description: description
+                    .chars()
+                    .filter(|c| !c.is_control() || *c == '\n')
+                    .take(MAX_DESCRIPTION)
+                    .collect(),
+                names_alert,
             }))
         }
         DIAGNOSE => {
@@ -363,7 +446,8 @@ pub fn remediation_for(
     );
     rem.metadata.namespace = Some(r.namespace.clone());
     rem.metadata.annotations = Some(annotations);
-    rem.metadata.labels = Some(BTreeMap::from([("reflex.dev/requested-over".to_owned(), "a2a".to_owned())]));
+    rem.metadata.labels =
+        Some(BTreeMap::from([(crate::api::remediation::REQUESTED_OVER_LABEL.to_owned(), "a2a".to_owned())]));
     rem
 }
 
@@ -423,6 +507,51 @@ mod tests {
     }
 
     #[test]
+    fn a_named_alert_must_be_one_the_policy_acts_on_in_its_own_namespace() {
+        let policy: crate::api::policy::RemediationPolicySpec = serde_json::from_value(json!({
+            "match": {"alertnames": ["KubeContainerOOMKilled"], "matchers": ["deployment=\"checkout\""]},
+            "target": {"kind": "Deployment", "name": "{{ labels.deployment }}"}, "playbook": "raise-memory-limit"}))
+        .unwrap();
+        let policy = crate::api::validate::ValidPolicy::from_spec(&policy).unwrap();
+        let request = |alert: Value| {
+            let mut data = remediate();
+            data["alert"] = alert;
+            match parse_request(&message(data), None) {
+                Ok(Request::Remediate(r)) => r.check_against(&policy).map(|()| r),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let ok = request(json!({"name": "KubeContainerOOMKilled", "labels": {"deployment": "checkout"}})).unwrap();
+        assert_eq!(
+            ok.labels.get("namespace").map(String::as_str),
+            Some("shop"),
+            "the namespace label is the request's"
+        );
+        for (alert, why) in [
+            (json!({"name": "KubeNodeNotReady"}), "alert.name: policy checkout-oom acts on alerts"),
+            (
+                json!({"name": "KubeContainerOOMKilled", "labels": {"deployment": "payments"}}),
+                "alert.labels: policy checkout-oom's matcher",
+            ),
+            (
+                json!({"name": "KubeContainerOOMKilled", "labels": {"namespace": "kube-system"}}),
+                "alert.labels.namespace",
+            ),
+            (
+                json!({"name": "KubeContainerOOMKilled", "labels": {"bad-name": "x"}}),
+                "alert.labels: \"bad-name\" is not a label name",
+            ),
+        ] {
+            let e = request(alert.clone()).unwrap_err();
+            assert!(e.message.starts_with(why), "{alert}: {}", e.message);
+        }
+        // No alert named: the request's own, which no policy's alert names could match.
+        let bare = request(Value::Null).unwrap();
+        assert_eq!((bare.alert_name.as_str(), bare.names_alert), ("A2ARequest", false));
+    }
+
+    #[test]
     fn the_skill_may_come_from_the_messages_metadata() {
         let mut m = Message::new(Role::User, vec![Part::data(json!({"namespace": "shop", "remediation": "r-1"}))]);
         m.metadata = Some(HashMap::from([("skill".to_owned(), json!("status"))]));
@@ -465,7 +594,7 @@ mod tests {
     fn task_state_follows_the_phase() {
         for (phase, reason, state) in [
             (Phase::Diagnosing, "", TaskState::Working),
-            (Phase::AwaitingApproval, "", TaskState::InputRequired),
+            (Phase::AwaitingApproval, "", TaskState::Working),
             (Phase::Succeeded, "Verified", TaskState::Completed),
             (Phase::RolledBack, "", TaskState::Failed),
             (Phase::Escalated, "BudgetExhausted", TaskState::Failed),

@@ -320,12 +320,13 @@ fn delegation_failed(
         return Err(err(ErrorCategory::Transient, e.to_string()));
     }
     tracing::warn!(skill = %d.skill, error = %e, fallback = ?d.fallback, "A2A: the delegation failed");
+    // What a delegate said is bounded before it reaches status.
+    let why: String = e.to_string().chars().take(MAX_SUMMARY).collect();
     match d.fallback {
         DelegationFallback::Escalate => {
-            Err(err(ErrorCategory::NeedsHuman, format!("delegation of skill {:?} failed: {e}", d.skill)))
+            Err(err(ErrorCategory::NeedsHuman, format!("delegation of skill {:?} failed: {why}", d.skill)))
         }
         DelegationFallback::Playbook | DelegationFallback::Llm => {
-            let why: String = e.to_string().chars().take(MAX_SUMMARY).collect();
             Ok(format!("(the delegation of skill {:?} failed: {why}; fell back to the {:?})", d.skill, d.fallback))
         }
     }

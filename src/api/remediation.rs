@@ -101,6 +101,10 @@ pub struct TargetRef {
     pub name: String,
 }
 
+/// The label on a Remediation another agent asked for over A2A (value `a2a`): its alert is
+/// what the caller said, not what Alertmanager delivered, so nothing is silenced for it.
+pub const REQUESTED_OVER_LABEL: &str = "reflex.dev/requested-over";
+
 /// Where a Remediation is in the loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {

@@ -633,7 +633,12 @@ async fn keep_silence(ctx: &Context, rem: &Remediation, policy: Option<&ValidPol
     let Some(am) = ctx.alertmanager.as_ref() else { return };
     let name = rem.name_any();
     match &status.silence {
-        None if status.phase.after_deploy() && policy.is_some_and(|p| p.silence_alert) => {
+        // A Remediation asked for over A2A carries the caller's word for its alert: never a
+        // silence on that.
+        None if status.phase.after_deploy()
+            && policy.is_some_and(|p| p.silence_alert)
+            && !rem.labels().contains_key(crate::api::remediation::REQUESTED_OVER_LABEL) =>
+        {
             let policy = policy.map_or(Duration::from_secs(3600), |p| {
                 let verify = p.verify.as_ref().map_or(Duration::from_secs(600), |v| v.initial_delay + v.timeout);
                 p.rollout_timeout + verify + Duration::from_secs(300)

@@ -6,7 +6,7 @@ STEP:
   diagnose NS KIND NAME        send a `diagnose` message (blocking), print the reply
   remediate NS POLICY NAME     stream a `remediate` task to its end, print every event
   start NS POLICY NAME         send a `remediate` message that returns at once, print the task
-  subscribe TASK_ID            follow the task's updates until it ends or waits, print each
+  subscribe TASK_ID            subscribe to the task, print its first event (the task now)
   cancel TASK_ID               cancel the task, print it
   get TASK_ID                  get the task, print it
   list NS                      list the tasks in namespace NS (the tenant), print their ids
@@ -81,6 +81,7 @@ async def main(base, token, step, args):
             async for event in client.subscribe(SubscribeToTaskRequest(id=args[0])):
                 kind = event.WhichOneof("payload")
                 say("subscribe", kind=kind, event=as_dict(getattr(event, kind)))
+                break  # the first event: the task as it is now
         elif step == "cancel":
             task = await client.cancel_task(CancelTaskRequest(id=args[0]))
             say("cancel", task=as_dict(task))
