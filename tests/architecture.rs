@@ -39,7 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The repository and forge a GitOps change goes through (CI opens, deploy merges).
     ("gitops", &["api", "cluster", "egress", "patch", "ports"]),
     // Stage modules: the ports and what is below them; CI sends deploy's request.
-    ("agent", &["api", "cluster", "egress", "mcp", "metrics", "patch", "ports"]),
+    ("agent", &["a2a", "api", "cluster", "egress", "mcp", "metrics", "patch", "ports"]),
     ("ci", &["api", "cluster", "deploy", "gitops", "patch", "ports"]),
     ("gate", &["api", "cluster", "ports"]),
     ("deploy", &["api", "cluster", "gitops", "patch", "ports"]),
@@ -77,8 +77,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "demo",
         &[
-            "agent", "api", "cluster", "deploy", "gitops", "intake", "mcp", "metrics", "oncall", "operator", "patch",
-            "sandbox",
+            "a2a", "agent", "api", "cluster", "deploy", "gitops", "intake", "mcp", "metrics", "oncall", "operator",
+            "patch", "sandbox",
         ],
     ),
     // `reflex simulate` / `reflex test`: the stages' pure parts and the playbook executor on an
@@ -89,6 +89,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         CLI,
         &[
+            "a2a",
             "agent",
             "api",
             "controller",

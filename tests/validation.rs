@@ -182,3 +182,25 @@ fn a_job_is_only_diagnosed_and_a_playbook_without_a_patch_only_diagnoses() {
     let errors = ValidPlaybook::from_spec(&bare.spec).unwrap_err();
     assert!(errors.has("spec.reads"), "a playbook with neither reads nor a patch does nothing: {errors}");
 }
+
+/// A delegated step is validated like the rest: its skill, its agent, its timeout (at most
+/// 10m), and a fallback the policy can run.
+#[test]
+fn a_bad_delegation_names_each_bad_field() {
+    let mut policy: serde_json::Value = serde_saphyr::from_str(&fixture("policy-good.yaml")).unwrap();
+    policy["spec"]["delegate"] = serde_json::json!({
+        "diagnose": {"skill": " ", "agent": "Not A Name", "timeout": "20m"},
+        "propose": {"skill": "propose-fix", "fallback": "llm", "agent": "platform/fixer"}});
+    let policy: RemediationPolicy = serde_json::from_value(policy).unwrap();
+    let errors = ValidPolicy::from_spec(&policy.spec).unwrap_err();
+    for field in [
+        "spec.delegate.diagnose.skill",
+        "spec.delegate.diagnose.agent",
+        "spec.delegate.diagnose.timeout",
+        "spec.delegate.propose.fallback",
+    ] {
+        assert!(errors.has(field), "expected an error for {field}; got: {errors}");
+    }
+    assert!(!errors.has("spec.delegate.propose.agent"), "namespace/name is a valid agent: {errors}");
+    assert!(errors.to_string().contains("llm needs spec.agent.model"), "{errors}");
+}
