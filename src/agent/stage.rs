@@ -14,6 +14,11 @@
 //! playbook delegates parameters (`delegate: true`), the playbook executor reads first and
 //! the model chooses only those values (`propose_parameters`); the playbook renders the
 //! patch, refusing a value outside its bounds, and the safety check judges it as any other.
+//! A policy's `delegate.diagnose` / `delegate.propose` hands that step to an agent discovered
+//! over A2A ([`crate::a2a::delegate`]) before any of this; when the delegation fails, its
+//! `fallback` runs (the playbook, or the LLM agent, with a note saying why) or the step ends
+//! for a person (NeedsHuman) with the reason. A delegate's proposal is marked `Delegate` and
+//! judged by the same safety check, CI and gate as any other.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
