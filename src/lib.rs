@@ -8,6 +8,7 @@
 pub mod a2a;
 pub mod agent;
 pub mod api;
+pub mod audit;
 pub mod ci;
 pub mod cluster;
 pub mod controller;

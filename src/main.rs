@@ -67,6 +67,9 @@ enum Command {
         /// cluster with the ports forwarded), not <service>.<namespace>.svc.
         #[arg(long, env = "REFLEX_A2A_LOOPBACK")]
         a2a_loopback: bool,
+        /// The hash-chained audit log: a file to append to, or `-` for stdout.
+        #[arg(long, env = "REFLEX_AUDIT_LOG", default_value = "-")]
+        audit_log: String,
         /// How often every discovered agent's card is read again.
         #[arg(long, env = "REFLEX_A2A_REFRESH_SECONDS", default_value_t = 30)]
         a2a_refresh_seconds: u64,
@@ -217,6 +220,12 @@ enum Command {
         #[command(flatten)]
         who: Who,
     },
+    /// The audit log: `reflex audit verify FILE` checks its hash chain and names the first
+    /// record that was edited, removed or moved.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// MCP: `reflex mcp manifest` prints every tool's name, version and schema hash.
     Mcp {
         #[command(subcommand)]
@@ -291,6 +300,15 @@ impl Who {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Check a log's hash chain (exit code 1 at the first record that does not hold).
+    Verify {
+        /// The log: JSON lines as `reflex run --audit-log` writes them (other lines are skipped).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum McpCommand {
     /// Print the tool manifest (commit it as mcp-manifest.json).
     Manifest,
@@ -357,6 +375,22 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("listing Services")?;
             print!("{}", reflex::a2a::registry::table(&agents));
+        }
+        Command::Audit { command: AuditCommand::Verify { file } } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            match reflex::audit::verify(&text) {
+                Ok(v) => println!(
+                    "{}: {} records in {} chain(s) hold; last hash {}",
+                    file.display(),
+                    v.records,
+                    v.chains,
+                    v.last.as_deref().unwrap_or("(none)")
+                ),
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Get { who } => {
             let (client, ns) = who.connect().await?;
@@ -501,6 +535,7 @@ async fn main() -> anyhow::Result<()> {
             a2a_url,
             a2a_loopback,
             a2a_refresh_seconds,
+            audit_log,
             mcp_audiences,
             allow_link_local_egress,
             gitops_work_dir,
@@ -582,6 +617,12 @@ async fn main() -> anyhow::Result<()> {
                     webhook: reflex::intake::webhook::Settings { token, kill_switch: Some(kill_switch) },
                     prices,
                     audit: std::sync::Arc::new(reflex::mcp::client::LogAudit),
+                    audit_log: Some(std::sync::Arc::new(if audit_log == "-" {
+                        reflex::audit::AuditLog::stdout()
+                    } else {
+                        reflex::audit::AuditLog::file(std::path::Path::new(&audit_log))
+                            .map_err(|e| anyhow::anyhow!("--audit-log: {e}"))?
+                    })),
                     deployers: reflex::deploy::identity::Deployers {
                         namespace: lease_namespace.clone(),
                         staging: deployer_staging,

@@ -26,7 +26,7 @@ use crate::controller::reconcile::{self, Guards};
 use crate::controller::stages::Stages;
 use crate::deploy::identity::{DeployerIdentity, Deployers};
 use crate::intake::webhook::{self, Intake};
-use crate::mcp::client::{Audit, LogAudit};
+use crate::mcp::client::Audit;
 use crate::mcp::identity::Identities;
 use crate::mcp::server::{Backends, ReflexMcp};
 use crate::metrics::MetricsSource;
@@ -58,6 +58,9 @@ pub struct Config {
     pub prices: BTreeMap<String, Price>,
     /// Where the loopback MCP client's calls are audited.
     pub audit: Arc<dyn Audit>,
+    /// The hash-chained audit log (`--audit-log`): tool calls, LLM calls, delegations, gate
+    /// decisions, approvals, deploys and rollbacks; none: the tool calls are logged only.
+    pub audit_log: Option<Arc<dyn crate::audit::Sink>>,
     /// The ServiceAccounts deploy and rollback act as, one per environment.
     pub deployers: Deployers,
     /// Most changes deploying or being verified at once, across the cluster.
@@ -101,17 +104,25 @@ impl Operator {
             webhook,
             prices,
             audit,
+            audit_log,
             deployers,
             max_concurrent_deploys,
             alertmanager,
             gitops,
             a2a,
         } = config;
+        // Tool calls and delegations go to the chained log too, when there is one.
+        let audit: Arc<dyn Audit> = match &audit_log {
+            Some(sink) => Arc::new(Chained { log: audit, sink: sink.clone() }),
+            None => audit,
+        };
         let identity = DeployerIdentity { deployers, impersonator: Arc::new(Impersonator::new(kube_config.clone())) };
         // The playbook executor reads through Reflex's own MCP server, as the operator.
         let tools = match own_token {
             Some((token, token_file)) => ToolSource::Mcp(Arc::new(
-                Loopback::new(mcp_url, token, audit).with_token_file(token_file).with_audiences(mcp_audiences.clone()),
+                Loopback::new(mcp_url, token, audit.clone())
+                    .with_token_file(token_file)
+                    .with_audiences(mcp_audiences.clone()),
             )),
             None => {
                 tracing::warn!(
@@ -145,8 +156,13 @@ impl Operator {
         let notifier = crate::notify::Notifier::new(false)
             .map_err(|e| tracing::warn!(error = %e, "notifications are off: no HTTP client"))
             .ok();
-        let guards =
-            Guards { kill_switch: webhook.kill_switch.clone(), max_concurrent_deploys, alertmanager, notifier };
+        let guards = Guards {
+            kill_switch: webhook.kill_switch.clone(),
+            max_concurrent_deploys,
+            alertmanager,
+            notifier,
+            audit: audit_log.clone().map(crate::controller::reconcile::AuditSink),
+        };
         // Targets resolved from an alert's labels are read through Reflex's own MCP server, as the
         // namespace's reader identity (not the operator).
         let reader: Option<Arc<dyn crate::intake::resolve::Reader>> = match &tools {
@@ -168,6 +184,8 @@ impl Operator {
             kill_switch: guards.kill_switch.clone(),
             gitops,
             delegates: Some(delegates.clone()),
+            audit: audit.clone(),
+            audit_log,
         });
         Self { stages, client, intake, router, guards, delegates }
     }
@@ -218,6 +236,26 @@ pub struct StageParts {
     pub gitops: crate::gitops::flow::Settings,
     /// The agents discovered over A2A, for delegated steps.
     pub delegates: Option<Arc<crate::a2a::registry::Registry>>,
+    /// Where the agent's tool calls and delegations are audited.
+    pub audit: Arc<dyn Audit>,
+    /// The chained audit log, for the agent's LLM calls.
+    pub audit_log: Option<Arc<dyn crate::audit::Sink>>,
+}
+
+/// An [`Audit`] that also appends each record to the chained audit log: a tool call, or a
+/// delegation (its server is `a2a:…`).
+struct Chained {
+    log: Arc<dyn Audit>,
+    sink: Arc<dyn crate::audit::Sink>,
+}
+
+impl Audit for Chained {
+    fn record(&self, r: &crate::mcp::client::AuditRecord) {
+        self.log.record(r);
+        let kind = if r.server.starts_with("a2a:") { "delegation" } else { "tool_call" };
+        let fields = serde_json::to_value(r).unwrap_or_default();
+        self.sink.record(kind, r.trace_id.as_deref(), fields);
+    }
 }
 
 /// The stages this build ships: the agent (the playbook executor, reading through `tools`,
@@ -227,7 +265,8 @@ pub struct StageParts {
 /// `identity`; deploy reading the operator's `kill_switch` again before it writes), and the
 /// verification sampler reading `metrics`.
 pub fn stages(parts: StageParts) -> Stages {
-    let StageParts { client, metrics, tools, prices, identity, kill_switch, gitops, delegates } = parts;
+    let StageParts { client, metrics, tools, prices, identity, kill_switch, gitops, delegates, audit, audit_log } =
+        parts;
     let loopback = match &tools {
         ToolSource::Mcp(l) => Some(l.clone()),
         ToolSource::Direct => None,
@@ -238,7 +277,8 @@ pub fn stages(parts: StageParts) -> Stages {
         playbook: executor,
         loopback,
         prices: Arc::new(prices),
-        audit: Arc::new(LogAudit),
+        audit,
+        audit_log,
         delegates,
     });
     let gate = Arc::new(crate::gate::trust::TrustGate { client: client.clone() });

@@ -56,6 +56,8 @@ struct World {
     sandbox: Sandbox,
     admin: kube::Client,
     model: Arc<OomModel>,
+    /// The operators' hash-chained audit log (each operator appends to it).
+    audit_log: PathBuf,
 }
 
 impl World {
@@ -79,7 +81,8 @@ impl World {
         for doc in &docs {
             reflex::demo::apply(&admin, doc).await.unwrap();
         }
-        Self { sandbox, admin, model }
+        let audit_log = common::servers::temp_dir().join("audit.jsonl");
+        Self { sandbox, admin, model, audit_log }
     }
 
     /// The operator, as `reflex run` assembles it, serving on a fresh port; `stop` ends it.
@@ -121,6 +124,7 @@ impl World {
                 webhook: reflex::intake::webhook::Settings { token: Some("t".into()), kill_switch: None },
                 prices: Default::default(),
                 audit: Arc::new(reflex::mcp::client::MemoryAudit::default()),
+                audit_log: Some(Arc::new(reflex::audit::AuditLog::file(&self.audit_log).unwrap())),
                 deployers: Default::default(),
                 max_concurrent_deploys: None,
                 alertmanager: None,
@@ -300,6 +304,51 @@ async fn the_python_a2a_sdk_finds_reflex_diagnoses_remediates_cancels_and_reads_
         assert!(listed.as_array().unwrap().iter().any(|i| i == wanted.as_str()), "{listed}");
     }
     stop.cancel();
+
+    // The audit log both operators wrote: one chain across the restart, a record for each
+    // tool call, gate decision and deploy with the Remediation's trace id; and
+    // `reflex audit verify` catches an edited, a removed and a reordered record.
+    let text = std::fs::read_to_string(&world.audit_log).unwrap();
+    let verified = reflex::audit::verify(&text).unwrap();
+    assert_eq!(verified.chains, 1, "the restarted operator continued the chain");
+    let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let trace = Api::<Remediation>::namespaced(world.admin.clone(), "shop")
+        .get(streamed.strip_prefix("shop/").unwrap())
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .trace_id
+        .unwrap();
+    for kind in ["tool_call", "gate", "deploy"] {
+        assert!(
+            records.iter().any(|r| r["kind"] == kind && r["traceId"] == trace.as_str()),
+            "no {kind} record for {trace}"
+        );
+    }
+    let verify = |text: String| {
+        let file = common::servers::temp_dir().join("audit-copy.jsonl");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reflex"))
+            .args(["audit", "verify"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, said) = verify(text.clone());
+    assert!(ok && said.contains("hold"), "{said}");
+    let lines: Vec<&str> = text.lines().collect();
+    let edited = text.replacen("\"kind\":\"deploy\"", "\"kind\":\"gate\"", 1);
+    let removed = [&lines[..2], &lines[3..]].concat().join("\n");
+    let reordered = [&[lines[1], lines[0]][..], &lines[2..]].concat().join("\n");
+    for (tampered, what) in [(edited, "was edited"), (removed, "are missing"), (reordered, "does not follow")] {
+        let (ok, said) = verify(tampered);
+        assert!(!ok && said.contains(what), "{what}: {said}");
+    }
 }
 
 /// The Python delegate agent on `port`; its stdout lines arrive on the receiver.
@@ -568,4 +617,16 @@ async fn reflex_discovers_a_python_agent_and_delegates_diagnosis_through_every_f
     let message = ended(&world.admin, "fault-gone").await.message.unwrap_or_default();
     assert!(message.contains("shop/oom-expert is Unreachable"), "{message}");
     stop.cancel();
+    // Each delegation is an audit record: the agent, the skill, the outcome.
+    let text = std::fs::read_to_string(&world.audit_log).unwrap();
+    reflex::audit::verify(&text).unwrap();
+    let delegations: Vec<Value> =
+        text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|r| r["kind"] == "delegation").collect();
+    assert!(
+        delegations.iter().any(|r| r["record"]["server"] == "a2a:shop/oom-expert"
+            && r["record"]["tool"] == "delegate:diagnose-oom"
+            && r["record"]["outcome"] == "ok"),
+        "{delegations:?}"
+    );
+    assert!(delegations.iter().any(|r| r["record"]["outcome"].as_str().unwrap().contains("did not finish within 2s")));
 }

@@ -130,6 +130,7 @@ async fn world() -> World {
             .into_iter()
             .collect(),
             audit: Arc::new(reflex::mcp::client::MemoryAudit::default()),
+            audit_log: None,
             deployers: Default::default(),
             max_concurrent_deploys: None,
             alertmanager: None,

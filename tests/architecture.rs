@@ -25,6 +25,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The metrics source; Reflex's own PromQL fragments are built only from valid object names.
     ("metrics", &["api"]),
     ("egress", &[]),
+    // The hash-chained audit log.
+    ("audit", &[]),
     // A2A: the server acts as its callers (the MCP server's identities) over Remediations;
     // discovery and delegation call agents as any outbound call (egress), audited like MCP calls.
     ("a2a", &["api", "cluster", "egress", "mcp", "oncall", "patch", "web"]),
@@ -39,13 +41,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The repository and forge a GitOps change goes through (CI opens, deploy merges).
     ("gitops", &["api", "cluster", "egress", "patch", "ports"]),
     // Stage modules: the ports and what is below them; CI sends deploy's request.
-    ("agent", &["a2a", "api", "cluster", "egress", "mcp", "metrics", "patch", "ports"]),
+    ("agent", &["a2a", "api", "audit", "cluster", "egress", "mcp", "metrics", "patch", "ports"]),
     ("ci", &["api", "cluster", "deploy", "gitops", "patch", "ports"]),
     ("gate", &["api", "cluster", "ports"]),
     ("deploy", &["api", "cluster", "gitops", "patch", "ports"]),
     ("verify", &["api", "cluster", "metrics", "ports"]),
     // The controller drives the ports; it never knows a stage module.
-    ("controller", &["api", "cluster", "notify", "patch", "ports", "silence"]),
+    ("controller", &["api", "audit", "cluster", "notify", "patch", "ports", "silence"]),
     ("notify", &["api", "egress"]),
     ("silence", &[]),
     // The composition root assembles everything the operator runs.
@@ -54,6 +56,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "a2a",
             "agent",
+            "audit",
             "ci",
             "cluster",
             "controller",
@@ -91,6 +94,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "a2a",
             "agent",
+            "audit",
             "api",
             "controller",
             "demo",

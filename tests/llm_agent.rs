@@ -36,6 +36,8 @@ struct World {
     current: Value,
     standin: llm_standin::StandIn,
     rules: Rules,
+    /// The stage's audit records.
+    audit_log: Arc<reflex::audit::MemorySink>,
 }
 
 async fn world() -> World {
@@ -85,7 +87,7 @@ async fn world() -> World {
         ceilings: vec![(format!("{C}.resources.limits.memory"), 2.0 * 1024.0 * 1024.0 * 1024.0)],
         ..Rules::default()
     };
-    World { setup: s, tools, current, standin: llm_standin::start().await, rules }
+    World { setup: s, tools, current, standin: llm_standin::start().await, rules, audit_log: Arc::default() }
 }
 
 fn llm(url: &str) -> LlmClient {
@@ -289,6 +291,7 @@ async fn stage(w: &World) -> reflex::agent::stage::AgentStage {
         )])),
         audit,
         delegates: None,
+        audit_log: Some(w.audit_log.clone()),
     }
 }
 
@@ -332,6 +335,11 @@ async fn the_agent_stage_proposes_as_the_llm_escalates_in_llm_mode_and_falls_bac
     assert_eq!(p.model.as_deref(), Some("scripted"));
     assert_eq!(p.tokens.as_ref().map(|t| t.prompt + t.completion), Some(2 * (900 + 120)));
     assert!(p.cost_usd.is_some());
+    // The run is in the audit log, with its tokens.
+    let records = w.audit_log.records();
+    let (kind, _, fields) = records.last().unwrap();
+    assert_eq!(kind, "llm_call");
+    assert_eq!((fields["model"].as_str(), fields["promptTokens"].as_u64()), (Some("scripted"), Some(2 * 900)));
     assert!(
         p.rationale.contains("LLM agent (scripted): 2 turns") && p.rationale.contains("get_resource"),
         "{}",

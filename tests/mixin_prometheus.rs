@@ -507,6 +507,7 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
             webhook: reflex::intake::webhook::Settings { token: Some(token.into()), kill_switch: None },
             prices: BTreeMap::new(),
             audit: Arc::new(reflex::mcp::client::MemoryAudit::default()),
+            audit_log: None,
             deployers: reflex::deploy::identity::Deployers::default(),
             max_concurrent_deploys: None,
             alertmanager: None,

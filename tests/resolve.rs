@@ -112,6 +112,7 @@ async fn an_alert_naming_only_a_pod_is_remediated_on_the_workload_that_runs_it()
             webhook: reflex::intake::webhook::Settings { token: Some("t".into()), kill_switch: None },
             prices: Default::default(),
             audit: Arc::new(reflex::mcp::client::MemoryAudit::default()),
+            audit_log: None,
             deployers: Default::default(),
             max_concurrent_deploys: None,
             alertmanager: None,

@@ -54,6 +54,8 @@ pub struct AgentStage {
     pub audit: Arc<dyn crate::mcp::client::Audit>,
     /// The agents discovered over A2A, for a policy that delegates a step.
     pub delegates: Option<Arc<crate::a2a::registry::Registry>>,
+    /// The chained audit log: one record per LLM agent run.
+    pub audit_log: Option<Arc<dyn crate::audit::Sink>>,
 }
 
 fn err(category: ErrorCategory, message: impl Into<String>) -> StageError {
@@ -239,6 +241,18 @@ impl AgentStage {
         };
         let r = run(&llm, &tools, &brief, &current, &budgets, &input.cancel).await;
         let summary = summary(&model.model, &r);
+        if let Some(sink) = &self.audit_log {
+            sink.record(
+                "llm_call",
+                rem.status.as_ref().and_then(|s| s.trace_id.as_deref()),
+                serde_json::json!({
+                    "remediation": format!("{namespace}/{}", rem.metadata.name.as_deref().unwrap_or_default()),
+                    "endpoint": model.endpoint, "model": model.model, "turns": r.iterations,
+                    "promptTokens": r.usage.prompt, "completionTokens": r.usage.completion,
+                    "costUSD": format!("{:.6}", r.cost_usd), "summary": summary,
+                }),
+            );
+        }
         for t in &r.tools {
             tracing::info!(tool = %t.tool, duration_ms = t.duration.as_millis() as u64, outcome = %t.outcome, "agent tool call");
         }

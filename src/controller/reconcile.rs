@@ -72,6 +72,8 @@ pub struct Context {
     pub alertmanager: Option<Arc<Alertmanager>>,
     /// Notifications.
     pub notifier: Option<Notifier>,
+    /// The chained audit log.
+    pub audit: Option<AuditSink>,
     /// Deploy slots let through and not yet seen taken in the cache.
     pub deploy_slots: DeploySlots,
     /// Consecutive reconcile failures per Remediation, for [`error_policy`]'s backoff.
@@ -93,6 +95,18 @@ pub struct Guards {
     pub alertmanager: Option<Arc<Alertmanager>>,
     /// Delivers the notifications policies ask for.
     pub notifier: Option<Notifier>,
+    /// The chained audit log: gate decisions, approvals, deploys and rollbacks.
+    pub audit: Option<AuditSink>,
+}
+
+/// The audit log the controller writes to (a newtype, so [`Guards`] stays `Debug`).
+#[derive(Clone)]
+pub struct AuditSink(pub Arc<dyn crate::audit::Sink>);
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditSink")
+    }
 }
 
 /// Errors of the reconciler itself (stage failures are recorded in status instead).
@@ -250,6 +264,7 @@ pub async fn run(
         deploy_slots: DeploySlots::default(),
         alertmanager: guards.alertmanager.clone(),
         notifier: guards.notifier.clone(),
+        audit: guards.audit.clone(),
         failures: Failures::default(),
         clock: Arc::new(SystemClock),
     });
@@ -451,6 +466,7 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
         info!(remediation = %name, "cancelled the in-flight effect");
     }
     announce(ctx, &rem, &plan.transitions).await;
+    audit_effects(ctx, &rem, &plan.status);
     tell(ctx, &rem, policy.as_deref(), &plan).await;
     let outcome = change_outcome(&rem, &plan.status);
     history::record_fix(ctx, &rem, &plan.status, outcome.as_ref(), policy.as_deref()).await?;
@@ -767,6 +783,24 @@ async fn announce(ctx: &Context, rem: &Remediation, transitions: &[TransitionRec
             warn!(remediation = %name, error = %e, "could not publish event");
         }
     }
+}
+
+/// One audit record for each decision or change this reconcile recorded for the first time:
+/// the gate's decision, the approval that counted, the deploy, the rollback.
+fn audit_effects(ctx: &Context, rem: &Remediation, next: &RemediationStatus) {
+    let Some(AuditSink(sink)) = ctx.audit.as_ref() else { return };
+    let before = rem.status.clone().unwrap_or_default();
+    let trace = next.trace_id.as_deref();
+    let id = format!("{}/{}", rem.namespace().unwrap_or_default(), rem.name_any());
+    let put = |kind: &str, changed: bool, value: serde_json::Value| {
+        if changed {
+            sink.record(kind, trace, serde_json::json!({"remediation": id, kind: value}));
+        }
+    };
+    put("gate", next.gate.is_some() && next.gate != before.gate, serde_json::json!(next.gate));
+    put("approval", next.approval.is_some() && next.approval != before.approval, serde_json::json!(next.approval));
+    put("deploy", next.deploy.is_some() && next.deploy != before.deploy, serde_json::json!(next.deploy));
+    put("rollback", next.rollback.is_some() && next.rollback != before.rollback, serde_json::json!(next.rollback));
 }
 
 pub(super) fn truncate(text: &str, max: usize) -> String {

@@ -351,6 +351,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             webhook: crate::intake::webhook::Settings { token: Some(token.clone()), kill_switch: None },
             prices: scenario.llm.iter().map(|l| (l.model.clone(), l.price)).collect(),
             audit: audit.clone(),
+            audit_log: None,
             deployers: Deployers::default(),
             max_concurrent_deploys: None,
             alertmanager: None,
