@@ -67,6 +67,15 @@ enum Command {
         /// cluster with the ports forwarded), not <service>.<namespace>.svc.
         #[arg(long, env = "REFLEX_A2A_LOOPBACK")]
         a2a_loopback: bool,
+        /// What this process runs: all (the default), or one role — controller (the elected
+        /// reconciler and its stages), intake (the Alertmanager webhook), mcp (the MCP and A2A
+        /// servers) — so each can run as its own Deployment with its own ServiceAccount.
+        #[arg(long, env = "REFLEX_ROLE", default_value = "all", value_parser = reflex::operator::Roles::parse)]
+        role: reflex::operator::Roles,
+        /// Where the stages reach Reflex's MCP server (the mcp role's Service when the
+        /// controller runs on its own); default: this process's listen address.
+        #[arg(long, env = "REFLEX_MCP_URL")]
+        mcp_url: Option<String>,
         /// The hash-chained audit log: a file to append to, or `-` for stdout.
         #[arg(long, env = "REFLEX_AUDIT_LOG", default_value = "-")]
         audit_log: String,
@@ -535,6 +544,8 @@ async fn main() -> anyhow::Result<()> {
             a2a_url,
             a2a_loopback,
             a2a_refresh_seconds,
+            role,
+            mcp_url,
             audit_log,
             mcp_audiences,
             allow_link_local_egress,
@@ -593,7 +604,7 @@ async fn main() -> anyhow::Result<()> {
             let own_token = own_token(&config);
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-            tracing::info!(%listen, "alert intake (POST /alerts) and MCP (/mcp) listening");
+            tracing::info!(%listen, ?role, "listening (/alerts with the intake role, /mcp and /a2a with the mcp role; /healthz, /readyz, /metrics always)");
             let stop = tokio_util::sync::CancellationToken::new();
             let operator = reflex::operator::Operator::assemble(
                 reflex::operator::Config {
@@ -601,7 +612,8 @@ async fn main() -> anyhow::Result<()> {
                     kube_config: config,
                     metrics,
                     prometheus: Some(prometheus),
-                    mcp_url: format!("http://{host}:{}/mcp", listen.port()),
+                    mcp_url: mcp_url.unwrap_or_else(|| format!("http://{host}:{}/mcp", listen.port())),
+                    roles: role,
                     own_token,
                     mcp_allowed_hosts,
                     mcp_audiences,

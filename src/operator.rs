@@ -31,6 +31,39 @@ use crate::mcp::identity::Identities;
 use crate::mcp::server::{Backends, ReflexMcp};
 use crate::metrics::MetricsSource;
 
+/// The parts of the operator one process runs (`reflex run --role`): all of them, or one, so
+/// that a chart can run each as its own Deployment with its own ServiceAccount — the identity
+/// that impersonates MCP and A2A callers is then not the one that runs the controller, and
+/// the webhook scales out on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// The reconciler (elected) and its stages.
+    pub controller: bool,
+    /// `/alerts`: the Alertmanager webhook.
+    pub intake: bool,
+    /// `/mcp` and `/a2a` (with the agent card).
+    pub mcp: bool,
+}
+
+impl Roles {
+    pub const ALL: Self = Self { controller: true, intake: true, mcp: true };
+
+    /// `all`, or one of `controller`, `intake`, `mcp`.
+    ///
+    /// # Errors
+    /// Any other name.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let none = Self { controller: false, intake: false, mcp: false };
+        match name {
+            "all" => Ok(Self::ALL),
+            "controller" => Ok(Self { controller: true, ..none }),
+            "intake" => Ok(Self { intake: true, ..none }),
+            "mcp" => Ok(Self { mcp: true, ..none }),
+            other => Err(format!("{other:?} is not a role: all, controller, intake or mcp")),
+        }
+    }
+}
+
 /// What the operator is assembled from.
 pub struct Config {
     /// The operator's own client.
@@ -71,6 +104,8 @@ pub struct Config {
     pub gitops: crate::gitops::flow::Settings,
     /// Reflex's A2A endpoint and the discovery of other agents.
     pub a2a: crate::a2a::Settings,
+    /// What this process runs.
+    pub roles: Roles,
 }
 
 /// An assembled operator.
@@ -87,6 +122,8 @@ pub struct Operator {
     pub guards: Guards,
     /// The agents discovered over A2A.
     pub delegates: Arc<crate::a2a::registry::Registry>,
+    /// What this process runs.
+    pub roles: Roles,
 }
 
 impl Operator {
@@ -110,6 +147,7 @@ impl Operator {
             alertmanager,
             gitops,
             a2a,
+            roles,
         } = config;
         // Tool calls and delegations go to the chained log too, when there is one.
         let audit: Arc<dyn Audit> = match &audit_log {
@@ -174,7 +212,14 @@ impl Operator {
         if let Some(n) = &guards.notifier {
             intake.register_metrics(|r| n.register(r));
         }
-        let router = webhook::router(intake.clone()).merge(mcp).merge(a2a_router);
+        // Each role serves only its own endpoints (health and metrics everywhere).
+        let mut router = webhook::health_router(intake.clone());
+        if roles.intake {
+            router = router.merge(webhook::alerts_router(intake.clone()));
+        }
+        if roles.mcp {
+            router = router.merge(mcp).merge(a2a_router);
+        }
         let stages = stages(StageParts {
             client: client.clone(),
             metrics,
@@ -187,7 +232,7 @@ impl Operator {
             audit: audit.clone(),
             audit_log,
         });
-        Self { stages, client, intake, router, guards, delegates }
+        Self { stages, client, intake, router, guards, delegates, roles }
     }
 
     /// Serves `/alerts` and `/mcp` on `listener` until `stop`, within the listener bounds
@@ -202,7 +247,8 @@ impl Operator {
     }
 
     /// Runs the controller until `shutdown`: under `election` when given (only the leader
-    /// reconciles), else alone (one replica only).
+    /// reconciles), else alone (one replica only). Without the controller role, waits for
+    /// `shutdown`.
     ///
     /// # Errors
     /// The controller's: the CRDs are not installed, or the election failed.
@@ -211,6 +257,10 @@ impl Operator {
         election: Option<leader::Election>,
         shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     ) -> Result<(), leader::ElectionError> {
+        if !self.roles.controller {
+            shutdown.await;
+            return Ok(());
+        }
         let (client, stages, guards) = (self.client.clone(), self.stages.clone(), self.guards.clone());
         match election {
             None => Ok(reconcile::run(client, stages, guards, shutdown).await?),

@@ -87,7 +87,8 @@ impl World {
 
     /// The operator, as `reflex run` assembles it, serving on a fresh port; `stop` ends it.
     async fn operator(&self) -> (String, CancellationToken, Vec<tokio::task::JoinHandle<()>>) {
-        let (base, stop, tasks, _) = self.operator_with(reflex::a2a::registry::Addressing::ClusterDns).await;
+        let (base, stop, tasks, _) =
+            self.operator_with(reflex::a2a::registry::Addressing::ClusterDns, reflex::operator::Roles::ALL).await;
         (base, stop, tasks)
     }
 
@@ -96,12 +97,13 @@ impl World {
     async fn operator_with_discovery(
         &self,
     ) -> (String, CancellationToken, Vec<tokio::task::JoinHandle<()>>, Arc<reflex::a2a::registry::Registry>) {
-        self.operator_with(reflex::a2a::registry::Addressing::Loopback).await
+        self.operator_with(reflex::a2a::registry::Addressing::Loopback, reflex::operator::Roles::ALL).await
     }
 
     async fn operator_with(
         &self,
         addressing: reflex::a2a::registry::Addressing,
+        roles: reflex::operator::Roles,
     ) -> (String, CancellationToken, Vec<tokio::task::JoinHandle<()>>, Arc<reflex::a2a::registry::Registry>) {
         let stop = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -113,6 +115,7 @@ impl World {
                 metrics: self.model.clone(),
                 prometheus: None,
                 mcp_url: format!("http://{address}/mcp"),
+                roles,
                 a2a: reflex::a2a::Settings {
                     url: format!("http://{address}/a2a"),
                     addressing,
@@ -629,4 +632,34 @@ async fn reflex_discovers_a_python_agent_and_delegates_diagnosis_through_every_f
         "{delegations:?}"
     );
     assert!(delegations.iter().any(|r| r["record"]["outcome"].as_str().unwrap().contains("did not finish within 2s")));
+}
+
+/// `reflex run --role`: each role serves only its own endpoints (health and metrics on all),
+/// so a chart can give each its own Deployment and ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_serves_only_its_own_endpoints() {
+    let world = World::start().await;
+    let http = reqwest::Client::new();
+    for (role, served) in [
+        ("intake", vec!["/alerts"]),
+        ("mcp", vec!["/mcp", "/a2a", "/.well-known/agent-card.json"]),
+        ("controller", vec![]),
+    ] {
+        let roles = reflex::operator::Roles::parse(role).unwrap();
+        let (base, stop, _tasks, _) = world.operator_with(reflex::a2a::registry::Addressing::ClusterDns, roles).await;
+        for path in ["/alerts", "/mcp", "/a2a", "/.well-known/agent-card.json"] {
+            let status = if path.starts_with("/.well-known") {
+                http.get(format!("{base}{path}")).send().await.unwrap().status()
+            } else {
+                http.post(format!("{base}{path}")).json(&json!({})).send().await.unwrap().status()
+            };
+            // Served: an answer of its own (401 without a token, or the card); not served: 404.
+            assert_eq!(status == 404, !served.contains(&path), "{role} {path}: {status}");
+        }
+        for path in ["/healthz", "/metrics"] {
+            assert_eq!(http.get(format!("{base}{path}")).send().await.unwrap().status(), 200, "{role} {path}");
+        }
+        stop.cancel();
+    }
+    assert!(reflex::operator::Roles::parse("webhook").unwrap_err().contains("all, controller, intake or mcp"));
 }

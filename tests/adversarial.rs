@@ -118,6 +118,7 @@ async fn world() -> World {
             metrics: Arc::new(Quiet),
             prometheus: None,
             mcp_url: format!("http://{address}/mcp"),
+            roles: reflex::operator::Roles::ALL,
             a2a: reflex::a2a::Settings { url: format!("http://{address}/a2a"), ..Default::default() },
             own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
             mcp_allowed_hosts: vec![],

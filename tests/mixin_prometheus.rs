@@ -500,6 +500,7 @@ async fn the_policy_pack_fixes_kubernetes_mixin_alerts_from_real_prometheus_as_s
             metrics: metrics.clone(),
             prometheus: Some(reflex::mcp::server::prometheus_client(&prom_url).unwrap()),
             mcp_url: format!("http://{address}/mcp"),
+            roles: reflex::operator::Roles::ALL,
             a2a: reflex::a2a::Settings { url: format!("http://{address}/a2a"), ..Default::default() },
             own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
             mcp_allowed_hosts: vec![],

@@ -105,6 +105,7 @@ async fn an_alert_naming_only_a_pod_is_remediated_on_the_workload_that_runs_it()
             metrics: Arc::new(Quiet),
             prometheus: None,
             mcp_url: format!("http://{address}/mcp"),
+            roles: reflex::operator::Roles::ALL,
             a2a: reflex::a2a::Settings { url: format!("http://{address}/a2a"), ..Default::default() },
             own_token: Some((OPERATOR_TOKEN.to_owned(), None)),
             mcp_allowed_hosts: vec![],

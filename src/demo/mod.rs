@@ -340,6 +340,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
             prometheus: None,
             mcp_url: format!("http://{address}/mcp"),
             // Services are reached on loopback: the demo's "cluster" is in this process.
+            roles: crate::operator::Roles::ALL,
             a2a: crate::a2a::Settings {
                 url: format!("http://{address}/a2a"),
                 addressing: crate::a2a::registry::Addressing::Loopback,

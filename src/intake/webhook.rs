@@ -901,13 +901,24 @@ async fn too_large(
 
 /// The intake routes: `POST /alerts`, `GET /metrics`, `GET /healthz`.
 pub fn router(intake: Arc<Intake>) -> axum::Router {
+    alerts_router(intake.clone()).merge(health_router(intake))
+}
+
+/// `/alerts` alone (the intake role).
+pub fn alerts_router(intake: Arc<Intake>) -> axum::Router {
     axum::Router::new()
         .route("/alerts", post(receive))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(intake.clone(), too_large))
+        .with_state(intake)
+}
+
+/// `/metrics`, `/healthz` and `/readyz` (every role).
+pub fn health_router(intake: Arc<Intake>) -> axum::Router {
+    axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(intake.clone(), too_large))
         .with_state(intake)
 }
 
