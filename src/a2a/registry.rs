@@ -422,6 +422,9 @@ pub struct Discovery {
     pub addressing: Addressing,
     /// How often every card is read again.
     pub refresh: Duration,
+    /// Whether this process writes the delegating policies' conditions (the controller role
+    /// does; the admission policy lets only it write status).
+    pub publish: bool,
 }
 
 impl Discovery {
@@ -480,6 +483,9 @@ impl Discovery {
             self.registry.put(agent);
         }
         self.registry.keep_only(&keys);
+        if !self.publish {
+            return;
+        }
         if let Err(e) = publish_conditions(&self.client, &self.registry).await {
             tracing::debug!(error = %e, "A2A discovery: could not update the delegating policies' conditions");
         }

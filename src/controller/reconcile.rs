@@ -74,6 +74,8 @@ pub struct Context {
     pub notifier: Option<Notifier>,
     /// The chained audit log.
     pub audit: Option<AuditSink>,
+    /// Counts of transitions and outcomes.
+    pub metrics: ControllerMetrics,
     /// Deploy slots let through and not yet seen taken in the cache.
     pub deploy_slots: DeploySlots,
     /// Consecutive reconcile failures per Remediation, for [`error_policy`]'s backoff.
@@ -97,6 +99,46 @@ pub struct Guards {
     pub notifier: Option<Notifier>,
     /// The chained audit log: gate decisions, approvals, deploys and rollbacks.
     pub audit: Option<AuditSink>,
+    /// Counts of transitions and outcomes.
+    pub metrics: ControllerMetrics,
+}
+
+/// The controller's metrics, served on `/metrics` with intake's.
+#[derive(Clone, Debug, Default)]
+pub struct ControllerMetrics {
+    /// Remediations that ended, by phase and the reason the machine gave.
+    pub finished:
+        prometheus_client::metrics::family::Family<FinishedLabels, prometheus_client::metrics::counter::Counter>,
+    /// Phase transitions, by the phase entered.
+    pub transitions:
+        prometheus_client::metrics::family::Family<PhaseLabels, prometheus_client::metrics::counter::Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct FinishedLabels {
+    pub phase: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+impl ControllerMetrics {
+    /// Registers `reflex_remediations_finished_total` and `reflex_remediation_transitions_total`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "remediations_finished",
+            "Remediations that ended, by phase and reason",
+            self.finished.clone(),
+        );
+        registry.register(
+            "remediation_transitions",
+            "Phase transitions, by the phase entered",
+            self.transitions.clone(),
+        );
+    }
 }
 
 /// The audit log the controller writes to (a newtype, so [`Guards`] stays `Debug`).
@@ -265,6 +307,7 @@ pub async fn run(
         alertmanager: guards.alertmanager.clone(),
         notifier: guards.notifier.clone(),
         audit: guards.audit.clone(),
+        metrics: guards.metrics.clone(),
         failures: Failures::default(),
         clock: Arc::new(SystemClock),
     });
@@ -767,6 +810,13 @@ async fn announce(ctx: &Context, rem: &Remediation, transitions: &[TransitionRec
     let reference = rem.object_ref(&());
     for t in transitions {
         info!(remediation = %name, from = %t.from, to = %t.to, reason = t.reason, "{}", t.message);
+        ctx.metrics.transitions.get_or_create(&PhaseLabels { phase: t.to.to_string() }).inc();
+        if t.to.is_terminal() {
+            ctx.metrics
+                .finished
+                .get_or_create(&FinishedLabels { phase: t.to.to_string(), reason: t.reason.to_owned() })
+                .inc();
+        }
         let event = Event {
             type_: if matches!(t.to, Phase::Failed | Phase::Escalated | Phase::RolledBack | Phase::RollingBack) {
                 EventType::Warning
