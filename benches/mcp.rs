@@ -151,7 +151,13 @@ async fn main() {
         .await
         .unwrap();
     let ids = Arc::new(Identities::new(admin.clone(), sb.config(ADMIN_TOKEN).await.unwrap()));
-    let backends = Backends { prometheus: None, operator: Some(admin.clone()), metrics: None, agents: None };
+    let backends = Backends {
+        prometheus: None,
+        operator: Some(admin.clone()),
+        metrics: None,
+        agents: None,
+        tool_metrics: Default::default(),
+    };
     let cached = serve(ReflexMcp::new(backends.clone()), ids.clone()).await;
     let uncached = serve(ReflexMcp::new(backends).with_cache_ttl(Duration::ZERO), ids).await;
 

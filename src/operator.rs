@@ -169,6 +169,7 @@ impl Operator {
                 ToolSource::Direct
             }
         };
+        let tool_metrics = crate::mcp::server::ToolMetrics::default();
         // The agents other agents are: discovered from annotated Services, re-read on a timer.
         let delegates = Arc::new(crate::a2a::registry::Registry::default());
         let backends = Backends {
@@ -176,6 +177,7 @@ impl Operator {
             prometheus,
             operator: Some(client.clone()),
             agents: Some(delegates.clone()),
+            tool_metrics: tool_metrics.clone(),
         };
         let identities = Arc::new(Identities::new(client.clone(), kube_config).with_audiences(mcp_audiences));
         let mcp = crate::mcp::router(ReflexMcp::new(backends), identities.clone(), mcp_allowed_hosts, stop.clone());
@@ -215,6 +217,7 @@ impl Operator {
             intake.register_metrics(|r| n.register(r));
         }
         intake.register_metrics(|r| guards.metrics.register(r));
+        intake.register_metrics(|r| tool_metrics.register(r));
         // Each role serves only its own endpoints (health and metrics everywhere).
         let mut router = webhook::health_router(intake.clone());
         if roles.intake {

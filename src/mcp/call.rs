@@ -42,6 +42,51 @@ pub struct Backends {
     pub metrics: Option<Arc<dyn crate::metrics::MetricsSource>>,
     /// The agents Reflex discovered over A2A, for `list_agents` and `agent://` resources.
     pub agents: Option<Arc<dyn AgentDirectory>>,
+    /// Tool latency, served on `/metrics`.
+    pub tool_metrics: ToolMetrics,
+}
+
+/// How long each tool call took, by tool and outcome (`reflex_mcp_tool_duration_seconds`).
+#[derive(Clone, Debug)]
+pub struct ToolMetrics(
+    prometheus_client::metrics::family::Family<
+        ToolLabels,
+        prometheus_client::metrics::histogram::Histogram,
+        fn() -> prometheus_client::metrics::histogram::Histogram,
+    >,
+);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ToolLabels {
+    pub tool: &'static str,
+    pub outcome: &'static str,
+}
+
+fn tool_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+    ])
+}
+
+impl Default for ToolMetrics {
+    fn default() -> Self {
+        Self(prometheus_client::metrics::family::Family::new_with_constructor(tool_histogram))
+    }
+}
+
+impl ToolMetrics {
+    /// Registers `mcp_tool_duration_seconds` under the registry's prefix.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "mcp_tool_duration_seconds",
+            "MCP tool calls served (cache misses), by tool and outcome",
+            self.0.clone(),
+        );
+    }
+
+    fn observe(&self, tool: &'static str, outcome: &'static str, started: std::time::Instant) {
+        self.0.get_or_create(&ToolLabels { tool, outcome }).observe(started.elapsed().as_secs_f64());
+    }
 }
 
 /// The agents discovered over A2A, as the MCP server shows them (the A2A registry implements
@@ -345,6 +390,7 @@ impl ReflexMcp {
                 .with_message(format!("{tool}: reading"));
             let _ = ctx.peer.notify_progress(note).await;
         }
+        let started = std::time::Instant::now();
         let span = tracing::info_span!("mcp.tool", tool, user = %caller.user);
         let user = caller.user.clone();
         let call = self.inner.inflight.enter(caller.key(), &serde_json::to_string(&ctx.id).unwrap_or_default());
@@ -355,10 +401,18 @@ impl ReflexMcp {
                 return Err(format!("{tool}: cancelled by the client"));
             }
             r = tokio::time::timeout(timeout, tracing::Instrument::instrument(work(caller), span)) => match r {
-                Ok(r) => r?,
-                Err(_) => return Err(format!("{tool}: timed out after {}s", timeout.as_secs())),
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    self.inner.backends.tool_metrics.observe(tool, "error", started);
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.inner.backends.tool_metrics.observe(tool, "timeout", started);
+                    return Err(format!("{tool}: timed out after {}s", timeout.as_secs()));
+                }
             },
         };
+        self.inner.backends.tool_metrics.observe(tool, "ok", started);
         let served = Served::of(&out)?;
         let size = served.text.len();
         if size > bounds::MAX_OUTPUT_BYTES {

@@ -30,7 +30,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, prompt_handler, tool_handler};
 
-pub use super::call::{AgentDirectory, Backends, ReflexMcp};
+pub use super::call::{AgentDirectory, Backends, ReflexMcp, ToolMetrics};
 use super::call::{InFlight, Inner, Served};
 
 /// How long a context tool's result is reused for the same identity and arguments.

@@ -60,7 +60,13 @@ pub async fn setup_with(prometheus: Option<prometheus_http_query::Client>) -> Se
     let operator = sb.client("t-operator").await.unwrap();
     let identities = Arc::new(Identities::new(operator.clone(), sb.config("t-operator").await.unwrap()));
     let router = reflex::mcp::router(
-        ReflexMcp::new(Backends { prometheus, operator: Some(operator), metrics: None, agents: None }),
+        ReflexMcp::new(Backends {
+            prometheus,
+            operator: Some(operator),
+            metrics: None,
+            agents: None,
+            tool_metrics: Default::default(),
+        }),
         identities,
         vec![],
         tokio_util::sync::CancellationToken::new(),
