@@ -114,4 +114,12 @@ if ! "${venv}/bin/python" -c "import a2a.server.routes, importlib.metadata as m;
   echo "prereqs: installing a2a-sdk[http-server]==${a2a_version} into ${venv}"
   "${venv}/bin/pip" install --quiet --disable-pip-version-check "a2a-sdk[http-server]==${a2a_version}"
 fi
-echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3), $(prometheus-alertmanager --version 2>&1 | head -1 | cut -d' ' -f1-3), $(helm version --short 2>/dev/null), python mcp ${mcp_version}, a2a-sdk ${a2a_version})"
+# The official OpenTelemetry protobuf definitions and gRPC, for the OTLP receiver the trace
+# test exports to (a real OTLP/gRPC TraceService on loopback): the same virtualenv, pinned.
+otlp_proto_version="1.45.2"
+grpcio_version="1.85.1"
+if ! "${venv}/bin/python" -c "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc, importlib.metadata as m; assert m.version('opentelemetry-proto') == '${otlp_proto_version}' and m.version('grpcio') == '${grpcio_version}'" >/dev/null 2>&1; then
+  echo "prereqs: installing opentelemetry-proto==${otlp_proto_version} and grpcio==${grpcio_version} into ${venv}"
+  "${venv}/bin/pip" install --quiet --disable-pip-version-check "opentelemetry-proto==${otlp_proto_version}" "grpcio==${grpcio_version}"
+fi
+echo "prereqs: ok (cargo $(cargo --version | cut -d' ' -f2), $(kubectl version --client 2>/dev/null | head -1), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3), $(prometheus-alertmanager --version 2>&1 | head -1 | cut -d' ' -f1-3), $(helm version --short 2>/dev/null), python mcp ${mcp_version}, a2a-sdk ${a2a_version}, opentelemetry-proto ${otlp_proto_version})"

@@ -14,6 +14,10 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "text", env = "REFLEX_LOG_FORMAT")]
     log_format: telemetry::LogFormat,
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://otel-collector:4317): one trace per
+    /// Remediation, with spans for every step, MCP tool call and LLM call. Unset: no traces.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -558,7 +562,9 @@ async fn main() -> anyhow::Result<()> {
             max_concurrent_deploys,
             alertmanager_url,
         } => {
-            telemetry::init(cli.log_format);
+            // Kept to the end of the run: dropping it flushes the spans still buffered.
+            let _telemetry =
+                telemetry::init_with(cli.log_format, cli.otlp_endpoint.as_deref()).map_err(anyhow::Error::msg)?;
             reflex::install_crypto_provider();
             reflex::egress::allow_link_local(allow_link_local_egress);
             let (client, config) = client(kubeconfig, context).await?;

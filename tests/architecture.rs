@@ -36,18 +36,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("ports", &["api", "patch"]),
     ("cluster", &["api", "patch", "ports"]),
     // Services.
-    ("mcp", &["api", "egress", "metrics", "oncall", "web"]),
+    ("mcp", &["api", "egress", "metrics", "oncall", "telemetry", "web"]),
     ("intake", &["api", "cluster", "web"]),
     // The repository and forge a GitOps change goes through (CI opens, deploy merges).
     ("gitops", &["api", "cluster", "egress", "patch", "ports"]),
     // Stage modules: the ports and what is below them; CI sends deploy's request.
-    ("agent", &["a2a", "api", "audit", "cluster", "egress", "mcp", "metrics", "patch", "ports"]),
+    ("agent", &["a2a", "api", "audit", "cluster", "egress", "mcp", "metrics", "patch", "ports", "telemetry"]),
     ("ci", &["api", "cluster", "deploy", "gitops", "patch", "ports"]),
     ("gate", &["api", "cluster", "ports"]),
     ("deploy", &["api", "cluster", "gitops", "patch", "ports"]),
     ("verify", &["api", "cluster", "metrics", "ports"]),
     // The controller drives the ports; it never knows a stage module.
-    ("controller", &["api", "audit", "cluster", "notify", "patch", "ports", "silence"]),
+    ("controller", &["api", "audit", "cluster", "notify", "patch", "ports", "silence", "telemetry"]),
     ("notify", &["api", "egress"]),
     ("silence", &[]),
     // The composition root assembles everything the operator runs.

@@ -61,6 +61,8 @@ const ALL_ON: &[&str] = &[
     r#"llmPrices={"gpt-5": {"inputPerMillion": 1.25, "outputPerMillion": 10}}"#,
     "--set",
     "namespaces={shop,web}",
+    "--set",
+    "tracing.otlpEndpoint=http://otel-collector.observability:4317",
 ];
 
 /// The chart rendered as release `reflex` in `reflex-system` with `extra` flags.

@@ -124,6 +124,10 @@ impl LlmClient {
     async fn post(&self, request: &CreateChatCompletionRequest) -> Result<CreateChatCompletionResponse, Failure> {
         let url = format!("{}/chat/completions", self.settings.endpoint.trim_end_matches('/'));
         let mut call = self.http.post(url).json(request);
+        // The W3C trace context: a model gateway that traces joins this run's trace.
+        if let Some(traceparent) = crate::telemetry::trace::traceparent(&tracing::Span::current()) {
+            call = call.header(crate::telemetry::trace::TRACEPARENT, traceparent);
+        }
         if let Some(key) = &self.settings.api_key {
             call = call.bearer_auth(key.expose_secret());
         }
@@ -155,7 +159,8 @@ impl LlmClient {
     ) -> Result<Reply, LlmError> {
         request.model.clone_from(&self.settings.model);
         let attempts = self.settings.attempts.max(1);
-        let span = tracing::info_span!("llm.chat", model = %self.settings.model, tokens = tracing::field::Empty,
+        let span = tracing::info_span!("llm.chat", otel.name = %format!("chat {}", self.settings.model), otel.kind = "client",
+            gen_ai.operation.name = "chat", gen_ai.request.model = %self.settings.model, model = %self.settings.model, tokens = tracing::field::Empty,
             cost_usd = tracing::field::Empty, duration_ms = tracing::field::Empty);
         let started = Instant::now();
         let mut last = String::new();

@@ -30,10 +30,10 @@ use kube::{
     },
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::effects::Effects;
-use super::limits::{DeploySlot, Peer, deploys_at_cap, limits_halt};
+use super::limits::{Peer, limits_halt};
 use super::machine::{Halt, Observations, PolicyView, Settings, halt_for, jittered};
 use super::plan::{Plan, TransitionRecord, change_outcome, deleted_outcome, plan};
 use super::stages::Stages;
@@ -47,6 +47,10 @@ use crate::cluster::api_category;
 use crate::notify::Notifier;
 use crate::ports::{EffectKey, StageInput};
 use crate::silence::Alertmanager;
+
+pub use super::metrics::ControllerMetrics;
+use super::metrics::{FinishedLabels, PhaseLabels};
+pub use super::slots::DeploySlots;
 
 /// Shared state of the controller.
 pub struct Context {
@@ -101,139 +105,6 @@ pub struct Guards {
     pub audit: Option<AuditSink>,
     /// Counts of transitions and outcomes.
     pub metrics: ControllerMetrics,
-}
-
-/// The controller's metrics, served on `/metrics` with intake's.
-#[derive(Clone, Debug)]
-pub struct ControllerMetrics {
-    /// Remediations that ended, by phase and the reason the machine gave.
-    pub finished:
-        prometheus_client::metrics::family::Family<FinishedLabels, prometheus_client::metrics::counter::Counter>,
-    /// Phase transitions, by the phase entered.
-    pub transitions:
-        prometheus_client::metrics::family::Family<PhaseLabels, prometheus_client::metrics::counter::Counter>,
-    /// How long each step's effect took, by step and how it ended.
-    pub step_seconds: prometheus_client::metrics::family::Family<
-        StepLabels,
-        prometheus_client::metrics::histogram::Histogram,
-        fn() -> prometheus_client::metrics::histogram::Histogram,
-    >,
-    /// From the alert's start to a verified fix.
-    pub alert_to_fix_seconds: prometheus_client::metrics::histogram::Histogram,
-    /// LLM tokens spent on proposals, by direction (prompt, completion).
-    pub llm_tokens:
-        prometheus_client::metrics::family::Family<DirectionLabels, prometheus_client::metrics::counter::Counter>,
-    /// Dollars spent on LLM proposals (cost per verified fix: this over
-    /// `reflex_remediations_finished_total{phase="Succeeded"}`).
-    pub llm_cost_dollars: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
-}
-
-fn step_histogram() -> prometheus_client::metrics::histogram::Histogram {
-    prometheus_client::metrics::histogram::Histogram::new([
-        0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0,
-    ])
-}
-
-impl Default for ControllerMetrics {
-    fn default() -> Self {
-        Self {
-            finished: Default::default(),
-            transitions: Default::default(),
-            step_seconds: prometheus_client::metrics::family::Family::new_with_constructor(step_histogram),
-            alert_to_fix_seconds: prometheus_client::metrics::histogram::Histogram::new([
-                10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
-            ]),
-            llm_tokens: Default::default(),
-            llm_cost_dollars: Default::default(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct StepLabels {
-    pub step: String,
-    pub outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct DirectionLabels {
-    pub direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct FinishedLabels {
-    pub phase: String,
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct PhaseLabels {
-    pub phase: String,
-}
-
-impl ControllerMetrics {
-    /// Registers `reflex_remediations_finished_total` and `reflex_remediation_transitions_total`.
-    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
-        registry.register(
-            "remediations_finished",
-            "Remediations that ended, by phase and reason",
-            self.finished.clone(),
-        );
-        registry.register(
-            "remediation_transitions",
-            "Phase transitions, by the phase entered",
-            self.transitions.clone(),
-        );
-        registry.register("step_duration_seconds", "How long each step's effect took", self.step_seconds.clone());
-        registry.register(
-            "alert_to_verified_fix_seconds",
-            "From the alert's start to a verified fix",
-            self.alert_to_fix_seconds.clone(),
-        );
-        registry.register("llm_tokens", "LLM tokens spent on proposals", self.llm_tokens.clone());
-        registry.register("llm_cost_dollars", "Dollars spent on LLM proposals", self.llm_cost_dollars.clone());
-        for direction in ["prompt", "completion"] {
-            self.llm_tokens.get_or_create(&DirectionLabels { direction }).inc_by(0);
-        }
-    }
-
-    /// What a reconcile recorded for the first time: steps that finished (their durations),
-    /// a verified fix (the time since the alert), an LLM proposal (its tokens and cost).
-    fn observe(
-        &self,
-        before: &RemediationStatus,
-        next: &RemediationStatus,
-        alert_start: jiff::Timestamp,
-        now: jiff::Timestamp,
-    ) {
-        for s in &next.steps {
-            let Some(finished) = s.finished_at.as_ref() else { continue };
-            let seen =
-                before.steps.iter().any(|b| b.step == s.step && b.attempt == s.attempt && b.finished_at.is_some());
-            if !seen {
-                let seconds = finished.0.duration_since(s.started_at.0).as_secs_f64().max(0.0);
-                self.step_seconds
-                    .get_or_create(&StepLabels { step: format!("{:?}", s.step), outcome: format!("{:?}", s.state) })
-                    .observe(seconds);
-            }
-        }
-        if next.phase == Phase::Succeeded && before.phase != Phase::Succeeded {
-            self.alert_to_fix_seconds.observe(now.duration_since(alert_start).as_secs_f64().max(0.0));
-        }
-        if let Some(p) =
-            next.proposal.as_ref().filter(|p| before.proposal.as_ref().is_none_or(|b| b.digest != p.digest))
-        {
-            if let Some(t) = &p.tokens {
-                self.llm_tokens.get_or_create(&DirectionLabels { direction: "prompt" }).inc_by(t.prompt);
-                self.llm_tokens.get_or_create(&DirectionLabels { direction: "completion" }).inc_by(t.completion);
-            }
-            if let Some(cost) =
-                p.cost_usd.as_deref().and_then(|c| c.parse::<f64>().ok()).filter(|c| c.is_finite() && *c > 0.0)
-            {
-                self.llm_cost_dollars.inc_by(cost);
-            }
-        }
-    }
 }
 
 /// The audit log the controller writes to (a newtype, so [`Guards`] stays `Debug`).
@@ -464,16 +335,34 @@ pub async fn reconcile(rem: Arc<Remediation>, ctx: Arc<Context>) -> Result<Actio
         rem.namespace().ok_or_else(|| Error::MissingMetadata { name: rem.name_any(), missing: "namespace" })?;
     let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = failure_key(&rem);
+    let span = reconcile_span(&rem);
     let action = finalizer(&api, FINALIZER, rem, |event| async {
         match event {
             finalizer::Event::Apply(rem) => apply(rem, &ctx).await,
             finalizer::Event::Cleanup(rem) => cleanup(rem, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))?;
     ctx.failures.clear(&key);
     Ok(action)
+}
+
+/// The span of one reconcile, in the Remediation's own trace: its trace id is derived from
+/// the uid ([`super::plan::trace_id`], the one `status.traceId` shows — re-derived here, never
+/// read from status) and its parent is the Remediation's root span, so every reconcile,
+/// effect, MCP call and LLM call of one run lands in one trace across restarts and replicas.
+fn reconcile_span(rem: &Remediation) -> tracing::Span {
+    let span = tracing::info_span!("reconcile", otel.name = "reconcile", remediation = %rem.name_any(),
+        namespace = rem.namespace().unwrap_or_default(), phase = tracing::field::Empty);
+    if let Some(trace_id) = rem.metadata.uid.as_deref().and_then(super::plan::trace_id) {
+        crate::telemetry::trace::continue_trace(&span, &trace_id, &crate::telemetry::trace::root_span_id(&trace_id));
+    }
+    if let Some(status) = &rem.status {
+        span.record("phase", status.phase.to_string());
+    }
+    span
 }
 
 /// Retry by error category: transient → back off (per Remediation, growing with each
@@ -632,6 +521,10 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
             });
         if let Some(effect) = started {
             info!(remediation = %name, effect = %key, "starting effect");
+            // The effect's span: a child of this reconcile's, so of the Remediation's trace.
+            let stage = step.to_string().to_ascii_lowercase();
+            let span = tracing::info_span!("step", otel.name = %stage, step = %step, attempt);
+            let effect: crate::ports::StageFuture<crate::ports::StageOutput> = Box::pin(effect.instrument(span));
             ctx.effects.spawn(key, ObjectRef::from_obj(&*rem), cancel, effect);
         }
     }
@@ -681,55 +574,6 @@ async fn release(ctx: &Context, rem: &Remediation, policy: Option<Arc<ValidPolic
     let input = StageInput { remediation: Arc::new(rem.clone()), policy, key, cancel: CancellationToken::new() };
     if let Err(e) = test.release(input).await {
         warn!(remediation = %rem.name_any(), error = %e, "could not close the change's pull request or delete its branch; close reflex/<name> by hand");
-    }
-}
-
-/// Deploy slots this process let through that its cache may not show taken yet, by
-/// `namespace/name`, each for at most [`DeploySlots::HOLD`]. The reconciler holds the lock
-/// from counting the slots to deciding ([`Taken`]), so two reconciles at once cannot both
-/// take the last one.
-#[derive(Default)]
-pub struct DeploySlots(Mutex<HashMap<String, std::time::Instant>>);
-
-/// The slots, locked for one decision.
-struct Taken<'a>(std::sync::MutexGuard<'a, HashMap<String, std::time::Instant>>);
-
-impl DeploySlots {
-    /// Longer than the cache ever trails the status write that records the snapshot.
-    const HOLD: Duration = Duration::from_secs(60);
-
-    fn lock(&self) -> Taken<'_> {
-        let mut slots = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        slots.retain(|_, at| at.elapsed() < Self::HOLD);
-        Taken(slots)
-    }
-}
-
-impl Taken<'_> {
-    /// How many deploy slots are taken ahead of `rem` when that reaches the cap (None when
-    /// it holds one already, or under the cap).
-    fn at_cap(&self, ctx: &Context, rem: &Remediation) -> Option<u32> {
-        let cap = ctx.max_concurrent_deploys?;
-        let me = Peer::of(rem)?;
-        if me.deploy == DeploySlot::Holding {
-            return None;
-        }
-        // Judged as if it waited already: one decision may take it from the gate into deploy.
-        let me = Peer { deploy: DeploySlot::Waiting, ..me };
-        let peers: Vec<Peer> = ctx.remediations.state().iter().filter_map(|r| Peer::of(r)).collect();
-        let reserved: Vec<String> = self.0.keys().cloned().collect();
-        deploys_at_cap(&me, &peers, &reserved, cap)
-    }
-
-    /// Records what the decision did: a Remediation starting its snapshot, or its deploy
-    /// again after deferring, takes its slot.
-    fn settle(mut self, rem: &Remediation, plan: &Plan) {
-        let key = format!("{}/{}", rem.namespace().unwrap_or_default(), rem.name_any());
-        if plan.start.is_some_and(|(step, _)| matches!(step, Step::Snapshot | Step::Deploy)) {
-            self.0.insert(key, std::time::Instant::now());
-        } else {
-            self.0.remove(&key);
-        }
     }
 }
 
@@ -1004,45 +848,5 @@ mod tests {
         let spread: std::collections::BTreeSet<Duration> =
             (0..20).map(|i| error_backoff(&format!("shop/r{i}"), 3)).collect();
         assert!(spread.len() > 10, "Remediations failing together do not retry in lockstep");
-    }
-}
-
-#[cfg(test)]
-mod metrics_tests {
-    use super::*;
-
-    #[test]
-    fn a_reconcile_counts_what_it_recorded_first_and_only_once() {
-        let m = ControllerMetrics::default();
-        let mut registry = prometheus_client::registry::Registry::with_prefix("reflex");
-        m.register(&mut registry);
-        let before = RemediationStatus::default();
-        let t = |s: i64| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::from_second(s).unwrap());
-        let mut next = RemediationStatus { phase: Phase::Succeeded, ..Default::default() };
-        next.steps.push(crate::api::remediation::StepRecord {
-            step: crate::api::remediation::Step::Diagnose,
-            attempt: 1,
-            state: crate::api::remediation::StepState::Succeeded,
-            category: None,
-            message: None,
-            started_at: t(100),
-            finished_at: Some(t(102)),
-        });
-        let alert = jiff::Timestamp::from_second(40).unwrap();
-        let now = jiff::Timestamp::from_second(160).unwrap();
-        m.observe(&before, &next, alert, now);
-        m.observe(&next, &next, alert, now);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(
-            text.contains("reflex_step_duration_seconds_count{step=\"Diagnose\",outcome=\"Succeeded\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("reflex_step_duration_seconds_sum{step=\"Diagnose\",outcome=\"Succeeded\"} 2.0"),
-            "{text}"
-        );
-        assert!(text.contains("reflex_alert_to_verified_fix_seconds_sum 120.0"), "{text}");
-        assert!(text.contains("reflex_alert_to_verified_fix_seconds_count 1"), "{text}");
     }
 }

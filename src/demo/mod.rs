@@ -64,6 +64,8 @@ pub struct Outcome {
     /// MCP tool calls the playbook executor made (each audited), by tool.
     pub tool_calls: Vec<String>,
     pub elapsed: Duration,
+    /// The W3C `traceparent` headers the LLM stand-in received, in order.
+    pub llm_traceparents: Vec<String>,
     /// Still running when `keep` was asked for.
     pub sandbox: Option<Sandbox>,
 }
@@ -589,6 +591,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
                     events: Vec::new(),
                     tool_calls: Vec::new(),
                     elapsed: t0.elapsed(),
+                    llm_traceparents: standin.as_ref().map(standin::StandIn::traceparents).unwrap_or_default(),
                     sandbox,
                 });
             }
@@ -674,6 +677,7 @@ pub async fn run(mut scenario: Scenario, keep: bool, out: &mut (dyn Write + Send
         events: event_reasons,
         tool_calls,
         elapsed,
+        llm_traceparents: standin.as_ref().map(standin::StandIn::traceparents).unwrap_or_default(),
         sandbox,
     })
 }

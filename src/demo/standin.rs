@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 struct Script {
     turns: VecDeque<Value>,
     requests: Vec<Value>,
+    /// Each request's W3C `traceparent` header, when it had one.
+    traceparents: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -61,6 +63,11 @@ impl StandIn {
     pub fn requests(&self) -> Vec<Value> {
         self.script().requests.clone()
     }
+
+    /// The `traceparent` headers the requests carried, in order.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.script().traceparents.clone()
+    }
 }
 
 fn error(status: u16, message: &str) -> Response {
@@ -70,10 +77,17 @@ fn error(status: u16, message: &str) -> Response {
         .into_response()
 }
 
-async fn complete(State(script): State<Arc<Mutex<Script>>>, body: axum::Json<Value>) -> Response {
+async fn complete(
+    State(script): State<Arc<Mutex<Script>>>,
+    headers: axum::http::HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
     let (turn, n) = {
         let mut s = script.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         s.requests.push(body.0);
+        if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+            s.traceparents.push(traceparent.to_owned());
+        }
         let turn = match s.turns.front().cloned() {
             Some(t) if t.get("repeat").is_some() => Some(t["repeat"].clone()),
             Some(_) => s.turns.pop_front(),

@@ -391,7 +391,12 @@ impl ReflexMcp {
             let _ = ctx.peer.notify_progress(note).await;
         }
         let started = std::time::Instant::now();
-        let span = tracing::info_span!("mcp.tool", tool, user = %caller.user);
+        let span = tracing::info_span!("mcp.tool", otel.name = %format!("tools/call {tool}"), otel.kind = "server",
+            rpc.system = "mcp", tool, user = %caller.user);
+        // The caller's trace, when its request carries one in `_meta` (SEP-414).
+        if let Some(traceparent) = ctx.meta.0.get_traceparent() {
+            crate::telemetry::trace::continue_from(&span, traceparent);
+        }
         let user = caller.user.clone();
         let call = self.inner.inflight.enter(caller.key(), &serde_json::to_string(&ctx.id).unwrap_or_default());
         let out = tokio::select! {

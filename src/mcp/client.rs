@@ -345,7 +345,13 @@ impl McpClient {
 
     async fn once(&self, tool: &str, args: &Map<String, Value>, ctx: &CallContext) -> Result<Value, ClientError> {
         let (server, name) = (self.spec.name.clone(), tool.to_owned());
-        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args.clone());
+        let mut params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args.clone());
+        // The W3C trace context in `_meta` (MCP SEP-414): the server's span joins this trace.
+        if let Some(traceparent) = crate::telemetry::trace::traceparent(&tracing::Span::current()) {
+            let mut meta = rmcp::model::RequestMetaObject::default();
+            meta.0.set_traceparent(traceparent);
+            params.meta = Some(meta);
+        }
         // Dropping the request (timeout, cancellation) sends notifications/cancelled.
         let result: CallToolResult = tokio::select! {
             () = ctx.cancel.cancelled() => return Err(ClientError::Cancelled { server, tool: name }),
@@ -375,7 +381,7 @@ impl McpClient {
         let Some(def) = self.tools.get(tool) else {
             return Err(ClientError::NotAllowed { server, tool: tool.to_owned() });
         };
-        let span = tracing::info_span!("mcp.call", server = %server, tool, trace_id = ctx.trace_id.as_deref().unwrap_or(""), outcome = tracing::field::Empty, duration_ms = tracing::field::Empty);
+        let span = tracing::info_span!("mcp.call", otel.name = %format!("tools/call {tool}"), otel.kind = "client", rpc.system = "mcp", server = %server, tool, trace_id = ctx.trace_id.as_deref().unwrap_or(""), outcome = tracing::field::Empty, duration_ms = tracing::field::Empty);
         let started = Instant::now();
         let retries = retries_for(def);
         let mut attempts = 0;

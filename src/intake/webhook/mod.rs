@@ -46,6 +46,12 @@ use super::resolve::{NAMING_LABELS, Reader, Unresolved, resolve};
 use crate::api::TargetKind;
 use crate::api::remediation::{AlertObservation, Remediation};
 
+mod metrics;
+mod resolution;
+
+pub use metrics::*;
+use resolution::*;
+
 /// Largest accepted delivery.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
@@ -55,111 +61,6 @@ pub const INTAKE_MANAGER: &str = "reflex-intake";
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: String,
-}
-
-/// Intake's metrics.
-pub struct Metrics {
-    registry: Registry,
-    /// Metrics other parts of the operator register to be served on the same `/metrics`.
-    others: std::sync::Mutex<Registry>,
-    received: Counter,
-    matched: Counter,
-    deduplicated: Counter,
-    resolved: Counter,
-    created: Counter,
-    suppressed: Family<Reason, Counter>,
-    unresolved: Family<Reason, Counter>,
-    rejected: Family<Reason, Counter>,
-    truncated: Counter,
-    queued: Gauge,
-    writes_failed: Counter,
-    events_dropped: Counter,
-    latency: Histogram,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("reflex_intake");
-        let m = Self {
-            registry: Registry::default(),
-            others: std::sync::Mutex::new(Registry::with_prefix("reflex")),
-            received: Counter::default(),
-            matched: Counter::default(),
-            deduplicated: Counter::default(),
-            resolved: Counter::default(),
-            created: Counter::default(),
-            suppressed: Family::default(),
-            unresolved: Family::default(),
-            rejected: Family::default(),
-            truncated: Counter::default(),
-            queued: Gauge::default(),
-            writes_failed: Counter::default(),
-            events_dropped: Counter::default(),
-            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-        };
-        registry.register("alerts_received", "Alerts received in webhook deliveries", m.received.clone());
-        registry.register("alerts_matched", "Alert and policy matches", m.matched.clone());
-        registry.register(
-            "alerts_deduplicated",
-            "Matches that found their Remediation already active",
-            m.deduplicated.clone(),
-        );
-        registry.register("alerts_resolved", "Resolutions recorded on an active Remediation", m.resolved.clone());
-        registry.register("remediations_created", "Remediations created", m.created.clone());
-        registry.register(
-            "alerts_suppressed",
-            "Matches that did not become a Remediation, by reason",
-            m.suppressed.clone(),
-        );
-        registry.register(
-            "targets_unresolved",
-            "Matches whose target could not be resolved from the alert's labels, by reason",
-            m.unresolved.clone(),
-        );
-        registry.register("requests_rejected", "Deliveries rejected, by reason", m.rejected.clone());
-        registry.register(
-            "alerts_truncated",
-            "Alerts Alertmanager left out of deliveries (truncatedAlerts)",
-            m.truncated.clone(),
-        );
-        registry.register("queue_depth", "Remediations with writes waiting", m.queued.clone());
-        registry.register(
-            "writes_failed",
-            "Remediation writes given up after retries (Alertmanager's next delivery tries again)",
-            m.writes_failed.clone(),
-        );
-        registry.register(
-            "events_dropped",
-            "Intake Events not recorded because the backlog was full",
-            m.events_dropped.clone(),
-        );
-        registry.register("request_duration_seconds", "Time to handle a delivery", m.latency.clone());
-        Self { registry, ..m }
-    }
-}
-
-impl Metrics {
-    fn reject(&self, reason: &str) {
-        self.rejected.get_or_create(&Reason { reason: reason.into() }).inc();
-    }
-
-    /// The text exposition: intake's metrics, then the others'.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let others = self.others.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err()
-            || prometheus_client::encoding::text::encode_registry(&mut out, &others).is_err()
-            || prometheus_client::encoding::text::encode_eof(&mut out).is_err()
-        {
-            out.clear();
-        }
-        out
-    }
-
-    /// Registers more metrics to be served with intake's (`f` is handed the registry).
-    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
-        f(&mut self.others.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-    }
 }
 
 /// How intake is configured.
@@ -760,106 +661,6 @@ async fn handle(s: &Shared, body: &[u8]) -> Response {
         "unmatched": planned.unmatched, "problems": problems, "failed": failed});
     // A failed write is worth a retry from Alertmanager; everything else is done.
     if failed.is_empty() { reply(StatusCode::OK, body) } else { retry_later(body) }
-}
-
-/// The targets of this delivery's matches with policies that resolve them from the alert's
-/// labels: each distinct (namespace, naming labels, kinds) read once, eight at a time, all
-/// within [`RESOLVE_WITHIN`], at most [`MAX_QUESTIONS`] per delivery; remembered for repeats. A
-/// resolved alert reads nothing (its Remediation is found by fingerprint, or by what is
-/// remembered).
-async fn resolve_targets(s: &Shared, payload: &Payload, policies: &[PolicyRef]) -> Resolved {
-    use futures::StreamExt;
-    let mut wanted: BTreeMap<ResolutionKey, Vec<Match>> = BTreeMap::new();
-    let mut inputs: BTreeMap<ResolutionKey, Question> = BTreeMap::new();
-    let mut out = Resolved::new();
-    for a in &payload.alerts {
-        for pr in policies.iter().filter(|pr| resolves(pr) && matches(pr, a)) {
-            let naming: BTreeMap<String, String> = a
-                .labels
-                .iter()
-                .filter(|(k, _)| NAMING_LABELS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let kinds = pr.policy.target_kinds.clone();
-            let key = (pr.namespace.clone(), format!("{naming:?}"), format!("{kinds:?}"));
-            let who = (pr.namespace.clone(), pr.name.clone(), a.fingerprint.clone());
-            if a.status == "resolved" {
-                if let Some(known) = s.resolutions.get(&key).await {
-                    out.insert(who, known);
-                }
-                continue;
-            }
-            if !inputs.contains_key(&key) && inputs.len() >= MAX_QUESTIONS {
-                out.insert(
-                    who,
-                    Err(Unresolved {
-                        reason: "TooMany",
-                        message: format!("more than {MAX_QUESTIONS} targets to resolve in one delivery"),
-                    }),
-                );
-                continue;
-            }
-            wanted.entry(key.clone()).or_default().push(who);
-            inputs.insert(key, (pr.namespace.clone(), naming, kinds));
-        }
-    }
-    let deadline = tokio::time::Instant::now() + RESOLVE_WITHIN;
-    let results: Vec<_> = futures::stream::iter(inputs)
-        .map(|(key, (namespace, labels, kinds))| async move {
-            let found = s
-                .resolutions
-                .get_with(key.clone(), async {
-                    let Some(reader) = &s.reader else {
-                        return Err(Unresolved {
-                            reason: "ReadFailed",
-                            message: "this intake has no reader to resolve targets with".to_owned(),
-                        });
-                    };
-                    match tokio::time::timeout_at(deadline, resolve(reader.as_ref(), &namespace, &labels, &kinds)).await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(Unresolved {
-                            reason: "ReadFailed",
-                            message: format!(
-                                "reading what the alert names took longer than {}s",
-                                RESOLVE_WITHIN.as_secs()
-                            ),
-                        }),
-                    }
-                })
-                .await;
-            (key, found)
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    for (key, found) in results {
-        for who in wanted.remove(&key).unwrap_or_default() {
-            out.insert(who, found.clone());
-        }
-    }
-    out
-}
-
-/// Most distinct targets one delivery resolves.
-const MAX_QUESTIONS: usize = 64;
-
-/// Resolutions are kept an hour; failures ten seconds (a Pod appearing a moment later, or a
-/// reader that was down, is tried again soon).
-struct ResolutionExpiry;
-
-impl moka::Expiry<ResolutionKey, Resolution> for ResolutionExpiry {
-    fn expire_after_create(&self, _: &ResolutionKey, value: &Resolution, _: std::time::Instant) -> Option<Duration> {
-        Some(if value.is_ok() { RESOLUTION_TTL } else { Duration::from_secs(10) })
-    }
-}
-
-/// What a delivery asked of a Remediation it waits for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Asked {
-    Create,
-    Observe,
-    Resolve,
 }
 
 async fn metrics(State(intake): State<Arc<Intake>>) -> Response {
