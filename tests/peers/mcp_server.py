@@ -85,7 +85,11 @@ def main() -> None:
     ap.add_argument("--kube-ca")
     args = ap.parse_args()
     kube = {"url": args.kube_url, "token": args.kube_token, "ca": args.kube_ca} if args.kube_url else None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on accepted connections only
+    # when the socket says it is TCP (base_events._set_nodelay checks sock.proto), as it does
+    # when uvicorn binds the port itself. With proto 0 every keep-alive response after the
+    # first waits ~40 ms (Nagle against the client's delayed ACK) — the benchmark's artifact.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
     sock.listen(1024)
