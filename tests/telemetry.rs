@@ -9,41 +9,12 @@
 //! Its own test binary: the OpenTelemetry layer is the process's global subscriber.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// The receiver and the spans it printed.
-struct Receiver {
-    child: tokio::process::Child,
-    port: u16,
-    spans: tokio::sync::mpsc::UnboundedReceiver<Value>,
-}
-
-async fn receiver() -> Receiver {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/otlp_receiver.py");
-    let mut child = tokio::process::Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the OTLP receiver starts (make prereqs installs opentelemetry-proto and grpcio)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let port = serde_json::from_str::<Value>(&first).unwrap()["port"].as_u64().unwrap() as u16;
-    let (tx, spans) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(serde_json::from_str::<Value>(&line).unwrap());
-        }
-    });
-    Receiver { child, port, spans }
-}
+#[path = "common/otlp.rs"]
+mod otlp;
 
 /// SpanKind in the OTLP proto.
 const SERVER: u64 = 2;
@@ -51,7 +22,7 @@ const CLIENT: u64 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_remediation_is_one_trace_with_every_step_mcp_call_and_llm_call() {
-    let mut receiver = receiver().await;
+    let mut receiver = otlp::receiver().await;
     let endpoint = format!("http://127.0.0.1:{}", receiver.port);
     let telemetry = reflex::telemetry::init_with(reflex::telemetry::LogFormat::Text, Some(&endpoint)).unwrap();
     assert!(telemetry.tracing(), "this test binary installs the only subscriber");
@@ -139,6 +110,5 @@ async fn one_remediation_is_one_trace_with_every_step_mcp_call_and_llm_call() {
         assert!(chats.iter().any(|c| c["spanId"] == parts[2]), "{header} names an LLM call span");
     }
 
-    let mut stdin = receiver.child.stdin.take().unwrap();
-    let _ = stdin.shutdown().await;
+    receiver.stop().await;
 }

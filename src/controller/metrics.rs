@@ -18,6 +18,8 @@ pub struct ControllerMetrics {
         prometheus_client::metrics::histogram::Histogram,
         fn() -> prometheus_client::metrics::histogram::Histogram,
     >,
+    /// How long one reconcile took (reading, deciding, writing status; effects run apart).
+    pub reconcile_seconds: prometheus_client::metrics::histogram::Histogram,
     /// From the alert's start to a verified fix.
     pub alert_to_fix_seconds: prometheus_client::metrics::histogram::Histogram,
     /// LLM tokens spent on proposals, by direction (prompt, completion).
@@ -40,6 +42,9 @@ impl Default for ControllerMetrics {
             finished: Default::default(),
             transitions: Default::default(),
             step_seconds: prometheus_client::metrics::family::Family::new_with_constructor(step_histogram),
+            reconcile_seconds: prometheus_client::metrics::histogram::Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             alert_to_fix_seconds: prometheus_client::metrics::histogram::Histogram::new([
                 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
             ]),
@@ -85,6 +90,7 @@ impl ControllerMetrics {
             self.transitions.clone(),
         );
         registry.register("step_duration_seconds", "How long each step's effect took", self.step_seconds.clone());
+        registry.register("reconcile_duration_seconds", "How long one reconcile took", self.reconcile_seconds.clone());
         registry.register(
             "alert_to_verified_fix_seconds",
             "From the alert's start to a verified fix",

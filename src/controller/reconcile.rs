@@ -336,6 +336,7 @@ pub async fn reconcile(rem: Arc<Remediation>, ctx: Arc<Context>) -> Result<Actio
     let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = failure_key(&rem);
     let span = reconcile_span(&rem);
+    let started = std::time::Instant::now();
     let action = finalizer(&api, FINALIZER, rem, |event| async {
         match event {
             finalizer::Event::Apply(rem) => apply(rem, &ctx).await,
@@ -343,8 +344,9 @@ pub async fn reconcile(rem: Arc<Remediation>, ctx: Arc<Context>) -> Result<Actio
         }
     })
     .instrument(span)
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    .await;
+    ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+    let action = action.map_err(|e| Error::Finalizer(Box::new(e)))?;
     ctx.failures.clear(&key);
     Ok(action)
 }

@@ -3,7 +3,8 @@ OpenTelemetry protobuf definitions (opentelemetry-proto) and gRPC (grpcio).
 
 It serves opentelemetry.proto.collector.trace.v1.TraceService/Export on 127.0.0.1 (a free
 port, printed first as {"port": N}) and prints every span it receives as one JSON line:
-traceId, spanId, parentSpanId (lowercase hex), name, kind, service and string attributes.
+traceId, spanId, parentSpanId (lowercase hex), name, kind, start and end times (ns),
+service and string attributes.
 """
 
 import json
@@ -31,6 +32,8 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                         "parentSpanId": span.parent_span_id.hex(),
                         "name": span.name,
                         "kind": span.kind,
+                        "startTimeUnixNano": str(span.start_time_unix_nano),
+                        "endTimeUnixNano": str(span.end_time_unix_nano),
                         "service": resource.get("service.name", ""),
                         "attributes": {a.key: value(a.value) for a in span.attributes},
                     }), flush=True)
