@@ -323,7 +323,8 @@ fn tool_error_category(message: &str) -> ErrorCategory {
         ErrorCategory::Forbidden
     } else if message.starts_with("not found:") {
         ErrorCategory::NotFound
-    } else if message.contains("timed out")
+    } else if message.starts_with("unavailable:")
+        || message.contains("timed out")
         || message.contains("cancelled by the client")
         || message.starts_with("Prometheus:")
         || message.starts_with("metrics:")
@@ -487,6 +488,22 @@ impl crate::agent::llm_agent::AgentTools for AgentMcpTools {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the 1,000-Remediation benchmark: a read that failed because the API server
+    /// shed the connection failed the whole diagnosis as an invalid spec, with no retry.
+    #[test]
+    fn a_read_the_api_server_could_not_answer_is_transient_not_an_invalid_spec() {
+        assert_eq!(
+            tool_error_category(
+                "unavailable: cannot reach the API server to get deployments: ServiceError: client error (SendRequest)"
+            ),
+            ErrorCategory::Transient
+        );
+        assert_eq!(
+            tool_error_category("unavailable: the API server answered 503 to get pods: busy"),
+            ErrorCategory::Transient
+        );
+    }
 
     #[test]
     fn server_errors_keep_their_category() {

@@ -254,7 +254,11 @@ pub async fn run(
     }
 
     let client_for_approvals = client.clone();
-    let controller = Controller::new(remediations, watcher::Config::default());
+    // At most this many reconciles at once (the default is unbounded): a burst of
+    // Remediations queues here instead of crowding out the webhook and the MCP server on the
+    // same runtime. Effects run apart and are not bounded by it.
+    let controller = Controller::new(remediations, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(MAX_RECONCILES));
     let index = controller.store();
     let (requeue_tx, requeue_rx) = futures::channel::mpsc::unbounded();
     let effects = Effects::new(requeue_tx);
@@ -350,6 +354,9 @@ pub async fn reconcile(rem: Arc<Remediation>, ctx: Arc<Context>) -> Result<Actio
     ctx.failures.clear(&key);
     Ok(action)
 }
+
+/// Reconciles running at once (see [`run`]).
+const MAX_RECONCILES: u16 = 16;
 
 /// The span of one reconcile, in the Remediation's own trace: its trace id is derived from
 /// the uid ([`super::plan::trace_id`], the one `status.traceId` shows — re-derived here, never

@@ -139,6 +139,13 @@ pub fn api_error(verb: &str, resource: &str, namespace: Option<&str>, e: &kube::
             format!("forbidden: {}; missing permission: {verb} {resource} {scope}", s.message)
         }
         kube::Error::Api(s) if s.code == 404 => format!("not found: {}", s.message),
+        // Overload and outages: worth another attempt, never a verdict on the request.
+        kube::Error::Api(s) if s.code == 429 || s.code >= 500 => {
+            format!("unavailable: the API server answered {} to {verb} {resource}: {}", s.code, s.message)
+        }
+        kube::Error::Service(_) | kube::Error::HyperError(_) => {
+            format!("unavailable: cannot reach the API server to {verb} {resource}: {e}")
+        }
         other => other.to_string(),
     }
 }
@@ -624,6 +631,17 @@ pub(super) async fn visible_agents(caller: &Caller, agents: impl Iterator<Item =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_or_overloaded_api_server_is_reported_as_unavailable() {
+        let status = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status { code, message: "busy".into(), ..Default::default() }))
+        };
+        assert!(api_error("get", "deployments", Some("shop"), &status(503)).starts_with("unavailable: "));
+        assert!(api_error("get", "deployments", Some("shop"), &status(429)).starts_with("unavailable: "));
+        assert!(api_error("get", "deployments", Some("shop"), &status(403)).starts_with("forbidden: "));
+        assert!(!api_error("get", "deployments", Some("shop"), &status(422)).starts_with("unavailable: "));
+    }
 
     #[test]
     fn the_previous_revision_is_older_than_what_runs() {
