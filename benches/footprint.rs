@@ -259,8 +259,38 @@ async fn loop_overhead() {
             .unwrap();
     let scenario = reflex::demo::scenario::Scenario::built_in("oom").unwrap();
     let mut out = Vec::new();
-    let outcome = reflex::demo::run(scenario, false, &mut out).await.unwrap();
+    let outcome = reflex::demo::run(scenario, true, &mut out).await.unwrap();
     assert!(outcome.as_expected());
+    // What the status write costs at the API server: the same apply, a GET, and a merge patch
+    // of one field, as the operator, 20 times each, on the finished Remediation.
+    if let Some(sb) = &outcome.sandbox {
+        let client = sb.client("reflex-demo-operator").await.unwrap();
+        let api: Api<Remediation> = Api::namespaced(client, "shop");
+        let name = outcome.remediation.metadata.name.clone().unwrap();
+        let mut rows: Vec<(&str, Duration)> = Vec::new();
+        let status = api.get(&name).await.unwrap().status.unwrap();
+        let apply = kube::api::PatchParams::apply(reflex::api::STATUS_MANAGER).force();
+        for _ in 0..20 {
+            let t = Instant::now();
+            api.get(&name).await.unwrap();
+            rows.push(("GET", t.elapsed()));
+            let body = json!({"apiVersion": "reflex.dev/v1alpha1", "kind": "Remediation", "metadata": {"name": name}, "status": status});
+            let t = Instant::now();
+            api.patch_status(&name, &apply, &kube::api::Patch::Apply(body)).await.unwrap();
+            rows.push(("status apply (as write_status)", t.elapsed()));
+            let t = Instant::now();
+            let merge = kube::api::Patch::Merge(json!({"status": {"retests": 0}}));
+            api.patch_status(&name, &Default::default(), &merge).await.unwrap();
+            rows.push(("status merge patch (one field)", t.elapsed()));
+        }
+        let mut by: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+        for (label, d) in rows {
+            by.entry(label).or_default().push(d);
+        }
+        for (label, v) in by {
+            println!("loop: API server: {label:<32} median {:.2} ms", percentile(v, 0.5).as_secs_f64() * 1e3);
+        }
+    }
     let trace = outcome.remediation.status.as_ref().unwrap().trace_id.clone().unwrap();
     telemetry.flush();
     let mut spans: Vec<Value> = Vec::new();
@@ -292,6 +322,27 @@ async fn loop_overhead() {
         .sum::<f64>()
         + by_name.get("reconcile").map_or(0.0, |(_, t)| *t);
     println!("loop: work outside the waits (steps diagnose..deploy and every reconcile): {work:.1} ms");
+    // Where a reconcile's time goes: its children, by name, over every reconcile.
+    let reconciles: Vec<&Value> = spans.iter().filter(|s| s["name"] == "reconcile").collect();
+    let mut inside: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+    for r in &reconciles {
+        for c in spans.iter().filter(|s| s["parentSpanId"] == r["spanId"]) {
+            let e = inside.entry(c["name"].as_str().unwrap().to_owned()).or_default();
+            e.0 += 1;
+            e.1 += ms(c);
+        }
+    }
+    let by_phase =
+        |phase: &str| reconciles.iter().filter(|r| r["attributes"]["phase"] == phase).map(|r| ms(r)).sum::<f64>();
+    println!(
+        "loop: {} reconciles, {:.1} ms; while Verifying {:.1} ms; inside them:",
+        reconciles.len(),
+        reconciles.iter().map(|r| ms(r)).sum::<f64>(),
+        by_phase("Verifying")
+    );
+    for (name, (n, total)) in &inside {
+        println!("loop:   {name:<40} {n:>4} spans  {total:>9.1} ms");
+    }
     // Where diagnose's time goes: its children.
     for d in spans.iter().filter(|s| s["name"] == "diagnose") {
         println!("loop: diagnose {:.1} ms:", ms(d));
@@ -327,10 +378,26 @@ async fn main() {
     sb.write_kubeconfig(&kubeconfig, "reflex-demo-operator").unwrap();
     let http = reqwest::Client::new();
 
+    // FOOTPRINT_PARTS=start,scale,loop (default: all) runs only those parts.
+    let parts = std::env::var("FOOTPRINT_PARTS").unwrap_or_else(|_| "start,scale,loop".into());
+    let part = |name: &str| parts.split(',').any(|p| p == name);
+    if part("start") {
+        start(&kubeconfig, &http).await;
+    }
+    if part("scale") {
+        scale(&sb, &kubeconfig, &http).await;
+    }
+    if part("loop") {
+        loop_overhead().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn start(kubeconfig: &std::path::Path, http: &reqwest::Client) {
     let mut starts = Vec::new();
     let mut idle = Vec::new();
     for _ in 0..STARTS {
-        let (op, ready) = operator(&kubeconfig, &http).await;
+        let (op, ready) = operator(kubeconfig, http).await;
         starts.push(ready);
         tokio::time::sleep(Duration::from_secs(2)).await;
         idle.push(rss_kib(op.child.id()));
@@ -349,7 +416,4 @@ async fn main() {
         idle[0] as f64 / 1024.0,
         idle[STARTS - 1] as f64 / 1024.0
     );
-    scale(&sb, &kubeconfig, &http).await;
-    loop_overhead().await;
-    let _ = std::fs::remove_dir_all(dir);
 }

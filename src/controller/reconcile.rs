@@ -442,7 +442,9 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     // Before it starts: is the policy still trying on this target?
     let not_started = rem.status.as_ref().is_none_or(|s| s.started_at.is_none());
     let ineffective = match policy.as_deref() {
-        Some(p) if not_started => history::before_start(ctx, &rem, p).await?,
+        Some(p) if not_started => {
+            history::before_start(ctx, &rem, p).instrument(tracing::info_span!("history")).await?
+        }
         _ => None,
     };
     let finished_key = finished.as_ref().map(|(k, _)| k.clone());
@@ -465,7 +467,7 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     };
 
     let mut plan = plan;
-    keep_silence(ctx, &rem, policy.as_deref(), &mut plan.status).await;
+    keep_silence(ctx, &rem, policy.as_deref(), &mut plan.status).instrument(tracing::info_span!("silence")).await;
     let ending = plan.status.phase.is_terminal() && rem.status.as_ref().is_none_or(|s| !s.phase.is_terminal());
     if ending && plan.status.deploy.as_ref().is_none_or(|d| d.pull_request.is_none()) {
         release(ctx, &rem, policy.clone()).await;
@@ -473,11 +475,10 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
 
     // Act and record.
     if rem.status.as_ref() != Some(&plan.status) {
-        write_status(&api, &rem, &plan.status).await.map_err(|source| Error::WriteStatus {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?;
+        write_status(&api, &rem, &plan.status)
+            .instrument(tracing::info_span!("write_status"))
+            .await
+            .map_err(|source| Error::WriteStatus { namespace: namespace.clone(), name: name.clone(), source })?;
     } else if plan.start.is_some() {
         // Resuming an effect recorded as started but running nowhere here (after a restart)
         // writes nothing, so no resourceVersion guard protects it. Make sure the cache is not
@@ -501,10 +502,10 @@ async fn apply(rem: Arc<Remediation>, ctx: &Context) -> Result<Action, Error> {
     if plan.cancel_running && ctx.effects.cancel(&uid) {
         info!(remediation = %name, "cancelled the in-flight effect");
     }
-    announce(ctx, &rem, &plan.transitions).await;
+    announce(ctx, &rem, &plan.transitions).instrument(tracing::info_span!("events")).await;
     audit_effects(ctx, &rem, &plan.status);
     ctx.metrics.observe(&rem.status.clone().unwrap_or_default(), &plan.status, rem.spec.alert.starts_at.0, now);
-    tell(ctx, &rem, policy.as_deref(), &plan).await;
+    tell(ctx, &rem, policy.as_deref(), &plan).instrument(tracing::info_span!("notify")).await;
     let outcome = change_outcome(&rem, &plan.status);
     history::record_fix(ctx, &rem, &plan.status, outcome.as_ref(), policy.as_deref()).await?;
     trust::record_outcome(ctx, &rem, outcome, policy.as_deref()).await?;
