@@ -63,6 +63,14 @@ async fn one_remediation_is_one_trace_with_every_step_mcp_call_and_llm_call() {
             elsewhere.push(span);
         }
     }
+    // The rest of what was exported: until nothing more comes for two seconds.
+    while let Ok(Some(span)) = tokio::time::timeout(Duration::from_secs(2), receiver.spans.recv()).await {
+        if span["traceId"] == trace.as_str() {
+            spans.push(span);
+        } else {
+            elsewhere.push(span);
+        }
+    }
     let by_id: HashMap<&str, &Value> = spans.iter().map(|s| (s["spanId"].as_str().unwrap(), s)).collect();
     assert!(spans.iter().all(|s| s["service"] == "reflex"), "{spans:#?}");
 
@@ -70,6 +78,16 @@ async fn one_remediation_is_one_trace_with_every_step_mcp_call_and_llm_call() {
     let name = rem.metadata.name.clone().unwrap();
     let strays: Vec<&Value> = elsewhere.iter().filter(|s| s["attributes"]["remediation"] == name.as_str()).collect();
     assert!(strays.is_empty(), "spans of {name} outside its trace: {strays:#?}");
+    // No MCP call lost its caller on the way: a server span without a parent would be the
+    // root of a trace of its own.
+    let orphans: Vec<&Value> = spans
+        .iter()
+        .chain(&elsewhere)
+        .filter(|s| s["kind"] == SERVER && s["attributes"]["rpc.system"] == "mcp" && s["parentSpanId"] == "")
+        .collect();
+    assert!(orphans.is_empty(), "MCP server spans without their caller: {orphans:#?}");
+    // Only Reflex's own spans are exported (a library's span would be a trace per span).
+    assert!(elsewhere.iter().all(|s| s["attributes"].get("object.ref").is_none()), "kube-runtime's spans exported");
     // Every step's span is a child of a reconcile of this Remediation, whose parent is the
     // Remediation's root span (the same id from every process).
     let root = reflex::telemetry::trace::root_span_id(&trace);
@@ -110,5 +128,27 @@ async fn one_remediation_is_one_trace_with_every_step_mcp_call_and_llm_call() {
         assert!(chats.iter().any(|c| c["spanId"] == parts[2]), "{header} names an LLM call span");
     }
 
+    // A caller cannot switch recording off: a `-00` traceparent is continued, and exported.
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let span = tracing::info_span!(target: "reflex::test", "probe");
+    assert!(reflex::telemetry::trace::continue_from(&span, unsampled));
+    assert!(!reflex::telemetry::trace::continue_from(
+        &tracing::info_span!(target: "reflex::test", "probe-malformed"),
+        "00-zz-00f067aa0ba902b7-01"
+    ));
+    drop(span);
+    telemetry.flush();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let span = tokio::time::timeout_at(deadline, receiver.spans.recv())
+            .await
+            .expect("the probe span is exported")
+            .unwrap();
+        if span["name"] == "probe" {
+            assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
+            break;
+        }
+    }
     receiver.stop().await;
 }

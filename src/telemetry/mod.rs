@@ -11,7 +11,7 @@ pub mod trace;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, filter::Targets, fmt, prelude::*};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -68,19 +68,28 @@ pub fn init(format: LogFormat) {
 
 /// Installs the tracing subscriber: logs in `format`, and spans exported over OTLP/gRPC to
 /// `otlp_endpoint` (`http://collector:4317`) when one is given. Must run inside a Tokio
-/// runtime (the gRPC channel lives on it). An endpoint that is not a URL is an error; one
-/// that does not answer only drops spans. Later calls install nothing and export nothing.
+/// runtime (the gRPC channel lives on it). An endpoint that is not an http:// URL is an error
+/// (no TLS in the exporter); one that does not answer only drops spans. Later calls install
+/// nothing and export nothing.
 pub fn init_with(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     let provider = match otlp_endpoint {
         None => None,
         Some(endpoint) => Some(provider(endpoint)?),
     };
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("reflex")));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Each layer its own filter: RUST_LOG quiets the logs without turning traces off, and
+    // traces hold Reflex's own spans (not every library's, one trace per library span).
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("reflex"))
+            .with_filter(Targets::new().with_target("reflex", tracing::Level::INFO))
+    });
+    let logs = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(otel);
     let installed = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
-        LogFormat::Json => registry.with(fmt::layer().json().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr).with_filter(logs())).try_init(),
+        LogFormat::Json => {
+            registry.with(fmt::layer().json().with_writer(std::io::stderr).with_filter(logs())).try_init()
+        }
     };
     // try_init fails only when a subscriber is installed already: then ours sees no span.
     match installed {
@@ -97,10 +106,14 @@ pub fn init_with(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telem
 }
 
 fn provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+    // No TLS in the exporter (yet): refuse https here, with what to do, rather than fail later.
+    if endpoint.starts_with("https://") {
         return Err(format!(
-            "--otlp-endpoint {endpoint:?} is not an http:// or https:// URL (e.g. http://otel-collector:4317)"
+            "--otlp-endpoint {endpoint:?}: OTLP over TLS is not built in; point it at a collector over http:// (an in-cluster or sidecar collector that forwards over TLS)"
         ));
+    }
+    if !endpoint.starts_with("http://") || endpoint.len() <= "http://".len() {
+        return Err(format!("--otlp-endpoint {endpoint:?} is not an http:// URL (e.g. http://otel-collector:4317)"));
     }
     use opentelemetry_otlp::WithExportConfig;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -114,4 +127,18 @@ fn provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_the_exporter_cannot_use_is_refused_naming_what_to_do() {
+        let https = provider("https://collector:4317").err().unwrap_or_default();
+        assert!(https.contains("not built in") && https.contains("http://"), "{https}");
+        for bad in ["collector:4317", "http://", "grpc://collector:4317"] {
+            assert!(provider(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -65,10 +65,20 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 
 /// Makes `span` a child of the caller's span named by `traceparent` (from a request header
 /// or an MCP request's `_meta`). Returns whether it parsed.
+///
+/// The caller's sampling flag is not followed: a caller cannot switch off the recording of
+/// what Reflex does for it (a `-00` traceparent is continued as sampled). Any caller may name
+/// any trace id — a trace groups spans for people to read and proves nothing.
 pub fn continue_from(span: &tracing::Span, traceparent: &str) -> bool {
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
-    let parent = TraceContextPropagator::new().extract(&carrier);
-    parent.span().span_context().is_valid() && span.set_parent(parent).is_ok()
+    let extracted = TraceContextPropagator::new().extract(&carrier);
+    let remote = extracted.span().span_context().clone();
+    if !remote.is_valid() {
+        return false;
+    }
+    let sampled =
+        SpanContext::new(remote.trace_id(), remote.span_id(), TraceFlags::SAMPLED, true, TraceState::default());
+    span.set_parent(opentelemetry::Context::new().with_remote_span_context(sampled)).is_ok()
 }
 
 #[cfg(test)]
