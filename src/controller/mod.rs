@@ -17,6 +17,7 @@ pub mod machine;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
+mod retry;
 mod slots;
 pub mod stages;
 mod trust;

@@ -9,8 +9,7 @@
 //! ([`Stages`]) only after their start is recorded. [`error_policy`] retries by error
 //! category, backing off per Remediation and per consecutive failure.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::{future::Future, time::Duration};
 
 use futures::StreamExt;
@@ -34,7 +33,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::effects::Effects;
 use super::limits::{Peer, limits_halt};
-use super::machine::{Halt, Observations, PolicyView, Settings, halt_for, jittered};
+use super::machine::{Halt, Observations, PolicyView, Settings, halt_for};
 use super::plan::{Plan, TransitionRecord, change_outcome, deleted_outcome, plan};
 use super::stages::Stages;
 use super::{history, trust};
@@ -50,6 +49,8 @@ use crate::silence::Alertmanager;
 
 pub use super::metrics::ControllerMetrics;
 use super::metrics::{FinishedLabels, PhaseLabels};
+use super::retry::failure_key;
+pub use super::retry::{Failures, error_backoff};
 pub use super::slots::DeploySlots;
 
 /// Shared state of the controller.
@@ -391,39 +392,6 @@ pub fn error_policy(rem: Arc<Remediation>, error: &Error, ctx: Arc<Context>) -> 
         | ErrorCategory::BudgetExhausted
         | ErrorCategory::NeedsHuman
         | ErrorCategory::NotApplicable => Action::await_change(),
-    }
-}
-
-/// The delay before retrying a Remediation's reconcile after its `failures`-th consecutive
-/// failure.
-pub fn error_backoff(key: &str, failures: u32) -> Duration {
-    jittered(&Settings::default(), key.bytes(), failures)
-}
-
-/// Which Remediation a failure count belongs to: its uid (a Remediation re-created under the
-/// same name starts afresh), else `namespace/name`.
-fn failure_key(rem: &Remediation) -> String {
-    rem.uid().unwrap_or_else(|| format!("{}/{}", rem.namespace().unwrap_or_default(), rem.name_any()))
-}
-
-/// Consecutive reconcile failures per Remediation, whatever their category; a successful
-/// reconcile clears the count.
-#[derive(Default)]
-pub struct Failures(Mutex<HashMap<String, u32>>);
-
-impl Failures {
-    /// Counts one more failure of `key`; returns how many in a row.
-    pub fn record(&self, key: &str) -> u32 {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = map.entry(key.to_owned()).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    }
-
-    /// Forgets `key`'s failures after a successful reconcile.
-    pub fn clear(&self, key: &str) {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.remove(key);
     }
 }
 
