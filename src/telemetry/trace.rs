@@ -32,6 +32,11 @@ pub fn continue_trace(span: &tracing::Span, trace_id: &str, span_id: &str) -> bo
     let (Some(trace_id), Some(span_id)) = (trace_id_from(trace_id), span_id_from(span_id)) else {
         return false;
     };
+    remote_parent(span, trace_id, span_id)
+}
+
+/// Makes `span` a sampled child of the remote span `span_id` of trace `trace_id`.
+fn remote_parent(span: &tracing::Span, trace_id: TraceId, span_id: SpanId) -> bool {
     let remote = SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, true, TraceState::default());
     span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote)).is_ok()
 }
@@ -76,9 +81,7 @@ pub fn continue_from(span: &tracing::Span, traceparent: &str) -> bool {
     if !remote.is_valid() {
         return false;
     }
-    let sampled =
-        SpanContext::new(remote.trace_id(), remote.span_id(), TraceFlags::SAMPLED, true, TraceState::default());
-    span.set_parent(opentelemetry::Context::new().with_remote_span_context(sampled)).is_ok()
+    remote_parent(span, remote.trace_id(), remote.span_id())
 }
 
 #[cfg(test)]
